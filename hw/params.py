@@ -1,0 +1,134 @@
+"""Run-time parameter loading: one stream format for every block, defined once.
+
+Both sides import this module: the gateware decodes :data:`PARAM_LAYOUT` beats, the host
+driver (and the simulators) build them with :func:`layer_param_words`. One beat writes one
+value into one block's on-chip memory:
+
+====== ====== ===================================================================
+field  bits   meaning
+====== ====== ===================================================================
+layer  8      index of the layer in the artifact (the block compares its own id)
+kind   8      :class:`ParamKind`: which memory of that layer
+row    16     memory row, in the *hardware* layout (depends on the layer's P)
+lane   16     element within the row
+data   32     value, two's complement for signed kinds
+====== ====== ===================================================================
+
+Addressing, for a layer with input lanes ``p_in`` and output lanes ``p_out``:
+
+* ``WEIGHT`` w[o, i]: row ``(o // p_out) * ceil(cin / p_in) + i // p_in``,
+  lane ``(o % p_out) * p_in + i % p_in``.
+* ``BIAS``/``M``/``SH`` of output channel o: row ``o // p_out``, lane ``o % p_out``.
+  A ``gap`` layer has one (m, sh): row 0, lane 0.
+* ``SHIFT`` of channel c: row ``c // p``, lane ``c % p``; data = ``(dy & 0xFF) | (dx & 0xFF) << 8``.
+
+Parameter consumers are always ready (they only write memories), so the port can be
+broadcast to every block.
+"""
+
+from amaranth.lib import data, enum, stream
+
+__all__ = ["ParamKind", "PARAM_LAYOUT", "param_signature", "PARAM_BYTES",
+           "encode_word", "decode_word", "conv_param_words", "shift_param_words",
+           "gap_param_words"]
+
+
+class ParamKind(enum.Enum, shape=8):
+    """Which on-chip memory of a layer a parameter beat writes."""
+    WEIGHT = 0
+    BIAS = 1
+    M = 2
+    SH = 3
+    SHIFT = 4
+
+
+PARAM_LAYOUT = data.StructLayout({
+    "layer": 8,
+    "kind": ParamKind,
+    "row": 16,
+    "lane": 16,
+    "data": 32,
+})
+
+#: Bytes of one parameter beat on a byte transport (little-endian payload).
+PARAM_BYTES = PARAM_LAYOUT.size // 8
+
+
+def param_signature():
+    """``stream.Signature`` of the parameter port (consumers hold ``ready`` high)."""
+    return stream.Signature(PARAM_LAYOUT)
+
+
+def encode_word(layer, kind, row, lane, value):
+    """Pack one parameter beat into the integer value of :data:`PARAM_LAYOUT`.
+
+    Parameters
+    ----------
+    layer, row, lane : int
+    kind : ParamKind
+    value : int
+        Signed or unsigned; stored as 32-bit two's complement.
+
+    Raises
+    ------
+    ValueError
+        A field does not fit its width.
+    """
+    if not (0 <= layer < 256 and 0 <= row < 65536 and 0 <= lane < 65536):
+        raise ValueError(f"parameter address out of range: layer {layer}, row {row}, lane {lane}")
+    if not -(1 << 31) <= value < (1 << 32):
+        raise ValueError(f"parameter value {value} does not fit 32 bits")
+    return (layer | int(ParamKind(kind).value) << 8 | row << 16 | lane << 32
+            | (value & 0xFFFFFFFF) << 48)
+
+
+def decode_word(word):
+    """Inverse of :func:`encode_word`; returns (layer, kind, row, lane, unsigned data)."""
+    return (word & 0xFF, ParamKind((word >> 8) & 0xFF), (word >> 16) & 0xFFFF,
+            (word >> 32) & 0xFFFF, (word >> 48) & 0xFFFFFFFF)
+
+
+def conv_param_words(layer, weight, bias, m, sh, p_in, p_out):
+    """Parameter words of a conv1x1 layer for a MacArray with ``p_in`` × ``p_out`` lanes.
+
+    Parameters
+    ----------
+    layer : int
+        Layer index.
+    weight : array [cout, cin]
+    bias : array [cout]
+    m, sh : array [cout] or None
+        None for the classifier (raw output).
+
+    Returns
+    -------
+    list of int
+        Encoded words (see :func:`encode_word`).
+    """
+    cout, cin = len(weight), len(weight[0])
+    nbi = -(-cin // p_in)
+    words = []
+    for o in range(cout):
+        for i in range(cin):
+            words.append(encode_word(layer, ParamKind.WEIGHT, (o // p_out) * nbi + i // p_in,
+                                     (o % p_out) * p_in + i % p_in, int(weight[o][i])))
+    kinds = [(ParamKind.BIAS, bias)]
+    if m is not None:
+        kinds += [(ParamKind.M, m), (ParamKind.SH, sh)]
+    for kind, values in kinds:
+        for o in range(cout):
+            words.append(encode_word(layer, kind, o // p_out, o % p_out, int(values[o])))
+    return words
+
+
+def shift_param_words(layer, shifts, p):
+    """Parameter words of a shift layer for a ShiftUnit with ``p`` lanes."""
+    return [encode_word(layer, ParamKind.SHIFT, c // p, c % p,
+                        (int(dy) & 0xFF) | (int(dx) & 0xFF) << 8)
+            for c, (dy, dx) in enumerate(shifts)]
+
+
+def gap_param_words(layer, m, sh):
+    """Parameter words of a gap layer (one m, one sh)."""
+    return [encode_word(layer, ParamKind.M, 0, 0, int(m)),
+            encode_word(layer, ParamKind.SH, 0, 0, int(sh))]
