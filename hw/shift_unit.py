@@ -1,0 +1,271 @@
+"""ShiftUnit: the per-channel spatial shift of DESIGN.md §1 on a pixel stream.
+
+``out[y, x, c] = in[y + dy[c], x + dx[c], c]`` when that pixel is inside the image, else 0,
+with ``|dy|, |dx| <= R``. The shifts are run-time data (parameter stream, kind ``SHIFT``); the
+feature-map shape and ``R`` are elaboration parameters.
+
+Architecture
+------------
+A ring of ``NR`` rows (the smallest power of two > ``2R + 1``) of the input feature map is
+kept on chip, **banked by lane**: lane ``l`` has its own memory holding channel ``b*P + l``
+of every buffered pixel, at address ``(slot * W + x) * NB + b``. Every cycle each lane reads
+its own channel at its own ``(dy, dx)`` from its own bank, so one output beat leaves per cycle
+while one input beat is written per cycle.
+
+Global rows (counted across back-to-back images) map to ``slot = row mod NR``, so the write
+address is a plain wrapping counter and the next image is written while the previous one is
+still being read: no drain gap between images.
+
+Two up/down counters pace the two sides:
+
+* ``lead`` = beats written − beats read. Beat ``b`` of output pixel ``(y, x)`` may be read once
+  beat ``b`` of input pixel ``(min(y+R, H-1), min(x+R, W-1))`` is written, i.e. when
+  ``lead > (min(R, H-1-y) * W + min(R, W-1-x)) * NB``. ``lead`` counts writes committed at
+  earlier clock edges, so a read never races the write of the data it needs (the read ports
+  need no transparency).
+* ``rowlead`` = row being written − row being read. A write into row ``r`` overwrites row
+  ``r - NR``; rows ``>= y - R`` are still needed, so writes are allowed while
+  ``rowlead <= NR - R - 1``. With ``NR >= 2R + 2`` both sides run every cycle in steady state.
+
+The read pipeline is address → memory read (synchronous port) → output register; the memory
+read enable and the output register advance together, so a stalled output holds both.
+
+``stride=2`` keeps only output pixels with even y and even x (a ``ceil(H/2) × ceil(W/2)``
+map for a following stride-2 conv): the read side skips the other beats at one beat per cycle
+without reading, so the input is still consumed at one beat per cycle.
+"""
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .params import ParamKind, param_signature
+from .stream import beats_per_pixel, pixel_stream
+
+__all__ = ["ShiftUnit", "ring_rows", "position_counter", "step_counter"]
+
+
+def position_counter(n, name):
+    """A position counter over ``[0, n)``: a Signal, or the constant 0 when ``n == 1``.
+
+    (A one-value counter would be a zero-width signal, which the emitted Verilog declares as
+    ``[-1:0]``; the constant keeps every comparison on it valid and emits nothing.)
+    """
+    return Signal(range(n), name=name) if n > 1 else Const(0, 1)
+
+
+def step_counter(m, counter, n, inc):
+    """Advance ``counter`` (from :func:`position_counter`) modulo ``n`` when ``inc`` is high."""
+    if n > 1:
+        with m.If(inc):
+            m.d.sync += counter.eq(Mux(counter == n - 1, 0, counter + 1))
+
+
+def ring_rows(radius):
+    """Rows of the line-buffer ring: the smallest power of two greater than ``2R + 1``."""
+    return 1 << (2 * radius + 1).bit_length()
+
+
+def _min_to_end(m, pos, n, radius, name):
+    """Combinational ``min(radius, n - 1 - pos)`` for a position counter ``pos`` in ``[0, n)``."""
+    out = Signal(range(radius + 1), name=name)
+    m.d.comb += out.eq(radius)
+    for k in range(min(radius, n)):
+        with m.If(pos == n - 1 - k):
+            m.d.comb += out.eq(k)
+    return out
+
+
+class ShiftUnit(wiring.Component):
+    """Per-channel spatial shift with zero padding, one beat in and one beat out per cycle.
+
+    Parameters
+    ----------
+    width, height : int
+        Feature-map shape W, H (elaboration parameters: the counters and the line buffer are
+        sized for them).
+    channels : int
+        Channel count C; a pixel is ``NB = ceil(C / lanes)`` beats.
+    lanes : int
+        Lanes per beat P.
+    bits : int
+        Activation width.
+    radius : int
+        Largest ``|dy|``, ``|dx|`` the hardware supports (R). Loaded shifts must respect it
+        (larger values wrap in the ``R``-sized registers).
+    stride : int
+        1, or 2 to emit only pixels with even y and even x.
+    layer_id : int
+        Layer index this block answers to on the parameter stream.
+
+    Attributes
+    ----------
+    i : In(pixel_stream(lanes, bits))
+        Input feature map, raster order; ``last`` is not used (the block counts beats).
+    o : Out(pixel_stream(lanes, bits))
+        Shifted feature map (``ceil(H/s) × ceil(W/s)`` pixels); ``last`` on the final beat of
+        each image; padding lanes are 0.
+    params : In(param_signature())
+        Parameter beats; kind ``SHIFT``, row ``c // lanes``, lane ``c % lanes``,
+        data ``(dy & 0xFF) | (dx & 0xFF) << 8``. Always ready.
+    rows : int
+        Rows in the line-buffer ring (NR).
+    depth : int
+        Words per lane bank (``NR * W * NB``).
+
+    Raises
+    ------
+    ValueError
+        A shape, lane count, width, radius, stride or layer id out of range.
+    """
+
+    def __init__(self, *, width, height, channels, lanes, bits, radius=1, stride=1, layer_id=0):
+        for name, value in (("width", width), ("height", height), ("channels", channels),
+                            ("lanes", lanes), ("bits", bits), ("radius", radius)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ShiftUnit: {name} must be a positive integer, got {value!r}")
+        if radius > 127:
+            raise ValueError(f"ShiftUnit: radius {radius} does not fit the 8-bit shift fields")
+        if stride not in (1, 2):
+            raise ValueError(f"ShiftUnit: stride must be 1 or 2, got {stride!r}")
+        if not isinstance(layer_id, int) or not 0 <= layer_id < 256:
+            raise ValueError(f"ShiftUnit: layer_id must be in [0, 255], got {layer_id!r}")
+        self.width, self.height, self.channels = width, height, channels
+        self.lanes, self.bits, self.radius, self.stride = lanes, bits, radius, stride
+        self.layer_id = layer_id
+        self.nb = beats_per_pixel(channels, lanes)
+        self.rows = ring_rows(radius)
+        self.depth = self.rows * width * self.nb
+        super().__init__({
+            "i": In(pixel_stream(lanes, bits)),
+            "o": Out(pixel_stream(lanes, bits)),
+            "params": In(param_signature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W, H, C, P = self.width, self.height, self.channels, self.lanes
+        R, NB, NR, S = self.radius, self.nb, self.rows, self.stride
+        WNB = W * NB
+
+        # ---- shift registers, written from the parameter stream --------------------------
+        # Registers rather than a memory: every lane needs its own (dy, dx) for the current
+        # beat in the same cycle as the address computation.
+        sshape = signed(R.bit_length() + 1)
+        # (Only real channels get registers; padding lanes of the last beat are masked.)
+        dys = [[Signal(sshape, name=f"dy_{b}_{l}") for l in range(min(P, C - b * P))]
+               for b in range(NB)]
+        dxs = [[Signal(sshape, name=f"dx_{b}_{l}") for l in range(min(P, C - b * P))]
+               for b in range(NB)]
+        p = self.params.payload
+        m.d.comb += self.params.ready.eq(1)
+        hit = (self.params.valid & (p.layer == self.layer_id) & (p.kind == ParamKind.SHIFT))
+        for b in range(NB):
+            for l in range(min(P, C - b * P)):
+                with m.If(hit & (p.row == b) & (p.lane == l)):
+                    m.d.sync += [dys[b][l].eq(p.data[0:sshape.width].as_signed()),
+                                 dxs[b][l].eq(p.data[8:8 + sshape.width].as_signed())]
+
+        # ---- pacing counters ---------------------------------------------------------------
+        span = (NR + 4) * WNB + 4
+        lead = Signal(range(-span, span))            # beats written - beats read (global)
+        rowlead = Signal(range(-4 - H, NR + 4))      # row written - row read (global)
+
+        # ---- write side: a wrapping address over the NR-row ring ---------------------------
+        banks = []
+        for l in range(P):
+            bank = Memory(shape=unsigned(self.bits), depth=self.depth, init=[])
+            m.submodules[f"bank{l}"] = bank
+            banks.append((bank.write_port(), bank.read_port()))
+        # The write address counter is lane 0's write-port address register itself (the other
+        # lanes share it), so no duplicate counter or alias wire exists.
+        waddr = banks[0][0].addr
+        wx = position_counter(W, "wx")
+        wb = position_counter(NB, "wb")
+        m.d.comb += self.i.ready.eq(rowlead <= NR - R - 1)
+        i_fire = self.i.valid & self.i.ready
+        w_row_end = (wx == W - 1) & (wb == NB - 1)
+        step_counter(m, waddr, self.depth, i_fire)
+        step_counter(m, wb, NB, i_fire)
+        step_counter(m, wx, W, i_fire & (wb == NB - 1))
+
+        # ---- read side counters (position of the beat being issued) ------------------------
+        ry = position_counter(H, "ry")
+        rx = position_counter(W, "rx")
+        rb = position_counter(NB, "rb")
+        rslot = Signal(range(NR))                    # global read row mod NR (NR >= 4)
+
+        dyr = _min_to_end(m, ry, H, R, "dy_room")
+        dxr = _min_to_end(m, rx, W, R, "dx_room")
+        # Beats that must already be written ahead of this one (see module docstring).
+        can_read = lead > dyr * WNB + dxr * NB
+
+        v1 = self.o.valid                            # output register holds a beat (a register)
+        mask1 = Signal(P)                            # lanes inside the image (others -> 0)
+        last1 = Signal()
+        adv_ok = ~v1 | self.o.ready                  # output register free this cycle
+        if S == 2:
+            skip = ry[0] | rx[0]
+            last_y, last_x = 2 * ((H - 1) // 2), 2 * ((W - 1) // 2)
+        else:
+            skip = Const(0, 1)
+            last_y, last_x = H - 1, W - 1
+        issue = ~skip & can_read & adv_ok
+        advance = skip | issue
+        r_row_end = (rx == W - 1) & (rb == NB - 1)
+
+        step_counter(m, rb, NB, advance)
+        step_counter(m, rx, W, advance & (rb == NB - 1))
+        step_counter(m, ry, H, advance & r_row_end)
+        step_counter(m, rslot, NR, advance & r_row_end)
+
+        m.d.sync += lead.eq(lead + i_fire - advance)
+        m.d.sync += rowlead.eq(rowlead + (i_fire & w_row_end) - (advance & r_row_end))
+
+        # ---- per-lane banks ----------------------------------------------------------------
+        mask = Signal(P)
+        last_valid_lanes = C - (NB - 1) * P
+        slot_bits = (NR - 1).bit_length()
+        for l in range(P):
+            wp, rp = banks[l]
+            m.d.comb += [wp.en.eq(i_fire), wp.data.eq(self.i.payload.data[l])]
+            if l:
+                m.d.comb += wp.addr.eq(waddr)
+
+            dy = Signal(sshape, name=f"cur_dy{l}")
+            dx = Signal(sshape, name=f"cur_dx{l}")
+            # Select this lane's shift for beat rb; the last beat is the default case so the
+            # decoder is complete for every NB (no latch-like incomplete case).
+            beats = [b for b in range(NB) if b * P + l < C]
+            # (A lane past C in every beat keeps dy = dx = 0; it is masked anyway.)
+            if len(beats) == 1:
+                m.d.comb += [dy.eq(dys[beats[0]][l]), dx.eq(dxs[beats[0]][l])]
+            elif beats:
+                with m.Switch(rb):
+                    for b in beats[:-1]:
+                        with m.Case(b):
+                            m.d.comb += [dy.eq(dys[b][l]), dx.eq(dxs[b][l])]
+                    with m.Default():
+                        m.d.comb += [dy.eq(dys[beats[-1]][l]), dx.eq(dxs[beats[-1]][l])]
+            ty = ry + dy
+            tx = rx + dx
+            inside = (ty >= 0) & (ty < H) & (tx >= 0) & (tx < W)
+            if l < last_valid_lanes:
+                lane_ok = 1
+            else:                                   # padding lane in the last beat
+                lane_ok = rb != NB - 1
+            m.d.comb += mask[l].eq(inside & lane_ok)
+
+            # Address of (row slot of y+dy, x+dx, b). Out-of-image positions yield some
+            # in-range address whose data is masked to 0 at the output.
+            slot = (rslot + dy)[:slot_bits]          # truncation = mod NR (a power of two)
+            col = Mux(inside, tx, 0)[:max(1, (W - 1).bit_length())]
+            m.d.comb += [rp.en.eq(adv_ok), rp.addr.eq(slot * WNB + col * NB + rb)]
+            m.d.comb += self.o.payload.data[l].eq(Mux(mask1[l], rp.data, 0))
+
+        with m.If(adv_ok):
+            m.d.sync += [v1.eq(issue), mask1.eq(mask),
+                         last1.eq((ry == last_y) & (rx == last_x) & (rb == NB - 1))]
+        m.d.comb += self.o.payload.last.eq(last1)
+        return m

@@ -1,0 +1,224 @@
+# amaranth: UnusedElaboratable=no
+"""ShiftUnit against ``models.golden.shift`` in amaranth.sim: random shapes, shifts, stalls."""
+
+import numpy as np
+import pytest
+
+from hw.params import decode_word, shift_param_words
+from hw.shift_unit import ShiftUnit
+from hw.stream import beats_per_pixel
+from models import golden
+from tests.lint import lint_component
+from tests.streamtb import make_rng, receive, run_sim, send
+
+
+# ---- helpers shared by the block tests of this family ------------------------------------
+
+def pixels_to_beats(x, lanes, bits, rng):
+    """NHWC int array -> list of beat payload dicts; padding lanes carry random garbage."""
+    n, h, w, c = x.shape
+    nb = beats_per_pixel(c, lanes)
+    beats = []
+    for i in range(n):
+        for y in range(h):
+            for xx in range(w):
+                for b in range(nb):
+                    lanes_v = []
+                    for l in range(lanes):
+                        ch = b * lanes + l
+                        lanes_v.append(int(x[i, y, xx, ch]) if ch < c
+                                       else (rng.randrange(1 << bits) if rng else 0))
+                    last = int(y == h - 1 and xx == w - 1 and b == nb - 1)
+                    beats.append({"data": lanes_v, "last": last})
+    return beats
+
+
+def beats_to_pixels(out, n, h, w, c, lanes):
+    """Received payloads -> NHWC int64 array (padding lanes dropped) and the ``last`` flags."""
+    nb = beats_per_pixel(c, lanes)
+    assert len(out) == n * h * w * nb
+    arr = np.zeros((n, h, w, c), np.int64)
+    lasts = []
+    k = 0
+    for i in range(n):
+        for y in range(h):
+            for xx in range(w):
+                for b in range(nb):
+                    for l in range(lanes):
+                        ch = b * lanes + l
+                        if ch < c:
+                            arr[i, y, xx, ch] = int(out[k].data[l])
+                    lasts.append(int(out[k].last))
+                    k += 1
+    return arr, lasts
+
+
+def expected_lasts(n, h, w, nb):
+    """``last`` is high only on the final beat of each image."""
+    per = [0] * (h * w * nb)
+    if per:
+        per[-1] = 1
+    return per * n
+
+
+def param_dicts(words):
+    """Encoded parameter words -> payload dicts for ``tests.streamtb.send``."""
+    out = []
+    for word in words:
+        layer, kind, row, lane, value = decode_word(word)
+        out.append({"layer": layer, "kind": kind, "row": row, "lane": lane, "data": value})
+    return out
+
+
+# ---- ShiftUnit ---------------------------------------------------------------------------
+
+def random_shifts(rng, c, radius):
+    shifts = np.array([[rng.randint(-radius, radius), rng.randint(-radius, radius)]
+                       for _ in range(c)], np.int64)
+    if c >= 2:                       # make sure the extreme shifts are exercised
+        shifts[0] = (radius, -radius)
+        shifts[1] = (-radius, radius)
+    return shifts
+
+
+def simulate_shift(dut, images, shifts, rng, p_idle, p_stall, layer_id=0, junk_params=True):
+    n, h, w, c = images.shape
+    P, bits = dut.lanes, dut.bits
+    nb = dut.nb
+    ho, wo = -(-h // dut.stride), -(-w // dut.stride)
+    words = shift_param_words(layer_id, shifts, P)
+    if junk_params:
+        # beats for another layer and another kind (SHIFT ^ 5 = BIAS) must be ignored
+        words = (shift_param_words(layer_id + 1, -shifts, P)
+                 + [w_ ^ (5 << 8) for w_ in shift_param_words(layer_id, -shifts, P)] + words)
+    beats = pixels_to_beats(images, P, bits, rng)
+    result = {}
+
+    async def tb_in(ctx):
+        await send(ctx, dut.params, param_dicts(words))
+        await send(ctx, dut.i, beats, rng, p_idle)
+
+    async def tb_out(ctx):
+        result["out"] = await receive(ctx, dut.o, n * ho * wo * nb, rng, p_stall)
+
+    run_sim(dut, tb_in, tb_out)
+    arr, lasts = beats_to_pixels(result["out"], n, ho, wo, c, P)
+    return arr, lasts
+
+
+CASES = [
+    # W, H, C, P, R, stride
+    (5, 4, 3, 2, 1, 1),
+    (3, 5, 5, 4, 1, 1),
+    (1, 3, 2, 1, 1, 1),
+    (4, 1, 4, 3, 1, 1),
+    (7, 6, 3, 3, 2, 1),
+    (2, 3, 1, 1, 2, 1),
+    (5, 5, 5, 2, 1, 2),
+    (6, 3, 2, 4, 2, 2),
+    (1, 1, 3, 2, 1, 1),
+    (4, 4, 3, 2, 1, 2),              # even H: the read side skips a whole row into the next image
+    (2, 6, 5, 3, 2, 2),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES) + 3))
+def test_shift_unit_random(case):
+    rng, seed = make_rng(f"test_shift_unit_random[{case}]")
+    if case < len(CASES):
+        w, h, c, p, r, s = CASES[case]
+    else:                            # fully random shape
+        w, h, c, p = rng.randint(1, 7), rng.randint(1, 7), rng.randint(1, 6), rng.randint(1, 4)
+        r, s = rng.choice([1, 2]), rng.choice([1, 2])
+    bits = rng.choice([4, 8])
+    n = rng.randint(2, 3)
+    layer_id = rng.randrange(250)
+    print(f"W={w} H={h} C={c} P={p} R={r} stride={s} bits={bits} N={n} layer={layer_id}")
+    nprng = np.random.default_rng(seed)
+    images = nprng.integers(0, 1 << bits, (n, h, w, c))
+    shifts = random_shifts(rng, c, r)
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=bits, radius=r, stride=s,
+                    layer_id=layer_id)
+    got, lasts = simulate_shift(dut, images, shifts, rng, p_idle=0.3, p_stall=0.3,
+                                layer_id=layer_id)
+    want = golden.shift(images, shifts)[:, ::s, ::s, :]
+    np.testing.assert_array_equal(got, want)
+    assert lasts == expected_lasts(n, -(-h // s), -(-w // s), dut.nb)
+
+
+def count_cycles_no_stall(dut, images, shifts):
+    """Feed images with no stalls; return (cycle of first input beat, cycle of last output)."""
+    n, h, w, c = images.shape
+    ho, wo = -(-h // dut.stride), -(-w // dut.stride)
+    beats = pixels_to_beats(images, dut.lanes, dut.bits, None)
+    total_out = n * ho * wo * dut.nb
+    state = {"cycle": 0, "first_in": None, "last_out": None, "out": []}
+
+    async def tb_in(ctx):
+        await send(ctx, dut.params, param_dicts(shift_param_words(0, shifts, dut.lanes)))
+        state["first_in"] = state["cycle"]
+        await send(ctx, dut.i, beats)
+
+    async def tb_out(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(state["out"]) < total_out:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            state["cycle"] += 1
+            if valid:
+                state["out"].append(payload)
+        state["last_out"] = state["cycle"]
+
+    run_sim(dut, tb_in, tb_out)
+    got, _ = beats_to_pixels(state["out"], n, ho, wo, c, dut.lanes)
+    want = golden.shift(images, shifts)[:, ::dut.stride, ::dut.stride, :]
+    np.testing.assert_array_equal(got, want)
+    return state["first_in"], state["last_out"]
+
+
+@pytest.mark.parametrize("w,h,c,p,r,s", [(6, 5, 5, 2, 1, 1), (4, 4, 3, 3, 2, 1),
+                                         (5, 3, 4, 4, 1, 2), (1, 4, 1, 1, 1, 1)])
+def test_shift_unit_throughput(w, h, c, p, r, s):
+    """No stalls: N images take N*H*W*NB cycles plus only the fill latency."""
+    rng, seed = make_rng("test_shift_unit_throughput")
+    n = 3
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    shifts = random_shifts(rng, c, r)
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
+    first, last = count_cycles_no_stall(dut, images, shifts)
+    nb = dut.nb
+    fill = (r * w + r) * nb + 3          # the reader waits for the window ahead, then 2 stages
+    assert last - first <= n * h * w * nb + fill, (last - first, n * h * w * nb, fill)
+
+
+@pytest.mark.parametrize("w,h,c,p,r,s", [(5, 4, 5, 2, 1, 1), (5, 4, 5, 2, 2, 2),
+                                         (1, 1, 1, 1, 1, 1), (3, 2, 2, 4, 1, 2)])
+def test_shift_unit_lint(tmp_path, w, h, c, p, r, s):
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
+    ok, msgs = lint_component(dut, "shift_unit", tmp_path)
+    assert ok, msgs
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(width=0), dict(height=-1), dict(channels=0), dict(lanes=0), dict(bits=0),
+    dict(radius=0), dict(stride=3), dict(layer_id=256), dict(width=2.5),
+])
+def test_shift_unit_bad_params(kwargs):
+    args = dict(width=4, height=4, channels=3, lanes=2, bits=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        ShiftUnit(**args)
+
+
+@pytest.mark.parametrize("w,h,c,p,r,s", [(4, 5, 3, 2, 1, 1), (3, 6, 2, 2, 2, 1),
+                                         (5, 5, 1, 1, 1, 2)])
+def test_shift_unit_backpressure(w, h, c, p, r, s):
+    """Heavy output stalls with an eager producer: the line buffer fills up and the write side
+    must stop before it overwrites a row the read side still needs."""
+    rng, seed = make_rng("test_shift_unit_backpressure")
+    n = 2
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    shifts = random_shifts(rng, c, r)
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
+    got, lasts = simulate_shift(dut, images, shifts, rng, p_idle=0.0, p_stall=0.85)
+    np.testing.assert_array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
+    assert lasts == expected_lasts(n, -(-h // s), -(-w // s), dut.nb)
