@@ -29,6 +29,7 @@ TOPLEVEL = "shiftacc_sim"
 ROOT = Path(__file__).resolve().parent.parent
 WAIVERS = ROOT / "hw" / "verilator_waivers.vlt"
 TIMESCALE = ("1ns", "1ps")
+_BUILD_OPTIONS_VERSION = 3  # bump when build flags below change: invalidates cached builds
 
 
 class SimulatorMissing(RuntimeError):
@@ -57,6 +58,11 @@ def tool_env(simulator):
         bindir = str(root / "bin")
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so make passes the
+        # precompiled header as an input file and the C++ build fails; give make the flag.
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
         if shutil.which("make") is None or shutil.which("g++") is None:
             raise SimulatorMissing("Verilator needs make and a C++ compiler: "
                                    "apt-get install -y make g++")
@@ -80,7 +86,8 @@ def harness_verilog(model, plan, batch_images):
 
 def _build(verilog_text, simulator, waves, log):
     from cocotb_tools.runner import get_runner
-    key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), 1]).encode())
+    key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
+                                     _BUILD_OPTIONS_VERSION]).encode())
     bdir = cache_root() / f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
     stamp = bdir / ".shiftacc-built"
     if stamp.exists():
@@ -94,8 +101,17 @@ def _build(verilog_text, simulator, waves, log):
     sources = [src]
     build_args = []
     if simulator == "verilator":
-        sources.append(WAIVERS)
-        build_args = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
+        # cocotb's runner makes every signal public (--public-flat-rw), which stops Verilator
+        # from optimizing the design and slows it several-fold; take that back and make
+        # public only what the testbench touches: the harness ports and memories, and the
+        # layer taps inside the accelerator.
+        public = bdir / "public.vlt"
+        public.write_text("`verilator_config\n"
+                          f'public_flat_rw -module "{TOPLEVEL}" -var "*"\n'
+                          'public_flat_rw -module "*" -var "tap*"\n')
+        sources += [WAIVERS, public]
+        build_args = ["--no-public-flat-rw", "-O3", "--x-assign", "fast", "--x-initial", "fast",
+                      "--noassert"]
         if waves:
             build_args += ["--trace-fst", "--trace-structs"]
     runner = get_runner(simulator)

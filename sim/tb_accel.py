@@ -157,17 +157,27 @@ class AcceleratorTB:
         bpi = self.beats.shape[1]
         mem = d.image_mem
         flat = self.beats[first:first + count].reshape(-1)
+        t0 = time.perf_counter()
         for i, v in enumerate(flat):
             mem[i].value = int(v)
+        t1 = time.perf_counter()
         await self._command(d.run, n_images=count)
+        t2 = time.perf_counter()
         lm, sm = d.logit_mem, d.stamp_mem
         logits = np.array([[_signed(int(lm[n * self.classes + k].value), 32)
                             for k in range(self.classes)] for n in range(count)], np.int64)
         stamps = [int(sm[n].value) for n in range(count)]
+        t3 = time.perf_counter()
+        self.dut._log.info(f"images {first}..{first + count - 1}: load {t1 - t0:.3f} s, "
+                           f"run {t2 - t1:.3f} s, read back {t3 - t2:.3f} s")
         return logits, stamps
 
-    async def run_protocol(self, indices, p_idle, p_stall):
-        """Drive params and images from Python with stalls; returns (logits, tap beats)."""
+    async def run_protocol(self, indices, p_idle, p_stall, monitor_taps=False):
+        """Drive params and images from Python with stalls; returns (logits, tap beats).
+
+        With ``monitor_taps`` every layer's output stream is recorded too (for divergence
+        reports); that costs a coroutine per layer per cycle, so only replays use it.
+        """
         d = self.dut
         d.mode.value = 0
         await RisingEdge(d.clk)
@@ -185,7 +195,7 @@ class AcceleratorTB:
         mon = StreamMonitor(d.clk, d.ext_logits__valid, d.ext_logits__ready,
                             d.ext_logits__payload, self.rng, p_stall)
         taps, tap_tasks = {}, []
-        for layer in sorted(self.plan_taps()):
+        for layer in (self.plan_taps() if monitor_taps else []):
             t = StreamMonitor(d.clk, getattr(d.accel, f"tap{layer}_valid"),
                               getattr(d.accel, f"tap{layer}_ready"),
                               getattr(d.accel, f"tap{layer}_payload"), drive_ready=False)
@@ -285,7 +295,7 @@ async def fast_run(dut):
         tot = sum(k for _, k in steady)
         result["cycles_per_image"] = sum(c * k for c, k in steady) / tot
     if bad:
-        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0)
+        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0, monitor_taps=True)
         result["first_mismatch"] = {"image": bad[0], "hardware": logits[bad[0]].tolist(),
                                     "golden": tb.golden[bad[0]].tolist(),
                                     "divergence": tb.divergence(bad[0], tap_beats)}
@@ -310,7 +320,7 @@ async def protocol_run(dut):
               "mismatched_images": bad[:100], "sim_cycles": tb.cycles,
               "sim_wall_seconds": wall}
     if bad:
-        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0)
+        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0, monitor_taps=True)
         result["first_mismatch"] = {"image": bad[0], "hardware": logits[bad[0]].tolist(),
                                     "golden": tb.golden[bad[0]].tolist(),
                                     "divergence": tb.divergence(bad[0], tap_beats)}
