@@ -120,8 +120,10 @@ class AcceleratorTB:
     async def start(self):
         cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns").start())
         d = self.dut
+        # Drive every input: a 4-state simulator would otherwise start them at X.
         for sig in (d.mode, d.load_params, d.run, d.ext_params__valid, d.ext_images__valid,
-                    d.ext_logits__ready, d.stall_level):
+                    d.ext_logits__ready, d.stall_level, d.n_params, d.n_images,
+                    d.ext_params__payload, d.ext_images__payload):
             sig.value = 0
         d.stall_seed.value = self.seed & 0xFFFFFFFF
         d.rst.value = 1
@@ -139,7 +141,11 @@ class AcceleratorTB:
         await RisingEdge(d.clk)
         if not d.done.value:
             await RisingEdge(d.done)
-        self.cycles += int(d.cycles.value) + 2
+        # `done` and the last memory writes land on the same edge; on an event-driven simulator
+        # (Icarus) the callback on `done` can run before the memory update, so let one more
+        # edge pass before reading the memories.
+        await RisingEdge(d.clk)
+        self.cycles += int(d.cycles.value) + 3
 
     async def load_params_bulk(self):
         d = self.dut
@@ -164,6 +170,12 @@ class AcceleratorTB:
         await self._command(d.run, n_images=count)
         t2 = time.perf_counter()
         lm, sm = d.logit_mem, d.stamp_mem
+        raw = [str(lm[i].value) for i in range(count * self.classes)]
+        bad = [i for i, v in enumerate(raw) if set(v) - {"0", "1"}]
+        if bad:
+            raise AssertionError(f"logits of images {sorted({i // self.classes for i in bad})} "
+                                 f"hold unknown bits (X/Z), e.g. {raw[bad[0]]}: some state "
+                                 f"was read before it was written")
         logits = np.array([[_signed(int(lm[n * self.classes + k].value), 32)
                             for k in range(self.classes)] for n in range(count)], np.int64)
         stamps = [int(sm[n].value) for n in range(count)]
