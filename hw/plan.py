@@ -361,6 +361,8 @@ def _build_stages(model, cfg, t):
     n_cls = len(model.classes)
     if lanes != 1:
         stages.append(_converter(1, 1, n_cls, lanes, 1, 32, True))
+    if any(st.cycles > t for st in stages):
+        return None  # e.g. the logits leave one per beat: never faster than `classes` cycles
     for st in stages:
         oh, ow, oc = st.out_shape
         row_beats = ow * _cdiv(oc, st.lanes_out)

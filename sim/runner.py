@@ -84,8 +84,24 @@ def harness_verilog(model, plan, batch_images):
     return verilog.convert(harness, name=TOPLEVEL)
 
 
-def _build(verilog_text, simulator, waves, log):
+def _get_runner(simulator):
     from cocotb_tools.runner import get_runner
+    return get_runner(simulator)
+
+
+def _icarus_vcd_runner():
+    """An Icarus runner whose simulation writes VCD (cocotb's own asks vvp for FST)."""
+    from cocotb_tools.runner import Icarus
+
+    class IcarusVCD(Icarus):
+        def _test_command(self):
+            return [[("-vcd" if a in ("-none", "-fst") else a) for a in cmd]
+                    for cmd in super()._test_command()]
+
+    return IcarusVCD()
+
+
+def _build(verilog_text, simulator, waves, log):
     key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
                                      _BUILD_OPTIONS_VERSION]).encode())
     bdir = cache_root() / f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
@@ -121,12 +137,21 @@ def _build(verilog_text, simulator, waves, log):
         # changes and their outputs start as X; Verilog-2005 semantics make the initializer an
         # event. The later -g flag wins.
         build_args = ["-g2005"]
-    runner = get_runner(simulator)
+        if waves:
+            # A VCD of everything below the harness, written where the simulation runs.
+            dump = bdir / "shiftacc_vcd_dump.v"
+            dump.write_text("module shiftacc_vcd_dump();\n"
+                            f'initial begin $dumpfile("waves.vcd"); $dumpvars(0, {TOPLEVEL}); '
+                            "end\nendmodule\n")
+            sources.append(dump)
+            build_args += ["-s", "shiftacc_vcd_dump"]
+    runner = _get_runner(simulator)
     log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog) ...")
     t0 = time.perf_counter()
     try:
         runner.build(sources=sources, hdl_toplevel=TOPLEVEL, build_dir=bdir,
-                     build_args=build_args, timescale=TIMESCALE, waves=waves,
+                     build_args=build_args, timescale=TIMESCALE,
+                     waves=waves and simulator == "verilator",
                      log_file=bdir / "build.log")
     except (RuntimeError, SystemExit) as e:
         raise RuntimeError(f"{simulator} build failed ({e}); see {bdir / 'build.log'}") from None
@@ -135,9 +160,29 @@ def _build(verilog_text, simulator, waves, log):
     return bdir
 
 
+def _with_progress(fn, path, total):
+    """Run ``fn`` in a thread while a tqdm bar follows the testbench's progress file."""
+    import threading
+
+    from tqdm import tqdm
+    if path.exists():
+        path.unlink()
+    worker = threading.Thread(target=fn)
+    worker.start()
+    with tqdm(total=total, unit="img", desc="simulating", file=sys.stderr) as bar:
+        while worker.is_alive():
+            worker.join(0.2)
+            try:
+                done = json.loads(path.read_text())["done"]
+            except (OSError, ValueError, KeyError):
+                continue
+            bar.update(done - bar.n)
+    worker.join()
+
+
 def simulate(model, images, *, model_path, config, simulator="verilator", test="fast_run",
              batch_images=64, stall_level=0, p_stall=0.3, seed=None, waves=False,
-             workdir=None, corrupt_param=None, log=print):
+             workdir=None, corrupt_param=None, progress=False, log=print):
     """Run the accelerator on ``images`` in a cocotb testbench and return its result dict.
 
     Parameters
@@ -161,6 +206,8 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
         Record a waveform (FST) of the run.
     workdir : Path, optional
         Where the job, results and waveform go (a temporary folder when None).
+    progress : bool
+        Show a progress bar (images done) while the simulator runs.
     corrupt_param : (int, int), optional
         Testing the testbench: XOR the data of parameter word ``[0]`` with ``[1]``.
 
@@ -187,25 +234,33 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
     job = {"model": str(Path(model_path).resolve()), "images": str(workdir / "images.npy"),
            "config": config, "batch_images": batch_images, "stall_level": stall_level,
            "p_stall": p_stall, "seed": seed, "test": test,
-           "result": str(workdir / "result.json"), "corrupt_param": corrupt_param}
+           "result": str(workdir / "result.json"), "corrupt_param": corrupt_param,
+           "progress": str(workdir / "progress.json")}
     (workdir / "job.json").write_text(json.dumps(job))
     result_path = workdir / "result.json"
     if result_path.exists():
         result_path.unlink()
-    from cocotb_tools.runner import get_runner
-    runner = get_runner(simulator)
+    runner = _icarus_vcd_runner() if simulator == "icarus" and waves else _get_runner(simulator)
     env = {"SHIFTACC_JOB": str(workdir / "job.json"),
            "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path)}
     log(f"[sim] {test} on {simulator}: {len(images)} images, seed {seed}")
-    try:
-        runner.test(test_module="sim.tb_accel", hdl_toplevel=TOPLEVEL,
-                    hdl_toplevel_lang="verilog", testcase=test, build_dir=bdir,
-                    test_dir=workdir, extra_env=env, seed=seed, waves=waves,
-                    timescale=TIMESCALE, log_file=workdir / "sim.log")
-    except SystemExit:
-        # cocotb's runner exits non-zero when the testbench's assertion failed; the
-        # testbench wrote its result (mismatch report) first, which is read below.
-        pass
+
+    def run_test():
+        try:
+            runner.test(test_module="sim.tb_accel", hdl_toplevel=TOPLEVEL,
+                        hdl_toplevel_lang="verilog", testcase=test, build_dir=bdir,
+                        test_dir=workdir, extra_env=env, seed=seed,
+                        waves=waves and simulator == "verilator",
+                        timescale=TIMESCALE, log_file=workdir / "sim.log")
+        except SystemExit:
+            # cocotb's runner exits non-zero when the testbench's assertion failed; the
+            # testbench wrote its result (mismatch report) first, which is read below.
+            pass
+
+    if progress:
+        _with_progress(run_test, workdir / "progress.json", len(images))
+    else:
+        run_test()
     if not result_path.exists():
         tail = ""
         if (workdir / "sim.log").exists():
@@ -217,7 +272,7 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
     result["workdir"] = str(workdir)
     result["seed"] = seed
     if waves:
-        for name in ("dump.fst", f"{TOPLEVEL}.fst", "dump.vcd"):
+        for name in ("dump.fst", "waves.vcd", f"{TOPLEVEL}.fst", "dump.vcd"):
             for d in (workdir, bdir):
                 if (d / name).exists():
                     result["waveform"] = str(d / name)

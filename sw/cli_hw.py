@@ -53,6 +53,8 @@ def register(sub):
     s.add_argument("--batch", type=int, default=64, help="images per bulk command")
     s.add_argument("--seed", type=int, help="random seed (printed when not given)")
     s.add_argument("--workdir", help="keep job, logs and waveforms here")
+    s.add_argument("--progress", action="store_true",
+                   help="show a progress bar even when stderr is not a terminal")
     s.set_defaults(func=cmd_sim)
 
 
@@ -162,7 +164,7 @@ def cmd_sim(args):
         res = simulate(model, images, model_path=args.model, config=cfg,
                        simulator=args.simulator, test=test, batch_images=args.batch,
                        stall_level=args.stall_level, seed=args.seed, waves=args.waves,
-                       workdir=args.workdir)
+                       workdir=args.workdir, progress=sys.stderr.isatty() or args.progress)
     except SimulatorMissing as e:
         return _fail(str(e))
     except RuntimeError as e:
