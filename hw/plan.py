@@ -351,8 +351,9 @@ def _build_stages(model, cfg, t):
             st.cycles = h * w * _cdiv(c, lo)
         elif layer.op == "gap":
             st = Stage("gap", i, (h, w, c), (1, 1, c), lo, lo, bits, out_bits)
-            # One beat in per cycle, then the pooled pixel's beats out (GlobalAvgPool docs).
-            st.cycles = h * w * _cdiv(c, lo) + _cdiv(c, lo)
+            # One beat in per cycle; the pooled pixel drains while the next image streams in
+            # (GlobalAvgPool: no per-image overhead).
+            st.cycles = h * w * _cdiv(c, lo)
         else:
             raise PlanError(f"layer {i}: op {layer.op!r} has no hardware block")
         stages.append(st)

@@ -59,7 +59,11 @@ async def receive(ctx, stream, count, rng=None, p_stall=0.0):
 
 async def send_params(ctx, stream, words):
     """Drive encoded parameter words (see :mod:`hw.params`) into a parameter port."""
-    await send(ctx, stream, words)
+    for w in words:
+        ctx.set(stream.payload.as_value(), w)
+        ctx.set(stream.valid, 1)
+        await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
 
 
 def run_sim(dut, *testbenches, vcd=None, deadline_cycles=None):

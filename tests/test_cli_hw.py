@@ -83,3 +83,18 @@ def test_sim_cli_bad_inputs(artifact, tmp_path, capsys):
     assert "shape" in err
     assert main(["sim", str(tmp_path / "missing.npz"), "--dataset", "digits"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("simulator,suffix", [("verilator", ".fst"), ("icarus", ".vcd")])
+def test_sim_waves_on_demand(tmp_path, simulator, suffix, capsys):
+    """--waves leaves a waveform (FST from Verilator, VCD from Icarus) and says where."""
+    rng = np.random.default_rng(21)
+    path = tmp_path / "tiny.npz"
+    model = save_artifact(path, random_model(rng, size=(4, 4), blocks=1, max_width=5))
+    np.save(tmp_path / "x.npy", rng.integers(0, 256, (2,) + model.input_shape).astype(np.uint8))
+    out = tmp_path / "out.json"
+    assert main(["sim", str(path), "--images", str(tmp_path / "x.npy"), "--simulator", simulator,
+                 "--waves", "--json", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    wave = Path(json.loads(out.read_text())["waveform"])
+    assert wave.suffix == suffix and wave.stat().st_size > 1000
+    assert str(wave) in capsys.readouterr().out

@@ -1,0 +1,299 @@
+"""GlobalAvgPool: per-channel sum over the whole feature map, then one requant (DESIGN.md §1).
+
+Like the golden ``gap``, this is a *sum* pool: the 1/(H·W) of an average is folded into the
+layer's single ``(m, sh)`` pair, so the hardware needs no divider.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .params import ParamKind, param_signature
+from .requant import M_BITS, SH_BITS, Requant
+from .stream import beats_per_pixel, pixel_stream
+
+__all__ = ["GlobalAvgPool"]
+
+
+def _check_int(name, value, lo, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
+            hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
+
+
+class GlobalAvgPool(wiring.Component):
+    """Sum every channel over an H×W image and requantize it with one ``(m, sh)``.
+
+    Dataflow. One input beat is accepted per cycle; beat ``b`` of a pixel adds its lanes to
+    the ``b``-th row of running sums (registers, ``NB = ceil(channels / lanes)`` rows of
+    ``lanes`` sums). Sums of the next image restart from 0 on its first pixel, so no clearing
+    cycle is needed and images follow each other with no gap: at full rate the per-image
+    cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
+    on ``o`` :attr:`latency` cycles after its last input beat.
+
+    Requant. The completed sums of the image's last pixel are requantized with the single
+    ``(m, sh)`` (the same pair on every Requant lane) and go to an output FIFO:
+
+    * Direct (``rq_groups = 1``: ``H · W = 1``, where every pixel is the last, or when sharing
+      would not save a lane): one Requant lane per stream lane, each completed beat of the
+      last pixel goes straight in (:attr:`latency` = 6).
+    * Shared (otherwise): the last pixel's sums are copied to a hold bank and drained through
+      ``rq_lanes = ceil(lanes / (H·W - 1))`` lanes, ``rq_groups`` cycles per beat, and
+      gathered back into beats. The drain (``NB · rq_groups <= NB · (H·W - 1)`` cycles) ends
+      before the next image's last pixel arrives, so it costs no input cycles, only latency
+      (``NB · rq_groups + 6``). A Requant lane is a multiplier (DSP block) and a wide barrel
+      shifter, so for the usual ``H · W >= lanes + 1`` a single lane serves every channel.
+
+    Backpressure. Only the last pixel's sums produce output, and FIFO credit is checked
+    before each output beat is started (``pending`` counts beats started and not yet taken
+    from ``o``), so a stalled ``o`` only pauses the work. In the direct variant the last
+    pixel's beats wait for credit; in the shared one the drain does, and the next image's
+    last pixel waits until the hold bank is drained. ``i.ready`` is a function of registers.
+
+    Widths. A sum of ``H·W`` values below ``2**in_bits`` is at most
+    ``(2**in_bits - 1) · H·W < 2**(in_bits + ceil(log2(H·W)))``, so each running sum is
+    ``in_bits + ceil(log2(H·W))`` bits, unsigned and exact; Requant is exact for any
+    accumulator width.
+
+    Framing. Position comes from counting beats against the elaboration-time shape; the input
+    ``last`` flag is not needed and is ignored. Padding lanes (channel >= ``channels``) are
+    summed like the others; lanes never mix, so they only reach the padding lanes of the
+    output, which carry don't-care values.
+
+    Parameters
+    ----------
+    width, height : int
+        Feature-map size (W, H).
+    channels : int
+        Channels C.
+    lanes : int
+        Lanes P of both streams.
+    in_bits : int
+        Width of the unsigned input activations.
+    act_bits : int
+        Width of the unsigned outputs (after the clamp).
+    layer_id : int
+        Layer index compared with ``params.payload.layer`` (kinds M and SH, row 0, lane 0).
+
+    Attributes
+    ----------
+    i : In(pixel_stream(lanes, in_bits))
+        ``H·W`` pixels of ``NB`` beats per image, raster order.
+    o : Out(pixel_stream(lanes, act_bits))
+        One pixel of ``NB`` beats per image.
+    params : In(param_signature())
+        Parameter writes; ``ready`` is always 1.
+    nb : int
+        Beats per pixel.
+    sum_bits : int
+        Width of a running sum.
+    latency : int
+        Cycles from accepting an image's last input beat to its last output beat on ``o``
+        (no stalls).
+    rq_lanes, rq_groups : int
+        Requant lanes and the cycles one output beat spends in them (see above).
+    fifo_depth : int
+        Output FIFO entries (the credit).
+
+    Raises
+    ------
+    ValueError
+        A size or width is not a positive integer in range, or ``layer_id`` does not fit the
+        8-bit layer field.
+    """
+
+    def __init__(self, *, width, height, channels, lanes, in_bits, act_bits, layer_id=0):
+        for name, value in (("width", width), ("height", height), ("channels", channels),
+                            ("lanes", lanes)):
+            _check_int(name, value, 1)
+        _check_int("in_bits", in_bits, 1, 16)
+        _check_int("act_bits", act_bits, 1, 16)
+        _check_int("layer_id", layer_id, 0, 255)
+        self.width, self.height, self.channels, self.lanes = width, height, channels, lanes
+        self.in_bits, self.act_bits, self.layer_id = in_bits, act_bits, layer_id
+        self.nb = beats_per_pixel(channels, lanes)
+        self.sum_bits = in_bits + ceil_log2(width * height)
+        if self.sum_bits + 1 > 64:
+            raise ValueError(f"a {width}x{height} map of {in_bits}-bit values needs "
+                             f"{self.sum_bits}-bit sums, more than supported")
+        pixels = width * height
+        # Requant lanes. With a 1×1 map every beat is a last-pixel beat: one Requant lane per
+        # stream lane. Otherwise the image's last pixel is copied into a hold bank and drained
+        # through rq_lanes = ceil(lanes / (H·W - 1)) lanes, rq_groups = ceil(lanes / rq_lanes)
+        # cycles per beat: NB · rq_groups <= NB · (H·W - 1) cycles, i.e. done before the next
+        # image's last pixel arrives, so sharing never slows the input. A Requant lane is a
+        # multiplier (a DSP block) and a wide barrel shifter, so this saves area.
+        if pixels == 1:
+            self.rq_lanes = lanes
+        else:
+            self.rq_lanes = -(-lanes // (pixels - 1))
+        self.rq_groups = -(-lanes // self.rq_lanes)
+        if self.rq_groups == 1:
+            # Requant input register (1) + Requant + FIFO write (1) + FIFO output register (1).
+            self.latency = Requant.LATENCY + 3
+        else:
+            # Drain of NB · groups cycles (after the last beat is held) + Requant + gather
+            # register + FIFO write + FIFO output register.
+            self.latency = self.nb * self.rq_groups + Requant.LATENCY + 3
+        self.fifo_depth = Requant.LATENCY + 3 + 2
+        super().__init__({
+            "i": In(pixel_stream(lanes, in_bits)),
+            "o": Out(pixel_stream(lanes, act_bits)),
+            "params": In(param_signature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, nb = self.lanes, self.nb
+        pixels = self.width * self.height
+        sum_layout = data.ArrayLayout(unsigned(self.sum_bits), lanes)
+
+        # ------------------------------------------------------------- (m, sh) registers
+        par = self.params.payload
+        m.d.comb += self.params.ready.eq(1)
+        mine = self.params.valid & (par.layer == self.layer_id) & (par.row == 0) & (par.lane == 0)
+        mult = Signal(M_BITS)
+        shift = Signal(SH_BITS)
+        with m.If(mine & (par.kind == ParamKind.M)):
+            m.d.sync += mult.eq(par.data)
+        with m.If(mine & (par.kind == ParamKind.SH)):
+            m.d.sync += shift.eq(par.data)
+
+        # ------------------------------------------------------------- running sums
+        # At least 1 bit each: a zero-width counter (nb or H·W of 1) would reach the Verilog
+        # as an undriven, unused net.
+        beat = Signal(range(max(nb, 2)))
+        pixel = Signal(range(max(pixels, 2)))
+        last_pixel = pixel == pixels - 1
+        pending = Signal(range(self.fifo_depth + 1))
+        take = self.i.valid & self.i.ready           # i.ready: see the requant variants
+
+        sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
+        cur = Array(sums)[beat]
+        new = Signal(sum_layout)
+        for k in range(lanes):
+            # Lanes never mix, so a padding lane's garbage only reaches that padding lane's
+            # output (don't-care by the stream convention): no input mask is needed.
+            # The first pixel restarts the sum, so the previous image needs no clearing cycle.
+            m.d.comb += new[k].eq(Mux(pixel == 0, 0, cur[k]) + self.i.payload.data[k])
+
+        with m.If(take):
+            with m.Switch(beat):
+                for b in range(nb):
+                    with m.Case(b):
+                        m.d.sync += sums[b].eq(new)
+            with m.If(beat == nb - 1):
+                m.d.sync += beat.eq(0)
+                m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+
+        out_layout = self.o.payload.shape()
+        m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
+                                                          depth=self.fifo_depth)
+        m.d.comb += [self.o.valid.eq(ofifo.r_rdy), self.o.payload.eq(ofifo.r_data),
+                     ofifo.r_en.eq(self.o.ready)]
+        out_taken = self.o.valid & self.o.ready
+        if self.rq_groups == 1:
+            self._direct_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+                                 out_taken)
+        else:
+            self._shared_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+                                 out_taken)
+        return m
+
+    def _direct_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+                        out_taken):
+        """One Requant lane per stream lane, fed straight from the last pixel's sums."""
+        lanes, nb = self.lanes, self.nb
+        # Only beats of the last pixel produce output, so only they need FIFO credit.
+        m.d.comb += self.i.ready.eq(~last_pixel | (pending < self.fifo_depth))
+        rq_valid = Signal()
+        rq_sum = Signal.like(new)
+        rq_last = Signal()
+        m.d.sync += rq_valid.eq(take & last_pixel)
+        with m.If(take):
+            m.d.sync += [rq_sum.eq(new), rq_last.eq(beat == nb - 1)]
+        m.submodules.requant = rq = Requant(lanes=lanes, act_bits=self.act_bits,
+                                            acc_bits=self.sum_bits + 1)
+        m.d.comb += [rq.i.valid.eq(rq_valid), rq.i.payload.tag.eq(rq_last)]
+        for k in range(lanes):
+            m.d.comb += [rq.i.payload.acc[k].eq(rq_sum[k]),
+                         rq.i.payload.m[k].eq(mult), rq.i.payload.sh[k].eq(shift)]
+        beat_out = Signal(self.o.payload.shape())
+        m.d.comb += [beat_out.data.eq(rq.o.payload.q), beat_out.last.eq(rq.o.payload.tag),
+                     ofifo.w_data.eq(beat_out), ofifo.w_en.eq(rq.o.valid)]
+        m.d.sync += pending.eq(pending + (take & last_pixel) - out_taken)
+
+    def _shared_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+                        out_taken):
+        """The last pixel's sums go to a hold bank, drained through ``rq_lanes`` lanes."""
+        lanes, nb = self.lanes, self.nb
+        r, groups = self.rq_lanes, self.rq_groups
+        grp_bits = max(1, (groups - 1).bit_length())
+        hold = [Signal.like(new, name=f"hold{b}") for b in range(nb)]
+        draining = Signal()
+        # The hold bank is free again once drained; the next last pixel waits for that (it
+        # only has to under backpressure: at full rate the drain ends first, see __init__).
+        m.d.comb += self.i.ready.eq(~last_pixel | ~draining)
+        d_beat = Signal(range(max(nb, 2)))
+        d_grp = Signal(range(max(groups, 2)))
+        with m.If(take & last_pixel):
+            with m.Switch(beat):
+                for b in range(nb):
+                    with m.Case(b):
+                        m.d.sync += hold[b].eq(new)
+            with m.If(beat == nb - 1):
+                m.d.sync += [draining.eq(1), d_beat.eq(0), d_grp.eq(0)]
+
+        # Credit: one FIFO entry is reserved when a beat's first group is issued.
+        step = Signal()
+        m.d.comb += step.eq(draining & ((d_grp != 0) | (pending < self.fifo_depth)))
+        m.d.sync += pending.eq(pending + (step & (d_grp == 0)) - out_taken)
+        with m.If(step):
+            with m.If(d_grp == groups - 1):
+                m.d.sync += d_grp.eq(0)
+                with m.If(d_beat == nb - 1):
+                    m.d.sync += draining.eq(0)
+                with m.Else():
+                    m.d.sync += d_beat.eq(d_beat + 1)
+            with m.Else():
+                m.d.sync += d_grp.eq(d_grp + 1)
+
+        # Feed register: group d_grp of held beat d_beat (registered to cut the mux path).
+        m.submodules.requant = rq = Requant(lanes=r, act_bits=self.act_bits,
+                                            acc_bits=self.sum_bits + 1, tag_bits=grp_bits + 1)
+        f_valid = Signal()
+        f_tag = Signal(grp_bits + 1)
+        f_acc = [Signal(self.sum_bits, name=f"feed{k}") for k in range(r)]
+        held = Array(hold)[d_beat]
+        m.d.sync += [f_valid.eq(step), f_tag.eq(Cat(d_grp[:grp_bits], d_beat == nb - 1))]
+        for k in range(r):
+            with m.Switch(d_grp):
+                for g in range(groups):
+                    if g * r + k < lanes:
+                        with m.Case(g):
+                            m.d.sync += f_acc[k].eq(held[g * r + k])
+                with m.Default():
+                    m.d.sync += f_acc[k].eq(0)      # lane past the beat: don't-care
+        m.d.comb += [rq.i.valid.eq(f_valid), rq.i.payload.tag.eq(f_tag)]
+        for k in range(r):
+            m.d.comb += [rq.i.payload.acc[k].eq(f_acc[k]),
+                         rq.i.payload.m[k].eq(mult), rq.i.payload.sh[k].eq(shift)]
+
+        # Gather the groups into one output beat; write it once its last group is in.
+        gather = Signal(self.o.payload.shape())
+        q_grp = rq.o.payload.tag[:grp_bits]
+        with m.If(rq.o.valid):
+            with m.Switch(q_grp):
+                for g in range(groups):
+                    with m.Case(g):
+                        for k in range(r):
+                            if g * r + k < lanes:
+                                m.d.sync += gather.data[g * r + k].eq(rq.o.payload.q[k])
+            m.d.sync += gather.last.eq(rq.o.payload.tag[grp_bits])
+        done = Signal()
+        m.d.sync += done.eq(rq.o.valid & (q_grp == groups - 1))
+        m.d.comb += [ofifo.w_data.eq(gather), ofifo.w_en.eq(done)]

@@ -1,0 +1,447 @@
+"""MacArray: a quantized 1×1 convolution engine with ``p_in × p_out`` multipliers.
+
+For every input pixel it computes ``acc[o] = bias[o] + Σ_i w[o, i] * x[i]`` (DESIGN.md §1,
+conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requant.Requant`.
+Stride is handled upstream: the MacArray sees only the pixels it must compute.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .params import ParamKind, param_signature
+from .requant import M_BITS, SH_BITS, Requant
+from .stream import beats_per_pixel, pixel_layout, pixel_stream
+
+__all__ = ["MacArray"]
+
+
+def _check_int(name, value, lo, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
+            hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
+
+
+def _index(count, name):
+    """A counter/index for ``count`` values, at least 1 bit wide: a zero-width signal (count
+    1) would reach the Verilog as an undriven, unused net."""
+    return Signal(range(max(count, 2)), name=name)
+
+
+class MacArray(wiring.Component):
+    """Quantized 1×1 convolution: ``p_in × p_out`` signed×unsigned multipliers, weights in RAM.
+
+    Schedule. A pixel is ``NBi = ceil(cin / p_in)`` input beats; the output pixel is
+    ``NBo = ceil(cout / p_out)`` output beats. For each output fold ``j`` and each input fold
+    ``i`` the array spends one cycle with all ``p_in · p_out`` multipliers busy on weight row
+    ``j · NBi + i`` (rows are read sequentially, so the address is a plain counter). After the
+    last input fold of ``j`` the bias is added and output beat ``j`` goes to Requant (or out
+    raw, ``requant=False``). Steady state: one pixel every ``NBi · NBo`` cycles, every
+    multiplier busy every cycle, including ``NBi · NBo = 1`` (one pixel per cycle).
+
+    Input double buffer. Two pixel banks of registers: the input stream fills one bank while
+    the fold sequencer reads the other, so loading the next pixel (``NBi`` cycles) is hidden
+    behind computing this one (``NBi · NBo >= NBi`` cycles). ``i.ready`` is ``not full`` of the
+    bank being filled, a register: it never depends on ``o.ready`` combinationally.
+
+    Backpressure. The arithmetic pipeline has no stall logic. An output beat is only issued
+    while the output FIFO has credit for it (``pending`` counts beats issued and not yet taken
+    from ``o``; it never exceeds the FIFO depth), so a stalled ``o`` can neither drop nor
+    duplicate data; issue simply pauses.
+
+    Pipeline, cycles after issue: 0 weight-RAM read and input-beat select, 1 products,
+    2 lane sums, 3 accumulate; raw (``requant=False``): 4 ``+ bias``, 5 FIFO write; requant:
+    4 hold the beat, 5 feed lane group 0 to the shared Requant (bias/m/sh row read), 6
+    ``+ bias``, 7..9 Requant, (gather,) FIFO write. :attr:`latency` counts the cycles from the
+    issue of an output beat's last fold to that beat on ``o`` (empty FIFO, ``o.ready`` high):
+    7 raw, 12 with ``rq_groups = 1``, ``12 + rq_groups`` otherwise.
+
+    Shared Requant. Output beats leave the accumulators at most once every ``NBi`` cycles, so
+    a Requant of ``rq_lanes = ceil(p_out / NBi)`` lanes, fed one group of lanes per cycle for
+    ``rq_groups = ceil(p_out / rq_lanes) <= NBi`` cycles and gathered back into a beat, keeps
+    full rate. A Requant lane is a 32×16 multiplier (two iCE40 SB_MAC16 or ECP5 MULT18X18D)
+    plus a 49-bit barrel shifter, so this saves DSPs and LUTs whenever ``NBi > 1``. The bias,
+    m and sh memories are ``rq_lanes`` wide with one row per (output beat, lane group), read
+    by a counter in feed order; on iCE40, whose block RAMs are at most 16 bits wide, this
+    narrows e.g. the bias RAM of a ``p_out = 4`` layer from 8 block RAMs to 2. (The
+    parameter port keeps the :mod:`hw.params` row/lane addressing; the write side remaps.)
+
+    Accumulator width. One product ``w·x`` has ``|w·x| <= 2**(wb-1) · (2**ib - 1) <
+    2**(wb+ib-1)``, so it fits ``signed(wb + ib)``. A sum of at most ``cin`` of them is
+    bounded by ``cin`` times that, so it fits ``S = wb + ib + ceil(log2(cin))`` signed bits.
+    The accumulator (excluding the bias) is ``min(S, 32)`` bits. When ``S <= 32`` every partial
+    sum is a sum of a subset of the same terms (padding terms are 0), so it fits as well and is
+    exact. When ``S > 32`` the accumulator and the ``+ bias`` wrap modulo ``2**32``: two's
+    complement addition is exact modulo ``2**32``, and the artifact guarantees (DESIGN.md §1)
+    that the final ``bias + Σ w·x`` lies in int32, so the wrapped result equals it exactly even
+    if a partial sum left the int32 range.
+
+    Padding. Input lanes of channels ``>= cin`` are masked to 0 when a beat is stored (and
+    their weights are never written, so stay 0). Output lanes of channels ``>= cout`` carry
+    don't-care values, as the pixel-stream convention allows.
+
+    Parameters
+    ----------
+    cin, cout : int
+        Input / output channels.
+    p_in, p_out : int
+        Input lanes (``i`` stream) and output lanes (``o`` stream); ``p_in · p_out`` multipliers.
+    in_bits : int
+        Width of the unsigned input activations.
+    weight_bits : int
+        Width of the signed weights (2..8 in DESIGN.md; 2..16 accepted).
+    act_bits : int
+        Width of the unsigned output activations (ignored when ``requant=False``).
+    requant : bool
+        Requantize (hidden layers) or output the raw int32 accumulator (classifier).
+    layer_id : int
+        Layer index compared with ``params.payload.layer``.
+
+    Attributes
+    ----------
+    i : In(pixel_stream(p_in, in_bits))
+        Input pixels, ``NBi`` beats each.
+    o : Out(pixel_stream(p_out, act_bits)) or Out(pixel_stream(p_out, 32, is_signed=True))
+        Output pixels, ``NBo`` beats each; ``last`` on the last beat of the pixel whose final
+        input beat carried ``last``.
+    params : In(param_signature())
+        Parameter writes (WEIGHT, BIAS, M, SH of this ``layer_id``); ``ready`` is always 1.
+    nbi, nbo : int
+        Input / output beats per pixel.
+    cycles_per_pixel : int
+        ``nbi · nbo``, steady-state initiation interval.
+    latency : int
+        Cycles from issuing a beat's last fold to that beat being available on ``o``.
+    acc_bits : int
+        Width of the product accumulator (see above).
+    fifo_depth : int
+        Output FIFO entries (the issue credit).
+    rq_lanes : int
+        Requant lanes, ``ceil(p_out / nbi)``: the beat's ``p_out`` values go through them in
+        ``rq_groups = ceil(p_out / rq_lanes) <= nbi`` consecutive cycles.
+
+    Raises
+    ------
+    ValueError
+        A shape parameter is not a positive integer, a width is out of range, or
+        ``layer_id`` does not fit the 8-bit layer field.
+    """
+
+    def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
+                 requant=True, layer_id=0):
+        for name, value in (("cin", cin), ("cout", cout), ("p_in", p_in), ("p_out", p_out)):
+            _check_int(name, value, 1)
+        _check_int("in_bits", in_bits, 1, 16)
+        _check_int("weight_bits", weight_bits, 2, 16)
+        _check_int("act_bits", act_bits, 1, 16)
+        _check_int("layer_id", layer_id, 0, 255)
+        self.cin, self.cout = cin, cout
+        self.p_in, self.p_out = p_in, p_out
+        self.in_bits, self.weight_bits, self.act_bits = in_bits, weight_bits, act_bits
+        self.requant = bool(requant)
+        self.layer_id = layer_id
+        self.nbi = beats_per_pixel(cin, p_in)
+        self.nbo = beats_per_pixel(cout, p_out)
+        self.cycles_per_pixel = self.nbi * self.nbo
+        self.prod_bits = weight_bits + in_bits
+        self.acc_bits = min(self.prod_bits + ceil_log2(cin), 32)
+        # Issue (0) -> products (1) -> lane sums (2) -> accumulate (3) -> +bias (4) ->
+        # [Requant] -> FIFO write -> FIFO output register.
+        # Requant lanes: an output beat leaves the accumulators only every NBi cycles, so
+        # ceil(p_out / NBi) Requant lanes, each used on ceil(p_out / rq_lanes) <= NBi
+        # consecutive cycles, keep up with it. A Requant lane is a 32x16 multiplier (two
+        # iCE40 SB_MAC16) plus a 49-bit barrel shifter, so sharing it saves real area.
+        self.rq_lanes = -(-p_out // self.nbi)
+        self.rq_groups = -(-p_out // self.rq_lanes)
+        if not self.requant:
+            self._write_at = 5
+        else:
+            # 5: first group fed (constants' row read), 6: + bias, 7..9: Requant,
+            # + (groups - 1) serial feed cycles + 1 gather register when shared.
+            self._write_at = 7 + Requant.LATENCY
+            if self.rq_groups > 1:
+                self._write_at += self.rq_groups - 1 + 1
+        self.latency = self._write_at + 2
+        # Credit must cover every beat in flight at full rate plus the FIFO's own
+        # read latency, so that o.ready held high never throttles issue.
+        self.fifo_depth = self.latency + 2
+        if self.requant:
+            out_sig = pixel_stream(p_out, act_bits)
+        else:
+            out_sig = pixel_stream(p_out, 32, is_signed=True)
+        super().__init__({
+            "i": In(pixel_stream(p_in, in_bits)),
+            "o": Out(out_sig),
+            "params": In(param_signature()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cin, p_in, p_out = self.cin, self.p_in, self.p_out
+        nbi, nbo = self.nbi, self.nbo
+        ib, wb = self.in_bits, self.weight_bits
+        beat_layout = data.ArrayLayout(unsigned(ib), p_in)
+
+        # ---------------------------------------------------------------- parameter memories
+        par = self.params.payload
+        m.d.comb += self.params.ready.eq(1)
+        mine = self.params.valid & (par.layer == self.layer_id)
+
+        def param_mem(name, elem, lanes, depth, kind, per_row=None):
+            """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
+            is stored at row ``row * G + lane // per_row``, element ``lane % per_row``, with
+            ``G = ceil(lanes / per_row)`` (``per_row = lanes``: the params.py layout itself).
+            Narrow rows let a shared Requant read its group's constants directly."""
+            per_row = lanes if per_row is None else per_row
+            groups = -(-lanes // per_row)
+            # At least 2 rows: a 1-row memory would have a zero-width address.
+            mem = memory.Memory(shape=data.ArrayLayout(elem, per_row),
+                                depth=max(depth * groups, 2), init=[])
+            m.submodules[name] = mem
+            # granularity=1: a parameter beat writes one element of a row.
+            wp = mem.write_port(granularity=1)
+            write = mine & (par.kind == kind) & (par.row < depth)
+            if groups == 1:
+                m.d.comb += wp.addr.eq(par.row)
+                for e in range(per_row):
+                    m.d.comb += wp.en[e].eq(write & (par.lane == e))
+            else:
+                sub_row = Signal(range(groups), name=f"{name}_sub_row")
+                elem_sel = Signal(range(max(per_row, 2)), name=f"{name}_elem")
+                lane_ok = Signal(name=f"{name}_lane_ok")
+                with m.Switch(par.lane):
+                    for lane in range(lanes):
+                        with m.Case(lane):
+                            m.d.comb += [sub_row.eq(lane // per_row),
+                                         elem_sel.eq(lane % per_row), lane_ok.eq(1)]
+                m.d.comb += wp.addr.eq(par.row * groups + sub_row)
+                for e in range(per_row):
+                    m.d.comb += wp.en[e].eq(write & lane_ok & (elem_sel == e))
+            for e in range(per_row):
+                # Truncation of the 32-bit word to the element width is intended.
+                m.d.comb += wp.data[e].eq(par.data)
+            return mem.read_port(domain="sync")
+
+        w_rd = param_mem("weights", signed(wb), p_in * p_out, nbo * nbi, ParamKind.WEIGHT)
+        if self.requant:
+            # Constants of a shared Requant: one row per (output beat, lane group).
+            r = self.rq_lanes
+            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, r)
+            m_rd = param_mem("mult", unsigned(M_BITS), p_out, nbo, ParamKind.M, r)
+            s_rd = param_mem("shift", unsigned(SH_BITS), p_out, nbo, ParamKind.SH, r)
+        else:
+            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS)
+
+        # ---------------------------------------------------------------- input double buffer
+        bank_regs = [Signal(beat_layout, name=f"xbuf{b}_{k}")
+                     for b in range(2) for k in range(nbi)]
+        full = [Signal(name=f"full{b}") for b in range(2)]
+        bank_last = [Signal(name=f"bank_last{b}") for b in range(2)]
+        wbank = Signal()                       # bank being filled
+        wbeat = _index(nbi, "wbeat")           # next beat of that bank
+        m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]))
+
+        # Mask padding lanes (channel >= cin) of the last beat, so a producer's garbage there
+        # never reaches a product.
+        valid_in_last = cin - (nbi - 1) * p_in
+        masked = Signal(beat_layout)
+        for k in range(p_in):
+            lane = self.i.payload.data[k]
+            if k >= valid_in_last:
+                m.d.comb += masked[k].eq(Mux(wbeat == nbi - 1, 0, lane))
+            else:
+                m.d.comb += masked[k].eq(lane)
+
+        with m.If(self.i.valid & self.i.ready):
+            with m.Switch(wbank * nbi + wbeat):
+                for idx in range(2 * nbi):
+                    with m.Case(idx):
+                        m.d.sync += bank_regs[idx].eq(masked)
+            with m.If(wbeat == nbi - 1):
+                m.d.sync += [wbeat.eq(0), wbank.eq(~wbank)]
+                for b in range(2):
+                    with m.If(wbank == b):
+                        m.d.sync += [full[b].eq(1), bank_last[b].eq(self.i.payload.last)]
+            with m.Else():
+                m.d.sync += wbeat.eq(wbeat + 1)
+
+        # ---------------------------------------------------------------- fold sequencer
+        rbank = Signal()                       # bank being computed
+        fi = _index(nbi, "fi")                 # input fold
+        fj = _index(nbo, "fj")                 # output fold
+        row = _index(nbi * nbo, "row")         # weight row = fj * nbi + fi, as a counter
+        pending = Signal(range(self.fifo_depth + 1))
+        rfull = Mux(rbank, full[1], full[0])
+        last_fold = fi == nbi - 1
+        # Only the last fold of j emits an output beat, so only it needs FIFO credit.
+        issue = Signal()
+        m.d.comb += issue.eq(rfull & (~last_fold | (pending < self.fifo_depth)))
+
+        with m.If(issue):
+            with m.If(last_fold):
+                m.d.sync += fi.eq(0)
+                with m.If(fj == nbo - 1):
+                    m.d.sync += [fj.eq(0), row.eq(0), rbank.eq(~rbank)]
+                    for b in range(2):
+                        with m.If(rbank == b):
+                            m.d.sync += full[b].eq(0)
+                with m.Else():
+                    m.d.sync += [fj.eq(fj + 1), row.eq(row + 1)]
+            with m.Else():
+                m.d.sync += [fi.eq(fi + 1), row.eq(row + 1)]
+
+        out_taken = self.o.valid & self.o.ready
+        m.d.sync += pending.eq(pending + (issue & last_fold) - out_taken)
+
+        # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
+        m.d.comb += w_rd.addr.eq(row)
+        x1 = Signal(beat_layout)
+        v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
+        j1 = _index(nbo, "j1")
+        m.d.sync += [
+            x1.eq(Array(bank_regs)[rbank * nbi + fi]),
+            v1.eq(issue), first1.eq(fi == 0), lastf1.eq(last_fold), j1.eq(fj),
+            last1.eq(Mux(rbank, bank_last[1], bank_last[0]) & (fj == nbo - 1)),
+        ]
+
+        # Stage 1 -> 2: all p_in * p_out products (the multipliers, busy on every issue).
+        prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}") for k in range(p_in)]
+                 for o in range(p_out)]
+        for o in range(p_out):
+            for k in range(p_in):
+                m.d.sync += prods[o][k].eq(w_rd.data[o * p_in + k] * x1[k])
+        v2, first2, lastf2, last2 = Signal(), Signal(), Signal(), Signal()
+        j2 = _index(nbo, "j2")
+        m.d.sync += [v2.eq(v1), first2.eq(first1), lastf2.eq(lastf1), last2.eq(last1), j2.eq(j1)]
+
+        # Stage 2 -> 3: per-output-lane sum over the p_in products.
+        psum_bits = self.prod_bits + ceil_log2(p_in)
+        psums = [Signal(signed(psum_bits), name=f"psum{o}") for o in range(p_out)]
+        for o in range(p_out):
+            total = prods[o][0]
+            for k in range(1, p_in):
+                total = total + prods[o][k]
+            m.d.sync += psums[o].eq(total)
+        v3, first3, lastf3, last3 = Signal(), Signal(), Signal(), Signal()
+        j3 = _index(nbo, "j3")
+        m.d.sync += [v3.eq(v2), first3.eq(first2), lastf3.eq(lastf2), last3.eq(last2), j3.eq(j2)]
+
+        # Stage 3 -> 4: accumulate over the input folds.
+        accs = [Signal(signed(self.acc_bits), name=f"acc{o}") for o in range(p_out)]
+        with m.If(v3):
+            for o in range(p_out):
+                m.d.sync += accs[o].eq(Mux(first3, 0, accs[o]) + psums[o])
+        v4, last4 = Signal(), Signal()
+        m.d.sync += [v4.eq(v3 & lastf3), last4.eq(last3)]
+
+        out_layout = self.o.payload.shape()
+        m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
+                                                          depth=self.fifo_depth)
+        beat = Signal(out_layout)
+        if self.requant:
+            self._requant_tail(m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo)
+        else:
+            # Stage 4 -> 5: + bias (row read started in stage 3), wrapping to int32 (exact,
+            # see the class docstring); then straight to the FIFO.
+            m.d.comb += b_rd.addr.eq(j3)
+            res = [Signal(signed(32), name=f"res{o}") for o in range(p_out)]
+            for o in range(p_out):
+                m.d.sync += res[o].eq(accs[o] + b_rd.data[o])
+            v5, last5 = Signal(), Signal()
+            m.d.sync += [v5.eq(v4), last5.eq(last4)]
+            for o in range(p_out):
+                m.d.comb += beat.data[o].eq(res[o])
+            m.d.comb += [beat.last.eq(last5), ofifo.w_en.eq(v5)]
+        m.d.comb += [
+            ofifo.w_data.eq(beat),
+            self.o.valid.eq(ofifo.r_rdy),
+            self.o.payload.eq(ofifo.r_data),
+            ofifo.r_en.eq(self.o.ready),
+        ]
+        return m
+
+    def _requant_tail(self, m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo):
+        """Accumulators -> (+ bias) -> shared Requant -> gathered output beat -> FIFO."""
+        p_out, r, groups = self.p_out, self.rq_lanes, self.rq_groups
+        grp_bits = max(1, (groups - 1).bit_length())
+
+        # Stage 4 -> 5: hold the beat's sums until the next output beat (>= NBi cycles
+        # later, and the feed below takes rq_groups <= NBi cycles).
+        res = [Signal(signed(self.acc_bits), name=f"res{o}") for o in range(p_out)]
+        v5, last5 = Signal(), Signal()
+        m.d.sync += v5.eq(v4)
+        with m.If(v4):
+            m.d.sync += last5.eq(last4)
+            for o in range(p_out):
+                m.d.sync += res[o].eq(accs[o])
+
+        # Feed: group g (lanes g*r .. g*r + r - 1) on the g-th cycle from v5. The bias/m/sh
+        # rows are stored in exactly this (beat, group) order, so their address is a counter.
+        grp = Signal(range(max(groups, 2)))
+        busy = Signal()
+        feed = v5 | busy
+        feed_grp = Signal.like(grp)
+        m.d.comb += feed_grp.eq(Mux(v5, 0, grp))
+        if groups > 1:
+            with m.If(v5):
+                m.d.sync += [grp.eq(1), busy.eq(1)]
+            with m.Elif(busy):
+                m.d.sync += grp.eq(grp + 1)
+                with m.If(grp == groups - 1):
+                    m.d.sync += busy.eq(0)
+        crow = _index(self.nbo * groups, "const_row")
+        with m.If(feed):
+            m.d.sync += crow.eq(Mux(crow == self.nbo * groups - 1, 0, crow + 1))
+        m.d.comb += [b_rd.addr.eq(crow), m_rd.addr.eq(crow), s_rd.addr.eq(crow)]
+
+        f1_valid = Signal()
+        f1_tag = Signal(grp_bits + 1)
+        f1_acc = [Signal(signed(self.acc_bits), name=f"feed_acc{k}") for k in range(r)]
+        m.d.sync += [f1_valid.eq(feed), f1_tag.eq(Cat(feed_grp[:grp_bits], last5))]
+        for k in range(r):
+            with m.Switch(feed_grp):
+                for g in range(groups):
+                    if g * r + k < p_out:
+                        with m.Case(g):
+                            m.d.sync += f1_acc[k].eq(res[g * r + k])
+                with m.Default():
+                    m.d.sync += f1_acc[k].eq(0)     # lane past p_out: don't-care output
+
+        # + bias (the constants' row was read during the feed cycle), wrapping to int32
+        # (exact, see the class docstring); m/sh registered beside it.
+        m.submodules.requant = rq = Requant(lanes=r, act_bits=self.act_bits,
+                                            tag_bits=grp_bits + 1)
+        f2_valid = Signal()
+        f2_tag = Signal(grp_bits + 1)
+        m.d.sync += [f2_valid.eq(f1_valid), f2_tag.eq(f1_tag)]
+        m.d.comb += [rq.i.valid.eq(f2_valid), rq.i.payload.tag.eq(f2_tag)]
+        for k in range(r):
+            acc = Signal(signed(32), name=f"biased{k}")
+            mk = Signal(M_BITS, name=f"mult{k}")
+            sk = Signal(SH_BITS, name=f"shift{k}")
+            m.d.sync += [acc.eq(f1_acc[k] + b_rd.data[k]), mk.eq(m_rd.data[k]),
+                         sk.eq(s_rd.data[k])]
+            m.d.comb += [rq.i.payload.acc[k].eq(acc), rq.i.payload.m[k].eq(mk),
+                         rq.i.payload.sh[k].eq(sk)]
+
+        q_grp = rq.o.payload.tag[:grp_bits]
+        q_last = rq.o.payload.tag[grp_bits]
+        if groups == 1:
+            m.d.comb += [beat.data.eq(rq.o.payload.q), beat.last.eq(q_last),
+                         ofifo.w_en.eq(rq.o.valid)]
+        else:
+            # Gather the groups into one output beat; write it once the last group is in.
+            gather = Signal(beat.shape())
+            with m.If(rq.o.valid):
+                with m.Switch(q_grp):
+                    for g in range(groups):
+                        with m.Case(g):
+                            for k in range(r):
+                                if g * r + k < p_out:
+                                    m.d.sync += gather.data[g * r + k].eq(rq.o.payload.q[k])
+                m.d.sync += gather.last.eq(q_last)
+            done = Signal()
+            m.d.sync += done.eq(rq.o.valid & (q_grp == groups - 1))
+            m.d.comb += [beat.eq(gather), ofifo.w_en.eq(done)]

@@ -1,0 +1,176 @@
+"""GlobalAvgPool == ``models.golden.gap`` under random shapes, parameters and stalls."""
+
+import gc
+import warnings
+
+import numpy as np
+import pytest
+
+from hw.gap import GlobalAvgPool
+from hw.params import gap_param_words
+from models.golden import gap
+from tests.lint import lint_component
+from tests.streamtb import make_rng, run_sim, send
+from tests.test_mac_array import pixel_beats, send_param_words
+
+
+def random_requant(rng, height, width, in_bits, act_bits):
+    """(m, sh) scaling a typical sum into about act_bits bits, jittered so that both the
+    clamps and the interior of the output range occur."""
+    mult = rng.randint(1, 65535)
+    typical = max(1, height * width * ((1 << in_bits) - 1) // 2 * mult)
+    sh = min(47, max(1, typical.bit_length() - act_bits + rng.randint(-2, 2)))
+    return mult, sh
+
+
+def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
+    """Load (m, sh), stream ``images`` [N, H, W, C], return the output beats (data, last)."""
+    count = len(images) * dut.nb
+    got = []
+    shared = {"cycle": 0}
+    per_image = images.shape[1] * images.shape[2] * dut.nb
+
+    async def clock(ctx):
+        while len(got) < count:
+            await ctx.tick()
+            shared["cycle"] += 1
+            assert shared["cycle"] < 200 + 30 * len(images) * per_image + len(words), "GAP hung"
+
+    async def producer(ctx):
+        await send_param_words(ctx, dut.params, words)
+        shared["t0"] = shared["cycle"]
+        beats = []
+        for img in images:
+            flat = img.reshape(-1, img.shape[-1])
+            for n, px in enumerate(flat):
+                beats += pixel_beats(px, dut.lanes, dut.in_bits, n == len(flat) - 1, rng)
+        await send(ctx, dut.i, beats, rng, p_idle)
+
+    async def consumer(ctx):
+        while len(got) < count:
+            ready = not rng.random() < p_stall
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if ready and valid:
+                got.append(([int(payload.data[k]) for k in range(dut.lanes)], int(payload.last)))
+        shared["t1"] = shared["cycle"]
+        ctx.set(dut.o.ready, 0)
+        for _ in range(dut.latency + 4):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            assert not valid, "GAP produced more beats than images × NB"
+
+    run_sim(dut, clock, producer, consumer)
+    if timing is not None:
+        timing.update(shared)
+    return got
+
+
+def check_gap(got, want, channels, lanes):
+    nb = -(-channels // lanes)
+    assert len(got) == len(want) * nb
+    for n, row in enumerate(want):
+        for b in range(nb):
+            data, last = got[n * nb + b]
+            for k in range(lanes):
+                c = b * lanes + k
+                if c < channels:
+                    assert data[k] == row[c], (f"image {n} channel {c}: got {data[k]}, "
+                                               f"want {row[c]}")
+            assert last == int(b == nb - 1), f"image {n} beat {b}: wrong last"
+
+
+def one_case(rng, *, height, width, channels, lanes, in_bits, act_bits, n_img, p_idle,
+             p_stall, layer_id=2):
+    mult, sh = random_requant(rng, height, width, in_bits, act_bits)
+    dut = GlobalAvgPool(width=width, height=height, channels=channels, lanes=lanes,
+                        in_bits=in_bits, act_bits=act_bits, layer_id=layer_id)
+    # Decoy words for other layers, before and after: must be ignored.
+    words = (gap_param_words(layer_id + 1, mult ^ 0x5A5A or 1, 47 - sh + 1)
+             + gap_param_words(layer_id, mult, sh)
+             + gap_param_words((layer_id + 7) % 256, 1, 1))
+    images = np.array([[[[rng.randrange(1 << in_bits) for _ in range(channels)]
+                         for _ in range(width)] for _ in range(height)]
+                       for _ in range(n_img)], np.int64)
+    got = run_gap(dut, words, images, rng, p_idle, p_stall)
+    want = gap(images, mult, sh, act_bits).reshape(n_img, channels)
+    check_gap(got, want, channels, lanes)
+    return dut
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_gap_random(case):
+    rng, _ = make_rng(f"test_gap_random[{case}]")
+    lanes = rng.randint(1, 5)
+    one_case(rng, height=rng.randint(1, 5), width=rng.randint(1, 5),
+             channels=rng.randint(1, 3 * lanes + 2), lanes=lanes,
+             in_bits=rng.choice([4, 8]), act_bits=rng.choice([4, 8]), n_img=rng.randint(2, 4),
+             p_idle=rng.choice([0.0, 0.3, 0.6]), p_stall=rng.choice([0.0, 0.3, 0.8]))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 7, 3), (3, 2, 4, 4), (7, 7, 10, 4)])
+def test_gap_edge_shapes(shape):
+    """1×1 maps (every pixel is the last), one lane, C = P, a larger map."""
+    height, width, channels, lanes = shape
+    rng, _ = make_rng(f"test_gap_edge_shapes[{shape}]")
+    one_case(rng, height=height, width=width, channels=channels, lanes=lanes, in_bits=8,
+             act_bits=8, n_img=3, p_idle=0.3, p_stall=0.85)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 20, 2), (2, 1, 9, 1), (3, 1, 20, 4),
+                                   (3, 1, 14, 5)])
+def test_gap_backpressure(shape):
+    """Many output beats against heavy ready stalls: the FIFO fills, so the input (or the
+    shared-Requant drain) must be held off by the credit check without losing or duplicating
+    beats. (3, 1, 20, 4) and (3, 1, 14, 5) drain through 2-group shared Requant lanes."""
+    height, width, channels, lanes = shape
+    rng, _ = make_rng(f"test_gap_backpressure[{shape}]")
+    dut = one_case(rng, height=height, width=width, channels=channels, lanes=lanes, in_bits=8,
+                   act_bits=8, n_img=8, p_idle=0.0, p_stall=0.85)
+    assert dut.rq_groups == (2 if height == 3 else 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5, 2), (4, 4, 10, 4), (3, 5, 6, 6)])
+def test_gap_throughput(shape):
+    """No stalls: one input beat per cycle, images back to back, no per-image input gap;
+    the whole batch ends ``latency`` cycles after the last input beat (+ a small constant)."""
+    height, width, channels, lanes = shape
+    rng, _ = make_rng(f"test_gap_throughput[{shape}]")
+    mult, sh = random_requant(rng, height, width, 8, 8)
+    dut = GlobalAvgPool(width=width, height=height, channels=channels, lanes=lanes,
+                        in_bits=8, act_bits=8)
+    n_img = 6
+    images = np.array([[[[rng.randrange(256) for _ in range(channels)] for _ in range(width)]
+                        for _ in range(height)] for _ in range(n_img)], np.int64)
+    timing = {}
+    got = run_gap(dut, gap_param_words(0, mult, sh), images, rng, 0.0, 0.0, timing)
+    check_gap(got, gap(images, mult, sh, 8).reshape(n_img, channels), channels, lanes)
+    cycles = timing["t1"] - timing["t0"]
+    beats = n_img * height * width * dut.nb
+    print(f"{shape}: {cycles} cycles for {beats} input beats")
+    assert cycles <= beats + dut.latency + 1, f"{cycles} cycles for {beats} beats"
+
+
+def assert_value_error(**kwargs):
+    args = dict(width=4, height=4, channels=8, lanes=2, in_bits=8, act_bits=8)
+    args.update(kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the half-built component is "never used"
+        with pytest.raises(ValueError) as info:
+            GlobalAvgPool(**args)
+        del info
+        gc.collect()
+
+
+@pytest.mark.parametrize("kwargs", [dict(width=0), dict(lanes=0), dict(in_bits=0),
+                                    dict(layer_id=-1), dict(channels="8")])
+def test_gap_bad_parameters(kwargs):
+    assert_value_error(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 3), (1, 1, 1, 1), (2, 2, 8, 8)])
+def test_gap_lint(tmp_path, shape):
+    height, width, channels, lanes = shape
+    dut = GlobalAvgPool(width=width, height=height, channels=channels, lanes=lanes, in_bits=8,
+                        act_bits=4)
+    ok, msg = lint_component(dut, "gap", tmp_path)
+    assert ok, msg

@@ -1,0 +1,301 @@
+"""MacArray == ``models.golden.conv1x1`` under random shapes, parameters and stalls."""
+
+import gc
+import warnings
+
+import numpy as np
+import pytest
+
+from hw.mac_array import MacArray
+from hw.params import ParamKind, conv_param_words, encode_word
+from models.golden import conv1x1
+from tests.lint import lint_component
+from tests.streamtb import make_rng, run_sim, send
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def random_conv(rng, cin, cout, in_bits, weight_bits, act_bits, requant, big_bias):
+    """Random weights over the full signed range, biases (large ones too) that keep every
+    accumulator inside int32 as the artifact guarantees, and m/sh that exercise the whole
+    output range rather than only the clamps."""
+    wmax = (1 << (weight_bits - 1)) - 1
+    weight = np.array([[rng.randint(-wmax - 1, wmax) for _ in range(cin)]
+                       for _ in range(cout)], np.int64)
+    span = cin * (wmax + 1) * ((1 << in_bits) - 1)          # bound on |Σ w·x|
+    if big_bias:
+        bias = np.array([rng.randint(INT32_MIN + span, INT32_MAX - span)
+                         for _ in range(cout)], np.int64)
+    else:
+        bias = np.array([rng.randint(-span, span) for _ in range(cout)], np.int64)
+    if not requant:
+        return weight, bias, None, None
+    mult = np.array([rng.randint(1, 65535) for _ in range(cout)], np.int64)
+    sh = []
+    for o in range(cout):
+        # Scale a typical |acc| (span / 4 + |bias|) into roughly act_bits bits, jittered.
+        typical = max(1, (span // 4 + abs(int(bias[o]))) * int(mult[o]))
+        sh.append(min(47, max(1, typical.bit_length() - act_bits + rng.randint(-3, 2))))
+    return weight, bias, mult, np.array(sh, np.int64)
+
+
+def pixel_beats(pixel, lanes, bits, last, rng):
+    """Beats of one pixel; padding lanes carry random garbage (must not leak)."""
+    beats = []
+    nb = -(-len(pixel) // lanes)
+    for b in range(nb):
+        lanes_v = [int(pixel[b * lanes + k]) if b * lanes + k < len(pixel)
+                   else rng.randrange(1 << bits) for k in range(lanes)]
+        beats.append({"data": lanes_v, "last": int(last and b == nb - 1)})
+    return beats
+
+
+async def send_param_words(ctx, port, words):
+    """Drive encoded parameter words. (``streamtb.send_params`` passes the integer word to
+    ``ctx.set`` on the struct *view*, which Amaranth rejects; set the raw bits instead.)"""
+    for word in words:
+        ctx.set(port.payload.as_value(), word)
+        ctx.set(port.valid, 1)
+        await ctx.tick()
+    ctx.set(port.valid, 0)
+
+
+def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
+    """Load parameters, stream ``pixels`` [N, cin] in, return output beats (data, last)."""
+    nbo = dut.nbo
+    count = len(pixels) * nbo
+    got = []
+    shared = {"cycle": 0}
+
+    async def clock(ctx):
+        while len(got) < count:
+            await ctx.tick()
+            shared["cycle"] += 1
+            assert shared["cycle"] < 200 + 40 * count * dut.nbi + len(words), "MacArray hung"
+
+    async def producer(ctx):
+        await send_param_words(ctx, dut.params, words)
+        shared["t0"] = shared["cycle"]
+        beats = [b for px, last in zip(pixels, lasts)
+                 for b in pixel_beats(px, dut.p_in, dut.in_bits, last, rng)]
+        await send(ctx, dut.i, beats, rng, p_idle)
+
+    async def consumer(ctx):
+        while len(got) < count:
+            ready = not rng.random() < p_stall
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if ready and valid:
+                got.append(([int(payload.data[k]) for k in range(dut.p_out)], int(payload.last)))
+        shared["t1"] = shared["cycle"]
+        ctx.set(dut.o.ready, 0)
+        # A few extra cycles: nothing more may come out (no duplicated beats).
+        for _ in range(dut.latency + 4):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            assert not valid, "MacArray produced more beats than pixels × NBo"
+
+    run_sim(dut, clock, producer, consumer)
+    if timing is not None:
+        timing.update(shared)
+    return got
+
+
+def check_outputs(got, want, lasts, cout, p_out):
+    """Compare beats with the golden [N, cout] result; report the first mismatch."""
+    nbo = -(-cout // p_out)
+    assert len(got) == len(want) * nbo
+    for n, (row, last) in enumerate(zip(want, lasts)):
+        for b in range(nbo):
+            data, got_last = got[n * nbo + b]
+            for k in range(p_out):
+                o = b * p_out + k
+                if o < cout:
+                    assert data[k] == row[o], (f"pixel {n} channel {o}: got {data[k]}, "
+                                               f"want {row[o]}")
+            assert got_last == int(last and b == nbo - 1), f"pixel {n} beat {b}: wrong last"
+
+
+def one_case(rng, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits, requant,
+             big_bias, n_pix, p_idle, p_stall, layer_id=3):
+    weight, bias, mult, sh = random_conv(rng, cin, cout, in_bits, weight_bits, act_bits,
+                                         requant, big_bias)
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=in_bits,
+                   weight_bits=weight_bits, act_bits=act_bits, requant=requant,
+                   layer_id=layer_id)
+    # Words for another layer are interleaved: the block must ignore them.
+    words = conv_param_words(layer_id, weight, bias, mult, sh, p_in, p_out)
+    decoy = conv_param_words(layer_id + 1, -weight - 1, bias + 1, mult, sh, p_in, p_out)
+    words = [w for k in range(len(words)) for w in (words[k], decoy[k])]
+    # Nonzero weights in the padding input lanes (channel >= cin): only the input mask keeps
+    # the producer's garbage in those lanes out of the sums.
+    nbi = -(-cin // p_in)
+    for j in range(-(-cout // p_out)):
+        for o in range(p_out):
+            for i in range(cin, nbi * p_in):
+                words.append(encode_word(layer_id, ParamKind.WEIGHT, j * nbi + i // p_in,
+                                         o * p_in + i % p_in, rng.choice([-1, 1])))
+    pixels = np.array([[rng.randrange(1 << in_bits) for _ in range(cin)]
+                       for _ in range(n_pix)], np.int64)
+    lasts = [rng.random() < 0.3 or n == n_pix - 1 for n in range(n_pix)]
+    got = run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall)
+    want = conv1x1(pixels[None, None], weight, bias, 1, mult, sh, act_bits)[0, 0]
+    check_outputs(got, want, lasts, cout, p_out)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_mac_array_random(case):
+    rng, _ = make_rng(f"test_mac_array_random[{case}]")
+    p_in, p_out = rng.randint(1, 5), rng.randint(1, 5)
+    # Channel counts that are usually not multiples of the lane counts.
+    cin = rng.randint(1, 3 * p_in + 2)
+    cout = rng.randint(1, 3 * p_out + 2)
+    one_case(rng, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+             in_bits=rng.choice([4, 8]), weight_bits=rng.choice([2, 4, 8]),
+             act_bits=rng.choice([4, 8]), requant=case % 4 != 3, big_bias=case % 3 == 0,
+             n_pix=rng.randint(3, 12), p_idle=rng.choice([0.0, 0.3, 0.6]),
+             p_stall=rng.choice([0.0, 0.3, 0.7]))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 5, 3), (7, 6, 3, 4), (16, 10, 4, 5),
+                                   (9, 10, 3, 5), (8, 8, 2, 4)])
+def test_mac_array_edge_shapes(shape):
+    """One pixel per cycle (NBi·NBo = 1), p = C, the classifier (raw int32 out), and shared
+    Requant lanes: (9, 10, 3, 5) feeds 5 values through 2 lanes in 3 cycles (one lane idle
+    in the last group), (8, 8, 2, 4) through 1 lane in 4 cycles."""
+    cin, cout, p_in, p_out = shape
+    rng, _ = make_rng(f"test_mac_array_edge_shapes[{shape}]")
+    for requant in (True, False):
+        one_case(rng, cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                 act_bits=8, requant=requant, big_bias=not requant, n_pix=6,
+                 p_idle=0.4, p_stall=0.5)
+
+
+@pytest.mark.parametrize("p_in", [1, 2])
+def test_mac_array_wraparound(p_in):
+    """Partial sums that leave int32 while the final accumulator is back inside it (the
+    artifact only bounds the final value): 16-bit weights and inputs make each product reach
+    2**31, so S = 16 + 16 + 2 > 32 and the 32-bit accumulator must wrap exactly."""
+    rng, _ = make_rng(f"test_mac_array_wraparound[{p_in}]")
+    weight = np.array([[32767, 32767, -32768, -32768], [-32768, -32768, 32767, 32767],
+                       [32767, -32768, 32767, -32768]], np.int64)
+    pixels = np.array([[65535] * 4, [65000] * 4, [65535, 65534, 65535, 65534],
+                       [60000, 60001, 60000, 60001]], np.int64)
+    acc = pixels @ weight.T
+    # Biases that bring every final accumulator back into int32.
+    lo, hi = acc.min(axis=0), acc.max(axis=0)
+    bias = np.array([max(INT32_MIN - l, min(INT32_MAX - h, 12345)) for l, h in zip(lo, hi)])
+    dut = MacArray(cin=4, cout=3, p_in=p_in, p_out=2, in_bits=16, weight_bits=16, act_bits=8,
+                   requant=False)
+    assert dut.acc_bits == 32
+    lasts = [False, False, False, True]
+    got = run_mac(dut, conv_param_words(0, weight, bias, None, None, p_in, 2), pixels, lasts,
+                  rng, 0.2, 0.2)
+    want = conv1x1(pixels[None, None], weight, bias)[0, 0]
+    assert np.abs(want).max() < 1 << 31                        # final values: int32
+    assert np.abs(pixels[:, :2] @ weight[:, :2].T).max() >= 1 << 31   # partial sums: not
+    check_outputs(got, want, lasts, 3, 2)
+
+
+def test_mac_array_reload_parameters():
+    """One instance, two parameter sets loaded one after the other (a retrained model on the
+    same bitstream): the second batch must use only the second set."""
+    rng, _ = make_rng("test_mac_array_reload_parameters")
+    cin, cout, p_in, p_out = 7, 5, 3, 2
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                   act_bits=8, layer_id=1)
+    sets = [random_conv(rng, cin, cout, 8, 8, 8, True, False) for _ in range(2)]
+    batches = [np.array([[rng.randrange(256) for _ in range(cin)] for _ in range(5)])
+               for _ in range(2)]
+    nbo = dut.nbo
+    got = [[], []]
+
+    async def producer(ctx):
+        for k in range(2):
+            await send_param_words(ctx, dut.params,
+                                   conv_param_words(1, *sets[k], p_in, p_out))
+            beats = [b for n, px in enumerate(batches[k])
+                     for b in pixel_beats(px, p_in, 8, n == 4, rng)]
+            await send(ctx, dut.i, beats, rng, 0.3)
+            while len(got[k]) < len(batches[k]) * nbo:      # drain before reloading
+                await ctx.tick()
+
+    async def consumer(ctx):
+        for k in range(2):
+            while len(got[k]) < len(batches[k]) * nbo:
+                ready = rng.random() < 0.6
+                ctx.set(dut.o.ready, ready)
+                _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+                if ready and valid:
+                    got[k].append(([int(payload.data[j]) for j in range(p_out)],
+                                   int(payload.last)))
+        ctx.set(dut.o.ready, 0)
+
+    run_sim(dut, producer, consumer)
+    for k in range(2):
+        weight, bias, mult, sh = sets[k]
+        want = conv1x1(batches[k][None, None], weight, bias, 1, mult, sh, 8)[0, 0]
+        check_outputs(got[k], want, [n == 4 for n in range(5)], cout, p_out)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 2, 3), (3, 4, 3, 2)])
+def test_mac_array_backpressure(shape):
+    """Heavy ready stalls on ``o`` while the input streams at full rate: the output FIFO
+    fills, so issue must pause on credit without dropping or duplicating beats."""
+    cin, cout, p_in, p_out = shape
+    rng, _ = make_rng(f"test_mac_array_backpressure[{shape}]")
+    for requant in (True, False):
+        one_case(rng, cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                 act_bits=8, requant=requant, big_bias=False, n_pix=40, p_idle=0.0,
+                 p_stall=0.85)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 4, 3, 4), (9, 16, 4, 4), (10, 7, 3, 2)])
+def test_mac_array_throughput(shape):
+    """No stalls: N pixels take at most N·NBi·NBo + latency + a small constant cycles."""
+    cin, cout, p_in, p_out = shape
+    rng, _ = make_rng(f"test_mac_array_throughput[{shape}]")
+    weight, bias, mult, sh = random_conv(rng, cin, cout, 8, 8, 8, True, False)
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                   act_bits=8, layer_id=0)
+    n_pix = 24
+    pixels = np.array([[rng.randrange(256) for _ in range(cin)] for _ in range(n_pix)])
+    lasts = [n == n_pix - 1 for n in range(n_pix)]
+    timing = {}
+    got = run_mac(dut, conv_param_words(0, weight, bias, mult, sh, p_in, p_out), pixels,
+                  lasts, rng, 0.0, 0.0, timing)
+    check_outputs(got, conv1x1(pixels[None, None], weight, bias, 1, mult, sh, 8)[0, 0],
+                  lasts, cout, p_out)
+    cycles = timing["t1"] - timing["t0"]
+    # The first pixel's NBi input beats are loaded before its first fold can issue.
+    bound = n_pix * dut.cycles_per_pixel + dut.nbi + dut.latency + 2
+    print(f"{shape}: {cycles} cycles for {n_pix} pixels, bound {bound}")
+    assert cycles <= bound, f"{cycles} cycles > {bound}: multipliers left idle"
+
+
+def assert_value_error(ctor, **kwargs):
+    """``ctor(**kwargs)`` raises ValueError. The half-built component is collected inside a
+    warnings filter: Amaranth would otherwise warn later that it was "never used"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError) as info:
+            ctor(**kwargs)
+        del info
+        gc.collect()
+
+
+@pytest.mark.parametrize("kwargs", [dict(cin=0), dict(p_in=0), dict(weight_bits=1),
+                                    dict(layer_id=256), dict(cout=2.5)])
+def test_mac_array_bad_parameters(kwargs):
+    args = dict(cin=4, cout=4, p_in=2, p_out=2, in_bits=8, weight_bits=8, act_bits=8)
+    args.update(kwargs)
+    assert_value_error(MacArray, **args)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 2, 3), (1, 1, 1, 1), (4, 8, 4, 4)])
+@pytest.mark.parametrize("requant", [True, False])
+def test_mac_array_lint(tmp_path, shape, requant):
+    cin, cout, p_in, p_out = shape
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=4,
+                   act_bits=8, requant=requant)
+    ok, msg = lint_component(dut, "mac_array", tmp_path)
+    assert ok, msg
