@@ -19,7 +19,12 @@ from amaranth.lib.wiring import In, Out
 from hw.params import PARAM_LAYOUT, param_signature
 from hw.stream import beats_per_pixel, pixel_stream
 
-__all__ = ["SimHarness"]
+__all__ = ["SimHarness", "beats_per_word"]
+
+
+def beats_per_word(beat_bits):
+    """Input beats packed into one image-memory word (a power of two, words <= 256 bits)."""
+    return 1 << max(0, (256 // beat_bits).bit_length() - 1)
 
 
 class SimHarness(wiring.Component):
@@ -59,8 +64,12 @@ class SimHarness(wiring.Component):
         self.beats_per_image = h * w * beats_per_pixel(c, self.lanes)
         self.classes = len(model.classes)
         self.batch_images = batch_images
-        self.image_depth = batch_images * self.beats_per_image
-        self.logit_depth = batch_images * self.classes
+        # Each VPI access from the testbench costs microseconds, so memories are wide: an
+        # image word packs `beats_per_word` input beats, a logit word holds a whole image's
+        # logits. That keeps Python's share of a bulk run small.
+        beat_bits = self.lanes * self.bits
+        self.beats_per_word = beats_per_word(beat_bits)
+        self.image_depth = -(-batch_images * self.beats_per_image // self.beats_per_word)
         self.param_depth = max(1, param_words)
         super().__init__({
             "mode": In(1),
@@ -84,9 +93,9 @@ class SimHarness(wiring.Component):
         m.submodules.param_mem = param_mem = memory.Memory(
             shape=PARAM_LAYOUT.size, depth=self.param_depth, init=[])
         m.submodules.image_mem = image_mem = memory.Memory(
-            shape=self.lanes * self.bits, depth=self.image_depth, init=[])
+            shape=self.lanes * self.bits * self.beats_per_word, depth=self.image_depth, init=[])
         m.submodules.logit_mem = logit_mem = memory.Memory(
-            shape=32, depth=self.logit_depth, init=[])
+            shape=32 * self.classes, depth=self.batch_images, init=[])
         m.submodules.stamp_mem = stamp_mem = memory.Memory(
             shape=32, depth=self.batch_images, init=[])
 
@@ -128,6 +137,8 @@ class SimHarness(wiring.Component):
         i_beat = Signal(range(self.beats_per_image))
         b_valid = Signal()
         b_last = Signal()
+        k_bits = self.beats_per_word.bit_length() - 1
+        b_sub = Signal(max(1, k_bits))
         b_ready = Signal()
         advance = ~b_valid | b_ready
         m.d.comb += i_rd.en.eq(0)
@@ -138,7 +149,9 @@ class SimHarness(wiring.Component):
             # Once valid is raised it stays, with the memory output held (read enable low),
             # until the beat is taken: the stream rule.
             with m.If(doing_run & (i_addr < i_total) & go_in):
-                m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(i_addr)]
+                m.d.comb += [i_rd.en.eq(1), i_rd.addr.eq(i_addr >> k_bits)]
+                if k_bits:
+                    m.d.sync += b_sub.eq(i_addr[:k_bits])
                 m.d.sync += [i_addr.eq(i_addr + 1), b_valid.eq(1),
                              b_last.eq(i_beat == self.beats_per_image - 1),
                              i_beat.eq(_wrap_inc(i_beat, self.beats_per_image))]
@@ -146,9 +159,9 @@ class SimHarness(wiring.Component):
                 m.d.sync += b_valid.eq(0)
 
         # -- logits: accel.logits -> memory, with random backpressure --
-        l_wr = logit_mem.write_port()
+        l_wr = logit_mem.write_port(granularity=32)
         s_wr = stamp_mem.write_port()
-        l_idx = Signal(32)
+        l_idx = Signal(range(self.classes))
         img_idx = Signal(32)
         out_ready = Signal()
         with m.If(self.run):
@@ -161,7 +174,8 @@ class SimHarness(wiring.Component):
                 accel.params.valid.eq(p_valid),
                 accel.params.payload.eq(p_rd.data),
                 accel.images.valid.eq(b_valid),
-                accel.images.payload.data.eq(i_rd.data),
+                accel.images.payload.data.eq(
+                    i_rd.data.word_select(b_sub, self.lanes * self.bits) if k_bits else i_rd.data),
                 accel.images.payload.last.eq(b_last),
                 b_ready.eq(accel.images.ready),
                 accel.logits.ready.eq(out_ready),
@@ -172,8 +186,10 @@ class SimHarness(wiring.Component):
             wiring.connect(m, wiring.flipped(self.ext_images), accel.images)
             wiring.connect(m, accel.logits, wiring.flipped(self.ext_logits))
         with m.If(take):
-            m.d.comb += [l_wr.en.eq(1), l_wr.addr.eq(l_idx), l_wr.data.eq(accel.logits.payload.data[0])]
-            m.d.sync += l_idx.eq(l_idx + 1)
+            # One logit word per image; the class index picks the 32-bit slice to write.
+            m.d.comb += [l_wr.en.eq(1 << l_idx), l_wr.addr.eq(img_idx),
+                         l_wr.data.eq(Cat(*[accel.logits.payload.data[0]] * self.classes))]
+            m.d.sync += l_idx.eq(_wrap_inc(l_idx, self.classes))
             with m.If(accel.logits.payload.last):
                 m.d.comb += [s_wr.en.eq(1), s_wr.addr.eq(img_idx), s_wr.data.eq(self.cycles)]
                 m.d.sync += img_idx.eq(img_idx + 1)

@@ -33,6 +33,7 @@ from hw.plan import plan_network
 from hw.stream import beats_per_pixel
 from hw.top import image_beats, param_words
 from models import golden
+from sim.harness import beats_per_word
 from models.artifact import load_artifact
 
 CLOCK_NS = 10
@@ -115,6 +116,7 @@ class AcceleratorTB:
         self.bits = self.model.input_bits
         self.beats = image_beats(self.images.astype(np.int64), self.lanes, self.bits)
         self.classes = len(self.model.classes)
+        self.beats_per_word = beats_per_word(self.lanes * self.bits)
         self.cycles = 0
 
     async def start(self):
@@ -163,21 +165,27 @@ class AcceleratorTB:
         bpi = self.beats.shape[1]
         mem = d.image_mem
         flat = self.beats[first:first + count].reshape(-1)
+        k = self.beats_per_word
+        beat_bits = self.lanes * self.bits
         t0 = time.perf_counter()
-        for i, v in enumerate(flat):
-            mem[i].value = int(v)
+        for i in range(0, len(flat), k):
+            word = 0
+            for j, v in enumerate(flat[i:i + k]):
+                word |= int(v) << (j * beat_bits)
+            mem[i // k].value = word
         t1 = time.perf_counter()
         await self._command(d.run, n_images=count)
         t2 = time.perf_counter()
         lm, sm = d.logit_mem, d.stamp_mem
-        raw = [str(lm[i].value) for i in range(count * self.classes)]
-        bad = [i for i, v in enumerate(raw) if set(v) - {"0", "1"}]
+        raw = [str(lm[n].value) for n in range(count)]
+        bad = [n for n, v in enumerate(raw) if set(v) - {"0", "1"}]
         if bad:
-            raise AssertionError(f"logits of images {sorted({i // self.classes for i in bad})} "
-                                 f"hold unknown bits (X/Z), e.g. {raw[bad[0]]}: some state "
-                                 f"was read before it was written")
-        logits = np.array([[_signed(int(lm[n * self.classes + k].value), 32)
-                            for k in range(self.classes)] for n in range(count)], np.int64)
+            raise AssertionError(f"logits of images {[first + n for n in bad]} hold unknown "
+                                 f"bits (X/Z), e.g. {raw[bad[0]]}: some state was read before "
+                                 f"it was written")
+        words = [int(v, 2) for v in raw]
+        logits = np.array([[_signed((w >> (32 * c)) & 0xFFFFFFFF, 32)
+                            for c in range(self.classes)] for w in words], np.int64)
         stamps = [int(sm[n].value) for n in range(count)]
         t3 = time.perf_counter()
         self.dut._log.info(f"images {first}..{first + count - 1}: load {t1 - t0:.3f} s, "
