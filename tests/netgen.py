@@ -36,7 +36,8 @@ def _calibrate(acc, act_bits, rng, per_channel=True):
 
 
 def random_model(rng, *, size=(8, 8), in_channels=1, blocks=2, act_bits=None,
-                 weight_bits=None, max_width=20, radius=1, classes=None, calib_images=64):
+                 weight_bits=None, max_width=20, radius=1, classes=None, calib_images=64,
+                 width_multiple=1):
     """A random valid :class:`~models.artifact.Model`.
 
     Parameters
@@ -52,6 +53,8 @@ def random_model(rng, *, size=(8, 8), in_channels=1, blocks=2, act_bits=None,
         Largest channel count of a hidden conv.
     radius : int
         Largest |dy|, |dx| of a shift.
+    width_multiple : int
+        Hidden conv widths are multiples of this (1: any width).
     """
     h, w = size
     act_bits = act_bits or int(rng.choice([4, 8]))
@@ -79,6 +82,10 @@ def random_model(rng, *, size=(8, 8), in_channels=1, blocks=2, act_bits=None,
         c = x.shape[-1]
         layers.append(layer)
 
+    def width():
+        return width_multiple * int(rng.integers(max(1, 3 // width_multiple),
+                                                 max_width // width_multiple + 1))
+
     def conv(cout, stride=1, last=False):
         weight = rng.integers(-wmax, wmax + 1, (cout, c)).astype(np.int8)
         bias = rng.integers(-200, 200, cout).astype(np.int32)
@@ -94,16 +101,16 @@ def random_model(rng, *, size=(8, 8), in_channels=1, blocks=2, act_bits=None,
     factor = int(rng.choice([1, 2, 9])) if c > 1 else 9
     add(Layer("replicate", factor=factor))
     add(Layer("shift", shifts=shifts(c)))
-    add(conv(int(rng.integers(3, max_width + 1))))
+    add(conv(width()))
     hh, ww = h, w
     for _ in range(blocks):
         add(Layer("shift", shifts=shifts(c)))
         kind = rng.choice(["plain", "stride", "pool"]) if min(hh, ww) >= 4 else "plain"
         if kind == "stride":
-            add(conv(int(rng.integers(3, max_width + 1)), stride=2))
+            add(conv(width(), stride=2))
             hh, ww = -(-hh // 2), -(-ww // 2)
         else:
-            add(conv(int(rng.integers(3, max_width + 1))))
+            add(conv(width()))
         if kind == "pool":
             add(Layer("maxpool2"))
             hh, ww = hh // 2, ww // 2

@@ -1,0 +1,78 @@
+"""Run many random networks through the whole-accelerator testbench and tabulate the results.
+
+Each network has random widths (including channel counts no lane count divides), random
+shifts, stride-2 and maxpool placements, 4- or 8-bit activations and 2..8-bit weights, and a
+random multiplier budget; random images run through the bulk path with random stalls, then
+again without stalls to measure steady-state cycles per image.
+
+Usage::
+
+    python benchmarks/random_networks.py [--count 8] [--images 40] [--seed 1]
+                                         [--simulator verilator]
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hw.plan import load_config, plan_network  # noqa: E402
+from models.artifact import save_artifact  # noqa: E402
+from sim.runner import simulate  # noqa: E402
+from tests.netgen import random_model  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=8)
+    ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--simulator", default="verilator")
+    ap.add_argument("--divisible", action="store_true",
+                    help="only widths that are multiples of 4 (and a budget that keeps P | C)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-random-"))
+    print(f"seed {args.seed}")
+    print("| net | layers | act/w bits | mults | stalled run | cycles/img meas. | pred. | ideal "
+          "| MAC eff. |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    total_bad = 0
+    for k in range(args.count):
+        rng = np.random.default_rng(args.seed * 1000 + k)
+        size = (int(rng.integers(5, 13)), int(rng.integers(5, 13)))
+        model = random_model(rng, size=size, in_channels=int(rng.choice([1, 2, 3])),
+                             blocks=int(rng.integers(1, 4)),
+                             width_multiple=4 if args.divisible else 1)
+        path = tmp / f"net{k}.npz"
+        model = save_artifact(path, model)
+        cfg = load_config(overrides={"max_multipliers": int(rng.integers(16, 200))})
+        plan = plan_network(model, cfg)
+        images = rng.integers(0, 256, (args.images,) + model.input_shape).astype(np.uint8)
+        stalled = simulate(model, images, model_path=path, config=cfg, simulator=args.simulator,
+                           batch_images=args.images, stall_level=int(rng.integers(32, 160)),
+                           seed=k, workdir=tmp / f"s{k}", log=lambda *a: None)
+        clean = simulate(model, images, model_path=path, config=cfg, simulator=args.simulator,
+                         batch_images=args.images, stall_level=0, seed=k,
+                         workdir=tmp / f"c{k}", log=lambda *a: None)
+        bad = stalled["golden_mismatches"] + clean["golden_mismatches"]
+        total_bad += bad
+        cpi = clean["cycles_per_image"]
+        ops = "-".join(l.op.replace("conv1x1", "c").replace("replicate", "r")
+                       .replace("shift", "s").replace("maxpool2", "p").replace("gap", "g")
+                       if l.op != "conv1x1" or l.stride == 1 else "c/2" for l in model.layers)
+        print(f"| {k} | {ops} {size[0]}x{size[1]}x{model.input_shape[2]} | "
+              f"{model.act_bits}/{model.weight_bits} | {plan.multipliers} | "
+              f"{stalled['golden_mismatches']} mismatches | {cpi:.1f} | "
+              f"{plan.predicted_cycles_per_image} | {plan.ideal_cycles_per_image:.1f} | "
+              f"{plan.macs_per_image / (plan.multipliers * cpi):.3f} |", flush=True)
+    print(f"\n{args.count} networks x {args.images} images x 2 runs: {total_bad} mismatching "
+          f"images")
+    return 1 if total_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
