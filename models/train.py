@@ -1,0 +1,222 @@
+"""Training: shift search, hard-shift fine-tuning, then quantization-aware training and export.
+
+Schedule over ``epochs`` (one cosine learning-rate decay across all of it):
+
+1. **search** (first quarter by default): the selection method chooses shifts — ``sal`` anneals
+   its attention temperature, ``sparse`` pays its L1 penalty, ``rasl`` re-routes from measured
+   contributions, ``grouped`` just trains. Attention logits and displacements are trained by
+   SGD with momentum, the conv weights by AdamW.
+2. **harden + fine-tune** (up to the last quarter): every layer frozen to one integer shift per
+   channel; the float network adapts to the hard shifts (BatchNorm statistics too).
+3. **QAT** (last quarter): activation ranges calibrated, BatchNorm frozen and folded into the
+   weights, weights and activations fake-quantized with the hardware's formats.
+
+Then :func:`models.quant.export` produces the integer model, evaluated with
+:func:`models.int_eval.run_int` (independent of the golden model).
+
+``float_accuracy`` in the provenance is the trained network with fake quantization switched
+off (pure float, BatchNorm folded), ``qat_accuracy`` with it on, ``int_accuracy`` the exported
+integers; all on the data set's test split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import CLASSES, load_split
+from .int_eval import accuracy_int
+from .nets import DEFAULT_PRESET, ShiftNet, preset_for, to_input
+from .quant import export, set_observe, set_qat
+
+__all__ = ["train_model", "evaluate_float", "augment"]
+
+
+def augment(x, gen):
+    """Random translation by up to one pixel with zero fill (float NCHW batch)."""
+    n, c, h, w = x.shape
+    xp = nn.functional.pad(x, (1, 1, 1, 1))
+    dy = torch.randint(0, 3, (n,), generator=gen)
+    dx = torch.randint(0, 3, (n,), generator=gen)
+    out = torch.empty_like(x)
+    for i in range(3):
+        for j in range(3):
+            sel = (dy == i) & (dx == j)
+            if sel.any():
+                out[sel] = xp[sel, :, i:i + h, j:j + w]
+    return out
+
+
+@torch.no_grad()
+def evaluate_float(net, images, labels, batch=512):
+    """Top-1 accuracy of the float network (in its current QAT on/off state)."""
+    net.eval()
+    correct = 0
+    for s in range(0, len(images), batch):
+        out = net(to_input(images[s:s + batch]))
+        correct += int((out.argmax(1).numpy() == labels[s:s + batch]).sum())
+    return correct / max(len(images), 1)
+
+
+def train_model(dataset="digits", method="sal", preset=None, epochs=60, seed=0, act_bits=8,
+                weight_bits=8, data_dir=None, batch=64, lr=5e-3, sparse_weight=0.02,
+                progress=True, name=None, weight_decay=1e-4, shift_lr=1.0,
+                search_fraction=0.25, balance_weight=0.0, val_fraction=0.0,
+                augment_shift=False):
+    """Train, quantize and export a shift network.
+
+    Parameters
+    ----------
+    dataset : str
+    method : {"grouped", "sal", "rasl", "sparse"}
+    preset : str, optional
+        Defaults to the data set's small preset.
+    epochs : int
+        Total epochs (at least 4).
+    seed : int
+    act_bits, weight_bits : int
+    data_dir : str, optional
+    batch : int
+    lr : float
+    sparse_weight : float
+        Weight of the ``sparse`` L1 penalty (per layer, on the sum of |displacement|).
+    weight_decay : float
+        AdamW weight decay of the conv weights.
+    shift_lr : float
+        SGD learning rate of the shift attention logits / displacements.
+    search_fraction : float
+        Fraction of the epochs spent searching shifts before they are hardened.
+    balance_weight : float
+        ``sal``: weight of the direction-balance penalty (0: off).
+    val_fraction : float
+        Hold out this fraction (the end) of the training split; its accuracy (QAT network)
+        is recorded as ``provenance.val_accuracy``.
+    augment_shift : bool
+        Random ±1-pixel translations of the training images. Off by default: on the digits
+        test split (other writers) it costs 1-2 points with the small presets.
+    progress : bool
+        tqdm progress bars.
+    name : str, optional
+        Artifact name.
+
+    Returns
+    -------
+    net : ShiftNet
+    model : Model
+        The exported, validated integer model; ``model.provenance`` holds dataset, method,
+        preset, epochs, seed, float_accuracy, int_accuracy (test split) and for ``sparse``
+        ``zero_shift_fraction``.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments or data.
+    ExportError
+        The trained network cannot be exported.
+    """
+    from tqdm import tqdm
+    if epochs < 4:
+        raise ValueError(f"epochs = {epochs}: at least 4 are needed (search, fine-tune, QAT)")
+    preset = preset or DEFAULT_PRESET[dataset]
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xtr, ytr = load_split(dataset, "train", data_dir)
+    xte, yte = load_split(dataset, "test", data_dir)
+    xva = yva = None
+    if val_fraction > 0:  # hold out the end of the training split for model selection
+        nva = max(1, int(len(xtr) * val_fraction))
+        xtr, xva, ytr, yva = xtr[:-nva], xtr[-nva:], ytr[:-nva], ytr[-nva:]
+    cfg = preset_for(preset, in_shape=tuple(xtr.shape[1:]), classes=len(CLASSES[dataset]),
+                     act_bits=act_bits, weight_bits=weight_bits)
+    net = ShiftNet(cfg, method)
+    xtr_f = to_input(xtr)
+    ytr_t = torch.as_tensor(ytr)
+    search = max(1, int(epochs * search_fraction))
+    qat_start = epochs - max(1, epochs // 4)
+    params_main = [p for n, p in net.named_parameters() if not n.endswith(("alpha", "offset"))]
+    params_shift = [p for n, p in net.named_parameters() if n.endswith(("alpha", "offset"))]
+    groups = [{"params": params_main, "weight_decay": weight_decay}]
+    opt = torch.optim.AdamW(groups, lr=lr)
+    # Attention logits / displacements get plain SGD: Adam's per-parameter normalisation
+    # turns their tiny, noisy gradients into full-size steps, a random walk of the choice.
+    opt2 = torch.optim.SGD(params_shift, lr=shift_lr, momentum=0.9) if params_shift else None
+    steps_per_epoch = math.ceil(len(xtr) / batch)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    lossf = nn.CrossEntropyLoss()
+    t0 = time.time()
+    bar = tqdm(range(epochs), desc=f"train {method}", disable=not progress, unit="ep")
+    for ep in bar:
+        if ep == search:
+            for sl in net.shift_layers():
+                sl.harden()
+        if ep == qat_start:
+            _calibrate(net, xtr_f[:4096], batch=256)
+            set_qat(net, True)
+        net.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        tot_loss, tot_n = 0.0, 0
+        for s in range(0, len(xtr), batch):
+            idx = perm[s:s + batch]
+            if ep < search:
+                for sl in net.shift_layers():
+                    sl.set_progress(ep / max(search - 1, 1) + s / len(xtr) / max(search - 1, 1))
+            x = augment(xtr_f[idx], gen) if augment_shift else xtr_f[idx]
+            loss = lossf(net(x), ytr_t[idx])
+            pen = [p for sl in net.shift_layers() if (p := sl.penalty()) is not None]
+            if pen:
+                wpen = sparse_weight if method == "sparse" else balance_weight
+                loss = loss + wpen * sum(pen) / len(pen)
+            opt.zero_grad()
+            if opt2 is not None:
+                opt2.zero_grad()
+            loss.backward()
+            opt.step()
+            if opt2 is not None and ep < search:
+                opt2.step()
+            sched.step()
+            for sl in net.shift_layers():
+                sl.step_end()
+            tot_loss += loss.item() * len(idx)
+            tot_n += len(idx)
+        bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
+                        phase="search" if ep < search else "hard" if ep < qat_start else "qat")
+    train_time = time.time() - t0
+    qat_acc = evaluate_float(net, xte, yte)
+    set_qat(net, False)
+    float_acc = evaluate_float(net, xte, yte)
+    set_qat(net, True)
+    prov = {"dataset": dataset, "method": method, "preset": preset, "epochs": epochs,
+            "seed": seed, "float_accuracy": round(float_acc, 6),
+            "qat_accuracy": round(qat_acc, 6), "train_seconds": round(train_time, 1)}
+    if xva is not None:
+        prov["val_accuracy"] = round(evaluate_float(net, xva, yva), 6)
+        prov["val_samples"] = int(len(xva))
+    if method == "sparse":
+        prov["zero_shift_fraction"] = round(net.zero_shift_fraction(), 6)
+    model = export(net, name=name or f"{dataset}-shiftnet-{method}",
+                   classes=CLASSES[dataset], provenance=prov)
+    chunks = tqdm(range(0, len(xte), 2048), desc="int eval", disable=not progress, unit="chunk")
+    correct = 0
+    for s in chunks:
+        correct += accuracy_int(model, xte[s:s + 2048], yte[s:s + 2048]) * len(xte[s:s + 2048])
+    int_acc = correct / len(xte)
+    model.provenance["int_accuracy"] = round(float(int_acc), 6)
+    model.manifest["provenance"] = model.provenance
+    return net, model
+
+
+@torch.no_grad()
+def _calibrate(net, x, batch=256):
+    """Record activation ranges (float, BatchNorm in inference mode) to set every scale."""
+    net.eval()
+    set_observe(net, True)
+    for s in range(0, len(x), batch):
+        net(x[s:s + batch])
+    set_observe(net, False)
