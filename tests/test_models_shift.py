@@ -22,14 +22,15 @@ def roll_and_mask(x, shifts):
     for ch in range(c):
         dy, dx = (int(v) for v in shifts[ch])
         r = torch.roll(x[:, ch], shifts=(-dy, -dx), dims=(1, 2))
+        # Rows/columns that wrapped around (all of them when the shift exceeds the map).
         if dy > 0:
-            r[:, h - dy:, :] = 0
+            r[:, max(h - dy, 0):, :] = 0
         elif dy < 0:
-            r[:, :-dy, :] = 0
+            r[:, :min(-dy, h), :] = 0
         if dx > 0:
-            r[:, :, w - dx:] = 0
+            r[:, :, max(w - dx, 0):] = 0
         elif dx < 0:
-            r[:, :, :-dx] = 0
+            r[:, :, :min(-dx, w)] = 0
         out[:, ch] = r
     return out
 
