@@ -15,15 +15,9 @@ def build_parser():
         description="Shift networks to bit-exact FPGA accelerators.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from . import cli_model
+    from . import cli_hw, cli_model
     cli_model.register(sub)
-    try:
-        from . import cli_hw
-    except ImportError as e:  # only while the hardware side is being written
-        if "cli_hw" not in str(e):
-            raise
-    else:
-        cli_hw.register(sub)
+    cli_hw.register(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from hw.plan import PlanError, load_config, plan_network
 from hw.stream import beats_per_pixel
 from models.artifact import ArtifactError, load_artifact
+from sw.cli_model import add_image_args, images_from_args
 
 __all__ = ["register", "memories", "summary"]
 
@@ -35,10 +36,7 @@ def register(sub):
                                    "(Verilator or Icarus) and compare every logit with the "
                                    "golden model. Exit status 1 when any logit differs.")
     s.add_argument("model", help="artifact (.npz)")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="data set name (test split), e.g. digits")
-    src.add_argument("--images", help="uint8 array [N, H, W, C] in a .npy file")
-    s.add_argument("--data-dir", help="folder holding MNIST/CIFAR-10 files (not digits)")
+    add_image_args(s)
     s.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
     s.add_argument("--config", help="parallelism config JSON")
     s.add_argument("--json", help="write results to this JSON file")
@@ -132,20 +130,13 @@ def cmd_generate(args):
     return 0
 
 
-def _images(args, model):
-    from models.data import load_images_npy, load_split
-    if args.images:
-        return load_images_npy(args.images, model), None
-    return load_split(args.dataset, "test", args.data_dir)
-
-
 def cmd_sim(args):
     try:
         model, cfg, plan = _load(args)
     except (ArtifactError, PlanError) as e:
         return _fail(str(e))
     try:
-        images, labels = _images(args, model)
+        images, labels = images_from_args(args, model)
     except (ValueError, FileNotFoundError, OSError) as e:
         return _fail(str(e))
     from models import golden
