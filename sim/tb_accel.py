@@ -279,10 +279,23 @@ def _write_result(tb, result):
     Path(tb.job["result"]).write_text(json.dumps(result))
 
 
-def _mismatch_report(tb, logits, indices):
-    bad = [int(indices[n]) for n in range(len(indices))
-           if not np.array_equal(logits[n], tb.golden[indices[n]])]
-    return bad
+async def _check_and_report(tb, logits, wall, extra):
+    """The checker: compare every image with golden, write the result, fail on a mismatch.
+
+    On a mismatch the first failing image is replayed with every layer's output monitored,
+    and the first layer that differs (position, hardware and golden values) is reported.
+    """
+    bad = [n for n in range(len(logits)) if not np.array_equal(logits[n], tb.golden[n])]
+    result = {"logits": logits.tolist(), "golden_mismatches": len(bad),
+              "mismatched_images": bad[:100], "sim_cycles": tb.cycles,
+              "sim_wall_seconds": wall, **extra}
+    if bad:
+        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0, monitor_taps=True)
+        result["first_mismatch"] = {"image": bad[0], "hardware": logits[bad[0]].tolist(),
+                                    "golden": tb.golden[bad[0]].tolist(),
+                                    "divergence": tb.divergence(bad[0], tap_beats)}
+    _write_result(tb, result)
+    assert not bad, f"{len(bad)} images differ from golden; first: {result['first_mismatch']}"
 
 
 @cocotb.test()
@@ -308,21 +321,11 @@ async def fast_run(dut):
             # Steady state: skip the pipeline fill (first image), images back to back.
             steady.append(((stamps[-1] - stamps[0]) / (count - 1), count - 1))
     logits = np.concatenate(all_logits)
-    wall = time.perf_counter() - t_wall
-    bad = _mismatch_report(tb, logits, list(range(n)))
-    result = {"logits": logits.tolist(), "golden_mismatches": len(bad),
-              "mismatched_images": bad[:100], "sim_cycles": tb.cycles,
-              "sim_wall_seconds": wall, "stall_level": stall}
+    extra = {"stall_level": stall}
     if steady:
         tot = sum(k for _, k in steady)
-        result["cycles_per_image"] = sum(c * k for c, k in steady) / tot
-    if bad:
-        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0, monitor_taps=True)
-        result["first_mismatch"] = {"image": bad[0], "hardware": logits[bad[0]].tolist(),
-                                    "golden": tb.golden[bad[0]].tolist(),
-                                    "divergence": tb.divergence(bad[0], tap_beats)}
-    _write_result(tb, result)
-    assert not bad, f"{len(bad)} images differ from golden; first: {result['first_mismatch']}"
+        extra["cycles_per_image"] = sum(c * k for c, k in steady) / tot
+    await _check_and_report(tb, logits, time.perf_counter() - t_wall, extra)
 
 
 @cocotb.test()
@@ -335,16 +338,5 @@ async def protocol_run(dut):
     await tb.start()
     n = len(tb.images)
     p = float(tb.job.get("p_stall", 0.3))
-    logits, tap_beats = await tb.run_protocol(list(range(n)), p, p)
-    wall = time.perf_counter() - t_wall
-    bad = _mismatch_report(tb, logits, list(range(n)))
-    result = {"logits": logits.tolist(), "golden_mismatches": len(bad),
-              "mismatched_images": bad[:100], "sim_cycles": tb.cycles,
-              "sim_wall_seconds": wall}
-    if bad:
-        _, tap_beats = await tb.run_protocol([bad[0]], 0.0, 0.0, monitor_taps=True)
-        result["first_mismatch"] = {"image": bad[0], "hardware": logits[bad[0]].tolist(),
-                                    "golden": tb.golden[bad[0]].tolist(),
-                                    "divergence": tb.divergence(bad[0], tap_beats)}
-    _write_result(tb, result)
-    assert not bad, f"{len(bad)} images differ from golden; first: {result['first_mismatch']}"
+    logits, _ = await tb.run_protocol(list(range(n)), p, p)
+    await _check_and_report(tb, logits, time.perf_counter() - t_wall, {})

@@ -81,3 +81,30 @@ def run_sim(dut, *testbenches, vcd=None, deadline_cycles=None):
             sim.run()
     else:
         sim.run()
+
+
+def run_no_stall(dut, beats, total):
+    """Stream ``beats`` into ``dut.i`` and take ``total`` beats from ``dut.o``, never stalling.
+
+    Returns
+    -------
+    out : list
+        Output payloads, in order.
+    cycles : int
+        Cycles until the last output beat (for throughput bounds).
+    """
+    state = {"cycles": 0, "out": []}
+
+    async def tb_in(ctx):
+        await send(ctx, dut.i, beats)
+
+    async def tb_out(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(state["out"]) < total:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            state["cycles"] += 1
+            if valid:
+                state["out"].append(payload)
+
+    run_sim(dut, tb_in, tb_out)
+    return state["out"], state["cycles"]

@@ -7,7 +7,7 @@ import pytest
 from hw.channel_map import ChannelMap, Replicate, replicate_map
 from models import golden
 from tests.lint import lint_component
-from tests.streamtb import make_rng, receive, run_sim, send
+from tests.streamtb import make_rng, receive, run_sim, send, run_no_stall
 from tests.test_shift_unit import beats_to_pixels, expected_lasts, pixels_to_beats
 
 
@@ -98,24 +98,11 @@ def test_channel_map_throughput(cin, e, pi, po):
     dut = Replicate(channels=cin, factor=e, lanes_in=pi, lanes_out=po, bits=8)
     beats = pixels_to_beats(images, pi, 8, None)
     total = n * h * w * dut.nb_out
-    state = {"cycles": 0, "out": []}
-
-    async def tb_in(ctx):
-        await send(ctx, dut.i, beats)
-
-    async def tb_out(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(state["out"]) < total:
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            state["cycles"] += 1
-            if valid:
-                state["out"].append(payload)
-
-    run_sim(dut, tb_in, tb_out)
-    got, _ = beats_to_pixels(state["out"], n, h, w, dut.cout, po)
+    out, cycles = run_no_stall(dut, beats, total)
+    got, _ = beats_to_pixels(out, n, h, w, dut.cout, po)
     np.testing.assert_array_equal(got, golden.replicate(images, e))
     bound = n * h * w * max(dut.nb_in, dut.nb_out) + dut.nb_in + 2
-    assert state["cycles"] <= bound, (state["cycles"], bound)
+    assert cycles <= bound, (cycles, bound)
 
 
 @pytest.mark.parametrize("signed_", [False, True])

@@ -7,7 +7,7 @@ import pytest
 from hw.maxpool import MaxPool2
 from models import golden
 from tests.lint import lint_component
-from tests.streamtb import make_rng, receive, run_sim, send
+from tests.streamtb import make_rng, receive, run_sim, send, run_no_stall
 from tests.test_shift_unit import beats_to_pixels, expected_lasts, pixels_to_beats
 
 
@@ -56,24 +56,11 @@ def test_maxpool_throughput(w, h, c, p):
     dut = MaxPool2(width=w, height=h, channels=c, lanes=p, bits=8)
     beats = pixels_to_beats(images, p, 8, None)
     total = n * (h // 2) * (w // 2) * dut.nb
-    state = {"cycles": 0, "out": []}
-
-    async def tb_in(ctx):
-        await send(ctx, dut.i, beats)
-
-    async def tb_out(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(state["out"]) < total:
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            state["cycles"] += 1
-            if valid:
-                state["out"].append(payload)
-
-    run_sim(dut, tb_in, tb_out)
-    got, _ = beats_to_pixels(state["out"], n, h // 2, w // 2, c, p)
+    out, cycles = run_no_stall(dut, beats, total)
+    got, _ = beats_to_pixels(out, n, h // 2, w // 2, c, p)
     np.testing.assert_array_equal(got, golden.maxpool2(images))
     # the last emitted beat is the last input beat of the last full window (+ 2 stages)
-    assert state["cycles"] <= n * h * w * dut.nb + 2, state["cycles"]
+    assert cycles <= n * h * w * dut.nb + 2, cycles
 
 
 @pytest.mark.parametrize("w,h,c,p", [(5, 4, 5, 2), (2, 2, 1, 1), (3, 3, 2, 4)])

@@ -7,7 +7,7 @@ import pytest
 from hw.subsample import Subsample2
 from models import golden
 from tests.lint import lint_component
-from tests.streamtb import make_rng, receive, run_sim, send
+from tests.streamtb import make_rng, receive, run_sim, send, run_no_stall
 from tests.test_shift_unit import beats_to_pixels, expected_lasts, pixels_to_beats
 
 
@@ -56,26 +56,13 @@ def test_subsample_throughput():
     dut = Subsample2(width=w, height=h, channels=c, lanes=p, bits=8)
     beats = pixels_to_beats(images, p, 8, None)
     total = n * 3 * 2 * dut.nb
-    state = {"cycles": 0, "out": []}
-
-    async def tb_in(ctx):
-        await send(ctx, dut.i, beats)
-
-    async def tb_out(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(state["out"]) < total:
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            state["cycles"] += 1
-            if valid:
-                state["out"].append(payload)
-
-    run_sim(dut, tb_in, tb_out)
-    got, _ = beats_to_pixels(state["out"], n, 3, 2, c, p)
+    out, cycles = run_no_stall(dut, beats, total)
+    got, _ = beats_to_pixels(out, n, 3, 2, c, p)
     np.testing.assert_array_equal(got, golden_subsample(images))
     # the last kept beat (last row, x = 2, b = NB-1 of the last image) is accepted at clock
     # edge (its index + 1), sits one cycle in the output register, is sampled at the next edge
     last_kept = n * h * w * dut.nb - (w - 1 - 2) * dut.nb - 1
-    assert state["cycles"] <= last_kept + 2, (state["cycles"], last_kept)
+    assert cycles <= last_kept + 2, (cycles, last_kept)
 
 
 @pytest.mark.parametrize("w,h,c,p", [(5, 4, 5, 2), (1, 1, 1, 1)])
