@@ -336,6 +336,9 @@ def load_artifact(path):
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: no such file (train one with 'shiftacc train')")
+    if not zipfile.is_zipfile(path):
+        raise ArtifactError(f"{path}: not a readable .npz artifact (not a zip archive; "
+                            f"artifacts are written by 'shiftacc train' or np.savez)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
