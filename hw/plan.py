@@ -31,6 +31,11 @@ DEFAULT_CONFIG = {
     "layers": {},
     # Largest FIFO between two stages, in beats (each FIFO holds about one output row).
     "max_fifo_depth": 1024,
+    # The fastest pipeline that fits may leave multipliers idle (a layer that needs 2.1
+    # multipliers' worth of work gets 3). Accept up to `max_slowdown` times its cycles/image
+    # to reach this MAC efficiency; 0 means always the fastest plan.
+    "min_mac_efficiency": 0.95,
+    "max_slowdown": 1.25,
 }
 
 
@@ -202,6 +207,8 @@ def load_config(path=None, overrides=None):
         cfg.update(overrides)
     if not isinstance(cfg["max_multipliers"], int) or cfg["max_multipliers"] < 1:
         raise PlanError("config: 'max_multipliers' must be a positive integer")
+    if not 0 <= cfg["min_mac_efficiency"] <= 1 or cfg["max_slowdown"] < 1:
+        raise PlanError("config: 'min_mac_efficiency' must be in [0, 1] and 'max_slowdown' >= 1")
     if cfg["radius"] not in (1, 2, 3):
         raise PlanError("config: 'radius' must be 1, 2 or 3")
     cfg["layers"] = {str(k): v for k, v in cfg["layers"].items()}
@@ -407,8 +414,10 @@ def plan_network(model, cfg=None):
             cands.update(ho * wo * k for k in range(1, nb + 1))
         else:
             cands.update(h * w * k for k in range(1, max(c, co) + 1))
-    best = None
+    best, fastest = None, None
     for t in sorted(cands):
+        if fastest is not None and t > fastest * cfg["max_slowdown"]:
+            break
         built = _build_stages(model, cfg, t)
         if built is None:
             continue
@@ -416,13 +425,22 @@ def plan_network(model, cfg=None):
         mults = sum(s.multipliers for s in stages)
         if mults > cfg["max_multipliers"]:
             continue
-        best = (input_lanes, stages)
-        break
+        cycles = max(s.cycles for s in stages)
+        eff = macs / max(1, mults * cycles)
+        if fastest is None:
+            fastest = cycles
+        # Keep the most efficient plan seen; stop at the first (fastest) that is efficient
+        # enough.
+        if best is None or eff > best[0] + 1e-12:
+            best = (eff, input_lanes, stages)
+        if eff >= cfg["min_mac_efficiency"]:
+            best = (eff, input_lanes, stages)
+            break
     if best is None:
         raise PlanError(f"no pipeline fits max_multipliers = {cfg['max_multipliers']} (the "
                         f"network needs at least one multiplier per conv1x1 layer); raise it in "
                         f"the config")
-    input_lanes, stages = best
+    _, input_lanes, stages = best
     return Plan(stages=stages, input_lanes=input_lanes,
                 predicted_cycles_per_image=max(s.cycles for s in stages),
                 multipliers=sum(s.multipliers for s in stages), macs_per_image=macs,

@@ -30,9 +30,15 @@ def test_plan_meets_its_own_bounds(seed):
         assert s.lanes_in == lanes, s
         lanes = s.lanes_out
     assert lanes == 1  # logits leave one per beat
-    # A bigger budget never makes the pipeline slower.
-    bigger = plan_network(model, load_config(overrides={"max_multipliers": budget * 4}))
-    assert bigger.predicted_cycles_per_image <= plan.predicted_cycles_per_image
+    # Throughput-first planning: a bigger budget never makes the pipeline slower.
+    fast = plan_network(model, load_config(overrides={"max_multipliers": budget,
+                                                      "min_mac_efficiency": 0}))
+    bigger = plan_network(model, load_config(overrides={"max_multipliers": budget * 4,
+                                                        "min_mac_efficiency": 0}))
+    assert bigger.predicted_cycles_per_image <= fast.predicted_cycles_per_image
+    # Efficiency-aware planning (the default) trades at most max_slowdown for efficiency.
+    assert plan.predicted_mac_efficiency >= fast.predicted_mac_efficiency - 1e-12
+    assert plan.predicted_cycles_per_image <= 1.25 * fast.predicted_cycles_per_image
 
 
 def test_shift_beyond_radius_is_refused_by_layer():
