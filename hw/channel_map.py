@@ -19,7 +19,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .shift_unit import position_counter, step_counter
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_positive
 
 __all__ = ["ChannelMap", "Replicate", "replicate_map"]
 
@@ -32,9 +32,7 @@ def replicate_map(cin, factor):
     ValueError
         ``cin`` or ``factor`` is not a positive integer.
     """
-    for name, value in (("cin", cin), ("factor", factor)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"replicate_map: {name} must be a positive integer, got {value!r}")
+    require_positive("replicate_map", cin=cin, factor=factor)
     return [k % cin for k in range(cin * factor)]
 
 
@@ -73,10 +71,8 @@ class ChannelMap(wiring.Component):
     """
 
     def __init__(self, *, cin, cout, lanes_in, lanes_out, bits, source=None, is_signed=False):
-        for name, value in (("cin", cin), ("cout", cout), ("lanes_in", lanes_in),
-                            ("lanes_out", lanes_out), ("bits", bits)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ChannelMap: {name} must be a positive integer, got {value!r}")
+        require_positive("ChannelMap", cin=cin, cout=cout, lanes_in=lanes_in,
+                         lanes_out=lanes_out, bits=bits)
         if source is None:
             if cout != cin:
                 raise ValueError(f"ChannelMap: cout ({cout}) != cin ({cin}) needs an explicit "

@@ -21,7 +21,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .shift_unit import position_counter, step_counter
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_positive
 
 __all__ = ["MaxPool2"]
 
@@ -63,10 +63,8 @@ class MaxPool2(wiring.Component):
     """
 
     def __init__(self, *, width, height, channels, lanes, bits):
-        for name, value in (("width", width), ("height", height), ("channels", channels),
-                            ("lanes", lanes), ("bits", bits)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MaxPool2: {name} must be a positive integer, got {value!r}")
+        require_positive("MaxPool2", width=width, height=height, channels=channels,
+                         lanes=lanes, bits=bits)
         if width < 2 or height < 2:
             raise ValueError(f"MaxPool2: a {height}x{width} map has no 2x2 window")
         self.width, self.height, self.channels = width, height, channels

@@ -41,7 +41,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import ParamKind, param_signature
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_positive
 
 __all__ = ["ShiftUnit", "ring_rows", "position_counter", "step_counter"]
 
@@ -121,10 +121,8 @@ class ShiftUnit(wiring.Component):
     """
 
     def __init__(self, *, width, height, channels, lanes, bits, radius=1, stride=1, layer_id=0):
-        for name, value in (("width", width), ("height", height), ("channels", channels),
-                            ("lanes", lanes), ("bits", bits), ("radius", radius)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ShiftUnit: {name} must be a positive integer, got {value!r}")
+        require_positive("ShiftUnit", width=width, height=height, channels=channels,
+                         lanes=lanes, bits=bits, radius=radius)
         if radius > 127:
             raise ValueError(f"ShiftUnit: radius {radius} does not fit the 8-bit shift fields")
         if stride not in (1, 2):

@@ -11,7 +11,7 @@ themselves; ``last`` lets a consumer check framing and lets the top end an image
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, stream
 
-__all__ = ["pixel_layout", "pixel_stream", "beats_per_pixel"]
+__all__ = ["pixel_layout", "pixel_stream", "beats_per_pixel", "require_positive"]
 
 
 def beats_per_pixel(channels, lanes):
@@ -38,3 +38,14 @@ def pixel_layout(lanes, bits, *, is_signed=False):
 def pixel_stream(lanes, bits, *, is_signed=False):
     """``stream.Signature`` of a pixel stream; see :func:`pixel_layout`."""
     return stream.Signature(pixel_layout(lanes, bits, is_signed=is_signed))
+
+
+def require_positive(block, **values):
+    """Raise a ``ValueError`` naming ``block`` and the field unless every value is an int >= 1.
+
+    Elaboration parameters (shapes, lane counts, bit widths) of every block go through this,
+    so a bad one fails at construction with the same wording everywhere.
+    """
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{block}: {name} must be a positive integer, got {value!r}")

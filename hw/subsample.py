@@ -16,7 +16,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .shift_unit import position_counter, step_counter
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_positive
 
 __all__ = ["Subsample2"]
 
@@ -50,10 +50,8 @@ class Subsample2(wiring.Component):
     """
 
     def __init__(self, *, width, height, channels, lanes, bits):
-        for name, value in (("width", width), ("height", height), ("channels", channels),
-                            ("lanes", lanes), ("bits", bits)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Subsample2: {name} must be a positive integer, got {value!r}")
+        require_positive("Subsample2", width=width, height=height, channels=channels,
+                         lanes=lanes, bits=bits)
         self.width, self.height, self.channels = width, height, channels
         self.lanes, self.bits = lanes, bits
         self.nb = beats_per_pixel(channels, lanes)

@@ -108,3 +108,43 @@ def run_no_stall(dut, beats, total):
 
     run_sim(dut, tb_in, tb_out)
     return state["out"], state["cycles"]
+
+
+def assert_value_error(ctor, **kwargs):
+    """``ctor(**kwargs)`` raises ``ValueError``.
+
+    The half-built component is collected inside a warnings filter: Amaranth would otherwise
+    warn later that an elaboratable was "never used".
+    """
+    import gc
+    import warnings
+
+    import pytest
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError) as info:
+            ctor(**kwargs)
+        del info
+        gc.collect()
+
+
+async def receive_and_drain(ctx, stream, count, lanes, rng, p_stall, quiet_cycles, what,
+                            on_last=None):
+    """Collect ``count`` beats as ``(lane values, last)`` with random backpressure, then check
+    that nothing more comes out for ``quiet_cycles`` cycles (no duplicated beats).
+
+    ``on_last`` is called when the last expected beat arrived (to timestamp it)."""
+    got = []
+    while len(got) < count:
+        ready = not rng.random() < p_stall
+        ctx.set(stream.ready, ready)
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        if ready and valid:
+            got.append(([int(payload.data[k]) for k in range(lanes)], int(payload.last)))
+    if on_last is not None:
+        on_last()
+    ctx.set(stream.ready, 0)
+    for _ in range(quiet_cycles):
+        _, _, valid = await ctx.tick().sample(stream.valid)
+        assert not valid, f"{what} produced more beats than expected"
+    return got

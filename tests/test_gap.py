@@ -1,8 +1,5 @@
 """GlobalAvgPool == ``models.golden.gap`` under random shapes, parameters and stalls."""
 
-import gc
-import warnings
-
 import numpy as np
 import pytest
 
@@ -10,7 +7,7 @@ from hw.gap import GlobalAvgPool
 from hw.params import gap_param_words
 from models.golden import gap
 from tests.lint import lint_component
-from tests.streamtb import make_rng, run_sim, send
+from tests.streamtb import assert_value_error, receive_and_drain, make_rng, run_sim, send
 from tests.test_mac_array import pixel_beats, send_param_words
 
 
@@ -47,17 +44,9 @@ def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
         await send(ctx, dut.i, beats, rng, p_idle)
 
     async def consumer(ctx):
-        while len(got) < count:
-            ready = not rng.random() < p_stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if ready and valid:
-                got.append(([int(payload.data[k]) for k in range(dut.lanes)], int(payload.last)))
-        shared["t1"] = shared["cycle"]
-        ctx.set(dut.o.ready, 0)
-        for _ in range(dut.latency + 4):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "GAP produced more beats than images × NB"
+        got.extend(await receive_and_drain(
+            ctx, dut.o, count, dut.lanes, rng, p_stall, dut.latency + 4, "GAP",
+            on_last=lambda: shared.__setitem__("t1", shared["cycle"])))
 
     run_sim(dut, clock, producer, consumer)
     if timing is not None:
@@ -150,21 +139,16 @@ def test_gap_throughput(shape):
     assert cycles <= beats + dut.latency + 1, f"{cycles} cycles for {beats} beats"
 
 
-def assert_value_error(**kwargs):
+def gap_value_error(**kwargs):
     args = dict(width=4, height=4, channels=8, lanes=2, in_bits=8, act_bits=8)
     args.update(kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # the half-built component is "never used"
-        with pytest.raises(ValueError) as info:
-            GlobalAvgPool(**args)
-        del info
-        gc.collect()
+    assert_value_error(GlobalAvgPool, **args)
 
 
 @pytest.mark.parametrize("kwargs", [dict(width=0), dict(lanes=0), dict(in_bits=0),
                                     dict(layer_id=-1), dict(channels="8")])
 def test_gap_bad_parameters(kwargs):
-    assert_value_error(**kwargs)
+    gap_value_error(**kwargs)
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 7, 3), (1, 1, 1, 1), (2, 2, 8, 8)])

@@ -1,8 +1,5 @@
 """MacArray == ``models.golden.conv1x1`` under random shapes, parameters and stalls."""
 
-import gc
-import warnings
-
 import numpy as np
 import pytest
 
@@ -10,7 +7,7 @@ from hw.mac_array import MacArray
 from hw.params import ParamKind, conv_param_words, encode_word
 from models.golden import conv1x1
 from tests.lint import lint_component
-from tests.streamtb import make_rng, run_sim, send
+from tests.streamtb import assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -81,18 +78,9 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
         await send(ctx, dut.i, beats, rng, p_idle)
 
     async def consumer(ctx):
-        while len(got) < count:
-            ready = not rng.random() < p_stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if ready and valid:
-                got.append(([int(payload.data[k]) for k in range(dut.p_out)], int(payload.last)))
-        shared["t1"] = shared["cycle"]
-        ctx.set(dut.o.ready, 0)
-        # A few extra cycles: nothing more may come out (no duplicated beats).
-        for _ in range(dut.latency + 4):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "MacArray produced more beats than pixels × NBo"
+        got.extend(await receive_and_drain(
+            ctx, dut.o, count, dut.p_out, rng, p_stall, dut.latency + 4, "MacArray",
+            on_last=lambda: shared.__setitem__("t1", shared["cycle"])))
 
     run_sim(dut, clock, producer, consumer)
     if timing is not None:
@@ -271,16 +259,6 @@ def test_mac_array_throughput(shape):
     print(f"{shape}: {cycles} cycles for {n_pix} pixels, bound {bound}")
     assert cycles <= bound, f"{cycles} cycles > {bound}: multipliers left idle"
 
-
-def assert_value_error(ctor, **kwargs):
-    """``ctor(**kwargs)`` raises ValueError. The half-built component is collected inside a
-    warnings filter: Amaranth would otherwise warn later that it was "never used"."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError) as info:
-            ctor(**kwargs)
-        del info
-        gc.collect()
 
 
 @pytest.mark.parametrize("kwargs", [dict(cin=0), dict(p_in=0), dict(weight_bits=1),

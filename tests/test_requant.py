@@ -1,8 +1,5 @@
 """Requant pipeline == ``models.golden.requant``: random and edge-case operands, bit-exact."""
 
-import gc
-import warnings
-
 import numpy as np
 import pytest
 from amaranth.hdl import Module
@@ -12,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from hw.requant import Requant
 from models.golden import requant as golden_requant
 from tests.lint import lint_component
-from tests.streamtb import make_rng, run_sim
+from tests.streamtb import assert_value_error, make_rng, run_sim
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -121,16 +118,6 @@ def test_requant_latency():
     assert seen.get("cycle") == Requant.LATENCY
     assert seen.get("q") == min(255, (1000 * 3 + 2) >> 2)
 
-
-def assert_value_error(ctor, **kwargs):
-    """``ctor(**kwargs)`` raises ValueError. The half-built component is collected inside a
-    warnings filter: Amaranth would otherwise warn later that it was "never used"."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError) as info:
-            ctor(**kwargs)
-        del info
-        gc.collect()
 
 
 @pytest.mark.parametrize("kwargs", [dict(lanes=0, act_bits=8), dict(lanes=2, act_bits=0),
