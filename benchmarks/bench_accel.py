@@ -61,7 +61,7 @@ def main():
     p_rate = prot["sim_cycles"] / prot["sim_wall_seconds"]
     cpi = fast["cycles_per_image"]
     print()
-    print(f"| figure | value |\n|---|---|")
+    print("| figure | value |\n|---|---|")
     print(f"| images (fast path) | {len(images)} |")
     print(f"| golden mismatches (fast / protocol) | {fast['golden_mismatches']} / "
           f"{prot['golden_mismatches']} |")

@@ -12,7 +12,7 @@ from amaranth.utils import ceil_log2
 
 from .params import ParamKind, param_signature
 from .requant import M_BITS, SH_BITS, Requant
-from .stream import beats_per_pixel, pixel_layout, pixel_stream
+from .stream import beats_per_pixel, pixel_stream
 
 __all__ = ["MacArray"]
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .stream import beats_per_pixel
+from .channel_map import replicate_map
 
 __all__ = ["PlanError", "Stage", "Plan", "plan_network", "load_config", "DEFAULT_CONFIG"]
 
@@ -270,8 +270,6 @@ def check_buildable(model, cfg):
                 raise PlanError(f"layer {i} (shift): shifts reach {worst} pixels but the "
                                 f"ShiftUnit is built for radius {r}; set \"radius\": {worst} in "
                                 f"the config")
-            if w < 2 * r + 1 and h > 1:
-                pass  # narrow maps work: out-of-image reads are zero padding
         if layer.op == "replicate" and c * layer.factor > 4096:
             raise PlanError(f"layer {i} (replicate): {c * layer.factor} channels is more than "
                             f"the 4096 a pixel buffer is built for")
@@ -305,7 +303,7 @@ def _build_stages(model, cfg, t):
             if lo is None:
                 return None
             st = Stage("channel_map", i, (h, w, c), (ho, wo, co), lanes, lo, bits, bits,
-                       source=[k % c for k in range(co)])
+                       source=replicate_map(c, layer.factor))
             st.cycles = h * w * max(_cdiv(c, lanes), _cdiv(co, lo))
             stages.append(st)
             lanes = lo
@@ -410,8 +408,8 @@ def plan_network(model, cfg=None):
     cands = set()
     for i, layer, (h, w, c), (ho, wo, co), bits in _layer_ops(model):
         if layer.op == "conv1x1":
-            nb = max(_cdiv(layer.cin, 1) * layer.cout, 1)
-            cands.update(ho * wo * k for k in range(1, nb + 1))
+            # From all P_in*P_out multipliers (1 fold) to a single one (cin*cout folds).
+            cands.update(ho * wo * k for k in range(1, layer.cin * layer.cout + 1))
         else:
             cands.update(h * w * k for k in range(1, max(c, co) + 1))
     best, fastest = None, None

@@ -11,7 +11,7 @@ Beat counters (b, x, y) classify each input beat; a kept beat goes through one o
 whenever the output keeps up.
 """
 
-from amaranth import Module, Signal
+from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

@@ -51,6 +51,18 @@ def _make_block(stage, model, radius):
     raise ValueError(f"no block for stage kind {stage.kind!r}")
 
 
+def _add_tap(m, layer, out):
+    """Named copies of a layer's output handshake (``tap{layer}_valid/ready/payload``).
+
+    The cocotb testbench monitors these to find the first layer whose output differs from
+    the golden model; the simulation build keeps exactly these public.
+    """
+    valid = Signal(name=f"tap{layer}_valid")
+    ready = Signal(name=f"tap{layer}_ready")
+    payload = Signal(len(out.payload.as_value()), name=f"tap{layer}_payload")
+    m.d.comb += [valid.eq(out.valid), ready.eq(out.ready), payload.eq(out.payload.as_value())]
+
+
 class Accelerator(wiring.Component):
     """Dataflow accelerator for one network topology (parameters loaded at run time).
 
@@ -69,14 +81,11 @@ class Accelerator(wiring.Component):
         Input pixels, raster order, ``last`` on the final beat of each image.
     logits : Out(pixel_stream(1, 32, is_signed=True))
         One int32 logit per beat, classes in order, ``last`` on the final class.
-    taps : dict
-        Layer index -> (stage, tap signals) of each layer's output stream, for debug monitors.
     """
 
     def __init__(self, model, plan):
         self.model = model
         self.plan = plan
-        self.taps = {}
         super().__init__({
             "params": In(param_signature()),
             "images": In(pixel_stream(plan.input_lanes, model.input_bits)),
@@ -102,23 +111,12 @@ class Accelerator(wiring.Component):
             wiring.connect(m, upstream, block.i)
             out = block.o
             if stage.layer is not None and stage.kind != "subsample":
-                self._add_tap(m, stage, out)
+                _add_tap(m, stage.layer, out)
             if stage.fifo_depth:
                 out = self._fifo(m, n, out, stage)
             upstream = out
         wiring.connect(m, upstream, wiring.flipped(self.logits))
         return m
-
-    def _add_tap(self, m, stage, out):
-        # Named copies of each layer's output handshake: cocotb monitors read these to find
-        # the first layer whose output differs from the golden model.
-        i = stage.layer
-        valid = Signal(name=f"tap{i}_valid")
-        ready = Signal(name=f"tap{i}_ready")
-        payload = Signal(len(out.payload.as_value()), name=f"tap{i}_payload")
-        m.d.comb += [valid.eq(out.valid), ready.eq(out.ready), payload.eq(out.payload.as_value())]
-        # A later stage of the same layer (e.g. the conv after a lane converter) replaces it.
-        self.taps[i] = (stage, (valid, ready, payload))
 
     def _fifo(self, m, n, src, stage):
         # Elastic buffer of about one output row: absorbs the bursts of stages that emit on

@@ -296,7 +296,6 @@ def export(net, name="shiftnet", classes=None, provenance=None):
     from .shift import ShiftLayer
     h, w, c = net.in_shape
     scale = 1.0 / 255.0
-    bits = 8
     layers = []
     # Dropout is the identity at inference: it has no op in the contract and needs none.
     mods = [m for m in net.body if not isinstance(m, nn.Dropout)]
@@ -350,7 +349,7 @@ def export(net, name="shiftnet", classes=None, provenance=None):
                                       f"calibration before export)")
                 m, sh = requant_constants(sw * scale / s_out, where)
                 lay.m, lay.sh = m.astype(np.uint16), sh.astype(np.uint8)
-                scale, bits = s_out, net.act_bits
+                scale = s_out
             layers.append(lay)
         elif isinstance(mod, MaxPool2):
             layers.append(Layer("maxpool2"))
@@ -361,7 +360,7 @@ def export(net, name="shiftnet", classes=None, provenance=None):
                 raise ExportError(f"{where}: activation scale never calibrated")
             m, sh = requant_constants(np.array([scale / (h * w * s_out)]), where)
             layers.append(Layer("gap", m=int(m[0]), sh=int(sh[0])))
-            h, w, scale, bits = 1, 1, s_out, net.act_bits
+            h, w, scale = 1, 1, s_out
         else:
             raise ExportError(f"{where}: module {type(mod).__name__} has no equivalent op in "
                               f"the version-1 contract (replicate, shift, conv1x1, maxpool2, "

@@ -162,7 +162,6 @@ class AcceleratorTB:
         d = self.dut
         d.mode.value = 1
         d.stall_level.value = stall_level
-        bpi = self.beats.shape[1]
         mem = d.image_mem
         flat = self.beats[first:first + count].reshape(-1)
         k = self.beats_per_word

@@ -5,7 +5,6 @@ placements, 4- and 8-bit activations, 2..8-bit weights) with random images; logi
 equal, every image. Builds are cached by the Verilog's hash under ``build/sim-cache``.
 """
 
-import json
 import os
 from pathlib import Path
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from hw.plan import PlanError, load_config, plan_network
-from models.artifact import Layer
 from tests.netgen import random_model
 
 
