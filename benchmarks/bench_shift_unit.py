@@ -21,9 +21,8 @@ from hw.maxpool import MaxPool2                           # noqa: E402
 from hw.params import shift_param_words                   # noqa: E402
 from hw.shift_unit import ShiftUnit                       # noqa: E402
 from models import golden                                 # noqa: E402
-from tests.streamtb import run_sim, send                  # noqa: E402
-from tests.test_shift_unit import (beats_to_pixels, param_dicts,  # noqa: E402
-                                   pixels_to_beats)
+from tests.streamtb import (beats_to_pixels, pixels_to_beats, run_sim,  # noqa: E402
+                            send_params)
 
 
 def measure(dut, in_beats, out_count, params=()):
@@ -32,7 +31,7 @@ def measure(dut, in_beats, out_count, params=()):
 
     async def tb_in(ctx):
         if params:
-            await send(ctx, dut.params, params)
+            await send_params(ctx, dut.params, params)
         for beat in in_beats:
             ctx.set(dut.i.payload, beat)
             ctx.set(dut.i.valid, 1)
@@ -67,7 +66,7 @@ def bench_shift(w, h, c, p, r, s, n=4):
     per_in, per_out = h * w * nb, ho * wo * nb
     t0 = time.time()
     cin, cout, out = measure(dut, pixels_to_beats(images, p, 8, None), n * per_out,
-                             param_dicts(shift_param_words(0, shifts, p)))
+                             shift_param_words(0, shifts, p))
     got, _ = beats_to_pixels(out, n, ho, wo, c, p)
     ok = np.array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
     in_rate = rate(cin, per_in, (n - 1) * per_in - 1)

@@ -9,9 +9,15 @@ every stream, as the project's standards require.
 import os
 import random
 
+import numpy as np
+
 from amaranth.sim import Simulator
 
-__all__ = ["send", "receive", "send_params", "run_sim", "make_rng"]
+from hw.stream import beats_per_pixel
+
+__all__ = ["send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
+           "assert_value_error", "receive_and_drain", "pixel_beats", "pixels_to_beats",
+           "beats_to_pixels", "expected_lasts"]
 
 
 def make_rng(request_name, seed=None):
@@ -148,3 +154,53 @@ async def receive_and_drain(ctx, stream, count, lanes, rng, p_stall, quiet_cycle
         _, _, valid = await ctx.tick().sample(stream.valid)
         assert not valid, f"{what} produced more beats than expected"
     return got
+
+
+def pixel_beats(pixel, lanes, bits, last, rng=None):
+    """Beats of one pixel; padding lanes carry random garbage from ``rng`` (0 without one),
+    which a block must never let leak into a result."""
+    nb = beats_per_pixel(len(pixel), lanes)
+    beats = []
+    for b in range(nb):
+        lanes_v = [int(pixel[b * lanes + k]) if b * lanes + k < len(pixel)
+                   else (rng.randrange(1 << bits) if rng else 0) for k in range(lanes)]
+        beats.append({"data": lanes_v, "last": int(last and b == nb - 1)})
+    return beats
+
+
+def pixels_to_beats(x, lanes, bits, rng):
+    """NHWC int array -> list of beat payload dicts, ``last`` on each image's final beat."""
+    beats = []
+    for img in x:
+        flat = img.reshape(-1, img.shape[-1])
+        for n, px in enumerate(flat):
+            beats += pixel_beats(px, lanes, bits, n == len(flat) - 1, rng)
+    return beats
+
+
+def beats_to_pixels(out, n, h, w, c, lanes):
+    """Received payloads -> NHWC int64 array (padding lanes dropped) and the ``last`` flags."""
+    nb = beats_per_pixel(c, lanes)
+    assert len(out) == n * h * w * nb
+    arr = np.zeros((n, h, w, c), np.int64)
+    lasts = []
+    k = 0
+    for i in range(n):
+        for y in range(h):
+            for xx in range(w):
+                for b in range(nb):
+                    for l in range(lanes):
+                        ch = b * lanes + l
+                        if ch < c:
+                            arr[i, y, xx, ch] = int(out[k].data[l])
+                    lasts.append(int(out[k].last))
+                    k += 1
+    return arr, lasts
+
+
+def expected_lasts(n, h, w, nb):
+    """``last`` is high only on the final beat of each image."""
+    per = [0] * (h * w * nb)
+    if per:
+        per[-1] = 1
+    return per * n

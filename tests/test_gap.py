@@ -7,8 +7,7 @@ from hw.gap import GlobalAvgPool
 from hw.params import gap_param_words
 from models.golden import gap
 from tests.lint import lint_component
-from tests.streamtb import assert_value_error, receive_and_drain, make_rng, run_sim, send
-from tests.test_mac_array import pixel_beats, send_param_words
+from tests.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 
 def random_requant(rng, height, width, in_bits, act_bits):
@@ -34,7 +33,7 @@ def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
             assert shared["cycle"] < 200 + 30 * len(images) * per_image + len(words), "GAP hung"
 
     async def producer(ctx):
-        await send_param_words(ctx, dut.params, words)
+        await send_params(ctx, dut.params, words)
         shared["t0"] = shared["cycle"]
         beats = []
         for img in images:

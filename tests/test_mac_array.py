@@ -7,7 +7,7 @@ from hw.mac_array import MacArray
 from hw.params import ParamKind, conv_param_words, encode_word
 from models.golden import conv1x1
 from tests.lint import lint_component
-from tests.streamtb import assert_value_error, receive_and_drain, make_rng, run_sim, send
+from tests.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -36,27 +36,6 @@ def random_conv(rng, cin, cout, in_bits, weight_bits, act_bits, requant, big_bia
     return weight, bias, mult, np.array(sh, np.int64)
 
 
-def pixel_beats(pixel, lanes, bits, last, rng):
-    """Beats of one pixel; padding lanes carry random garbage (must not leak)."""
-    beats = []
-    nb = -(-len(pixel) // lanes)
-    for b in range(nb):
-        lanes_v = [int(pixel[b * lanes + k]) if b * lanes + k < len(pixel)
-                   else rng.randrange(1 << bits) for k in range(lanes)]
-        beats.append({"data": lanes_v, "last": int(last and b == nb - 1)})
-    return beats
-
-
-async def send_param_words(ctx, port, words):
-    """Drive encoded parameter words. (``streamtb.send_params`` passes the integer word to
-    ``ctx.set`` on the struct *view*, which Amaranth rejects; set the raw bits instead.)"""
-    for word in words:
-        ctx.set(port.payload.as_value(), word)
-        ctx.set(port.valid, 1)
-        await ctx.tick()
-    ctx.set(port.valid, 0)
-
-
 def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
     """Load parameters, stream ``pixels`` [N, cin] in, return output beats (data, last)."""
     nbo = dut.nbo
@@ -71,7 +50,7 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
             assert shared["cycle"] < 200 + 40 * count * dut.nbi + len(words), "MacArray hung"
 
     async def producer(ctx):
-        await send_param_words(ctx, dut.params, words)
+        await send_params(ctx, dut.params, words)
         shared["t0"] = shared["cycle"]
         beats = [b for px, last in zip(pixels, lasts)
                  for b in pixel_beats(px, dut.p_in, dut.in_bits, last, rng)]
@@ -199,7 +178,7 @@ def test_mac_array_reload_parameters():
 
     async def producer(ctx):
         for k in range(2):
-            await send_param_words(ctx, dut.params,
+            await send_params(ctx, dut.params,
                                    conv_param_words(1, *sets[k], p_in, p_out))
             beats = [b for n, px in enumerate(batches[k])
                      for b in pixel_beats(px, p_in, 8, n == 4, rng)]

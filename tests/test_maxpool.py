@@ -7,8 +7,7 @@ import pytest
 from hw.maxpool import MaxPool2
 from models import golden
 from tests.lint import lint_component
-from tests.streamtb import make_rng, receive, run_sim, send, run_no_stall
-from tests.test_shift_unit import beats_to_pixels, expected_lasts, pixels_to_beats
+from tests.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def simulate_pool(dut, images, rng, p_idle, p_stall):

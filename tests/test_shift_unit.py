@@ -4,70 +4,12 @@
 import numpy as np
 import pytest
 
-from hw.params import decode_word, shift_param_words
+from hw.params import shift_param_words
 from hw.shift_unit import ShiftUnit
-from hw.stream import beats_per_pixel
 from models import golden
 from tests.lint import lint_component
-from tests.streamtb import make_rng, receive, run_sim, send
-
-
-# ---- helpers shared by the block tests of this family ------------------------------------
-
-def pixels_to_beats(x, lanes, bits, rng):
-    """NHWC int array -> list of beat payload dicts; padding lanes carry random garbage."""
-    n, h, w, c = x.shape
-    nb = beats_per_pixel(c, lanes)
-    beats = []
-    for i in range(n):
-        for y in range(h):
-            for xx in range(w):
-                for b in range(nb):
-                    lanes_v = []
-                    for l in range(lanes):
-                        ch = b * lanes + l
-                        lanes_v.append(int(x[i, y, xx, ch]) if ch < c
-                                       else (rng.randrange(1 << bits) if rng else 0))
-                    last = int(y == h - 1 and xx == w - 1 and b == nb - 1)
-                    beats.append({"data": lanes_v, "last": last})
-    return beats
-
-
-def beats_to_pixels(out, n, h, w, c, lanes):
-    """Received payloads -> NHWC int64 array (padding lanes dropped) and the ``last`` flags."""
-    nb = beats_per_pixel(c, lanes)
-    assert len(out) == n * h * w * nb
-    arr = np.zeros((n, h, w, c), np.int64)
-    lasts = []
-    k = 0
-    for i in range(n):
-        for y in range(h):
-            for xx in range(w):
-                for b in range(nb):
-                    for l in range(lanes):
-                        ch = b * lanes + l
-                        if ch < c:
-                            arr[i, y, xx, ch] = int(out[k].data[l])
-                    lasts.append(int(out[k].last))
-                    k += 1
-    return arr, lasts
-
-
-def expected_lasts(n, h, w, nb):
-    """``last`` is high only on the final beat of each image."""
-    per = [0] * (h * w * nb)
-    if per:
-        per[-1] = 1
-    return per * n
-
-
-def param_dicts(words):
-    """Encoded parameter words -> payload dicts for ``tests.streamtb.send``."""
-    out = []
-    for word in words:
-        layer, kind, row, lane, value = decode_word(word)
-        out.append({"layer": layer, "kind": kind, "row": row, "lane": lane, "data": value})
-    return out
+from tests.streamtb import (beats_to_pixels, expected_lasts, make_rng, pixels_to_beats, receive,
+                            run_sim, send, send_params)
 
 
 # ---- ShiftUnit ---------------------------------------------------------------------------
@@ -95,7 +37,7 @@ def simulate_shift(dut, images, shifts, rng, p_idle, p_stall, layer_id=0, junk_p
     result = {}
 
     async def tb_in(ctx):
-        await send(ctx, dut.params, param_dicts(words))
+        await send_params(ctx, dut.params, words)
         await send(ctx, dut.i, beats, rng, p_idle)
 
     async def tb_out(ctx):
@@ -155,7 +97,7 @@ def count_cycles_no_stall(dut, images, shifts):
     state = {"cycle": 0, "first_in": None, "last_out": None, "out": []}
 
     async def tb_in(ctx):
-        await send(ctx, dut.params, param_dicts(shift_param_words(0, shifts, dut.lanes)))
+        await send_params(ctx, dut.params, shift_param_words(0, shifts, dut.lanes))
         state["first_in"] = state["cycle"]
         await send(ctx, dut.i, beats)
 
