@@ -63,9 +63,13 @@ async def receive(ctx, stream, count, rng=None, p_stall=0.0):
     return out
 
 
-async def send_params(ctx, stream, words):
-    """Drive encoded parameter words (see :mod:`hw.params`) into a parameter port."""
+async def send_params(ctx, stream, words, rng=None, p_idle=0.0):
+    """Drive encoded parameter words (see :mod:`hw.params`) into a parameter port, with
+    random idle cycles (``valid`` low) between words like :func:`send`."""
     for w in words:
+        while rng is not None and rng.random() < p_idle:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
         ctx.set(stream.payload.as_value(), w)
         ctx.set(stream.valid, 1)
         await ctx.tick().until(stream.ready)

@@ -33,7 +33,7 @@ def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
             assert shared["cycle"] < 200 + 30 * len(images) * per_image + len(words), "GAP hung"
 
     async def producer(ctx):
-        await send_params(ctx, dut.params, words)
+        await send_params(ctx, dut.params, words, rng, p_idle)
         shared["t0"] = shared["cycle"]
         beats = []
         for img in images:

@@ -50,7 +50,7 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
             assert shared["cycle"] < 200 + 40 * count * dut.nbi + len(words), "MacArray hung"
 
     async def producer(ctx):
-        await send_params(ctx, dut.params, words)
+        await send_params(ctx, dut.params, words, rng, p_idle)
         shared["t0"] = shared["cycle"]
         beats = [b for px, last in zip(pixels, lasts)
                  for b in pixel_beats(px, dut.p_in, dut.in_bits, last, rng)]

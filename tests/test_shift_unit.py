@@ -37,7 +37,7 @@ def simulate_shift(dut, images, shifts, rng, p_idle, p_stall, layer_id=0, junk_p
     result = {}
 
     async def tb_in(ctx):
-        await send_params(ctx, dut.params, words)
+        await send_params(ctx, dut.params, words, rng, p_idle)
         await send(ctx, dut.i, beats, rng, p_idle)
 
     async def tb_out(ctx):
