@@ -93,19 +93,24 @@ def run_sim(dut, *testbenches, vcd=None, deadline_cycles=None):
         sim.run()
 
 
-def run_no_stall(dut, beats, total):
+def run_no_stall(dut, beats, total, params=None):
     """Stream ``beats`` into ``dut.i`` and take ``total`` beats from ``dut.o``, never stalling.
+
+    ``params`` (encoded words) are loaded through ``dut.params`` first; they are not counted.
 
     Returns
     -------
     out : list
         Output payloads, in order.
     cycles : int
-        Cycles until the last output beat (for throughput bounds).
+        Cycles from the first input beat to the last output beat (for throughput bounds).
     """
-    state = {"cycles": 0, "out": []}
+    state = {"cycles": 0, "start": 0, "out": []}
 
     async def tb_in(ctx):
+        if params:
+            await send_params(ctx, dut.params, params)
+        state["start"] = state["cycles"]
         await send(ctx, dut.i, beats)
 
     async def tb_out(ctx):
@@ -117,7 +122,7 @@ def run_no_stall(dut, beats, total):
                 state["out"].append(payload)
 
     run_sim(dut, tb_in, tb_out)
-    return state["out"], state["cycles"]
+    return state["out"], state["cycles"] - state["start"]
 
 
 def assert_value_error(ctor, **kwargs):
