@@ -11,17 +11,15 @@ invocation so their ratio is measured on the same machine load.
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hw.plan import load_config, plan_network  # noqa: E402
-from models.artifact import load_artifact, save_artifact  # noqa: E402
-from sim.runner import simulate  # noqa: E402
+from shiftacc.hw.plan import load_config, plan_network
+from shiftacc.models.artifact import load_artifact, save_artifact
+from shiftacc.sim.runner import simulate
 
 
 def main():
@@ -38,12 +36,12 @@ def main():
         path = Path(args.model)
         model = load_artifact(path)
     else:
-        from tests.netgen import random_model
+        from shiftacc.models.netgen import random_model
         model = random_model(np.random.default_rng(7), size=(8, 8), blocks=2)
         path = tmp / "random.npz"
         model = save_artifact(path, model)
     if model.input_shape == (8, 8, 1) and args.dataset == "digits":
-        from models.data import load_split
+        from shiftacc.models.data import load_split
         images, _ = load_split("digits", "test")
     else:
         images = np.random.default_rng(0).integers(0, 256, (args.images,) + model.input_shape)

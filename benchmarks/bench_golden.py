@@ -10,21 +10,19 @@ Prints images/s of: the NumPy golden model (exact integers), the PyTorch integer
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import golden  # noqa: E402
-from models.artifact import load_artifact  # noqa: E402
-from models.int_eval import run_int  # noqa: E402
-from models.nets import to_input  # noqa: E402
-from models.quant import set_qat  # noqa: E402
-from models.train import train_model  # noqa: E402
+from shiftacc.models import golden
+from shiftacc.models.artifact import load_artifact
+from shiftacc.models.int_eval import run_int
+from shiftacc.models.nets import to_input
+from shiftacc.models.quant import set_qat
+from shiftacc.models.train import train_model
 
 
 def rate(fn, n, repeat):

@@ -20,15 +20,13 @@ For GlobalAvgPool it prints cycles per image back to back and the overhead over 
 
 import os
 import random
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from amaranth.sim import Simulator  # noqa: E402
+from amaranth.sim import Simulator
 
-from hw.gap import GlobalAvgPool  # noqa: E402
-from hw.mac_array import MacArray  # noqa: E402
-from hw.params import conv_param_words, gap_param_words  # noqa: E402
+from shiftacc.hw.gap import GlobalAvgPool
+from shiftacc.hw.mac_array import MacArray
+from shiftacc.hw.params import conv_param_words, gap_param_words
 
 MAC_SHAPES = [  # (cin, cout, p_in, p_out)
     (1, 1, 1, 1),

@@ -8,20 +8,18 @@ the pipeline fill and drain do not count). Every output is also checked against 
 Run: ``python benchmarks/bench_shift_unit.py``
 """
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hw.channel_map import Replicate                      # noqa: E402
-from hw.maxpool import MaxPool2                           # noqa: E402
-from hw.params import shift_param_words                   # noqa: E402
-from hw.shift_unit import ShiftUnit                       # noqa: E402
-from models import golden                                 # noqa: E402
-from tests.streamtb import (beats_to_pixels, pixels_to_beats, run_sim,  # noqa: E402
+from shiftacc.hw.channel_map import Replicate                    
+from shiftacc.hw.maxpool import MaxPool2                         
+from shiftacc.hw.params import shift_param_words                 
+from shiftacc.hw.shift_unit import ShiftUnit                     
+from shiftacc.models import golden                               
+from shiftacc.sim.streamtb import (beats_to_pixels, pixels_to_beats, run_sim,
                             send_params)
 
 

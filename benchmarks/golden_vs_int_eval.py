@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import golden  # noqa: E402
-from models.data import load_split  # noqa: E402
-from models.int_eval import run_int  # noqa: E402
-from models.shift import METHODS  # noqa: E402
+from shiftacc.models import golden
+from shiftacc.models.data import load_split
+from shiftacc.models.int_eval import run_int
+from shiftacc.models.shift import METHODS
 
 
 def main():
@@ -34,10 +33,10 @@ def main():
     torch.set_num_threads(2)
     models = []
     if args.models:
-        from models.artifact import load_artifact
+        from shiftacc.models.artifact import load_artifact
         models = [load_artifact(p) for p in args.models]
     else:
-        from models.train import train_model
+        from shiftacc.models.train import train_model
         for method in METHODS:
             t0 = time.perf_counter()
             _, model = train_model(method=method, seed=args.seed, progress=False)

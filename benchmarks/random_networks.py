@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hw.plan import load_config, plan_network  # noqa: E402
-from models.artifact import save_artifact  # noqa: E402
-from sim.runner import simulate  # noqa: E402
-from tests.netgen import random_model  # noqa: E402
+from shiftacc.hw.plan import load_config, plan_network
+from shiftacc.models.artifact import save_artifact
+from shiftacc.sim.runner import simulate
+from shiftacc.models.netgen import random_model
 
 
 def main():

@@ -27,11 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from amaranth.back import verilog  # noqa: E402
+from amaranth.back import verilog
 
-from hw.mac_array import MacArray  # noqa: E402
+from shiftacc.hw.mac_array import MacArray
 
 #: How each target's primitive cells are grouped into the table's columns.
 CELL_GROUPS = {
@@ -69,7 +68,7 @@ def mac_configs():
 def shift_configs():
     """Two ShiftUnit sizes (imported lazily: the block may not exist yet)."""
     try:
-        from hw.shift_unit import ShiftUnit
+        from shiftacc.hw.shift_unit import ShiftUnit
     except ImportError as exc:
         print(f"(ShiftUnit skipped: {exc})", file=sys.stderr)
         return []
@@ -83,7 +82,7 @@ def shift_configs():
 
 def gap_configs():
     """One GlobalAvgPool size (the digits network's 4×4×16 map on 4 lanes)."""
-    from hw.gap import GlobalAvgPool
+    from shiftacc.hw.gap import GlobalAvgPool
     return [("GlobalAvgPool 4×4×16, P 4", lambda: GlobalAvgPool(
         width=4, height=4, channels=16, lanes=4, in_bits=8, act_bits=8))]
 

@@ -16,8 +16,8 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.params import PARAM_LAYOUT, param_signature
-from hw.stream import beats_per_pixel, pixel_stream
+from ..hw.params import PARAM_LAYOUT, param_signature
+from ..hw.stream import beats_per_pixel, pixel_stream
 
 __all__ = ["SimHarness", "beats_per_word"]
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.plan import plan_network
-from hw.top import Accelerator, param_words
+from ..hw.plan import plan_network
+from ..hw.top import Accelerator, param_words
+from .resources import verilator_waivers
 
 __all__ = ["SimulatorMissing", "simulate", "harness_verilog", "tool_env", "cache_root",
            "TOPLEVEL"]
 
 TOPLEVEL = "shiftacc_sim"
-ROOT = Path(__file__).resolve().parent.parent
-WAIVERS = ROOT / "hw" / "verilator_waivers.vlt"
+WAIVERS = verilator_waivers()
 TIMESCALE = ("1ns", "1ps")
 _BUILD_OPTIONS_VERSION = 5  # bump when build flags below change: invalidates cached builds
 
@@ -241,13 +241,12 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
     if result_path.exists():
         result_path.unlink()
     runner = _icarus_vcd_runner() if simulator == "icarus" and waves else _get_runner(simulator)
-    env = {"SHIFTACC_JOB": str(workdir / "job.json"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path)}
+    env = {"SHIFTACC_JOB": str(workdir / "job.json")}
     log(f"[sim] {test} on {simulator}: {len(images)} images, seed {seed}")
 
     def run_test():
         try:
-            runner.test(test_module="sim.tb_accel", hdl_toplevel=TOPLEVEL,
+            runner.test(test_module="shiftacc.sim.tb_accel", hdl_toplevel=TOPLEVEL,
                         hdl_toplevel_lang="verilog", testcase=test, build_dir=bdir,
                         test_dir=workdir, extra_env=env, seed=seed,
                         waves=waves and simulator == "verilator",

@@ -30,12 +30,12 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 from cocotb.utils import get_sim_time
 
-from hw.plan import plan_network
-from hw.stream import beats_per_pixel
-from hw.top import image_beats, param_words
-from models import golden
-from sim.harness import beats_per_word
-from models.artifact import load_artifact
+from ..hw.plan import plan_network
+from ..hw.stream import beats_per_pixel
+from ..hw.top import image_beats, param_words
+from ..models import golden
+from .harness import beats_per_word
+from ..models.artifact import load_artifact
 
 CLOCK_NS = 10
 

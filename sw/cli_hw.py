@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.plan import PlanError, load_config, plan_network
-from hw.stream import beats_per_pixel
-from models.artifact import ArtifactError, load_artifact
-from sw.cli_model import add_image_args, images_from_args
+from ..hw.plan import PlanError, load_config, plan_network
+from ..hw.stream import beats_per_pixel
+from ..models.artifact import ArtifactError, load_artifact
+from .cli_model import add_image_args, images_from_args
 
 __all__ = ["register", "memories", "summary"]
 
@@ -112,7 +112,7 @@ def cmd_generate(args):
         return _fail(str(e))
     from amaranth.back import verilog
 
-    from hw.top import Accelerator, param_words
+    from ..hw.top import Accelerator, param_words
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(plan.summary_text(model))
@@ -122,7 +122,7 @@ def cmd_generate(args):
     summ = summary(model, plan)
     (out / "summary.json").write_text(json.dumps(summ, indent=1))
     (out / "summary.txt").write_text(plan.summary_text(model) + "\n")
-    from hw.params import PARAM_BYTES
+    from ..hw.params import PARAM_BYTES
     words = param_words(model, plan)
     (out / "params.bin").write_bytes(b"".join(w.to_bytes(PARAM_BYTES, "little") for w in words))
     print(f"[generate] wrote {out / 'shiftacc_top.v'} ({len(text.splitlines())} lines), "
@@ -139,7 +139,7 @@ def cmd_sim(args):
         images, labels = images_from_args(args, model)
     except (ValueError, FileNotFoundError, OSError) as e:
         return _fail(str(e))
-    from models import golden
+    from ..models import golden
     try:
         golden.check_images(model, images)
     except ValueError as e:
@@ -149,7 +149,7 @@ def cmd_sim(args):
     if args.limit:
         images = images[:args.limit]
         labels = None if labels is None else labels[:args.limit]
-    from sim.runner import SimulatorMissing, simulate
+    from ..sim.runner import SimulatorMissing, simulate
     test = "protocol_run" if args.protocol else "fast_run"
     try:
         res = simulate(model, images, model_path=args.model, config=cfg,

@@ -18,7 +18,7 @@ __all__ = ["register", "add_image_args", "images_from_args"]
 
 def add_image_args(parser):
     """Add ``--dataset`` / ``--images`` (mutually exclusive) and ``--data-dir`` to a parser."""
-    from models.data import DATASETS
+    from ..models.data import DATASETS
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--dataset", choices=DATASETS,
                    help="use this data set's test split (labels known, accuracy reported)")
@@ -48,7 +48,7 @@ def images_from_args(args, model):
     ValueError
         Neither flag given, unreadable/mis-shaped images, missing data folder.
     """
-    from models.data import load_images_npy, load_split
+    from ..models.data import load_images_npy, load_split
     if getattr(args, "images", None):
         return load_images_npy(args.images, model), None
     if getattr(args, "dataset", None):
@@ -68,8 +68,8 @@ def _fail(cmd, msg):
 def cmd_train(args):
     """Train, quantize, export, evaluate; write the artifact."""
     import torch
-    from models.artifact import ArtifactError, save_artifact
-    from models.train import train_model
+    from ..models.artifact import ArtifactError, save_artifact
+    from ..models.train import train_model
     # The default network is tiny: one thread beats two (no synchronisation per small op),
     # and stays fast on a machine whose cores are shared.
     torch.set_num_threads(args.threads)
@@ -94,8 +94,8 @@ def cmd_train(args):
 
 def cmd_golden(args):
     """Run the NumPy golden model; print accuracy, optionally write logits as JSON."""
-    from models import golden
-    from models.artifact import ArtifactError, load_artifact
+    from ..models import golden
+    from ..models.artifact import ArtifactError, load_artifact
     try:
         model = load_artifact(args.model)
         images, labels = images_from_args(args, model)
@@ -160,7 +160,7 @@ def describe(model):
 
 def cmd_info(args):
     """Print a model's layers, shapes, parameters, MACs and shift histogram."""
-    from models.artifact import ArtifactError, load_artifact
+    from ..models.artifact import ArtifactError, load_artifact
     try:
         model = load_artifact(args.model)
     except ArtifactError as e:
@@ -171,9 +171,9 @@ def cmd_info(args):
 
 def register(subparsers):
     """Add ``train``, ``golden`` and ``info`` to the ``shiftacc`` subcommand parsers."""
-    from models.data import DATASETS
-    from models.nets import PRESETS
-    from models.shift import METHODS
+    from ..models.data import DATASETS
+    from ..models.nets import PRESETS
+    from ..models.shift import METHODS
     p = subparsers.add_parser("train", help="train a shift network and export its artifact",
                               description="Train (shift search, fine-tune, QAT), export and "
                               "evaluate a shift network.")

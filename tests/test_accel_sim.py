@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw.params import ParamKind, decode_word
-from hw.plan import load_config, plan_network
-from hw.top import param_words
-from models import golden
-from models.artifact import save_artifact
-from sim.runner import simulate
-from tests.netgen import random_model
+from shiftacc.hw.params import ParamKind, decode_word
+from shiftacc.hw.plan import load_config, plan_network
+from shiftacc.hw.top import param_words
+from shiftacc.models import golden
+from shiftacc.models.artifact import save_artifact
+from shiftacc.sim.runner import simulate
+from shiftacc.models.netgen import random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SHIFTACC_CACHE", str(ROOT / "build" / "sim-cache"))

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import golden
-from models.artifact import save_artifact
-from sw.cli import main
-from tests.lint import verilator_bin
-from tests.netgen import random_model
+from shiftacc.models import golden
+from shiftacc.models.artifact import save_artifact
+from shiftacc.sw.cli import main
+from shiftacc.sim.lint import verilator_bin
+from shiftacc.sim.resources import verilator_waivers
+from shiftacc.models.netgen import random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SHIFTACC_CACHE", str(ROOT / "build" / "sim-cache"))
@@ -42,7 +43,7 @@ def test_generate_writes_verilog_and_summary(artifact, tmp_path, capsys):
     # The emitted top is clean Verilog for Verilator's linter (waivers in one place).
     import subprocess
     proc = subprocess.run([verilator_bin(), "--lint-only", "-Wall",
-                           str(ROOT / "hw" / "verilator_waivers.vlt"), str(out / "shiftacc_top.v"),
+                           str(verilator_waivers()), str(out / "shiftacc_top.v"),
                            "--top-module", "shiftacc_top"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from models import golden
-from models.artifact import load_artifact
-from models.data import load_split
-from sw.cli import main
+from shiftacc.models import golden
+from shiftacc.models.artifact import load_artifact
+from shiftacc.models.data import load_split
+from shiftacc.sw.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SHIFTACC_CACHE", str(ROOT / "build" / "sim-cache"))

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from hw.gap import GlobalAvgPool
-from hw.params import gap_param_words
-from models.golden import gap
-from tests.lint import lint_component
-from tests.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.hw.gap import GlobalAvgPool
+from shiftacc.hw.params import gap_param_words
+from shiftacc.models.golden import gap
+from shiftacc.sim.lint import lint_component
+from shiftacc.sim.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 
 def random_requant(rng, height, width, in_bits, act_bits):

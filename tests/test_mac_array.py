@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from hw.mac_array import MacArray
-from hw.params import ParamKind, conv_param_words, encode_word
-from models.golden import conv1x1
-from tests.lint import lint_component
-from tests.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.hw.mac_array import MacArray
+from shiftacc.hw.params import ParamKind, conv_param_words, encode_word
+from shiftacc.models.golden import conv1x1
+from shiftacc.sim.lint import lint_component
+from shiftacc.sim.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 

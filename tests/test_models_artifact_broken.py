@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from models.artifact import ArtifactError, load_artifact
+from shiftacc.models.artifact import ArtifactError, load_artifact
 
 
 def good():

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from models import golden
-from models.artifact import load_artifact
-from models.data import load_split
-from sw.cli import main
-from sw.cli_model import add_image_args, images_from_args
+from shiftacc.models import golden
+from shiftacc.models.artifact import load_artifact
+from shiftacc.models.data import load_split
+from shiftacc.sw.cli import main
+from shiftacc.sw.cli_model import add_image_args, images_from_args
 
 
 @pytest.fixture(scope="module")

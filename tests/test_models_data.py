@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from models.data import CLASSES, load_images_npy, load_split, read_idx
-from tests.streamtb import make_rng
+from shiftacc.models.data import CLASSES, load_images_npy, load_split, read_idx
+from shiftacc.sim.streamtb import make_rng
 
 
 def np_rng(name):

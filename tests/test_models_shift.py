@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import golden
-from models.shift import (METHODS, ShiftLayer, all_shifts, candidates, grouped_shifts,
+from shiftacc.models import golden
+from shiftacc.models.shift import (METHODS, ShiftLayer, all_shifts, candidates, grouped_shifts,
                           shift_nchw, soft_shift)
-from tests.streamtb import make_rng
+from shiftacc.sim.streamtb import make_rng
 
 
 def np_rng(name):

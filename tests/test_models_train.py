@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from models import golden
-from models.artifact import ArtifactError, load_artifact, save_artifact
-from models.data import load_split
-from models.int_eval import roll_shift, run_int
-from models.nets import PRESETS, ShiftNet, make_net, to_input
-from models.quant import ExportError, export, requant_constants, set_observe, set_qat
-from models.shift import METHODS, shift_nchw
-from models.train import train_model
-from tests.streamtb import make_rng
+from shiftacc.models import golden
+from shiftacc.models.artifact import ArtifactError, load_artifact, save_artifact
+from shiftacc.models.data import load_split
+from shiftacc.models.int_eval import roll_shift, run_int
+from shiftacc.models.nets import PRESETS, ShiftNet, make_net, to_input
+from shiftacc.models.quant import ExportError, export, requant_constants, set_observe, set_qat
+from shiftacc.models.shift import METHODS, shift_nchw
+from shiftacc.models.train import train_model
+from shiftacc.sim.streamtb import make_rng
 
 
 def np_rng(name):

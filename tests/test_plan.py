@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hw.plan import PlanError, load_config, plan_network
-from tests.netgen import random_model
+from shiftacc.hw.plan import PlanError, load_config, plan_network
+from shiftacc.models.netgen import random_model
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -6,10 +6,10 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.requant import Requant
-from models.golden import requant as golden_requant
-from tests.lint import lint_component
-from tests.streamtb import assert_value_error, make_rng, run_sim
+from shiftacc.hw.requant import Requant
+from shiftacc.models.golden import requant as golden_requant
+from shiftacc.sim.lint import lint_component
+from shiftacc.sim.streamtb import assert_value_error, make_rng, run_sim
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 

@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 
-from hw.params import shift_param_words
-from hw.shift_unit import ShiftUnit
-from models import golden
-from tests.lint import lint_component
-from tests.streamtb import (beats_to_pixels, expected_lasts, make_rng, pixels_to_beats, receive,
+from shiftacc.hw.params import shift_param_words
+from shiftacc.hw.shift_unit import ShiftUnit
+from shiftacc.models import golden
+from shiftacc.sim.lint import lint_component
+from shiftacc.sim.streamtb import (beats_to_pixels, expected_lasts, make_rng, pixels_to_beats, receive,
                             run_no_stall, run_sim, send, send_params)
 
 

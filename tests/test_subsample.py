@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 
-from hw.subsample import Subsample2
-from models import golden
-from tests.lint import lint_component
-from tests.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.hw.subsample import Subsample2
+from shiftacc.models import golden
+from shiftacc.sim.lint import lint_component
+from shiftacc.sim.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def golden_subsample(images):

@@ -8,8 +8,8 @@ which would hide arithmetic bugs.
 
 import numpy as np
 
-from models import golden
-from models.artifact import Layer, Model, validate, to_manifest_and_arrays
+from . import golden
+from .artifact import Layer, Model, validate, to_manifest_and_arrays
 
 
 def _calibrate(acc, act_bits, rng, per_channel=True):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-WAIVERS = Path(__file__).resolve().parent.parent / "hw" / "verilator_waivers.vlt"
+from .resources import verilator_waivers
+
+WAIVERS = verilator_waivers()
 
 
 def verilator_bin():

@@ -13,7 +13,7 @@ import numpy as np
 
 from amaranth.sim import Simulator
 
-from hw.stream import beats_per_pixel
+from ..hw.stream import beats_per_pixel
 
 __all__ = ["send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
            "assert_value_error", "receive_and_drain", "pixel_beats", "pixels_to_beats",
