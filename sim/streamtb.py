@@ -8,6 +8,7 @@ every stream, as the project's standards require.
 
 import os
 import random
+import zlib
 
 import numpy as np
 
@@ -15,16 +16,28 @@ from amaranth.sim import Simulator
 
 from ..hw.stream import beats_per_pixel
 
-__all__ = ["send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
+__all__ = ["BASE_SEED", "derive_seed", "send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
            "assert_value_error", "receive_and_drain", "pixel_beats", "pixels_to_beats",
            "beats_to_pixels", "expected_lasts"]
 
 
+#: One base seed per process: ``SHIFTACC_SEED`` when set, else drawn once. Every test derives
+#: its own seed from it and its name, so one printed value reproduces a whole run and a test's
+#: seed does not depend on which other tests ran before it.
+BASE_SEED = int(os.environ.get("SHIFTACC_SEED", random.SystemRandom().randrange(1 << 30)))
+
+
+def derive_seed(name, base=None):
+    """The seed of the test (or case) ``name``: a stable hash of the base seed and the name."""
+    base = BASE_SEED if base is None else base
+    return zlib.crc32(f"{base}:{name}".encode()) & 0x3FFFFFFF
+
+
 def make_rng(request_name, seed=None):
-    """A seeded RNG; the seed comes from ``SHIFTACC_SEED`` or the test name and is printed."""
+    """A seeded RNG for ``request_name`` (derived from ``SHIFTACC_SEED``); the seed is printed."""
     if seed is None:
-        seed = int(os.environ.get("SHIFTACC_SEED", random.randrange(1 << 30)))
-    print(f"[seed] {request_name}: SHIFTACC_SEED={seed}")
+        seed = derive_seed(request_name)
+    print(f"[seed] {request_name}: seed {seed} (reproduce the run with SHIFTACC_SEED={BASE_SEED})")
     return random.Random(seed), seed
 
 
