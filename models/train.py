@@ -17,6 +17,18 @@ by ±1 pixel (see :func:`train_model`'s ``augment_prob`` for the figures behind 
 Then :func:`models.quant.export` produces the integer model, evaluated with
 :func:`models.int_eval.run_int` (independent of the golden model).
 
+Determinism: every float computation that reaches the artifact (training, calibration,
+evaluation, export) runs on **one** intra-op thread (:func:`one_thread`), whatever
+``torch.get_num_threads()`` the caller set, and the caller's setting is restored afterwards.
+With several threads ATen/MKL pick kernels and split reductions by the thread count, so the
+rounding, hence the weights, depended on it: with torch 2.13 on CPU the classifier's matmul
+(``[10, 48] x [48, N]``, forward and weight gradient) already differs in the last bits
+between 1 and 2 threads, and the difference grows over training (digits-s seed 0: integer
+accuracy 0.9667 with 1 thread, 0.9639 with 2). The network is small enough (38k MACs/image,
+batches of 64) that one thread is also the fastest: a second one only adds fork/join and
+spin-waiting, which on a busy 2-core machine cost several times the work itself. Only the
+integer evaluation (exact, so order-independent) runs with the caller's thread count.
+
 ``float_accuracy`` in the provenance is the trained network with fake quantization switched
 off (pure float, BatchNorm folded), ``qat_accuracy`` with it on, ``int_accuracy`` the exported
 integers; all on the data set's test split.
@@ -24,6 +36,7 @@ integers; all on the data set's test split.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -36,7 +49,24 @@ from .int_eval import accuracy_int
 from .nets import DEFAULT_PRESET, ShiftNet, preset_for, to_input
 from .quant import export, set_observe, set_qat
 
-__all__ = ["train_model", "evaluate_float", "augment"]
+__all__ = ["train_model", "evaluate_float", "augment", "one_thread"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block with one torch intra-op thread; restore the caller's count afterwards.
+
+    Float results of several ATen/MKL ops (matmul kernels, parallel reductions) depend on
+    the number of threads; with one thread they depend on nothing but the inputs.
+    """
+    old = torch.get_num_threads()
+    if old != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            torch.set_num_threads(old)
 
 
 def augment(x, gen, prob=1.0):
@@ -167,113 +197,118 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=60, seed=0, 
     if epochs < 4:
         raise ValueError(f"epochs = {epochs}: at least 4 are needed (search, fine-tune, QAT)")
     preset = preset or DEFAULT_PRESET[dataset]
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    xtr, ytr = load_split(dataset, "train", data_dir)
-    xte, yte = load_split(dataset, "test", data_dir)
-    xva = yva = None
-    if val_fraction > 0:  # hold out the end of the training split for model selection
-        nva = max(1, int(len(xtr) * val_fraction))
-        xtr, xva, ytr, yva = xtr[:-nva], xtr[-nva:], ytr[:-nva], ytr[-nva:]
-    over = {} if dropout is None else {"dropout": dropout}
-    cfg = preset_for(preset, in_shape=tuple(xtr.shape[1:]), classes=len(CLASSES[dataset]),
-                     act_bits=act_bits, weight_bits=weight_bits, **over)
-    net = ShiftNet(cfg, method)
-    xtr_f = to_input(xtr)
-    ytr_t = torch.as_tensor(ytr)
-    search = max(1, int(epochs * search_fraction))
-    qat_start = epochs - max(1, int(epochs * qat_fraction))
-    params_main = [p for n, p in net.named_parameters() if not n.endswith(("alpha", "offset"))]
-    params_shift = [p for n, p in net.named_parameters() if n.endswith(("alpha", "offset"))]
-    groups = [{"params": params_main, "weight_decay": weight_decay}]
-    opt = torch.optim.AdamW(groups, lr=lr)
-    # Attention logits / displacements get plain SGD: Adam's per-parameter normalisation
-    # turns their tiny, noisy gradients into full-size steps, a random walk of the choice.
-    opt2 = torch.optim.SGD(params_shift, lr=shift_lr, momentum=0.9) if params_shift else None
-    steps_per_epoch = math.ceil(len(xtr) / batch)
-    total = epochs * steps_per_epoch
+    # Everything the artifact depends on runs on one thread: bit-identical weights for any
+    # torch.get_num_threads() of the caller (see the module docstring).
+    with one_thread():
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        xtr, ytr = load_split(dataset, "train", data_dir)
+        xte, yte = load_split(dataset, "test", data_dir)
+        xva = yva = None
+        if val_fraction > 0:  # hold out the end of the training split for model selection
+            nva = max(1, int(len(xtr) * val_fraction))
+            xtr, xva, ytr, yva = xtr[:-nva], xtr[-nva:], ytr[:-nva], ytr[-nva:]
+        over = {} if dropout is None else {"dropout": dropout}
+        cfg = preset_for(preset, in_shape=tuple(xtr.shape[1:]), classes=len(CLASSES[dataset]),
+                         act_bits=act_bits, weight_bits=weight_bits, **over)
+        net = ShiftNet(cfg, method)
+        xtr_f = to_input(xtr)
+        ytr_t = torch.as_tensor(ytr)
+        search = max(1, int(epochs * search_fraction))
+        qat_start = epochs - max(1, int(epochs * qat_fraction))
+        params_main = [p for n, p in net.named_parameters() if not n.endswith(("alpha", "offset"))]
+        params_shift = [p for n, p in net.named_parameters() if n.endswith(("alpha", "offset"))]
+        groups = [{"params": params_main, "weight_decay": weight_decay}]
+        opt = torch.optim.AdamW(groups, lr=lr)
+        # Attention logits / displacements get plain SGD: Adam's per-parameter normalisation
+        # turns their tiny, noisy gradients into full-size steps, a random walk of the choice.
+        opt2 = torch.optim.SGD(params_shift, lr=shift_lr, momentum=0.9) if params_shift else None
+        steps_per_epoch = math.ceil(len(xtr) / batch)
+        total = epochs * steps_per_epoch
 
-    def lr_factor(step):  # cosine from 1 down to lr_floor
-        return lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+        def lr_factor(step):  # cosine from 1 down to lr_floor
+            cos = math.cos(math.pi * min(step / total, 1.0))
+            return lr_floor + (1 - lr_floor) * 0.5 * (1 + cos)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    # Label smoothing + a quarter of the images translated by ±1 px: the best recipe measured
-    # on digits-s (see the docstring), mostly by lifting the worst seeds.
-    lossf = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    avg, avg_n = None, 0
-    t0 = time.time()
-    bar = tqdm(range(epochs), desc=f"train {method}", disable=not progress, unit="ep")
-    for ep in bar:
-        if ep == search:
-            for sl in net.shift_layers():
-                sl.harden()
-        if ep == qat_start:
-            _calibrate(net, xtr_f[:4096], batch=256)
-            set_qat(net, True)
-        net.train()
-        perm = torch.randperm(len(xtr), generator=gen)
-        tot_loss, tot_n = 0.0, 0
-        for s in range(0, len(xtr), batch):
-            idx = perm[s:s + batch]
-            if ep < search:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        # Label smoothing + a quarter of the images translated by ±1 px: the best recipe measured
+        # on digits-s (see the docstring), mostly by lifting the worst seeds.
+        lossf = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        avg, avg_n = None, 0
+        t0 = time.time()
+        bar = tqdm(range(epochs), desc=f"train {method}", disable=not progress, unit="ep")
+        for ep in bar:
+            if ep == search:
                 for sl in net.shift_layers():
-                    sl.set_progress(ep / max(search - 1, 1) + s / len(xtr) / max(search - 1, 1))
-            x = augment(xtr_f[idx], gen, augment_prob) if augment_shift else xtr_f[idx]
-            if mixup > 0 and ep < qat_start:
-                lam = float(np.random.beta(mixup, mixup))
-                j = torch.randperm(len(idx), generator=gen)
-                out = net(lam * x + (1 - lam) * x[j])
-                loss = lam * lossf(out, ytr_t[idx]) + (1 - lam) * lossf(out, ytr_t[idx][j])
-            else:
-                loss = lossf(net(x), ytr_t[idx])
-            pen = [p for sl in net.shift_layers() if (p := sl.penalty()) is not None]
-            if pen:
-                wpen = sparse_weight if method == "sparse" else balance_weight
-                loss = loss + wpen * sum(pen) / len(pen)
-            opt.zero_grad()
-            if opt2 is not None:
-                opt2.zero_grad()
-            loss.backward()
-            opt.step()
-            if opt2 is not None and ep < search:
-                opt2.step()
-            sched.step()
-            for sl in net.shift_layers():
-                sl.step_end()
-            if average_qat > 0 and ep >= qat_start:
-                with torch.no_grad():
-                    cur = [p.detach().clone() for p in net.parameters()]
-                    if avg is None:
-                        avg = cur
-                    else:
-                        d = average_qat if average_qat < 1 else 1.0 / (avg_n + 1)
-                        for a, c in zip(avg, cur):
-                            a.add_(c - a, alpha=d)
-                    avg_n += 1
-            tot_loss += loss.item() * len(idx)
-            tot_n += len(idx)
-        bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
-                        phase="search" if ep < search else "hard" if ep < qat_start else "qat")
-    if avg is not None:
-        with torch.no_grad():
-            for p, a in zip(net.parameters(), avg):
-                p.copy_(a)
-    train_time = time.time() - t0
-    qat_acc = evaluate_float(net, xte, yte)
-    set_qat(net, False)
-    float_acc = evaluate_float(net, xte, yte)
-    set_qat(net, True)
-    prov = {"dataset": dataset, "method": method, "preset": preset, "epochs": epochs,
-            "seed": seed, "float_accuracy": round(float_acc, 6),
-            "qat_accuracy": round(qat_acc, 6), "train_seconds": round(train_time, 1)}
-    if xva is not None:
-        prov["val_accuracy"] = round(evaluate_float(net, xva, yva), 6)
-        prov["val_samples"] = int(len(xva))
-    if method == "sparse":
-        prov["zero_shift_fraction"] = round(net.zero_shift_fraction(), 6)
-    model = export(net, name=name or f"{dataset}-shiftnet-{method}",
-                   classes=CLASSES[dataset], provenance=prov)
+                    sl.harden()
+            if ep == qat_start:
+                _calibrate(net, xtr_f[:4096], batch=256)
+                set_qat(net, True)
+            net.train()
+            perm = torch.randperm(len(xtr), generator=gen)
+            tot_loss, tot_n = 0.0, 0
+            for s in range(0, len(xtr), batch):
+                idx = perm[s:s + batch]
+                if ep < search:
+                    for sl in net.shift_layers():
+                        sl.set_progress(ep / max(search - 1, 1)
+                                        + s / len(xtr) / max(search - 1, 1))
+                x = augment(xtr_f[idx], gen, augment_prob) if augment_shift else xtr_f[idx]
+                if mixup > 0 and ep < qat_start:
+                    lam = float(np.random.beta(mixup, mixup))
+                    j = torch.randperm(len(idx), generator=gen)
+                    out = net(lam * x + (1 - lam) * x[j])
+                    loss = lam * lossf(out, ytr_t[idx]) + (1 - lam) * lossf(out, ytr_t[idx][j])
+                else:
+                    loss = lossf(net(x), ytr_t[idx])
+                pen = [p for sl in net.shift_layers() if (p := sl.penalty()) is not None]
+                if pen:
+                    wpen = sparse_weight if method == "sparse" else balance_weight
+                    loss = loss + wpen * sum(pen) / len(pen)
+                opt.zero_grad()
+                if opt2 is not None:
+                    opt2.zero_grad()
+                loss.backward()
+                opt.step()
+                if opt2 is not None and ep < search:
+                    opt2.step()
+                sched.step()
+                for sl in net.shift_layers():
+                    sl.step_end()
+                if average_qat > 0 and ep >= qat_start:
+                    with torch.no_grad():
+                        cur = [p.detach().clone() for p in net.parameters()]
+                        if avg is None:
+                            avg = cur
+                        else:
+                            d = average_qat if average_qat < 1 else 1.0 / (avg_n + 1)
+                            for a, c in zip(avg, cur):
+                                a.add_(c - a, alpha=d)
+                        avg_n += 1
+                tot_loss += loss.item() * len(idx)
+                tot_n += len(idx)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
+                            phase="search" if ep < search else "hard" if ep < qat_start else "qat")
+        if avg is not None:
+            with torch.no_grad():
+                for p, a in zip(net.parameters(), avg):
+                    p.copy_(a)
+        train_time = time.time() - t0
+        qat_acc = evaluate_float(net, xte, yte)
+        set_qat(net, False)
+        float_acc = evaluate_float(net, xte, yte)
+        set_qat(net, True)
+        prov = {"dataset": dataset, "method": method, "preset": preset, "epochs": epochs,
+                "seed": seed, "float_accuracy": round(float_acc, 6),
+                "qat_accuracy": round(qat_acc, 6), "train_seconds": round(train_time, 1)}
+        if xva is not None:
+            prov["val_accuracy"] = round(evaluate_float(net, xva, yva), 6)
+            prov["val_samples"] = int(len(xva))
+        if method == "sparse":
+            prov["zero_shift_fraction"] = round(net.zero_shift_fraction(), 6)
+        model = export(net, name=name or f"{dataset}-shiftnet-{method}",
+                       classes=CLASSES[dataset], provenance=prov)
     chunks = tqdm(range(0, len(xte), 2048), desc="int eval", disable=not progress, unit="chunk")
     correct = 0
     for s in chunks:

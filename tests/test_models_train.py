@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from shiftacc.models import golden
-from shiftacc.models.artifact import ArtifactError, load_artifact, save_artifact
+from shiftacc.models.artifact import (ArtifactError, load_artifact, save_artifact,
+                                      to_manifest_and_arrays)
 from shiftacc.models.data import load_split
 from shiftacc.models.int_eval import roll_shift, run_int
 from shiftacc.models.nets import PRESETS, ShiftNet, make_net, to_input
@@ -178,3 +179,33 @@ def test_dropout_is_skipped_at_export():
     with torch.no_grad():
         fq = net(to_input(x)).argmax(1).numpy()
     assert (fq == run_int(model, x).argmax(1)).mean() >= 0.97
+
+
+def _train_threads(threads, method):
+    """Train briefly with ``threads`` torch CPU threads (restored after); float state + artifact."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net, model = train_model(method=method, epochs=4, seed=5, batch=128, progress=False)
+        assert torch.get_num_threads() == threads, "train_model must restore the thread count"
+    finally:
+        torch.set_num_threads(old)
+    manifest, arrays = to_manifest_and_arrays(model)
+    manifest["provenance"].pop("train_seconds")  # wall time: the one legitimate difference
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return manifest, arrays, state
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_independent_of_thread_count(method):
+    # The foundation issue: 2 threads gave other weights (and accuracy) than 1. The float
+    # network and every exported array must be bit for bit the same for any thread count.
+    m1, a1, s1 = _train_threads(1, method)
+    m2, a2, s2 = _train_threads(2, method)
+    assert s1.keys() == s2.keys()
+    differ = [k for k in s1 if not torch.equal(s1[k], s2[k])]
+    assert not differ, f"{method}: float tensors differ between 1 and 2 threads: {differ}"
+    assert a1.keys() == a2.keys()
+    differ = [k for k in a1 if not np.array_equal(a1[k], a2[k])]
+    assert not differ, f"{method}: artifact arrays differ between 1 and 2 threads: {differ}"
+    assert m1 == m2
