@@ -12,6 +12,7 @@ from amaranth.utils import ceil_log2
 
 from .params import ParamKind, param_signature
 from .requant import M_BITS, SH_BITS, Requant
+from .resources import const_mul
 from .stream import beats_per_pixel, pixel_stream
 
 __all__ = ["MacArray"]
@@ -216,7 +217,8 @@ class MacArray(wiring.Component):
                         with m.Case(lane):
                             m.d.comb += [sub_row.eq(lane // per_row),
                                          elem_sel.eq(lane % per_row), lane_ok.eq(1)]
-                m.d.comb += wp.addr.eq(par.row * groups + sub_row)
+                # row * groups as shifts and adds: a product by a constant would take a DSP.
+                m.d.comb += wp.addr.eq(const_mul(par.row, groups) + sub_row)
                 for e in range(per_row):
                     m.d.comb += wp.en[e].eq(write & lane_ok & (elem_sel == e))
             for e in range(per_row):
@@ -255,7 +257,7 @@ class MacArray(wiring.Component):
                 m.d.comb += masked[k].eq(lane)
 
         with m.If(self.i.valid & self.i.ready):
-            with m.Switch(wbank * nbi + wbeat):
+            with m.Switch(Mux(wbank, nbi, 0) + wbeat):
                 for idx in range(2 * nbi):
                     with m.Case(idx):
                         m.d.sync += bank_regs[idx].eq(masked)
@@ -301,7 +303,7 @@ class MacArray(wiring.Component):
         v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
         j1 = _index(nbo, "j1")
         m.d.sync += [
-            x1.eq(Array(bank_regs)[rbank * nbi + fi]),
+            x1.eq(Array(bank_regs)[Mux(rbank, nbi, 0) + fi]),
             v1.eq(issue), first1.eq(fi == 0), lastf1.eq(last_fold), j1.eq(fj),
             last1.eq(Mux(rbank, bank_last[1], bank_last[0]) & (fj == nbo - 1)),
         ]

@@ -89,12 +89,23 @@ class MaxPool2(wiring.Component):
         step_counter(m, x, W, i_fire & (b == NB - 1))
         step_counter(m, y, H, i_fire & (b == NB - 1) & (x == W - 1))
 
-        # Line address of this beat's window: (x // 2) * NB + b. (Dropped beats of an odd last
-        # column compute W2 * NB + b, which the address width wraps; they never write.)
+        # Line address of this beat's window, (x // 2) * NB + b, kept as a counter rather than
+        # computed (Yosys maps a product by a constant stride to a DSP block): +1 per beat,
+        # back by NB - 1 after an even column (the odd column revisits the same window), 0 at
+        # the end of a row. (Dropped beats of an odd last column run to W2 * NB + b, past the
+        # memory; the port width wraps them and they never write.)
         # (At least 2 words: a 1-word memory would have a zero-width address port.)
         depth = max(2, W2 * NB)
-        addr = Signal(range(depth), name="line_addr")
-        m.d.comb += addr.eq(x[1:] * NB + b)
+        addr = Signal(range(W2 * NB + NB), name="line_addr")
+        with m.If(i_fire):
+            with m.If(b != NB - 1):
+                m.d.sync += addr.eq(addr + 1)
+            with m.Elif(x == W - 1):
+                m.d.sync += addr.eq(0)
+            with m.Elif(~x[0]):
+                m.d.sync += addr.eq(addr - (NB - 1))
+            with m.Else():
+                m.d.sync += addr.eq(addr + 1)
 
         # The last row / column of an odd-sized map has no partner: consumed, dropped.
         drop = Const(0, 1)
@@ -114,14 +125,14 @@ class MaxPool2(wiring.Component):
         # ---- per-lane banks and stage 2 (combine) ----------------------------------------
         v2 = Signal()
         step2 = Signal(_Step)
-        addr2 = Signal.like(addr)
+        addr2 = Signal(range(depth), name="addr2")
         last2 = Signal()
         beat2 = Signal(self.i.payload.data.shape())
         # An emitting beat waits for the output; every other beat completes at once.
         done2 = ~v2 | (step2 != _Step.EMIT) | self.o.ready
         m.d.comb += self.i.ready.eq(done2)
         with m.If(done2):
-            m.d.sync += [v2.eq(self.i.valid), step2.eq(step), addr2.eq(addr),
+            m.d.sync += [v2.eq(self.i.valid), step2.eq(step), addr2.eq(addr[:len(addr2)]),
                          last2.eq(is_last), beat2.eq(self.i.payload.data)]
 
         write = v2 & ((step2 == _Step.STORE) | (step2 == _Step.MAX))
@@ -135,7 +146,7 @@ class MaxPool2(wiring.Component):
             new = beat2[l]
             best = Mux(rp.data > new, rp.data, new)
             # The read data belongs to the beat in stage 2 as long as stage 2 holds it.
-            m.d.comb += [rp.en.eq(done2), rp.addr.eq(addr),
+            m.d.comb += [rp.en.eq(done2), rp.addr.eq(addr[:len(rp.addr)]),
                          wp.en.eq(write), wp.addr.eq(addr2),
                          wp.data.eq(Mux(step2 == _Step.STORE, new, best)),
                          self.o.payload.data[l].eq(best)]

@@ -12,6 +12,14 @@ of every buffered pixel, at address ``(slot * W + x) * NB + b``. Every cycle eac
 its own channel at its own ``(dy, dx)`` from its own bank, so one output beat leaves per cycle
 while one input beat is written per cycle.
 
+No multiplier. The block is zero-FLOP and must not spend a DSP block on addressing: the
+address of the beat being read, ``(rslot * W + rx) * NB + rb``, advances by one per beat, so
+it is a wrapping counter (``centre``); a lane's address is ``centre + dy * W * NB + dx * NB``
+modulo the ring, where the two products of a run-time shift in ``[-R, R]`` by a constant
+stride are ``2R + 1``-entry constant tables, and the modulo is one conditional add or subtract
+(the offset is smaller than the ring). The pacing threshold ``dyr * W * NB + dxr * NB`` is a
+constant table too.
+
 Global rows (counted across back-to-back images) map to ``slot = row mod NR``, so the write
 address is a plain wrapping counter and the next image is written while the previous one is
 still being read: no drain gap between images.
@@ -65,6 +73,27 @@ def step_counter(m, counter, n, inc):
 def ring_rows(radius):
     """Rows of the line-buffer ring: the smallest power of two greater than ``2R + 1``."""
     return 1 << (2 * radius + 1).bit_length()
+
+
+def _const_table(m, sel, table, shape, name):
+    """Combinational ``table[v]`` for the value ``v`` of ``sel`` (a small constant ROM in LUTs).
+
+    ``table`` maps every value ``sel`` can take to a constant; the last entry is the default
+    case so the decoder is complete. This is how a run-time shift in ``[-R, R]`` is scaled by a
+    constant stride without a multiplier (Yosys maps a ``$mul`` by a constant to a DSP block).
+    """
+    out = Signal(shape, name=name)
+    items = list(table.items())
+    if len(items) == 1:
+        m.d.comb += out.eq(items[0][1])
+        return out
+    with m.Switch(sel):
+        for v, c in items[:-1]:
+            with m.Case(v):
+                m.d.comb += out.eq(c)
+        with m.Default():
+            m.d.comb += out.eq(items[-1][1])
+    return out
 
 
 def _min_to_end(m, pos, n, radius, name):
@@ -192,12 +221,20 @@ class ShiftUnit(wiring.Component):
         ry = position_counter(H, "ry")
         rx = position_counter(W, "rx")
         rb = position_counter(NB, "rb")
-        rslot = Signal(range(NR))                    # global read row mod NR (NR >= 4)
+
+        # Global read position (rslot * W + rx) * NB + rb as one wrapping counter: the read
+        # side advances through the ring one beat at a time (skipped stride-2 beats included),
+        # so no row/column product is ever formed.
+        centre = Signal(range(self.depth), name="centre")
 
         dyr = _min_to_end(m, ry, H, R, "dy_room")
         dxr = _min_to_end(m, rx, W, R, "dx_room")
-        # Beats that must already be written ahead of this one (see module docstring).
-        can_read = lead > dyr * WNB + dxr * NB
+        # Beats that must already be written ahead of this one (see module docstring):
+        # dyr * WNB + dxr * NB, from two constant tables (no multiplier).
+        need_bits = unsigned((R * (WNB + NB)).bit_length())
+        need_y = _const_table(m, dyr, {k: k * WNB for k in range(R + 1)}, need_bits, "need_y")
+        need_x = _const_table(m, dxr, {k: k * NB for k in range(R + 1)}, need_bits, "need_x")
+        can_read = lead > need_y + need_x
 
         v1 = self.o.valid                            # output register holds a beat (a register)
         mask1 = Signal(P)                            # lanes inside the image (others -> 0)
@@ -216,7 +253,7 @@ class ShiftUnit(wiring.Component):
         step_counter(m, rb, NB, advance)
         step_counter(m, rx, W, advance & (rb == NB - 1))
         step_counter(m, ry, H, advance & r_row_end)
-        step_counter(m, rslot, NR, advance & r_row_end)
+        step_counter(m, centre, self.depth, advance)
 
         m.d.sync += lead.eq(lead + i_fire - advance)
         m.d.sync += rowlead.eq(rowlead + (i_fire & w_row_end) - (advance & r_row_end))
@@ -224,7 +261,8 @@ class ShiftUnit(wiring.Component):
         # ---- per-lane banks ----------------------------------------------------------------
         mask = Signal(P)
         last_valid_lanes = C - (NB - 1) * P
-        slot_bits = (NR - 1).bit_length()
+        # Signed width holding every address offset and 2 * depth (see the address below).
+        off_bits = (2 * self.depth).bit_length() + 1
         for l in range(P):
             wp, rp = banks[l]
             m.d.comb += [wp.en.eq(i_fire), wp.data.eq(self.i.payload.data[l])]
@@ -255,11 +293,20 @@ class ShiftUnit(wiring.Component):
                 lane_ok = rb != NB - 1
             m.d.comb += mask[l].eq(inside & lane_ok)
 
-            # Address of (row slot of y+dy, x+dx, b). Out-of-image positions yield some
-            # in-range address whose data is masked to 0 at the output.
-            slot = (rslot + dy)[:slot_bits]          # truncation = mod NR (a power of two)
-            col = Mux(inside, tx, 0)[:max(1, (W - 1).bit_length())]
-            m.d.comb += [rp.en.eq(adv_ok), rp.addr.eq(slot * WNB + col * NB + rb)]
+            # Address of (row slot of y+dy, x+dx, b) = centre + dy * WNB + dx * NB modulo the
+            # ring. The offsets come from constant tables over every value the shift registers
+            # can hold; |offset| <= 2R * (WNB + NB) < NR * WNB = depth (NR >= 2R + 2), so the
+            # sum lies in (-depth, 2 * depth) and one conditional add/subtract wraps it.
+            # Out-of-image positions yield some in-range address whose data is masked to 0.
+            svals = range(-(1 << (sshape.width - 1)), 1 << (sshape.width - 1))
+            oshape = signed(off_bits)
+            off_y = _const_table(m, dy, {v: v * WNB for v in svals}, oshape, f"off_y{l}")
+            off_x = _const_table(m, dx, {v: v * NB for v in svals}, oshape, f"off_x{l}")
+            raw = Signal(signed(off_bits + 1), name=f"raw_addr{l}")
+            m.d.comb += raw.eq(centre + off_y + off_x)
+            addr = Mux(raw < 0, raw + self.depth,
+                       Mux(raw >= self.depth, raw - self.depth, raw))
+            m.d.comb += [rp.en.eq(adv_ok), rp.addr.eq(addr[:len(rp.addr)])]
             m.d.comb += self.o.payload.data[l].eq(Mux(mask1[l], rp.data, 0))
 
         with m.If(adv_ok):
