@@ -1,35 +1,354 @@
 """The ``shiftacc`` command line: one entry point, one subcommand per job.
 
-Subcommands are registered by the modules that implement them (``sw.cli_model`` for
-train/golden/info, ``sw.cli_hw`` for generate/sim), so each stays small.
+The parser is built here from names in :mod:`shiftacc.sw.choices` only, so ``shiftacc
+--help`` (and every subcommand's ``--help``) imports neither torch nor NumPy nor Amaranth;
+the module that implements a subcommand is imported when that subcommand runs
+(``sw.cli_model`` for train/golden/info, ``sw.cli_hw`` for generate/sim/cache).
+
+Errors: subcommands raise the exceptions of :mod:`shiftacc.sw.errors` (or let a typed
+library error through: ``ArtifactError``, ``PlanError``) and :func:`main` maps them, in one
+place, to a one-line message and an exit status:
+
+0 success; 1 hardware differs from golden or stalled; 2 bad input or usage; 3 a tool or an
+optional extra is missing; 4 a simulator build failed; 70 internal error (traceback written to
+a log file); 130 interrupted; 143 terminated.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
+import importlib
+import os
+import signal
 import sys
+import time
+import traceback
+
+from .. import __version__
+from .choices import DATASETS, METHODS, PRESETS, SIMULATORS
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_TERMINATED,
+                     EXIT_USAGE, ShiftaccError)
+
+__all__ = ["main", "build_parser", "add_image_args", "positive_int", "REPORT_TO"]
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+#: Where internal errors should be reported (the message names the crash log too).
+REPORT_TO = "the shiftacc maintainers (the project's issue tracker)"
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except where the help text already says it.
+
+    Flags (default off) and options whose default is "not given" (None) carry their own
+    words in the help text instead of a bare "(default: None)".
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings:
+            return text
+        if action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (``--limit``, ``--batch``, ``--threads``...)."""
+    return _int_at_least(1)(text)
+
+
+def _int_at_least(low, high=None):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low or (high is not None and v > high):
+            rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{v} is out of range: must be {rng}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _common_options(top):
+    """Options every subcommand accepts before or after its name (``-q``, ``-v``, ...)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output options")
+    # The subcommands' copies default to SUPPRESS so that `shiftacc -q sim ...` is not
+    # undone by the subparser's own default.
+    kw = {} if top else {"default": argparse.SUPPRESS}
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print only results and errors: no progress bars or build messages "
+                        "(default: off)", **kw)
+    g.add_argument("-v", "--verbose", action="count",
+                   help="more detail: tracebacks of reported errors, the simulator's log "
+                        "tail (default: off)", **({"default": 0} if top else kw))
+    g.add_argument("--progress", action="store_true",
+                   help="show progress bars even when stderr is not a terminal (default: only "
+                        "on a terminal)", **kw)
+    return p
+
+
+def add_image_args(parser):
+    """Add the image-source options of ``golden`` and ``sim``.
+
+    ``--dataset`` / ``--images`` (mutually exclusive, one is required at run time),
+    ``--data-dir`` and ``--limit``; :func:`shiftacc.sw.cli_model.images_from_args` reads them.
+    """
+    g = parser.add_argument_group("images (give --dataset or --images)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--dataset", choices=DATASETS,
+                   help="use this data set's test split; labels are known, so accuracy is "
+                        "reported ('digits' needs scikit-learn, the others --data-dir) "
+                        "(default: none)")
+    x.add_argument("--images", metavar="IMAGES.npy",
+                   help="uint8 array [N, H, W, C] (or [N, H, W] for one channel) "
+                        "(default: none)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="folder with MNIST/FashionMNIST/CIFAR-10 in torchvision's layout "
+                        "(default: none; not needed for digits)")
+    g.add_argument("--limit", type=positive_int, metavar="N",
+                   help="only the first N images (default: all)")
 
 
 def build_parser():
-    """The argument parser with every subcommand registered."""
+    """The argument parser with every subcommand registered (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
-        prog="shiftacc",
-        description="Shift networks to bit-exact FPGA accelerators.")
+        prog="shiftacc", formatter_class=_Formatter, parents=[_common_options(True)],
+        description="Shift networks to bit-exact FPGA accelerators.",
+        epilog="exit status: 0 ok, 1 hardware differs from golden (or stalled), 2 bad input "
+               "or usage, 3 missing tool or extra, 4 build failed, 70 internal error, "
+               "130 interrupted")
+    parser.add_argument("--version", action="version", version=f"shiftacc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from . import cli_hw, cli_model
-    cli_model.register(sub)
-    cli_hw.register(sub)
+    common = [_common_options(False)]
+
+    def add(name, handler, **kw):
+        p = sub.add_parser(name, formatter_class=_Formatter, parents=common, **kw)
+        p.set_defaults(handler=handler)
+        return p
+
+    force_help = "replace an existing output file (an input is never overwritten) (default: " \
+                 "refuse)"
+
+    p = add("train", "cli_model:cmd_train", help="train a shift network and export its artifact",
+            description="Train (shift search, fine-tune, QAT), export and evaluate a shift "
+                        "network. Needs the 'train' extra: pip install 'shiftacc[train]'.")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")
+    p.add_argument("--method", choices=METHODS, default="sal", help="shift selection method")
+    p.add_argument("--out", metavar="MODEL.npz",
+                   help="artifact to write (default: DATASET-shiftnet.npz); an existing file "
+                        "is replaced only with --force")
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--epochs", type=_int_at_least(4), default=60,
+                   help="training epochs (at least 4: search, fine-tune, QAT)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="network preset (default: the data set's small one)")
+    p.add_argument("--act-bits", type=int, choices=(4, 8), default=8, help="activation bits")
+    p.add_argument("--weight-bits", type=int, choices=range(2, 9), default=8, metavar="{2..8}",
+                   help="weight bits")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with MNIST/FashionMNIST/CIFAR-10 in torchvision's layout "
+                        "(default: none; not needed for digits)")
+    # Results depend on the thread count (float reduction order), so the default is fixed
+    # rather than taken from the machine: 2, the cores the project targets.
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="torch CPU threads; the trained weights depend on it")
+
+    p = add("golden", "cli_model:cmd_golden", help="run the NumPy golden model on images",
+            description="Run the exact integer golden model.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    add_image_args(p)
+    p.add_argument("--json", metavar="OUT.json",
+                   help="write logits (and accuracy) as JSON; an existing file is replaced "
+                        "only with --force (default: no file)")
+    p.add_argument("--force", action="store_true", help=force_help)
+
+    p = add("info", "cli_model:cmd_info", help="describe an artifact",
+            description="Layers, shapes, parameters, MACs, shift histogram.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+
+    p = add("generate", "cli_hw:cmd_generate", help="emit the Verilog accelerator and its summary",
+            description="Plan a dataflow accelerator for an artifact's topology and write "
+                        "shiftacc_top.v, summary.json, summary.txt and params.bin into a folder. "
+                        "Files of an earlier 'generate' of the same artifact path are "
+                        "refreshed; files of another artifact (or not written by generate) "
+                        "are replaced only with --force. Other files are never touched.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder, created if missing (required)")
+    p.add_argument("--config", metavar="PAR.json",
+                   help="parallelism config JSON: max_multipliers, radius, layers, ... "
+                        "(default: the planner's defaults)")
+    p.add_argument("--force", action="store_true",
+                   help="replace another artifact's generated files in DIR (default: refuse)")
+
+    p = add("sim", "cli_hw:cmd_sim", help="run the accelerator in cocotb and compare with golden",
+            description="Simulate the generated accelerator on images in cocotb (Verilator "
+                        "or Icarus) and compare every logit with the golden model. Exit status "
+                        "1 when any logit differs or the design stalls.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    add_image_args(p)
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator", help="simulator")
+    p.add_argument("--config", metavar="PAR.json",
+                   help="parallelism config JSON (default: the planner's defaults)")
+    p.add_argument("--json", metavar="OUT.json",
+                   help="write results as JSON; an existing file is replaced only with --force "
+                        "(default: no file)")
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--waves", action="store_true",
+                   help="record a waveform (FST from Verilator, VCD from Icarus) and keep the "
+                        "run folder (default: off; a mismatch records the failing image's)")
+    p.add_argument("--protocol", action="store_true",
+                   help="drive every stream from Python cycle by cycle with random stalls "
+                        "(slow) (default: the fast bulk path)")
+    p.add_argument("--stall-level", type=_int_at_least(0, 255), default=0, metavar="0..255",
+                   help="bulk path: idle/backpressure probability x/256; 0 measures "
+                        "steady-state cycles/image")
+    p.add_argument("--batch", type=_int_at_least(1, 4096), default=64, metavar="N",
+                   help="images per bulk command; one simulator build serves every N up to "
+                        "64 (larger N sizes a bigger build)")
+    p.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="keep the job, logs and waveforms in DIR (default: a temporary folder, "
+                        "removed after a passing run)")
+
+    p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
+            description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
+                        "keeps one build per design; it is pruned, least recently used first, "
+                        "to $SHIFTACC_CACHE_MAX_MB megabytes (default 2048).")
+    p.add_argument("action", choices=("info", "clear"), nargs="?", default="info",
+                   help="info: list builds, sizes and last use; clear: remove every build "
+                        "(default: info)")
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so that ``finally`` blocks run."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _error(command, message):
+    print(f"shiftacc {command}: error: {message}", file=sys.stderr)
+
+
+def _typed_input_errors():
+    """Library exception types that mean "bad input" (exit 2), among the modules loaded.
+
+    Looked up in ``sys.modules`` so that the CLI imports neither NumPy nor Amaranth just to
+    name them: an exception of a module that was never imported cannot have been raised.
+    """
+    types = []
+    for mod, name in (("shiftacc.models.artifact", "ArtifactError"),
+                      ("shiftacc.hw.plan", "PlanError")):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, name):
+            types.append(getattr(m, name))
+    return tuple(types)
+
+
+def _missing_tool_message(exc):
+    """A one-line "how to install it" message when ``exc`` says a tool is missing, else None."""
+    y = sys.modules.get("amaranth._toolchain.yosys")
+    if y is not None and isinstance(exc, getattr(y, "YosysError", ())):
+        return (f"Amaranth cannot run Yosys to write Verilog ({str(exc).strip()}): "
+                f"pip install 'amaranth[builtin-yosys]' (or put a yosys on PATH)")
+    return None
+
+
+def _crash_log(argv, exc):
+    """Write the traceback of an internal error to a log file; returns its path (or None)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"shiftacc {__version__} internal error at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            f"argv: {argv!r}\npython: {sys.version.split()[0]} on {sys.platform}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    from .cache import cache_root
+    for folder in (cache_root(), os.getcwd(), "/tmp"):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, f"shiftacc-crash-{stamp}-{os.getpid()}.log")
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _internal(command, argv, exc):
+    log = _crash_log(argv, exc)
+    where = f"with the log {log}" if log else "with the traceback below"
+    print(f"shiftacc {command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(f"shiftacc: this is a bug; please report it to {REPORT_TO} {where}", file=sys.stderr)
+    if log is None:
+        traceback.print_exception(exc)
+    return EXIT_INTERNAL
+
+
+def _run(args):
+    module, func = args.handler.split(":")
+    mod = importlib.import_module(f".{module}", __package__)
+    return int(getattr(mod, func)(args) or 0)
+
+
 def main(argv=None):
-    """Run the CLI; returns the process exit status."""
+    """Run the CLI and return the process exit status (see the module docstring)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage error (2), --help / --version (0)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = args.command
+    old_term = None
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"shiftacc {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"shiftacc {command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except BrokenPipeError:
+        # The reader went away (`shiftacc info M.npz | head`): stop quietly, as `cat` does.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except ShiftaccError as e:
+        if e.status == EXIT_INTERNAL:
+            return _internal(command, argv, e)
+        if args.verbose:
+            traceback.print_exc()
+        _error(command, e)
+        return e.status
+    except Exception as e:
+        status = None
+        msg = _missing_tool_message(e)
+        if msg is not None:
+            status = EXIT_MISSING
+        elif isinstance(e, _typed_input_errors() + (FileNotFoundError, IsADirectoryError,
+                                                    NotADirectoryError, PermissionError)):
+            status, msg = EXIT_USAGE, str(e)
+        if status is None:
+            return _internal(command, argv, e)
+        if args.verbose:
+            traceback.print_exc()
+        _error(command, msg)
+        return status
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""``shiftacc generate`` and ``shiftacc sim``: the hardware side of the command line."""
+"""``shiftacc generate``, ``shiftacc sim`` and ``shiftacc cache``: the hardware side of the CLI.
+
+The options are declared in :mod:`shiftacc.sw.cli`; the functions here run the commands and
+raise the errors of :mod:`shiftacc.sw.errors` (mapped to exit statuses by ``main``).
+"""
 
 from __future__ import annotations
 
@@ -8,52 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hw.plan import PlanError, load_config, plan_network
+from ..hw.plan import load_config, plan_network
 from ..hw.stream import beats_per_pixel
-from ..models.artifact import ArtifactError, load_artifact
-from .cli_model import add_image_args, images_from_args
+from ..models.artifact import load_artifact
+from .cli_model import images_from_args, progress_wanted
+from .errors import Mismatch, Stalled, UsageError
+from .outputs import check_output, check_output_dir, same_file, write_atomic
 
-__all__ = ["register", "memories", "summary"]
+__all__ = ["memories", "summary", "cmd_generate", "cmd_sim", "cmd_cache", "GENERATED_FILES"]
 
-
-def _fail(msg, status=2):
-    print(f"shiftacc: error: {msg}", file=sys.stderr)
-    return status
-
-
-def register(sub):
-    """Add ``generate`` and ``sim`` to the CLI's subparsers."""
-    g = sub.add_parser("generate", help="emit the Verilog accelerator and its summary",
-                       description="Plan a dataflow accelerator for an artifact's topology, "
-                                   "emit its Verilog top and a summary (summary.json + .txt).")
-    g.add_argument("model", help="artifact (.npz)")
-    g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--config", help="parallelism config JSON (max_multipliers, radius, layers)")
-    g.set_defaults(func=cmd_generate)
-
-    s = sub.add_parser("sim", help="run the accelerator in cocotb and compare with golden",
-                       description="Simulate the generated accelerator on images in cocotb "
-                                   "(Verilator or Icarus) and compare every logit with the "
-                                   "golden model. Exit status 1 when any logit differs.")
-    s.add_argument("model", help="artifact (.npz)")
-    add_image_args(s)
-    s.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
-    s.add_argument("--config", help="parallelism config JSON")
-    s.add_argument("--json", help="write results to this JSON file")
-    s.add_argument("--waves", action="store_true", help="record a waveform (FST) of the run")
-    s.add_argument("--limit", type=int, help="only the first N images")
-    s.add_argument("--protocol", action="store_true",
-                   help="drive every stream from Python cycle by cycle with random stalls "
-                        "(slow; default is the fast bulk path)")
-    s.add_argument("--stall-level", type=int, default=0,
-                   help="bulk path: idle/backpressure probability x/256 (default 0, which "
-                        "measures steady-state cycles)")
-    s.add_argument("--batch", type=int, default=64, help="images per bulk command")
-    s.add_argument("--seed", type=int, help="random seed (printed when not given)")
-    s.add_argument("--workdir", help="keep job, logs and waveforms here")
-    s.add_argument("--progress", action="store_true",
-                   help="show a progress bar even when stderr is not a terminal")
-    s.set_defaults(func=cmd_sim)
+#: The files ``generate`` writes into its folder (summary.json last: it marks completion).
+GENERATED_FILES = ("shiftacc_top.v", "summary.txt", "params.bin", "summary.json")
 
 
 def memories(model, plan):
@@ -105,76 +74,138 @@ def _load(args):
     return model, cfg, plan
 
 
-def cmd_generate(args):
+def _say(args):
+    """``print`` unless ``-q``."""
+    return (lambda *a, **k: None) if getattr(args, "quiet", False) else print
+
+
+def _check_generate_folder(out, args):
+    """Refuse to mix another artifact's generated files with this one's (unless --force).
+
+    Files an earlier ``generate`` wrote for the *same artifact path* are refreshed (the
+    retrain-and-regenerate loop); generated files of another artifact, or files with these
+    names that ``generate`` did not write (no readable summary.json naming their artifact),
+    are replaced only with ``--force``. Inputs are never overwritten, even with --force.
+    """
+    targets = [out / f for f in GENERATED_FILES]
+    for t in targets:
+        for src in (args.model, args.config):
+            if src is not None and same_file(t, src):
+                raise UsageError(f"--out {out}: {t.name} is an input of this command "
+                                 f"({src}); choose another folder")
+        if t.is_dir():
+            raise UsageError(f"--out {out}: {t} is a folder; generate writes a file there")
+    existing = [t.name for t in targets if t.exists()]
+    if not existing or args.force:
+        return
     try:
-        model, cfg, plan = _load(args)
-    except (ArtifactError, PlanError) as e:
-        return _fail(str(e))
+        previous = json.loads((out / "summary.json").read_text()).get("artifact")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous and same_file(previous, args.model):
+        return
+    origin = f"artifact {previous}" if previous else "an unknown source"
+    raise UsageError(f"--out {out} already holds {', '.join(existing)} from {origin}; pass "
+                     f"--force to replace them, or choose another folder")
+
+
+def cmd_generate(args):
+    """Plan, emit Verilog, summary and parameters into ``--out``.
+
+    Raises
+    ------
+    UsageError
+        Bad folder (checked before any work), another artifact's files there.
+    ArtifactError, PlanError
+        Bad artifact or config, or a topology the planner refuses.
+    """
+    out = check_output_dir(args.out, what="--out")
+    model, cfg, plan = _load(args)
+    _check_generate_folder(out, args)
     from amaranth.back import verilog
 
-    from ..hw.top import Accelerator, param_words
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(plan.summary_text(model))
-    print("[generate] elaborating and emitting Verilog ...", flush=True)
-    text = verilog.convert(Accelerator(model, plan), name="shiftacc_top")
-    (out / "shiftacc_top.v").write_text(text)
-    summ = summary(model, plan)
-    (out / "summary.json").write_text(json.dumps(summ, indent=1))
-    (out / "summary.txt").write_text(plan.summary_text(model) + "\n")
     from ..hw.params import PARAM_BYTES
+    from ..hw.top import Accelerator, param_words
+    say = _say(args)
+    say(plan.summary_text(model))
+    say("[generate] elaborating and emitting Verilog ...", flush=True)
+    text = verilog.convert(Accelerator(model, plan), name="shiftacc_top")
+    summ = summary(model, plan)
+    summ["artifact"] = str(Path(args.model).resolve())
     words = param_words(model, plan)
-    (out / "params.bin").write_bytes(b"".join(w.to_bytes(PARAM_BYTES, "little") for w in words))
+    contents = {
+        "shiftacc_top.v": text,
+        "summary.txt": plan.summary_text(model) + "\n",
+        "params.bin": b"".join(w.to_bytes(PARAM_BYTES, "little") for w in words),
+        "summary.json": json.dumps(summ, indent=1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name in GENERATED_FILES:
+        write_atomic(out / name, contents[name])
     print(f"[generate] wrote {out / 'shiftacc_top.v'} ({len(text.splitlines())} lines), "
           f"summary.json, summary.txt, params.bin ({len(words)} parameter beats)")
     return 0
 
 
 def cmd_sim(args):
-    try:
-        model, cfg, plan = _load(args)
-    except (ArtifactError, PlanError) as e:
-        return _fail(str(e))
-    try:
-        images, labels = images_from_args(args, model)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        return _fail(str(e))
+    """Simulate the accelerator on images and compare with golden.
+
+    Raises
+    ------
+    UsageError
+        Bad output path or workdir (checked first), bad images.
+    Mismatch
+        Some logits differ (after the JSON, if asked for, is written).
+    Stalled
+        The design stopped moving data (the JSON gets the diagnosis).
+    MissingTool, BuildFailed, InternalError
+        From :func:`shiftacc.sim.runner.simulate`.
+    """
+    if args.json:
+        check_output(args.json, what="--json", inputs=(args.model, args.images, args.config),
+                     force=args.force)
+    if args.workdir:
+        check_output_dir(args.workdir, what="--workdir")
+    model, cfg, plan = _load(args)
+    images, labels = images_from_args(args, model)
     from ..models import golden
     try:
         golden.check_images(model, images)
     except ValueError as e:
-        return _fail(str(e))
+        raise UsageError(str(e)) from None
     if images.ndim == 3:
         images = images[..., None]
-    if args.limit:
-        images = images[:args.limit]
-        labels = None if labels is None else labels[:args.limit]
-    from ..sim.runner import SimulatorMissing, simulate
+    from ..sim.runner import simulate
+    say = _say(args)
     test = "protocol_run" if args.protocol else "fast_run"
+    base = {"simulator": args.simulator, "test": test, "images": len(images),
+            "predicted_cycles_per_image": plan.predicted_cycles_per_image,
+            "ideal_cycles_per_image": plan.ideal_cycles_per_image,
+            "multipliers": plan.multipliers, "macs_per_image": plan.macs_per_image}
     try:
         res = simulate(model, images, model_path=args.model, config=cfg,
                        simulator=args.simulator, test=test, batch_images=args.batch,
                        stall_level=args.stall_level, seed=args.seed, waves=args.waves,
-                       workdir=args.workdir, progress=sys.stderr.isatty() or args.progress)
-    except SimulatorMissing as e:
-        return _fail(str(e))
-    except RuntimeError as e:
-        return _fail(str(e), 3)
+                       workdir=args.workdir, progress=progress_wanted(args), log=say)
+    except Stalled as e:
+        if args.json and e.result:
+            write_atomic(args.json, json.dumps({**base, "stall": e.result.get("stall"),
+                                                "seed": e.result.get("seed")}))
+        raise
     out = {
         "logits": res["logits"],
         "golden_mismatches": res["golden_mismatches"],
         "cycles_per_image": res.get("cycles_per_image"),
-        "predicted_cycles_per_image": plan.predicted_cycles_per_image,
-        "ideal_cycles_per_image": plan.ideal_cycles_per_image,
-        "multipliers": plan.multipliers,
-        "macs_per_image": plan.macs_per_image,
         "sim_cycles": res["sim_cycles"],
         "sim_wall_seconds": res["sim_wall_seconds"],
-        "simulator": args.simulator,
-        "test": test,
         "seed": res["seed"],
-        "images": len(images),
+        "stall_level": args.stall_level,
+        **base,
     }
+    if res.get("cycles_per_image_stalled") is not None:
+        out["cycles_per_image_stalled"] = res["cycles_per_image_stalled"]
+    if res.get("first_image_cycles") is not None:
+        out["first_image_cycles"] = res["first_image_cycles"]
     if out["cycles_per_image"]:
         out["mac_efficiency"] = plan.macs_per_image / (plan.multipliers * out["cycles_per_image"])
     if labels is not None:
@@ -184,20 +215,53 @@ def cmd_sim(args):
         out["first_mismatch"] = res["first_mismatch"]
     if "waveform" in res:
         out["waveform"] = res["waveform"]
-    if res["golden_mismatches"] and not args.waves:
-        k = res["first_mismatch"]["image"]
-        print(f"[sim] recording a waveform of failing image {k} ...")
-        try:
-            wres = simulate(model, images[k:k + 1], model_path=args.model, config=cfg,
-                            simulator=args.simulator, test="fast_run", batch_images=1,
-                            seed=res["seed"], waves=True, workdir=Path(res["workdir"]) / "fail")
-            out["waveform"] = wres.get("waveform")
-        except RuntimeError as e:
-            print(f"[sim] could not record the waveform: {e}", file=sys.stderr)
+    if res["golden_mismatches"]:
+        out["workdir"] = res["workdir"]
+        if not args.waves:
+            k = res["first_mismatch"]["image"]
+            say(f"[sim] recording a waveform of failing image {k} ...")
+            try:
+                wres = simulate(model, images[k:k + 1], model_path=args.model, config=cfg,
+                                simulator=args.simulator, test="fast_run", batch_images=1,
+                                seed=res["seed"], waves=True,
+                                workdir=Path(res["workdir"]) / "fail", log=say)
+                out["waveform"] = wres.get("waveform")
+            except (RuntimeError, Stalled) as e:
+                print(f"[sim] could not record the waveform: {e}", file=sys.stderr)
     _report(out)
     if args.json:
-        Path(args.json).write_text(json.dumps(out))
-    return 1 if out["golden_mismatches"] else 0
+        write_atomic(args.json, json.dumps(out))
+    if out["golden_mismatches"]:
+        fm = out["first_mismatch"]
+        where = f"; waveform {out['waveform']}" if out.get("waveform") else ""
+        raise Mismatch(f"{out['golden_mismatches']} of {len(images)} images differ from the "
+                       f"golden model (first: image {fm['image']}){where}; run folder "
+                       f"{out['workdir']}")
+    return 0
+
+
+def cmd_cache(args):
+    """``shiftacc cache info|clear``: list or remove the simulator builds."""
+    from . import cache
+    root = cache.cache_root()
+    if args.action == "clear":
+        n, size = cache.clear()
+        print(f"removed {n} builds ({size / 1e6:.1f} MB) from {root}")
+        return 0
+    try:
+        limit = cache.max_bytes()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    entries = cache.builds()
+    import time
+    print(f"cache {root}: {len(entries)} builds, "
+          f"{sum(b['bytes'] for b in entries) / 1e6:.1f} MB of {limit / 1e6:.0f} MB "
+          f"(SHIFTACC_CACHE_MAX_MB); least recently used first:")
+    for b in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["last_use"]))
+        state = "" if b["complete"] else "  (incomplete)"
+        print(f"  {b['path'].name:<40} {b['bytes'] / 1e6:8.1f} MB  last used {when}{state}")
+    return 0
 
 
 def _report(out):
@@ -209,6 +273,11 @@ def _report(out):
         print(f"[sim] cycles/image measured {out['cycles_per_image']:.1f}, predicted "
               f"{out['predicted_cycles_per_image']}, ideal {out['ideal_cycles_per_image']:.1f}; "
               f"MAC efficiency {out['mac_efficiency']:.3f} ({out['multipliers']} multipliers)")
+    elif out.get("cycles_per_image_stalled"):
+        print(f"[sim] under stalls (level {out['stall_level']}/256): "
+              f"{out['cycles_per_image_stalled']:.1f} cycles/image including each batch's "
+              f"pipeline fill (stall-free prediction {out['predicted_cycles_per_image']}; "
+              f"--stall-level 0 measures the steady state)")
     print(f"[sim] {out['sim_cycles']} cycles in {out['sim_wall_seconds']:.2f} s wall "
           f"= {rate:,.0f} cycles/s")
     if "accuracy" in out:
