@@ -1,50 +1,94 @@
 """NumPy golden model: the exact integer arithmetic of DESIGN.md §1.
 
-Every op is a pure function on int64 NHWC arrays; :func:`run` chains them over a
-:class:`~models.artifact.Model` and can return every layer's output (the *taps*) so that a
-hardware mismatch can be traced to the first layer that differs. There are no floats here.
+Every op is a pure function on integer NHWC arrays returning int64; :func:`run` chains them
+over a :class:`~models.artifact.Model` (each layer's op from the op table,
+:data:`models.ops.OPS`) and can return every layer's output (the *taps*) so that a hardware
+mismatch can be traced to the first layer that differs.
+
+Exactness and speed. The results are exact integers. The 1x1 convolution and the requant run
+on float64 (BLAS matmul) when, and only when, every intermediate value is an integer below
+2**53 in magnitude, where float64 represents integers exactly and every sum, product and
+power-of-two scaling of them is exact whatever the order of summation: each kernel bounds its
+intermediates from its actual operands first and falls back to int64 otherwise. For a valid
+artifact the bound always holds: the validator proves every accumulator within int32
+(|acc| < 2**31, and every partial sum is at most sum |w| * max x < 2**32), and
+``acc * m + 2**(sh-1) < 2**31 * 2**16 + 2**46 < 2**48``. The shift is slicing per run of
+channels with the same (dy, dx); nothing loops over images.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .artifact import ArtifactError
+from .ops import OPS, get as get_op
 
 __all__ = ["replicate", "shift", "conv1x1", "requant", "maxpool2", "gap", "run",
            "run_layer", "check_images"]
 
+#: Integers of magnitude below this are exact in float64, and so are their sums and products
+#: while they stay below it.
+EXACT = 1 << 53
+
 
 def replicate(x, factor):
     """``out[..., e*C + c] = x[..., c]`` for ``e < factor``."""
-    return np.concatenate([x] * factor, axis=-1)
+    x = np.asarray(x)
+    return np.tile(x, (1,) * (x.ndim - 1) + (int(factor),)).astype(np.int64, copy=False)
+
+
+def _runs(shifts):
+    """Maximal runs of consecutive channels with one (dy, dx): [((dy, dx), c0, c1), ...]."""
+    runs, start = [], 0
+    rows = [tuple(s) for s in shifts.tolist()]
+    for c in range(1, len(rows) + 1):
+        if c == len(rows) or rows[c] != rows[start]:
+            runs.append((rows[start], start, c))
+            start = c
+    return runs
 
 
 def shift(x, shifts):
     """Per-channel spatial shift with zero padding.
 
-    ``out[n, y, x, c] = in[n, y + dy[c], x + dx[c], c]`` when inside the image, else 0.
+    ``out[n, y, x, c] = in[n, y + dy[c], x + dx[c], c]`` when inside the image, else 0
+    (dy = +1 takes from the row below).
 
     Parameters
     ----------
     x : ndarray [N, H, W, C]
     shifts : ndarray [C, 2]
-        (dy, dx) per channel.
+        (dy, dx) per channel; any magnitude (a shift of the image size or more gives 0).
     """
+    x = np.asarray(x)
     n, h, w, c = x.shape
-    shifts = np.asarray(shifts, np.int64)
-    r = int(np.abs(shifts).max()) if shifts.size else 0
-    pad = np.zeros((n, h + 2 * r, w + 2 * r, c), x.dtype)
-    pad[:, r:r + h, r:r + w, :] = x
-    out = np.empty_like(x)
-    for (dy, dx) in {tuple(s) for s in shifts.tolist()}:
-        sel = np.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))[0]
-        out[..., sel] = pad[:, r + dy:r + dy + h, r + dx:r + dx + w, :][..., sel]
+    shifts = np.asarray(shifts, np.int64).reshape(c, 2)
+    out = np.zeros(x.shape, np.int64)
+    for (dy, dx), c0, c1 in _runs(shifts):
+        if abs(dy) >= h or abs(dx) >= w:
+            continue  # every source pixel is outside the image
+        out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx), c0:c1] = \
+            x[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx), c0:c1]
     return out
 
 
+def _absmax(a):
+    return int(np.abs(a).max()) if a.size else 0
+
+
 def requant(acc, m, sh, act_bits):
-    """``clamp((acc * m + (1 << (sh - 1))) >> sh, 0, 2**act_bits - 1)`` with floor shift."""
+    """``clamp((acc * m + (1 << (sh - 1))) >> sh, 0, 2**act_bits - 1)`` with floor shift.
+
+    Parameters
+    ----------
+    acc : array of int
+    m, sh : int or array of int
+        Broadcast against ``acc`` (per output channel on its last axis).
+    act_bits : int
+
+    Returns
+    -------
+    ndarray of int64
+    """
     acc = np.asarray(acc, np.int64)
     m = np.asarray(m, np.int64)
     sh = np.asarray(sh, np.int64)
@@ -52,48 +96,92 @@ def requant(acc, m, sh, act_bits):
     return np.clip(q, 0, (1 << act_bits) - 1)
 
 
+def _requant_f64(acc, m, sh, act_bits):
+    """:func:`requant` of a float64 ``acc`` holding integers, when the caller has proven
+    ``|acc| * max(m) + 2**(max(sh) - 1) < 2**53``: then every step is exact in float64 and
+    scaling by ``2**-sh`` followed by floor is the arithmetic right shift."""
+    m = np.asarray(m, np.float64)
+    sh = np.asarray(sh, np.int64)
+    q = acc * m
+    q += np.ldexp(1.0, sh - 1)
+    q *= np.ldexp(1.0, -sh)
+    np.floor(q, out=q)
+    np.clip(q, 0, (1 << act_bits) - 1, out=q)
+    return q.astype(np.int64)
+
+
+#: Row block of :func:`_matmul_f64`: OpenBLAS runs a product of at most 2**18
+#: multiply-accumulates on one thread, and on a small or busy machine thread start-up costs
+#: more than it saves on products this small.
+BLAS_BLOCK_MACS = 1 << 18
+
+
+def _matmul_f64(x, wt):
+    """``x @ wt`` in float64 BLAS, in row blocks small enough to run single-threaded."""
+    rows = max(1, BLAS_BLOCK_MACS // max(1, wt.shape[0] * wt.shape[1]))
+    if x.shape[0] <= rows:
+        return x.astype(np.float64) @ wt
+    out = np.empty((x.shape[0], wt.shape[1]), np.float64)
+    for r in range(0, x.shape[0], rows):
+        np.matmul(x[r:r + rows].astype(np.float64), wt, out=out[r:r + rows])
+    return out
+
+
 def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     """1×1 convolution with optional stride, then requant (unless ``m`` is None).
 
-    Returns the raw int32-range accumulator when ``m`` is None (the classifier).
+    ``acc[n, y, x, o] = bias[o] + sum_i weight[o, i] * x[n, s*y, s*x, i]``, so
+    ``H_out = ceil(H / s)``.
+
+    Returns
+    -------
+    ndarray of int64 [N, H_out, W_out, cout]
+        The requantized activations, or the raw accumulator when ``m`` is None (the
+        classifier's logits).
     """
-    xs = x[:, ::stride, ::stride, :]
+    x = np.asarray(x)
+    xs = x[:, ::stride, ::stride, :] if stride != 1 else x
     n, h, w, c = xs.shape
-    acc = xs.reshape(-1, c).astype(np.int64) @ np.asarray(weight, np.int64).T
-    acc = acc + np.asarray(bias, np.int64)
-    acc = acc.reshape(n, h, w, -1)
-    if m is None:
-        return acc
-    return requant(acc, m, sh, act_bits)
+    wt = np.asarray(weight, np.int64)
+    b = np.asarray(bias, np.int64)
+    flat = xs.reshape(-1, c)
+    # Largest magnitude of any partial sum, whatever the order BLAS sums in.
+    bound = _absmax(flat) * (int(np.abs(wt).sum(1).max()) if wt.size else 0) + _absmax(b)
+    if bound < EXACT:
+        acc = _matmul_f64(flat, wt.T.astype(np.float64))
+        acc += b
+        acc = acc.reshape(n, h, w, wt.shape[0])
+        if m is None:
+            return acc.astype(np.int64)
+        shmax = int(np.max(sh))
+        if shmax >= 1 and np.min(sh) >= 1 and bound * _absmax(np.asarray(m)) + (
+                1 << (shmax - 1)) < EXACT:
+            return _requant_f64(acc, m, sh, act_bits)
+        return requant(acc.astype(np.int64), m, sh, act_bits)
+    acc = (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, wt.shape[0])
+    return acc if m is None else requant(acc, m, sh, act_bits)
 
 
 def maxpool2(x):
-    """2×2 max pooling, stride 2, floor of odd sizes."""
-    n, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, :2 * h2, :2 * w2, :].reshape(n, h2, 2, w2, 2, c)
-    return x.max(axis=(2, 4))
+    """2×2 max pooling, stride 2, floor of odd sizes (the last row/column of an odd size is
+    dropped)."""
+    x = np.asarray(x)
+    _, h, w, _ = x.shape
+    h2, w2 = 2 * (h // 2), 2 * (w // 2)
+    top = np.maximum(x[:, 0:h2:2, 0:w2:2], x[:, 0:h2:2, 1:w2:2])
+    bottom = np.maximum(x[:, 1:h2:2, 0:w2:2], x[:, 1:h2:2, 1:w2:2])
+    return np.maximum(top, bottom).astype(np.int64, copy=False)
 
 
 def gap(x, m, sh, act_bits):
     """Global sum pooling followed by one requant for the whole tensor; output [N, 1, 1, C]."""
-    s = x.astype(np.int64).sum(axis=(1, 2), keepdims=True)
+    s = np.asarray(x).sum(axis=(1, 2), keepdims=True, dtype=np.int64)
     return requant(s, m, sh, act_bits)
 
 
 def run_layer(layer, x, act_bits):
-    """Apply one :class:`~models.artifact.Layer` to an int64 batch."""
-    if layer.op == "replicate":
-        return replicate(x, layer.factor)
-    if layer.op == "shift":
-        return shift(x, layer.shifts)
-    if layer.op == "conv1x1":
-        return conv1x1(x, layer.weight, layer.bias, layer.stride, layer.m, layer.sh, act_bits)
-    if layer.op == "maxpool2":
-        return maxpool2(x)
-    if layer.op == "gap":
-        return gap(x, layer.m, layer.sh, act_bits)
-    raise ArtifactError(f"unknown op {layer.op!r}")
+    """Apply one :class:`~models.layer.Layer` to an integer NHWC batch (its op's golden)."""
+    return get_op(layer.op).golden(layer, x, act_bits)
 
 
 def check_images(model, images):
@@ -119,7 +207,15 @@ def check_images(model, images):
     return images.astype(np.int64)
 
 
-def run(model, images, taps=False):
+def chunk_images(model, budget=1 << 16):
+    """Images per chunk in :func:`run`: the largest feature map of a chunk holds about
+    ``budget`` values, so that a chunk's layers stay in the CPU cache (and BLAS calls stay
+    small enough to run single-threaded)."""
+    largest = max(h * w * c for h, w, c in model.shapes())
+    return max(1, budget // largest)
+
+
+def run(model, images, taps=False, chunk=None):
     """Run the integer network.
 
     Parameters
@@ -129,6 +225,9 @@ def run(model, images, taps=False):
         Unsigned pixels of ``model.input_bits`` bits.
     taps : bool
         Also return every layer's output.
+    chunk : int, optional
+        Images per chunk (default :func:`chunk_images`). The batch runs through every layer
+        one chunk at a time; results do not depend on it.
 
     Returns
     -------
@@ -137,10 +236,17 @@ def run(model, images, taps=False):
         ``outputs[i]`` is layer i's output, int64 NHWC.
     """
     x = check_images(model, images)
-    outs = []
-    for layer in model.layers:
-        x = run_layer(layer, x, model.act_bits)
-        if taps:
-            outs.append(x)
-    logits = x.reshape(x.shape[0], -1)
-    return (logits, outs) if taps else logits
+    step = int(chunk or chunk_images(model))
+    ops = [OPS[layer.op] for layer in model.layers]
+    logits, outs = [], [[] for _ in ops]
+    for start in range(0, max(len(x), 1), step):
+        y = x[start:start + step]
+        for i, (op, layer) in enumerate(zip(ops, model.layers)):
+            y = op.golden(layer, y, model.act_bits)
+            if taps:
+                outs[i].append(y)
+        logits.append(y.reshape(y.shape[0], int(np.prod(y.shape[1:]))))
+    logits = np.concatenate(logits)
+    if not taps:
+        return logits
+    return logits, [np.concatenate(o) for o in outs]

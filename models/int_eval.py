@@ -3,7 +3,9 @@
 This is a second, independent implementation of DESIGN.md §1 (it shares no code with
 :mod:`models.golden`, which is NumPy): tensors are NCHW, the shift is ``torch.roll`` plus a
 validity mask, the conv is an integer matmul, the maxpool a reshape-max. The verification
-pyramid's first level (DESIGN.md §4) is that both agree exactly.
+pyramid's first level (DESIGN.md §5) is that both agree exactly. The op table
+(:data:`models.ops.OPS`) holds both implementations side by side; it shares only the
+dispatch, never the arithmetic.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["run_int", "accuracy_int", "roll_shift"]
+from .ops import OPS
+
+__all__ = ["run_int", "accuracy_int", "roll_shift", "replicate_t", "conv1x1_t", "maxpool2_t",
+           "gap_t"]
+
+
+def replicate_t(x, factor):
+    """``out[:, e*C + c] = x[:, c]`` for ``e < factor`` (channel concatenation)."""
+    return torch.cat([x] * int(factor), dim=1)
 
 
 def roll_shift(x, shifts):
@@ -43,8 +53,32 @@ def _requant(acc, m, sh, act_bits):
     return q.clamp(0, (1 << act_bits) - 1)
 
 
+def conv1x1_t(x, weight, bias, stride, m, sh, act_bits):
+    """Strided 1×1 convolution as an int64 matmul, then requant (raw when ``m`` is None)."""
+    xs = x[:, :, ::stride, ::stride]
+    wt = torch.as_tensor(np.asarray(weight).astype(np.int64))
+    acc = torch.matmul(wt, xs.flatten(2)).view(xs.shape[0], -1, *xs.shape[2:])
+    acc = acc + torch.as_tensor(np.asarray(bias).astype(np.int64)).view(1, -1, 1, 1)
+    return acc if m is None else _requant(acc, m, sh, act_bits)
+
+
+def maxpool2_t(x):
+    """2×2 max pooling by reshape + amax (odd sizes: the last row/column is dropped)."""
+    n, c, h, w = x.shape
+    x = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+    return x.amax(dim=(3, 5))
+
+
+def gap_t(x, m, sh, act_bits):
+    """Sum over H and W, then one requant for the whole tensor."""
+    return _requant(x.sum(dim=(2, 3), keepdim=True), m, sh, act_bits)
+
+
 def run_int(model, images, batch=4096):
     """Run an exported :class:`~models.artifact.Model` in integer PyTorch.
+
+    Each layer runs its op's PyTorch function from the op table
+    (:meth:`models.ops.Op.torch`, which calls the functions of this module).
 
     Parameters
     ----------
@@ -61,30 +95,13 @@ def run_int(model, images, batch=4096):
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
+    ops = [OPS[layer.op] for layer in model.layers]
     outs = []
     for start in range(0, len(images), batch):
         x = torch.as_tensor(images[start:start + batch].astype(np.int64)).permute(0, 3, 1, 2)
         x = x.contiguous()
-        for layer in model.layers:
-            if layer.op == "replicate":
-                x = torch.cat([x] * layer.factor, dim=1)
-            elif layer.op == "shift":
-                x = roll_shift(x, layer.shifts)
-            elif layer.op == "conv1x1":
-                xs = x[:, :, ::layer.stride, ::layer.stride]
-                wt = torch.as_tensor(layer.weight.astype(np.int64))
-                acc = torch.matmul(wt, xs.flatten(2)).view(xs.shape[0], -1, *xs.shape[2:])
-                acc = acc + torch.as_tensor(layer.bias.astype(np.int64)).view(1, -1, 1, 1)
-                x = acc if layer.m is None else _requant(acc, layer.m, layer.sh, model.act_bits)
-            elif layer.op == "maxpool2":
-                n, c, h, w = x.shape
-                x = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
-                x = x.amax(dim=(3, 5))
-            elif layer.op == "gap":
-                s = x.sum(dim=(2, 3), keepdim=True)
-                x = _requant(s, layer.m, layer.sh, model.act_bits)
-            else:
-                raise ValueError(f"unknown op {layer.op!r}")
+        for op, layer in zip(ops, model.layers):
+            x = op.torch(layer, x, model.act_bits)
         outs.append(x.flatten(1))
     return torch.cat(outs).numpy() if outs else np.zeros((0, len(model.classes)), np.int64)
 

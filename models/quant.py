@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .artifact import ArtifactError, Layer, Model, validate, to_manifest_and_arrays
+from .ops import OPS
 
 __all__ = ["ExportError", "ActQuant", "QConv", "fake_quant_weight", "requant_constants",
            "export", "set_qat", "set_observe"]
@@ -362,9 +363,9 @@ def export(net, name="shiftnet", classes=None, provenance=None):
             layers.append(Layer("gap", m=int(m[0]), sh=int(sh[0])))
             h, w, scale = 1, 1, s_out
         else:
+            v1 = ", ".join(n for n, op in OPS.items() if op.version == 1)
             raise ExportError(f"{where}: module {type(mod).__name__} has no equivalent op in "
-                              f"the version-1 contract (replicate, shift, conv1x1, maxpool2, "
-                              f"gap)")
+                              f"the version-1 contract ({v1})")
     classes = list(classes) if classes is not None else [str(i) for i in range(c)]
     model = Model(name=name, input_shape=tuple(net.in_shape), input_bits=8,
                   act_bits=net.act_bits, weight_bits=net.weight_bits, classes=classes,

@@ -82,9 +82,15 @@ CASES = {
     "unknown op": (lambda m, a: m["layers"].insert(3, {"op": "add"}), r"layer 3.*unknown op 'add'"),
     "version": (lambda m, a: m.update({"version": 2}), r"'version' 2"),
     "format": (lambda m, a: m.update({"format": "other"}), r"'format'"),
-    "last has m": (lambda m, a: m["layers"][5].update({"m": "l2.m"}), r"layer 5.*raw int32"),
+    "last has m": (lambda m, a: m["layers"][5].update({"m": "l2.m", "sh": "l2.sh"}),
+                   r"layer 5.*raw int32"),
+    "m without sh": (lambda m, a: m["layers"][5].update({"m": "l2.m"}),
+                     r"layer 5 \(conv1x1\): missing key 'sh'"),
+    "hidden conv without requant": (lambda m, a: [m["layers"][2].pop(k) for k in ("m", "sh")],
+                                    r"layer 2 \(conv1x1\).*'m'.*requant"),
     "no gap": (lambda m, a: m["layers"].pop(4), r"1x1 map"),
-    "stride": (lambda m, a: m["layers"][2].update({"stride": 3}), r"layer 2.*stride 3"),
+    "stride": (lambda m, a: m["layers"][2].update({"stride": 3}),
+               r"layer 2 \(conv1x1\): 'stride' is 3, must be one of 1, 2"),
     "int32 overflow": (lambda m, a: a.update({"l2.bias": np.full(5, 2**31 - 100, np.int32)}),
                        r"layer 2.*does not fit int32"),
 }
@@ -118,3 +124,121 @@ def test_bad_json_not_zip_missing(tmp_path):
     (tmp_path / "nomani.npz").write_bytes(buf.getvalue())
     with pytest.raises(ArtifactError, match="no 'manifest'"):
         load_artifact(tmp_path / "nomani.npz")
+
+
+# Strictness (DESIGN.md §2): JSON types, unknown keys at every level, no silent defaults.
+# Each case: (mutation, the exact message after "<path>: ", the key the message must name).
+STRICT = {
+    "version true": (lambda m, a: m.update({"version": True}),
+                     "manifest: 'version' must be a JSON integer, got true", "version"),
+    "version 1.0": (lambda m, a: m.update({"version": 1.0}),
+                    "manifest: 'version' must be a JSON integer, got 1.0", "version"),
+    "version string": (lambda m, a: m.update({"version": "1"}),
+                       "manifest: 'version' must be a JSON integer, got \"1\"", "version"),
+    "misspelt top-level key": (
+        lambda m, a: m.update({"act_bit": m.pop("act_bits")}),
+        "manifest: unknown key 'act_bit' (did you mean 'act_bits'?)", "act_bit"),
+    "extra top-level key": (
+        lambda m, a: m.update({"comment": "hi"}),
+        "manifest: unknown key 'comment' (allowed: format, version, name, input, act_bits, "
+        "weight_bits, classes, layers, provenance)", "comment"),
+    "misspelt layer key": (
+        lambda m, a: m["layers"][2].update({"strde": m["layers"][2].pop("stride")}),
+        "manifest: layer 2 (conv1x1): unknown key 'strde' (did you mean 'stride'?)", "strde"),
+    "misspelt input key": (
+        lambda m, a: m["input"].update({"hieght": m["input"].pop("height")}),
+        "manifest: input: unknown key 'hieght' (did you mean 'height'?)", "hieght"),
+    "missing act_bits": (lambda m, a: m.pop("act_bits"),
+                         "manifest: missing key 'act_bits' (required, no default)", "act_bits"),
+    "missing weight_bits": (
+        lambda m, a: m.pop("weight_bits"),
+        "manifest: missing key 'weight_bits' (required, no default)", "weight_bits"),
+    "missing name": (lambda m, a: m.pop("name"),
+                     "manifest: missing key 'name' (required, no default)", "name"),
+    "missing input bits": (lambda m, a: m["input"].pop("bits"),
+                           "manifest: input: missing key 'bits' (required, no default)", "bits"),
+    "missing stride": (
+        lambda m, a: m["layers"][2].pop("stride"),
+        "manifest: layer 2 (conv1x1): missing key 'stride' (required, no default)", "stride"),
+    "key on the wrong op": (
+        lambda m, a: m["layers"][2].update({"factor": 2}),
+        "manifest: layer 2 (conv1x1): unknown key 'factor' (op conv1x1 takes stride, cin, "
+        "cout, weight, bias, m, sh; 'factor' belongs to replicate)", "factor"),
+    "key on an op without keys": (
+        lambda m, a: m["layers"][3].update({"stride": 2}),
+        "manifest: layer 3 (maxpool2): unknown key 'stride' (op maxpool2 takes no other key; "
+        "'stride' belongs to conv1x1)", "stride"),
+    "stride 1.0": (lambda m, a: m["layers"][2].update({"stride": 1.0}),
+                   "manifest: layer 2 (conv1x1): 'stride' must be a JSON integer, got 1.0",
+                   "stride"),
+    "stride true": (lambda m, a: m["layers"][2].update({"stride": True}),
+                    "manifest: layer 2 (conv1x1): 'stride' must be a JSON integer, got true",
+                    "stride"),
+    "gap m 300.0": (lambda m, a: m["layers"][4].update({"m": 300.0}),
+                    "manifest: layer 4 (gap): 'm' must be a JSON integer, got 300.0", "m"),
+    "act_bits 8.0": (lambda m, a: m.update({"act_bits": 8.0}),
+                     "manifest: 'act_bits' must be a JSON integer, got 8.0", "act_bits"),
+    "input bits 8.0": (lambda m, a: m["input"].update({"bits": 8.0}),
+                       "manifest: input: 'bits' must be a JSON integer, got 8.0", "bits"),
+    "input bits 9": (lambda m, a: m["input"].update({"bits": 9}),
+                     "manifest: input: 'bits' = 9 is outside [1, 8]", "bits"),
+    "layer not an object": (lambda m, a: m["layers"].insert(3, 5),
+                            "manifest: layer 3 must be a JSON object, got 5", "layer 3"),
+    "layer without op": (lambda m, a: m["layers"][3].pop("op"),
+                         "manifest: layer 3: missing key 'op' (required, no default)", "op"),
+    "class not a string": (lambda m, a: m["classes"].insert(1, 3),
+                           "manifest: 'classes'[1] must be a string, got 3", "classes"),
+    "array name not a string": (
+        lambda m, a: m["layers"][2].update({"weight": 7}),
+        "manifest: layer 2 (conv1x1): 'weight' must be a string naming an array in the file, "
+        "got 7", "weight"),
+    "provenance not an object": (
+        lambda m, a: m.update({"provenance": [1]}),
+        "manifest: 'provenance' must be a JSON object, got [1]", "provenance"),
+    "stray array": (lambda m, a: a.update({"l9.extra": np.zeros(3, np.int8)}),
+                    "file: array 'l9.extra' is named by no layer of the manifest (every array "
+                    "but 'manifest' must be; remove it)", "l9.extra"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT))
+def test_strict_manifest(tmp_path, case):
+    fn, message, _ = STRICT[case]
+    m, a = _mut(fn)
+    p = write(tmp_path / "bad.npz", m, a)
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(p)
+    assert str(info.value) == f"{p}: {message}"
+
+
+@pytest.mark.parametrize("case", ["version true", "version 1.0", "misspelt top-level key",
+                                  "misspelt layer key", "missing act_bits",
+                                  "key on the wrong op", "stride 1.0"])
+def test_cli_info_refuses_broken_manifest(tmp_path, capsys, case):
+    from shiftacc.sw.cli import main
+    fn, message, key = STRICT[case]
+    m, a = _mut(fn)
+    p = write(tmp_path / "bad.npz", m, a)
+    assert main(["info", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and repr(key) in err
+
+
+def test_provenance_is_free_form(tmp_path):
+    m, a = good()
+    m["provenance"] = {"float_accuracy": 0.98, "anything": [1.5, True, None, {"x": "y"}]}
+    model = load_artifact(write(tmp_path / "ok.npz", m, a))
+    assert model.provenance == m["provenance"]
+
+
+def test_duplicate_key_and_nan_refused(tmp_path):
+    m, a = good()
+    text = json.dumps(m)
+    dup = text.replace('"act_bits": 8', '"act_bits": 8, "act_bits": 4')
+    p = write(tmp_path / "dup.npz", m, a, raw_manifest=np.frombuffer(dup.encode(), np.uint8))
+    with pytest.raises(ArtifactError, match=r"key 'act_bits' appears twice"):
+        load_artifact(p)
+    nan = text.replace('"act_bits": 8', '"act_bits": NaN')
+    p = write(tmp_path / "nan.npz", m, a, raw_manifest=np.frombuffer(nan.encode(), np.uint8))
+    with pytest.raises(ArtifactError, match=r"NaN is not JSON"):
+        load_artifact(p)
