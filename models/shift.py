@@ -93,18 +93,63 @@ def shift_nchw(x, shifts):
     -------
     Tensor [N, C, H, W]
         Differentiable with respect to ``x``.
+
+    Notes
+    -----
+    One ``index_select`` on the zero-padded map (index table cached per shift table and
+    size); the gradient is the opposite shift, done the same way. A shift only moves values,
+    so forward and backward are exact copies: the results are those of slicing, and do not
+    depend on the number of threads.
     """
-    s = torch.as_tensor(np.asarray(shifts), dtype=torch.int64).reshape(-1, 2)
+    s = np.asarray(shifts.detach().cpu() if torch.is_tensor(shifts) else shifts)
+    s = s.astype(np.int64).reshape(-1, 2)
     n, c, h, w = x.shape
     if s.shape[0] != c:
         raise ValueError(f"{s.shape[0]} shifts for {c} channels")
-    r = int(s.abs().max()) if c else 0
-    xp = _pad(x, r)
-    out = x.new_zeros(x.shape)
-    for dy, dx in {tuple(v) for v in s.tolist()}:
-        sel = torch.nonzero((s[:, 0] == dy) & (s[:, 1] == dx)).flatten()
-        out[:, sel] = xp[:, sel, r + dy:r + dy + h, r + dx:r + dx + w]
-    return out
+    r, fwd, bwd = _shift_plan(s, h, w)
+    return _Shift.apply(x, r, fwd, bwd)
+
+
+_PLANS = {}
+
+
+def _shift_plan(s, h, w):
+    """``(r, forward index, backward index)`` into the flattened ``[C, H+2r, W+2r]`` map."""
+    key = (s.tobytes(), h, w)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        r = int(np.abs(s).max()) if s.size else 0
+        hp, wp = h + 2 * r, w + 2 * r
+        ch = np.arange(len(s)).reshape(-1, 1, 1)
+        ys, xs = np.arange(h).reshape(1, -1, 1), np.arange(w).reshape(1, 1, -1)
+        dy, dx = s[:, 0].reshape(-1, 1, 1), s[:, 1].reshape(-1, 1, 1)
+        fwd = (ch * hp + ys + r + dy) * wp + xs + r + dx
+        bwd = (ch * hp + ys + r - dy) * wp + xs + r - dx
+        plan = (r, torch.from_numpy(fwd.reshape(-1)), torch.from_numpy(bwd.reshape(-1)))
+        _PLANS[key] = plan
+    return plan
+
+
+def _gather(x, r, index):
+    n, c, h, w = x.shape
+    return _pad(x, r).reshape(n, -1).index_select(1, index).view(n, c, h, w)
+
+
+class _Shift(torch.autograd.Function):
+    """Shift by a table; the gradient is the opposite shift (zero where nothing was read)."""
+
+    @staticmethod
+    def forward(ctx, x, r, fwd, bwd):
+        ctx.r, ctx.bwd = r, bwd
+        return _gather(x, r, fwd)
+
+    @staticmethod
+    def backward(ctx, g):
+        # ``+ 0.0`` turns -0.0 into +0.0 (nothing else), as the accumulation into zeros of the
+        # former slice-and-assign formulation did: gradients stay bit for bit the same.
+        return _gather(g, ctx.r, ctx.bwd).add_(0.0), None, None, None
 
 
 def all_shifts(x, radius):

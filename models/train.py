@@ -82,13 +82,11 @@ def augment(x, gen, prob=1.0):
         keep = torch.rand(n, generator=gen) >= prob
         dy[keep] = 1
         dx[keep] = 1
-    out = torch.empty_like(x)
-    for i in range(3):
-        for j in range(3):
-            sel = (dy == i) & (dx == j)
-            if sel.any():
-                out[sel] = xp[sel, :, i:i + h, j:j + w]
-    return out
+    # out[k, :, y, x] = xp[k, :, y + dy[k], x + dx[k]]: one gather (a pure copy).
+    wp = w + 2
+    pix = torch.arange(h).view(1, h, 1) * wp + torch.arange(w).view(1, 1, w)
+    idx = (pix + (dy * wp + dx).view(n, 1, 1)).view(n, 1, h * w).expand(n, c, h * w)
+    return xp.reshape(n, c, (h + 2) * wp).gather(2, idx).view(n, c, h, w)
 
 
 @torch.no_grad()
