@@ -8,6 +8,10 @@ and a cycle stamp per image, and raises ``done``. An LFSR in the harness can sti
 random idle cycles on the image stream and backpressure on the logit stream (``stall_level``),
 so even bulk runs exercise valid/ready stalls.
 
+The memories are sized for ``batch_images`` images (the *capacity*); how many images one
+``run`` command streams is the run-time register ``n_images`` (1 to the capacity), so one
+build serves every image count and batch size up to the capacity.
+
 With ``mode = 0`` the accelerator's own streams are wired to the ``ext_*`` ports instead, for
 the protocol-level testbench that drives and monitors them from Python with random stalls.
 """
@@ -34,7 +38,8 @@ class SimHarness(wiring.Component):
     ----------
     accel : hw.top.Accelerator
     batch_images : int
-        Images one ``run`` command may stream (sizes the image, logit and stamp memories).
+        Capacity: the most images one ``run`` command may stream (sizes the image, logit and
+        stamp memories). ``n_images`` chooses the count at run time.
     param_words : int
         Depth of the parameter memory.
 
@@ -49,10 +54,20 @@ class SimHarness(wiring.Component):
         logit stream in bulk mode (0: no stalls, for cycle measurements).
     stall_seed : In(32)
         LFSR seed, loaded with each command (must be non-zero for stalls to be random).
+    hold_logits : In(1)
+        Fault injection for the testbench's own tests: hold the logit stream's ``ready`` low
+        in bulk mode (a sink that never takes data), so the accelerator stalls for good.
     busy, done : Out(1)
         A command is running / the last command finished.
     cycles : Out(32)
         Cycles since the last command started (frozen when it finishes).
+    beats_in : Out(32)
+        Input beats the accelerator took during the last ``run`` command.
+    images_out : Out(32)
+        Images whose logits came out during the last ``run`` command.
+    source_valid, source_ready, sink_valid, sink_ready : Out(1)
+        Copies of the accelerator's image input and logit output handshakes (either mode),
+        for the testbench's stall diagnosis.
     """
 
     def __init__(self, accel, *, batch_images, param_words):
@@ -79,9 +94,16 @@ class SimHarness(wiring.Component):
             "n_images": In(32),
             "stall_level": In(8),
             "stall_seed": In(32),
+            "hold_logits": In(1),
             "busy": Out(1),
             "done": Out(1),
             "cycles": Out(32),
+            "beats_in": Out(32),
+            "images_out": Out(32),
+            "source_valid": Out(1),
+            "source_ready": Out(1),
+            "sink_valid": Out(1),
+            "sink_ready": Out(1),
             "ext_params": In(param_signature()),
             "ext_images": In(pixel_stream(self.lanes, self.bits)),
             "ext_logits": Out(pixel_stream(1, 32, is_signed=True)),
@@ -167,7 +189,8 @@ class SimHarness(wiring.Component):
         with m.If(self.run):
             m.d.sync += [l_idx.eq(0), img_idx.eq(0), doing_run.eq(self.n_images != 0),
                          self.done.eq(self.n_images == 0)]
-        m.d.comb += out_ready.eq(doing_run & go_out)
+        m.d.comb += [out_ready.eq(doing_run & go_out & ~self.hold_logits),
+                     self.images_out.eq(img_idx)]
         take = Signal()
         with m.If(self.mode):
             m.d.comb += [
@@ -185,6 +208,14 @@ class SimHarness(wiring.Component):
             wiring.connect(m, wiring.flipped(self.ext_params), accel.params)
             wiring.connect(m, wiring.flipped(self.ext_images), accel.images)
             wiring.connect(m, accel.logits, wiring.flipped(self.ext_logits))
+        m.d.comb += [self.source_valid.eq(accel.images.valid),
+                     self.source_ready.eq(accel.images.ready),
+                     self.sink_valid.eq(accel.logits.valid),
+                     self.sink_ready.eq(accel.logits.ready)]
+        with m.If(self.run):
+            m.d.sync += self.beats_in.eq(0)
+        with m.Elif(b_valid & b_ready & self.mode):
+            m.d.sync += self.beats_in.eq(self.beats_in + 1)
         with m.If(take):
             # One logit word per image; the class index picks the 32-bit slice to write.
             m.d.comb += [l_wr.en.eq(1 << l_idx), l_wr.addr.eq(img_idx),

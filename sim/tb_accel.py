@@ -16,6 +16,19 @@ results. Two tests:
 Both compare with the NumPy golden model (the *checker*) and, on a mismatch, replay the first
 failing image with monitors on every layer's output stream to report the first layer whose
 output differs, the position and both values.
+
+Every wait has a deadline in clock cycles (the job's ``deadline``, from
+:func:`shiftacc.sim.runner.cycle_budget`): when one passes, the testbench watches every
+layer's output handshake (``tap{layer}_valid/ready``) for a while, reports the last stage
+that still moved data and the stage or sink it waits on (``result["stall"]``), and fails:
+a stalled design never hangs the run.
+
+Cycles per image: a stall-free bulk run reports the steady state (``cycles_per_image``: mean
+interval between image completions after the first, per command). Under random stalls
+that interval is not a steady-state figure (the first and last completions jitter, so it can
+even come out below the stall-free value); such runs report ``cycles_per_image_stalled``
+instead: cycles from each command's start to its last image, per image (pipeline fill
+included), which is never below the stall-free steady state.
 """
 
 import json
@@ -27,7 +40,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 from cocotb.utils import get_sim_time
 
 from ..hw.plan import plan_network
@@ -119,6 +132,15 @@ class AcceleratorTB:
         self.classes = len(self.model.classes)
         self.beats_per_word = beats_per_word(self.lanes * self.bits)
         self.cycles = 0
+        # Deadlines in cycles (see sim.runner.cycle_budget); generous defaults for old jobs.
+        self.deadline = {"per_image": 16 * self.plan.predicted_cycles_per_image + 1000,
+                         "fill": 16 * sum(st.cycles for st in self.plan.stages) + 10_000,
+                         "params": 4 * len(self.words) + 1000, **self.job.get("deadline", {})}
+        self.stall = None
+
+    def batch_deadline(self, count):
+        """Cycles ``count`` images may take, from the command to the last logit."""
+        return int(self.deadline["fill"] + count * self.deadline["per_image"])
 
     async def start(self):
         cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns").start())
@@ -126,7 +148,7 @@ class AcceleratorTB:
         # Drive every input: a 4-state simulator would otherwise start them at X.
         for sig in (d.mode, d.load_params, d.run, d.ext_params__valid, d.ext_images__valid,
                     d.ext_logits__ready, d.stall_level, d.n_params, d.n_images,
-                    d.ext_params__payload, d.ext_images__payload):
+                    d.ext_params__payload, d.ext_images__payload, d.hold_logits):
             sig.value = 0
         d.stall_seed.value = self.seed & 0xFFFFFFFF
         d.rst.value = 1
@@ -134,7 +156,14 @@ class AcceleratorTB:
         d.rst.value = 0
         await RisingEdge(d.clk)
 
-    async def _command(self, which, **regs):
+    async def _command(self, which, what, deadline, **regs):
+        """Pulse a harness command and wait, at most ``deadline`` cycles, for ``done``.
+
+        Raises
+        ------
+        AssertionError
+            The deadline passed; :attr:`stall` holds the diagnosis (:meth:`diagnose_stall`).
+        """
         d = self.dut
         for k, v in regs.items():
             getattr(d, k).value = v
@@ -143,7 +172,11 @@ class AcceleratorTB:
         which.value = 0
         await RisingEdge(d.clk)
         if not d.done.value:
-            await RisingEdge(d.done)
+            try:
+                await with_timeout(RisingEdge(d.done), deadline * CLOCK_NS, "ns")
+            except SimTimeoutError:
+                self.cycles += int(d.cycles.value) + 2
+                await self.diagnose_stall(what, deadline, bulk=True)
         # `done` and the last memory writes land on the same edge; on an event-driven simulator
         # (Icarus) the callback on `done` can run before the memory update, so let one more
         # edge pass before reading the memories.
@@ -156,7 +189,8 @@ class AcceleratorTB:
         mem = d.param_mem
         for i, w in enumerate(self.words):
             mem[i].value = w
-        await self._command(d.load_params, n_params=len(self.words))
+        await self._command(d.load_params, "parameter load", self.deadline["params"],
+                            n_params=len(self.words))
 
     async def run_bulk(self, first, count, stall_level):
         """Stream images [first, first+count) through the harness; returns logits, stamps."""
@@ -174,7 +208,9 @@ class AcceleratorTB:
                 word |= int(v) << (j * beat_bits)
             mem[i // k].value = word
         t1 = time.perf_counter()
-        await self._command(d.run, n_images=count)
+        d.hold_logits.value = int(bool(self.job.get("hold_logits")))
+        await self._command(d.run, f"images {first}..{first + count - 1}",
+                            self.batch_deadline(count), n_images=count)
         t2 = time.perf_counter()
         lm, sm = d.logit_mem, d.stamp_mem
         raw = [str(lm[n].value) for n in range(count)]
@@ -203,7 +239,11 @@ class AcceleratorTB:
         await RisingEdge(d.clk)
         pdrv = StreamDriver(d.clk, d.ext_params__valid, d.ext_params__ready,
                             d.ext_params__payload, self.rng, p_idle)
-        await pdrv.send(self.words)
+        try:
+            await with_timeout(pdrv.send(self.words), self.deadline["params"] * CLOCK_NS, "ns")
+        except SimTimeoutError:
+            await self.diagnose_stall("parameter load (protocol path)",
+                                      self.deadline["params"], bulk=False)
         await ClockCycles(d.clk, 2)
         idrv = StreamDriver(d.clk, d.ext_images__valid, d.ext_images__ready,
                             d.ext_images__payload, self.rng, p_idle)
@@ -223,8 +263,19 @@ class AcceleratorTB:
             tap_tasks.append(cocotb.start_soon(t.collect()))
         t0 = get_sim_time("ns")
         mon_task = cocotb.start_soon(mon.collect(len(indices) * self.classes))
-        await idrv.send(words)
-        await mon_task
+        send_task = cocotb.start_soon(idrv.send(words))
+        limit = self.batch_deadline(len(indices))
+        try:
+            await with_timeout(mon_task, limit * CLOCK_NS, "ns")
+        except SimTimeoutError:
+            self.cycles += int((get_sim_time("ns") - t0) // CLOCK_NS)
+            send_task.cancel()
+            mon_task.cancel()
+            for task in tap_tasks:
+                task.cancel()
+            await self.diagnose_stall(f"images {indices[0]}..{indices[-1]} (protocol path)",
+                                      limit, bulk=False, logits_taken=len(mon.beats))
+        send_task.cancel()
         await ClockCycles(d.clk, 4)
         t1 = get_sim_time("ns")
         for task in tap_tasks:
@@ -235,6 +286,96 @@ class AcceleratorTB:
                             for k in range(self.classes)] for n in range(len(indices))],
                           np.int64)
         return logits, {k: t.beats for k, t in taps.items()}
+
+    async def diagnose_stall(self, what, deadline, bulk, logits_taken=None):
+        """A deadline passed: find the last stage that still moved data, record it, fail.
+
+        The handshakes along the pipeline are watched for a while: the image input, every
+        layer's output (``tap{layer}_valid/ready``) and the logit output. If data still moves
+        somewhere, the last stage that moved it is reported (the deadline was too short for a
+        slow stage). If nothing moves, the furthest point that holds valid data which is not
+        taken marks the stall: the stage that produced it is the last that moved data, and
+        the stage after it (or the logit sink) is the one that stopped taking it.
+
+        Raises
+        ------
+        AssertionError
+            Always; :attr:`stall` and the result file hold the diagnosis.
+        """
+        d = self.dut
+        layers = self.plan_taps()
+        ops = {k: self.model.layers[k].op for k in layers}
+        # (label, valid, ready) from the input to the output, in pipeline order.
+        points = [("input", "the image input", d.source_valid, d.source_ready)]
+        points += [(k, f"layer {k} ({ops[k]})", getattr(d.accel, f"tap{k}_valid"),
+                    getattr(d.accel, f"tap{k}_ready")) for k in layers]
+        points.append(("output", "the logit output", d.sink_valid, d.sink_ready))
+        watch = int(min(4000, max(200, 2 * self.plan.predicted_cycles_per_image)))
+        moved = [0] * len(points)
+        for _ in range(watch):
+            await FallingEdge(d.clk)
+            for n, (_, _, v, r) in enumerate(points):
+                if v.value and r.value:
+                    moved[n] += 1
+            await RisingEdge(d.clk)
+        self.cycles += watch
+        await FallingEdge(d.clk)
+        state = [(int(v.value), int(r.value)) for _, _, v, r in points]
+        last_layer = layers[-1] if layers else None
+
+        def producer(n):
+            """The stage that puts data on point n."""
+            key = points[n][0]
+            if key == "input":
+                return "the image source"
+            if key == "output":
+                return (f"layer {last_layer} ({ops[last_layer]}, the classifier, through its "
+                        f"output buffer)")
+            return points[n][1]
+
+        def consumer(n):
+            """The stage that takes data from point n."""
+            if n + 1 < len(points) - 1:
+                return f"{points[n + 1][1]}, which takes no more input"
+            if points[n][0] == "output":
+                return "the logit sink, which does not take the logits (ready low)"
+            return "the buffer before the logit output"
+
+        moving = [n for n in range(len(points)) if moved[n]]
+        waiting = [n for n in range(len(points)) if state[n][0] and not state[n][1]]
+        if moving:
+            n = moving[-1]
+            last, waits = producer(n), None
+            message = (f"deadline of {deadline} cycles passed during {what} while data still "
+                       f"moved (the last stage that moved data is {last}): the design is "
+                       f"slower than its cycle model predicts")
+        elif waiting:
+            n = waiting[-1]
+            last, waits = producer(n), consumer(n)
+            message = (f"stalled during {what}: nothing moved for {deadline} + {watch} cycles; "
+                       f"the last stage that moved data is {last}; it waits on {waits}")
+        else:
+            n, last = None, None
+            waits = "nothing: no stage holds data that is not taken"
+            message = (f"stalled during {what}: nothing moved for {deadline} + {watch} cycles "
+                       f"and no stage offers data: some stage swallowed data or waits for "
+                       f"input that already went in")
+        self.stall = {
+            "message": message, "during": what, "deadline_cycles": deadline,
+            "watched_cycles": watch, "still_moving": bool(moving), "last_moving": last,
+            "last_moving_layer": points[n][0] if n is not None and isinstance(points[n][0], int)
+            else (last_layer if n is not None and points[n][0] == "output" else None),
+            "waits_on": waits,
+            "points": [{"at": p[1], "valid": st[0], "ready": st[1], "beats_while_watched": mv}
+                       for p, st, mv in zip(points, state, moved)]}
+        if bulk:
+            self.stall.update(beats_in=int(d.beats_in.value), images_out=int(d.images_out.value))
+        if logits_taken is not None:
+            self.stall["logits_taken"] = logits_taken
+        d._log.error(message)
+        _write_result(self, {"stall": self.stall, "sim_cycles": self.cycles,
+                             "golden_mismatches": None, "logits": None})
+        raise AssertionError(message)
 
     def plan_taps(self):
         """Layers whose output stream carries a tap (every layer but a fused subsample)."""
@@ -308,21 +449,27 @@ async def fast_run(dut):
     n = len(tb.images)
     batch = int(tb.job["batch_images"])
     stall = int(tb.job.get("stall_level", 0))
-    all_logits, steady = [], []
+    all_logits, steady, whole, latency = [], [], [], None
     for first in range(0, n, batch):
         count = min(batch, n - first)
         logits, stamps = await tb.run_bulk(first, count, stall)
         all_logits.append(logits)
+        latency = stamps[0] + 1 if latency is None else latency
         if tb.job.get("progress"):
             Path(tb.job["progress"]).write_text(json.dumps({"done": first + count}))
+        # From the command to the last image's last logit (pipeline fill included).
+        whole.append((stamps[-1] + 1, count))
         if count >= 3:
             # Steady state: skip the pipeline fill (first image), images back to back.
-            steady.append(((stamps[-1] - stamps[0]) / (count - 1), count - 1))
+            steady.append((stamps[-1] - stamps[0], count - 1))
     logits = np.concatenate(all_logits)
-    extra = {"stall_level": stall}
-    if steady:
-        tot = sum(k for _, k in steady)
-        extra["cycles_per_image"] = sum(c * k for c, k in steady) / tot
+    # first_image_cycles: the first image's latency from the command (pipeline fill).
+    extra = {"stall_level": stall, "first_image_cycles": latency}
+    if steady and stall == 0:
+        # Only a stall-free run measures the steady state.
+        extra["cycles_per_image"] = sum(c for c, _ in steady) / sum(k for _, k in steady)
+    elif stall:
+        extra["cycles_per_image_stalled"] = sum(c for c, _ in whole) / sum(k for _, k in whole)
     await _check_and_report(tb, logits, time.perf_counter() - t_wall, extra)
 
 
