@@ -18,6 +18,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .resources import Cost
 from .shift_unit import position_counter, step_counter
 from .stream import beats_per_pixel, pixel_stream, require_positive
 
@@ -94,6 +95,15 @@ class ChannelMap(wiring.Component):
             "i": In(pixel_stream(lanes_in, bits, is_signed=is_signed)),
             "o": Out(pixel_stream(lanes_out, bits, is_signed=is_signed)),
         })
+
+    @staticmethod
+    def cost(*, cin, cout, lanes_in, lanes_out, bits, source=None, is_signed=False,
+             pixels=1):
+        """Resources (see :mod:`hw.resources`): two pixel registers, no memory or multiplier;
+        ``pixels · max(NB_in, NB_out)`` cycles (one pixel per that many cycles, the other
+        side's beats hidden by the double buffer)."""
+        return Cost(cycles=pixels * max(beats_per_pixel(cin, lanes_in),
+                                        beats_per_pixel(cout, lanes_out)))
 
     def elaborate(self, platform):
         m = Module()

@@ -11,6 +11,7 @@ from amaranth.utils import ceil_log2
 
 from .params import ParamKind, param_signature
 from .requant import M_BITS, SH_BITS, Requant
+from .resources import Cost, Multiplier, fifo_memories
 from .stream import beats_per_pixel, pixel_stream
 
 __all__ = ["GlobalAvgPool"]
@@ -118,6 +119,22 @@ class GlobalAvgPool(wiring.Component):
         if self.sum_bits + 1 > 64:
             raise ValueError(f"a {width}x{height} map of {in_bits}-bit values needs "
                              f"{self.sum_bits}-bit sums, more than supported")
+        geo = self.geometry(width=width, height=height, channels=channels, lanes=lanes)
+        self.rq_lanes, self.rq_groups = geo["rq_lanes"], geo["rq_groups"]
+        self.latency, self.fifo_depth = geo["latency"], geo["fifo_depth"]
+        self._cost_args = dict(width=width, height=height, channels=channels, lanes=lanes,
+                               in_bits=in_bits, act_bits=act_bits)
+        super().__init__({
+            "i": In(pixel_stream(lanes, in_bits)),
+            "o": Out(pixel_stream(lanes, act_bits)),
+            "params": In(param_signature()),
+        })
+
+    @staticmethod
+    def geometry(*, width, height, channels, lanes):
+        """Requant sharing, latency and FIFO depth (a dict); used by the constructor and
+        :meth:`cost`, so the planner counts what the RTL builds."""
+        nb = beats_per_pixel(channels, lanes)
         pixels = width * height
         # Requant lanes. With a 1×1 map every beat is a last-pixel beat: one Requant lane per
         # stream lane. Otherwise the image's last pixel is copied into a hold bank and drained
@@ -125,24 +142,34 @@ class GlobalAvgPool(wiring.Component):
         # cycles per beat: NB · rq_groups <= NB · (H·W - 1) cycles, i.e. done before the next
         # image's last pixel arrives, so sharing never slows the input. A Requant lane is a
         # multiplier (a DSP block) and a wide barrel shifter, so this saves area.
-        if pixels == 1:
-            self.rq_lanes = lanes
-        else:
-            self.rq_lanes = -(-lanes // (pixels - 1))
-        self.rq_groups = -(-lanes // self.rq_lanes)
-        if self.rq_groups == 1:
+        rq_lanes = lanes if pixels == 1 else -(-lanes // (pixels - 1))
+        rq_groups = -(-lanes // rq_lanes)
+        if rq_groups == 1:
             # Requant input register (1) + Requant + FIFO write (1) + FIFO output register (1).
-            self.latency = Requant.LATENCY + 3
+            latency = Requant.LATENCY + 3
         else:
             # Drain of NB · groups cycles (after the last beat is held) + Requant + gather
             # register + FIFO write + FIFO output register.
-            self.latency = self.nb * self.rq_groups + Requant.LATENCY + 3
-        self.fifo_depth = Requant.LATENCY + 3 + 2
-        super().__init__({
-            "i": In(pixel_stream(lanes, in_bits)),
-            "o": Out(pixel_stream(lanes, act_bits)),
-            "params": In(param_signature()),
-        })
+            latency = nb * rq_groups + Requant.LATENCY + 3
+        return dict(nb=nb, rq_lanes=rq_lanes, rq_groups=rq_groups, latency=latency,
+                    fifo_depth=Requant.LATENCY + 3 + 2)
+
+    @classmethod
+    def cost(cls, *, width, height, channels, lanes, in_bits, act_bits, layer_id=0):
+        """Resources as built (see :mod:`hw.resources`): ``rq_lanes`` Requant multipliers
+        (signed ``sum_bits + 1`` × unsigned 16-bit ``m``), the output FIFO, and
+        ``H · W · NB`` cycles per image (one input beat per cycle, no per-image overhead)."""
+        g = cls.geometry(width=width, height=height, channels=channels, lanes=lanes)
+        sum_bits = in_bits + ceil_log2(width * height)
+        return Cost(
+            cycles=width * height * g["nb"],
+            multipliers=[Multiplier.amaranth("requant", g["rq_lanes"], sum_bits + 1, True,
+                                             M_BITS, False)],
+            memories=fifo_memories("fifo", lanes * act_bits + 1, g["fifo_depth"]))
+
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(**self._cost_args)
 
     def elaborate(self, platform):
         m = Module()

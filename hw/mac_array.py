@@ -12,7 +12,7 @@ from amaranth.utils import ceil_log2
 
 from .params import ParamKind, param_signature
 from .requant import M_BITS, SH_BITS, Requant
-from .resources import const_mul
+from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream
 
 __all__ = ["MacArray"]
@@ -143,31 +143,16 @@ class MacArray(wiring.Component):
         self.in_bits, self.weight_bits, self.act_bits = in_bits, weight_bits, act_bits
         self.requant = bool(requant)
         self.layer_id = layer_id
-        self.nbi = beats_per_pixel(cin, p_in)
-        self.nbo = beats_per_pixel(cout, p_out)
+        geo = self.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
+        self.nbi, self.nbo = geo["nbi"], geo["nbo"]
         self.cycles_per_pixel = self.nbi * self.nbo
         self.prod_bits = weight_bits + in_bits
         self.acc_bits = min(self.prod_bits + ceil_log2(cin), 32)
-        # Issue (0) -> products (1) -> lane sums (2) -> accumulate (3) -> +bias (4) ->
-        # [Requant] -> FIFO write -> FIFO output register.
-        # Requant lanes: an output beat leaves the accumulators only every NBi cycles, so
-        # ceil(p_out / NBi) Requant lanes, each used on ceil(p_out / rq_lanes) <= NBi
-        # consecutive cycles, keep up with it. A Requant lane is a 32x16 multiplier (two
-        # iCE40 SB_MAC16) plus a 49-bit barrel shifter, so sharing it saves real area.
-        self.rq_lanes = -(-p_out // self.nbi)
-        self.rq_groups = -(-p_out // self.rq_lanes)
-        if not self.requant:
-            self._write_at = 5
-        else:
-            # 5: first group fed (constants' row read), 6: + bias, 7..9: Requant,
-            # + (groups - 1) serial feed cycles + 1 gather register when shared.
-            self._write_at = 7 + Requant.LATENCY
-            if self.rq_groups > 1:
-                self._write_at += self.rq_groups - 1 + 1
-        self.latency = self._write_at + 2
-        # Credit must cover every beat in flight at full rate plus the FIFO's own
-        # read latency, so that o.ready held high never throttles issue.
-        self.fifo_depth = self.latency + 2
+        self.rq_lanes, self.rq_groups = geo["rq_lanes"], geo["rq_groups"]
+        self._write_at, self.latency = geo["write_at"], geo["latency"]
+        self.fifo_depth = geo["fifo_depth"]
+        self._cost_args = dict(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=in_bits,
+                               weight_bits=weight_bits, act_bits=act_bits, requant=requant)
         if self.requant:
             out_sig = pixel_stream(p_out, act_bits)
         else:
@@ -177,6 +162,70 @@ class MacArray(wiring.Component):
             "o": Out(out_sig),
             "params": In(param_signature()),
         })
+
+    @staticmethod
+    def geometry(*, cin, cout, p_in, p_out, requant=True):
+        """Folds, shared-Requant lanes, latency and FIFO depth of a MacArray (a dict).
+
+        The constructor and :meth:`cost` both use this, so the resources the planner counts
+        are the ones the RTL builds.
+        """
+        nbi, nbo = beats_per_pixel(cin, p_in), beats_per_pixel(cout, p_out)
+        # Issue (0) -> products (1) -> lane sums (2) -> accumulate (3) -> +bias (4) ->
+        # [Requant] -> FIFO write -> FIFO output register.
+        # Requant lanes: an output beat leaves the accumulators only every NBi cycles, so
+        # ceil(p_out / NBi) Requant lanes, each used on ceil(p_out / rq_lanes) <= NBi
+        # consecutive cycles, keep up with it. A Requant lane is a 32x16 multiplier (two
+        # DSP blocks, see hw.resources) plus a 49-bit barrel shifter, so sharing it saves
+        # real area.
+        rq_lanes = -(-p_out // nbi)
+        rq_groups = -(-p_out // rq_lanes)
+        if not requant:
+            write_at = 5
+        else:
+            # 5: first group fed (constants' row read), 6: + bias, 7..9: Requant,
+            # + (groups - 1) serial feed cycles + 1 gather register when shared.
+            write_at = 7 + Requant.LATENCY
+            if rq_groups > 1:
+                write_at += rq_groups - 1 + 1
+        latency = write_at + 2
+        # Credit must cover every beat in flight at full rate plus the FIFO's own
+        # read latency, so that o.ready held high never throttles issue.
+        return dict(nbi=nbi, nbo=nbo, rq_lanes=rq_lanes, rq_groups=rq_groups,
+                    write_at=write_at, latency=latency, fifo_depth=latency + 2)
+
+    @classmethod
+    def cost(cls, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits, requant=True,
+             pixels=1, layer_id=0):
+        """Resources of a MacArray as built (see :mod:`hw.resources`).
+
+        Multipliers: ``p_in * p_out`` weight × activation products (signed ``weight_bits`` ×
+        unsigned ``in_bits``) and, with ``requant``, ``rq_lanes`` Requant products (signed
+        32-bit accumulator × unsigned 16-bit ``m``). Memories: the weight, bias (and m, sh)
+        RAMs in their hardware shapes and the output FIFO. Cycles: ``pixels * NBi * NBo``
+        (every multiplier busy every cycle in steady state).
+        """
+        g = cls.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
+        nbi, nbo = g["nbi"], g["nbo"]
+        mults = [Multiplier.amaranth("mac", p_in * p_out, weight_bits, True, in_bits, False)]
+        # Parameter RAMs: as param_mem() builds them (at least 2 rows).
+        mems = [MemorySpec("weights", max(nbo * nbi, 2), p_in * p_out * weight_bits)]
+        if requant:
+            r, groups = g["rq_lanes"], g["rq_groups"]
+            mults.append(Multiplier.amaranth("requant", r, 32, True, M_BITS, False))
+            rows = max(nbo * groups, 2)
+            mems += [MemorySpec("bias", rows, r * 32), MemorySpec("mult", rows, r * M_BITS),
+                     MemorySpec("shift", rows, r * SH_BITS)]
+            out_width = p_out * act_bits + 1
+        else:
+            mems.append(MemorySpec("bias", max(nbo, 2), p_out * 32))
+            out_width = p_out * 32 + 1
+        mems += fifo_memories("fifo", out_width, g["fifo_depth"])
+        return Cost(cycles=pixels * nbi * nbo, multipliers=mults, memories=mems)
+
+    def resources(self, pixels=1):
+        """:meth:`cost` of this instance (``pixels`` per image)."""
+        return self.cost(**self._cost_args, pixels=pixels)
 
     def elaborate(self, platform):
         m = Module()

@@ -20,6 +20,7 @@ from amaranth.lib import enum, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .resources import Cost, MemorySpec
 from .shift_unit import position_counter, step_counter
 from .stream import beats_per_pixel, pixel_stream, require_positive
 
@@ -74,6 +75,20 @@ class MaxPool2(wiring.Component):
             "i": In(pixel_stream(lanes, bits)),
             "o": Out(pixel_stream(lanes, bits)),
         })
+
+    @staticmethod
+    def cost(*, width, height, channels, lanes, bits):
+        """Resources as built (see :mod:`hw.resources`): no multiplier; ``lanes`` line banks
+        of ``max(2, (W // 2) · NB)`` words; ``H · W · NB`` cycles per image."""
+        nb = beats_per_pixel(channels, lanes)
+        depth = max(2, (width // 2) * nb)
+        return Cost(cycles=height * width * nb,
+                    memories=[MemorySpec(f"line{l}", depth, bits) for l in range(lanes)])
+
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(width=self.width, height=self.height, channels=self.channels,
+                         lanes=self.lanes, bits=self.bits)
 
     def elaborate(self, platform):
         m = Module()

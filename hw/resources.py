@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Multiplier", "MemorySpec", "Cost", "dsp_blocks", "DSP_FAMILIES", "const_mul",
+__all__ = ["Multiplier", "MemorySpec", "Cost", "dsp_blocks", "DSP_FAMILIES", "const_mul", "fifo_memories",
            "FAMILY_CELL"]
 
 

@@ -49,6 +49,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import ParamKind, param_signature
+from .resources import Cost, MemorySpec
 from .stream import beats_per_pixel, pixel_stream, require_positive
 
 __all__ = ["ShiftUnit", "ring_rows", "position_counter", "step_counter"]
@@ -169,6 +170,22 @@ class ShiftUnit(wiring.Component):
             "o": Out(pixel_stream(lanes, bits)),
             "params": In(param_signature()),
         })
+
+    @staticmethod
+    def cost(*, width, height, channels, lanes, bits, radius=1, stride=1, layer_id=0):
+        """Resources as built (see :mod:`hw.resources`): no multiplier; ``lanes`` line-buffer
+        banks of ``ring_rows(radius) * width * NB`` words of ``bits``; ``H · W · NB`` cycles
+        per image (one input beat per cycle; a stride-2 output skips beats without cycles)."""
+        nb = beats_per_pixel(channels, lanes)
+        depth = ring_rows(radius) * width * nb
+        return Cost(cycles=height * width * nb,
+                    memories=[MemorySpec(f"bank{l}", depth, bits) for l in range(lanes)])
+
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(width=self.width, height=self.height, channels=self.channels,
+                         lanes=self.lanes, bits=self.bits, radius=self.radius,
+                         stride=self.stride)
 
     def elaborate(self, platform):
         m = Module()

@@ -15,6 +15,7 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .resources import Cost
 from .shift_unit import position_counter, step_counter
 from .stream import beats_per_pixel, pixel_stream, require_positive
 
@@ -59,6 +60,11 @@ class Subsample2(wiring.Component):
             "i": In(pixel_stream(lanes, bits)),
             "o": Out(pixel_stream(lanes, bits)),
         })
+
+    @staticmethod
+    def cost(*, width, height, channels, lanes, bits):
+        """Resources (see :mod:`hw.resources`): registers only; ``H · W · NB`` cycles."""
+        return Cost(cycles=height * width * beats_per_pixel(channels, lanes))
 
     def elaborate(self, platform):
         m = Module()

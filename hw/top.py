@@ -11,44 +11,17 @@ from amaranth.lib.wiring import In, Out
 
 from .params import PARAM_LAYOUT, conv_param_words, gap_param_words, param_signature, \
     shift_param_words
+from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
 
 __all__ = ["Accelerator", "param_words", "image_beats"]
 
 
 def _make_block(stage, model, radius):
-    """Instantiate the hardware block that implements one plan stage."""
-    h, w, c = stage.in_shape
-    if stage.kind == "channel_map":
-        from .channel_map import ChannelMap
-        return ChannelMap(cin=c, cout=stage.out_shape[2], lanes_in=stage.lanes_in,
-                          lanes_out=stage.lanes_out, bits=stage.bits_in, source=stage.source,
-                          is_signed=stage.signed)
-    if stage.kind == "shift":
-        from .shift_unit import ShiftUnit
-        return ShiftUnit(width=w, height=h, channels=c, lanes=stage.lanes_in,
-                         bits=stage.bits_in, radius=radius, stride=stage.stride,
-                         layer_id=stage.layer)
-    if stage.kind == "subsample":
-        from .subsample import Subsample2
-        return Subsample2(width=w, height=h, channels=c, lanes=stage.lanes_in,
-                          bits=stage.bits_in)
-    if stage.kind == "conv":
-        from .mac_array import MacArray
-        layer = model.layers[stage.layer]
-        return MacArray(cin=layer.cin, cout=layer.cout, p_in=stage.lanes_in,
-                        p_out=stage.lanes_out, in_bits=stage.bits_in,
-                        weight_bits=model.weight_bits, act_bits=model.act_bits,
-                        requant=stage.requant, layer_id=stage.layer)
-    if stage.kind == "maxpool":
-        from .maxpool import MaxPool2
-        return MaxPool2(width=w, height=h, channels=c, lanes=stage.lanes_in, bits=stage.bits_in)
-    if stage.kind == "gap":
-        from .gap import GlobalAvgPool
-        return GlobalAvgPool(width=w, height=h, channels=c, lanes=stage.lanes_in,
-                             in_bits=stage.bits_in, act_bits=model.act_bits,
-                             layer_id=stage.layer)
-    raise ValueError(f"no block for stage kind {stage.kind!r}")
+    """Instantiate the hardware block that implements one plan stage (the planner counted
+    the same block's resources through :func:`hw.plan.stage_block`)."""
+    cls, kwargs = stage_block(stage, model, radius)
+    return cls(**kwargs)
 
 
 def _add_tap(m, layer, out):
@@ -121,21 +94,13 @@ class Accelerator(wiring.Component):
     def _fifo(self, m, n, src, stage):
         # Elastic buffer of about one output row: absorbs the bursts of stages that emit on
         # some rows only (maxpool, stride 2) so the next engine keeps its steady rate.
+        # The FIFO's streams carry the payload as plain bits of the same width; wiring.connect
+        # matches members by width, so the pixel layout passes through unchanged.
         layout = pixel_layout(stage.lanes_out, stage.bits_out, is_signed=stage.signed)
         fifo = SyncFIFOBuffered(width=layout.size, depth=stage.fifo_depth)
         m.submodules[f"f{n}"] = fifo
-        sink = pixel_stream(stage.lanes_out, stage.bits_out, is_signed=stage.signed).create(
-            path=(f"f{n}", "out"))
-        m.d.comb += [
-            fifo.w_data.eq(src.payload.as_value()),
-            fifo.w_en.eq(src.valid),
-            src.ready.eq(fifo.w_rdy),
-            sink.payload.eq(fifo.r_data),
-            sink.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(sink.ready),
-        ]
-        return sink
-
+        wiring.connect(m, src, fifo.w_stream)
+        return fifo.r_stream
 
 def param_words(model, plan):
     """Every parameter beat the accelerator needs, encoded (see :mod:`hw.params`).
