@@ -22,7 +22,7 @@ import numpy as np
 
 from .ops import OPS, get as get_op
 
-__all__ = ["replicate", "shift", "conv1x1", "requant", "maxpool2", "gap", "run",
+__all__ = ["replicate", "shift", "conv1x1", "requant", "round_shift", "maxpool2", "gap", "run",
            "run_layer", "check_images"]
 
 #: Integers of magnitude below this are exact in float64, and so are their sums and products
@@ -75,6 +75,28 @@ def _absmax(a):
     return int(np.abs(a).max()) if a.size else 0
 
 
+def round_shift(acc, m, sh):
+    """``(acc * m + (1 << (sh - 1))) >> sh``: requant before its clamp.
+
+    The shift is arithmetic, i.e. floor division by ``2**sh``, also for a negative
+    accumulator (``-3, m=1, sh=1`` gives ``(-3 + 1) >> 1 = -1``); ties round up.
+
+    Parameters
+    ----------
+    acc : array of int
+    m, sh : int or array of int
+        Broadcast against ``acc``; ``sh >= 1``.
+
+    Returns
+    -------
+    ndarray of int64
+    """
+    acc = np.asarray(acc, np.int64)
+    m = np.asarray(m, np.int64)
+    sh = np.asarray(sh, np.int64)
+    return (acc * m + (np.int64(1) << (sh - 1))) >> sh
+
+
 def requant(acc, m, sh, act_bits):
     """``clamp((acc * m + (1 << (sh - 1))) >> sh, 0, 2**act_bits - 1)`` with floor shift.
 
@@ -89,11 +111,7 @@ def requant(acc, m, sh, act_bits):
     -------
     ndarray of int64
     """
-    acc = np.asarray(acc, np.int64)
-    m = np.asarray(m, np.int64)
-    sh = np.asarray(sh, np.int64)
-    q = (acc * m + (np.int64(1) << (sh - 1))) >> sh
-    return np.clip(q, 0, (1 << act_bits) - 1)
+    return np.clip(round_shift(acc, m, sh), 0, (1 << act_bits) - 1)
 
 
 def _requant_f64(acc, m, sh, act_bits):

@@ -15,7 +15,7 @@ import torch
 
 from .ops import OPS
 
-__all__ = ["run_int", "accuracy_int", "roll_shift", "replicate_t", "conv1x1_t", "maxpool2_t",
+__all__ = ["run_int", "accuracy_int", "roll_shift", "round_shift_t", "replicate_t", "conv1x1_t", "maxpool2_t",
            "gap_t"]
 
 
@@ -43,14 +43,21 @@ def roll_shift(x, shifts):
     return out
 
 
-def _requant(acc, m, sh, act_bits):
+def round_shift_t(acc, m, sh):
+    """``(acc * m + (1 << (sh - 1))) >> sh`` on int64 tensors (requant before its clamp).
+
+    ``m``/``sh`` are ints or per-channel arrays (broadcast over N, H, W of an NCHW ``acc``).
+    """
     m = torch.as_tensor(np.asarray(m, np.int64))
     sh = torch.as_tensor(np.asarray(sh, np.int64))
     if m.ndim:  # per output channel: broadcast over N, H, W
         m, sh = m.view(1, -1, 1, 1), sh.view(1, -1, 1, 1)
-    q = torch.bitwise_right_shift(acc * m + torch.bitwise_left_shift(torch.ones_like(sh),
-                                                                     sh - 1), sh)
-    return q.clamp(0, (1 << act_bits) - 1)
+    return torch.bitwise_right_shift(acc * m + torch.bitwise_left_shift(torch.ones_like(sh),
+                                                                        sh - 1), sh)
+
+
+def _requant(acc, m, sh, act_bits):
+    return round_shift_t(acc, m, sh).clamp(0, (1 << act_bits) - 1)
 
 
 def conv1x1_t(x, weight, bias, stride, m, sh, act_bits):
