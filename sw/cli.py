@@ -48,7 +48,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "default" in text or not action.option_strings:
             return text
-        if action.default in (None, False, argparse.SUPPRESS):
+        if action.default is None or action.default is False or \
+                action.default is argparse.SUPPRESS:
             return text
         return text + " (default: %(default)s)"
 
