@@ -4,9 +4,13 @@ Usage::
 
     python benchmarks/bench_golden.py [MODEL.npz] [--images N] [--repeat R]
 
-Without a model, a default digits network is trained briefly (grouped, few epochs) first.
+A digits network is trained briefly (grouped, few epochs) first: the float side needs the
+network, and without MODEL.npz its export is the golden side's artifact too.
 Prints images/s of: the NumPy golden model (exact integers), the PyTorch integer evaluation
 (int64), and the PyTorch float network (fake quantization off), and the golden/float ratio.
+The three are timed in turn within each repetition (so that load from other processes hits
+them alike) and each keeps its best repetition. The golden logits are checked equal to the
+PyTorch integer evaluation's on the same batch.
 """
 
 import argparse
@@ -25,21 +29,24 @@ from shiftacc.models.quant import set_qat
 from shiftacc.models.train import train_model
 
 
-def rate(fn, n, repeat):
-    fn()  # warm-up
-    best = float("inf")
+def rates(fns, n, repeat):
+    """Images/s of each function: best of ``repeat`` runs, the functions timed in turn."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+        for k, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return [n / b for b in best]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", help="artifact (default: train a quick one)")
     ap.add_argument("--images", type=int, default=4096)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(2)
     net, model = train_model(method="grouped", epochs=8, progress=False)
@@ -56,12 +63,13 @@ def main():
         with torch.no_grad():
             net(x)
 
-    g = rate(lambda: golden.run(model, images), args.images, args.repeat)
-    i = rate(lambda: run_int(model, images), args.images, args.repeat)
-    f = rate(float_eval, args.images, args.repeat)
+    exact = np.array_equal(golden.run(model, images), run_int(model, images))
+    g, i, f = rates([lambda: golden.run(model, images), lambda: run_int(model, images),
+                     float_eval], args.images, args.repeat)
     print(f"model {model.name}: {model.macs_per_image()} MACs/image, batch {args.images}, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"golden (NumPy int64)   : {g:12.0f} images/s")
+    print(f"golden (NumPy, exact)  : {g:12.0f} images/s   (== PyTorch integer eval: "
+          f"{'yes' if exact else 'NO'})")
     print(f"PyTorch integer eval   : {i:12.0f} images/s")
     print(f"PyTorch float eval     : {f:12.0f} images/s")
     print(f"golden / float ratio   : {g / f:12.3f}")

@@ -116,13 +116,17 @@ def requant(acc, m, sh, act_bits):
 
 def _requant_f64(acc, m, sh, act_bits):
     """:func:`requant` of a float64 ``acc`` holding integers, when the caller has proven
-    ``|acc| * max(m) + 2**(max(sh) - 1) < 2**53``: then every step is exact in float64 and
-    scaling by ``2**-sh`` followed by floor is the arithmetic right shift."""
-    m = np.asarray(m, np.float64)
-    sh = np.asarray(sh, np.int64)
-    q = acc * m
-    q += np.ldexp(1.0, sh - 1)
-    q *= np.ldexp(1.0, -sh)
+    ``|acc| * max(m) + 2**(max(sh) - 1) < 2**53``.
+
+    Then ``floor(acc * (m * 2**-sh) + 0.5)`` is exactly ``(acc * m + 2**(sh-1)) >> sh``:
+    ``m * 2**-sh`` is exact (an integer below 2**16 times a power of two); the product is
+    ``(acc * m) * 2**-sh`` exactly (an integer below 2**53 times a power of two); adding
+    ``0.5 = 2**(sh-1) * 2**-sh`` gives ``(acc * m + 2**(sh-1)) * 2**-sh``, again an integer
+    below 2**53 times a power of two, so exact; and floor of that is the arithmetic shift.
+    """
+    scale = np.ldexp(np.asarray(m, np.float64), -np.asarray(sh, np.int64))
+    q = acc * scale
+    q += 0.5
     np.floor(q, out=q)
     np.clip(q, 0, (1 << act_bits) - 1, out=q)
     return q.astype(np.int64)
