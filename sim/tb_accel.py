@@ -252,8 +252,10 @@ class AcceleratorTB:
         for n in indices:
             for b, v in enumerate(self.beats[n]):
                 words.append(int(v) | (int(b == self.beats.shape[1] - 1) << top))
+        # hold_logits (fault injection): the sink never takes a logit.
         mon = StreamMonitor(d.clk, d.ext_logits__valid, d.ext_logits__ready,
-                            d.ext_logits__payload, self.rng, p_stall)
+                            d.ext_logits__payload, self.rng,
+                            1.0 if self.job.get("hold_logits") else p_stall)
         taps, tap_tasks = {}, []
         for layer in (self.plan_taps() if monitor_taps else []):
             t = StreamMonitor(d.clk, getattr(d.accel, f"tap{layer}_valid"),
