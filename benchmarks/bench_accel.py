@@ -50,7 +50,7 @@ def main():
     plan = plan_network(model, cfg)
     print(plan.summary_text(model))
     fast = simulate(model, images, model_path=path, config=cfg, simulator=args.simulator,
-                    batch_images=min(len(images), 128), stall_level=0, seed=1,
+                    batch_images=64, stall_level=0, seed=1,
                     workdir=tmp / "fast")
     prot = simulate(model, images[:args.protocol_images], model_path=path, config=cfg,
                     simulator=args.simulator, test="protocol_run", p_stall=0.0, seed=1,

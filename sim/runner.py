@@ -519,7 +519,8 @@ def _run_test(model, images, plan, bdir, workdir, *, model_path, config, simulat
                        "seed": seed, "waves": bool(waves and simulator == "verilator"),
                        "timescale": list(TIMESCALE), "log_file": str(workdir / "sim.log")}}
     rate = _MIN_RATE.get((simulator, test), 500)
-    wall = _STARTUP_SECONDS + total_cycles / rate
+    # Start-up grows with the image count (golden model and beat packing of every image).
+    wall = _STARTUP_SECONDS + 0.01 * n + total_cycles / rate
     bar = _Progress(workdir / "progress.json", n) if progress else None
     try:
         _run_child(spec, workdir / "test-job.json", workdir / "runner.log", wall,

@@ -84,8 +84,7 @@ def _common_options(top):
                    help="print only results and errors: no progress bars or build messages "
                         "(default: off)", **kw)
     g.add_argument("-v", "--verbose", action="count",
-                   help="more detail: tracebacks of reported errors, the simulator's log "
-                        "tail (default: off)", **({"default": 0} if top else kw))
+                   help="more detail: the traceback of a reported error (default: off)", **({"default": 0} if top else kw))
     g.add_argument("--progress", action="store_true",
                    help="show progress bars even when stderr is not a terminal (default: only "
                         "on a terminal)", **kw)
