@@ -12,6 +12,7 @@ Schema (:mod:`models.schema`). The user-facing description is ``docs/format.md``
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import zipfile
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import schema
 from .layer import ArtifactError, Layer
-from .ops import INT32_MAX, INT32_MIN, OPS, Context, get as get_op
+from .ops import INT32_MAX, INT32_MIN, OPS, Context, get as get_op  # noqa: F401 (INT32_*: kept)
 
 __all__ = [
     "ArtifactError", "Layer", "Model", "load_artifact", "save_artifact", "validate",
@@ -293,7 +294,7 @@ def to_manifest_and_arrays(model):
         "classes": list(model.classes), "layers": mlayers,
     }
     if model.provenance:
-        manifest["provenance"] = model.provenance
+        manifest["provenance"] = copy.deepcopy(model.provenance)
     return manifest, arrays
 
 

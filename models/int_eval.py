@@ -15,8 +15,8 @@ import torch
 
 from .ops import OPS
 
-__all__ = ["run_int", "accuracy_int", "roll_shift", "round_shift_t", "replicate_t", "conv1x1_t", "maxpool2_t",
-           "gap_t"]
+__all__ = ["run_int", "accuracy_int", "roll_shift", "round_shift_t", "replicate_t", "conv1x1_t",
+           "maxpool2_t", "gap_t"]
 
 
 def replicate_t(x, factor):

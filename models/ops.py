@@ -317,6 +317,8 @@ def _int_eval():
 
 
 class Replicate(Op):
+    """``replicate``: E copies of the channels (DESIGN.md §1)."""
+
     name = "replicate"
     summary = "out[y, x, e*C + c] = in[y, x, c] for e < factor."
     keys = {"factor": Scalar("replication factor E", minimum=1, maximum=1024)}
@@ -339,6 +341,8 @@ class Replicate(Op):
 
 
 class Shift(Op):
+    """``shift``: per-channel spatial shift with zero padding (DESIGN.md §1)."""
+
     name = "shift"
     summary = ("out[y, x, c] = in[y + dy[c], x + dx[c], c] inside the image, else 0 "
                "(dy = +1 takes from the row below).")
@@ -368,6 +372,8 @@ class Shift(Op):
 
 
 class Conv1x1(Op):
+    """``conv1x1``: 1×1 convolution, stride 1 or 2, then requant unless last (DESIGN.md §1)."""
+
     name = "conv1x1"
     summary = ("acc[y, x, o] = bias[o] + sum_i weight[o, i] * in[s*y, s*x, i], then requant "
                "with m/sh (absent on the last layer: raw int32 logits).")
@@ -451,6 +457,8 @@ class Conv1x1(Op):
 
 
 class MaxPool2(Op):
+    """``maxpool2``: 2×2 max pooling, floor of odd sizes (DESIGN.md §1)."""
+
     name = "maxpool2"
     summary = "out[y, x, c] = max(in[2y..2y+1, 2x..2x+1, c]); H_out = floor(H / 2)."
 
@@ -471,6 +479,8 @@ class MaxPool2(Op):
 
 
 class Gap(Op):
+    """``gap``: global sum pooling then one requant (DESIGN.md §1)."""
+
     name = "gap"
     summary = ("s[c] = sum over y, x of in[y, x, c], then requant with one (m, sh); output "
                "1x1xC.")
