@@ -162,7 +162,7 @@ class Context:
         if not cond:
             self.fail(msg)
 
-    def int(self, ml, key, spec):
+    def scalar(self, ml, key, spec):
         """The integer at ``ml[key]``, checked against ``spec`` (a :class:`Scalar`)."""
         if key not in ml:
             self.fail(f"missing key {key!r}")
@@ -324,7 +324,7 @@ class Replicate(Op):
     keys = {"factor": Scalar("replication factor E", minimum=1, maximum=1024)}
 
     def parse(self, ml, ctx):
-        return Layer("replicate", factor=ctx.int(ml, "factor", self.keys["factor"]))
+        return Layer("replicate", factor=ctx.scalar(ml, "factor", self.keys["factor"]))
 
     def out_shape(self, layer, shape):
         h, w, c = shape
@@ -394,9 +394,9 @@ class Conv1x1(Op):
     def parse(self, ml, ctx):
         k = self.keys
         h, w, c = ctx.shape
-        stride = ctx.int(ml, "stride", k["stride"])
-        cin = ctx.int(ml, "cin", k["cin"])
-        cout = ctx.int(ml, "cout", k["cout"])
+        stride = ctx.scalar(ml, "stride", k["stride"])
+        cin = ctx.scalar(ml, "cin", k["cin"])
+        cout = ctx.scalar(ml, "cout", k["cout"])
         ctx.require(cin == c, f"cin = {cin} but the previous layer outputs {c} channels")
         weight, kw = ctx.array(ml, "weight", k["weight"], (cout, cin))
         wlo, whi = -(1 << (ctx.weight_bits - 1)), (1 << (ctx.weight_bits - 1)) - 1
@@ -489,8 +489,8 @@ class Gap(Op):
 
     def parse(self, ml, ctx):
         h, w, _ = ctx.shape
-        m = ctx.int(ml, "m", self.keys["m"])
-        sh = ctx.int(ml, "sh", self.keys["sh"])
+        m = ctx.scalar(ml, "m", self.keys["m"])
+        sh = ctx.scalar(ml, "sh", self.keys["sh"])
         ctx.require(((1 << ctx.bits) - 1) * h * w <= INT32_MAX,
                     f"the pooled sum of a {h}x{w} map does not fit int32")
         return Layer("gap", m=m, sh=sh)
