@@ -5,15 +5,16 @@ over a :class:`~models.artifact.Model` (each layer's op from the op table,
 :data:`models.ops.OPS`) and can return every layer's output (the *taps*) so that a hardware
 mismatch can be traced to the first layer that differs.
 
-Exactness and speed. The results are exact integers. The 1x1 convolution and the requant run
-on float64 (BLAS matmul) when, and only when, every intermediate value is an integer below
-2**53 in magnitude, where float64 represents integers exactly and every sum, product and
-power-of-two scaling of them is exact whatever the order of summation: each kernel bounds its
+Exactness and speed. The results are exact integers. The 1x1 convolution and its requant run
+on float64 (BLAS matmul, the requant folded into the weights, see :func:`conv1x1`) when, and
+only when, every intermediate value is an integer below 2**53 times a power of two, which
+float64 represents exactly whatever the order of summation: the kernel bounds its
 intermediates from its actual operands first and falls back to int64 otherwise. For a valid
 artifact the bound always holds: the validator proves every accumulator within int32
-(|acc| < 2**31, and every partial sum is at most sum |w| * max x < 2**32), and
-``acc * m + 2**(sh-1) < 2**31 * 2**16 + 2**46 < 2**48``. The shift is slicing per run of
-channels with the same (dy, dx); nothing loops over images.
+(|acc| < 2**31; every partial sum is at most sum |w| * max x < 2**32), and
+``|acc| * m + 2**(sh-1) < 2**31 * 2**16 + 2**46 < 2**48``. :func:`run` takes the batch
+through all layers a cache-sized chunk of images at a time; the shift is slicing per run of
+channels with the same (dy, dx); nothing loops over single images.
 """
 
 from __future__ import annotations
@@ -114,24 +115,6 @@ def requant(acc, m, sh, act_bits):
     return np.clip(round_shift(acc, m, sh), 0, (1 << act_bits) - 1)
 
 
-def _requant_f64(acc, m, sh, act_bits):
-    """:func:`requant` of a float64 ``acc`` holding integers, when the caller has proven
-    ``|acc| * max(m) + 2**(max(sh) - 1) < 2**53``.
-
-    Then ``floor(acc * (m * 2**-sh) + 0.5)`` is exactly ``(acc * m + 2**(sh-1)) >> sh``:
-    ``m * 2**-sh`` is exact (an integer below 2**16 times a power of two); the product is
-    ``(acc * m) * 2**-sh`` exactly (an integer below 2**53 times a power of two); adding
-    ``0.5 = 2**(sh-1) * 2**-sh`` gives ``(acc * m + 2**(sh-1)) * 2**-sh``, again an integer
-    below 2**53 times a power of two, so exact; and floor of that is the arithmetic shift.
-    """
-    scale = np.ldexp(np.asarray(m, np.float64), -np.asarray(sh, np.int64))
-    q = acc * scale
-    q += 0.5
-    np.floor(q, out=q)
-    np.clip(q, 0, (1 << act_bits) - 1, out=q)
-    return q.astype(np.int64)
-
-
 #: Row block of :func:`_matmul_f64`: OpenBLAS runs a product of at most 2**18
 #: multiply-accumulates on one thread, and on a small or busy machine thread start-up costs
 #: more than it saves on products this small.
@@ -153,7 +136,18 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     """1×1 convolution with optional stride, then requant (unless ``m`` is None).
 
     ``acc[n, y, x, o] = bias[o] + sum_i weight[o, i] * x[n, s*y, s*x, i]``, so
-    ``H_out = ceil(H / s)``.
+    ``H_out = ceil(H / s)``; then ``clamp((acc * m[o] + 2**(sh[o]-1)) >> sh[o], 0,
+    2**act_bits - 1)``.
+
+    Exact float64 path. Let ``B = max|x| * max_o sum_i |weight[o, i]| + max|bias|``, which
+    bounds every partial sum whatever the order of summation. Without requant it is used
+    when ``B < 2**53``. With requant, when ``B * max(m) + 2**(max(sh)-1) < 2**53``, the
+    requant is folded into the product: with ``s[o] = m[o] * 2**-sh[o]`` (exact),
+    ``sum_i x[i] * (weight[o, i] * s[o]) + (bias[o] * s[o] + 0.5)`` equals
+    ``(acc * m[o] + 2**(sh[o]-1)) * 2**-sh[o]`` exactly, because every term and every partial
+    sum is an integer below 2**53 times ``2**-sh[o]``, which float64 represents exactly.
+    After clamping to ``[0, 2**act_bits - 1]`` every value is non-negative, so truncating
+    to int64 is the floor, i.e. the arithmetic right shift. Otherwise: int64 arithmetic.
 
     Returns
     -------
@@ -166,22 +160,27 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     n, h, w, c = xs.shape
     wt = np.asarray(weight, np.int64)
     b = np.asarray(bias, np.int64)
+    cout = wt.shape[0]
     flat = xs.reshape(-1, c)
-    # Largest magnitude of any partial sum, whatever the order BLAS sums in.
-    bound = _absmax(flat) * (int(np.abs(wt).sum(1).max()) if wt.size else 0) + _absmax(b)
-    if bound < EXACT:
-        acc = _matmul_f64(flat, wt.T.astype(np.float64))
-        acc += b
-        acc = acc.reshape(n, h, w, wt.shape[0])
-        if m is None:
-            return acc.astype(np.int64)
-        shmax = int(np.max(sh))
-        if shmax >= 1 and np.min(sh) >= 1 and bound * _absmax(np.asarray(m)) + (
-                1 << (shmax - 1)) < EXACT:
-            return _requant_f64(acc, m, sh, act_bits)
-        return requant(acc.astype(np.int64), m, sh, act_bits)
-    acc = (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, wt.shape[0])
-    return acc if m is None else requant(acc, m, sh, act_bits)
+    xmax = max(int(flat.max()), -int(flat.min())) if flat.size else 0
+    bound = xmax * (int(np.abs(wt).sum(1).max()) if wt.size else 0) + _absmax(b)
+    if m is None:
+        if bound < EXACT:
+            acc = _matmul_f64(flat, wt.T.astype(np.float64))
+            acc += b
+            return acc.astype(np.int64).reshape(n, h, w, cout)
+        return (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, cout)
+    m = np.asarray(m, np.int64)
+    sh = np.asarray(sh, np.int64)
+    if (sh.size and m.size and int(sh.min()) >= 1
+            and bound * _absmax(m) + (1 << (int(sh.max()) - 1)) < EXACT):
+        scale = np.broadcast_to(np.ldexp(m.astype(np.float64), -sh), (cout,))
+        q = _matmul_f64(flat, wt.T.astype(np.float64) * scale)
+        q += b * scale + 0.5
+        np.clip(q, 0, (1 << act_bits) - 1, out=q)
+        return q.astype(np.int64).reshape(n, h, w, cout)
+    acc = (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, cout)
+    return requant(acc, m, sh, act_bits)
 
 
 def maxpool2(x):
