@@ -17,6 +17,8 @@ from amaranth.sim import Simulator
 from ..hw.stream import beats_per_pixel
 
 __all__ = ["BASE_SEED", "derive_seed", "send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
+           "StallError", "deadline_for", "stream_ports", "DEFAULT_IDLE_CYCLES",
+           "DEFAULT_DEADLINE_CYCLES",
            "assert_value_error", "receive_and_drain", "pixel_beats", "pixels_to_beats",
            "beats_to_pixels", "expected_lasts"]
 
@@ -41,6 +43,24 @@ def make_rng(request_name, seed=None):
     return random.Random(seed), seed
 
 
+async def _handshake(ctx, stream):
+    """Wait for the clock edge at which ``stream`` (valid already high) is taken.
+
+    A loop over ``tick().sample`` rather than ``tick().until``: a testbench abandoned by the
+    watchdog of :func:`run_sim` is then closed cleanly (an abandoned ``until`` raises while
+    being garbage-collected). An always-ready stream is taken at the next edge.
+    """
+    from amaranth.hdl import Const, Value
+    ready = Value.cast(stream.ready)
+    if isinstance(ready, Const):
+        await ctx.tick()
+        return
+    while True:
+        _, _, taken = await ctx.tick().sample(ready)
+        if taken:
+            return
+
+
 async def send(ctx, stream, payloads, rng=None, p_idle=0.0):
     """Drive ``payloads`` (values for ``stream.payload``) into a stream, one beat per handshake.
 
@@ -53,7 +73,7 @@ async def send(ctx, stream, payloads, rng=None, p_idle=0.0):
             await ctx.tick()
         ctx.set(stream.payload, p)
         ctx.set(stream.valid, 1)
-        await ctx.tick().until(stream.ready)
+        await _handshake(ctx, stream)
     ctx.set(stream.valid, 0)
 
 
@@ -85,25 +105,132 @@ async def send_params(ctx, stream, words, rng=None, p_idle=0.0):
             await ctx.tick()
         ctx.set(stream.payload.as_value(), w)
         ctx.set(stream.valid, 1)
-        await ctx.tick().until(stream.ready)
+        await _handshake(ctx, stream)
     ctx.set(stream.valid, 0)
 
 
-def run_sim(dut, *testbenches, vcd=None, deadline_cycles=None):
-    """Simulate ``dut`` with the given ``async def tb(ctx)`` testbenches on one ``sync`` clock.
+class StallError(AssertionError):
+    """A simulation passed its deadline: the message names every watched stream, when it last
+    moved data, and the last one that did (DESIGN.md §5: a stall is reported, never a hang)."""
 
-    Returns the list of testbench return values (set through a shared dict by each
-    testbench if it needs to return anything).
+
+#: Cycles without a handshake on any watched stream after which a block counts as stalled.
+DEFAULT_IDLE_CYCLES = 2000
+#: Total cycles a simulation may run when the caller gives no deadline.
+DEFAULT_DEADLINE_CYCLES = 2_000_000
+
+
+def deadline_for(beats, per_beat=64, fill=2000):
+    """A generous deadline in cycles for a run moving ``beats`` beats in total: ``per_beat``
+    cycles per beat (random idle/backpressure of the drivers slow a beat by a few cycles at
+    most) plus ``fill`` for pipeline latency and line-buffer fill."""
+    return per_beat * beats + fill
+
+
+def stream_ports(dut):
+    """``{name: interface}`` of ``dut``'s top-level stream ports (``valid``/``payload``)."""
+    from amaranth.lib import stream as _stream
+    out = {}
+    for name, member in dut.signature.members.items():
+        if member.is_signature and isinstance(member.signature, _stream.Signature):
+            out[name] = getattr(dut, name)
+    return out
+
+
+def run_sim(dut, *testbenches, vcd=None, deadline_cycles=None, idle_cycles=DEFAULT_IDLE_CYCLES,
+            watch=None):
+    """Simulate ``dut`` with the given ``async def tb(ctx)`` testbenches on one ``sync`` clock,
+    never hanging.
+
+    A background watchdog samples the handshake (``valid & ready``) of every watched stream
+    each cycle. It raises :class:`StallError` when the run passes ``deadline_cycles`` or when
+    no watched stream moved for ``idle_cycles`` cycles; the message names each stream, the
+    cycle it last moved data and how many beats it moved, and the stream that moved last
+    (the last stage that still moved data). A testbench waiting forever (``ctx.tick().until``
+    on a ``ready`` that never rises) therefore ends the run within the deadline.
+
+    Parameters
+    ----------
+    dut : wiring.Component
+    *testbenches : async callables ``tb(ctx)``
+    vcd : str, optional
+        Write a waveform.
+    deadline_cycles : int, optional
+        Total cycles allowed (default :data:`DEFAULT_DEADLINE_CYCLES`); derive it from the
+        beats involved with :func:`deadline_for`.
+    idle_cycles : int or None
+        Cycles without any watched handshake that count as a stall (None: only the
+        deadline).
+    watch : dict, optional
+        ``{name: stream interface}`` to watch; default every stream port of ``dut``
+        (:func:`stream_ports`: inputs, outputs and the parameter port).
+
+    Raises
+    ------
+    StallError
     """
+    from amaranth.hdl import Const, Value
+    deadline = DEFAULT_DEADLINE_CYCLES if deadline_cycles is None else int(deadline_cycles)
+    watch = stream_ports(dut) if watch is None else dict(watch)
+    names = list(watch)
+    # A stream without a ready signal (always_ready) moves whenever valid is high.
+    valids = [watch[n].valid for n in names]
+    readies = [watch[n].ready for n in names]
+    sampled = valids + [r for r in readies if not isinstance(Value.cast(r), Const)]
+
+    async def watchdog(ctx):
+        last = {n: None for n in names}
+        beats = {n: 0 for n in names}
+        cycle = 0
+        last_any = 0
+        while True:
+            values = await ctx.tick().sample(*sampled)
+            cycle += 1
+            got = dict(zip(map(id, sampled), values[2:]))
+            for n, v, r in zip(names, valids, readies):
+                rdy = int(Value.cast(r).value) if isinstance(Value.cast(r), Const) else got[id(r)]
+                if got[id(v)] and rdy:
+                    last[n] = cycle
+                    beats[n] += 1
+                    last_any = cycle
+            idle = cycle - last_any
+            if cycle >= deadline or (idle_cycles is not None and idle >= idle_cycles):
+                raise StallError(_stall_message(dut, cycle, deadline, idle, idle_cycles, last,
+                                                beats))
+
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     for tb in testbenches:
         sim.add_testbench(tb)
+    if names:
+        sim.add_testbench(watchdog, background=True)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
     else:
         sim.run()
+
+
+def _stall_message(dut, cycle, deadline, idle, idle_cycles, last, beats):
+    why = (f"passed its deadline of {deadline} cycles" if cycle >= deadline
+           else f"moved no data on any stream for {idle} cycles (idle limit {idle_cycles})")
+    lines = [f"{type(dut).__name__} stalled: the simulation {why}, at cycle {cycle}."]
+    movers = [n for n in last if last[n] is not None]
+    for n in last:
+        if last[n] is None:
+            lines.append(f"  stream {n!r}: never moved data")
+        else:
+            lines.append(f"  stream {n!r}: last moved data at cycle {last[n]} "
+                         f"({beats[n]} beats)")
+    if movers:
+        latest = max(movers, key=lambda n: last[n])
+        stuck = [n for n in last if last[n] is None or last[n] < last[latest]]
+        lines.append(f"last stage that still moved data: stream {latest!r} (cycle "
+                     f"{last[latest]}); stalled after it: "
+                     f"{', '.join(repr(n) for n in stuck) or 'none'}")
+    else:
+        lines.append("no stream ever moved data")
+    return "\n".join(lines)
 
 
 def run_no_stall(dut, beats, total, params=None):
@@ -134,7 +261,8 @@ def run_no_stall(dut, beats, total, params=None):
             if valid:
                 state["out"].append(payload)
 
-    run_sim(dut, tb_in, tb_out)
+    run_sim(dut, tb_in, tb_out,
+            deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
     return state["out"], state["cycles"] - state["start"]
 
 

@@ -7,7 +7,7 @@ import pytest
 from shiftacc.hw.channel_map import ChannelMap, Replicate, replicate_map
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.sim.streamtb import deadline_for, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def simulate_map(dut, images, rng, p_idle, p_stall):
@@ -25,7 +25,7 @@ def simulate_map(dut, images, rng, p_idle, p_stall):
     async def tb_out(ctx):
         result["out"] = await receive(ctx, dut.o, n * h * w * dut.nb_out, rng, p_stall)
 
-    run_sim(dut, tb_in, tb_out)
+    run_sim(dut, tb_in, tb_out, deadline_cycles=deadline_for(2 * len(beats)))
     got, lasts = beats_to_pixels(result["out"], n, h, w, dut.cout, dut.lanes_out)
     assert lasts == expected_lasts(n, h, w, dut.nb_out)
     # padding lanes of the output are driven to 0

@@ -7,7 +7,7 @@ from shiftacc.hw.gap import GlobalAvgPool
 from shiftacc.hw.params import gap_param_words
 from shiftacc.models.golden import gap
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.sim.streamtb import deadline_for, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 
 def random_requant(rng, height, width, in_bits, act_bits):
@@ -30,7 +30,6 @@ def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
         while len(got) < count:
             await ctx.tick()
             shared["cycle"] += 1
-            assert shared["cycle"] < 200 + 30 * len(images) * per_image + len(words), "GAP hung"
 
     async def producer(ctx):
         await send_params(ctx, dut.params, words, rng, p_idle)
@@ -47,7 +46,9 @@ def run_gap(dut, words, images, rng, p_idle, p_stall, timing=None):
             ctx, dut.o, count, dut.lanes, rng, p_stall, dut.latency + 4, "GAP",
             on_last=lambda: shared.__setitem__("t1", shared["cycle"])))
 
-    run_sim(dut, clock, producer, consumer)
+    # A stall ends the run at this deadline with a report naming the stalled stream.
+    run_sim(dut, clock, producer, consumer,
+            deadline_cycles=200 + 30 * len(images) * per_image + len(words))
     if timing is not None:
         timing.update(shared)
     return got

@@ -7,7 +7,7 @@ from shiftacc.hw.mac_array import MacArray
 from shiftacc.hw.params import ParamKind, conv_param_words, encode_word
 from shiftacc.models.golden import conv1x1
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.sim.streamtb import deadline_for, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -47,7 +47,6 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
         while len(got) < count:
             await ctx.tick()
             shared["cycle"] += 1
-            assert shared["cycle"] < 200 + 40 * count * dut.nbi + len(words), "MacArray hung"
 
     async def producer(ctx):
         await send_params(ctx, dut.params, words, rng, p_idle)
@@ -61,7 +60,9 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
             ctx, dut.o, count, dut.p_out, rng, p_stall, dut.latency + 4, "MacArray",
             on_last=lambda: shared.__setitem__("t1", shared["cycle"])))
 
-    run_sim(dut, clock, producer, consumer)
+    # A stall ends the run at this deadline with a report naming the stalled stream.
+    run_sim(dut, clock, producer, consumer,
+            deadline_cycles=200 + 40 * count * dut.nbi + len(words))
     if timing is not None:
         timing.update(shared)
     return got
@@ -197,7 +198,8 @@ def test_mac_array_reload_parameters():
                                    int(payload.last)))
         ctx.set(dut.o.ready, 0)
 
-    run_sim(dut, producer, consumer)
+    run_sim(dut, producer, consumer, deadline_cycles=deadline_for(
+        sum(len(b) * (dut.nbi + nbo) for b in batches) + 4 * cout * (cin + 3)))
     for k in range(2):
         weight, bias, mult, sh = sets[k]
         want = conv1x1(batches[k][None, None], weight, bias, 1, mult, sh, 8)[0, 0]

@@ -7,7 +7,7 @@ import pytest
 from shiftacc.hw.maxpool import MaxPool2
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.sim.streamtb import deadline_for, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def simulate_pool(dut, images, rng, p_idle, p_stall):
@@ -21,7 +21,7 @@ def simulate_pool(dut, images, rng, p_idle, p_stall):
     async def tb_out(ctx):
         result["out"] = await receive(ctx, dut.o, n * (h // 2) * (w // 2) * dut.nb, rng, p_stall)
 
-    run_sim(dut, tb_in, tb_out)
+    run_sim(dut, tb_in, tb_out, deadline_cycles=deadline_for(2 * len(beats)))
     return beats_to_pixels(result["out"], n, h // 2, w // 2, c, dut.lanes)
 
 

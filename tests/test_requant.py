@@ -64,7 +64,7 @@ def _run_requant(dut, cases, rng):
             if valid:
                 got.append(([int(payload.q[k]) for k in range(lanes)], int(payload.tag)))
 
-    run_sim(dut, producer, consumer)
+    run_sim(dut, producer, consumer, deadline_cycles=20 * len(cases) + 200)
     return got
 
 
@@ -114,7 +114,7 @@ def test_requant_latency():
                 seen.setdefault("q", ctx.get(dut.o.payload.q[0]))
             await ctx.tick()
 
-    run_sim(dut, tb)
+    run_sim(dut, tb, deadline_cycles=100)
     assert seen.get("cycle") == Requant.LATENCY
     assert seen.get("q") == min(255, (1000 * 3 + 2) >> 2)
 

@@ -8,7 +8,7 @@ from shiftacc.hw.params import shift_param_words
 from shiftacc.hw.shift_unit import ShiftUnit
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import (beats_to_pixels, expected_lasts, make_rng, pixels_to_beats, receive,
+from shiftacc.sim.streamtb import (beats_to_pixels, deadline_for, expected_lasts, make_rng, pixels_to_beats, receive,
                             run_no_stall, run_sim, send, send_params)
 
 
@@ -43,7 +43,7 @@ def simulate_shift(dut, images, shifts, rng, p_idle, p_stall, layer_id=0, junk_p
     async def tb_out(ctx):
         result["out"] = await receive(ctx, dut.o, n * ho * wo * nb, rng, p_stall)
 
-    run_sim(dut, tb_in, tb_out)
+    run_sim(dut, tb_in, tb_out, deadline_cycles=deadline_for(len(words) + 2 * len(beats)))
     arr, lasts = beats_to_pixels(result["out"], n, ho, wo, c, P)
     return arr, lasts
 

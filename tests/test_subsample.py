@@ -7,7 +7,7 @@ import pytest
 from shiftacc.hw.subsample import Subsample2
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.sim.streamtb import deadline_for, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def golden_subsample(images):
@@ -28,7 +28,7 @@ def simulate(dut, images, rng, p_idle, p_stall):
     async def tb_out(ctx):
         result["out"] = await receive(ctx, dut.o, n * ho * wo * dut.nb, rng, p_stall)
 
-    run_sim(dut, tb_in, tb_out)
+    run_sim(dut, tb_in, tb_out, deadline_cycles=deadline_for(2 * len(beats)))
     return beats_to_pixels(result["out"], n, ho, wo, c, dut.lanes)
 
 

