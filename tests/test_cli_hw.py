@@ -74,6 +74,22 @@ def test_sim_cli_json_contract(artifact, tmp_path, capsys):
     assert "accuracy" not in res  # no labels for --images
     text = capsys.readouterr().out
     assert "cycles/image measured" in text
+    assert res["cycles_per_image"] == res["predicted_cycles_per_image"]
+
+
+def test_sim_cli_under_stalls_reports_honest_cycles(artifact, tmp_path, capsys):
+    """--stall-level 128: no steady-state claim; the figure is >= the stall-free one."""
+    model, path = artifact
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "x.npy", rng.integers(0, 256, (12,) + model.input_shape).astype(np.uint8))
+    out = tmp_path / "out.json"
+    assert main(["sim", str(path), "--images", str(tmp_path / "x.npy"), "--json", str(out),
+                 "--stall-level", "128", "--seed", "4"]) == 0
+    res = json.loads(out.read_text())
+    assert res["cycles_per_image"] is None and "mac_efficiency" not in res
+    assert res["cycles_per_image_stalled"] >= res["predicted_cycles_per_image"]
+    text = capsys.readouterr().out
+    assert "under stalls" in text and "cycles/image measured" not in text
 
 
 def test_sim_cli_bad_inputs(artifact, tmp_path, capsys):

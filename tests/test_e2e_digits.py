@@ -49,6 +49,7 @@ def test_digits_test_split_on_verilator(trained, tmp_path, capsys):
     assert res["logits"] == want.tolist()
     assert res["accuracy"] == pytest.approx(float((want.argmax(1) == labels[:n]).mean()))
     assert res["cycles_per_image"] >= res["ideal_cycles_per_image"]
+    assert res["cycles_per_image"] == res["predicted_cycles_per_image"]  # exact cycle model
 
 
 def test_digits_on_icarus(trained, tmp_path):
