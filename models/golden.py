@@ -19,6 +19,9 @@ channels with the same (dy, dx); nothing loops over single images.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .ops import OPS, get as get_op
@@ -166,7 +169,7 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     bound = xmax * (int(np.abs(wt).sum(1).max()) if wt.size else 0) + _absmax(b)
     if m is None:
         if bound < EXACT:
-            acc = _matmul_f64(flat, wt.T.astype(np.float64))
+            acc = _matmul_f64(flat, np.ascontiguousarray(wt.T, np.float64))
             acc += b
             return acc.astype(np.int64).reshape(n, h, w, cout)
         return (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, cout)
@@ -175,7 +178,7 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     if (sh.size and m.size and int(sh.min()) >= 1
             and bound * _absmax(m) + (1 << (int(sh.max()) - 1)) < EXACT):
         scale = np.broadcast_to(np.ldexp(m.astype(np.float64), -sh), (cout,))
-        q = _matmul_f64(flat, wt.T.astype(np.float64) * scale)
+        q = _matmul_f64(flat, np.ascontiguousarray(wt.T, np.float64) * scale)
         q += b * scale + 0.5
         np.clip(q, 0, (1 << act_bits) - 1, out=q)
         return q.astype(np.int64).reshape(n, h, w, cout)
@@ -228,7 +231,7 @@ def check_images(model, images):
     return images.astype(np.int64)
 
 
-def chunk_images(model, budget=1 << 16):
+def chunk_images(model, budget=1 << 17):
     """Images per chunk in :func:`run`: the largest feature map of a chunk holds about
     ``budget`` values, so that a chunk's layers stay in the CPU cache (and BLAS calls stay
     small enough to run single-threaded)."""
@@ -236,7 +239,16 @@ def chunk_images(model, budget=1 << 16):
     return max(1, budget // largest)
 
 
-def run(model, images, taps=False, chunk=None):
+def default_threads():
+    """Worker threads of :func:`run`: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def run(model, images, taps=False, chunk=None, threads=None):
     """Run the integer network.
 
     Parameters
@@ -248,7 +260,11 @@ def run(model, images, taps=False, chunk=None):
         Also return every layer's output.
     chunk : int, optional
         Images per chunk (default :func:`chunk_images`). The batch runs through every layer
-        one chunk at a time; results do not depend on it.
+        one chunk at a time.
+    threads : int, optional
+        Chunks run on this many threads at once (default :func:`default_threads`; NumPy and
+        BLAS release the GIL). Chunks are independent, so neither ``chunk`` nor ``threads``
+        changes a single value.
 
     Returns
     -------
@@ -259,15 +275,23 @@ def run(model, images, taps=False, chunk=None):
     x = check_images(model, images)
     step = int(chunk or chunk_images(model))
     ops = [OPS[layer.op] for layer in model.layers]
-    logits, outs = [], [[] for _ in ops]
-    for start in range(0, max(len(x), 1), step):
-        y = x[start:start + step]
-        for i, (op, layer) in enumerate(zip(ops, model.layers)):
+
+    def one_chunk(start):
+        y, outs = x[start:start + step], []
+        for op, layer in zip(ops, model.layers):
             y = op.golden(layer, y, model.act_bits)
             if taps:
-                outs[i].append(y)
-        logits.append(y.reshape(y.shape[0], int(np.prod(y.shape[1:]))))
-    logits = np.concatenate(logits)
+                outs.append(y)
+        return y.reshape(y.shape[0], int(np.prod(y.shape[1:]))), outs
+
+    starts = range(0, max(len(x), 1), step)
+    threads = min(int(threads or default_threads()), len(starts))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(one_chunk, starts))
+    else:
+        results = [one_chunk(s) for s in starts]
+    logits = np.concatenate([r[0] for r in results])
     if not taps:
         return logits
-    return logits, [np.concatenate(o) for o in outs]
+    return logits, [np.concatenate([r[1][i] for r in results]) for i in range(len(ops))]

@@ -22,8 +22,9 @@ def test_golden_equals_int_eval_random_networks(np_rng):
         logits, taps = golden.run(model, images, taps=True, chunk=chunk)
         assert logits.dtype == np.int64 and logits.shape == (n, len(model.classes))
         assert np.array_equal(logits, run_int(model, images))
-        # Chunking never changes a value; taps have every image of every layer.
-        assert np.array_equal(golden.run(model, images, chunk=n), logits)
+        # Chunking and threads never change a value; taps have every image of every layer.
+        assert np.array_equal(golden.run(model, images, chunk=n, threads=1), logits)
+        assert np.array_equal(golden.run(model, images, chunk=chunk, threads=3), logits)
         assert [t.shape[1:] for t in taps] == model.shapes()[1:]
         assert all(t.dtype == np.int64 and t.shape[0] == n for t in taps)
 
