@@ -67,7 +67,7 @@ def main():
     g, i, f = rates([lambda: golden.run(model, images), lambda: run_int(model, images),
                      float_eval], args.images, args.repeat)
     print(f"model {model.name}: {model.macs_per_image()} MACs/image, batch {args.images}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, golden threads {golden.default_threads()}")
     print(f"golden (NumPy, exact)  : {g:12.0f} images/s   (== PyTorch integer eval: "
           f"{'yes' if exact else 'NO'})")
     print(f"PyTorch integer eval   : {i:12.0f} images/s")

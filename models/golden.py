@@ -13,8 +13,9 @@ intermediates from its actual operands first and falls back to int64 otherwise. 
 artifact the bound always holds: the validator proves every accumulator within int32
 (|acc| < 2**31; every partial sum is at most sum |w| * max x < 2**32), and
 ``|acc| * m + 2**(sh-1) < 2**31 * 2**16 + 2**46 < 2**48``. :func:`run` takes the batch
-through all layers a cache-sized chunk of images at a time; the shift is slicing per run of
-channels with the same (dy, dx); nothing loops over single images.
+through all layers a cache-sized chunk of images at a time, chunks on a thread per CPU; the
+shift is slicing per run of channels with the same (dy, dx); nothing loops over single
+images.
 """
 
 from __future__ import annotations
