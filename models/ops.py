@@ -73,6 +73,8 @@ class Scalar:
         if self.enum is not None and value not in self.enum:
             raise ArtifactError(f"{where}: {key!r} is {value}, must be one of "
                                 f"{', '.join(map(str, self.enum))}")
+        if self.minimum is not None and value < self.minimum and self.maximum is None:
+            raise ArtifactError(f"{where}: {key!r} = {value} must be at least {self.minimum}")
         if (self.minimum is not None and value < self.minimum
                 or self.maximum is not None and value > self.maximum):
             raise ArtifactError(f"{where}: {key!r} = {value} is outside "

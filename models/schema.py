@@ -237,15 +237,19 @@ def _words(err, manifest, schema):
                f"got {got}"
     if keyword in ("enum", "const"):
         if len(path) == 3 and path[0] == "layers" and path[2] == "op":
-            return f"manifest: layer {path[1]}: unknown op {value!r} (known: {', '.join(OPS)})"
+            shown = repr(value) if isinstance(value, str) else got
+            return f"manifest: layer {path[1]}: unknown op {shown} (known: {', '.join(OPS)})"
         allowed = node if keyword == "enum" else [node]
         if len(allowed) == 1:
             return f"{where}: {what} is {got}, expected {json.dumps(allowed[0])}"
         return f"{where}: {what} is {got}, must be one of " \
                f"{', '.join(json.dumps(a) for a in allowed)}"
     if keyword in ("minimum", "maximum"):
-        lo, hi = parent.get("minimum", "-inf"), parent.get("maximum", "inf")
-        return f"{where}: {what} = {got} is outside [{lo}, {hi}]"
+        if "maximum" not in parent:
+            return f"{where}: {what} = {got} must be at least {parent['minimum']}"
+        if "minimum" not in parent:
+            return f"{where}: {what} = {got} must be at most {parent['maximum']}"
+        return f"{where}: {what} = {got} is outside [{parent['minimum']}, {parent['maximum']}]"
     if keyword == "minItems":
         return f"{where}: {what} must be a non-empty list"
     if keyword == "minLength":
@@ -263,7 +267,12 @@ def _first_problem(output, manifest, schema):
     def key(e):
         _, path = _resolve(manifest, _tokens(e["instanceLocation"]))
         return _order(manifest, path), _PRIORITY.get(_tokens(e["keywordLocation"])[-1], 5)
-    return _words(min(leaves, key=key), manifest, schema)
+    first = min(leaves, key=key)
+    try:
+        return _words(first, manifest, schema)
+    except (KeyError, IndexError, TypeError, ValueError):  # a case _words does not know
+        return (f"manifest: {first['instanceLocation'] or 'top level'} does not match the "
+                f"schema ({first['keywordLocation'].rsplit('/', 1)[-1]}: {first['error']})")
 
 
 def _floats(node, path):

@@ -1,6 +1,7 @@
 """models.artifact.load_artifact on broken artifacts: every message names the problem."""
 
 import copy
+import re
 import io
 import json
 
@@ -180,6 +181,11 @@ STRICT = {
                      "manifest: 'act_bits' must be a JSON integer, got 8.0", "act_bits"),
     "input bits 8.0": (lambda m, a: m["input"].update({"bits": 8.0}),
                        "manifest: input: 'bits' must be a JSON integer, got 8.0", "bits"),
+    "cout 0": (lambda m, a: m["layers"][5].update({"cout": 0}),
+               "manifest: layer 5 (conv1x1): 'cout' = 0 must be at least 1", "cout"),
+    "op null": (lambda m, a: m["layers"][3].update({"op": None}),
+                "manifest: layer 3: unknown op null (known: replicate, shift, conv1x1, "
+                "maxpool2, gap)", "op"),
     "input bits 9": (lambda m, a: m["input"].update({"bits": 9}),
                      "manifest: input: 'bits' = 9 is outside [1, 8]", "bits"),
     "layer not an object": (lambda m, a: m["layers"].insert(3, 5),
@@ -242,3 +248,36 @@ def test_duplicate_key_and_nan_refused(tmp_path):
     p = write(tmp_path / "nan.npz", m, a, raw_manifest=np.frombuffer(nan.encode(), np.uint8))
     with pytest.raises(ArtifactError, match=r"NaN is not JSON"):
         load_artifact(p)
+
+
+def _paths(node, path=()):
+    """Every (container, key) pair of a JSON tree."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in items:
+        yield node, k
+        if isinstance(v, (dict, list)):
+            yield from _paths(v, path + (k,))
+
+
+def test_random_corruption_always_reported_in_words(np_rng):
+    """Random edits of a valid manifest: an ArtifactError naming a place, never a crash."""
+    from shiftacc.models.artifact import validate
+    values = [True, False, None, 1.0, -1, 0, 3, 2**40, "x", "", [], {}, [1], {"a": 1}, 0.5]
+    for _ in range(300):
+        m, a = good()
+        m = copy.deepcopy(m)
+        for _ in range(int(np_rng.integers(1, 3))):
+            pairs = list(_paths(m))
+            node, k = pairs[int(np_rng.integers(len(pairs)))]
+            kind = int(np_rng.integers(3))
+            if kind == 0 and isinstance(node, dict):
+                node.pop(k)
+            elif kind == 1 and isinstance(node, dict):
+                node[k + "x"] = values[int(np_rng.integers(len(values)))]
+            else:
+                node[k] = copy.deepcopy(values[int(np_rng.integers(len(values)))])
+        try:
+            validate(m, a)
+        except ArtifactError as e:
+            assert re.match(r"^(manifest|layer \d+|file)\b", str(e)), str(e)
+            assert "does not match the schema" not in str(e), str(e)
