@@ -182,8 +182,9 @@ def _check_layers(layers):
         if isinstance(key, bool) or not (
                 (isinstance(key, int) and key >= 0)
                 or (isinstance(key, str) and key.isdigit() and key.isascii())):
-            raise PlanError(f"config: \"layers\" key {json.dumps(key) if isinstance(key, str) else key!r}"
-                            f" is not a layer index (a non-negative integer, e.g. \"2\")")
+            shown = json.dumps(key) if isinstance(key, str) else repr(key)
+            raise PlanError(f"config: \"layers\" key {shown} is not a layer index (a "
+                            f"non-negative integer, e.g. \"2\")")
         idx = int(key)
         where = f"config: layers[\"{idx}\"]"
         if idx in out:
@@ -775,10 +776,38 @@ def plan_network(model, cfg=None):
             cands.update(ho * wo * k for k in range(1, layer.cin * layer.cout + 1))
         else:
             cands.update(h * w * k for k in range(1, max(c, co) + 1))
+    # A cheap lower bound on the multipliers a target t needs (each conv at least
+    # ceil(MACs / t) MAC multipliers plus one Requant lane, a gap one), so that targets the
+    # budget cannot reach are skipped without building their stages (a 260 -> 260 conv has
+    # 67600 candidate targets).
+    work = [(shapes_out[0] * shapes_out[1] * layer.cin * layer.cout,
+             1 if layer.requant else 0)
+            for i, layer, _, shapes_out, _ in _layer_ops(model) if layer.op == "conv1x1"
+            and i not in cfg.layers]
+    fixed = sum(_conv_multipliers(layer.cin, cfg.layers[i]["p_in"], cfg.layers[i]["p_out"],
+                                  layer.requant)
+                for i, layer in enumerate(model.layers)
+                if layer.op == "conv1x1" and i in cfg.layers)
+    fixed += sum(1 for layer in model.layers if layer.op == "gap")
+
+    # Overridden convs have fixed cycles: no faster target can be met.
+    t_min = max([o[0] * o[1] * _cdiv(layer.cin, cfg.layers[i]["p_in"])
+                 * _cdiv(layer.cout, cfg.layers[i]["p_out"])
+                 for i, layer, _, o, _ in _layer_ops(model)
+                 if layer.op == "conv1x1" and i in cfg.layers], default=0)
+
+    def lower_bound(t):
+        return fixed + sum(_cdiv(wk, t) + rq for wk, rq in work)
+
     best, fastest, overflow = None, None, None
     for t in sorted(cands):
         if fastest is not None and t > fastest * cfg.max_slowdown:
             break
+        lb = lower_bound(t)
+        if t < t_min or lb > cfg.max_multipliers:
+            continue
+        if best is not None and macs / (max(lb, 1) * t) <= best[0] + 1e-12:
+            continue                             # cannot beat the efficiency already found
         built = _build_stages(model, cfg, t)
         if built is None:
             continue
@@ -786,10 +815,14 @@ def plan_network(model, cfg=None):
         mults = sum(s.multipliers for s in stages)
         if mults > cfg.max_multipliers:
             continue
-        why = next((w for w in (port_overflow(s, model) for s in stages) if w), None)
+        why = next(((s, w) for s, w in ((s, port_overflow(s, model)) for s in stages) if w),
+                   None)
         if why is not None:
-            overflow = overflow or why
-            continue
+            if why[0].layer in cfg.layers:
+                raise PlanError(why[1])          # the user's lanes: no other plan helps
+            # Slower targets only get fewer lanes, hence more rows: stop searching.
+            overflow = why[1]
+            break
         cycles = max(s.cycles for s in stages)
         eff = macs / max(1, mults * cycles)
         if fastest is None:
