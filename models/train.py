@@ -19,15 +19,19 @@ Then :func:`models.quant.export` produces the integer model, evaluated with
 
 Determinism: every float computation that reaches the artifact (training, calibration,
 evaluation, export) runs on **one** intra-op thread (:func:`one_thread`), whatever
-``torch.get_num_threads()`` the caller set, and the caller's setting is restored afterwards.
+``torch.get_num_threads()`` the caller set, and the caller's setting is restored afterwards;
+so ``shiftacc train --threads 1`` and ``--threads 2`` write the same arrays bit for bit.
 With several threads ATen/MKL pick kernels and split reductions by the thread count, so the
 rounding, hence the weights, depended on it: with torch 2.13 on CPU the classifier's matmul
 (``[10, 48] x [48, N]``, forward and weight gradient) already differs in the last bits
 between 1 and 2 threads, and the difference grows over training (digits-s seed 0: integer
-accuracy 0.9667 with 1 thread, 0.9639 with 2). The network is small enough (38k MACs/image,
-batches of 64) that one thread is also the fastest: a second one only adds fork/join and
-spin-waiting, which on a busy 2-core machine cost several times the work itself. Only the
-integer evaluation (exact, so order-independent) runs with the caller's thread count.
+accuracy 0.9667 with 1 thread, 0.9639 with 2). One thread is also the fastest: the tensors
+are tiny (batches of 64 at 8x8), so a second thread only adds fork/join and OpenMP
+spin-waiting, which on a busy 2-core machine costs many times the work (measured there,
+before this change: 65 s against 17 s for the whole command, 502 s against 31 s under a
+load of 6; a training step 4-6x slower with 2 threads for digits-s, mnist-s and cifar10-s
+alike). Only the integer evaluation (exact, so order-independent) runs with the caller's
+thread count.
 
 ``float_accuracy`` in the provenance is the trained network with fake quantization switched
 off (pure float, BatchNorm folded), ``qat_accuracy`` with it on, ``int_accuracy`` the exported
