@@ -359,6 +359,12 @@ def _build(verilog_text, simulator, waves, log):
         if status != 0:
             tail = _tail(bdir / "build.log", 15) or _tail(bdir / "build-runner.log", 15)
             raise BuildFailed(f"{simulator} build failed (see {bdir / 'build.log'}):\n{tail}")
+        # Compiler intermediates are ~95 % of a Verilator build (two ~70 MB precompiled
+        # headers); only the executable runs later, so the cache keeps just that (and sources).
+        for pattern in ("*.gch", "*.o", "*.a"):
+            for f in bdir.glob(pattern):
+                with contextlib.suppress(OSError):
+                    f.unlink()
         stamp.write_text("ok\n")
         _cache.touch(bdir)
     log(f"[sim] built in {time.perf_counter() - t0:.1f} s")
