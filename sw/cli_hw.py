@@ -26,45 +26,15 @@ GENERATED_FILES = ("shiftacc_top.v", "summary.txt", "params.bin", "summary.json"
 
 
 def memories(model, plan):
-    """On-chip memories of the design (name, depth, width in bits), from the plan."""
-    out = []
-    for n, st in enumerate(plan.stages):
-        h, w, c = st.in_shape
-        if st.kind == "conv":
-            layer = model.layers[st.layer]
-            nbi, nbo = beats_per_pixel(layer.cin, st.lanes_in), beats_per_pixel(layer.cout,
-                                                                                 st.lanes_out)
-            out.append((f"{st.name}.weights", nbi * nbo, st.lanes_in * st.lanes_out *
-                        model.weight_bits))
-            out.append((f"{st.name}.bias", nbo, st.lanes_out * 32))
-            if st.requant:
-                out.append((f"{st.name}.m_sh", nbo, st.lanes_out * (16 + 6)))
-        elif st.kind == "shift":
-            rows = 1 << (2 * plan.radius + 1).bit_length()
-            out.append((f"{st.name}.line_buffer", rows * w * beats_per_pixel(c, st.lanes_in),
-                        st.lanes_in * st.bits_in))
-        elif st.kind == "maxpool":
-            out.append((f"{st.name}.row_buffer", (w // 2) * beats_per_pixel(c, st.lanes_in),
-                        st.lanes_in * st.bits_in))
-        if st.fifo_depth:
-            out.append((f"{st.name}.fifo", st.fifo_depth, st.lanes_out * st.bits_out + 1))
-    return out
+    """On-chip memories of the design (name, depth, width in bits); see :mod:`hw.report`."""
+    from ..hw.report import memories as _memories
+    return _memories(model, plan)
 
 
 def summary(model, plan):
-    """The generate summary as a JSON-able dict."""
-    mems = memories(model, plan)
-    return {
-        "model": model.name,
-        "input": list(model.input_shape),
-        "layers": [{"index": i, "op": l.op,
-                    "in_shape": list(model.shapes()[i]), "out_shape": list(model.shapes()[i + 1])}
-                   for i, l in enumerate(model.layers)],
-        "parallelism": {str(k): v for k, v in plan.layer_lanes().items()},
-        "memories": [{"name": n, "depth": d, "width": w, "bits": d * w} for n, d, w in mems],
-        "memory_bits": sum(d * w for _, d, w in mems),
-        **plan.to_dict(),
-    }
+    """The generate summary as a JSON-able dict; see :mod:`hw.report`."""
+    from ..hw.report import summary as _summary
+    return _summary(model, plan)
 
 
 def _load(args):
