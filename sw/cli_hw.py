@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ..hw.plan import load_config, plan_network
-from ..hw.stream import beats_per_pixel
 from ..models.artifact import load_artifact
 from .cli_model import images_from_args, progress_wanted
 from .errors import Mismatch, Stalled, UsageError
