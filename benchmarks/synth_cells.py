@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 
-from amaranth.back import verilog
+from shiftacc.hw.stream import to_verilog
 
 from shiftacc.hw.mac_array import MacArray
 
@@ -97,7 +97,7 @@ def yosys_exe():
 def synth(component, target, workdir):
     """Synthesize ``component`` for ``target``; return ({cell type: count}, seconds)."""
     vfile = Path(workdir) / "top.v"
-    vfile.write_text(verilog.convert(component, name="top"))
+    vfile.write_text(to_verilog(component, name="top"))
     jfile = Path(workdir) / f"stat_{target}.json"
     # The WebAssembly Yosys only sees its working directory: use relative paths there.
     script = (f"read_verilog {vfile.name}; {SYNTH[target]} -top top; "

@@ -9,19 +9,12 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .params import ParamKind, param_signature
+from .params import ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, Multiplier, fifo_memories
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["GlobalAvgPool"]
-
-
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
-            hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
 
 
 class GlobalAvgPool(wiring.Component):
@@ -84,7 +77,7 @@ class GlobalAvgPool(wiring.Component):
         ``H·W`` pixels of ``NB`` beats per image, raster order.
     o : Out(pixel_stream(lanes, act_bits))
         One pixel of ``NB`` beats per image.
-    params : In(param_signature())
+    params : In(param_bus_signature())
         Parameter writes; ``ready`` is always 1.
     nb : int
         Beats per pixel.
@@ -108,10 +101,10 @@ class GlobalAvgPool(wiring.Component):
     def __init__(self, *, width, height, channels, lanes, in_bits, act_bits, layer_id=0):
         for name, value in (("width", width), ("height", height), ("channels", channels),
                             ("lanes", lanes)):
-            _check_int(name, value, 1)
-        _check_int("in_bits", in_bits, 1, 16)
-        _check_int("act_bits", act_bits, 1, 16)
-        _check_int("layer_id", layer_id, 0, 255)
+            require_int("GlobalAvgPool", name, value, 1)
+        require_int("GlobalAvgPool", "in_bits", in_bits, 1, 16)
+        require_int("GlobalAvgPool", "act_bits", act_bits, 1, 16)
+        require_int("GlobalAvgPool", "layer_id", layer_id, 0, 255)
         self.width, self.height, self.channels, self.lanes = width, height, channels, lanes
         self.in_bits, self.act_bits, self.layer_id = in_bits, act_bits, layer_id
         self.nb = beats_per_pixel(channels, lanes)
@@ -127,7 +120,7 @@ class GlobalAvgPool(wiring.Component):
         super().__init__({
             "i": In(pixel_stream(lanes, in_bits)),
             "o": Out(pixel_stream(lanes, act_bits)),
-            "params": In(param_signature()),
+            "params": In(param_bus_signature()),
         })
 
     @staticmethod
@@ -179,7 +172,6 @@ class GlobalAvgPool(wiring.Component):
 
         # ------------------------------------------------------------- (m, sh) registers
         par = self.params.payload
-        m.d.comb += self.params.ready.eq(1)
         mine = self.params.valid & (par.layer == self.layer_id) & (par.row == 0) & (par.lane == 0)
         mult = Signal(M_BITS)
         shift = Signal(SH_BITS)

@@ -10,19 +10,12 @@ from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .params import ParamKind, param_signature
+from .params import ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
-from .stream import beats_per_pixel, pixel_stream
+from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["MacArray"]
-
-
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
-            hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
 
 
 def _index(count, name):
@@ -107,7 +100,7 @@ class MacArray(wiring.Component):
     o : Out(pixel_stream(p_out, act_bits)) or Out(pixel_stream(p_out, 32, is_signed=True))
         Output pixels, ``NBo`` beats each; ``last`` on the last beat of the pixel whose final
         input beat carried ``last``.
-    params : In(param_signature())
+    params : In(param_bus_signature())
         Parameter writes (WEIGHT, BIAS, M, SH of this ``layer_id``); ``ready`` is always 1.
     nbi, nbo : int
         Input / output beats per pixel.
@@ -133,11 +126,11 @@ class MacArray(wiring.Component):
     def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
                  requant=True, layer_id=0):
         for name, value in (("cin", cin), ("cout", cout), ("p_in", p_in), ("p_out", p_out)):
-            _check_int(name, value, 1)
-        _check_int("in_bits", in_bits, 1, 16)
-        _check_int("weight_bits", weight_bits, 2, 16)
-        _check_int("act_bits", act_bits, 1, 16)
-        _check_int("layer_id", layer_id, 0, 255)
+            require_int("MacArray", name, value, 1)
+        require_int("MacArray", "in_bits", in_bits, 1, 16)
+        require_int("MacArray", "weight_bits", weight_bits, 2, 16)
+        require_int("MacArray", "act_bits", act_bits, 1, 16)
+        require_int("MacArray", "layer_id", layer_id, 0, 255)
         self.cin, self.cout = cin, cout
         self.p_in, self.p_out = p_in, p_out
         self.in_bits, self.weight_bits, self.act_bits = in_bits, weight_bits, act_bits
@@ -160,7 +153,7 @@ class MacArray(wiring.Component):
         super().__init__({
             "i": In(pixel_stream(p_in, in_bits)),
             "o": Out(out_sig),
-            "params": In(param_signature()),
+            "params": In(param_bus_signature()),
         })
 
     @staticmethod
@@ -236,7 +229,6 @@ class MacArray(wiring.Component):
 
         # ---------------------------------------------------------------- parameter memories
         par = self.params.payload
-        m.d.comb += self.params.ready.eq(1)
         mine = self.params.valid & (par.layer == self.layer_id)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None):

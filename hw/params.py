@@ -22,13 +22,13 @@ Addressing, for a layer with input lanes ``p_in`` and output lanes ``p_out``:
   A ``gap`` layer has one (m, sh): row 0, lane 0.
 * ``SHIFT`` of channel c: row ``c // p``, lane ``c % p``; data = ``(dy & 0xFF) | (dx & 0xFF) << 8``.
 
-Parameter consumers are always ready (they only write memories), so the port can be
-broadcast to every block.
+Parameter consumers are always ready (they only write memories): block ports are
+``always_ready`` streams (:func:`param_bus_signature`), broadcast to every block.
 """
 
 from amaranth.lib import data, enum, stream
 
-__all__ = ["ParamKind", "PARAM_LAYOUT", "param_signature", "PARAM_BYTES",
+__all__ = ["ParamKind", "PARAM_LAYOUT", "param_signature", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words"]
 
@@ -54,8 +54,25 @@ PARAM_LAYOUT = data.StructLayout({
 PARAM_BYTES = PARAM_LAYOUT.size // 8
 
 
+def param_bus_signature():
+    """``stream.Signature`` of a block's parameter port: ``always_ready`` (``ready`` is the
+    constant 1).
+
+    Consumers only write memories and registers and never stall, so the port is a plain
+    valid + payload broadcast that one register fans out to every block.
+    """
+    return stream.Signature(PARAM_LAYOUT, always_ready=True)
+
+
 def param_signature():
-    """``stream.Signature`` of the parameter port (consumers hold ``ready`` high)."""
+    """``stream.Signature`` of a design's *external* parameter port (the accelerator's top).
+
+    The same beats as :func:`param_bus_signature`, with a real ``ready`` output that the
+    design ties to 1: Amaranth 0.5 cannot emit a top-level module whose port is a constant
+    when it derives the ports itself (amaranth-lang/amaranth#1574), and callers outside
+    :mod:`hw` convert the top with plain ``verilog.convert``. Converting with
+    :func:`hw.stream.to_verilog` lifts that limit.
+    """
     return stream.Signature(PARAM_LAYOUT)
 
 
@@ -78,14 +95,21 @@ def encode_word(layer, kind, row, lane, value):
         raise ValueError(f"parameter address out of range: layer {layer}, row {row}, lane {lane}")
     if not -(1 << 31) <= value < (1 << 32):
         raise ValueError(f"parameter value {value} does not fit 32 bits")
-    return (layer | int(ParamKind(kind).value) << 8 | row << 16 | lane << 32
-            | (value & 0xFFFFFFFF) << 48)
+    beat = PARAM_LAYOUT.const({"layer": layer, "kind": ParamKind(kind), "row": row,
+                               "lane": lane, "data": value & 0xFFFFFFFF})
+    return beat.as_value().value
 
 
 def decode_word(word):
-    """Inverse of :func:`encode_word`; returns (layer, kind, row, lane, unsigned data)."""
-    return (word & 0xFF, ParamKind((word >> 8) & 0xFF), (word >> 16) & 0xFFFF,
-            (word >> 32) & 0xFFFF, (word >> 48) & 0xFFFFFFFF)
+    """Inverse of :func:`encode_word`; returns (layer, kind, row, lane, unsigned data).
+
+    Raises
+    ------
+    ValueError
+        The kind field is not a :class:`ParamKind`.
+    """
+    beat = PARAM_LAYOUT.from_bits(word & ((1 << PARAM_LAYOUT.size) - 1))
+    return beat.layer, beat.kind, beat.row, beat.lane, beat.data
 
 
 def conv_param_words(layer, weight, bias, m, sh, p_in, p_out):

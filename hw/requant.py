@@ -16,6 +16,8 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .stream import require_int
+
 __all__ = ["Requant", "M_BITS", "SH_BITS", "MAX_SH"]
 
 #: Width of the multiplier ``m`` (DESIGN.md: 1 <= m <= 65535).
@@ -80,14 +82,10 @@ class Requant(wiring.Component):
     LATENCY = 3
 
     def __init__(self, *, lanes, act_bits, acc_bits=32, tag_bits=1):
-        if not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
-        if not isinstance(act_bits, int) or not 1 <= act_bits <= 31:
-            raise ValueError(f"act_bits must be in 1..31, not {act_bits!r}")
-        if not isinstance(acc_bits, int) or not 2 <= acc_bits <= 64:
-            raise ValueError(f"acc_bits must be in 2..64, not {acc_bits!r}")
-        if not isinstance(tag_bits, int) or tag_bits < 0:
-            raise ValueError(f"tag_bits must be a non-negative integer, not {tag_bits!r}")
+        require_int("Requant", "lanes", lanes, 1)
+        require_int("Requant", "act_bits", act_bits, 1, 31)
+        require_int("Requant", "acc_bits", acc_bits, 2, 64)
+        require_int("Requant", "tag_bits", tag_bits, 0)
         self.lanes = lanes
         self.act_bits = act_bits
         self.acc_bits = acc_bits

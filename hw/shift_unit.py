@@ -48,9 +48,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import ParamKind, param_signature
+from .params import ParamKind, param_bus_signature
 from .resources import Cost, MemorySpec
-from .stream import beats_per_pixel, pixel_stream, require_positive
+from .stream import beats_per_pixel, pixel_stream, require_int, require_positive
 
 __all__ = ["ShiftUnit", "ring_rows", "position_counter", "step_counter"]
 
@@ -136,7 +136,7 @@ class ShiftUnit(wiring.Component):
     o : Out(pixel_stream(lanes, bits))
         Shifted feature map (``ceil(H/s) × ceil(W/s)`` pixels); ``last`` on the final beat of
         each image; padding lanes are 0.
-    params : In(param_signature())
+    params : In(param_bus_signature())
         Parameter beats; kind ``SHIFT``, row ``c // lanes``, lane ``c % lanes``,
         data ``(dy & 0xFF) | (dx & 0xFF) << 8``. Always ready.
     rows : int
@@ -153,12 +153,10 @@ class ShiftUnit(wiring.Component):
     def __init__(self, *, width, height, channels, lanes, bits, radius=1, stride=1, layer_id=0):
         require_positive("ShiftUnit", width=width, height=height, channels=channels,
                          lanes=lanes, bits=bits, radius=radius)
-        if radius > 127:
-            raise ValueError(f"ShiftUnit: radius {radius} does not fit the 8-bit shift fields")
-        if stride not in (1, 2):
-            raise ValueError(f"ShiftUnit: stride must be 1 or 2, got {stride!r}")
-        if not isinstance(layer_id, int) or not 0 <= layer_id < 256:
-            raise ValueError(f"ShiftUnit: layer_id must be in [0, 255], got {layer_id!r}")
+        # The shift fields of a parameter beat are 8 bits each.
+        require_int("ShiftUnit", "radius", radius, 1, 127)
+        require_int("ShiftUnit", "stride", stride, 1, 2)
+        require_int("ShiftUnit", "layer_id", layer_id, 0, 255)
         self.width, self.height, self.channels = width, height, channels
         self.lanes, self.bits, self.radius, self.stride = lanes, bits, radius, stride
         self.layer_id = layer_id
@@ -168,7 +166,7 @@ class ShiftUnit(wiring.Component):
         super().__init__({
             "i": In(pixel_stream(lanes, bits)),
             "o": Out(pixel_stream(lanes, bits)),
-            "params": In(param_signature()),
+            "params": In(param_bus_signature()),
         })
 
     @staticmethod
@@ -203,7 +201,6 @@ class ShiftUnit(wiring.Component):
         dxs = [[Signal(sshape, name=f"dx_{b}_{l}") for l in range(min(P, C - b * P))]
                for b in range(NB)]
         p = self.params.payload
-        m.d.comb += self.params.ready.eq(1)
         hit = (self.params.valid & (p.layer == self.layer_id) & (p.kind == ParamKind.SHIFT))
         for b in range(NB):
             for l in range(min(P, C - b * P)):

@@ -11,7 +11,8 @@ themselves; ``last`` lets a consumer check framing and lets the top end an image
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, stream
 
-__all__ = ["pixel_layout", "pixel_stream", "beats_per_pixel", "require_positive"]
+__all__ = ["pixel_layout", "pixel_stream", "beats_per_pixel", "require_positive", "require_int",
+           "verilog_ports", "to_verilog"]
 
 
 def beats_per_pixel(channels, lanes):
@@ -40,12 +41,55 @@ def pixel_stream(lanes, bits, *, is_signed=False):
     return stream.Signature(pixel_layout(lanes, bits, is_signed=is_signed))
 
 
-def require_positive(block, **values):
-    """Raise a ``ValueError`` naming ``block`` and the field unless every value is an int >= 1.
+def require_int(block, name, value, lo, hi=None):
+    """Raise a ``ValueError`` naming ``block`` and ``name`` unless ``value`` is an int (not a
+    bool) in ``[lo, hi]`` (no upper bound when ``hi`` is None).
 
-    Elaboration parameters (shapes, lane counts, bit widths) of every block go through this,
-    so a bad one fails at construction with the same wording everywhere.
+    The one check every block's elaboration parameters (shapes, lane counts, bit widths,
+    layer ids) go through, so a bad one fails at construction with the same wording
+    everywhere.
     """
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+            hi is not None and value > hi):
+        bound = f"in [{lo}, {hi}]" if hi is not None else (
+            "a positive integer" if lo == 1 else f"an integer >= {lo}")
+        if hi is not None:
+            bound = f"an integer {bound}"
+        raise ValueError(f"{block}: {name} must be {bound}, got {value!r}")
+    return value
+
+
+def require_positive(block, **values):
+    """:func:`require_int` with ``lo = 1`` for every keyword argument."""
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{block}: {name} must be a positive integer, got {value!r}")
+        require_int(block, name, value, 1)
+
+
+def verilog_ports(component):
+    """The ports of ``component`` for ``amaranth.back.verilog.convert``, without constants.
+
+    A stream with ``always_ready=True`` (the parameter port) has a constant ``ready``;
+    Amaranth 0.5 refuses constant members when it derives a top-level component's ports
+    itself (amaranth-lang/amaranth#1574), so they are left out here: a constant is not a
+    wire of the module.
+    """
+    from amaranth.hdl import Const, Value, ValueCastable
+    from amaranth.hdl._ir import PortDirection
+    from amaranth.lib import wiring
+    ports = {}
+    for path, member, value in component.signature.flatten(component):
+        if isinstance(value, ValueCastable):
+            value = value.as_value()
+        value = Value.cast(value)
+        if isinstance(value, Const):
+            continue
+        direction = PortDirection.Input if member.flow == wiring.In else PortDirection.Output
+        ports["__".join(map(str, path))] = (value, direction)
+    return ports
+
+
+def to_verilog(component, name="top", **kwargs):
+    """``verilog.convert`` of a top-level component, constant ports (always-ready streams)
+    included (see :func:`verilog_ports`)."""
+    from amaranth.back import verilog
+    return verilog.convert(component, name=name, ports=verilog_ports(component), **kwargs)

@@ -59,8 +59,8 @@ def synth_verilog(text, top, family, workdir=None, timeout=600, dsp_only=False):
 
 def synth_component(component, family, name="top", **kwargs):
     """Convert an Amaranth component to Verilog and :func:`synth_verilog` it."""
-    from amaranth.back import verilog
-    return synth_verilog(verilog.convert(component, name=name), name, family, **kwargs)
+    from .stream import to_verilog
+    return synth_verilog(to_verilog(component, name=name), name, family, **kwargs)
 
 
 def dsp_cells(cells, family):

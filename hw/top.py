@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .params import PARAM_LAYOUT, conv_param_words, gap_param_words, param_signature, \
+from .params import conv_param_words, gap_param_words, param_bus_signature, param_signature, \
     shift_param_words
 from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
@@ -68,19 +68,21 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         # Register the broadcast parameter beat once: it fans out to every engine, and a
-        # register here keeps that fan-out off the input port's timing path.
-        p_valid = Signal()
-        p_payload = Signal(PARAM_LAYOUT)
+        # register here keeps that fan-out off the input port's timing path. The port is
+        # always ready (consumers only write memories), so the broadcast needs no ready
+        # combining: one registered stream connected to every block's parameter port.
+        # (The external port keeps a ready output, tied to 1: see params.param_signature.)
         m.d.comb += self.params.ready.eq(1)
-        m.d.sync += [p_valid.eq(self.params.valid), p_payload.eq(self.params.payload)]
+        bus = param_bus_signature().create(path=("param_bus",))
+        m.d.sync += [bus.valid.eq(self.params.valid), bus.payload.eq(self.params.payload)]
+        consumers = []
 
         upstream = wiring.flipped(self.images)
         for n, stage in enumerate(self.plan.stages):
             block = _make_block(stage, self.model, self.plan.radius)
             m.submodules[f"s{n}_{stage.name.replace('.', '_')}"] = block
             if "params" in block.signature.members:
-                m.d.comb += [block.params.valid.eq(p_valid),
-                             block.params.payload.eq(p_payload)]
+                consumers.append(block.params)
             wiring.connect(m, upstream, block.i)
             out = block.o
             if stage.layer is not None and stage.kind != "subsample":
@@ -89,6 +91,10 @@ class Accelerator(wiring.Component):
                 out = self._fifo(m, n, out, stage)
             upstream = out
         wiring.connect(m, upstream, wiring.flipped(self.logits))
+        # One connect per consumer: their (constant) ready members are all outputs, which a
+        # single many-way connect refuses to join.
+        for consumer in consumers:
+            wiring.connect(m, bus, consumer)
         return m
 
     def _fifo(self, m, n, src, stage):

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from amaranth.back import verilog
+from ..hw.stream import to_verilog
 
 from .resources import verilator_waivers
 
@@ -46,7 +46,7 @@ def lint_component(component, name, workdir):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.v"
-    path.write_text(verilog.convert(component, name=name))
+    path.write_text(to_verilog(component, name=name))
     proc = subprocess.run([verilator_bin(), "--lint-only", "-Wall", str(WAIVERS), str(path),
                            "--top-module", name], capture_output=True, text=True)
     return proc.returncode == 0, proc.stderr
