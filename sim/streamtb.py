@@ -17,7 +17,7 @@ from amaranth.sim import Simulator
 from ..hw.stream import beats_per_pixel
 
 __all__ = ["BASE_SEED", "derive_seed", "send", "receive", "send_params", "run_sim", "make_rng", "run_no_stall",
-           "StallError", "deadline_for", "stream_ports", "DEFAULT_IDLE_CYCLES",
+           "StallError", "deadline_for", "measure_image_period", "stream_ports", "DEFAULT_IDLE_CYCLES",
            "DEFAULT_DEADLINE_CYCLES",
            "assert_value_error", "receive_and_drain", "pixel_beats", "pixels_to_beats",
            "beats_to_pixels", "expected_lasts"]
@@ -264,6 +264,42 @@ def run_no_stall(dut, beats, total, params=None):
     run_sim(dut, tb_in, tb_out,
             deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
     return state["out"], state["cycles"] - state["start"]
+
+
+def measure_image_period(dut, beats, total, params=None):
+    """Steady-state cycles per image of a block, measured: ``beats`` (several whole images,
+    ``last`` on each image's final beat) stream in at full rate and ``dut.o`` is always ready.
+
+    Returns
+    -------
+    period : int
+        Cycles between the ``last`` output beats of the final two images (images back to
+        back, so this is the block's throughput, not its latency).
+    out : list
+        The output payloads.
+    """
+    state = {"cycle": 0, "out": [], "lasts": []}
+
+    async def tb_in(ctx):
+        if params:
+            await send_params(ctx, dut.params, params)
+        await send(ctx, dut.i, beats)
+
+    async def tb_out(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(state["out"]) < total:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            state["cycle"] += 1
+            if valid:
+                state["out"].append(payload)
+                if payload.last:
+                    state["lasts"].append(state["cycle"])
+
+    run_sim(dut, tb_in, tb_out,
+            deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
+    lasts = state["lasts"]
+    assert len(lasts) >= 2, f"need two images to measure a period, got {len(lasts)} last beats"
+    return lasts[-1] - lasts[-2], state["out"]
 
 
 def assert_value_error(ctor, **kwargs):

@@ -7,7 +7,7 @@ import pytest
 from shiftacc.hw.channel_map import ChannelMap, Replicate, replicate_map
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import deadline_for, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.sim.streamtb import deadline_for, measure_image_period, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def simulate_map(dut, images, rng, p_idle, p_stall):
@@ -127,3 +127,23 @@ def test_channel_map_bad_params():
     with pytest.raises(ValueError):
         replicate_map(0, 3)
     assert replicate_map(2, 3) == [0, 1, 0, 1, 0, 1]
+
+
+# ---- the block's cycle model (its ``cost``) is exact: measured images back to back -------
+
+@pytest.mark.parametrize("case", range(6))
+def test_channel_map_cycle_model_is_exact(case):
+    rng, seed = make_rng(f"test_channel_map_cycle_model_is_exact[{case}]")
+    h, w = rng.randint(1, 4), rng.randint(1, 4)
+    cin = rng.randint(1, 10)
+    pi, po = rng.randint(1, cin), rng.randint(1, cin)
+    print(f"H={h} W={w} C={cin} lanes {pi}->{po}")
+    dut = ChannelMap(cin=cin, cout=cin, lanes_in=pi, lanes_out=po, bits=8)
+    n = 4
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, cin))
+    period, out = measure_image_period(dut, pixels_to_beats(images, pi, 8, None),
+                                       n * h * w * dut.nb_out)
+    got, _ = beats_to_pixels(out, n, h, w, cin, po)
+    np.testing.assert_array_equal(got, images)
+    cost = ChannelMap.cost(cin=cin, cout=cin, lanes_in=pi, lanes_out=po, bits=8, pixels=h * w)
+    assert period == cost.cycles == h * w * max(dut.nb_in, dut.nb_out)

@@ -7,7 +7,7 @@ from shiftacc.hw.gap import GlobalAvgPool
 from shiftacc.hw.params import gap_param_words
 from shiftacc.models.golden import gap
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import deadline_for, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.sim.streamtb import deadline_for, measure_image_period, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 
 def random_requant(rng, height, width, in_bits, act_bits):
@@ -158,3 +158,20 @@ def test_gap_lint(tmp_path, shape):
                         act_bits=4)
     ok, msg = lint_component(dut, "gap", tmp_path)
     assert ok, msg
+
+
+# ---- the block's cycle model (its ``cost``) is exact: measured images back to back -------
+
+@pytest.mark.parametrize("case", range(5))
+def test_gap_cycle_model_is_exact(case):
+    rng, seed = make_rng(f"test_gap_cycle_model_is_exact[{case}]")
+    w, h, c, p = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 17), rng.randint(1, 8)
+    print(f"W={w} H={h} C={c} P={p}")
+    dut = GlobalAvgPool(width=w, height=h, channels=c, lanes=p, in_bits=8, act_bits=8)
+    n = 4
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    beats = [b for img in images for k, px in enumerate(img.reshape(-1, c))
+             for b in pixel_beats(px, p, 8, k == h * w - 1)]
+    period, _ = measure_image_period(dut, beats, n * dut.nb,
+                                     params=gap_param_words(0, 1000, 12))
+    assert period == dut.resources().cycles == h * w * dut.nb

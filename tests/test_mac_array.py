@@ -7,7 +7,7 @@ from shiftacc.hw.mac_array import MacArray
 from shiftacc.hw.params import ParamKind, conv_param_words, encode_word
 from shiftacc.models.golden import conv1x1
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import deadline_for, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
+from shiftacc.sim.streamtb import deadline_for, measure_image_period, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -258,3 +258,27 @@ def test_mac_array_lint(tmp_path, shape, requant):
                    act_bits=8, requant=requant)
     ok, msg = lint_component(dut, "mac_array", tmp_path)
     assert ok, msg
+
+
+# ---- the block's cycle model (its ``cost``) is exact: measured images back to back -------
+
+@pytest.mark.parametrize("case", range(6))
+def test_mac_array_cycle_model_is_exact(case):
+    """An 'image' of ``pixels`` pixels (``last`` on its final one) takes exactly
+    ``pixels * NBi * NBo`` cycles, every multiplier busy every cycle."""
+    rng, seed = make_rng(f"test_mac_array_cycle_model_is_exact[{case}]")
+    cin, cout = rng.randint(1, 12), rng.randint(1, 12)
+    p_in, p_out = rng.randint(1, cin), rng.randint(1, cout)
+    requant = rng.random() < 0.7
+    pixels = rng.randint(1, 5)
+    print(f"cin={cin} cout={cout} P={p_in}x{p_out} requant={requant} pixels={pixels}")
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                   act_bits=8, requant=requant)
+    weight, bias, mult, sh = random_conv(rng, cin, cout, 8, 8, 8, requant, False)
+    words = conv_param_words(0, weight, bias, mult, sh, p_in, p_out)
+    n = 4
+    px = np.random.default_rng(seed).integers(0, 256, (n * pixels, cin))
+    beats = [b for k, x in enumerate(px)
+             for b in pixel_beats(x, p_in, 8, k % pixels == pixels - 1)]
+    period, _ = measure_image_period(dut, beats, n * pixels * dut.nbo, params=words)
+    assert period == dut.resources(pixels=pixels).cycles == pixels * dut.nbi * dut.nbo

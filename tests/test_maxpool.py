@@ -7,7 +7,7 @@ import pytest
 from shiftacc.hw.maxpool import MaxPool2
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import deadline_for, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
+from shiftacc.sim.streamtb import deadline_for, measure_image_period, beats_to_pixels, expected_lasts, pixels_to_beats, make_rng, receive, run_sim, send, run_no_stall
 
 
 def simulate_pool(dut, images, rng, p_idle, p_stall):
@@ -75,3 +75,20 @@ def test_maxpool_lint(tmp_path, w, h, c, p):
 def test_maxpool_bad_params(kwargs):
     with pytest.raises(ValueError):
         MaxPool2(**{**dict(width=4, height=4, channels=3, lanes=2, bits=8), **kwargs})
+
+
+# ---- the block's cycle model (its ``cost``) is exact: measured images back to back -------
+
+@pytest.mark.parametrize("case", range(5))
+def test_maxpool_cycle_model_is_exact(case):
+    rng, seed = make_rng(f"test_maxpool_cycle_model_is_exact[{case}]")
+    w, h, c, p = rng.randint(2, 8), rng.randint(2, 7), rng.randint(1, 9), rng.randint(1, 4)
+    print(f"W={w} H={h} C={c} P={p}")
+    dut = MaxPool2(width=w, height=h, channels=c, lanes=p, bits=8)
+    n = 4
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    period, out = measure_image_period(dut, pixels_to_beats(images, p, 8, None),
+                                       n * (h // 2) * (w // 2) * dut.nb)
+    got, _ = beats_to_pixels(out, n, h // 2, w // 2, c, p)
+    np.testing.assert_array_equal(got, golden.maxpool2(images))
+    assert period == dut.resources().cycles == h * w * dut.nb

@@ -8,7 +8,7 @@ from shiftacc.hw.params import shift_param_words
 from shiftacc.hw.shift_unit import ShiftUnit
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import (beats_to_pixels, deadline_for, expected_lasts, make_rng, pixels_to_beats, receive,
+from shiftacc.sim.streamtb import (beats_to_pixels, deadline_for, measure_image_period, expected_lasts, make_rng, pixels_to_beats, receive,
                             run_no_stall, run_sim, send, send_params)
 
 
@@ -139,3 +139,24 @@ def test_shift_unit_backpressure(w, h, c, p, r, s):
     got, lasts = simulate_shift(dut, images, shifts, rng, p_idle=0.0, p_stall=0.85)
     np.testing.assert_array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
     assert lasts == expected_lasts(n, -(-h // s), -(-w // s), dut.nb)
+
+
+# ---- the block's cycle model (its ``cost``) is exact: measured images back to back -------
+
+@pytest.mark.parametrize("case", range(6))
+def test_shift_unit_cycle_model_is_exact(case):
+    rng, seed = make_rng(f"test_shift_unit_cycle_model_is_exact[{case}]")
+    w, h, c, p = rng.randint(1, 7), rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 4)
+    r, s = rng.choice([1, 2]), rng.choice([1, 2])
+    print(f"W={w} H={h} C={c} P={p} R={r} stride={s}")
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
+    n = 4
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    shifts = random_shifts(rng, c, r)
+    ho, wo = -(-h // s), -(-w // s)
+    period, out = measure_image_period(dut, pixels_to_beats(images, p, 8, None),
+                                       n * ho * wo * dut.nb,
+                                       params=shift_param_words(0, shifts, p))
+    got, _ = beats_to_pixels(out, n, ho, wo, c, p)
+    np.testing.assert_array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
+    assert period == dut.resources().cycles == h * w * dut.nb
