@@ -1,0 +1,76 @@
+# amaranth: UnusedElaboratable=no
+"""The memories each block states (its ``cost``) are exactly the ones its RTL instantiates.
+
+The elaborated design is walked for every memory instance (depth × width as built, FIFO
+storage included) and compared with the stated list, for every block kind and for whole
+accelerators from random models.
+"""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment, Shape
+from amaranth.hdl._mem import MemoryInstance
+
+from shiftacc.hw.channel_map import ChannelMap
+from shiftacc.hw.gap import GlobalAvgPool
+from shiftacc.hw.mac_array import MacArray
+from shiftacc.hw.maxpool import MaxPool2
+from shiftacc.hw.plan import load_config, plan_network
+from shiftacc.hw.shift_unit import ShiftUnit
+from shiftacc.hw.subsample import Subsample2
+from shiftacc.hw.top import Accelerator
+from shiftacc.models.netgen import random_model
+from shiftacc.sim.streamtb import make_rng
+
+
+def built_memories(component):
+    """Counter of (depth, width) of every memory the elaborated design contains."""
+    out = Counter()
+
+    def walk(fragment):
+        for sub, *_ in fragment.subfragments:
+            if isinstance(sub, MemoryInstance):
+                out[(sub._data.depth, Shape.cast(sub._data.shape).width)] += 1
+            walk(sub)
+    walk(Fragment.get(component, None))
+    return out
+
+
+def stated(memories):
+    return Counter((m.depth, m.width) for m in memories)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_block_memories_as_built(case):
+    rng, _ = make_rng(f"test_block_memories_as_built[{case}]")
+    cin, cout = rng.randint(1, 12), rng.randint(1, 12)
+    blocks = [
+        MacArray(cin=cin, cout=cout, p_in=rng.randint(1, cin), p_out=rng.randint(1, cout),
+                 in_bits=8, weight_bits=rng.randint(2, 8), act_bits=rng.choice([4, 8]),
+                 requant=rng.random() < 0.7),
+        GlobalAvgPool(width=rng.randint(1, 5), height=rng.randint(1, 5), channels=cin,
+                      lanes=rng.randint(1, cin), in_bits=8, act_bits=8),
+        ShiftUnit(width=rng.randint(1, 6), height=rng.randint(1, 6), channels=cin,
+                  lanes=rng.randint(1, cin), bits=8, radius=rng.randint(1, 3)),
+        MaxPool2(width=rng.randint(2, 7), height=rng.randint(2, 7), channels=cin,
+                 lanes=rng.randint(1, cin), bits=8),
+    ]
+    for dut in blocks:
+        assert built_memories(dut) == stated(dut.resources().memories), type(dut).__name__
+    for dut, cost in [(Subsample2(width=3, height=3, channels=cin, lanes=1, bits=8),
+                       Subsample2.cost(width=3, height=3, channels=cin, lanes=1, bits=8)),
+                      (ChannelMap(cin=cin, cout=cin, lanes_in=1, lanes_out=cin, bits=8),
+                       ChannelMap.cost(cin=cin, cout=cin, lanes_in=1, lanes_out=cin, bits=8))]:
+        assert built_memories(dut) == stated(cost.memories) == Counter()
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_accelerator_memories_as_built(case):
+    rng, seed = make_rng(f"test_accelerator_memories_as_built[{case}]")
+    model = random_model(np.random.default_rng(seed), size=(rng.randint(3, 8),
+                                                             rng.randint(3, 8)))
+    plan = plan_network(model, load_config(overrides={"max_multipliers": rng.randint(8, 100)}))
+    assert built_memories(Accelerator(model, plan)) == stated(plan.memories())
+    assert plan.memory_bits == sum(m.bits for m in plan.memories())
