@@ -5,9 +5,17 @@ plus lane-width converters where neighbouring lane counts differ) and chooses ev
 parallelism so that the pipeline is balanced: each stage's steady-state cycles per image stay
 under a common target ``T``, and the smallest ``T`` whose multipliers fit the budget wins.
 
-The analytical cycle model lives here too (:attr:`Stage.cycles`): a pipeline's steady-state
-cycles per image is its slowest stage's. Beside it, DESIGN.md §3's physical limit:
+Resources and cycles are not modelled here: every stage asks its block's ``cost``
+classmethod (:func:`stage_block` maps a stage to the block and the constructor arguments the
+RTL is built with), so the multipliers counted against ``max_multipliers`` (MAC lanes,
+Requant lanes, the pooling scale: all of them), the memories and the analytical cycle model
+(:attr:`Stage.cycles`) are the blocks' own statements. A pipeline's steady-state cycles per
+image is its slowest stage's. Beside it, DESIGN.md §3's physical limit:
 ``ideal = MACs per image / multipliers instantiated``, and the MAC efficiency.
+
+The config (``--config PAR.json``) is a typed, validated :class:`PlanConfig`; a plan that the
+parameter port cannot address (layer index, memory row or lane past its field) is refused
+here, by layer, before any Verilog is written.
 """
 
 from __future__ import annotations
