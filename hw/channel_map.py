@@ -105,6 +105,12 @@ class ChannelMap(wiring.Component):
         return Cost(cycles=pixels * max(beats_per_pixel(cin, lanes_in),
                                         beats_per_pixel(cout, lanes_out)))
 
+    def resources(self, pixels=1):
+        """:meth:`cost` of this instance (``pixels`` per image)."""
+        return self.cost(cin=self.cin, cout=self.cout, lanes_in=self.lanes_in,
+                         lanes_out=self.lanes_out, bits=self.bits, source=self.source,
+                         is_signed=self.is_signed, pixels=pixels)
+
     def elaborate(self, platform):
         m = Module()
         Pi, Po, NBi, NBo = self.lanes_in, self.lanes_out, self.nb_in, self.nb_out

@@ -66,6 +66,11 @@ class Subsample2(wiring.Component):
         """Resources (see :mod:`hw.resources`): registers only; ``H · W · NB`` cycles."""
         return Cost(cycles=height * width * beats_per_pixel(channels, lanes))
 
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(width=self.width, height=self.height, channels=self.channels,
+                         lanes=self.lanes, bits=self.bits)
+
     def elaborate(self, platform):
         m = Module()
         W, H, NB = self.width, self.height, self.nb

@@ -12,12 +12,14 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from shiftacc.hw.channel_map import ChannelMap
 from shiftacc.hw.gap import GlobalAvgPool
 from shiftacc.hw.mac_array import MacArray
 from shiftacc.hw.maxpool import MaxPool2
 from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.hw.resources import Multiplier, dsp_blocks
 from shiftacc.hw.shift_unit import ShiftUnit
+from shiftacc.hw.subsample import Subsample2
 from shiftacc.hw.synth import dsp_cells, synth_component, yosys_exe
 from shiftacc.hw.top import Accelerator
 from shiftacc.models.netgen import random_model
@@ -105,7 +107,9 @@ def test_gap_dsp(kw):
 def test_zero_flop_blocks_have_no_dsp():
     for dut in (ShiftUnit(width=5, height=4, channels=7, lanes=3, bits=8, radius=2),
                 ShiftUnit(width=3, height=3, channels=5, lanes=2, bits=8, stride=2),
-                MaxPool2(width=7, height=6, channels=5, lanes=3, bits=8)):
+                MaxPool2(width=7, height=6, channels=5, lanes=3, bits=8),
+                Subsample2(width=7, height=5, channels=5, lanes=3, bits=8),
+                ChannelMap(cin=7, cout=7, lanes_in=3, lanes_out=2, bits=8)):
         cost = dut.resources()
         assert cost.multiplier_count == 0
         for fam in FAMILIES:
