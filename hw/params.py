@@ -26,9 +26,10 @@ Parameter consumers are always ready (they only write memories): block ports are
 ``always_ready`` streams (:func:`param_bus_signature`), broadcast to every block.
 """
 
+from amaranth.hdl import signed
 from amaranth.lib import data, enum, stream
 
-__all__ = ["ParamKind", "PARAM_LAYOUT", "param_signature", "param_bus_signature", "PARAM_BYTES",
+__all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_signature", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words"]
 
@@ -49,6 +50,9 @@ PARAM_LAYOUT = data.StructLayout({
     "lane": 16,
     "data": 32,
 })
+
+#: The ``data`` field of a ``SHIFT`` beat: (dy, dx) as two's complement bytes.
+SHIFT_DATA = data.StructLayout({"dy": signed(8), "dx": signed(8)})
 
 #: Bytes of one parameter beat on a byte transport (little-endian payload).
 PARAM_BYTES = PARAM_LAYOUT.size // 8
@@ -146,9 +150,10 @@ def conv_param_words(layer, weight, bias, m, sh, p_in, p_out):
 
 
 def shift_param_words(layer, shifts, p):
-    """Parameter words of a shift layer for a ShiftUnit with ``p`` lanes."""
+    """Parameter words of a shift layer for a ShiftUnit with ``p`` lanes (data field laid
+    out as :data:`SHIFT_DATA`)."""
     return [encode_word(layer, ParamKind.SHIFT, c // p, c % p,
-                        (int(dy) & 0xFF) | (int(dx) & 0xFF) << 8)
+                        SHIFT_DATA.const({"dy": int(dy), "dx": int(dx)}).as_value().value)
             for c, (dy, dx) in enumerate(shifts)]
 
 

@@ -48,7 +48,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import ParamKind, param_bus_signature
+from .params import SHIFT_DATA, ParamKind, param_bus_signature
 from .resources import Cost, MemorySpec
 from .stream import beats_per_pixel, pixel_stream, require_int, require_positive
 
@@ -202,11 +202,12 @@ class ShiftUnit(wiring.Component):
                for b in range(NB)]
         p = self.params.payload
         hit = (self.params.valid & (p.layer == self.layer_id) & (p.kind == ParamKind.SHIFT))
+        shift_data = SHIFT_DATA(p.data[:SHIFT_DATA.size])
         for b in range(NB):
             for l in range(min(P, C - b * P)):
                 with m.If(hit & (p.row == b) & (p.lane == l)):
-                    m.d.sync += [dys[b][l].eq(p.data[0:sshape.width].as_signed()),
-                                 dxs[b][l].eq(p.data[8:8 + sshape.width].as_signed())]
+                    # Truncating the signed bytes to the R-sized registers is intended.
+                    m.d.sync += [dys[b][l].eq(shift_data.dy), dxs[b][l].eq(shift_data.dx)]
 
         # ---- pacing counters ---------------------------------------------------------------
         span = (NR + 4) * WNB + 4
