@@ -212,8 +212,8 @@ class GlobalAvgPool(wiring.Component):
         out_layout = self.o.payload.shape()
         m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
                                                           depth=self.fifo_depth)
-        m.d.comb += [self.o.valid.eq(ofifo.r_rdy), self.o.payload.eq(ofifo.r_data),
-                     ofifo.r_en.eq(self.o.ready)]
+        # The FIFO's read stream is the output (its payload is the same bits, unstructured).
+        wiring.connect(m, ofifo.r_stream, wiring.flipped(self.o))
         out_taken = self.o.valid & self.o.ready
         if self.rq_groups == 1:
             self._direct_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,

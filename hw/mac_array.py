@@ -397,12 +397,9 @@ class MacArray(wiring.Component):
             for o in range(p_out):
                 m.d.comb += beat.data[o].eq(res[o])
             m.d.comb += [beat.last.eq(last5), ofifo.w_en.eq(v5)]
-        m.d.comb += [
-            ofifo.w_data.eq(beat),
-            self.o.valid.eq(ofifo.r_rdy),
-            self.o.payload.eq(ofifo.r_data),
-            ofifo.r_en.eq(self.o.ready),
-        ]
+        m.d.comb += ofifo.w_data.eq(beat)
+        # The FIFO's read stream is the output (its payload is the same bits, unstructured).
+        wiring.connect(m, ofifo.r_stream, wiring.flipped(self.o))
         return m
 
     def _requant_tail(self, m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo):
