@@ -140,8 +140,8 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")
     p.add_argument("--method", choices=METHODS, default="sal", help="shift selection method")
     p.add_argument("--out", metavar="MODEL.npz",
-                   help="artifact to write (default: DATASET-shiftnet.npz); an existing file "
-                        "is replaced only with --force")
+                   help="artifact to write, missing folders created (default: "
+                        "DATASET-shiftnet.npz); an existing file is replaced only with --force")
     p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--epochs", type=_int_at_least(4), default=60,
                    help="training epochs (at least 4: search, fine-tune, QAT)")
@@ -164,8 +164,8 @@ def build_parser():
     p.add_argument("model", metavar="MODEL.npz", help="artifact")
     add_image_args(p)
     p.add_argument("--json", metavar="OUT.json",
-                   help="write logits (and accuracy) as JSON; an existing file is replaced "
-                        "only with --force (default: no file)")
+                   help="write logits (and accuracy) as JSON into an existing folder; an "
+                        "existing file is replaced only with --force (default: no file)")
     p.add_argument("--force", action="store_true", help=force_help)
 
     p = add("info", "cli_model:cmd_info", help="describe an artifact",
@@ -197,8 +197,8 @@ def build_parser():
     p.add_argument("--config", metavar="PAR.json",
                    help="parallelism config JSON (default: the planner's defaults)")
     p.add_argument("--json", metavar="OUT.json",
-                   help="write results as JSON; an existing file is replaced only with --force "
-                        "(default: no file)")
+                   help="write results as JSON into an existing folder; an existing file is "
+                        "replaced only with --force (default: no file)")
     p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--waves", action="store_true",
                    help="record a waveform (FST from Verilator, VCD from Icarus) and keep the "

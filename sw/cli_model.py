@@ -102,7 +102,7 @@ def cmd_train(args):
         Bad output path (checked before training), bad data folder, refused export.
     """
     out = Path(args.out or f"{args.dataset}-shiftnet.npz")
-    check_output(out, what="--out", force=args.force)
+    check_output(out, what="--out", force=args.force, create_parents=True)
     if args.epochs < 4:
         raise UsageError(f"--epochs {args.epochs}: at least 4 are needed (search, fine-tune, "
                          f"QAT)")
@@ -133,7 +133,8 @@ def cmd_train(args):
         raise UsageError(str(e)) from None
     # The output was checked before training; check again (it may have appeared meanwhile)
     # and write through a temporary file beside it.
-    check_output(out, what="--out", force=args.force)
+    check_output(out, what="--out", force=args.force, create_parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         model = save_artifact(tmp, model)
     p = model.provenance

@@ -3,7 +3,7 @@
 Every subcommand that writes a file follows the same rules:
 
 - the path is checked **before** the long work starts (:func:`check_output`): its folder must
-  exist and be writable, it must not be a folder itself, and it must not be one of the
+  exist (or, for the outputs a command creates folders for, be creatable) and be writable, it must not be a folder itself, and it must not be one of the
   command's inputs (not even with ``--force``: ``golden M.npz --json M.npz`` would replace
   the model by its own logits);
 - an existing file is replaced only with ``--force``;
@@ -44,7 +44,7 @@ def _check_folder(folder, what):
         raise UsageError(f"{what}: folder {folder} is not writable")
 
 
-def check_output(path, *, what, inputs=(), force=False):
+def check_output(path, *, what, inputs=(), force=False, create_parents=False):
     """Refuse, up front, an output file that could not or should not be written.
 
     Parameters
@@ -57,6 +57,9 @@ def check_output(path, *, what, inputs=(), force=False):
         The command's input files; the output may not be one of them.
     force : bool
         Replace an existing file (``--force``).
+    create_parents : bool
+        The command creates a missing folder (``train --out out/m.npz``): then only check
+        that it can be created (no file in the way, the nearest existing folder writable).
 
     Returns
     -------
@@ -65,8 +68,8 @@ def check_output(path, *, what, inputs=(), force=False):
     Raises
     ------
     UsageError
-        The folder is missing or not writable, the path is a folder, the path is one of the
-        inputs, or the file exists and ``force`` is false.
+        The folder is missing (unless ``create_parents``) or not writable, the path is a
+        folder, the path is one of the inputs, or the file exists and ``force`` is false.
     """
     path = Path(path)
     for src in inputs:
@@ -75,7 +78,10 @@ def check_output(path, *, what, inputs=(), force=False):
                              f"refusing to overwrite it: choose another file")
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give a file name")
-    _check_folder(path.parent if str(path.parent) else Path("."), what)
+    if create_parents and not path.parent.exists():
+        check_output_dir(path.parent, what=what)
+    else:
+        _check_folder(path.parent if str(path.parent) else Path("."), what)
     if path.exists() and not force:
         raise UsageError(f"{what} {path} already exists; pass --force to replace it")
     if path.exists() and not os.access(path, os.W_OK):

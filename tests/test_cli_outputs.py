@@ -79,7 +79,7 @@ def test_sim_json_images_and_config_are_inputs_too(tiny, capsys):
     (["sim", "{m}", "--images", "{x}", "--workdir", "{m}"], "is a file"),
     (["golden", "{m}", "--images", "{x}", "--json", "/missing/dir/x.json"], "does not exist"),
     (["train", "--out", "{d}"], "is a folder"),
-    (["train", "--out", "/missing/dir/m.npz"], "does not exist"),
+    (["train", "--out", "{m}/sub/m.npz"], "is a file"),
     (["train", "--out", "{m}"], "already exists"),
     (["generate", "{m}", "--out", "{m}"], "is a file"),
 ])
@@ -92,6 +92,19 @@ def test_output_paths_checked_before_the_work(tiny, argv, words, capsys):
     cap = capsys.readouterr()
     assert words in cap.err, cap.err
     assert "building" not in cap.out and "fast_run" not in cap.out and "epoch" not in cap.err
+
+
+def test_train_out_may_name_a_new_folder(tmp_path):
+    """train --out out/m.npz creates out/ (the README's main job starts so); the check only
+    makes sure it can be created."""
+    assert check_output(tmp_path / "new" / "deeper" / "m.npz", what="--out",
+                        create_parents=True) == tmp_path / "new" / "deeper" / "m.npz"
+    assert not (tmp_path / "new").exists()  # nothing is created before the work is done
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        check_output(tmp_path / "f" / "sub" / "m.npz", what="--out", create_parents=True)
+    with pytest.raises(ValueError, match="does not exist"):
+        check_output(tmp_path / "new" / "m.json", what="--json")
 
 
 def test_unwritable_folder_refused(tiny, capsys):
