@@ -75,6 +75,21 @@ def test_cli_sim_reuses_the_build_for_another_count(tiny, tmp_path, capsys):
         assert f"{n} images on verilator" in out
 
 
+def test_cli_sim_does_not_import_torch(tiny):
+    """``shiftacc sim`` needs neither torch nor scikit-learn (with --images)."""
+    model, path, images = tiny
+    code = ("import json, sys\nfrom shiftacc.sw.cli import main\n"
+            f"status = main(['-q', 'sim', {str(path)!r}, '--images', "
+            f"{str(path.parent / 'x.npy')!r}, '--limit', '2'])\n"
+            "print('PROBE' + json.dumps([status, 'torch' in sys.modules, "
+            "'sklearn' in sys.modules]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=900)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("PROBE")]
+    assert line, proc.stderr[-2000:]
+    assert json.loads(line[-1][5:]) == [0, False, False], proc.stdout[-2000:]
+
+
 def _budget_cycles(model, path, n):
     plan = plan_network(model, load_config())
     b = cycle_budget(plan, model)
