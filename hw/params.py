@@ -29,7 +29,7 @@ Parameter consumers are always ready (they only write memories): block ports are
 from amaranth.hdl import signed
 from amaranth.lib import data, enum, stream
 
-__all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_signature", "param_bus_signature", "PARAM_BYTES",
+__all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words"]
 
@@ -66,18 +66,6 @@ def param_bus_signature():
     valid + payload broadcast that one register fans out to every block.
     """
     return stream.Signature(PARAM_LAYOUT, always_ready=True)
-
-
-def param_signature():
-    """``stream.Signature`` of a design's *external* parameter port (the accelerator's top).
-
-    The same beats as :func:`param_bus_signature`, with a real ``ready`` output that the
-    design ties to 1: Amaranth 0.5 cannot emit a top-level module whose port is a constant
-    when it derives the ports itself (amaranth-lang/amaranth#1574), and callers outside
-    :mod:`hw` convert the top with plain ``verilog.convert``. Converting with
-    :func:`hw.stream.to_verilog` lifts that limit.
-    """
-    return stream.Signature(PARAM_LAYOUT)
 
 
 def encode_word(layer, kind, row, lane, value):

@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .params import conv_param_words, gap_param_words, param_bus_signature, param_signature, \
+from .params import conv_param_words, gap_param_words, param_bus_signature, \
     shift_param_words
 from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
@@ -48,7 +48,7 @@ class Accelerator(wiring.Component):
 
     Attributes
     ----------
-    params : In(param_signature())
+    params : In(param_bus_signature())
         Parameter beats (always ready); load them while no image is in flight.
     images : In(pixel_stream(plan.input_lanes, model.input_bits))
         Input pixels, raster order, ``last`` on the final beat of each image.
@@ -60,7 +60,7 @@ class Accelerator(wiring.Component):
         self.model = model
         self.plan = plan
         super().__init__({
-            "params": In(param_signature()),
+            "params": In(param_bus_signature()),
             "images": In(pixel_stream(plan.input_lanes, model.input_bits)),
             "logits": Out(pixel_stream(1, 32, is_signed=True)),
         })
@@ -71,8 +71,6 @@ class Accelerator(wiring.Component):
         # register here keeps that fan-out off the input port's timing path. The port is
         # always ready (consumers only write memories), so the broadcast needs no ready
         # combining: one registered stream connected to every block's parameter port.
-        # (The external port keeps a ready output, tied to 1: see params.param_signature.)
-        m.d.comb += self.params.ready.eq(1)
         bus = param_bus_signature().create(path=("param_bus",))
         m.d.sync += [bus.valid.eq(self.params.valid), bus.payload.eq(self.params.payload)]
         consumers = []

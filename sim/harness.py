@@ -20,7 +20,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..hw.params import PARAM_LAYOUT, param_signature
+from ..hw.params import PARAM_LAYOUT, param_bus_signature
 from ..hw.stream import beats_per_pixel, pixel_stream
 
 __all__ = ["SimHarness", "beats_per_word"]
@@ -104,7 +104,7 @@ class SimHarness(wiring.Component):
             "source_ready": Out(1),
             "sink_valid": Out(1),
             "sink_ready": Out(1),
-            "ext_params": In(param_signature()),
+            "ext_params": In(param_bus_signature()),
             "ext_images": In(pixel_stream(self.lanes, self.bits)),
             "ext_logits": Out(pixel_stream(1, 32, is_signed=True)),
         })

@@ -118,13 +118,12 @@ def harness_verilog(model, plan, batch_images):
     ``batch_images`` is the harness *capacity* (memories sized for it); the image count of
     each command is set at run time.
     """
-    from amaranth.back import verilog
-
+    from ..hw.stream import to_verilog
     from .harness import SimHarness
     accel = Accelerator(model, plan)
     harness = SimHarness(accel, batch_images=batch_images,
                          param_words=len(param_words(model, plan)))
-    return verilog.convert(harness, name=TOPLEVEL)
+    return to_verilog(harness, name=TOPLEVEL)
 
 
 def cycle_budget(plan, model, *, stall_level=0, p_stall=0.0, margin=4.0, test="fast_run"):

@@ -91,14 +91,13 @@ def cmd_generate(args):
     out = check_output_dir(args.out, what="--out")
     model, cfg, plan = _load(args)
     _check_generate_folder(out, args)
-    from amaranth.back import verilog
-
     from ..hw.params import PARAM_BYTES
+    from ..hw.stream import to_verilog
     from ..hw.top import Accelerator, param_words
     say = _say(args)
     say(plan.summary_text(model))
     say("[generate] elaborating and emitting Verilog ...", flush=True)
-    text = verilog.convert(Accelerator(model, plan), name="shiftacc_top")
+    text = to_verilog(Accelerator(model, plan), name="shiftacc_top")
     summ = summary(model, plan)
     summ["artifact"] = str(Path(args.model).resolve())
     words = param_words(model, plan)
