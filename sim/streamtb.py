@@ -233,6 +233,38 @@ def _stall_message(dut, cycle, deadline, idle, idle_cycles, last, beats):
     return "\n".join(lines)
 
 
+def _run_free(dut, beats, total, params):
+    """Load ``params``, stream ``beats`` into ``dut.i`` at full rate and take ``total`` beats
+    from an always-ready ``dut.o``.
+
+    Returns
+    -------
+    dict
+        ``out`` (payloads), ``stamps`` (cycle of each output beat), ``start`` (cycle the
+        first image beat was offered, after the parameters).
+    """
+    state = {"cycle": 0, "start": 0, "out": [], "stamps": []}
+
+    async def tb_in(ctx):
+        if params:
+            await send_params(ctx, dut.params, params)
+        state["start"] = state["cycle"]
+        await send(ctx, dut.i, beats)
+
+    async def tb_out(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(state["out"]) < total:
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            state["cycle"] += 1
+            if valid:
+                state["out"].append(payload)
+                state["stamps"].append(state["cycle"])
+
+    run_sim(dut, tb_in, tb_out,
+            deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
+    return state
+
+
 def run_no_stall(dut, beats, total, params=None):
     """Stream ``beats`` into ``dut.i`` and take ``total`` beats from ``dut.o``, never stalling.
 
@@ -245,25 +277,8 @@ def run_no_stall(dut, beats, total, params=None):
     cycles : int
         Cycles from the first input beat to the last output beat (for throughput bounds).
     """
-    state = {"cycles": 0, "start": 0, "out": []}
-
-    async def tb_in(ctx):
-        if params:
-            await send_params(ctx, dut.params, params)
-        state["start"] = state["cycles"]
-        await send(ctx, dut.i, beats)
-
-    async def tb_out(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(state["out"]) < total:
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            state["cycles"] += 1
-            if valid:
-                state["out"].append(payload)
-
-    run_sim(dut, tb_in, tb_out,
-            deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
-    return state["out"], state["cycles"] - state["start"]
+    state = _run_free(dut, beats, total, params)
+    return state["out"], state["cycle"] - state["start"]
 
 
 def measure_image_period(dut, beats, total, params=None):
@@ -278,26 +293,8 @@ def measure_image_period(dut, beats, total, params=None):
     out : list
         The output payloads.
     """
-    state = {"cycle": 0, "out": [], "lasts": []}
-
-    async def tb_in(ctx):
-        if params:
-            await send_params(ctx, dut.params, params)
-        await send(ctx, dut.i, beats)
-
-    async def tb_out(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(state["out"]) < total:
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            state["cycle"] += 1
-            if valid:
-                state["out"].append(payload)
-                if payload.last:
-                    state["lasts"].append(state["cycle"])
-
-    run_sim(dut, tb_in, tb_out,
-            deadline_cycles=deadline_for(len(beats) + total + len(params or ())))
-    lasts = state["lasts"]
+    state = _run_free(dut, beats, total, params)
+    lasts = [c for c, p in zip(state["stamps"], state["out"]) if p.last]
     assert len(lasts) >= 2, f"need two images to measure a period, got {len(lasts)} last beats"
     return lasts[-1] - lasts[-2], state["out"]
 
