@@ -35,21 +35,27 @@ __all__ = ["replicate", "shift", "conv1x1", "requant", "round_shift", "maxpool2"
 EXACT = 1 << 53
 
 
+def _carrier(x):
+    """The dtype an op returns for input ``x``: float64 when the batch is carried in float64
+    (:func:`run` does, see there), else int64."""
+    return np.float64 if np.asarray(x).dtype == np.float64 else np.int64
+
+
 def replicate(x, factor):
     """``out[..., e*C + c] = x[..., c]`` for ``e < factor``."""
     x = np.asarray(x)
-    return np.tile(x, (1,) * (x.ndim - 1) + (int(factor),)).astype(np.int64, copy=False)
+    return np.tile(x, (1,) * (x.ndim - 1) + (int(factor),)).astype(_carrier(x), copy=False)
 
 
-def _runs(shifts):
-    """Maximal runs of consecutive channels with one (dy, dx): [((dy, dx), c0, c1), ...]."""
-    runs, start = [], 0
-    rows = [tuple(s) for s in shifts.tolist()]
-    for c in range(1, len(rows) + 1):
-        if c == len(rows) or rows[c] != rows[start]:
-            runs.append((rows[start], start, c))
-            start = c
-    return runs
+def _shift_index(h, w, shifts):
+    """Flat source index of every output value of :func:`shift` in an ``[H*W*C + 1]`` row
+    (the input pixel's ``(y * W + x) * C + c``, or ``H*W*C``, a zero, outside the image)."""
+    c = len(shifts)
+    ys = np.arange(h)[:, None, None] + shifts[None, None, :, 0]
+    xs = np.arange(w)[None, :, None] + shifts[None, None, :, 1]
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    src = (ys * w + xs) * c + np.arange(c)[None, None, :]
+    return np.where(inside, src, h * w * c).reshape(-1)
 
 
 def shift(x, shifts):
@@ -57,6 +63,10 @@ def shift(x, shifts):
 
     ``out[n, y, x, c] = in[n, y + dy[c], x + dx[c], c]`` when inside the image, else 0
     (dy = +1 takes from the row below).
+
+    One gather per batch: every output value's source index (or a zero appended to each
+    image) is computed once from the shifts, so the cost does not grow with the number of
+    distinct shifts.
 
     Parameters
     ----------
@@ -67,13 +77,9 @@ def shift(x, shifts):
     x = np.asarray(x)
     n, h, w, c = x.shape
     shifts = np.asarray(shifts, np.int64).reshape(c, 2)
-    out = np.zeros(x.shape, np.int64)
-    for (dy, dx), c0, c1 in _runs(shifts):
-        if abs(dy) >= h or abs(dx) >= w:
-            continue  # every source pixel is outside the image
-        out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx), c0:c1] = \
-            x[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx), c0:c1]
-    return out
+    rows = np.zeros((n, h * w * c + 1), _carrier(x))
+    rows[:, :-1] = x.reshape(n, h * w * c)
+    return rows[:, _shift_index(h, w, shifts)].reshape(n, h, w, c)
 
 
 def _absmax(a):
@@ -128,11 +134,12 @@ BLAS_BLOCK_MACS = 1 << 18
 def _matmul_f64(x, wt):
     """``x @ wt`` in float64 BLAS, in row blocks small enough to run single-threaded."""
     rows = max(1, BLAS_BLOCK_MACS // max(1, wt.shape[0] * wt.shape[1]))
+    x = x.astype(np.float64, copy=False)  # the float64 carrier of run() is used as it is
     if x.shape[0] <= rows:
-        return x.astype(np.float64) @ wt
+        return x @ wt
     out = np.empty((x.shape[0], wt.shape[1]), np.float64)
     for r in range(0, x.shape[0], rows):
-        np.matmul(x[r:r + rows].astype(np.float64), wt, out=out[r:r + rows])
+        np.matmul(x[r:r + rows], wt, out=out[r:r + rows])
     return out
 
 
@@ -142,6 +149,9 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
     ``acc[n, y, x, o] = bias[o] + sum_i weight[o, i] * x[n, s*y, s*x, i]``, so
     ``H_out = ceil(H / s)``; then ``clamp((acc * m[o] + 2**(sh[o]-1)) >> sh[o], 0,
     2**act_bits - 1)``.
+
+    A float64 input (the carrier :func:`run` uses) gives a float64 result holding the same
+    integers; any other integer input gives int64.
 
     Exact float64 path. Let ``B = max|x| * max_o sum_i |weight[o, i]| + max|bias|``, which
     bounds every partial sum whatever the order of summation. Without requant it is used
@@ -160,6 +170,7 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
         classifier's logits).
     """
     x = np.asarray(x)
+    carrier = _carrier(x)
     xs = x[:, ::stride, ::stride, :] if stride != 1 else x
     n, h, w, c = xs.shape
     wt = np.asarray(weight, np.int64)
@@ -172,8 +183,8 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
         if bound < EXACT:
             acc = _matmul_f64(flat, np.ascontiguousarray(wt.T, np.float64))
             acc += b
-            return acc.astype(np.int64).reshape(n, h, w, cout)
-        return (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, cout)
+            return acc.astype(carrier, copy=False).reshape(n, h, w, cout)
+        return (flat.astype(np.int64) @ wt.T + b).astype(carrier).reshape(n, h, w, cout)
     m = np.asarray(m, np.int64)
     sh = np.asarray(sh, np.int64)
     if (sh.size and m.size and int(sh.min()) >= 1
@@ -181,10 +192,13 @@ def conv1x1(x, weight, bias, stride=1, m=None, sh=None, act_bits=8):
         scale = np.broadcast_to(np.ldexp(m.astype(np.float64), -sh), (cout,))
         q = _matmul_f64(flat, np.ascontiguousarray(wt.T, np.float64) * scale)
         q += b * scale + 0.5
-        np.clip(q, 0, (1 << act_bits) - 1, out=q)
-        return q.astype(np.int64).reshape(n, h, w, cout)
+        np.floor(q, out=q)  # the floor of the arithmetic shift
+        # The clamp, in place (np.clip's dispatch costs more than these two passes).
+        np.maximum(q, 0, out=q)
+        np.minimum(q, (1 << act_bits) - 1, out=q)
+        return q.astype(carrier, copy=False).reshape(n, h, w, cout)
     acc = (flat.astype(np.int64) @ wt.T + b).reshape(n, h, w, cout)
-    return requant(acc, m, sh, act_bits)
+    return requant(acc, m, sh, act_bits).astype(carrier, copy=False)
 
 
 def maxpool2(x):
@@ -195,13 +209,14 @@ def maxpool2(x):
     h2, w2 = 2 * (h // 2), 2 * (w // 2)
     top = np.maximum(x[:, 0:h2:2, 0:w2:2], x[:, 0:h2:2, 1:w2:2])
     bottom = np.maximum(x[:, 1:h2:2, 0:w2:2], x[:, 1:h2:2, 1:w2:2])
-    return np.maximum(top, bottom).astype(np.int64, copy=False)
+    return np.maximum(top, bottom).astype(_carrier(x), copy=False)
 
 
 def gap(x, m, sh, act_bits):
     """Global sum pooling followed by one requant for the whole tensor; output [N, 1, 1, C]."""
-    s = np.asarray(x).sum(axis=(1, 2), keepdims=True, dtype=np.int64)
-    return requant(s, m, sh, act_bits)
+    x = np.asarray(x)
+    s = x.sum(axis=(1, 2), keepdims=True, dtype=np.int64)
+    return requant(s, m, sh, act_bits).astype(_carrier(x), copy=False)
 
 
 def run_layer(layer, x, act_bits):
@@ -273,7 +288,10 @@ def run(model, images, taps=False, chunk=None, threads=None):
     outputs : list of ndarray, only when ``taps``
         ``outputs[i]`` is layer i's output, int64 NHWC.
     """
-    x = check_images(model, images)
+    # The batch is carried in float64 from layer to layer: every value is an integer far
+    # below 2**53 (the validator bounds every accumulator by int32), so copies, maxima and the
+    # bounded BLAS products of conv1x1 are exact, and no layer converts int64 <-> float64.
+    x = check_images(model, images).astype(np.float64)
     step = int(chunk or chunk_images(model))
     ops = [OPS[layer.op] for layer in model.layers]
 
@@ -283,7 +301,8 @@ def run(model, images, taps=False, chunk=None, threads=None):
             y = op.golden(layer, y, model.act_bits)
             if taps:
                 outs.append(y)
-        return y.reshape(y.shape[0], int(np.prod(y.shape[1:]))), outs
+        logits = y.reshape(y.shape[0], int(np.prod(y.shape[1:]))).astype(np.int64)
+        return logits, [o.astype(np.int64) for o in outs]
 
     starts = range(0, max(len(x), 1), step)
     threads = min(int(threads or default_threads()), len(starts))
