@@ -97,6 +97,8 @@ class Multiplier:
     a_bits, b_bits : int
         Operand widths as emitted in the Verilog.
     a_signed, b_signed : bool
+    y_bits : int or None
+        Width of the product Yosys keeps after ``wreduce`` (None: ``a_bits + b_bits``).
     """
 
     name: str
@@ -105,23 +107,32 @@ class Multiplier:
     a_signed: bool
     b_bits: int
     b_signed: bool
+    y_bits: int | None = None
 
     def dsp(self, family):
         """DSP blocks all ``count`` multipliers take on ``family`` (see :func:`dsp_blocks`)."""
         return self.count * dsp_blocks(family, self.a_bits, self.a_signed, self.b_bits,
-                                       self.b_signed)
+                                       self.b_signed, self.y_bits)
 
     @classmethod
     def amaranth(cls, name, count, a_bits, a_signed, b_bits, b_signed):
         """The multiplier Amaranth emits for ``a * b``: a mixed-sign product is emitted with
-        the unsigned operand zero-extended by one bit and both operands signed."""
+        the unsigned operand zero-extended by one bit and both operands signed.
+
+        The product of a signed ``a``-bit and an unsigned ``b``-bit value fits ``a + b``
+        signed bits, and Yosys' ``wreduce`` trims the emitted ``a + b + 1``-bit result to
+        that before DSP mapping: it decides, e.g., that a 2-bit weight times an 8-bit
+        activation (a 10-bit product) stays under iCE40's 11-bit minimum and goes to LUTs.
+        """
+        y_bits = None
         if a_signed != b_signed:
+            y_bits = a_bits + b_bits
             if not a_signed:
                 a_bits += 1
             else:
                 b_bits += 1
             a_signed = b_signed = True
-        return cls(name, count, a_bits, a_signed, b_bits, b_signed)
+        return cls(name, count, a_bits, a_signed, b_bits, b_signed, y_bits)
 
 
 @dataclass(frozen=True)
@@ -179,7 +190,7 @@ class Cost:
         """The same cost with every memory and multiplier name prefixed (``L2.conv.weights``)."""
         return Cost(self.cycles,
                     [Multiplier(f"{prefix}.{x.name}", x.count, x.a_bits, x.a_signed, x.b_bits,
-                                x.b_signed) for x in self.multipliers],
+                                x.b_signed, x.y_bits) for x in self.multipliers],
                     [MemorySpec(f"{prefix}.{x.name}", x.depth, x.width) for x in self.memories])
 
 

@@ -51,6 +51,8 @@ class _Product(wiring.Component):
     (signed(8), unsigned(8)),       # MAC lane, 8-bit weights and activations
     (signed(4), unsigned(4)),       # 4x5: a DSP on ECP5, LUTs on iCE40 (9-bit result < 11)
     (signed(2), unsigned(1)),       # too narrow for any DSP
+    (signed(2), unsigned(8)),       # 2-bit weight: a 10-bit product, LUTs on iCE40
+    (signed(3), unsigned(8)),       # 3-bit weight: an 11-bit product, a DSP on both
     (signed(20), unsigned(18)),     # 20x19: split on iCE40
 ])
 def test_dsp_model_matches_yosys_on_one_product(a, b):
@@ -82,6 +84,7 @@ def _check_block(dut, predicted_cost):
     dict(cin=4, cout=4, p_in=2, p_out=2, in_bits=4, weight_bits=4, act_bits=4),
     dict(cin=3, cout=7, p_in=3, p_out=4, in_bits=8, weight_bits=6, act_bits=8,
          requant=False),
+    dict(cin=5, cout=3, p_in=1, p_out=3, in_bits=8, weight_bits=2, act_bits=8),
 ])
 def test_mac_array_dsp(kw):
     dut = MacArray(**kw)
