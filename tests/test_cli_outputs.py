@@ -88,7 +88,7 @@ def test_output_paths_checked_before_the_work(tiny, argv, words, capsys):
     argv = [a.format(m=tiny / "tiny.npz", x=tiny / "x.npy", d=tiny) for a in argv]
     t0 = time.perf_counter()
     assert main(argv) == 2
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 30  # seconds, not the minutes of the work itself
     cap = capsys.readouterr()
     assert words in cap.err, cap.err
     assert "building" not in cap.out and "fast_run" not in cap.out and "epoch" not in cap.err
