@@ -64,6 +64,9 @@ def dsp_blocks(family, a_bits, a_signed, b_bits, b_signed, y_bits=None):
     int
     """
     amax, bmax, amin, bmin, ymin = DSP_FAMILIES[family]
+    # Both families' DSPs are square (amax == bmax): with the wider operand first, only that
+    # one can be too wide, so one split rule covers every product.
+    assert amax == bmax, family
     if y_bits is None:
         y_bits = a_bits + b_bits
     if a_bits < b_bits:
@@ -76,12 +79,6 @@ def dsp_blocks(family, a_bits, a_signed, b_bits, b_signed, y_bits=None):
         part_y = min(y_bits, b_bits + amax)
         return (n * dsp_blocks(family, amax, False, b_bits, b_signed, part_y)
                 + dsp_blocks(family, last, a_signed, b_bits, b_signed, b_bits + last))
-    if b_bits > bmax:
-        n = (b_bits - bmax + bmax - 1) // bmax
-        last = b_bits - n * bmax
-        part_y = min(y_bits, a_bits + bmax)
-        return (n * dsp_blocks(family, a_bits, a_signed, bmax, False, part_y)
-                + dsp_blocks(family, a_bits, a_signed, last, b_signed, a_bits + last))
     return 1
 
 
