@@ -279,12 +279,23 @@ def _child_main(argv):
 # -- builds ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _locked(path):
-    """Hold an exclusive lock file while building one design (other runs wait)."""
+def _locked(path, timeout):
+    """Hold an exclusive lock file while building one design (other runs wait, at most
+    ``timeout`` seconds: the holder's own build is bounded by the same limit)."""
     import fcntl
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        t_end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > t_end:
+                    raise BuildFailed(f"waited {timeout:.0f} s for another run's build of this "
+                                      f"design ({path} is locked); retry, or remove the lock "
+                                      f"if no other shiftacc runs") from None
+                time.sleep(0.5)
         try:
             yield
         finally:
@@ -302,7 +313,8 @@ def _build(verilog_text, simulator, waves, log):
         _cache.touch(bdir)
         log(f"[sim] reusing cached {simulator} build {bdir} (Verilog unchanged)")
         return bdir
-    with _locked(root / f".{name}.lock"):
+    build_timeout = float(os.environ.get("SHIFTACC_BUILD_TIMEOUT", BUILD_TIMEOUT))
+    with _locked(root / f".{name}.lock", build_timeout + 60):
         if stamp.exists():  # another run built it while this one waited
             _cache.touch(bdir)
             log(f"[sim] reusing cached {simulator} build {bdir} (built by another run)")
@@ -352,7 +364,7 @@ def _build(verilog_text, simulator, waves, log):
                            "timescale": list(TIMESCALE),
                            "waves": bool(waves and simulator == "verilator"),
                            "log_file": str(bdir / "build.log")}}
-        timeout = float(os.environ.get("SHIFTACC_BUILD_TIMEOUT", BUILD_TIMEOUT))
+        timeout = build_timeout
         status = _run_child(spec, bdir / "build-job.json", bdir / "build-runner.log", timeout,
                             f"the {simulator} build")
         if status != 0:

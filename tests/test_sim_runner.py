@@ -271,3 +271,21 @@ def test_cache_command(tmp_path, monkeypatch, capsys):
     assert cache.builds(tmp_path) == []
     monkeypatch.setenv("SHIFTACC_CACHE_MAX_MB", "-3")
     assert main(["cache"]) == 2
+
+
+def test_build_lock_wait_is_bounded(tmp_path):
+    """A build lock held elsewhere (another run's build) is waited for, but not forever."""
+    import fcntl
+
+    from shiftacc.sim.runner import _locked
+    from shiftacc.sw.errors import BuildFailed
+    lock = tmp_path / ".design.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        with pytest.raises(BuildFailed, match="locked"):
+            with _locked(lock, 1.0):
+                pass
+        assert time.monotonic() - t0 < 30
+    with _locked(lock, 1.0):  # free again: taken at once
+        pass
