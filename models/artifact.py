@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sw.outputs import write_atomic
 from . import schema
 from .layer import ArtifactError, Layer
 from .ops import INT32_MAX, INT32_MIN, OPS, Context, get as get_op  # noqa: F401 (INT32_*: kept)
@@ -323,7 +324,7 @@ def save_artifact(path, model):
     np.savez(buf, manifest=blob, **arrays)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)  # atomic: a crash never leaves half an artifact behind
+    # Atomic (the project's one writer, shared with the CLI's outputs): a crash never leaves
+    # half an artifact behind.
+    write_atomic(path, buf.getvalue())
     return checked
