@@ -171,6 +171,13 @@ def _comm(pid):
         return ""
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT back to its default disposition. A test run started
+    in the background (``pytest ... &``) inherits SIGINT *ignored*, and Python then never
+    raises KeyboardInterrupt; the CLI is tested as a user's foreground process sees it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("phase", ["build", "simulation"])
 def test_sigint_to_cli_ends_every_child(tiny, tmp_path, phase):
     """SIGINT to the shiftacc process alone (not its group), while the compiler or the
@@ -186,7 +193,7 @@ def test_sigint_to_cli_ends_every_child(tiny, tmp_path, phase):
     proc = subprocess.Popen(["shiftacc", "sim", str(path), "--images", str(tmp_path / "many.npy"),
                              "--protocol", "--seed", "5"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     seen = {}
     try:
         deadline = time.monotonic() + 600  # a first build of the tiny design, if not cached
