@@ -302,9 +302,11 @@ def _locked(path, timeout):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(verilog_text, simulator, waves, log):
+def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL):
+    """Build (or reuse from the cache) the simulator model of ``verilog_text``, whose top
+    module is ``toplevel``; returns the build folder."""
     key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
-                                     _BUILD_OPTIONS_VERSION]).encode())
+                                     _BUILD_OPTIONS_VERSION, toplevel]).encode())
     name = f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
     root = cache_root()
     bdir = root / name
@@ -323,7 +325,7 @@ def _build(verilog_text, simulator, waves, log):
             shutil.rmtree(bdir)
         bdir.mkdir(parents=True)
         _cache.touch(bdir)
-        src = bdir / f"{TOPLEVEL}.v"
+        src = bdir / f"{toplevel}.v"
         src.write_text(verilog_text)
         sources = [src]
         build_args = []
@@ -334,7 +336,7 @@ def _build(verilog_text, simulator, waves, log):
             # memories, and the layer taps inside the accelerator.
             public = bdir / "public.vlt"
             public.write_text("`verilator_config\n"
-                              f'public_flat_rw -module "{TOPLEVEL}" -var "*"\n'
+                              f'public_flat_rw -module "{toplevel}" -var "*"\n'
                               'public_flat_rw -module "*" -var "tap*"\n')
             sources += [WAIVERS, public]
             build_args = ["--no-public-flat-rw", "-O3", "--x-assign", "fast", "--x-initial",
@@ -353,13 +355,13 @@ def _build(verilog_text, simulator, waves, log):
                 dump = bdir / "shiftacc_vcd_dump.v"
                 dump.write_text("module shiftacc_vcd_dump();\n"
                                 f'initial begin $dumpfile("waves.vcd"); $dumpvars(0, '
-                                f"{TOPLEVEL}); end\nendmodule\n")
+                                f"{toplevel}); end\nendmodule\n")
                 sources.append(dump)
                 build_args += ["-s", "shiftacc_vcd_dump"]
         log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog) ...")
         t0 = time.perf_counter()
         spec = {"action": "build", "simulator": simulator,
-                "kwargs": {"sources": [str(s) for s in sources], "hdl_toplevel": TOPLEVEL,
+                "kwargs": {"sources": [str(s) for s in sources], "hdl_toplevel": toplevel,
                            "build_dir": str(bdir), "build_args": build_args,
                            "timescale": list(TIMESCALE),
                            "waves": bool(waves and simulator == "verilator"),

@@ -1,0 +1,138 @@
+"""``shiftacc serve``: the board top in a simulator, reachable as ``socket://HOST:PORT``.
+
+:func:`serve_verilog` builds the simulation top (:class:`~shiftacc.sim.bridge.BridgeHarness`
+around :class:`~shiftacc.hw.board.LinkTop`); :func:`serve` builds it once per design (the same
+cache as ``shiftacc sim``) and runs :mod:`shiftacc.sim.tb_serve` in a child process group
+that is killed on every way out (Ctrl-C, SIGTERM, an error), exactly like the simulations of
+:mod:`shiftacc.sim.runner`. The driver (:class:`shiftacc.sw.device.Device`) reaches the
+simulated board through the same code path as a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..hw.plan import plan_network
+from ..sw.errors import InternalError
+from . import runner as _runner
+
+__all__ = ["SERVE_TOPLEVEL", "SIM_CLOCK_HZ", "SIM_BAUD", "serve_verilog", "serve",
+           "link_parameters", "serve_design"]
+
+SERVE_TOPLEVEL = "shiftacc_serve"
+#: Clock the simulated board reports (iCEBreaker's 12 MHz oscillator).
+SIM_CLOCK_HZ = 12_000_000
+#: Line rate of the simulated UART (what an FT2232H runs at 12 MHz: 4 clocks per bit).
+SIM_BAUD = 3_000_000
+#: Seconds to wait for the simulator to build and start listening.
+START_TIMEOUT = 3600
+
+
+def link_parameters(*, uart, clock_hz, baud):
+    """(clock_hz, baud) the board top is built with: without a UART the link is a byte
+    stream and reports baud 0."""
+    return int(clock_hz), (int(baud) if uart else 0)
+
+
+def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD):
+    """Verilog text of the serve top for ``model`` and ``plan``."""
+    from ..hw.board import LinkTop
+    from ..hw.stream import to_verilog
+    from .bridge import BridgeHarness
+    clock_hz, link_baud = link_parameters(uart=uart, clock_hz=clock_hz, baud=baud)
+    top = LinkTop(model, plan, clock_hz=clock_hz, baud=link_baud, uart=uart)
+    harness = BridgeHarness(top, uart=uart, clock_hz=clock_hz, baud=baud)
+    return to_verilog(harness, name=SERVE_TOPLEVEL), top
+
+
+def serve(model, *, config, host="127.0.0.1", port=8765, simulator="verilator", uart=False,
+          clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD, max_clients=None, workdir=None,
+          on_ready=None, log=print):
+    """Simulate the board top and serve it on a TCP socket until stopped.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    config : dict or PlanConfig
+    host : str
+    port : int
+        0 picks a free port (reported through ``on_ready``).
+    simulator : {"verilator", "icarus"}
+    uart : bool
+        Simulate the real UART PHY on both sides of the line (at ``baud``).
+    max_clients : int, optional
+        Stop after this many client sessions (tests); None serves until stopped.
+    on_ready : callable, optional
+        Called with ``(host, port)`` once the simulator listens.
+
+    Raises
+    ------
+    SimulatorMissing, BuildFailed
+    InternalError
+        The simulator ended or failed to start listening.
+    """
+    _runner.tool_env(simulator)
+    plan = plan_network(model, config)
+    text, top = serve_verilog(model, plan, uart=uart, clock_hz=clock_hz, baud=baud)
+    # Per wake-up of the testbench: about a window of bytes on the line.
+    step = 128 if not uart else max(256, int(clock_hz / baud * 10 * 32))
+    serve_design(text, simulator=simulator, host=host, port=port, step_cycles=step,
+                 watchdog_cycles=int(top.engine.watchdog_cycles), max_clients=max_clients,
+                 workdir=workdir, on_ready=on_ready, log=log)
+
+
+def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_cycles,
+                 max_clients=None, workdir=None, on_ready=None, log=print):
+    """Build ``verilog_text`` (a :class:`~shiftacc.sim.bridge.BridgeHarness` top named
+    :data:`SERVE_TOPLEVEL`) and serve it; see :func:`serve`."""
+    _runner.tool_env(simulator)
+    bdir = _runner._build(verilog_text, simulator, False, log, toplevel=SERVE_TOPLEVEL)
+    temporary = workdir is None
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="shiftacc-serve-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / "ready.json"
+    if ready.exists():
+        ready.unlink()
+    job = {"host": host, "port": int(port), "ready": str(ready), "step_cycles": step_cycles,
+           "watchdog_cycles": int(watchdog_cycles),
+           "idle_cycles": 2 * int(watchdog_cycles) + 100_000,
+           "max_clients": max_clients, "stats": str(workdir / "stats.json")}
+    (workdir / "job.json").write_text(json.dumps(job))
+    spec = {"action": "test", "simulator": simulator,
+            "kwargs": {"test_module": "shiftacc.sim.tb_serve", "hdl_toplevel": SERVE_TOPLEVEL,
+                       "hdl_toplevel_lang": "verilog", "testcase": "serve",
+                       "build_dir": str(bdir), "test_dir": str(workdir),
+                       "extra_env": {"SHIFTACC_JOB": str(workdir / "job.json")},
+                       "timescale": list(_runner.TIMESCALE),
+                       "log_file": str(workdir / "sim.log")}}
+    state = {"announced": False, "t0": time.monotonic()}
+
+    def poll():
+        if state["announced"]:
+            return
+        if ready.exists():
+            info = json.loads(ready.read_text())
+            state["announced"] = True
+            if on_ready is not None:
+                on_ready(info["host"], info["port"])
+        elif time.monotonic() - state["t0"] > START_TIMEOUT:
+            raise InternalError(f"the simulator did not start listening within "
+                                f"{START_TIMEOUT} s; see {workdir / 'sim.log'}")
+
+    ok = False
+    try:
+        _runner._run_child(spec, workdir / "test-job.json", workdir / "runner.log",
+                           float("inf"), f"the {simulator} server", poll=poll)
+        if max_clients is None or not state["announced"]:
+            tail = _runner._tail(workdir / "sim.log", 30) or _runner._tail(
+                workdir / "runner.log", 30)
+            raise InternalError(f"the {simulator} server stopped unexpectedly "
+                                f"(see {workdir / 'sim.log'}):\n{tail}")
+        ok = True
+    finally:
+        if temporary and ok:
+            shutil.rmtree(workdir, ignore_errors=True)
