@@ -1,0 +1,952 @@
+"""The link engine: host frames in, accelerator streams out, replies back (DESIGN.md §4).
+
+Everything the two ends agree on (frame layout, commands, reason codes, CRCs, reply layouts,
+design identity, the device rules) is defined in :mod:`shiftacc.sw.protocol`; this module
+implements its device rules in gateware. Four decoupled parts share one clock:
+
+* **Parser** (one byte per cycle, never stalls: a UART cannot be backpressured). Hunts for
+  ``SYNC``, checks the header (CRC-8, command, length), writes the payload into a free
+  *receive slot* of the slot RAM while checking it byte by byte (pixel range, parameter
+  addresses, LOAD_BEGIN's design id), then checks the CRC-32 with the ``amaranth.lib.crc``
+  processor's residue (``match_detected``). A watchdog abandons a frame whose bytes stop. A
+  frame that fails anything is dropped and answered with a NAK; only a frame that passed
+  every check is committed to its slot, so nothing in a dropped frame is ever acted on.
+* **Executor** takes committed slots in arrival order: answers IDENTIFY/STATUS/RESET, runs
+  the load state machine (LOAD_BEGIN/LOAD_PARAMS: one parameter beat per word, only while no
+  image is in flight), and feeds an INFER's images to the accelerator (bytes packed into
+  pixel beats). The slot is freed once its images are fed, so the next frame's images follow
+  at once: consecutive INFER frames overlap in the accelerator.
+* **Collector**: a small FIFO of (seq, images) links it to the executor; it writes each
+  frame's logits into the result RAM (the last ``slots`` INFER results, which READ_RESULT can
+  re-send) and queues the reply.
+* **Encoder**: one reply queue (parser NAKs, executor and collector replies) feeds one
+  encoder that sends each reply back to back, CRC-8 and CRC-32 computed by
+  ``amaranth.lib.crc`` processors as the bytes leave.
+
+Choices where :mod:`shiftacc.sw.protocol` leaves room (the device model follows the same):
+
+* A frame with several problems is dropped with the first of: ``PAYLOAD_CRC`` (the payload
+  may be noise, so a checked value is not to be trusted either), ``PARAM_ADDRESS`` /
+  ``PIXEL_RANGE``, ``BUSY``.
+* ``LOAD_PARAMS``: ``offset + k <= words_loaded`` is a duplicate (acknowledged without
+  writing, also right after the load completed); a partial overlap, a gap, or words past the
+  design's count are ``PARAM_ORDER``.
+* ``READ_RESULT`` waits until every image in flight is out (a result still being computed is
+  then found) and answers with command ``READ_RESULT | REPLY``, its own ``seq``, and the body
+  of that INFER's reply. When the window holds two results with that ``seq``, the newer one.
+* Counters: ``frames_ok`` counts frames executed with reason OK, ``frames_dropped`` every
+  frame answered with another reason (parser and executor), ``images_done`` images whose
+  logits are all out. ``busy`` = a receive slot is occupied or an image is in flight.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..sw import protocol
+from ..sw.protocol import Command, Reason
+from .params import PARAM_LAYOUT, ParamKind, param_bus_signature
+from .resources import Cost, MemorySpec, const_mul, fifo_memories
+from .stream import beats_per_pixel, pixel_stream, require_int
+
+__all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
+           "SLOT_META", "REPLY_DESC", "Source"]
+
+#: What the executor needs of a committed frame (the payload stays in the slot RAM).
+SLOT_META = data.StructLayout({
+    "command": 8,
+    "seq": 8,
+    "length": 16,
+    "count": 16,    # INFER: images; LOAD_PARAMS: words
+    "arg": 32,      # LOAD_PARAMS: offset; READ_RESULT: the seq asked for
+    "match": 1,     # LOAD_BEGIN: design id and word count equal the design's
+})
+
+
+class Source:
+    """Where the encoder takes a reply's body from (after the reason byte)."""
+    NONE = 0
+    WORDS = 1     # LOAD_REPLY_LAYOUT from the descriptor's ``arg``
+    STATUS = 2    # STATUS_LAYOUT, snapshot when the reply starts
+    ROM = 3       # IDENTIFY body
+    RESULT = 4    # logits of result entry ``arg``
+
+
+#: One entry of the reply queue.
+REPLY_DESC = data.StructLayout({
+    "command": 8,
+    "seq": 8,
+    "reason": 8,
+    "source": 3,
+    "length": 16,   # payload bytes: reason byte + body
+    "arg": 40,
+})
+
+_LOAD_REPLY_BYTES = protocol.LOAD_REPLY_LAYOUT.size // 8
+_STATUS_BYTES = protocol.STATUS_LAYOUT.size // 8
+_REPLY_QUEUE_DEPTH = 4
+_INFLIGHT_DEPTH = 4
+
+
+def default_watchdog_cycles(clock_hz, baud):
+    """Default watchdog: 64 byte-times of the line (640 cycles without a UART), at least
+    10 ms of the clock."""
+    byte_times = 64 * 10 * clock_hz // baud if baud > 0 else 640
+    return max(byte_times, clock_hz // 100)
+
+
+def divider_constants(n, bits):
+    """``(M, s)`` with ``floor(x * M / 2**s) == x // n`` for every ``0 <= x < 2**bits``.
+
+    Granlund-Montgomery: ``s = bits + ceil(log2 n)``, ``M = ceil(2**s / n)``; the error term
+    ``x * (M*n - 2**s) < 2**bits * n <= 2**s`` never reaches the next integer. The parser
+    divides a frame's length by a constant this way, as shifts and adds (no DSP block).
+    """
+    s = bits + max(0, (n - 1).bit_length())
+    return -(-(1 << s) // n), s
+
+
+def _div_const(value, n, bits):
+    """(quotient, exact) of ``value // n`` for an unsigned ``bits``-bit ``value`` and a
+    constant ``n >= 1``, without a multiplier."""
+    if n & (n - 1) == 0:
+        k = n.bit_length() - 1
+        return value >> k, (value & (n - 1)) == 0 if k else Const(1, 1)
+    mul, s = divider_constants(n, bits)
+    q = (const_mul(value, mul) >> s)[:bits]
+    return q, const_mul(q, n)[:bits + 1] == value
+
+
+def link_identity(model, plan, *, clock_hz, baud, slots, max_payload, watchdog_cycles):
+    """The IDENTIFY reply body: :data:`~shiftacc.sw.protocol.IDENTIFY_LAYOUT` bytes then the
+    descriptor blob (what the descriptor ROM holds)."""
+    from .top import param_words
+    desc = protocol.descriptor(model, plan)
+    h, w, c = model.input_shape
+    fields = {
+        "link_version": protocol.LINK_VERSION,
+        "design_id": protocol.design_id(desc),
+        "clock_hz": clock_hz,
+        "baud": baud,
+        "max_payload": max_payload,
+        "slots": slots,
+        "image_bytes": h * w * c,
+        "classes": len(model.classes),
+        "input_bits": model.input_bits,
+        "param_words": len(param_words(model, plan)),
+        "watchdog_cycles": watchdog_cycles,
+    }
+    return protocol.layout_bytes(protocol.IDENTIFY_LAYOUT, fields) + protocol.descriptor_blob(desc)
+
+
+class LinkEngine(wiring.Component):
+    """Frame parser, executor, result collector and reply encoder of the host link.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    plan : hw.plan.Plan
+    clock_hz : int
+        Clock frequency (reported by IDENTIFY; sets the default watchdog).
+    baud : int
+        Line rate (0: byte streams without a UART, e.g. a simulator).
+    slots : int
+        Receive slots: frames the host may have unanswered at once.
+    max_payload : int, optional
+        Longest request payload (default ``max(1024, image_bytes)``).
+    watchdog_cycles : int, optional
+        Cycles without a byte that abandon a partial frame (default
+        :func:`default_watchdog_cycles`).
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(8, always_ready=True))
+        Received bytes, at most one per cycle; never stalled.
+    tx : Out(stream.Signature(8))
+        Reply bytes.
+    params : Out(param_bus_signature())
+        To the accelerator's parameter port.
+    images : Out(pixel_stream(plan.input_lanes, model.input_bits))
+        To the accelerator's image port.
+    logits : In(pixel_stream(1, 32, is_signed=True))
+        From the accelerator.
+    line_error : In(1)
+        One-cycle pulse per UART line error (counted in STATUS ``line_errors``).
+    params_ready, busy, error : Out(1)
+        Status for LEDs: every parameter word loaded; a slot occupied or an image in flight;
+        the last answered frame was dropped.
+
+    Raises
+    ------
+    ValueError
+        A parameter out of range, or a reply that would not fit a frame.
+    """
+
+    def __init__(self, model, plan, *, clock_hz, baud, slots=4, max_payload=None,
+                 watchdog_cycles=None):
+        from .top import param_words
+        require_int("LinkEngine", "clock_hz", clock_hz, 1, (1 << 32) - 1)
+        require_int("LinkEngine", "baud", baud, 0, (1 << 32) - 1)
+        require_int("LinkEngine", "slots", slots, 1, 255)
+        h, w, c = model.input_shape
+        self.image_bytes = h * w * c
+        if max_payload is None:
+            max_payload = max(1024, self.image_bytes)
+        require_int("LinkEngine", "max_payload", max_payload, max(self.image_bytes, 16), 0xFFFF)
+        if watchdog_cycles is None:
+            watchdog_cycles = default_watchdog_cycles(clock_hz, baud)
+        require_int("LinkEngine", "watchdog_cycles", watchdog_cycles, 2, (1 << 32) - 1)
+        self.model, self.plan = model, plan
+        self.clock_hz, self.baud, self.slots = clock_hz, baud, slots
+        self.max_payload, self.watchdog_cycles = max_payload, watchdog_cycles
+        self.channels = c
+        self.pixels = h * w
+        self.classes = len(model.classes)
+        self.input_bits = model.input_bits
+        self.lanes = plan.input_lanes
+        self.max_images = max_payload // self.image_bytes
+        self.words = param_words(model, plan)
+        self.param_count = len(self.words)
+        self.limits = protocol.param_limits(self.words)
+        self.identity = link_identity(model, plan, clock_hz=clock_hz, baud=baud, slots=slots,
+                                      max_payload=max_payload, watchdog_cycles=watchdog_cycles)
+        self.design_id = protocol.design_id(protocol.descriptor(model, plan))
+        for what, n in (("IDENTIFY reply", 1 + len(self.identity)),
+                        ("INFER reply", 1 + self.max_images * self.classes * protocol.LOGIT_BYTES)):
+            if n > 0xFFFF:
+                raise ValueError(f"LinkEngine: the {what} would be {n} bytes, over a frame's "
+                                 f"65535; lower max_payload")
+        super().__init__({
+            "rx": In(stream.Signature(8, always_ready=True)),
+            "tx": Out(stream.Signature(8)),
+            "params": Out(param_bus_signature()),
+            "images": Out(pixel_stream(self.lanes, self.input_bits)),
+            "logits": In(pixel_stream(1, 32, is_signed=True)),
+            "line_error": In(1),
+            "params_ready": Out(1),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    # --- resources ------------------------------------------------------------------------
+
+    @property
+    def result_words(self):
+        """Rows of the result RAM (one int32 logit each)."""
+        return self.slots * self.max_images * self.classes
+
+    def cost(self):
+        """Every memory the engine instantiates (slot RAM, slot table, result RAM, descriptor
+        ROM, FIFOs); no multipliers (constant divisions are shifts and adds). ``cycles``: one
+        image fed per ``image_bytes`` cycles (one slot byte read per cycle)."""
+        mems = [
+            MemorySpec("link.slot_ram", self.slots * self.max_payload, 8),
+            MemorySpec("link.slot_meta", self.slots, SLOT_META.size),
+            MemorySpec("link.result_ram", self.result_words, 32),
+            MemorySpec("link.descriptor_rom", len(self.identity), 8),
+        ]
+        mems += fifo_memories("link.inflight_fifo", 24, _INFLIGHT_DEPTH)
+        mems += fifo_memories("link.reply_queue", REPLY_DESC.size, _REPLY_QUEUE_DEPTH)
+        return Cost(cycles=self.image_bytes, multipliers=[], memories=mems)
+
+    # --- gateware -------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        S = self.slots
+        slot_bits = max(1, (S - 1).bit_length())
+        mp = self.max_payload
+
+        # ---- memories ----
+        m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[])
+        slot_w = slot_ram.write_port()
+        slot_r = slot_ram.read_port()
+        m.submodules.slot_meta = meta_mem = Memory(shape=SLOT_META, depth=S, init=[])
+        meta_w = meta_mem.write_port()
+        meta_r = meta_mem.read_port(domain="comb")
+        m.submodules.result_ram = res_ram = Memory(shape=32, depth=self.result_words, init=[])
+        res_w = res_ram.write_port()
+        res_r = res_ram.read_port()
+        m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
+                                        init=list(self.identity))
+        rom_r = rom.read_port()
+        slot_base = Array(Const(k * mp, 32) for k in range(S))
+        res_stride = self.max_images * self.classes
+        res_base = Array(Const(k * res_stride, 32) for k in range(S))
+
+        m.submodules.inflight = inflight = SyncFIFOBuffered(width=24, depth=_INFLIGHT_DEPTH)
+        m.submodules.replyq = replyq = SyncFIFOBuffered(width=REPLY_DESC.size,
+                                                        depth=_REPLY_QUEUE_DEPTH)
+
+        # ---- shared state ----
+        slot_wr = Signal(slot_bits)
+        slot_rd = Signal(slot_bits)
+        slot_used = Signal(range(S + 1))
+        commit = Signal()
+        free = Signal()
+        m.d.sync += slot_used.eq(slot_used + commit - free)
+        with m.If(commit):
+            m.d.sync += slot_wr.eq(Mux(slot_wr == S - 1, 0, slot_wr + 1))
+        with m.If(free):
+            m.d.sync += slot_rd.eq(Mux(slot_rd == S - 1, 0, slot_rd + 1))
+
+        params_ready = Signal()
+        loading = Signal()
+        words_loaded = Signal(32)
+        in_flight = Signal(range(_INFLIGHT_DEPTH + 2))   # INFER frames pushed, not answered
+        push_flight = Signal()
+        pop_flight = Signal()
+        m.d.sync += in_flight.eq(in_flight + push_flight - pop_flight)
+        do_reset = Signal()          # RESET executed this cycle
+
+        # counters (STATUS)
+        ctr = {name: Signal(protocol.STATUS_LAYOUT.members[name], name=f"ctr_{name}")
+               for name in ("frames_ok", "frames_dropped", "replies_lost", "images_done",
+                           "rx_bytes", "tx_bytes", "line_errors")}
+        last_drop = Signal(8)
+        cycles = Signal(64)
+        m.d.sync += cycles.eq(cycles + 1)
+        inc_ok = Signal()
+        inc_images = Signal()
+        parser_drop = Signal()
+        parser_reason = Signal(8)
+        exec_drop = Signal()
+        exec_reason = Signal(8)
+        lost = Signal()
+        incs = {
+            "frames_ok": inc_ok,
+            "frames_dropped": parser_drop + exec_drop,
+            "replies_lost": lost,
+            "images_done": inc_images,
+            "rx_bytes": self.rx.valid,
+            "tx_bytes": self.tx.valid & self.tx.ready,
+            "line_errors": self.line_error,
+        }
+        for name, sig in ctr.items():
+            with m.If(do_reset):
+                m.d.sync += sig.eq(0)
+            with m.Else():
+                m.d.sync += sig.eq(sig + incs[name])
+        with m.If(do_reset):
+            m.d.sync += last_drop.eq(0)
+        with m.Elif(parser_drop):
+            m.d.sync += last_drop.eq(parser_reason)
+        with m.Elif(exec_drop):
+            m.d.sync += last_drop.eq(exec_reason)
+
+        busy = Signal()
+        m.d.comb += [
+            busy.eq((slot_used != 0) | (in_flight != 0)),
+            self.busy.eq(busy),
+            self.params_ready.eq(params_ready),
+            self.error.eq(last_drop != 0),
+        ]
+
+        # ---- reply queue: three requesters, rotating priority ----
+        nak_valid = Signal()
+        nak_desc = Signal(REPLY_DESC)
+        coll_req = Signal()
+        coll_desc = Signal(REPLY_DESC)
+        exec_req = Signal()
+        exec_desc = Signal(REPLY_DESC)
+        reqs = [nak_valid, coll_req, exec_req]
+        descs = [nak_desc, coll_desc, exec_desc]
+        prio = Signal(2)
+        sel = Signal(2)
+        any_req = Signal()
+        m.d.comb += any_req.eq(nak_valid | coll_req | exec_req)
+        with m.Switch(prio):
+            for p in range(3):
+                with m.Case(p):
+                    order = [(p + k) % 3 for k in range(3)]
+                    with m.If(reqs[order[0]]):
+                        m.d.comb += sel.eq(order[0])
+                    with m.Elif(reqs[order[1]]):
+                        m.d.comb += sel.eq(order[1])
+                    with m.Else():
+                        m.d.comb += sel.eq(order[2])
+        q_in = Signal(REPLY_DESC)
+        m.d.comb += q_in.eq(Array(descs)[sel])
+        m.d.comb += [replyq.w_stream.valid.eq(any_req), replyq.w_stream.payload.eq(q_in)]
+        grant = [Signal(name=f"grant{i}") for i in range(3)]
+        for i in range(3):
+            m.d.comb += grant[i].eq(any_req & replyq.w_stream.ready & (sel == i))
+        with m.If(any_req & replyq.w_stream.ready):
+            m.d.sync += prio.eq(Mux(sel == 2, 0, sel + 1))
+
+        # Outstanding references to each result entry (queued or being sent): the collector
+        # must not overwrite an entry the encoder has yet to read.
+        pending = [Signal(4, name=f"pending{e}") for e in range(S)]
+        enc_done_result = Signal()
+        enc_entry = Signal(slot_bits)
+        for e in range(S):
+            inc = (replyq.w_stream.valid & replyq.w_stream.ready
+                   & (q_in.source == Source.RESULT) & (q_in.arg[:slot_bits] == e))
+            dec = enc_done_result & (enc_entry == e)
+            m.d.sync += pending[e].eq(pending[e] + inc - dec)
+
+        # ================= parser =================
+        self._parser(m, slot_w, meta_w, slot_base, slot_wr, slot_used, commit, nak_valid,
+                     nak_desc, grant[0], parser_drop, parser_reason, lost)
+
+        # ================= executor =================
+        res_meta_seq = [Signal(8, name=f"res_seq{e}") for e in range(S)]
+        res_meta_cnt = [Signal(16, name=f"res_cnt{e}") for e in range(S)]
+        res_meta_ok = [Signal(name=f"res_ok{e}") for e in range(S)]
+        res_wr = Signal(slot_bits)
+        self._executor(m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, exec_req,
+                       exec_desc, grant[2], exec_drop, exec_reason, inc_ok, params_ready,
+                       loading, words_loaded, do_reset, in_flight, push_flight, inflight,
+                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr)
+
+        # ================= collector =================
+        classes = self.classes
+        c_state = Signal(2)      # 0 idle, 1 collect, 2 reply
+        c_seq = Signal(8)
+        c_cnt = Signal(16)
+        c_left = Signal(16)
+        c_cls = Signal(range(max(2, classes)))
+        c_addr = Signal(32)
+        c_entry = Signal(slot_bits)
+        head = Signal(data.StructLayout({"seq": 8, "count": 16}))
+        m.d.comb += head.eq(inflight.r_stream.payload)
+        with m.Switch(c_state):
+            with m.Case(0):
+                with m.If(inflight.r_stream.valid & (Array(pending)[res_wr] == 0)):
+                    m.d.sync += [c_state.eq(1), c_seq.eq(head.seq), c_cnt.eq(head.count),
+                                 c_left.eq(head.count), c_cls.eq(0),
+                                 c_addr.eq(res_base[res_wr]), c_entry.eq(res_wr),
+                                 Array(res_meta_ok)[res_wr].eq(0)]
+            with m.Case(1):
+                m.d.comb += self.logits.ready.eq(1)
+                with m.If(self.logits.valid):
+                    m.d.comb += [res_w.en.eq(1), res_w.addr.eq(c_addr),
+                                 res_w.data.eq(self.logits.payload.data[0])]
+                    m.d.sync += c_addr.eq(c_addr + 1)
+                    with m.If(c_cls == classes - 1):
+                        m.d.sync += c_cls.eq(0)
+                        m.d.comb += inc_images.eq(1)
+                        m.d.sync += c_left.eq(c_left - 1)
+                        with m.If(c_left == 1):
+                            m.d.sync += c_state.eq(2)
+                    with m.Else():
+                        m.d.sync += c_cls.eq(c_cls + 1)
+            with m.Case(2):
+                m.d.comb += [
+                    coll_req.eq(1),
+                    coll_desc.command.eq(Command.INFER.value | protocol.REPLY),
+                    coll_desc.seq.eq(c_seq),
+                    coll_desc.reason.eq(Reason.OK.value),
+                    coll_desc.source.eq(Source.RESULT),
+                    coll_desc.length.eq(1 + const_mul(c_cnt, classes * protocol.LOGIT_BYTES)),
+                    coll_desc.arg.eq(c_entry),
+                ]
+                with m.If(grant[1]):
+                    m.d.comb += [inflight.r_stream.ready.eq(1), pop_flight.eq(1)]
+                    m.d.sync += [c_state.eq(0),
+                                 Array(res_meta_seq)[c_entry].eq(c_seq),
+                                 Array(res_meta_cnt)[c_entry].eq(c_cnt),
+                                 Array(res_meta_ok)[c_entry].eq(1),
+                                 res_wr.eq(Mux(res_wr == S - 1, 0, res_wr + 1))]
+
+        # ================= encoder =================
+        status = Signal(protocol.STATUS_LAYOUT)
+        m.d.comb += [
+            status.flags.params_ready.eq(params_ready),
+            status.flags.loading.eq(loading),
+            status.flags.busy.eq(busy),
+            status.last_drop.eq(last_drop),
+            status.words_loaded.eq(words_loaded),
+            status.cycles.eq(cycles),
+        ]
+        for name, sig in ctr.items():
+            m.d.comb += getattr(status, name).eq(sig)
+        self._encoder(m, replyq, rom_r, res_r, res_base, status, enc_done_result, enc_entry)
+        return m
+
+    # ------------------------------------------------------------------------------------------
+
+    def _parser(self, m, slot_w, meta_w, slot_base, slot_wr, slot_used, commit, nak_valid,
+                nak_desc, nak_grant, drop, drop_reason, lost):
+        S = self.slots
+        rx = self.rx
+        byte = rx.payload
+        m.submodules.rx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
+        m.submodules.rx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
+
+        HUNT0, HUNT1, HEADER, PAYLOAD, CRC = range(5)
+        state = Signal(range(5))
+        hidx = Signal(3)
+        hdr = Signal(protocol.HEADER_LAYOUT)
+        pidx = Signal(16)
+        cidx = Signal(2)
+        no_slot = Signal()        # BUSY: the frame is read but not stored
+        noted = Signal(8)         # a rule-2 reason noted while the payload arrived
+        match = Signal()
+        arg = Signal(32)
+        count = Signal(16)
+        fin = Signal()            # the last CRC byte arrived last cycle: decide now
+        word_sr = Signal(80)
+        word_byte = Signal(range(protocol.PARAM_WORD_BYTES))
+        word_q = Signal(PARAM_LAYOUT)
+        word_chk = Signal()
+        wd = Signal(range(self.watchdog_cycles + 1))
+
+        # Header bytes: 0 command, 1 seq, 2-3 length; byte 4 is the header CRC.
+        cmd = hdr.command
+        length = hdr.length
+        infer_k, infer_exact = _div_const(length, self.image_bytes, 16)
+        lp_len = Signal(16)
+        m.d.comb += lp_len.eq(length - 4)
+        lp_k, lp_exact = _div_const(lp_len, protocol.PARAM_WORD_BYTES, 16)
+        known = Signal()
+        m.d.comb += known.eq(Cat(*[cmd == c.value for c in Command]).any())
+        len_good = Signal()
+        with m.Switch(cmd):
+            with m.Case(Command.IDENTIFY.value, Command.STATUS.value, Command.RESET.value):
+                m.d.comb += len_good.eq(length == 0)
+            with m.Case(Command.LOAD_BEGIN.value):
+                m.d.comb += len_good.eq(length == protocol.LOAD_BEGIN_LAYOUT.size // 8)
+            with m.Case(Command.READ_RESULT.value):
+                m.d.comb += len_good.eq(length == 1)
+            with m.Case(Command.LOAD_PARAMS.value):
+                m.d.comb += len_good.eq((length > 4) & lp_exact)
+            with m.Case(Command.INFER.value):
+                m.d.comb += len_good.eq((length > 0) & infer_exact)
+        len_ok = Signal()
+        m.d.comb += len_ok.eq(len_good & (length <= self.max_payload))
+
+        # Expected LOAD_BEGIN payload: this design's id and word count.
+        begin = protocol.layout_bytes(protocol.LOAD_BEGIN_LAYOUT,
+                                      {"design_id": self.design_id,
+                                       "words": self.param_count})
+        begin_rom = Array(Const(b, 8) for b in begin)
+
+        # Parameter address check of the last completed word (one cycle after its last
+        # byte; a frame has >= 4 CRC bytes after it, so the result is in before the end).
+        addr_ok = Signal()
+        terms = []
+        for (layer, kind), (rows, lanes) in sorted(self.limits.items()):
+            terms.append((word_q.layer == layer) & (word_q.kind.as_value() == kind)
+                         & (word_q.row < rows) & (word_q.lane < lanes))
+        m.d.comb += addr_ok.eq(Cat(*terms).any() if terms else 0)
+        m.d.sync += word_chk.eq(0)
+        with m.If(word_chk & ~addr_ok & (noted == 0)):
+            m.d.sync += noted.eq(Reason.PARAM_ADDRESS.value)
+
+        # The parser's one event per cycle (drop with reason, or commit).
+        ev_drop = Signal()
+        ev_reason = Signal(8)
+        ev_nak = Signal()          # the header was not trusted: command NAK
+        m.d.comb += [drop.eq(ev_drop), drop_reason.eq(ev_reason)]
+
+        m.d.comb += [hcrc.data.eq(byte), fcrc.data.eq(byte)]
+        in_frame = (state == HEADER) | (state == PAYLOAD) | (state == CRC)
+        with m.If(rx.valid | ~in_frame):
+            m.d.sync += wd.eq(0)
+        with m.Else():
+            m.d.sync += wd.eq(wd + 1)
+
+        with m.If(rx.valid):
+            with m.Switch(state):
+                with m.Case(HUNT0):
+                    with m.If(byte == protocol.SYNC[0]):
+                        m.d.sync += state.eq(HUNT1)
+                with m.Case(HUNT1):
+                    with m.If(byte == protocol.SYNC[1]):
+                        m.d.comb += [hcrc.start.eq(1), fcrc.start.eq(1)]
+                        m.d.sync += [state.eq(HEADER), hidx.eq(0), hdr.eq(0)]
+                    with m.Elif(byte != protocol.SYNC[0]):
+                        m.d.sync += state.eq(HUNT0)
+                with m.Case(HEADER):
+                    m.d.sync += hidx.eq(hidx + 1)
+                    with m.If(hidx < 4):
+                        m.d.comb += [hcrc.valid.eq(1), fcrc.valid.eq(1)]
+                        m.d.sync += hdr.as_value().word_select(hidx[:2], 8).eq(byte)
+                    with m.Else():
+                        # hcrc.crc holds the CRC-8 of the 4 header bytes.
+                        m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), word_byte.eq(0),
+                                     pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S),
+                                     count.eq(Mux(cmd == Command.INFER.value, infer_k, lp_k))]
+                        with m.If(byte != hcrc.crc):
+                            m.d.comb += [ev_drop.eq(1), ev_nak.eq(1),
+                                         ev_reason.eq(Reason.HEADER_CRC.value)]
+                            m.d.sync += state.eq(HUNT0)
+                        with m.Elif(~known):
+                            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.UNKNOWN_COMMAND.value)]
+                            m.d.sync += state.eq(HUNT0)
+                        with m.Elif(~len_ok):
+                            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BAD_LENGTH.value)]
+                            m.d.sync += state.eq(HUNT0)
+                        with m.Else():
+                            m.d.sync += state.eq(Mux(length == 0, CRC, PAYLOAD))
+                with m.Case(PAYLOAD):
+                    m.d.comb += fcrc.valid.eq(1)
+                    # A frame without a free slot is read but never stored: the slot at the
+                    # write pointer then still holds the oldest frame not yet executed.
+                    m.d.comb += [slot_w.en.eq(~no_slot),
+                                 slot_w.addr.eq(slot_base[slot_wr] + pidx),
+                                 slot_w.data.eq(byte)]
+                    m.d.sync += pidx.eq(pidx + 1)
+                    with m.If(pidx == length - 1):
+                        m.d.sync += state.eq(CRC)
+                    with m.Switch(cmd):
+                        with m.Case(Command.INFER.value):
+                            if self.input_bits < 8:
+                                with m.If((byte >> self.input_bits != 0) & (noted == 0)):
+                                    m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
+                        with m.Case(Command.READ_RESULT.value):
+                            m.d.sync += arg[:8].eq(byte)
+                        with m.Case(Command.LOAD_BEGIN.value):
+                            with m.If(byte != begin_rom[pidx[:4]]):
+                                m.d.sync += match.eq(0)
+                        with m.Case(Command.LOAD_PARAMS.value):
+                            with m.If(pidx < 4):
+                                m.d.sync += arg.word_select(pidx[:2], 8).eq(byte)
+                            with m.Else():
+                                # Little-endian word: each byte enters at the top.
+                                m.d.sync += word_sr.eq(Cat(word_sr[8:], byte))
+                                with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
+                                    m.d.sync += [word_byte.eq(0), word_chk.eq(1),
+                                                 word_q.eq(Cat(word_sr[8:], byte))]
+                                with m.Else():
+                                    m.d.sync += word_byte.eq(word_byte + 1)
+                with m.Case(CRC):
+                    m.d.comb += fcrc.valid.eq(1)
+                    m.d.sync += cidx.eq(cidx + 1)
+                    with m.If(cidx == 3):
+                        m.d.sync += state.eq(HUNT0)
+        # Watchdog: no byte for watchdog_cycles inside a frame.
+        with m.If(~rx.valid & in_frame & (wd == self.watchdog_cycles - 1)):
+            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
+                         ev_nak.eq(state == HEADER)]
+            m.d.sync += state.eq(HUNT0)
+
+        m.d.sync += fin.eq(rx.valid & (state == CRC) & (cidx == 3))
+        # End of frame (the cycle after the last CRC byte, when the CRC register holds the
+        # residue): the next frame's bytes can only be hunting now, so the header registers
+        # are still this frame's.
+        with m.If(fin):
+            with m.If(~fcrc.match_detected):
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.PAYLOAD_CRC.value)]
+            with m.Elif(noted != 0):
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(noted)]
+            with m.Elif(no_slot):
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BUSY.value)]
+            with m.Else():
+                m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
+                meta = meta_w.data
+                m.d.comb += [meta.command.eq(cmd), meta.seq.eq(hdr.seq), meta.length.eq(length),
+                             meta.count.eq(count), meta.arg.eq(arg), meta.match.eq(match)]
+
+        # NAK holding register: one reply waiting for the queue; a drop that finds it full
+        # (and not leaving) loses its reply.
+        with m.If(nak_grant):
+            m.d.sync += nak_valid.eq(0)
+        with m.If(ev_drop):
+            with m.If(nak_valid & ~nak_grant):
+                m.d.comb += lost.eq(1)
+            with m.Else():
+                m.d.sync += [nak_valid.eq(1),
+                             nak_desc.command.eq(Mux(ev_nak, protocol.NAK, cmd | protocol.REPLY)),
+                             nak_desc.seq.eq(hdr.seq), nak_desc.reason.eq(ev_reason),
+                             nak_desc.source.eq(Source.NONE), nak_desc.length.eq(1),
+                             nak_desc.arg.eq(0)]
+
+    # ------------------------------------------------------------------------------------------
+
+    def _executor(self, m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, req, desc,
+                  grant, drop, drop_reason, inc_ok, params_ready, loading, words_loaded,
+                  do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr):
+        S = self.slots
+        meta = Signal(SLOT_META)
+        m.d.comb += [meta_r.addr.eq(slot_rd), meta.eq(meta_r.data)]
+
+        # Slot byte reader: one byte per cycle from the slot RAM, with backpressure.
+        rd_addr = Signal(32)
+        rd_left = Signal(17)
+        rd_valid = Signal()
+        rd_ready = Signal()
+        advance = ~rd_valid | rd_ready
+        m.d.comb += [slot_r.addr.eq(rd_addr), slot_r.en.eq(advance)]
+        start_read = Signal()
+        start_addr = Signal(32)
+        start_len = Signal(17)
+        with m.If(start_read):
+            m.d.sync += [rd_addr.eq(start_addr), rd_left.eq(start_len), rd_valid.eq(0)]
+        with m.Elif(advance):
+            m.d.sync += rd_valid.eq(rd_left != 0)
+            with m.If(rd_left != 0):
+                m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1)]
+        rd_byte = slot_r.data
+
+        # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat.
+        w_sr = Signal(80)
+        w_n = Signal(range(protocol.PARAM_WORD_BYTES))
+        feeding_params = Signal()
+        m.d.sync += self.params.valid.eq(0)
+        with m.If(feeding_params & rd_valid):
+            m.d.comb += rd_ready.eq(1)
+            m.d.sync += w_sr.eq(Cat(w_sr[8:], rd_byte))
+            with m.If(w_n == protocol.PARAM_WORD_BYTES - 1):
+                m.d.sync += [w_n.eq(0), self.params.valid.eq(1),
+                             self.params.payload.as_value().eq(Cat(w_sr[8:], rd_byte))]
+            with m.Else():
+                m.d.sync += w_n.eq(w_n + 1)
+
+        # Pixel packing (INFER): C bytes a pixel, beats_per_pixel beats of P lanes, padding
+        # lanes zero, last on an image's final beat.
+        P, C = self.lanes, self.channels
+        img = self.images
+        acc = Signal(data.ArrayLayout(self.input_bits, P))
+        lane = Signal(range(max(2, P)))
+        ch = Signal(range(max(2, C)))
+        pix = Signal(range(max(2, self.pixels)))
+        feeding_images = Signal()
+        with m.If(img.valid & img.ready):
+            m.d.sync += img.valid.eq(0)
+        with m.If(feeding_images & rd_valid & (~img.valid | img.ready)):
+            m.d.comb += rd_ready.eq(1)
+            complete = (lane == P - 1) | (ch == C - 1)
+            with m.If(complete):
+                m.d.sync += [img.valid.eq(1),
+                             img.payload.last.eq((ch == C - 1) & (pix == self.pixels - 1)),
+                             acc.eq(0), lane.eq(0)]
+                for k in range(P):
+                    m.d.sync += img.payload.data[k].eq(Mux(lane == k, rd_byte, acc[k]))
+            with m.Else():
+                m.d.sync += [acc[lane].eq(rd_byte), lane.eq(lane + 1)]
+            with m.If(ch == C - 1):
+                m.d.sync += [ch.eq(0), pix.eq(Mux(pix == self.pixels - 1, 0, pix + 1))]
+            with m.Else():
+                m.d.sync += ch.eq(ch + 1)
+        read_done = (rd_left == 0) & ~rd_valid
+
+        IDLE, REPLY, WAIT_IDLE, LOADING, PUSH, FEED, FIND = range(7)
+        state = Signal(range(7))
+        r = Signal(REPLY_DESC)        # the reply being offered
+        r_action = Signal(3)          # what to do when it is accepted
+        ACT_NONE, ACT_RESET, ACT_BEGIN = range(3)
+        m.d.comb += desc.eq(r)
+
+        def reply(reason, source=Source.NONE, length=1, arg=0, action=ACT_NONE):
+            return [state.eq(REPLY),
+                    r.command.eq(meta.command | protocol.REPLY), r.seq.eq(meta.seq),
+                    r.reason.eq(reason), r.source.eq(source), r.length.eq(length),
+                    r.arg.eq(arg), r_action.eq(action)]
+
+        def words_arg(words, ready):
+            return Cat(words[:32], ready, Const(0, 7))
+
+        end = Signal(33)
+        m.d.comb += end.eq(meta.arg + meta.count)
+        total = self.param_count
+        with m.Switch(state):
+            with m.Case(IDLE):
+                with m.If(slot_used != 0):
+                    with m.Switch(meta.command):
+                        with m.Case(Command.IDENTIFY.value):
+                            m.d.sync += reply(Reason.OK.value, Source.ROM, 1 + len(self.identity))
+                        with m.Case(Command.STATUS.value):
+                            m.d.sync += reply(Reason.OK.value, Source.STATUS, 1 + _STATUS_BYTES)
+                        with m.Case(Command.RESET.value):
+                            m.d.sync += reply(Reason.OK.value, action=ACT_RESET)
+                        with m.Case(Command.LOAD_BEGIN.value):
+                            with m.If(meta.match):
+                                m.d.sync += reply(Reason.OK.value, Source.WORDS,
+                                                  1 + _LOAD_REPLY_BYTES, 0, ACT_BEGIN)
+                            with m.Else():
+                                m.d.sync += reply(Reason.DESIGN_MISMATCH.value)
+                        with m.Case(Command.LOAD_PARAMS.value):
+                            with m.If((loading | params_ready) & (end <= words_loaded)):
+                                # Already applied (a retransmission): acknowledge only.
+                                m.d.sync += reply(Reason.OK.value, Source.WORDS,
+                                                  1 + _LOAD_REPLY_BYTES,
+                                                  words_arg(words_loaded, params_ready))
+                            with m.Elif(~loading):
+                                m.d.sync += reply(Reason.NOT_LOADING.value)
+                            with m.Elif((meta.arg == words_loaded) & (end <= total)):
+                                m.d.sync += state.eq(WAIT_IDLE)
+                            with m.Else():
+                                m.d.sync += reply(Reason.PARAM_ORDER.value)
+                        with m.Case(Command.INFER.value):
+                            with m.If(params_ready):
+                                m.d.sync += state.eq(PUSH)
+                            with m.Else():
+                                m.d.sync += reply(Reason.PARAMS_INCOMPLETE.value)
+                        with m.Case(Command.READ_RESULT.value):
+                            m.d.sync += state.eq(FIND)
+                        with m.Default():
+                            # Unreachable: the parser commits known commands only.
+                            m.d.sync += reply(Reason.UNKNOWN_COMMAND.value)
+            with m.Case(REPLY):
+                m.d.comb += req.eq(1)
+                with m.If(grant):
+                    m.d.comb += free.eq(1)
+                    m.d.sync += state.eq(IDLE)
+                    with m.If(r.reason == Reason.OK.value):
+                        m.d.comb += inc_ok.eq(1)
+                    with m.Else():
+                        m.d.comb += [drop.eq(1), drop_reason.eq(r.reason)]
+                    with m.Switch(r_action):
+                        with m.Case(ACT_RESET):
+                            m.d.comb += do_reset.eq(1)
+                            m.d.sync += [params_ready.eq(0), loading.eq(0), words_loaded.eq(0)]
+                        with m.Case(ACT_BEGIN):
+                            m.d.sync += [params_ready.eq(0), loading.eq(1), words_loaded.eq(0)]
+            with m.Case(WAIT_IDLE):
+                # Parameter memories are written only while no image is in the accelerator.
+                with m.If(in_flight == 0):
+                    m.d.comb += [start_read.eq(1),
+                                 start_addr.eq(slot_base[slot_rd] + 4),
+                                 start_len.eq(meta.length - 4)]
+                    m.d.sync += [state.eq(LOADING), w_n.eq(0)]
+            with m.Case(LOADING):
+                m.d.comb += feeding_params.eq(1)
+                with m.If(read_done):
+                    new = Signal(32)
+                    done = Signal()
+                    m.d.comb += [new.eq(words_loaded + meta.count), done.eq(new == total)]
+                    m.d.sync += [words_loaded.eq(new), params_ready.eq(done),
+                                 loading.eq(~done)]
+                    m.d.sync += reply(Reason.OK.value, Source.WORDS, 1 + _LOAD_REPLY_BYTES,
+                                      words_arg(new, done))
+            with m.Case(PUSH):
+                m.d.comb += [inflight.w_stream.valid.eq(1),
+                             inflight.w_stream.payload.eq(Cat(meta.seq, meta.count))]
+                with m.If(inflight.w_stream.ready):
+                    m.d.comb += [push_flight.eq(1), inc_ok.eq(1),
+                                 start_read.eq(1), start_addr.eq(slot_base[slot_rd]),
+                                 start_len.eq(meta.length)]
+                    m.d.sync += [state.eq(FEED), lane.eq(0), ch.eq(0), pix.eq(0), acc.eq(0)]
+            with m.Case(FEED):
+                m.d.comb += feeding_images.eq(1)
+                with m.If(read_done & (~img.valid | img.ready)):
+                    m.d.comb += free.eq(1)
+                    m.d.sync += state.eq(IDLE)
+            with m.Case(FIND):
+                # Wait for every image in flight, then look the seq up (newest wins).
+                with m.If(in_flight == 0):
+                    found = Signal()
+                    entry = Signal(range(max(2, S)))
+                    for k in range(S):          # oldest (res_wr) .. newest
+                        for w0 in range(S):
+                            e = (w0 + k) % S
+                            with m.If((res_wr == w0) & res_ok[e] & (res_seq[e] == meta.arg[:8])):
+                                m.d.comb += [found.eq(1), entry.eq(e)]
+                    with m.If(found):
+                        m.d.sync += reply(Reason.OK.value, Source.RESULT,
+                                          1 + const_mul(Array(res_cnt)[entry],
+                                                        self.classes * protocol.LOGIT_BYTES),
+                                          entry)
+                    with m.Else():
+                        m.d.sync += reply(Reason.NOT_FOUND.value)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _encoder(self, m, replyq, rom_r, res_r, res_base, status, done_result, entry):
+        tx = self.tx
+        m.submodules.tx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
+        m.submodules.tx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
+        cur = Signal(REPLY_DESC)
+        IDLE, HEAD, BODY, CRC = range(4)
+        phase = Signal(range(4))
+        pos = Signal(3)
+        bidx = Signal(16)
+        body_left = Signal(16)
+        res_addr = Signal(32)
+        sr = Signal(max(protocol.STATUS_LAYOUT.size, 40))
+        # What tx.payload shows: a register, a memory's read data, or a CRC register (the
+        # CRCs are fed from the bytes as they leave, so their final value is only known in
+        # the cycle the CRC bytes are shown).
+        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC = range(5)
+        sel = Signal(range(5))
+        byte = Signal(8)
+        lane = Signal(2)
+        crck = Signal(2)
+        crcn = Signal(2)
+        cov_h = Signal()
+        cov_f = Signal()
+        m.d.comb += entry.eq(cur.arg)
+        with m.Switch(sel):
+            with m.Case(SEL_BYTE):
+                m.d.comb += tx.payload.eq(byte)
+            with m.Case(SEL_ROM):
+                m.d.comb += tx.payload.eq(rom_r.data)
+            with m.Case(SEL_RES):
+                m.d.comb += tx.payload.eq(res_r.data.word_select(lane, 8))
+            with m.Case(SEL_HCRC):
+                m.d.comb += tx.payload.eq(hcrc.crc)
+            with m.Case(SEL_FCRC):
+                m.d.comb += tx.payload.eq(fcrc.crc.word_select(crck, 8))
+        sent = tx.valid & tx.ready
+        m.d.comb += [hcrc.data.eq(tx.payload), hcrc.valid.eq(sent & cov_h),
+                     fcrc.data.eq(tx.payload), fcrc.valid.eq(sent & cov_f)]
+
+        advance = ~tx.valid | tx.ready
+        m.d.comb += [rom_r.en.eq(advance), rom_r.addr.eq(bidx),
+                     res_r.en.eq(advance), res_r.addr.eq(res_addr)]
+
+        def show(value, s=SEL_BYTE, h=0, f=0):
+            return [tx.valid.eq(1), byte.eq(value), sel.eq(s), cov_h.eq(h), cov_f.eq(f)]
+
+        with m.If(advance):
+            m.d.sync += tx.valid.eq(0)
+            with m.Switch(phase):
+                with m.Case(IDLE):
+                    with m.If(replyq.r_stream.valid):
+                        m.d.comb += [replyq.r_stream.ready.eq(1), hcrc.start.eq(1),
+                                     fcrc.start.eq(1)]
+                        d = Signal(REPLY_DESC)
+                        m.d.comb += d.eq(replyq.r_stream.payload)
+                        m.d.sync += [cur.eq(d), phase.eq(HEAD), pos.eq(0), bidx.eq(0),
+                                     body_left.eq(d.length - 1),
+                                     res_addr.eq(res_base[d.arg[:max(1, (self.slots - 1).bit_length())]])]
+                        with m.If(d.source == Source.STATUS):
+                            m.d.sync += sr.eq(status)
+                        with m.Else():
+                            m.d.sync += sr.eq(d.arg)
+                with m.Case(HEAD):
+                    m.d.sync += pos.eq(pos + 1)
+                    with m.Switch(pos):
+                        with m.Case(0):
+                            m.d.sync += show(protocol.SYNC[0])
+                        with m.Case(1):
+                            m.d.sync += show(protocol.SYNC[1])
+                        with m.Case(2):
+                            m.d.sync += show(cur.command, h=1, f=1)
+                        with m.Case(3):
+                            m.d.sync += show(cur.seq, h=1, f=1)
+                        with m.Case(4):
+                            m.d.sync += show(cur.length[:8], h=1, f=1)
+                        with m.Case(5):
+                            m.d.sync += show(cur.length[8:], h=1, f=1)
+                        with m.Case(6):
+                            m.d.sync += show(0, SEL_HCRC)
+                        with m.Case(7):
+                            m.d.sync += show(cur.reason, f=1)
+                            m.d.sync += [phase.eq(Mux(body_left == 0, CRC, BODY)), crcn.eq(0)]
+                with m.Case(BODY):
+                    m.d.sync += [bidx.eq(bidx + 1), body_left.eq(body_left - 1)]
+                    with m.If(body_left == 1):
+                        m.d.sync += [phase.eq(CRC), crcn.eq(0)]
+                    with m.Switch(cur.source):
+                        with m.Case(Source.ROM):
+                            m.d.sync += show(0, SEL_ROM, f=1)
+                        with m.Case(Source.RESULT):
+                            m.d.sync += show(0, SEL_RES, f=1)
+                            m.d.sync += lane.eq(bidx[:2])
+                            with m.If(bidx[:2] == 3):
+                                m.d.sync += res_addr.eq(res_addr + 1)
+                        with m.Default():
+                            m.d.sync += show(sr[:8], f=1)
+                            m.d.sync += sr.eq(sr >> 8)
+                with m.Case(CRC):
+                    m.d.sync += show(0, SEL_FCRC)
+                    m.d.sync += [crck.eq(crcn), crcn.eq(crcn + 1)]
+                    with m.If(crcn == 3):
+                        m.d.sync += phase.eq(IDLE)
+                        # Every body byte has been read: the result entry may be reused.
+                        m.d.comb += done_result.eq(cur.source == Source.RESULT)

@@ -1,0 +1,474 @@
+"""LinkEngine (hw/link.py) in amaranth.sim against a stub accelerator, with the host side
+built from sw/protocol.py: identify, loads, inference batches, every drop reason, the
+watchdog, READ_RESULT, STATUS counters, RESET, random stalls on tx.
+
+The bench here is shared with tests/test_link_fuzz.py. The stub accelerator has the
+Accelerator's three ports. It turns parameter beats into per-class sums
+``w[j] += data; b[j] += 1`` with ``j = (layer + kind + row + lane) % classes`` (a word
+written twice, or one never sent, changes the results), and an image into
+``S = sum(v * (i + 1))`` over the flat lane index ``i`` of its beats (pixel order, padding
+lanes and ``last`` all matter), then emits ``logit[k] = w[k] * S + b[k]`` (int32
+wrap-around) from a FIFO, with LFSR-driven backpressure and gaps. It flags a parameter beat
+that arrives while an image is inside it (``violation``).
+"""
+
+
+import json
+import random
+import time
+
+import pytest
+
+import numpy as np
+from amaranth.hdl import Array, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.lib import stream
+from amaranth.sim import Simulator
+
+from shiftacc.hw.link import LinkEngine
+from shiftacc.hw.params import decode_word, param_bus_signature
+from shiftacc.hw.plan import load_config, plan_network
+from shiftacc.hw.stream import beats_per_pixel, pixel_stream
+from shiftacc.models.netgen import random_model
+from shiftacc.sw import protocol as P
+
+M32 = 0xFFFFFFFF
+
+
+def tiny_model(seed, *, size=(3, 3), in_channels=1, classes=3):
+    rng = np.random.default_rng(seed)
+    model = random_model(rng, size=size, in_channels=in_channels, blocks=1, max_width=4,
+                         classes=classes, calib_images=8)
+    return model, plan_network(model, load_config())
+
+
+class StubAccel(wiring.Component):
+    def __init__(self, model, lanes, seed=1):
+        self.classes = len(model.classes)
+        self.lanes = lanes
+        self.seed = (seed & 0xFFFF) | 1
+        super().__init__({
+            "params": In(param_bus_signature()),
+            "images": In(pixel_stream(lanes, model.input_bits)),
+            "logits": Out(pixel_stream(1, 32, is_signed=True)),
+            "violation": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.classes
+        w = Array(Signal(32, name=f"w{k}") for k in range(n))
+        b = Array(Signal(32, name=f"b{k}") for k in range(n))
+        lfsr = Signal(16, init=self.seed)
+        m.d.sync += lfsr.eq((lfsr >> 1) ^ (lfsr[0].replicate(16) & 0xB400))
+        pw = self.params.payload
+        with m.If(self.params.valid):
+            j = (pw.layer + pw.kind.as_value() + pw.row + pw.lane) % n
+            m.d.sync += [w[j].eq(w[j] + pw.data), b[j].eq(b[j] + 1)]
+        s = Signal(32)
+        idx = Signal(32)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=32, depth=2)
+        inside = Signal(4)
+        img = self.images
+        m.d.comb += img.ready.eq(lfsr[0] | lfsr[1]) 
+        term = 0
+        for l in range(self.lanes):
+            term = term + img.payload.data[l] * (idx + l + 1)
+        with m.If(img.valid & img.ready):
+            with m.If(img.payload.last):
+                m.d.comb += [fifo.w_stream.valid.eq(1), fifo.w_stream.payload.eq(s + term)]
+                m.d.sync += [s.eq(0), idx.eq(0)]
+            with m.Else():
+                m.d.sync += [s.eq(s + term), idx.eq(idx + self.lanes)]
+        with m.If(~fifo.w_stream.ready):
+            m.d.comb += img.ready.eq(0)
+        k = Signal(range(max(2, n)))
+        lg = self.logits
+        m.d.comb += [lg.valid.eq(fifo.r_stream.valid & (lfsr[2] | lfsr[5])),
+                     lg.payload.data[0].eq(w[k] * fifo.r_stream.payload + b[k]),
+                     lg.payload.last.eq(k == n - 1)]
+        with m.If(lg.valid & lg.ready):
+            with m.If(k == n - 1):
+                m.d.sync += k.eq(0)
+                m.d.comb += fifo.r_stream.ready.eq(1)
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+        in_img = (idx != 0) | fifo.r_stream.valid | (img.valid & img.ready)
+        with m.If(self.params.valid & in_img):
+            m.d.sync += self.violation.eq(1)
+        return m
+
+
+class StubRef:
+    """The stub's function in Python."""
+
+    def __init__(self, model, lanes):
+        self.classes = len(model.classes)
+        self.lanes = lanes
+        self.shape = tuple(model.input_shape)
+        self.w = [0] * self.classes
+        self.b = [0] * self.classes
+
+    def write(self, word):
+        layer, kind, row, lane, value = decode_word(word)
+        kind = int(kind.value if hasattr(kind, "value") else kind)
+        j = (int(layer) + kind + int(row) + int(lane)) % self.classes
+        self.w[j] = (self.w[j] + int(value)) & M32
+        self.b[j] = (self.b[j] + 1) & M32
+
+    def logits(self, image):
+        h, w, c = self.shape
+        nb = beats_per_pixel(c, self.lanes)
+        flat = np.zeros((h * w, nb * self.lanes), np.int64)
+        flat[:, :c] = np.asarray(image, np.int64).reshape(h * w, c)
+        v = flat.reshape(-1)
+        s = int((v * np.arange(1, len(v) + 1)).sum()) & M32
+        out = []
+        for k in range(self.classes):
+            x = (self.w[k] * s + self.b[k]) & M32
+            out.append(x - (1 << 32) if x >> 31 else x)
+        return out
+
+
+class Bench(wiring.Component):
+    """LinkEngine + StubAccel; the engine's host side as ports."""
+
+    def __init__(self, model, plan, *, seed=1, lanes=None, **kw):
+        lanes = plan.input_lanes if lanes is None else lanes
+        if lanes != plan.input_lanes:
+            import dataclasses
+            plan = dataclasses.replace(plan, input_lanes=lanes)
+        self.engine = LinkEngine(model, plan, **kw)
+        self.stub = StubAccel(model, lanes, seed)
+        super().__init__({
+            "rx": In(stream.Signature(8, always_ready=True)),
+            "tx": Out(stream.Signature(8)),
+            "line_error": In(1),
+            "violation": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = e = self.engine
+        m.submodules.stub = s = self.stub
+        wiring.connect(m, e.params, s.params)
+        wiring.connect(m, e.images, s.images)
+        wiring.connect(m, s.logits, e.logits)
+        m.d.comb += [e.rx.valid.eq(self.rx.valid), e.rx.payload.eq(self.rx.payload),
+                     e.line_error.eq(self.line_error),
+                     self.tx.valid.eq(e.tx.valid), self.tx.payload.eq(e.tx.payload),
+                     e.tx.ready.eq(self.tx.ready), self.violation.eq(s.violation)]
+        return m
+
+
+class Host:
+    """Host side of a simulated link: ``send`` bytes one per cycle, collect reply events.
+
+    A background monitor drives ``tx.ready`` from a seeded pattern (``p_stall``) and feeds
+    every reply byte to a :class:`~shiftacc.sw.protocol.FrameParser`.
+    """
+
+    def __init__(self, bench, rng, p_stall=0.3):
+        self.bench = bench
+        self.rng = rng
+        self.parser = P.FrameParser()
+        self.events = []
+        self.cycle = 0
+        self.hold = False           # force tx.ready low
+        self.p_stall = p_stall
+        self.rx_bytes = 0
+
+    async def monitor(self, ctx):
+        tx = self.bench.tx
+        pattern = [self.rng.random() >= self.p_stall for _ in range(4096)]
+        i = 0
+        buf = bytearray()
+        while True:
+            ready = pattern[i & 4095] and not self.hold
+            i += 1
+            ctx.set(tx.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(tx.valid, tx.payload)
+            self.cycle += 1
+            if valid and ready:
+                buf.append(payload)
+                self.rx_bytes += 1
+            elif buf:
+                self.events += self.parser.feed(buf)
+                buf.clear()
+
+    async def send(self, ctx, data):
+        rx = self.bench.rx
+        ctx.set(rx.valid, 1)
+        for b in bytes(data):
+            ctx.set(rx.payload, b)
+            await ctx.tick()
+        ctx.set(rx.valid, 0)
+
+    async def idle(self, ctx, n):
+        await ctx.tick().repeat(n)
+
+    async def wait_for(self, ctx, pred, deadline=20000, what="a reply"):
+        """Tick until an event satisfies ``pred``; remove and return it."""
+        for _ in range(deadline):
+            for i, ev in enumerate(self.events):
+                if pred(ev):
+                    return self.events.pop(i)
+            await ctx.tick()
+        raise AssertionError(f"no {what} within {deadline} cycles; events {self.events}")
+
+    async def request(self, ctx, command, seq, payload=b"", deadline=20000):
+        await self.send(ctx, P.encode_frame(command, seq, payload))
+        cmd = int(command.value if hasattr(command, "value") else command) | P.REPLY
+        return await self.wait_for(
+            ctx, lambda ev: isinstance(ev, P.Frame) and ev.command == cmd and ev.seq == seq,
+            deadline, f"reply to command 0x{cmd:02x} seq {seq}")
+
+
+def reason(frame):
+    return P.Reason(frame.payload[0])
+
+
+def run(bench, *tbs, background=()):
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    for tb in tbs:
+        sim.add_testbench(tb)
+    for tb in background:
+        sim.add_testbench(tb, background=True)
+    t = time.time()
+    sim.run()
+    return time.time() - t
+
+
+# --- host helpers ------------------------------------------------------------------------
+
+def random_words(model, plan, rng):
+    """The design's parameter words with random data (addresses as the design has them)."""
+    from shiftacc.hw.params import encode_word
+    from shiftacc.hw.top import param_words
+    out = []
+    for word in param_words(model, plan):
+        layer, kind, row, lane, _ = decode_word(word)
+        out.append(encode_word(int(layer), kind, int(row), int(lane), rng.getrandbits(32)))
+    return out
+
+
+def load_payload(offset, words):
+    return int(offset).to_bytes(4, "little") + b"".join(P.param_word_bytes(w) for w in words)
+
+
+def begin_payload(ident, words):
+    return P.layout_bytes(P.LOAD_BEGIN_LAYOUT, {"design_id": ident, "words": words})
+
+
+def load_reply(frame):
+    return P.layout_from_bytes(P.LOAD_REPLY_LAYOUT, frame.payload[1:])
+
+
+def status_of(frame):
+    assert reason(frame) is P.Reason.OK, frame
+    return P.layout_from_bytes(P.STATUS_LAYOUT, frame.payload[1:])
+
+
+def logits_of(frame, classes):
+    body = frame.payload[1:]
+    vals = [int.from_bytes(body[i:i + 4], "little", signed=True) for i in range(0, len(body), 4)]
+    return [vals[i:i + classes] for i in range(0, len(vals), classes)]
+
+
+async def full_load(ctx, host, engine, words, ref, seq0=0x40, chunk=7, window=None):
+    """LOAD_BEGIN then every word, ``window`` frames in flight; the stub reference follows
+    the acknowledged writes."""
+    r = await host.request(ctx, P.Command.LOAD_BEGIN, seq0,
+                           begin_payload(engine.design_id, len(words)))
+    assert reason(r) is P.Reason.OK, r
+    assert int(load_reply(r).words_loaded) == 0
+    window = window or engine.slots
+    chunks = [(off, words[off:off + chunk]) for off in range(0, len(words), chunk)]
+    last = None
+    for g in range(0, len(chunks), window):
+        group = chunks[g:g + window]
+        for i, (off, ws) in enumerate(group):
+            await host.send(ctx, P.encode_frame(P.Command.LOAD_PARAMS, (seq0 + 1 + g + i) & 0xFF,
+                                                load_payload(off, ws)))
+        for i, (off, ws) in enumerate(group):
+            s = (seq0 + 1 + g + i) & 0xFF
+            last = await host.wait_for(ctx, lambda ev, s=s: isinstance(ev, P.Frame)
+                                       and ev.seq == s and ev.command == 0x83)
+            assert reason(last) is P.Reason.OK, last
+            assert int(load_reply(last).words_loaded) == off + len(ws)
+            for wd in ws:
+                ref.write(wd)
+    assert int(load_reply(last).ready) == 1
+    return last
+
+
+def make_bench(seed, *, size=(3, 3), in_channels=1, lanes=None, classes=3, input_bits=None,
+               **kw):
+    model, plan = tiny_model(seed, size=size, in_channels=in_channels, classes=classes)
+    if input_bits is not None:
+        import dataclasses
+        model = dataclasses.replace(model, input_bits=input_bits)
+    kw.setdefault("clock_hz", 1_000_000)
+    kw.setdefault("baud", 0)
+    kw.setdefault("watchdog_cycles", 200)
+    bench = Bench(model, plan, seed=seed, lanes=lanes, **kw)
+    ref = StubRef(model, bench.stub.lanes)
+    return model, plan, bench, ref
+
+
+# --- tests -------------------------------------------------------------------------------
+
+def test_divider_constants_exact():
+    """The parser's constant division is exact for every 16-bit length."""
+    from shiftacc.hw.link import divider_constants
+    x = np.arange(1 << 16, dtype=np.int64)
+    for n in (3, 5, 7, 9, 10, 12, 27, 49, 64 + 1, 100, 147, 784, 3072, 65535):
+        mul, s = divider_constants(n, 16)
+        assert np.array_equal((x * mul) >> s, x // n), n
+
+
+def test_identify(seed):
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, clock_hz=12_000_000, baud=115200,
+                                         watchdog_cycles=None)
+    eng = bench.engine
+    host = Host(bench, rng)
+    got = {}
+
+    async def tb(ctx):
+        got["r"] = await host.request(ctx, P.Command.IDENTIFY, 0x33)
+
+    run(bench, tb, background=[host.monitor])
+    r = got["r"]
+    assert r.command == 0x81 and r.seq == 0x33 and reason(r) is P.Reason.OK
+    n = P.IDENTIFY_LAYOUT.size // 8
+    ident = P.layout_from_bytes(P.IDENTIFY_LAYOUT, r.payload[1:])
+    desc = P.parse_descriptor_blob(r.payload[1 + n:])
+    from shiftacc.hw.top import param_words
+    h, w, c = model.input_shape
+    want = {"link_version": P.LINK_VERSION, "design_id": P.design_id(P.descriptor(model, plan)),
+            "clock_hz": 12_000_000, "baud": 115200, "max_payload": 1024, "slots": 4,
+            "image_bytes": h * w * c, "classes": len(model.classes),
+            "input_bits": model.input_bits, "param_words": len(param_words(model, plan)),
+            "watchdog_cycles": max(64 * 10 * 12_000_000 // 115200, 120_000)}
+    for key, value in want.items():
+        assert int(getattr(ident, key)) == value, key
+    assert P.design_id(desc) == want["design_id"]
+    assert desc == json.loads(json.dumps(P.descriptor(model, plan)))
+    assert eng.watchdog_cycles == want["watchdog_cycles"]
+
+
+@pytest.mark.parametrize("in_channels,lanes", [(1, None), (3, 2), (2, 4)])
+def test_load_infer_read_status_reset(seed, in_channels, lanes):
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, in_channels=in_channels, lanes=lanes)
+    eng = bench.engine
+    host = Host(bench, rng, p_stall=0.4)
+    words = random_words(model, plan, rng)
+    h, w, c = model.input_shape
+    classes = len(model.classes)
+    log = {}
+
+    async def tb(ctx):
+        img = bytes(rng.getrandbits(8) for _ in range(h * w * c))
+        r = await host.request(ctx, P.Command.INFER, 1, img)
+        assert reason(r) is P.Reason.PARAMS_INCOMPLETE and r.command == 0x84
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 2, load_payload(0, words[:2]))
+        assert reason(r) is P.Reason.NOT_LOADING
+        r = await host.request(ctx, P.Command.LOAD_BEGIN, 3,
+                               begin_payload(eng.design_id ^ 1, len(words)))
+        assert reason(r) is P.Reason.DESIGN_MISMATCH
+        r = await host.request(ctx, P.Command.LOAD_BEGIN, 4,
+                               begin_payload(eng.design_id, len(words) + 1))
+        assert reason(r) is P.Reason.DESIGN_MISMATCH
+        # Start a load, apply 5 words, then a duplicate, a partial overlap and a gap.
+        r = await host.request(ctx, P.Command.LOAD_BEGIN, 5,
+                               begin_payload(eng.design_id, len(words)))
+        assert reason(r) is P.Reason.OK
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 6, load_payload(0, words[:5]))
+        assert reason(r) is P.Reason.OK and int(load_reply(r).words_loaded) == 5
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 7, load_payload(0, words[:5]))
+        assert reason(r) is P.Reason.OK and int(load_reply(r).words_loaded) == 5  # duplicate
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 8, load_payload(3, words[3:7]))
+        assert reason(r) is P.Reason.PARAM_ORDER
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 9, load_payload(6, words[6:8]))
+        assert reason(r) is P.Reason.PARAM_ORDER
+        r = await host.request(ctx, P.Command.INFER, 10, img)
+        assert reason(r) is P.Reason.PARAMS_INCOMPLETE
+        # The whole load again from LOAD_BEGIN (the stub accumulates: the first 5 words
+        # were written once already).
+        for wd in words[:5]:
+            ref.write(wd)
+        await full_load(ctx, host, eng, words, ref, seq0=0x20)
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, 0x70, load_payload(0, words[:3]))
+        assert reason(r) is P.Reason.OK and int(load_reply(r).ready) == 1   # late duplicate
+        # INFER batches, a window of frames in flight.
+        images, seqs, frames = [], [], []
+        for f in range(7):
+            k = rng.randint(1, 4)
+            batch = [bytes(rng.getrandbits(8) for _ in range(h * w * c)) for _ in range(k)]
+            images.append(batch)
+            seqs.append(0x80 + f)
+        pending = []
+        for f, batch in enumerate(images):
+            await host.send(ctx, P.encode_frame(P.Command.INFER, seqs[f], b"".join(batch)))
+            pending.append(f)
+            if len(pending) == eng.slots or f == len(images) - 1:
+                for g in pending:
+                    fr = await host.wait_for(ctx, lambda ev, s=seqs[g]: isinstance(ev, P.Frame)
+                                             and ev.seq == s and ev.command == 0x84)
+                    frames.append(fr)
+                pending = []
+        for batch, fr in zip(images, frames):
+            assert reason(fr) is P.Reason.OK, fr
+            got = logits_of(fr, classes)
+            want = [ref.logits(np.frombuffer(im, np.uint8)) for im in batch]
+            assert got == want
+        # READ_RESULT: the newest results are kept, older ones are gone.
+        r = await host.request(ctx, P.Command.READ_RESULT, 0x90, bytes((seqs[-1],)))
+        assert r.command == 0x85 and r.payload == frames[-1].payload
+        r = await host.request(ctx, P.Command.READ_RESULT, 0x91, bytes((seqs[-eng.slots],)))
+        assert r.payload == frames[-eng.slots].payload
+        r = await host.request(ctx, P.Command.READ_RESULT, 0x92, bytes((seqs[0],)))
+        assert reason(r) is P.Reason.NOT_FOUND
+        # STATUS: counters of everything above.
+        tx_before = host.rx_bytes
+        frame = P.encode_frame(P.Command.STATUS, 0x93)
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x93))
+        log["status"] = st
+        assert int(st.flags.params_ready) == 1 and int(st.flags.loading) == 0
+        assert int(st.words_loaded) == len(words)
+        assert int(st.images_done) == sum(map(len, images))
+        assert int(st.frames_dropped) == 8 and int(st.last_drop) == P.Reason.NOT_FOUND.value
+        assert int(st.tx_bytes) == tx_before
+        assert int(st.rx_bytes) == log["sent"]
+        assert int(st.line_errors) == 0 and int(st.replies_lost) == 0
+        assert int(st.cycles) > 1000
+        # RESET: parameters and counters cleared.
+        r = await host.request(ctx, P.Command.RESET, 0x94)
+        assert reason(r) is P.Reason.OK and len(r.payload) == 1
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x95))
+        assert int(st.flags.params_ready) == 0 and int(st.words_loaded) == 0
+        assert int(st.frames_dropped) == 0 and int(st.images_done) == 0
+        assert int(st.last_drop) == 0 and int(st.rx_bytes) == len(frame)
+        r = await host.request(ctx, P.Command.INFER, 0x96, images[0][0])
+        assert reason(r) is P.Reason.PARAMS_INCOMPLETE
+        log["done"] = True
+
+    orig_send = host.send
+    log["sent"] = 0
+
+    async def counting_send(ctx, data):
+        log["sent"] += len(data)
+        await orig_send(ctx, data)
+
+    host.send = counting_send
+    wall = run(bench, tb, background=[host.monitor])
+    print(f"{host.cycle} cycles in {wall:.1f} s")
+    assert log.get("done")
+    assert not host.events, host.events
+
+
