@@ -472,3 +472,89 @@ def test_load_infer_read_status_reset(seed, in_channels, lanes):
     assert not host.events, host.events
 
 
+def test_link_top_real_accelerator(seed):
+    """LinkTop(uart=False) with the real Accelerator: a full load of the model's own
+    parameters, then INFER frames: logits equal the golden model's."""
+    from shiftacc.hw.board import LinkTop
+    from shiftacc.hw.top import param_words
+    from shiftacc.models import golden
+    rng = random.Random(seed)
+    model, plan = tiny_model(seed)
+    top = LinkTop(model, plan, clock_hz=1_000_000, baud=0, uart=False, watchdog_cycles=500)
+    host = Host(top, rng, p_stall=0.3)
+    words = param_words(model, plan)
+    images = np.random.default_rng(seed).integers(0, 256, (5,) + model.input_shape,
+                                                  dtype=np.uint8)
+    got = []
+
+    class _Ref:
+        def write(self, word):
+            pass
+
+    async def tb(ctx):
+        await full_load(ctx, host, top.engine, words, _Ref(), seq0=0x10, chunk=20)
+        await host.send(ctx, P.encode_frame(P.Command.INFER, 1, images[:2].tobytes()))
+        await host.send(ctx, P.encode_frame(P.Command.INFER, 2, images[2:].tobytes()))
+        for s in (1, 2):
+            r = await host.wait_for(ctx, lambda ev, s=s: isinstance(ev, P.Frame)
+                                    and ev.seq == s and ev.command == 0x84, deadline=50000)
+            assert reason(r) is P.Reason.OK, r
+            got.extend(logits_of(r, len(model.classes)))
+        assert ctx.get(top.status_led.params_ready) == 1
+
+    run(top, tb, background=[host.monitor])
+    assert np.array_equal(np.array(got), golden.run(model, images))
+
+
+def test_link_top_uart(seed):
+    """LinkTop(uart=True) with the stub: IDENTIFY and STATUS through the 8N1 PHY at 8 clock
+    cycles per bit; a broken byte on the line is counted in line_errors."""
+    from shiftacc.hw.board import LinkTop
+    from shiftacc.hw.uart import decode_waveform, uart_waveform
+    rng = random.Random(seed)
+    model, plan = tiny_model(seed)
+    cpb = 8
+    top = LinkTop(model, plan, clock_hz=8 * 115200, baud=115200, uart=True,
+                  accelerator=StubAccel(model, plan.input_lanes, seed), watchdog_cycles=2000)
+    request = P.encode_frame(P.Command.IDENTIFY, 7) + P.encode_frame(P.Command.STATUS, 8)
+    line = uart_waveform(request, cpb)
+    # A framing error (stop bit low) between the two requests' replies.
+    broken = [0] * (cpb * 12) + [1] * (cpb * 4)
+    line2 = uart_waveform(P.encode_frame(P.Command.STATUS, 9), cpb)
+    levels = []
+
+    async def tb(ctx):
+        for lv in line + broken + line2:
+            ctx.set(top.uart_rx, lv)
+            levels.append(ctx.get(top.uart_tx))
+            await ctx.tick()
+        ctx.set(top.uart_rx, 1)
+        for _ in range(cpb * 10 * 500):
+            levels.append(ctx.get(top.uart_tx))
+            await ctx.tick()
+
+    run(top, tb)
+    events = P.FrameParser().feed(decode_waveform(levels, cpb))
+    assert [(e.command, e.seq) for e in events] == [(0x81, 7), (0x86, 8), (0x86, 9)], events
+    assert events[0].payload[1:] == top.engine.identity
+    st = status_of(events[2])
+    assert int(st.line_errors) >= 1
+    assert int(st.frames_ok) == 3 and int(st.frames_dropped) == 0
+
+
+def test_link_top_verilog():
+    """The board top converts to Verilog (both variants) and the engine states its cost."""
+    from shiftacc.hw.board import LinkTop, link_top_verilog
+    from shiftacc.hw.stream import to_verilog
+    model, plan = tiny_model(3)
+    text = link_top_verilog(model, plan, clock_hz=12_000_000, baud=0, uart=False)
+    assert "module shiftacc_link" in text and "uart_rx" not in text
+    top = LinkTop(model, plan, clock_hz=12_000_000, baud=115200, uart=True)
+    text = to_verilog(top, name="board")
+    assert "module board" in text and "uart_rx" in text
+    cost = top.engine.cost()
+    assert cost.multiplier_count == 0
+    names = {mem.name for mem in cost.memories}
+    assert {"link.slot_ram", "link.slot_meta", "link.result_ram", "link.descriptor_rom",
+            "link.reply_queue", "link.inflight_fifo"} <= names
+    assert top.cost().memory_bits == cost.memory_bits

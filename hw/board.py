@@ -1,0 +1,132 @@
+"""The board top: link engine + accelerator (+ UART PHY), what a board and the simulator run.
+
+:class:`LinkTop` is the whole device of DESIGN.md §4 in one clock domain (``sync``, reset by
+the domain's reset): host bytes in, through the :class:`~shiftacc.hw.link.LinkEngine`, to the
+:class:`~shiftacc.hw.top.Accelerator`, replies back. With ``uart=True`` the bytes come from
+and go to the 8N1 PHY of :mod:`shiftacc.hw.uart` (two pins); with ``uart=False`` they are byte
+streams, which is what the simulator server bridges to a TCP socket. The boards issue adds
+what a real board needs around it (PLL, reset synchroniser, pin constraints); nothing here is
+board specific.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .link import LinkEngine
+from .resources import Cost
+from .stream import to_verilog
+
+__all__ = ["LinkTop", "STATUS_LED", "link_top_verilog"]
+
+#: The LED outputs: parameters loaded, work in progress, the last answered frame dropped.
+STATUS_LED = data.StructLayout({"params_ready": 1, "busy": 1, "error": 1})
+
+
+class LinkTop(wiring.Component):
+    """Link engine + accelerator (+ UART PHY): the device the host driver talks to.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    plan : hw.plan.Plan
+    clock_hz : int
+        Frequency of the ``sync`` clock.
+    baud : int
+        Line rate of the UART (reported by IDENTIFY; 0 allowed only with ``uart=False``).
+    uart : bool
+        Include the UART PHY (pins ``uart_rx``/``uart_tx``) instead of byte streams.
+    slots : int
+        Receive slots of the link engine.
+    accelerator : wiring.Component, optional
+        A component with the Accelerator's ``params``/``images``/``logits`` members (tests
+        plug a small stub); default ``hw.top.Accelerator(model, plan)``.
+    **engine_kw
+        ``max_payload``, ``watchdog_cycles`` for :class:`~shiftacc.hw.link.LinkEngine`.
+
+    Attributes
+    ----------
+    uart_rx : In(1)
+        Serial input (``uart=True``; idle high).
+    uart_tx : Out(1)
+        Serial output (``uart=True``; idle high).
+    rx : In(stream.Signature(8, always_ready=True))
+        Host bytes (``uart=False``), at most one per cycle, never stalled.
+    tx : Out(stream.Signature(8))
+        Reply bytes (``uart=False``).
+    status_led : Out(STATUS_LED)
+    """
+
+    def __init__(self, model, plan, *, clock_hz, baud, uart=True, slots=4, accelerator=None,
+                 **engine_kw):
+        self.engine = LinkEngine(model, plan, clock_hz=clock_hz, baud=baud, slots=slots,
+                                 **engine_kw)
+        if accelerator is None:
+            from .top import Accelerator
+            accelerator = Accelerator(model, plan)
+        self.accelerator = accelerator
+        self.uart = bool(uart)
+        self.phy_rx = self.phy_tx = None
+        if self.uart:
+            from .uart import UARTRx, UARTTx
+            self.phy_rx = UARTRx(clock_hz, baud)
+            self.phy_tx = UARTTx(clock_hz, baud)
+            members = {"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1)}
+        else:
+            members = {"rx": In(stream.Signature(8, always_ready=True)),
+                       "tx": Out(stream.Signature(8))}
+        members["status_led"] = Out(STATUS_LED)
+        super().__init__(members)
+
+    def cost(self):
+        """The link engine's memories (the accelerator's are in its plan's cost; the UART
+        has none)."""
+        return Cost(memories=list(self.engine.cost().memories))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = eng = self.engine
+        m.submodules.accel = acc = self.accelerator
+        wiring.connect(m, eng.params, acc.params)
+        wiring.connect(m, eng.images, acc.images)
+        wiring.connect(m, acc.logits, eng.logits)
+        if self.uart:
+            m.submodules.uart_rx = rxp = self.phy_rx
+            m.submodules.uart_tx = txp = self.phy_tx
+            # The engine takes every byte the PHY delivers (a line cannot be paused), so the
+            # PHY's stream is always ready; its error pulses are counted in STATUS.
+            m.d.comb += [rxp.rx.eq(self.uart_rx),
+                         eng.rx.valid.eq(rxp.o.valid), eng.rx.payload.eq(rxp.o.payload),
+                         rxp.o.ready.eq(1),
+                         eng.line_error.eq(rxp.overrun | rxp.framing_error
+                                           | rxp.break_detected),
+                         self.uart_tx.eq(txp.tx)]
+            wiring.connect(m, eng.tx, txp.i)
+        else:
+            m.d.comb += [eng.rx.valid.eq(self.rx.valid), eng.rx.payload.eq(self.rx.payload)]
+            wiring.connect(m, eng.tx, wiring.flipped(self.tx))
+        m.d.comb += [self.status_led.params_ready.eq(eng.params_ready),
+                     self.status_led.busy.eq(eng.busy),
+                     self.status_led.error.eq(eng.error)]
+        return m
+
+
+def link_top_verilog(model, plan, *, clock_hz, baud, uart, name="shiftacc_link", **kw):
+    """Verilog of a :class:`LinkTop` (constant ports of always-ready streams left out, see
+    :func:`hw.stream.to_verilog`).
+
+    Parameters
+    ----------
+    model, plan, clock_hz, baud, uart
+        As for :class:`LinkTop`.
+    name : str
+        Verilog module name.
+    **kw
+        Further :class:`LinkTop` keywords (``slots``, ``max_payload``, ``watchdog_cycles``).
+
+    Returns
+    -------
+    str
+    """
+    return to_verilog(LinkTop(model, plan, clock_hz=clock_hz, baud=baud, uart=uart, **kw),
+                      name=name)
