@@ -558,3 +558,163 @@ def test_link_top_verilog():
     assert {"link.slot_ram", "link.slot_meta", "link.result_ram", "link.descriptor_rom",
             "link.reply_queue", "link.inflight_fifo"} <= names
     assert top.cost().memory_bits == cost.memory_bits
+
+
+def _nak(ev, reason_, command, seq):
+    return (isinstance(ev, P.Frame) and ev.command == command and ev.seq == seq
+            and ev.payload == bytes((reason_.value,)))
+
+
+def test_every_drop_reason(seed):
+    """Each malformed frame is answered with its reason and changes nothing: afterwards a
+    load and an INFER give exact logits, and STATUS counts every drop."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, input_bits=4, watchdog_cycles=60)
+    eng = bench.engine
+    host = Host(bench, rng)
+    words = random_words(model, plan, rng)
+    h, w, c = model.input_shape
+    from shiftacc.hw.params import encode_word, ParamKind
+    limits = P.param_limits(words)
+    (layer, kind), (rows, lanes) = sorted(limits.items())[0]
+    bad_words = [encode_word(layer, ParamKind(kind), rows, 0, 1),        # row past the end
+                 encode_word(layer, ParamKind(kind), 0, lanes, 1),       # lane past the end
+                 encode_word(200, ParamKind.WEIGHT, 0, 0, 1),            # no such layer
+                 words[0] & ~(0xFF << 8) | (7 << 8)]                     # unknown kind
+    img = bytes(rng.randrange(16) for _ in range(h * w * c))
+    cases = []    # (bytes, command, seq, reason)
+
+    def corrupt(frame, pos):
+        b = bytearray(frame)
+        b[pos] ^= 1 << rng.randrange(8)
+        return bytes(b)
+
+    good = P.encode_frame(P.Command.INFER, 0x11, img)
+    cases.append((corrupt(good, len(good) - 1 - rng.randrange(4)), 0x84, 0x11,
+                  P.Reason.PAYLOAD_CRC))
+    cases.append((corrupt(good, 8), 0x84, 0x11, P.Reason.PAYLOAD_CRC))
+    cases.append((corrupt(P.encode_frame(P.Command.STATUS, 0x12), 6), 0xFF, 0x12,
+                  P.Reason.HEADER_CRC))
+    cases.append((P.encode_frame(P.Command.IDENTIFY, 0x13, b"x"), 0x81, 0x13,
+                  P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(P.Command.INFER, 0x14, img + b"\\0"), 0x84, 0x14,
+                  P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(P.Command.LOAD_PARAMS, 0x15, bytes(4 + 9)), 0x83, 0x15,
+                  P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(P.Command.LOAD_PARAMS, 0x16, bytes(4)), 0x83, 0x16,
+                  P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(P.Command.INFER, 0x17, img * (eng.max_images + 1)), 0x84,
+                  0x17, P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(P.Command.LOAD_BEGIN, 0x18, bytes(11)), 0x82, 0x18,
+                  P.Reason.BAD_LENGTH))
+    cases.append((P.encode_frame(0x09, 0x19), 0x89, 0x19, P.Reason.UNKNOWN_COMMAND))
+    cases.append((P.encode_frame(0x81, 0x1A, bytes(3)), 0x81, 0x1A, P.Reason.UNKNOWN_COMMAND))
+    bad_img = bytearray(img)
+    bad_img[rng.randrange(len(img))] = rng.randrange(16, 256)
+    cases.append((P.encode_frame(P.Command.INFER, 0x1B, bytes(bad_img)), 0x84, 0x1B,
+                  P.Reason.PIXEL_RANGE))
+    seq = 0x30
+    for bw in bad_words:
+        chunk = words[:3] + [bw] + words[3:5]
+        cases.append((P.encode_frame(P.Command.LOAD_PARAMS, seq, load_payload(0, chunk)), 0x83,
+                      seq, P.Reason.PARAM_ADDRESS))
+        seq += 1
+    done = {}
+
+    async def tb(ctx):
+        r = await host.request(ctx, P.Command.LOAD_BEGIN, 1,
+                               begin_payload(eng.design_id, len(words)))
+        assert reason(r) is P.Reason.OK
+        for data, command, s, why in cases:
+            await host.send(ctx, data)
+            await host.wait_for(ctx, lambda ev: _nak(ev, why, command, s), deadline=3000,
+                                what=f"{why.name} for 0x{command:02x}/{s}")
+        st = status_of(await host.request(ctx, P.Command.STATUS, 2))
+        assert int(st.words_loaded) == 0 and int(st.flags.loading) == 1
+        assert int(st.frames_dropped) == len(cases)
+        await full_load(ctx, host, eng, words, ref, seq0=0x50)
+        r = await host.request(ctx, P.Command.INFER, 3, img)
+        assert logits_of(r, len(model.classes)) == [ref.logits(np.frombuffer(img, np.uint8))]
+        assert ctx.get(bench.violation) == 0
+        done["ok"] = True
+
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok") and not host.events, host.events
+
+
+def test_watchdog_and_resync(seed):
+    """A frame that stops midway is dropped by the watchdog (TIMEOUT; NAK when the header
+    was incomplete) and the next frame is answered; garbage between frames is skipped."""
+    rng = random.Random(seed)
+    wd = 80
+    model, plan, bench, ref = make_bench(seed, watchdog_cycles=wd)
+    host = Host(bench, rng)
+    h, w, c = model.input_shape
+    img = bytes(rng.getrandbits(8) for _ in range(h * w * c))
+    done = {}
+
+    async def tb(ctx):
+        frame = P.encode_frame(P.Command.INFER, 0x21, img)
+        await host.send(ctx, frame[:len(frame) // 2])
+        await host.idle(ctx, wd - 5)
+        assert not host.events, "the watchdog fired early"
+        await host.wait_for(ctx, lambda ev: _nak(ev, P.Reason.TIMEOUT, 0x84, 0x21),
+                            deadline=200, what="TIMEOUT reply")
+        await host.send(ctx, P.encode_frame(P.Command.STATUS, 0x22)[:4])
+        await host.wait_for(ctx, lambda ev: _nak(ev, P.Reason.TIMEOUT, 0xFF, 0x22),
+                            deadline=wd + 100, what="TIMEOUT NAK")
+        # A gap just under the watchdog inside a frame is fine.
+        frame = P.encode_frame(P.Command.STATUS, 0x23)
+        await host.send(ctx, frame[:5])
+        await host.idle(ctx, wd - 3)
+        await host.send(ctx, frame[5:])
+        st = status_of(await host.wait_for(ctx, lambda ev: isinstance(ev, P.Frame)
+                                           and ev.seq == 0x23, what="STATUS reply"))
+        assert int(st.frames_dropped) == 2 and int(st.last_drop) == P.Reason.TIMEOUT.value
+        # Garbage full of sync bytes, a pause the watchdog ends, then a frame.
+        junk = bytes(rng.choice([0xA5, 0x5A, rng.getrandbits(8)]) for _ in range(200))
+        await host.send(ctx, junk)
+        await host.idle(ctx, wd + 10)
+        await host.send(ctx, P.encode_frame(P.Command.STATUS, 0x24))
+        await host.wait_for(ctx, lambda ev: isinstance(ev, P.Frame) and ev.seq == 0x24
+                            and ev.command == 0x86, deadline=5000, what="STATUS after junk")
+        done["ok"] = True
+
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok")
+
+
+def test_busy_and_lost_replies(seed):
+    """With tx held, frames pile up: every frame is answered (OK or BUSY) or counted as a
+    lost reply; executor replies are never lost."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, slots=2)
+    host = Host(bench, rng)
+    n = 14
+    done = {}
+
+    async def tb(ctx):
+        host.hold = True
+        for s in range(n):
+            await host.send(ctx, P.encode_frame(P.Command.STATUS, s))
+        await host.idle(ctx, 50)
+        host.hold = False
+        await host.idle(ctx, 3000)
+        ok = [e.seq for e in host.events if isinstance(e, P.Frame) and reason(e) is P.Reason.OK]
+        busy = [e.seq for e in host.events
+                if isinstance(e, P.Frame) and reason(e) is P.Reason.BUSY]
+        host.events.clear()
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x77))
+        done.update(ok=ok, busy=busy, lost=int(st.replies_lost), dropped=int(st.frames_dropped))
+
+    run(bench, tb, background=[host.monitor])
+    print(done)
+    assert busy_ok(done, n)
+
+
+def busy_ok(done, n):
+    assert done["busy"] or done["lost"], "the slots never filled"
+    assert sorted(done["ok"] + done["busy"]) == sorted(set(done["ok"] + done["busy"]))
+    assert len(done["ok"]) + len(done["busy"]) + done["lost"] == n
+    assert done["dropped"] == n - len(done["ok"])
+    return True
