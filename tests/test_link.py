@@ -185,10 +185,13 @@ class Host:
         pattern = [self.rng.random() >= self.p_stall for _ in range(4096)]
         i = 0
         buf = bytearray()
+        current = None
         while True:
             ready = pattern[i & 4095] and not self.hold
             i += 1
-            ctx.set(tx.ready, ready)
+            if ready != current:
+                ctx.set(tx.ready, ready)
+                current = ready
             _, _, valid, payload = await ctx.tick().sample(tx.valid, tx.payload)
             self.cycle += 1
             if valid and ready:
