@@ -33,6 +33,8 @@ def load(path):
         arrays = {k: z[k] for k in z.files if k != "manifest"}
         manifest = json.loads(bytes(z["manifest"]).decode())
     secs = manifest["provenance"].pop("train_seconds")
+    for key in ("wall_seconds", "images_per_second"):  # timings too
+        manifest["provenance"].pop(key, None)
     return manifest, arrays, secs
 
 

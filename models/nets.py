@@ -226,9 +226,29 @@ class ShiftNet(nn.Module):
         self.body = nn.ModuleList(body)
 
     def forward(self, x):
-        for mod in self.body:
+        # Channels-last (NHWC in memory, NCHW shape): 1x1 convolutions become plain matrix
+        # products over pixels, and BatchNorm, pooling and the shifts run on the same layout.
+        x = x.contiguous(memory_format=torch.channels_last)
+        body = list(self.body)
+        if self._fused_stem():
+            # replicate(9) + fixed 3x3 shift + 1x1 conv == one 3x3 conv (see QConv.forward).
+            x = body[2](x, stem3x3=True)
+            body = body[3:]
+        for mod in body:
             x = mod(x)
         return x.flatten(1)
+
+    def _fused_stem(self):
+        """True when the body starts with the zero-FLOP stem that is exactly a 3x3 conv."""
+        b = self.body
+        if len(b) < 3 or not isinstance(b[0], Replicate) or b[0].factor != 9:
+            return False
+        sl, conv = b[1], b[2]
+        if not isinstance(sl, ShiftLayer) or sl.method != "fixed" or not isinstance(conv, QConv):
+            return False
+        c = sl.channels // 9
+        want = [d for d in candidates(1) for _ in range(c)]
+        return sl.shifts.tolist() == [list(d) for d in want] and conv.cin == 9 * c
 
     def shift_layers(self, searchable=True):
         """The block shift layers (not the stem's fixed one when ``searchable``)."""

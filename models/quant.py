@@ -129,7 +129,7 @@ class ActQuant(nn.Module):
                 q = 0.9999 if self.bits >= 8 else 0.999
                 flat = x.detach().flatten()
                 if flat.numel() > 100000:
-                    flat = flat[torch.randperm(flat.numel())[:100000]]
+                    flat = flat[torch.randperm(flat.numel(), device=flat.device)[:100000]]
                 m = torch.quantile(flat.float(), q)
                 self.running_max.copy_(torch.maximum(self.running_max, m))
                 self.scale.copy_(torch.clamp(self.running_max, min=1e-6) / self.qmax)
@@ -199,18 +199,29 @@ class QConv(nn.Module):
             return nn.functional.gelu(y)
         raise ValueError(f"unknown activation {self.act!r}")
 
-    def forward(self, x):
-        if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+    def forward(self, x, stem3x3=False):
+        """Conv, BatchNorm (or folded), activation, activation quantizer.
+
+        With ``stem3x3`` the input is the stem's *unreplicated* image and the layer runs as
+        the 3x3 convolution that replicate(9) + the stem's fixed shift + this 1x1 conv are
+        (weight column ``e * C + c`` is tap ``e`` of :func:`models.shift.candidates` (1) of
+        input channel ``c``): the same function without nine copies of the image.
+        """
         if self.qat:
             # BN frozen and folded, exactly as exported; weights fake-quantized.
             w, b = self.folded()
             w = fake_quant_weight(w, self.weight_bits, per_channel=not self.last)
-            y = torch.einsum("oi,nihw->nohw", w, x) + b.view(1, -1, 1, 1)
         else:
-            y = torch.einsum("oi,nihw->nohw", self.weight, x) + self.bias.view(1, -1, 1, 1)
-            if self.bn is not None:
-                y = self.bn(y)
+            w, b = self.weight, self.bias
+        if stem3x3:
+            cout, cin9 = w.shape
+            kernel = w.reshape(cout, 9, cin9 // 9).permute(0, 2, 1).reshape(cout, -1, 3, 3)
+            y = nn.functional.conv2d(x, kernel, b, padding=1)
+        else:
+            # A 1x1 convolution with stride s reads pixels (s*y, s*x): H_out = ceil(H / s).
+            y = nn.functional.conv2d(x, w[:, :, None, None], b, stride=self.stride)
+        if not self.qat and self.bn is not None:
+            y = self.bn(y)
         y = self._act(y)
         return y if self.aq is None else self.aq(y)
 

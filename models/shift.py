@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 __all__ = ["METHODS", "candidates", "shift_nchw", "all_shifts", "soft_shift", "ShiftLayer",
-           "grouped_shifts"]
+           "grouped_shifts", "candidate_scores"]
 
 METHODS = ("grouped", "sal", "rasl", "sparse")
 
@@ -86,6 +86,8 @@ def shift_nchw(x, shifts):
     Parameters
     ----------
     x : Tensor [N, C, H, W]
+        Either memory layout: contiguous NCHW, or channels-last (NHWC in memory, what the
+        training network uses); the result has the same layout.
     shifts : array-like of int [C, 2]
         (dy, dx) per channel.
 
@@ -96,9 +98,11 @@ def shift_nchw(x, shifts):
 
     Notes
     -----
-    One ``index_select`` on the zero-padded map (index table cached per shift table and
-    size); the gradient is the opposite shift, done the same way. A shift only moves values,
-    so forward and backward are exact copies: the results are those of slicing, and do not
+    Contiguous NCHW: one ``index_select`` on the zero-padded map (index table cached per
+    shift table, size and device); the gradient is the opposite shift, done the same way.
+    Channels-last: a depthwise convolution whose kernel is one-hot per channel (faster on
+    that layout; 1 times the value plus exact zeros). A shift only moves values, so forward
+    and backward are exact copies either way: the results are those of slicing, and do not
     depend on the number of threads.
     """
     s = np.asarray(shifts.detach().cpu() if torch.is_tensor(shifts) else shifts)
@@ -106,16 +110,45 @@ def shift_nchw(x, shifts):
     n, c, h, w = x.shape
     if s.shape[0] != c:
         raise ValueError(f"{s.shape[0]} shifts for {c} channels")
-    r, fwd, bwd = _shift_plan(s, h, w)
-    return _Shift.apply(x, r, fwd, bwd)
+    if _is_nhwc(x):
+        # Channels-last (training): a depthwise conv with a one-hot kernel per channel. Every
+        # output is 1 * x + a sum of exact zeros, so it is the same copy as the gather (and
+        # its gradient the same opposite shift), only faster on this layout.
+        r, kernel = _one_hot_kernel(s, x.dtype, x.device)
+        return nn.functional.conv2d(x, kernel, padding=r, groups=c)
+    r, fwd, bwd = _shift_plan(s, h, w, x.device)
+    return _Shift.apply(x.contiguous(), r, fwd, bwd)
+
+
+_KERNELS = {}
+
+
+def _one_hot_kernel(s, dtype, device):
+    """``(r, kernel [C, 1, 2r+1, 2r+1])`` with a single 1 at tap ``(dy + r, dx + r)``."""
+    key = (s.tobytes(), str(dtype), str(device))
+    got = _KERNELS.get(key)
+    if got is None:
+        if len(_KERNELS) >= 256:
+            _KERNELS.clear()
+        r = int(np.abs(s).max()) if s.size else 0
+        kernel = torch.zeros(len(s), 1, 2 * r + 1, 2 * r + 1, dtype=dtype)
+        kernel[torch.arange(len(s)), 0, torch.as_tensor(s[:, 0] + r),
+               torch.as_tensor(s[:, 1] + r)] = 1
+        got = _KERNELS[key] = (r, kernel.to(device))
+    return got
+
+
+def _is_nhwc(x):
+    """True when ``x`` (NCHW view) is stored channels-last and not also plain contiguous."""
+    return (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
 
 
 _PLANS = {}
 
 
-def _shift_plan(s, h, w):
+def _shift_plan(s, h, w, device=None):
     """``(r, forward index, backward index)`` into the flattened ``[C, H+2r, W+2r]`` map."""
-    key = (s.tobytes(), h, w)
+    key = (s.tobytes(), h, w, str(device))
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 256:
@@ -127,7 +160,8 @@ def _shift_plan(s, h, w):
         dy, dx = s[:, 0].reshape(-1, 1, 1), s[:, 1].reshape(-1, 1, 1)
         fwd = (ch * hp + ys + r + dy) * wp + xs + r + dx
         bwd = (ch * hp + ys + r - dy) * wp + xs + r - dx
-        plan = (r, torch.from_numpy(fwd.reshape(-1)), torch.from_numpy(bwd.reshape(-1)))
+        plan = (r, torch.from_numpy(fwd.reshape(-1)).to(device),
+                torch.from_numpy(bwd.reshape(-1)).to(device))
         _PLANS[key] = plan
     return plan
 
@@ -149,11 +183,14 @@ class _Shift(torch.autograd.Function):
     def backward(ctx, g):
         # ``+ 0.0`` turns -0.0 into +0.0 (nothing else), as the accumulation into zeros of the
         # former slice-and-assign formulation did: gradients stay bit for bit the same.
-        return _gather(g, ctx.r, ctx.bwd).add_(0.0), None, None, None
+        return _gather(g.contiguous(), ctx.r, ctx.bwd).add_(0.0), None, None, None
 
 
 def all_shifts(x, radius):
-    """Every candidate shift of every channel: ``[K, N, C, H, W]`` in :func:`candidates` order."""
+    """Every candidate shift of every channel: ``[K, N, C, H, W]`` in :func:`candidates` order.
+
+    A reference formulation (it materialises K copies); training never calls it.
+    """
     n, c, h, w = x.shape
     r = int(radius)
     xp = _pad(x, r)
@@ -169,15 +206,32 @@ def soft_shift(x, weights, radius):
     x : Tensor [N, C, H, W]
     weights : Tensor [C, K]
     radius : int
+
+    Notes
+    -----
+    This is a depthwise ``(2R+1) x (2R+1)`` convolution whose kernel is the channel's
+    weights (candidate ``k = (dy + R)(2R + 1) + (dx + R)`` is kernel tap ``(dy + R, dx + R)``,
+    zero padding = the shift's zero fill), so it runs as one ``conv2d(groups=C)``: no
+    shifted copy of the map is materialised, and the gradient with respect to the weights
+    (the attention) comes from the same kernel's backward.
     """
     n, c, h, w = x.shape
     r = int(radius)
-    xp = _pad(x, r)
-    out = None
-    for k, (dy, dx) in enumerate(candidates(r)):
-        term = weights[:, k].view(1, c, 1, 1) * xp[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-        out = term if out is None else out + term
-    return out
+    k = 2 * r + 1
+    kernel = weights.to(x.dtype).reshape(c, 1, k, k)
+    return nn.functional.conv2d(x, kernel, padding=r, groups=c)
+
+
+def candidate_scores(x, g, radius):
+    """``score[c, k] = sum_{n,y,x} g[n, c, y, x] * shift_k(x)[n, c, y, x]`` (``[C, K]``).
+
+    The weight gradient of :func:`soft_shift`'s depthwise convolution: one op, no copies.
+    """
+    c = x.shape[1]
+    r = int(radius)
+    k = 2 * r + 1
+    gw = torch.nn.grad.conv2d_weight(x, (c, 1, k, k), g.to(x.dtype), padding=r, groups=c)
+    return gw.reshape(c, k * k)
 
 
 class ShiftLayer(nn.Module):
@@ -286,7 +340,7 @@ class ShiftLayer(nn.Module):
         # Contribution of each candidate route: first-order loss change <g_c, shift_k(x_c)>,
         # averaged over the batch. No gradient flows into the choice itself.
         with torch.no_grad():
-            s = torch.einsum("knchw,nchw->ck", all_shifts(x, self.radius), g) / x.shape[0]
+            s = candidate_scores(x, g, self.radius) / x.shape[0]
             self.score.mul_(0.9).add_(0.1 * s)
         return None
 
@@ -335,7 +389,8 @@ class ShiftLayer(nn.Module):
                               self.max_moves).indices
             move = torch.zeros_like(move)
             move[keep] = True
-        cand = torch.as_tensor(candidates(self.radius), dtype=torch.int64)
+        cand = torch.as_tensor(candidates(self.radius), dtype=torch.int64,
+                               device=self.shifts.device)
         self.shifts[move] = cand[best[move]]
         self.score[move] = 0  # fresh measurement for the channels that moved
 
@@ -346,7 +401,8 @@ class ShiftLayer(nn.Module):
             self.route_every = 0
             return
         if self.method == "sal":
-            cand = torch.as_tensor(candidates(self.radius), dtype=torch.int64)
+            cand = torch.as_tensor(candidates(self.radius), dtype=torch.int64,
+                                   device=self.shifts.device)
             self.shifts.copy_(cand[self.alpha.argmax(dim=1)])
         elif self.method == "sparse":
             self.shifts.copy_(torch.round(self.offset.clamp(-self.radius, self.radius))
@@ -364,7 +420,7 @@ class ShiftLayer(nn.Module):
         elif self.method == "sparse":
             s = torch.round(self.offset.detach().clamp(-self.radius, self.radius))
         else:
-            cand = torch.as_tensor(candidates(self.radius))
+            cand = torch.as_tensor(candidates(self.radius), device=self.shifts.device)
             s = cand[self.alpha.argmax(dim=1)]
         return float((s == 0).all(dim=1).float().mean())
 

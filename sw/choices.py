@@ -7,7 +7,7 @@ import the training stack just to fill argparse's ``choices``; the names live he
 :data:`shiftacc.models.data.DATASETS`), so a new preset or method cannot be forgotten here.
 """
 
-__all__ = ["DATASETS", "METHODS", "PRESETS", "SIMULATORS"]
+__all__ = ["DATASETS", "DEVICES", "METHODS", "PRESETS", "SIMULATORS"]
 
 #: Data sets :func:`shiftacc.models.data.load_split` reads.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -15,5 +15,7 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 METHODS = ("grouped", "sal", "rasl", "sparse")
 #: Network presets (the keys of :data:`shiftacc.models.nets.PRESETS`), sorted.
 PRESETS = ("cifar10-s", "digits-m", "digits-s", "digits-xs", "mnist-s")
+#: Devices ``shiftacc train --device`` accepts (``auto``: CUDA when torch sees one).
+DEVICES = ("cpu", "cuda", "auto")
 #: Simulators ``shiftacc sim`` runs.
 SIMULATORS = ("verilator", "icarus")

@@ -103,9 +103,9 @@ def cmd_train(args):
     """
     out = Path(args.out or f"{args.dataset}-shiftnet.npz")
     check_output(out, what="--out", force=args.force, create_parents=True)
-    if args.epochs < 4:
-        raise UsageError(f"--epochs {args.epochs}: at least 4 are needed (search, fine-tune, "
-                         f"QAT)")
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None and epochs < 4:
+        raise UsageError(f"--epochs {epochs}: at least 4 are needed (search, fine-tune, QAT)")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be at least 1")
     torch = require_extra("torch", "train", "shiftacc train")
@@ -113,8 +113,9 @@ def cmd_train(args):
         require_extra("sklearn", "train", "shiftacc train --dataset digits")
     from ..models.artifact import ArtifactError, save_artifact
     from ..models.data import load_split
-    from ..models.train import train_model
+    from ..models.train import resolve_device, train_model
     try:
+        device = resolve_device(getattr(args, "device", "cpu"))
         # Fail on a missing or malformed data folder now, not after building the network.
         load_split(args.dataset, "test", args.data_dir)
     except ValueError as e:
@@ -124,13 +125,19 @@ def cmd_train(args):
     torch.set_num_threads(args.threads)
     try:
         net, model = train_model(dataset=args.dataset, method=args.method, preset=args.preset,
-                                 epochs=args.epochs, seed=args.seed, act_bits=args.act_bits,
+                                 epochs=epochs, seed=args.seed, act_bits=args.act_bits,
                                  weight_bits=args.weight_bits, data_dir=args.data_dir,
-                                 progress=progress_wanted(args))
+                                 progress=progress_wanted(args), device=device)
     except ArtifactError:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        # Nothing has been written yet (the artifact is written below, atomically, and its
+        # folders are created only then); say so before the CLI reports the interruption.
+        print(f"shiftacc train: interrupted during training; nothing written ({out} "
+              f"{'left as it was' if out.exists() else 'not created'})", file=sys.stderr)
+        raise
     # The output was checked before training; check again (it may have appeared meanwhile)
     # and write through a temporary file beside it.
     check_output(out, what="--out", force=args.force, create_parents=True)
@@ -139,7 +146,9 @@ def cmd_train(args):
         model = save_artifact(tmp, model)
     p = model.provenance
     print(f"wrote {out}: {model.name}, preset {p['preset']}, method {p['method']}, "
-          f"{model.macs_per_image()} MACs/image, {p['train_seconds']} s training")
+          f"{model.macs_per_image()} MACs/image, {p['epochs']} epochs, {p['train_seconds']} s "
+          f"training on {p['device']} ({p['images_per_second']} images/s), "
+          f"{p['wall_seconds']} s in all")
     print(f"test accuracy ({p['dataset']}): float {p['float_accuracy']:.4f}, "
           f"integer {p['int_accuracy']:.4f}")
     if "zero_shift_fraction" in p:
