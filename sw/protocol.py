@@ -36,15 +36,21 @@ Device rules (the gateware and :class:`~shiftacc.sw.devmodel.DeviceModel` both f
 3. ``PAYLOAD_CRC`` when the CRC fails. A gap of more than the watchdog's cycles between two
    bytes of one frame abandons it (``TIMEOUT``). A frame that finds no free receive slot is
    read and dropped with ``BUSY`` (the line cannot be paused; see :data:`Identity.slots`).
+   A complete frame with several of these problems is dropped with the first of
+   ``PAYLOAD_CRC`` (its payload may be noise, so a noted value proves nothing),
+   ``PARAM_ADDRESS``/``PIXEL_RANGE``, ``BUSY``.
 4. A frame that passed is executed in arrival order: ``IDENTIFY``, ``STATUS`` answer at once;
    ``LOAD_BEGIN`` checks the design id and word count (``DESIGN_MISMATCH``), clears the
    loaded parameters and starts a load; ``LOAD_PARAMS`` needs a load in progress
-   (``NOT_LOADING``) and ``offset`` equal to the words loaded so far (``offset`` below it:
-   already applied, acknowledged without writing; above it: ``PARAM_ORDER``); ``INFER`` needs
-   every parameter word loaded (``PARAMS_INCOMPLETE``) and answers with the logits of its
-   images once they are out; ``READ_RESULT`` re-sends the reply of one of the last
-   ``slots`` ``INFER`` frames by its ``seq`` (``NOT_FOUND``); ``RESET`` clears parameters,
-   load state and counters.
+   (``NOT_LOADING``) and ``offset`` equal to the words loaded so far (``offset + k`` at most
+   the words loaded: already applied, acknowledged without writing, also once the load has
+   completed; a partial overlap, a gap or words past the design's count: ``PARAM_ORDER``);
+   ``INFER`` needs every parameter word loaded (``PARAMS_INCOMPLETE``) and answers with the
+   logits of its images once they are out; ``READ_RESULT`` waits for the images in flight,
+   then re-sends the body of the reply of one of the last ``slots`` ``INFER`` frames by its
+   ``seq`` (the newest such; ``NOT_FOUND``), under its own command and ``seq``; ``RESET``
+   clears parameters, load state and counters. ``frames_ok`` counts frames executed with
+   ``OK``, ``frames_dropped`` every frame answered with another reason.
 """
 
 from __future__ import annotations
@@ -342,11 +348,13 @@ class FrameParser:
                 return Dropped(Reason.HEADER_CRC, None, None)
             h = layout_from_bytes(HEADER_LAYOUT, header)
             self._command, self._seq, length = int(h.command), int(h.seq), int(h.length)
+            # The length check first: it knows the commands, and rule 1 reports an unknown
+            # command before a bad length.
             reason = None
-            if length > self.max_payload:
-                reason = Reason.BAD_LENGTH
-            elif self.length_check is not None:
+            if self.length_check is not None:
                 reason = self.length_check(self._command, length)
+            if reason is None and length > self.max_payload:
+                reason = Reason.BAD_LENGTH
             if reason is not None:
                 ev = Dropped(reason, self._command, self._seq)
                 self.reset()
