@@ -618,8 +618,9 @@ class LinkEngine(wiring.Component):
                     m.d.sync += cidx.eq(cidx + 1)
                     with m.If(cidx == 3):
                         m.d.sync += state.eq(HUNT0)
-        # Watchdog: no byte for watchdog_cycles inside a frame.
-        with m.If(~rx.valid & in_frame & (wd == self.watchdog_cycles - 1)):
+        # Watchdog: a gap of more than watchdog_cycles idle cycles inside a frame (it fires
+        # in the (watchdog_cycles + 1)-th consecutive cycle without a byte).
+        with m.If(~rx.valid & in_frame & (wd == self.watchdog_cycles)):
             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
                          ev_nak.eq(state == HEADER)]
             m.d.sync += state.eq(HUNT0)
