@@ -100,7 +100,7 @@ class _Req:
     """One request of a pipelined exchange (resent under new seqs until answered)."""
 
     __slots__ = ("index", "command", "payload", "label", "check", "tries", "seq", "cmd_sent",
-                 "sent_at", "overtaken_at", "last_failure", "prev_mark", "result", "held")
+                 "sent_at", "sent_no", "mark_at_send", "last_failure", "detail", "prev_mark", "result", "held")
 
     def __init__(self, index, command, payload, label, check=None):
         self.index, self.command, self.payload = index, command, bytes(payload)
@@ -109,8 +109,10 @@ class _Req:
         self.seq = None             # seq of the latest send
         self.cmd_sent = command     # command of the latest send (READ_RESULT for INFER)
         self.sent_at = 0.0
-        self.overtaken_at = None
-        self.last_failure = None    # "timeout" or a Reason
+        self.sent_no = 0            # frames sent by the driver before the latest send
+        self.mark_at_send = 0       # INFER results confirmed when the latest INFER was sent
+        self.last_failure = None    # "timeout", "overtaken", "mismatch" or a Reason
+        self.detail = None
         self.prev_mark = None
         self.result = None
         self.held = False
@@ -533,7 +535,10 @@ class Device:
         still in flight).
         """
         slots = self.identity.slots
-        return self._confirmed - req.prev_mark >= 2 * slots - 1
+        # And only while its own result may still be stored: once 2*slots - 1 results were
+        # confirmed since it was sent, at least ``slots`` frames ran after it.
+        return (self._confirmed - req.prev_mark >= 2 * slots - 1
+                and self._confirmed - req.mark_at_send < 2 * slots - 1)
 
     def _send(self, req, seqs, command=None):
         command = req.command if command is None else command
@@ -541,7 +546,7 @@ class Device:
         payload = bytes((req.seq,)) if command is P.Command.READ_RESULT else req.payload
         if command is P.Command.INFER:
             req.prev_mark = self._mark.get(seq, -(self.identity.slots - 1))
-            self._mark[seq] = self._confirmed
+            self._mark[seq] = req.mark_at_send = self._confirmed
         frame = P.encode_frame(command, seq, payload)
         try:
             self.port.write(frame)
@@ -552,8 +557,8 @@ class Device:
                     from None
             raise LinkError(f"the link to {self.url} failed while sending {req.label}: "
                             f"{e}") from None
-        req.seq, req.cmd_sent, req.sent_at, req.overtaken_at = seq, command, \
-            time.monotonic(), None
+        req.seq, req.cmd_sent, req.sent_at = seq, command, time.monotonic()
+        req.sent_no = self._stats["frames_sent"]
         seqs[seq] = (req, command)
         self._stats["bytes_sent"] += len(frame)
         self._stats["frames_sent"] += 1
@@ -571,14 +576,12 @@ class Device:
         """Send the requests of ``source`` with at most ``window`` awaiting a reply.
 
         Each request is resent (under a fresh seq) on a retryable drop, a reply that does not
-        fit it, or ``timeout`` of silence, at most ``retries`` times; a request overtaken by a
-        reply to a later frame (the device answers in arrival order) is presumed lost after a
-        short grace. ``ordered``: a request the device refused with ``PARAM_ORDER`` is held
+        fit it, ``timeout`` of silence, or when a frame sent after it is answered first (the
+        device executes in arrival order, so it was lost), at most ``retries`` times. ``ordered``: a request the device refused with ``PARAM_ORDER`` is held
         until every earlier request is answered, then sent again (an earlier frame was lost).
         """
         t_start = time.perf_counter()
         window = max(1, int(window))
-        grace = min(self.timeout, max(0.05, self.timeout / 4))
         ready = []            # heap of requests to (re)send
         held = []             # PARAM_ORDER requests waiting for their predecessors
         active = {}           # index -> request awaiting the reply to its latest send
@@ -597,14 +600,16 @@ class Device:
             while unresolved and unresolved[0] in resolved:
                 heapq.heappop(unresolved)
 
-        def fail(req, why):
-            """The latest send of ``req`` failed (``why``: 'timeout', 'mismatch' or a
-            Reason): resend it, or give up."""
+        def fail(req, why, detail=None, counted=True):
+            """The latest send of ``req`` failed (``why``: 'timeout', 'overtaken',
+            'mismatch' or a Reason): resend it, or give up."""
             active.pop(req.index, None)
             req.last_failure = why
-            if req.tries >= self.retries:
-                self._give_up(req, why)
-            req.tries += 1
+            req.detail = detail
+            if counted:
+                if req.tries >= self.retries:
+                    self._give_up(req, why)
+                req.tries += 1
             self._stats["retries"] += 1
             heapq.heappush(ready, req)
 
@@ -648,13 +653,10 @@ class Device:
                 for req in list(active.values()):
                     deadline = min(max(req.sent_at, last_rx) + self.timeout,
                                    req.sent_at + self.timeout * max(2, window))
-                    why = "timeout"
-                    if req.overtaken_at is not None and req.overtaken_at + grace < deadline:
-                        deadline, why = req.overtaken_at + grace, "overtaken"
                     if now >= deadline:
-                        if self._parser.in_frame and now - last_rx >= grace:
+                        if self._parser.in_frame:
                             self._parser.reset()     # a reply cut short will not complete
-                        fail(req, why)
+                        fail(req, "timeout")
         finally:
             self._stats["seconds"] += time.perf_counter() - t_start
 
@@ -677,23 +679,22 @@ class Device:
             return                                   # not a reply to what that seq carried
         if not fr.payload:
             if req.seq == fr.seq and req.index in active:
-                fail(req, "mismatch")
+                fail(req, "mismatch", "a reply without a reason byte")
             return
         reason = _reason(fr.payload[:1])
         latest = req.seq == fr.seq and req.index in active
-        # The device answers in arrival order: requests sent before this one and still
-        # unanswered were probably lost.
-        if latest:
-            for other in active.values():
-                if other.sent_at < req.sent_at and other.overtaken_at is None:
-                    other.overtaken_at = now
+        if reason is P.Reason.OK and latest:
+            # The device executes frames in arrival order and answers a frame it drops as
+            # soon as it has read it: a request sent before this one and still unanswered
+            # was lost on the way (or its reply was).
+            for other in [o for o in active.values() if o.sent_no < req.sent_no]:
+                fail(other, "overtaken")
         if reason is P.Reason.OK:
             try:
                 result = req.check(fr.payload[1:]) if req.check else fr.payload[1:]
             except _BadReply as e:
                 if latest:
-                    req.last_failure = str(e)
-                    fail(req, "mismatch")
+                    fail(req, "mismatch", str(e))
                 return
             if req.command is P.Command.INFER:
                 self._confirmed += 1
@@ -706,8 +707,10 @@ class Device:
             fail(req, reason)
             return
         if reason is P.Reason.NOT_FOUND and sent is P.Command.READ_RESULT:
-            # The INFER never arrived: send it again (counted as a retry).
-            fail(req, reason)
+            # The INFER never arrived or its result is gone: send the INFER again (a resend,
+            # but not counted against the frame's limit: READ_RESULT is tried at most once per
+            # loss, so the sends stay bounded).
+            fail(req, reason, counted=False)
             return
         if ordered and reason is P.Reason.PARAM_ORDER and unresolved and \
                 unresolved[0] < req.index:
@@ -730,7 +733,7 @@ class Device:
                 f"{req.tries} retries; is the device powered/serving?")
         if why == "mismatch":
             raise ProtocolError(f"{_describe(req)}: the replies from {self.url} do not fit "
-                                f"the request ({req.last_failure or 'bad reply'}) after "
+                                f"the request ({req.detail or 'bad reply'}) after "
                                 f"{req.tries} retries")
         text = P.REASON_TEXT.get(why, str(why))
         raise DeviceError(f"{_describe(req)} was dropped by the device at {self.url} "

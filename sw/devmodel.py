@@ -14,7 +14,7 @@ import copy
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -87,6 +87,10 @@ class DeviceModel:
             0xFFFF, lambda cmd, n: P.length_ok(cmd, n, max_payload=self.max_payload,
                                                image_bytes=self.image_bytes))
         self._hdr = None        # header bytes as received (for the seq of a NAK)
+        #: Frames that passed both CRCs, by command name (for tests).
+        self.executed = Counter()
+        #: Reasons of every dropped frame, in order (for tests).
+        self.drops = []
         self._t0 = time.monotonic()
         self.reset_state()
 
@@ -156,6 +160,7 @@ class DeviceModel:
 
     def _drop(self, reason, command, seq):
         self.counters["frames_dropped"] += 1
+        self.drops.append(reason)
         self.counters["last_drop"] = reason
         return self._reply(command, seq, bytes((reason.value,)))
 
@@ -167,6 +172,7 @@ class DeviceModel:
 
     def _execute(self, fr):
         cmd = P.Command(fr.command)
+        self.executed[cmd.name] += 1
         R = P.Reason
         if cmd is P.Command.IDENTIFY:
             return self._ok(fr, self.identify_body())
@@ -335,7 +341,7 @@ class ModelPort:
     - ``silent = True``: the device stops answering (requests are still consumed).
     - ``delay = seconds``: replies arrive this much later (a background thread writes them).
     - ``corrupt_request_byte(after=0, mask=0x01)``: flip bits of one request byte on its way
-      to the device.
+      to the device; ``drop_request_bytes(n, after=0)``: lose request bytes.
 
     Parameters
     ----------
@@ -357,6 +363,7 @@ class ModelPort:
         self._drops = []           # [start, count] in reply-byte positions
         self._corrupt = []         # [position, mask]
         self._req_corrupt = []
+        self._req_drops = []
         self._rx_pos = 0           # reply bytes produced so far
         self._tx_pos = 0           # request bytes received so far
         self._last_byte = time.monotonic()
@@ -374,6 +381,9 @@ class ModelPort:
 
     def corrupt_request_byte(self, after=0, mask=0x01):
         self._req_corrupt.append([self._tx_pos + after, mask])
+
+    def drop_request_bytes(self, n, after=0):
+        self._req_drops.append([self._tx_pos + after, n])
 
     # --- the pyserial surface ----------------------------------------------------------
 
@@ -396,16 +406,20 @@ class ModelPort:
 
     def write(self, data):
         data = bytearray(data)
-        start = self._tx_pos
+        start, n_in = self._tx_pos, len(data)
         for pos, mask in self._req_corrupt:
             if start <= pos < start + len(data):
                 data[pos - start] ^= mask
         self._req_corrupt = [c for c in self._req_corrupt if c[0] >= start + len(data)]
-        self._tx_pos += len(data)
+        if self._req_drops:
+            data = bytearray(b for k, b in enumerate(data)
+                             if not any(s <= start + k < s + n for s, n in self._req_drops))
+            self._req_drops = [d for d in self._req_drops if d[0] + d[1] > start + n_in]
+        self._tx_pos += n_in
         self._watchdog()
         self._last_byte = time.monotonic()
         self._emit(self.device.feed(bytes(data)))
-        return len(data)
+        return n_in
 
     def flush(self):
         pass
