@@ -159,6 +159,7 @@ class Device:
         self.url = url or getattr(port, "name", None) or getattr(port, "portstr", None) \
             or type(port).__name__
         self._parser = P.FrameParser()
+        self._bulk = type(port).__module__.endswith("protocol_socket")
         self._seq = 0
         self._identity = None
         self._stats = {"bytes_sent": 0, "bytes_received": 0, "frames_sent": 0,
@@ -479,6 +480,7 @@ class Device:
             if len(body) != n:
                 raise _BadReply(f"STATUS reply of {len(body)} bytes, expected {n}")
             return P.layout_from_bytes(P.STATUS_LAYOUT, body)
+        self.identity      # the first exchange is always IDENTIFY (it flushes stale replies)
         s = self._one(P.Command.STATUS, b"", "STATUS", check=check, window=1)
         out = {}
         for name, _ in P.STATUS_LAYOUT:
@@ -486,8 +488,7 @@ class Device:
                 out["flags"] = {f: bool(int(getattr(s.flags, f))) for f, _ in P.STATUS_FLAGS
                                 if f != "_"}
             elif name == "last_drop":
-                v = int(s.last_drop.as_value().value) if hasattr(s.last_drop, "as_value") \
-                    else int(s.last_drop)
+                v = int(s.last_drop)
                 try:
                     out[name] = P.Reason(v).name
                 except ValueError:
@@ -501,6 +502,7 @@ class Device:
         def check(body):
             if body:
                 raise _BadReply(f"RESET reply with a {len(body)}-byte body")
+        self.identity
         self._one(P.Command.RESET, b"", "RESET", check=check, window=1)
 
     # --- the exchange engine -------------------------------------------------------------
@@ -567,6 +569,14 @@ class Device:
         try:
             n = self.port.in_waiting
             data = self.port.read(max(1, n))
+            if data and n <= 1 and self._bulk:
+                # A socket:// port's in_waiting only says "some": take what has arrived
+                # without waiting (timeout 0), instead of one byte per call.
+                self.port.timeout = 0
+                try:
+                    data += self.port.read(1 << 16)
+                finally:
+                    self.port.timeout = min(self.POLL, self.timeout)
         except Exception as e:   # noqa: BLE001
             raise LinkError(f"the link to {self.url} failed while reading: {e}") from None
         self._stats["bytes_received"] += len(data)

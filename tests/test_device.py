@@ -393,6 +393,44 @@ def test_device_that_keeps_damaging_frames_gives_up(net, seed):
     assert e.value.reason is R.PAYLOAD_CRC
 
 
+def test_over_a_socket_url(net, seed):
+    """The same driver through ``socket://`` (as it reaches ``shiftacc serve``): a TCP
+    server thread bridges the socket to the device model."""
+    import socket
+    import threading
+    model, plan = net
+    dm = DeviceModel(model, plan)
+    server = socket.create_server(("127.0.0.1", 0))
+    port_no = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                conn.sendall(dm.feed(data))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    images = _images(seed, 300)
+    try:
+        with Device.open(f"socket://127.0.0.1:{port_no}", timeout=1.0) as dev:
+            dev.load(model)
+            t0 = time.perf_counter()
+            logits = dev.infer(images)
+            wall = time.perf_counter() - t0
+            stats = dev.stats()
+    finally:
+        server.close()
+        thread.join(timeout=5)
+    np.testing.assert_array_equal(logits, golden.run(model, images))
+    assert stats["retries"] == 0
+    print(f"socket://: {len(images) / wall:.0f} images/s, "
+          f"{(stats['bytes_sent'] + stats['bytes_received']) / wall / 1e3:.0f} kB/s")
+
+
 def test_open_failures_are_clear():
     with pytest.raises(LinkError, match=r"socket://127\.0\.0\.1:1.*shiftacc serve"):
         Device.open("socket://127.0.0.1:1", timeout=0.5)
