@@ -100,7 +100,8 @@ class _Req:
     """One request of a pipelined exchange (resent under new seqs until answered)."""
 
     __slots__ = ("index", "command", "payload", "label", "check", "tries", "seq", "cmd_sent",
-                 "sent_at", "sent_no", "mark_at_send", "last_failure", "detail", "prev_mark", "result", "held")
+                 "sent_at", "sent_no", "mark_at_send", "last_failure", "detail", "prev_mark",
+                 "held")
 
     def __init__(self, index, command, payload, label, check=None):
         self.index, self.command, self.payload = index, command, bytes(payload)
@@ -114,7 +115,6 @@ class _Req:
         self.last_failure = None    # "timeout", "overtaken", "mismatch" or a Reason
         self.detail = None
         self.prev_mark = None
-        self.result = None
         self.held = False
 
     def __lt__(self, other):
@@ -587,8 +587,9 @@ class Device:
 
         Each request is resent (under a fresh seq) on a retryable drop, a reply that does not
         fit it, ``timeout`` of silence, or when a frame sent after it is answered first (the
-        device executes in arrival order, so it was lost), at most ``retries`` times. ``ordered``: a request the device refused with ``PARAM_ORDER`` is held
-        until every earlier request is answered, then sent again (an earlier frame was lost).
+        device executes in arrival order, so it was lost), at most ``retries`` times.
+        ``ordered``: a request the device refused with ``PARAM_ORDER`` is held until every
+        earlier request is answered, then sent again (an earlier frame was lost).
         """
         t_start = time.perf_counter()
         window = max(1, int(window))
