@@ -300,7 +300,7 @@ def test_lost_reply_is_fetched_with_read_result(net, seed):
     """A whole INFER reply lost: the next reply shows it (the device answers in order), and
     the driver asks for the stored result instead of sending the images again."""
     model, _ = net
-    dm, port, dev = _device(net, timeout=0.3)
+    dm, port, dev = _device(net, timeout=2.0)
     reply = P.FRAME_OVERHEAD + 1 + 16 * 10 * P.LOGIT_BYTES
     with dev:
         dev.load(model)
@@ -308,10 +308,35 @@ def test_lost_reply_is_fetched_with_read_result(net, seed):
         assert dm.executed["INFER"] == 4
         port.drop_reply_bytes(reply, after=2 * reply)
         images = _images(seed + 1, 64)
+        t0 = time.monotonic()
         logits = dev.infer(images)
+        assert time.monotonic() - t0 < 0.5     # found lost at once, not after the timeout
         assert dev.stats()["retries"] == 1
     np.testing.assert_array_equal(logits, golden.run(model, images))
     assert dm.executed["READ_RESULT"] == 1 and dm.executed["INFER"] == 8
+
+
+def test_read_result_never_returns_a_stale_result(net, seed):
+    """The device still holds results of an earlier session under the seqs a new driver
+    uses. The new driver's INFER seq 2 never arrives: READ_RESULT(2) would return the old
+    session's logits for other images, so the driver must send the INFER again."""
+    model, plan = net
+    dm = DeviceModel(model, plan)
+    old_images, images = _images(seed, 64), _images(seed + 1, 64)
+    with Device(ModelPort(dm), timeout=2.0, url="loop://") as old:
+        old.load(model)
+        old._seq = 1                              # its INFERs use seqs 1..4
+        old.infer(old_images)
+    port = ModelPort(dm)
+    with Device(port, timeout=2.0, url="loop://") as dev:
+        dev.identify()                            # seq 0
+        frame = P.FRAME_OVERHEAD + 16 * 64
+        port.drop_request_bytes(frame, after=frame)          # INFER seq 2 is lost
+        t0 = time.monotonic()
+        logits = dev.infer(images)
+        assert time.monotonic() - t0 < 0.5
+    np.testing.assert_array_equal(logits, golden.run(model, images))
+    assert dm.executed["READ_RESULT"] == 0
 
 
 def test_corrupted_and_truncated_requests_are_retried(net, seed):
