@@ -3,7 +3,8 @@
 The parser is built here from names in :mod:`shiftacc.sw.choices` only, so ``shiftacc
 --help`` (and every subcommand's ``--help``) imports neither torch nor NumPy nor Amaranth;
 the module that implements a subcommand is imported when that subcommand runs
-(``sw.cli_model`` for train/golden/info, ``sw.cli_hw`` for generate/sim/cache).
+(``sw.cli_model`` for train/golden/info, ``sw.cli_hw`` for generate/sim/cache,
+``sw.cli_link`` for serve/run).
 
 Errors: subcommands raise the exceptions of :mod:`shiftacc.sw.errors` (or let a typed
 library error through: ``ArtifactError``, ``PlanError``) and :func:`main` maps them, in one
@@ -219,6 +220,57 @@ def build_parser():
     p.add_argument("--workdir", metavar="DIR",
                    help="keep the job, logs and waveforms in DIR (default: a temporary folder, "
                         "removed after a passing run)")
+
+    p = add("serve", "cli_link:cmd_serve",
+            help="simulate the board (link engine + accelerator) on a TCP socket",
+            description="Simulate the board top (link engine + accelerator, and the real UART "
+                        "PHY with --uart) in Verilator or Icarus and serve its byte stream on "
+                        "a TCP socket: the driver reaches it as socket://HOST:PORT exactly as it "
+                        "reaches a board's serial port. Serves client after client until "
+                        "Ctrl-C.")
+    p.add_argument("model", metavar="MODEL.npz",
+                   help="artifact whose topology the simulated board is built for")
+    p.add_argument("--port", type=_int_at_least(0, 65535), default=8765,
+                   help="TCP port (0: any free port, printed)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator", help="simulator")
+    p.add_argument("--config", metavar="PAR.json",
+                   help="parallelism config JSON (default: the planner's defaults)")
+    p.add_argument("--uart", action="store_true",
+                   help="simulate the UART PHY on the line at --baud (default: byte streams, "
+                        "no UART)")
+    p.add_argument("--baud", type=_int_at_least(1200), default=3_000_000,
+                   help="line rate with --uart")
+    p.add_argument("--clock-hz", type=_int_at_least(1_000_000), default=12_000_000,
+                   help="clock the simulated board reports and its UART divides (at least "
+                        "4 clocks per bit)")
+    p.add_argument("--max-clients", type=positive_int, metavar="N",
+                   help="stop after N client sessions (default: serve until Ctrl-C)")
+
+    p = add("run", "cli_link:cmd_run",
+            help="load a model into a board (or a served simulation) and check every logit",
+            description="Open the device at --port (a serial port such as /dev/ttyUSB1, or "
+                        "socket://HOST:PORT of 'shiftacc serve'), check that its design matches "
+                        "the model, load the parameters, stream the images and compare every "
+                        "logit with the golden model. Exit status 1 when any logit differs.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    p.add_argument("--port", required=True, metavar="URL",
+                   help="pyserial URL: /dev/ttyUSB1, socket://127.0.0.1:8765, ... (required)")
+    add_image_args(p)
+    p.add_argument("--baud", type=_int_at_least(1200), default=3_000_000,
+                   help="serial line rate (ignored for socket://)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds of silence tolerated while waiting for any reply")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="keep trying to open --port for up to this long (a 'shiftacc serve' "
+                        "still building, a board re-enumerating on USB)")
+    p.add_argument("--retries", type=_int_at_least(0, 100), default=3,
+                   help="times a frame is sent again after a timeout or a line error")
+    p.add_argument("--json", metavar="OUT.json",
+                   help="write results as JSON into an existing folder; an existing file is "
+                        "replaced only with --force (default: no file)")
+    p.add_argument("--force", action="store_true", help=force_help)
 
     p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
             description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
