@@ -11,8 +11,9 @@ library error through: ``ArtifactError``, ``PlanError``) and :func:`main` maps t
 place, to a one-line message and an exit status:
 
 0 success; 1 hardware differs from golden or stalled; 2 bad input or usage; 3 a tool or an
-optional extra is missing; 4 a simulator build failed; 70 internal error (traceback written to
-a log file); 130 interrupted; 143 terminated.
+optional extra is missing; 4 a simulator build failed; 5 the link failed (the device could
+not be reached, stopped answering or refused a frame); 70 internal error (traceback written
+to a log file); 130 interrupted; 143 terminated.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def build_parser():
         prog="shiftacc", formatter_class=_Formatter, parents=[_common_options(True)],
         description="Shift networks to bit-exact FPGA accelerators.",
         epilog="exit status: 0 ok, 1 hardware differs from golden (or stalled), 2 bad input "
-               "or usage, 3 missing tool or extra, 4 build failed, 70 internal error, "
-               "130 interrupted")
+               "or usage, 3 missing tool or extra, 4 build failed, 5 link failure (device "
+               "unreachable, not answering, refusing frames), 70 internal error, 130 interrupted")
     parser.add_argument("--version", action="version", version=f"shiftacc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

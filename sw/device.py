@@ -27,14 +27,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import protocol as P
-from .errors import HardwareFailure, InternalError, UsageError
+from .errors import EXIT_LINK, HardwareFailure, InternalError, UsageError
 
 __all__ = ["Device", "Identity", "LinkError", "LinkTimeout", "DeviceError", "ProtocolError",
            "DesignMismatch"]
 
 
 class LinkError(HardwareFailure, RuntimeError):
-    """The link failed: the device could not be opened, stopped answering, or refused a frame."""
+    """The link failed: the device could not be opened, stopped answering, or refused a frame.
+
+    Exit status 5 (:data:`~shiftacc.sw.errors.EXIT_LINK`), so a script can tell "no board or
+    not answering" from "wrong logits" (1).
+    """
+
+    status = EXIT_LINK
 
 
 class LinkTimeout(LinkError, TimeoutError):

@@ -198,7 +198,10 @@ class DeviceModel:
             if not self._load_open:
                 return self._drop(R.NOT_LOADING, fr.command | P.REPLY, fr.seq)
             done = len(self._loaded)
-            if offset > done or (offset == done and done + len(words) > len(self.words)):
+            # Rule 4: a frame wholly below the words loaded is a duplicate (acknowledged, not
+            # written); a gap, a partial overlap or words past the count are out of order.
+            if offset > done or (offset < done < offset + len(words)) or (
+                    offset == done and done + len(words) > len(self.words)):
                 return self._drop(R.PARAM_ORDER, fr.command | P.REPLY, fr.seq)
             if offset == done:
                 self._loaded += words
@@ -216,19 +219,19 @@ class DeviceModel:
             from ..models import golden
             logits = golden.run(self._net, images, threads=1).astype("<i4")
             self.counters["images_done"] += k
-            reply = self._ok(fr, logits.tobytes())
+            body = logits.tobytes()
+            reply = self._ok(fr, body)
             self._results.pop(fr.seq, None)
-            self._results[fr.seq] = reply
+            self._results[fr.seq] = body
             while len(self._results) > self.slots:
                 self._results.popitem(last=False)
             return reply
         # READ_RESULT
+        # Rule 4: the stored body, under READ_RESULT's own command and seq (as the gateware).
         stored = self._results.get(fr.payload[0])
         if stored is None:
             return self._drop(R.NOT_FOUND, fr.command | P.REPLY, fr.seq)
-        self.counters["frames_ok"] += 1
-        self.counters["tx_bytes"] += len(stored)
-        return stored
+        return self._ok(fr, stored)
 
     def _address_ok(self, word):
         o, m = _field_cache["layer"]

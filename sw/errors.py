@@ -20,7 +20,7 @@ same types without pulling in the command line.
 
 __all__ = ["ShiftaccError", "UsageError", "HardwareFailure", "Mismatch", "Stalled",
            "MissingTool", "MissingExtra", "BuildFailed", "InternalError", "EXIT_OK",
-           "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_MISSING", "EXIT_BUILD", "EXIT_INTERNAL",
+           "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_MISSING", "EXIT_BUILD", "EXIT_LINK", "EXIT_INTERNAL",
            "EXIT_INTERRUPTED", "EXIT_TERMINATED", "require_extra"]
 
 EXIT_OK = 0
@@ -28,6 +28,7 @@ EXIT_MISMATCH = 1
 EXIT_USAGE = 2
 EXIT_MISSING = 3
 EXIT_BUILD = 4
+EXIT_LINK = 5  # the link failed: device unreachable, silent, or refusing frames
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143

@@ -254,6 +254,8 @@ def test_sigterm_is_143_and_runs_cleanup(tmp_path):
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read()
+    proc.stdout.close()  # closed here, not by the garbage collector (a ResourceWarning)
+    proc.stderr.close()
     assert status == 143, err
     assert "terminated" in err
     assert (tmp_path / "cleaned").exists()

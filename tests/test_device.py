@@ -20,7 +20,7 @@ from shiftacc.sw import protocol as P
 from shiftacc.sw.device import (DesignMismatch, Device, DeviceError, LinkError, LinkTimeout,
                                 ProtocolError)
 from shiftacc.sw.devmodel import DeviceModel, ModelPort
-from shiftacc.sw.errors import EXIT_MISMATCH, EXIT_USAGE
+from shiftacc.sw.errors import EXIT_LINK, EXIT_USAGE
 
 R = P.Reason
 
@@ -190,7 +190,7 @@ def test_infer_before_load_is_refused(net, seed):
     assert e.value.reason is R.PARAMS_INCOMPLETE and e.value.command is P.Command.INFER
     assert P.REASON_TEXT[R.PARAMS_INCOMPLETE] in str(e.value)
     assert "INFER" in str(e.value) and "images 0–4" in str(e.value)
-    assert e.value.status == EXIT_MISMATCH
+    assert e.value.status == EXIT_LINK
     assert dm.drops == [R.PARAMS_INCOMPLETE]
 
 
@@ -397,7 +397,7 @@ def test_silent_device_times_out_within_the_bound(net, seed):
     assert "no reply to INFER seq" in msg and "(images 0–15)" in msg
     assert "loop://" in msg and f"within {timeout} s after {retries} retries" in msg
     assert "powered/serving" in msg
-    assert e.value.status == EXIT_MISMATCH and isinstance(e.value, LinkError)
+    assert e.value.status == EXIT_LINK and isinstance(e.value, LinkError)
     # Also for a single command, and before any identity is known.
     _, port, dev = _device(net, timeout=timeout, retries=0)
     port.silent = True

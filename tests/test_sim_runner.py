@@ -219,6 +219,7 @@ def test_sigint_to_cli_ends_every_child(tiny, tmp_path, phase):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = proc.stdout.read()
+    proc.stdout.close()  # closed here, not by the garbage collector (a ResourceWarning)
     print(f"SIGINT during the {phase} -> exit {status} in {took:.2f} s; children were: {seen}")
     assert status == 130, output
     assert took < 10
