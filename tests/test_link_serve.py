@@ -230,3 +230,22 @@ def test_uart_link_is_exact(tiny, capsys, tmp_path):
               f"{res['images_per_second']:.1f} images/s (simulated)")
     finally:
         assert srv.stop() == 143
+
+
+def test_icarus_serves_the_same_board(tiny, capsys, tmp_path):
+    """``--simulator icarus``: the same board top, bridge and driver, exact logits; the
+    server stops by itself after its one client (``--max-clients 1``, exit 0)."""
+    model, d = tiny
+    srv = Server(d / "tiny.npz", ["--simulator", "icarus", "--max-clients", "1"],
+                 tmp_path / "serve-icarus.log")
+    try:
+        out = tmp_path / "run.json"
+        status, _, err = _run_cli(["run", str(d / "tiny.npz"), "--port", srv.url, "--images",
+                                   str(d / "images.npy"), "--limit", "10", "--timeout", "30",
+                                   "--json", str(out), "-q"], capsys)
+        assert status == 0, err
+        res = json.loads(out.read_text())
+        assert res["golden_mismatches"] == 0 and res["images"] == 10
+        assert srv.proc.wait(120) == 0, "serve --max-clients 1 did not stop after its client"
+    finally:
+        srv.stop()
