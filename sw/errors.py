@@ -20,8 +20,8 @@ same types without pulling in the command line.
 
 __all__ = ["ShiftaccError", "UsageError", "HardwareFailure", "Mismatch", "Stalled",
            "MissingTool", "MissingExtra", "BuildFailed", "InternalError", "EXIT_OK",
-           "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_MISSING", "EXIT_BUILD", "EXIT_LINK", "EXIT_INTERNAL",
-           "EXIT_INTERRUPTED", "EXIT_TERMINATED", "require_extra"]
+           "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_MISSING", "EXIT_BUILD", "EXIT_LINK",
+           "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "require_extra"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
