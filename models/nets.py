@@ -79,8 +79,11 @@ PRESETS = {
     "digits-xs": NetConfig(stem=12, stem_down="pool", blocks=[(24, None), (32, None)]),
     # ~75k MACs/image.
     "digits-m": NetConfig(stem=16, blocks=[(32, "pool"), (64, None)]),
-    "mnist-s": NetConfig(in_shape=(28, 28, 1), stem=16, blocks=[(32, "pool"), (48, "stride"),
-                                                                (64, None)]),
+    # ~1.72M MACs/image: two blocks at 14x14 and one at 7x7 after the 28x28 stem and first
+    # block. MNIST, 8 epochs (one-cycle), seed 0: integer 0.9933 (float 0.9934). The former
+    # mnist-s (blocks (32, pool), (48, stride), (64, None); 0.74M MACs) reached 0.9876 only.
+    "mnist-s": NetConfig(in_shape=(28, 28, 1), stem=16, blocks=[(32, "pool"), (48, None),
+                                                                (64, "pool"), (96, None)]),
     "cifar10-s": NetConfig(in_shape=(32, 32, 3), stem=32, blocks=[(48, "pool"), (64, None),
                                                                    (96, "pool"), (128, None)]),
 }

@@ -28,7 +28,7 @@ import time
 import traceback
 
 from .. import __version__
-from .choices import DATASETS, METHODS, PRESETS, SIMULATORS
+from .choices import DATASETS, DEVICES, METHODS, PRESETS, SIMULATORS
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_TERMINATED,
                      EXIT_USAGE, ShiftaccError)
 
@@ -145,8 +145,9 @@ def build_parser():
                    help="artifact to write, missing folders created (default: "
                         "DATASET-shiftnet.npz); an existing file is replaced only with --force")
     p.add_argument("--force", action="store_true", help=force_help)
-    p.add_argument("--epochs", type=_int_at_least(4), default=60,
-                   help="training epochs (at least 4: search, fine-tune, QAT)")
+    p.add_argument("--epochs", type=_int_at_least(4),
+                   help="training epochs, at least 4: search, fine-tune, QAT (default: the "
+                        "data set's recipe: digits 60, mnist and fashion-mnist 8, cifar10 30)")
     p.add_argument("--preset", choices=PRESETS,
                    help="network preset (default: the data set's small one)")
     p.add_argument("--act-bits", type=int, choices=(4, 8), default=8, help="activation bits")
@@ -156,13 +157,15 @@ def build_parser():
     p.add_argument("--data-dir", metavar="DIR",
                    help="folder with MNIST/FashionMNIST/CIFAR-10 in torchvision's layout "
                         "(default: none; not needed for digits)")
-    # Results depend on the thread count (float reduction order), so the default is fixed
-    # rather than taken from the machine: 2, the cores the project targets.
     # Training runs its float math on one thread whatever this says (models/train.py), so the
     # artifact is the same for any value; more threads only slow the tiny networks down.
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads for the integer evaluation after training; training "
                         "itself always uses one, so the artifact does not depend on this")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where the float network trains: auto = cuda when torch sees a CUDA "
+                        "device, else cpu; the artifact's format is the same either way and "
+                        "its provenance records the device")
 
     p = add("golden", "cli_model:cmd_golden", help="run the NumPy golden model on images",
             description="Run the exact integer golden model.")
