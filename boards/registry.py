@@ -164,6 +164,15 @@ class Board:
             return None
         return DSP_BLOCKS.get(self.device, 0)
 
+    def link_kw(self, model):
+        """The :class:`~shiftacc.hw.board.LinkTop` keywords of this board (``slots``, and
+        ``max_payload`` raised to one image when an image is larger)."""
+        kw = {"slots": self.slots}
+        if self.max_payload is not None:
+            h, w, c = model.input_shape
+            kw["max_payload"] = max(self.max_payload, int(h) * int(w) * int(c), 16)
+        return kw
+
     def has_uart(self):
         names = {r.name for r in self.platform_class().resources}
         return self.uart in names or self.extra_resources is not None

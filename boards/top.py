@@ -67,12 +67,7 @@ class BoardTop(Elaboratable):
         if link_top is None:
             from ..hw.board import LinkTop
 
-            kw = {"slots": board.slots}
-            if board.max_payload is not None:
-                image_bytes = 1
-                for d in model.input_shape:
-                    image_bytes *= int(d)
-                kw["max_payload"] = max(board.max_payload, image_bytes, 16)
+            kw = board.link_kw(model)
 
             def link_top(clock_hz, baud):
                 return LinkTop(model, plan, clock_hz=clock_hz, baud=baud, uart=True, **kw)

@@ -130,17 +130,26 @@ def _resolve_board(args):
 def _plan(args, model, board, say):
     """The plan: ``--config`` if given; else the device-aware planner when it exists; else
     the planner's defaults."""
-    from ..hw.plan import load_config, plan_network
+    from ..hw.plan import PlanError, load_config, plan_network
     if args.config is None:
         try:
             from ..hw import devices
         except ImportError:
             devices = None
         if devices is not None and hasattr(devices, "plan_for_device"):
-            got = devices.plan_for_device(model, board.device, config=None)
-            plan = got[0] if isinstance(got, tuple) else got
-            say(f"[build] plan chosen for {board.device} by the device-aware planner")
-            return plan
+            try:
+                device = devices.get_device(board.device)
+            except PlanError:
+                device = None
+                say(f"[build] the device-aware planner does not know {board.device}: the "
+                    f"planner's defaults, DSP fit checked only")
+            if device is not None:
+                got = devices.plan_for_device(model, device, config=None,
+                                              link_kw=board.link_kw(model))
+                plan = got[0] if isinstance(got, tuple) else got
+                say(f"[build] plan for {board.device} chosen by the device-aware planner "
+                    f"(max_multipliers {plan.config.get('max_multipliers')})")
+                return plan
     return plan_network(model, load_config(args.config))
 
 

