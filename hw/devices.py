@@ -24,15 +24,16 @@ What is counted, and how (an approximation, stated here once):
   - block RAM: the fewest blocks over the block's shapes, ``ceil(width / w) * ceil(depth /
     d)`` (iCE40 ``SB_RAM40_4K`` 16×256, 8×512, 4×1024, 2×2048, cost 64 each; ECP5
     ``DP16KD`` 18×1024 … 1×16384 and 36×512 as ``PDPW16KD``, cost 128 each);
-  - ECP5 LUT RAM (``TRELLIS_DPR16X4``, 16×4, cost 4 each, plus 1 per bit of the registered
-    read and 1/4 per bit per extra 16-row chunk for the read multiplexer, a term fitted to
-    where Yosys switches): ``ceil(width / 4) * ceil(depth / 16)`` cells; not for ROMs;
+  - ECP5 LUT RAM (``TRELLIS_DPR16X4``, 16×4, cost 4 each, plus a constant
+    :data:`LUTRAM_OVERHEAD` fitted to where Yosys switches: 25 cells stay LUT RAM, 27 go to a
+    block): ``ceil(width / 4) * ceil(depth / 16)`` cells; not for ROMs;
   - flip-flops (logic): cost 1 per bit (1/16 per bit for a ROM).
 
   The cheapest wins; a block-RAM tie goes to logic. Byte-enable granularity (the weight
   memories write one element at a time) and Yosys' packing of several narrow memories are
-  not modelled. Measured on the digits model's smallest plan (``max_multipliers`` 8, see
-  ``benchmarks/bench_fit.py``): see :data:`YOSYS_CROSS_CHECK`.
+  not modelled. On the digits model this reproduces ``memory_libmap``'s own choices memory
+  by memory; Yosys then drops blocks whose read data nothing uses, so the count is an upper
+  bound by a few percent (figures in :data:`YOSYS_CROSS_CHECK`).
   Other families use the same rule with their block shapes (Xilinx ``RAMB36E1``, Cyclone V
   ``M10K``) and an approximate LUT-RAM threshold (marked approximate).
 * **SPRAM** (iCE40 UP5K ``SB_SPRAM256KA``): single-port, so the dataflow engine's memories
@@ -53,8 +54,8 @@ from .plan import PlanConfig, PlanError, as_config, plan_network
 from .resources import FAMILY_CELL, MemorySpec
 
 __all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
-           "memory_usage", "link_memories", "device_usage", "plan_for_device",
-           "fit_report_text", "OVERLAY_HINT"]
+           "memory_usage", "link_memories", "device_usage", "plan_for_device", "plan_dsp",
+           "fit_report_text", "OVERLAY_HINT", "YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,10 +276,8 @@ def map_memory(mem, family, *, rom=False):
     options = [(fam.block_cost * blocks, 1, "block")]
     if fam.lutram is not None and not rom:
         lw, ld, lc = fam.lutram
-        chunks = _cdiv(depth, ld)
-        cells = _cdiv(width, lw) * chunks
-        # The registered read's flip-flops, and the read multiplexer over depth chunks.
-        options.append((lc * cells + width + width * (chunks - 1) / 4, 2, "lutram"))
+        cells = _cdiv(width, lw) * _cdiv(depth, ld)
+        options.append((lc * cells + LUTRAM_OVERHEAD, 2, "lutram"))
     # Logic wins ties (listed with the lowest rank).
     options.append((width * depth / (16 if rom else 1), 0, "logic"))
     cost, _, kind = min(options, key=lambda o: (o[0], o[1]))
@@ -312,6 +311,26 @@ def memory_usage(memories, family, roms=()):
             "lutram_cells": sum(p.cells for p in placed),
             "logic_bits": sum(p.memory.bits for p in placed if p.kind == "logic"),
             "placements": placed}
+
+
+#: Cost added to a LUT-RAM placement (fitted to Yosys 0.70 on ECP5: a memory of 25 or fewer
+#: ``TRELLIS_DPR16X4`` cells stays LUT RAM, 27 or more go to a ``DP16KD``; a 4x8 memory is LUT
+#: RAM rather than 32 flip-flops).
+LUTRAM_OVERHEAD = 22
+
+
+#: The model against Yosys 0.70 (``synth_ecp5`` / ``synth_ice40 -dsp`` up to LUT mapping) on
+#: the accelerator of the digits model (digits-s preset), planned with ``min_mac_efficiency``
+#: 0: {(max_multipliers, family): (model, Yosys)} for DSP blocks, RAM blocks and LUT-RAM
+#: cells. ``memory_libmap`` (``debug memory_libmap``) chose exactly the model's 72 blocks
+#: (iCE40) and 8 blocks + 478 cells (ECP5) for the 22-multiplier plan; the later clean-up
+#: removed blocks and cells whose read data is unused.
+YOSYS_CROSS_CHECK = {
+    (8, "ecp5"): {"dsp": (11, 11), "ram_blocks": (11, 11), "lutram_cells": (215, 203)},
+    (8, "ice40"): {"dsp": (11, 11), "ram_blocks": (42, 41)},
+    (22, "ecp5"): {"dsp": (25, 25), "ram_blocks": (8, 8), "lutram_cells": (478, 448)},
+    (22, "ice40"): {"dsp": (25, 25), "ram_blocks": (72, 66)},
+}
 
 
 #: The link engine's ROM (its other memories are written at run time).

@@ -96,6 +96,9 @@ YOSYS_ECP5 = {
     (143, 9, False): ("block", 1), (240, 16, False): ("block", 1),
     (16, 384, False): ("lutram", 96), (640, 32, False): ("block", 2),
     (4096, 8, False): ("block", 2), (384, 8, True): ("block", 1),
+    (4, 8, False): ("lutram", 2), (64, 8, False): ("lutram", 8),
+    # In the digits design (max_multipliers 22): weights, a FIFO.
+    (36, 32, False): ("lutram", 24), (79, 17, False): ("lutram", 25),
 }
 YOSYS_ICE40 = {
     (3, 24, False): ("logic", 0), (4, 128, False): ("logic", 0),
@@ -261,3 +264,26 @@ def test_link_engine_memories_are_counted():
     small = device_usage(model, plan, big, headroom=0, link_kw={"slots": 1})
     assert small["ram_blocks"]["link"] < device_usage(model, plan, big,
                                                       headroom=0)["ram_blocks"]["link"]
+
+
+def test_digits_plan_memories_match_yosys_memory_libmap():
+    """The digits topology's 22-multiplier plan: Yosys 0.70's ``memory_libmap`` chose 72
+    SB_RAM40_4K (iCE40) and 8 DP16KD + 478 TRELLIS_DPR16X4 (ECP5), 25 DSPs on both; the final
+    netlists keep 66 blocks and 448 cells (unused read bits removed): the model is an upper
+    bound (hw.devices.YOSYS_CROSS_CHECK)."""
+    from shiftacc.hw.devices import YOSYS_CROSS_CHECK, memory_usage
+    model = digits_like()
+    for budget in (8, 22):
+        plan = plan_network(model, PlanConfig(max_multipliers=budget, min_mac_efficiency=0))
+        assert plan.multipliers == budget
+        for fam in ("ecp5", "ice40"):
+            want = YOSYS_CROSS_CHECK[(budget, fam)]
+            use = memory_usage(plan.memories(), fam)
+            assert plan.dsp(fam) == want["dsp"][0] == want["dsp"][1]
+            assert use["blocks"] == want["ram_blocks"][0] >= want["ram_blocks"][1]
+            if fam == "ecp5":
+                assert use["lutram_cells"] == want["lutram_cells"][0]
+    plan = plan_network(model, PlanConfig(max_multipliers=22, min_mac_efficiency=0))
+    assert memory_usage(plan.memories(), "ice40")["blocks"] == 72
+    use = memory_usage(plan.memories(), "ecp5")
+    assert (use["blocks"], use["lutram_cells"]) == (8, 478)
