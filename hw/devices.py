@@ -549,8 +549,11 @@ def plan_for_device(model, device, *, config=None, headroom=0.1, fastest=True, l
             m -= 1
             continue
         m = p - 1
-    raise PlanError(_refusal(model, device, smallest, smallest_use, headroom, stop, link,
-                             link_kw))
+    msg = _refusal(model, device, smallest, smallest_use, headroom, stop, link, link_kw)
+    if cfg.layers:
+        msg += (f"; the config's per-layer overrides fix the lanes of layer(s) "
+                f"{', '.join(map(str, sorted(cfg.layers)))}: without them smaller plans exist")
+    raise PlanError(msg)
 
 
 def _report(device, plan, use, headroom, budget, tried):

@@ -287,3 +287,14 @@ def test_digits_plan_memories_match_yosys_memory_libmap():
     assert memory_usage(plan.memories(), "ice40")["blocks"] == 72
     use = memory_usage(plan.memories(), "ecp5")
     assert (use["blocks"], use["lutram_cells"]) == (8, 478)
+
+
+def test_config_is_kept_and_overrides_named_in_a_refusal():
+    model = digits_like()
+    plan, rep = plan_for_device(model, "LFE5U-45F", config={"radius": 2, "max_multipliers": 3})
+    assert plan.radius == 2 and plan.config["radius"] == 2
+    with pytest.raises(PlanError, match='"radius" must be one of'):
+        plan_for_device(model, "LFE5U-45F", config={"radius": 5})
+    with pytest.raises(PlanError, match=r"over by \d+.*overrides fix the lanes of layer\(s\) 2"):
+        plan_for_device(model, "LFE5U-45F",
+                        config={"layers": {"2": {"p_in": 9, "p_out": 16}}})
