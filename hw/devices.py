@@ -43,17 +43,15 @@ What is counted, and how (an approximation, stated here once):
   ECP5, the LUT-RAM cells the memories take; ``shiftacc build`` reports the real figure.
 """
 
-# Planning elaborates a LinkEngine (Fragment.get) only to count its memories.
-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from .plan import PlanConfig, PlanError, as_config, plan_network
+from .plan import PlanError, as_config, plan_network
 from .resources import FAMILY_CELL, MemorySpec
 
-__all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
+__all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory", "MemoryPlacement",
            "memory_usage", "link_memories", "device_usage", "plan_for_device", "plan_dsp",
            "fit_report_text", "OVERLAY_HINT", "YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
 
@@ -330,6 +328,7 @@ YOSYS_CROSS_CHECK = {
     (8, "ice40"): {"dsp": (11, 11), "ram_blocks": (42, 41)},
     (22, "ecp5"): {"dsp": (25, 25), "ram_blocks": (8, 8), "lutram_cells": (478, 448)},
     (22, "ice40"): {"dsp": (25, 25), "ram_blocks": (72, 66)},
+    (116, "ecp5"): {"dsp": (124, 124), "ram_blocks": (2, 2), "lutram_cells": (1071, 1046)},
 }
 
 
