@@ -51,9 +51,10 @@ from dataclasses import dataclass, replace
 from .plan import PlanError, as_config, plan_network
 from .resources import FAMILY_CELL, MemorySpec
 
-__all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory", "MemoryPlacement",
-           "memory_usage", "link_memories", "device_usage", "plan_for_device", "plan_dsp",
-           "fit_report_text", "OVERLAY_HINT", "YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
+__all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
+           "MemoryPlacement", "memory_usage", "link_memories", "device_usage",
+           "plan_for_device", "plan_dsp", "fit_decisions", "fit_report_text", "OVERLAY_HINT",
+           "YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -601,7 +602,26 @@ def _refusal(model, device, smallest, use, headroom, stop, link, link_kw):
     return msg
 
 
-def fit_report_text(report, plan=None):
+def fit_decisions(model, devices, **kw):
+    """:func:`plan_for_device` on each of ``devices``; a refusal becomes a report with
+    ``device`` and ``error`` (the PlanError's message) instead of raising.
+
+    Returns
+    -------
+    list of (Plan or None, dict)
+    """
+    out = []
+    for dev in devices:
+        try:
+            out.append(plan_for_device(model, dev, **kw))
+        except PlanError as e:
+            name = dev.name if isinstance(dev, Device) else str(dev)
+            out.append((None, {"device": name, "error": str(e),
+                               "headroom": kw.get("headroom", 0.1)}))
+    return out
+
+
+def fit_report_text(report):
     """A readable table of one :func:`plan_for_device` report (or a list of them)."""
     reports = report if isinstance(report, list) else [report]
     lines = [f"{'device':<12}{'max_mult':>9}{'mults':>7}{'DSP used/avail':>16}"

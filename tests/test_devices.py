@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from shiftacc.hw.devices import (DEVICES, FAMILIES, Device, device_usage, fit_report_text,
-                                 get_device, link_memories, map_memory, plan_dsp,
-                                 plan_for_device)
+from shiftacc.hw.devices import (DEVICES, FAMILIES, LINK_ROMS, Device, device_usage,
+                                 fit_decisions, fit_report_text, get_device, link_memories,
+                                 map_memory, memory_usage, plan_dsp, plan_for_device)
 from shiftacc.hw.plan import PlanConfig, PlanError, plan_network
 from shiftacc.hw.resources import MemorySpec
 from shiftacc.models.artifact import Layer, Model, to_manifest_and_arrays, validate
@@ -126,22 +126,44 @@ def test_generic_dsp_counts_every_multiplier():
 # ---- the search --------------------------------------------------------------------------
 
 
-def _brute_force(model, device, headroom, *, fastest=True, link=True):
-    """Every budget 1..(the fastest pipeline's multipliers): the lowest cycles/image of a plan
-    that fits, and the fitting (cycles, dsp, ram) seen."""
-    top = plan_network(model, PlanConfig(max_multipliers=1 << 30, min_mac_efficiency=0))
-    eff = {"min_mac_efficiency": 0} if fastest else {}
-    usage, fitting = {}, []
-    for m in range(1, top.multipliers + 1):
+_PLANS, _LINKS = {}, {}
+
+
+def _plan(model, m, fastest):
+    """plan_network at budget m (None when there is none), memoized across tests."""
+    key = (model.name, m, fastest)
+    if key not in _PLANS:
+        eff = {"min_mac_efficiency": 0} if fastest else {}
         try:
-            plan = plan_network(model, PlanConfig(max_multipliers=m, **eff))
+            _PLANS[key] = plan_network(model, PlanConfig(max_multipliers=m, **eff))
         except PlanError:
-            continue
-        key = repr(sorted(plan.layer_lanes().items())) + str(plan.input_lanes)
-        if key not in usage:
-            usage[key] = device_usage(model, plan, device, headroom=headroom, link=link)
-        u = usage[key]
-        if all(u[r]["used"] <= u[r]["limit"] for r in ("dsp", "ram_blocks")):
+            _PLANS[key] = None
+    return _PLANS[key]
+
+
+def _fits(model, plan, device, headroom, link):
+    """DSP and RAM blocks (accelerator + link engine) within the headroom, counted here from
+    the parts (Plan.dsp / the generic count, map_memory, the LinkEngine's memories)."""
+    fam = device.family
+    ram = memory_usage(plan.memories(), fam)["blocks"]
+    if link:
+        key = (model.name, repr(sorted(plan.layer_lanes().items())), plan.input_lanes)
+        if key not in _LINKS:
+            _LINKS[key] = link_memories(model, plan)
+        ram += memory_usage(_LINKS[key], fam, roms=LINK_ROMS)["blocks"]
+    lim = 1 - headroom
+    return (plan_dsp(plan, fam) <= int(device.dsp * lim + 1e-9)
+            and ram <= int(device.ram_blocks * lim + 1e-9))
+
+
+def _brute_force(model, device, headroom, *, fastest=True, link=True):
+    """Every budget 1..(the fastest pipeline's multipliers): (lowest cycles/image of a plan
+    that fits, its budget), or None."""
+    top = plan_network(model, PlanConfig(max_multipliers=1 << 30, min_mac_efficiency=0))
+    fitting = []
+    for m in range(1, top.multipliers + 1):
+        plan = _plan(model, m, fastest)
+        if plan is not None and _fits(model, plan, device, headroom, link):
             fitting.append((plan.predicted_cycles_per_image, m))
     return min(fitting) if fitting else None
 
@@ -226,7 +248,10 @@ def test_digits_topology_refused_on_up5k_naming_the_dsp_overflow():
     assert re.search(r"\d+ SB_RAM40_4K RAM blocks \(\d+ accelerator \+ \d+ link engine\)", msg)
     assert "overlay engine (issue #10" in msg
     # An ECP5 part takes it; an iCE40 without DSPs refuses without the UP5K's hint.
-    plan_for_device(model, "LFE5U-25F")
+    (none, refused), (plan, rep) = fit_decisions(model, ["iCE40UP5K", "LFE5U-25F"])
+    assert none is None and refused["error"] == msg and plan is not None
+    text = fit_report_text([refused, rep])
+    assert "iCE40UP5K     refused: " in text and "LFE5U-25F" in text and "assumed" in text
     with pytest.raises(PlanError, match="where 0 exist") as e:
         plan_for_device(model, "iCE40HX8K")
     assert "overlay" not in str(e.value)
@@ -241,11 +266,13 @@ def test_link_engine_memories_are_counted():
     top = plan.multipliers
     acc, total = [], []
     big = Device("big-ice40", "ice40", 100_000, 1000, "SB_MAC16", 10_000, 4096)
+    seen = set()
     for m in range(1, top + 1):
-        try:
-            p = plan_network(model, PlanConfig(max_multipliers=m, min_mac_efficiency=0))
-        except PlanError:
+        p = _plan(model, m, True)
+        key = None if p is None else repr(sorted(p.layer_lanes().items()))
+        if key is None or key in seen:
             continue
+        seen.add(key)
         u = device_usage(model, p, big, headroom=0)
         acc.append(u["ram_blocks"]["accelerator"])
         total.append(u["ram_blocks"]["used"])
@@ -271,7 +298,7 @@ def test_digits_plan_memories_match_yosys_memory_libmap():
     SB_RAM40_4K (iCE40) and 8 DP16KD + 478 TRELLIS_DPR16X4 (ECP5), 25 DSPs on both; the final
     netlists keep 66 blocks and 448 cells (unused read bits removed): the model is an upper
     bound (hw.devices.YOSYS_CROSS_CHECK)."""
-    from shiftacc.hw.devices import YOSYS_CROSS_CHECK, memory_usage
+    from shiftacc.hw.devices import YOSYS_CROSS_CHECK
     model = digits_like()
     for (budget, fam), want in YOSYS_CROSS_CHECK.items():
         plan = plan_network(model, PlanConfig(max_multipliers=budget, min_mac_efficiency=0))
