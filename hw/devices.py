@@ -54,7 +54,7 @@ from .resources import FAMILY_CELL, MemorySpec
 __all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
            "MemoryPlacement", "memory_usage", "link_memories", "device_usage",
            "plan_for_device", "plan_dsp", "fit_decisions", "fit_report_text", "OVERLAY_HINT",
-           "YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
+           "YOSYS_CROSS_CHECK", "LINK_YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -331,6 +331,10 @@ YOSYS_CROSS_CHECK = {
     (22, "ice40"): {"dsp": (25, 25), "ram_blocks": (72, 66)},
     (116, "ecp5"): {"dsp": (124, 124), "ram_blocks": (2, 2), "lutram_cells": (1071, 1046)},
 }
+
+#: The link engine alone (digits model, 8-multiplier plan, 4 slots): {family: (model, Yosys)}
+#: as (RAM blocks, LUT-RAM cells).
+LINK_YOSYS_CROSS_CHECK = {"ecp5": ((5, 48), (5, 48)), "ice40": ((15, 0), (15, 0))}
 
 
 #: The link engine's ROM (its other memories are written at run time).

@@ -298,7 +298,7 @@ def test_digits_plan_memories_match_yosys_memory_libmap():
     SB_RAM40_4K (iCE40) and 8 DP16KD + 478 TRELLIS_DPR16X4 (ECP5), 25 DSPs on both; the final
     netlists keep 66 blocks and 448 cells (unused read bits removed): the model is an upper
     bound (hw.devices.YOSYS_CROSS_CHECK)."""
-    from shiftacc.hw.devices import YOSYS_CROSS_CHECK
+    from shiftacc.hw.devices import LINK_YOSYS_CROSS_CHECK, YOSYS_CROSS_CHECK
     model = digits_like()
     for (budget, fam), want in YOSYS_CROSS_CHECK.items():
         plan = plan_network(model, PlanConfig(max_multipliers=budget, min_mac_efficiency=0))
@@ -308,6 +308,11 @@ def test_digits_plan_memories_match_yosys_memory_libmap():
         assert use["blocks"] == want["ram_blocks"][0] >= want["ram_blocks"][1]
         if fam == "ecp5":
             assert use["lutram_cells"] == want["lutram_cells"][0] >= want["lutram_cells"][1]
+    small = plan_network(model, PlanConfig(max_multipliers=8, min_mac_efficiency=0))
+    link = link_memories(model, small)
+    for fam, (want, measured) in LINK_YOSYS_CROSS_CHECK.items():
+        use = memory_usage(link, fam, roms=LINK_ROMS)
+        assert (use["blocks"], use["lutram_cells"]) == want == measured
     plan = plan_network(model, PlanConfig(max_multipliers=22, min_mac_efficiency=0))
     assert memory_usage(plan.memories(), "ice40")["blocks"] == 72
     use = memory_usage(plan.memories(), "ecp5")
