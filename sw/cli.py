@@ -280,7 +280,8 @@ def build_parser():
             description="The boards 'shiftacc build' knows: device, family, clock, UART, and "
                         "whether a bitstream is built here (iCE40, ECP5: Yosys + nextpnr) or "
                         "only the files for the vendor's tools (Xilinx, Intel, Gowin).")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the table as JSON (default: a text table)")
 
     p = add("build", "cli_build:cmd_build",
             help="build the design for an FPGA board: Verilog, constraints, bitstream, report",
@@ -294,11 +295,13 @@ def build_parser():
                         "3 for a missing tool, 4 for a failed build.")
     p.add_argument("model", metavar="MODEL.npz", help="artifact")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--board", metavar="NAME", help="board name from 'shiftacc boards'")
+    g.add_argument("--board", metavar="NAME",
+                   help="board name from 'shiftacc boards' (default: none; give --board or "
+                        "--platform)")
     g.add_argument("--platform", metavar="MODULE:CLASS",
                    help="any Amaranth platform class instead of --board, e.g. "
                         "amaranth_boards.icestick:ICEStickPlatform (clock: its oscillator; "
-                        "UART: its 'uart' resource)")
+                        "UART: its 'uart' resource) (default: none)")
     p.add_argument("--out", metavar="DIR",
                    help="build folder, created if missing; files of an earlier build there are "
                         "replaced (default: build-BOARD)")
@@ -313,7 +316,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     p.add_argument("--no-bitstream", action="store_true",
                    help="write the Verilog/RTLIL, constraints and build script only, run no "
-                        "tool (always so for boards without an open flow)")
+                        "tool (always so for boards without an open flow) (default: build the "
+                        "bitstream where the open tools can)")
     p.add_argument("--timeout", type=float, default=7200.0, metavar="SECONDS",
                    help="wall-clock limit of the tool run (synthesis + place and route)")
     p.add_argument("--json", metavar="OUT.json",
