@@ -288,8 +288,9 @@ class _Runner:
                         reader.join(5)
                         proc.stdout.close()
                         raise BuildFailed(
-                            f"the build did not finish within {timeout:g} s (in its {self.phase} "
-                            f"step); raise --timeout. Log: {self.log_path}")
+                            f"the build did not finish within {timeout:g} s (in its "
+                            f"{self._phase_name(self.phase)} step); raise --timeout. Log: "
+                            f"{self.log_path}")
                     if self.phase != shown:
                         shown = self.phase
                         if progress:
@@ -419,6 +420,9 @@ def cmd_build(args):
     if args.json:
         check_output(args.json, what="--json", inputs=(args.model, args.config),
                      force=args.force)
+    if not board.has_uart():
+        raise UsageError(f"{board.platform} has no {board.uart!r} resource for the host link; "
+                         f"add a Board entry with extra_resources (see docs/boards.md)")
     bitstream = board.bitstream and not args.no_bitstream
     if not board.bitstream and not args.no_bitstream:
         say(f"[build] {board.name} is a {board.family} board: no open bitstream flow here, "

