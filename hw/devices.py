@@ -176,7 +176,8 @@ _LATTICE_ECP5 = ("Lattice ECP5 family data sheet (FPGA-DS-02012), table 1.1; LUT
 
 def _ecp5(name, luts, mults, ebr, aliases):
     return Device(name, "ecp5", luts, mults, "MULT18X18D", ebr, 18 * 1024, clock_mhz=100.0,
-                  notes=_LATTICE_ECP5, aliases=aliases)
+                  notes=_LATTICE_ECP5 + "; the LFE5UM/LFE5UM5G (SERDES) parts of the same "
+                                        "size share these figures", aliases=aliases)
 
 
 DEVICES = {d.name.lower(): d for d in [
@@ -190,15 +191,33 @@ DEVICES = {d.name.lower(): d for d in [
                  "(128 kbit), no DSP: every multiplier would be LUT logic, so a plan with a "
                  "DSP-mapped multiplier does not fit"),
     _ecp5("LFE5U-12F", 12_000, 28, 32, ("12f", "ecp5-12f", "lfe5u-12")),
-    _ecp5("LFE5U-25F", 24_000, 28, 56, ("25f", "ecp5-25f", "lfe5u-25")),
-    _ecp5("LFE5U-45F", 44_000, 72, 108, ("45f", "ecp5-45f", "lfe5u-45")),
-    _ecp5("LFE5U-85F", 84_000, 156, 208, ("85f", "ecp5-85f", "lfe5u-85")),
+    _ecp5("LFE5U-25F", 24_000, 28, 56, ("25f", "ecp5-25f", "lfe5u-25",
+                                          "lfe5um-25f", "lfe5um5g-25f")),
+    _ecp5("LFE5U-45F", 44_000, 72, 108, ("45f", "ecp5-45f", "lfe5u-45",
+                                          "lfe5um-45f", "lfe5um5g-45f")),
+    _ecp5("LFE5U-85F", 84_000, 156, 208, ("85f", "ecp5-85f", "lfe5u-85",
+                                          "lfe5um-85f", "lfe5um5g-85f")),
+    Device("iCE40LP8K", "ice40", 7680, 0, "SB_MAC16", 32, 4096, clock_mhz=50.0,
+           aliases=("lp8k",), notes="as the iCE40HX8K (low-power die): 7680 LUT4, 32 EBR"),
+    Device("iCE40HX4K", "ice40", 3520, 0, "SB_MAC16", 20, 4096, clock_mhz=50.0,
+           aliases=("hx4k",), notes="Lattice iCE40 LP/HX data sheet: 3520 LUT4, 20 EBR, no DSP"),
+    Device("iCE40HX1K", "ice40", 1280, 0, "SB_MAC16", 16, 4096, clock_mhz=50.0,
+           aliases=("hx1k",), notes="Lattice iCE40 LP/HX data sheet: 1280 LUT4, 16 EBR, no DSP"),
+    *[Device(n, "xilinx7", luts, dsp, "DSP48E1", bram, 36 * 1024, clock_mhz=100.0,
+             aliases=(n + "i",),
+             notes=f"AMD/Xilinx 7 series product tables as remembered (APPROXIMATE, check "
+                   f"before relying on it): {luts} LUT6, {dsp} DSP48E1, {bram} RAMB36")
+      for n, luts, dsp, bram in (("xc7a15t", 10_400, 45, 25), ("xc7a50t", 32_600, 120, 75),
+                                 ("xc7a200t", 134_600, 740, 365), ("xc7s25", 14_600, 80, 45),
+                                 ("xc7s50", 32_600, 120, 75), ("xc7z010", 17_600, 80, 60),
+                                 ("xc7z020", 53_200, 220, 140),
+                                 ("xc7k325t", 203_800, 840, 445))],
     Device("xc7a35t", "xilinx7", 20_800, 90, "DSP48E1", 50, 36 * 1024, clock_mhz=100.0,
            aliases=("artix7-35t", "xc7a35ti"),
            notes="AMD/Xilinx 7 series product selection guide: 20,800 LUT6, 90 DSP48E1, "
                  "50 RAMB36 (1,800 kbit); mapping approximate (no Yosys model here)"),
     Device("xc7a100t", "xilinx7", 63_400, 240, "DSP48E1", 135, 36 * 1024, clock_mhz=100.0,
-           aliases=("artix7-100t",),
+           aliases=("artix7-100t", "xc7a100ti"),
            notes="AMD/Xilinx 7 series product selection guide: 63,400 LUT6, 240 DSP48E1, "
                  "135 RAMB36 (4,860 kbit); mapping approximate (no Yosys model here)"),
     Device("5CSEBA6", "cyclonev", 41_509, 112, "cyclonev_mac", 557, 10 * 1024,

@@ -328,3 +328,11 @@ def test_config_is_kept_and_overrides_named_in_a_refusal():
     with pytest.raises(PlanError, match=r"over by \d+.*overrides fix the lanes of layer\(s\) 2"):
         plan_for_device(model, "LFE5U-45F",
                         config={"layers": {"2": {"p_in": 9, "p_out": 16}}})
+
+
+def test_amaranth_boards_device_names_resolve():
+    # The names amaranth-boards platforms carry (ULX3S, ECPIX-5, Arty A7, iCEBreaker...).
+    for name, want in (("LFE5UM5G-85F", "LFE5U-85F"), ("LFE5UM-45F", "LFE5U-45F"),
+                       ("xc7a35ti", "xc7a35t"), ("XC7A35T", "xc7a35t"),
+                       ("iCE40UP5K", "iCE40UP5K"), ("5CSEBA6", "5CSEBA6")):
+        assert get_device(name).name == want
