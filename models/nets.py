@@ -238,6 +238,10 @@ class ShiftNet(nn.Module):
             x = body[2](x, stem3x3=True)
             body = body[3:]
         for mod in body:
+            # A one-channel input is NCHW and channels-last at once, and a convolution then
+            # answers NCHW: put the layout back after any module that dropped it.
+            if x.shape[1] > 1 and not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
             x = mod(x)
         return x.flatten(1)
 

@@ -217,6 +217,9 @@ class QConv(nn.Module):
             cout, cin9 = w.shape
             kernel = w.reshape(cout, 9, cin9 // 9).permute(0, 2, 1).reshape(cout, -1, 3, 3)
             y = nn.functional.conv2d(x, kernel, b, padding=1)
+            # BatchNorm, ReLU and the first block run channels-last (a one-channel image is
+            # ambiguous, and the convolution then answers NCHW).
+            y = y.contiguous(memory_format=torch.channels_last)
         else:
             # A 1x1 convolution with stride s reads pixels (s*y, s*x): H_out = ceil(H / s).
             y = nn.functional.conv2d(x, w[:, :, None, None], b, stride=self.stride)
