@@ -144,6 +144,19 @@ def test_fused_stem_equals_replicate_shift_conv():
     assert not net._fused_stem()
 
 
+@pytest.mark.parametrize("preset,shape", [("mnist-s", (28, 28, 1)), ("cifar10-s", (32, 32, 3))])
+def test_network_runs_channels_last(preset, shape):
+    # A one-channel image is NCHW and channels-last at once; without care the convolutions
+    # answer NCHW and BatchNorm, ReLU and pooling run on the slow layout.
+    net = make_net(preset, "sal", in_shape=shape)
+    seen = []
+    for m in net.body[2:-2]:
+        m.register_forward_hook(lambda mod, inp, out: seen.append(
+            (mod.label, out.is_contiguous(memory_format=torch.channels_last))))
+    net(torch.rand(2, shape[2], shape[0], shape[1]))
+    assert seen and all(ok for _, ok in seen), [lab for lab, ok in seen if not ok]
+
+
 def test_augment_translates_raw_pixels_by_at_most_one():
     rng = np_rng("augment")
     x = torch.as_tensor(rng.integers(1, 256, size=(32, 6, 7, 2)), dtype=torch.uint8)
