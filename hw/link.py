@@ -34,6 +34,12 @@ Choices where :mod:`shiftacc.sw.protocol` leaves room (the device model follows 
 * ``READ_RESULT`` waits until every image in flight is out (a result still being computed is
   then found) and answers with command ``READ_RESULT | REPLY``, its own ``seq``, and the body
   of that INFER's reply. When the window holds two results with that ``seq``, the newer one.
+* ``STATUS`` reports the state at its place in the command order: after executing it, the
+  executor executes nothing more until the encoder has started its reply and taken the
+  snapshot, so parameters, load state and the executor's counters are those of the moment
+  it executed (frames executed earlier included, the STATUS itself counted in
+  ``frames_ok``). What runs on its own (parser drops of later frames, images finishing,
+  ``rx_bytes``/``tx_bytes``, ``cycles``) is read when the reply starts.
 * Counters: ``frames_ok`` counts frames executed with reason OK, ``frames_dropped`` every
   frame answered with another reason (parser and executor), ``images_done`` images whose
   logits are all out. ``busy`` = a receive slot is occupied or an image is in flight.
@@ -69,7 +75,7 @@ class Source:
     """Where the encoder takes a reply's body from (after the reason byte)."""
     NONE = 0
     WORDS = 1     # LOAD_REPLY_LAYOUT from the descriptor's ``arg``
-    STATUS = 2    # STATUS_LAYOUT, snapshot when the reply starts
+    STATUS = 2    # STATUS_LAYOUT, snapshot when the reply starts (the executor waits for it)
     ROM = 3       # IDENTIFY body
     RESULT = 4    # logits of result entry ``arg``
 
@@ -387,6 +393,14 @@ class LinkEngine(wiring.Component):
             dec = enc_done_result & (enc_entry == e)
             m.d.sync += pending[e].eq(pending[e] + inc - dec)
 
+        # STATUS replies queued but not yet started: the executor executes nothing else while
+        # one waits, so the encoder's snapshot is the state where the STATUS was executed.
+        status_pending = Signal(2)
+        status_taken = Signal()
+        status_queued = (replyq.w_stream.valid & replyq.w_stream.ready
+                         & (q_in.source == Source.STATUS))
+        m.d.sync += status_pending.eq(status_pending + status_queued - status_taken)
+
         # ================= parser =================
         self._parser(m, slot_w, meta_w, slot_base, slot_wr, slot_used, commit, nak_valid,
                      nak_desc, grant[0], parser_drop, parser_reason, lost)
@@ -399,7 +413,7 @@ class LinkEngine(wiring.Component):
         self._executor(m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, exec_req,
                        exec_desc, grant[2], exec_drop, exec_reason, inc_ok, params_ready,
                        loading, words_loaded, do_reset, in_flight, push_flight, inflight,
-                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr)
+                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending)
 
         # ================= collector =================
         classes = self.classes
@@ -463,7 +477,8 @@ class LinkEngine(wiring.Component):
         ]
         for name, sig in ctr.items():
             m.d.comb += getattr(status, name).eq(sig)
-        self._encoder(m, replyq, rom_r, res_r, res_base, status, enc_done_result, enc_entry)
+        self._encoder(m, replyq, rom_r, res_r, res_base, status, enc_done_result, enc_entry,
+                      status_taken)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -660,7 +675,8 @@ class LinkEngine(wiring.Component):
 
     def _executor(self, m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, req, desc,
                   grant, drop, drop_reason, inc_ok, params_ready, loading, words_loaded,
-                  do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr):
+                  do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr,
+                  status_pending):
         S = self.slots
         meta = Signal(SLOT_META)
         m.d.comb += [meta_r.addr.eq(slot_rd), meta.eq(meta_r.data)]
@@ -746,7 +762,9 @@ class LinkEngine(wiring.Component):
         total = self.param_count
         with m.Switch(state):
             with m.Case(IDLE):
-                with m.If(slot_used != 0):
+                # After a STATUS, nothing executes until its reply has started (and taken its
+                # snapshot): STATUS reports the state at its place in the command order.
+                with m.If((slot_used != 0) & (status_pending == 0)):
                     with m.Switch(meta.command):
                         with m.Case(Command.IDENTIFY.value):
                             m.d.sync += reply(Reason.OK.value, Source.ROM, 1 + len(self.identity))
@@ -847,7 +865,8 @@ class LinkEngine(wiring.Component):
 
     # ------------------------------------------------------------------------------------------
 
-    def _encoder(self, m, replyq, rom_r, res_r, res_base, status, done_result, entry):
+    def _encoder(self, m, replyq, rom_r, res_r, res_base, status, done_result, entry,
+                 status_taken):
         tx = self.tx
         m.submodules.tx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
         m.submodules.tx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
@@ -906,6 +925,7 @@ class LinkEngine(wiring.Component):
                                      body_left.eq(d.length - 1),
                                      res_addr.eq(res_base[d.arg[:max(1, (self.slots - 1).bit_length())]])]
                         with m.If(d.source == Source.STATUS):
+                            m.d.comb += status_taken.eq(1)
                             m.d.sync += sr.eq(status)
                         with m.Else():
                             m.d.sync += sr.eq(d.arg)

@@ -39,7 +39,9 @@ Device rules (the gateware and :class:`~shiftacc.sw.devmodel.DeviceModel` both f
    A complete frame with several of these problems is dropped with the first of
    ``PAYLOAD_CRC`` (its payload may be noise, so a noted value proves nothing),
    ``PARAM_ADDRESS``/``PIXEL_RANGE``, ``BUSY``.
-4. A frame that passed is executed in arrival order: ``IDENTIFY``, ``STATUS`` answer at once;
+4. A frame that passed is executed in arrival order: ``IDENTIFY``, ``STATUS`` answer at once
+   (``STATUS`` shows the parameters, load state and executed-frame counts as of its own
+   place in that order, also when its reply leaves after later frames were received);
    ``LOAD_BEGIN`` checks the design id and word count (``DESIGN_MISMATCH``), clears the
    loaded parameters and starts a load; ``LOAD_PARAMS`` needs a load in progress
    (``NOT_LOADING``) and ``offset`` equal to the words loaded so far (``offset + k`` at most

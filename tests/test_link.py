@@ -687,6 +687,44 @@ def test_watchdog_and_resync(seed):
     assert done.get("ok")
 
 
+def test_status_reports_state_where_it_executes(seed):
+    """STATUS reports the state at its place in the command order, also when its reply waits
+    behind another: IDENTIFY (a long reply, tx held), STATUS, LOAD_BEGIN arrive back to back;
+    the STATUS reply shows the state before the LOAD_BEGIN, a later STATUS the state after."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed)
+    eng = bench.engine
+    host = Host(bench, rng)
+    words = random_words(model, plan, rng)
+    got = {}
+
+    async def tb(ctx):
+        await full_load(ctx, host, eng, words, ref, seq0=0x10)
+        host.hold = True
+        await host.send(ctx, P.encode_frame(P.Command.IDENTIFY, 0x31)
+                        + P.encode_frame(P.Command.STATUS, 0x32)
+                        + P.encode_frame(P.Command.LOAD_BEGIN, 0x33,
+                                         begin_payload(eng.design_id, len(words))))
+        await host.idle(ctx, 200)
+        host.hold = False
+        for s, cmd in ((0x31, 0x81), (0x32, 0x86), (0x33, 0x82)):
+            got[s] = await host.wait_for(ctx, lambda ev, s=s, cmd=cmd: isinstance(ev, P.Frame)
+                                         and ev.seq == s and ev.command == cmd)
+        got["after"] = await host.request(ctx, P.Command.STATUS, 0x34)
+
+    run(bench, tb, background=[host.monitor])
+    assert reason(got[0x31]) is P.Reason.OK and reason(got[0x33]) is P.Reason.OK
+    before, after = status_of(got[0x32]), status_of(got["after"])
+    assert int(before.flags.params_ready) == 1 and int(before.flags.loading) == 0
+    assert int(before.words_loaded) == len(words)
+    assert int(after.flags.params_ready) == 0 and int(after.flags.loading) == 1
+    assert int(after.words_loaded) == 0
+    # frames_ok at the STATUS: LOAD_BEGIN, the LOAD_PARAMS frames, IDENTIFY and itself.
+    assert int(before.frames_ok) == 2 + -(-len(words) // 7) + 1
+    assert int(after.frames_ok) == int(before.frames_ok) + 2
+    assert not host.events, host.events
+
+
 def test_busy_and_lost_replies(seed):
     """With tx held, frames pile up: every frame is answered (OK or BUSY) or counted as a
     lost reply; executor replies are never lost."""

@@ -9,9 +9,13 @@ parameters intact; LOAD_BEGIN and RESET never succeed from noise), and every val
 after each burst of noise answered correctly.
 
 Noise never contains a *valid* RESET or LOAD_BEGIN (those would legitimately change the
-state); corrupted and truncated copies of them are included. Valid frames inside the noise
-(duplicated and reordered INFER/STATUS/IDENTIFY/READ_RESULT and duplicate LOAD_PARAMS) may be
-executed and their replies are checked too.
+state); corrupted and truncated copies of them are included. The pieces of a burst are
+concatenated, so a truncated frame can be completed by the bytes after it (a frame whose
+last CRC byte is A5 is completed by whatever frame follows): every burst is checked for the
+exact bytes of a valid RESET or LOAD_BEGIN, and such an occurrence has its command byte
+flipped (``defused`` in the figures). Valid frames inside the noise (duplicated and
+reordered INFER/STATUS/IDENTIFY/READ_RESULT and duplicate LOAD_PARAMS) may be executed and
+their replies are checked too.
 
 ``SHIFTACC_LINK_FUZZ_FRAMES`` sets the number of noise frames (default 6000, about 110 s
 in amaranth.sim at ~55 frames/s; 10000 takes about 3 minutes).
@@ -149,6 +153,25 @@ def test_link_fuzz(seed):
             payload = load_payload(0, words[:(n - 4) // 10])   # a duplicate: acknowledged
         return P.encode_frame(cmd, seq, payload)
 
+    # The only byte strings the device executes as a RESET or LOAD_BEGIN: the CRC-32 covers
+    # every byte, and LOAD_BEGIN's payload must be this design's id and word count.
+    forbidden = ({P.encode_frame(P.Command.RESET, s) for s in range(256)}
+                 | {P.encode_frame(P.Command.LOAD_BEGIN, s, begin_payload(eng.design_id, total))
+                    for s in range(256)})
+    flen = sorted({len(f) for f in forbidden})
+    state_cmds = (P.Command.RESET.value, P.Command.LOAD_BEGIN.value)
+
+    def defuse(out):
+        """Flip the command byte of every valid RESET/LOAD_BEGIN formed by concatenation."""
+        n = 0
+        i = out.find(P.SYNC)
+        while 0 <= i < len(out) - 2:
+            if out[i + 2] in state_cmds and any(bytes(out[i:i + k]) in forbidden for k in flen):
+                out[i + 2] ^= 0x40
+                n += 1
+            i = out.find(P.SYNC, i + 1)
+        return n
+
     def noise_burst(pool, n):
         out = bytearray()
         count = 0
@@ -175,6 +198,8 @@ def test_link_fuzz(seed):
                 stats["random_bytes"] += 1; count += 1
             else:
                 out += random_frame(pool); stats["random_frames"] += 1; count += 1
+        while (k := defuse(out)):
+            stats["defused"] += k
         return bytes(out)
 
     # --- the run -----------------------------------------------------------------------
