@@ -177,7 +177,11 @@ class DeviceModel:
         if cmd is P.Command.IDENTIFY:
             return self._ok(fr, self.identify_body())
         if cmd is P.Command.STATUS:
-            return self._ok(fr, self.status_body())
+            # As the gateware: the STATUS frame counts itself among frames_ok.
+            self.counters["frames_ok"] += 1
+            body = self.status_body()
+            self.counters["frames_ok"] -= 1
+            return self._ok(fr, body)
         if cmd is P.Command.RESET:
             self.reset_state()
             return self._ok(fr)
