@@ -31,8 +31,11 @@ are tiny (batches of 64 at 8x8), so a second thread only adds fork/join and Open
 spin-waiting, which on a busy 2-core machine costs many times the work (measured there,
 before this change: 65 s against 17 s for the whole command, 502 s against 31 s under a
 load of 6; a training step 4-6x slower with 2 threads for digits-s, mnist-s and cifar10-s
-alike). Only the integer evaluation (exact, so order-independent) runs with the caller's
-thread count.
+alike). For the MNIST-class networks (batches of 128 at 28x28) a second thread does help
+on an *idle* machine (measured for the previous mnist-s, one training step: 1.35x for hard
+shifts, none for the SAL search), but it would make the artifact depend on the thread count
+and it loses on a shared machine, so training stays on one thread. Only the integer
+evaluation (exact, so order-independent) runs with the caller's thread count.
 
 ``float_accuracy`` in the provenance is the trained network with fake quantization switched
 off (pure float, BatchNorm folded), ``qat_accuracy`` with it on, ``int_accuracy`` the exported
