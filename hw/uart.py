@@ -82,7 +82,21 @@ def _check_frac_bits(block, frac_bits):
 # ---- hardware --------------------------------------------------------------------------------
 
 
-class UARTTx(wiring.Component):
+class _UARTCost:
+    """The resource statement both halves of the PHY share."""
+
+    @staticmethod
+    def cost(*, clk_hz, baud):
+        """Resources (see :mod:`hw.resources`): no multiplier, no memory; one frame
+        (``ceil(10 * clk_hz / baud)`` cycles) per byte."""
+        return uart_cost(clk_hz, baud)
+
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(clk_hz=self.clk_hz, baud=self.baud)
+
+
+class UARTTx(_UARTCost, wiring.Component):
     """8N1 transmitter with fractional bit timing and no gap between back-to-back frames.
 
     Each bit lasts ``N`` or ``N + 1`` cycles, ``N = floor(clk_hz / baud)``: a ``frac_bits``
@@ -130,16 +144,6 @@ class UARTTx(wiring.Component):
             "i": In(stream.Signature(8)),
             "tx": Out(1, init=1),
         })
-
-    @staticmethod
-    def cost(*, clk_hz, baud):
-        """Resources (see :mod:`hw.resources`): no multiplier, no memory; one frame
-        (``ceil(10 * clk_hz / baud)`` cycles) per byte."""
-        return uart_cost(clk_hz, baud)
-
-    def resources(self):
-        """:meth:`cost` of this instance."""
-        return self.cost(clk_hz=self.clk_hz, baud=self.baud)
 
     def elaborate(self, platform):
         m = Module()
@@ -191,7 +195,7 @@ class UARTTx(wiring.Component):
         return m
 
 
-class UARTRx(wiring.Component):
+class UARTRx(_UARTCost, wiring.Component):
     """8N1 receiver: start-edge search, centre sampling with a 3-sample majority vote.
 
     Timing. ``rx`` passes through a two-stage :class:`~amaranth.lib.cdc.FFSynchronizer` (it is
@@ -271,16 +275,6 @@ class UARTRx(wiring.Component):
             "framing_error": Out(1),
             "break_detected": Out(1),
         })
-
-    @staticmethod
-    def cost(*, clk_hz, baud):
-        """Resources (see :mod:`hw.resources`): no multiplier, no memory; one frame
-        (``ceil(10 * clk_hz / baud)`` cycles) per byte."""
-        return uart_cost(clk_hz, baud)
-
-    def resources(self):
-        """:meth:`cost` of this instance."""
-        return self.cost(clk_hz=self.clk_hz, baud=self.baud)
 
     def elaborate(self, platform):
         m = Module()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..hw.plan import load_config, plan_network
 from ..models.artifact import load_artifact
-from .cli_model import images_from_args, progress_wanted
+from .cli_model import hardware_images, progress_wanted
 from .errors import Mismatch, Stalled, UsageError
 from .outputs import check_output, check_output_dir, same_file, write_atomic
 
@@ -135,14 +135,7 @@ def cmd_sim(args):
     if args.workdir:
         check_output_dir(args.workdir, what="--workdir")
     model, cfg, plan = _load(args)
-    images, labels = images_from_args(args, model)
-    from ..models import golden
-    try:
-        golden.check_images(model, images)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if images.ndim == 3:
-        images = images[..., None]
+    images, labels = hardware_images(args, model)
     from ..sim.runner import simulate
     say = _say(args)
     test = "protocol_run" if args.protocol else "fast_run"

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..hw.plan import load_config
 from ..models.artifact import load_artifact
-from .cli_model import images_from_args, progress_wanted
+from .cli_model import hardware_images, progress_wanted
 from .errors import Mismatch, UsageError
 from .outputs import check_output, write_atomic
 
@@ -115,14 +115,7 @@ def cmd_run(args):
         check_output(args.json, what="--json", inputs=(args.model, args.images),
                      force=args.force)
     model = load_artifact(args.model)
-    images, labels = images_from_args(args, model)
-    from ..models import golden
-    try:
-        golden.check_images(model, images)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if images.ndim == 3:
-        images = images[..., None]
+    images, labels = hardware_images(args, model)
     say = _say(args)
     progress = progress_wanted(args)
     t_start = time.perf_counter()
@@ -141,6 +134,7 @@ def cmd_run(args):
         wall = time.perf_counter() - t0
         after = dev.status()
         stats = dev.stats()
+    from ..models import golden
     expected = golden.run(model, images)
     logits = np.asarray(logits, dtype=np.int64)
     diff = np.nonzero(np.any(logits != expected, axis=1))[0]

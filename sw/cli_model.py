@@ -21,7 +21,7 @@ from .cli import add_image_args
 from .errors import UsageError, require_extra
 from .outputs import atomic_path, check_output, write_atomic
 
-__all__ = ["add_image_args", "images_from_args", "cmd_train", "cmd_golden", "cmd_info",
+__all__ = ["add_image_args", "images_from_args", "hardware_images", "cmd_train", "cmd_golden", "cmd_info",
            "describe", "progress_wanted"]
 
 
@@ -88,6 +88,26 @@ def images_from_args(args, model):
         labels = None if labels is None else labels[:limit]
     if len(images) == 0:
         raise UsageError(f"{source}: holds no images (N = 0); nothing to run")
+    return images, labels
+
+
+def hardware_images(args, model):
+    """:func:`images_from_args`, checked against the model's input (shape, value range) and
+    shaped ``[N, H, W, C]``: what ``sim`` and ``run`` feed to hardware.
+
+    Raises
+    ------
+    UsageError
+        As :func:`images_from_args`, or images that do not fit the model.
+    """
+    images, labels = images_from_args(args, model)
+    from ..models import golden
+    try:
+        golden.check_images(model, images)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if images.ndim == 3:
+        images = images[..., None]
     return images, labels
 
 
