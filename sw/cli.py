@@ -32,8 +32,11 @@ from .choices import DATASETS, DEVICES, METHODS, PRESETS, SIMULATORS
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_TERMINATED,
                      EXIT_USAGE, ShiftaccError)
 
-__all__ = ["main", "build_parser", "add_image_args", "positive_int", "REPORT_TO"]
+__all__ = ["main", "build_parser", "add_image_args", "add_json_output", "positive_int",
+           "REPORT_TO", "FORCE_HELP"]
 
+#: Help of every ``--force`` that lets a command replace an existing output file.
+FORCE_HELP = "replace an existing output file (an input is never overwritten) (default: refuse)"
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 #: Where internal errors should be reported (the message names the crash log too).
 REPORT_TO = "the shiftacc maintainers (the project's issue tracker)"
@@ -115,6 +118,16 @@ def add_image_args(parser):
                    help="only the first N images (default: all)")
 
 
+def add_json_output(parser, what="write results as JSON into an existing folder",
+                    default="no file"):
+    """Add ``--json OUT.json`` and ``--force`` (replace an existing output), worded alike in
+    every subcommand that writes a JSON result."""
+    parser.add_argument("--json", metavar="OUT.json",
+                        help=f"{what}; an existing file is replaced only with --force "
+                             f"(default: {default})")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+
 def build_parser():
     """The argument parser with every subcommand registered (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
@@ -133,8 +146,6 @@ def build_parser():
         p.set_defaults(handler=handler)
         return p
 
-    force_help = "replace an existing output file (an input is never overwritten) (default: " \
-                 "refuse)"
 
     p = add("train", "cli_model:cmd_train", help="train a shift network and export its artifact",
             description="Train (shift search, fine-tune, QAT), export and evaluate a shift "
@@ -144,7 +155,7 @@ def build_parser():
     p.add_argument("--out", metavar="MODEL.npz",
                    help="artifact to write, missing folders created (default: "
                         "DATASET-shiftnet.npz); an existing file is replaced only with --force")
-    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--epochs", type=_int_at_least(4),
                    help="training epochs, at least 4: search, fine-tune, QAT (default: the "
                         "data set's recipe: digits 60, mnist and fashion-mnist 8, cifar10 30)")
@@ -171,10 +182,7 @@ def build_parser():
             description="Run the exact integer golden model.")
     p.add_argument("model", metavar="MODEL.npz", help="artifact")
     add_image_args(p)
-    p.add_argument("--json", metavar="OUT.json",
-                   help="write logits (and accuracy) as JSON into an existing folder; an "
-                        "existing file is replaced only with --force (default: no file)")
-    p.add_argument("--force", action="store_true", help=force_help)
+    add_json_output(p, "write logits (and accuracy) as JSON into an existing folder")
 
     p = add("info", "cli_model:cmd_info", help="describe an artifact",
             description="Layers, shapes, parameters, MACs, shift histogram.")
@@ -204,10 +212,7 @@ def build_parser():
     p.add_argument("--simulator", choices=SIMULATORS, default="verilator", help="simulator")
     p.add_argument("--config", metavar="PAR.json",
                    help="parallelism config JSON (default: the planner's defaults)")
-    p.add_argument("--json", metavar="OUT.json",
-                   help="write results as JSON into an existing folder; an existing file is "
-                        "replaced only with --force (default: no file)")
-    p.add_argument("--force", action="store_true", help=force_help)
+    add_json_output(p)
     p.add_argument("--waves", action="store_true",
                    help="record a waveform (FST from Verilator, VCD from Icarus) and keep the "
                         "run folder (default: off; a mismatch records the failing image's)")
@@ -271,10 +276,7 @@ def build_parser():
                         "still building, a board re-enumerating on USB)")
     p.add_argument("--retries", type=_int_at_least(0, 100), default=3,
                    help="times a frame is sent again after a timeout or a line error")
-    p.add_argument("--json", metavar="OUT.json",
-                   help="write results as JSON into an existing folder; an existing file is "
-                        "replaced only with --force (default: no file)")
-    p.add_argument("--force", action="store_true", help=force_help)
+    add_json_output(p)
 
     p = add("boards", "cli_build:cmd_boards", help="list the supported FPGA boards",
             description="The boards 'shiftacc build' knows: device, family, clock, UART, and "
@@ -320,10 +322,8 @@ def build_parser():
                         "bitstream where the open tools can)")
     p.add_argument("--timeout", type=float, default=7200.0, metavar="SECONDS",
                    help="wall-clock limit of the tool run (synthesis + place and route)")
-    p.add_argument("--json", metavar="OUT.json",
-                   help="also write the build report here; an existing file is replaced only "
-                        "with --force (default: only DIR/build_report.json)")
-    p.add_argument("--force", action="store_true", help=force_help)
+    add_json_output(p, "also write the build report here",
+                    default="only DIR/build_report.json")
 
     p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
             description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
