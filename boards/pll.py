@@ -96,6 +96,17 @@ def _pick(candidates, f_target, tolerance, what):
     return best[1]
 
 
+def _check_io(family, lim, f_in_hz, f_target_hz):
+    """Refuse an input or target frequency outside the PLL's ranges; returns the phrase
+    that names this request in error messages."""
+    what = f"{family} PLL {f_in_hz / 1e6:g} MHz -> {f_target_hz / 1e6:g} MHz"
+    for f, key, side in ((f_in_hz, "f_in", "input"), (f_target_hz, "f_out", "output")):
+        if not _within(f, lim[key]):
+            raise PLLError(f"{what}: {side} outside {lim[key][0] / 1e6:g}.."
+                           f"{lim[key][1] / 1e6:g} MHz")
+    return what
+
+
 def ice40_pll(f_in_hz, f_target_hz, *, tolerance=DEFAULT_TOLERANCE):
     """The SB_PLL40 (SIMPLE feedback) setting closest to ``f_target_hz``.
 
@@ -108,13 +119,7 @@ def ice40_pll(f_in_hz, f_target_hz, *, tolerance=DEFAULT_TOLERANCE):
         Input or target outside the PLL's ranges, or nothing within ``tolerance``.
     """
     lim = ICE40_LIMITS
-    what = f"iCE40 PLL {f_in_hz / 1e6:g} MHz -> {f_target_hz / 1e6:g} MHz"
-    if not _within(f_in_hz, lim["f_in"]):
-        raise PLLError(f"{what}: input outside {lim['f_in'][0] / 1e6:g}.."
-                       f"{lim['f_in'][1] / 1e6:g} MHz")
-    if not _within(f_target_hz, lim["f_out"]):
-        raise PLLError(f"{what}: output outside {lim['f_out'][0] / 1e6:g}.."
-                       f"{lim['f_out'][1] / 1e6:g} MHz")
+    what = _check_io("iCE40", lim, f_in_hz, f_target_hz)
     cands = []
     for divr in range(lim["DIVR"][0], lim["DIVR"][1] + 1):
         pfd = f_in_hz / (divr + 1)
@@ -148,13 +153,7 @@ def ecp5_pll(f_in_hz, f_target_hz, *, tolerance=DEFAULT_TOLERANCE):
     PLLError
     """
     lim = ECP5_LIMITS
-    what = f"ECP5 PLL {f_in_hz / 1e6:g} MHz -> {f_target_hz / 1e6:g} MHz"
-    if not _within(f_in_hz, lim["f_in"]):
-        raise PLLError(f"{what}: input outside {lim['f_in'][0] / 1e6:g}.."
-                       f"{lim['f_in'][1] / 1e6:g} MHz")
-    if not _within(f_target_hz, lim["f_out"]):
-        raise PLLError(f"{what}: output outside {lim['f_out'][0] / 1e6:g}.."
-                       f"{lim['f_out'][1] / 1e6:g} MHz")
+    what = _check_io("ECP5", lim, f_in_hz, f_target_hz)
     best = None
     for clki in range(lim["CLKI_DIV"][0], lim["CLKI_DIV"][1] + 1):
         pfd = f_in_hz / clki
