@@ -5,10 +5,8 @@ Everything here is small (tiny folders, 4 epochs, a few batches): the real figur
 ``benchmarks/bench_train_speed.py`` and the README's MNIST commands.
 """
 
-import gzip
 import pickle
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -29,19 +27,13 @@ from shiftacc.models.shift import (all_shifts, candidate_scores, candidates, shi
 from shiftacc.models.train import (RECIPES, augment, lr_factor, resolve_device, train_model)
 from shiftacc.sim.streamtb import make_rng
 from shiftacc.sw.cli import main
+from test_models_data import write_idx  # the IDX writer of the loader tests
 
 
 def np_rng(name):
     return np.random.default_rng(make_rng(name)[1])
 
 
-def write_idx(path, arr, gz):
-    arr = np.asarray(arr, np.uint8)
-    raw = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        raw = gzip.compress(raw)
-    path.write_bytes(raw)
 
 
 def class_images(rng, n, h, w, c=None):
@@ -280,6 +272,8 @@ def test_ctrl_c_during_training_writes_nothing(tmp_path):
             proc.kill()
             proc.wait()
     reader.join(timeout=10)
+    proc.stdout.close()  # closed here, not by the garbage collector (a ResourceWarning)
+    proc.stderr.close()
     err = b"".join(chunks).decode(errors="replace")
     assert status == 130, err[-2000:]
     assert "interrupted during training; nothing written" in err and "Traceback" not in err
