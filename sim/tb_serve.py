@@ -31,6 +31,8 @@ from .bridge import WINDOW
 CLOCK_NS = 10
 #: Bytes read from the socket ahead of the design at most (TCP flow control does the rest).
 MAX_PENDING = 1 << 16
+#: Seconds a reply may wait for a client that does not read before that client is dropped.
+SEND_TIMEOUT = 30.0
 
 
 class BridgeServer:
@@ -125,10 +127,13 @@ class BridgeServer:
             if out:
                 self.stats["bytes_out"] += len(out)
                 if open_:
+                    # A client that stops reading is dropped after SEND_TIMEOUT, never
+                    # waited on for good (socket.timeout is an OSError).
                     try:
-                        conn.setblocking(True)
+                        conn.settimeout(SEND_TIMEOUT)
                         conn.sendall(out)
                     except OSError:
+                        self.dut._log.warning("client stopped reading; dropping it")
                         open_ = False
                     finally:
                         conn.setblocking(False)
