@@ -393,6 +393,12 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                     bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
                                     img_s=f"{seen / (now - t0):.0f}", refresh=False)
                     t_rate = now
+            if progress:
+                # Always at an epoch's end too: a short epoch must still show its loss and rate.
+                now = time.time()
+                bar.set_postfix(loss=f"{tot_loss / max(tot_n, 1):.3f}",
+                                img_s=f"{seen / max(now - t0, 1e-9):.0f}")
+                t_rate = now
         bar.close()
         if avg is not None:
             with torch.no_grad():
