@@ -22,6 +22,20 @@ Addressing, for a layer with input lanes ``p_in`` and output lanes ``p_out``:
   A ``gap`` layer has one (m, sh): row 0, lane 0.
 * ``SHIFT`` of channel c: row ``c // p``, lane ``c % p``; data = ``(dy & 0xFF) | (dx & 0xFF) << 8``.
 
+Version-2 (attention) layers add five kinds; each block keeps small tables in registers or
+one memory, so the addresses are the plain array indices:
+
+* ``LUT`` entry j of a ``lut``/``exp_lut`` table: row 0, lane j.
+* ``KERNEL`` tap j of a ``channel_attention`` kernel: row 0, lane j.
+* ``SCALAR`` number n of a layer (:data:`SCALAR_IDS` lists them per op): row 0, lane n.
+* ``ATT_WEIGHT`` ``[r, c]`` of a matrix (``ctx_weight`` of ``spatial_attention``,
+  ``att_weight`` of ``dynamic_conv1x1``): row r, lane c.
+* ``ATT_BIAS`` element r of a vector (``ctx_bias``, ``att_bias``): row 0, lane r.
+
+A ``dynamic_conv1x1`` banks its K kernels: kernel k's ``WEIGHT`` w[k, o, i] at row
+``k * ceil(cout / p_out) * ceil(cin / p_in)`` + the conv1x1 row, its ``BIAS`` at row
+``k * ceil(cout / p_out) + o // p_out``; ``M``/``SH`` as a conv1x1.
+
 Parameter consumers are always ready (they only write memories): block ports are
 ``always_ready`` streams (:func:`param_bus_signature`), broadcast to every block.
 """
@@ -31,7 +45,8 @@ from amaranth.lib import data, enum, stream
 
 __all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
-           "gap_param_words"]
+           "gap_param_words", "SCALAR_IDS", "channel_attention_param_words",
+           "spatial_attention_param_words", "dynamic_conv_param_words"]
 
 
 class ParamKind(enum.Enum, shape=8):
@@ -41,6 +56,19 @@ class ParamKind(enum.Enum, shape=8):
     M = 2
     SH = 3
     SHIFT = 4
+    LUT = 5
+    KERNEL = 6
+    SCALAR = 7
+    ATT_WEIGHT = 8
+    ATT_BIAS = 9
+
+
+#: The ``SCALAR`` lane of each scalar field of the version-2 ops (the artifact's key names).
+SCALAR_IDS = {
+    "channel_attention": ("pool_m", "pool_sh", "bias", "z_m", "z_sh"),
+    "spatial_attention": ("pool_m", "pool_sh", "ctx_m", "ctx_sh", "bias", "z_m", "z_sh"),
+    "dynamic_conv1x1": ("att_pool_m", "att_pool_sh", "att_m", "att_sh"),
+}
 
 
 PARAM_LAYOUT = data.StructLayout({
@@ -149,3 +177,56 @@ def gap_param_words(layer, m, sh):
     """Parameter words of a gap layer (one m, one sh)."""
     return [encode_word(layer, ParamKind.M, 0, 0, int(m)),
             encode_word(layer, ParamKind.SH, 0, 0, int(sh))]
+
+
+def _scalar_words(layer_id, layer):
+    return [encode_word(layer_id, ParamKind.SCALAR, 0, n, int(getattr(layer, key)))
+            for n, key in enumerate(SCALAR_IDS[layer.op])]
+
+
+def _table_words(layer_id, kind, values):
+    return [encode_word(layer_id, kind, 0, j, int(v)) for j, v in enumerate(values)]
+
+
+def channel_attention_param_words(layer_id, layer):
+    """Parameter words of a ``channel_attention`` layer: scalars, kernel taps, the table."""
+    return (_scalar_words(layer_id, layer)
+            + _table_words(layer_id, ParamKind.KERNEL, layer.kernel.tolist())
+            + _table_words(layer_id, ParamKind.LUT, layer.lut.tolist()))
+
+
+def spatial_attention_param_words(layer_id, layer):
+    """Parameter words of a ``spatial_attention`` layer: scalars, ``ctx_weight`` rows,
+    ``ctx_bias``, the table."""
+    words = _scalar_words(layer_id, layer)
+    for r, row in enumerate(layer.ctx_weight.tolist()):
+        words += [encode_word(layer_id, ParamKind.ATT_WEIGHT, r, c, int(v))
+                  for c, v in enumerate(row)]
+    return (words + _table_words(layer_id, ParamKind.ATT_BIAS, layer.ctx_bias.tolist())
+            + _table_words(layer_id, ParamKind.LUT, layer.lut.tolist()))
+
+
+def dynamic_conv_param_words(layer_id, layer, p_in, p_out):
+    """Parameter words of a ``dynamic_conv1x1`` layer for ``p_in`` × ``p_out`` MAC lanes:
+    every kernel's weights and biases in its bank, ``m``/``sh`` (unless it is the
+    classifier), the attention matrix and bias, the exp table and the scalars."""
+    kernels, cout, cin = layer.weight.shape
+    nbi, nbo = -(-cin // p_in), -(-cout // p_out)
+    words = []
+    for k in range(kernels):
+        for w in conv_param_words(layer_id, layer.weight[k].tolist(), layer.bias[k].tolist(),
+                                  None, None, p_in, p_out):
+            lid, kind, row, lane, data = decode_word(w)
+            bank = k * (nbo * nbi if kind == ParamKind.WEIGHT else nbo)
+            words.append(encode_word(lid, kind, bank + row, lane,
+                                     data - (1 << 32) if data >> 31 else data))
+    for kind, values in ((ParamKind.M, layer.m), (ParamKind.SH, layer.sh)):
+        if values is not None:
+            words += [encode_word(layer_id, kind, o // p_out, o % p_out, int(v))
+                      for o, v in enumerate(values.tolist())]
+    for r, row in enumerate(layer.att_weight.tolist()):
+        words += [encode_word(layer_id, ParamKind.ATT_WEIGHT, r, c, int(v))
+                  for c, v in enumerate(row)]
+    return (words + _table_words(layer_id, ParamKind.ATT_BIAS, layer.att_bias.tolist())
+            + _table_words(layer_id, ParamKind.LUT, layer.exp_lut.tolist())
+            + _scalar_words(layer_id, layer))
