@@ -88,4 +88,4 @@ def test_encode_decode_fields():
         with pytest.raises(ValueError):
             encode_word(bad[0], ParamKind(bad[1]), *bad[2:])
     with pytest.raises(ValueError):
-        decode_word(9 << 8)                       # kind 9 is no ParamKind
+        decode_word(200 << 8)                     # kind 200 is no ParamKind
