@@ -25,6 +25,7 @@ from ..sw.outputs import write_atomic
 from . import schema
 from .layer import ArtifactError, Layer
 from .ops import INT32_MAX, INT32_MIN, OPS, Context, get as get_op  # noqa: F401 (INT32_*: kept)
+from .ops import OPS_OF_VERSION
 
 __all__ = [
     "ArtifactError", "Layer", "Model", "load_artifact", "save_artifact", "validate",
@@ -32,8 +33,10 @@ __all__ = [
 ]
 
 FORMAT = schema.FORMAT
-VERSION = 1
-SUPPORTED_VERSIONS = schema.VERSIONS  # (1,)
+#: The newest version this shiftacc writes; a file is written with the lowest version that
+#: holds its ops (a network without attention stays version 1, readable by older tools).
+VERSION = max(schema.VERSIONS)
+SUPPORTED_VERSIONS = schema.VERSIONS  # (1, 2)
 
 
 @dataclass
@@ -158,6 +161,7 @@ def validate(manifest, arrays):
         On the first problem found, with a message naming the layer and key.
     """
     _check_header(manifest)
+    _check_ops_of_version(manifest)
     schema.check(manifest)
     inp = manifest["input"]
     act_bits, weight_bits = manifest["act_bits"], manifest["weight_bits"]
@@ -172,8 +176,8 @@ def validate(manifest, arrays):
                       weight_bits=weight_bits, last=last, arrays=arrays)
         layer = op.parse(ml, ctx)
         if last:
-            ctx.require(op.classifier, f"the last layer must be a conv1x1 (the classifier), "
-                        f"not {op.name}")
+            ctx.require(op.classifier, f"the last layer must be a conv1x1 or dynamic_conv1x1 "
+                        f"(the classifier), not {op.name}")
         named.update(layer.keys.values())
         layers.append(layer)
         shape = tuple(op.out_shape(layer, shape))
@@ -193,6 +197,24 @@ def validate(manifest, arrays):
                  act_bits=act_bits, weight_bits=weight_bits, classes=list(classes),
                  layers=layers, provenance=dict(manifest.get("provenance", {})),
                  manifest=manifest)
+
+
+def _check_ops_of_version(manifest):
+    """An op newer than the file's ``version`` is refused in words (before the schema, whose
+    message would only list the allowed names)."""
+    version, layers = manifest["version"], manifest.get("layers")
+    if not isinstance(layers, list):
+        return
+    for i, ml in enumerate(layers):
+        op = ml.get("op") if isinstance(ml, dict) else None
+        if isinstance(op, str) and op in OPS and op not in OPS_OF_VERSION[version]:
+            raise ArtifactError(f"layer {i} ({op}): this op needs format version "
+                                f"{OPS[op].version}, but the file says version {version}")
+
+
+def file_version(layers):
+    """The lowest format version that holds every op of ``layers``."""
+    return max([1] + [OPS[layer.op].version for layer in layers if layer.op in OPS])
 
 
 def _no_duplicates(pairs):
@@ -289,7 +311,7 @@ def to_manifest_and_arrays(model):
         mlayers.append(get_op(layer.op, f"layer {i}").to_manifest(layer, i, arrays))
     h, w, c = (int(v) for v in model.input_shape)
     manifest = {
-        "format": FORMAT, "version": VERSION, "name": model.name,
+        "format": FORMAT, "version": file_version(model.layers), "name": model.name,
         "input": {"height": h, "width": w, "channels": c, "bits": int(model.input_bits)},
         "act_bits": int(model.act_bits), "weight_bits": int(model.weight_bits),
         "classes": list(model.classes), "layers": mlayers,

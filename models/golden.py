@@ -28,7 +28,8 @@ import numpy as np
 from .ops import OPS, get as get_op
 
 __all__ = ["replicate", "shift", "conv1x1", "requant", "round_shift", "maxpool2", "gap", "run",
-           "run_layer", "check_images"]
+           "run_layer", "check_images", "channel_attention", "dynamic_attention",
+           "dynamic_conv1x1", "spatial_attention", "scale_by"]
 
 #: Integers of magnitude below this are exact in float64, and so are their sums and products
 #: while they stay below it.
@@ -217,6 +218,83 @@ def gap(x, m, sh, act_bits):
     x = np.asarray(x)
     s = x.sum(axis=(1, 2), keepdims=True, dtype=np.int64)
     return requant(s, m, sh, act_bits).astype(_carrier(x), copy=False)
+
+
+# --- version 2: attention ---------------------------------------------------------------
+
+def _pool(xi, m, sh, act_bits, step=1):
+    """The gap rule on ``[N, H, W, C]``: per-image channel sums of the pixels with
+    ``y % step == 0`` and ``x % step == 0``, requantized and clamped; ``[N, C]``."""
+    return requant(xi[:, ::step, ::step, :].sum(axis=(1, 2), dtype=np.int64), m, sh, act_bits)
+
+
+def _table(lut, logit, lo, hi, m, sh):
+    """``lut[clamp(round_shift(logit, m, sh), lo, hi) - lo]``: a nonlinearity by table."""
+    index = np.clip(round_shift(logit, m, sh), lo, hi) - lo
+    return np.asarray(lut, np.int64)[index]
+
+
+def scale_by(xi, a):
+    """``(x * a + 128) >> 8``: scaling by an attention value ``a`` in [0, 256] (256 is 1)."""
+    return (xi * a + 128) >> 8
+
+
+def channel_attention(x, layer, act_bits):
+    """ECA: ``out[y, x, c] = (x * a[c] + 128) >> 8``, ``a`` from the pooled channels by a
+    1-D convolution across channels, requant and the sigmoid table (DESIGN.md §1)."""
+    carrier = _carrier(x)
+    xi = np.asarray(x).astype(np.int64)
+    c = xi.shape[3]
+    p = _pool(xi, layer.pool_m, layer.pool_sh, act_bits)
+    k = len(layer.kernel)
+    half = (k - 1) // 2
+    padded = np.pad(p, ((0, 0), (half, half)))  # p = 0 outside [0, C)
+    z = np.full_like(p, int(layer.bias))
+    for j, tap in enumerate(np.asarray(layer.kernel, np.int64).tolist()):
+        z += tap * padded[:, j:j + c]
+    a = _table(layer.lut, z, -128, 127, layer.z_m, layer.z_sh)
+    return scale_by(xi, a[:, None, None, :]).astype(carrier, copy=False)
+
+
+def dynamic_attention(x, layer, act_bits):
+    """The kernel attention ``pi[N, K]`` of a ``dynamic_conv1x1`` (integer softmax: the exp
+    table of the max-subtracted logits, then one floor division; DESIGN.md §1)."""
+    xi = np.asarray(x).astype(np.int64)
+    p = _pool(xi, layer.att_pool_m, layer.att_pool_sh, act_bits, layer.att_step)
+    r = p @ np.asarray(layer.att_weight, np.int64).T + np.asarray(layer.att_bias, np.int64)
+    d = r - r.max(axis=1, keepdims=True)
+    e = _table(layer.exp_lut, d, -255, 0, layer.att_m, layer.att_sh)
+    return (e * 256) // e.sum(axis=1, keepdims=True)
+
+
+def dynamic_conv1x1(x, layer, act_bits):
+    """Dynamic 1×1 convolution: per image, the K kernels mixed by :func:`dynamic_attention`,
+    ``W = (sum_k pi[k] * weight[k] + 128) >> 8`` (and B alike), then exactly conv1x1."""
+    carrier = _carrier(x)
+    xi = np.asarray(x).astype(np.int64)
+    pi = dynamic_attention(xi, layer, act_bits)
+    w = (np.einsum("nk,koi->noi", pi, np.asarray(layer.weight, np.int64)) + 128) >> 8
+    b = (pi @ np.asarray(layer.bias, np.int64) + 128) >> 8
+    s = layer.stride
+    xs = xi[:, ::s, ::s, :]
+    n, h, ww, c = xs.shape
+    acc = np.matmul(xs.reshape(n, h * ww, c), w.transpose(0, 2, 1)) + b[:, None, :]
+    acc = acc.reshape(n, h, ww, -1)
+    out = acc if layer.m is None else requant(acc, layer.m, layer.sh, act_bits)
+    return out.astype(carrier, copy=False)
+
+
+def spatial_attention(x, layer, act_bits):
+    """NL-SAM: ``out[y, x, c] = (x * s[y, x] + 128) >> 8``, ``s`` the sigmoid table of each
+    pixel's dot product with the projected global context (docs/format.md)."""
+    carrier = _carrier(x)
+    xi = np.asarray(x).astype(np.int64)
+    p = _pool(xi, layer.pool_m, layer.pool_sh, act_bits)
+    v = p @ np.asarray(layer.ctx_weight, np.int64).T + np.asarray(layer.ctx_bias, np.int64)
+    u = np.clip(round_shift(v, layer.ctx_m, layer.ctx_sh), -128, 127)
+    z = np.einsum("nhwc,nc->nhw", xi, u) + int(layer.bias)
+    s = _table(layer.lut, z, -128, 127, layer.z_m, layer.z_sh)
+    return scale_by(xi, s[..., None]).astype(carrier, copy=False)
 
 
 def run_layer(layer, x, act_bits):

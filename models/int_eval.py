@@ -16,7 +16,8 @@ import torch
 from .ops import OPS
 
 __all__ = ["run_int", "accuracy_int", "roll_shift", "round_shift_t", "replicate_t", "conv1x1_t",
-           "maxpool2_t", "gap_t"]
+           "maxpool2_t", "gap_t", "channel_attention_t", "dynamic_conv1x1_t",
+           "spatial_attention_t"]
 
 
 def replicate_t(x, factor):
@@ -79,6 +80,62 @@ def maxpool2_t(x):
 def gap_t(x, m, sh, act_bits):
     """Sum over H and W, then one requant for the whole tensor."""
     return _requant(x.sum(dim=(2, 3), keepdim=True), m, sh, act_bits)
+
+
+# --- version 2: attention (NCHW, int64 tensors; the arithmetic written afresh) ----------
+
+def _i64(a):
+    return torch.as_tensor(np.asarray(a).astype(np.int64))
+
+
+def _rs(v, m, sh):
+    """``(v * m + 2**(sh-1)) >> sh`` for scalar ``m``, ``sh`` (Python ints)."""
+    return torch.bitwise_right_shift(v * int(m) + (1 << (int(sh) - 1)), int(sh))
+
+
+def _pooled(x, m, sh, act_bits, step=1):
+    """[N, C] channel sums over pixels with y % step == 0 and x % step == 0, requantized."""
+    s = x[:, :, ::step, ::step].sum(dim=(2, 3))
+    return _rs(s, m, sh).clamp(0, (1 << act_bits) - 1)
+
+
+def channel_attention_t(x, layer, act_bits):
+    """ECA as a zero-padded 1-D cross-correlation (``unfold`` over channels)."""
+    p = _pooled(x, layer.pool_m, layer.pool_sh, act_bits)
+    k = len(layer.kernel)
+    win = torch.nn.functional.pad(p, ((k - 1) // 2, (k - 1) // 2)).unfold(1, k, 1)  # [N, C, k]
+    z = (win * _i64(layer.kernel)).sum(-1) + int(layer.bias)
+    idx = _rs(z, layer.z_m, layer.z_sh).clamp(-128, 127) + 128
+    a = _i64(layer.lut)[idx]
+    return torch.bitwise_right_shift(x * a[:, :, None, None] + 128, 8)
+
+
+def dynamic_conv1x1_t(x, layer, act_bits):
+    """Dynamic conv: integer softmax over K kernels (exp table, floor division), mixed
+    kernel per image, then a batched int64 matmul."""
+    p = _pooled(x, layer.att_pool_m, layer.att_pool_sh, act_bits, layer.att_step)
+    r = torch.matmul(p, _i64(layer.att_weight).T) + _i64(layer.att_bias)
+    d = r - r.amax(dim=1, keepdim=True)
+    e = _i64(layer.exp_lut)[_rs(d, layer.att_m, layer.att_sh).clamp(-255, 0) + 255]
+    pi = torch.div(e * 256, e.sum(dim=1, keepdim=True), rounding_mode="floor")
+    wk = _i64(layer.weight)                                    # [K, cout, cin]
+    w = torch.bitwise_right_shift(torch.tensordot(pi, wk, dims=1) + 128, 8)  # [N, cout, cin]
+    b = torch.bitwise_right_shift(torch.matmul(pi, _i64(layer.bias)) + 128, 8)  # [N, cout]
+    xs = x[:, :, ::layer.stride, ::layer.stride]
+    n, c, h, wd = xs.shape
+    acc = torch.bmm(w, xs.reshape(n, c, h * wd)) + b[:, :, None]
+    acc = acc.view(n, -1, h, wd)
+    return acc if layer.m is None else _requant(acc, layer.m, layer.sh, act_bits)
+
+
+def spatial_attention_t(x, layer, act_bits):
+    """NL-SAM: projected global context, per-pixel dot product, table, scaling."""
+    p = _pooled(x, layer.pool_m, layer.pool_sh, act_bits)
+    v = torch.matmul(p, _i64(layer.ctx_weight).T) + _i64(layer.ctx_bias)
+    u = _rs(v, layer.ctx_m, layer.ctx_sh).clamp(-128, 127)     # [N, C]
+    z = (x * u[:, :, None, None]).sum(dim=1) + int(layer.bias)  # [N, H, W]
+    s = _i64(layer.lut)[_rs(z, layer.z_m, layer.z_sh).clamp(-128, 127) + 128]
+    return torch.bitwise_right_shift(x * s[:, None] + 128, 8)
 
 
 def run_int(model, images, batch=4096):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .layer import ArtifactError, Layer
 
-__all__ = ["Scalar", "Array", "Context", "Op", "OPS", "INT32_MIN", "INT32_MAX"]
+__all__ = ["Scalar", "Array", "Context", "Op", "OPS", "OPS_OF_VERSION", "INT32_MIN", "INT32_MAX"]
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -516,8 +516,288 @@ class Gap(Op):
         return f"m {layer.m} sh {layer.sh}"
 
 
+# --- version 2: attention at inference ----------------------------------------------------
+
+_M = dict(minimum=1, maximum=65535)
+_SH = dict(minimum=1, maximum=47)
+_I32 = dict(minimum=INT32_MIN, maximum=INT32_MAX)
+
+
+def _vector(ctx, ml, key, spec):
+    """A 1-D array whose length the file decides (checked by the caller)."""
+    if key not in ml:
+        ctx.fail(f"missing key {key!r} (names an {spec.dtype} {spec.shape} array)")
+    name = ml[key]
+    ctx.require(isinstance(name, str) and name in ctx.arrays,
+                f"{key!r} must name an array in the file, got {_json(name)}")
+    a = ctx.arrays[name]
+    ctx.require(a.ndim == 1, f"array {name!r} has shape {list(a.shape)}, expected "
+                f"{spec.shape}")
+    return ctx.array(ml, key, spec, a.shape)
+
+
+def _within_weight_bits(ctx, name, a):
+    lo, hi = -(1 << (ctx.weight_bits - 1)), (1 << (ctx.weight_bits - 1)) - 1
+    ctx.require(a.size == 0 or (a.min() >= lo and a.max() <= hi),
+                f"{name} spans [{a.min()}, {a.max()}], outside the {ctx.weight_bits}-bit range "
+                f"[{lo}, {hi}]")
+
+
+def _sigmoid_table(ctx, lut):
+    ctx.require(lut.min() >= 0 and lut.max() <= 256,
+                f"lut entries must be in [0, 256] (256 means x1), found [{lut.min()}, "
+                f"{lut.max()}]")
+
+
+def _fits_int32(ctx, what, lo, hi):
+    ctx.require(lo >= INT32_MIN and hi <= INT32_MAX,
+                f"{what} can reach [{lo}, {hi}], which does not fit int32")
+
+
+def _pool_bound(ctx, step=1):
+    h, w, _ = ctx.shape
+    n = -(-h // step) * -(-w // step)
+    _fits_int32(ctx, "the pooled sum", 0, ((1 << ctx.bits) - 1) * n)
+
+
+def _matvec_bound(ctx, what, weight, bias, xmax):
+    """Exact range of ``bias[r] + sum_c weight[r, c] * x[c]`` for x in [0, xmax]."""
+    w64 = weight.astype(np.int64)
+    b64 = bias.astype(np.int64)
+    hi = b64 + np.clip(w64, 0, None).sum(1) * xmax
+    lo = b64 + np.clip(w64, None, 0).sum(1) * xmax
+    if hi.size:
+        _fits_int32(ctx, what, int(lo.min()), int(hi.max()))
+
+
+class ChannelAttention(Op):
+    """``channel_attention`` (ECA): pooled channels, a 1-D convolution across them, the
+    sigmoid table, channel-wise scaling (DESIGN.md §1, version 2)."""
+
+    name = "channel_attention"
+    version = 2
+    summary = ("ECA: p = gap rule (pool_m, pool_sh); z[c] = bias + sum_j kernel[j] * "
+               "p[c + j - (k-1)/2]; a = lut[clamp(rq(z, z_m, z_sh), -128, 127) + 128]; "
+               "out = (x * a[c] + 128) >> 8.")
+    keys = {
+        "pool_m": Scalar("requant multiplier of the pooled channel sums", **_M),
+        "pool_sh": Scalar("requant shift of the pooled channel sums", **_SH),
+        "bias": Scalar("added to every z[c]", **_I32),
+        "z_m": Scalar("requant multiplier of z into the table's index", **_M),
+        "z_sh": Scalar("requant shift of z into the table's index", **_SH),
+        "kernel": Array("int8", "[k]", "the 1-D convolution across channels, k odd in "
+                        "[1, 9], within weight_bits"),
+        "lut": Array("uint16", "[256]", "sigmoid table indexed by i + 128, entries in "
+                     "[0, 256] (256 means x1)"),
+    }
+
+    def parse(self, ml, ctx):
+        k = self.keys
+        f = {key: ctx.scalar(ml, key, k[key])
+             for key in ("pool_m", "pool_sh", "bias", "z_m", "z_sh")}
+        kernel, kk = _vector(ctx, ml, "kernel", k["kernel"])
+        n = len(kernel)
+        ctx.require(n % 2 == 1 and 1 <= n <= 9, f"the kernel has {n} taps; it must have an "
+                    f"odd number in [1, 9]")
+        _within_weight_bits(ctx, "kernel taps", kernel)
+        lut, kl = ctx.array(ml, "lut", k["lut"], (256,))
+        _sigmoid_table(ctx, lut)
+        _pool_bound(ctx)
+        xmax = (1 << ctx.act_bits) - 1
+        _matvec_bound(ctx, "z", kernel[None, :], np.array([f["bias"]]), xmax)
+        return Layer("channel_attention", kernel=kernel, lut=lut,
+                     keys={"kernel": kk, "lut": kl}, **f)
+
+    def golden(self, layer, x, act_bits):
+        return _golden().channel_attention(x, layer, act_bits)
+
+    def torch(self, layer, x, act_bits):
+        return _int_eval().channel_attention_t(x, layer, act_bits)
+
+    def params(self, layer):
+        return int(layer.kernel.size + layer.lut.size + 5)
+
+    def macs(self, layer, out_shape):
+        h, w, c = out_shape
+        return c * len(layer.kernel) + h * w * c  # the 1-D conv, then one product per value
+
+    def detail(self, layer):
+        return f"k {len(layer.kernel)}"
+
+
+class DynamicConv1x1(Op):
+    """``dynamic_conv1x1``: K 1×1 kernels mixed per image by an integer softmax of the
+    (interval-sampled) pooled input, then a conv1x1 (DESIGN.md §1, version 2)."""
+
+    name = "dynamic_conv1x1"
+    version = 2
+    summary = ("p = gap rule over pixels with y % att_step == 0 and x % att_step == 0; "
+               "r = att_bias + att_weight p; e = exp_lut[clamp(rq(r - max r, att_m, att_sh), "
+               "-255, 0) + 255]; pi = e * 256 // sum e; W = (sum_k pi[k] weight[k] + 128) >> 8 "
+               "(B alike); then conv1x1 with W, B, stride and m/sh (absent on the last layer).")
+    keys = {
+        "stride": Scalar("subsampling s: H_out = ceil(H / s)", enum=(1, 2)),
+        "cin": Scalar("input channels (the previous layer's output channels)", minimum=1),
+        "cout": Scalar("output channels", minimum=1),
+        "kernels": Scalar("kernels K mixed by the attention", minimum=2),
+        "att_step": Scalar("sampling interval t of the attention's pool", minimum=1),
+        "att_pool_m": Scalar("requant multiplier of the attention's pooled sums", **_M),
+        "att_pool_sh": Scalar("requant shift of the attention's pooled sums", **_SH),
+        "att_m": Scalar("requant multiplier of the max-subtracted logits", **_M),
+        "att_sh": Scalar("requant shift of the max-subtracted logits", **_SH),
+        "weight": Array("int8", "[kernels, cout, cin]", "signed, within weight_bits"),
+        "bias": Array("int32", "[kernels, cout]", "per kernel"),
+        "att_weight": Array("int8", "[kernels, cin]", "attention logits' weights, within "
+                            "weight_bits"),
+        "att_bias": Array("int32", "[kernels]", "attention logits' bias"),
+        "exp_lut": Array("uint16", "[256]", "exponential table indexed by j + 255, j in "
+                         "[-255, 0]; entry 255 at least 1"),
+        "m": Array("uint16", "[cout]", "requant multiplier in [1, 65535]; absent on the last "
+                   "layer", required=False),
+        "sh": Array("uint8", "[cout]", "requant right shift in [1, 47]; absent on the last "
+                    "layer", required=False),
+    }
+    together = (("m", "sh"),)
+    classifier = True
+
+    def parse(self, ml, ctx):
+        k = self.keys
+        h, w, c = ctx.shape
+        f = {key: ctx.scalar(ml, key, k[key])
+             for key in ("stride", "att_step", "att_pool_m", "att_pool_sh", "att_m", "att_sh")}
+        cin = ctx.scalar(ml, "cin", k["cin"])
+        cout = ctx.scalar(ml, "cout", k["cout"])
+        kn = ctx.scalar(ml, "kernels", k["kernels"])
+        ctx.require(cin == c, f"cin = {cin} but the previous layer outputs {c} channels")
+        weight, kw = ctx.array(ml, "weight", k["weight"], (kn, cout, cin))
+        _within_weight_bits(ctx, "weights", weight)
+        bias, kb = ctx.array(ml, "bias", k["bias"], (kn, cout))
+        att_weight, kaw = ctx.array(ml, "att_weight", k["att_weight"], (kn, cin))
+        _within_weight_bits(ctx, "att_weight", att_weight)
+        att_bias, kab = ctx.array(ml, "att_bias", k["att_bias"], (kn,))
+        exp_lut, kel = ctx.array(ml, "exp_lut", k["exp_lut"], (256,))
+        ctx.require(exp_lut[255] >= 1, "exp_lut[255] (the largest logit's entry) must be at "
+                    "least 1, so that the softmax's sum is never 0")
+        keys = {"weight": kw, "bias": kb, "att_weight": kaw, "att_bias": kab, "exp_lut": kel}
+        m = sh = None
+        if ctx.last:
+            ctx.require("m" not in ml and "sh" not in ml,
+                        "the last layer outputs raw int32 logits and takes no 'm'/'sh'")
+        else:
+            ctx.require("m" in ml and "sh" in ml,
+                        "missing key 'm'/'sh': a dynamic_conv1x1 that is not the last layer "
+                        "ends in requant")
+            m, keys["m"] = ctx.array(ml, "m", k["m"], (cout,))
+            sh, keys["sh"] = ctx.array(ml, "sh", k["sh"], (cout,))
+            ctx.require(m.min() >= 1, f"m must be in [1, 65535], found {m.min()}")
+            ctx.require(sh.min() >= 1 and sh.max() <= 47,
+                        f"sh must be in [1, 47], found [{sh.min()}, {sh.max()}]")
+        _pool_bound(ctx, f["att_step"])
+        _matvec_bound(ctx, "the attention logits", att_weight, att_bias, (1 << ctx.act_bits) - 1)
+        # The mixture is a convex combination with weights pi/256 (sum pi <= 256), rounded
+        # down: each mixed W[o, i] and B[o] lies within the range of its K sources, so the
+        # conv accumulator is bounded by the per-position extremes.
+        _matvec_bound(ctx, "the accumulator (upper)", weight.max(0), bias.max(0),
+                      (1 << ctx.bits) - 1)
+        _matvec_bound(ctx, "the accumulator (lower)", weight.min(0), bias.min(0),
+                      (1 << ctx.bits) - 1)
+        return Layer("dynamic_conv1x1", weight=weight, bias=bias, att_weight=att_weight,
+                     att_bias=att_bias, exp_lut=exp_lut, m=m, sh=sh, keys=keys, **f)
+
+    def out_shape(self, layer, shape):
+        h, w, _ = shape
+        s = layer.stride
+        return -(-h // s), -(-w // s), layer.cout
+
+    def out_bits(self, layer, bits, act_bits):
+        return act_bits if layer.requant else bits
+
+    def golden(self, layer, x, act_bits):
+        return _golden().dynamic_conv1x1(x, layer, act_bits)
+
+    def torch(self, layer, x, act_bits):
+        return _int_eval().dynamic_conv1x1_t(x, layer, act_bits)
+
+    def params(self, layer):
+        return int(layer.weight.size + layer.bias.size + layer.att_weight.size
+                   + layer.att_bias.size + layer.exp_lut.size + 4
+                   + (2 * layer.cout if layer.requant else 0))
+
+    def macs(self, layer, out_shape):
+        kn, cout, cin = layer.weight.shape
+        # attention logits + mixing the kernels and biases + the convolution itself
+        return kn * cin + kn * cout * (cin + 1) + out_shape[0] * out_shape[1] * cin * cout
+
+    def detail(self, layer):
+        return (f"{layer.cin}->{layer.cout} stride {layer.stride}, K {layer.kernels}, "
+                f"t {layer.att_step}" + ("" if layer.requant else ", raw int32 logits"))
+
+
+class SpatialAttention(Op):
+    """``spatial_attention`` (NL-SAM): every pixel's dot product with a projected global
+    context, through the sigmoid table, scales all its channels (docs/format.md, version 2)."""
+
+    name = "spatial_attention"
+    version = 2
+    summary = ("p = gap rule (pool_m, pool_sh); u = clamp(rq(ctx_bias + ctx_weight p, ctx_m, "
+               "ctx_sh), -128, 127); z[y, x] = bias + sum_c u[c] x[y, x, c]; s = "
+               "lut[clamp(rq(z, z_m, z_sh), -128, 127) + 128]; out = (x * s[y, x] + 128) >> 8.")
+    keys = {
+        "pool_m": Scalar("requant multiplier of the pooled channel sums", **_M),
+        "pool_sh": Scalar("requant shift of the pooled channel sums", **_SH),
+        "ctx_m": Scalar("requant multiplier of the projected context", **_M),
+        "ctx_sh": Scalar("requant shift of the projected context", **_SH),
+        "bias": Scalar("added to every z[y, x]", **_I32),
+        "z_m": Scalar("requant multiplier of z into the table's index", **_M),
+        "z_sh": Scalar("requant shift of z into the table's index", **_SH),
+        "ctx_weight": Array("int8", "[C, C]", "projection of the pooled context, within "
+                            "weight_bits"),
+        "ctx_bias": Array("int32", "[C]", "bias of the projection"),
+        "lut": Array("uint16", "[256]", "sigmoid table indexed by i + 128, entries in "
+                     "[0, 256] (256 means x1)"),
+    }
+
+    def parse(self, ml, ctx):
+        k = self.keys
+        c = ctx.shape[2]
+        f = {key: ctx.scalar(ml, key, k[key])
+             for key in ("pool_m", "pool_sh", "ctx_m", "ctx_sh", "bias", "z_m", "z_sh")}
+        cw, kcw = ctx.array(ml, "ctx_weight", k["ctx_weight"], (c, c))
+        _within_weight_bits(ctx, "ctx_weight", cw)
+        cb, kcb = ctx.array(ml, "ctx_bias", k["ctx_bias"], (c,))
+        lut, kl = ctx.array(ml, "lut", k["lut"], (256,))
+        _sigmoid_table(ctx, lut)
+        _pool_bound(ctx)
+        _matvec_bound(ctx, "the projected context", cw, cb, (1 << ctx.act_bits) - 1)
+        xmax = (1 << ctx.bits) - 1
+        _fits_int32(ctx, "z", f["bias"] - 128 * c * xmax, f["bias"] + 127 * c * xmax)
+        return Layer("spatial_attention", ctx_weight=cw, ctx_bias=cb, lut=lut,
+                     keys={"ctx_weight": kcw, "ctx_bias": kcb, "lut": kl}, **f)
+
+    def golden(self, layer, x, act_bits):
+        return _golden().spatial_attention(x, layer, act_bits)
+
+    def torch(self, layer, x, act_bits):
+        return _int_eval().spatial_attention_t(x, layer, act_bits)
+
+    def params(self, layer):
+        return int(layer.ctx_weight.size + layer.ctx_bias.size + layer.lut.size + 7)
+
+    def macs(self, layer, out_shape):
+        h, w, c = out_shape
+        return c * c + 2 * h * w * c  # the projection, the dot products, the scaling
+
+    def detail(self, layer):
+        return f"context {len(layer.ctx_bias)}x{len(layer.ctx_bias)}"
+
+
 #: Every op by manifest name, in the order the format document lists them.
-OPS = {op.name: op for op in (Replicate(), Shift(), Conv1x1(), MaxPool2(), Gap())}
+OPS = {op.name: op for op in (Replicate(), Shift(), Conv1x1(), MaxPool2(), Gap(),
+                              ChannelAttention(), DynamicConv1x1(), SpatialAttention())}
+
+#: The names of the ops each format version knows.
+OPS_OF_VERSION = {1: tuple(n for n, op in OPS.items() if op.version == 1),
+                  2: tuple(OPS)}
 
 
 def get(name, where="layer"):

@@ -32,14 +32,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from .layer import ArtifactError
-from .ops import OPS
+from .ops import OPS, OPS_OF_VERSION
 
 __all__ = ["SCHEMA_FILE", "SCHEMA_ID", "generate", "load", "check"]
 
 SCHEMA_FILE = "manifest.schema.json"
 SCHEMA_ID = "urn:shiftacc:manifest"
 FORMAT = "shiftacc-model"
-VERSIONS = (1,)
+VERSIONS = (1, 2)
 
 
 def _int(doc, **kw):
@@ -110,6 +110,10 @@ def generate():
         "required": ["format", "version", "name", "input", "act_bits", "weight_bits",
                      "classes", "layers"],
         "additionalProperties": False,
+        # A version-1 file may use only the version-1 ops.
+        "allOf": [{"if": {"properties": {"version": {"const": 1}}, "required": ["version"]},
+                   "then": {"properties": {"layers": {"items": {"properties": {
+                       "op": {"enum": list(OPS_OF_VERSION[1])}}}}}}}],
         "$defs": defs,
     }
 

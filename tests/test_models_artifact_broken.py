@@ -81,7 +81,7 @@ CASES = {
                  r"layer 5.*cin = 4 but the previous layer outputs 5"),
     "classes": (lambda m, a: m.update({"classes": ["a", "b"]}), r"2 classes.*3 outputs"),
     "unknown op": (lambda m, a: m["layers"].insert(3, {"op": "add"}), r"layer 3.*unknown op 'add'"),
-    "version": (lambda m, a: m.update({"version": 2}), r"'version' 2"),
+    "version": (lambda m, a: m.update({"version": 3}), r"'version' 3"),
     "format": (lambda m, a: m.update({"format": "other"}), r"'format'"),
     "last has m": (lambda m, a: m["layers"][5].update({"m": "l2.m", "sh": "l2.sh"}),
                    r"layer 5.*raw int32"),
@@ -168,7 +168,7 @@ STRICT = {
     "key on an op without keys": (
         lambda m, a: m["layers"][3].update({"stride": 2}),
         "manifest: layer 3 (maxpool2): unknown key 'stride' (op maxpool2 takes no other key; "
-        "'stride' belongs to conv1x1)", "stride"),
+        "'stride' belongs to conv1x1, dynamic_conv1x1)", "stride"),
     "stride 1.0": (lambda m, a: m["layers"][2].update({"stride": 1.0}),
                    "manifest: layer 2 (conv1x1): 'stride' must be a JSON integer, got 1.0",
                    "stride"),
@@ -185,7 +185,7 @@ STRICT = {
                "manifest: layer 5 (conv1x1): 'cout' = 0 must be at least 1", "cout"),
     "op null": (lambda m, a: m["layers"][3].update({"op": None}),
                 "manifest: layer 3: unknown op null (known: replicate, shift, conv1x1, "
-                "maxpool2, gap)", "op"),
+                "maxpool2, gap, channel_attention, dynamic_conv1x1, spatial_attention)", "op"),
     "input bits 9": (lambda m, a: m["input"].update({"bits": 9}),
                      "manifest: input: 'bits' = 9 is outside [1, 8]", "bits"),
     "layer not an object": (lambda m, a: m["layers"].insert(3, 5),

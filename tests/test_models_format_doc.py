@@ -88,6 +88,6 @@ def test_doc_top_level_and_input_keys_match_schema(doc):
 def test_doc_names_shipped_schema_and_version(doc):
     text = DOC.read_text("utf-8")
     assert "shiftacc/models/manifest.schema.json" in text
-    assert "format version 1" in text.splitlines()[0]
+    assert "format version 2" in text.splitlines()[0]
     for v2 in ("channel_attention", "dynamic_conv1x1", "spatial_attention"):
         assert v2 in text
