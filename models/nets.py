@@ -9,6 +9,10 @@ artifact's layers (DESIGN.md §1), which keeps export a simple walk:
   ``conv1x1`` (+BN, folded at export) → ReLU, with down-sampling either by a stride-2 1×1
   (``down="stride"``) or by a ``maxpool2`` after the block (``down="pool"``).
 - **head**: global average pool → ``conv1x1`` classifier (raw logits).
+- **attention at inference** (artifact version 2, :mod:`models.attention`; off in every
+  preset): ``NetConfig.eca`` / ``nlsam`` list blocks whose output passes through ECA channel
+  attention / NL-SAM spatial attention (at the block's end, after its pool), ``dynconv`` the
+  blocks whose 1x1 conv is a dynamic convolution.
 
 Input: raw ``uint8`` NHWC images; :func:`to_input` makes the float NCHW tensor ``x / 255``.
 """
@@ -21,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attention import ChannelAttention, DynamicConv1x1, SpatialAttention
 from .quant import ActQuant, QConv
 from .shift import ShiftLayer, candidates
 
-__all__ = ["NetConfig", "PRESETS", "ShiftNet", "Replicate", "MaxPool2", "GAP", "Residual",
-           "to_input", "make_net", "preset_for"]
+__all__ = ["NetConfig", "PRESETS", "ATTENTION_FIELDS", "check_attention", "ShiftNet",
+           "Replicate", "MaxPool2", "GAP", "Residual", "to_input", "make_net", "preset_for"]
 
 
 @dataclass
@@ -55,6 +60,19 @@ class NetConfig:
         Residual adds around blocks with equal in/out width (trainable; refused at export).
     dropout : float
         Dropout on the pooled features during training (identity at inference).
+    eca : tuple of int
+        Blocks whose output goes through ECA channel attention (``channel_attention``, artifact
+        version 2), placed at the block's end (after its pool, if any).
+    dynconv : tuple of int
+        Blocks whose 1x1 conv is a dynamic convolution (``dynamic_conv1x1``, version 2) of
+        ``dyn_kernels`` kernels with an attention pooled every ``dyn_step`` pixels.
+    nlsam : tuple of int
+        Blocks whose output goes through NL-SAM spatial attention (``spatial_attention``,
+        version 2), at the block's end, after any ECA of the same block.
+    dyn_kernels : int
+        K of the dynamic convolutions (>= 2).
+    dyn_step : int
+        Sampling interval t of their attention pooling (>= 1).
     """
 
     in_shape: tuple = (8, 8, 1)
@@ -68,6 +86,37 @@ class NetConfig:
     act: str = "relu"
     residual: bool = False
     dropout: float = 0.0
+    eca: tuple = ()
+    dynconv: tuple = ()
+    nlsam: tuple = ()
+    dyn_kernels: int = 4
+    dyn_step: int = 2
+
+
+#: The NetConfig fields that place version-2 attention ops (block indices), and their op names.
+ATTENTION_FIELDS = {"eca": "channel_attention", "dynconv": "dynamic_conv1x1",
+                    "nlsam": "spatial_attention"}
+
+
+def check_attention(cfg):
+    """Raise ValueError, in words, when ``cfg``'s attention placement names no block.
+
+    Every index of ``eca``, ``dynconv`` and ``nlsam`` must be a block of the preset
+    (``0 .. len(blocks) - 1``), listed once; ``dyn_kernels >= 2``, ``dyn_step >= 1``.
+    """
+    nb = len(cfg.blocks)
+    for name in ATTENTION_FIELDS:
+        idx = list(getattr(cfg, name) or ())
+        for j in idx:
+            if type(j) is not int or not 0 <= j < nb:
+                raise ValueError(f"--{name} {j}: no such block; this network has {nb} blocks, "
+                                 f"numbered 0..{nb - 1}")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"--{name}: a block is listed twice ({idx})")
+    if cfg.dynconv and cfg.dyn_kernels < 2:
+        raise ValueError(f"dynamic conv kernels {cfg.dyn_kernels}: at least 2 are needed")
+    if cfg.dynconv and cfg.dyn_step < 1:
+        raise ValueError(f"dynamic conv attention step {cfg.dyn_step}: must be at least 1")
 
 
 PRESETS = {
@@ -183,6 +232,7 @@ class ShiftNet(nn.Module):
             raise ValueError(f"act_bits {cfg.act_bits}: supported are 4 and 8")
         if not 2 <= cfg.weight_bits <= 8:
             raise ValueError(f"weight_bits {cfg.weight_bits} outside [2, 8]")
+        check_attention(cfg)
         self.cfg, self.method = cfg, method
         self.in_shape = tuple(cfg.in_shape)
         self.act_bits, self.weight_bits = cfg.act_bits, cfg.weight_bits
@@ -199,6 +249,9 @@ class ShiftNet(nn.Module):
         add(ShiftLayer(9 * c, max(cfg.radius, 1), "fixed",
                        fixed=[stem_dirs[e] for e in range(9) for _ in range(c)]), "stem.shift")
         add(QConv(9 * c, cfg.stem, act=cfg.act, **q), "stem.conv")
+        # The activation quantizer whose scale the next module's input carries (attention
+        # modules keep it; convolutions set a new one).
+        src = body[-1].aq
         c = cfg.stem
         if cfg.stem_down == "pool":
             add(MaxPool2(), "stem.pool")
@@ -208,7 +261,14 @@ class ShiftNet(nn.Module):
                 raise ValueError(f"block {j}: down {down!r} must be None, 'pool' or 'stride'")
             stride = 2 if down == "stride" else 1
             shift = ShiftLayer(c, cfg.radius, method)
-            conv = QConv(c, cout, stride=stride, act=cfg.act, **q)
+            if j in cfg.dynconv:
+                if cfg.act != "relu":
+                    raise ValueError(f"block {j}: a dynamic conv is ReLU only, not {cfg.act!r}")
+                conv = DynamicConv1x1(c, cout, stride, cfg.dyn_kernels, cfg.dyn_step, **q)
+                conv.bind_source(src)
+            else:
+                conv = QConv(c, cout, stride=stride, act=cfg.act, **q)
+            src = conv.aq
             if cfg.residual and cout == c and stride == 1:
                 add(Residual(shift, conv), f"block{j}.residual")
             else:
@@ -222,6 +282,12 @@ class ShiftNet(nn.Module):
                 h, w = h // 2, w // 2
             if h < 1 or w < 1:
                 raise ValueError(f"block {j}: the feature map shrinks below 1x1")
+            if j in cfg.eca:
+                add(ChannelAttention(c, **q), f"block{j}.eca")
+                body[-1].bind_source(src)
+            if j in cfg.nlsam:
+                add(SpatialAttention(c, **q), f"block{j}.nlsam")
+                body[-1].bind_source(src)
         add(GAP(cfg.act_bits), "gap")
         if cfg.dropout > 0:
             add(nn.Dropout(cfg.dropout), "dropout")  # identity at inference; export skips it

@@ -40,7 +40,7 @@ INT32_MAX = (1 << 31) - 1
 
 
 class ExportError(ArtifactError):
-    """A trained network cannot be expressed as a version-1 artifact (the message says why)."""
+    """A trained network cannot be expressed as an artifact (the message says why)."""
 
 
 def _ste_round(x):
@@ -232,7 +232,8 @@ class QConv(nn.Module):
 def set_qat(net, on=True):
     """Switch fake quantization (and folded, frozen BatchNorm) on or off in every module."""
     for mod in net.modules():
-        if isinstance(mod, QConv):
+        # QConv and the attention modules of models.attention (exact integer forward value).
+        if isinstance(mod, QConv) or getattr(mod, "attention_module", False):
             mod.qat = on
         if isinstance(mod, ActQuant):
             mod.enabled = on
@@ -309,6 +310,7 @@ def export(net, name="shiftnet", classes=None, provenance=None):
     """
     from .nets import GAP, MaxPool2, Replicate, Residual  # nets imports this module
     from .shift import ShiftLayer
+    from .attention import AttentionBase, DynamicConv1x1
     h, w, c = net.in_shape
     scale = 1.0 / 255.0
     layers = []
@@ -318,7 +320,7 @@ def export(net, name="shiftnet", classes=None, provenance=None):
         where = f"layer {i} ({getattr(mod, 'label', type(mod).__name__)})"
         last = i == len(mods) - 1
         if isinstance(mod, Residual):
-            raise ExportError(f"{where}: residual add is not in the version-1 contract "
+            raise ExportError(f"{where}: residual add is not in the artifact contract "
                               f"(DESIGN.md §1 has no add op)")
         if isinstance(mod, Replicate):
             layers.append(Layer("replicate", factor=mod.factor))
@@ -366,6 +368,19 @@ def export(net, name="shiftnet", classes=None, provenance=None):
                 lay.m, lay.sh = m.astype(np.uint16), sh.astype(np.uint8)
                 scale = s_out
             layers.append(lay)
+        elif isinstance(mod, AttentionBase):
+            # Version-2 ops: the same constants the QAT forward pass used (exact QAT).
+            cin = mod.cin if isinstance(mod, DynamicConv1x1) else mod.channels
+            if cin != c:
+                raise ExportError(f"{where}: {cin} input channels but receives {c}")
+            if last:
+                raise ExportError(f"{where}: the network's final layer must be the conv1x1 "
+                                  f"classifier")
+            layers.append(mod.export_layer(scale, h, w, where))
+            if isinstance(mod, DynamicConv1x1):
+                if mod.stride == 2:
+                    h, w = -(-h // 2), -(-w // 2)
+                c, scale = mod.cout, float(mod.aq.scale)
         elif isinstance(mod, MaxPool2):
             layers.append(Layer("maxpool2"))
             h, w = h // 2, w // 2
@@ -377,9 +392,9 @@ def export(net, name="shiftnet", classes=None, provenance=None):
             layers.append(Layer("gap", m=int(m[0]), sh=int(sh[0])))
             h, w, scale = 1, 1, s_out
         else:
-            v1 = ", ".join(n for n, op in OPS.items() if op.version == 1)
+            known = ", ".join(OPS)
             raise ExportError(f"{where}: module {type(mod).__name__} has no equivalent op in "
-                              f"the version-1 contract ({v1})")
+                              f"the artifact contract ({known})")
     classes = list(classes) if classes is not None else [str(i) for i in range(c)]
     model = Model(name=name, input_shape=tuple(net.in_shape), input_bits=8,
                   act_bits=net.act_bits, weight_bits=net.weight_bits, classes=classes,

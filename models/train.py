@@ -173,7 +173,7 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                 search_fraction=0.25, balance_weight=0.0, val_fraction=0.0,
                 augment_shift=True, label_smoothing=0.1, dropout=None, augment_prob=0.25,
                 qat_fraction=0.25, lr_floor=0.02, average_qat=0.0, mixup=0.0, schedule=None,
-                warmup=0.15, device="cpu"):
+                warmup=0.15, device="cpu", attention=None):
     """Train, quantize and export a shift network.
 
     Parameters
@@ -252,6 +252,11 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
     mixup : float
         Mixup Beta(a, a) parameter for the search and fine-tune phases (0: off). Off by
         default: 0.2 on digits-s gave mean 0.9625 (sal) / 0.9616 (grouped) over seeds 0-5.
+    attention : dict, optional
+        Attention that stays at inference (artifact version 2, :mod:`models.attention`):
+        :class:`~models.nets.NetConfig` fields ``eca``, ``dynconv``, ``nlsam`` (lists of block
+        indices) and ``dyn_kernels``, ``dyn_step``, overriding the preset's. Recorded as
+        ``provenance.attention``. QAT of these modules uses their exact integer rule.
     progress : bool
         tqdm progress bar over every batch (epoch, phase, loss, images/s, ETA).
     name : str, optional
@@ -304,6 +309,8 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
         if len(xtr) == 0 or len(xte) == 0:
             raise ValueError(f"dataset {dataset!r}: the training or test split holds no images")
         over = {} if dropout is None else {"dropout": dropout}
+        att = _attention_overrides(attention)
+        over.update(att)
         cfg = preset_for(preset, in_shape=tuple(xtr.shape[1:]), classes=len(CLASSES[dataset]),
                          act_bits=act_bits, weight_bits=weight_bits, **over)
         net = ShiftNet(cfg, method).to(device)
@@ -419,6 +426,9 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
         if xva is not None:
             prov["val_accuracy"] = round(evaluate_float(net, xva, yva), 6)
             prov["val_samples"] = int(len(xva))
+        if any(att.get(k) for k in ("eca", "dynconv", "nlsam")):
+            prov["attention"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                 for k, v in att.items()}
         if method == "sparse":
             prov["zero_shift_fraction"] = round(net.zero_shift_fraction(), 6)
         net = net.cpu()
@@ -442,6 +452,23 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
     model.provenance["wall_seconds"] = round(time.time() - t_start, 1)
     model.manifest["provenance"] = model.provenance
     return net, model
+
+
+def _attention_overrides(attention):
+    """NetConfig overrides from ``train_model``'s ``attention`` dict (block lists as tuples).
+
+    Raises
+    ------
+    ValueError
+        An unknown key.
+    """
+    known = ("eca", "dynconv", "nlsam", "dyn_kernels", "dyn_step")
+    out = {}
+    for key, value in (attention or {}).items():
+        if key not in known:
+            raise ValueError(f"attention: unknown key {key!r} (known: {', '.join(known)})")
+        out[key] = tuple(int(v) for v in value) if key in known[:3] else int(value)
+    return out
 
 
 @torch.no_grad()

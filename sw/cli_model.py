@@ -5,24 +5,130 @@ functions here run the commands. Errors are raised (:mod:`shiftacc.sw.errors`) a
 to exit statuses by :func:`shiftacc.sw.cli.main`.
 
 Also exports :func:`add_image_args` and :func:`images_from_args` so that other subcommands
-(``shiftacc sim``) take images exactly the same way.
+(``shiftacc sim``) take images exactly the same way, and :func:`add_attention_args`, the
+``shiftacc train`` options that place attention at inference (artifact version 2). This
+module imports only the standard library at import time (NumPy and torch inside the
+commands), so that the parser can take those options from here without ``--help``
+importing NumPy.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from .cli import add_image_args
 from .errors import UsageError, require_extra
 from .outputs import atomic_path, check_output, write_atomic
 
-__all__ = ["add_image_args", "images_from_args", "hardware_images", "cmd_train", "cmd_golden", "cmd_info",
-           "describe", "progress_wanted"]
+__all__ = ["add_image_args", "images_from_args", "hardware_images", "cmd_train", "cmd_golden",
+           "cmd_info", "describe", "progress_wanted", "add_attention_args", "attention_from_args"]
+
+#: ``shiftacc train`` options that list blocks, and the NetConfig field each fills.
+ATTENTION_OPTIONS = {"eca": "eca", "dynconv": "dynconv", "nlsam": "nlsam"}
+
+
+def _block_list(text):
+    """argparse type of ``--eca`` / ``--dynconv`` / ``--nlsam``: ``0,2`` or ``all``."""
+    text = text.strip()
+    if text == "all":
+        return "all"
+    try:
+        idx = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of block indices (e.g. 0,1) or 'all'"
+        ) from None
+    if any(i < 0 for i in idx):
+        raise argparse.ArgumentTypeError(f"{text!r}: block indices are >= 0")
+    if len(set(idx)) != len(idx):
+        raise argparse.ArgumentTypeError(f"{text!r}: a block is listed twice")
+    return idx
+
+
+def _int_min(low):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} is out of range: must be >= {low}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def add_attention_args(parser):
+    """Add ``shiftacc train``'s attention options (artifact version 2, issue #11).
+
+    ``--eca BLOCKS``, ``--dynconv BLOCKS``, ``--nlsam BLOCKS`` (comma-separated block indices
+    of the preset, or ``all``), ``--dyn-kernels K``, ``--dyn-step T``. Read back by
+    :func:`attention_from_args`. Uses argparse only (``shiftacc --help`` stays light).
+    """
+    g = parser.add_argument_group(
+        "attention at inference (artifact version 2)",
+        "Attention modules that stay in the integer network; each adds an op of artifact "
+        "version 2 and is trained with its exact integer rule during QAT. BLOCKS are the "
+        "preset's block indices, comma-separated (0 is the first block after the stem; "
+        "'shiftacc info' lists them as blockJ), or 'all'. Default: none, a version-1 network.")
+    g.add_argument("--eca", type=_block_list, metavar="BLOCKS",
+                   help="ECA channel attention (channel_attention) at the end of these "
+                        "blocks: x * sigmoid(conv1d_k(mean_pool(x))), k taps shared by all "
+                        "channels (default: none)")
+    g.add_argument("--dynconv", type=_block_list, metavar="BLOCKS",
+                   help="make these blocks' 1x1 convs dynamic convolutions (dynamic_conv1x1): "
+                        "--dyn-kernels kernels mixed per image by a softmax attention over "
+                        "the input pooled every --dyn-step pixels (default: none)")
+    g.add_argument("--nlsam", type=_block_list, metavar="BLOCKS",
+                   help="NL-SAM spatial attention (spatial_attention) at the end of these "
+                        "blocks: x * sigmoid(bias + u . x[y, x]), u a linear map of the "
+                        "pooled features (default: none)")
+    g.add_argument("--dyn-kernels", type=_int_min(2), default=4, metavar="K",
+                   help="kernels K of each dynamic conv, at least 2")
+    g.add_argument("--dyn-step", type=_int_min(1), default=2, metavar="T",
+                   help="sampling interval t of a dynamic conv's attention pooling (1: every "
+                        "pixel)")
+
+
+def attention_from_args(args, blocks):
+    """``train_model``'s ``attention`` dict from the options of :func:`add_attention_args`.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Missing attributes count as not given (a parser without the options).
+    blocks : int
+        Number of blocks of the preset.
+
+    Returns
+    -------
+    dict
+        Empty when no attention option was given.
+
+    Raises
+    ------
+    UsageError
+        A block index the preset does not have.
+    """
+    att = {}
+    for opt, field in ATTENTION_OPTIONS.items():
+        val = getattr(args, opt, None)
+        if val is None:
+            continue
+        idx = tuple(range(blocks)) if val == "all" else tuple(val)
+        bad = [i for i in idx if not 0 <= i < blocks]
+        if bad:
+            raise UsageError(f"--{opt} {','.join(map(str, val))}: no block {bad[0]}; the "
+                             f"preset has {blocks} blocks, numbered 0..{blocks - 1}")
+        att[field] = idx
+    if att.get("dynconv"):
+        att["dyn_kernels"] = getattr(args, "dyn_kernels", 4)
+        att["dyn_step"] = getattr(args, "dyn_step", 2)
+    return att
 
 
 def progress_wanted(args):
@@ -133,7 +239,10 @@ def cmd_train(args):
         require_extra("sklearn", "train", "shiftacc train --dataset digits")
     from ..models.artifact import ArtifactError, save_artifact
     from ..models.data import load_split
+    from ..models.nets import DEFAULT_PRESET, PRESETS
     from ..models.train import resolve_device, train_model
+    preset = args.preset or DEFAULT_PRESET[args.dataset]
+    attention = attention_from_args(args, len(PRESETS[preset].blocks))
     try:
         device = resolve_device(getattr(args, "device", "cpu"))
         # Fail on a missing or malformed data folder now, not after building the network.
@@ -147,7 +256,8 @@ def cmd_train(args):
         net, model = train_model(dataset=args.dataset, method=args.method, preset=args.preset,
                                  epochs=epochs, seed=args.seed, act_bits=args.act_bits,
                                  weight_bits=args.weight_bits, data_dir=args.data_dir,
-                                 progress=progress_wanted(args), device=device)
+                                 progress=progress_wanted(args), device=device,
+                                 attention=attention or None)
     except ArtifactError:
         raise
     except ValueError as e:
@@ -171,6 +281,10 @@ def cmd_train(args):
           f"{p['wall_seconds']} s in all")
     print(f"test accuracy ({p['dataset']}): float {p['float_accuracy']:.4f}, "
           f"integer {p['int_accuracy']:.4f}")
+    if "attention" in p:
+        a = p["attention"]
+        print("attention (artifact version 2): " + ", ".join(
+            f"{k} blocks {','.join(map(str, a[k]))}" for k in ATTENTION_OPTIONS if a.get(k)))
     if "zero_shift_fraction" in p:
         print(f"zero shifts: {p['zero_shift_fraction']:.1%} of block channels")
     return 0
@@ -182,6 +296,8 @@ def cmd_golden(args):
     ``--json`` is checked before anything runs and never replaces an input; an existing file
     is replaced only with ``--force``.
     """
+    import numpy as np
+
     from ..models import golden
     from ..models.artifact import load_artifact
     if args.json:
