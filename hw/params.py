@@ -46,7 +46,7 @@ from amaranth.lib import data, enum, stream
 __all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words", "SCALAR_IDS", "channel_attention_param_words",
-           "spatial_attention_param_words", "dynamic_conv_param_words"]
+           "spatial_attention_param_words", "dynamic_conv_param_words", "KIND_FIELDS"]
 
 
 class ParamKind(enum.Enum, shape=8):
@@ -177,6 +177,17 @@ def gap_param_words(layer, m, sh):
     """Parameter words of a gap layer (one m, one sh)."""
     return [encode_word(layer, ParamKind.M, 0, 0, int(m)),
             encode_word(layer, ParamKind.SH, 0, 0, int(sh))]
+
+
+#: The array field each kind writes, per version-2 op (``SCALAR`` lanes: :data:`SCALAR_IDS`).
+KIND_FIELDS = {
+    "channel_attention": {ParamKind.KERNEL: "kernel", ParamKind.LUT: "lut"},
+    "spatial_attention": {ParamKind.ATT_WEIGHT: "ctx_weight", ParamKind.ATT_BIAS: "ctx_bias",
+                          ParamKind.LUT: "lut"},
+    "dynamic_conv1x1": {ParamKind.WEIGHT: "weight", ParamKind.BIAS: "bias", ParamKind.M: "m",
+                        ParamKind.SH: "sh", ParamKind.ATT_WEIGHT: "att_weight",
+                        ParamKind.ATT_BIAS: "att_bias", ParamKind.LUT: "exp_lut"},
+}
 
 
 def _scalar_words(layer_id, layer):

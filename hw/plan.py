@@ -283,7 +283,8 @@ class Stage:
     ----------
     kind : str
         ``channel_map`` (replicate or lane converter), ``shift``, ``subsample``, ``conv``,
-        ``maxpool``, ``gap``.
+        ``maxpool``, ``gap``; version 2: ``channel_attention``, ``spatial_attention``,
+        ``dynamic_conv``.
     layer : int or None
         The artifact layer this stage computes (None for a pure lane converter).
     in_shape, out_shape : tuple of int
@@ -437,7 +438,7 @@ class Plan:
         for s in self.stages:
             if s.layer is None:
                 continue
-            if s.kind == "conv":
+            if s.kind in ("conv", "dynamic_conv"):
                 out[s.layer] = {"p_in": s.lanes_in, "p_out": s.lanes_out}
             elif s.kind != "subsample":
                 out[s.layer] = {"lanes": s.lanes_out}
@@ -525,7 +526,31 @@ def stage_block(stage, model, radius):
         return GlobalAvgPool, dict(width=w, height=h, channels=c, lanes=stage.lanes_in,
                                    in_bits=stage.bits_in, act_bits=model.act_bits,
                                    layer_id=stage.layer)
+    if stage.kind == "channel_attention":
+        from .channel_attention import ChannelAttention
+        layer = model.layers[stage.layer]
+        return ChannelAttention, dict(width=w, height=h, channels=c, lanes=stage.lanes_in,
+                                      bits=stage.bits_in, act_bits=model.act_bits,
+                                      k=len(layer.kernel), layer_id=stage.layer)
+    if stage.kind == "spatial_attention":
+        from .spatial_attention import SpatialAttention
+        return SpatialAttention, dict(width=w, height=h, channels=c, lanes=stage.lanes_in,
+                                      bits=stage.bits_in, act_bits=model.act_bits,
+                                      layer_id=stage.layer)
+    if stage.kind == "dynamic_conv":
+        layer = model.layers[stage.layer]
+        return _dynamic_block(h, w, layer, stage.lanes_in, stage.lanes_out, stage.bits_in,
+                              model, stage.layer)
     raise ValueError(f"no block for stage kind {stage.kind!r}")
+
+
+def _dynamic_block(h, w, layer, p_in, p_out, in_bits, model, layer_id):
+    from .dynamic_conv import DynamicConv1x1
+    return DynamicConv1x1, dict(width=w, height=h, cin=layer.cin, cout=layer.cout, p_in=p_in,
+                                p_out=p_out, stride=layer.stride, kernels=layer.kernels,
+                                att_step=layer.att_step, in_bits=in_bits,
+                                weight_bits=model.weight_bits, act_bits=model.act_bits,
+                                requant=layer.requant, layer_id=layer_id)
 
 
 def _with_cost(stage, model, radius):
@@ -582,7 +607,15 @@ def _layer_ops(model):
 
 
 #: Ops whose hardware block takes parameters (and so answers to its layer index).
-_PARAM_OPS = ("shift", "conv1x1", "gap")
+_PARAM_OPS = ("shift", "conv1x1", "gap", "channel_attention", "spatial_attention",
+              "dynamic_conv1x1")
+
+#: Ops configured with ``p_in``/``p_out`` (a MAC array); every other op takes ``lanes``.
+_MAC_OPS = ("conv1x1", "dynamic_conv1x1")
+
+#: Stage kind of each op that is one engine with one lane count in and out.
+_LANE_STAGES = {"maxpool2": "maxpool", "gap": "gap", "channel_attention": "channel_attention",
+                "spatial_attention": "spatial_attention"}
 
 
 def check_buildable(model, cfg):
@@ -615,17 +648,17 @@ def check_buildable(model, cfg):
         ov = cfg.layers.get(i)
         if ov is None:
             continue
-        if layer.op == "conv1x1":
+        if layer.op in _MAC_OPS:
             bad = set(ov) - {"p_in", "p_out"}
         else:
             bad = set(ov) - {"lanes"}
         if bad:
-            takes = "p_in and p_out" if layer.op == "conv1x1" else "lanes"
+            takes = "p_in and p_out" if layer.op in _MAC_OPS else "lanes"
             raise PlanError(f"config: layer {i} ({layer.op}) does not take "
                             f"{', '.join(sorted(bad))} (it takes {takes})")
-        if layer.op == "conv1x1":
+        if layer.op in _MAC_OPS:
             if not (ov["p_in"] <= layer.cin and ov["p_out"] <= layer.cout):
-                raise PlanError(f"config: layer {i} (conv1x1): p_in must be in [1, "
+                raise PlanError(f"config: layer {i} ({layer.op}): p_in must be in [1, "
                                 f"{layer.cin}] and p_out in [1, {layer.cout}], got p_in "
                                 f"{ov['p_in']}, p_out {ov['p_out']}")
         else:
@@ -641,25 +674,31 @@ def port_overflow(stage, model):
     Addresses follow :mod:`hw.params`: a conv's weight rows ``ceil(cout / p_out) *
     ceil(cin / p_in)`` and lanes ``p_in * p_out``; a shift's rows ``ceil(C / P)`` and lanes P.
     """
-    if stage.layer is None or stage.kind not in ("conv", "shift", "gap"):
+    if stage.layer is None or stage.kind not in ("conv", "shift", "gap", "dynamic_conv",
+                                                  "channel_attention", "spatial_attention"):
         return None
     i = stage.layer
     checks = []
-    if stage.kind == "conv":
+    op = model.layers[i].op
+    if stage.kind in ("conv", "dynamic_conv"):
         layer = model.layers[i]
         nbi, nbo = _cdiv(layer.cin, stage.lanes_in), _cdiv(layer.cout, stage.lanes_out)
-        checks = [("row", nbi * nbo - 1, f"weight rows with p_in={stage.lanes_in}, "
-                                         f"p_out={stage.lanes_out}"),
+        banks = layer.kernels or 1  # a dynamic conv stores K kernels' rows, bank after bank
+        checks = [("row", banks * nbi * nbo - 1, f"weight rows with p_in={stage.lanes_in}, "
+                                                 f"p_out={stage.lanes_out}"
+                                                 + (f" for {banks} kernels" if banks > 1 else "")),
                   ("lane", stage.lanes_in * stage.lanes_out - 1,
                    f"weight lanes p_in * p_out = {stage.lanes_in} * {stage.lanes_out}")]
-        op = "conv1x1"
+        if stage.kind == "dynamic_conv":
+            checks.append(("lane", layer.cin - 1, "attention weight lanes (one per channel)"))
     elif stage.kind == "shift":
         c = stage.in_shape[2]
         checks = [("row", _cdiv(c, stage.lanes_in) - 1, f"shift rows with {stage.lanes_in} lanes"),
                   ("lane", stage.lanes_in - 1, "lanes")]
-        op = "shift"
-    else:
-        op = "gap"
+    elif stage.kind == "spatial_attention":
+        c = stage.in_shape[2]
+        checks = [("row", c - 1, "context matrix rows (one per channel)"),
+                  ("lane", c - 1, "context matrix lanes (one per channel)")]
     for fld, top, what in checks:
         if top >= PORT_LIMITS[fld]:
             return (f"layer {i} ({op}): the parameter port cannot address it: {what} need "
@@ -682,7 +721,8 @@ def _build_stages(model, cfg, t):
     skip_subsample = set()
     for i, layer, (h, w, c), (ho, wo, co), bits in ops:
         ov = cfg.layers.get(i, {})
-        out_bits = model.act_bits if layer.op in ("conv1x1", "gap") and layer.requant else bits
+        out_bits = model.act_bits if layer.op in ("conv1x1", "dynamic_conv1x1", "gap") \
+            and layer.requant else bits
         if layer.op == "replicate":
             lo = ov.get("lanes") or _stream_lanes(h * w, co, t, None)
             if lo is None:
@@ -690,6 +730,22 @@ def _build_stages(model, cfg, t):
             stages.append(Stage("channel_map", i, (h, w, c), (ho, wo, co), lanes, lo, bits,
                                 bits, source=replicate_map(c, layer.factor)))
             lanes = lo
+            continue
+        if layer.op == "dynamic_conv1x1":
+            last = i == len(layers) - 1
+            if "p_in" in ov:
+                p_in, p_out = ov["p_in"], ov["p_out"]
+            else:
+                pp = _dynamic_lanes(model, i, layer, (h, w), t, lanes, bits)
+                if pp is None:
+                    return None
+                p_in, p_out = pp
+            if p_in != lanes:
+                stages.append(_converter(h, w, c, lanes, p_in, bits, False))
+            stages.append(Stage("dynamic_conv", i, (h, w, c), (ho, wo, co), p_in, p_out, bits,
+                                out_bits if not last else 32, signed=last, requant=not last,
+                                macs=OPS_MACS(model, i)))
+            lanes = p_out
             continue
         if layer.op == "conv1x1":
             pixels = ho * wo
@@ -724,10 +780,9 @@ def _build_stages(model, cfg, t):
                 skip_subsample.add(i + 1)
             st = Stage("shift", i, (h, w, c), (_cdiv(h, stride), _cdiv(w, stride), c), lo, lo,
                        bits, bits, stride=stride)
-        elif layer.op == "maxpool2":
-            st = Stage("maxpool", i, (h, w, c), (ho, wo, co), lo, lo, bits, bits)
-        elif layer.op == "gap":
-            st = Stage("gap", i, (h, w, c), (1, 1, c), lo, lo, bits, out_bits)
+        elif layer.op in _LANE_STAGES:
+            st = Stage(_LANE_STAGES[layer.op], i, (h, w, c), (ho, wo, co), lo, lo, bits,
+                       out_bits, macs=OPS_MACS(model, i))
         else:
             raise PlanError(f"layer {i}: op {layer.op!r} has no hardware block")
         stages.append(st)
@@ -747,9 +802,62 @@ def _build_stages(model, cfg, t):
     return input_lanes, stages
 
 
+def OPS_MACS(model, i):
+    """MACs per image of layer ``i`` (its op's own count, models.ops)."""
+    from ..models.ops import OPS
+    return OPS[model.layers[i].op].macs(model.layers[i], model.shapes()[i + 1])
+
+
+def _dynamic_lanes(model, i, layer, hw_in, t, prev_lanes, bits):
+    """(p_in, p_out) with the fewest multipliers whose DynamicConv1x1 meets ``t`` cycles per
+    image by its own cost (the block's per-image attention and mixing work is part of its
+    cycles, so the conv1x1 rule alone would not do)."""
+    h, w = hw_in
+    best = None
+    for p_in in range(1, layer.cin + 1):
+        lo, hi = 1, layer.cout
+        cost_at = {}
+
+        def cost(p_out):
+            if p_out not in cost_at:
+                cls, kw = _dynamic_block(h, w, layer, p_in, p_out, bits, model, i)
+                cost_at[p_out] = cls.cost(**kw)
+            return cost_at[p_out]
+        if cost(hi).cycles > t:
+            continue
+        while lo < hi:                            # cycles fall as p_out grows
+            mid = (lo + hi) // 2
+            if cost(mid).cycles <= t:
+                hi = mid
+            else:
+                lo = mid + 1
+        key = (cost(lo).multiplier_count, p_in != prev_lanes, cost(lo).cycles)
+        if best is None or key < best[0]:
+            best = (key, p_in, lo)
+    return None if best is None else (best[1], best[2])
+
+
 def _converter(h, w, c, lanes_in, lanes_out, bits, signed):
     return Stage("channel_map", None, (h, w, c), (h, w, c), lanes_in, lanes_out, bits, bits,
                  signed=signed, source=list(range(c)))
+
+
+def _own_cycles(model, i, layer, shape, bits):
+    """Cycles per image of a version-2 engine at every lane count (its cost's own model)."""
+    h, w, c = shape
+    out = set()
+    if layer.op == "dynamic_conv1x1":
+        for p_in in range(1, layer.cin + 1):
+            for p_out in {1, layer.cout, *range(1, layer.cout + 1, max(1, layer.cout // 8))}:
+                cls, kw = _dynamic_block(h, w, layer, p_in, p_out, bits, model, i)
+                out.add(cls.cost(**kw).cycles)
+        return out
+    kind = _LANE_STAGES[layer.op]
+    for lanes in range(1, c + 1):
+        st = Stage(kind, i, shape, shape, lanes, lanes, bits, bits)
+        cls, kw = stage_block(st, model, 1)
+        out.add(cls.cost(**kw).cycles)
+    return out
 
 
 def plan_network(model, cfg=None):
@@ -779,30 +887,34 @@ def plan_network(model, cfg=None):
     # Candidate targets: every cycles/image some stage can hit exactly.
     cands = set()
     for i, layer, (h, w, c), (ho, wo, co), bits in _layer_ops(model):
-        if layer.op == "conv1x1":
+        if layer.op in _MAC_OPS:
             # From all P_in*P_out multipliers (1 fold) to a single one (cin*cout folds).
             cands.update(ho * wo * k for k in range(1, layer.cin * layer.cout + 1))
-        else:
+        if layer.op != "conv1x1":
             cands.update(h * w * k for k in range(1, max(c, co) + 1))
+        if layer.op in ("dynamic_conv1x1", "channel_attention", "spatial_attention"):
+            # Whole-map engines add per-image work to the map's cycles: their own cost at
+            # every lane count is a target they can hit exactly.
+            cands.update(_own_cycles(model, i, layer, (h, w, c), bits))
     # A cheap lower bound on the multipliers a target t needs (each conv at least
     # ceil(MACs / t) MAC multipliers plus one Requant lane, a gap one), so that targets the
     # budget cannot reach are skipped without building their stages (a 260 -> 260 conv has
     # 67600 candidate targets).
     work = [(shapes_out[0] * shapes_out[1] * layer.cin * layer.cout,
              1 if layer.requant else 0)
-            for i, layer, _, shapes_out, _ in _layer_ops(model) if layer.op == "conv1x1"
+            for i, layer, _, shapes_out, _ in _layer_ops(model) if layer.op in _MAC_OPS
             and i not in cfg.layers]
     fixed = sum(_conv_multipliers(layer.cin, cfg.layers[i]["p_in"], cfg.layers[i]["p_out"],
                                   layer.requant)
                 for i, layer in enumerate(model.layers)
-                if layer.op == "conv1x1" and i in cfg.layers)
+                if layer.op in _MAC_OPS and i in cfg.layers)
     fixed += sum(1 for layer in model.layers if layer.op == "gap")
 
     # Overridden convs have fixed cycles: no faster target can be met.
     t_min = max([o[0] * o[1] * _cdiv(layer.cin, cfg.layers[i]["p_in"])
                  * _cdiv(layer.cout, cfg.layers[i]["p_out"])
                  for i, layer, _, o, _ in _layer_ops(model)
-                 if layer.op == "conv1x1" and i in cfg.layers], default=0)
+                 if layer.op in _MAC_OPS and i in cfg.layers], default=0)
 
     def lower_bound(t):
         return fixed + sum(_cdiv(wk, t) + rq for wk, rq in work)

@@ -9,8 +9,9 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .params import conv_param_words, gap_param_words, param_bus_signature, \
-    shift_param_words
+from .params import channel_attention_param_words, conv_param_words, \
+    dynamic_conv_param_words, gap_param_words, param_bus_signature, shift_param_words, \
+    spatial_attention_param_words
 from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
 
@@ -127,6 +128,13 @@ def param_words(model, plan):
                                       stage.lanes_in, stage.lanes_out)
         elif stage.kind == "gap":
             words += gap_param_words(stage.layer, layer.m, layer.sh)
+        elif stage.kind == "channel_attention":
+            words += channel_attention_param_words(stage.layer, layer)
+        elif stage.kind == "spatial_attention":
+            words += spatial_attention_param_words(stage.layer, layer)
+        elif stage.kind == "dynamic_conv":
+            words += dynamic_conv_param_words(stage.layer, layer, stage.lanes_in,
+                                              stage.lanes_out)
     return words
 
 

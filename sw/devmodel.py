@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
+from ..hw.params import KIND_FIELDS, SCALAR_IDS, ParamKind, decode_word
 from . import protocol as P
 
 __all__ = ["DeviceModel", "ModelPort", "default_watchdog_cycles"]
@@ -80,7 +81,9 @@ class DeviceModel:
         self.design_id = P.design_id(self.descriptor)
         self._blob = P.descriptor_blob(self.descriptor)
         self._stage_of = {s.layer: s for s in plan.stages
-                          if s.layer is not None and s.kind in ("conv", "shift", "gap")}
+                          if s.layer is not None and s.kind not in ("subsample",
+                                                                    "channel_map")}
+        self._v2_maps = {}      # layer -> {(kind, row, lane): flat index} of v2 layers
         # The header-time checks of rule 1, in order (UNKNOWN_COMMAND before BAD_LENGTH, so
         # the parser's own length limit is left at 0xFFFF and length_ok decides).
         self._parser = P.FrameParser(
@@ -280,7 +283,6 @@ class DeviceModel:
     def _rebuild(self):
         """A copy of the model whose parameter arrays hold exactly the loaded words (zero
         where no word landed), decoded at the addresses :mod:`shiftacc.hw.params` defines."""
-        from ..hw.params import ParamKind, decode_word
         net = copy.deepcopy(self.model)
         for i, layer in enumerate(net.layers):
             if layer.op == "conv1x1":
@@ -292,13 +294,17 @@ class DeviceModel:
                 layer.shifts = np.zeros_like(layer.shifts)
             elif layer.op == "gap":
                 layer.m, layer.sh = 0, 0
+            elif layer.op in KIND_FIELDS:
+                self._clear_v2(layer)
         for word in self._loaded:
             li, kind, row, lane, value = (int(x) if not hasattr(x, "value") else x
                                           for x in decode_word(word))
             kind = ParamKind(kind.value if hasattr(kind, "value") else kind)
             st, layer = self._stage_of[li], net.layers[li]
             value = int(value)
-            if st.kind == "conv":
+            if layer.op in KIND_FIELDS:
+                self._put_v2(li, st, layer, kind, row, lane, value)
+            elif st.kind == "conv":
                 p_in, p_out = st.lanes_in, st.lanes_out
                 if kind is ParamKind.WEIGHT:
                     nbi = -(-layer.cin // p_in)
@@ -320,6 +326,48 @@ class DeviceModel:
                 else:
                     layer.sh = value
         return net
+
+
+    @staticmethod
+    def _clear_v2(layer):
+        for key in SCALAR_IDS[layer.op]:
+            setattr(layer, key, 0)
+        for name in KIND_FIELDS[layer.op].values():
+            arr = getattr(layer, name)
+            if arr is not None:
+                setattr(layer, name, np.zeros_like(arr))
+
+    def _put_v2(self, li, st, layer, kind, row, lane, value):
+        """Store one word of a version-2 layer where the word functions put that address.
+
+        The address map comes from the word function itself, run on a copy whose arrays hold
+        their own flat indices: no second copy of the layout."""
+        if kind is ParamKind.SCALAR:
+            setattr(layer, SCALAR_IDS[layer.op][lane], _signed(value, 32))
+            return
+        if li not in self._v2_maps:
+            from ..hw.top import param_words
+            probe = copy.deepcopy(self.model)
+            for name in KIND_FIELDS[layer.op].values():
+                arr = getattr(probe.layers[li], name)
+                if arr is not None:
+                    setattr(probe.layers[li], name, np.arange(arr.size).reshape(arr.shape))
+            amap = {}
+            for word in param_words(probe, Plan1(st)):
+                _, k, r, ln, d = decode_word(word)
+                if k is not ParamKind.SCALAR:
+                    amap[(k, r, ln)] = int(d)
+            self._v2_maps[li] = amap
+        arr = getattr(layer, KIND_FIELDS[layer.op][kind])
+        arr.flat[self._v2_maps[li][(kind, row, lane)]] = np.array(
+            _signed(value, 32)).astype(arr.dtype)
+
+
+class Plan1:
+    """A plan of one stage (what :func:`hw.top.param_words` needs to address one layer)."""
+
+    def __init__(self, stage):
+        self.stages = [stage]
 
 
 _field_cache = {}
