@@ -1,0 +1,637 @@
+"""DynamicConv1x1: dynamic 1×1 convolution (DyNet/CondConv, EAM-DyNet sampled attention).
+
+Per image (DESIGN.md §1 / SPEC.md ``dynamic_conv1x1``, exactly): an attention vector is pooled
+from the full-resolution input at an interval ``t``, projected to ``K`` logits, turned into
+mixing coefficients ``π`` by an exp table and one floor division, the ``K`` kernels are mixed
+into one conv1x1 weight/bias set, and the image is convolved with it by a
+:class:`~hw.mac_array.MacArray`.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .mac_array import MacArray
+from .params import PARAM_LAYOUT, ParamKind, param_bus_signature
+from .requant import M_BITS, SH_BITS
+from .resources import Cost, MemorySpec, Multiplier, const_mul
+from .stream import beats_per_pixel, pixel_stream, require_int
+
+__all__ = ["DynamicConv1x1"]
+
+#: Width of a mixing coefficient π (0..256).
+PI_BITS = 9
+#: Width of an exp-table entry (uint16 in the artifact).
+LUT_BITS = 16
+#: Cycles from issuing an operand to the shared rq unit to its result being usable
+#: (operand register, product, shift/saturate, round/clamp, result write).
+RQ_PIPE = 4
+
+
+def _index(count, name):
+    """A counter for ``count`` values, at least 1 bit wide (a zero-width signal would reach
+    the Verilog as an undriven net)."""
+    return Signal(range(max(count, 2)), name=name)
+
+
+class DynamicConv1x1(wiring.Component):
+    """Dynamic 1×1 convolution over a buffered feature map.
+
+    Dataflow, per image.
+
+    1. **Receive** (``R = H · W · NBi`` cycles, one input beat per cycle): every beat of a
+       pixel with ``y % s == 0 and x % s == 0`` (the only ones the strided conv reads) is
+       written to one bank of a two-bank map memory; every beat of a pixel with
+       ``y % t == 0 and x % t == 0`` is added to that bank's pooling sums (registers, exact,
+       ``in_bits + ceil(log2(ceil(H/t) · ceil(W/t)))`` bits). The next image is received into
+       the other bank while this one is processed (ping-pong), so input never waits when the
+       block is input-bound.
+    2. **Attention** (sequential, small: it runs once per image):
+
+       * POOL, ``cin + 4`` cycles: ``p[c] = clamp(rq(S_t[c]), 0, A)`` through a shared
+         one-lane rq unit (a ``a_bits × 16`` multiplier, barrel shift, clamp);
+       * ATT, ``K · cin + 2`` cycles: ``r[k] = att_bias[k] + Σ_c att_weight[k, c] · p[c]``
+         on one ``weight_bits × act_bits`` multiplier, the running ``max_k r[k]`` beside it;
+       * EXP, ``K + 5`` cycles: ``e[k] = exp_lut[clamp(rq(r[k] - max), -255, 0) + 255]``
+         through the same rq unit and the table (one block RAM), ``E = Σ e`` beside it;
+       * DIV, ``9 · K`` cycles: ``π[k] = (256 · e[k]) // E`` by a restoring divider (one
+         quotient bit per cycle; ``π <= 256`` has 9 bits; LUT logic, no multiplier).
+    3. **Mixing** (writes the MacArray's weight and bias memories through its parameter
+       port, one element per cycle):
+
+       * MIXW, ``NBo·NBi · p_in·p_out + 3`` cycles: every element of the MacArray weight
+         layout, ``W = (Σ_k π[k] · w_k + 128) >> 8`` with ``K`` multipliers
+         (``weight_bits × 9``) reading the ``K`` kernels side by side in one memory row;
+       * MIXB, ``cout · K + 3`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on one
+         ``32 × 9`` multiplier.
+    4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
+       into the MacArray (``p_in × p_out`` multipliers, shared Requant, output FIFO, its own
+       backpressure), whose output stream is this block's ``o``. The bank is free again once
+       the last beat is in the MacArray.
+
+    The MacArray holds one weight set, so mixing for image ``n + 1`` waits until image ``n``'s
+    last output beat has left ``o`` (then every weight/bias/m/sh read of image ``n`` is
+    done); attention and mixing of one image therefore do not overlap the conv of the
+    previous one. Steady-state cycles per image (images back to back, no stalls), exact and
+    measured in ``tests/test_dynamic_conv.py``::
+
+        T = max(R, P),  R = H · W · NBi
+        P = 2 + (cin + 4) + (K · cin + 2) + (K + 5) + 9 · K
+              + (NBo · NBi · p_in · p_out + 3) + (cout · K + 3)
+              + NBi + Ho · Wo · NBi · NBo + mac.latency
+
+    ``P`` is one image's processing, from the previous image's last output beat to its own:
+    2 cycles to see the drain and leave WAIT, the phases above, the first pixel's ``NBi``
+    beats into the MacArray, its ``Ho · Wo · NBi · NBo`` issue cycles and its
+    :attr:`~hw.mac_array.MacArray.latency`. Input-bound (``R >= P``), the next image's
+    receive never waits for a bank, so ``T = R``; otherwise ``T = P`` (the receive of image
+    ``n + 1`` fits between the release of its bank and image ``n``'s drain).
+
+    Parameters (run time, :func:`hw.params.dynamic_conv_param_words`): kernel k's ``WEIGHT``
+    rows ``k · NBo · NBi + conv row`` and ``BIAS`` rows ``k · NBo + o // p_out`` are stored in
+    this block's kernel memories; ``M``/``SH`` go straight to the MacArray; ``ATT_WEIGHT``
+    row k lane c, ``ATT_BIAS`` lane k, ``LUT`` lane j and ``SCALAR`` lanes 0..3
+    (att_pool_m, att_pool_sh, att_m, att_sh) to the attention unit.
+
+    Widths. ``r`` is exact in ``r_bits = max(31, wb + ab - 1 + ceil(log2 cin)) + 2`` signed
+    bits (``|att_bias| <= 2**31``, ``|Σ| < 2**(wb-1) · 2**ab · cin``), ``d = r - max`` in one
+    more. ``W`` fits ``weight_bits`` and ``B`` 32 bits (``Σ_k π[k] <= 256``), so the MacArray
+    is the plain conv1x1 engine of the same widths.
+
+    Parameters
+    ----------
+    width, height : int
+        Input map size (W, H), full resolution.
+    cin, cout : int
+    p_in, p_out : int
+        Lanes of ``i`` and ``o``; the MacArray has ``p_in · p_out`` multipliers.
+    stride : int
+        1 or 2; output ``ceil(H / s) × ceil(W / s)``, output (y, x) reads input (s·y, s·x).
+    kernels : int
+        K, 2..64.
+    att_step : int
+        t >= 1, the pooling interval of the attention input.
+    in_bits, weight_bits, act_bits : int
+    requant : bool
+        Requantize (hidden layer) or output raw int32 logits (classifier).
+    layer_id : int
+
+    Attributes
+    ----------
+    i : In(pixel_stream(p_in, in_bits))
+    o : Out(pixel_stream(p_out, act_bits)) or Out(pixel_stream(p_out, 32, is_signed=True))
+    params : In(param_bus_signature())
+
+    Raises
+    ------
+    ValueError
+        A size, width, lane count, stride, kernel count, step or layer id out of range, or
+        ``requant`` not a bool; the message names the argument.
+    """
+
+    def __init__(self, *, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
+                 in_bits, weight_bits, act_bits, requant, layer_id=0):
+        self._cost_args = self._check(width=width, height=height, cin=cin, cout=cout,
+                                      p_in=p_in, p_out=p_out, stride=stride, kernels=kernels,
+                                      att_step=att_step, in_bits=in_bits,
+                                      weight_bits=weight_bits, act_bits=act_bits,
+                                      requant=requant, layer_id=layer_id)
+        self.width, self.height, self.cin, self.cout = width, height, cin, cout
+        self.p_in, self.p_out, self.stride, self.kernels = p_in, p_out, stride, kernels
+        self.att_step, self.in_bits, self.weight_bits = att_step, in_bits, weight_bits
+        self.act_bits, self.requant, self.layer_id = act_bits, requant, layer_id
+        self.geo = self.geometry(**self._cost_args)
+        for key in ("nbi", "nbo", "ho", "wo", "sum_bits", "r_bits", "d_bits", "a_bits"):
+            setattr(self, key, self.geo[key])
+        out_sig = (pixel_stream(p_out, act_bits) if requant
+                   else pixel_stream(p_out, 32, is_signed=True))
+        super().__init__({
+            "i": In(pixel_stream(p_in, in_bits)),
+            "o": Out(out_sig),
+            "params": In(param_bus_signature()),
+        })
+
+    @staticmethod
+    def _check(**kw):
+        name = "DynamicConv1x1"
+        for key in ("width", "height", "cin", "cout", "p_in", "p_out", "att_step"):
+            require_int(name, key, kw[key], 1)
+        require_int(name, "stride", kw["stride"], 1, 2)
+        require_int(name, "kernels", kw["kernels"], 2, 64)
+        require_int(name, "in_bits", kw["in_bits"], 1, 16)
+        require_int(name, "weight_bits", kw["weight_bits"], 2, 16)
+        require_int(name, "act_bits", kw["act_bits"], 1, 16)
+        require_int(name, "layer_id", kw["layer_id"], 0, 255)
+        if not isinstance(kw["requant"], bool):
+            raise ValueError(f"{name}: requant must be a bool, got {kw['requant']!r}")
+        return kw
+
+    @staticmethod
+    def geometry(*, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
+                 in_bits, weight_bits, act_bits, requant, layer_id=0):
+        """Folds, widths, phase lengths and cycles (a dict); the constructor and
+        :meth:`cost` both use it, so the planner counts what the RTL builds."""
+        K = kernels
+        nbi, nbo = beats_per_pixel(cin, p_in), beats_per_pixel(cout, p_out)
+        ho, wo = -(-height // stride), -(-width // stride)
+        pooled = (-(-height // att_step)) * (-(-width // att_step))
+        sum_bits = in_bits + ceil_log2(pooled)
+        r_bits = max(31, weight_bits + act_bits - 1 + ceil_log2(cin)) + 2
+        d_bits = r_bits + 1
+        a_bits = max(sum_bits + 1, d_bits)
+        mac = MacArray.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
+        phases = {
+            "pool": cin + RQ_PIPE,
+            "att": K * cin + 2,
+            "exp": K + RQ_PIPE + 1,
+            "div": (PI_BITS) * K,
+            "mixw": nbo * nbi * p_in * p_out + 3,
+            "mixb": cout * K + 3,
+        }
+        conv = ho * wo * nbi * nbo
+        # Drain seen (1) + WAIT (1) + phases + first pixel into the MacArray + its issue
+        # cycles + its latency to the last output beat.
+        process = 2 + sum(phases.values()) + nbi + conv + mac["latency"]
+        receive = height * width * nbi
+        return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
+                    d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
+                    receive=receive, cycles=max(receive, process), mac_latency=mac["latency"],
+                    map_rows=ho * wo * nbi)
+
+    @classmethod
+    def cost(cls, *, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
+             in_bits, weight_bits, act_bits, requant, layer_id=0):
+        """Resources as built (see :mod:`hw.resources`).
+
+        Multipliers: the MacArray's (``p_in · p_out`` MACs and its shared Requant lanes),
+        one shared attention rq (``a_bits`` signed × 16-bit m), one attention MAC
+        (``weight_bits`` × ``act_bits``), ``K`` weight-mixing (``weight_bits`` × 9) and one
+        bias-mixing (32 × 9) multiplier; the divider is LUT logic. Memories: the two-bank map,
+        the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table and the
+        MacArray's. Cycles: see the class docstring.
+        """
+        kw = cls._check(width=width, height=height, cin=cin, cout=cout, p_in=p_in,
+                        p_out=p_out, stride=stride, kernels=kernels, att_step=att_step,
+                        in_bits=in_bits, weight_bits=weight_bits, act_bits=act_bits,
+                        requant=requant, layer_id=layer_id)
+        g = cls.geometry(**kw)
+        K, nbi, nbo = kernels, g["nbi"], g["nbo"]
+        mac = MacArray.cost(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=in_bits,
+                            weight_bits=weight_bits, act_bits=act_bits, requant=requant)
+        mults = [Multiplier(f"mac.{x.name}", x.count, x.a_bits, x.a_signed, x.b_bits,
+                            x.b_signed, x.y_bits) for x in mac.multipliers]
+        mults += [
+            Multiplier.amaranth("att_rq", 1, g["a_bits"], True, M_BITS, False),
+            Multiplier.amaranth("att_mac", 1, weight_bits, True, act_bits, False),
+            Multiplier.amaranth("mix_weight", K, weight_bits, True, PI_BITS, False),
+            Multiplier.amaranth("mix_bias", 1, 32, True, PI_BITS, False),
+        ]
+        mems = [
+            MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
+            MemorySpec("kernel_weights", max(nbo * nbi * p_in * p_out, 2), K * weight_bits),
+            MemorySpec("kernel_bias", max(K * nbo * p_out, 2), 32),
+            MemorySpec("att_weight", max(K * cin, 2), weight_bits),
+            MemorySpec("exp_lut", 256, LUT_BITS),
+        ] + [MemorySpec(f"mac.{x.name}", x.depth, x.width) for x in mac.memories]
+        return Cost(cycles=g["cycles"], multipliers=mults, memories=mems)
+
+    def resources(self):
+        """:meth:`cost` of this instance."""
+        return self.cost(**self._cost_args)
+
+    # ------------------------------------------------------------------------------ RTL
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geo
+        K, cin, cout = self.kernels, self.cin, self.cout
+        p_in, p_out, nbi, nbo = self.p_in, self.p_out, self.nbi, self.nbo
+        ib, wb, ab = self.in_bits, self.weight_bits, self.act_bits
+        W, H, s, t = self.width, self.height, self.stride, self.att_step
+        NF = g["map_rows"]                    # map beats of one bank
+        NR, P = nbo * nbi, p_in * p_out       # MacArray weight rows, lanes
+        top = (1 << ab) - 1
+
+        m.submodules.mac = mac = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+                                          in_bits=ib, weight_bits=wb, act_bits=ab,
+                                          requant=self.requant, layer_id=self.layer_id)
+        wiring.connect(m, mac.o, wiring.flipped(self.o))
+
+        # ------------------------------------------------------------ parameter decode
+        par = self.params.payload
+        mine = self.params.valid & (par.layer == self.layer_id)
+
+        def kind(k):
+            return mine & (par.kind == k)
+
+        pool_m, pool_sh = Signal(M_BITS), Signal(SH_BITS)
+        att_m, att_sh = Signal(M_BITS), Signal(SH_BITS)
+        with m.If(kind(ParamKind.SCALAR) & (par.row == 0)):
+            for lane, reg in enumerate((pool_m, pool_sh, att_m, att_sh)):
+                with m.If(par.lane == lane):
+                    m.d.sync += reg.eq(par.data)
+        att_bias = [Signal(signed(32), name=f"att_bias{k}") for k in range(K)]
+        with m.If(kind(ParamKind.ATT_BIAS) & (par.row == 0)):
+            for k in range(K):
+                with m.If(par.lane == k):
+                    m.d.sync += att_bias[k].eq(par.data)
+
+        # att_weight[k, c] at k * cin + c.
+        m.submodules.att_weight = attw_mem = memory.Memory(
+            shape=signed(wb), depth=max(K * cin, 2), init=[])
+        wp = attw_mem.write_port()
+        m.d.comb += [wp.addr.eq(const_mul(par.row, cin) + par.lane), wp.data.eq(par.data),
+                     wp.en.eq(kind(ParamKind.ATT_WEIGHT) & (par.row < K) & (par.lane < cin))]
+        attw_rd = attw_mem.read_port(domain="sync")
+
+        m.submodules.exp_lut = lut_mem = memory.Memory(
+            shape=unsigned(LUT_BITS), depth=256, init=[])
+        wp = lut_mem.write_port()
+        m.d.comb += [wp.addr.eq(par.lane[:8]), wp.data.eq(par.data),
+                     wp.en.eq(kind(ParamKind.LUT) & (par.row == 0) & (par.lane < 256))]
+        lut_rd = lut_mem.read_port(domain="sync")
+
+        # Kernel weights: element k of row (conv row · P + lane) is kernel k's weight, so one
+        # read gives the K values mixed into one MacArray weight.
+        m.submodules.kernel_weights = kw_mem = memory.Memory(
+            shape=data.ArrayLayout(signed(wb), K), depth=max(NR * P, 2), init=[])
+        wp = kw_mem.write_port(granularity=1)
+        kw_write = kind(ParamKind.WEIGHT) & (par.row < K * NR) & (par.lane < P)
+        bank = Signal(range(K + 1))
+        bank_row = Signal(16)
+        for k in range(K):
+            with m.If((par.row >= k * NR) & (par.row < (k + 1) * NR)):
+                m.d.comb += [bank.eq(k), bank_row.eq(par.row - k * NR)]
+        m.d.comb += wp.addr.eq(const_mul(bank_row, P) + par.lane)
+        for k in range(K):
+            m.d.comb += [wp.data[k].eq(par.data), wp.en[k].eq(kw_write & (bank == k))]
+        kw_rd = kw_mem.read_port(domain="sync")
+
+        # Kernel biases: b_k[o] at k * NBo * p_out + o = row * p_out + lane.
+        m.submodules.kernel_bias = kb_mem = memory.Memory(
+            shape=signed(32), depth=max(K * nbo * p_out, 2), init=[])
+        wp = kb_mem.write_port()
+        m.d.comb += [wp.addr.eq(const_mul(par.row, p_out) + par.lane), wp.data.eq(par.data),
+                     wp.en.eq(kind(ParamKind.BIAS) & (par.row < K * nbo) & (par.lane < p_out))]
+        kb_rd = kb_mem.read_port(domain="sync")
+
+        # MacArray parameters: M/SH forwarded, WEIGHT/BIAS only from the mixer.
+        mix_valid = Signal()
+        mix_beat = Signal(PARAM_LAYOUT)
+        fwd = kind(ParamKind.M) | kind(ParamKind.SH)
+        with m.If(mix_valid):
+            m.d.comb += [mac.params.valid.eq(1), mac.params.payload.eq(mix_beat)]
+        with m.Else():
+            m.d.comb += [mac.params.valid.eq(fwd), mac.params.payload.eq(par)]
+
+        # ------------------------------------------------------------ receiver
+        sum_layout = data.ArrayLayout(unsigned(g["sum_bits"]), p_in)
+        sums = [[Signal(sum_layout, name=f"sum{b}_{j}") for j in range(nbi)] for b in range(2)]
+        bank_full = [Signal(name=f"bank_full{b}") for b in range(2)]
+        wbank = Signal()
+        beat = _index(nbi, "beat")
+        x, y = _index(W, "x"), _index(H, "y")
+        tx, ty = _index(t, "tx"), _index(t, "ty")
+        sx, sy = _index(s, "sx"), _index(s, "sy")
+        waddr = _index(NF, "waddr")
+        m.d.comb += self.i.ready.eq(~Mux(wbank, bank_full[1], bank_full[0]))
+        take = self.i.valid & self.i.ready
+        pool = (tx == 0) & (ty == 0)
+        store = (sx == 0) & (sy == 0)
+        first = (x == 0) & (y == 0)
+        cur = Array([sums[b][j] for b in range(2) for j in range(nbi)])[Mux(wbank, nbi, 0)
+                                                                        + beat]
+        new = Signal(sum_layout)
+        for k in range(p_in):
+            m.d.comb += new[k].eq(Mux(first, 0, cur[k]) + self.i.payload.data[k])
+
+        m.submodules.map = map_mem = memory.Memory(
+            shape=unsigned(p_in * ib), depth=max(2 * NF, 2), init=[])
+        map_wp = map_mem.write_port()
+        m.d.comb += [map_wp.addr.eq(Mux(wbank, NF, 0) + waddr),
+                     map_wp.data.eq(self.i.payload.data.as_value()),
+                     map_wp.en.eq(take & store)]
+
+        with m.If(take):
+            with m.If(pool):
+                for b in range(2):
+                    for j in range(nbi):
+                        with m.If((wbank == b) & (beat == j)):
+                            m.d.sync += sums[b][j].eq(new)
+            with m.If(store):
+                m.d.sync += waddr.eq(Mux(waddr == NF - 1, 0, waddr + 1))
+            with m.If(beat == nbi - 1):
+                m.d.sync += beat.eq(0)
+                with m.If(x == W - 1):
+                    m.d.sync += [x.eq(0), tx.eq(0), sx.eq(0)]
+                    with m.If(y == H - 1):
+                        m.d.sync += [y.eq(0), ty.eq(0), sy.eq(0), wbank.eq(~wbank)]
+                        for b in range(2):
+                            with m.If(wbank == b):
+                                m.d.sync += bank_full[b].eq(1)
+                    with m.Else():
+                        m.d.sync += [y.eq(y + 1), ty.eq(Mux(ty == t - 1, 0, ty + 1)),
+                                     sy.eq(Mux(sy == s - 1, 0, sy + 1))]
+                with m.Else():
+                    m.d.sync += [x.eq(x + 1), tx.eq(Mux(tx == t - 1, 0, tx + 1)),
+                                 sx.eq(Mux(sx == s - 1, 0, sx + 1))]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+
+        # ------------------------------------------------------------ engine state
+        rbank = Signal()
+        outstanding = Signal(2)         # images fed to the MacArray, last beat not yet out
+        out_last = self.o.valid & self.o.ready & self.o.payload.last
+        feed_done = Signal()
+        m.d.sync += outstanding.eq(outstanding + feed_done - out_last)
+
+        phases = g["phases"]
+        cnt = Signal(range(max(max(phases.values()), 2) + 1))
+        tag_n = max(cin, K, 2)
+
+        # Shared rq unit: q = clamp(rq(a, m, sh)); mode 0: [0, top] (pool), 1: [-255, 0].
+        rq_v0, rq_mode0 = Signal(), Signal()
+        rq_a0 = Signal(signed(g["a_bits"]))
+        rq_m0, rq_sh0 = Signal(M_BITS), Signal(SH_BITS)
+        rq_tag0 = Signal(range(tag_n))
+        prod_bits = g["a_bits"] + M_BITS + 1
+        rq_v1, rq_mode1 = Signal(), Signal()
+        rq_p1 = Signal(signed(prod_bits))
+        rq_s1 = Signal(SH_BITS)
+        rq_tag1 = Signal.like(rq_tag0)
+        m.d.sync += [rq_v1.eq(rq_v0), rq_mode1.eq(rq_mode0), rq_tag1.eq(rq_tag0),
+                     rq_p1.eq(rq_a0 * rq_m0), rq_s1.eq(rq_sh0 - 1)]
+        # floor((p + 2**(sh-1)) / 2**sh) == floor((floor(p / 2**(sh-1)) + 1) / 2); t is
+        # saturated to a range that keeps every clamp result (see hw/requant.py).
+        t_bits = max(ab + 2, 10) + 1
+        rq_v2, rq_mode2 = Signal(), Signal()
+        rq_t2 = Signal(signed(t_bits))
+        rq_tag2 = Signal.like(rq_tag0)
+        shifted = Signal(signed(prod_bits))
+        m.d.comb += shifted.eq(rq_p1 >> rq_s1)
+        lo = Mux(rq_mode1, -511, -1)
+        hi = Mux(rq_mode1, 1, 2 * top + 1)
+        m.d.sync += [rq_v2.eq(rq_v1), rq_mode2.eq(rq_mode1), rq_tag2.eq(rq_tag1)]
+        with m.If(shifted < lo):
+            m.d.sync += rq_t2.eq(lo)
+        with m.Elif(shifted > hi):
+            m.d.sync += rq_t2.eq(hi)
+        with m.Else():
+            m.d.sync += rq_t2.eq(shifted)
+        rq_v3, rq_mode3 = Signal(), Signal()
+        rq_q3 = Signal(signed(t_bits))
+        rq_tag3 = Signal.like(rq_tag0)
+        qq = Signal(signed(t_bits))
+        m.d.comb += qq.eq((rq_t2 + 1) >> 1)
+        m.d.sync += [rq_v3.eq(rq_v2), rq_mode3.eq(rq_mode2), rq_tag3.eq(rq_tag2),
+                     rq_q3.eq(Mux(rq_mode2, Mux(qq > 0, 0, qq), Mux(qq > top, top, qq)))]
+
+        # Attention registers.
+        p = [Signal(unsigned(ab), name=f"p{c}") for c in range(cin)]
+        r = [Signal(signed(g["r_bits"]), name=f"r{k}") for k in range(K)]
+        mx = Signal(signed(g["r_bits"]))
+        esum_bits = LUT_BITS + ceil_log2(K)
+        e = [Signal(unsigned(LUT_BITS), name=f"e{k}") for k in range(K)]
+        esum = Signal(unsigned(esum_bits))
+        pi = [Signal(unsigned(PI_BITS), name=f"pi{k}") for k in range(K)]
+
+        # rq results: pool -> p[tag]; exp -> table read, then e[tag] and E.
+        with m.If(rq_v3 & ~rq_mode3):
+            with m.Switch(rq_tag3):
+                for c in range(cin):
+                    with m.Case(c):
+                        m.d.sync += p[c].eq(rq_q3)
+        m.d.comb += lut_rd.addr.eq(rq_q3 + 255)
+        lut_v, lut_tag = Signal(), Signal.like(rq_tag0)
+        m.d.sync += [lut_v.eq(rq_v3 & rq_mode3), lut_tag.eq(rq_tag3)]
+        with m.If(lut_v):
+            m.d.sync += esum.eq(Mux(lut_tag == 0, 0, esum) + lut_rd.data)
+            with m.Switch(lut_tag):
+                for k in range(K):
+                    with m.Case(k):
+                        m.d.sync += e[k].eq(lut_rd.data)
+
+        flat_sums = [[sums[b][c // p_in][c % p_in] for c in range(cin)] for b in range(2)]
+
+        # ATT datapath: issue (k, c) reads att_weight[k*cin + c]; products; accumulate.
+        ak, ac = _index(K, "att_k"), _index(cin, "att_c")
+        aaddr = _index(K * cin, "att_addr")
+        m.d.comb += attw_rd.addr.eq(aaddr)
+        at_v1, at_k1, at_c1 = Signal(), Signal.like(ak), Signal.like(ac)
+        at_p1 = Signal(unsigned(ab))
+        at_v2, at_k2, at_c2 = Signal(), Signal.like(ak), Signal.like(ac)
+        at_prod = Signal(signed(wb + ab + 1))
+        m.d.sync += [at_v2.eq(at_v1), at_k2.eq(at_k1), at_c2.eq(at_c1),
+                     at_prod.eq(attw_rd.data * at_p1)]
+        r_old = Array(r)[at_k2]
+        r_new = Signal(signed(g["r_bits"]))
+        m.d.comb += r_new.eq(Mux(at_c2 == 0, Array(att_bias)[at_k2], r_old) + at_prod)
+        with m.If(at_v2):
+            with m.Switch(at_k2):
+                for k in range(K):
+                    with m.Case(k):
+                        m.d.sync += r[k].eq(r_new)
+            with m.If(at_c2 == cin - 1):
+                m.d.sync += mx.eq(Mux((at_k2 == 0) | (r_new > mx), r_new, mx))
+
+        # DIV datapath: restoring division, one quotient bit per cycle (MSB first).
+        dk = _index(K, "div_k")
+        dj = Signal(range(PI_BITS))
+        rem = Signal(unsigned(LUT_BITS + 8 + 1))
+        dv = Signal(unsigned(esum_bits + 8))
+        quo = Signal(unsigned(PI_BITS))
+
+        # MIXW datapath: read kernel row, K products, sum, round, param beat.
+        wa = _index(NR * P, "mixw_addr")
+        wrow, wlane = _index(NR, "mixw_row"), _index(P, "mixw_lane")
+        m.d.comb += kw_rd.addr.eq(wa)
+        mw_v1, mw_row1, mw_lane1 = Signal(), Signal.like(wrow), Signal.like(wlane)
+        mw_prods = [Signal(signed(wb + PI_BITS + 1), name=f"mix_prod{k}") for k in range(K)]
+        for k in range(K):
+            m.d.sync += mw_prods[k].eq(kw_rd.data[k] * pi[k])
+        mw_v2, mw_row2, mw_lane2 = Signal(), Signal.like(wrow), Signal.like(wlane)
+        m.d.sync += [mw_v2.eq(mw_v1), mw_row2.eq(mw_row1), mw_lane2.eq(mw_lane1)]
+        mw_sum = Signal(signed(wb + PI_BITS + 1 + ceil_log2(K)))
+        total = mw_prods[0]
+        for k in range(1, K):
+            total = total + mw_prods[k]
+        m.d.sync += mw_sum.eq(total)
+        mw_v3, mw_row3, mw_lane3 = Signal(), Signal.like(wrow), Signal.like(wlane)
+        m.d.sync += [mw_v3.eq(mw_v2), mw_row3.eq(mw_row2), mw_lane3.eq(mw_lane2)]
+
+        # MIXB datapath: read b_k[o], product with pi[k], accumulate over k, round, beat.
+        bo, bk = _index(cout, "mixb_o"), _index(K, "mixb_k")
+        ba = _index(K * nbo * p_out, "mixb_addr")
+        m.d.comb += kb_rd.addr.eq(ba)
+        mb_v1, mb_o1, mb_k1 = Signal(), Signal.like(bo), Signal.like(bk)
+        mb_v2, mb_o2, mb_k2 = Signal(), Signal.like(bo), Signal.like(bk)
+        mb_prod = Signal(signed(32 + PI_BITS + 1))
+        m.d.sync += [mb_v2.eq(mb_v1), mb_o2.eq(mb_o1), mb_k2.eq(mb_k1),
+                     mb_prod.eq(kb_rd.data * Array(pi)[mb_k1])]
+        mb_acc = Signal(signed(32 + PI_BITS + 1 + ceil_log2(K)))
+        mb_new = Signal.like(mb_acc)
+        m.d.comb += mb_new.eq(Mux(mb_k2 == 0, 0, mb_acc) + mb_prod)
+        with m.If(mb_v2):
+            m.d.sync += mb_acc.eq(mb_new)
+
+        # The mixer's parameter beat (one register, both mixing phases).
+        m.d.sync += mix_valid.eq(0)
+        with m.If(mw_v3):
+            m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
+                         mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(mw_row3),
+                         mix_beat.lane.eq(mw_lane3),
+                         mix_beat.data.eq((mw_sum + 128) >> 8)]
+        # Output channel o's BIAS address (row o // p_out, lane o % p_out) as counters.
+        b_row, b_lane = _index(nbo, "mixb_row"), _index(p_out, "mixb_lane")
+        with m.If(mb_v2 & (mb_k2 == K - 1)):
+            m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
+                         mix_beat.kind.eq(ParamKind.BIAS), mix_beat.row.eq(b_row),
+                         mix_beat.lane.eq(b_lane),
+                         mix_beat.data.eq((mb_new + 128) >> 8)]
+            with m.If(b_lane == p_out - 1):
+                m.d.sync += [b_lane.eq(0), b_row.eq(b_row + 1)]
+            with m.Else():
+                m.d.sync += b_lane.eq(b_lane + 1)
+
+        # FEED datapath: map bank -> MacArray input, one beat per cycle.
+        fa = _index(NF, "feed_addr")
+        f_more, f_valid, f_last = Signal(), Signal(), Signal()
+        map_rd = map_mem.read_port(domain="sync")
+        f_taken = mac.i.valid & mac.i.ready
+        m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.data.eq(map_rd.data),
+                     mac.i.payload.last.eq(f_last)]
+        fetch = Signal()
+        m.d.comb += [fetch.eq(f_more & (~f_valid | f_taken)),
+                     map_rd.en.eq(fetch), map_rd.addr.eq(Mux(rbank, NF, 0) + fa)]
+        m.d.sync += f_valid.eq(fetch | (f_valid & ~f_taken))
+        with m.If(fetch):
+            m.d.sync += [fa.eq(fa + 1), f_more.eq(fa != NF - 1), f_last.eq(fa == NF - 1)]
+
+        # ------------------------------------------------------------ engine FSM
+        m.d.sync += [rq_v0.eq(0), at_v1.eq(0), mw_v1.eq(0), mb_v1.eq(0)]
+        with m.FSM(name="engine"):
+            with m.State("WAIT"):
+                with m.If(Mux(rbank, bank_full[1], bank_full[0]) & (outstanding == 0)):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "POOL"
+            with m.State("POOL"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt < cin):
+                    sel = Mux(rbank, Array(flat_sums[1])[cnt], Array(flat_sums[0])[cnt])
+                    m.d.sync += [rq_v0.eq(1), rq_mode0.eq(0), rq_a0.eq(sel),
+                                 rq_m0.eq(pool_m), rq_sh0.eq(pool_sh), rq_tag0.eq(cnt)]
+                with m.If(cnt == phases["pool"] - 1):
+                    m.d.sync += [cnt.eq(0), ak.eq(0), ac.eq(0), aaddr.eq(0)]
+                    m.next = "ATT"
+            with m.State("ATT"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt < K * cin):
+                    m.d.sync += [at_v1.eq(1), at_k1.eq(ak), at_c1.eq(ac),
+                                 at_p1.eq(Array(p)[ac]), aaddr.eq(aaddr + 1)]
+                    with m.If(ac == cin - 1):
+                        m.d.sync += [ac.eq(0), ak.eq(ak + 1)]
+                    with m.Else():
+                        m.d.sync += ac.eq(ac + 1)
+                with m.If(cnt == phases["att"] - 1):
+                    m.d.sync += cnt.eq(0)
+                    m.next = "EXP"
+            with m.State("EXP"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt < K):
+                    m.d.sync += [rq_v0.eq(1), rq_mode0.eq(1),
+                                 rq_a0.eq(Array(r)[cnt] - mx),
+                                 rq_m0.eq(att_m), rq_sh0.eq(att_sh), rq_tag0.eq(cnt)]
+                with m.If(cnt == phases["exp"] - 1):
+                    m.d.sync += [cnt.eq(0), dk.eq(0), dj.eq(0)]
+                    m.next = "DIV"
+            with m.State("DIV"):
+                rem_cur = Mux(dj == 0, Array(e)[dk] << 8, rem)
+                dv_cur = Mux(dj == 0, esum << 8, dv)
+                ge = rem_cur >= dv_cur
+                bit_q = Cat(ge, Mux(dj == 0, 0, quo)[:PI_BITS - 1])
+                m.d.sync += [rem.eq(Mux(ge, rem_cur - dv_cur, rem_cur)), dv.eq(dv_cur >> 1),
+                             quo.eq(bit_q)]
+                with m.If(dj == PI_BITS - 1):
+                    m.d.sync += [dj.eq(0), dk.eq(dk + 1)]
+                    with m.Switch(dk):
+                        for k in range(K):
+                            with m.Case(k):
+                                m.d.sync += pi[k].eq(bit_q)
+                    with m.If(dk == K - 1):
+                        m.d.sync += [cnt.eq(0), wa.eq(0), wrow.eq(0), wlane.eq(0)]
+                        m.next = "MIXW"
+                with m.Else():
+                    m.d.sync += dj.eq(dj + 1)
+            with m.State("MIXW"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt < NR * P):
+                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
+                                 wa.eq(wa + 1)]
+                    with m.If(wlane == P - 1):
+                        m.d.sync += [wlane.eq(0), wrow.eq(wrow + 1)]
+                    with m.Else():
+                        m.d.sync += wlane.eq(wlane + 1)
+                with m.If(cnt == phases["mixw"] - 1):
+                    m.d.sync += [cnt.eq(0), bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0),
+                                 b_lane.eq(0)]
+                    m.next = "MIXB"
+            with m.State("MIXB"):
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt < cout * K):
+                    m.d.sync += [mb_v1.eq(1), mb_o1.eq(bo), mb_k1.eq(bk)]
+                    with m.If(bk == K - 1):
+                        m.d.sync += [bk.eq(0), bo.eq(bo + 1), ba.eq(bo + 1)]
+                    with m.Else():
+                        m.d.sync += [bk.eq(bk + 1), ba.eq(ba + nbo * p_out)]
+                with m.If(cnt == phases["mixb"] - 1):
+                    m.d.sync += [fa.eq(0), f_more.eq(1)]
+                    m.next = "FEED"
+            with m.State("FEED"):
+                with m.If(f_taken & f_last):
+                    m.d.comb += feed_done.eq(1)
+                    m.d.sync += rbank.eq(~rbank)
+                    for b in range(2):
+                        with m.If(rbank == b):
+                            m.d.sync += bank_full[b].eq(0)
+                    m.next = "WAIT"
+        return m

@@ -1,0 +1,293 @@
+"""DynamicConv1x1 == ``models.golden.dynamic_conv1x1`` under random shapes, parameters and
+stalls; its cycle model (``cost``) is measured exactly."""
+
+import types
+
+import numpy as np
+import pytest
+
+from shiftacc.hw.dynamic_conv import DynamicConv1x1
+from shiftacc.hw.params import dynamic_conv_param_words
+from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
+                                   pixels_to_beats, receive_and_drain, run_sim, send,
+                                   send_params)
+
+try:
+    from shiftacc.models.golden import dynamic_conv1x1 as golden_dynamic_conv1x1
+except ImportError:             # the lead's golden kernel has not landed yet
+    golden_dynamic_conv1x1 = None
+
+
+def _rs(v, m, sh):
+    """``(v * m + 2**(sh-1)) >> sh`` on Python ints (floor shift)."""
+    return (int(v) * int(m) + (1 << (int(sh) - 1))) >> int(sh)
+
+
+def reference(x, layer, act_bits):
+    """SPEC.md ``dynamic_conv1x1`` written out on Python ints, only a stand-in until
+    ``models.golden.dynamic_conv1x1`` exists."""
+    top = (1 << act_bits) - 1
+    t, s = layer.att_step, layer.stride
+    kernels, cout, cin = layer.weight.shape
+    out = []
+    for img in x:
+        pooled = img[::t, ::t, :].reshape(-1, cin).sum(0)
+        p = [min(max(_rs(v, layer.att_pool_m, layer.att_pool_sh), 0), top) for v in pooled]
+        r = [int(layer.att_bias[k]) + sum(int(layer.att_weight[k, c]) * p[c]
+                                          for c in range(cin)) for k in range(kernels)]
+        e = [int(layer.exp_lut[min(max(_rs(v - max(r), layer.att_m, layer.att_sh), -255), 0)
+                               + 255]) for v in r]
+        pi = [ek * 256 // sum(e) for ek in e]
+        wm = [[(sum(pi[k] * int(layer.weight[k, o, i]) for k in range(kernels)) + 128) >> 8
+               for i in range(cin)] for o in range(cout)]
+        bm = [(sum(pi[k] * int(layer.bias[k, o]) for k in range(kernels)) + 128) >> 8
+              for o in range(cout)]
+        xs = img[::s, ::s, :]
+        res = np.zeros(xs.shape[:2] + (cout,), np.int64)
+        for yy in range(xs.shape[0]):
+            for xx in range(xs.shape[1]):
+                for o in range(cout):
+                    acc = bm[o] + sum(wm[o][i] * int(xs[yy, xx, i]) for i in range(cin))
+                    if layer.m is not None:
+                        acc = min(max(_rs(acc, layer.m[o], layer.sh[o]), 0), top)
+                    res[yy, xx, o] = acc
+        out.append(res)
+    return np.array(out, np.int64)
+
+
+def expected(x, layer, act_bits):
+    if golden_dynamic_conv1x1 is not None:
+        return np.asarray(golden_dynamic_conv1x1(x, layer, act_bits), np.int64)
+    return reference(x, layer, act_bits)
+
+
+def make_layer(**fields):
+    """A ``models.layer.Layer`` with the SPEC.md fields (a namespace until Layer has them)."""
+    try:
+        from shiftacc.models.layer import Layer
+        return Layer(op="dynamic_conv1x1", **fields)
+    except TypeError:
+        return types.SimpleNamespace(op="dynamic_conv1x1", **fields)
+
+
+def random_layer(rng, *, h, w, cin, cout, kernels, stride, att_step, in_bits, weight_bits,
+                 act_bits, requant, big_lut=False):
+    """Random weights in range and scalars chosen so that pooled values, attention
+    indices and outputs are spread over their ranges rather than all clamped."""
+    wmax = (1 << (weight_bits - 1)) - 1
+    top = (1 << act_bits) - 1
+
+    def ints(shape, lo, hi):
+        return np.array([rng.randint(lo, hi) for _ in range(int(np.prod(shape)))],
+                        np.int64).reshape(shape)
+
+    weight = ints((kernels, cout, cin), -wmax - 1, wmax)
+    span = cin * (wmax + 1) * ((1 << in_bits) - 1)
+    bias = ints((kernels, cout), -span, span)
+    att_weight = ints((kernels, cin), -wmax - 1, wmax)
+    att_span = cin * (wmax + 1) * top
+    att_bias = ints((kernels,), -att_span // 2, att_span // 2)
+    lut_hi = 65535 if big_lut else 256
+    exp_lut = ints((256,), 0, lut_hi)
+    exp_lut[255] = rng.randint(1, lut_hi)
+    if rng.random() < 0.3:                   # a sparse table: many zero entries
+        exp_lut[rng.sample(range(255), 200)] = 0
+    pooled = (-(-h // att_step)) * (-(-w // att_step))
+    att_pool_m = rng.randint(1, 65535)
+    typ = max(1, pooled * ((1 << in_bits) - 1) // 2 * att_pool_m)
+    att_pool_sh = min(47, max(1, typ.bit_length() - act_bits + rng.randint(-2, 1)))
+    att_m = rng.randint(1, 65535)
+    typ = max(1, att_span // 4 * att_m)
+    att_sh = min(47, max(1, typ.bit_length() - 8 + rng.randint(-3, 2)))
+    m = sh = None
+    if requant:
+        m = ints((cout,), 1, 65535)
+        sh = np.array([min(47, max(1, max(1, (span // 8 + 1) * int(mo)).bit_length()
+                                   - act_bits + rng.randint(-2, 2))) for mo in m], np.int64)
+    return make_layer(stride=stride, weight=weight, bias=bias, att_step=att_step,
+                      att_pool_m=att_pool_m, att_pool_sh=att_pool_sh, att_m=att_m,
+                      att_sh=att_sh, att_weight=att_weight, att_bias=att_bias,
+                      exp_lut=exp_lut, m=m, sh=sh)
+
+
+def run_dynconv(dut, words, images, rng, p_idle, p_stall):
+    """Load the parameters, stream ``images`` [N, H, W, cin], return the output beats."""
+    count = len(images) * dut.ho * dut.wo * dut.nbo
+    got = []
+    beats = pixels_to_beats(images, dut.p_in, dut.in_bits, rng)
+
+    async def producer(ctx):
+        await send_params(ctx, dut.params, words, rng, p_idle)
+        await send(ctx, dut.i, beats, rng, p_idle)
+
+    async def consumer(ctx):
+        got.extend(await receive_and_drain(ctx, dut.o, count, dut.p_out, rng, p_stall,
+                                           60, "DynamicConv1x1"))
+
+    # Bounded: a stall ends the run with a report naming the stalled stream.
+    per_image = dut.resources().cycles
+    run_sim(dut, producer, consumer,
+            deadline_cycles=2000 + len(words) * 8 + 12 * len(images) * per_image)
+    return got
+
+
+def check(got, want, cout, p_out):
+    n, ho, wo, _ = want.shape
+    nbo = -(-cout // p_out)
+    assert len(got) == n * ho * wo * nbo
+    k = 0
+    for i in range(n):
+        for yy in range(ho):
+            for xx in range(wo):
+                for b in range(nbo):
+                    data, last = got[k]
+                    for lane in range(p_out):
+                        o = b * p_out + lane
+                        if o < cout:
+                            assert data[lane] == want[i, yy, xx, o], (
+                                f"image {i} pixel ({yy}, {xx}) channel {o}: got {data[lane]}, "
+                                f"want {want[i, yy, xx, o]}")
+                    final = yy == ho - 1 and xx == wo - 1 and b == nbo - 1
+                    assert last == int(final), f"image {i} pixel ({yy}, {xx}) beat {b}: last"
+                    k += 1
+
+
+def one_case(rng, *, h, w, cin, cout, p_in, p_out, stride, kernels, att_step, in_bits=8,
+             weight_bits=8, act_bits=8, requant=True, n_img=3, p_idle=0.0, p_stall=0.0,
+             layer_id=3, big_lut=False):
+    print(f"H={h} W={w} cin={cin} cout={cout} p_in={p_in} p_out={p_out} s={stride} "
+          f"K={kernels} t={att_step} bits={in_bits}/{weight_bits}/{act_bits} "
+          f"requant={requant} idle={p_idle} stall={p_stall}")
+    layer = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
+                         att_step=att_step, in_bits=in_bits, weight_bits=weight_bits,
+                         act_bits=act_bits, requant=requant, big_lut=big_lut)
+    dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+                         stride=stride, kernels=kernels, att_step=att_step, in_bits=in_bits,
+                         weight_bits=weight_bits, act_bits=act_bits, requant=requant,
+                         layer_id=layer_id)
+    # Decoy words of the neighbouring layers must be ignored.
+    decoy = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
+                         att_step=att_step, in_bits=in_bits, weight_bits=weight_bits,
+                         act_bits=act_bits, requant=True)
+    words = (dynamic_conv_param_words(layer_id - 1, decoy, p_in, p_out)
+             + dynamic_conv_param_words(layer_id, layer, p_in, p_out)
+             + dynamic_conv_param_words(layer_id + 1, decoy, p_in, p_out))
+    images = np.array([[[[rng.randrange(1 << in_bits) for _ in range(cin)] for _ in range(w)]
+                        for _ in range(h)] for _ in range(n_img)], np.int64)
+    got = run_dynconv(dut, words, images, rng, p_idle, p_stall)
+    check(got, expected(images, layer, act_bits), cout, p_out)
+    return dut
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_dynamic_conv_random(case):
+    rng, _ = make_rng(f"test_dynamic_conv_random[{case}]")
+    p_in, p_out = rng.choice([1, 2, 3]), rng.choice([1, 2, 3])
+    one_case(rng, h=rng.randint(1, 5), w=rng.randint(1, 5),
+             cin=rng.randint(1, 3 * p_in + 1), cout=rng.randint(1, 3 * p_out + 1),
+             p_in=p_in, p_out=p_out, stride=rng.choice([1, 2]), kernels=rng.randint(2, 4),
+             att_step=rng.randint(1, 3), in_bits=rng.choice([4, 8]),
+             weight_bits=rng.choice([4, 8]), act_bits=rng.choice([4, 8]),
+             requant=case % 3 != 2, n_img=rng.randint(2, 3),
+             p_idle=rng.choice([0.0, 0.3, 0.6]), p_stall=rng.choice([0.0, 0.3, 0.8]),
+             big_lut=case % 4 == 3)
+
+
+@pytest.mark.parametrize("shape", [
+    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant)
+    (5, 3, 5, 3, 2, 2, 2, 3, 2, True),      # odd sizes, stride 2, C not multiples of lanes
+    (1, 1, 3, 4, 1, 4, 1, 2, 1, False),     # a 1x1 map, raw logits
+    (4, 4, 7, 5, 3, 1, 1, 4, 3, True),
+])
+def test_dynamic_conv_edges(shape):
+    h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
+    rng, _ = make_rng(f"test_dynamic_conv_edges[{shape}]")
+    one_case(rng, h=h, w=w, cin=cin, cout=cout, p_in=p_in, p_out=p_out, stride=stride,
+             kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3, p_stall=0.7)
+
+
+def measure_case(rng, shape):
+    """Images back to back, no stalls: the measured cycles per image equal ``cost`` (and the
+    outputs are still exact)."""
+    h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
+    print(f"shape {shape}")
+    layer = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
+                         att_step=t, in_bits=8, weight_bits=8, act_bits=8, requant=requant)
+    dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+                         stride=stride, kernels=kernels, att_step=t, in_bits=8,
+                         weight_bits=8, act_bits=8, requant=requant)
+    n = 4
+    images = np.array([[[[rng.randrange(256) for _ in range(cin)] for _ in range(w)]
+                        for _ in range(h)] for _ in range(n)], np.int64)
+    beats = pixels_to_beats(images, p_in, 8, None)
+    total = n * dut.ho * dut.wo * dut.nbo
+    period, out = measure_image_period(dut, beats, total,
+                                       params=dynamic_conv_param_words(0, layer, p_in, p_out))
+    cost = dut.resources()
+    g = dut.geo
+    print(f"measured {period} cycles/image; cost {cost.cycles} (receive {g['receive']}, "
+          f"process {g['process']}, conv {g['conv']})")
+    got = [([int(b.data[k]) for k in range(p_out)], int(b.last)) for b in out]
+    check(got, expected(images, layer, 8), cout, p_out)
+    assert period == cost.cycles
+    return g
+
+
+@pytest.mark.parametrize("shape", [
+    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant)
+    (3, 4, 5, 6, 2, 2, 1, 3, 2, True),      # processing-bound
+    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # shared Requant lanes (3 groups)
+    (2, 2, 3, 3, 3, 3, 1, 2, 1, True),      # one beat per pixel, NBi * NBo = 1
+    (2, 3, 3, 2, 3, 1, 2, 2, 1, False),
+])
+def test_dynamic_conv_cycle_model_is_exact(shape):
+    rng, _ = make_rng(f"test_dynamic_conv_cycle_model_is_exact[{shape}]")
+    g = measure_case(rng, shape)
+    assert g["process"] >= g["receive"]
+
+
+def test_dynamic_conv_cycle_model_input_bound():
+    """Receive (``H·W·NBi``) longer than processing: one image per ``H·W·NBi`` cycles, the
+    ping-pong map banks never hold the input off."""
+    rng, _ = make_rng("test_dynamic_conv_cycle_model_input_bound")
+    g = measure_case(rng, (8, 8, 2, 1, 1, 1, 2, 2, 3, True))
+    assert g["receive"] > g["process"]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_dynamic_conv_cycle_model_random(case):
+    rng, _ = make_rng(f"test_dynamic_conv_cycle_model_random[{case}]")
+    p_in, p_out = rng.randint(1, 4), rng.randint(1, 4)
+    measure_case(rng, (rng.randint(1, 6), rng.randint(1, 6), rng.randint(1, 3 * p_in),
+                       rng.randint(1, 3 * p_out), p_in, p_out, rng.choice([1, 2]),
+                       rng.randint(2, 4), rng.randint(1, 3), rng.random() < 0.7))
+
+
+def test_dynamic_conv_cost_counts():
+    """The realistic case's multipliers and memories, as the class docstring states them."""
+    kw = dict(width=8, height=8, cin=16, cout=16, p_in=2, p_out=2, stride=1, kernels=4,
+              att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
+    cost = DynamicConv1x1.cost(**kw)
+    names = {x.name: x.count for x in cost.multipliers}
+    assert names["mac.mac"] == 4 and names["mix_weight"] == 4
+    assert names["att_rq"] == names["att_mac"] == names["mix_bias"] == 1
+    mems = {x.name: (x.depth, x.width) for x in cost.memories}
+    assert mems["map"] == (2 * 64 * 8, 16)
+    assert mems["kernel_weights"] == (256, 32)
+    assert cost.cycles == DynamicConv1x1(**kw).resources().cycles
+
+
+BASE = dict(width=4, height=4, cin=8, cout=8, p_in=2, p_out=2, stride=1, kernels=2,
+            att_step=1, in_bits=8, weight_bits=8, act_bits=8, requant=True)
+
+
+@pytest.mark.parametrize("bad", [dict(width=0), dict(cin=-1), dict(p_out=0), dict(stride=3),
+                                 dict(kernels=1), dict(att_step=0), dict(in_bits=0),
+                                 dict(weight_bits=1), dict(act_bits=17), dict(layer_id=256),
+                                 dict(requant=1), dict(cout="8")])
+def test_dynamic_conv_bad_parameters(bad):
+    args = dict(BASE, **bad)
+    assert_value_error(DynamicConv1x1, **args)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        DynamicConv1x1.cost(**args)
