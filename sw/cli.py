@@ -177,6 +177,8 @@ def build_parser():
                    help="where the float network trains: auto = cuda when torch sees a CUDA "
                         "device, else cpu; the artifact's format is the same either way and "
                         "its provenance records the device")
+    from .cli_model import add_attention_args  # standard library only at import time
+    add_attention_args(p)
 
     p = add("golden", "cli_model:cmd_golden", help="run the NumPy golden model on images",
             description="Run the exact integer golden model.")

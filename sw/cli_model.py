@@ -336,14 +336,16 @@ def describe(model):
     shapes = model.shapes()
     hist = Counter()
     params = 0
-    lines.append(f"{'#':>3} {'op':<9} {'in':>10} {'out':>10} {'params':>7} {'MACs':>8}  detail")
+    w = max([9] + [len(layer.op) for layer in model.layers])
+    lines.append(f"{'#':>3} {'op':<{w}} {'in':>10} {'out':>10} {'params':>7} {'MACs':>8}  detail")
     for i, (layer, sin, sout) in enumerate(zip(model.layers, shapes, shapes[1:])):
         op = OPS[layer.op]
         p, macs, detail = op.params(layer), op.macs(layer, sout), op.detail(layer)
         hist.update(op.shift_histogram(layer) or {})
         params += p
         fmt = "x".join(map(str, sin)), "x".join(map(str, sout))
-        lines.append(f"{i:>3} {layer.op:<9} {fmt[0]:>10} {fmt[1]:>10} {p:>7} {macs:>8}  {detail}")
+        lines.append(f"{i:>3} {layer.op:<{w}} {fmt[0]:>10} {fmt[1]:>10} {p:>7} {macs:>8}  "
+                     f"{detail}")
     lines.append(f"parameters: {params}   MACs/image: {model.macs_per_image()}")
     if hist:
         lines.append("shift histogram (dy,dx): count   [all shift layers]")
