@@ -469,11 +469,12 @@ class Plan:
         if model is not None:
             lines.append(f"model {model.name}: input {'x'.join(map(str, model.input_shape))}, "
                          f"{len(model.layers)} layers, {self.macs_per_image} MACs/image")
-        lines.append(f"{'stage':<14}{'in HxWxC':>12}{'out HxWxC':>12}{'lanes':>9}"
+        w = max([14] + [len(s.name) + 1 for s in self.stages])
+        lines.append(f"{'stage':<{w}}{'in HxWxC':>12}{'out HxWxC':>12}{'lanes':>9}"
                      f"{'mults':>7}{'cycles/img':>12}{'fifo':>6}")
         for s in self.stages:
             lanes = f"{s.lanes_in}>{s.lanes_out}"
-            lines.append(f"{s.name:<14}{'x'.join(map(str, s.in_shape)):>12}"
+            lines.append(f"{s.name:<{w}}{'x'.join(map(str, s.in_shape)):>12}"
                          f"{'x'.join(map(str, s.out_shape)):>12}{lanes:>9}{s.multipliers:>7}"
                          f"{s.cycles:>12}{s.fifo_depth:>6}")
         lines.append(f"{self.resource_line()}; {self.memory_bits} memory bits; predicted "
