@@ -16,25 +16,26 @@ The whole map is needed before the first output pixel, so the block is three dec
   and is added to per-channel running sums (registers, as :class:`~.gap.GlobalAvgPool`: the
   first pixel restarts them, so no clearing cycle). The beats of the image's last pixel copy
   the completed sums into a *hold* bank and hand it to the attention engine.
-* **Attention engine** (sequential, one channel at a time, so its arithmetic is 3
-  multipliers whatever C is): POOL issues the C held sums through one
-  :class:`~.requant.Requant` lane (``p``); CONV runs the k-tap 1-D convolution over channels
-  with one multiplier, ``k`` cycles per channel, then each ``z`` goes through its own
-  requant (signed clamp to [-128, 127]) and the table memory, and lands in the ``a`` bank.
-  The hold bank is released when POOL has issued its last channel, so the next image's last
-  pixel can be held while CONV runs.
+* **Attention engine** (sequential, one channel a cycle, so its arithmetic is 2
+  multipliers whatever C is): POOL issues the C held sums through a requant unit (``p``,
+  clamped to ``[0, A]``); CONV runs the k-tap 1-D convolution over channels with one
+  multiplier, ``k`` cycles per channel, and each ``z`` goes through the same requant unit
+  (the phases never overlap; here clamped to [-128, 127]: :class:`~.requant.Requant` only
+  clamps to ``[0, A]``, so the unit is this block's own, with Requant's rounding identity)
+  and the table memory, and lands in the ``a`` bank. The hold bank is released when POOL
+  has issued its last channel, so the next image's last pixel can be held while CONV runs.
 * **Output**: when an image's ``a`` bank is complete it is copied (one cycle, in parallel)
   into the output's own ``a`` registers, which frees the engine's bank for the next image;
   then the image's beats are read from the FIFO, each lane multiplied by its channel's ``a``
   (one ``bits`` × 9-bit multiplier per lane), rounded and shifted by 8.
 
-Throughput. The engine takes :attr:`engine_cycles` ``= C·(k + 1) + 10`` cycles per image
-(1 start + C POOL issues + 3 waiting for the last ``p`` + C·k CONV issues + 6 to the last
+Throughput. The engine takes :attr:`engine_cycles` ``= C·(k + 1) + 9`` cycles per image
+(1 start + C POOL issues + 2 waiting for the last ``p`` + C·k CONV issues + 6 to the last
 ``a`` write, see :meth:`geometry`); the input takes ``H·W·NB``. The FIFO holds one image plus
 the beats that arrive while the engine works (``H·W·NB + min(H·W·NB, engine_cycles) + 8``
 entries), so neither side waits for the other: steady-state cycles per image are
-``max(H·W·NB, C·(k + 1) + 10)`` — ``H·W·NB`` (no overhead) whenever the map has at least
-``C·(k+1)+10`` beats, e.g. every map of 8×8 or more with ``k <= 7`` and ``lanes <= 8``.
+``max(H·W·NB, C·(k + 1) + 9)`` — ``H·W·NB`` (no overhead) whenever the map has at least
+``C·(k+1)+9`` beats, e.g. every map of 8×8 or more with ``k <= 7`` and ``lanes <= 8``.
 
 Backpressure. ``i.ready`` is the FIFO's room and, on the last pixel, a free hold bank; the
 engine's CONV waits until the output has taken the previous ``a`` bank; the output waits for
@@ -52,7 +53,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .params import ParamKind, param_bus_signature
-from .requant import M_BITS, SH_BITS, Requant
+from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier, fifo_memories
 from .shift_unit import position_counter, step_counter
 from .stream import beats_per_pixel, pixel_stream, require_int
@@ -67,8 +68,11 @@ KERNEL_BITS = 8
 BIAS_BITS = 32
 #: Entries of the table.
 LUT_DEPTH = 256
-#: Cycles of the engine that do not scale with C (1 start + 3 POOL drain + 6 CONV drain).
-ENGINE_OVERHEAD = 10
+#: Cycles from the last POOL issue until the last ``p`` is visible, minus one (the requant
+#: unit's two stages).
+POOL_DRAIN = 2
+#: Cycles of the engine that do not scale with C (1 start + 2 POOL drain + 6 CONV drain).
+ENGINE_OVERHEAD = 9
 #: FIFO entries beyond one image and the engine's time (output start latency, with margin).
 FIFO_MARGIN = 8
 
@@ -138,11 +142,11 @@ class ChannelAttention(wiring.Component):
         used by the constructor and :meth:`cost`, so the planner counts what the RTL builds.
 
         Engine schedule of one image (cycle 0: the engine sees a full hold bank):
-        cycle 0 start; 1..C POOL issues; C+1..C+3 wait (Requant latency 3: the last ``p`` is
-        written at the end of cycle C+3); C+4..C+3+C·k CONV issues; the last ``a`` is written
-        6 cycles after the last issue (operand register, product, accumulate, z product,
-        shift/saturate, table read), and the engine is back in its start state one cycle
-        later: ``C·(k+1) + 10`` cycles.
+        cycle 0 start; 1..C POOL issues; C+1..C+2 wait (the requant unit's two stages: the
+        last ``p`` is written at the end of cycle C+2); C+3..C+2+C·k CONV issues; the last
+        ``a`` is written 6 cycles after the last issue (operand register, product,
+        accumulate, requant product, shift/saturate, table read), and the engine is back in
+        its start state one cycle later: ``C·(k+1) + 9`` cycles.
         """
         name = "ChannelAttention"
         for arg, value in (("width", width), ("height", height), ("channels", channels),
@@ -167,7 +171,8 @@ class ChannelAttention(wiring.Component):
         z_bits = Shape.cast(range(z_lo, z_hi + 1)).width
         engine = channels * (k + 1) + ENGINE_OVERHEAD
         image = width * height * nb
-        return dict(nb=nb, sum_bits=sum_bits, z_bits=z_bits, half=half, engine_cycles=engine,
+        return dict(nb=nb, sum_bits=sum_bits, z_bits=z_bits, op_bits=max(sum_bits + 1, z_bits),
+                    half=half, engine_cycles=engine,
                     fifo_depth=image + min(image, engine) + FIFO_MARGIN,
                     cycles=max(image, engine))
 
@@ -175,20 +180,19 @@ class ChannelAttention(wiring.Component):
     def cost(cls, *, width, height, channels, lanes, bits, act_bits, k, layer_id=0):
         """Resources as built (see :mod:`hw.resources`).
 
-        Multipliers: the pool Requant lane (signed ``sum_bits + 1`` × unsigned 16), the
-        convolution (signed 8 × unsigned ``act_bits``), the ``z`` requant (signed ``z_bits``
-        × unsigned 16), and one ``bits`` × 9 scaling multiplier per lane. Memories: the image
-        FIFO (``lanes * bits`` wide) and the 256 × 9 table. Cycles:
-        ``max(H·W·NB, C·(k + 1) + 10)``.
+        Multipliers: the requant unit shared by the pool and ``z`` (signed
+        ``max(sum_bits + 1, z_bits)`` × unsigned 16), the convolution (signed 8 × unsigned
+        ``act_bits``), and one ``bits`` × 9 scaling multiplier per lane: ``2 + lanes``.
+        Memories: the image FIFO (``lanes * bits`` wide) and the 256 × 9 table. Cycles:
+        ``max(H·W·NB, C·(k + 1) + 9)``.
         """
         g = cls.geometry(width=width, height=height, channels=channels, lanes=lanes,
                          bits=bits, act_bits=act_bits, k=k, layer_id=layer_id)
         return Cost(
             cycles=g["cycles"],
             multipliers=[
-                Multiplier.amaranth("pool_requant", 1, g["sum_bits"] + 1, True, M_BITS, False),
+                Multiplier.amaranth("requant", 1, g["op_bits"], True, M_BITS, False),
                 Multiplier.amaranth("conv", 1, KERNEL_BITS, True, act_bits, False),
-                Multiplier.amaranth("z_requant", 1, g["z_bits"], True, M_BITS, False),
                 Multiplier.amaranth("scale", lanes, bits, False, A_BITS, False),
             ],
             memories=(fifo_memories("image", lanes * bits, g["fifo_depth"])
@@ -279,19 +283,63 @@ class ChannelAttention(wiring.Component):
         copy = Signal()       # the output copies the a bank this cycle (set below)
         final_write = Signal()
 
-        # POOL: one Requant lane for every channel (the hold bank is read one sum a cycle).
-        m.submodules.pool_rq = prq = Requant(lanes=1, act_bits=self.act_bits,
-                                             acc_bits=self.sum_bits + 1, tag_bits=ch_bits)
+        # Requant unit, shared by POOL (p = clamp(rq(S), 0, A)) and the z requant
+        # (i = clamp(rq(z), -128, 127)): the phases never overlap (the next POOL starts after
+        # the last z has left the unit), so one multiplier and one barrel shifter serve both.
+        # Two stages, as Requant's: R1 the product (a DSP block with its output register),
+        # R2 the arithmetic shift t = prod >> (sh - 1) saturated to the mode's [lo, hi].
+        # Rounding by Requant's identity: floor((v + 2**(s-1)) / 2**s)
+        # == floor((floor(v / 2**(s-1)) + 1) / 2) = (t + 1) >> 1. The clamp is monotonic, so
+        # saturating t first changes nothing: pool mode [-1, 2A] gives q in [0, A], z mode
+        # [-257, 254] gives q in [-128, 127], with no clamp after the rounding.
         issue_pool = state == POOL
-        m.d.comb += [prq.i.valid.eq(issue_pool), prq.i.payload.tag.eq(ec),
-                     prq.i.payload.acc[0].eq(Array(hold)[ec] if C > 1 else hold[0]),
-                     prq.i.payload.m[0].eq(pool_m), prq.i.payload.sh[0].eq(pool_sh)]
+        zacc = Signal(signed(self.z_bits))       # the CONV accumulator (stage 3 below)
+        zv3 = Signal()
+        ch3 = Signal(ch_bits)
+        op_bits = max(self.sum_bits + 1, self.z_bits)
+        operand = Signal(signed(op_bits))
+        m.d.comb += operand.eq(Mux(issue_pool, Array(hold)[ec] if C > 1 else hold[0], zacc))
+        prod_r1 = Signal(signed(op_bits + M_BITS + 1))
+        shm1_r1 = Signal(SH_BITS)
+        v_r1, pool_r1 = Signal(), Signal()
+        ch_r1 = Signal(ch_bits)
+        m.d.sync += [prod_r1.eq(operand * Mux(issue_pool, pool_m, z_m)),
+                     # sh = 0 (never loaded) wraps to 63: well-defined garbage.
+                     shm1_r1.eq(Mux(issue_pool, pool_sh, z_sh) - 1),
+                     v_r1.eq(issue_pool | zv3), pool_r1.eq(issue_pool),
+                     ch_r1.eq(Mux(issue_pool, ec, ch3))]
+        t_bits = max(self.act_bits + 2, 10)
+        top = (1 << self.act_bits) - 1
+        shifted = Signal(signed(op_bits + M_BITS + 1))
+        lo = Signal(signed(t_bits))
+        hi = Signal(signed(t_bits))
+        m.d.comb += [shifted.eq(prod_r1 >> shm1_r1),
+                     lo.eq(Mux(pool_r1, -1, -257)), hi.eq(Mux(pool_r1, 2 * top, 254))]
+        t_r2 = Signal(signed(t_bits))
+        v_r2, pool_r2 = Signal(), Signal()
+        ch_r2 = Signal(ch_bits)
+        m.d.sync += [t_r2.eq(Mux(shifted < lo, lo, Mux(shifted > hi, hi, shifted))),
+                     v_r2.eq(v_r1), pool_r2.eq(pool_r1), ch_r2.eq(ch_r1)]
+        q = Signal(signed(t_bits))
+        m.d.comb += q.eq((t_r2 + 1) >> 1)
         p = [Signal(self.act_bits, name=f"p{c}") for c in range(C)]
-        with m.If(prq.o.valid):
-            with m.Switch(prq.o.payload.tag):
+        with m.If(v_r2 & pool_r2):
+            with m.Switch(ch_r2):
                 for c in range(C):
                     with m.Case(c):
-                        m.d.sync += p[c].eq(prq.o.payload.q[0])
+                        m.d.sync += p[c].eq(q[:self.act_bits])
+        # z mode: table read at i + 128 (the 8-bit i with its sign bit flipped).
+        m.d.comb += [lut_r.addr.eq(q[:8] ^ 0x80), lut_r.en.eq(1)]
+        v_a = Signal()
+        ch_a = Signal(ch_bits)
+        m.d.sync += [v_a.eq(v_r2 & ~pool_r2), ch_a.eq(ch_r2)]
+        a_bank = [Signal(A_BITS, name=f"a{c}") for c in range(C)]
+        with m.If(v_a):
+            with m.Switch(ch_a):
+                for c in range(C):
+                    with m.Case(c):
+                        m.d.sync += a_bank[c].eq(lut_r.data)
+        m.d.comb += final_write.eq(v_a & (ch_a == C - 1))
 
         with m.Switch(state):
             with m.Case(IDLE):
@@ -304,9 +352,9 @@ class ChannelAttention(wiring.Component):
                 with m.Else():
                     m.d.sync += ec.eq(ec + 1)
             with m.Case(PWAIT):
-                # Requant.LATENCY cycles until the last p is written; the a bank must have
-                # been taken by the output (a_busy clear; a copy this cycle clears it too).
-                with m.If(wait != Requant.LATENCY - 1):
+                # POOL_DRAIN cycles until the last p is written; the a bank must have been
+                # taken by the output (a_busy clear; a copy in this cycle clears it too).
+                with m.If(wait != POOL_DRAIN - 1):
                     m.d.sync += wait.eq(wait + 1)
                 with m.Elif(~a_busy | copy):
                     m.d.sync += [state.eq(CONV), ec.eq(0), ej.eq(0), a_busy.eq(1)]
@@ -324,7 +372,7 @@ class ChannelAttention(wiring.Component):
                     m.d.sync += state.eq(IDLE)
         with m.If(copy):
             m.d.sync += [a_full.eq(0)]
-            with m.If(~((state == PWAIT) & (wait == Requant.LATENCY - 1))):
+            with m.If(~((state == PWAIT) & (wait == POOL_DRAIN - 1))):
                 m.d.sync += a_busy.eq(0)
         with m.If(final_write):
             m.d.sync += a_full.eq(1)
@@ -348,45 +396,11 @@ class ChannelAttention(wiring.Component):
         prod2 = Signal(signed(KERNEL_BITS + self.act_bits + 1))
         m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), ch2.eq(ch1),
                      prod2.eq(k1 * p1)]
-        # Stage 3: accumulate; the first tap starts from the bias.
-        zacc = Signal(signed(self.z_bits))
-        zv3 = Signal()
-        ch3 = Signal(ch_bits)
+        # Stage 3: accumulate; the first tap starts from the bias. z goes to the requant
+        # unit when its last tap is in (zv3).
         with m.If(v2):
             m.d.sync += zacc.eq(Mux(first2, bias, zacc) + prod2)
         m.d.sync += [zv3.eq(v2 & last2), ch3.eq(ch2)]
-        # Stage 4: z * z_m (signed z_bits × unsigned 16 -> signed z_bits + 17).
-        zp4 = Signal(signed(self.z_bits + M_BITS + 1))
-        v4 = Signal()
-        ch4 = Signal(ch_bits)
-        m.d.sync += [zp4.eq(zacc * z_m), v4.eq(zv3), ch4.eq(ch3)]
-        # Stage 5: t = zp >> (z_sh - 1) (floor), saturated to [-257, 254]: then
-        # (t + 1) >> 1 is exactly clamp(rq(z, z_m, z_sh), -128, 127) (Requant's identity:
-        # floor((v + 2**(s-1)) / 2**s) == floor((floor(v / 2**(s-1)) + 1) / 2); the clamp is
-        # monotonic and t = -257 / 254 give -128 / 127).
-        T_LO, T_HI = -257, 254
-        shifted = Signal(signed(self.z_bits + M_BITS + 1))
-        zsm1 = Signal(SH_BITS)
-        m.d.comb += [zsm1.eq(z_sh - 1), shifted.eq(zp4 >> zsm1)]
-        t5 = Signal(signed(10))
-        v5 = Signal()
-        ch5 = Signal(ch_bits)
-        m.d.sync += [t5.eq(Mux(shifted < T_LO, T_LO, Mux(shifted > T_HI, T_HI, shifted))),
-                     v5.eq(v4), ch5.eq(ch4)]
-        # Stage 6: table read at i + 128 (flip the sign bit of the 8-bit i).
-        i6 = Signal(signed(9))
-        m.d.comb += [i6.eq((t5 + 1) >> 1), lut_r.addr.eq(i6[:8] ^ 0x80), lut_r.en.eq(1)]
-        v6 = Signal()
-        ch6 = Signal(ch_bits)
-        m.d.sync += [v6.eq(v5), ch6.eq(ch5)]
-        # Stage 7: a[c] written.
-        a_bank = [Signal(A_BITS, name=f"a{c}") for c in range(C)]
-        with m.If(v6):
-            with m.Switch(ch6):
-                for c in range(C):
-                    with m.Case(c):
-                        m.d.sync += a_bank[c].eq(lut_r.data)
-        m.d.comb += final_write.eq(v6 & (ch6 == C - 1))
 
         # ------------------------------------------------------------- output side
         # The output's own copy of a, in beat layout (padding lanes 0, don't-care).

