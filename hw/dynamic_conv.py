@@ -300,7 +300,11 @@ class DynamicConv1x1(wiring.Component):
         bank = Signal(range(K + 1))
         bank_row = Signal(16)
         for k in range(K):
-            with m.If((par.row >= k * NR) & (par.row < (k + 1) * NR)):
+            # (row >= 0 is always true: the first bank has no lower compare.)
+            in_bank = par.row < (k + 1) * NR
+            if k:
+                in_bank &= par.row >= k * NR
+            with m.If(in_bank):
                 m.d.comb += [bank.eq(k), bank_row.eq(par.row - k * NR)]
         m.d.comb += wp.addr.eq(const_mul(bank_row, P) + par.lane)
         for k in range(K):
@@ -503,10 +507,10 @@ class DynamicConv1x1(wiring.Component):
         bo, bk = _index(cout, "mixb_o"), _index(K, "mixb_k")
         ba = _index(K * nbo * p_out, "mixb_addr")
         m.d.comb += kb_rd.addr.eq(ba)
-        mb_v1, mb_o1, mb_k1 = Signal(), Signal.like(bo), Signal.like(bk)
-        mb_v2, mb_o2, mb_k2 = Signal(), Signal.like(bo), Signal.like(bk)
+        mb_v1, mb_k1 = Signal(), Signal.like(bk)
+        mb_v2, mb_k2 = Signal(), Signal.like(bk)
         mb_prod = Signal(signed(32 + PI_BITS + 1))
-        m.d.sync += [mb_v2.eq(mb_v1), mb_o2.eq(mb_o1), mb_k2.eq(mb_k1),
+        m.d.sync += [mb_v2.eq(mb_v1), mb_k2.eq(mb_k1),
                      mb_prod.eq(kb_rd.data * Array(pi)[mb_k1])]
         mb_acc = Signal(signed(32 + PI_BITS + 1 + ceil_log2(K)))
         mb_new = Signal.like(mb_acc)
@@ -618,7 +622,7 @@ class DynamicConv1x1(wiring.Component):
             with m.State("MIXB"):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt < cout * K):
-                    m.d.sync += [mb_v1.eq(1), mb_o1.eq(bo), mb_k1.eq(bk)]
+                    m.d.sync += [mb_v1.eq(1), mb_k1.eq(bk)]
                     with m.If(bk == K - 1):
                         m.d.sync += [bk.eq(0), bo.eq(bo + 1), ba.eq(bo + 1)]
                     with m.Else():

@@ -1,73 +1,20 @@
 """DynamicConv1x1 == ``models.golden.dynamic_conv1x1`` under random shapes, parameters and
 stalls; its cycle model (``cost``) is measured exactly."""
 
-import types
-
 import numpy as np
 import pytest
 
 from shiftacc.hw.dynamic_conv import DynamicConv1x1
 from shiftacc.hw.params import dynamic_conv_param_words
+from shiftacc.models.golden import dynamic_conv1x1 as golden
+from shiftacc.models.layer import Layer
+from shiftacc.models.netgen import dynamic_conv_layer
 from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
                                    pixels_to_beats, receive_and_drain, run_sim, send,
                                    send_params)
 
-try:
-    from shiftacc.models.golden import dynamic_conv1x1 as golden_dynamic_conv1x1
-except ImportError:             # the lead's golden kernel has not landed yet
-    golden_dynamic_conv1x1 = None
-
-
-def _rs(v, m, sh):
-    """``(v * m + 2**(sh-1)) >> sh`` on Python ints (floor shift)."""
-    return (int(v) * int(m) + (1 << (int(sh) - 1))) >> int(sh)
-
-
-def reference(x, layer, act_bits):
-    """SPEC.md ``dynamic_conv1x1`` written out on Python ints, only a stand-in until
-    ``models.golden.dynamic_conv1x1`` exists."""
-    top = (1 << act_bits) - 1
-    t, s = layer.att_step, layer.stride
-    kernels, cout, cin = layer.weight.shape
-    out = []
-    for img in x:
-        pooled = img[::t, ::t, :].reshape(-1, cin).sum(0)
-        p = [min(max(_rs(v, layer.att_pool_m, layer.att_pool_sh), 0), top) for v in pooled]
-        r = [int(layer.att_bias[k]) + sum(int(layer.att_weight[k, c]) * p[c]
-                                          for c in range(cin)) for k in range(kernels)]
-        e = [int(layer.exp_lut[min(max(_rs(v - max(r), layer.att_m, layer.att_sh), -255), 0)
-                               + 255]) for v in r]
-        pi = [ek * 256 // sum(e) for ek in e]
-        wm = [[(sum(pi[k] * int(layer.weight[k, o, i]) for k in range(kernels)) + 128) >> 8
-               for i in range(cin)] for o in range(cout)]
-        bm = [(sum(pi[k] * int(layer.bias[k, o]) for k in range(kernels)) + 128) >> 8
-              for o in range(cout)]
-        xs = img[::s, ::s, :]
-        res = np.zeros(xs.shape[:2] + (cout,), np.int64)
-        for yy in range(xs.shape[0]):
-            for xx in range(xs.shape[1]):
-                for o in range(cout):
-                    acc = bm[o] + sum(wm[o][i] * int(xs[yy, xx, i]) for i in range(cin))
-                    if layer.m is not None:
-                        acc = min(max(_rs(acc, layer.m[o], layer.sh[o]), 0), top)
-                    res[yy, xx, o] = acc
-        out.append(res)
-    return np.array(out, np.int64)
-
-
-def expected(x, layer, act_bits):
-    if golden_dynamic_conv1x1 is not None:
-        return np.asarray(golden_dynamic_conv1x1(x, layer, act_bits), np.int64)
-    return reference(x, layer, act_bits)
-
-
 def make_layer(**fields):
-    """A ``models.layer.Layer`` with the SPEC.md fields (a namespace until Layer has them)."""
-    try:
-        from shiftacc.models.layer import Layer
-        return Layer(op="dynamic_conv1x1", **fields)
-    except TypeError:
-        return types.SimpleNamespace(op="dynamic_conv1x1", **fields)
+    return Layer("dynamic_conv1x1", **fields)
 
 
 def random_layer(rng, *, h, w, cin, cout, kernels, stride, att_step, in_bits, weight_bits,
@@ -175,7 +122,7 @@ def one_case(rng, *, h, w, cin, cout, p_in, p_out, stride, kernels, att_step, in
     images = np.array([[[[rng.randrange(1 << in_bits) for _ in range(cin)] for _ in range(w)]
                         for _ in range(h)] for _ in range(n_img)], np.int64)
     got = run_dynconv(dut, words, images, rng, p_idle, p_stall)
-    check(got, expected(images, layer, act_bits), cout, p_out)
+    check(got, golden(images, layer, act_bits), cout, p_out)
     return dut
 
 
@@ -206,6 +153,27 @@ def test_dynamic_conv_edges(shape):
              kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3, p_stall=0.7)
 
 
+@pytest.mark.parametrize("case", range(2))
+def test_dynamic_conv_netgen_layer(case):
+    """Layers from ``models.netgen`` (calibrated on the batch: exp table up to 65535, the
+    attention spread over the table), a hidden layer and a classifier."""
+    rng, seed = make_rng(f"test_dynamic_conv_netgen_layer[{case}]")
+    nrng = np.random.default_rng(seed)
+    h, w, cin, cout = rng.randint(2, 5), rng.randint(2, 5), rng.randint(2, 9), rng.randint(2, 7)
+    p_in, p_out, stride = rng.randint(1, 3), rng.randint(1, 3), rng.choice([1, 2])
+    images = nrng.integers(0, 256, (3, h, w, cin))
+    last = case == 1
+    layer = dynamic_conv_layer(nrng, images, 8, 127, cout, stride, last)
+    print(f"H={h} W={w} cin={cin} cout={cout} p_in={p_in} p_out={p_out} s={stride} "
+          f"K={layer.kernels} t={layer.att_step} last={last}")
+    dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+                         stride=stride, kernels=layer.kernels, att_step=layer.att_step,
+                         in_bits=8, weight_bits=8, act_bits=8, requant=not last, layer_id=5)
+    got = run_dynconv(dut, dynamic_conv_param_words(5, layer, p_in, p_out), images, rng,
+                      0.3, 0.5)
+    check(got, golden(images, layer, 8), cout, p_out)
+
+
 def measure_case(rng, shape):
     """Images back to back, no stalls: the measured cycles per image equal ``cost`` (and the
     outputs are still exact)."""
@@ -228,7 +196,7 @@ def measure_case(rng, shape):
     print(f"measured {period} cycles/image; cost {cost.cycles} (receive {g['receive']}, "
           f"process {g['process']}, conv {g['conv']})")
     got = [([int(b.data[k]) for k in range(p_out)], int(b.last)) for b in out]
-    check(got, expected(images, layer, 8), cout, p_out)
+    check(got, golden(images, layer, 8), cout, p_out)
     assert period == cost.cycles
     return g
 
@@ -291,3 +259,15 @@ def test_dynamic_conv_bad_parameters(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         DynamicConv1x1.cost(**args)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 5, 3, 2, 2, 2, 3, 2, True),
+                                   (1, 1, 2, 2, 2, 2, 1, 2, 1, False)])
+def test_dynamic_conv_lint(tmp_path, shape):
+    from shiftacc.sim.lint import lint_component
+    h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
+    dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
+                         stride=stride, kernels=kernels, att_step=t, in_bits=8,
+                         weight_bits=8, act_bits=8, requant=requant)
+    ok, msg = lint_component(dut, "dynamic_conv", tmp_path)
+    assert ok, msg
