@@ -73,8 +73,9 @@ def add_attention_args(parser):
         "attention at inference (artifact version 2)",
         "Attention modules that stay in the integer network; each adds an op of artifact "
         "version 2 and is trained with its exact integer rule during QAT. BLOCKS are the "
-        "preset's block indices, comma-separated (0 is the first block after the stem; "
-        "'shiftacc info' lists them as blockJ), or 'all'. Default: none, a version-1 network.")
+        "preset's block indices, comma-separated, or 'all': block 0 is the first shift + 1x1 "
+        "conv after the stem (digits presets have blocks 0-1, mnist-s and cifar10-s 0-3). "
+        "Default: none, a version-1 network.")
     g.add_argument("--eca", type=_block_list, metavar="BLOCKS",
                    help="ECA channel attention (channel_attention) at the end of these "
                         "blocks: x * sigmoid(conv1d_k(mean_pool(x))), k taps shared by all "

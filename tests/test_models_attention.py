@@ -9,8 +9,6 @@
 - ``shiftacc train --eca/--dynconv/--nlsam`` works and refuses blocks that do not exist.
 """
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -26,7 +24,6 @@ from shiftacc.models.ops import OPS
 from shiftacc.models.quant import ActQuant, ExportError, export, set_qat
 from shiftacc.models.train import train_model
 from shiftacc.sw import cli
-from shiftacc.sw.cli_model import add_attention_args
 
 #: |integer accuracy - QAT accuracy| allowed on the digits test split (360 images: 0.02 is
 #: about 7 images). The attention ops are exact in QAT; what remains is the v1 layers' QAT
@@ -212,36 +209,17 @@ def test_bad_placement_is_refused_in_words():
 
 # -- the CLI ---------------------------------------------------------------------------------
 
-def _train_parser():
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return parser, sub.choices["train"]
+def test_train_help_explains_the_attention_options(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("--eca BLOCKS", "--dynconv BLOCKS", "--nlsam BLOCKS", "--dyn-kernels K",
+                 "--dyn-step T", "artifact version 2", "'all'"):
+        assert word in out, word
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """``shiftacc.sw.cli.main`` whose ``train`` has the attention options.
-
-    sw/cli.py is to call :func:`add_attention_args` on the train parser; until it does, the
-    options are added here to the same parser, so the command path under test is the real
-    one (parse, cmd_train, error mapping).
-    """
-    parser, train = _train_parser()
-    if "--eca" not in train._option_string_actions:
-        add_attention_args(train)
-        monkeypatch.setattr(cli, "build_parser", lambda: parser)
+def cli_main():
     return cli.main
-
-
-def test_train_help_explains_the_attention_options(capsys):
-    parser, train = _train_parser()
-    if "--eca" not in train._option_string_actions:
-        pytest.skip("sw/cli.py does not call sw.cli_model.add_attention_args yet")
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--help"])
-    out = capsys.readouterr().out
-    for word in ("--eca", "--dynconv", "--nlsam", "--dyn-kernels", "--dyn-step", "version 2"):
-        assert word in out
 
 
 def test_cli_train_with_attention_writes_version_2(cli_main, tmp_path, capsys):
