@@ -39,8 +39,12 @@ CTX_FIXED = 1 + Requant.LATENCY + 7
 Z_LATENCY = 8
 #: Emitter: table value -> delay-memory read (1) -> product ``x * s`` (1) -> FIFO write.
 EMIT_LATENCY = 2
-#: Slack (cycles) the bank count keeps between the input and the output image of a bank.
-BANK_MARGIN = 8
+#: Slack (cycles) the bank count keeps between the input and the output image of a bank:
+#: with two banks the input chases the output's read position and the context unit needs
+#: the next image's sums only ``Tc`` cycles after the previous ones, which works whenever
+#: ``T != Tc`` (measured over every shape with ``|T - Tc| <= 1`` up to 8x8 maps, C <= 19,
+#: P <= 4: two banks alternate 13/14-cycle periods only at ``T == Tc``).
+BANK_MARGIN = 1
 
 
 def _index(count, name):
@@ -123,7 +127,8 @@ class SpatialAttention(wiring.Component):
     output is still reading, behind its read position (a position compare), so ``banks``
     is the smallest count >= 2 with ``(banks - 1) · max(T, Tc) >= min(T, Tc) + BANK_MARGIN``,
     which keeps both the input and the context unit from ever waiting for a bank in steady
-    state (2 except when ``T`` and ``Tc`` are within a few cycles of each other). The ``u``
+    state: 2, and 3 only when ``T == Tc`` (where two banks would alternate a period of
+    ``T`` and ``T + 1``). The ``u``
     memory has the same banks (the context unit writes image ``n + 1``'s ``u`` while the output
     reads image ``n``'s).
 
@@ -136,8 +141,9 @@ class SpatialAttention(wiring.Component):
     final values are int32, so wrapping partial sums still give the exact result.
     ``out <= x`` because ``s <= 256``, so the output has ``bits`` bits like the input.
 
-    Padding. Input padding lanes (channel >= C) are stored as received; their ``u · x``
-    products are masked to 0, the pool and context loops only visit channels < C, and the
+    Padding. Input padding lanes (channel >= C) are stored as received; their ``u`` is never
+    written (it keeps the memory's initial 0), so their ``u · x`` products are 0; the pool and
+    context loops only visit channels < C, and the
     scaled padding lanes are don't-care on ``o``. Framing comes from counting beats against
     the shape; the input ``last`` is ignored and the output ``last`` is driven on each image's
     final beat.
@@ -278,8 +284,6 @@ class SpatialAttention(wiring.Component):
         pixels = self.width * self.height
         T = self.image_beats
         beat_layout = data.ArrayLayout(unsigned(bits), P)
-        # Lanes of the last beat that carry a channel (the others are padding).
-        valid_in_last = C - (nb - 1) * P
 
         # ------------------------------------------------------------ parameters
         par = self.params.payload
@@ -527,14 +531,12 @@ class SpatialAttention(wiring.Component):
         m.d.comb += [d_wr.addr.eq(d_waddr), d_wr.data.eq(px_rd.data), d_wr.en.eq(z_v1)]
         with m.If(z_v1):
             m.d.sync += d_waddr.eq(_wrap_inc(d_waddr, self.delay_depth))
-        # Stage 2: u * x (padding lanes of the last beat masked: never reach z).
+        # Stage 2: u * x. A padding lane's u (channel >= C) is never written and keeps the
+        # memory's initial 0, so the garbage a producer puts in padding lanes never reaches z.
         zprod_bits = W_BITS + bits + 1
         zprods = [Signal(signed(zprod_bits), name=f"zprod{l}") for l in range(P)]
         for l in range(P):
-            x = px_rd.data[l]
-            if l >= valid_in_last:
-                x = Mux(z_lastb1, 0, x)
-            m.d.sync += zprods[l].eq(u_rd.data[l] * x)
+            m.d.sync += zprods[l].eq(u_rd.data[l] * px_rd.data[l])
         z_v2, z_first2, z_lastb2, z_lpix2 = Signal(), Signal(), Signal(), Signal()
         m.d.sync += [z_v2.eq(z_v1), z_first2.eq(z_first1), z_lastb2.eq(z_lastb1),
                      z_lpix2.eq(z_lpix1)]

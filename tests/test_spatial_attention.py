@@ -188,32 +188,56 @@ def test_spatial_attention_backpressure(shape):
 
 # ---- the cycle model (cost().cycles) is exact: measured, images back to back -----------
 
-@pytest.mark.parametrize("shape", [
-    (4, 4, 5, 2),     # input-bound: T = 48, Tc = 31
-    (1, 1, 6, 2),     # context-bound: 1x1 map
-    (8, 8, 16, 2),    # the realistic case of the report: T = 512, Tc = 155
-    (5, 2, 6, 2),     # T = 30, Tc = 35: within BANK_MARGIN, three banks
-    (3, 3, 7, 3),
-    (2, 1, 3, 1),
+@pytest.mark.parametrize("shape,banks", [
+    ((4, 4, 5, 2), 2),     # input-bound: T = 48, Tc = 31
+    ((1, 1, 6, 2), 2),     # context-bound: 1x1 map, T = 3, Tc = 35
+    ((8, 8, 16, 2), 2),    # the realistic case of the report: T = 512, Tc = 155
+    ((13, 1, 1, 1), 3),    # T = Tc = 13: two banks would alternate 13 and 14 cycles
+    ((2, 8, 7, 4), 3),     # T = Tc = 32
+    ((3, 4, 1, 1), 2),     # T = 12, Tc = 13
+    ((2, 7, 12, 1), 2),    # T = 168, Tc = 167
+    ((3, 3, 7, 3), 2),
 ])
-def test_spatial_attention_cycle_model_is_exact(shape):
+def test_spatial_attention_cycle_model_is_exact(shape, banks):
     height, width, channels, lanes = shape
     rng, seed = make_rng(f"test_spatial_attention_cycle_model_is_exact[{shape}]")
     dut = SpatialAttention(width=width, height=height, channels=channels, lanes=lanes, bits=8,
                            act_bits=8)
     layer = random_layer(rng, height=height, width=width, channels=channels, bits=8,
                          act_bits=8)
-    n = 4
-    images = np.random.default_rng(seed).integers(0, 256, (n, height, width, channels))
-    beats = pixels_to_beats(images, lanes, 8, None)
-    period, out = measure_image_period(dut, beats, n * height * width * dut.nb,
-                                       params=spatial_attention_param_words(0, layer))
+    if banks is not None:
+        assert dut.banks == banks
+    measure_period(dut, rng, seed, layer, shape)
+
+
+def measure_period(dut, rng, seed, layer, shape):
+    """The period between the last two images of 4 and of 5 images back to back (both
+    parities, so a schedule alternating two periods cannot pass), outputs checked."""
+    height, width, channels, lanes = shape
     cost = dut.resources()
-    print(f"{shape}: measured {period} cycles/image, cost {cost.cycles}, banks {dut.banks}")
-    assert period == cost.cycles == max(height * width * dut.nb,
-                                        channels * dut.nb + channels + 11)
-    got = [([int(p.data[l]) for l in range(lanes)], int(p.last)) for p in out]
-    check(got, expected(images, layer, 8), lanes)
+    for n in (4, 5):
+        images = np.random.default_rng(seed + n).integers(0, 256, (n, height, width, channels))
+        beats = pixels_to_beats(images, lanes, 8, None)
+        period, out = measure_image_period(dut, beats, n * height * width * dut.nb,
+                                           params=spatial_attention_param_words(0, layer))
+        print(f"{shape}: {n} images: measured {period} cycles/image, cost {cost.cycles}, "
+              f"banks {dut.banks}")
+        assert period == cost.cycles == max(height * width * dut.nb,
+                                            channels * dut.nb + channels + 11)
+        got = [([int(p.data[l]) for l in range(lanes)], int(p.last)) for p in out]
+        check(got, expected(images, layer, 8), lanes)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_spatial_attention_cycle_model_random(case):
+    rng, seed = make_rng(f"test_spatial_attention_cycle_model_random[{case}]")
+    lanes = rng.randint(1, 4)
+    shape = (rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3 * lanes + 2), lanes)
+    dut = SpatialAttention(width=shape[1], height=shape[0], channels=shape[2], lanes=lanes,
+                           bits=8, act_bits=8)
+    layer = random_layer(rng, height=shape[0], width=shape[1], channels=shape[2], bits=8,
+                         act_bits=8)
+    measure_period(dut, rng, seed, layer, shape)
 
 
 def test_spatial_attention_cost_counts():
@@ -235,3 +259,14 @@ def test_spatial_attention_bad_parameters(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         SpatialAttention.cost(**args)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 2), (1, 1, 1, 1), (13, 1, 1, 1)])
+def test_spatial_attention_lint(tmp_path, shape):
+    """Verilator -Wall on the emitted Verilog (two banks, a 1x1x1 map, three banks)."""
+    from shiftacc.sim.lint import lint_component
+    height, width, channels, lanes = shape
+    dut = SpatialAttention(width=width, height=height, channels=channels, lanes=lanes, bits=8,
+                           act_bits=4)
+    ok, msg = lint_component(dut, "spatial_attention", tmp_path)
+    assert ok, msg
