@@ -47,7 +47,9 @@ class DynamicConv1x1(wiring.Component):
        ``in_bits + ceil(log2(ceil(H/t) · ceil(W/t)))`` bits). The next image is received into
        the other bank while this one is processed (ping-pong), so input never waits when the
        block is input-bound.
-    2. **Attention** (sequential, small: it runs once per image):
+    2. **Attention** (its own small sequencer, ``A`` cycles; it starts once the previous
+       image's map is all in the MacArray and this image is received, so it overlaps the
+       MacArray's tail of the previous image):
 
        * POOL, ``cin + 4`` cycles: ``p[c] = clamp(rq(S_t[c]), 0, A)`` through a shared
          one-lane rq unit (a ``a_bits × 16`` multiplier, barrel shift, clamp);
@@ -72,21 +74,26 @@ class DynamicConv1x1(wiring.Component):
 
     The MacArray holds one weight set, so mixing for image ``n + 1`` waits until image ``n``'s
     last output beat has left ``o`` (then every weight/bias/m/sh read of image ``n`` is
-    done); attention and mixing of one image therefore do not overlap the conv of the
-    previous one. Steady-state cycles per image (images back to back, no stalls), exact and
+    done): mixing does not overlap the conv (a second weight bank in the MacArray would
+    hide it). Steady-state cycles per image (images back to back, no stalls), exact and
     measured in ``tests/test_dynamic_conv.py``::
 
         T = max(R, P),  R = H · W · NBi
-        P = 2 + (cin + 4) + (K · cin + 2) + (K + 5) + 9 · K
-              + (NBo · NBi · p_in · p_out + 3) + (cout · K + 3)
-              + NBi + Ho · Wo · NBi · NBo + mac.latency
+        P = X + max(D + 2, F + 3 + A)
+        A = (cin + 4) + (K · cin + 2) + (K + 5) + 9 · K                    attention
+        X = (NBo · NBi · p_in · p_out + 3) + (cout · K + 3)                 mixing
+        D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
+        F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
+                                                                            map beat taken
 
-    ``P`` is one image's processing, from the previous image's last output beat to its own:
-    2 cycles to see the drain and leave WAIT, the phases above, the first pixel's ``NBi``
-    beats into the MacArray, its ``Ho · Wo · NBi · NBo`` issue cycles and its
-    :attr:`~hw.mac_array.MacArray.latency`. Input-bound (``R >= P``), the next image's
-    receive never waits for a bank, so ``T = R``; otherwise ``T = P`` (the receive of image
-    ``n + 1`` fits between the release of its bank and image ``n``'s drain).
+    ``D``: the first pixel's ``NBi`` beats into the MacArray, its ``Ho · Wo · NBi · NBo``
+    issue cycles and its :attr:`~hw.mac_array.MacArray.latency`. ``F``: the MacArray buffers
+    two pixels, then takes one every ``NBi · NBo`` cycles. Mixing of the next image starts 2
+    cycles after this image's drain (seen, WAIT left) or 3 + A cycles after its last map
+    beat went in (attention done, seen), whichever is later. Input-bound (``R >= P``) the
+    next image's receive never waits for a bank, so ``T = R``; otherwise ``T = P`` (image
+    ``n + 1`` is received between the release of its bank and the end of image ``n``'s
+    feed, as ``P >= R``).
 
     Parameters (run time, :func:`hw.params.dynamic_conv_param_words`): kernel k's ``WEIGHT``
     rows ``k · NBo · NBi + conv row`` and ``BIAS`` rows ``k · NBo + o // p_out`` are stored in
@@ -190,12 +197,22 @@ class DynamicConv1x1(wiring.Component):
             "mixb": cout * K + 3,
         }
         conv = ho * wo * nbi * nbo
-        # Drain seen (1) + WAIT (1) + phases + first pixel into the MacArray + its issue
-        # cycles + its latency to the last output beat.
-        process = 2 + sum(phases.values()) + nbi + conv + mac["latency"]
+        att = phases["pool"] + phases["att"] + phases["exp"] + phases["div"]
+        mix = phases["mixw"] + phases["mixb"]
+        # From the start of FEED: the last output beat leaves after the first pixel's NBi
+        # beats, the conv's issue cycles and the MacArray latency; the last map beat enters
+        # the MacArray when its input bank frees (two pixels buffered, then one every
+        # NBi * NBo cycles).
+        pixels = ho * wo
+        drain = nbi + conv + mac["latency"]
+        feed = nbi if pixels == 1 else nbi * (2 + (pixels - 2) * nbo)
+        # Mixing starts 2 cycles after the previous drain, or 3 + att after its feed ended
+        # (the attention of this image runs in the MacArray's tail of the previous one).
+        process = mix + max(drain + 2, feed + 3 + att)
         receive = height * width * nbi
         return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
                     d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
+                    attention=att, mixing=mix, drain=drain, feed=feed,
                     receive=receive, cycles=max(receive, process), mac_latency=mac["latency"],
                     map_rows=ho * wo * nbi)
 
@@ -551,42 +568,48 @@ class DynamicConv1x1(wiring.Component):
         with m.If(fetch):
             m.d.sync += [fa.eq(fa + 1), f_more.eq(fa != NF - 1), f_last.eq(fa == NF - 1)]
 
-        # ------------------------------------------------------------ engine FSM
+        # ------------------------------------------------------------ attention FSM
+        # Runs while the mixer/feeder is in WAIT (the previous image's feed is done, so
+        # rbank is this image's bank and pi of the previous image has been consumed); its
+        # work overlaps the MacArray's tail of the previous image.
         m.d.sync += [rq_v0.eq(0), at_v1.eq(0), mw_v1.eq(0), mb_v1.eq(0)]
-        with m.FSM(name="engine"):
-            with m.State("WAIT"):
-                with m.If(Mux(rbank, bank_full[1], bank_full[0]) & (outstanding == 0)):
-                    m.d.sync += cnt.eq(0)
+        pi_ready = Signal()
+        mixer_idle = Signal()
+        acnt = Signal.like(cnt)
+        with m.FSM(name="attention"):
+            with m.State("IDLE"):
+                with m.If(Mux(rbank, bank_full[1], bank_full[0]) & ~pi_ready & mixer_idle):
+                    m.d.sync += acnt.eq(0)
                     m.next = "POOL"
             with m.State("POOL"):
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < cin):
-                    sel = Mux(rbank, Array(flat_sums[1])[cnt], Array(flat_sums[0])[cnt])
+                m.d.sync += acnt.eq(acnt + 1)
+                with m.If(acnt < cin):
+                    sel = Mux(rbank, Array(flat_sums[1])[acnt], Array(flat_sums[0])[acnt])
                     m.d.sync += [rq_v0.eq(1), rq_mode0.eq(0), rq_a0.eq(sel),
-                                 rq_m0.eq(pool_m), rq_sh0.eq(pool_sh), rq_tag0.eq(cnt)]
-                with m.If(cnt == phases["pool"] - 1):
-                    m.d.sync += [cnt.eq(0), ak.eq(0), ac.eq(0), aaddr.eq(0)]
+                                 rq_m0.eq(pool_m), rq_sh0.eq(pool_sh), rq_tag0.eq(acnt)]
+                with m.If(acnt == phases["pool"] - 1):
+                    m.d.sync += [acnt.eq(0), ak.eq(0), ac.eq(0), aaddr.eq(0)]
                     m.next = "ATT"
             with m.State("ATT"):
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < K * cin):
+                m.d.sync += acnt.eq(acnt + 1)
+                with m.If(acnt < K * cin):
                     m.d.sync += [at_v1.eq(1), at_k1.eq(ak), at_c1.eq(ac),
                                  at_p1.eq(Array(p)[ac]), aaddr.eq(aaddr + 1)]
                     with m.If(ac == cin - 1):
                         m.d.sync += [ac.eq(0), ak.eq(ak + 1)]
                     with m.Else():
                         m.d.sync += ac.eq(ac + 1)
-                with m.If(cnt == phases["att"] - 1):
-                    m.d.sync += cnt.eq(0)
+                with m.If(acnt == phases["att"] - 1):
+                    m.d.sync += acnt.eq(0)
                     m.next = "EXP"
             with m.State("EXP"):
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < K):
+                m.d.sync += acnt.eq(acnt + 1)
+                with m.If(acnt < K):
                     m.d.sync += [rq_v0.eq(1), rq_mode0.eq(1),
-                                 rq_a0.eq(Array(r)[cnt] - mx),
-                                 rq_m0.eq(att_m), rq_sh0.eq(att_sh), rq_tag0.eq(cnt)]
-                with m.If(cnt == phases["exp"] - 1):
-                    m.d.sync += [cnt.eq(0), dk.eq(0), dj.eq(0)]
+                                 rq_a0.eq(Array(r)[acnt] - mx),
+                                 rq_m0.eq(att_m), rq_sh0.eq(att_sh), rq_tag0.eq(acnt)]
+                with m.If(acnt == phases["exp"] - 1):
+                    m.d.sync += [acnt.eq(0), dk.eq(0), dj.eq(0)]
                     m.next = "DIV"
             with m.State("DIV"):
                 rem_cur = Mux(dj == 0, Array(e)[dk] << 8, rem)
@@ -602,10 +625,21 @@ class DynamicConv1x1(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += pi[k].eq(bit_q)
                     with m.If(dk == K - 1):
-                        m.d.sync += [cnt.eq(0), wa.eq(0), wrow.eq(0), wlane.eq(0)]
-                        m.next = "MIXW"
+                        m.d.sync += pi_ready.eq(1)
+                        m.next = "IDLE"
                 with m.Else():
                     m.d.sync += dj.eq(dj + 1)
+
+        # ------------------------------------------------------------ mixer/feeder FSM
+        # Mixing rewrites the MacArray's only weight set, so it waits until the previous
+        # image's last output beat has left (outstanding == 0).
+        with m.FSM(name="mixer"):
+            with m.State("WAIT"):
+                m.d.comb += mixer_idle.eq(1)
+                with m.If(pi_ready & (outstanding == 0)):
+                    m.d.sync += [cnt.eq(0), wa.eq(0), wrow.eq(0), wlane.eq(0),
+                                 pi_ready.eq(0)]
+                    m.next = "MIXW"
             with m.State("MIXW"):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt < NR * P):

@@ -203,15 +203,19 @@ def measure_case(rng, shape):
 
 @pytest.mark.parametrize("shape", [
     # (h, w, cin, cout, p_in, p_out, stride, K, t, requant)
-    (3, 4, 5, 6, 2, 2, 1, 3, 2, True),      # processing-bound
-    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # shared Requant lanes (3 groups)
+    (3, 4, 5, 6, 2, 2, 1, 3, 2, True),      # the attention is longer than the conv's tail
+    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # shared Requant lanes (3 groups); drain-bound
+    (3, 3, 2, 8, 1, 1, 1, 2, 1, True),      # drain-bound
     (2, 2, 3, 3, 3, 3, 1, 2, 1, True),      # one beat per pixel, NBi * NBo = 1
     (2, 3, 3, 2, 3, 1, 2, 2, 1, False),
+    (1, 1, 4, 3, 2, 2, 1, 2, 1, False),     # a 1x1 map: one pixel per image
 ])
 def test_dynamic_conv_cycle_model_is_exact(shape):
     rng, _ = make_rng(f"test_dynamic_conv_cycle_model_is_exact[{shape}]")
     g = measure_case(rng, shape)
     assert g["process"] >= g["receive"]
+    drain_bound = g["drain"] + 2 >= g["feed"] + 3 + g["attention"]
+    assert drain_bound == (shape[3] in (8, 9)), "the case no longer tests its regime"
 
 
 def test_dynamic_conv_cycle_model_input_bound():
