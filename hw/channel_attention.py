@@ -16,10 +16,12 @@ The whole map is needed before the first output pixel, so the block is three dec
   and is added to per-channel running sums (registers, as :class:`~.gap.GlobalAvgPool`: the
   first pixel restarts them, so no clearing cycle). The beats of the image's last pixel copy
   the completed sums into a *hold* bank and hand it to the attention engine.
-* **Attention engine** (sequential, one channel a cycle, so its arithmetic is 2
-  multipliers whatever C is): POOL issues the C held sums through a requant unit (``p``,
-  clamped to ``[0, A]``); CONV runs the k-tap 1-D convolution over channels with one
-  multiplier, ``k`` cycles per channel, and each ``z`` goes through the same requant unit
+* **Attention engine** (sequential over the channels, so its arithmetic does not grow
+  with C): POOL issues the C held sums through a requant unit (``p``, clamped to
+  ``[0, A]``), one a cycle; CONV runs the k-tap 1-D convolution over channels with
+  ``Q = conv_lanes`` multipliers, ``R = ceil(k / Q)`` cycles per channel (by default the
+  fewest multipliers that keep the engine within the input's time, see below), and each
+  ``z`` goes through the same requant unit
   (the phases never overlap; here clamped to [-128, 127]: :class:`~.requant.Requant` only
   clamps to ``[0, A]``, so the unit is this block's own, with Requant's rounding identity)
   and the table memory, and lands in the ``a`` bank. The hold bank is released when POOL
@@ -29,13 +31,16 @@ The whole map is needed before the first output pixel, so the block is three dec
   then the image's beats are read from the FIFO, each lane multiplied by its channel's ``a``
   (one ``bits`` × 9-bit multiplier per lane), rounded and shifted by 8.
 
-Throughput. The engine takes :attr:`engine_cycles` ``= C·(k + 1) + 9`` cycles per image
-(1 start + C POOL issues + 2 waiting for the last ``p`` + C·k CONV issues + 6 to the last
+Throughput. The engine takes :attr:`engine_cycles` ``= C·(R + 1) + 9`` cycles per image
+(1 start + C POOL issues + 2 waiting for the last ``p`` + C·R CONV issues + 6 to the last
 ``a`` write, see :meth:`geometry`); the input takes ``H·W·NB``. The FIFO holds one image plus
 the beats that arrive while the engine works (``H·W·NB + min(H·W·NB, engine_cycles) + 8``
 entries), so neither side waits for the other: steady-state cycles per image are
-``max(H·W·NB, C·(k + 1) + 9)`` — ``H·W·NB`` (no overhead) whenever the map has at least
-``C·(k+1)+9`` beats, e.g. every map of 8×8 or more with ``k <= 7`` and ``lanes <= 8``.
+``max(H·W·NB, C·(R + 1) + 9)``. The default ``conv_lanes`` is the smallest Q with
+``C·(R + 1) + 9 <= H·W·NB`` (cycles = ``H·W·NB``, no overhead), or ``k`` when none fits
+(then the engine, ``2·C + 9``, sets the pace: tiny maps with many lanes). One multiplier
+(Q = 1, R = k) suffices whenever ``H·W·NB >= C·(k+1) + 9``, e.g. every map of 8×8 or more
+with ``k <= 7`` and ``lanes <= 8``.
 
 Backpressure. ``i.ready`` is the FIFO's room and, on the last pixel, a free hold bank; the
 engine's CONV waits until the output has taken the previous ``a`` bank; the output waits for
@@ -96,6 +101,10 @@ class ChannelAttention(wiring.Component):
         Kernel taps, odd, 1..9.
     layer_id : int
         Layer index compared with ``params.payload.layer`` (kinds SCALAR, KERNEL, LUT).
+    conv_lanes : int or None
+        Multipliers of the channel convolution, 1..k (None: the fewest that keep the
+        engine within ``H·W·NB`` cycles, else ``k``). A planner trading DSP blocks for
+        throughput may set it.
 
     Attributes
     ----------
@@ -111,6 +120,8 @@ class ChannelAttention(wiring.Component):
         Width of the signed ``z`` (exact for any int32 ``bias``).
     engine_cycles : int
         Attention engine cycles per image.
+    conv_lanes, conv_steps : int
+        Convolution multipliers Q and cycles per channel R = ceil(k / Q).
     fifo_depth : int
         Image FIFO entries.
 
@@ -118,18 +129,23 @@ class ChannelAttention(wiring.Component):
     ------
     ValueError
         An argument out of range (the message names it): sizes must be positive integers,
-        ``bits`` and ``act_bits`` in 1..16, ``k`` odd in 1..9, ``layer_id`` in 0..255.
+        ``bits`` and ``act_bits`` in 1..16, ``k`` odd in 1..9, ``layer_id`` in 0..255,
+        ``conv_lanes`` None or in 1..k.
     """
 
-    def __init__(self, *, width, height, channels, lanes, bits, act_bits, k, layer_id=0):
+    def __init__(self, *, width, height, channels, lanes, bits, act_bits, k, layer_id=0,
+                 conv_lanes=None):
         geo = self.geometry(width=width, height=height, channels=channels, lanes=lanes,
-                            bits=bits, act_bits=act_bits, k=k, layer_id=layer_id)
+                            bits=bits, act_bits=act_bits, k=k, layer_id=layer_id,
+                            conv_lanes=conv_lanes)
         self.width, self.height, self.channels, self.lanes = width, height, channels, lanes
         self.bits, self.act_bits, self.k, self.layer_id = bits, act_bits, k, layer_id
         self.nb, self.sum_bits, self.z_bits = geo["nb"], geo["sum_bits"], geo["z_bits"]
         self.engine_cycles, self.fifo_depth = geo["engine_cycles"], geo["fifo_depth"]
+        self.conv_lanes, self.conv_steps = geo["conv_lanes"], geo["conv_steps"]
         self._cost_args = dict(width=width, height=height, channels=channels, lanes=lanes,
-                               bits=bits, act_bits=act_bits, k=k, layer_id=layer_id)
+                               bits=bits, act_bits=act_bits, k=k, layer_id=layer_id,
+                               conv_lanes=conv_lanes)
         super().__init__({
             "i": In(pixel_stream(lanes, bits)),
             "o": Out(pixel_stream(lanes, bits)),
@@ -137,16 +153,18 @@ class ChannelAttention(wiring.Component):
         })
 
     @staticmethod
-    def geometry(*, width, height, channels, lanes, bits, act_bits, k, layer_id=0):
+    def geometry(*, width, height, channels, lanes, bits, act_bits, k, layer_id=0,
+                 conv_lanes=None):
         """Validated sizes, widths, engine cycles, FIFO depth and cycles per image (a dict);
         used by the constructor and :meth:`cost`, so the planner counts what the RTL builds.
 
         Engine schedule of one image (cycle 0: the engine sees a full hold bank):
         cycle 0 start; 1..C POOL issues; C+1..C+2 wait (the requant unit's two stages: the
-        last ``p`` is written at the end of cycle C+2); C+3..C+2+C·k CONV issues; the last
-        ``a`` is written 6 cycles after the last issue (operand register, product,
-        accumulate, requant product, shift/saturate, table read), and the engine is back in
-        its start state one cycle later: ``C·(k+1) + 9`` cycles.
+        last ``p`` is written at the end of cycle C+2); C+3..C+2+C·R CONV issues
+        (``R = ceil(k / conv_lanes)`` per channel); the last ``a`` is written 6 cycles after
+        the last issue (operand registers, products, accumulate, requant product,
+        shift/saturate, table read), and the engine is back in its start state one cycle
+        later: ``C·(R+1) + 9`` cycles.
         """
         name = "ChannelAttention"
         for arg, value in (("width", width), ("height", height), ("channels", channels),
@@ -158,6 +176,8 @@ class ChannelAttention(wiring.Component):
         if k % 2 == 0:
             raise ValueError(f"{name}: k must be odd, got {k!r}")
         require_int(name, "layer_id", layer_id, 0, 255)
+        if conv_lanes is not None:
+            require_int(name, "conv_lanes", conv_lanes, 1, k)
         nb = beats_per_pixel(channels, lanes)
         sum_bits = bits + ceil_log2(width * height)
         if sum_bits + 1 + M_BITS + 1 > 64:
@@ -169,30 +189,42 @@ class ChannelAttention(wiring.Component):
         z_lo = -(1 << (BIAS_BITS - 1)) - k * 128 * top
         z_hi = (1 << (BIAS_BITS - 1)) - 1 + k * 127 * top
         z_bits = Shape.cast(range(z_lo, z_hi + 1)).width
-        engine = channels * (k + 1) + ENGINE_OVERHEAD
         image = width * height * nb
+        if conv_lanes is None:
+            # The fewest convolution multipliers that keep the engine within the input's
+            # H·W·NB cycles; all k when even that cannot (then the engine sets the pace).
+            conv_lanes = k
+            for steps in range(k, 0, -1):
+                if channels * (steps + 1) + ENGINE_OVERHEAD <= image:
+                    conv_lanes = -(-k // steps)
+                    break
+        steps = -(-k // conv_lanes)
+        engine = channels * (steps + 1) + ENGINE_OVERHEAD
         return dict(nb=nb, sum_bits=sum_bits, z_bits=z_bits, op_bits=max(sum_bits + 1, z_bits),
-                    half=half, engine_cycles=engine,
+                    half=half, engine_cycles=engine, conv_lanes=conv_lanes, conv_steps=steps,
                     fifo_depth=image + min(image, engine) + FIFO_MARGIN,
                     cycles=max(image, engine))
 
     @classmethod
-    def cost(cls, *, width, height, channels, lanes, bits, act_bits, k, layer_id=0):
+    def cost(cls, *, width, height, channels, lanes, bits, act_bits, k, layer_id=0,
+             conv_lanes=None):
         """Resources as built (see :mod:`hw.resources`).
 
         Multipliers: the requant unit shared by the pool and ``z`` (signed
-        ``max(sum_bits + 1, z_bits)`` × unsigned 16), the convolution (signed 8 × unsigned
-        ``act_bits``), and one ``bits`` × 9 scaling multiplier per lane: ``2 + lanes``.
-        Memories: the image FIFO (``lanes * bits`` wide) and the 256 × 9 table. Cycles:
-        ``max(H·W·NB, C·(k + 1) + 9)``.
+        ``max(sum_bits + 1, z_bits)`` × unsigned 16), ``conv_lanes`` for the convolution
+        (signed 8 × unsigned ``act_bits``), and one ``bits`` × 9 scaling multiplier per
+        lane: ``1 + conv_lanes + lanes``. Memories: the image FIFO (``lanes * bits`` wide)
+        and the 256 × 9 table. Cycles: ``max(H·W·NB, C·(ceil(k / conv_lanes) + 1) + 9)``.
         """
         g = cls.geometry(width=width, height=height, channels=channels, lanes=lanes,
-                         bits=bits, act_bits=act_bits, k=k, layer_id=layer_id)
+                         bits=bits, act_bits=act_bits, k=k, layer_id=layer_id,
+                         conv_lanes=conv_lanes)
         return Cost(
             cycles=g["cycles"],
             multipliers=[
                 Multiplier.amaranth("requant", 1, g["op_bits"], True, M_BITS, False),
-                Multiplier.amaranth("conv", 1, KERNEL_BITS, True, act_bits, False),
+                Multiplier.amaranth("conv", g["conv_lanes"], KERNEL_BITS, True, act_bits,
+                                    False),
                 Multiplier.amaranth("scale", lanes, bits, False, A_BITS, False),
             ],
             memories=(fifo_memories("image", lanes * bits, g["fifo_depth"])
@@ -205,6 +237,7 @@ class ChannelAttention(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, P, NB, K = self.channels, self.lanes, self.nb, self.k
+        Q, R = self.conv_lanes, self.conv_steps
         half = (K - 1) // 2
         pixels = self.width * self.height
         ch_bits = max(1, (C - 1).bit_length())
@@ -276,7 +309,7 @@ class ChannelAttention(wiring.Component):
         IDLE, POOL, PWAIT, CONV, ZDRAIN = range(5)
         state = Signal(range(5))
         ec = Signal(range(max(C, 2)))
-        ej = Signal(range(max(K, 2)))
+        ej = Signal(range(max(R, 2)))          # CONV step within a channel
         wait = Signal(range(8))
         a_busy = Signal()     # the engine's a bank belongs to an image not yet copied out
         a_full = Signal()     # ... and is complete
@@ -359,7 +392,7 @@ class ChannelAttention(wiring.Component):
                 with m.Elif(~a_busy | copy):
                     m.d.sync += [state.eq(CONV), ec.eq(0), ej.eq(0), a_busy.eq(1)]
             with m.Case(CONV):
-                with m.If(ej == K - 1):
+                with m.If(ej == R - 1):
                     m.d.sync += ej.eq(0)
                     with m.If(ec == C - 1):
                         m.d.sync += state.eq(ZDRAIN)
@@ -377,29 +410,41 @@ class ChannelAttention(wiring.Component):
         with m.If(final_write):
             m.d.sync += a_full.eq(1)
 
-        # CONV pipeline. p is padded with (k-1)/2 zeros on each side, so tap j of channel c
-        # is p_ext[c + j] (no range comparison).
-        p_ext = [Const(0, self.act_bits)] * half + p + [Const(0, self.act_bits)] * half
+        # CONV pipeline: Q multipliers, R = ceil(k / Q) steps per channel; in step s multiplier
+        # n computes tap j = s·Q + n (a constant 0 tap when j >= k). p is padded with
+        # (k-1)/2 zeros in front and enough behind, so tap j of channel c is p_ext[c + j]
+        # (no range comparison); off = s·Q is kept as a counter (no multiplier).
+        p_ext = ([Const(0, self.act_bits)] * half + p
+                 + [Const(0, self.act_bits)] * (R * Q - 1 - half))
         issue = state == CONV
-        # Stage 1: operands (the multiplier's input registers).
+        if R > 1:
+            off = Signal(range(R * Q))
+            with m.If(issue):
+                m.d.sync += off.eq(Mux(ej == R - 1, 0, off + Q))
+        else:
+            off = Const(0, 1)          # one step: no zero-width counter in the Verilog
+        # Stage 1: operands (the multipliers' input registers).
         v1, first1, last1 = Signal(), Signal(), Signal()
         ch1 = Signal(ch_bits)
-        k1 = Signal(signed(KERNEL_BITS))
-        p1 = Signal(self.act_bits)
-        sel = ec + ej
-        m.d.sync += [v1.eq(issue), first1.eq(ej == 0), last1.eq(ej == K - 1), ch1.eq(ec),
-                     k1.eq(Array(kernel)[ej] if K > 1 else kernel[0]),
-                     p1.eq(Array(p_ext)[sel] if len(p_ext) > 1 else p_ext[0])]
-        # Stage 2: the product (one DSP block with its output register).
+        k1 = [Signal(signed(KERNEL_BITS), name=f"k1_{n}") for n in range(Q)]
+        p1 = [Signal(self.act_bits, name=f"p1_{n}") for n in range(Q)]
+        m.d.sync += [v1.eq(issue), first1.eq(ej == 0), last1.eq(ej == R - 1), ch1.eq(ec)]
+        for n in range(Q):
+            taps = [kernel[st * Q + n] if st * Q + n < K else Const(0, signed(KERNEL_BITS))
+                    for st in range(R)]
+            m.d.sync += [k1[n].eq(Array(taps)[ej] if R > 1 else taps[0]),
+                         p1[n].eq(Array(p_ext)[ec + off + n] if len(p_ext) > 1 else p_ext[0])]
+        # Stage 2: the products (DSP blocks with their output registers).
         v2, first2, last2 = Signal(), Signal(), Signal()
         ch2 = Signal(ch_bits)
-        prod2 = Signal(signed(KERNEL_BITS + self.act_bits + 1))
-        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), ch2.eq(ch1),
-                     prod2.eq(k1 * p1)]
+        prod2 = [Signal(signed(KERNEL_BITS + self.act_bits + 1), name=f"prod2_{n}")
+                 for n in range(Q)]
+        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), ch2.eq(ch1)]
+        m.d.sync += [prod2[n].eq(k1[n] * p1[n]) for n in range(Q)]
         # Stage 3: accumulate; the first tap starts from the bias. z goes to the requant
         # unit when its last tap is in (zv3).
         with m.If(v2):
-            m.d.sync += zacc.eq(Mux(first2, bias, zacc) + prod2)
+            m.d.sync += zacc.eq(sum(prod2[1:], Mux(first2, bias, zacc) + prod2[0]))
         m.d.sync += [zv3.eq(v2 & last2), ch3.eq(ch2)]
 
         # ------------------------------------------------------------- output side

