@@ -1,41 +1,24 @@
 """SpatialAttention == ``models.golden.spatial_attention`` under random shapes, parameters and
 stalls; its cycle model (``cost().cycles``) is measured exactly."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from shiftacc.hw.params import spatial_attention_param_words
 from shiftacc.hw.spatial_attention import SpatialAttention
-from shiftacc.models import golden
+from shiftacc.models import golden, netgen
+from shiftacc.models.layer import Layer
 from shiftacc.sim.streamtb import (assert_value_error, deadline_for, make_rng,
                                    measure_image_period, pixels_to_beats, receive_and_drain,
                                    run_sim, send, send_params)
 
 
 def _rq(v, m, sh):
-    return (np.asarray(v, np.int64) * m + (1 << (sh - 1))) >> sh
-
-
-def _reference(x, layer, act_bits):
-    """SPEC.md's spatial_attention, used only while ``models.golden`` has none."""
-    s_sum = x.sum(axis=(1, 2))
-    p = np.clip(_rq(s_sum, layer.pool_m, layer.pool_sh), 0, (1 << act_bits) - 1)
-    v = p @ layer.ctx_weight.astype(np.int64).T + layer.ctx_bias.astype(np.int64)
-    u = np.clip(_rq(v, layer.ctx_m, layer.ctx_sh), -128, 127)
-    z = np.einsum("nhwc,nc->nhw", x, u) + layer.bias
-    i = np.clip(_rq(z, layer.z_m, layer.z_sh), -128, 127)
-    s = layer.lut.astype(np.int64)[i + 128]
-    return (x * s[..., None] + 128) >> 8
+    return golden.round_shift(v, m, sh)
 
 
 def expected(x, layer, act_bits):
-    fn = getattr(golden, "spatial_attention", None)
-    if fn is None:
-        print("models.golden.spatial_attention missing: using the test's SPEC.md reference")
-        return _reference(x, layer, act_bits)
-    return np.asarray(fn(x, layer, act_bits), np.int64)
+    return np.asarray(golden.spatial_attention(x, layer, act_bits), np.int64)
 
 
 def _shift_for(rng, typical, mult, target_bits):
@@ -65,11 +48,7 @@ def random_layer(rng, *, height, width, channels, bits, act_bits):
     fields = dict(pool_m=pool_m, pool_sh=pool_sh, ctx_m=ctx_m, ctx_sh=ctx_sh, bias=bias,
                   z_m=z_m, z_sh=z_sh, ctx_weight=ctx_weight.astype(np.int8),
                   ctx_bias=ctx_bias.astype(np.int32), lut=lut.astype(np.uint16))
-    try:
-        from shiftacc.models.layer import Layer
-        return Layer(op="spatial_attention", **fields)
-    except TypeError:                      # Layer without the version-2 fields yet
-        return SimpleNamespace(op="spatial_attention", **fields)
+    return Layer(op="spatial_attention", **fields)
 
 
 def run_block(dut, words, images, rng, p_idle, p_stall):
@@ -116,11 +95,19 @@ def check(got, want, lanes):
 
 
 def one_case(rng, *, height, width, channels, lanes, bits, act_bits, n_img, p_idle, p_stall,
-             layer_id=3):
+             layer_id=3, calibrated=False):
     print(f"H={height} W={width} C={channels} P={lanes} bits={bits} act_bits={act_bits} "
-          f"images={n_img} idle={p_idle} stall={p_stall}")
-    layer = random_layer(rng, height=height, width=width, channels=channels, bits=bits,
-                         act_bits=act_bits)
+          f"images={n_img} idle={p_idle} stall={p_stall} calibrated={calibrated}")
+    images = np.array([[[[rng.randrange(1 << bits) for _ in range(channels)]
+                         for _ in range(width)] for _ in range(height)]
+                       for _ in range(n_img)], np.int64)
+    if calibrated:
+        # models.netgen's layer, calibrated on this batch (the scales a real export picks).
+        layer = netgen.spatial_attention_layer(np.random.default_rng(rng.randrange(1 << 30)),
+                                               images, act_bits, rng.choice([1, 7, 127]))
+    else:
+        layer = random_layer(rng, height=height, width=width, channels=channels, bits=bits,
+                             act_bits=act_bits)
     decoy = random_layer(rng, height=height, width=width, channels=channels, bits=bits,
                          act_bits=act_bits)
     dut = SpatialAttention(width=width, height=height, channels=channels, lanes=lanes,
@@ -129,9 +116,6 @@ def one_case(rng, *, height, width, channels, lanes, bits, act_bits, n_img, p_id
     words = (spatial_attention_param_words(layer_id + 1, decoy)
              + spatial_attention_param_words(layer_id, layer)
              + spatial_attention_param_words(layer_id - 1, decoy)[:40])
-    images = np.array([[[[rng.randrange(1 << bits) for _ in range(channels)]
-                         for _ in range(width)] for _ in range(height)]
-                       for _ in range(n_img)], np.int64)
     want = expected(images, layer, act_bits)
     got = run_block(dut, words, images, rng, p_idle, p_stall)
     check(got, want, lanes)
@@ -145,7 +129,8 @@ def test_spatial_attention_random(case):
     one_case(rng, height=rng.randint(1, 4), width=rng.randint(1, 4),
              channels=rng.randint(1, 3 * lanes + 2), lanes=lanes, bits=rng.choice([4, 8]),
              act_bits=rng.choice([4, 8]), n_img=rng.randint(3, 4),
-             p_idle=rng.choice([0.0, 0.3]), p_stall=rng.choice([0.0, 0.3, 0.7]))
+             p_idle=rng.choice([0.0, 0.3]), p_stall=rng.choice([0.0, 0.3, 0.7]),
+             calibrated=case % 2 == 1)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 1, 7, 3), (2, 3, 5, 2), (3, 3, 4, 4)])
