@@ -305,7 +305,7 @@ class ChannelAttention(wiring.Component):
                 m.d.sync += hold_full.eq(1)
 
         # ------------------------------------------------------------- attention engine
-        # One state register; counters ec (channel) and ej (tap).
+        # One state register; counters ec (channel) and ej (CONV step of a channel).
         IDLE, POOL, PWAIT, CONV, ZDRAIN = range(5)
         state = Signal(range(5))
         ec = Signal(range(max(C, 2)))
