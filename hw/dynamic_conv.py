@@ -51,10 +51,10 @@ class DynamicConv1x1(wiring.Component):
        image's map is all in the MacArray and this image is received, so it overlaps the
        MacArray's tail of the previous image):
 
-       * POOL, ``cin + 4`` cycles: ``p[c] = clamp(rq(S_t[c]), 0, A)`` through a shared
-         one-lane rq unit (a ``a_bits × 16`` multiplier, barrel shift, clamp);
-       * ATT, ``K · cin + 2`` cycles: ``r[k] = att_bias[k] + Σ_c att_weight[k, c] · p[c]``
-         on one ``weight_bits × act_bits`` multiplier, the running ``max_k r[k]`` beside it;
+       * POOL, ``cin + 4`` cycles: ``p[c] = clamp(rq(S_t[c]), 0, A)`` through a one-lane
+         rq unit (the block's one shared ``a_bits × 16`` multiplier, barrel shift, clamp);
+       * ATT, ``K · cin + 3`` cycles: ``r[k] = att_bias[k] + Σ_c att_weight[k, c] · p[c]``
+         on the shared multiplier, the running ``max_k r[k]`` beside it;
        * EXP, ``K + 5`` cycles: ``e[k] = exp_lut[clamp(rq(r[k] - max), -255, 0) + 255]``
          through the same rq unit and the table (one block RAM), ``E = Σ e`` beside it;
        * DIV, ``9 · K`` cycles: ``π[k] = (256 · e[k]) // E`` by a restoring divider (one
@@ -65,8 +65,8 @@ class DynamicConv1x1(wiring.Component):
        * MIXW, ``NBo·NBi · p_in·p_out + 3`` cycles: every element of the MacArray weight
          layout, ``W = (Σ_k π[k] · w_k + 128) >> 8`` with ``K`` multipliers
          (``weight_bits × 9``) reading the ``K`` kernels side by side in one memory row;
-       * MIXB, ``cout · K + 3`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on one
-         ``32 × 9`` multiplier.
+       * MIXB, ``cout · K + 4`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on the
+         shared multiplier (the attention is idle while the mixer runs).
     4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
        into the MacArray (``p_in × p_out`` multipliers, shared Requant, output FIFO, its own
        backpressure), whose output stream is this block's ``o``. The bank is free again once
@@ -80,8 +80,8 @@ class DynamicConv1x1(wiring.Component):
 
         T = max(R, P),  R = H · W · NBi
         P = X + max(D + 2, F + 3 + A)
-        A = (cin + 4) + (K · cin + 2) + (K + 5) + 9 · K                    attention
-        X = (NBo · NBi · p_in · p_out + 3) + (cout · K + 3)                 mixing
+        A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
+        X = (NBo · NBi · p_in · p_out + 3) + (cout · K + 4)                 mixing
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
                                                                             map beat taken
@@ -186,15 +186,16 @@ class DynamicConv1x1(wiring.Component):
         sum_bits = in_bits + ceil_log2(pooled)
         r_bits = max(31, weight_bits + act_bits - 1 + ceil_log2(cin)) + 2
         d_bits = r_bits + 1
-        a_bits = max(sum_bits + 1, d_bits)
+        # The shared multiplier's signed operand: a pooled sum, d, an att weight or a bias.
+        a_bits = max(sum_bits + 1, d_bits, 32, weight_bits)
         mac = MacArray.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
         phases = {
             "pool": cin + RQ_PIPE,
-            "att": K * cin + 2,
+            "att": K * cin + 3,
             "exp": K + RQ_PIPE + 1,
             "div": (PI_BITS) * K,
             "mixw": nbo * nbi * p_in * p_out + 3,
-            "mixb": cout * K + 3,
+            "mixb": cout * K + 4,
         }
         conv = ho * wo * nbi * nbo
         att = phases["pool"] + phases["att"] + phases["exp"] + phases["div"]
@@ -222,9 +223,9 @@ class DynamicConv1x1(wiring.Component):
         """Resources as built (see :mod:`hw.resources`).
 
         Multipliers: the MacArray's (``p_in · p_out`` MACs and its shared Requant lanes),
-        one shared attention rq (``a_bits`` signed × 16-bit m), one attention MAC
-        (``weight_bits`` × ``act_bits``), ``K`` weight-mixing (``weight_bits`` × 9) and one
-        bias-mixing (32 × 9) multiplier; the divider is LUT logic. Memories: the two-bank map,
+        one shared multiplier (``a_bits`` signed × 16 unsigned: the two rq steps, the
+        attention MAC and the bias mixing, never at the same time) and ``K`` weight-mixing
+        multipliers (``weight_bits`` × 9); the divider is LUT logic. Memories: the two-bank map,
         the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table and the
         MacArray's. Cycles: see the class docstring.
         """
@@ -239,10 +240,8 @@ class DynamicConv1x1(wiring.Component):
         mults = [Multiplier(f"mac.{x.name}", x.count, x.a_bits, x.a_signed, x.b_bits,
                             x.b_signed, x.y_bits) for x in mac.multipliers]
         mults += [
-            Multiplier.amaranth("att_rq", 1, g["a_bits"], True, M_BITS, False),
-            Multiplier.amaranth("att_mac", 1, weight_bits, True, act_bits, False),
+            Multiplier.amaranth("att_shared", 1, g["a_bits"], True, M_BITS, False),
             Multiplier.amaranth("mix_weight", K, weight_bits, True, PI_BITS, False),
-            Multiplier.amaranth("mix_bias", 1, 32, True, PI_BITS, False),
         ]
         mems = [
             MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
@@ -480,20 +479,24 @@ class DynamicConv1x1(wiring.Component):
         m.d.comb += attw_rd.addr.eq(aaddr)
         at_v1, at_k1, at_c1 = Signal(), Signal.like(ak), Signal.like(ac)
         at_p1 = Signal(unsigned(ab))
+        # The product is the shared multiplier's (the rq unit is idle during ATT):
+        # operands registered at stage 1, product at stage 2, accumulate at stage 3.
+        with m.If(at_v1):
+            m.d.sync += [rq_a0.eq(attw_rd.data), rq_m0.eq(at_p1)]
         at_v2, at_k2, at_c2 = Signal(), Signal.like(ak), Signal.like(ac)
-        at_prod = Signal(signed(wb + ab + 1))
+        at_v3, at_k3, at_c3 = Signal(), Signal.like(ak), Signal.like(ac)
         m.d.sync += [at_v2.eq(at_v1), at_k2.eq(at_k1), at_c2.eq(at_c1),
-                     at_prod.eq(attw_rd.data * at_p1)]
-        r_old = Array(r)[at_k2]
+                     at_v3.eq(at_v2), at_k3.eq(at_k2), at_c3.eq(at_c2)]
+        r_old = Array(r)[at_k3]
         r_new = Signal(signed(g["r_bits"]))
-        m.d.comb += r_new.eq(Mux(at_c2 == 0, Array(att_bias)[at_k2], r_old) + at_prod)
-        with m.If(at_v2):
-            with m.Switch(at_k2):
+        m.d.comb += r_new.eq(Mux(at_c3 == 0, Array(att_bias)[at_k3], r_old) + rq_p1)
+        with m.If(at_v3):
+            with m.Switch(at_k3):
                 for k in range(K):
                     with m.Case(k):
                         m.d.sync += r[k].eq(r_new)
-            with m.If(at_c2 == cin - 1):
-                m.d.sync += mx.eq(Mux((at_k2 == 0) | (r_new > mx), r_new, mx))
+            with m.If(at_c3 == cin - 1):
+                m.d.sync += mx.eq(Mux((at_k3 == 0) | (r_new > mx), r_new, mx))
 
         # DIV datapath: restoring division, one quotient bit per cycle (MSB first).
         dk = _index(K, "div_k")
@@ -525,14 +528,17 @@ class DynamicConv1x1(wiring.Component):
         ba = _index(K * nbo * p_out, "mixb_addr")
         m.d.comb += kb_rd.addr.eq(ba)
         mb_v1, mb_k1 = Signal(), Signal.like(bk)
+        # Product on the shared multiplier (idle while mixing): operands at stage 1,
+        # product at stage 2, accumulate at stage 3.
+        with m.If(mb_v1):
+            m.d.sync += [rq_a0.eq(kb_rd.data), rq_m0.eq(Array(pi)[mb_k1])]
         mb_v2, mb_k2 = Signal(), Signal.like(bk)
-        mb_prod = Signal(signed(32 + PI_BITS + 1))
-        m.d.sync += [mb_v2.eq(mb_v1), mb_k2.eq(mb_k1),
-                     mb_prod.eq(kb_rd.data * Array(pi)[mb_k1])]
+        mb_v3, mb_k3 = Signal(), Signal.like(bk)
+        m.d.sync += [mb_v2.eq(mb_v1), mb_k2.eq(mb_k1), mb_v3.eq(mb_v2), mb_k3.eq(mb_k2)]
         mb_acc = Signal(signed(32 + PI_BITS + 1 + ceil_log2(K)))
         mb_new = Signal.like(mb_acc)
-        m.d.comb += mb_new.eq(Mux(mb_k2 == 0, 0, mb_acc) + mb_prod)
-        with m.If(mb_v2):
+        m.d.comb += mb_new.eq(Mux(mb_k3 == 0, 0, mb_acc) + rq_p1)
+        with m.If(mb_v3):
             m.d.sync += mb_acc.eq(mb_new)
 
         # The mixer's parameter beat (one register, both mixing phases).
@@ -544,7 +550,7 @@ class DynamicConv1x1(wiring.Component):
                          mix_beat.data.eq((mw_sum + 128) >> 8)]
         # Output channel o's BIAS address (row o // p_out, lane o % p_out) as counters.
         b_row, b_lane = _index(nbo, "mixb_row"), _index(p_out, "mixb_lane")
-        with m.If(mb_v2 & (mb_k2 == K - 1)):
+        with m.If(mb_v3 & (mb_k3 == K - 1)):
             m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
                          mix_beat.kind.eq(ParamKind.BIAS), mix_beat.row.eq(b_row),
                          mix_beat.lane.eq(b_lane),
