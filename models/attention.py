@@ -236,6 +236,10 @@ class AttentionBase(nn.Module):
         self.qat = False
         self.__dict__["_source"] = None
 
+    def gate_parameters(self):
+        """The parameters that compute the attention (not a dynamic conv's kernels)."""
+        return list(self.parameters())
+
     def bind_source(self, aq):
         """The :class:`ActQuant` whose scale the input carries (not registered as a child)."""
         self.__dict__["_source"] = aq
@@ -429,6 +433,9 @@ class DynamicConv1x1(AttentionBase):
             self.att.bias.zero_()
         self.bn = nn.BatchNorm2d(cout)
         self.aq = ActQuant(act_bits)
+
+    def gate_parameters(self):
+        return list(self.att.parameters())
 
     def folded(self):
         """BatchNorm folded into every kernel: (weight ``[K, cout, cin]``, bias ``[K, cout]``)."""
