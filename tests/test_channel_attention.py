@@ -155,6 +155,26 @@ def test_channel_attention_conv_splits(k, q):
              conv_lanes=q, n_img=3, p_idle=0.3, p_stall=0.5)
 
 
+@pytest.mark.parametrize("scalars", [
+    dict(pool_m=65535, pool_sh=1, bias=-(1 << 31), z_m=65535, z_sh=47),
+    dict(pool_m=65535, pool_sh=47, bias=(1 << 31) - 1, z_m=65535, z_sh=47),
+    dict(pool_m=1, pool_sh=1, bias=-(1 << 31), z_m=1, z_sh=1),
+    dict(pool_m=37, pool_sh=4, bias=(1 << 31) - 1 - 9 * 127 * 255, z_m=65535, z_sh=40),
+])
+def test_channel_attention_extreme_scalars(scalars):
+    """The widest z (int32 bias plus the taps) and the widest products and shifts, exact."""
+    rng, _ = make_rng(f"test_channel_attention_extreme_scalars[{sorted(scalars.items())}]")
+    h, w, c, lanes, k = 2, 2, 6, 4, 9
+    images = np.array([[[[rng.randrange(256) for _ in range(c)] for _ in range(w)]
+                        for _ in range(h)] for _ in range(3)], np.int64)
+    kernel = np.array([rng.choice([-128, 127]) for _ in range(k)], np.int8)
+    lut = np.array([rng.randint(0, 256) for _ in range(256)], np.uint16)
+    layer = Layer(op="channel_attention", kernel=kernel, lut=lut, **scalars)
+    dut = ChannelAttention(width=w, height=h, channels=c, lanes=lanes, bits=8, act_bits=8, k=k)
+    got = run_eca(dut, channel_attention_param_words(0, layer), images, rng, 0.2, 0.3)
+    check_output(got, channel_attention(images, layer, 8), lanes)
+
+
 def test_channel_attention_indices_interior():
     """The random parameters exercise the table's interior, not only its clamped ends."""
     rng, _ = make_rng("test_channel_attention_indices_interior")
