@@ -62,8 +62,8 @@ class DynamicConv1x1(wiring.Component):
     3. **Mixing** (writes the MacArray's weight and bias memories through its parameter
        port, one element per cycle):
 
-       * MIXW, ``NBo·NBi · p_in·p_out + 3`` cycles: every element of the MacArray weight
-         layout, ``W = (Σ_k π[k] · w_k + 128) >> 8`` with ``K`` multipliers
+       * MIXW, ``cin · cout + 3`` cycles: every real weight, at its MacArray row and lane,
+         ``W = (Σ_k π[k] · w_k + 128) >> 8`` with ``K`` multipliers
          (``weight_bits × 9``) reading the ``K`` kernels side by side in one memory row;
        * MIXB, ``cout · K + 4`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on the
          shared multiplier (the attention is idle while the mixer runs).
@@ -81,7 +81,7 @@ class DynamicConv1x1(wiring.Component):
         T = max(R, P),  R = H · W · NBi
         P = X + max(D + 2, F + 3 + A)
         A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
-        X = (NBo · NBi · p_in · p_out + 3) + (cout · K + 4)                 mixing
+        X = (cin · cout + 3) + (cout · K + 4)                               mixing
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
                                                                             map beat taken
@@ -194,7 +194,7 @@ class DynamicConv1x1(wiring.Component):
             "att": K * cin + 3,
             "exp": K + RQ_PIPE + 1,
             "div": (PI_BITS) * K,
-            "mixw": nbo * nbi * p_in * p_out + 3,
+            "mixw": cin * cout + 3,
             "mixb": cout * K + 4,
         }
         conv = ho * wo * nbi * nbo
@@ -505,10 +505,18 @@ class DynamicConv1x1(wiring.Component):
         dv = Signal(unsigned(esum_bits + 8))
         quo = Signal(unsigned(PI_BITS))
 
-        # MIXW datapath: read kernel row, K products, sum, round, param beat.
-        wa = _index(NR * P, "mixw_addr")
-        wrow, wlane = _index(NR, "mixw_row"), _index(P, "mixw_lane")
-        m.d.comb += kw_rd.addr.eq(wa)
+        # MIXW datapath: read kernel row, K products, sum, round, param beat. Only the
+        # cin * cout real weights are visited (padding weights of the MacArray stay 0 and
+        # only meet masked inputs or don't-care outputs): o = jo * p_out + lo,
+        # i = ji * p_in + li, MacArray row jo * NBi + ji, lane lo * p_in + li.
+        mi = _index(cin, "mixw_i")
+        ji, li = _index(nbi, "mixw_ji"), _index(p_in, "mixw_li")
+        lo = _index(p_out, "mixw_lo")
+        row_base = _index(NR, "mixw_row_base")         # jo * NBi
+        lane_base = _index(P, "mixw_lane_base")        # lo * p_in
+        wrow, wlane = Signal.like(row_base), Signal.like(lane_base)
+        m.d.comb += [wrow.eq(row_base + ji), wlane.eq(lane_base + li),
+                     kw_rd.addr.eq(const_mul(wrow, P) + wlane)]
         mw_v1, mw_row1, mw_lane1 = Signal(), Signal.like(wrow), Signal.like(wlane)
         mw_prods = [Signal(signed(wb + PI_BITS + 1), name=f"mix_prod{k}") for k in range(K)]
         for k in range(K):
@@ -643,18 +651,27 @@ class DynamicConv1x1(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += mixer_idle.eq(1)
                 with m.If(pi_ready & (outstanding == 0)):
-                    m.d.sync += [cnt.eq(0), wa.eq(0), wrow.eq(0), wlane.eq(0),
+                    m.d.sync += [cnt.eq(0), mi.eq(0), ji.eq(0), li.eq(0),
+                                 lo.eq(0), row_base.eq(0), lane_base.eq(0),
                                  pi_ready.eq(0)]
                     m.next = "MIXW"
             with m.State("MIXW"):
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < NR * P):
-                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
-                                 wa.eq(wa + 1)]
-                    with m.If(wlane == P - 1):
-                        m.d.sync += [wlane.eq(0), wrow.eq(wrow + 1)]
+                with m.If(cnt < cin * cout):
+                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane)]
+                    with m.If(mi == cin - 1):
+                        m.d.sync += [mi.eq(0), ji.eq(0), li.eq(0)]
+                        with m.If(lo == p_out - 1):
+                            m.d.sync += [lo.eq(0), lane_base.eq(0),
+                                         row_base.eq(row_base + nbi)]
+                        with m.Else():
+                            m.d.sync += [lo.eq(lo + 1), lane_base.eq(lane_base + p_in)]
                     with m.Else():
-                        m.d.sync += wlane.eq(wlane + 1)
+                        m.d.sync += mi.eq(mi + 1)
+                        with m.If(li == p_in - 1):
+                            m.d.sync += [li.eq(0), ji.eq(ji + 1)]
+                        with m.Else():
+                            m.d.sync += li.eq(li + 1)
                 with m.If(cnt == phases["mixw"] - 1):
                     m.d.sync += [cnt.eq(0), bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0),
                                  b_lane.eq(0)]
