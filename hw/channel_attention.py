@@ -284,23 +284,26 @@ class ChannelAttention(wiring.Component):
         step_counter(m, beat, NB, take)
         step_counter(m, pixel, pixels, take & (beat == NB - 1))
 
+        # Running sums: NB rows of P lanes kept as a ring that rotates by one row per beat,
+        # so the current beat's row is always sums[0] (no NB-to-1 multiplexer, no row
+        # decoder: every register has one fixed source).
         sum_layout = data.ArrayLayout(unsigned(self.sum_bits), P)
         sums = [Signal(sum_layout, name=f"sum{b}") for b in range(NB)]
-        cur = Array(sums)[beat] if NB > 1 else sums[0]
         new = Signal(sum_layout)
         for l in range(P):
             # The first pixel restarts the sums: no clearing cycle between images.
-            m.d.comb += new[l].eq(Mux(pixel == 0, 0, cur[l]) + self.i.payload.data[l])
-        hold = [Signal(self.sum_bits, name=f"hold{c}") for c in range(C)]
+            m.d.comb += new[l].eq(Mux(pixel == 0, 0, sums[0][l]) + self.i.payload.data[l])
+        # Hold bank: a shift chain of NB rows. The last pixel's beats shift their completed
+        # sums in at the top (after NB beats row b holds beat b); POOL reads row 0 lane by
+        # lane and shifts the chain after each row. Same shift, one fixed source per register.
+        hold = [Signal(sum_layout, name=f"hold{b}") for b in range(NB)]
+        hold_shift = Signal()
+        with m.If(hold_shift):
+            m.d.sync += [hold[b].eq(hold[b + 1]) for b in range(NB - 1)]
+            m.d.sync += hold[NB - 1].eq(new)
         with m.If(take):
-            with m.Switch(beat):
-                for b in range(NB):
-                    with m.Case(b):
-                        m.d.sync += sums[b].eq(new)
-                        with m.If(last_pixel):
-                            for l in range(P):
-                                if b * P + l < C:
-                                    m.d.sync += hold[b * P + l].eq(new[l])
+            m.d.sync += [sums[b].eq(sums[b + 1]) for b in range(NB - 1)]
+            m.d.sync += sums[NB - 1].eq(new)
             with m.If(last_pixel & (beat == NB - 1)):
                 m.d.sync += hold_full.eq(1)
 
@@ -309,6 +312,7 @@ class ChannelAttention(wiring.Component):
         IDLE, POOL, PWAIT, CONV, ZDRAIN = range(5)
         state = Signal(range(5))
         ec = Signal(range(max(C, 2)))
+        pl = position_counter(P, "pool_lane")  # POOL: lane of hold row 0
         ej = Signal(range(max(R, 2)))          # CONV step within a channel
         wait = Signal(range(8))
         a_busy = Signal()     # the engine's a bank belongs to an image not yet copied out
@@ -331,7 +335,11 @@ class ChannelAttention(wiring.Component):
         ch3 = Signal(ch_bits)
         op_bits = max(self.sum_bits + 1, self.z_bits)
         operand = Signal(signed(op_bits))
-        m.d.comb += operand.eq(Mux(issue_pool, Array(hold)[ec] if C > 1 else hold[0], zacc))
+        # The chain shifts on every last-pixel beat and after POOL has read a whole row
+        # (never both: the last pixel waits while the hold bank is full).
+        m.d.comb += hold_shift.eq((take & last_pixel) | (issue_pool & (pl == P - 1)))
+        held = Array(hold[0])[pl] if P > 1 else hold[0][0]
+        m.d.comb += operand.eq(Mux(issue_pool, held, zacc))
         prod_r1 = Signal(signed(op_bits + M_BITS + 1))
         shm1_r1 = Signal(SH_BITS)
         v_r1, pool_r1 = Signal(), Signal()
@@ -378,7 +386,10 @@ class ChannelAttention(wiring.Component):
             with m.Case(IDLE):
                 with m.If(hold_full):
                     m.d.sync += [state.eq(POOL), ec.eq(0)]
+                    if P > 1:
+                        m.d.sync += pl.eq(0)
             with m.Case(POOL):
+                step_counter(m, pl, P, 1)
                 with m.If(ec == C - 1):
                     # The hold bank has been read: the next image's last pixel may fill it.
                     m.d.sync += [state.eq(PWAIT), hold_full.eq(0), wait.eq(0), ec.eq(0)]
