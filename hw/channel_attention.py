@@ -363,23 +363,22 @@ class ChannelAttention(wiring.Component):
                      v_r2.eq(v_r1), pool_r2.eq(pool_r1), ch_r2.eq(ch_r1)]
         q = Signal(signed(t_bits))
         m.d.comb += q.eq((t_r2 + 1) >> 1)
+        # p arrives in channel order 0..C-1: a shift chain (in at the top, C shifts per
+        # image) leaves p[c] in register c with no write decoder.
         p = [Signal(self.act_bits, name=f"p{c}") for c in range(C)]
         with m.If(v_r2 & pool_r2):
-            with m.Switch(ch_r2):
-                for c in range(C):
-                    with m.Case(c):
-                        m.d.sync += p[c].eq(q[:self.act_bits])
+            m.d.sync += [p[c].eq(p[c + 1]) for c in range(C - 1)]
+            m.d.sync += p[C - 1].eq(q[:self.act_bits])
         # z mode: table read at i + 128 (the 8-bit i with its sign bit flipped).
         m.d.comb += [lut_r.addr.eq(q[:8] ^ 0x80), lut_r.en.eq(1)]
         v_a = Signal()
         ch_a = Signal(ch_bits)
         m.d.sync += [v_a.eq(v_r2 & ~pool_r2), ch_a.eq(ch_r2)]
+        # a arrives in channel order too: the same shift chain.
         a_bank = [Signal(A_BITS, name=f"a{c}") for c in range(C)]
         with m.If(v_a):
-            with m.Switch(ch_a):
-                for c in range(C):
-                    with m.Case(c):
-                        m.d.sync += a_bank[c].eq(lut_r.data)
+            m.d.sync += [a_bank[c].eq(a_bank[c + 1]) for c in range(C - 1)]
+            m.d.sync += a_bank[C - 1].eq(lut_r.data)
         m.d.comb += final_write.eq(v_a & (ch_a == C - 1))
 
         with m.Switch(state):
