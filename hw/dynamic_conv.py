@@ -60,11 +60,16 @@ class DynamicConv1x1(wiring.Component):
        * DIV, ``9 · K`` cycles: ``π[k] = (256 · e[k]) // E`` by a restoring divider (one
          quotient bit per cycle; ``π <= 256`` has 9 bits; LUT logic, no multiplier).
     3. **Mixing** (writes the MacArray's weight and bias memories through its parameter
-       port, one element per cycle):
+       port, at most one element per cycle):
 
-       * MIXW, ``cin · cout + 3`` cycles: every real weight, at its MacArray row and lane,
-         ``W = (Σ_k π[k] · w_k + 128) >> 8`` with ``K`` multipliers
-         (``weight_bits × 9``) reading the ``K`` kernels side by side in one memory row;
+       * MIXW: every real weight (padding weights stay 0: they only meet masked inputs or
+         don't-care outputs), at its MacArray row and lane, ``W = (Σ_k π[k] · w_k + 128)
+         >> 8``; the ``K`` kernels' weights sit side by side in one memory row. Either
+         *parallel*, ``cin · cout + 3`` cycles on ``K`` dedicated ``weight_bits × 9``
+         multipliers, or *serial*, ``K · cin · cout + 4`` cycles on the shared multiplier:
+         the geometry picks the one with the smaller multipliers × cycles (DESIGN.md §3's
+         efficiency): K more multipliers idle during the conv pay off only where mixing is
+         a large part of the image (small maps, many MAC lanes);
        * MIXB, ``cout · K + 4`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on the
          shared multiplier (the attention is idle while the mixer runs).
     4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
@@ -81,7 +86,7 @@ class DynamicConv1x1(wiring.Component):
         T = max(R, P),  R = H · W · NBi
         P = X + max(D + 2, F + 3 + A)
         A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
-        X = (cin · cout + 3) + (cout · K + 4)                               mixing
+        X = MIXW + (cout · K + 4)                                           mixing
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
                                                                             map beat taken
@@ -189,17 +194,8 @@ class DynamicConv1x1(wiring.Component):
         # The shared multiplier's signed operand: a pooled sum, d, an att weight or a bias.
         a_bits = max(sum_bits + 1, d_bits, 32, weight_bits)
         mac = MacArray.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
-        phases = {
-            "pool": cin + RQ_PIPE,
-            "att": K * cin + 3,
-            "exp": K + RQ_PIPE + 1,
-            "div": (PI_BITS) * K,
-            "mixw": cin * cout + 3,
-            "mixb": cout * K + 4,
-        }
         conv = ho * wo * nbi * nbo
-        att = phases["pool"] + phases["att"] + phases["exp"] + phases["div"]
-        mix = phases["mixw"] + phases["mixb"]
+        receive = height * width * nbi
         # From the start of FEED: the last output beat leaves after the first pixel's NBi
         # beats, the conv's issue cycles and the MacArray latency; the last map beat enters
         # the MacArray when its input bank frees (two pixels buffered, then one every
@@ -207,14 +203,35 @@ class DynamicConv1x1(wiring.Component):
         pixels = ho * wo
         drain = nbi + conv + mac["latency"]
         feed = nbi if pixels == 1 else nbi * (2 + (pixels - 2) * nbo)
-        # Mixing starts 2 cycles after the previous drain, or 3 + att after its feed ended
-        # (the attention of this image runs in the MacArray's tail of the previous one).
-        process = mix + max(drain + 2, feed + 3 + att)
-        receive = height * width * nbi
+
+        def timing(parallel):
+            phases = {
+                "pool": cin + RQ_PIPE,
+                "att": K * cin + 3,
+                "exp": K + RQ_PIPE + 1,
+                "div": PI_BITS * K,
+                "mixw": cin * cout + 3 if parallel else cin * cout * K + 4,
+                "mixb": cout * K + 4,
+            }
+            att = phases["pool"] + phases["att"] + phases["exp"] + phases["div"]
+            mix = phases["mixw"] + phases["mixb"]
+            # Mixing starts 2 cycles after the previous drain, or 3 + att after its feed
+            # ended (this image's attention runs in the MacArray's tail of the previous one).
+            process = mix + max(drain + 2, feed + 3 + att)
+            return phases, att, mix, process, max(receive, process)
+
+        # Weight mixing on K dedicated multipliers (one weight per cycle) or on the shared
+        # one (K cycles per weight): whichever gives the smaller multipliers x cycles, the
+        # DESIGN.md §3 efficiency measure (K more multipliers idle during the conv pay off
+        # only when mixing is a large part of the image, e.g. on small maps).
+        base = p_in * p_out + (mac["rq_lanes"] if requant else 0) + 1
+        par, ser = timing(True), timing(False)
+        parallel = (base + K) * par[4] < base * ser[4]
+        phases, att, mix, process, cycles = par if parallel else ser
         return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
                     d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
-                    attention=att, mixing=mix, drain=drain, feed=feed,
-                    receive=receive, cycles=max(receive, process), mac_latency=mac["latency"],
+                    attention=att, mixing=mix, drain=drain, feed=feed, mix_parallel=parallel,
+                    receive=receive, cycles=cycles, mac_latency=mac["latency"],
                     map_rows=ho * wo * nbi)
 
     @classmethod
@@ -224,8 +241,10 @@ class DynamicConv1x1(wiring.Component):
 
         Multipliers: the MacArray's (``p_in · p_out`` MACs and its shared Requant lanes),
         one shared multiplier (``a_bits`` signed × 16 unsigned: the two rq steps, the
-        attention MAC and the bias mixing, never at the same time) and ``K`` weight-mixing
-        multipliers (``weight_bits`` × 9); the divider is LUT logic. Memories: the two-bank map,
+        attention MAC, the bias mixing and the serial weight mixing, never at the same time)
+        and ``K`` weight-mixing
+        multipliers (``weight_bits`` × 9) when the weights are mixed in parallel (see the
+        class docstring); the divider is LUT logic. Memories: the two-bank map,
         the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table and the
         MacArray's. Cycles: see the class docstring.
         """
@@ -239,10 +258,10 @@ class DynamicConv1x1(wiring.Component):
                             weight_bits=weight_bits, act_bits=act_bits, requant=requant)
         mults = [Multiplier(f"mac.{x.name}", x.count, x.a_bits, x.a_signed, x.b_bits,
                             x.b_signed, x.y_bits) for x in mac.multipliers]
-        mults += [
-            Multiplier.amaranth("att_shared", 1, g["a_bits"], True, M_BITS, False),
-            Multiplier.amaranth("mix_weight", K, weight_bits, True, PI_BITS, False),
-        ]
+        mults.append(Multiplier.amaranth("att_shared", 1, g["a_bits"], True, M_BITS, False))
+        if g["mix_parallel"]:
+            mults.append(Multiplier.amaranth("mix_weight", K, weight_bits, True, PI_BITS,
+                                             False))
         mems = [
             MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
             MemorySpec("kernel_weights", max(nbo * nbi * p_in * p_out, 2), K * weight_bits),
@@ -517,19 +536,41 @@ class DynamicConv1x1(wiring.Component):
         wrow, wlane = Signal.like(row_base), Signal.like(lane_base)
         m.d.comb += [wrow.eq(row_base + ji), wlane.eq(lane_base + li),
                      kw_rd.addr.eq(const_mul(wrow, P) + wlane)]
+        parallel = g["mix_parallel"]
+        wk = _index(K, "mixw_k")                       # serial mixing: kernel of this cycle
         mw_v1, mw_row1, mw_lane1 = Signal(), Signal.like(wrow), Signal.like(wlane)
-        mw_prods = [Signal(signed(wb + PI_BITS + 1), name=f"mix_prod{k}") for k in range(K)]
-        for k in range(K):
-            m.d.sync += mw_prods[k].eq(kw_rd.data[k] * pi[k])
+        mw_k1 = Signal.like(wk)
         mw_v2, mw_row2, mw_lane2 = Signal(), Signal.like(wrow), Signal.like(wlane)
-        m.d.sync += [mw_v2.eq(mw_v1), mw_row2.eq(mw_row1), mw_lane2.eq(mw_lane1)]
-        mw_sum = Signal(signed(wb + PI_BITS + 1 + ceil_log2(K)))
-        total = mw_prods[0]
-        for k in range(1, K):
-            total = total + mw_prods[k]
-        m.d.sync += mw_sum.eq(total)
+        mw_k2 = Signal.like(wk)
         mw_v3, mw_row3, mw_lane3 = Signal(), Signal.like(wrow), Signal.like(wlane)
-        m.d.sync += [mw_v3.eq(mw_v2), mw_row3.eq(mw_row2), mw_lane3.eq(mw_lane2)]
+        mw_k3 = Signal.like(wk)
+        m.d.sync += [mw_v2.eq(mw_v1), mw_row2.eq(mw_row1), mw_lane2.eq(mw_lane1),
+                     mw_k2.eq(mw_k1), mw_v3.eq(mw_v2), mw_row3.eq(mw_row2),
+                     mw_lane3.eq(mw_lane2), mw_k3.eq(mw_k2)]
+        mw_sum = Signal(signed(max(wb, 32) + PI_BITS + 1 + ceil_log2(K)))
+        mw_done = Signal()                             # mw_sum is a finished weight
+        if parallel:
+            # K products (one per kernel) per cycle, then their sum: one weight per cycle.
+            mw_prods = [Signal(signed(wb + PI_BITS + 1), name=f"mix_prod{k}")
+                        for k in range(K)]
+            for k in range(K):
+                m.d.sync += mw_prods[k].eq(kw_rd.data[k] * pi[k])
+            total = mw_prods[0]
+            for k in range(1, K):
+                total = total + mw_prods[k]
+            m.d.sync += mw_sum.eq(total)
+            m.d.comb += mw_done.eq(mw_v3)
+        else:
+            # One product per cycle on the shared multiplier (operands at stage 1, product
+            # at stage 2), accumulated over the K kernels at stage 3.
+            with m.If(mw_v1):
+                m.d.sync += [rq_a0.eq(Array([kw_rd.data[k] for k in range(K)])[mw_k1]),
+                             rq_m0.eq(Array(pi)[mw_k1])]
+            mw_acc = Signal.like(mw_sum)
+            m.d.comb += mw_sum.eq(Mux(mw_k3 == 0, 0, mw_acc) + rq_p1)
+            with m.If(mw_v3):
+                m.d.sync += mw_acc.eq(mw_sum)
+            m.d.comb += mw_done.eq(mw_v3 & (mw_k3 == K - 1))
 
         # MIXB datapath: read b_k[o], product with pi[k], accumulate over k, round, beat.
         bo, bk = _index(cout, "mixb_o"), _index(K, "mixb_k")
@@ -551,7 +592,7 @@ class DynamicConv1x1(wiring.Component):
 
         # The mixer's parameter beat (one register, both mixing phases).
         m.d.sync += mix_valid.eq(0)
-        with m.If(mw_v3):
+        with m.If(mw_done):
             m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
                          mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(mw_row3),
                          mix_beat.lane.eq(mw_lane3),
@@ -651,22 +692,27 @@ class DynamicConv1x1(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += mixer_idle.eq(1)
                 with m.If(pi_ready & (outstanding == 0)):
-                    m.d.sync += [cnt.eq(0), mi.eq(0), ji.eq(0), li.eq(0),
+                    m.d.sync += [cnt.eq(0), mi.eq(0), ji.eq(0), li.eq(0), wk.eq(0),
                                  lo.eq(0), row_base.eq(0), lane_base.eq(0),
                                  pi_ready.eq(0)]
                     m.next = "MIXW"
             with m.State("MIXW"):
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < cin * cout):
-                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane)]
-                    with m.If(mi == cin - 1):
+                with m.If(cnt < phases["mixw"] - (3 if parallel else 4)):
+                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
+                                 mw_k1.eq(wk)]
+                    # Serial: the same weight for K cycles (kernel wk), then the next one.
+                    next_weight = 1 if parallel else wk == K - 1
+                    if not parallel:
+                        m.d.sync += wk.eq(Mux(wk == K - 1, 0, wk + 1))
+                    with m.If(next_weight & (mi == cin - 1)):
                         m.d.sync += [mi.eq(0), ji.eq(0), li.eq(0)]
                         with m.If(lo == p_out - 1):
                             m.d.sync += [lo.eq(0), lane_base.eq(0),
                                          row_base.eq(row_base + nbi)]
                         with m.Else():
                             m.d.sync += [lo.eq(lo + 1), lane_base.eq(lane_base + p_in)]
-                    with m.Else():
+                    with m.Elif(next_weight):
                         m.d.sync += mi.eq(mi + 1)
                         with m.If(li == p_in - 1):
                             m.d.sync += [li.eq(0), ji.eq(ji + 1)]

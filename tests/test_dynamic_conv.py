@@ -145,12 +145,15 @@ def test_dynamic_conv_random(case):
     (5, 3, 5, 3, 2, 2, 2, 3, 2, True),      # odd sizes, stride 2, C not multiples of lanes
     (1, 1, 3, 4, 1, 4, 1, 2, 1, False),     # a 1x1 map, raw logits
     (4, 4, 7, 5, 3, 1, 1, 4, 3, True),
+    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # weights mixed on K dedicated multipliers
 ])
 def test_dynamic_conv_edges(shape):
     h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
     rng, _ = make_rng(f"test_dynamic_conv_edges[{shape}]")
-    one_case(rng, h=h, w=w, cin=cin, cout=cout, p_in=p_in, p_out=p_out, stride=stride,
-             kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3, p_stall=0.7)
+    dut = one_case(rng, h=h, w=w, cin=cin, cout=cout, p_in=p_in, p_out=p_out, stride=stride,
+                   kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3,
+                   p_stall=0.7)
+    assert dut.geo["mix_parallel"] == (cin == 9)
 
 
 @pytest.mark.parametrize("case", range(2))
@@ -235,18 +238,22 @@ def test_dynamic_conv_cycle_model_random(case):
                        rng.randint(2, 4), rng.randint(1, 3), rng.random() < 0.7))
 
 
-def test_dynamic_conv_cost_counts():
-    """The realistic case's multipliers and memories, as the class docstring states them."""
-    kw = dict(width=8, height=8, cin=16, cout=16, p_in=2, p_out=2, stride=1, kernels=4,
-              att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
+@pytest.mark.parametrize("lanes", [2, 4])
+def test_dynamic_conv_cost_counts(lanes):
+    """An 8x8, 16 -> 16, K 4 layer's multipliers and memories, as the docstrings state
+    them: on 2x2 MAC lanes the weights are mixed on the shared multiplier, on 4x4 (mixing a
+    larger part of the image) on K dedicated ones."""
+    kw = dict(width=8, height=8, cin=16, cout=16, p_in=lanes, p_out=lanes, stride=1,
+              kernels=4, att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
     cost = DynamicConv1x1.cost(**kw)
     names = {x.name: x.count for x in cost.multipliers}
-    assert names["mac.mac"] == 4 and names["mix_weight"] == 4
-    assert names["att_shared"] == 1 and len(names) == 4       # + the MacArray's requant
+    assert names["mac.mac"] == lanes * lanes and names["att_shared"] == 1
+    assert names.get("mix_weight", 0) == (4 if lanes == 4 else 0)
+    assert cost.multiplier_count == lanes * lanes + 1 + 1 + names.get("mix_weight", 0)
     mems = {x.name: (x.depth, x.width) for x in cost.memories}
-    assert mems["map"] == (2 * 64 * 8, 16)
+    assert mems["map"] == (2 * 64 * (16 // lanes), 8 * lanes)
     assert mems["kernel_weights"] == (256, 32)
-    assert cost.cycles == DynamicConv1x1(**kw).resources().cycles
+    assert cost.cycles == DynamicConv1x1.geometry(**kw)["cycles"]
 
 
 BASE = dict(width=4, height=4, cin=8, cout=8, p_in=2, p_out=2, stride=1, kernels=2,
