@@ -9,7 +9,11 @@ cycles per image with the pipeline fill included, never a steady-state figure).
 Usage::
 
     python benchmarks/random_networks.py [--count 8] [--images 40] [--seed 1]
-                                         [--simulator verilator]
+                                         [--simulator verilator] [--attention]
+
+``--attention`` adds the version-2 ops (``channel_attention``, ``spatial_attention``,
+``dynamic_conv1x1``): each network takes a random non-empty subset at random positions, with
+random k, K, t and random table contents.
 """
 
 import argparse
@@ -23,7 +27,7 @@ import numpy as np
 from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.models.artifact import save_artifact
 from shiftacc.sim.runner import simulate
-from shiftacc.models.netgen import random_model
+from shiftacc.models.netgen import ATTENTION_OPS, random_model
 
 
 def main():
@@ -34,6 +38,8 @@ def main():
     ap.add_argument("--simulator", default="verilator")
     ap.add_argument("--divisible", action="store_true",
                     help="only widths that are multiples of 4 (and a budget that keeps P | C)")
+    ap.add_argument("--attention", action="store_true",
+                    help="place the version-2 attention ops too (a random subset per network)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-random-"))
     print(f"seed {args.seed}")
@@ -44,9 +50,13 @@ def main():
     for k in range(args.count):
         rng = np.random.default_rng(args.seed * 1000 + k)
         size = (int(rng.integers(5, 13)), int(rng.integers(5, 13)))
+        attention = ()
+        if args.attention:
+            attention = tuple(op for op in ATTENTION_OPS if rng.random() < 0.6) or \
+                (ATTENTION_OPS[int(rng.integers(0, 3))],)
         model = random_model(rng, size=size, in_channels=int(rng.choice([1, 2, 3])),
                              blocks=int(rng.integers(1, 4)),
-                             width_multiple=4 if args.divisible else 1)
+                             width_multiple=4 if args.divisible else 1, attention=attention)
         path = tmp / f"net{k}.npz"
         model = save_artifact(path, model)
         cfg = load_config(overrides={"max_multipliers": int(rng.integers(16, 200))})
@@ -61,9 +71,11 @@ def main():
         bad = stalled["golden_mismatches"] + clean["golden_mismatches"]
         total_bad += bad
         cpi = clean["cycles_per_image"]
-        ops = "-".join(l.op.replace("conv1x1", "c").replace("replicate", "r")
-                       .replace("shift", "s").replace("maxpool2", "p").replace("gap", "g")
-                       if l.op != "conv1x1" or l.stride == 1 else "c/2" for l in model.layers)
+        short = {"conv1x1": "c", "replicate": "r", "shift": "s", "maxpool2": "p", "gap": "g",
+                 "channel_attention": "ECA", "spatial_attention": "SAM",
+                 "dynamic_conv1x1": "dyn"}
+        ops = "-".join(short[l.op] + ("/2" if l.stride == 2 and l.op.endswith("conv1x1")
+                                      else "") for l in model.layers)
         print(f"| {k} | {ops} {size[0]}x{size[1]}x{model.input_shape[2]} | "
               f"{model.act_bits}/{model.weight_bits} | {plan.multipliers} | "
               f"{stalled['golden_mismatches']} mismatches | "
