@@ -132,8 +132,15 @@ class DynamicConv1x1(wiring.Component):
     Attributes
     ----------
     i : In(pixel_stream(p_in, in_bits))
+        ``H · W`` pixels of ``NBi`` beats per image; positions are counted against the
+        elaboration-time shape (as GlobalAvgPool does), the input ``last`` is not needed.
+        Padding lanes are masked by the MacArray and never pooled into a used sum.
     o : Out(pixel_stream(p_out, act_bits)) or Out(pixel_stream(p_out, 32, is_signed=True))
+        ``Ho · Wo`` pixels of ``NBo`` beats per image, ``last`` on the image's final beat.
     params : In(param_bus_signature())
+        Parameter writes of this ``layer_id`` (see above); ``ready`` is always 1.
+    geo : dict
+        :meth:`geometry` of this instance (folds, widths, phase lengths, cycles).
 
     Raises
     ------
