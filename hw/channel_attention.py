@@ -39,8 +39,13 @@ entries), so neither side waits for the other: steady-state cycles per image are
 ``max(H·W·NB, C·(R + 1) + 9)``. The default ``conv_lanes`` is the smallest Q with
 ``C·(R + 1) + 9 <= H·W·NB`` (cycles = ``H·W·NB``, no overhead), or ``k`` when none fits
 (then the engine, ``2·C + 9``, sets the pace: tiny maps with many lanes). One multiplier
-(Q = 1, R = k) suffices whenever ``H·W·NB >= C·(k+1) + 9``, e.g. every map of 8×8 or more
-with ``k <= 7`` and ``lanes <= 8``.
+(Q = 1, R = k) suffices whenever ``H·W·NB >= C·(k+1) + 9``, e.g. on every map of 8×8 or
+more with ``lanes <= 8`` and ``k <= 5`` (``64·ceil(C/8) >= 6·C + 9``).
+
+Registers. Per channel: the running sum and its held copy (``sum_bits`` each, kept as a
+rotating ring and a shift chain, so neither needs a multiplexer), ``p`` and the two ``a``
+copies (shift chains in channel order); about ``2·sum_bits + act_bits + 18`` flip-flops
+per channel on top of a fixed ~400.
 
 Backpressure. ``i.ready`` is the FIFO's room and, on the last pixel, a free hold bank; the
 engine's CONV waits until the output has taken the previous ``a`` bank; the output waits for
