@@ -113,18 +113,24 @@ def test_qat_forward_is_the_golden_op(op, np_rng):
 
 
 def test_qat_gradients_reach_every_attention_parameter(np_rng):
-    mods = [_random_module(op, np_rng, 6, 8, 8)
-            for op in ("channel_attention", "spatial_attention", "dynamic_conv1x1")]
-    for mod, s_in in mods:
+    """The straight-through estimator passes gradients to the input and every parameter
+    (modules as initialised for training, typical activation scales)."""
+    torch.manual_seed(int(np_rng.integers(1 << 31)))
+    c, s_in = int(np_rng.integers(3, 20)), 0.02
+    mods = [ChannelAttention(c), SpatialAttention(c), DynamicConv1x1(c, 7, kernels=3)]
+    mods[1].uq.scale.fill_(0.01)
+    mods[2].aq.scale.fill_(0.05)
+    for mod in mods:
+        mod.bind_source(_source(s_in))
         set_qat(torch.nn.Sequential(mod), True)
-        x = torch.as_tensor(np_rng.integers(0, 256, (3, 6, 5, 5)), dtype=torch.float32) * s_in
+        x = torch.as_tensor(np_rng.integers(0, 256, (3, c, 5, 5)), dtype=torch.float32) * s_in
         x.requires_grad_(True)
         mod(x).square().sum().backward()
-        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert x.grad is not None and x.grad.abs().sum() > 0, mod.op
         for name, p in mod.named_parameters():
             if name.startswith("bn."):
                 continue  # BatchNorm is frozen (folded) in QAT, as for QConv
-            assert p.grad is not None, f"{mod.op}: no gradient for {name}"
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{mod.op}: no gradient for {name}"
 
 
 def test_uncalibrated_export_is_refused():
