@@ -211,35 +211,56 @@ class DynamicConv1x1(wiring.Component):
         drain = nbi + conv + mac["latency"]
         feed = nbi if pixels == 1 else nbi * (2 + (pixels - 2) * nbo)
 
-        def timing(parallel):
+        def timing(mode):
             phases = {
                 "pool": cin + RQ_PIPE,
                 "att": K * cin + 3,
                 "exp": K + RQ_PIPE + 1,
                 "div": PI_BITS * K,
-                "mixw": cin * cout + 3 if parallel else cin * cout * K + 4,
+                "mixw": {"parallel": cin * cout + 3, "serial": cin * cout * K + 4,
+                         "buffered": cin * cout * K + 4}[mode],
+                "copyw": cin * cout + 2,
                 "mixb": cout * K + 4,
             }
             att = phases["pool"] + phases["att"] + phases["exp"] + phases["div"]
-            mix = phases["mixw"] + phases["mixb"]
-            # Mixing starts 2 cycles after the previous drain, or 3 + att after its feed
-            # ended (this image's attention runs in the MacArray's tail of the previous one).
-            process = mix + max(drain + 2, feed + 3 + att)
+            if mode == "buffered":
+                # Attention and weight mixing (into a buffer) of the next image run during
+                # this image's conv, from the start of its feed; after the drain the buffer
+                # is copied into the MacArray and the biases are mixed.
+                att += phases["mixw"]
+                mix = phases["copyw"] + phases["mixb"]
+                process = mix + 2 + max(drain, att)
+            else:
+                mix = phases["mixw"] + phases["mixb"]
+                # Mixing starts 2 cycles after the previous drain, or 3 + att after its
+                # feed ended (the attention runs in the MacArray's tail of the previous one).
+                process = mix + max(drain + 2, feed + 3 + att)
             return phases, att, mix, process, max(receive, process)
 
-        # Weight mixing on K dedicated multipliers (one weight per cycle) or on the shared
-        # one (K cycles per weight): whichever gives the smaller multipliers x cycles, the
+        # Weight mixing on K dedicated multipliers (one weight per cycle), or on the shared
+        # one (K cycles per weight), either after the drain ("serial") or during the
+        # previous conv into a buffer ("buffered", where the next image is received in
+        # time, see below). The choice: the smallest multipliers x cycles, the
         # DESIGN.md §3 efficiency measure (K more multipliers idle during the conv pay off
         # only when mixing is a large part of the image, e.g. on small maps).
         base = p_in * p_out + (mac["rq_lanes"] if requant else 0) + 1
-        par, ser = timing(True), timing(False)
-        parallel = (base + K) * par[4] < base * ser[4]
-        phases, att, mix, process, cycles = par if parallel else ser
+        options = {"parallel": ((base + K), timing("parallel")),
+                   "serial": (base, timing("serial"))}
+        buf = timing("buffered")
+        # The next image is received R cycles after its bank frees (this image's feed
+        # end), i.e. ``late`` cycles after this image's feed start; its attention and
+        # mixing must still end before the drain, or start at the feed start (margins
+        # of 8 cycles keep the period the one-image chain, never a two-image one).
+        late = feed + receive - buf[3]
+        if receive + 8 <= buf[3] and (late + 8 <= 0 or late + buf[1] + 8 <= drain):
+            options["buffered"] = (base, buf)
+        mode = min(options, key=lambda k: (options[k][0] * options[k][1][4], k))
+        phases, att, mix, process, cycles = options[mode][1]
         return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
                     d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
-                    attention=att, mixing=mix, drain=drain, feed=feed, mix_parallel=parallel,
-                    receive=receive, cycles=cycles, mac_latency=mac["latency"],
-                    map_rows=ho * wo * nbi)
+                    attention=att, mixing=mix, drain=drain, feed=feed, mix_mode=mode,
+                    mix_parallel=mode == "parallel", receive=receive, cycles=cycles,
+                    mac_latency=mac["latency"], map_rows=ho * wo * nbi)
 
     @classmethod
     def cost(cls, *, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
@@ -271,6 +292,8 @@ class DynamicConv1x1(wiring.Component):
                                              False))
         mems = [
             MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
+        ] + ([MemorySpec("mixed_weights", max(cin * cout, 2), weight_bits)]
+             if g["mix_mode"] == "buffered" else []) + [
             MemorySpec("kernel_weights", max(nbo * nbi * p_in * p_out, 2), K * weight_bits),
             MemorySpec("kernel_bias", max(K * nbo * p_out, 2), 32),
             MemorySpec("att_weight", max(K * cin, 2), weight_bits),
@@ -599,11 +622,53 @@ class DynamicConv1x1(wiring.Component):
 
         # The mixer's parameter beat (one register, both mixing phases).
         m.d.sync += mix_valid.eq(0)
-        with m.If(mw_done):
-            m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
-                         mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(mw_row3),
-                         mix_beat.lane.eq(mw_lane3),
-                         mix_beat.data.eq((mw_sum + 128) >> 8)]
+        buffered = g["mix_mode"] == "buffered"
+        if buffered:
+            # Mixed weights go to a buffer (element order), copied after the drain.
+            m.submodules.mixed_weights = wbuf = memory.Memory(
+                shape=signed(wb), depth=max(cin * cout, 2), init=[])
+            wbuf_wp = wbuf.write_port()
+            wbuf_rd = wbuf.read_port(domain="sync")
+            wb_idx = _index(cin * cout, "mixed_idx")
+            m.d.comb += [wbuf_wp.addr.eq(wb_idx), wbuf_wp.data.eq((mw_sum + 128) >> 8),
+                         wbuf_wp.en.eq(mw_done)]
+            with m.If(mw_done):
+                m.d.sync += wb_idx.eq(wb_idx + 1)
+            cp_v1, cp_row1, cp_lane1 = Signal(), Signal.like(wrow), Signal.like(wlane)
+            m.d.sync += cp_v1.eq(0)
+            with m.If(cp_v1):
+                m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
+                             mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(cp_row1),
+                             mix_beat.lane.eq(cp_lane1), mix_beat.data.eq(wbuf_rd.data)]
+        else:
+            with m.If(mw_done):
+                m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
+                             mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(mw_row3),
+                             mix_beat.lane.eq(mw_lane3),
+                             mix_beat.data.eq((mw_sum + 128) >> 8)]
+
+        def reset_elements():
+            """Start the (o, i) walk over the real weights."""
+            return [mi.eq(0), ji.eq(0), li.eq(0), wk.eq(0), lo.eq(0), row_base.eq(0),
+                    lane_base.eq(0)]
+
+        def next_element(per_weight):
+            """Advance the walk: kernel wk (``per_weight`` = K, serial) then (o, i)."""
+            if per_weight > 1:
+                m.d.sync += wk.eq(Mux(wk == K - 1, 0, wk + 1))
+            step = 1 if per_weight == 1 else wk == K - 1
+            with m.If(step & (mi == cin - 1)):
+                m.d.sync += [mi.eq(0), ji.eq(0), li.eq(0)]
+                with m.If(lo == p_out - 1):
+                    m.d.sync += [lo.eq(0), lane_base.eq(0), row_base.eq(row_base + nbi)]
+                with m.Else():
+                    m.d.sync += [lo.eq(lo + 1), lane_base.eq(lane_base + p_in)]
+            with m.Elif(step):
+                m.d.sync += mi.eq(mi + 1)
+                with m.If(li == p_in - 1):
+                    m.d.sync += [li.eq(0), ji.eq(ji + 1)]
+                with m.Else():
+                    m.d.sync += li.eq(li + 1)
         # Output channel o's BIAS address (row o // p_out, lane o % p_out) as counters.
         b_row, b_lane = _index(nbo, "mixb_row"), _index(p_out, "mixb_lane")
         with m.If(mb_v3 & (mb_k3 == K - 1)):
@@ -638,15 +703,17 @@ class DynamicConv1x1(wiring.Component):
         pi_ready = Signal()
         mixer_idle = Signal()
         acnt = Signal.like(cnt)
+        abank = Signal()           # bank of the image being attended
+        start_ok = ~pi_ready if buffered else ~pi_ready & mixer_idle
         with m.FSM(name="attention"):
             with m.State("IDLE"):
-                with m.If(Mux(rbank, bank_full[1], bank_full[0]) & ~pi_ready & mixer_idle):
+                with m.If(Mux(abank, bank_full[1], bank_full[0]) & start_ok):
                     m.d.sync += acnt.eq(0)
                     m.next = "POOL"
             with m.State("POOL"):
                 m.d.sync += acnt.eq(acnt + 1)
                 with m.If(acnt < cin):
-                    sel = Mux(rbank, Array(flat_sums[1])[acnt], Array(flat_sums[0])[acnt])
+                    sel = Mux(abank, Array(flat_sums[1])[acnt], Array(flat_sums[0])[acnt])
                     m.d.sync += [rq_v0.eq(1), rq_mode0.eq(0), rq_a0.eq(sel),
                                  rq_m0.eq(pool_m), rq_sh0.eq(pool_sh), rq_tag0.eq(acnt)]
                 with m.If(acnt == phases["pool"] - 1):
@@ -687,10 +754,24 @@ class DynamicConv1x1(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += pi[k].eq(bit_q)
                     with m.If(dk == K - 1):
-                        m.d.sync += pi_ready.eq(1)
-                        m.next = "IDLE"
+                        if buffered:
+                            m.d.sync += [acnt.eq(0), wb_idx.eq(0)] + reset_elements()
+                            m.next = "BMIX"
+                        else:
+                            m.d.sync += [pi_ready.eq(1), abank.eq(~abank)]
+                            m.next = "IDLE"
                 with m.Else():
                     m.d.sync += dj.eq(dj + 1)
+            if buffered:
+                with m.State("BMIX"):
+                    # Serial weight mixing into the buffer, during the previous conv.
+                    m.d.sync += acnt.eq(acnt + 1)
+                    with m.If(acnt < cin * cout * K):
+                        m.d.sync += [mw_v1.eq(1), mw_k1.eq(wk)]
+                        next_element(K)
+                    with m.If(acnt == phases["mixw"] - 1):
+                        m.d.sync += [pi_ready.eq(1), abank.eq(~abank)]
+                        m.next = "IDLE"
 
         # ------------------------------------------------------------ mixer/feeder FSM
         # Mixing rewrites the MacArray's only weight set, so it waits until the previous
@@ -699,36 +780,35 @@ class DynamicConv1x1(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += mixer_idle.eq(1)
                 with m.If(pi_ready & (outstanding == 0)):
-                    m.d.sync += [cnt.eq(0), mi.eq(0), ji.eq(0), li.eq(0), wk.eq(0),
-                                 lo.eq(0), row_base.eq(0), lane_base.eq(0),
-                                 pi_ready.eq(0)]
-                    m.next = "MIXW"
-            with m.State("MIXW"):
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt < phases["mixw"] - (3 if parallel else 4)):
-                    m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
-                                 mw_k1.eq(wk)]
-                    # Serial: the same weight for K cycles (kernel wk), then the next one.
-                    next_weight = 1 if parallel else wk == K - 1
-                    if not parallel:
-                        m.d.sync += wk.eq(Mux(wk == K - 1, 0, wk + 1))
-                    with m.If(next_weight & (mi == cin - 1)):
-                        m.d.sync += [mi.eq(0), ji.eq(0), li.eq(0)]
-                        with m.If(lo == p_out - 1):
-                            m.d.sync += [lo.eq(0), lane_base.eq(0),
-                                         row_base.eq(row_base + nbi)]
-                        with m.Else():
-                            m.d.sync += [lo.eq(lo + 1), lane_base.eq(lane_base + p_in)]
-                    with m.Elif(next_weight):
-                        m.d.sync += mi.eq(mi + 1)
-                        with m.If(li == p_in - 1):
-                            m.d.sync += [li.eq(0), ji.eq(ji + 1)]
-                        with m.Else():
-                            m.d.sync += li.eq(li + 1)
-                with m.If(cnt == phases["mixw"] - 1):
-                    m.d.sync += [cnt.eq(0), bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0),
-                                 b_lane.eq(0)]
-                    m.next = "MIXB"
+                    m.d.sync += [cnt.eq(0)] + reset_elements()
+                    if buffered:
+                        m.next = "COPYW"
+                    else:
+                        m.d.sync += pi_ready.eq(0)
+                        m.next = "MIXW"
+            if buffered:
+                with m.State("COPYW"):
+                    # The buffered weights into the MacArray, one per cycle.
+                    m.d.sync += cnt.eq(cnt + 1)
+                    m.d.comb += wbuf_rd.addr.eq(cnt)
+                    with m.If(cnt < cin * cout):
+                        m.d.sync += [cp_v1.eq(1), cp_row1.eq(wrow), cp_lane1.eq(wlane)]
+                        next_element(1)
+                    with m.If(cnt == phases["copyw"] - 1):
+                        m.d.sync += [cnt.eq(0), bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0),
+                                     b_lane.eq(0)]
+                        m.next = "MIXB"
+            else:
+                with m.State("MIXW"):
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt < phases["mixw"] - (3 if parallel else 4)):
+                        m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
+                                     mw_k1.eq(wk)]
+                        next_element(1 if parallel else K)
+                    with m.If(cnt == phases["mixw"] - 1):
+                        m.d.sync += [cnt.eq(0), bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0),
+                                     b_lane.eq(0)]
+                        m.next = "MIXB"
             with m.State("MIXB"):
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt < cout * K):
@@ -739,6 +819,9 @@ class DynamicConv1x1(wiring.Component):
                         m.d.sync += [bk.eq(bk + 1), ba.eq(ba + nbo * p_out)]
                 with m.If(cnt == phases["mixb"] - 1):
                     m.d.sync += [fa.eq(0), f_more.eq(1)]
+                    if buffered:
+                        # pi and the buffer are free: the next image's attention may start.
+                        m.d.sync += pi_ready.eq(0)
                     m.next = "FEED"
             with m.State("FEED"):
                 with m.If(f_taken & f_last):

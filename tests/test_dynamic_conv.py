@@ -153,7 +153,7 @@ def test_dynamic_conv_edges(shape):
     dut = one_case(rng, h=h, w=w, cin=cin, cout=cout, p_in=p_in, p_out=p_out, stride=stride,
                    kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3,
                    p_stall=0.7)
-    assert dut.geo["mix_parallel"] == (cin == 9)
+    assert dut.geo["mix_mode"] == {9: "parallel", 5: "buffered", 7: "buffered"}.get(cin, "serial")
 
 
 @pytest.mark.parametrize("case", range(2))
@@ -204,21 +204,30 @@ def measure_case(rng, shape):
     return g
 
 
-@pytest.mark.parametrize("shape", [
-    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant)
-    (3, 4, 5, 6, 2, 2, 1, 3, 2, True),      # the attention is longer than the conv's tail
-    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # shared Requant lanes (3 groups); drain-bound
-    (3, 3, 2, 8, 1, 1, 1, 2, 1, True),      # drain-bound
-    (2, 2, 3, 3, 3, 3, 1, 2, 1, True),      # one beat per pixel, NBi * NBo = 1
-    (2, 3, 3, 2, 3, 1, 2, 2, 1, False),
-    (1, 1, 4, 3, 2, 2, 1, 2, 1, False),     # a 1x1 map: one pixel per image
+def regime(g):
+    """(weight-mixing mode, what bounds the period) of a geometry."""
+    if g["receive"] >= g["process"]:
+        return g["mix_mode"], "input"
+    if g["mix_mode"] == "buffered":
+        return g["mix_mode"], "drain" if g["drain"] >= g["attention"] else "attention"
+    drain = g["drain"] + 2 >= g["feed"] + 3 + g["attention"]
+    return g["mix_mode"], "drain" if drain else "attention"
+
+
+@pytest.mark.parametrize("shape, expect", [
+    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant), (mixing mode, bound)
+    ((3, 4, 5, 6, 2, 2, 1, 3, 2, True), ("buffered", "attention")),
+    ((3, 3, 2, 8, 1, 1, 1, 2, 1, True), ("buffered", "drain")),
+    ((2, 2, 9, 9, 1, 4, 1, 2, 1, True), ("parallel", "drain")),   # shared Requant, 3 groups
+    ((1, 1, 1, 5, 4, 4, 2, 2, 1, True), ("parallel", "attention")),
+    ((2, 2, 3, 3, 3, 3, 1, 2, 1, True), ("serial", "attention")),  # NBi * NBo = 1
+    ((2, 3, 3, 2, 3, 1, 2, 2, 1, False), ("serial", "attention")),
+    ((1, 1, 4, 3, 2, 2, 1, 2, 1, False), ("serial", "attention")),  # one pixel per image
 ])
-def test_dynamic_conv_cycle_model_is_exact(shape):
+def test_dynamic_conv_cycle_model_is_exact(shape, expect):
     rng, _ = make_rng(f"test_dynamic_conv_cycle_model_is_exact[{shape}]")
     g = measure_case(rng, shape)
-    assert g["process"] >= g["receive"]
-    drain_bound = g["drain"] + 2 >= g["feed"] + 3 + g["attention"]
-    assert drain_bound == (shape[3] in (8, 9)), "the case no longer tests its regime"
+    assert regime(g) == expect, "the case no longer tests its regime"
 
 
 def test_dynamic_conv_cycle_model_input_bound():
@@ -226,7 +235,7 @@ def test_dynamic_conv_cycle_model_input_bound():
     ping-pong map banks never hold the input off."""
     rng, _ = make_rng("test_dynamic_conv_cycle_model_input_bound")
     g = measure_case(rng, (8, 8, 2, 1, 1, 1, 2, 2, 3, True))
-    assert g["receive"] > g["process"]
+    assert g["receive"] > g["process"] and regime(g) == ("serial", "input")
 
 
 @pytest.mark.parametrize("case", range(4))
@@ -238,22 +247,27 @@ def test_dynamic_conv_cycle_model_random(case):
                        rng.randint(2, 4), rng.randint(1, 3), rng.random() < 0.7))
 
 
-@pytest.mark.parametrize("lanes", [2, 4])
-def test_dynamic_conv_cost_counts(lanes):
-    """An 8x8, 16 -> 16, K 4 layer's multipliers and memories, as the docstrings state
-    them: on 2x2 MAC lanes the weights are mixed on the shared multiplier, on 4x4 (mixing a
-    larger part of the image) on K dedicated ones."""
-    kw = dict(width=8, height=8, cin=16, cout=16, p_in=lanes, p_out=lanes, stride=1,
+@pytest.mark.parametrize("size, cout, lanes, mode", [(8, 16, 2, "buffered"),
+                                                     (8, 16, 4, "buffered"),
+                                                     (1, 10, 2, "parallel")])
+def test_dynamic_conv_cost_counts(size, cout, lanes, mode):
+    """Multipliers and memories as the docstrings state them: an 8x8 map mixes its weights
+    on the shared multiplier during the previous conv (into a buffer), a 1x1 map (a
+    classifier after gap, mixing K times the conv's MACs) on K dedicated ones."""
+    kw = dict(width=size, height=size, cin=16, cout=cout, p_in=lanes, p_out=lanes, stride=1,
               kernels=4, att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
     cost = DynamicConv1x1.cost(**kw)
+    g = DynamicConv1x1.geometry(**kw)
+    assert g["mix_mode"] == mode and cost.cycles == g["cycles"]
     names = {x.name: x.count for x in cost.multipliers}
     assert names["mac.mac"] == lanes * lanes and names["att_shared"] == 1
-    assert names.get("mix_weight", 0) == (4 if lanes == 4 else 0)
-    assert cost.multiplier_count == lanes * lanes + 1 + 1 + names.get("mix_weight", 0)
+    assert names.get("mix_weight", 0) == (4 if mode == "parallel" else 0)
+    assert cost.multiplier_count == lanes * lanes + 2 + names.get("mix_weight", 0)
     mems = {x.name: (x.depth, x.width) for x in cost.memories}
-    assert mems["map"] == (2 * 64 * (16 // lanes), 8 * lanes)
-    assert mems["kernel_weights"] == (256, 32)
-    assert cost.cycles == DynamicConv1x1.geometry(**kw)["cycles"]
+    assert mems["map"] == (2 * size * size * (16 // lanes), 8 * lanes)
+    nbo = -(-cout // lanes)
+    assert mems["kernel_weights"] == (nbo * (16 // lanes) * lanes * lanes, 32)
+    assert ("mixed_weights" in mems) == (mode == "buffered")
 
 
 BASE = dict(width=4, height=4, cin=8, cout=8, p_in=2, p_out=2, stride=1, kernels=2,
