@@ -47,9 +47,7 @@ class DynamicConv1x1(wiring.Component):
        ``in_bits + ceil(log2(ceil(H/t) · ceil(W/t)))`` bits). The next image is received into
        the other bank while this one is processed (ping-pong), so input never waits when the
        block is input-bound.
-    2. **Attention** (its own small sequencer, ``A`` cycles; it starts once the previous
-       image's map is all in the MacArray and this image is received, so it overlaps the
-       MacArray's tail of the previous image):
+    2. **Attention** (its own small sequencer, ``A`` cycles):
 
        * POOL, ``cin + 4`` cycles: ``p[c] = clamp(rq(S_t[c]), 0, A)`` through a one-lane
          rq unit (the block's one shared ``a_bits × 16`` multiplier, barrel shift, clamp);
@@ -59,46 +57,53 @@ class DynamicConv1x1(wiring.Component):
          through the same rq unit and the table (one block RAM), ``E = Σ e`` beside it;
        * DIV, ``9 · K`` cycles: ``π[k] = (256 · e[k]) // E`` by a restoring divider (one
          quotient bit per cycle; ``π <= 256`` has 9 bits; LUT logic, no multiplier).
-    3. **Mixing** (writes the MacArray's weight and bias memories through its parameter
-       port, at most one element per cycle):
+    3. **Mixing**: every real weight (padding weights stay 0: they only meet masked inputs
+       or don't-care outputs) ``W = (Σ_k π[k] · w_k + 128) >> 8`` (the ``K`` kernels'
+       weights sit side by side in one memory row) and every ``B[o] = (Σ_k π[k] · b_k[o] +
+       128) >> 8`` are written into the MacArray through its parameter port (one element
+       per cycle, at its MacArray row and lane). MIXB (biases) always takes
+       ``cout · K + 4`` cycles on the shared multiplier. The weights, by one of three
+       schedules (:meth:`geometry` picks the allowed one with the smallest multipliers ×
+       cycles, DESIGN.md §3's efficiency measure):
 
-       * MIXW: every real weight (padding weights stay 0: they only meet masked inputs or
-         don't-care outputs), at its MacArray row and lane, ``W = (Σ_k π[k] · w_k + 128)
-         >> 8``; the ``K`` kernels' weights sit side by side in one memory row. Either
-         *parallel*, ``cin · cout + 3`` cycles on ``K`` dedicated ``weight_bits × 9``
-         multipliers, or *serial*, ``K · cin · cout + 4`` cycles on the shared multiplier:
-         the geometry picks the one with the smaller multipliers × cycles (DESIGN.md §3's
-         efficiency): K more multipliers idle during the conv pay off only where mixing is
-         a large part of the image (small maps, many MAC lanes);
-       * MIXB, ``cout · K + 4`` cycles: ``B[o] = (Σ_k π[k] · b_k[o] + 128) >> 8`` on the
-         shared multiplier (the attention is idle while the mixer runs).
+       * *parallel*: MIXW, ``cin · cout + 3`` cycles on ``K`` dedicated ``weight_bits × 9``
+         multipliers, after the previous image's drain (pays off on small maps, where
+         mixing is a large part of the image: a classifier after gap mixes K times the
+         conv's MACs);
+       * *serial*: MIXW, ``K · cin · cout + 4`` cycles on the shared multiplier, after the
+         drain;
+       * *buffered*: the same serial mixing into a ``cin · cout`` weight buffer, done by the
+         attention sequencer right after DIV, i.e. during the previous image's conv; after
+         the drain only COPYW (``cin · cout + 2`` cycles) copies it into the MacArray.
+         Allowed where the next image is received early enough (see :meth:`geometry`).
     4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
        into the MacArray (``p_in × p_out`` multipliers, shared Requant, output FIFO, its own
        backpressure), whose output stream is this block's ``o``. The bank is free again once
        the last beat is in the MacArray.
 
-    The MacArray holds one weight set, so mixing for image ``n + 1`` waits until image ``n``'s
-    last output beat has left ``o`` (then every weight/bias/m/sh read of image ``n`` is
-    done): mixing does not overlap the conv (a second weight bank in the MacArray would
-    hide it). Steady-state cycles per image (images back to back, no stalls), exact and
-    measured in ``tests/test_dynamic_conv.py``::
+    The MacArray holds one weight set, so writing the weights of image ``n + 1`` waits until
+    image ``n``'s last output beat has left ``o`` (then every weight/bias/m/sh read of image
+    ``n`` is done; a second weight bank in the MacArray would hide this). The attention of
+    image ``n + 1`` starts when it is received and ``π`` is free: in the parallel/serial
+    schedules once image ``n``'s map is all in the MacArray (it overlaps the MacArray's
+    tail), in the buffered one at image ``n``'s feed start. Steady-state cycles per image
+    (images back to back, no stalls), exact and measured in ``tests/test_dynamic_conv.py``::
 
         T = max(R, P),  R = H · W · NBi
-        P = X + max(D + 2, F + 3 + A)
+        parallel/serial:  P = MIXW + MIXB + max(D + 2, F + 3 + A)
+        buffered:         P = COPYW + MIXB + 2 + max(D, A + MIXW)
         A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
-        X = MIXW + (cout · K + 4)                                           mixing
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
                                                                             map beat taken
 
     ``D``: the first pixel's ``NBi`` beats into the MacArray, its ``Ho · Wo · NBi · NBo``
     issue cycles and its :attr:`~hw.mac_array.MacArray.latency`. ``F``: the MacArray buffers
-    two pixels, then takes one every ``NBi · NBo`` cycles. Mixing of the next image starts 2
-    cycles after this image's drain (seen, WAIT left) or 3 + A cycles after its last map
-    beat went in (attention done, seen), whichever is later. Input-bound (``R >= P``) the
-    next image's receive never waits for a bank, so ``T = R``; otherwise ``T = P`` (image
-    ``n + 1`` is received between the release of its bank and the end of image ``n``'s
-    feed, as ``P >= R``).
+    two pixels, then takes one every ``NBi · NBo`` cycles. The weight writes of the next
+    image start 2 cycles after this image's drain (seen, WAIT left) or once the next
+    image's attention (and buffered mixing) is done and seen, whichever is later.
+    Input-bound (``R >= P``, parallel/serial only) the next image's receive never waits for
+    a bank, so ``T = R``; otherwise ``T = P``.
 
     Parameters (run time, :func:`hw.params.dynamic_conv_param_words`): kernel k's ``WEIGHT``
     rows ``k · NBo · NBi + conv row`` and ``BIAS`` rows ``k · NBo + o // p_out`` are stored in
@@ -189,8 +194,18 @@ class DynamicConv1x1(wiring.Component):
     @staticmethod
     def geometry(*, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
                  in_bits, weight_bits, act_bits, requant, layer_id=0):
-        """Folds, widths, phase lengths and cycles (a dict); the constructor and
-        :meth:`cost` both use it, so the planner counts what the RTL builds."""
+        """Folds, widths, phase lengths, the weight-mixing schedule and cycles (a dict);
+        the constructor and :meth:`cost` both use it, so the planner counts what the RTL
+        builds.
+
+        The buffered schedule is allowed only where its period is the one-image chain of
+        the class docstring: the next image, received ``R`` cycles after its bank frees
+        (this image's feed end, ``P - F`` cycles before the next feed start), is either in
+        8 cycles before this image's feed starts, or late by ``late = F + R - P`` cycles
+        but with its attention and mixing still ending 8 cycles before the drain; and the
+        block is not input-bound (``R + 8 <= P``). (Measured exact with zero margin as well;
+        the margins keep a two-image chain from ever setting the period.)
+        """
         K = kernels
         nbi, nbo = beats_per_pixel(cin, p_in), beats_per_pixel(cout, p_out)
         ho, wo = -(-height // stride), -(-width // stride)
@@ -273,8 +288,9 @@ class DynamicConv1x1(wiring.Component):
         and ``K`` weight-mixing
         multipliers (``weight_bits`` × 9) when the weights are mixed in parallel (see the
         class docstring); the divider is LUT logic. Memories: the two-bank map,
-        the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table and the
-        MacArray's. Cycles: see the class docstring.
+        the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table, the
+        mixed-weight buffer (buffered schedule) and the MacArray's. Cycles: see the class
+        docstring.
         """
         kw = cls._check(width=width, height=height, cin=cin, cout=cout, p_in=p_in,
                         p_out=p_out, stride=stride, kernels=kernels, att_step=att_step,
