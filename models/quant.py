@@ -19,7 +19,10 @@ the next activation is ``round(acc · s_w s_in / s_out)``, done in hardware as
 The gap's single ``(m, sh)`` also carries the ``1/(H·W)`` of the mean.
 
 Export refuses, with the layer named, anything DESIGN.md §1 cannot express: a residual add,
-a non-ReLU hidden activation, a shift layer still soft, an unknown module.
+a non-ReLU hidden activation, a shift layer still soft, an unknown module. The attention
+modules of :mod:`models.attention` export to the version-2 ops with the constants their QAT
+forward pass used (:meth:`~models.attention.AttentionBase.export_layer`); the file's version
+is the lowest that holds its ops.
 """
 
 from __future__ import annotations
