@@ -815,26 +815,19 @@ def _dynamic_lanes(model, i, layer, hw_in, t, prev_lanes, bits):
     cycles, so the conv1x1 rule alone would not do)."""
     h, w = hw_in
     best = None
+    # For each number of output folds only its fewest lanes can be best; cycles are not
+    # monotonic in p_out (the MacArray's latency grows with its Requant groups), so every
+    # such p_out is costed rather than bisected.
+    p_outs = sorted({_cdiv(layer.cout, nbo) for nbo in range(1, layer.cout + 1)})
     for p_in in range(1, layer.cin + 1):
-        lo, hi = 1, layer.cout
-        cost_at = {}
-
-        def cost(p_out):
-            if p_out not in cost_at:
-                cls, kw = _dynamic_block(h, w, layer, p_in, p_out, bits, model, i)
-                cost_at[p_out] = cls.cost(**kw)
-            return cost_at[p_out]
-        if cost(hi).cycles > t:
-            continue
-        while lo < hi:                            # cycles fall as p_out grows
-            mid = (lo + hi) // 2
-            if cost(mid).cycles <= t:
-                hi = mid
-            else:
-                lo = mid + 1
-        key = (cost(lo).multiplier_count, p_in != prev_lanes, cost(lo).cycles)
-        if best is None or key < best[0]:
-            best = (key, p_in, lo)
+        for p_out in p_outs:
+            cls, kw = _dynamic_block(h, w, layer, p_in, p_out, bits, model, i)
+            cost = cls.cost(**kw)
+            if cost.cycles > t:
+                continue
+            key = (cost.multiplier_count, p_in != prev_lanes, cost.cycles)
+            if best is None or key < best[0]:
+                best = (key, p_in, p_out)
     return None if best is None else (best[1], best[2])
 
 
@@ -849,7 +842,7 @@ def _own_cycles(model, i, layer, shape, bits):
     out = set()
     if layer.op == "dynamic_conv1x1":
         for p_in in range(1, layer.cin + 1):
-            for p_out in {1, layer.cout, *range(1, layer.cout + 1, max(1, layer.cout // 8))}:
+            for p_out in {_cdiv(layer.cout, nbo) for nbo in range(1, layer.cout + 1)}:
                 cls, kw = _dynamic_block(h, w, layer, p_in, p_out, bits, model, i)
                 out.add(cls.cost(**kw).cycles)
         return out
