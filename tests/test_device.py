@@ -626,3 +626,30 @@ def test_protocol_error_on_a_reply_that_does_not_fit(net, seed):
         dev.load(model)
         with pytest.raises(ProtocolError, match="logits"):
             dev.infer(_images(seed, 3))
+
+
+def test_attention_network_through_the_driver(seed):
+    """Version-2 layers over the link: the device model rebuilds every table, matrix and
+    scalar from the words it received, and the logits are golden's; other values of the
+    same topology give other (still golden) logits."""
+    from shiftacc.models.netgen import ATTENTION_OPS
+    model = _digits_like(seed, attention=ATTENTION_OPS)
+    plan = plan_network(model)
+    other = copy.deepcopy(model)
+    rng = np.random.default_rng(seed)
+    for layer in other.layers:
+        if layer.lut is not None:
+            layer.lut = rng.integers(0, 257, 256).astype(np.uint16)
+        if layer.exp_lut is not None:
+            layer.exp_lut = rng.integers(1, 65536, 256).astype(np.uint16)
+        if layer.op == "spatial_attention":
+            layer.bias, layer.z_m = layer.bias + 50, max(1, layer.z_m - 7)
+    images = _images(seed, 40)
+    want, want_other = golden.run(model, images), golden.run(other, images)
+    assert (want != want_other).any()
+    dm, port, dev = _device((model, plan))
+    with dev:
+        dev.load(other)
+        np.testing.assert_array_equal(dev.infer(images), want_other)
+        dev.load(model)
+        np.testing.assert_array_equal(dev.infer(images), want)
