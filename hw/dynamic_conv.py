@@ -7,7 +7,9 @@ into one conv1x1 weight/bias set, and the image is convolved with it by a
 :class:`~hw.mac_array.MacArray`.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+import re
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -20,6 +22,11 @@ from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["DynamicConv1x1"]
 
+C0 = Const(0, 1)
+#: Weight-mixing schedules (see the class docstring); ``mix_mode=None`` picks the best,
+#: ``"bank_rowN"`` / ``"bank_rowNxL"`` force row mixing of N kernels (and L lanes) per cycle.
+MIX_MODES = ("parallel", "serial", "buffered", "bank_serial", "bank_row")
+
 #: Width of a mixing coefficient π (0..256).
 PI_BITS = 9
 #: Width of an exp-table entry (uint16 in the artifact).
@@ -27,6 +34,14 @@ LUT_BITS = 16
 #: Cycles from issuing an operand to the shared rq unit to its result being usable
 #: (operand register, product, shift/saturate, round/clamp, result write).
 RQ_PIPE = 4
+#: Banked schedules: cycles of the attention sequencer per image beyond its phases (IDLE,
+#: the MacArray-bank wait state).
+SEQ_GAP = 2
+#: Banked schedules: cycles of a map bank's use beyond receive, attention, mixing and feed.
+SPAN_GAP = 4
+#: Banked schedules: slack demanded of the two-image chains (so that the period is the
+#: one-image chain, exact, rather than half a two-image one).
+MARGIN = 16
 
 
 def _index(count, name):
@@ -155,12 +170,13 @@ class DynamicConv1x1(wiring.Component):
     """
 
     def __init__(self, *, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
-                 in_bits, weight_bits, act_bits, requant, layer_id=0):
+                 in_bits, weight_bits, act_bits, requant, layer_id=0, mix_mode=None):
         self._cost_args = self._check(width=width, height=height, cin=cin, cout=cout,
                                       p_in=p_in, p_out=p_out, stride=stride, kernels=kernels,
                                       att_step=att_step, in_bits=in_bits,
                                       weight_bits=weight_bits, act_bits=act_bits,
-                                      requant=requant, layer_id=layer_id)
+                                      requant=requant, layer_id=layer_id,
+                                      mix_mode=mix_mode)
         self.width, self.height, self.cin, self.cout = width, height, cin, cout
         self.p_in, self.p_out, self.stride, self.kernels = p_in, p_out, stride, kernels
         self.att_step, self.in_bits, self.weight_bits = att_step, in_bits, weight_bits
@@ -189,11 +205,18 @@ class DynamicConv1x1(wiring.Component):
         require_int(name, "layer_id", kw["layer_id"], 0, 255)
         if not isinstance(kw["requant"], bool):
             raise ValueError(f"{name}: requant must be a bool, got {kw['requant']!r}")
+        if kw.get("mix_mode") is None:
+            kw.pop("mix_mode", None)
+        elif kw["mix_mode"] not in MIX_MODES and not (
+                isinstance(kw["mix_mode"], str)
+                and re.fullmatch(r"bank_row\d+(x\d+)?", kw["mix_mode"])):
+            raise ValueError(f"{name}: mix_mode must be one of {MIX_MODES} or None, got "
+                             f"{kw['mix_mode']!r}")
         return kw
 
     @staticmethod
     def geometry(*, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
-                 in_bits, weight_bits, act_bits, requant, layer_id=0):
+                 in_bits, weight_bits, act_bits, requant, layer_id=0, mix_mode=None):
         """Folds, widths, phase lengths, the weight-mixing schedule and cycles (a dict);
         the constructor and :meth:`cost` both use it, so the planner counts what the RTL
         builds.
@@ -269,17 +292,69 @@ class DynamicConv1x1(wiring.Component):
         late = feed + receive - buf[3]
         if receive + 8 <= buf[3] and (late + 8 <= 0 or late + buf[1] + 8 <= drain):
             options["buffered"] = (base, buf)
+        att0 = sum(options["serial"][1][0][x] for x in ("pool", "att", "exp", "div"))
+        nr, lanes = nbo * nbi, p_in * p_out
+
+        def banked(mixw, mixb):
+            """Mixing into the MacArray's second weight bank (overlapping the previous conv):
+            period and whether it is the one-image chain (see the class docstring)."""
+            mix = mixw if mixb is None else max(mixw, mixb)
+            seq = att0 + mix + SEQ_GAP
+            period = max(receive, conv, seq)
+            # Two-image chains (a map bank from receive start to its last feed, a MacArray
+            # bank from mixing start to drain) must not set the period: margin MARGIN.
+            span = receive + att0 + mix + feed + SPAN_GAP
+            ok = span + MARGIN <= 2 * period and drain + mix + MARGIN <= 2 * period
+            return mix, seq, period, ok
+
+        mixb = cout * K + 4
+        # Serial mixing on the shared multiplier, then the biases (one sequencer).
+        mixw = cin * cout * K + 4
+        mix, seq, period, ok = banked(mixw + mixb, None)
+        if ok:
+            phases = dict(options["serial"][1][0], mixw=mixw, mixb=mixb)
+            options["bank_serial"] = (base, (phases, att0, mix, seq, period))
+        # Rows: kpc kernels x lpc of a row's p_in * p_out weights per cycle (kpc * lpc
+        # multipliers), ceil(K / kpc) * ceil(P / lpc) cycles per row, the biases beside it
+        # on the shared multiplier.
+        for kpc in range(1, K + 1):
+            groups = -(-K // kpc)
+            if kpc > 1 and -(-K // (kpc - 1)) == groups:
+                continue                      # as many cycles with fewer multipliers
+            for lpc in range(1, lanes + 1):
+                sub = -(-lanes // lpc)
+                if lpc > 1 and -(-lanes // (lpc - 1)) == sub:
+                    continue
+                mixw = groups * nr * sub + 3
+                mix, seq, period, ok = banked(mixw, mixb)
+                if ok:
+                    phases = dict(options["serial"][1][0], mixw=mixw, mixb=mixb)
+                    options[f"bank_row{kpc}x{lpc}"] = (
+                        base + kpc * lpc, (phases, att0, mix, seq, period))
+        if mix_mode is not None:
+            # A forced schedule (tests, comparisons): only it competes.
+            options = {k: v for k, v in options.items()
+                       if k == mix_mode or k.startswith(mix_mode + "x")
+                       or (mix_mode == "bank_row" and k.startswith(mix_mode))}
+            if not options:
+                raise ValueError(f"DynamicConv1x1: mix_mode {mix_mode!r} is not allowed for "
+                                 f"this shape (see DynamicConv1x1.geometry)")
         mode = min(options, key=lambda k: (options[k][0] * options[k][1][4], k))
         phases, att, mix, process, cycles = options[mode][1]
+        kpc, lpc = map(int, mode[8:].split("x")) if mode.startswith("bank_row") else (0, 0)
         return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
                     d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
-                    attention=att, mixing=mix, drain=drain, feed=feed, mix_mode=mode,
+                    attention=att, mixing=mix, drain=drain, feed=feed,
+                    mix_mode="bank_row" if kpc else mode, mix_kpc=kpc, mix_lpc=lpc,
+                    mix_groups=-(-K // kpc) if kpc else 0,
+                    mix_sub=-(-(p_in * p_out) // lpc) if kpc else 0,
+                    banked=mode.startswith("bank_"),
                     mix_parallel=mode == "parallel", receive=receive, cycles=cycles,
                     mac_latency=mac["latency"], map_rows=ho * wo * nbi)
 
     @classmethod
     def cost(cls, *, width, height, cin, cout, p_in, p_out, stride, kernels, att_step,
-             in_bits, weight_bits, act_bits, requant, layer_id=0):
+             in_bits, weight_bits, act_bits, requant, layer_id=0, mix_mode=None):
         """Resources as built (see :mod:`hw.resources`).
 
         Multipliers: the MacArray's (``p_in · p_out`` MACs and its shared Requant lanes),
@@ -295,22 +370,29 @@ class DynamicConv1x1(wiring.Component):
         kw = cls._check(width=width, height=height, cin=cin, cout=cout, p_in=p_in,
                         p_out=p_out, stride=stride, kernels=kernels, att_step=att_step,
                         in_bits=in_bits, weight_bits=weight_bits, act_bits=act_bits,
-                        requant=requant, layer_id=layer_id)
+                        requant=requant, layer_id=layer_id, mix_mode=mix_mode)
         g = cls.geometry(**kw)
         K, nbi, nbo = kernels, g["nbi"], g["nbo"]
         mac = MacArray.cost(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=in_bits,
-                            weight_bits=weight_bits, act_bits=act_bits, requant=requant)
+                            weight_bits=weight_bits, act_bits=act_bits, requant=requant,
+                            banks=2 if g["banked"] else 1)
         mults = [Multiplier(f"mac.{x.name}", x.count, x.a_bits, x.a_signed, x.b_bits,
                             x.b_signed, x.y_bits) for x in mac.multipliers]
         mults.append(Multiplier.amaranth("att_shared", 1, g["a_bits"], True, M_BITS, False))
         if g["mix_parallel"]:
             mults.append(Multiplier.amaranth("mix_weight", K, weight_bits, True, PI_BITS,
                                              False))
+        if g["mix_mode"] == "bank_row":
+            mults.append(Multiplier.amaranth("mix_weight", g["mix_kpc"] * g["mix_lpc"],
+                                             weight_bits, True, PI_BITS, False))
         mems = [
             MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
         ] + ([MemorySpec("mixed_weights", max(cin * cout, 2), weight_bits)]
              if g["mix_mode"] == "buffered" else []) + [
-            MemorySpec("kernel_weights", max(nbo * nbi * p_in * p_out, 2), K * weight_bits),
+            (MemorySpec("kernel_weights", max(g["mix_groups"] * nbo * nbi, 2),
+                        g["mix_kpc"] * p_in * p_out * weight_bits)
+             if g["mix_mode"] == "bank_row" else
+             MemorySpec("kernel_weights", max(nbo * nbi * p_in * p_out, 2), K * weight_bits)),
             MemorySpec("kernel_bias", max(K * nbo * p_out, 2), 32),
             MemorySpec("att_weight", max(K * cin, 2), weight_bits),
             MemorySpec("exp_lut", 256, LUT_BITS),
@@ -333,9 +415,11 @@ class DynamicConv1x1(wiring.Component):
         NR, P = nbo * nbi, p_in * p_out       # MacArray weight rows, lanes
         top = (1 << ab) - 1
 
+        banked, row_mode = g["banked"], g["mix_mode"] == "bank_row"
         m.submodules.mac = mac = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out,
                                           in_bits=ib, weight_bits=wb, act_bits=ab,
-                                          requant=self.requant, layer_id=self.layer_id)
+                                          requant=self.requant, layer_id=self.layer_id,
+                                          banks=2 if banked else 1)
         wiring.connect(m, mac.o, wiring.flipped(self.o))
 
         # ------------------------------------------------------------ parameter decode
@@ -373,13 +457,24 @@ class DynamicConv1x1(wiring.Component):
         lut_rd = lut_mem.read_port(domain="sync")
 
         # Kernel weights: element k of row (conv row · P + lane) is kernel k's weight, so one
-        # read gives the K values mixed into one MacArray weight.
-        m.submodules.kernel_weights = kw_mem = memory.Memory(
-            shape=data.ArrayLayout(signed(wb), K), depth=max(NR * P, 2), init=[])
+        # read gives the K values mixed into one MacArray weight. Row mixing (bank_row):
+        # element j · P + lane of row g · NR + conv row is kernel g · kpc + j's weight, so one
+        # read gives kpc kernels' whole MacArray rows.
+        kpc, groups = g["mix_kpc"], g["mix_groups"]
+        if row_mode:
+            m.submodules.kernel_weights = kw_mem = memory.Memory(
+                shape=data.ArrayLayout(signed(wb), kpc * P), depth=max(groups * NR, 2),
+                init=[])
+        else:
+            m.submodules.kernel_weights = kw_mem = memory.Memory(
+                shape=data.ArrayLayout(signed(wb), K), depth=max(NR * P, 2), init=[])
         wp = kw_mem.write_port(granularity=1)
         kw_write = kind(ParamKind.WEIGHT) & (par.row < K * NR) & (par.lane < P)
         bank = Signal(range(K + 1))
         bank_row = Signal(16)
+        if row_mode:
+            grp_base = Signal(range(max(groups * NR, 2)))
+            sub = Signal(range(max(kpc, 2)))
         for k in range(K):
             # (row >= 0 is always true: the first bank has no lower compare.)
             in_bank = par.row < (k + 1) * NR
@@ -387,9 +482,17 @@ class DynamicConv1x1(wiring.Component):
                 in_bank &= par.row >= k * NR
             with m.If(in_bank):
                 m.d.comb += [bank.eq(k), bank_row.eq(par.row - k * NR)]
-        m.d.comb += wp.addr.eq(const_mul(bank_row, P) + par.lane)
-        for k in range(K):
-            m.d.comb += [wp.data[k].eq(par.data), wp.en[k].eq(kw_write & (bank == k))]
+                if row_mode:
+                    m.d.comb += [grp_base.eq((k // kpc) * NR), sub.eq(k % kpc)]
+        if row_mode:
+            m.d.comb += wp.addr.eq(grp_base + bank_row)
+            for e in range(kpc * P):
+                m.d.comb += [wp.data[e].eq(par.data),
+                             wp.en[e].eq(kw_write & (sub == e // P) & (par.lane == e % P))]
+        else:
+            m.d.comb += wp.addr.eq(const_mul(bank_row, P) + par.lane)
+            for k in range(K):
+                m.d.comb += [wp.data[k].eq(par.data), wp.en[k].eq(kw_write & (bank == k))]
         kw_rd = kw_mem.read_port(domain="sync")
 
         # Kernel biases: b_k[o] at k * NBo * p_out + o = row * p_out + lane.
@@ -413,6 +516,9 @@ class DynamicConv1x1(wiring.Component):
         sum_layout = data.ArrayLayout(unsigned(g["sum_bits"]), p_in)
         sums = [[Signal(sum_layout, name=f"sum{b}_{j}") for j in range(nbi)] for b in range(2)]
         bank_full = [Signal(name=f"bank_full{b}") for b in range(2)]
+        # Banked schedules: a received image not yet attended (its bank stays full until
+        # its feed ends, long after its attention when the sequencer runs ahead).
+        fresh = [Signal(name=f"fresh{b}") for b in range(2)]
         wbank = Signal()
         beat = _index(nbi, "beat")
         x, y = _index(W, "x"), _index(H, "y")
@@ -454,6 +560,8 @@ class DynamicConv1x1(wiring.Component):
                         for b in range(2):
                             with m.If(wbank == b):
                                 m.d.sync += bank_full[b].eq(1)
+                                if banked:
+                                    m.d.sync += fresh[b].eq(1)
                     with m.Else():
                         m.d.sync += [y.eq(y + 1), ty.eq(Mux(ty == t - 1, 0, ty + 1)),
                                      sy.eq(Mux(sy == s - 1, 0, sy + 1))]
@@ -465,10 +573,11 @@ class DynamicConv1x1(wiring.Component):
 
         # ------------------------------------------------------------ engine state
         rbank = Signal()
-        outstanding = Signal(2)         # images fed to the MacArray, last beat not yet out
         out_last = self.o.valid & self.o.ready & self.o.payload.last
         feed_done = Signal()
-        m.d.sync += outstanding.eq(outstanding + feed_done - out_last)
+        if not banked:
+            outstanding = Signal(2)     # images fed to the MacArray, last beat not yet out
+            m.d.sync += outstanding.eq(outstanding + feed_done - out_last)
 
         phases = g["phases"]
         cnt = Signal(range(max(max(phases.values()), 2) + 1))
@@ -580,8 +689,9 @@ class DynamicConv1x1(wiring.Component):
         row_base = _index(NR, "mixw_row_base")         # jo * NBi
         lane_base = _index(P, "mixw_lane_base")        # lo * p_in
         wrow, wlane = Signal.like(row_base), Signal.like(lane_base)
-        m.d.comb += [wrow.eq(row_base + ji), wlane.eq(lane_base + li),
-                     kw_rd.addr.eq(const_mul(wrow, P) + wlane)]
+        m.d.comb += [wrow.eq(row_base + ji), wlane.eq(lane_base + li)]
+        if not row_mode:
+            m.d.comb += kw_rd.addr.eq(const_mul(wrow, P) + wlane)
         parallel = g["mix_parallel"]
         wk = _index(K, "mixw_k")                       # serial mixing: kernel of this cycle
         mw_v1, mw_row1, mw_lane1 = Signal(), Signal.like(wrow), Signal.like(wlane)
@@ -636,6 +746,62 @@ class DynamicConv1x1(wiring.Component):
         with m.If(mb_v3):
             m.d.sync += mb_acc.eq(mb_new)
 
+        # Banked schedules: the MacArray bank of the image being mixed (abank, below) as
+        # a row offset of the parameter port.
+        abank = Signal()           # bank of the image being attended / mixed
+        w_off = Mux(abank, NR, 0) if banked else 0
+        b_off = Mux(abank, nbo, 0) if banked else 0
+
+        # Row mixing (bank_row): kernel-memory row rg · NR + rr holds kpc kernels' MacArray
+        # row rr. Per cycle (sub-step rs of ``sub``) lanes rs · lpc .. rs · lpc + lpc - 1 of
+        # the kpc kernels are multiplied by their pi (kpc · lpc multipliers, stage 1), summed
+        # over the kpc kernels and accumulated over the ceil(K / kpc) groups per lane
+        # (stage 2); after the last group's last sub-step the rounded row is written into
+        # the MacArray's other weight bank through its row port (stage 3).
+        lpc, sub = g["mix_lpc"], g["mix_sub"]
+        if row_mode:
+            rr, rg = _index(NR, "rmix_row"), _index(groups, "rmix_grp")
+            rs = _index(sub, "rmix_sub")
+            raddr = _index(groups * NR, "rmix_addr")
+            m.d.comb += kw_rd.addr.eq(raddr)
+            rm_v1, rm_g1, rm_r1, rm_s1 = Signal(), Signal.like(rg), Signal.like(rr), Signal.like(rs)
+            rm_v2, rm_g2, rm_r2, rm_s2 = Signal(), Signal.like(rg), Signal.like(rr), Signal.like(rs)
+            m.d.sync += [rm_v2.eq(rm_v1), rm_g2.eq(rm_g1), rm_r2.eq(rm_r1), rm_s2.eq(rm_s1)]
+            rprods = [Signal(signed(wb + PI_BITS + 1), name=f"rmix_prod{e}")
+                      for e in range(kpc * lpc)]
+            zero_w = Const(0, signed(wb))
+            for j in range(kpc):
+                pij = Array([pi[gi * kpc + j] if gi * kpc + j < K else C0
+                             for gi in range(groups)])[rm_g1]
+                for q in range(lpc):
+                    w_sel = Array([kw_rd.data[j * P + s_ * lpc + q] if s_ * lpc + q < P
+                                   else zero_w for s_ in range(sub)])[rm_s1]
+                    m.d.sync += rprods[j * lpc + q].eq(w_sel * pij)
+            racc = [Signal(signed(wb + PI_BITS + 1 + ceil_log2(K)), name=f"rmix_acc{lane}")
+                    for lane in range(P)]
+            wr_valid, wr_row = Signal(), Signal.like(rr)
+            wr_data = [Signal(signed(wb), name=f"rmix_w{lane}") for lane in range(P)]
+            m.d.sync += wr_valid.eq(rm_v2 & (rm_g2 == groups - 1) & (rm_s2 == sub - 1))
+            for lane in range(P):
+                q = lane % lpc
+                total = rprods[q]
+                for j in range(1, kpc):
+                    total = total + rprods[j * lpc + q]
+                new_acc = Signal.like(racc[lane], name=f"rmix_new{lane}")
+                m.d.comb += new_acc.eq(Mux(rm_g2 == 0, 0, racc[lane]) + total)
+                with m.If(rm_v2 & (rm_s2 == lane // lpc)):
+                    m.d.sync += [racc[lane].eq(new_acc), wr_data[lane].eq((new_acc + 128) >> 8)]
+            with m.If(rm_v2):
+                m.d.sync += wr_row.eq(rm_r2)
+            wr_bank = Signal()
+            m.d.sync += wr_bank.eq(abank)
+            m.d.comb += [mac.wrow.valid.eq(wr_valid), mac.wrow.bank.eq(wr_bank),
+                         mac.wrow.row.eq(wr_row)]
+            for lane in range(P):
+                m.d.comb += mac.wrow.data[lane].eq(wr_data[lane])
+        elif banked:
+            m.d.comb += mac.wrow.valid.eq(0)
+
         # The mixer's parameter beat (one register, both mixing phases).
         m.d.sync += mix_valid.eq(0)
         buffered = g["mix_mode"] == "buffered"
@@ -659,7 +825,8 @@ class DynamicConv1x1(wiring.Component):
         else:
             with m.If(mw_done):
                 m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
-                             mix_beat.kind.eq(ParamKind.WEIGHT), mix_beat.row.eq(mw_row3),
+                             mix_beat.kind.eq(ParamKind.WEIGHT),
+                             mix_beat.row.eq(mw_row3 + w_off),
                              mix_beat.lane.eq(mw_lane3),
                              mix_beat.data.eq((mw_sum + 128) >> 8)]
 
@@ -689,7 +856,7 @@ class DynamicConv1x1(wiring.Component):
         b_row, b_lane = _index(nbo, "mixb_row"), _index(p_out, "mixb_lane")
         with m.If(mb_v3 & (mb_k3 == K - 1)):
             m.d.sync += [mix_valid.eq(1), mix_beat.layer.eq(self.layer_id),
-                         mix_beat.kind.eq(ParamKind.BIAS), mix_beat.row.eq(b_row),
+                         mix_beat.kind.eq(ParamKind.BIAS), mix_beat.row.eq(b_row + b_off),
                          mix_beat.lane.eq(b_lane),
                          mix_beat.data.eq((mb_new + 128) >> 8)]
             with m.If(b_lane == p_out - 1):
@@ -705,26 +872,59 @@ class DynamicConv1x1(wiring.Component):
         m.d.comb += [mac.i.valid.eq(f_valid), mac.i.payload.data.eq(map_rd.data),
                      mac.i.payload.last.eq(f_last)]
         fetch = Signal()
-        m.d.comb += [fetch.eq(f_more & (~f_valid | f_taken)),
-                     map_rd.en.eq(fetch), map_rd.addr.eq(Mux(rbank, NF, 0) + fa)]
+        m.d.comb += [map_rd.en.eq(fetch), map_rd.addr.eq(Mux(rbank, NF, 0) + fa)]
         m.d.sync += f_valid.eq(fetch | (f_valid & ~f_taken))
-        with m.If(fetch):
-            m.d.sync += [fa.eq(fa + 1), f_more.eq(fa != NF - 1), f_last.eq(fa == NF - 1)]
+        # Banked schedules: an image is fed as soon as it is mixed (mready of its bank),
+        # straight after the previous one (no gap: the MacArray never starves between
+        # images); its last fetch frees its map bank. Map bank = MacArray bank = image
+        # parity, so the beat's weight bank is the bank it was read from.
+        mready = [Signal(name=f"mixed{b}") for b in range(2)]
+        mbusy = [Signal(name=f"mac_bank_busy{b}") for b in range(2)]
+        if banked:
+            f_sel = Signal()
+            m.d.comb += [fetch.eq(Mux(rbank, mready[1], mready[0]) & (~f_valid | f_taken)),
+                         mac.wsel.eq(f_sel)]
+            with m.If(fetch):
+                m.d.sync += [fa.eq(Mux(fa == NF - 1, 0, fa + 1)), f_last.eq(fa == NF - 1),
+                             f_sel.eq(rbank)]
+                with m.If(fa == NF - 1):
+                    m.d.sync += rbank.eq(~rbank)
+                    for b in range(2):
+                        with m.If(rbank == b):
+                            m.d.sync += [bank_full[b].eq(0), mready[b].eq(0)]
+            # A MacArray bank is free once the image that used it has left o.
+            dbank = Signal()
+            with m.If(out_last):
+                m.d.sync += dbank.eq(~dbank)
+                for b in range(2):
+                    with m.If(dbank == b):
+                        m.d.sync += mbusy[b].eq(0)
+        else:
+            m.d.comb += fetch.eq(f_more & (~f_valid | f_taken))
+            with m.If(fetch):
+                m.d.sync += [fa.eq(fa + 1), f_more.eq(fa != NF - 1), f_last.eq(fa == NF - 1)]
 
         # ------------------------------------------------------------ attention FSM
         # Runs while the mixer/feeder is in WAIT (the previous image's feed is done, so
         # rbank is this image's bank and pi of the previous image has been consumed); its
         # work overlaps the MacArray's tail of the previous image.
         m.d.sync += [rq_v0.eq(0), at_v1.eq(0), mw_v1.eq(0), mb_v1.eq(0)]
+        if row_mode:
+            m.d.sync += rm_v1.eq(0)
         pi_ready = Signal()
         mixer_idle = Signal()
         acnt = Signal.like(cnt)
-        abank = Signal()           # bank of the image being attended
-        start_ok = ~pi_ready if buffered else ~pi_ready & mixer_idle
+        start_ok = 1 if banked else ~pi_ready if buffered else ~pi_ready & mixer_idle
         with m.FSM(name="attention"):
             with m.State("IDLE"):
-                with m.If(Mux(abank, bank_full[1], bank_full[0]) & start_ok):
+                full = Mux(abank, fresh[1], fresh[0]) if banked else \
+                    Mux(abank, bank_full[1], bank_full[0])
+                with m.If(full & start_ok):
                     m.d.sync += acnt.eq(0)
+                    if banked:
+                        for b in range(2):
+                            with m.If(abank == b):
+                                m.d.sync += fresh[b].eq(0)
                     m.next = "POOL"
             with m.State("POOL"):
                 m.d.sync += acnt.eq(acnt + 1)
@@ -770,7 +970,9 @@ class DynamicConv1x1(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += pi[k].eq(bit_q)
                     with m.If(dk == K - 1):
-                        if buffered:
+                        if banked:
+                            m.next = "BANKWAIT"
+                        elif buffered:
                             m.d.sync += [acnt.eq(0), wb_idx.eq(0)] + reset_elements()
                             m.next = "BMIX"
                         else:
@@ -778,6 +980,76 @@ class DynamicConv1x1(wiring.Component):
                             m.next = "IDLE"
                 with m.Else():
                     m.d.sync += dj.eq(dj + 1)
+            if banked:
+                def start_mixb():
+                    return [bo.eq(0), bk.eq(0), ba.eq(0), b_row.eq(0), b_lane.eq(0)]
+
+                def issue_mixb():
+                    """One bias-mixing product (b_k[o] · pi[k]) on the shared multiplier."""
+                    m.d.sync += [mb_v1.eq(1), mb_k1.eq(bk)]
+                    with m.If(bk == K - 1):
+                        m.d.sync += [bk.eq(0), bo.eq(bo + 1), ba.eq(bo + 1)]
+                    with m.Else():
+                        m.d.sync += [bk.eq(bk + 1), ba.eq(ba + nbo * p_out)]
+
+                def finish():
+                    """This image's weights and biases are in its MacArray bank."""
+                    for b in range(2):
+                        with m.If(abank == b):
+                            m.d.sync += mready[b].eq(1)
+                    m.d.sync += abank.eq(~abank)
+                    m.next = "IDLE"
+
+                with m.State("BANKWAIT"):
+                    # The MacArray bank of this image is free once the image two before
+                    # has left o.
+                    with m.If(~Mux(abank, mbusy[1], mbusy[0])):
+                        for b in range(2):
+                            with m.If(abank == b):
+                                m.d.sync += mbusy[b].eq(1)
+                        m.d.sync += [acnt.eq(0)] + reset_elements() + start_mixb()
+                        if row_mode:
+                            m.d.sync += [rr.eq(0), rg.eq(0), rs.eq(0), raddr.eq(0)]
+                            m.next = "MIX"
+                        else:
+                            m.next = "MIXW"
+                if row_mode:
+                    with m.State("MIX"):
+                        # Whole weight rows (row mixer) and biases (shared multiplier) at
+                        # the same time.
+                        m.d.sync += acnt.eq(acnt + 1)
+                        with m.If(acnt < groups * NR * sub):
+                            m.d.sync += [rm_v1.eq(1), rm_g1.eq(rg), rm_r1.eq(rr), rm_s1.eq(rs)]
+                            with m.If(rs == sub - 1):
+                                m.d.sync += rs.eq(0)
+                                with m.If(rg == groups - 1):
+                                    m.d.sync += [rg.eq(0), rr.eq(rr + 1), raddr.eq(rr + 1)]
+                                with m.Else():
+                                    m.d.sync += [rg.eq(rg + 1), raddr.eq(raddr + NR)]
+                            with m.Else():
+                                m.d.sync += rs.eq(rs + 1)
+                        with m.If(acnt < cout * K):
+                            issue_mixb()
+                        with m.If(acnt == max(phases["mixw"], phases["mixb"]) - 1):
+                            finish()
+                else:
+                    with m.State("MIXW"):
+                        # Serial weight mixing on the shared multiplier, element by element
+                        # into the other MacArray bank (parameter port, row + NR).
+                        m.d.sync += acnt.eq(acnt + 1)
+                        with m.If(acnt < cin * cout * K):
+                            m.d.sync += [mw_v1.eq(1), mw_row1.eq(wrow), mw_lane1.eq(wlane),
+                                         mw_k1.eq(wk)]
+                            next_element(K)
+                        with m.If(acnt == phases["mixw"] - 1):
+                            m.d.sync += acnt.eq(0)
+                            m.next = "MIXB"
+                    with m.State("MIXB"):
+                        m.d.sync += acnt.eq(acnt + 1)
+                        with m.If(acnt < cout * K):
+                            issue_mixb()
+                        with m.If(acnt == phases["mixb"] - 1):
+                            finish()
             if buffered:
                 with m.State("BMIX"):
                     # Serial weight mixing into the buffer, during the previous conv.
@@ -789,6 +1061,8 @@ class DynamicConv1x1(wiring.Component):
                         m.d.sync += [pi_ready.eq(1), abank.eq(~abank)]
                         m.next = "IDLE"
 
+        if banked:
+            return m
         # ------------------------------------------------------------ mixer/feeder FSM
         # Mixing rewrites the MacArray's only weight set, so it waits until the previous
         # image's last output beat has left (outstanding == 0).

@@ -76,6 +76,16 @@ class MacArray(wiring.Component):
     their weights are never written, so stay 0). Output lanes of channels ``>= cout`` carry
     don't-care values, as the pixel-stream convention allows.
 
+    Two weight banks (``banks=2``, for a producer that rewrites the weights per image, e.g.
+    :class:`~hw.dynamic_conv.DynamicConv1x1`): the weight and bias memories get a second bank
+    of the same shape (rows ``NR .. 2·NR - 1`` resp. bias rows ``nbo .. 2·nbo - 1`` on the
+    parameter port), every input beat carries its bank on the side input ``wsel`` (sampled
+    with the beat, kept with its pixel and piped beside it to the bias read), and ``wrow``
+    writes a whole weight row (``p_in · p_out`` weights) in one cycle. So the weights of the
+    next image can be written into one bank while this image is computed from the other.
+    ``m``/``sh`` stay single. With ``banks=1`` (the default) the block is the plain conv1x1
+    engine, port for port and memory for memory.
+
     Parameters
     ----------
     cin, cout : int
@@ -92,6 +102,8 @@ class MacArray(wiring.Component):
         Requantize (hidden layers) or output the raw int32 accumulator (classifier).
     layer_id : int
         Layer index compared with ``params.payload.layer``.
+    banks : int
+        1 (default) or 2 weight/bias banks (see above).
 
     Attributes
     ----------
@@ -102,6 +114,11 @@ class MacArray(wiring.Component):
         input beat carried ``last``.
     params : In(param_bus_signature())
         Parameter writes (WEIGHT, BIAS, M, SH of this ``layer_id``); ``ready`` is always 1.
+    wsel : In(1)
+        ``banks=2`` only: weight/bias bank of the beat on ``i``.
+    wrow : In(valid, bank, row, data[p_in · p_out])
+        ``banks=2`` only: a whole weight row written (``data`` element ``lo · p_in + li``, the
+        parameter-port lane order); it has priority over a WEIGHT beat on ``params``.
     nbi, nbo : int
         Input / output beats per pixel.
     cycles_per_pixel : int
@@ -124,13 +141,15 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
-                 requant=True, layer_id=0):
+                 requant=True, layer_id=0, banks=1):
         for name, value in (("cin", cin), ("cout", cout), ("p_in", p_in), ("p_out", p_out)):
             require_int("MacArray", name, value, 1)
         require_int("MacArray", "in_bits", in_bits, 1, 16)
         require_int("MacArray", "weight_bits", weight_bits, 2, 16)
         require_int("MacArray", "act_bits", act_bits, 1, 16)
         require_int("MacArray", "layer_id", layer_id, 0, 255)
+        require_int("MacArray", "banks", banks, 1, 2)
+        self.banks = banks
         self.cin, self.cout = cin, cout
         self.p_in, self.p_out = p_in, p_out
         self.in_bits, self.weight_bits, self.act_bits = in_bits, weight_bits, act_bits
@@ -146,15 +165,23 @@ class MacArray(wiring.Component):
         self.fifo_depth = geo["fifo_depth"]
         self._cost_args = dict(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=in_bits,
                                weight_bits=weight_bits, act_bits=act_bits, requant=requant)
+        if banks != 1:
+            self._cost_args["banks"] = banks
         if self.requant:
             out_sig = pixel_stream(p_out, act_bits)
         else:
             out_sig = pixel_stream(p_out, 32, is_signed=True)
-        super().__init__({
+        members = {
             "i": In(pixel_stream(p_in, in_bits)),
             "o": Out(out_sig),
             "params": In(param_bus_signature()),
-        })
+        }
+        if banks == 2:
+            members["wsel"] = In(1)
+            members["wrow"] = In(data.StructLayout({
+                "valid": 1, "bank": 1, "row": range(max(self.nbi * self.nbo, 2)),
+                "data": data.ArrayLayout(signed(weight_bits), p_in * p_out)}))
+        super().__init__(members)
 
     @staticmethod
     def geometry(*, cin, cout, p_in, p_out, requant=True):
@@ -189,29 +216,31 @@ class MacArray(wiring.Component):
 
     @classmethod
     def cost(cls, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits, requant=True,
-             pixels=1, layer_id=0):
+             pixels=1, layer_id=0, banks=1):
         """Resources of a MacArray as built (see :mod:`hw.resources`).
 
         Multipliers: ``p_in * p_out`` weight × activation products (signed ``weight_bits`` ×
         unsigned ``in_bits``) and, with ``requant``, ``rq_lanes`` Requant products (signed
         32-bit accumulator × unsigned 16-bit ``m``). Memories: the weight, bias (and m, sh)
-        RAMs in their hardware shapes and the output FIFO. Cycles: ``pixels * NBi * NBo``
-        (every multiplier busy every cycle in steady state).
+        RAMs in their hardware shapes and the output FIFO (``banks=2``: weight and bias RAMs
+        of twice the rows). Cycles: ``pixels * NBi * NBo`` (every multiplier busy every cycle
+        in steady state).
         """
         g = cls.geometry(cin=cin, cout=cout, p_in=p_in, p_out=p_out, requant=requant)
         nbi, nbo = g["nbi"], g["nbo"]
         mults = [Multiplier.amaranth("mac", p_in * p_out, weight_bits, True, in_bits, False)]
         # Parameter RAMs: as param_mem() builds them (at least 2 rows).
-        mems = [MemorySpec("weights", max(nbo * nbi, 2), p_in * p_out * weight_bits)]
+        mems = [MemorySpec("weights", max(banks * nbo * nbi, 2), p_in * p_out * weight_bits)]
         if requant:
             r, groups = g["rq_lanes"], g["rq_groups"]
             mults.append(Multiplier.amaranth("requant", r, 32, True, M_BITS, False))
             rows = max(nbo * groups, 2)
-            mems += [MemorySpec("bias", rows, r * 32), MemorySpec("mult", rows, r * M_BITS),
+            mems += [MemorySpec("bias", max(banks * nbo * groups, 2), r * 32),
+                     MemorySpec("mult", rows, r * M_BITS),
                      MemorySpec("shift", rows, r * SH_BITS)]
             out_width = p_out * act_bits + 1
         else:
-            mems.append(MemorySpec("bias", max(nbo, 2), p_out * 32))
+            mems.append(MemorySpec("bias", max(banks * nbo, 2), p_out * 32))
             out_width = p_out * 32 + 1
         mems += fifo_memories("fifo", out_width, g["fifo_depth"])
         return Cost(cycles=pixels * nbi * nbo, multipliers=mults, memories=mems)
@@ -231,11 +260,13 @@ class MacArray(wiring.Component):
         par = self.params.payload
         mine = self.params.valid & (par.layer == self.layer_id)
 
-        def param_mem(name, elem, lanes, depth, kind, per_row=None):
+        def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
             is stored at row ``row * G + lane // per_row``, element ``lane % per_row``, with
             ``G = ceil(lanes / per_row)`` (``per_row = lanes``: the params.py layout itself).
-            Narrow rows let a shared Requant read its group's constants directly."""
+            Narrow rows let a shared Requant read its group's constants directly. ``banks``
+            copies follow one another (bank b at rows ``b · depth ..`` on the port)."""
+            depth = depth * banks
             per_row = lanes if per_row is None else per_row
             groups = -(-lanes // per_row)
             # At least 2 rows: a 1-row memory would have a zero-width address.
@@ -262,20 +293,34 @@ class MacArray(wiring.Component):
                 m.d.comb += wp.addr.eq(const_mul(par.row, groups) + sub_row)
                 for e in range(per_row):
                     m.d.comb += wp.en[e].eq(write & lane_ok & (elem_sel == e))
+            if name == "weights" and banks == 2:
+                # The row-wide write port (priority over the parameter port): all lanes.
+                wr = self.wrow
+                with m.If(wr.valid):
+                    m.d.comb += wp.addr.eq(Mux(wr.bank, nbo * nbi, 0) + wr.row)
+                    for e in range(per_row):
+                        m.d.comb += [wp.en[e].eq(1), wp.data[e].eq(wr.data[e])]
+                with m.Else():
+                    for e in range(per_row):
+                        # Truncation of the 32-bit word to the element width is intended.
+                        m.d.comb += wp.data[e].eq(par.data)
+                return mem.read_port(domain="sync")
             for e in range(per_row):
                 # Truncation of the 32-bit word to the element width is intended.
                 m.d.comb += wp.data[e].eq(par.data)
             return mem.read_port(domain="sync")
 
-        w_rd = param_mem("weights", signed(wb), p_in * p_out, nbo * nbi, ParamKind.WEIGHT)
+        nb = self.banks
+        w_rd = param_mem("weights", signed(wb), p_in * p_out, nbo * nbi, ParamKind.WEIGHT,
+                         banks=nb)
         if self.requant:
             # Constants of a shared Requant: one row per (output beat, lane group).
             r = self.rq_lanes
-            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, r)
+            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, r, banks=nb)
             m_rd = param_mem("mult", unsigned(M_BITS), p_out, nbo, ParamKind.M, r)
             s_rd = param_mem("shift", unsigned(SH_BITS), p_out, nbo, ParamKind.SH, r)
         else:
-            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS)
+            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, banks=nb)
 
         # ---------------------------------------------------------------- input double buffer
         bank_regs = [Signal(beat_layout, name=f"xbuf{b}_{k}")
@@ -296,6 +341,14 @@ class MacArray(wiring.Component):
                 m.d.comb += masked[k].eq(Mux(wbeat == nbi - 1, 0, lane))
             else:
                 m.d.comb += masked[k].eq(lane)
+
+        # banks=2: the weight bank of each pixel bank, taken with its beats.
+        bank_sel = [Signal(name=f"bank_sel{b}") for b in range(2)]
+        if self.banks == 2:
+            with m.If(self.i.valid & self.i.ready):
+                for b in range(2):
+                    with m.If(wbank == b):
+                        m.d.sync += bank_sel[b].eq(self.wsel)
 
         with m.If(self.i.valid & self.i.ready):
             with m.Switch(Mux(wbank, nbi, 0) + wbeat):
@@ -339,7 +392,11 @@ class MacArray(wiring.Component):
         m.d.sync += pending.eq(pending + (issue & last_fold) - out_taken)
 
         # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
-        m.d.comb += w_rd.addr.eq(row)
+        sel0 = Mux(rbank, bank_sel[1], bank_sel[0])
+        if self.banks == 2:
+            m.d.comb += w_rd.addr.eq(Mux(sel0, nbi * nbo, 0) + row)
+        else:
+            m.d.comb += w_rd.addr.eq(row)
         x1 = Signal(beat_layout)
         v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
         j1 = _index(nbo, "j1")
@@ -378,17 +435,26 @@ class MacArray(wiring.Component):
                 m.d.sync += accs[o].eq(Mux(first3, 0, accs[o]) + psums[o])
         v4, last4 = Signal(), Signal()
         m.d.sync += [v4.eq(v3 & lastf3), last4.eq(last3)]
+        # banks=2: the beat's bank, piped beside it to the bias read.
+        sel = [Signal(name=f"sel{k}") for k in range(1, 5)] if self.banks == 2 else None
+        if sel:
+            m.d.sync += [sel[0].eq(sel0), sel[1].eq(sel[0]), sel[2].eq(sel[1]),
+                         sel[3].eq(sel[2])]
 
         out_layout = self.o.payload.shape()
         m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
                                                           depth=self.fifo_depth)
         beat = Signal(out_layout)
         if self.requant:
-            self._requant_tail(m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo)
+            self._requant_tail(m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo,
+                               sel[3] if sel else None)
         else:
             # Stage 4 -> 5: + bias (row read started in stage 3), wrapping to int32 (exact,
             # see the class docstring); then straight to the FIFO.
-            m.d.comb += b_rd.addr.eq(j3)
+            if sel:
+                m.d.comb += b_rd.addr.eq(Mux(sel[2], nbo, 0) + j3)
+            else:
+                m.d.comb += b_rd.addr.eq(j3)
             res = [Signal(signed(32), name=f"res{o}") for o in range(p_out)]
             for o in range(p_out):
                 m.d.sync += res[o].eq(accs[o] + b_rd.data[o])
@@ -402,7 +468,7 @@ class MacArray(wiring.Component):
         wiring.connect(m, ofifo.r_stream, wiring.flipped(self.o))
         return m
 
-    def _requant_tail(self, m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo):
+    def _requant_tail(self, m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo, sel4=None):
         """Accumulators -> (+ bias) -> shared Requant -> gathered output beat -> FIFO."""
         p_out, r, groups = self.p_out, self.rq_lanes, self.rq_groups
         grp_bits = max(1, (groups - 1).bit_length())
@@ -434,7 +500,15 @@ class MacArray(wiring.Component):
         crow = _index(self.nbo * groups, "const_row")
         with m.If(feed):
             m.d.sync += crow.eq(Mux(crow == self.nbo * groups - 1, 0, crow + 1))
-        m.d.comb += [b_rd.addr.eq(crow), m_rd.addr.eq(crow), s_rd.addr.eq(crow)]
+        if sel4 is None:
+            m.d.comb += b_rd.addr.eq(crow)
+        else:
+            # The beat's bias bank (held with its sums until the next beat).
+            sel5 = Signal()
+            with m.If(v4):
+                m.d.sync += sel5.eq(sel4)
+            m.d.comb += b_rd.addr.eq(Mux(sel5, self.nbo * groups, 0) + crow)
+        m.d.comb += [m_rd.addr.eq(crow), s_rd.addr.eq(crow)]
 
         f1_valid = Signal()
         f1_tag = Signal(grp_bits + 1)

@@ -101,17 +101,17 @@ def check(got, want, cout, p_out):
 
 def one_case(rng, *, h, w, cin, cout, p_in, p_out, stride, kernels, att_step, in_bits=8,
              weight_bits=8, act_bits=8, requant=True, n_img=3, p_idle=0.0, p_stall=0.0,
-             layer_id=3, big_lut=False):
+             layer_id=3, big_lut=False, mix_mode=None):
     print(f"H={h} W={w} cin={cin} cout={cout} p_in={p_in} p_out={p_out} s={stride} "
           f"K={kernels} t={att_step} bits={in_bits}/{weight_bits}/{act_bits} "
-          f"requant={requant} idle={p_idle} stall={p_stall}")
+          f"requant={requant} idle={p_idle} stall={p_stall} mix_mode={mix_mode}")
     layer = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
                          att_step=att_step, in_bits=in_bits, weight_bits=weight_bits,
                          act_bits=act_bits, requant=requant, big_lut=big_lut)
     dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
                          stride=stride, kernels=kernels, att_step=att_step, in_bits=in_bits,
                          weight_bits=weight_bits, act_bits=act_bits, requant=requant,
-                         layer_id=layer_id)
+                         layer_id=layer_id, mix_mode=mix_mode)
     # Decoy words of the neighbouring layers must be ignored.
     decoy = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
                          att_step=att_step, in_bits=in_bits, weight_bits=weight_bits,
@@ -140,20 +140,31 @@ def test_dynamic_conv_random(case):
              big_lut=case % 4 == 3)
 
 
-@pytest.mark.parametrize("shape", [
-    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant)
-    (5, 3, 5, 3, 2, 2, 2, 3, 2, True),      # odd sizes, stride 2, C not multiples of lanes
-    (1, 1, 3, 4, 1, 4, 1, 2, 1, False),     # a 1x1 map, raw logits
-    (4, 4, 7, 5, 3, 1, 1, 4, 3, True),
-    (2, 2, 9, 9, 1, 4, 1, 2, 1, True),      # weights mixed on K dedicated multipliers
+@pytest.mark.parametrize("shape, mode", [
+    # (h, w, cin, cout, p_in, p_out, stride, K, t, requant), forced mixing schedule
+    ((5, 3, 5, 3, 2, 2, 2, 3, 2, True), "buffered"),  # odd sizes, stride 2, C % lanes != 0
+    ((1, 1, 3, 4, 1, 4, 1, 2, 1, False), "serial"),   # a 1x1 map, raw logits
+    ((4, 4, 7, 5, 3, 1, 1, 4, 3, True), "buffered"),
+    ((2, 2, 9, 9, 1, 4, 1, 2, 1, True), "parallel"),  # K dedicated mixing multipliers
+    ((5, 3, 5, 3, 2, 2, 2, 3, 2, True), None),        # the default (a banked schedule)
+    ((6, 6, 7, 5, 3, 2, 1, 3, 2, True), "bank_serial"),
+    ((3, 3, 5, 7, 2, 3, 1, 4, 1, False), "bank_serial"),
+    ((5, 4, 7, 5, 3, 2, 1, 3, 2, True), "bank_row1x6"),   # whole rows, one kernel a cycle
+    ((3, 2, 5, 7, 2, 3, 2, 3, 1, True), "bank_row2x6"),   # K % kpc != 0: a half-empty group
+    ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row4x8"),  # all K kernels at once
+    ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row2x3"),  # 3 + 3 + 2 lanes of a row
+    ((1, 1, 5, 6, 2, 2, 1, 3, 1, True), "bank_row1x4"),   # 1x1 map, shared Requant
 ])
-def test_dynamic_conv_edges(shape):
+def test_dynamic_conv_edges(shape, mode):
     h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
-    rng, _ = make_rng(f"test_dynamic_conv_edges[{shape}]")
+    rng, _ = make_rng(f"test_dynamic_conv_edges[{shape}-{mode}]")
     dut = one_case(rng, h=h, w=w, cin=cin, cout=cout, p_in=p_in, p_out=p_out, stride=stride,
-                   kernels=kernels, att_step=t, requant=requant, n_img=3, p_idle=0.3,
-                   p_stall=0.7)
-    assert dut.geo["mix_mode"] == {9: "parallel", 5: "buffered", 7: "buffered"}.get(cin, "serial")
+                   kernels=kernels, att_step=t, requant=requant, n_img=4, p_idle=0.3,
+                   p_stall=0.7, mix_mode=mode)
+    if mode is None:
+        assert dut.geo["banked"]
+    else:
+        assert regime(dut.geo)[0] == mode
 
 
 @pytest.mark.parametrize("case", range(2))
@@ -177,17 +188,18 @@ def test_dynamic_conv_netgen_layer(case):
     check(got, golden(images, layer, 8), cout, p_out)
 
 
-def measure_case(rng, shape):
+def measure_case(rng, shape, mix_mode=None):
     """Images back to back, no stalls: the measured cycles per image equal ``cost`` (and the
     outputs are still exact)."""
     h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
-    print(f"shape {shape}")
+    print(f"shape {shape} mix_mode {mix_mode}")
     layer = random_layer(rng, h=h, w=w, cin=cin, cout=cout, kernels=kernels, stride=stride,
                          att_step=t, in_bits=8, weight_bits=8, act_bits=8, requant=requant)
     dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
                          stride=stride, kernels=kernels, att_step=t, in_bits=8,
-                         weight_bits=8, act_bits=8, requant=requant)
-    n = 4
+                         weight_bits=8, act_bits=8, requant=requant, mix_mode=mix_mode)
+    # Banked schedules reuse a MacArray bank every second image: two more images.
+    n = 6 if dut.geo["banked"] else 4
     images = np.array([[[[rng.randrange(256) for _ in range(cin)] for _ in range(w)]
                         for _ in range(h)] for _ in range(n)], np.int64)
     beats = pixels_to_beats(images, p_in, 8, None)
@@ -206,6 +218,11 @@ def measure_case(rng, shape):
 
 def regime(g):
     """(weight-mixing mode, what bounds the period) of a geometry."""
+    if g["banked"]:
+        mode = g["mix_mode"] + (f"{g['mix_kpc']}x{g['mix_lpc']}" if g["mix_kpc"] else "")
+        if g["receive"] >= max(g["conv"], g["process"]):
+            return mode, "input"
+        return mode, "conv" if g["conv"] >= g["process"] else "sequencer"
     if g["receive"] >= g["process"]:
         return g["mix_mode"], "input"
     if g["mix_mode"] == "buffered":
@@ -223,10 +240,23 @@ def regime(g):
     ((2, 2, 3, 3, 3, 3, 1, 2, 1, True), ("serial", "attention")),  # NBi * NBo = 1
     ((2, 3, 3, 2, 3, 1, 2, 2, 1, False), ("serial", "attention")),
     ((1, 1, 4, 3, 2, 2, 1, 2, 1, False), ("serial", "attention")),  # one pixel per image
+    # Banked schedules (the next image mixed into the MacArray's other bank during this
+    # image's conv): the period is the conv, the input or the attention/mixing sequencer.
+    ((8, 5, 1, 3, 2, 1, 1, 2, 3, False), ("bank_serial", "conv")),
+    ((8, 6, 3, 1, 1, 4, 2, 3, 1, True), ("bank_serial", "input")),
+    ((1, 1, 1, 3, 1, 1, 2, 2, 2, True), ("bank_serial", "sequencer")),
+    ((2, 6, 3, 6, 1, 2, 1, 2, 2, True), ("bank_row1x2", "conv")),
+    ((7, 9, 2, 2, 1, 2, 2, 2, 2, False), ("bank_row1x1", "input")),
+    ((1, 2, 1, 12, 1, 4, 1, 4, 2, True), ("bank_row1x1", "sequencer")),
+    ((5, 3, 3, 8, 1, 3, 1, 3, 3, True), ("bank_row2x3", "conv")),
+    ((7, 5, 3, 2, 1, 4, 2, 2, 1, False), ("bank_row2x4", "input")),
+    ((1, 1, 1, 8, 1, 3, 2, 3, 3, True), ("bank_row3x1", "sequencer")),
+    ((4, 4, 16, 48, 16, 2, 1, 4, 1, True), ("bank_row2x7", "conv")),  # the digits layer
+    ((4, 4, 16, 48, 16, 2, 1, 4, 1, True), ("bank_row1x11", "sequencer")),
 ])
 def test_dynamic_conv_cycle_model_is_exact(shape, expect):
     rng, _ = make_rng(f"test_dynamic_conv_cycle_model_is_exact[{shape}]")
-    g = measure_case(rng, shape)
+    g = measure_case(rng, shape, mix_mode=expect[0])
     assert regime(g) == expect, "the case no longer tests its regime"
 
 
@@ -234,7 +264,7 @@ def test_dynamic_conv_cycle_model_input_bound():
     """Receive (``H·W·NBi``) longer than processing: one image per ``H·W·NBi`` cycles, the
     ping-pong map banks never hold the input off."""
     rng, _ = make_rng("test_dynamic_conv_cycle_model_input_bound")
-    g = measure_case(rng, (8, 8, 2, 1, 1, 1, 2, 2, 3, True))
+    g = measure_case(rng, (8, 8, 2, 1, 1, 1, 2, 2, 3, True), mix_mode="serial")
     assert g["receive"] > g["process"] and regime(g) == ("serial", "input")
 
 
@@ -247,26 +277,38 @@ def test_dynamic_conv_cycle_model_random(case):
                        rng.randint(2, 4), rng.randint(1, 3), rng.random() < 0.7))
 
 
-@pytest.mark.parametrize("size, cout, lanes, mode", [(8, 16, 2, "buffered"),
+@pytest.mark.parametrize("size, cout, lanes, mode", [(8, 16, 2, "bank_serial"),
+                                                     (8, 16, 4, "bank_row1x2"),
+                                                     (1, 10, 2, "bank_row1x4"),
                                                      (8, 16, 4, "buffered"),
                                                      (1, 10, 2, "parallel")])
 def test_dynamic_conv_cost_counts(size, cout, lanes, mode):
-    """Multipliers and memories as the docstrings state them: an 8x8 map mixes its weights
-    on the shared multiplier during the previous conv (into a buffer), a 1x1 map (a
-    classifier after gap, mixing K times the conv's MACs) on K dedicated ones."""
+    """Multipliers and memories as the docstrings state them. By default an 8x8 map at 2x2
+    lanes mixes its weights on the shared multiplier into the MacArray's second bank during
+    the previous conv; at 4x4 lanes (and a 1x1 map: a classifier after gap, where mixing is
+    K times the conv's MACs) on dedicated row-mixing multipliers."""
     kw = dict(width=size, height=size, cin=16, cout=cout, p_in=lanes, p_out=lanes, stride=1,
               kernels=4, att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
+    forced = mode in ("buffered", "parallel")
+    if forced:
+        kw["mix_mode"] = mode
     cost = DynamicConv1x1.cost(**kw)
     g = DynamicConv1x1.geometry(**kw)
-    assert g["mix_mode"] == mode and cost.cycles == g["cycles"]
+    assert regime(g)[0] == mode and cost.cycles == g["cycles"]
     names = {x.name: x.count for x in cost.multipliers}
     assert names["mac.mac"] == lanes * lanes and names["att_shared"] == 1
-    assert names.get("mix_weight", 0) == (4 if mode == "parallel" else 0)
-    assert cost.multiplier_count == lanes * lanes + 2 + names.get("mix_weight", 0)
+    mixers = {"parallel": 4, "bank_row1x2": 2, "bank_row1x4": 4}.get(mode, 0)
+    assert names.get("mix_weight", 0) == mixers
+    assert cost.multiplier_count == lanes * lanes + 2 + mixers
     mems = {x.name: (x.depth, x.width) for x in cost.memories}
     assert mems["map"] == (2 * size * size * (16 // lanes), 8 * lanes)
-    nbo = -(-cout // lanes)
-    assert mems["kernel_weights"] == (nbo * (16 // lanes) * lanes * lanes, 32)
+    nbo, nbi, banks = -(-cout // lanes), 16 // lanes, 2 if g["banked"] else 1
+    if mode.startswith("bank_row"):
+        # kpc = 1: one kernel's MacArray row per memory row, K kernels one after another.
+        assert mems["kernel_weights"] == (4 * nbo * nbi, lanes * lanes * 8)
+    else:
+        assert mems["kernel_weights"] == (nbo * nbi * lanes * lanes, 32)
+    assert mems["mac.weights"] == (banks * nbo * nbi, lanes * lanes * 8)
     assert ("mixed_weights" in mems) == (mode == "buffered")
 
 
@@ -286,13 +328,16 @@ def test_dynamic_conv_bad_parameters(bad):
         DynamicConv1x1.cost(**args)
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 5, 3, 2, 2, 2, 3, 2, True),
-                                   (1, 1, 2, 2, 2, 2, 1, 2, 1, False)])
-def test_dynamic_conv_lint(tmp_path, shape):
+@pytest.mark.parametrize("shape, mode", [((3, 5, 5, 3, 2, 2, 2, 3, 2, True), None),
+                                         ((1, 1, 2, 2, 2, 2, 1, 2, 1, False), None),
+                                         ((3, 5, 5, 3, 2, 2, 2, 3, 2, True), "buffered"),
+                                         ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row2x3"),
+                                         ((6, 6, 7, 5, 3, 2, 1, 3, 2, True), "bank_serial")])
+def test_dynamic_conv_lint(tmp_path, shape, mode):
     from shiftacc.sim.lint import lint_component
     h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
     dut = DynamicConv1x1(width=w, height=h, cin=cin, cout=cout, p_in=p_in, p_out=p_out,
                          stride=stride, kernels=kernels, att_step=t, in_bits=8,
-                         weight_bits=8, act_bits=8, requant=requant)
+                         weight_bits=8, act_bits=8, requant=requant, mix_mode=mode)
     ok, msg = lint_component(dut, "dynamic_conv", tmp_path)
     assert ok, msg

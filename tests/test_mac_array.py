@@ -282,3 +282,81 @@ def test_mac_array_cycle_model_is_exact(case):
              for b in pixel_beats(x, p_in, 8, k % pixels == pixels - 1)]
     period, _ = measure_image_period(dut, beats, n * pixels * dut.nbo, params=words)
     assert period == dut.resources(pixels=pixels).cycles == pixels * dut.nbi * dut.nbo
+
+
+# ---- two weight banks (banks=2, used by DynamicConv1x1): additive, banks=1 unchanged -------
+
+@pytest.mark.parametrize("case", range(6))
+def test_mac_array_two_banks(case):
+    """``banks=2``: every pixel computed with the weights/biases of the bank its beats carry on
+    ``wsel``; bank 1 weights written through the row port ``wrow`` (or, in odd cases, the
+    parameter port at rows NR..), bank 1 biases at parameter rows nbo..; random stalls."""
+    rng, _ = make_rng(f"test_mac_array_two_banks[{case}]")
+    p_in, p_out = rng.randint(1, 3), rng.randint(1, 4)
+    cin, cout = rng.randint(1, 3 * p_in + 1), rng.randint(1, 3 * p_out + 1)
+    requant = case % 3 != 2
+    print(f"cin={cin} cout={cout} P={p_in}x{p_out} requant={requant}")
+    sets = [random_conv(rng, cin, cout, 8, 6, 8, requant, case % 2 == 0) for _ in range(2)]
+    mult, sh = sets[0][2], sets[0][3]                     # m/sh: one bank
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=6,
+                   act_bits=8, requant=requant, layer_id=2, banks=2)
+    nbi, nbo, P = dut.nbi, dut.nbo, p_in * p_out
+    words = conv_param_words(2, sets[0][0], sets[0][1], mult, sh, p_in, p_out)
+    w1, b1 = sets[1][0], sets[1][1]
+    words += [encode_word(2, ParamKind.BIAS, nbo + o // p_out, o % p_out, int(b1[o]))
+              for o in range(cout)]
+    rows = [[0] * P for _ in range(nbi * nbo)]
+    for o in range(cout):
+        for i in range(cin):
+            rows[(o // p_out) * nbi + i // p_in][(o % p_out) * p_in + i % p_in] = int(w1[o][i])
+    by_port = case % 2 == 1
+    if by_port:
+        words += [encode_word(2, ParamKind.WEIGHT, nbi * nbo + r, lane, v)
+                  for r, row in enumerate(rows) for lane, v in enumerate(row)]
+    n_pix = 12
+    pixels = np.array([[rng.randrange(256) for _ in range(cin)] for _ in range(n_pix)])
+    banks = [rng.randint(0, 1) for _ in range(n_pix)]
+    lasts = [rng.random() < 0.3 or n == n_pix - 1 for n in range(n_pix)]
+    got = []
+
+    async def producer(ctx):
+        await send_params(ctx, dut.params, words, rng, 0.3)
+        if not by_port:
+            for r, row in enumerate(rows):
+                ctx.set(dut.wrow, {"valid": 1, "bank": 1, "row": r, "data": row})
+                await ctx.tick()
+            ctx.set(dut.wrow.valid, 0)
+        for px, bank, last in zip(pixels, banks, lasts):
+            ctx.set(dut.wsel, bank)
+            await send(ctx, dut.i, pixel_beats(px, p_in, 8, last, rng), rng, 0.3)
+
+    async def consumer(ctx):
+        got.extend(await receive_and_drain(ctx, dut.o, n_pix * nbo, p_out, rng, 0.5,
+                                           dut.latency + 4, "MacArray"))
+
+    run_sim(dut, producer, consumer, deadline_cycles=2000 + len(words) + 60 * n_pix * nbi * nbo)
+    want = [conv1x1(pixels[None, None], w, b, 1, mult, sh, 8)[0, 0] for w, b, _, _ in sets]
+    check_outputs(got, np.array([want[k][n] for n, k in enumerate(banks)]), lasts, cout, p_out)
+
+
+def test_mac_array_two_banks_cost():
+    """``banks=2`` doubles the weight and bias RAMs only; ``banks=1`` is the default."""
+    kw = dict(cin=16, cout=16, p_in=2, p_out=2, in_bits=8, weight_bits=8, act_bits=8)
+    one, two = MacArray.cost(**kw), MacArray.cost(**kw, banks=2)
+    assert MacArray.cost(**kw, banks=1) == one
+    assert one.multipliers == two.multipliers and one.cycles == two.cycles
+    m1 = {x.name: (x.depth, x.width) for x in one.memories}
+    m2 = {x.name: (x.depth, x.width) for x in two.memories}
+    assert m2["weights"] == (2 * m1["weights"][0], m1["weights"][1])
+    assert m2["bias"] == (2 * m1["bias"][0], m1["bias"][1])
+    assert {k: v for k, v in m2.items() if k not in ("weights", "bias")} == \
+        {k: v for k, v in m1.items() if k not in ("weights", "bias")}
+    assert_value_error(MacArray, **kw, banks=3)
+
+
+@pytest.mark.parametrize("requant", [True, False])
+def test_mac_array_two_banks_lint(tmp_path, requant):
+    dut = MacArray(cin=5, cout=7, p_in=2, p_out=3, in_bits=8, weight_bits=4, act_bits=8,
+                   requant=requant, banks=2)
+    ok, msg = lint_component(dut, "mac_array", tmp_path)
+    assert ok, msg
