@@ -77,9 +77,9 @@ class DynamicConv1x1(wiring.Component):
        weights sit side by side in one memory row) and every ``B[o] = (Σ_k π[k] · b_k[o] +
        128) >> 8`` are written into the MacArray through its parameter port (one element
        per cycle, at its MacArray row and lane). MIXB (biases) always takes
-       ``cout · K + 4`` cycles on the shared multiplier. The weights, by one of three
+       ``cout · K + 4`` cycles on the shared multiplier. The weights, by one of five
        schedules (:meth:`geometry` picks the allowed one with the smallest multipliers ×
-       cycles, DESIGN.md §3's efficiency measure):
+       cycles, DESIGN.md §3's efficiency measure; ``mix_mode`` forces one):
 
        * *parallel*: MIXW, ``cin · cout + 3`` cycles on ``K`` dedicated ``weight_bits × 9``
          multipliers, after the previous image's drain (pays off on small maps, where
@@ -90,15 +90,32 @@ class DynamicConv1x1(wiring.Component):
        * *buffered*: the same serial mixing into a ``cin · cout`` weight buffer, done by the
          attention sequencer right after DIV, i.e. during the previous image's conv; after
          the drain only COPYW (``cin · cout + 2`` cycles) copies it into the MacArray.
-         Allowed where the next image is received early enough (see :meth:`geometry`).
+         Allowed where the next image is received early enough (see :meth:`geometry`);
+       * *banked* (``bank_serial``, ``bank_row``): the MacArray has two weight/bias banks
+         (:class:`~hw.mac_array.MacArray` ``banks=2``) and image ``n`` uses bank ``n % 2``
+         (as it uses map bank ``n % 2``), so image ``n + 1`` is mixed straight into the
+         other bank while image ``n`` is convolved: no drain wait, no copy, and the feed
+         of image ``n + 1`` follows image ``n``'s last map beat without a gap. The
+         attention sequencer mixes after DIV (once image ``n - 1`` has left ``o``, which
+         frees the bank): *bank_serial* weights on the shared multiplier through the
+         parameter port (MIXW ``K · cin · cout + 4``), then MIXB (``MIX = MIXW + MIXB``);
+         *bank_row* ``kpc · lpc`` dedicated ``weight_bits × 9`` multipliers: the kernel
+         memory holds ``kpc`` kernels' MacArray rows side by side, each cycle ``lpc`` lanes
+         of them are multiplied by their ``π``, summed and accumulated per lane, and each
+         finished row (``P = p_in · p_out`` weights) is written in one cycle through the
+         MacArray's row port; MIXW ``ceil(K / kpc) · NBo · NBi · ceil(P / lpc) + 3``, MIXB
+         at the same time on the shared multiplier (``MIX = max(MIXW, MIXB)``). Allowed
+         where the period is the one-image chain (see :meth:`geometry`). Then, with ``C =
+         Ho · Wo · NBi · NBo`` the conv's own cycles, ``T = max(R, C, A + MIX + 2)``: the
+         conv, the input or the attention/mixing sequencer bounds.
     4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
        into the MacArray (``p_in × p_out`` multipliers, shared Requant, output FIFO, its own
        backpressure), whose output stream is this block's ``o``. The bank is free again once
        the last beat is in the MacArray.
 
-    The MacArray holds one weight set, so writing the weights of image ``n + 1`` waits until
-    image ``n``'s last output beat has left ``o`` (then every weight/bias/m/sh read of image
-    ``n`` is done; a second weight bank in the MacArray would hide this). The attention of
+    Unbanked, the MacArray holds one weight set, so writing the weights of image ``n + 1``
+    waits until image ``n``'s last output beat has left ``o`` (then every weight/bias/m/sh
+    read of image ``n`` is done; the banked schedules avoid this). The attention of
     image ``n + 1`` starts when it is received and ``π`` is free: in the parallel/serial
     schedules once image ``n``'s map is all in the MacArray (it overlaps the MacArray's
     tail), in the buffered one at image ``n``'s feed start. Steady-state cycles per image
@@ -107,6 +124,7 @@ class DynamicConv1x1(wiring.Component):
         T = max(R, P),  R = H · W · NBi
         parallel/serial:  P = MIXW + MIXB + max(D + 2, F + 3 + A)
         buffered:         P = COPYW + MIXB + 2 + max(D, A + MIXW)
+        banked:           P = max(C, A + MIX + 2),  C = Ho · Wo · NBi · NBo
         A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
@@ -148,6 +166,11 @@ class DynamicConv1x1(wiring.Component):
     requant : bool
         Requantize (hidden layer) or output raw int32 logits (classifier).
     layer_id : int
+    mix_mode : str or None
+        None (default): the best allowed weight-mixing schedule; else force one of
+        ``parallel``, ``serial``, ``buffered``, ``bank_serial``, ``bank_row`` (best
+        ``kpc``/``lpc``), ``bank_rowN`` or ``bank_rowNxL`` (``kpc = N``, ``lpc = L``);
+        ValueError if it is not allowed for the shape.
 
     Attributes
     ----------
@@ -220,6 +243,12 @@ class DynamicConv1x1(wiring.Component):
         """Folds, widths, phase lengths, the weight-mixing schedule and cycles (a dict);
         the constructor and :meth:`cost` both use it, so the planner counts what the RTL
         builds.
+
+        The banked schedules are allowed only where two-image chains cannot set the period
+        (with ``MARGIN`` cycles to spare): a map bank is held from its receive start to its
+        last feed (``R + A + MIX + F + 4 <= 2 T``) and a MacArray bank from its mixing
+        start to its image's drain (``D + MIX <= 2 T``). Otherwise (tiny maps where the
+        mixing is most of the work) only the unbanked schedules compete.
 
         The buffered schedule is allowed only where its period is the one-image chain of
         the class docstring: the next image, received ``R`` cycles after its bank frees
@@ -360,12 +389,13 @@ class DynamicConv1x1(wiring.Component):
         Multipliers: the MacArray's (``p_in · p_out`` MACs and its shared Requant lanes),
         one shared multiplier (``a_bits`` signed × 16 unsigned: the two rq steps, the
         attention MAC, the bias mixing and the serial weight mixing, never at the same time)
-        and ``K`` weight-mixing
-        multipliers (``weight_bits`` × 9) when the weights are mixed in parallel (see the
-        class docstring); the divider is LUT logic. Memories: the two-bank map,
-        the kernel weights (``K`` per row) and biases, ``att_weight``, the exp table, the
-        mixed-weight buffer (buffered schedule) and the MacArray's. Cycles: see the class
-        docstring.
+        and ``K`` weight-mixing multipliers (``weight_bits`` × 9) when the weights are mixed
+        in parallel, ``kpc · lpc`` of them in the bank_row schedule (see the class
+        docstring); the divider is LUT logic. Memories: the two-bank map, the kernel
+        weights (``K`` per row, or ``kpc`` MacArray rows per row in bank_row) and biases,
+        ``att_weight``, the exp table, the mixed-weight buffer (buffered schedule) and the
+        MacArray's (two weight/bias banks in the banked schedules). Cycles: see the class
+        docstring. ``mix_mode`` (not passed by the planner) forces a schedule.
         """
         kw = cls._check(width=width, height=height, cin=cin, cout=cout, p_in=p_in,
                         p_out=p_out, stride=stride, kernels=kernels, att_step=att_step,
@@ -764,8 +794,10 @@ class DynamicConv1x1(wiring.Component):
             rs = _index(sub, "rmix_sub")
             raddr = _index(groups * NR, "rmix_addr")
             m.d.comb += kw_rd.addr.eq(raddr)
-            rm_v1, rm_g1, rm_r1, rm_s1 = Signal(), Signal.like(rg), Signal.like(rr), Signal.like(rs)
-            rm_v2, rm_g2, rm_r2, rm_s2 = Signal(), Signal.like(rg), Signal.like(rr), Signal.like(rs)
+            rm_v1, rm_g1, rm_r1 = Signal(), Signal.like(rg), Signal.like(rr)
+            rm_s1 = Signal.like(rs)
+            rm_v2, rm_g2, rm_r2 = Signal(), Signal.like(rg), Signal.like(rr)
+            rm_s2 = Signal.like(rs)
             m.d.sync += [rm_v2.eq(rm_v1), rm_g2.eq(rm_g1), rm_r2.eq(rm_r1), rm_s2.eq(rm_s1)]
             rprods = [Signal(signed(wb + PI_BITS + 1), name=f"rmix_prod{e}")
                       for e in range(kpc * lpc)]
