@@ -39,6 +39,9 @@ RQ_PIPE = 4
 SEQ_GAP = 2
 #: Banked schedules: cycles of a map bank's use beyond receive, attention, mixing and feed.
 SPAN_GAP = 4
+#: Overlapped row mixing: cycles of the attention / mixing stage per image beyond its phases.
+OVL_ATT_GAP = 2
+OVL_MIX_GAP = 1
 #: Banked schedules: slack demanded of the two-image chains (so that the period is the
 #: one-image chain, exact, rather than half a two-image one).
 MARGIN = 16
@@ -104,10 +107,15 @@ class DynamicConv1x1(wiring.Component):
          of them are multiplied by their ``π``, summed and accumulated per lane, and each
          finished row (``P = p_in · p_out`` weights) is written in one cycle through the
          MacArray's row port; MIXW ``ceil(K / kpc) · NBo · NBi · ceil(P / lpc) + 3``, MIXB
-         at the same time on the shared multiplier (``MIX = max(MIXW, MIXB)``). Allowed
-         where the period is the one-image chain (see :meth:`geometry`). Then, with ``C =
-         Ho · Wo · NBi · NBo`` the conv's own cycles, ``T = max(R, C, A + MIX + 2)``: the
-         conv, the input or the attention/mixing sequencer bounds.
+         at the same time on the shared multiplier (``MIX = max(MIXW, MIXB)``);
+         *bank_row…o* (overlapped): the same row mixer in a second sequencer with its own
+         copy of ``π`` (taken when it starts) and MIXB on one more dedicated ``32 × 9``
+         multiplier, so the next image's attention runs during this image's mixing (pays
+         off where attention and mixing, not the conv, bound the period: a classifier).
+         Allowed where the period is the one-image chain (see :meth:`geometry`). Then, with
+         ``C = Ho · Wo · NBi · NBo`` the conv's own cycles, ``T = max(R, C, A + MIX + 2)``
+         (``T = max(R, C, A + 2, MIX + 1)`` overlapped): the conv, the input or the
+         attention/mixing bounds.
     4. **Conv**: the stored (strided) map, ``Ho · Wo · NBi`` beats, is streamed from the bank
        into the MacArray (``p_in × p_out`` multipliers, shared Requant, output FIFO, its own
        backpressure), whose output stream is this block's ``o``. The bank is free again once
@@ -125,6 +133,7 @@ class DynamicConv1x1(wiring.Component):
         parallel/serial:  P = MIXW + MIXB + max(D + 2, F + 3 + A)
         buffered:         P = COPYW + MIXB + 2 + max(D, A + MIXW)
         banked:           P = max(C, A + MIX + 2),  C = Ho · Wo · NBi · NBo
+        overlapped:       P = max(C, A + 2, MIX + 1)
         A = (cin + 4) + (K · cin + 3) + (K + 5) + 9 · K                    attention
         D = NBi + Ho · Wo · NBi · NBo + mac.latency                         feed start -> drain
         F = NBi if Ho · Wo == 1 else NBi · (2 + (Ho · Wo - 2) · NBo)        feed start -> last
@@ -169,7 +178,8 @@ class DynamicConv1x1(wiring.Component):
     mix_mode : str or None
         None (default): the best allowed weight-mixing schedule; else force one of
         ``parallel``, ``serial``, ``buffered``, ``bank_serial``, ``bank_row`` (best
-        ``kpc``/``lpc``), ``bank_rowN`` or ``bank_rowNxL`` (``kpc = N``, ``lpc = L``);
+        ``kpc``/``lpc``), ``bank_rowN`` or ``bank_rowNxL`` (``kpc = N``, ``lpc = L``),
+        ``bank_rowNxLo`` (overlapped);
         ValueError if it is not allowed for the shape.
 
     Attributes
@@ -232,7 +242,7 @@ class DynamicConv1x1(wiring.Component):
             kw.pop("mix_mode", None)
         elif kw["mix_mode"] not in MIX_MODES and not (
                 isinstance(kw["mix_mode"], str)
-                and re.fullmatch(r"bank_row\d+(x\d+)?", kw["mix_mode"])):
+                and re.fullmatch(r"bank_row\d+(x\d+o?)?", kw["mix_mode"])):
             raise ValueError(f"{name}: mix_mode must be one of {MIX_MODES} or None, got "
                              f"{kw['mix_mode']!r}")
         return kw
@@ -324,11 +334,13 @@ class DynamicConv1x1(wiring.Component):
         att0 = sum(options["serial"][1][0][x] for x in ("pool", "att", "exp", "div"))
         nr, lanes = nbo * nbi, p_in * p_out
 
-        def banked(mixw, mixb):
+        def banked(mixw, mixb, overlap=False):
             """Mixing into the MacArray's second weight bank (overlapping the previous conv):
             period and whether it is the one-image chain (see the class docstring)."""
             mix = mixw if mixb is None else max(mixw, mixb)
-            seq = att0 + mix + SEQ_GAP
+            # Overlapped: attention and mixing are two stages (pi handed over).
+            seq = max(att0 + OVL_ATT_GAP, mix + OVL_MIX_GAP) if overlap else \
+                att0 + mix + SEQ_GAP
             period = max(receive, conv, seq)
             # Two-image chains (a map bank from receive start to its last feed, a MacArray
             # bank from mixing start to drain) must not set the period: margin MARGIN.
@@ -356,10 +368,16 @@ class DynamicConv1x1(wiring.Component):
                     continue
                 mixw = groups * nr * sub + 3
                 mix, seq, period, ok = banked(mixw, mixb)
+                phases = dict(options["serial"][1][0], mixw=mixw, mixb=mixb)
                 if ok:
-                    phases = dict(options["serial"][1][0], mixw=mixw, mixb=mixb)
                     options[f"bank_row{kpc}x{lpc}"] = (
                         base + kpc * lpc, (phases, att0, mix, seq, period))
+                # Overlapped ("o"): the next image's attention runs during this one's mixing
+                # (pi copied at the mixing start), the biases on a dedicated multiplier.
+                mix, seq, period, ok = banked(mixw, mixb, overlap=True)
+                if ok:
+                    options[f"bank_row{kpc}x{lpc}o"] = (
+                        base + kpc * lpc + 1, (phases, att0, mix, seq, period))
         if mix_mode is not None:
             # A forced schedule (tests, comparisons): only it competes.
             options = {k: v for k, v in options.items()
@@ -370,13 +388,15 @@ class DynamicConv1x1(wiring.Component):
                                  f"this shape (see DynamicConv1x1.geometry)")
         mode = min(options, key=lambda k: (options[k][0] * options[k][1][4], k))
         phases, att, mix, process, cycles = options[mode][1]
-        kpc, lpc = map(int, mode[8:].split("x")) if mode.startswith("bank_row") else (0, 0)
+        kpc, lpc = (map(int, mode[8:].rstrip("o").split("x")) if mode.startswith("bank_row")
+                    else (0, 0))
         return dict(nbi=nbi, nbo=nbo, ho=ho, wo=wo, sum_bits=sum_bits, r_bits=r_bits,
                     d_bits=d_bits, a_bits=a_bits, phases=phases, conv=conv, process=process,
                     attention=att, mixing=mix, drain=drain, feed=feed,
                     mix_mode="bank_row" if kpc else mode, mix_kpc=kpc, mix_lpc=lpc,
                     mix_groups=-(-K // kpc) if kpc else 0,
                     mix_sub=-(-(p_in * p_out) // lpc) if kpc else 0,
+                    mix_overlap=mode.endswith("o") and kpc > 0,
                     banked=mode.startswith("bank_"),
                     mix_parallel=mode == "parallel", receive=receive, cycles=cycles,
                     mac_latency=mac["latency"], map_rows=ho * wo * nbi)
@@ -390,9 +410,10 @@ class DynamicConv1x1(wiring.Component):
         one shared multiplier (``a_bits`` signed × 16 unsigned: the two rq steps, the
         attention MAC, the bias mixing and the serial weight mixing, never at the same time)
         and ``K`` weight-mixing multipliers (``weight_bits`` × 9) when the weights are mixed
-        in parallel, ``kpc · lpc`` of them in the bank_row schedule (see the class
-        docstring); the divider is LUT logic. Memories: the two-bank map, the kernel
-        weights (``K`` per row, or ``kpc`` MacArray rows per row in bank_row) and biases,
+        in parallel, ``kpc · lpc`` of them in the bank_row schedule, plus a ``32 × 9`` bias
+        mixer when it is overlapped (see the class docstring); the divider is LUT logic.
+        Memories: the two-bank map, the kernel weights (``K`` per row, or ``kpc`` MacArray
+        rows per row in bank_row) and biases,
         ``att_weight``, the exp table, the mixed-weight buffer (buffered schedule) and the
         MacArray's (two weight/bias banks in the banked schedules). Cycles: see the class
         docstring. ``mix_mode`` (not passed by the planner) forces a schedule.
@@ -415,6 +436,8 @@ class DynamicConv1x1(wiring.Component):
         if g["mix_mode"] == "bank_row":
             mults.append(Multiplier.amaranth("mix_weight", g["mix_kpc"] * g["mix_lpc"],
                                              weight_bits, True, PI_BITS, False))
+            if g["mix_overlap"]:
+                mults.append(Multiplier.amaranth("mix_bias", 1, 32, True, PI_BITS, False))
         mems = [
             MemorySpec("map", 2 * g["map_rows"], p_in * in_bits),
         ] + ([MemorySpec("mixed_weights", max(cin * cout, 2), weight_bits)]
@@ -746,7 +769,7 @@ class DynamicConv1x1(wiring.Component):
                 total = total + mw_prods[k]
             m.d.sync += mw_sum.eq(total)
             m.d.comb += mw_done.eq(mw_v3)
-        else:
+        elif not row_mode:
             # One product per cycle on the shared multiplier (operands at stage 1, product
             # at stage 2), accumulated over the K kernels at stage 3.
             with m.If(mw_v1):
@@ -758,29 +781,43 @@ class DynamicConv1x1(wiring.Component):
                 m.d.sync += mw_acc.eq(mw_sum)
             m.d.comb += mw_done.eq(mw_v3 & (mw_k3 == K - 1))
 
+        # Overlapped row mixing: the mixer works from its own copy of pi (taken at its
+        # start) and its own bank pointer, so the next image's attention may run meanwhile.
+        ovl = g.get("mix_overlap", False)
+        pim = [Signal(unsigned(PI_BITS), name=f"pi_mix{k}") for k in range(K)] if ovl else pi
+
         # MIXB datapath: read b_k[o], product with pi[k], accumulate over k, round, beat.
         bo, bk = _index(cout, "mixb_o"), _index(K, "mixb_k")
         ba = _index(K * nbo * p_out, "mixb_addr")
         m.d.comb += kb_rd.addr.eq(ba)
         mb_v1, mb_k1 = Signal(), Signal.like(bk)
-        # Product on the shared multiplier (idle while mixing): operands at stage 1,
-        # product at stage 2, accumulate at stage 3.
-        with m.If(mb_v1):
-            m.d.sync += [rq_a0.eq(kb_rd.data), rq_m0.eq(Array(pi)[mb_k1])]
+        # Product on the shared multiplier (idle while mixing; overlapped: a dedicated
+        # one): operands at stage 1, product at stage 2, accumulate at stage 3.
+        if ovl:
+            bm_a, bm_m = Signal(signed(32)), Signal(unsigned(PI_BITS))
+            mb_prod = Signal(signed(32 + PI_BITS + 1))
+            m.d.sync += mb_prod.eq(bm_a * bm_m)
+            with m.If(mb_v1):
+                m.d.sync += [bm_a.eq(kb_rd.data), bm_m.eq(Array(pim)[mb_k1])]
+        else:
+            mb_prod = rq_p1
+            with m.If(mb_v1):
+                m.d.sync += [rq_a0.eq(kb_rd.data), rq_m0.eq(Array(pi)[mb_k1])]
         mb_v2, mb_k2 = Signal(), Signal.like(bk)
         mb_v3, mb_k3 = Signal(), Signal.like(bk)
         m.d.sync += [mb_v2.eq(mb_v1), mb_k2.eq(mb_k1), mb_v3.eq(mb_v2), mb_k3.eq(mb_k2)]
         mb_acc = Signal(signed(32 + PI_BITS + 1 + ceil_log2(K)))
         mb_new = Signal.like(mb_acc)
-        m.d.comb += mb_new.eq(Mux(mb_k3 == 0, 0, mb_acc) + rq_p1)
+        m.d.comb += mb_new.eq(Mux(mb_k3 == 0, 0, mb_acc) + mb_prod)
         with m.If(mb_v3):
             m.d.sync += mb_acc.eq(mb_new)
 
         # Banked schedules: the MacArray bank of the image being mixed (abank, below) as
         # a row offset of the parameter port.
         abank = Signal()           # bank of the image being attended / mixed
-        w_off = Mux(abank, NR, 0) if banked else 0
-        b_off = Mux(abank, nbo, 0) if banked else 0
+        mbank = Signal() if ovl else abank     # bank of the image being mixed
+        w_off = Mux(mbank, NR, 0) if banked else 0
+        b_off = Mux(mbank, nbo, 0) if banked else 0
 
         # Row mixing (bank_row): kernel-memory row rg · NR + rr holds kpc kernels' MacArray
         # row rr. Per cycle (sub-step rs of ``sub``) lanes rs · lpc .. rs · lpc + lpc - 1 of
@@ -803,7 +840,7 @@ class DynamicConv1x1(wiring.Component):
                       for e in range(kpc * lpc)]
             zero_w = Const(0, signed(wb))
             for j in range(kpc):
-                pij = Array([pi[gi * kpc + j] if gi * kpc + j < K else C0
+                pij = Array([pim[gi * kpc + j] if gi * kpc + j < K else C0
                              for gi in range(groups)])[rm_g1]
                 for q in range(lpc):
                     w_sel = Array([kw_rd.data[j * P + s_ * lpc + q] if s_ * lpc + q < P
@@ -826,7 +863,7 @@ class DynamicConv1x1(wiring.Component):
             with m.If(rm_v2):
                 m.d.sync += wr_row.eq(rm_r2)
             wr_bank = Signal()
-            m.d.sync += wr_bank.eq(abank)
+            m.d.sync += wr_bank.eq(mbank)
             m.d.comb += [mac.wrow.valid.eq(wr_valid), mac.wrow.bank.eq(wr_bank),
                          mac.wrow.row.eq(wr_row)]
             for lane in range(P):
@@ -946,7 +983,9 @@ class DynamicConv1x1(wiring.Component):
         pi_ready = Signal()
         mixer_idle = Signal()
         acnt = Signal.like(cnt)
-        start_ok = 1 if banked else ~pi_ready if buffered else ~pi_ready & mixer_idle
+        pi_full = Signal()         # overlapped: pi computed, not yet taken by the mixer
+        start_ok = (~pi_full if ovl else 1) if banked else \
+            ~pi_ready if buffered else ~pi_ready & mixer_idle
         with m.FSM(name="attention"):
             with m.State("IDLE"):
                 full = Mux(abank, fresh[1], fresh[0]) if banked else \
@@ -1002,7 +1041,10 @@ class DynamicConv1x1(wiring.Component):
                             with m.Case(k):
                                 m.d.sync += pi[k].eq(bit_q)
                     with m.If(dk == K - 1):
-                        if banked:
+                        if ovl:
+                            m.d.sync += [pi_full.eq(1), abank.eq(~abank)]
+                            m.next = "IDLE"
+                        elif banked:
                             m.next = "BANKWAIT"
                         elif buffered:
                             m.d.sync += [acnt.eq(0), wb_idx.eq(0)] + reset_elements()
@@ -1027,44 +1069,52 @@ class DynamicConv1x1(wiring.Component):
                 def finish():
                     """This image's weights and biases are in its MacArray bank."""
                     for b in range(2):
-                        with m.If(abank == b):
+                        with m.If(mbank == b):
                             m.d.sync += mready[b].eq(1)
-                    m.d.sync += abank.eq(~abank)
+                    m.d.sync += mbank.eq(~mbank)
                     m.next = "IDLE"
 
-                with m.State("BANKWAIT"):
-                    # The MacArray bank of this image is free once the image two before
-                    # has left o.
-                    with m.If(~Mux(abank, mbusy[1], mbusy[0])):
+                def bank_wait(ready, take):
+                    """Wait for this image's MacArray bank (free once the image two before
+                    has left o) and ``ready``; then start mixing (``take`` statements)."""
+                    with m.If(ready & ~Mux(mbank, mbusy[1], mbusy[0])):
                         for b in range(2):
-                            with m.If(abank == b):
+                            with m.If(mbank == b):
                                 m.d.sync += mbusy[b].eq(1)
-                        m.d.sync += [acnt.eq(0)] + reset_elements() + start_mixb()
+                        m.d.sync += [mcnt.eq(0)] + reset_elements() + start_mixb() + take
                         if row_mode:
                             m.d.sync += [rr.eq(0), rg.eq(0), rs.eq(0), raddr.eq(0)]
                             m.next = "MIX"
                         else:
                             m.next = "MIXW"
-                if row_mode:
-                    with m.State("MIX"):
-                        # Whole weight rows (row mixer) and biases (shared multiplier) at
-                        # the same time.
-                        m.d.sync += acnt.eq(acnt + 1)
-                        with m.If(acnt < groups * NR * sub):
-                            m.d.sync += [rm_v1.eq(1), rm_g1.eq(rg), rm_r1.eq(rr), rm_s1.eq(rs)]
-                            with m.If(rs == sub - 1):
-                                m.d.sync += rs.eq(0)
-                                with m.If(rg == groups - 1):
-                                    m.d.sync += [rg.eq(0), rr.eq(rr + 1), raddr.eq(rr + 1)]
-                                with m.Else():
-                                    m.d.sync += [rg.eq(rg + 1), raddr.eq(raddr + NR)]
+
+                def row_mix():
+                    # Whole weight rows (row mixer) and biases (shared or, overlapped,
+                    # dedicated multiplier) at the same time.
+                    m.d.sync += mcnt.eq(mcnt + 1)
+                    with m.If(mcnt < groups * NR * sub):
+                        m.d.sync += [rm_v1.eq(1), rm_g1.eq(rg), rm_r1.eq(rr), rm_s1.eq(rs)]
+                        with m.If(rs == sub - 1):
+                            m.d.sync += rs.eq(0)
+                            with m.If(rg == groups - 1):
+                                m.d.sync += [rg.eq(0), rr.eq(rr + 1), raddr.eq(rr + 1)]
                             with m.Else():
-                                m.d.sync += rs.eq(rs + 1)
-                        with m.If(acnt < cout * K):
-                            issue_mixb()
-                        with m.If(acnt == max(phases["mixw"], phases["mixb"]) - 1):
-                            finish()
-                else:
+                                m.d.sync += [rg.eq(rg + 1), raddr.eq(raddr + NR)]
+                        with m.Else():
+                            m.d.sync += rs.eq(rs + 1)
+                    with m.If(mcnt < cout * K):
+                        issue_mixb()
+                    with m.If(mcnt == max(phases["mixw"], phases["mixb"]) - 1):
+                        finish()
+
+                mcnt = Signal.like(cnt, name="mix_cnt") if ovl else acnt
+                if not ovl:
+                    with m.State("BANKWAIT"):
+                        bank_wait(1, [])
+                if row_mode and not ovl:
+                    with m.State("MIX"):
+                        row_mix()
+                elif not ovl:
                     with m.State("MIXW"):
                         # Serial weight mixing on the shared multiplier, element by element
                         # into the other MacArray bank (parameter port, row + NR).
@@ -1093,6 +1143,14 @@ class DynamicConv1x1(wiring.Component):
                         m.d.sync += [pi_ready.eq(1), abank.eq(~abank)]
                         m.next = "IDLE"
 
+        if ovl:
+            # The mixing stage: takes pi (a copy) as soon as it is computed and its MacArray
+            # bank is free, so the attention of the next image runs meanwhile.
+            with m.FSM(name="mixer"):
+                with m.State("IDLE"):
+                    bank_wait(pi_full, [pi_full.eq(0)] + [pim[k].eq(pi[k]) for k in range(K)])
+                with m.State("MIX"):
+                    row_mix()
         if banked:
             return m
         # ------------------------------------------------------------ mixer/feeder FSM

@@ -154,6 +154,8 @@ def test_dynamic_conv_random(case):
     ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row4x8"),  # all K kernels at once
     ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row2x3"),  # 3 + 3 + 2 lanes of a row
     ((1, 1, 5, 6, 2, 2, 1, 3, 1, True), "bank_row1x4"),   # 1x1 map, shared Requant
+    ((1, 1, 5, 6, 2, 2, 1, 3, 1, True), "bank_row1x4o"),  # overlapped attention/mixing
+    ((3, 2, 5, 7, 2, 3, 2, 3, 1, False), "bank_row2x1o"),
 ])
 def test_dynamic_conv_edges(shape, mode):
     h, w, cin, cout, p_in, p_out, stride, kernels, t, requant = shape
@@ -220,9 +222,16 @@ def regime(g):
     """(weight-mixing mode, what bounds the period) of a geometry."""
     if g["banked"]:
         mode = g["mix_mode"] + (f"{g['mix_kpc']}x{g['mix_lpc']}" if g["mix_kpc"] else "")
+        if g["mix_overlap"]:
+            mode += "o"
         if g["receive"] >= max(g["conv"], g["process"]):
             return mode, "input"
-        return mode, "conv" if g["conv"] >= g["process"] else "sequencer"
+        if g["conv"] >= g["process"]:
+            return mode, "conv"
+        if g["mix_overlap"]:
+            # Two stages: the attention or the mixing (of the previous image) is longer.
+            return mode, "attention" if g["attention"] + 1 >= g["mixing"] else "mixing"
+        return mode, "sequencer"
     if g["receive"] >= g["process"]:
         return g["mix_mode"], "input"
     if g["mix_mode"] == "buffered":
@@ -253,6 +262,13 @@ def regime(g):
     ((1, 1, 1, 8, 1, 3, 2, 3, 3, True), ("bank_row3x1", "sequencer")),
     ((4, 4, 16, 48, 16, 2, 1, 4, 1, True), ("bank_row2x7", "conv")),  # the digits layer
     ((4, 4, 16, 48, 16, 2, 1, 4, 1, True), ("bank_row1x11", "sequencer")),
+    # Overlapped row mixing (the next image's attention during this one's mixing).
+    ((1, 1, 1, 4, 1, 2, 1, 3, 2, True), ("bank_row1x1o", "attention")),
+    ((1, 1, 3, 12, 1, 4, 1, 2, 2, True), ("bank_row1x1o", "mixing")),
+    ((1, 1, 48, 10, 4, 2, 1, 4, 1, False), ("bank_row1x8o", "attention")),  # classifier
+    ((3, 1, 1, 8, 4, 3, 1, 3, 2, False), ("bank_row2x1o", "mixing")),
+    ((2, 6, 3, 6, 1, 2, 1, 2, 2, True), ("bank_row1x2o", "conv")),
+    ((7, 9, 2, 2, 1, 2, 2, 2, 2, False), ("bank_row1x1o", "input")),
 ])
 def test_dynamic_conv_cycle_model_is_exact(shape, expect):
     rng, _ = make_rng(f"test_dynamic_conv_cycle_model_is_exact[{shape}]")
@@ -279,14 +295,15 @@ def test_dynamic_conv_cycle_model_random(case):
 
 @pytest.mark.parametrize("size, cout, lanes, mode", [(8, 16, 2, "bank_serial"),
                                                      (8, 16, 4, "bank_row1x2"),
-                                                     (1, 10, 2, "bank_row1x4"),
+                                                     (1, 10, 2, "bank_row2x4o"),
                                                      (8, 16, 4, "buffered"),
                                                      (1, 10, 2, "parallel")])
 def test_dynamic_conv_cost_counts(size, cout, lanes, mode):
     """Multipliers and memories as the docstrings state them. By default an 8x8 map at 2x2
     lanes mixes its weights on the shared multiplier into the MacArray's second bank during
     the previous conv; at 4x4 lanes (and a 1x1 map: a classifier after gap, where mixing is
-    K times the conv's MACs) on dedicated row-mixing multipliers."""
+    K times the conv's MACs) on dedicated row-mixing multipliers (there overlapped with the
+    next image's attention, the biases on one more dedicated multiplier)."""
     kw = dict(width=size, height=size, cin=16, cout=cout, p_in=lanes, p_out=lanes, stride=1,
               kernels=4, att_step=2, in_bits=8, weight_bits=8, act_bits=8, requant=True)
     forced = mode in ("buffered", "parallel")
@@ -297,15 +314,17 @@ def test_dynamic_conv_cost_counts(size, cout, lanes, mode):
     assert regime(g)[0] == mode and cost.cycles == g["cycles"]
     names = {x.name: x.count for x in cost.multipliers}
     assert names["mac.mac"] == lanes * lanes and names["att_shared"] == 1
-    mixers = {"parallel": 4, "bank_row1x2": 2, "bank_row1x4": 4}.get(mode, 0)
+    mixers = {"parallel": 4, "bank_row1x2": 2, "bank_row2x4o": 8}.get(mode, 0)
     assert names.get("mix_weight", 0) == mixers
-    assert cost.multiplier_count == lanes * lanes + 2 + mixers
+    assert names.get("mix_bias", 0) == (1 if mode.endswith("o") else 0)
+    assert cost.multiplier_count == lanes * lanes + 2 + mixers + names.get("mix_bias", 0)
     mems = {x.name: (x.depth, x.width) for x in cost.memories}
     assert mems["map"] == (2 * size * size * (16 // lanes), 8 * lanes)
     nbo, nbi, banks = -(-cout // lanes), 16 // lanes, 2 if g["banked"] else 1
     if mode.startswith("bank_row"):
-        # kpc = 1: one kernel's MacArray row per memory row, K kernels one after another.
-        assert mems["kernel_weights"] == (4 * nbo * nbi, lanes * lanes * 8)
+        # kpc kernels' MacArray rows side by side, ceil(K / kpc) groups one after another.
+        kpc = g["mix_kpc"]
+        assert mems["kernel_weights"] == (-(-4 // kpc) * nbo * nbi, kpc * lanes * lanes * 8)
     else:
         assert mems["kernel_weights"] == (nbo * nbi * lanes * lanes, 32)
     assert mems["mac.weights"] == (banks * nbo * nbi, lanes * lanes * 8)
@@ -332,6 +351,7 @@ def test_dynamic_conv_bad_parameters(bad):
                                          ((1, 1, 2, 2, 2, 2, 1, 2, 1, False), None),
                                          ((3, 5, 5, 3, 2, 2, 2, 3, 2, True), "buffered"),
                                          ((3, 3, 4, 6, 2, 4, 1, 4, 1, False), "bank_row2x3"),
+                                         ((3, 2, 5, 7, 2, 3, 2, 3, 1, False), "bank_row2x1o"),
                                          ((6, 6, 7, 5, 3, 2, 1, 3, 2, True), "bank_serial")])
 def test_dynamic_conv_lint(tmp_path, shape, mode):
     from shiftacc.sim.lint import lint_component
