@@ -522,6 +522,15 @@ _M = dict(minimum=1, maximum=65535)
 _SH = dict(minimum=1, maximum=47)
 _I32 = dict(minimum=INT32_MIN, maximum=INT32_MAX)
 
+#: Keys shared by ``channel_attention`` and ``spatial_attention``: the gap rule's requant,
+#: the logit's requant into the table's index, and the sigmoid table.
+_POOL_KEYS = {"pool_m": Scalar("requant multiplier of the pooled channel sums", **_M),
+              "pool_sh": Scalar("requant shift of the pooled channel sums", **_SH)}
+_Z_KEYS = {"z_m": Scalar("requant multiplier of z into the table's index", **_M),
+           "z_sh": Scalar("requant shift of z into the table's index", **_SH)}
+_SIGMOID_LUT = Array("uint16", "[256]", "sigmoid table indexed by i + 128, entries in "
+                     "[0, 256] (256 means x1)")
+
 
 def _vector(ctx, ml, key, spec):
     """A 1-D array whose length the file decides (checked by the caller)."""
@@ -580,15 +589,12 @@ class ChannelAttention(Op):
                "p[c + j - (k-1)/2]; a = lut[clamp(rq(z, z_m, z_sh), -128, 127) + 128]; "
                "out = (x * a[c] + 128) >> 8.")
     keys = {
-        "pool_m": Scalar("requant multiplier of the pooled channel sums", **_M),
-        "pool_sh": Scalar("requant shift of the pooled channel sums", **_SH),
+        **_POOL_KEYS,
         "bias": Scalar("added to every z[c]", **_I32),
-        "z_m": Scalar("requant multiplier of z into the table's index", **_M),
-        "z_sh": Scalar("requant shift of z into the table's index", **_SH),
+        **_Z_KEYS,
         "kernel": Array("int8", "[k]", "the 1-D convolution across channels, k odd in "
                         "[1, 9], within weight_bits"),
-        "lut": Array("uint16", "[256]", "sigmoid table indexed by i + 128, entries in "
-                     "[0, 256] (256 means x1)"),
+        "lut": _SIGMOID_LUT,
     }
 
     def parse(self, ml, ctx):
@@ -743,18 +749,15 @@ class SpatialAttention(Op):
                "ctx_sh), -128, 127); z[y, x] = bias + sum_c u[c] x[y, x, c]; s = "
                "lut[clamp(rq(z, z_m, z_sh), -128, 127) + 128]; out = (x * s[y, x] + 128) >> 8.")
     keys = {
-        "pool_m": Scalar("requant multiplier of the pooled channel sums", **_M),
-        "pool_sh": Scalar("requant shift of the pooled channel sums", **_SH),
+        **_POOL_KEYS,
         "ctx_m": Scalar("requant multiplier of the projected context", **_M),
         "ctx_sh": Scalar("requant shift of the projected context", **_SH),
         "bias": Scalar("added to every z[y, x]", **_I32),
-        "z_m": Scalar("requant multiplier of z into the table's index", **_M),
-        "z_sh": Scalar("requant shift of z into the table's index", **_SH),
+        **_Z_KEYS,
         "ctx_weight": Array("int8", "[C, C]", "projection of the pooled context, within "
                             "weight_bits"),
         "ctx_bias": Array("int32", "[C]", "bias of the projection"),
-        "lut": Array("uint16", "[256]", "sigmoid table indexed by i + 128, entries in "
-                     "[0, 256] (256 means x1)"),
+        "lut": _SIGMOID_LUT,
     }
 
     def parse(self, ml, ctx):

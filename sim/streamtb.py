@@ -339,6 +339,34 @@ async def receive_and_drain(ctx, stream, count, lanes, rng, p_stall, quiet_cycle
     return got
 
 
+def run_param_block(dut, words, beats, count, out_lanes, rng, p_idle, p_stall, quiet_cycles,
+                    what, deadline_cycles):
+    """Load parameter ``words``, stream ``beats`` into ``dut.i`` and collect ``count`` beats
+    of ``out_lanes`` lanes from ``dut.o``, all with random stalls, within a deadline.
+
+    The common harness of the blocks that take parameters and a pixel stream (the attention
+    blocks, the dynamic conv): a stall ends the run at ``deadline_cycles`` with a report
+    naming the stalled stream; ``quiet_cycles`` after the last beat catch extra output.
+
+    Returns
+    -------
+    list of (list of int, int)
+        The output beats as (lane values, last).
+    """
+    got = []
+
+    async def producer(ctx):
+        await send_params(ctx, dut.params, words, rng, p_idle)
+        await send(ctx, dut.i, beats, rng, p_idle)
+
+    async def consumer(ctx):
+        got.extend(await receive_and_drain(ctx, dut.o, count, out_lanes, rng, p_stall,
+                                           quiet_cycles, what))
+
+    run_sim(dut, producer, consumer, deadline_cycles=deadline_cycles)
+    return got
+
+
 def pixel_beats(pixel, lanes, bits, last, rng=None):
     """Beats of one pixel; padding lanes carry random garbage from ``rng`` (0 without one),
     which a block must never let leak into a result."""

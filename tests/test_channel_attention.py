@@ -16,8 +16,7 @@ from shiftacc.models.golden import channel_attention, round_shift
 from shiftacc.models.layer import Layer
 from shiftacc.sim.lint import lint_component
 from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
-                                   pixels_to_beats, receive_and_drain, run_sim, send,
-                                   send_params)
+                                   pixels_to_beats, run_param_block)
 
 
 def _sh_for(spread, mult, target_bits, jitter):
@@ -57,21 +56,10 @@ def run_eca(dut, words, images, rng, p_idle, p_stall):
     n, h, w, c = images.shape
     count = n * h * w * dut.nb
     beats = pixels_to_beats(images, dut.lanes, dut.bits, rng)
-    got = []
-
-    async def producer(ctx):
-        await send_params(ctx, dut.params, words, rng, p_idle)
-        await send(ctx, dut.i, beats, rng, p_idle)
-
-    async def consumer(ctx):
-        got.extend(await receive_and_drain(ctx, dut.o, count, dut.lanes, rng, p_stall,
-                                           dut.engine_cycles + 8, "ChannelAttention"))
-
-    # Stalls slow each beat by a few cycles; the engine adds C·(k+1)+9 per image. A stall
-    # fails the run at this deadline with a report naming the stream.
-    run_sim(dut, producer, consumer,
-            deadline_cycles=2000 + 40 * count + 4 * n * dut.engine_cycles + 4 * len(words))
-    return got
+    # Stalls slow each beat by a few cycles; the engine adds C·(k+1)+9 per image.
+    return run_param_block(dut, words, beats, count, dut.lanes, rng, p_idle, p_stall,
+                           dut.engine_cycles + 8, "ChannelAttention",
+                           2000 + 40 * count + 4 * n * dut.engine_cycles + 4 * len(words))
 
 
 def check_output(got, want, lanes):

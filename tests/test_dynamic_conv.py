@@ -10,8 +10,7 @@ from shiftacc.models.golden import dynamic_conv1x1 as golden
 from shiftacc.models.layer import Layer
 from shiftacc.models.netgen import dynamic_conv_layer
 from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
-                                   pixels_to_beats, receive_and_drain, run_sim, send,
-                                   send_params)
+                                   pixels_to_beats, run_param_block)
 
 def make_layer(**fields):
     return Layer("dynamic_conv1x1", **fields)
@@ -60,22 +59,11 @@ def random_layer(rng, *, h, w, cin, cout, kernels, stride, att_step, in_bits, we
 def run_dynconv(dut, words, images, rng, p_idle, p_stall):
     """Load the parameters, stream ``images`` [N, H, W, cin], return the output beats."""
     count = len(images) * dut.ho * dut.wo * dut.nbo
-    got = []
     beats = pixels_to_beats(images, dut.p_in, dut.in_bits, rng)
-
-    async def producer(ctx):
-        await send_params(ctx, dut.params, words, rng, p_idle)
-        await send(ctx, dut.i, beats, rng, p_idle)
-
-    async def consumer(ctx):
-        got.extend(await receive_and_drain(ctx, dut.o, count, dut.p_out, rng, p_stall,
-                                           60, "DynamicConv1x1"))
-
-    # Bounded: a stall ends the run with a report naming the stalled stream.
     per_image = dut.resources().cycles
-    run_sim(dut, producer, consumer,
-            deadline_cycles=2000 + len(words) * 8 + 12 * len(images) * per_image)
-    return got
+    return run_param_block(dut, words, beats, count, dut.p_out, rng, p_idle, p_stall, 60,
+                           "DynamicConv1x1",
+                           2000 + len(words) * 8 + 12 * len(images) * per_image)
 
 
 def check(got, want, cout, p_out):

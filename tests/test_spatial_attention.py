@@ -9,8 +9,7 @@ from shiftacc.hw.spatial_attention import SpatialAttention
 from shiftacc.models import golden, netgen
 from shiftacc.models.layer import Layer
 from shiftacc.sim.streamtb import (assert_value_error, deadline_for, make_rng,
-                                   measure_image_period, pixels_to_beats, receive_and_drain,
-                                   run_sim, send, send_params)
+                                   measure_image_period, pixels_to_beats, run_param_block)
 
 
 def _rq(v, m, sh):
@@ -56,21 +55,10 @@ def run_block(dut, words, images, rng, p_idle, p_stall):
     n, h, w, c = images.shape
     count = n * h * w * dut.nb
     beats = pixels_to_beats(images, dut.lanes, dut.bits, rng)
-    got = []
-
-    async def producer(ctx):
-        await send_params(ctx, dut.params, words, rng, p_idle)
-        await send(ctx, dut.i, beats, rng, p_idle)
-
-    async def consumer(ctx):
-        got.extend(await receive_and_drain(ctx, dut.o, count, dut.lanes, rng, p_stall,
-                                           dut.fifo_depth + 40, "SpatialAttention"))
-
     # Stalls slow every beat by a few cycles; the context unit adds its cycles per image.
-    run_sim(dut, producer, consumer,
-            deadline_cycles=deadline_for(2 * len(beats) + len(words)
-                                         + 4 * n * dut.ctx_cycles))
-    return got
+    return run_param_block(dut, words, beats, count, dut.lanes, rng, p_idle, p_stall,
+                           dut.fifo_depth + 40, "SpatialAttention",
+                           deadline_for(2 * len(beats) + len(words) + 4 * n * dut.ctx_cycles))
 
 
 def check(got, want, lanes):
