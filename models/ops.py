@@ -373,6 +373,32 @@ class Shift(Op):
                 f"max |d| {r}")
 
 
+#: The per-output-channel requant of a conv's output (absent on the classifier).
+_OUTPUT_REQUANT_KEYS = {
+    "m": Array("uint16", "[cout]", "requant multiplier in [1, 65535]; absent on the last "
+               "layer", required=False),
+    "sh": Array("uint8", "[cout]", "requant right shift in [1, 47]; absent on the last "
+                "layer", required=False),
+}
+
+
+def _output_requant(ml, ctx, k, cout, keys, who):
+    """``(m, sh)`` of a conv's output requant, or ``(None, None)`` on the last layer (raw
+    int32 logits); adds the arrays' names to ``keys``. ``who`` names the layers that need
+    them in the message."""
+    if ctx.last:
+        ctx.require("m" not in ml and "sh" not in ml,
+                    "the last layer outputs raw int32 logits and takes no 'm'/'sh'")
+        return None, None
+    ctx.require("m" in ml and "sh" in ml, f"missing key 'm'/'sh': {who} ends in requant")
+    m, keys["m"] = ctx.array(ml, "m", k["m"], (cout,))
+    sh, keys["sh"] = ctx.array(ml, "sh", k["sh"], (cout,))
+    ctx.require(m.min() >= 1, f"m must be in [1, 65535], found {m.min()}")
+    ctx.require(sh.min() >= 1 and sh.max() <= 47,
+                f"sh must be in [1, 47], found [{sh.min()}, {sh.max()}]")
+    return m, sh
+
+
 class Conv1x1(Op):
     """``conv1x1``: 1×1 convolution, stride 1 or 2, then requant unless last (DESIGN.md §1)."""
 
@@ -385,10 +411,7 @@ class Conv1x1(Op):
         "cout": Scalar("output channels", minimum=1),
         "weight": Array("int8", "[cout, cin]", "signed, within weight_bits"),
         "bias": Array("int32", "[cout]", "added to the accumulator"),
-        "m": Array("uint16", "[cout]", "requant multiplier in [1, 65535]; absent on the last "
-                   "layer", required=False),
-        "sh": Array("uint8", "[cout]", "requant right shift in [1, 47]; absent on the last "
-                    "layer", required=False),
+        **_OUTPUT_REQUANT_KEYS,
     }
     together = (("m", "sh"),)
     classifier = True
@@ -407,18 +430,7 @@ class Conv1x1(Op):
                     f"{ctx.weight_bits}-bit range [{wlo}, {whi}]")
         bias, kb = ctx.array(ml, "bias", k["bias"], (cout,))
         keys = {"weight": kw, "bias": kb}
-        m = sh = None
-        if ctx.last:
-            ctx.require("m" not in ml and "sh" not in ml,
-                        "the last layer outputs raw int32 logits and takes no 'm'/'sh'")
-        else:
-            ctx.require("m" in ml and "sh" in ml,
-                        "missing key 'm'/'sh': every conv1x1 but the last ends in requant")
-            m, keys["m"] = ctx.array(ml, "m", k["m"], (cout,))
-            sh, keys["sh"] = ctx.array(ml, "sh", k["sh"], (cout,))
-            ctx.require(m.min() >= 1, f"m must be in [1, 65535], found {m.min()}")
-            ctx.require(sh.min() >= 1 and sh.max() <= 47,
-                        f"sh must be in [1, 47], found [{sh.min()}, {sh.max()}]")
+        m, sh = _output_requant(ml, ctx, k, cout, keys, "every conv1x1 but the last")
         # The accumulator must fit int32 for every input (DESIGN.md §1): bound it exactly,
         # with every input at 0 or at its largest value 2**bits - 1.
         xmax = (1 << ctx.bits) - 1
@@ -658,10 +670,7 @@ class DynamicConv1x1(Op):
         "att_bias": Array("int32", "[kernels]", "attention logits' bias"),
         "exp_lut": Array("uint16", "[256]", "exponential table indexed by j + 255, j in "
                          "[-255, 0]; entry 255 at least 1"),
-        "m": Array("uint16", "[cout]", "requant multiplier in [1, 65535]; absent on the last "
-                   "layer", required=False),
-        "sh": Array("uint8", "[cout]", "requant right shift in [1, 47]; absent on the last "
-                    "layer", required=False),
+        **_OUTPUT_REQUANT_KEYS,
     }
     together = (("m", "sh"),)
     classifier = True
@@ -685,19 +694,8 @@ class DynamicConv1x1(Op):
         ctx.require(exp_lut[255] >= 1, "exp_lut[255] (the largest logit's entry) must be at "
                     "least 1, so that the softmax's sum is never 0")
         keys = {"weight": kw, "bias": kb, "att_weight": kaw, "att_bias": kab, "exp_lut": kel}
-        m = sh = None
-        if ctx.last:
-            ctx.require("m" not in ml and "sh" not in ml,
-                        "the last layer outputs raw int32 logits and takes no 'm'/'sh'")
-        else:
-            ctx.require("m" in ml and "sh" in ml,
-                        "missing key 'm'/'sh': a dynamic_conv1x1 that is not the last layer "
-                        "ends in requant")
-            m, keys["m"] = ctx.array(ml, "m", k["m"], (cout,))
-            sh, keys["sh"] = ctx.array(ml, "sh", k["sh"], (cout,))
-            ctx.require(m.min() >= 1, f"m must be in [1, 65535], found {m.min()}")
-            ctx.require(sh.min() >= 1 and sh.max() <= 47,
-                        f"sh must be in [1, 47], found [{sh.min()}, {sh.max()}]")
+        m, sh = _output_requant(ml, ctx, k, cout, keys,
+                                "a dynamic_conv1x1 that is not the last layer")
         _pool_bound(ctx, f["att_step"])
         _matvec_bound(ctx, "the attention logits", att_weight, att_bias, (1 << ctx.act_bits) - 1)
         # The mixture is a convex combination with weights pi/256 (sum pi <= 256), rounded
