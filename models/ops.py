@@ -399,7 +399,23 @@ def _output_requant(ml, ctx, k, cout, keys, who):
     return m, sh
 
 
-class Conv1x1(Op):
+class _Conv(Op):
+    """What a 1×1 convolution's output is, for ``conv1x1`` and ``dynamic_conv1x1``: stride s
+    gives ``ceil(H / s)``; requant gives ``act_bits`` values, the classifier raw logits."""
+
+    together = (("m", "sh"),)
+    classifier = True
+
+    def out_shape(self, layer, shape):
+        h, w, _ = shape
+        s = layer.stride
+        return -(-h // s), -(-w // s), layer.cout
+
+    def out_bits(self, layer, bits, act_bits):
+        return act_bits if layer.requant else bits
+
+
+class Conv1x1(_Conv):
     """``conv1x1``: 1×1 convolution, stride 1 or 2, then requant unless last (DESIGN.md §1)."""
 
     name = "conv1x1"
@@ -413,8 +429,6 @@ class Conv1x1(Op):
         "bias": Array("int32", "[cout]", "added to the accumulator"),
         **_OUTPUT_REQUANT_KEYS,
     }
-    together = (("m", "sh"),)
-    classifier = True
 
     def parse(self, ml, ctx):
         k = self.keys
@@ -441,14 +455,6 @@ class Conv1x1(Op):
                     f"accumulator can reach [{lo_acc.min()}, {hi_acc.max()}], which does not "
                     f"fit int32")
         return Layer("conv1x1", stride=stride, weight=weight, bias=bias, m=m, sh=sh, keys=keys)
-
-    def out_shape(self, layer, shape):
-        h, w, _ = shape
-        s = layer.stride
-        return -(-h // s), -(-w // s), layer.cout
-
-    def out_bits(self, layer, bits, act_bits):
-        return act_bits if layer.requant else bits
 
     def golden(self, layer, x, act_bits):
         return _golden().conv1x1(x, layer.weight, layer.bias, layer.stride, layer.m, layer.sh,
@@ -643,7 +649,7 @@ class ChannelAttention(Op):
         return f"k {len(layer.kernel)}"
 
 
-class DynamicConv1x1(Op):
+class DynamicConv1x1(_Conv):
     """``dynamic_conv1x1``: K 1×1 kernels mixed per image by an integer softmax of the
     (interval-sampled) pooled input, then a conv1x1 (DESIGN.md §1, version 2)."""
 
@@ -672,8 +678,6 @@ class DynamicConv1x1(Op):
                          "[-255, 0]; entry 255 at least 1"),
         **_OUTPUT_REQUANT_KEYS,
     }
-    together = (("m", "sh"),)
-    classifier = True
 
     def parse(self, ml, ctx):
         k = self.keys
@@ -707,14 +711,6 @@ class DynamicConv1x1(Op):
                       (1 << ctx.bits) - 1)
         return Layer("dynamic_conv1x1", weight=weight, bias=bias, att_weight=att_weight,
                      att_bias=att_bias, exp_lut=exp_lut, m=m, sh=sh, keys=keys, **f)
-
-    def out_shape(self, layer, shape):
-        h, w, _ = shape
-        s = layer.stride
-        return -(-h // s), -(-w // s), layer.cout
-
-    def out_bits(self, layer, bits, act_bits):
-        return act_bits if layer.requant else bits
 
     def golden(self, layer, x, act_bits):
         return _golden().dynamic_conv1x1(x, layer, act_bits)
