@@ -409,6 +409,47 @@ def beats_to_pixels(out, n, h, w, c, lanes):
     return arr, lasts
 
 
+def assert_pixel_beats(got, want, lanes):
+    """Received ``(lane values, last)`` beats equal the NHWC ``want`` pixel for pixel
+    (padding lanes ignored) with ``last`` on each image's final beat; the first difference
+    is named by image, pixel and channel."""
+    n, h, w, c = want.shape
+    nb = beats_per_pixel(c, lanes)
+    assert len(got) == n * h * w * nb, f"{len(got)} beats, want {n * h * w * nb}"
+    k = 0
+    for img in range(n):
+        for y in range(h):
+            for x in range(w):
+                for b in range(nb):
+                    data, last = got[k]
+                    for lane in range(lanes):
+                        ch = b * lanes + lane
+                        if ch < c:
+                            assert data[lane] == want[img, y, x, ch], (
+                                f"image {img} pixel ({y}, {x}) channel {ch}: got "
+                                f"{data[lane]}, want {want[img, y, x, ch]}")
+                    end = y == h - 1 and x == w - 1 and b == nb - 1
+                    assert last == int(end), f"image {img} pixel ({y}, {x}) beat {b}: last"
+                    k += 1
+
+
+def built_memories(component):
+    """Counter of (depth, width) of every memory in the elaborated ``component`` (to check a
+    block's stated memories against what it builds)."""
+    from collections import Counter
+    from amaranth.hdl import Fragment, Shape
+    from amaranth.hdl._mem import MemoryInstance
+    out = Counter()
+
+    def walk(fragment):
+        for sub, *_ in fragment.subfragments:
+            if isinstance(sub, MemoryInstance):
+                out[(sub._data.depth, Shape.cast(sub._data.shape).width)] += 1
+            walk(sub)
+    walk(Fragment.get(component, None))
+    return out
+
+
 def expected_lasts(n, h, w, nb):
     """``last`` is high only on the final beat of each image."""
     per = [0] * (h * w * nb)

@@ -6,8 +6,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment, Shape
-from amaranth.hdl._mem import MemoryInstance
 
 from shiftacc.hw.channel_attention import ChannelAttention
 from shiftacc.hw.params import channel_attention_param_words
@@ -15,8 +13,8 @@ from shiftacc.hw.synth import dsp_cells, synth_component, yosys_exe
 from shiftacc.models.golden import channel_attention, round_shift
 from shiftacc.models.layer import Layer
 from shiftacc.sim.lint import lint_component
-from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
-                                   pixels_to_beats, run_param_block)
+from shiftacc.sim.streamtb import (assert_pixel_beats, assert_value_error, built_memories,
+                                   make_rng, measure_image_period, pixels_to_beats, run_param_block)
 
 
 def _sh_for(spread, mult, target_bits, jitter):
@@ -62,28 +60,6 @@ def run_eca(dut, words, images, rng, p_idle, p_stall):
                            2000 + 40 * count + 4 * n * dut.engine_cycles + 4 * len(words))
 
 
-def check_output(got, want, lanes):
-    """Beats == golden pixels (first difference reported) and ``last`` on image ends."""
-    n, h, w, c = want.shape
-    nb = -(-c // lanes)
-    assert len(got) == n * h * w * nb, f"{len(got)} beats, want {n * h * w * nb}"
-    pos = 0
-    for img in range(n):
-        for y in range(h):
-            for x in range(w):
-                for b in range(nb):
-                    data, last = got[pos]
-                    for l in range(lanes):
-                        ch = b * lanes + l
-                        if ch < c:
-                            assert data[l] == want[img, y, x, ch], (
-                                f"image {img} pixel ({y}, {x}) channel {ch}: got {data[l]}, "
-                                f"want {want[img, y, x, ch]}")
-                    end = y == h - 1 and x == w - 1 and b == nb - 1
-                    assert last == int(end), f"image {img} pixel ({y}, {x}) beat {b}: last"
-                    pos += 1
-
-
 def one_case(rng, *, height, width, channels, lanes, bits, act_bits, k, n_img, p_idle,
              p_stall, layer_id=3, conv_lanes=None):
     print(f"H={height} W={width} C={channels} P={lanes} bits={bits} act_bits={act_bits} "
@@ -101,7 +77,7 @@ def one_case(rng, *, height, width, channels, lanes, bits, act_bits, k, n_img, p
              + channel_attention_param_words(layer_id, layer)
              + channel_attention_param_words((layer_id + 9) % 256, decoy)[:7])
     got = run_eca(dut, words, images, rng, p_idle, p_stall)
-    check_output(got, channel_attention(images, layer, act_bits), lanes)
+    assert_pixel_beats(got, channel_attention(images, layer, act_bits), lanes)
     return index
 
 
@@ -160,7 +136,7 @@ def test_channel_attention_extreme_scalars(scalars):
     layer = Layer(op="channel_attention", kernel=kernel, lut=lut, **scalars)
     dut = ChannelAttention(width=w, height=h, channels=c, lanes=lanes, bits=8, act_bits=8, k=k)
     got = run_eca(dut, channel_attention_param_words(0, layer), images, rng, 0.2, 0.3)
-    check_output(got, channel_attention(images, layer, 8), lanes)
+    assert_pixel_beats(got, channel_attention(images, layer, 8), lanes)
 
 
 def test_channel_attention_indices_interior():
@@ -204,7 +180,7 @@ def test_channel_attention_cycle_model_is_exact(case):
           f"conv_lanes {dut.conv_lanes}")
     assert period == cost.cycles == max(h * w * dut.nb, c * (steps + 1) + 9)
     got = [([int(b.data[l]) for l in range(p)], int(b.last)) for b in out]
-    check_output(got, channel_attention(images, layer, 8), p)
+    assert_pixel_beats(got, channel_attention(images, layer, 8), p)
 
 
 @pytest.mark.parametrize("case", range(20))
@@ -225,19 +201,6 @@ def test_channel_attention_conv_lanes_rule(case):
 
 
 # ---- resources: what cost() states is what the RTL instantiates -------------------------
-
-def built_memories(component):
-    """Counter of (depth, width) of every memory in the elaborated design."""
-    out = Counter()
-
-    def walk(fragment):
-        for sub, *_ in fragment.subfragments:
-            if isinstance(sub, MemoryInstance):
-                out[(sub._data.depth, Shape.cast(sub._data.shape).width)] += 1
-            walk(sub)
-    walk(Fragment.get(component, None))
-    return out
-
 
 @pytest.mark.parametrize("case", range(4))
 def test_channel_attention_memories_as_built(case):

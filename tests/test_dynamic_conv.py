@@ -9,8 +9,8 @@ from shiftacc.hw.params import dynamic_conv_param_words
 from shiftacc.models.golden import dynamic_conv1x1 as golden
 from shiftacc.models.layer import Layer
 from shiftacc.models.netgen import dynamic_conv_layer
-from shiftacc.sim.streamtb import (assert_value_error, make_rng, measure_image_period,
-                                   pixels_to_beats, run_param_block)
+from shiftacc.sim.streamtb import (assert_pixel_beats, assert_value_error, make_rng,
+                                   measure_image_period, pixels_to_beats, run_param_block)
 
 def make_layer(**fields):
     return Layer("dynamic_conv1x1", **fields)
@@ -66,27 +66,6 @@ def run_dynconv(dut, words, images, rng, p_idle, p_stall):
                            2000 + len(words) * 8 + 12 * len(images) * per_image)
 
 
-def check(got, want, cout, p_out):
-    n, ho, wo, _ = want.shape
-    nbo = -(-cout // p_out)
-    assert len(got) == n * ho * wo * nbo
-    k = 0
-    for i in range(n):
-        for yy in range(ho):
-            for xx in range(wo):
-                for b in range(nbo):
-                    data, last = got[k]
-                    for lane in range(p_out):
-                        o = b * p_out + lane
-                        if o < cout:
-                            assert data[lane] == want[i, yy, xx, o], (
-                                f"image {i} pixel ({yy}, {xx}) channel {o}: got {data[lane]}, "
-                                f"want {want[i, yy, xx, o]}")
-                    final = yy == ho - 1 and xx == wo - 1 and b == nbo - 1
-                    assert last == int(final), f"image {i} pixel ({yy}, {xx}) beat {b}: last"
-                    k += 1
-
-
 def one_case(rng, *, h, w, cin, cout, p_in, p_out, stride, kernels, att_step, in_bits=8,
              weight_bits=8, act_bits=8, requant=True, n_img=3, p_idle=0.0, p_stall=0.0,
              layer_id=3, big_lut=False, mix_mode=None):
@@ -110,7 +89,7 @@ def one_case(rng, *, h, w, cin, cout, p_in, p_out, stride, kernels, att_step, in
     images = np.array([[[[rng.randrange(1 << in_bits) for _ in range(cin)] for _ in range(w)]
                         for _ in range(h)] for _ in range(n_img)], np.int64)
     got = run_dynconv(dut, words, images, rng, p_idle, p_stall)
-    check(got, golden(images, layer, act_bits), cout, p_out)
+    assert_pixel_beats(got, golden(images, layer, act_bits), p_out)
     return dut
 
 
@@ -175,7 +154,7 @@ def test_dynamic_conv_netgen_layer(case):
                          in_bits=8, weight_bits=8, act_bits=8, requant=not last, layer_id=5)
     got = run_dynconv(dut, dynamic_conv_param_words(5, layer, p_in, p_out), images, rng,
                       0.3, 0.5)
-    check(got, golden(images, layer, 8), cout, p_out)
+    assert_pixel_beats(got, golden(images, layer, 8), p_out)
 
 
 def measure_case(rng, shape, mix_mode=None):
@@ -201,7 +180,7 @@ def measure_case(rng, shape, mix_mode=None):
     print(f"measured {period} cycles/image; cost {cost.cycles} (receive {g['receive']}, "
           f"process {g['process']}, conv {g['conv']})")
     got = [([int(b.data[k]) for k in range(p_out)], int(b.last)) for b in out]
-    check(got, golden(images, layer, 8), cout, p_out)
+    assert_pixel_beats(got, golden(images, layer, 8), p_out)
     assert period == cost.cycles
     return g
 

@@ -22,20 +22,7 @@ from shiftacc.hw.shift_unit import ShiftUnit
 from shiftacc.hw.subsample import Subsample2
 from shiftacc.hw.top import Accelerator
 from shiftacc.models.netgen import random_model
-from shiftacc.sim.streamtb import make_rng
-
-
-def built_memories(component):
-    """Counter of (depth, width) of every memory the elaborated design contains."""
-    out = Counter()
-
-    def walk(fragment):
-        for sub, *_ in fragment.subfragments:
-            if isinstance(sub, MemoryInstance):
-                out[(sub._data.depth, Shape.cast(sub._data.shape).width)] += 1
-            walk(sub)
-    walk(Fragment.get(component, None))
-    return out
+from shiftacc.sim.streamtb import built_memories, make_rng
 
 
 def stated(memories):

@@ -8,7 +8,7 @@ from shiftacc.hw.params import spatial_attention_param_words
 from shiftacc.hw.spatial_attention import SpatialAttention
 from shiftacc.models import golden, netgen
 from shiftacc.models.layer import Layer
-from shiftacc.sim.streamtb import (assert_value_error, deadline_for, make_rng,
+from shiftacc.sim.streamtb import (assert_pixel_beats, assert_value_error, deadline_for, make_rng,
                                    measure_image_period, pixels_to_beats, run_param_block)
 
 
@@ -61,27 +61,6 @@ def run_block(dut, words, images, rng, p_idle, p_stall):
                            deadline_for(2 * len(beats) + len(words) + 4 * n * dut.ctx_cycles))
 
 
-def check(got, want, lanes):
-    n, h, w, c = want.shape
-    nb = -(-c // lanes)
-    assert len(got) == n * h * w * nb
-    k = 0
-    for img in range(n):
-        for y in range(h):
-            for x in range(w):
-                for b in range(nb):
-                    data, last = got[k]
-                    for l in range(lanes):
-                        ch = b * lanes + l
-                        if ch < c:
-                            assert data[l] == want[img, y, x, ch], (
-                                f"image {img} pixel ({y}, {x}) channel {ch}: got {data[l]}, "
-                                f"want {want[img, y, x, ch]}")
-                    is_last = int(y == h - 1 and x == w - 1 and b == nb - 1)
-                    assert last == is_last, f"image {img} pixel ({y}, {x}) beat {b}: last"
-                    k += 1
-
-
 def one_case(rng, *, height, width, channels, lanes, bits, act_bits, n_img, p_idle, p_stall,
              layer_id=3, calibrated=False):
     print(f"H={height} W={width} C={channels} P={lanes} bits={bits} act_bits={act_bits} "
@@ -106,7 +85,7 @@ def one_case(rng, *, height, width, channels, lanes, bits, act_bits, n_img, p_id
              + spatial_attention_param_words(layer_id - 1, decoy)[:40])
     want = expected(images, layer, act_bits)
     got = run_block(dut, words, images, rng, p_idle, p_stall)
-    check(got, want, lanes)
+    assert_pixel_beats(got, want, lanes)
     return dut
 
 
@@ -198,7 +177,7 @@ def measure_period(dut, rng, seed, layer, shape):
         assert period == cost.cycles == max(height * width * dut.nb,
                                             channels * dut.nb + channels + 11)
         got = [([int(p.data[l]) for l in range(lanes)], int(p.last)) for p in out]
-        check(got, expected(images, layer, 8), lanes)
+        assert_pixel_beats(got, expected(images, layer, 8), lanes)
 
 
 @pytest.mark.parametrize("case", range(4))
