@@ -745,7 +745,7 @@ def _build_stages(model, cfg, t):
                 stages.append(_converter(h, w, c, lanes, p_in, bits, False))
             stages.append(Stage("dynamic_conv", i, (h, w, c), (ho, wo, co), p_in, p_out, bits,
                                 out_bits if not last else 32, signed=last, requant=not last,
-                                macs=OPS_MACS(model, i)))
+                                macs=_layer_macs(model, i)))
             lanes = p_out
             continue
         if layer.op == "conv1x1":
@@ -783,7 +783,7 @@ def _build_stages(model, cfg, t):
                        bits, bits, stride=stride)
         elif layer.op in _LANE_STAGES:
             st = Stage(_LANE_STAGES[layer.op], i, (h, w, c), (ho, wo, co), lo, lo, bits,
-                       out_bits, macs=OPS_MACS(model, i))
+                       out_bits, macs=_layer_macs(model, i))
         else:
             raise PlanError(f"layer {i}: op {layer.op!r} has no hardware block")
         stages.append(st)
@@ -803,7 +803,7 @@ def _build_stages(model, cfg, t):
     return input_lanes, stages
 
 
-def OPS_MACS(model, i):
+def _layer_macs(model, i):
     """MACs per image of layer ``i`` (its op's own count, models.ops)."""
     from ..models.ops import OPS
     return OPS[model.layers[i].op].macs(model.layers[i], model.shapes()[i + 1])

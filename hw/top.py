@@ -15,7 +15,7 @@ from .params import channel_attention_param_words, conv_param_words, \
 from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
 
-__all__ = ["Accelerator", "param_words", "image_beats"]
+__all__ = ["Accelerator", "param_words", "stage_param_words", "image_beats"]
 
 
 def _make_block(stage, model, radius):
@@ -114,28 +114,29 @@ def param_words(model, plan):
     -------
     list of int
     """
-    words = []
-    for stage in plan.stages:
-        if stage.layer is None:
-            continue
-        layer = model.layers[stage.layer]
-        if stage.kind == "shift":
-            words += shift_param_words(stage.layer, layer.shifts.tolist(), stage.lanes_in)
-        elif stage.kind == "conv":
-            words += conv_param_words(stage.layer, layer.weight.tolist(), layer.bias.tolist(),
-                                      None if layer.m is None else layer.m.tolist(),
-                                      None if layer.sh is None else layer.sh.tolist(),
-                                      stage.lanes_in, stage.lanes_out)
-        elif stage.kind == "gap":
-            words += gap_param_words(stage.layer, layer.m, layer.sh)
-        elif stage.kind == "channel_attention":
-            words += channel_attention_param_words(stage.layer, layer)
-        elif stage.kind == "spatial_attention":
-            words += spatial_attention_param_words(stage.layer, layer)
-        elif stage.kind == "dynamic_conv":
-            words += dynamic_conv_param_words(stage.layer, layer, stage.lanes_in,
-                                              stage.lanes_out)
-    return words
+    return [w for stage in plan.stages if stage.layer is not None
+            for w in stage_param_words(stage, model.layers[stage.layer])]
+
+
+def stage_param_words(stage, layer):
+    """The parameter beats of one stage's block for ``layer`` (none for blocks without
+    parameters), addressed as :mod:`hw.params` defines for that block's lanes."""
+    if stage.kind == "shift":
+        return shift_param_words(stage.layer, layer.shifts.tolist(), stage.lanes_in)
+    if stage.kind == "conv":
+        return conv_param_words(stage.layer, layer.weight.tolist(), layer.bias.tolist(),
+                                None if layer.m is None else layer.m.tolist(),
+                                None if layer.sh is None else layer.sh.tolist(),
+                                stage.lanes_in, stage.lanes_out)
+    if stage.kind == "gap":
+        return gap_param_words(stage.layer, layer.m, layer.sh)
+    if stage.kind == "channel_attention":
+        return channel_attention_param_words(stage.layer, layer)
+    if stage.kind == "spatial_attention":
+        return spatial_attention_param_words(stage.layer, layer)
+    if stage.kind == "dynamic_conv":
+        return dynamic_conv_param_words(stage.layer, layer, stage.lanes_in, stage.lanes_out)
+    return []
 
 
 def image_beats(images, lanes, bits):

@@ -346,14 +346,14 @@ class DeviceModel:
             setattr(layer, SCALAR_IDS[layer.op][lane], _signed(value, 32))
             return
         if li not in self._v2_maps:
-            from ..hw.top import param_words
-            probe = copy.deepcopy(self.model)
+            from ..hw.top import stage_param_words
+            probe = copy.deepcopy(self.model.layers[li])
             for name in KIND_FIELDS[layer.op].values():
-                arr = getattr(probe.layers[li], name)
+                arr = getattr(probe, name)
                 if arr is not None:
-                    setattr(probe.layers[li], name, np.arange(arr.size).reshape(arr.shape))
+                    setattr(probe, name, np.arange(arr.size).reshape(arr.shape))
             amap = {}
-            for word in param_words(probe, Plan1(st)):
+            for word in stage_param_words(st, probe):
                 _, k, r, ln, d = decode_word(word)
                 if k is not ParamKind.SCALAR:
                     amap[(k, r, ln)] = int(d)
@@ -361,13 +361,6 @@ class DeviceModel:
         arr = getattr(layer, KIND_FIELDS[layer.op][kind])
         arr.flat[self._v2_maps[li][(kind, row, lane)]] = np.array(
             _signed(value, 32)).astype(arr.dtype)
-
-
-class Plan1:
-    """A plan of one stage (what :func:`hw.top.param_words` needs to address one layer)."""
-
-    def __init__(self, stage):
-        self.stages = [stage]
 
 
 _field_cache = {}
