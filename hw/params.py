@@ -36,6 +36,19 @@ A ``dynamic_conv1x1`` banks its K kernels: kernel k's ``WEIGHT`` w[k, o, i] at r
 ``k * ceil(cout / p_out) * ceil(cin / p_in)`` + the conv1x1 row, its ``BIAS`` at row
 ``k * ceil(cout / p_out) + o // p_out``; ``M``/``SH`` as a conv1x1.
 
+The overlay engine (``hw/overlay.py``, issue #10) is one engine for the whole network, so
+its beats all carry ``layer`` = :data:`OVERLAY_LAYER` (0xFF) and address its own memories
+(``hw/overlay_program.py`` builds them; the layouts are in ``/work/v3/OVERLAY.md`` §3-§5):
+
+* ``PROGRAM`` field f of pass p: row p, lane f (index in ``overlay_program.PASS_FIELDS``),
+  data = the field's value; the END row is written explicitly.
+* ``GATHER`` entry e: row e, lane 0, data laid out as :data:`GATHER_DATA`
+  (``bank | (off & 0xFFFFF) << 1 | (dy & 0xF) << 21 | (dx & 0xF) << 25``,
+  :func:`gather_data` / :func:`gather_fields`).
+* ``QMAX`` (the clamp ``2**act_bits - 1``) of channel entry e: row e, lane 0.
+* ``WEIGHT`` row r, lane l (the overlay's weight memory row and MAC lane); ``BIAS``/``M``/
+  ``SH`` of channel entry e: row e, lane 0.
+
 Parameter consumers are always ready (they only write memories): block ports are
 ``always_ready`` streams (:func:`param_bus_signature`), broadcast to every block.
 """
@@ -46,7 +59,8 @@ from amaranth.lib import data, enum, stream
 __all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words", "SCALAR_IDS", "channel_attention_param_words",
-           "spatial_attention_param_words", "dynamic_conv_param_words", "KIND_FIELDS"]
+           "spatial_attention_param_words", "dynamic_conv_param_words", "KIND_FIELDS",
+           "OVERLAY_LAYER", "GATHER_DATA", "gather_data", "gather_fields"]
 
 
 class ParamKind(enum.Enum, shape=8):
@@ -61,6 +75,9 @@ class ParamKind(enum.Enum, shape=8):
     SCALAR = 7
     ATT_WEIGHT = 8
     ATT_BIAS = 9
+    PROGRAM = 10
+    GATHER = 11
+    QMAX = 12
 
 
 #: The ``SCALAR`` lane of each scalar field of the version-2 ops (the artifact's key names).
@@ -241,3 +258,43 @@ def dynamic_conv_param_words(layer_id, layer, p_in, p_out):
     return (words + _table_words(layer_id, ParamKind.ATT_BIAS, layer.att_bias.tolist())
             + _table_words(layer_id, ParamKind.LUT, layer.exp_lut.tolist())
             + _scalar_words(layer_id, layer))
+
+
+# --- the overlay engine (issue #10) ------------------------------------------------------------
+
+#: The ``layer`` field of every overlay parameter beat (the overlay is one engine, not a layer).
+OVERLAY_LAYER = 0xFF
+
+#: The ``data`` field of an overlay ``GATHER`` beat: one gather-table entry (29 bits). ``bank``
+#: is the source channel's parity bank, ``off`` the signed address offset from the output
+#: pixel's base address, ``dy``/``dx`` the shift checked against the map's borders.
+GATHER_DATA = data.StructLayout({"bank": 1, "off": signed(20), "dy": signed(4), "dx": signed(4)})
+
+
+def gather_data(bank, off, dy, dx):
+    """Pack one gather entry as :data:`GATHER_DATA`:
+    ``bank | (off & 0xFFFFF) << 1 | (dy & 0xF) << 21 | (dx & 0xF) << 25``.
+
+    Plain integer arithmetic (the host packs thousands of entries); the layout's own
+    ``const`` gives the same bits (tested).
+
+    Raises
+    ------
+    ValueError
+        A field does not fit its width.
+    """
+    if bank not in (0, 1) or not -(1 << 19) <= off < (1 << 19) \
+            or not -8 <= dy < 8 or not -8 <= dx < 8:
+        raise ValueError(f"gather entry out of range: bank {bank}, off {off}, dy {dy}, dx {dx} "
+                         f"(bank 1 bit, off signed 20, dy/dx signed 4)")
+    return int(bank) | (int(off) & 0xFFFFF) << 1 | (int(dy) & 0xF) << 21 | (int(dx) & 0xF) << 25
+
+
+def gather_fields(value):
+    """Inverse of :func:`gather_data`: ``(bank, off, dy, dx)`` with the signed fields
+    sign-extended."""
+    def sext(v, bits):
+        return v - (1 << bits) if v >> (bits - 1) else v
+    value = int(value)
+    return (value & 1, sext((value >> 1) & 0xFFFFF, 20), sext((value >> 21) & 0xF, 4),
+            sext((value >> 25) & 0xF, 4))

@@ -1,0 +1,817 @@
+"""Overlay engine, software side: the layer program compiler and its NumPy executor (issue #10).
+
+The overlay (DESIGN.md §3 "Overlay") is one shift/MAC engine reused layer after layer: the
+feature maps live in on-chip RAM, and a *layer program* generated from the artifact drives the
+engine. This module turns a :class:`~models.artifact.Model` into that program and the memory
+images the engine reads (spec ``/work/v3/OVERLAY.md`` §2-§5, §8):
+
+* :func:`compile_overlay` groups the layers into *passes*, one conv1x1 each:
+  ``image -> { [replicate] [shift] conv1x1 [maxpool2] [gap] }*``; the replicate and shift
+  become the pass's *gather table* (a shift is only an address offset: zero cost), a maxpool2
+  and a gap directly after the conv are fused into its pass, the last conv is the classifier
+  (raw int32 logits). Anything else is refused in words (:class:`OverlayFitError`).
+* :class:`OverlayPlan` holds the program (:data:`PASS_FIELDS` per pass, an END row after the
+  last), the weight, channel (bias, m, sh, qmax) and gather memories, their parameter words
+  (:meth:`OverlayPlan.param_words`, ``hw.params`` format, ``layer`` = 0xFF) and the engine's
+  resources (:func:`overlay_cost`).
+* :func:`run_overlay` executes the program over the memory images only (never the artifact's
+  layers), with the hardware's layouts: feature maps in two buffers of two parity banks,
+  channels padded to even, gather offsets with zero fill at the borders, fused pool in window
+  order, fused gap. It is tested bit for bit against :mod:`models.golden`, which proves the
+  compiler and the layouts; the device model uses it as the overlay's engine
+  (:func:`decode_param_words`: words -> memories -> :func:`run_overlay`).
+
+Memory layouts (spec §3), for the engine's ``P = lanes`` MAC lanes:
+
+* feature map H×W×C, ``Cp = C + (C & 1)``: value (y, x, c) in bank ``c & 1`` of its buffer at
+  address ``(y*W + x) * Cp/2 + (c >> 1)``;
+* weight w[o, i] of a pass at row ``wbase + (o // P) * cin + i``, lane ``o % P``;
+* channel tables (bias, m, sh, qmax) of output channel o at entry ``cbase + o``;
+* gather entry of conv input channel i at ``gbase + i``: ``(bank, off, dy, dx)`` with the
+  source channel ``s = i % C_src`` (a replicate folds in), ``bank = s & 1``,
+  ``off = (dy*W + dx) * Cp_src/2 + (s >> 1)``; the read for output (y, x) is at
+  ``y*src_row + x*src_col + off`` when ``0 <= s*y + dy < H`` and ``0 <= s*x + dx < W``,
+  else it reads 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .params import (OVERLAY_LAYER, ParamKind, decode_word, encode_word, gather_data,
+                     gather_fields)
+from .resources import Cost, MemorySpec, Multiplier
+
+__all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories", "PASS_FIELDS",
+           "OP_END", "OP_CONV", "compile_overlay", "run_overlay", "decode_param_words",
+           "overlay_cost", "INT32_MAX"]
+
+#: The fields of one program row, in lane order (spec §4).
+PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "ho", "wo", "cin", "cout", "groups",
+               "last_group", "gbase", "wbase", "cbase", "src_row", "src_col", "pool", "gap",
+               "gap_m", "gap_sh", "gap_qmax", "raw", "out_h", "out_w", "dst_cp2", "in_c")
+
+#: Program ``op`` values: END stops the engine (the row after the last pass).
+OP_END, OP_CONV = 0, 1
+
+#: The accumulator is 32 bits (bias is added at requant, wider): every partial sum must fit.
+INT32_MAX = (1 << 31) - 1
+
+_FIELD = {name: n for n, name in enumerate(PASS_FIELDS)}
+
+#: Range of each config field: (low, high) inclusive, or a tuple of allowed values.
+_CONFIG_RANGES = {
+    "lanes": (2, 64),
+    "requant_units": (1, 2),
+    # The gather offset is signed 20 bits: a bank is at most 2**19 deep.
+    "fm_words": (16, 1 << 19),
+    # The parameter word's row field is 16 bits.
+    "weight_rows": (1, 1 << 16),
+    "channel_rows": (1, 1 << 16),
+    "gather_rows": (1, 1 << 16),
+    "max_passes": (2, 1 << 16),
+}
+
+PRIMITIVES = ("generic", "ice40")
+
+#: The SB_SPRAM256KA's depth: the ``ice40`` feature-map banks are exactly one SPRAM each.
+SPRAM_WORDS = 16384
+
+
+class OverlayFitError(ValueError):
+    """The network cannot run on the overlay engine as configured; the message names the
+    layer (index and op) or the memory, what it needs and what to do."""
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """The overlay engine's elaboration parameters (spec §2); validated on construction.
+
+    Attributes
+    ----------
+    lanes : int
+        P: MAC multipliers, the output channels computed at once (one *group*). Even, 2..64.
+    requant_units : int
+        R in {1, 2}: requant multipliers (``acc * m``), outputs per cycle.
+    fm_words : int
+        Depth of each of the 4 feature-map banks (8-bit values).
+    weight_rows : int
+        Rows of P weights (stored as 8 bits).
+    channel_rows : int
+        Entries of the per-output-channel tables (bias, m, sh, qmax).
+    gather_rows : int
+        Entries of the gather table.
+    max_passes : int
+        Program rows (the END row included).
+    primitives : str
+        ``"generic"`` (Amaranth ``*`` and ``Memory``) or ``"ice40"`` (``SB_MAC16`` lane pairs,
+        ``SB_SPRAM256KA`` banks; requires ``fm_words == 16384``).
+    """
+
+    lanes: int = 16
+    requant_units: int = 2
+    fm_words: int = 16384
+    weight_rows: int = 512
+    channel_rows: int = 512
+    gather_rows: int = 512
+    max_passes: int = 16
+    primitives: str = "generic"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Check every field.
+
+        Raises
+        ------
+        ValueError
+            Naming the field, its range and the value.
+        """
+        for name, (lo, hi) in _CONFIG_RANGES.items():
+            v = getattr(self, name)
+            if type(v) is not int or not lo <= v <= hi:
+                raise ValueError(f"overlay config: {name} must be an integer in [{lo}, {hi}], "
+                                 f"got {v!r}")
+        if self.lanes % 2:
+            raise ValueError(f"overlay config: lanes must be even (MAC lanes come in pairs, "
+                             f"one SB_MAC16 per pair on iCE40), in [2, 64], got {self.lanes}")
+        if self.primitives not in PRIMITIVES:
+            raise ValueError(f"overlay config: primitives must be one of "
+                             f"{', '.join(map(repr, PRIMITIVES))}, got {self.primitives!r}")
+        if self.primitives == "ice40" and self.fm_words != SPRAM_WORDS:
+            raise ValueError(f"overlay config: primitives 'ice40' puts each feature-map bank in "
+                             f"one SB_SPRAM256KA, so fm_words must be {SPRAM_WORDS}, got "
+                             f"{self.fm_words}")
+
+    def to_json(self):
+        """The JSON form (a dict of the fields), accepted back by :meth:`from_json`."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data, source="overlay config"):
+        """Build from a JSON-like mapping; missing keys take their defaults.
+
+        Raises
+        ------
+        ValueError
+            Not a mapping, an unknown key, or a field out of range.
+        """
+        if isinstance(data, OverlayConfig):
+            return data
+        if isinstance(data, str):
+            data = json.loads(data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: must be a JSON object, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        for k in data:
+            if k not in known:
+                raise ValueError(f"{source}: unknown key {k!r} (known: {', '.join(known)})")
+        return cls(**data)
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+def overlay_cost(config, cycles=0):
+    """Resources of the overlay engine for ``config`` (nothing depends on a model).
+
+    * ``P`` MAC multipliers, signed 8-bit weight × unsigned 8-bit activation;
+    * ``R`` requant multipliers, the signed 33-bit ``acc + bias`` × unsigned 16-bit ``m``
+      (the gap requant shares them);
+    * the memories of spec §3: four feature-map banks, the weight rows (P lanes × 8 bits),
+      the channel tables (bias 32, m 16, sh 6, qmax 8 bits), the gather table (29 bits) and
+      the program (``max_passes`` × ``len(PASS_FIELDS)`` 32-bit fields).
+
+    The engine author may refine this (``hw/overlay.py``); it is the count the plan reports.
+    """
+    c = OverlayConfig.from_json(config)
+    mults = [Multiplier.amaranth("mac", c.lanes, 8, True, 8, False),
+             Multiplier.amaranth("requant", c.requant_units, 33, True, 16, False)]
+    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
+    mems += [MemorySpec("weights", c.weight_rows, 8 * c.lanes),
+             MemorySpec("bias", c.channel_rows, 32), MemorySpec("m", c.channel_rows, 16),
+             MemorySpec("sh", c.channel_rows, 6), MemorySpec("qmax", c.channel_rows, 8),
+             MemorySpec("gather", c.gather_rows, 29),
+             MemorySpec("program", c.max_passes * len(PASS_FIELDS), 32)]
+    return Cost(cycles=cycles, multipliers=mults, memories=mems)
+
+
+# --- memories and plan -------------------------------------------------------------------------
+
+@dataclass
+class OverlayMemories:
+    """The engine's memory images: everything :func:`run_overlay` reads.
+
+    Attributes
+    ----------
+    config : OverlayConfig
+    program : ndarray of int64 [rows, len(PASS_FIELDS)]
+    weights : ndarray of int64 [rows, lanes]
+    bias, m, sh, qmax : ndarray of int64 [entries]
+    gather : ndarray of int64 [entries]
+        Packed as :data:`hw.params.GATHER_DATA`.
+    """
+
+    config: OverlayConfig
+    program: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    m: np.ndarray
+    sh: np.ndarray
+    qmax: np.ndarray
+    gather: np.ndarray
+
+
+#: The channel tables in parameter-kind order.
+_CHANNEL_KINDS = (("bias", ParamKind.BIAS), ("m", ParamKind.M), ("sh", ParamKind.SH),
+                  ("qmax", ParamKind.QMAX))
+
+
+@dataclass
+class OverlayPlan(OverlayMemories):
+    """A compiled overlay program (see :func:`compile_overlay`).
+
+    The memory images hold the used rows only (``program`` has ``len(passes) + 1`` rows, the
+    last one END); the engine's memories are the config's sizes, the rest unused.
+
+    Attributes
+    ----------
+    passes : tuple of dict
+        Per pass, every field of :data:`PASS_FIELDS`.
+    layers : tuple of tuple of int
+        The artifact layer indices each pass runs (for messages and the summary).
+    macs_per_image : int
+        The network's multiply-accumulates per image (``Model.macs_per_image``; the engine
+        skips the conv outputs a maxpool drops, so it may do fewer).
+    model_name : str
+    classes : int
+    """
+
+    engine = "overlay"
+    input_lanes = 1
+
+    passes: tuple = ()
+    layers: tuple = ()
+    macs_per_image: int = 0
+    model_name: str = ""
+    classes: int = 0
+    layer_ops: tuple = field(default=(), repr=False)
+
+    def param_words(self):
+        """Every parameter beat the overlay engine needs, encoded as
+        :func:`hw.params.encode_word` does (``layer`` = :data:`~hw.params.OVERLAY_LAYER`).
+
+        The program (every field of every pass and of the END row), the weights (the lanes of
+        real output channels), the channel tables and the gather table.
+
+        Returns
+        -------
+        list of int
+        """
+        words = []
+        lay = OVERLAY_LAYER
+        for r, row in enumerate(self.program.tolist()):
+            words += [encode_word(lay, ParamKind.PROGRAM, r, f, v) for f, v in enumerate(row)]
+        for p in self.passes:
+            cout, cin, base = p["cout"], p["cin"], p["wbase"]
+            lanes = self.config.lanes
+            for o in range(cout):
+                row0 = base + (o // lanes) * cin
+                lane = o % lanes
+                words += [encode_word(lay, ParamKind.WEIGHT, row0 + i, lane,
+                                      int(self.weights[row0 + i, lane])) for i in range(cin)]
+        for name, kind in _CHANNEL_KINDS:
+            words += [encode_word(lay, kind, e, 0, v)
+                      for e, v in enumerate(getattr(self, name).tolist())]
+        words += [encode_word(lay, ParamKind.GATHER, e, 0, v)
+                  for e, v in enumerate(self.gather.tolist())]
+        return words
+
+    def cycles_per_image(self):
+        """Cycles per image, images back to back (``hw/overlay_timing.image_cycles``).
+
+        Raises
+        ------
+        NotImplementedError
+            ``hw/overlay_timing.py`` (the engine author's) does not exist yet.
+        """
+        try:
+            from .overlay_timing import image_cycles
+        except ImportError as e:
+            raise NotImplementedError(
+                f"overlay cycles per image: hw/overlay_timing.py (image_cycles, written with "
+                f"the engine hw/overlay.py) is not available ({e})") from None
+        return int(image_cycles(self))
+
+    def cost(self):
+        """The engine's resources (:func:`overlay_cost`), cycles from :meth:`cycles_per_image`
+        (0 while the timing model does not exist)."""
+        try:
+            cycles = self.cycles_per_image()
+        except NotImplementedError:
+            cycles = 0
+        return overlay_cost(self.config, cycles)
+
+    @property
+    def multipliers(self):
+        """Every hardware multiplier of the engine (MAC lanes and requant)."""
+        return self.cost().multiplier_count
+
+    def dsp(self, family):
+        """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`)."""
+        return self.cost().dsp(family)
+
+    def memories_used(self):
+        """Rows used of each table: dict name -> (used, capacity)."""
+        c = self.config
+        return {"program": (len(self.program), c.max_passes),
+                "weights": (len(self.weights), c.weight_rows),
+                "channels": (len(self.bias), c.channel_rows),
+                "gather": (len(self.gather), c.gather_rows),
+                "fm": (max(_map_words(p["out_h"], p["out_w"], p["cout"])
+                           for p in self.passes[:-1]) if len(self.passes) > 1 else 0,
+                       c.fm_words)}
+
+    def summary(self):
+        """Lines for the CLI: the config, the passes table, the memories used."""
+        c = self.config
+        lines = [f"overlay engine: {c.lanes} MAC lanes, {c.requant_units} requant unit(s), "
+                 f"{c.primitives} primitives; {len(self.passes)} passes, "
+                 f"{self.macs_per_image} MACs/image"]
+        lines.append(f"{'pass':>4}  {'layers':<10}{'ops':<30}{'map in':>11}{'map out':>11}"
+                     f"{'cin>cout':>10}{'groups':>7}  fused")
+        for k, (p, lays) in enumerate(zip(self.passes, self.layers)):
+            ops = "+".join(self.layer_ops[k]) if self.layer_ops else "conv1x1"
+            if p["stride"] != 1:
+                ops += f" s{p['stride']}"
+            fused = ",".join(n for n in ("pool", "gap", "raw") if p[n]) or "-"
+            map_in = f"{p['h']}x{p['w']}x{p['in_c']}"
+            map_out = f"{p['out_h']}x{p['out_w']}x{p['cout']}"
+            lines.append(f"{k:>4}  {','.join(map(str, lays)):<10}{ops:<30}{map_in:>11}"
+                         f"{map_out:>11}{str(p['cin']) + '>' + str(p['cout']):>10}"
+                         f"{p['groups']:>7}  {fused}")
+        used = self.memories_used()
+        lines.append("memories used: " + ", ".join(f"{k} {u}/{cap}" for k, (u, cap)
+                                                   in used.items()))
+        cost = overlay_cost(c)
+        lines.append(f"{cost.multiplier_count} multipliers ({cost.dsp('ecp5')} MULT18X18D on "
+                     f"ECP5, {cost.dsp('ice40')} SB_MAC16 on iCE40); {cost.memory_bits} "
+                     f"memory bits")
+        return lines
+
+
+def _map_words(h, w, c):
+    """Words per bank of an H×W×C map (channels padded to even, half in each bank)."""
+    return h * w * (c + (c & 1)) // 2
+
+
+# --- compiler ----------------------------------------------------------------------------------
+
+_V1_OPS = ("replicate", "shift", "conv1x1", "maxpool2", "gap")
+
+
+def _where(i, layer):
+    return f"layer {i} ({layer.op})"
+
+
+def compile_overlay(model, config=None):
+    """Compile ``model`` into the overlay engine's program and memory images.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    config : OverlayConfig or dict, optional
+        Default :class:`OverlayConfig()`.
+
+    Returns
+    -------
+    OverlayPlan
+
+    Raises
+    ------
+    OverlayFitError
+        A version-2 op, an unsupported layer pattern, a map over ``fm_words``, a table over
+        its capacity, a shift out of the gather's range, or a partial sum over int32; the
+        message names the layer or the memory and what to do.
+    """
+    config = OverlayConfig() if config is None else OverlayConfig.from_json(config)
+    lanes = config.lanes
+    layers = list(model.layers)
+    shapes = model.shapes()
+    value_bits = model.value_bits()
+    last = len(layers) - 1
+
+    if model.input_bits > 8:
+        raise OverlayFitError(f"input: {model.input_bits}-bit pixels; the overlay's feature-map "
+                              f"banks hold 8-bit values; use --engine dataflow")
+    for i, layer in enumerate(layers):
+        if layer.op not in _V1_OPS:
+            raise OverlayFitError(f"{_where(i, layer)}: the overlay engine runs version-1 ops "
+                                  f"only; use --engine dataflow")
+
+    # Group the layers into passes: [replicate] [shift] conv1x1 [maxpool2] [gap].
+    groups = []     # dicts: first (layer index of the pass's first layer), rep, shift, conv, pool, gap
+    pending = {}    # replicate / shift layers waiting for their conv
+    for i, layer in enumerate(layers):
+        op = layer.op
+        prev = layers[i - 1].op if i else None
+        cur = groups[-1] if groups else None
+        if op == "replicate":
+            if pending:
+                why = ("a second replicate" if "replicate" in pending else
+                       "a replicate after a shift (the pattern is [replicate] [shift] conv1x1)")
+                raise OverlayFitError(f"{_where(i, layer)}: {why} is not supported by the "
+                                      f"overlay engine; use --engine dataflow")
+            pending["replicate"] = i
+        elif op == "shift":
+            if "shift" in pending:
+                raise OverlayFitError(f"{_where(i, layer)}: two shifts before one conv1x1 are "
+                                      f"not supported by the overlay engine (merge them in the "
+                                      f"model); use --engine dataflow")
+            pending["shift"] = i
+        elif op == "conv1x1":
+            if cur is not None and cur["gap"] is not None and i != last:
+                raise OverlayFitError(f"layer {cur['gap']} (gap): a gap must be followed by "
+                                      f"the classifier (the last conv1x1), here by layer {i} "
+                                      f"(conv1x1); use --engine dataflow")
+            groups.append({"rep": pending.get("replicate"), "shift": pending.get("shift"),
+                           "conv": i, "pool": None, "gap": None})
+            pending = {}
+        elif op == "maxpool2":
+            if prev != "conv1x1" or i - 1 == last:
+                what = prev if prev is not None else "the image"
+                raise OverlayFitError(f"{_where(i, layer)}: the overlay fuses a maxpool2 into "
+                                      f"the conv1x1 directly before it, here it follows "
+                                      f"{what}; use --engine dataflow")
+            cur["pool"] = i
+        elif op == "gap":
+            if prev not in ("conv1x1", "maxpool2") or cur is None or pending \
+                    or cur["gap"] is not None:
+                what = prev if prev is not None else "the image"
+                raise OverlayFitError(f"{_where(i, layer)}: the overlay fuses a gap into the "
+                                      f"conv1x1 (and maxpool2) directly before it, here it "
+                                      f"follows {what}; use --engine dataflow")
+            if i + 1 != last:
+                nxt = layers[i + 1].op if i + 1 <= last else "nothing"
+                raise OverlayFitError(f"{_where(i, layer)}: a gap must be directly followed by "
+                                      f"the classifier (the last conv1x1), here by layer "
+                                      f"{i + 1} ({nxt}); use --engine dataflow")
+            cur["gap"] = i
+    if pending or not groups or groups[-1]["conv"] != last:
+        i = min(pending.values()) if pending else last
+        raise OverlayFitError(f"{_where(i, layers[i])}: not followed by a conv1x1, the overlay "
+                              f"runs every replicate/shift as the gather of a conv1x1; use "
+                              f"--engine dataflow")
+    if len(groups) + 1 > config.max_passes:
+        raise OverlayFitError(f"program: {len(groups)} passes + the END row need "
+                              f"{len(groups) + 1} program rows, over max_passes = "
+                              f"{config.max_passes}; raise max_passes or use --engine dataflow")
+
+    passes, pass_layers, pass_ops = [], [], []
+    w_rows, c_rows, g_rows = [], [], []
+    wbase = cbase = gbase = 0
+    qmax_act = (1 << model.act_bits) - 1
+    # The image must fit a bank too.
+    h0, w0, c0 = shapes[0]
+    if _map_words(h0, w0, c0) > config.fm_words:
+        raise OverlayFitError(f"input: the image {h0}x{w0}x{c0} needs {h0}*{w0}*{c0 + (c0 & 1)}/2"
+                              f" = {_map_words(h0, w0, c0)} words per bank, over fm_words = "
+                              f"{config.fm_words}; raise fm_words or use --engine dataflow")
+    for k, g in enumerate(groups):
+        first = g["rep"] if g["rep"] is not None else (g["shift"] if g["shift"] is not None
+                                                      else g["conv"])
+        h, w, c_src = shapes[first]
+        conv = layers[g["conv"]]
+        s = int(conv.stride)
+        cin, cout = conv.cin, conv.cout
+        cp2 = (c_src + (c_src & 1)) // 2
+        ho, wo = -(-h // s), -(-w // s)
+        ngroups = -(-cout // lanes)
+        raw = g["conv"] == last
+        pool, gap = g["pool"] is not None, g["gap"] is not None
+        out_h, out_w = (ho // 2, wo // 2) if pool else (ho, wo)
+        if gap:
+            out_h = out_w = 1
+        if not raw and _map_words(out_h, out_w, cout) > config.fm_words:
+            j = max(x for x in (g["conv"], g["pool"], g["gap"]) if x is not None)
+            raise OverlayFitError(
+                f"{_where(j, layers[j])}: the map it writes, {out_h}x{out_w}x{cout}, needs "
+                f"{out_h}*{out_w}*{cout + (cout & 1)}/2 = {_map_words(out_h, out_w, cout)} words "
+                f"per bank, over fm_words = {config.fm_words}; raise fm_words, add a stride or "
+                f"a maxpool earlier, or use --engine dataflow")
+
+        # Partial sums: sum |w| * (largest input value) must fit the 32-bit accumulator.
+        bits = value_bits[g["conv"]]
+        wabs = np.abs(conv.weight.astype(np.int64)).sum(axis=1)
+        worst = int(wabs.max()) * ((1 << bits) - 1) if wabs.size else 0
+        if worst > INT32_MAX:
+            o = int(wabs.argmax())
+            raise OverlayFitError(
+                f"{_where(g['conv'], conv)}: output channel {o} has partial sums up to "
+                f"sum|w| * (2**{bits} - 1) = {int(wabs[o])} * {(1 << bits) - 1} = {worst}, over "
+                f"the overlay's int32 accumulator ({INT32_MAX}); use smaller weights or "
+                f"--engine dataflow")
+        if gap and out_h * out_w and ho * wo * qmax_act > INT32_MAX:
+            raise OverlayFitError(f"{_where(g['gap'], layers[g['gap']])}: the gap sums "
+                                  f"{ho * wo} values of up to {qmax_act}, over int32; use "
+                                  f"--engine dataflow")
+
+        # Gather table: replicate folds in as s_i = i % C_src, the shift gives (dy, dx).
+        shifts = (np.asarray(layers[g["shift"]].shifts, np.int64) if g["shift"] is not None
+                  else np.zeros((cin, 2), np.int64))
+        for i in range(cin):
+            dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
+            if not (-8 <= dy < 8 and -8 <= dx < 8):
+                raise OverlayFitError(f"{_where(g['shift'], layers[g['shift']])}: channel {i} "
+                                      f"shifts by (dy, dx) = ({dy}, {dx}), outside the gather "
+                                      f"table's signed 4-bit range [-8, 7]; use --engine "
+                                      f"dataflow")
+            si = i % c_src
+            off = (dy * w + dx) * cp2 + (si >> 1)
+            if not -(1 << 19) <= off < (1 << 19):
+                raise OverlayFitError(f"{_where(g['shift'], layers[g['shift']])}: channel {i}'s "
+                                      f"address offset {off} does not fit the gather table's "
+                                      f"signed 20 bits; use --engine dataflow")
+            g_rows.append(gather_data(si & 1, off, dy, dx))
+
+        # Weights: w[o, i] at row wbase + (o // P) * cin + i, lane o % P.
+        wt = np.zeros((ngroups * cin, lanes), np.int64)
+        o = np.arange(cout)
+        wt[(o // lanes)[:, None] * cin + np.arange(cin)[None, :], (o % lanes)[:, None]] = \
+            conv.weight.astype(np.int64)
+        w_rows.append(wt)
+
+        # Channel tables: bias, m, sh, qmax (the classifier: bias only).
+        for o in range(cout):
+            if raw:
+                c_rows.append((int(conv.bias[o]), 0, 0, 0))
+            else:
+                c_rows.append((int(conv.bias[o]), int(conv.m[o]), int(conv.sh[o]), qmax_act))
+
+        gl = layers[g["gap"]] if gap else None
+        p = {"op": OP_CONV, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": s,
+             "ho": ho, "wo": wo, "cin": cin, "cout": cout, "groups": ngroups,
+             "last_group": cout - (ngroups - 1) * lanes, "gbase": gbase, "wbase": wbase,
+             "cbase": cbase, "src_row": s * w * cp2, "src_col": s * cp2, "pool": int(pool),
+             "gap": int(gap), "gap_m": int(gl.m) if gap else 0, "gap_sh": int(gl.sh) if gap else 0,
+             "gap_qmax": qmax_act if gap else 0, "raw": int(raw), "out_h": out_h,
+             "out_w": out_w, "dst_cp2": (cout + (cout & 1)) // 2, "in_c": c_src}
+        passes.append(p)
+        idx = tuple(x for x in (g["rep"], g["shift"], g["conv"], g["pool"], g["gap"])
+                    if x is not None)
+        pass_layers.append(idx)
+        pass_ops.append(tuple(layers[x].op for x in idx))
+        wbase += ngroups * cin
+        cbase += cout
+        gbase += cin
+        for need, key, what in ((wbase, "weight_rows", "weight rows"),
+                                (cbase, "channel_rows", "channel-table entries"),
+                                (gbase, "gather_rows", "gather-table entries")):
+            cap = getattr(config, key)
+            if need > cap:
+                raise OverlayFitError(
+                    f"{_where(g['conv'], conv)}: the network needs {need} {what} up to this "
+                    f"conv (pass {k}), over {key} = {cap}; raise {key} or use --engine "
+                    f"dataflow")
+
+    program = np.zeros((len(passes) + 1, len(PASS_FIELDS)), np.int64)
+    for k, p in enumerate(passes):
+        program[k] = [p[f] for f in PASS_FIELDS]
+    program[len(passes), _FIELD["op"]] = OP_END
+    chan = np.array(c_rows, np.int64).reshape(-1, 4)
+    return OverlayPlan(config=config, program=program,
+                       weights=np.concatenate(w_rows).astype(np.int64),
+                       bias=chan[:, 0].copy(), m=chan[:, 1].copy(), sh=chan[:, 2].copy(),
+                       qmax=chan[:, 3].copy(), gather=np.array(g_rows, np.int64),
+                       passes=tuple(passes), layers=tuple(pass_layers),
+                       macs_per_image=int(model.macs_per_image()), model_name=model.name,
+                       classes=len(model.classes), layer_ops=tuple(pass_ops))
+
+
+# --- parameter words -> memories ---------------------------------------------------------------
+
+def _sext32(v):
+    return v - (1 << 32) if v >> 31 else v
+
+
+def decode_param_words(words, config, memories=None):
+    """Rebuild the overlay's memory images from its parameter words (what the engine does).
+
+    Parameters
+    ----------
+    words : iterable of int
+        Encoded beats (:func:`hw.params.encode_word`), ``layer`` = 0xFF.
+    config : OverlayConfig or dict
+    memories : OverlayMemories, optional
+        Memories to write into (as a device keeps its RAM between loads); default: fresh
+        zeroed memories of the config's sizes.
+
+    Returns
+    -------
+    OverlayMemories
+        Arrays of the config's full sizes (``program`` ``[max_passes, len(PASS_FIELDS)]``,
+        ``weights`` ``[weight_rows, lanes]``, tables ``[channel_rows]``, ``[gather_rows]``).
+
+    Raises
+    ------
+    ValueError
+        A word for another layer, of a kind the overlay has no memory for, or past a memory.
+    """
+    c = OverlayConfig.from_json(config)
+    if memories is None:
+        z = np.zeros
+        memories = OverlayMemories(c, z((c.max_passes, len(PASS_FIELDS)), np.int64),
+                                   z((c.weight_rows, c.lanes), np.int64),
+                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
+                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
+                                   z(c.gather_rows, np.int64))
+    tables = {ParamKind.BIAS: memories.bias, ParamKind.M: memories.m, ParamKind.SH: memories.sh,
+              ParamKind.QMAX: memories.qmax, ParamKind.GATHER: memories.gather}
+    for word in words:
+        layer, kind, row, lane, value = decode_word(word)
+        if layer != OVERLAY_LAYER:
+            raise ValueError(f"overlay parameter word {word:#x}: layer {layer}, the overlay "
+                             f"takes layer {OVERLAY_LAYER:#x} only")
+        if kind == ParamKind.PROGRAM:
+            mem, signed = memories.program, False
+        elif kind == ParamKind.WEIGHT:
+            mem, signed = memories.weights, True
+        elif kind in tables:
+            mem, signed = tables[kind], kind == ParamKind.BIAS
+            if lane != 0:
+                raise ValueError(f"overlay parameter word {word:#x}: {kind.name} lane {lane}, "
+                                 f"the table has lane 0 only")
+        else:
+            raise ValueError(f"overlay parameter word {word:#x}: kind {kind.name} has no "
+                             f"overlay memory")
+        shape = mem.shape
+        if row >= shape[0] or (mem.ndim == 2 and lane >= shape[1]):
+            raise ValueError(f"overlay parameter word {word:#x}: {kind.name} row {row} lane "
+                             f"{lane} is past the memory ({'x'.join(map(str, shape))})")
+        v = _sext32(value) if signed else value
+        if mem.ndim == 2:
+            mem[row, lane] = v
+        else:
+            mem[row] = v
+    return memories
+
+
+# --- executor ----------------------------------------------------------------------------------
+
+def _decode_gather(entries):
+    """(bank, off, dy, dx) int64 arrays of packed gather entries (GATHER_DATA)."""
+    e = np.asarray(entries, np.int64)
+    bank = e & 1
+    off = (e >> 1) & 0xFFFFF
+    off = np.where(off >> 19, off - (1 << 20), off)
+    dy = (e >> 21) & 0xF
+    dy = np.where(dy >> 3, dy - 16, dy)
+    dx = (e >> 25) & 0xF
+    dx = np.where(dx >> 3, dx - 16, dx)
+    return bank, off, dy, dx
+
+
+def _requant(v, m, sh, qmax):
+    """Spec §4 requant: ``clamp((v*m + (1 << (sh-1))) >> sh, 0, qmax)``, floor shift."""
+    sh = np.asarray(sh, np.int64)
+    rnd = np.where(sh > 0, np.left_shift(1, np.maximum(sh - 1, 0)), 0)
+    return np.clip((v * np.asarray(m, np.int64) + rnd) >> sh, 0, np.asarray(qmax, np.int64))
+
+
+def _positions(p):
+    """The conv output positions a pass computes, in the engine's order: raster, or window
+    order with a fused maxpool (only positions inside pooled windows)."""
+    ho, wo = p["ho"], p["wo"]
+    if p["pool"]:
+        py, px, q = np.meshgrid(np.arange(ho // 2), np.arange(wo // 2), np.arange(4),
+                                indexing="ij")
+        return (2 * py + q // 2).reshape(-1), (2 * px + q % 2).reshape(-1)
+    y, x = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
+    return y.reshape(-1), x.reshape(-1)
+
+
+def _run_chunk(mem, images, max_steps):
+    """Execute the program on one chunk of images ``[N, H, W, C]``; returns int64 logits."""
+    c = mem.config
+    prog = np.asarray(mem.program, np.int64)
+    n = len(images)
+    depth = c.fm_words
+    # Two buffers (X, Y) of two parity banks each; a buffer is [N, bank * depth + address].
+    fm = np.zeros((2, n, 2 * depth), np.uint8)
+    row0 = dict(zip(PASS_FIELDS, prog[0].tolist()))
+    if row0["op"] != OP_CONV:
+        raise ValueError("overlay program: pass 0 is END, nothing to run")
+    h, w, cc = row0["h"], row0["w"], row0["in_c"]
+    if images.shape[1:] != (h, w, cc):
+        raise ValueError(f"images have shape {list(images.shape)}, the program's pass 0 "
+                         f"reads [N, {h}, {w}, {cc}]")
+    # LOAD: the image into pass 0's source buffer (X), channels in parity banks.
+    _write_map(fm[row0["src"]], images, (cc + (cc & 1)) // 2, depth)
+    logits = None
+    for k in range(min(len(prog), max_steps)):
+        p = dict(zip(PASS_FIELDS, prog[k].tolist()))
+        if p["op"] == OP_END:
+            break
+        if p["op"] != OP_CONV:
+            raise ValueError(f"overlay program row {k}: op {p['op']} is neither CONV (1) nor "
+                             f"END (0)")
+        src = fm[p["src"]]
+        s, cin, cout, lanes = p["stride"], p["cin"], p["cout"], c.lanes
+        # Gather: every conv input channel's bank, offset and shift.
+        bank, off, dy, dx = _decode_gather(np.asarray(mem.gather)[p["gbase"]:p["gbase"] + cin])
+        ys, xs = _positions(p)
+        sy = s * ys[:, None] + dy[None, :]
+        sx = s * xs[:, None] + dx[None, :]
+        inside = (sy >= 0) & (sy < p["h"]) & (sx >= 0) & (sx < p["w"])
+        # Address arithmetic as the engine's incremental pixbase: y*src_row + x*src_col + off.
+        addr = (ys * p["src_row"] + xs * p["src_col"])[:, None] + off[None, :]
+        if (inside & ((addr < 0) | (addr >= depth))).any():
+            raise ValueError(f"overlay program row {k}: a read inside the map addresses past "
+                             f"the bank (0..{depth - 1})")
+        flat = np.where(inside, bank[None, :] * depth + addr, 0)
+        x = np.where(inside[None], src[:, flat], 0)            # [N, positions, cin]
+        # Weights of the pass: w[o, i] at row wbase + (o // P) * cin + i, lane o % P.
+        o = np.arange(cout)
+        wrows = p["wbase"] + (o // lanes)[:, None] * cin + np.arange(cin)[None, :]
+        wmat = np.asarray(mem.weights, np.int64)[wrows, (o % lanes)[:, None]]  # [cout, cin]
+        # Exact in float64: |partial sums| <= cin * 255 * 128, far below 2**53.
+        acc = np.rint(x.astype(np.float64) @ wmat.T.astype(np.float64)).astype(np.int64)
+        ch = slice(p["cbase"], p["cbase"] + cout)
+        bias = np.asarray(mem.bias, np.int64)[ch]
+        if p["raw"]:
+            logits = (acc + bias).reshape(n, -1)
+            continue
+        q = _requant(acc + bias, np.asarray(mem.m)[ch], np.asarray(mem.sh)[ch],
+                     np.asarray(mem.qmax)[ch])
+        oh, ow = p["ho"], p["wo"]
+        if p["pool"]:
+            # Window order: the running max over the 4 members of each window.
+            oh, ow = oh // 2, ow // 2
+            q = q.reshape(n, oh * ow, 4, cout).max(axis=2)
+        if p["gap"]:
+            sums = q.sum(axis=1)
+            q = _requant(sums, p["gap_m"], p["gap_sh"], p["gap_qmax"])[:, None, :]
+            oh = ow = 1
+        if (oh, ow) != (p["out_h"], p["out_w"]):
+            raise ValueError(f"overlay program row {k}: out_h x out_w = {p['out_h']}x"
+                             f"{p['out_w']}, the pass produces {oh}x{ow}")
+        _write_map(fm[p["dst"]], q.reshape(n, oh, ow, cout), p["dst_cp2"], depth)
+    if logits is None:
+        raise ValueError("overlay program: no raw (classifier) pass before END")
+    return logits
+
+
+def _write_map(buf, values, cp2, depth):
+    """Store ``values [N, H, W, C]`` in a buffer's parity banks: (y, x, c) in bank ``c & 1``
+    at ``(y*W + x) * cp2 + (c >> 1)``."""
+    n, h, w, cc = values.shape
+    pix = np.arange(h * w)[:, None] * cp2
+    ch = np.arange(cc)[None, :]
+    idx = ((ch & 1) * depth + pix + (ch >> 1)).reshape(-1)
+    if cc and (pix.max() + ((cc - 1) >> 1) >= depth or 2 * cp2 < cc):
+        raise ValueError(f"overlay map {h}x{w}x{cc} with {cp2} words per pixel does not fit a "
+                         f"bank of {depth}")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError("overlay map values outside the 8-bit banks")
+    buf[:, idx] = values.reshape(n, -1)
+
+
+def run_overlay(plan, images, chunk=64):
+    """Execute an overlay program on a batch of images (the engine's arithmetic, in NumPy).
+
+    Reads only the program and the memory images (``plan.program``, ``weights``, ``bias``,
+    ``m``, ``sh``, ``qmax``, ``gather``, ``config``): an :class:`OverlayPlan` or the
+    :class:`OverlayMemories` from :func:`decode_param_words`.
+
+    Parameters
+    ----------
+    plan : OverlayPlan or OverlayMemories
+    images : ndarray [N, H, W, C] (or [N, H, W] for one channel)
+        Unsigned pixels, at most 8 bits.
+    chunk : int
+        Images per step (bounds the memory of the four banks).
+
+    Returns
+    -------
+    ndarray of int64 [N, classes]
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, H, W, C], got shape {list(images.shape)}")
+    images = images.astype(np.int64)
+    if images.size and (images.min() < 0 or images.max() > 255):
+        raise ValueError("images must hold unsigned 8-bit pixels")
+    max_steps = len(plan.program)
+    if not len(images):
+        mem = plan
+        prog = np.asarray(mem.program)
+        k = next((r for r in range(len(prog)) if prog[r, _FIELD["raw"]]), None)
+        classes = int(prog[k, _FIELD["cout"]]) if k is not None else 0
+        return np.zeros((0, classes), np.int64)
+    return np.concatenate([_run_chunk(plan, images[s:s + chunk], max_steps)
+                           for s in range(0, len(images), chunk)])
