@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-__all__ = ["Board", "BOARDS", "BITSTREAM_FAMILIES", "DSP_BLOCKS", "find_board",
+__all__ = ["Board", "BOARDS", "Programmer", "PROGRAMMERS", "BITSTREAM_FAMILIES", "DSP_BLOCKS", "find_board",
            "board_from_platform", "board_names", "family_of", "UnknownBoard"]
 
 #: Families whose bitstream the open tools installed from PyPI can build.
@@ -38,6 +38,58 @@ DSP_BLOCKS = {
 FT2232H_BAUD = 3_000_000   # FT2232H: up to 12 Mbaud; 3 Mbaud is what every host driver does
 FT231X_BAUD = 3_000_000    # FT231X: 3 Mbaud maximum
 ADAPTER_BAUD = 1_000_000   # an external 3.3 V USB-UART adapter (FT232R/CP2102N/CH340: >= 1 Mbaud)
+
+
+@dataclass(frozen=True)
+class Programmer:
+    """How a board's bitstream gets onto it (``shiftacc program``).
+
+    Attributes
+    ----------
+    tool : str
+        Program run (``$env`` overrides it, as amaranth-boards' own ``toolchain_program``).
+    env : str
+        Environment variable naming another executable for ``tool``.
+    sram, flash : tuple of str or None
+        Arguments that load the bitstream into configuration RAM (lost at power-off) or
+        write it to the board's SPI flash (kept); ``{bin}``/``{bit}`` stand for the file.
+        None: the board cannot be programmed that way with this tool.
+    default : str
+        ``"sram"`` or ``"flash"``: what ``shiftacc program`` does without ``--memory``.
+    install : str
+        How to get ``tool`` (the exit-3 message).
+    """
+
+    tool: str
+    env: str
+    sram: tuple | None
+    flash: tuple | None
+    default: str
+    install: str
+
+
+#: The programmers the boards use. The iCEBreaker's FT2232H interface A is wired to its SPI
+#: flash, so iceprog writes the flash (``-S``: the FPGA's configuration RAM instead); the
+#: ULX3S (FT231X bit-banged JTAG) and ECPIX-5 (FT2232 JTAG) load over JTAG with openFPGALoader;
+#: the OrangeCrab's bootloader takes the bitstream over USB DFU into its flash; the
+#: Colorlight has no on-board programmer (an external JTAG cable, openFPGALoader's default
+#: is a CMSIS-DAP probe).
+PROGRAMMERS = {
+    "iceprog": Programmer("iceprog", "ICEPROG", ("-S", "{bin}"), ("{bin}",), "flash",
+                          "apt-get install fpga-icestorm"),
+    "ulx3s": Programmer("openFPGALoader", "OPENFPGALOADER", ("-b", "ulx3s", "-m", "{bit}"),
+                        ("-b", "ulx3s", "-f", "{bit}"), "sram",
+                        "apt-get install openfpgaloader"),
+    "ecpix5": Programmer("openFPGALoader", "OPENFPGALOADER", ("-c", "ft2232", "-m", "{bit}"),
+                         ("-c", "ft2232", "-f", "{bit}"), "sram",
+                         "apt-get install openfpgaloader"),
+    "colorlight": Programmer("openFPGALoader", "OPENFPGALOADER",
+                             ("-c", "cmsisdap", "-m", "{bit}"),
+                             ("-c", "cmsisdap", "-f", "{bit}"), "sram",
+                             "apt-get install openfpgaloader"),
+    "dfu": Programmer("dfu-util", "DFU_UTIL", None, ("-a", "0", "-D", "{bit}"), "flash",
+                      "apt-get install dfu-util"),
+}
 
 
 class UnknownBoard(ValueError):
@@ -92,6 +144,9 @@ class Board:
     ice40_pll_pad : bool
         iCE40: the oscillator pin is the PLL's package pin (``SB_PLL40_PAD``); otherwise the
         buffered clock feeds ``SB_PLL40_CORE``.
+    programmer : str, optional
+        Key of :data:`PROGRAMMERS` (``shiftacc program``); None: program it with the
+        vendor's tools.
     slots, max_payload : int
         The link engine's receive slots and largest frame payload (IDENTIFY reports both, the
         host adapts); small devices take fewer block RAMs for them. ``max_payload`` None:
@@ -109,6 +164,7 @@ class Board:
     ice40_pll_pad: bool = False
     slots: int = 4
     max_payload: int | None = None
+    programmer: str | None = None
     note: str = ""
     _cls: object = field(default=None, compare=False, repr=False)
 
@@ -183,24 +239,31 @@ _FEATHER = "shiftacc.boards.resources:orangecrab_feather_uart"
 #: The boards with a tested entry. Bitstream boards first, then files-only ones.
 BOARDS = [
     Board("icebreaker", "icebreaker:ICEBreakerPlatform", 24, FT2232H_BAUD,
-          bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256,
+          bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256, programmer="iceprog",
           note="iCE40UP5K: 8 SB_MAC16, 30 EBR, 4 SPRAM"),
-    Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", 50, FT231X_BAUD, bridge="FT231X"),
-    Board("ulx3s-25f", "ulx3s:ULX3S_25F_Platform", 50, FT231X_BAUD, bridge="FT231X"),
-    Board("ulx3s-45f", "ulx3s:ULX3S_45F_Platform", 50, FT231X_BAUD, bridge="FT231X"),
-    Board("ulx3s-85f", "ulx3s:ULX3S_85F_Platform", 50, FT231X_BAUD, bridge="FT231X"),
+    Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", 50, FT231X_BAUD, bridge="FT231X",
+          programmer="ulx3s"),
+    Board("ulx3s-25f", "ulx3s:ULX3S_25F_Platform", 50, FT231X_BAUD, bridge="FT231X",
+          programmer="ulx3s"),
+    Board("ulx3s-45f", "ulx3s:ULX3S_45F_Platform", 50, FT231X_BAUD, bridge="FT231X",
+          programmer="ulx3s"),
+    Board("ulx3s-85f", "ulx3s:ULX3S_85F_Platform", 50, FT231X_BAUD, bridge="FT231X",
+          programmer="ulx3s"),
     Board("orangecrab-25f", "orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", 48, ADAPTER_BAUD,
           bridge="external USB-UART on Feather pins 0 (RX) / 1 (TX)",
-          extra_resources=_FEATHER,
+          extra_resources=_FEATHER, programmer="dfu",
           note="its USB is the FPGA's own (DFU): the link needs a 3.3 V UART adapter"),
     Board("orangecrab-85f", "orangecrab_r0_2:OrangeCrabR0_2_85FPlatform", 48, ADAPTER_BAUD,
           bridge="external USB-UART on Feather pins 0 (RX) / 1 (TX)",
-          extra_resources=_FEATHER,
+          extra_resources=_FEATHER, programmer="dfu",
           note="its USB is the FPGA's own (DFU): the link needs a 3.3 V UART adapter"),
-    Board("ecpix5-45", "ecpix5:ECPIX545Platform", 100, FT2232H_BAUD, bridge="FT2232H"),
-    Board("ecpix5-85", "ecpix5:ECPIX585Platform", 100, FT2232H_BAUD, bridge="FT2232H"),
+    Board("ecpix5-45", "ecpix5:ECPIX545Platform", 100, FT2232H_BAUD, bridge="FT2232H",
+          programmer="ecpix5"),
+    Board("ecpix5-85", "ecpix5:ECPIX585Platform", 100, FT2232H_BAUD, bridge="FT2232H",
+          programmer="ecpix5"),
     Board("colorlight-5a75b", "colorlight_5a75b_r7_0:Colorlight_5A75B_R70Platform", 50,
           ADAPTER_BAUD, bridge="external USB-UART (the platform's uart: rx M13 / tx P11 on J19)",
+          programmer="colorlight",
           note="no USB on the board: a 3.3 V UART adapter and a JTAG cable"),
     Board("arty-a7-35", "arty_a7:ArtyA7_35Platform", 100, FT2232H_BAUD, bridge="FT2232HQ"),
     Board("arty-a7-100", "arty_a7:ArtyA7_100Platform", 100, FT2232H_BAUD, bridge="FT2232HQ"),

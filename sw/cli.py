@@ -327,6 +327,29 @@ def build_parser():
     add_json_output(p, "also write the build report here",
                     default="only DIR/build_report.json")
 
+    p = add("program", "cli_program:cmd_program",
+            help="put a built bitstream on a board (iceprog, openFPGALoader, dfu-util)",
+            description="Program a board with the bitstream 'shiftacc build' made: iceprog "
+                        "(iCEBreaker), openFPGALoader (ULX3S, ECPIX-5, Colorlight), dfu-util "
+                        "(OrangeCrab). $ICEPROG/$OPENFPGALOADER/$DFU_UTIL name other "
+                        "executables. Exit 2 for a missing or foreign bitstream, 3 for a "
+                        "missing programmer, 4 when it fails or times out (board unplugged, "
+                        "no USB permission).")
+    p.add_argument("path", metavar="DIR|BITSTREAM",
+                   help="a 'shiftacc build' folder (its build_report.json names the board) "
+                        "or a .bin (iCE40) / .bit (ECP5) file")
+    p.add_argument("--board", metavar="NAME",
+                   help="board name from 'shiftacc boards' (default: the one the build "
+                        "folder's report names)")
+    p.add_argument("--memory", choices=("sram", "flash"),
+                   help="configuration RAM (lost at power-off) or the board's flash (default: "
+                        "the board's usual: flash on the iCEBreaker and OrangeCrab, "
+                        "configuration RAM on the others)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="wall-clock limit of the programmer run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the programmer's command line and run nothing")
+
     p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
             description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
                         "keeps one build per design; it is pruned, least recently used first, "
