@@ -346,9 +346,9 @@ def build_parser():
                         "the board's usual: flash on the iCEBreaker and OrangeCrab, "
                         "configuration RAM on the others)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="wall-clock limit of the programmer run")
+                   help="wall-clock limit of the programmer run (default: 120)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the programmer's command line and run nothing")
+                   help="print the programmer's command line and run nothing (default: run it)")
 
     p = add("cache", "cli_hw:cmd_cache", help="show or clear the simulator build cache",
             description="The simulator build cache ($SHIFTACC_CACHE, else ~/.cache/shiftacc) "
