@@ -41,8 +41,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from .params import (OVERLAY_LAYER, ParamKind, decode_word, encode_word, gather_data,
-                     gather_fields)
+from .params import OVERLAY_LAYER, ParamKind, decode_word, encode_word, gather_data
 from .resources import Cost, MemorySpec, Multiplier
 
 __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories", "PASS_FIELDS",
@@ -264,8 +263,8 @@ class OverlayPlan(OverlayMemories):
         """Every parameter beat the overlay engine needs, encoded as
         :func:`hw.params.encode_word` does (``layer`` = :data:`~hw.params.OVERLAY_LAYER`).
 
-        The program (every field of every pass and of the END row), the weights (the lanes of
-        real output channels), the channel tables and the gather table.
+        The program (every field of every pass and of the END row), the weights (every lane
+        of every used row, unused lanes 0), the channel tables and the gather table.
 
         Returns
         -------
@@ -275,14 +274,10 @@ class OverlayPlan(OverlayMemories):
         lay = OVERLAY_LAYER
         for r, row in enumerate(self.program.tolist()):
             words += [encode_word(lay, ParamKind.PROGRAM, r, f, v) for f, v in enumerate(row)]
-        for p in self.passes:
-            cout, cin, base = p["cout"], p["cin"], p["wbase"]
-            lanes = self.config.lanes
-            for o in range(cout):
-                row0 = base + (o // lanes) * cin
-                lane = o % lanes
-                words += [encode_word(lay, ParamKind.WEIGHT, row0 + i, lane,
-                                      int(self.weights[row0 + i, lane])) for i in range(cin)]
+        # Every lane of every used weight row, the unused lanes of a pass's last group as 0
+        # (spec §3), so that a device's memories equal these images whatever it held before.
+        for r, row in enumerate(self.weights.tolist()):
+            words += [encode_word(lay, ParamKind.WEIGHT, r, lane, v) for lane, v in enumerate(row)]
         for name, kind in _CHANNEL_KINDS:
             words += [encode_word(lay, kind, e, 0, v)
                       for e, v in enumerate(getattr(self, name).tolist())]
@@ -331,9 +326,9 @@ class OverlayPlan(OverlayMemories):
                 "weights": (len(self.weights), c.weight_rows),
                 "channels": (len(self.bias), c.channel_rows),
                 "gather": (len(self.gather), c.gather_rows),
-                "fm": (max(_map_words(p["out_h"], p["out_w"], p["cout"])
-                           for p in self.passes[:-1]) if len(self.passes) > 1 else 0,
-                       c.fm_words)}
+                "fm": (max([_map_words(p["h"], p["w"], p["in_c"]) for p in self.passes[:1]]
+                           + [_map_words(p["out_h"], p["out_w"], p["cout"])
+                              for p in self.passes if not p["raw"]]), c.fm_words)}
 
     def summary(self):
         """Lines for the CLI: the config, the passes table, the memories used."""
@@ -413,7 +408,7 @@ def compile_overlay(model, config=None):
                                   f"only; use --engine dataflow")
 
     # Group the layers into passes: [replicate] [shift] conv1x1 [maxpool2] [gap].
-    groups = []     # dicts: first (layer index of the pass's first layer), rep, shift, conv, pool, gap
+    groups = []     # per pass: layer index of its replicate, shift, conv, pool, gap (or None)
     pending = {}    # replicate / shift layers waiting for their conv
     for i, layer in enumerate(layers):
         op = layer.op
@@ -433,15 +428,11 @@ def compile_overlay(model, config=None):
                                       f"model); use --engine dataflow")
             pending["shift"] = i
         elif op == "conv1x1":
-            if cur is not None and cur["gap"] is not None and i != last:
-                raise OverlayFitError(f"layer {cur['gap']} (gap): a gap must be followed by "
-                                      f"the classifier (the last conv1x1), here by layer {i} "
-                                      f"(conv1x1); use --engine dataflow")
             groups.append({"rep": pending.get("replicate"), "shift": pending.get("shift"),
                            "conv": i, "pool": None, "gap": None})
             pending = {}
         elif op == "maxpool2":
-            if prev != "conv1x1" or i - 1 == last:
+            if prev != "conv1x1":
                 what = prev if prev is not None else "the image"
                 raise OverlayFitError(f"{_where(i, layer)}: the overlay fuses a maxpool2 into "
                                       f"the conv1x1 directly before it, here it follows "
@@ -514,9 +505,10 @@ def compile_overlay(model, config=None):
                 f"sum|w| * (2**{bits} - 1) = {int(wabs[o])} * {(1 << bits) - 1} = {worst}, over "
                 f"the overlay's int32 accumulator ({INT32_MAX}); use smaller weights or "
                 f"--engine dataflow")
-        if gap and out_h * out_w and ho * wo * qmax_act > INT32_MAX:
+        summed = (ho // 2) * (wo // 2) if pool else ho * wo
+        if gap and summed * qmax_act > INT32_MAX:
             raise OverlayFitError(f"{_where(g['gap'], layers[g['gap']])}: the gap sums "
-                                  f"{ho * wo} values of up to {qmax_act}, over int32; use "
+                                  f"{summed} values of up to {qmax_act}, over int32; use "
                                   f"--engine dataflow")
 
         # Gather table: replicate folds in as s_i = i % C_src, the shift gives (dy, dx).
@@ -694,7 +686,9 @@ def _positions(p):
 
 
 def _run_chunk(mem, images, max_steps):
-    """Execute the program on one chunk of images ``[N, H, W, C]``; returns int64 logits."""
+    """Execute the program on one chunk of images ``[N, H, W, C]``; returns int64 logits and
+    each pass's output as read back from its destination banks (the logits for the raw
+    pass)."""
     c = mem.config
     prog = np.asarray(mem.program, np.int64)
     n = len(images)
@@ -710,7 +704,7 @@ def _run_chunk(mem, images, max_steps):
                          f"reads [N, {h}, {w}, {cc}]")
     # LOAD: the image into pass 0's source buffer (X), channels in parity banks.
     _write_map(fm[row0["src"]], images, (cc + (cc & 1)) // 2, depth)
-    logits = None
+    logits, taps = None, []
     for k in range(min(len(prog), max_steps)):
         p = dict(zip(PASS_FIELDS, prog[k].tolist()))
         if p["op"] == OP_END:
@@ -743,6 +737,7 @@ def _run_chunk(mem, images, max_steps):
         bias = np.asarray(mem.bias, np.int64)[ch]
         if p["raw"]:
             logits = (acc + bias).reshape(n, -1)
+            taps.append(logits)
             continue
         q = _requant(acc + bias, np.asarray(mem.m)[ch], np.asarray(mem.sh)[ch],
                      np.asarray(mem.qmax)[ch])
@@ -759,19 +754,30 @@ def _run_chunk(mem, images, max_steps):
             raise ValueError(f"overlay program row {k}: out_h x out_w = {p['out_h']}x"
                              f"{p['out_w']}, the pass produces {oh}x{ow}")
         _write_map(fm[p["dst"]], q.reshape(n, oh, ow, cout), p["dst_cp2"], depth)
+        taps.append(_read_map(fm[p["dst"]], oh, ow, cout, p["dst_cp2"], depth))
     if logits is None:
         raise ValueError("overlay program: no raw (classifier) pass before END")
-    return logits
+    return logits, taps
+
+
+def _map_index(h, w, cc, cp2, depth):
+    """Buffer index of every value (y, x, c) of an H×W×C map, raster then channel order."""
+    pix = np.arange(h * w)[:, None] * cp2
+    ch = np.arange(cc)[None, :]
+    return ((ch & 1) * depth + pix + (ch >> 1)).reshape(-1)
+
+
+def _read_map(buf, h, w, cc, cp2, depth):
+    """The H×W×C map stored in a buffer's parity banks, int64 ``[N, H, W, C]``."""
+    return buf[:, _map_index(h, w, cc, cp2, depth)].astype(np.int64).reshape(-1, h, w, cc)
 
 
 def _write_map(buf, values, cp2, depth):
     """Store ``values [N, H, W, C]`` in a buffer's parity banks: (y, x, c) in bank ``c & 1``
     at ``(y*W + x) * cp2 + (c >> 1)``."""
     n, h, w, cc = values.shape
-    pix = np.arange(h * w)[:, None] * cp2
-    ch = np.arange(cc)[None, :]
-    idx = ((ch & 1) * depth + pix + (ch >> 1)).reshape(-1)
-    if cc and (pix.max() + ((cc - 1) >> 1) >= depth or 2 * cp2 < cc):
+    idx = _map_index(h, w, cc, cp2, depth)
+    if cc and ((h * w - 1) * cp2 + ((cc - 1) >> 1) >= depth or 2 * cp2 < cc):
         raise ValueError(f"overlay map {h}x{w}x{cc} with {cp2} words per pixel does not fit a "
                          f"bank of {depth}")
     if values.size and (values.min() < 0 or values.max() > 255):
@@ -779,7 +785,7 @@ def _write_map(buf, values, cp2, depth):
     buf[:, idx] = values.reshape(n, -1)
 
 
-def run_overlay(plan, images, chunk=64):
+def run_overlay(plan, images, chunk=64, taps=False):
     """Execute an overlay program on a batch of images (the engine's arithmetic, in NumPy).
 
     Reads only the program and the memory images (``plan.program``, ``weights``, ``bias``,
@@ -793,10 +799,15 @@ def run_overlay(plan, images, chunk=64):
         Unsigned pixels, at most 8 bits.
     chunk : int
         Images per step (bounds the memory of the four banks).
+    taps : bool
+        Also return every pass's output map, read back from its destination banks through
+        the layout (``[N, out_h, out_w, cout]``; the raw pass: the logits), to trace a
+        mismatch to the first pass that differs.
 
     Returns
     -------
-    ndarray of int64 [N, classes]
+    logits : ndarray of int64 [N, classes]
+    outputs : list of ndarray, only when ``taps``
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -808,10 +819,14 @@ def run_overlay(plan, images, chunk=64):
         raise ValueError("images must hold unsigned 8-bit pixels")
     max_steps = len(plan.program)
     if not len(images):
-        mem = plan
-        prog = np.asarray(mem.program)
+        prog = np.asarray(plan.program)
         k = next((r for r in range(len(prog)) if prog[r, _FIELD["raw"]]), None)
         classes = int(prog[k, _FIELD["cout"]]) if k is not None else 0
-        return np.zeros((0, classes), np.int64)
-    return np.concatenate([_run_chunk(plan, images[s:s + chunk], max_steps)
-                           for s in range(0, len(images), chunk)])
+        empty = np.zeros((0, classes), np.int64)
+        return (empty, []) if taps else empty
+    parts = [_run_chunk(plan, images[s:s + chunk], max_steps)
+             for s in range(0, len(images), chunk)]
+    logits = np.concatenate([p[0] for p in parts])
+    if not taps:
+        return logits
+    return logits, [np.concatenate([p[1][k] for p in parts]) for k in range(len(parts[0][1]))]
