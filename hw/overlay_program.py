@@ -200,7 +200,7 @@ def overlay_cost(config, cycles=0):
 
 # --- memories and plan -------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class OverlayMemories:
     """The engine's memory images: everything :func:`run_overlay` reads.
 
@@ -229,7 +229,7 @@ _CHANNEL_KINDS = (("bias", ParamKind.BIAS), ("m", ParamKind.M), ("sh", ParamKind
                   ("qmax", ParamKind.QMAX))
 
 
-@dataclass
+@dataclass(eq=False)
 class OverlayPlan(OverlayMemories):
     """A compiled overlay program (see :func:`compile_overlay`).
 
@@ -319,6 +319,36 @@ class OverlayPlan(OverlayMemories):
         """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`)."""
         return self.cost().dsp(family)
 
+    def resource_line(self):
+        """``N multipliers (M MULT18X18D on ECP5, K SB_MAC16 on iCE40)``, as the dataflow
+        plan's."""
+        cost = overlay_cost(self.config)
+        return (f"{cost.multiplier_count} multipliers ({cost.dsp('ecp5')} MULT18X18D on ECP5, "
+                f"{cost.dsp('ice40')} SB_MAC16 on iCE40)")
+
+    def to_dict(self):
+        """The JSON form: engine, config, passes (every field) with their layers, tables
+        used, multipliers, memories, MACs and cycles per image (None without the timing
+        model)."""
+        cost = self.cost()
+        try:
+            cycles = self.cycles_per_image()
+        except NotImplementedError:
+            cycles = None
+        return {
+            "engine": self.engine,
+            "config": self.config.to_json(),
+            "passes": [dict(p, layers=list(lays)) for p, lays in zip(self.passes, self.layers)],
+            "used": {k: {"used": u, "capacity": c} for k, (u, c) in self.memories_used().items()},
+            "multipliers": cost.multiplier_count,
+            "dsp": {f: cost.dsp(f) for f in ("ecp5", "ice40")},
+            "memories": [{"name": m.name, "depth": m.depth, "width": m.width}
+                         for m in cost.memories],
+            "memory_bits": cost.memory_bits,
+            "macs_per_image": self.macs_per_image,
+            "cycles_per_image": cycles,
+        }
+
     def memories_used(self):
         """Rows used of each table: dict name -> (used, capacity)."""
         c = self.config
@@ -351,10 +381,16 @@ class OverlayPlan(OverlayMemories):
         used = self.memories_used()
         lines.append("memories used: " + ", ".join(f"{k} {u}/{cap}" for k, (u, cap)
                                                    in used.items()))
-        cost = overlay_cost(c)
-        lines.append(f"{cost.multiplier_count} multipliers ({cost.dsp('ecp5')} MULT18X18D on "
-                     f"ECP5, {cost.dsp('ice40')} SB_MAC16 on iCE40); {cost.memory_bits} "
-                     f"memory bits")
+        line = f"{self.resource_line()}; {overlay_cost(c).memory_bits} memory bits"
+        try:
+            cycles = self.cycles_per_image()
+        except NotImplementedError:
+            cycles = None
+        if cycles:
+            ideal = self.macs_per_image / max(1, c.lanes + c.requant_units)
+            line += (f"; {cycles} cycles/image (ideal {ideal:.0f}, MAC efficiency "
+                     f"{self.macs_per_image / ((c.lanes + c.requant_units) * cycles):.1%})")
+        lines.append(line)
         return lines
 
 

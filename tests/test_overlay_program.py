@@ -6,6 +6,8 @@ many random networks proves the compiler and the layouts. The program fields of 
 network and the refusal messages are checked against values worked out by hand here.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -328,6 +330,30 @@ def test_refuses_gap_not_before_classifier():
         compile_overlay(model)
 
 
+def test_refuses_shift_and_replicate_patterns():
+    sh = Layer("shift", shifts=np.zeros((2, 2), np.int8))
+    model = _valid([Layer("replicate", factor=2), sh, Layer("shift", shifts=sh.shifts),
+                    _conv(2, 4), Layer("gap", m=1, sh=4), _conv(4, 3, last=True)], (4, 4, 1))
+    with pytest.raises(OverlayFitError) as e:
+        compile_overlay(model)
+    assert str(e.value) == ("layer 2 (shift): two shifts before one conv1x1 are not supported "
+                            "by the overlay engine (merge them in the model); use --engine "
+                            "dataflow")
+    model = _valid([Layer("shift", shifts=np.zeros((1, 2), np.int8)),
+                    Layer("replicate", factor=2), _conv(2, 4), Layer("gap", m=1, sh=4),
+                    _conv(4, 3, last=True)], (4, 4, 1))
+    with pytest.raises(OverlayFitError, match=r"^layer 1 \(replicate\): a replicate after a "
+                       r"shift \(the pattern is \[replicate\] \[shift\] conv1x1\) is not "
+                       r"supported by the overlay engine; use --engine dataflow$"):
+        compile_overlay(model)
+    model = _valid([_conv(1, 4), Layer("shift", shifts=np.zeros((4, 2), np.int8)),
+                    Layer("gap", m=1, sh=4), _conv(4, 3, last=True)], (4, 4, 1))
+    with pytest.raises(OverlayFitError, match=r"^layer 2 \(gap\): the overlay fuses a gap "
+                       r"into the conv1x1 \(and maxpool2\) directly before it, here it follows "
+                       r"shift;"):
+        compile_overlay(model)
+
+
 def test_refuses_map_too_big():
     model = _valid([Layer("replicate", factor=9), _conv(9, 16), _conv(16, 4),
                     Layer("gap", m=1, sh=4), _conv(4, 3, last=True)], (8, 8, 1))
@@ -425,6 +451,12 @@ def test_cost_and_cycles():
         assert plan.cycles_per_image() > 0
     text = "\n".join(plan.summary())
     assert "shift+conv1x1+maxpool2" in text and "1x1x48" in text
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["engine"] == "overlay" and d["multipliers"] == 10
+    assert d["config"] == OverlayConfig(lanes=8).to_json()
+    assert [p["layers"] for p in d["passes"]] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    # ceil(cout / 8) * cin rows per pass: 2*9 + 2*16 + 6*16 + 2*48.
+    assert d["used"]["weights"] == {"used": 18 + 32 + 96 + 96, "capacity": 512}
 
 
 # ---- parameter words -------------------------------------------------------------------------
