@@ -1,0 +1,750 @@
+"""OverlayEngine: one program-driven shift/MAC engine for a whole version-1 network (issue #10).
+
+DESIGN.md §3 "Overlay", spec ``/work/v3/OVERLAY.md``. Feature maps live in four on-chip banks
+(buffers X and Y, each an even- and an odd-channel bank); a layer program, written through
+the parameter port with the weights, drives the engine pass after pass. A shift is only an
+address offset taken from the gather table (zero cost), a replicate is the gather table
+reading source channel ``i mod C``, a maxpool2 and a gap are fused into the conv that
+precedes them, the last pass (``raw``) streams ``acc + bias`` as int32 logits. Nothing about a
+particular model is an elaboration constant: the engine's shape is :class:`OverlayConfig`.
+
+Schedule (all counts exact, :mod:`hw.overlay_timing` states them as a formula)::
+
+    SETUP(row 0) LOAD  pass 0 | SETUP(row 1) pass 1 | ... | SETUP(END row) | SETUP(row 0) ...
+
+* SETUP reads the pass's ``PASS_FIELDS`` from the program memory into registers, one field a
+  cycle, and derives the few constants the address arithmetic needs.
+* LOAD takes one image value per cycle into buffer X (the ``images`` stream is ready only here).
+* A pass runs group after group (``P`` output channels at a time). A group visits the conv's
+  output positions (raster, or window order with a fused maxpool); each position takes
+  ``T = max(cin, D)`` cycles, ``D = ceil(P_g / R)`` (``P_g`` on the raw classifier, whose
+  logits leave one a cycle): in the first ``cin`` of them one gather entry a cycle becomes one
+  feature-map read that is broadcast to the ``P`` MAC lanes. The accumulators are handed to a
+  shift register when a position is complete, from which the requant units take ``R``
+  channels a cycle while the lanes already accumulate the next position.
+
+Datapath of one issued input channel ``i`` (cycle after issue: what happens, the hardware
+reason for the cut):
+
+0. gather-table read ``gbase + i`` (block RAM, synchronous); the position's base address and
+   coordinates travel beside it.
+1. ``addr = pixbase + off`` (modulo the bank depth's power of two: an in-bounds address is
+   exact), ``yy = s*y + dy``, ``xx = s*x + dx``: three independent adders.
+2. bounds check (four comparators, AND) and the feature-map read (``SB_SPRAM256KA`` latency).
+3. zero fill of out-of-bounds reads, bank select; the weight row (read 3 cycles after issue)
+   arrives.
+4. ``P`` products (``SB_MAC16`` 8×8 pairs with their product register on iCE40).
+5. accumulate (the first product of a position loads, the others add).
+6. hand-off of the ``P`` accumulators to the drain shift register.
+
+Drain (``d`` = drain step, cycles after the hand-off ``H``): ``H+1+d`` take ``R`` lanes and
+read the channel tables (bias, m, sh, qmax in ``R`` parity banks), ``+2`` ``v = acc + bias``,
+``+3`` the two 16-bit halves of ``v * m`` (the requant multiply is split over two stages),
+``+4`` their sum, ``+5`` the arithmetic shift by ``sh - 1``, ``+6`` saturation, ``+7`` round,
+``+8`` clamp to ``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`),
+``+9`` fused running max, ``+10`` fused gap sum or the write request, ``+11`` the write.
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import (Array, C, Cat, ClockSignal, Const, Instance, Module, Mux, Signal,
+                          signed, unsigned)
+from amaranth.lib import fifo, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .overlay_program import OP_END, PASS_FIELDS, OverlayConfig
+from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
+from .requant import M_BITS, SH_BITS
+from .resources import Cost, MemorySpec, Multiplier, fifo_memories
+from .stream import pixel_stream
+
+__all__ = ["OverlayEngine", "overlay_engine_cost", "DualMac", "FIELD_SLOTS", "PIPE"]
+
+#: Program memory slots per pass (``len(PASS_FIELDS)`` rounded up to a power of two, so the
+#: address is ``row << 5 | field``: no multiplier, no adder).
+FIELD_SLOTS = 1 << ceil_log2(len(PASS_FIELDS))
+
+_F = {name: n for n, name in enumerate(PASS_FIELDS)}
+
+
+@dataclass(frozen=True)
+class PipelineConstants:
+    """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
+    setup: int = len(PASS_FIELDS) + 2   # one field a cycle, the read latency, one derive cycle
+    group_start: int = 3                # P_g, then D, then T = max(cin, D) and min(cin, D)
+    flush: int = 16                     # after the issue phase: + min(cin, D), last write
+    gap_load: int = 1                   # gap sums -> drain shift register
+    gap_flush: int = 10                 # after the gap drain's D steps: its last write
+
+
+#: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
+PIPE = PipelineConstants()
+
+#: Cycles from an input channel's issue to the hand-off of its position (stages 0..6).
+_HANDOFF = 6
+
+
+@dataclass(frozen=True)
+class DualMac(Multiplier):
+    """MAC multipliers packed two per ``SB_MAC16`` (dual 8×8 mode) with ``primitives="ice40"``.
+
+    Every lane is still one multiplier (``count`` = P); on iCE40 a pair shares one DSP block,
+    so :meth:`dsp` is ``ceil(count / 2)`` there.
+    """
+
+    def dsp(self, family):
+        if family == "ice40":
+            return (self.count + 1) // 2
+        return super().dsp(family)
+
+
+def _widths(config):
+    aw = max(1, ceil_log2(config.fm_words))
+    return {
+        "aw": aw,
+        # A map dimension is at most fm_words (one value per pixel).
+        "dim": aw + 1,
+        "cin": ceil_log2(config.gather_rows + 1),
+        "cout": ceil_log2(config.channel_rows + 1),
+        "wrow": ceil_log2(config.weight_rows + 1),
+        # |w * x| <= 128 * 255 < 2**15; a sum of at most gather_rows of them.
+        "acc": min(32, 16 + ceil_log2(config.gather_rows)),
+        # A gap sum: at most fm_words values of at most 255.
+        "gsum": 9 + aw,
+    }
+
+
+def overlay_engine_cost(config, cycles=0):
+    """Resources of :class:`OverlayEngine` for ``config``, as the RTL builds them.
+
+    * ``P`` MAC multipliers (signed 8-bit weight × unsigned 8-bit activation); with
+      ``primitives="ice40"`` they are ``P/2`` ``SB_MAC16`` in dual 8×8 mode (:class:`DualMac`).
+    * ``R`` requant units, each ``(acc + bias) * m`` as two 16-bit halves (the multiply is
+      split over two pipeline stages): a 16u×16u and a 17s×16u multiplier.
+    * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
+      tables (bias 32, m 16, sh 6, qmax 8 bits) in ``R`` parity banks, the gather table
+      (29 bits), the program (``max_passes × FIELD_SLOTS`` 32-bit words), the logits FIFO.
+    """
+    c = OverlayConfig.from_json(config)
+    p, r = c.lanes, c.requant_units
+    mac = Multiplier.amaranth("mac", p, 8, True, 8, False)
+    if c.primitives == "ice40":
+        mac = DualMac(mac.name, mac.count, mac.a_bits, mac.a_signed, mac.b_bits, mac.b_signed,
+                      mac.y_bits)
+    mults = [mac,
+             Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False),
+             Multiplier.amaranth("requant.hi", r, 17, True, M_BITS, False)]
+    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
+    mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
+    depth = -(-c.channel_rows // r)
+    for name, width in (("bias", 32), ("m", M_BITS), ("sh", SH_BITS), ("qmax", 8)):
+        mems += [MemorySpec(f"{name}{b}", depth, width) for b in range(r)]
+    mems.append(MemorySpec("gather", c.gather_rows, 29))
+    mems.append(MemorySpec("program", c.max_passes * FIELD_SLOTS, 32))
+    mems += fifo_memories("logits_fifo", 33, _fifo_depth(c))
+    return Cost(cycles=cycles, multipliers=mults, memories=mems)
+
+
+def _fifo_depth(config):
+    # A raw group's P_g logits are issued against this credit; a few more entries cover the
+    # previous group's tail, so an always-ready consumer never holds the engine.
+    return config.lanes + 4
+
+
+class OverlayEngine(wiring.Component):
+    """The overlay engine (spec §2, §3, §6): program-driven conv1x1 passes over on-chip maps.
+
+    Parameters
+    ----------
+    config : OverlayConfig or dict
+    act_bits_max : int
+        Widest activation the feature-map banks hold (8).
+
+    Attributes
+    ----------
+    params : In(param_bus_signature())
+        Parameter beats with ``layer`` = 0xFF (PROGRAM, GATHER, WEIGHT, BIAS, M, SH, QMAX);
+        other layers are ignored. Load while no image is in flight.
+    images : In(pixel_stream(1, 8))
+        One value a beat, raster then channel order; the size is pass 0's ``h``, ``w``,
+        ``in_c`` (read from the program).
+    logits : Out(pixel_stream(1, 32, is_signed=True))
+        The classifier's ``acc + bias`` in channel order, ``last`` on the last class.
+    """
+
+    def __init__(self, config=None, act_bits_max=8):
+        self.config = OverlayConfig() if config is None else OverlayConfig.from_json(config)
+        if not (isinstance(act_bits_max, int) and 1 <= act_bits_max <= 8):
+            raise ValueError(f"OverlayEngine: act_bits_max must be an integer in [1, 8] (the "
+                             f"feature-map banks are 8 bits wide), got {act_bits_max!r}")
+        self.act_bits_max = act_bits_max
+        self.lanes = self.config.lanes
+        self.requant_units = self.config.requant_units
+        self.fifo_depth = _fifo_depth(self.config)
+        super().__init__({
+            "params": In(param_bus_signature()),
+            "images": In(pixel_stream(1, 8)),
+            "logits": Out(pixel_stream(1, 32, is_signed=True)),
+        })
+
+    def cost(self, cycles=0):
+        """:func:`overlay_engine_cost` of this engine's config."""
+        return overlay_engine_cost(self.config, cycles)
+
+    # --- memories ---------------------------------------------------------------------------
+
+    def _ram(self, m, name, width, depth, granularity=None):
+        """A simple dual-port block RAM: one write port, one synchronous read port."""
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
+        m.submodules[name] = mem
+        wp = mem.write_port(granularity=granularity)
+        rp = mem.read_port(domain="sync")
+        return wp, rp
+
+    def _fm_bank(self, m, name, aw):
+        """One single-port feature-map bank (``SB_SPRAM256KA`` semantics: one read or one write
+        a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata)."""
+        addr = Signal(aw, name=f"{name}_addr")
+        wdata = Signal(8, name=f"{name}_wdata")
+        we = Signal(name=f"{name}_we")
+        rdata = Signal(8, name=f"{name}_rdata")
+        if self.config.primitives == "ice40":
+            dout = Signal(16, name=f"{name}_dout")
+            m.submodules[name] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=Cat(wdata, C(0, 8)), i_MASKWREN=C(0b0011, 4),
+                i_WREN=we, i_CHIPSELECT=C(1, 1), i_CLOCK=ClockSignal(), i_STANDBY=C(0, 1),
+                i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout)
+            m.d.comb += rdata.eq(dout[:8])
+        else:
+            mem = memory.Memory(shape=unsigned(8), depth=self.config.fm_words, init=[])
+            m.submodules[name] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="sync")
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(wdata), wp.en.eq(we),
+                         rp.addr.eq(addr), rdata.eq(rp.data)]
+        return addr, wdata, we, rdata
+
+    # --- elaboration ------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        P, R = cfg.lanes, cfg.requant_units
+        W = _widths(cfg)
+        aw, dim = W["aw"], W["dim"]
+        acc_bits, gsum_bits = W["acc"], W["gsum"]
+        sw = max(acc_bits, gsum_bits + 1)          # drain shift register (signed)
+        nf = len(PASS_FIELDS)
+        qtop = (1 << self.act_bits_max) - 1
+
+        # ---- pass registers (the program row), widths by field ----
+        fw = {"op": 1, "src": 1, "dst": 1, "h": dim, "w": dim, "stride": 2, "ho": dim,
+              "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
+              "last_group": ceil_log2(P + 1), "gbase": W["cin"], "wbase": W["wrow"],
+              "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
+              "gap_m": M_BITS, "gap_sh": SH_BITS, "gap_qmax": 8, "raw": 1, "out_h": dim,
+              "out_w": dim, "dst_cp2": aw, "in_c": 16}
+        f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
+
+        # ---- parameter port -> memories ----
+        pp = self.params.payload
+        pv = Signal()
+        m.d.comb += pv.eq(self.params.valid & (pp.layer == OVERLAY_LAYER))
+        kind = pp.kind
+
+        prog_w, prog_r = self._ram(m, "program", 32, cfg.max_passes * FIELD_SLOTS)
+        m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
+                     prog_w.data.eq(pp.data),
+                     prog_w.en.eq(pv & (kind == ParamKind.PROGRAM)
+                                  & (pp.lane < nf) & (pp.row < cfg.max_passes))]
+        prog_dirty = Signal()
+        with m.If(prog_w.en):
+            m.d.sync += prog_dirty.eq(1)
+
+        gat_w, gat_r = self._ram(m, "gather", 29, cfg.gather_rows)
+        m.d.comb += [gat_w.addr.eq(pp.row), gat_w.data.eq(pp.data[:29]),
+                     gat_w.en.eq(pv & (kind == ParamKind.GATHER) & (pp.row < cfg.gather_rows))]
+
+        wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
+        m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
+        for lane in range(P):
+            m.d.comb += wt_w.en[lane].eq(pv & (kind == ParamKind.WEIGHT) & (pp.lane == lane)
+                                         & (pp.row < cfg.weight_rows))
+
+        cdepth = -(-cfg.channel_rows // R)
+        tables = {}
+        for name, kd, width in (("bias", ParamKind.BIAS, 32), ("m", ParamKind.M, M_BITS),
+                                ("sh", ParamKind.SH, SH_BITS), ("qmax", ParamKind.QMAX, 8)):
+            ports = []
+            for b in range(R):
+                wp, rp = self._ram(m, f"{name}{b}", width, cdepth)
+                row_b = pp.row[1:] if R == 2 else pp.row
+                hit = (pp.row[0] == b) if R == 2 else C(1, 1)
+                m.d.comb += [wp.addr.eq(row_b), wp.data.eq(pp.data[:width]),
+                             wp.en.eq(pv & (kind == kd) & hit & (pp.row < cfg.channel_rows))]
+                ports.append(rp)
+            tables[name] = ports
+
+        # ---- feature-map banks: bank (buf, parity), buf 0 = X, 1 = Y ----
+        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw)
+                 for buf in range(2) for par in range(2)}
+        # Write request (registered): LOAD and the pass's output share it.
+        wq_en = Signal(2)
+        wq_addr = Signal(aw)
+        wq_data = [Signal(8, name=f"wq_data{b}") for b in range(2)]
+        wq_buf = Signal()
+        rd_addr = Signal(aw)       # the MAC side's read address (stage 2)
+        for (buf, par), (addr, wdata, we, _) in banks.items():
+            write = wq_en[par] & (wq_buf == buf)
+            m.d.comb += [we.eq(write), wdata.eq(wq_data[par]),
+                         addr.eq(Mux(write, wq_addr, rd_addr))]
+        m.d.sync += wq_en.eq(0)
+
+        # ---- control registers ----
+        row = Signal(range(max(cfg.max_passes, 2)))
+        fcnt = Signal(range(nf + 2))
+        grp = Signal(W["cout"])
+        pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
+        dsteps = Signal(ceil_log2(P + 1))         # D: drain steps per position
+        tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D)
+        tmin = Signal(max(W["cin"], ceil_log2(P + 1)))   # min(cin, D)
+        gs = Signal(2)
+        cnt = Signal(max(W["cin"], ceil_log2(P + 1)) + 5)   # flush countdowns
+        last_grp = Signal()
+        m.d.comb += last_grp.eq(grp == f["groups"] - 1)
+        grow = Signal(W["wrow"])                  # weight row of this group's channel 0
+        cebase = Signal(W["cout"])                # channel entry of this group's lane 0
+        gptr = Signal(aw)                         # dst address of this group's channel 0
+        wptr = Signal(aw)                         # dst address of the current output pixel
+        # Derived in SETUP's last cycle (adders kept out of the per-position path).
+        cp2_in = Signal(16)
+        rc = Signal(aw)     # src_row - src_col
+        cr = Signal(aw)     # src_col - src_row
+        pw = Signal(dim)
+        ph = Signal(dim)
+
+        # LOAD counters
+        lc = Signal(16)
+        lx = Signal(dim)
+        ly = Signal(dim)
+        lpix = Signal(aw)
+        laddr = Signal(aw)
+        lstarted = Signal()
+
+        # issue counters
+        t = Signal.like(tper)
+        x = Signal(dim)
+        y = Signal(dim)
+        mm = Signal(2)
+        sx = Signal(signed(dim + 2))
+        sy = Signal(signed(dim + 2))
+        pix = Signal(aw)
+        rowb = Signal(aw)
+
+        # logits FIFO and its credit
+        lfifo = fifo.SyncFIFOBuffered(width=33, depth=self.fifo_depth)
+        m.submodules.logits_fifo = lfifo
+        pending = Signal(range(self.fifo_depth + P + 2))
+        m.d.comb += [self.logits.valid.eq(lfifo.r_rdy),
+                     self.logits.payload.data[0].eq(lfifo.r_data[:32]),
+                     self.logits.payload.last.eq(lfifo.r_data[32]),
+                     lfifo.r_en.eq(self.logits.ready)]
+        taken = Signal()
+        m.d.comb += taken.eq(self.logits.valid & self.logits.ready)
+        credit_add = Signal.like(pg)
+
+        m.d.sync += pending.eq(pending + credit_add - taken)
+
+        # issue outputs (stage 0)
+        iss = Signal()
+        iss_first = Signal()
+        iss_last = Signal()
+        last_pos = Signal()
+        first_pos = Signal()
+        gdone = Signal()       # issue phase of the group over (after this cycle)
+        adv = Signal()         # last cycle of a position: step to the next one
+
+        m.d.comb += prog_r.addr.eq(Cat(fcnt[:ceil_log2(FIELD_SLOTS)], row))
+
+        # gap drain trigger (from the FSM)
+        gap_go = Signal()
+
+        with m.FSM(init="SETUP"):
+            with m.State("SETUP"):
+                # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
+                m.d.sync += fcnt.eq(fcnt + 1)
+                with m.If(fcnt == 0):
+                    m.d.sync += prog_dirty.eq(0)
+                with m.If((fcnt >= 1) & (fcnt <= nf)):
+                    with m.Switch(fcnt - 1):
+                        for name in PASS_FIELDS:
+                            with m.Case(_F[name]):
+                                m.d.sync += f[name].eq(prog_r.data)
+                with m.If(fcnt == nf + 1):
+                    m.d.sync += [
+                        fcnt.eq(0),
+                        cp2_in.eq((f["in_c"] + 1) >> 1),
+                        rc.eq(f["src_row"] - f["src_col"]),
+                        cr.eq(f["src_col"] - f["src_row"]),
+                        pw.eq(f["wo"] >> 1), ph.eq(f["ho"] >> 1),
+                        grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
+                        lc.eq(0), lx.eq(0), ly.eq(0), lpix.eq(0), laddr.eq(0),
+                        lstarted.eq(0),
+                    ]
+                    with m.If(f["op"] == OP_END):
+                        m.d.sync += row.eq(0)
+                        m.next = "SETUP"
+                    with m.Elif(row == 0):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "GSTART"
+            with m.State("LOAD"):
+                # One image value a cycle into buffer X, (y, x, c) at bank c & 1, address
+                # (y*W + x) * Cp/2 + (c >> 1): counters and adders only.
+                with m.If(prog_dirty & ~lstarted):
+                    m.next = "SETUP"
+                with m.Else():
+                    m.d.comb += self.images.ready.eq(1)
+                with m.If(self.images.valid & self.images.ready):
+                    m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lc[0], 0b10, 0b01)),
+                                 wq_addr.eq(laddr), wq_buf.eq(0),
+                                 wq_data[0].eq(self.images.payload.data[0]),
+                                 wq_data[1].eq(self.images.payload.data[0])]
+                    with m.If(lc == f["in_c"] - 1):
+                        m.d.sync += [lc.eq(0), lpix.eq(lpix + cp2_in),
+                                     laddr.eq(lpix + cp2_in)]
+                        with m.If(lx == f["w"] - 1):
+                            m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
+                            with m.If(ly == f["h"] - 1):
+                                m.next = "GSTART"
+                        with m.Else():
+                            m.d.sync += lx.eq(lx + 1)
+                    with m.Else():
+                        m.d.sync += [lc.eq(lc + 1), laddr.eq(laddr + lc[0])]
+            with m.State("GSTART"):
+                m.d.sync += gs.eq(gs + 1)
+                with m.If(gs == 0):
+                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), wptr.eq(gptr),
+                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0), sx.eq(0), sy.eq(0),
+                                 pix.eq(0), rowb.eq(0)]
+                with m.If(gs == 1):
+                    if R == 2:
+                        m.d.sync += dsteps.eq(Mux(f["raw"], pg, (pg + 1) >> 1))
+                    else:
+                        m.d.sync += dsteps.eq(pg)
+                with m.If(gs == 2):
+                    m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps)),
+                                 tmin.eq(Mux(f["cin"] > dsteps, dsteps, f["cin"])), gs.eq(0)]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                hold = Signal()
+                # The raw pass issues a position only with room for its P_g logits.
+                m.d.comb += hold.eq(f["raw"] & (t == 0)
+                                    & (pending + pg > self.fifo_depth))
+                with m.If(~hold):
+                    m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t == 0),
+                                 iss_last.eq(t == f["cin"] - 1)]
+                    with m.If((t == 0) & f["raw"]):
+                        m.d.comb += credit_add.eq(pg)
+                    with m.If(t == tper - 1):
+                        m.d.comb += adv.eq(1)
+                        m.d.sync += t.eq(0)
+                        with m.If(last_pos):
+                            m.d.comb += gdone.eq(1)
+                            m.d.sync += cnt.eq(tmin + PIPE.flush - 1)
+                            m.next = "FLUSH"
+                    with m.Else():
+                        m.d.sync += t.eq(t + 1)
+            def group_end():
+                with m.If(last_grp):
+                    m.d.sync += row.eq(row + 1)
+                    m.next = "SETUP"
+                with m.Else():
+                    m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"]),
+                                 cebase.eq(cebase + P), gptr.eq(gptr + P // 2)]
+                    m.next = "GSTART"
+
+            with m.State("FLUSH"):
+                m.d.sync += cnt.eq(cnt - 1)
+                with m.If(cnt == 0):
+                    with m.If(f["gap"]):
+                        m.next = "GAPLOAD"
+                    with m.Else():
+                        group_end()
+            with m.State("GAPLOAD"):
+                m.d.comb += gap_go.eq(1)
+                m.d.sync += cnt.eq(dsteps + PIPE.gap_flush - 1)
+                m.next = "GAPFLUSH"
+            with m.State("GAPFLUSH"):
+                m.d.sync += cnt.eq(cnt - 1)
+                with m.If(cnt == 0):
+                    group_end()
+
+        # ---- output positions: raster, or window order with a fused maxpool ----------------
+        # (x, y) are the window's (px, py) with a pool; every step is one adder per register,
+        # the pixel base address included (no multiplier in the address path).
+        s = f["stride"]
+        with m.If(f["pool"]):
+            m.d.comb += [last_pos.eq((mm == 3) & (x == pw - 1) & (y == ph - 1)),
+                         first_pos.eq((x == 0) & (y == 0))]
+        with m.Else():
+            m.d.comb += [last_pos.eq((x == f["wo"] - 1) & (y == f["ho"] - 1)),
+                         first_pos.eq((x == 0) & (y == 0))]
+        with m.If(adv):
+            with m.If(f["pool"]):
+                m.d.sync += mm.eq(mm + 1)
+                with m.Switch(mm):
+                    with m.Case(0, 2):
+                        m.d.sync += [sx.eq(sx + s), pix.eq(pix + f["src_col"])]
+                    with m.Case(1):
+                        m.d.sync += [sx.eq(sx - s), sy.eq(sy + s), pix.eq(pix + rc)]
+                    with m.Case(3):
+                        with m.If(x == pw - 1):
+                            rowb_n = Signal(aw)
+                            m.d.comb += rowb_n.eq(rowb + (f["src_row"] << 1))
+                            m.d.sync += [x.eq(0), y.eq(y + 1), sy.eq(sy + s), sx.eq(0),
+                                         rowb.eq(rowb_n), pix.eq(rowb_n)]
+                        with m.Else():
+                            m.d.sync += [x.eq(x + 1), sy.eq(sy - s), sx.eq(sx + s),
+                                         pix.eq(pix + cr)]
+            with m.Else():
+                with m.If(x == f["wo"] - 1):
+                    rowb_r = Signal(aw)
+                    m.d.comb += rowb_r.eq(rowb + f["src_row"])
+                    m.d.sync += [x.eq(0), y.eq(y + 1), sx.eq(0), sy.eq(sy + s),
+                                 rowb.eq(rowb_r), pix.eq(rowb_r)]
+                with m.Else():
+                    m.d.sync += [x.eq(x + 1), sx.eq(sx + s), pix.eq(pix + f["src_col"])]
+
+        # ---- MAC pipeline ----------------------------------------------------------------
+        def reg(name, shape, value, valid=None):
+            r = Signal(shape, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        # stage 0: gather read, weight row address (read 3 cycles later, when the value comes)
+        m.d.comb += gat_r.addr.eq(f["gbase"] + t)
+        v1 = reg("v1", 1, iss)
+        first1 = reg("first1", 1, iss_first)
+        last1 = reg("last1", 1, iss_last)
+        pix1 = reg("pix1", aw, pix)
+        sy1 = reg("sy1", signed(dim + 2), sy)
+        sx1 = reg("sx1", signed(dim + 2), sx)
+        tagw = 4
+        tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
+        wa1 = reg("wa1", W["wrow"], grow + t)
+        # stage 1: address and coordinates (three independent adders)
+        gd = gat_r.data
+        off = gd[1:21].as_signed()
+        dy = gd[21:25].as_signed()
+        dx = gd[25:29].as_signed()
+        v2 = reg("v2", 1, v1)
+        first2 = reg("first2", 1, first1)
+        last2 = reg("last2", 1, last1)
+        addr2 = reg("addr2", aw, pix1 + off)
+        yy2 = reg("yy2", signed(dim + 3), sy1 + dy)
+        xx2 = reg("xx2", signed(dim + 3), sx1 + dx)
+        bank2 = reg("bank2", 1, gd[0])
+        tag2 = reg("tag2", tagw, tag1)
+        wa2 = reg("wa2", W["wrow"], wa1)
+        # stage 2: bounds check; the feature-map read
+        m.d.comb += rd_addr.eq(addr2)
+        v3 = reg("v3", 1, v2)
+        first3 = reg("first3", 1, first2)
+        last3 = reg("last3", 1, last2)
+        inb3 = reg("inb3", 1, (yy2 >= 0) & (yy2 < f["h"]) & (xx2 >= 0) & (xx2 < f["w"]))
+        bank3 = reg("bank3", 1, bank2)
+        tag3 = reg("tag3", tagw, tag2)
+        wa3 = reg("wa3", W["wrow"], wa2)
+        m.d.comb += wt_r.addr.eq(wa3)
+        # stage 3: zero fill outside the map, bank select
+        rd = {key: val[3] for key, val in banks.items()}
+        sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
+        v4 = reg("v4", 1, v3)
+        first4 = reg("first4", 1, first3)
+        last4 = reg("last4", 1, last3)
+        act4 = reg("act4", 8, Mux(inb3, sel, 0))
+        tag4 = reg("tag4", tagw, tag3)
+        # stage 4: P products (registered)
+        wts = [wt_r.data[8 * k:8 * k + 8].as_signed() for k in range(P)]
+        prods = [Signal(signed(16), name=f"prod{k}") for k in range(P)]
+        if cfg.primitives == "ice40":
+            for j in range(P // 2):
+                o = Signal(32, name=f"mac{j}_o")
+                m.submodules[f"mac{j}"] = Instance(
+                    "SB_MAC16",
+                    p_MODE_8x8=C(1, 1), p_A_SIGNED=C(1, 1), p_B_SIGNED=C(0, 1),
+                    p_A_REG=C(0, 1), p_B_REG=C(0, 1), p_C_REG=C(0, 1), p_D_REG=C(0, 1),
+                    p_TOP_8x8_MULT_REG=C(1, 1), p_BOT_8x8_MULT_REG=C(1, 1),
+                    p_PIPELINE_16x16_MULT_REG1=C(0, 1), p_PIPELINE_16x16_MULT_REG2=C(0, 1),
+                    p_TOPOUTPUT_SELECT=C(2, 2), p_BOTOUTPUT_SELECT=C(2, 2),
+                    p_TOPADDSUB_LOWERINPUT=C(0, 2), p_TOPADDSUB_UPPERINPUT=C(0, 1),
+                    p_TOPADDSUB_CARRYSELECT=C(0, 2), p_BOTADDSUB_LOWERINPUT=C(0, 2),
+                    p_BOTADDSUB_UPPERINPUT=C(0, 1), p_BOTADDSUB_CARRYSELECT=C(0, 2),
+                    p_NEG_TRIGGER=C(0, 1),
+                    i_CLK=ClockSignal(), i_CE=C(1, 1),
+                    # A = two signed weights (lane 2j low byte), B = the activation twice.
+                    i_A=Cat(wt_r.data[16 * j:16 * j + 16]), i_B=Cat(act4, act4),
+                    i_C=C(0, 16), i_D=C(0, 16),
+                    i_AHOLD=C(0, 1), i_BHOLD=C(0, 1), i_CHOLD=C(0, 1), i_DHOLD=C(0, 1),
+                    i_IRSTTOP=C(0, 1), i_IRSTBOT=C(0, 1), i_ORSTTOP=C(0, 1),
+                    i_ORSTBOT=C(0, 1), i_OLOADTOP=C(0, 1), i_OLOADBOT=C(0, 1),
+                    i_ADDSUBTOP=C(0, 1), i_ADDSUBBOT=C(0, 1), i_OHOLDTOP=C(0, 1),
+                    i_OHOLDBOT=C(0, 1), i_CI=C(0, 1), i_ACCUMCI=C(0, 1), i_SIGNEXTIN=C(0, 1),
+                    o_O=o)
+                m.d.comb += [prods[2 * j].eq(o[:16].as_signed()),
+                             prods[2 * j + 1].eq(o[16:].as_signed())]
+        else:
+            for k in range(P):
+                m.d.sync += prods[k].eq(wts[k] * act4)
+        v5 = reg("v5", 1, v4)
+        first5 = reg("first5", 1, first4)
+        last5 = reg("last5", 1, last4)
+        tag5 = reg("tag5", tagw, tag4)
+        # stage 5: accumulate (the first product of a position loads)
+        accs = [Signal(signed(acc_bits), name=f"acc{k}") for k in range(P)]
+        with m.If(v5):
+            for k in range(P):
+                m.d.sync += accs[k].eq(Mux(first5, prods[k], accs[k] + prods[k]))
+        v6 = reg("v6", 1, v5)
+        last6 = reg("last6", 1, last5)
+        tag6 = reg("tag6", tagw, tag5)
+        handoff = Signal()
+        m.d.comb += handoff.eq(v6 & last6)
+
+        # ---- drain: shift register -> R requant lanes --------------------------------------
+        shadow = [Signal(signed(sw), name=f"shadow{j}") for j in range(P)]
+        dr_act = Signal()
+        dr_d = Signal(range(P + 1))
+        dr_gap = Signal()
+        dr_tag = Signal(tagw)
+        gsum = [[Signal(gsum_bits, name=f"gsum{r}_{j}") for j in range(P // R)]
+                for r in range(R)]
+        step = Signal(range(R + 1))
+        m.d.comb += step.eq(Mux(f["raw"], 1, R))
+        with m.If(dr_act):
+            m.d.sync += dr_d.eq(dr_d + 1)
+            with m.If(dr_d == dsteps - 1):
+                m.d.sync += dr_act.eq(0)
+            with m.If(step == 1):
+                m.d.sync += [shadow[j].eq(shadow[j + 1]) for j in range(P - 1)]
+            with m.Else():
+                m.d.sync += [shadow[j].eq(shadow[j + R]) for j in range(P - R)]
+        with m.If(handoff):
+            m.d.sync += [shadow[j].eq(accs[j]) for j in range(P)]
+            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(0), dr_tag.eq(tag6)]
+        with m.If(gap_go):
+            m.d.sync += [shadow[j].eq(gsum[j % R][j // R]) for j in range(P)]
+            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
+
+        # DR0: channel-table reads, R lanes taken
+        k0 = Signal(range(P + 2))
+        m.d.comb += k0.eq(Mux(f["raw"], dr_d, dr_d * R))
+        ent = Signal(W["cout"] + 1)
+        m.d.comb += ent.eq(cebase + k0)
+        if R == 2:
+            for name in tables:
+                m.d.comb += [tables[name][0].addr.eq((ent >> 1) + ent[0]),
+                             tables[name][1].addr.eq(ent >> 1)]
+        else:
+            for name in tables:
+                m.d.comb += tables[name][0].addr.eq(ent)
+        q1v = reg("q1v", 1, dr_act)
+        q1s = [reg(f"q1s{r}", signed(sw), shadow[r]) for r in range(R)]
+        q1d = reg("q1d", range(P + 1), dr_d)
+        q1last = reg("q1last", 1, dr_d == dsteps - 1)
+        q1lv = reg("q1lv", R, Cat(*[(k0 + r < pg) & ((r == 0) | ~f["raw"]) for r in range(R)]))
+        q1gap = reg("q1gap", 1, dr_gap)
+        q1tag = reg("q1tag", tagw, dr_tag)
+        q1swap = reg("q1swap", 1, ent[0] if R == 2 else 0)
+
+        def table(name, r):
+            if R == 1:
+                return tables[name][0].data
+            return Mux(q1swap, tables[name][1 - r].data, tables[name][r].data)
+
+        def follow(prefix, n, *sigs):
+            return [reg(f"{prefix}{n}_{i}", len(s_) if not isinstance(s_, Signal)
+                        else s_.shape(), s_) for i, s_ in enumerate(sigs)]
+
+        # S1: v = acc + bias (the gap sums: no bias), the lane's m, sh, qmax
+        q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
+        v2s = [reg(f"q2v{r}", signed(33), q1s[r] + Mux(q1gap, 0, table("bias", r).as_signed()))
+               for r in range(R)]
+        m2 = [reg(f"q2m{r}", M_BITS, Mux(q1gap, f["gap_m"], table("m", r))) for r in range(R)]
+        sh2 = [reg(f"q2sh{r}", SH_BITS, Mux(q1gap, f["gap_sh"], table("sh", r)))
+               for r in range(R)]
+        qm2 = [reg(f"q2qm{r}", 8, Mux(q1gap, f["gap_qmax"], table("qmax", r)))
+               for r in range(R)]
+        # The classifier: acc + bias is the logit (one a cycle, lane 0).
+        q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_ = q2
+        m.d.comb += [lfifo.w_en.eq(q2v_ & f["raw"] & q2lv_[0]),
+                     lfifo.w_data.eq(Cat(v2s[0][:32],
+                                         last_grp & q2last_ & q2tag_[3]))]
+        # S2: the requant multiply, two 16-bit halves
+        q3 = follow("q", 3, *q2)
+        pl3 = [reg(f"q3pl{r}", 32, v2s[r][:16] * m2[r]) for r in range(R)]
+        ph3 = [reg(f"q3ph{r}", signed(34), v2s[r][16:33].as_signed() * m2[r]) for r in range(R)]
+        shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
+        qm3 = [reg(f"q3qm{r}", 8, qm2[r]) for r in range(R)]
+        # S3: their sum, p = v * m
+        q4 = follow("q", 4, *q3)
+        p4 = [reg(f"q4p{r}", signed(50), (ph3[r] << 16) + pl3[r]) for r in range(R)]
+        shm4 = [reg(f"q4shm{r}", SH_BITS, shm3[r]) for r in range(R)]
+        qm4 = [reg(f"q4qm{r}", 8, qm3[r]) for r in range(R)]
+        # S4: t = p >> (sh - 1), arithmetic (floor)
+        q5 = follow("q", 5, *q4)
+        sh5 = [reg(f"q5sh{r}", signed(50), p4[r] >> shm4[r]) for r in range(R)]
+        qm5 = [reg(f"q5qm{r}", 8, qm4[r]) for r in range(R)]
+        # S5: saturate to [-1, 2*qtop + 1] (changes no clamped result, Requant docstring)
+        q6 = follow("q", 6, *q5)
+        t_hi = 2 * qtop + 1
+        tb = self.act_bits_max + 2
+        t6 = [reg(f"q6t{r}", signed(tb), Mux(sh5[r] < -1, -1, Mux(sh5[r] > t_hi, t_hi, sh5[r])))
+              for r in range(R)]
+        qm6 = [reg(f"q6qm{r}", 8, qm5[r]) for r in range(R)]
+        # S6: round, q = (t + 1) >> 1 in [0, qtop + 1]
+        q7 = follow("q", 7, *q6)
+        r7 = [reg(f"q7r{r}", self.act_bits_max + 1, (t6[r] + 1) >> 1) for r in range(R)]
+        qm7 = [reg(f"q7qm{r}", 8, qm6[r]) for r in range(R)]
+        # S7: clamp to the channel's qmax
+        q8 = follow("q", 8, *q7)
+        c8 = [reg(f"q8c{r}", 8, Mux(r7[r] > qm7[r], qm7[r], r7[r])) for r in range(R)]
+        # S8: fused maxpool2: running max over the 4 window members, per channel
+        q8v, q8d, q8last, q8lv, q8gap, q8tag = q8
+        pool_on = Signal()
+        m.d.comb += pool_on.eq(f["pool"] & ~q8gap)
+        pm = [Array(Signal(8, name=f"pm{r}_{j}") for j in range(P // R)) for r in range(R)]
+        out9 = []
+        for r in range(R):
+            cur = pm[r][q8d]
+            nv = Signal(8, name=f"pool_nv{r}")
+            m.d.comb += nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur))
+            with m.If(q8v & pool_on):
+                m.d.sync += pm[r][q8d].eq(nv)
+            out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
+        o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
+        q9d, q9last, q9lv, q9gap, q9tag = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag)
+        # S9: fused gap sums, or the write request (registered; written the next cycle)
+        gap_on = Signal()
+        m.d.comb += gap_on.eq(f["gap"] & ~q9gap)
+        gsum_a = [Array(gsum[r]) for r in range(R)]
+        with m.If(o9v & gap_on):
+            for r in range(R):
+                m.d.sync += gsum_a[r][q9d].eq(Mux(q9tag[2], out9[r], gsum_a[r][q9d] + out9[r]))
+        with m.Elif(o9v):
+            base = Mux(q9gap, gptr, wptr)
+            m.d.sync += wq_buf.eq(f["dst"])
+            if R == 2:
+                m.d.sync += [wq_addr.eq(base + q9d), wq_en.eq(q9lv),
+                             wq_data[0].eq(out9[0]), wq_data[1].eq(out9[1])]
+            else:
+                m.d.sync += [wq_addr.eq(base + (q9d >> 1)),
+                             wq_en.eq(Mux(q9d[0], 0b10, 0b01) & Cat(q9lv, q9lv)),
+                             wq_data[0].eq(out9[0]), wq_data[1].eq(out9[0])]
+            with m.If(~q9gap & q9last):
+                m.d.sync += wptr.eq(wptr + f["dst_cp2"])
+        return m
+

@@ -1,0 +1,77 @@
+"""Exact cycle model of the overlay engine (:class:`hw.overlay.OverlayEngine`), spec §7.
+
+The engine's schedule is fixed by construction (no data-dependent waits except the logits
+credit, which an always-ready consumer never exercises), so the cycles per image are a small
+formula of the program. With images back to back and the logits stream always ready, the
+cycles between the first accepted beats of consecutive images are::
+
+    image = SETUP * (passes + 1)          # every program row, the END row included
+          + LOAD                          # h * w * in_c of pass 0: one value a cycle
+          + sum over passes of sum over its groups of group(pass, g)
+
+    group = GSTART + N * T + min(cin, D) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
+
+where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the last group):
+
+* ``D = ceil(P_g / R)`` drain steps (``R`` = ``requant_units``), ``D = P_g`` on the raw
+  classifier pass (its logits leave one a cycle);
+* ``T = max(cin, D)`` cycles per output position: ``cin`` of them issue one gather entry
+  each, and the drain of the previous position (``D`` steps) must be over before the next
+  hand-off;
+* ``N`` output positions: ``ho * wo``, or ``4 * (ho // 2) * (wo // 2)`` with a fused maxpool
+  (outputs outside the pooled windows are never computed);
+* the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 29 (one field
+  a cycle, the read latency, one cycle deriving the address steps), ``GSTART = 3`` (P_g, D,
+  then T and min), ``FLUSH = 16`` (the last position's last issue to its last write is
+  ``min(cin, D) + 16`` cycles after the issue phase: 6 MAC stages, 1 take, 8 requant stages,
+  pool, gap/write request, write), ``GAP_LOAD = 1`` (sums into the drain register) and
+  ``GAP_FLUSH = 10`` (the gap drain's last step to its write).
+"""
+
+from .overlay import PIPE
+
+__all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles"]
+
+
+def _get(p, name):
+    return int(p[name] if isinstance(p, dict) else getattr(p, name))
+
+
+def group_cycles(p, group, lanes, requant_units):
+    """Cycles of group ``group`` of pass ``p`` (a dict of ``PASS_FIELDS``)."""
+    groups = _get(p, "groups")
+    pg = _get(p, "last_group") if group == groups - 1 else lanes
+    d = pg if _get(p, "raw") else -(-pg // requant_units)
+    cin = _get(p, "cin")
+    ho, wo = _get(p, "ho"), _get(p, "wo")
+    n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
+    cycles = PIPE.group_start + n * max(cin, d) + min(cin, d) + PIPE.flush
+    if _get(p, "gap"):
+        cycles += PIPE.gap_load + d + PIPE.gap_flush
+    return cycles
+
+
+def load_cycles(plan):
+    """LOAD: one image value a cycle (pass 0's ``h * w * in_c``)."""
+    p = plan.passes[0]
+    return _get(p, "h") * _get(p, "w") * _get(p, "in_c")
+
+
+def pass_cycles(plan):
+    """Cycles of each pass: its SETUP (program row read) and its groups.
+
+    Pass 0's SETUP happens before LOAD (the image size is read from its row); LOAD and the
+    END row's SETUP are not in this list (see :func:`image_cycles`).
+
+    Returns
+    -------
+    list of int
+    """
+    lanes, r = plan.config.lanes, plan.config.requant_units
+    return [PIPE.setup + sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups")))
+            for p in plan.passes]
+
+
+def image_cycles(plan):
+    """Steady-state cycles per image (images back to back, logits always ready)."""
+    return load_cycles(plan) + sum(pass_cycles(plan)) + PIPE.setup

@@ -1,0 +1,147 @@
+"""OverlayEngine (hw/overlay.py) == models.golden on random version-1 networks, under random
+valid/ready stalls, and its measured cycles per image == hw/overlay_timing.image_cycles.
+
+The networks come from ``models.netgen.random_model`` (replicate/shift stems, stride 2,
+maxpool, gap, 4- and 8-bit activations, channel counts that the lanes do not divide); the
+program and memory images from ``hw.overlay_program.compile_overlay`` (written separately);
+the expected logits from ``models.golden.run``, never from the engine's own code.
+"""
+
+import numpy as np
+import pytest
+
+from shiftacc.hw.overlay import OverlayEngine, overlay_engine_cost
+from shiftacc.hw.overlay_program import OverlayConfig, compile_overlay
+from shiftacc.hw.overlay_timing import image_cycles
+from shiftacc.hw.params import OVERLAY_LAYER, ParamKind, encode_word
+from shiftacc.models import golden
+from shiftacc.models.netgen import random_model
+from shiftacc.sim.streamtb import make_rng, run_sim, send, send_params
+
+
+def small_config(lanes, r, **kw):
+    args = dict(lanes=lanes, requant_units=r, fm_words=512, weight_rows=256, channel_rows=128,
+                gather_rows=128, max_passes=8)
+    args.update(kw)
+    return OverlayConfig(**args)
+
+
+def image_beats(images):
+    """One value a beat, raster then channel order, ``last`` on each image's final value."""
+    beats = []
+    for img in images:
+        flat = img.reshape(-1)
+        beats += [{"data": [int(v)], "last": int(k == len(flat) - 1)}
+                  for k, v in enumerate(flat)]
+    return beats
+
+
+def run_engine(dut, words, images, classes, rng, p_idle=0.0, p_stall=0.0, deadline=200_000):
+    """Load ``words``, stream ``images``, collect the logits; also the cycle at which each
+    image's first beat was accepted."""
+    n = len(images)
+    got = []
+    state = {"cycle": 0, "first": []}
+    per_image = images[0].size
+
+    async def clock(ctx):
+        while len(got) < n * classes:
+            await ctx.tick()
+            state["cycle"] += 1
+
+    async def producer(ctx):
+        await send_params(ctx, dut.params, words, rng, p_idle)
+        beats = image_beats(images)
+        for k, b in enumerate(beats):
+            while rng.random() < p_idle:
+                ctx.set(dut.images.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.images.payload, b)
+            ctx.set(dut.images.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.images.ready)
+                if ready:
+                    break
+            if k % per_image == 0:
+                state["first"].append(state["cycle"])
+        ctx.set(dut.images.valid, 0)
+
+    async def consumer(ctx):
+        while len(got) < n * classes:
+            ready = not rng.random() < p_stall
+            ctx.set(dut.logits.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.logits.valid, dut.logits.payload)
+            if ready and valid:
+                got.append((int(payload.data[0]), int(payload.last)))
+        ctx.set(dut.logits.ready, 0)
+        for _ in range(50):
+            _, _, valid = await ctx.tick().sample(dut.logits.valid)
+            assert not valid, "the engine produced more logits than classes x images"
+
+    run_sim(dut, clock, producer, consumer, deadline_cycles=deadline, idle_cycles=20_000)
+    return got, state["first"]
+
+
+def check_logits(got, want):
+    n, classes = want.shape
+    assert len(got) == n * classes
+    for i in range(n):
+        for c in range(classes):
+            value, last = got[i * classes + c]
+            assert value == want[i, c], (f"image {i} class {c}: engine {value}, golden "
+                                         f"{want[i, c]}")
+            assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
+
+
+def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idle=0.3,
+                p_stall=0.5):
+    rng, seed = make_rng(name)
+    nrng = np.random.default_rng(seed)
+    model = random_model(nrng, size=size, in_channels=int(nrng.integers(1, 3)),
+                         blocks=blocks if blocks is not None else int(nrng.integers(1, 3)),
+                         act_bits=act_bits, max_width=9, classes=int(nrng.integers(2, 7)),
+                         calib_images=16)
+    plan = compile_overlay(model, small_config(lanes, r))
+    print(f"{name}: {[l.op for l in model.layers]} act_bits={model.act_bits} "
+          f"weight_bits={model.weight_bits}")
+    for line in plan.summary():
+        print(line)
+    h, w, c = model.input_shape
+    images = nrng.integers(0, 256, (n_img, h, w, c))
+    want = golden.run(model, images)
+    dut = OverlayEngine(plan.config)
+    got, first = run_engine(dut, plan.param_words(), images, want.shape[1], rng, p_idle,
+                            p_stall)
+    check_logits(got, want)
+    return plan, first
+
+
+CASES = [(2, 1, (4, 4)), (4, 2, (5, 4)), (6, 2, (4, 5)), (4, 1, (6, 6)), (2, 2, (7, 6)),
+         (6, 1, (5, 5))]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_overlay_random_nets_with_stalls(case):
+    lanes, r, size = CASES[case]
+    random_case(f"test_overlay_random_nets_with_stalls[{case}]", lanes, r, size,
+                act_bits=(4, 8)[case % 2])
+
+
+@pytest.mark.parametrize("lanes,r", [(4, 2), (2, 1), (6, 2)])
+def test_overlay_cycles_match_the_model(lanes, r):
+    """No stalls: the cycles between consecutive images' first beats equal image_cycles."""
+    plan, first = random_case(f"test_overlay_cycles_match_the_model[{lanes}-{r}]", lanes, r,
+                              (6, 6), n_img=3, p_idle=0.0, p_stall=0.0)
+    periods = np.diff(first).tolist()
+    print(f"measured periods {periods}, model {image_cycles(plan)}")
+    assert periods == [image_cycles(plan)] * (len(first) - 1)
+
+
+def test_overlay_cost_counts_every_multiplier():
+    cfg = OverlayConfig(lanes=16, requant_units=2)
+    cost = overlay_engine_cost(cfg)
+    assert cost.multiplier_count == 16 + 2 * 2
+    assert overlay_engine_cost(OverlayConfig(lanes=16, requant_units=2,
+                                             primitives="ice40")).dsp("ice40") == 8 + 2 * 2
+    names = {mem.name for mem in cost.memories}
+    assert {"fm.Xe", "fm.Xo", "fm.Ye", "fm.Yo", "weights", "gather", "program"} <= names
