@@ -277,7 +277,9 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
         preset, epochs, batch, lr, schedule, seed, device, threads (of the float math),
         float_accuracy, qat_accuracy, int_accuracy (test split), train_seconds (the training
         loop) and wall_seconds (everything, data loading and evaluation included), and for
-        ``sparse`` ``zero_shift_fraction``.
+        ``sparse`` ``zero_shift_fraction``; ``history`` holds per-epoch lists ``epoch``,
+        ``phase``, ``loss``, ``train_accuracy`` (running, on the trained batches),
+        ``images_per_second`` and, with ``val_fraction``, ``val_accuracy``.
 
     Raises
     ------
@@ -352,6 +354,13 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
         bar = tqdm(total=total, desc=f"train {method}", disable=not progress, unit="batch",
                    dynamic_ncols=True)
         seen, t_rate = 0, time.time()
+        # Per-epoch curves for `shiftacc report` (provenance "history", one list per field:
+        # a few kB for the longest recipe). Only figures training already computes, plus the
+        # held-out split's accuracy when there is one: no RNG draw, no state change.
+        history = {"epoch": [], "phase": [], "loss": [], "train_accuracy": [],
+                   "images_per_second": []}
+        if xva is not None:
+            history["val_accuracy"] = []
         for ep in range(epochs):
             if ep == search:
                 for sl in net.shift_layers():
@@ -363,7 +372,7 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
             bar.set_description(f"train {method} epoch {ep + 1}/{epochs} ({phase})")
             net.train()
             perm = torch.randperm(len(xtr), generator=gen)
-            tot_loss, tot_n = 0.0, 0
+            tot_loss, tot_n, tot_ok, t_ep = 0.0, 0, 0, time.time()
             for s in range(0, len(xtr), batch):
                 idx = perm[s:s + batch]
                 if ep < search:
@@ -379,7 +388,8 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                     out = net(lam * x + (1 - lam) * x[j])
                     loss = lam * lossf(out, yb) + (1 - lam) * lossf(out, yb[j])
                 else:
-                    loss = lossf(net(x), yb)
+                    out = net(x)
+                    loss = lossf(out, yb)
                 pen = [p for sl in net.shift_layers() if (p := sl.penalty()) is not None]
                 if pen:
                     wpen = sparse_weight if method == "sparse" else balance_weight
@@ -406,6 +416,7 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                         avg_n += 1
                 tot_loss += loss.item() * len(idx)
                 tot_n += len(idx)
+                tot_ok += int((out.detach().argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(1)
                 now = time.time()
@@ -413,6 +424,14 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                     bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
                                     img_s=f"{seen / (now - t0):.0f}", refresh=False)
                     t_rate = now
+            history["epoch"].append(ep + 1)
+            history["phase"].append(phase)
+            history["loss"].append(round(tot_loss / max(tot_n, 1), 5))
+            # On the (augmented) training batches as they were trained, running over the epoch.
+            history["train_accuracy"].append(round(tot_ok / max(tot_n, 1), 5))
+            history["images_per_second"].append(round(tot_n / max(time.time() - t_ep, 1e-9)))
+            if xva is not None:
+                history["val_accuracy"].append(round(evaluate_float(net, xva, yva), 5))
             if progress:
                 # Always at an epoch's end too: a short epoch must still show its loss and rate.
                 now = time.time()
@@ -433,7 +452,8 @@ def train_model(dataset="digits", method="sal", preset=None, epochs=None, seed=0
                 "batch": batch, "lr": lr, "schedule": schedule, "seed": seed,
                 "device": device, "float_accuracy": round(float_acc, 6), "qat_accuracy": round(qat_acc, 6),
                 "train_seconds": round(train_time, 1),
-                "images_per_second": round(epochs * len(xtr) / max(train_time, 1e-9))}
+                "images_per_second": round(epochs * len(xtr) / max(train_time, 1e-9)),
+                "history": history}
         if device == "cpu":
             prov["threads"] = 1  # the float math's intra-op threads (see one_thread)
         if xva is not None:
