@@ -480,6 +480,9 @@ def test_param_words_round_trip(seed):
     plan = compile_overlay(model, config)
     words = plan.param_words()
     decoded = [decode_word(w) for w in words]
+    # The fast packing is hw.params.encode_word's (signed values as two's complement).
+    assert words == [encode_word(layer, kind, row, lane, data) for layer, kind, row, lane, data
+                     in decoded]
     assert all(layer == OVERLAY_LAYER for layer, *_ in decoded)
     kinds = {kind for _, kind, *_ in decoded}
     assert kinds == {ParamKind.PROGRAM, ParamKind.WEIGHT, ParamKind.BIAS, ParamKind.M,
