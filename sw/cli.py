@@ -327,6 +327,30 @@ def build_parser():
     add_json_output(p, "also write the build report here",
                     default="only DIR/build_report.json")
 
+    p = add("report", "cli_report:cmd_report",
+            help="write a static HTML report with plots of models, builds, runs, explores",
+            description="Write one folder with index.html, PNG plots and report.json (the "
+                        "tables' numbers) that opens offline: training curves, per-stage "
+                        "cycles against the ideal, resources per block and per device, Fmax "
+                        "over seeds, the images/s vs LUT/DSP Pareto fronts, shift histograms. "
+                        "Each INPUT is recognised by its content. Needs the 'report' extra "
+                        "(matplotlib): pip install 'shiftacc[report]'.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="model artifact (.npz), build folder or build_report.json, "
+                        "'sim --json'/'run --json' file, explore folder or results.json")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="report folder, created (written beside it, renamed at the end) "
+                        "(required)")
+    p.add_argument("--force", action="store_true",
+                   help="replace DIR if it is an earlier report (never another folder) "
+                        "(default: refuse an existing non-empty DIR)")
+    p.add_argument("--config", metavar="PAR.json",
+                   help="parallelism config the artifacts' plans are drawn with (default: "
+                        "the planner's defaults)")
+    p.add_argument("--title", help="page title (default: the inputs' names)")
+
+    _add_explore_commands(add)
+
     p = add("program", "cli_program:cmd_program",
             help="put a built bitstream on a board (iceprog, openFPGALoader, dfu-util)",
             description="Program a board with the bitstream 'shiftacc build' made: iceprog "
@@ -358,6 +382,84 @@ def build_parser():
                    help="info: list builds, sizes and last use; clear: remove every build "
                         "(default: info)")
     return parser
+
+
+def _ray_options(p):
+    """``--address``, ``--cpus-per-task``, ``--serial`` of ``explore`` and ``regress``."""
+    p.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
+                   help="Ray cluster to run on: auto (the cluster this machine is part of), "
+                        "a head's HOST:PORT, or ray://HOST:PORT (Ray Client); exit 5 when "
+                        "nothing answers (default: an embedded Ray on this machine's CPUs)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+                   help="CPUs Ray reserves for each task")
+    p.add_argument("--serial", action="store_true",
+                   help="run the tasks one after another in this process, without Ray (the "
+                        "baseline) (default: Ray tasks)")
+
+
+def _add_explore_commands(add):
+    """Register ``explore`` and ``regress`` (sw.cli_explore; Ray is the 'explore' extra)."""
+    p = add("explore", "cli_explore:cmd_explore",
+            help="sweep boards x multiplier budgets x nextpnr seeds as Ray tasks: a results "
+                 "table and the Pareto front",
+            description="Build every point (board, engine, max_multipliers budget, nextpnr "
+                        "seed) of a model as a Ray task: plan (a plan that cannot fit is a "
+                        "'refused' row with the reason), build as 'shiftacc build' does into "
+                        "DIR/points/KEY/, optionally simulate images on Verilator against "
+                        "golden. Rows go to DIR/results.json and DIR/results.csv as points "
+                        "finish; a later run with the same --out reuses every 'ok' row. Prints "
+                        "the images/s vs LUT and vs DSP Pareto fronts. Exit 4 when a point "
+                        "failed (its row says why). Needs the 'explore' extra (Ray).")
+    p.add_argument("model", metavar="MODEL.npz", help="artifact")
+    p.add_argument("--boards", default="ulx3s-25f", metavar="A,B",
+                   help="boards from 'shiftacc boards', comma-separated")
+    p.add_argument("--budgets", default="16,32,64", metavar="M,M",
+                   help="planner max_multipliers budgets, comma-separated")
+    p.add_argument("--engines", default="dataflow", metavar="dataflow[,overlay]",
+                   help="accelerator engines (overlay: refused until it lands)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                   help="nextpnr seeds 1..N per point")
+    p.add_argument("--freq", type=float, metavar="MHZ",
+                   help="target clock in MHz (default: each board's)")
+    p.add_argument("--out", metavar="DIR",
+                   help="results folder, created if missing; its ok rows are reused "
+                        "(default: explore-MODEL)")
+    p.add_argument("--no-bitstream", action="store_true",
+                   help="write each point's build files only, run no tool (default: Yosys + "
+                        "nextpnr for iCE40/ECP5 boards)")
+    p.add_argument("--sim-images", type=_int_at_least(0), default=0, metavar="K",
+                   help="random images each point simulates on Verilator against golden")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="wall-clock limit of one point's tool run")
+    _ray_options(p)
+
+    p = add("regress", "cli_explore:cmd_regress",
+            help="simulate N random networks against golden as Ray tasks",
+            description="Draw N random networks (widths, shifts, strides, pools, bit widths, "
+                        "budgets as benchmarks/random_networks.py does; network k has seed "
+                        "SEED*1000+k), simulate each under random stalls and then without, "
+                        "against the golden model, one Ray task per network. Prints mismatches "
+                        "and predicted vs measured cycles/image; a failing network's artifact, "
+                        "images and logs stay in DIR/failures/SEED/ with its replay command. "
+                        "Exit 1 when any network differs from golden or stalls.")
+    p.add_argument("--count", type=positive_int, default=8, metavar="N", help="networks")
+    p.add_argument("--seed", type=_int_at_least(0), default=1, help="base seed")
+    p.add_argument("--images", type=_int_at_least(1, 64), default=8, metavar="N",
+                   help="random images per network")
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator", help="simulator")
+    p.add_argument("--attention", action="store_true",
+                   help="place the version-2 ops too (a random subset per network) (default: "
+                        "version-1 ops only)")
+    p.add_argument("--max-size", type=_int_at_least(5, 12), default=12, metavar="5..12",
+                   help="largest image height/width drawn")
+    p.add_argument("--max-width", type=_int_at_least(3), default=20, metavar="W",
+                   help="largest hidden channel count drawn")
+    p.add_argument("--max-blocks", type=_int_at_least(1, 3), default=3, metavar="1..3",
+                   help="most shift/conv blocks drawn")
+    p.add_argument("--out", metavar="DIR",
+                   help="results and failures folder, created if missing (default: "
+                        "regress-SEED)")
+    _ray_options(p)
 
 
 class _Terminated(BaseException):
