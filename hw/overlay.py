@@ -259,9 +259,7 @@ class OverlayEngine(wiring.Component):
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(pv & (kind == ParamKind.PROGRAM)
                                   & (pp.lane < nf) & (pp.row < cfg.max_passes))]
-        prog_dirty = Signal()
-        with m.If(prog_w.en):
-            m.d.sync += prog_dirty.eq(1)
+        prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
         gat_w, gat_r = self._ram(m, "gather", 29, cfg.gather_rows)
         m.d.comb += [gat_w.addr.eq(pp.row), gat_w.data.eq(pp.data[:29]),
@@ -481,6 +479,11 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += cnt.eq(cnt - 1)
                 with m.If(cnt == 0):
                     group_end()
+
+        # A program write after SETUP began re-runs it before the image is taken (set after
+        # the FSM's clear, so a write in the clearing cycle is not lost).
+        with m.If(prog_w.en):
+            m.d.sync += prog_dirty.eq(1)
 
         # ---- output positions: raster, or window order with a fused maxpool ----------------
         # (x, y) are the window's (px, py) with a pool; every step is one adder per register,
