@@ -40,7 +40,9 @@ class LinkTop(wiring.Component):
         Receive slots of the link engine.
     accelerator : wiring.Component, optional
         A component with the Accelerator's ``params``/``images``/``logits`` members (tests
-        plug a small stub); default ``hw.top.Accelerator(model, plan)``.
+        plug a small stub); default ``hw.top.Accelerator(model, plan)``, or
+        ``hw.overlay.OverlayEngine(plan.config)`` for an overlay plan (``plan.engine ==
+        "overlay"``, from ``hw.overlay_program.compile_overlay``).
     **engine_kw
         ``max_payload``, ``watchdog_cycles`` for :class:`~shiftacc.hw.link.LinkEngine`.
 
@@ -62,8 +64,14 @@ class LinkTop(wiring.Component):
         self.engine = LinkEngine(model, plan, clock_hz=clock_hz, baud=baud, slots=slots,
                                  **engine_kw)
         if accelerator is None:
-            from .top import Accelerator
-            accelerator = Accelerator(model, plan)
+            if getattr(plan, "engine", "dataflow") == "overlay":
+                # One program-driven engine for every model of this I/O (OVERLAY.md §6);
+                # the layer program arrives with the parameters.
+                from .overlay import OverlayEngine
+                accelerator = OverlayEngine(plan.config)
+            else:
+                from .top import Accelerator
+                accelerator = Accelerator(model, plan)
         self.accelerator = accelerator
         self.uart = bool(uart)
         self.phy_rx = self.phy_tx = None
@@ -88,7 +96,7 @@ class LinkTop(wiring.Component):
         m.submodules.link = eng = self.engine
         m.submodules.accel = acc = self.accelerator
         wiring.connect(m, eng.params, acc.params)
-        wiring.connect(m, eng.images, acc.images)
+        _connect_images(m, eng.images, acc.images)
         wiring.connect(m, acc.logits, eng.logits)
         if self.uart:
             m.submodules.uart_rx = rxp = self.phy_rx
@@ -109,6 +117,28 @@ class LinkTop(wiring.Component):
                      self.status_led.busy.eq(eng.busy),
                      self.status_led.error.eq(eng.error)]
         return m
+
+
+def _connect_images(m, src, dst):
+    """Connect the link engine's image stream to the accelerator's.
+
+    The dataflow accelerator's port is exactly the engine's (``input_lanes`` ×
+    ``input_bits``); the overlay engine takes one 8-bit value per beat whatever the model's
+    input bits (its feature-map banks are 8 bits wide), so narrower pixels are zero-extended
+    lane by lane (unsigned pixels: zero extension keeps the value).
+    """
+    sw, dw = src.payload.data.shape().elem_shape, dst.payload.data.shape().elem_shape
+    if sw == dw and len(src.payload.data) == len(dst.payload.data):
+        wiring.connect(m, src, dst)
+        return
+    if len(src.payload.data) != len(dst.payload.data) or sw.width > dw.width:
+        raise ValueError(f"LinkTop: the link's image stream ({len(src.payload.data)} x "
+                         f"{sw.width} bits) does not fit the accelerator's "
+                         f"({len(dst.payload.data)} x {dw.width} bits)")
+    m.d.comb += [dst.valid.eq(src.valid), src.ready.eq(dst.ready),
+                 dst.payload.last.eq(src.payload.last)]
+    m.d.comb += [dst.payload.data[k].eq(src.payload.data[k])
+                 for k in range(len(src.payload.data))]
 
 
 def link_top_verilog(model, plan, *, clock_hz, baud, uart, name="shiftacc_link", **kw):

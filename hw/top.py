@@ -15,7 +15,8 @@ from .params import channel_attention_param_words, conv_param_words, \
 from .plan import stage_block
 from .stream import beats_per_pixel, pixel_layout, pixel_stream
 
-__all__ = ["Accelerator", "param_words", "stage_param_words", "image_beats"]
+__all__ = ["Accelerator", "param_words", "stage_param_words", "image_beats",
+           "overlay_param_space", "overlay_param_words"]
 
 
 def _make_block(stage, model, radius):
@@ -110,12 +111,85 @@ class Accelerator(wiring.Component):
 def param_words(model, plan):
     """Every parameter beat the accelerator needs, encoded (see :mod:`hw.params`).
 
+    A dataflow plan: the words of every stage's block. An overlay plan (``plan.engine ==
+    "overlay"``): :func:`overlay_param_words`, every entry of the engine's memories.
+
     Returns
     -------
     list of int
     """
+    if getattr(plan, "engine", "dataflow") == "overlay":
+        return overlay_param_words(plan)
     return [w for stage in plan.stages if stage.layer is not None
             for w in stage_param_words(stage, model.layers[stage.layer])]
+
+
+def overlay_param_space(config):
+    """The memories an overlay engine with ``config`` takes words for, in load order.
+
+    Returns
+    -------
+    list of (ParamKind, rows, lanes)
+        Program (``max_passes`` × the pass fields), gather table, weights (``weight_rows`` ×
+        ``lanes``), then the per-channel tables (``channel_rows`` each): bias, m, sh, qmax.
+    """
+    from .overlay_program import PASS_FIELDS
+    from .params import ParamKind
+    ch = int(config.channel_rows)
+    return [(ParamKind.PROGRAM, int(config.max_passes), len(PASS_FIELDS)),
+            (ParamKind.GATHER, int(config.gather_rows), 1),
+            (ParamKind.WEIGHT, int(config.weight_rows), int(config.lanes)),
+            (ParamKind.BIAS, ch, 1), (ParamKind.M, ch, 1), (ParamKind.SH, ch, 1),
+            (ParamKind.QMAX, ch, 1)]
+
+
+def _word_fields():
+    from .params import PARAM_LAYOUT
+    return {name: (PARAM_LAYOUT[name].offset, (1 << PARAM_LAYOUT[name].width) - 1)
+            for name in ("layer", "kind", "row", "lane", "data")}
+
+
+def overlay_param_words(plan):
+    """The parameter words of an overlay plan as the link loads them: one write to *every*
+    entry of every memory of :func:`overlay_param_space` (the plan's value where
+    ``plan.param_words()`` has one, else 0), in that order.
+
+    The link engine fixes a design's word count and address limits from the words of the
+    model it was built for (:func:`shiftacc.sw.protocol.param_limits`, the LOAD_BEGIN word
+    count). An overlay bitstream must take every model that compiles for its config, so its
+    count and limits must depend on the config alone: writing the whole memory space gives
+    exactly that, and also leaves nothing of an earlier model in the engine (unused table
+    entries and program rows after END are zeros).
+
+    Raises
+    ------
+    ValueError
+        A word of ``plan.param_words()`` lies outside the engine's memories (a compiler bug).
+    """
+    from .params import OVERLAY_LAYER
+    f = _word_fields()
+    (ko, km), (ro, rm), (lo, lm), (do, dm) = f["kind"], f["row"], f["lane"], f["data"]
+    given = {}
+    for w in plan.param_words():
+        w = int(w)
+        given[(w >> ko & km, w >> ro & rm, w >> lo & lm)] = w >> do & dm
+    base = OVERLAY_LAYER << f["layer"][0]
+    words, used = [], 0
+    for kind, rows, lanes in overlay_param_space(plan.config):
+        k = int(kind.value)
+        head = base | k << ko
+        for r in range(rows):
+            for ln in range(lanes):
+                v = given.get((k, r, ln))
+                if v is not None:
+                    used += 1
+                else:
+                    v = 0
+                words.append(head | r << ro | ln << lo | v << do)
+    if used != len(given):
+        raise ValueError(f"the overlay plan has {len(given) - used} parameter words outside "
+                         f"the engine's memories ({overlay_param_space(plan.config)})")
+    return words
 
 
 def stage_param_words(stage, layer):

@@ -39,7 +39,8 @@ def link_parameters(*, uart, clock_hz, baud):
 
 
 def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD):
-    """Verilog text of the serve top for ``model`` and ``plan``."""
+    """Verilog text of the serve top for ``model`` and ``plan`` (a dataflow or an overlay
+    plan), and the :class:`~shiftacc.hw.board.LinkTop` it was made from."""
     from ..hw.board import LinkTop
     from ..hw.stream import to_verilog
     from .bridge import BridgeHarness
@@ -49,15 +50,20 @@ def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD):
     return to_verilog(harness, name=SERVE_TOPLEVEL), top
 
 
-def serve(model, *, config, host="127.0.0.1", port=8765, simulator="verilator", uart=False,
-          clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD, max_clients=None, workdir=None,
-          on_ready=None, log=print):
+def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
+          simulator="verilator", uart=False, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD,
+          max_clients=None, workdir=None, on_ready=None, log=print):
     """Simulate the board top and serve it on a TCP socket until stopped.
 
     Parameters
     ----------
     model : models.artifact.Model
-    config : dict or PlanConfig
+    config : dict or PlanConfig, optional
+        The dataflow planner's config (used when ``plan`` is None).
+    plan : hw.plan.Plan or hw.overlay_program.OverlayPlan, optional
+        The design to serve; an overlay plan (``plan.engine == "overlay"``) serves the
+        overlay engine (:class:`~shiftacc.hw.board.LinkTop` builds it from the plan's config).
+        Default: ``plan_network(model, config)``.
     host : str
     port : int
         0 picks a free port (reported through ``on_ready``).
@@ -76,7 +82,8 @@ def serve(model, *, config, host="127.0.0.1", port=8765, simulator="verilator", 
         The simulator ended or failed to start listening.
     """
     _runner.tool_env(simulator)
-    plan = plan_network(model, config)
+    if plan is None:
+        plan = plan_network(model, config)
     text, top = serve_verilog(model, plan, uart=uart, clock_hz=clock_hz, baud=baud)
     # Per wake-up of the testbench: about a window of bytes on the line.
     step = 128 if not uart else max(256, int(clock_hz / baud * 10 * 32))

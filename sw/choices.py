@@ -7,7 +7,8 @@ import the training stack just to fill argparse's ``choices``; the names live he
 :data:`shiftacc.models.data.DATASETS`), so a new preset or method cannot be forgotten here.
 """
 
-__all__ = ["DATASETS", "DEVICES", "METHODS", "PRESETS", "SIMULATORS"]
+__all__ = ["DATASETS", "DEVICES", "ENGINES", "METHODS", "PRESETS", "SIMULATORS",
+           "add_engine_args"]
 
 #: Data sets :func:`shiftacc.models.data.load_split` reads.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -19,3 +20,35 @@ PRESETS = ("cifar10-s", "digits-m", "digits-s", "digits-xs", "mnist-s")
 DEVICES = ("cpu", "cuda", "auto")
 #: Simulators ``shiftacc sim`` runs.
 SIMULATORS = ("verilator", "icarus")
+
+#: Compositions ``generate``, ``sim`` and ``serve`` build (DESIGN.md §3): one engine per layer
+#: (``dataflow``, one topology per bitstream) or one program-driven engine reused layer after
+#: layer (``overlay``, every model of one I/O per bitstream).
+ENGINES = ("dataflow", "overlay")
+
+
+def add_engine_args(parser):
+    """Add ``--engine`` and the overlay's configuration options to ``parser``.
+
+    ``--engine overlay`` builds the overlay engine, configured by ``--overlay-config`` (a JSON
+    object of ``OverlayConfig`` fields, inline or in a file) and then ``--lanes`` /
+    ``--requant-units``; with ``--engine dataflow`` (the default) those options are an error,
+    as ``--config`` (the dataflow planner's) is with ``--engine overlay``
+    (:func:`shiftacc.sw.cli_hw.engine_plan` reads and checks them).
+    """
+    g = parser.add_argument_group("engine (DESIGN.md §3)")
+    g.add_argument("--engine", choices=ENGINES, default="dataflow",
+                   help="dataflow: one engine per layer, built for this model's topology; "
+                        "overlay: one engine reused layer after layer, running any model with "
+                        "this input shape, input bits and class count that fits its config")
+    g.add_argument("--overlay-config", metavar="JSON",
+                   help="with --engine overlay: OverlayConfig fields as a JSON object, inline "
+                        "('{\"lanes\": 8}') or a file (lanes, requant_units, fm_words, "
+                        "weight_rows, channel_rows, gather_rows, max_passes, primitives) "
+                        "(default: the OverlayConfig defaults)")
+    g.add_argument("--lanes", type=int, metavar="P",
+                   help="with --engine overlay: MAC lanes, even, 2..64 (default: 16, or "
+                        "--overlay-config's)")
+    g.add_argument("--requant-units", type=int, choices=(1, 2),
+                   help="with --engine overlay: requant multipliers (default: 2, or "
+                        "--overlay-config's)")

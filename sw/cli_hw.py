@@ -18,7 +18,8 @@ from .cli_model import hardware_images, progress_wanted
 from .errors import Mismatch, Stalled, UsageError
 from .outputs import check_output, check_output_dir, same_file, write_atomic
 
-__all__ = ["memories", "summary", "cmd_generate", "cmd_sim", "cmd_cache", "GENERATED_FILES"]
+__all__ = ["memories", "summary", "cmd_generate", "cmd_sim", "cmd_cache", "GENERATED_FILES",
+           "engine_plan", "overlay_config_from_args", "overlay_summary"]
 
 #: The files ``generate`` writes into its folder (summary.json last: it marks completion).
 GENERATED_FILES = ("shiftacc_top.v", "summary.txt", "params.bin", "summary.json")
@@ -38,9 +39,138 @@ def summary(model, plan):
 
 def _load(args):
     model = load_artifact(args.model)
-    cfg = load_config(args.config)
-    plan = plan_network(model, cfg)
+    cfg, plan = engine_plan(args, model)
     return model, cfg, plan
+
+
+def overlay_config_from_args(args):
+    """The ``OverlayConfig`` of ``--overlay-config`` (inline JSON object or a file), then
+    ``--lanes`` / ``--requant-units``, validated.
+
+    Raises
+    ------
+    UsageError
+        Unreadable JSON, an unknown field, or a value out of range (the config's own words).
+    """
+    import dataclasses
+    from ..hw.overlay_program import OverlayConfig
+    fields = {}
+    text = getattr(args, "overlay_config", None)
+    if text:
+        source = "--overlay-config"
+        if not text.lstrip().startswith("{"):
+            try:
+                text, source = Path(text).read_text(), f"--overlay-config {text}"
+            except OSError as e:
+                raise UsageError(f"--overlay-config {text}: cannot read it ({e.strerror}); "
+                                 f"give a JSON file or an inline object such as "
+                                 f"'{{\"lanes\": 8}}'") from None
+        try:
+            fields = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"{source} is not valid JSON ({e})") from None
+        if not isinstance(fields, dict):
+            raise UsageError(f"{source} must be a JSON object of OverlayConfig fields, got "
+                             f"{type(fields).__name__}")
+    for name in ("lanes", "requant_units"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    known = [f.name for f in dataclasses.fields(OverlayConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise UsageError(f"unknown overlay config field(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(known)}")
+    try:
+        config = OverlayConfig(**fields)
+        config.validate()
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"bad overlay config: {e}") from None
+    return config
+
+
+def engine_plan(args, model):
+    """The plan ``--engine`` asks for: ``(config, plan)``.
+
+    ``dataflow`` (default): the planner's config (``--config``) and
+    :func:`~shiftacc.hw.plan.plan_network`. ``overlay``: the ``OverlayConfig`` of
+    :func:`overlay_config_from_args` and ``hw.overlay_program.compile_overlay``.
+
+    Raises
+    ------
+    UsageError
+        An option of the other engine (``--config`` with the overlay; ``--overlay-config``,
+        ``--lanes``, ``--requant-units`` with the dataflow engine), a bad overlay config, or
+        a model the overlay compiler refuses (its words: the layer and why).
+    PlanError
+        The dataflow planner refuses the topology or the config.
+    """
+    engine = getattr(args, "engine", "dataflow") or "dataflow"
+    overlay_opts = [f"--{name.replace('_', '-')}" for name in
+                    ("overlay_config", "lanes", "requant_units")
+                    if getattr(args, name, None) is not None]
+    if engine == "dataflow":
+        if overlay_opts:
+            raise UsageError(f"{', '.join(overlay_opts)} configure the overlay engine; add "
+                             f"--engine overlay (or drop them for the dataflow engine)")
+        cfg = load_config(getattr(args, "config", None))
+        return cfg, plan_network(model, cfg)
+    if engine != "overlay":
+        raise UsageError(f"unknown --engine {engine!r}: dataflow or overlay")
+    if getattr(args, "config", None):
+        raise UsageError(f"--config {args.config} is the dataflow planner's parallelism "
+                         f"config; the overlay engine takes --overlay-config, --lanes and "
+                         f"--requant-units")
+    from ..hw.overlay_program import OverlayFitError, compile_overlay
+    config = overlay_config_from_args(args)
+    try:
+        plan = compile_overlay(model, config)
+    except OverlayFitError as e:
+        raise UsageError(f"the model does not fit the overlay engine: {e}") from None
+    return config, plan
+
+
+def overlay_summary(model, plan):
+    """The generate summary of an overlay plan as a JSON-able dict: engine, config, I/O,
+    passes, parameter words, multipliers, memories and MACs (and the cycle model's cycles per
+    image where ``hw/overlay_timing.py`` is available)."""
+    from ..hw.top import param_words
+    from . import protocol
+    cost = plan.cost()
+    mems = [{"name": mem.name, "depth": mem.depth, "width": mem.width,
+             "bits": mem.depth * mem.width} for mem in cost.memories]
+    try:
+        cycles = plan.cycles_per_image()
+    except (NotImplementedError, ImportError):
+        cycles = None
+    passes = [dict(p) if isinstance(p, dict) else
+              {k: getattr(p, k) for k in getattr(plan, "PASS_FIELDS", ()) or _pass_fields()}
+              for p in plan.passes]
+    return {
+        "model": model.name,
+        "engine": "overlay",
+        "config": protocol.descriptor(model, plan)["config"],
+        "io": protocol.overlay_io(model),
+        "passes": [{k: int(v) for k, v in p.items()} for p in passes],
+        "param_words": len(param_words(model, plan)),
+        "multipliers": len(cost.multipliers),
+        "memories": mems,
+        "memory_bits": sum(m["bits"] for m in mems),
+        "macs_per_image": int(plan.macs_per_image),
+        "cycles_per_image": cycles,
+    }
+
+
+def _pass_fields():
+    from ..hw.overlay_program import PASS_FIELDS
+    return PASS_FIELDS
+
+
+def _summary_text(model, plan):
+    if getattr(plan, "engine", "dataflow") != "overlay":
+        return plan.summary_text(model)
+    lines = plan.summary()
+    return lines if isinstance(lines, str) else "\n".join(lines)
 
 
 def _say(args):
@@ -95,15 +225,23 @@ def cmd_generate(args):
     from ..hw.stream import to_verilog
     from ..hw.top import Accelerator, param_words
     say = _say(args)
-    say(plan.summary_text(model))
+    overlay = getattr(plan, "engine", "dataflow") == "overlay"
+    say(_summary_text(model, plan))
     say("[generate] elaborating and emitting Verilog ...", flush=True)
-    text = to_verilog(Accelerator(model, plan), name="shiftacc_top")
-    summ = summary(model, plan)
+    if overlay:
+        # The overlay engine is built from its config alone (OVERLAY.md §6): the model is
+        # only in params.bin (program, gather and weight tables).
+        from ..hw.overlay import OverlayEngine
+        top = OverlayEngine(plan.config)
+    else:
+        top = Accelerator(model, plan)
+    text = to_verilog(top, name="shiftacc_top")
+    summ = overlay_summary(model, plan) if overlay else summary(model, plan)
     summ["artifact"] = str(Path(args.model).resolve())
     words = param_words(model, plan)
     contents = {
         "shiftacc_top.v": text,
-        "summary.txt": plan.summary_text(model) + "\n",
+        "summary.txt": _summary_text(model, plan) + "\n",
         "params.bin": b"".join(w.to_bytes(PARAM_BYTES, "little") for w in words),
         "summary.json": json.dumps(summ, indent=1),
     }
@@ -134,6 +272,12 @@ def cmd_sim(args):
                      force=args.force)
     if args.workdir:
         check_output_dir(args.workdir, what="--workdir")
+    if getattr(args, "engine", "dataflow") == "overlay":
+        # The cocotb harness of sim/runner.py drives the dataflow Accelerator's ports from a
+        # dataflow plan; the overlay runs behind the link (serve + run) this release.
+        raise UsageError("shiftacc sim simulates the dataflow accelerator only; simulate the "
+                         "overlay engine with 'shiftacc serve MODEL.npz --engine overlay' and "
+                         "'shiftacc run MODEL.npz --port socket://127.0.0.1:8765 ...'")
     model, cfg, plan = _load(args)
     images, labels = hardware_images(args, model)
     from ..sim.runner import simulate

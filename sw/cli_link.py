@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ..hw.plan import load_config
 from ..models.artifact import load_artifact
+from .cli_hw import engine_plan
 from .cli_model import hardware_images, progress_wanted
 from .errors import Mismatch, UsageError
 from .outputs import check_output, write_atomic
@@ -50,7 +50,8 @@ def cmd_serve(args):
     ------
     UsageError
         The port is taken, the artifact or config is bad, --baud does not divide the clock
-        into at least 4 cycles per bit.
+        into at least 4 cycles per bit, the engine options do not go together or the model
+        does not fit the overlay (:func:`shiftacc.sw.cli_hw.engine_plan`).
     MissingTool, BuildFailed, InternalError
         From :func:`shiftacc.sim.serve.serve`.
     """
@@ -58,23 +59,28 @@ def cmd_serve(args):
         raise UsageError(f"--clock-hz {args.clock_hz} gives {args.clock_hz / args.baud:.2f} "
                          f"clocks per bit at --baud {args.baud}; the UART needs at least 4")
     model = load_artifact(args.model)
-    cfg = load_config(args.config)
+    cfg, plan = engine_plan(args, model)
     _check_port_free(args.host, args.port)
-    from ..hw.plan import plan_network
     from ..sim.serve import serve
     from . import protocol
-    plan = plan_network(model, cfg)
     desc = protocol.descriptor(model, plan)
     say = _say(args)
+    if protocol.plan_engine(plan) == "overlay":
+        io = desc["io"]
+        what = (f"overlay engine ({plan.config.lanes} lanes, {plan.config.requant_units} "
+                f"requant units) for every model with input {io['input']}, "
+                f"{io['input_bits']}-bit, {io['classes']} classes")
+    else:
+        what = f"dataflow accelerator of {args.model}"
 
     def on_ready(host, port):
         line = "UART at {:,} baud, {:,} Hz clock".format(args.baud, args.clock_hz) \
             if args.uart else "byte stream (no UART)"
-        print(f"serving {args.model} on socket://{host}:{port} ({args.simulator}, {line}, "
+        print(f"serving the {what} on socket://{host}:{port} ({args.simulator}, {line}, "
               f"design id {protocol.design_id(desc):016x}); Ctrl-C stops", flush=True)
 
-    serve(model, config=cfg, host=args.host, port=args.port, simulator=args.simulator,
-          uart=args.uart, clock_hz=args.clock_hz, baud=args.baud, on_ready=on_ready, log=say,
+    serve(model, config=cfg, plan=plan, host=args.host, port=args.port,
+          simulator=args.simulator, uart=args.uart, clock_hz=args.clock_hz, baud=args.baud, on_ready=on_ready, log=say,
           max_clients=args.max_clients)
     print(f"served {args.max_clients} client session(s); stopped", flush=True)
     return 0
@@ -121,9 +127,9 @@ def cmd_run(args):
     t_start = time.perf_counter()
     with _open(args, say) as dev:
         ident = dev.identify()
-        say(f"[run] {args.port}: design {ident.design_id:016x}, link v{ident.link_version}, "
-            f"{ident.clock_hz:,} Hz, " + (f"{ident.baud:,} baud" if ident.baud else
-                                          "byte stream"))
+        say(f"[run] {args.port}: {ident.engine} design {ident.design_id:016x}, link "
+            f"v{ident.link_version}, {ident.clock_hz:,} Hz, "
+            + (f"{ident.baud:,} baud" if ident.baud else "byte stream"))
         dev.plan_for(model)
         loading = dev.status()
         load = dev.load(model, progress=progress)
@@ -146,6 +152,7 @@ def cmd_run(args):
         "link_bytes": int(stats["bytes_sent"] + stats["bytes_received"]),
         "link_seconds": time.perf_counter() - t_start,
         "design_id": f"{ident.design_id:016x}",
+        "engine": ident.engine,
         "retries": int(stats["retries"]),
         "baud": ident.baud,
         "clock_hz": ident.clock_hz,

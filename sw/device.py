@@ -89,8 +89,15 @@ class Identity:
     descriptor: dict = field(default_factory=dict)
 
     @property
+    def engine(self):
+        """``"dataflow"`` or ``"overlay"`` (the composition the design was built as)."""
+        return P.descriptor_engine(self.descriptor)
+
+    @property
     def input_shape(self):
         """(H, W, C) of one image."""
+        if self.engine == "overlay":
+            return tuple(self.descriptor["io"]["input"])
         return tuple(self.descriptor["topology"]["input"])
 
     @property
@@ -285,15 +292,25 @@ class Device:
     def plan_for(self, model):
         """The plan the device's design was built with, rebuilt for ``model``.
 
+        A dataflow design runs one topology: the model's must equal the device's, and the
+        plan rebuilt from the device's config must reproduce its design id. An overlay design
+        (the descriptor's ``engine``) runs every model with its input shape, input bits and
+        class count that compiles for its config: the model is compiled with that config
+        (``hw.overlay_program.compile_overlay``).
+
         Raises
         ------
         DesignMismatch
-            The model's topology, or the plan rebuilt from the device's config, does not give
-            the device's design id; the message names the differences.
+            The model's topology (dataflow) or I/O (overlay) differs, the model does not fit
+            the overlay's config (the compiler's words), or the plan rebuilt from the
+            device's config does not give the device's design id; the message names the
+            differences.
         """
         from ..hw.plan import PlanError, plan_network
         ident = self.identity
         dev = ident.descriptor
+        if ident.engine == "overlay":
+            return self._overlay_plan_for(model)
         diffs = P.topology_differences(dev.get("topology", {}), P.topology(model))
         if diffs:
             raise DesignMismatch(f"the model does not match the design on {self.url} "
@@ -326,6 +343,35 @@ class Device:
             raise DesignMismatch(
                 f"the topology matches the design on {self.url} but the plan differs (was "
                 f"the bitstream built by another shiftacc version?): " + "; ".join(why))
+        return plan
+
+    def _overlay_plan_for(self, model):
+        """An overlay device runs every model with its I/O that compiles for its config: the
+        I/O is compared, the model compiled with the device's config (never a topology
+        comparison), and the rebuilt descriptor must give the device's design id."""
+        from ..hw.overlay_program import OverlayConfig, OverlayFitError, compile_overlay
+        ident = self.identity
+        dev = ident.descriptor
+        where = f"the overlay design on {self.url} ({ident.design_id:016x})"
+        diffs = P.io_differences(dev["io"], P.overlay_io(model))
+        if diffs:
+            raise DesignMismatch(f"the model does not match {where}: " + "; ".join(diffs))
+        try:
+            config = OverlayConfig.from_json(dev["config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DesignMismatch(f"the overlay config of {where} is not one this driver "
+                                 f"knows ({e}): was the bitstream built by another shiftacc "
+                                 f"version?") from None
+        try:
+            plan = compile_overlay(model, config)
+        except OverlayFitError as e:
+            raise DesignMismatch(f"the model does not fit {where}: {e}") from None
+        mine = P.descriptor(model, plan)
+        if P.design_id(mine) != ident.design_id:
+            raise DesignMismatch(
+                f"the model's I/O matches {where} but the overlay config does not round-trip "
+                f"(device {dev['config']}, here {mine['config']}; was the bitstream built by "
+                f"another shiftacc version?)")
         return plan
 
     def load(self, model, progress=False):

@@ -2,8 +2,11 @@
 
 :class:`DeviceModel` follows the device rules of the protocol docstring (header checks, payload
 checks, CRC, execution in arrival order) and answers every frame the way the gateware does; its
-logits come from the golden model of the parameters *as loaded* (the loaded words are decoded
-back into a zeroed copy of the model, so a wrong or missing word gives wrong logits).
+logits come from the parameters *as loaded*: for a dataflow design the loaded words are decoded
+back into a zeroed copy of the model and run by the golden model; for an overlay design
+(``plan.engine == "overlay"``) they are decoded into the engine's memory images (program,
+gather, weight and channel tables) and run by the overlay's NumPy executor. Either way a wrong
+or missing word gives wrong logits.
 :class:`ModelPort` puts it behind a real pyserial ``loop://`` port, with fault injection, so
 that :class:`shiftacc.sw.device.Device` is tested over the same code path it uses on a board.
 """
@@ -46,8 +49,9 @@ class DeviceModel:
     ----------
     model : models.artifact.Model
         The topology the "bitstream" was built for (its weights are *not* used: logits come
-        from the parameters loaded over the link).
-    plan : hw.plan.Plan
+        from the parameters loaded over the link). For an overlay plan only its I/O matters:
+        any model with that I/O that compiles for the plan's config loads.
+    plan : hw.plan.Plan or hw.overlay_program.OverlayPlan
     clock_hz, baud : int
         Reported in ``IDENTIFY`` (``baud`` 0: byte streams, no UART).
     slots : int
@@ -80,9 +84,12 @@ class DeviceModel:
         self.descriptor = P.descriptor(model, plan)
         self.design_id = P.design_id(self.descriptor)
         self._blob = P.descriptor_blob(self.descriptor)
-        self._stage_of = {s.layer: s for s in plan.stages
-                          if s.layer is not None and s.kind not in ("subsample",
-                                                                    "channel_map")}
+        #: ``"overlay"``: one program-driven engine (words -> memory images -> the NumPy
+        #: executor of the program); ``"dataflow"``: one engine per layer.
+        self.engine = P.plan_engine(plan)
+        self._stage_of = {} if self.engine == "overlay" else {
+            s.layer: s for s in plan.stages
+            if s.layer is not None and s.kind not in ("subsample", "channel_map")}
         self._v2_maps = {}      # layer -> {(kind, row, lane): flat index} of v2 layers
         # The header-time checks of rule 1, in order (UNKNOWN_COMMAND before BAD_LENGTH, so
         # the parser's own length limit is left at 0xFFFF and length_ok decides).
@@ -223,8 +230,7 @@ class DeviceModel:
             k = len(fr.payload) // self.image_bytes
             h, w, c = self.model.input_shape
             images = np.frombuffer(fr.payload, np.uint8).reshape(k, h, w, c)
-            from ..models import golden
-            logits = golden.run(self._net, images, threads=1).astype("<i4")
+            logits = self._logits(images).astype("<i4")
             self.counters["images_done"] += k
             body = logits.tobytes()
             reply = self._ok(fr, body)
@@ -280,7 +286,32 @@ class DeviceModel:
 
     # --- the loaded parameters, back into arrays ---------------------------------------
 
+    def _logits(self, images):
+        """The logits of ``images`` computed from the loaded parameters only."""
+        if self.engine == "overlay":
+            from ..hw.overlay_program import run_overlay
+            return np.asarray(run_overlay(self._net, images))
+        from ..models import golden
+        return golden.run(self._net, images, threads=1)
+
     def _rebuild(self):
+        """What the loaded words make of the device.
+
+        Overlay: the engine's memory images decoded from the words alone
+        (``hw.overlay_program.decode_param_words``: program, gather, weight and channel
+        tables), which the executor runs; nothing of the model's layers is used.
+        Dataflow: :meth:`_rebuild_model`."""
+        if self.engine == "overlay":
+            from ..hw.overlay_program import decode_param_words
+            # Every load writes every memory entry (hw.top.overlay_param_words), so the
+            # memories are exactly the words; decoded into zeroed memories, a word writing 0
+            # changes nothing and is skipped (most of a load is unused entries).
+            o, m = _field_cache["data"]
+            return decode_param_words([w for w in self._loaded if w >> o & m],
+                                      self.plan.config)
+        return self._rebuild_model()
+
+    def _rebuild_model(self):
         """A copy of the model whose parameter arrays hold exactly the loaded words (zero
         where no word landed), decoded at the addresses :mod:`shiftacc.hw.params` defines."""
         net = copy.deepcopy(self.model)

@@ -71,7 +71,8 @@ __all__ = ["LINK_VERSION", "SYNC", "REPLY", "NAK", "Command", "Reason", "REASON_
            "LOGIT_BYTES", "header_crc", "frame_crc", "encode_frame", "Frame", "Dropped",
            "FrameParser", "layout_bytes", "layout_from_bytes", "length_ok", "param_limits",
            "param_word_bytes", "topology", "descriptor", "design_id", "descriptor_blob",
-           "parse_descriptor_blob", "topology_differences"]
+           "parse_descriptor_blob", "topology_differences", "ENGINES", "plan_engine", "descriptor_engine",
+           "overlay_io", "io_differences"]
 
 #: Version of this protocol; part of every design id.
 LINK_VERSION = 1
@@ -462,16 +463,83 @@ def topology(model):
             "classes": len(model.classes), "layers": layers}
 
 
-def descriptor(model, plan):
-    """The self-description a device returns in ``IDENTIFY``: link version, topology,
-    the plan's config and stages.
+#: The two compositions of DESIGN.md §3 a device can be built as (``plan.engine``; a
+#: dataflow plan predates the attribute, so its absence means ``"dataflow"``).
+ENGINES = ("dataflow", "overlay")
 
-    The host rebuilds the plan from the model and ``config`` and checks it reproduces the
-    design id, so the device never needs a separate config file.
+
+def overlay_io(model):
+    """What an overlay bitstream fixes about the networks it runs: the image shape, the input
+    bits and the number of classes (everything else is loaded with the parameters).
+
+    Returns
+    -------
+    dict
+        ``{"input": [H, W, C], "input_bits": int, "classes": int}``.
     """
+    return {"input": [int(v) for v in model.input_shape], "input_bits": int(model.input_bits),
+            "classes": len(model.classes)}
+
+
+def descriptor(model, plan):
+    """The self-description a device returns in ``IDENTIFY``.
+
+    A dataflow design (one engine per layer, built for one topology): link version, topology,
+    the plan's config and stages; the host rebuilds the plan from the model and ``config`` and
+    checks it reproduces the design id, so the device never needs a separate config file.
+
+    An overlay design (``plan.engine == "overlay"``: one engine, a layer program loaded with
+    the weights): ``{"link_version", "engine": "overlay", "config": the OverlayConfig as a
+    dict, "io": overlay_io(model)}``. No topology: one overlay bitstream serves every model
+    with that I/O that compiles for its config, so the design id must not depend on the
+    layers. (The dataflow descriptor has no ``engine`` key, so every existing design id is
+    unchanged.)
+    """
+    if plan_engine(plan) == "overlay":
+        return {"link_version": LINK_VERSION, "engine": "overlay",
+                "config": _overlay_config_dict(plan.config), "io": overlay_io(model)}
     stages = [[s.kind, s.layer, s.lanes_in, s.lanes_out] for s in plan.stages]
     return {"link_version": LINK_VERSION, "topology": topology(model),
             "config": plan.config, "stages": stages}
+
+
+def plan_engine(plan):
+    """``"overlay"`` or ``"dataflow"``: the engine a plan builds."""
+    return getattr(plan, "engine", "dataflow")
+
+
+def descriptor_engine(desc):
+    """``"overlay"`` or ``"dataflow"``: the engine a device descriptor describes."""
+    return desc.get("engine", "dataflow")
+
+
+def _overlay_config_dict(config):
+    """An ``OverlayConfig`` as the JSON-ready dict the descriptor holds."""
+    if isinstance(config, dict):
+        return dict(config)
+    to_json = getattr(config, "to_json", None)
+    if to_json is not None:
+        out = to_json()
+        return json.loads(out) if isinstance(out, str) else dict(out)
+    import dataclasses
+    return dataclasses.asdict(config)
+
+
+def io_differences(device_io, model_io):
+    """Human-readable differences between two :func:`overlay_io` dicts (empty when equal).
+
+    Returns
+    -------
+    list of str
+        E.g. ``"classes is 10 on the device, 4 in the model"``.
+    """
+    out = []
+    for key in ("input", "input_bits", "classes"):
+        a, b = device_io.get(key), model_io.get(key)
+        if a != b:
+            what = {"input": "input shape"}.get(key, key.replace("_", " "))
+            out.append(f"{what} is {a} on the device, {b} in the model")
+    return out
 
 
 def design_id(desc):
@@ -498,7 +566,18 @@ def parse_descriptor_blob(blob):
         desc = json.loads(zlib.decompress(bytes(blob)).decode())
     except (zlib.error, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"the device's descriptor is unreadable ({e})") from None
-    if not isinstance(desc, dict) or "topology" not in desc:
+    if not isinstance(desc, dict):
+        raise ValueError("the device's descriptor is not a JSON object")
+    engine = desc.get("engine", "dataflow")
+    if engine == "overlay":
+        io = desc.get("io")
+        if not isinstance(io, dict) or not isinstance(desc.get("config"), dict) or \
+                not isinstance(io.get("input"), list) or len(io["input"]) != 3:
+            raise ValueError("the device's overlay descriptor has no usable io/config")
+    elif engine != "dataflow":
+        raise ValueError(f"the device's descriptor names an unknown engine {engine!r} "
+                         f"(this driver knows {', '.join(ENGINES)})")
+    elif "topology" not in desc:
         raise ValueError("the device's descriptor has no topology")
     return desc
 
