@@ -192,9 +192,11 @@ def _num(v, digits=4):
     if isinstance(v, float):
         if math.isnan(v):
             return "—"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
-            return f"{v:.4g}"
-        return f"{v:,.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}g}"
+        if abs(v) >= 10 ** digits:
+            return f"{v:,.0f}"
+        if v != 0 and abs(v) < 10 ** -digits:
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -594,6 +596,49 @@ def _row_ok(row):
     return row.get("status", "ok") in ("ok", None)
 
 
+def _plan_points_section(w, src, prefix, ok):
+    """Cycles per image and MAC efficiency against the multipliers of each planned design:
+    known without place and route, so also for files-only (``--no-bitstream``) runs."""
+    designs = {}
+    for r in ok:
+        if isinstance(r.get("multipliers"), (int, float)) and \
+                isinstance(r.get("cycles_per_image"), (int, float)):
+            k = (str(r.get("board")), r.get("engine") or "dataflow", r.get("budget"))
+            designs.setdefault(k, r)
+    if not designs:
+        return None
+    sec = Section(f"{src.label}: cycles per image vs multipliers (planned)", f"{prefix}-plans")
+    fig, ax = w.plt.subplots(figsize=(7, 3.6))
+    marks = {"dataflow": "o", "overlay": "s"}
+    for board in sorted({k[0] for k in designs}):
+        for eng in sorted({k[1] for k in designs if k[0] == board}):
+            rs = sorted((r for k, r in designs.items() if k[:2] == (board, eng)),
+                        key=lambda r: r["multipliers"])
+            ax.plot([r["multipliers"] for r in rs], [r["cycles_per_image"] for r in rs],
+                    marker=marks.get(eng, "^"), label=f"{board} {eng}")
+    xs = [r["multipliers"] for r in designs.values()]
+    ys = [r["cycles_per_image"] for r in designs.values()]
+    # Budgets grow geometrically (16, 32, 64, ...): log axes when they span a decade.
+    from matplotlib.ticker import ScalarFormatter
+    for vals, axis, setter in ((xs, ax.xaxis, ax.set_xscale), (ys, ax.yaxis, ax.set_yscale)):
+        if min(vals) > 0 and max(vals) / min(vals) >= 10:
+            setter("log")
+            axis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("multipliers planned")
+    ax.set_ylabel("cycles per image")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    sec.plots.append(w.save(fig, f"{prefix}-plans", "cycles per image against multipliers"))
+    sec.tables.append(Table("planned designs", [
+        "board", "engine", "budget", "multipliers", "DSP planned", "cycles/image",
+        "MAC efficiency", "plan (layer:lanes)"],
+        [[k[0], k[1], k[2], r.get("multipliers"), r.get("dsp_planned"),
+          r.get("cycles_per_image"), r.get("mac_efficiency"), r.get("plan")]
+         for k, r in sorted(designs.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                              kv[1]["multipliers"]))]))
+    return sec
+
+
 def _explore_sections(w, src, prefix):
     rows = src.data
     sec = Section(f"{src.label}: explore rows", f"{prefix}-rows")
@@ -603,20 +648,21 @@ def _explore_sections(w, src, prefix):
     header = ["board", "engine", "budget", "seed", "status", "multipliers"] + \
              [f"{r} used/avail" for r in RESOURCES] + \
              ["Fmax MHz", "timing met", "cycles/image", "images/s", "MAC efficiency",
-              "build s"]
+              "build s", "message"]
     trows = []
     for r in rows:
         trows.append([r.get("board"), r.get("engine"), r.get("budget"), r.get("seed"),
-                      (r.get("status") or "ok") + (f": {r['message']}" if r.get("message")
-                                                   else ""),
-                      r.get("multipliers")]
+                      r.get("status") or "ok", r.get("multipliers")]
                      + ["/".join(_num(v) for v in _util(r, x)) if _util(r, x)[0] is not None
                         else None for x in RESOURCES]
                      + [r.get("fmax_mhz"), r.get("timing_met"), r.get("cycles_per_image"),
                         r.get("images_per_second"), r.get("mac_efficiency"),
-                        r.get("build_seconds", r.get("wall_seconds"))])
+                        r.get("build_seconds", r.get("wall_seconds")), r.get("message")])
     sec.tables.append(Table("every point", header, trows))
     out = [sec]
+    pl = _plan_points_section(w, src, prefix, ok)
+    if pl is not None:
+        out.append(pl)
     pts = [((r.get("board"), r.get("engine") or "dataflow", r.get("budget")), r.get("seed"),
             r.get("fmax_mhz"), r.get("target_mhz")) for r in ok]
     pts = [(f"{b} {e} {m}", s, f, t) for (b, e, m), s, f, t in pts]
@@ -713,7 +759,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2e
 figure{margin:0}img{max-width:100%;border:1px solid #eee}
 table{border-collapse:collapse;font-size:.8em;margin:.5em 0}caption{text-align:left;
 font-weight:bold;padding:.3em 0}td,th{border:1px solid #ccc;padding:.15em .5em;
-text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+text-align:right}th{background:#f3f3f3}td:first-child,td:last-child{text-align:left}
 .note{color:#555;font-style:italic}.tables{overflow-x:auto;max-width:100%}
 """
 
