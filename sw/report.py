@@ -11,8 +11,11 @@ Inputs are recognised by what they are, not by a flag (:func:`load_input`):
   available per device, Fmax (over seeds when several builds are given);
 - a ``shiftacc sim --json`` or ``shiftacc run --json`` file: cycles per image measured
   against predicted and ideal, mismatches, accuracy, images/s;
-- an explore folder or its ``results.json`` (``shiftacc explore``): the rows, Fmax over
-  nextpnr seeds, and the images/s vs LUT and vs DSP Pareto fronts.
+- an explore folder or its ``results.json`` (``shiftacc explore``): the rows, cycles per
+  image against multipliers of the planned designs, Fmax over nextpnr seeds, and the
+  images/s vs LUT and vs DSP Pareto fronts (:func:`shiftacc.sw.explore.pareto`);
+- a regress folder or its ``results.json`` (``shiftacc regress``): mismatches and measured
+  against predicted cycles per image of every random network.
 
 The output is one folder: ``index.html`` (no script, no external style sheet or font: it
 opens from the disk without a network), one PNG per plot (matplotlib's Agg backend), and
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["Source", "load_input", "write_report", "pareto_front", "explore_rows",
+__all__ = ["Source", "load_input", "write_report", "explore_rows", "regress_rows",
            "REPORT_MARKER"]
 
 #: Written into every report's ``report.json``; ``--force`` replaces only a folder that has
@@ -53,7 +56,7 @@ class Source:
     Attributes
     ----------
     kind : str
-        ``model``, ``build``, ``sim``, ``run`` or ``explore``.
+        ``model``, ``build``, ``sim``, ``run``, ``explore`` or ``regress``.
     path : Path
         The file the data came from (``build_report.json`` / ``results.json`` inside a
         folder).
@@ -107,19 +110,37 @@ def explore_rows(data):
     return rows
 
 
+def regress_rows(data):
+    """The rows of a ``shiftacc regress`` ``results.json`` (rows with ``mismatches`` or
+    ``meta.command == "regress"``), or None."""
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        return None
+    rows = data["rows"]
+    if not all(isinstance(r, dict) for r in rows):
+        return None
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    if meta.get("command") == "regress" or (rows and all("mismatches" in r for r in rows)):
+        return rows
+    return None
+
+
 def _classify_json(path, data):
     if isinstance(data, dict) and "board" in data and "utilization" in data:
         return Source("build", path, data)
     if isinstance(data, dict) and "golden_mismatches" in data:
         kind = "run" if "design_id" in data or "device_cycles" in data else "sim"
         return Source(kind, path, data)
+    rows = regress_rows(data)
+    if rows is not None:
+        return Source("regress", path, rows)
     rows = explore_rows(data)
     if rows is not None:
         return Source("explore", path, rows)
     keys = ", ".join(sorted(data)[:8]) if isinstance(data, dict) else type(data).__name__
     raise _bad(path, f"a JSON file, but not a build report (no 'board'/'utilization'), a "
-                     f"sim or run result (no 'golden_mismatches') or explore results (no "
-                     f"rows with 'board'); it holds: {keys or 'nothing'}")
+                     f"sim or run result (no 'golden_mismatches'), explore results (no "
+                     f"rows with 'board') or regress results (no rows with 'mismatches'); it "
+                     f"holds: {keys or 'nothing'}")
 
 
 def load_input(path):
@@ -565,33 +586,6 @@ def _fmax_section(w, title, anchor, pts):
     return sec
 
 
-def pareto_front(points):
-    """Indices of the points no other point beats: resource ``<=`` and rate ``>=``, one
-    strictly.
-
-    Parameters
-    ----------
-    points : list of (resource, rate)
-
-    Returns
-    -------
-    list of int
-        Sorted by resource.
-    """
-    front = []
-    for i, (r, v) in enumerate(points):
-        if not any((r2 <= r and v2 >= v) and (r2 < r or v2 > v)
-                   for j, (r2, v2) in enumerate(points) if j != i):
-            front.append(i)
-    # Equal points are all on the front; keep one of each.
-    seen, out = set(), []
-    for i in sorted(front, key=lambda i: points[i]):
-        if points[i] not in seen:
-            seen.add(points[i])
-            out.append(i)
-    return out
-
-
 def _row_ok(row):
     return row.get("status", "ok") in ("ok", None)
 
@@ -672,6 +666,7 @@ def _explore_sections(w, src, prefix):
     else:
         sec.notes.append("no Fmax in these rows (files-only points): no Fmax plot")
     par = Section(f"{src.label}: images/s vs LUT and DSP, Pareto fronts", f"{prefix}-pareto")
+    from .explore import pareto  # the front `shiftacc explore` prints: one definition
     fig, axes = w.plt.subplots(1, 2, figsize=(11, 4))
     drew = False
     for ax, res in zip(axes, ("LUT", "DSP")):
@@ -692,7 +687,8 @@ def _explore_sections(w, src, prefix):
             xs = [u for r, u, v in cand if str(r.get("board")) == b]
             ys = [v for r, u, v in cand if str(r.get("board")) == b]
             ax.scatter(xs, ys, s=18, alpha=0.7, label=b)
-        front = pareto_front([(u, v) for _, u, v in cand])
+        front = [next(i for i, c in enumerate(cand) if c[0] is r)
+                 for r in pareto([c[0] for c in cand], res)]
         fx = [cand[i][1] for i in front]
         fy = [cand[i][2] for i in front]
         ax.step(fx, fy, where="post", color="k", lw=1.2)
@@ -749,6 +745,47 @@ def _runs_section(w, runs):
     bad = [s for s in runs if s.data.get("golden_mismatches")]
     sec.notes.append(f"{len(bad)} of {len(runs)} results differ from the golden model"
                      if bad else "every logit matched the golden model in these results")
+    return sec
+
+
+def _regress_section(w, src, prefix):
+    """Mismatches and predicted against measured cycles of a random-network regression."""
+    rows = src.data
+    sec = Section(f"{src.label}: random-network regression", f"{prefix}-regress")
+    bad = [r for r in rows if r.get("status") not in ("ok", None)]
+    mism = sum(int(r.get("mismatches") or 0) + int(r.get("stalled_mismatches") or 0)
+               for r in rows)
+    sec.notes.append(f"{len(rows)} networks: {len(rows) - len(bad)} ok, {len(bad)} "
+                     f"mismatched or failed; {mism} images differ from the golden model in "
+                     f"all.")
+    pts = [(r.get("predicted_cycles_per_image"), r.get("measured_cycles_per_image"),
+            r.get("status")) for r in rows]
+    pts = [p for p in pts if all(isinstance(v, (int, float)) for v in p[:2])]
+    if pts:
+        fig, ax = w.plt.subplots(figsize=(5, 4.2))
+        for st, color in (("ok", "#4c72b0"), ("other", "#c44e52")):
+            sel = [p for p in pts if (p[2] == "ok") == (st == "ok")]
+            if sel:
+                ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=16, color=color,
+                           label="ok" if st == "ok" else "mismatch / failed")
+        lo = min(min(p[0], p[1]) for p in pts)
+        hi = max(max(p[0], p[1]) for p in pts)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="measured = predicted")
+        if lo > 0 and hi / lo >= 10:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel("predicted cycles per image")
+        ax.set_ylabel("measured cycles per image")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        sec.plots.append(w.save(fig, f"{prefix}-regress", "measured against predicted cycles "
+                                                          "per image"))
+    cols = ("seed", "status", "layers", "shape", "act_bits", "weight_bits", "budget",
+            "multipliers", "images", "mismatches", "stalled_mismatches",
+            "predicted_cycles_per_image", "measured_cycles_per_image",
+            "ideal_cycles_per_image", "mac_efficiency", "wall_seconds", "replay", "message")
+    sec.tables.append(Table("every network", [c.replace("_", " ") for c in cols],
+                            [[r.get(c) for c in cols] for r in rows]))
     return sec
 
 
@@ -870,6 +907,8 @@ def write_report(inputs, out, *, force=False, config=None, title=None, say=print
                 sections.extend(_model_sections(w, s, f"m{k + 1}"))
             elif s.kind == "explore":
                 sections.extend(_explore_sections(w, s, f"e{k + 1}"))
+            elif s.kind == "regress":
+                sections.append(_regress_section(w, s, f"r{k + 1}"))
         builds = [s for s in inputs if s.kind == "build"]
         if builds:
             sections.extend(_build_sections(w, builds))

@@ -220,6 +220,34 @@ def test_replace_needs_force_and_failure_keeps_the_old(tmp_path, capsys, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "rep"]
 
 
+def test_regress_results(tmp_path, seed):
+    """A regress results.json: every network in the table, mismatches counted, plot drawn."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(7):
+        pred = int(rng.integers(50, 5000))
+        bad = k == 3
+        rows.append({"seed": 100 + k, "status": "mismatch" if bad else "ok",
+                     "layers": "s-c-g-c", "mismatches": 2 if bad else 0,
+                     "stalled_mismatches": 1 if bad else 0, "images": 8,
+                     "predicted_cycles_per_image": pred,
+                     "measured_cycles_per_image": pred + int(rng.integers(0, 3)),
+                     "message": "3 images differ" if bad else None})
+    (tmp_path / "rg").mkdir()
+    (tmp_path / "rg" / "results.json").write_text(
+        json.dumps({"meta": {"command": "regress"}, "rows": rows}))
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "rg"), "--out", str(out), "-q"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    (sec,) = doc["sections"]
+    assert sec["notes"] == ["7 networks: 6 ok, 1 mismatched or failed; 3 images differ from "
+                            "the golden model in all."]
+    (t,) = sec["tables"]
+    assert [r[0] for r in t["rows"]] == [r["seed"] for r in rows]
+    assert [r[12] for r in t["rows"]] == [r["measured_cycles_per_image"] for r in rows]
+    assert _png_ok(out / sec["plots"][0])
+
+
 @pytest.mark.parametrize("case", ["missing", "json", "empty_dir", "fake_npz", "text",
                                   "foreign_out", "out_is_input", "regress_json"])
 def test_bad_input_is_exit_2_in_words(case, tmp_path, models, capsys):
