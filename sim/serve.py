@@ -89,13 +89,31 @@ def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
     step = 128 if not uart else max(256, int(clock_hz / baud * 10 * 32))
     serve_design(text, simulator=simulator, host=host, port=port, step_cycles=step,
                  watchdog_cycles=int(top.engine.watchdog_cycles), max_clients=max_clients,
-                 workdir=workdir, on_ready=on_ready, log=log)
+                 workdir=workdir, on_ready=on_ready, log=log,
+                 busy_cycles=_frames_cycles(plan, top.engine))
+
+
+def _frames_cycles(plan, engine):
+    """Cycles the accelerator may compute without a byte moving on the line: every receive
+    slot full of INFER images (0 for a dataflow plan, whose images stream at about the line's
+    pace). An overlay image takes its whole program's cycles (``hw/overlay_timing.py``)."""
+    if getattr(plan, "engine", "dataflow") != "overlay":
+        return 0
+    try:
+        per_image = plan.cycles_per_image()
+    except NotImplementedError:
+        per_image = 4 * plan.macs_per_image + engine.image_bytes
+    return int(engine.slots * engine.max_images * per_image)
 
 
 def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_cycles,
-                 max_clients=None, workdir=None, on_ready=None, log=print):
+                 max_clients=None, workdir=None, on_ready=None, log=print, busy_cycles=0):
     """Build ``verilog_text`` (a :class:`~shiftacc.sim.bridge.BridgeHarness` top named
-    :data:`SERVE_TOPLEVEL`) and serve it; see :func:`serve`."""
+    :data:`SERVE_TOPLEVEL`) and serve it; see :func:`serve`.
+
+    ``busy_cycles``: the longest the design may compute with the line silent; the testbench
+    keeps simulating at least that long after the last byte (``idle_cycles``), so a reply
+    that takes that long is not left waiting for the client's next byte."""
     _runner.tool_env(simulator)
     bdir = _runner._build(verilog_text, simulator, False, log, toplevel=SERVE_TOPLEVEL)
     temporary = workdir is None
@@ -106,7 +124,7 @@ def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_c
         ready.unlink()
     job = {"host": host, "port": int(port), "ready": str(ready), "step_cycles": step_cycles,
            "watchdog_cycles": int(watchdog_cycles),
-           "idle_cycles": 2 * int(watchdog_cycles) + 100_000,
+           "idle_cycles": 2 * int(watchdog_cycles) + 100_000 + int(busy_cycles),
            "max_clients": max_clients, "stats": str(workdir / "stats.json")}
     (workdir / "job.json").write_text(json.dumps(job))
     spec = {"action": "test", "simulator": simulator,

@@ -143,17 +143,18 @@ def overlay_summary(model, plan):
         cycles = plan.cycles_per_image()
     except (NotImplementedError, ImportError):
         cycles = None
-    passes = [dict(p) if isinstance(p, dict) else
-              {k: getattr(p, k) for k in getattr(plan, "PASS_FIELDS", ()) or _pass_fields()}
-              for p in plan.passes]
+    desc = protocol.descriptor(model, plan)
     return {
         "model": model.name,
         "engine": "overlay",
-        "config": protocol.descriptor(model, plan)["config"],
-        "io": protocol.overlay_io(model),
-        "passes": [{k: int(v) for k, v in p.items()} for p in passes],
+        "config": desc["config"],
+        "io": desc["io"],
+        "design_id": f"{protocol.design_id(desc):016x}",
+        "passes": [{k: int(p[k]) for k in _pass_fields()} for p in plan.passes],
+        "layers": [list(map(int, lays)) for lays in plan.layers],
         "param_words": len(param_words(model, plan)),
-        "multipliers": len(cost.multipliers),
+        "multipliers": int(cost.multiplier_count),
+        "dsp": {family: int(plan.dsp(family)) for family in ("ice40", "ecp5")},
         "memories": mems,
         "memory_bits": sum(m["bits"] for m in mems),
         "macs_per_image": int(plan.macs_per_image),
