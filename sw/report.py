@@ -257,7 +257,6 @@ class _Writer:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.plt = _mpl()
-        self.sections = []
         self.names = set()
 
     def save(self, fig, name, alt):
@@ -289,7 +288,16 @@ def _history(model):
     if not isinstance(h, dict) or not isinstance(h.get("epoch"), list) or not h["epoch"]:
         return None
     n = len(h["epoch"])
-    return {k: v for k, v in h.items() if isinstance(v, list) and len(v) == n}
+    # Provenance is free-form: keep only the columns that can be drawn (numbers; the phase
+    # names), so a hand-edited artifact cannot crash the plot.
+    out = {k: v for k, v in h.items() if isinstance(v, list) and len(v) == n and (
+        all(isinstance(x, str) for x in v) if k == "phase" else
+        all(_is_num(x) for x in v))}
+    return out if "epoch" in out else None
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 _PHASE_COLOR = {"search": "#dbe9f6", "hard": "#e6f2dc", "qat": "#fbe3d0"}
@@ -323,7 +331,7 @@ def _model_sections(w, src, prefix):
                 a2.plot(ep, hist[key], "o-", ms=3, label=lab)
         for key, lab, ls in (("int_accuracy", "integer test (golden)", "--"),
                              ("float_accuracy", "float test", ":")):
-            if isinstance(prov.get(key), (int, float)):
+            if _is_num(prov.get(key)):
                 a2.axhline(prov[key], ls=ls, color="k", lw=1, label=f"{lab} {prov[key]:.4f}")
         a2.set_ylabel("accuracy")
         a2.set_title("accuracy (background: search / hard / qat phases)")
@@ -472,6 +480,11 @@ def _shift_section(w, src, prefix):
 
 def _util(row, name):
     """(used, available) of resource ``name`` in a build report or explore row."""
+    used, avail = _util_raw(row, name)
+    return (used if _is_num(used) else None), (avail if _is_num(avail) else None)
+
+
+def _util_raw(row, name):
     u = row.get("utilization")
     if isinstance(u, dict) and isinstance(u.get(name), dict):
         return u[name].get("used"), u[name].get("available")
@@ -551,7 +564,7 @@ def _build_sections(w, builds):
 
 def _fmax_section(w, title, anchor, pts):
     """Fmax against the nextpnr seed, one series per design (board, engine, budget)."""
-    pts = [p for p in pts if isinstance(p[2], (int, float)) and p[1] is not None]
+    pts = [p for p in pts if _is_num(p[2]) and p[1] is not None]
     if not pts:
         return None
     sec = Section(title, anchor)
@@ -565,7 +578,7 @@ def _fmax_section(w, title, anchor, pts):
         seeds = [v[0] for v in vals]
         fmaxes = [v[1] for v in vals]
         ax.plot([str(s) for s in seeds], fmaxes, "o-", label=str(g))
-        targets = {v[2] for v in vals if isinstance(v[2], (int, float))}
+        targets = {v[2] for v in vals if _is_num(v[2])}
         for t in targets:
             ax.axhline(t, ls=":", lw=1, color="gray")
         lo, hi = min(fmaxes), max(fmaxes)
@@ -595,8 +608,8 @@ def _plan_points_section(w, src, prefix, ok):
     known without place and route, so also for files-only (``--no-bitstream``) runs."""
     designs = {}
     for r in ok:
-        if isinstance(r.get("multipliers"), (int, float)) and \
-                isinstance(r.get("cycles_per_image"), (int, float)):
+        if _is_num(r.get("multipliers")) and \
+                _is_num(r.get("cycles_per_image")):
             k = (str(r.get("board")), r.get("engine") or "dataflow", r.get("budget"))
             designs.setdefault(k, r)
     if not designs:
@@ -671,8 +684,8 @@ def _explore_sections(w, src, prefix):
     drew = False
     for ax, res in zip(axes, ("LUT", "DSP")):
         cand = [(r, _util(r, res)[0], r.get("images_per_second")) for r in ok]
-        cand = [(r, u, v) for r, u, v in cand if isinstance(u, (int, float))
-                and isinstance(v, (int, float))]
+        cand = [(r, u, v) for r, u, v in cand if _is_num(u)
+                and _is_num(v)]
         ax.set_xlabel(f"{res} used")
         ax.set_ylabel("images/s (at Fmax)")
         ax.grid(alpha=0.3)
@@ -725,7 +738,7 @@ def _runs_section(w, runs):
                      d.get("images_per_second"), d.get("simulator") or d.get("engine")])
         vals = [d.get(k) for k in ("cycles_per_image", "predicted_cycles_per_image",
                                    "ideal_cycles_per_image")]
-        if any(isinstance(v, (int, float)) for v in vals):
+        if any(_is_num(v) for v in vals):
             bars.append((s.label, vals))
     sec.tables.append(Table("results", header, rows))
     if bars:
@@ -734,7 +747,7 @@ def _runs_section(w, runs):
         width = 0.27
         for k, lab in enumerate(("measured", "predicted", "ideal (MACs/multipliers)")):
             ax.bar(np.arange(len(bars)) + k * width,
-                   [v[k] if isinstance(v[k], (int, float)) else 0 for _, v in bars], width,
+                   [v[k] if _is_num(v[k]) else 0 for _, v in bars], width,
                    label=lab)
         ax.set_xticks(np.arange(len(bars)) + width, [b[0] for b in bars], fontsize=8)
         ax.set_ylabel("cycles per image")
@@ -760,7 +773,7 @@ def _regress_section(w, src, prefix):
                      f"all.")
     pts = [(r.get("predicted_cycles_per_image"), r.get("measured_cycles_per_image"),
             r.get("status")) for r in rows]
-    pts = [p for p in pts if all(isinstance(v, (int, float)) for v in p[:2])]
+    pts = [p for p in pts if all(_is_num(v) for v in p[:2])]
     if pts:
         fig, ax = w.plt.subplots(figsize=(5, 4.2))
         for st, color in (("ok", "#4c72b0"), ("other", "#c44e52")):

@@ -248,6 +248,26 @@ def test_regress_results(tmp_path, seed):
     assert _png_ok(out / sec["plots"][0])
 
 
+def test_odd_values_are_drawn_around_not_crashed_on(models, tmp_path):
+    """Provenance is free-form and reports may be hand-edited: values that are not numbers
+    are left out of the plots (shown as they are in the tables), never an internal error."""
+    from shiftacc.models.artifact import load_artifact, save_artifact
+    _, old = models
+    m = load_artifact(old)
+    m.provenance["history"] = {"epoch": ["one", "two"], "loss": [1.0, 0.5]}
+    m.provenance["int_accuracy"] = "high"
+    save_artifact(tmp_path / "odd.npz", m)
+    rep = {"board": "b", "utilization": {"LUT": {"used": "many", "available": 10},
+                                         "DSP": {"used": 3, "available": 0}},
+           "fmax_mhz": "fast", "seed": [1], "clock_mhz": None}
+    (tmp_path / "odd.json").write_text(json.dumps(rep))
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "odd.npz"), str(tmp_path / "odd.json"), "--out",
+                 str(out), "-q"]) == 0
+    page = (out / "index.html").read_text()
+    assert "no training history in this artifact" in page and "fast" in page
+
+
 @pytest.mark.parametrize("case", ["missing", "json", "empty_dir", "fake_npz", "text",
                                   "foreign_out", "out_is_input", "regress_json"])
 def test_bad_input_is_exit_2_in_words(case, tmp_path, models, capsys):
