@@ -49,17 +49,17 @@ from dataclasses import dataclass
 
 from amaranth.hdl import (Array, C, Cat, ClockSignal, Const, Instance, Module, Mux, Signal,
                           signed, unsigned)
-from amaranth.lib import fifo, memory, wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .overlay_program import OP_END, PASS_FIELDS, OverlayConfig
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
-from .resources import Cost, MemorySpec, Multiplier, fifo_memories
+from .resources import Cost, MemorySpec, Multiplier
 from .stream import pixel_stream
 
-__all__ = ["OverlayEngine", "overlay_engine_cost", "DualMac", "FIELD_SLOTS", "PIPE"]
+__all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "DualMac", "FIELD_SLOTS", "PIPE"]
 
 #: Program memory slots per pass (``len(PASS_FIELDS)`` rounded up to a power of two, so the
 #: address is ``row << 5 | field``: no multiplier, no adder).
@@ -115,6 +115,30 @@ def _widths(config):
     }
 
 
+def _field_widths(config):
+    """Register width of each program field (the program RAM stores the widest)."""
+    W = _widths(config)
+    aw, dim = W["aw"], W["dim"]
+    return {"op": 1, "src": 1, "dst": 1, "h": dim, "w": dim, "stride": 2, "ho": dim,
+            "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
+            "last_group": ceil_log2(config.lanes + 1), "gbase": W["cin"], "wbase": W["wrow"],
+            "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
+            "gap_m": M_BITS, "gap_sh": SH_BITS, "gap_qmax": 8, "raw": 1, "out_h": dim,
+            "out_w": dim, "dst_cp2": aw, "in_c": 16}
+
+
+def gather_bits(config):
+    """Width of a stored gather entry: bank, the offset modulo the bank depth's power of two,
+    dy, dx."""
+    return 1 + _widths(config)["aw"] + 8
+
+
+def program_bits(config):
+    """Width of the program RAM: the widest field register (address steps are kept modulo
+    the bank depth's power of two, so no field needs more)."""
+    return max(_field_widths(config).values())
+
+
 def overlay_engine_cost(config, cycles=0):
     """Resources of :class:`OverlayEngine` for ``config``, as the RTL builds them.
 
@@ -124,7 +148,7 @@ def overlay_engine_cost(config, cycles=0):
       split over two pipeline stages): a 16u×16u and a 17s×16u multiplier.
     * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
       tables (bias 32, m 16, sh 6, qmax 8 bits) in ``R`` parity banks, the gather table
-      (29 bits), the program (``max_passes × FIELD_SLOTS`` 32-bit words), the logits FIFO.
+      (29 bits), the program (``max_passes × FIELD_SLOTS`` words of :func:`program_bits`), the logits FIFO.
     """
     c = OverlayConfig.from_json(config)
     p, r = c.lanes, c.requant_units
@@ -138,18 +162,16 @@ def overlay_engine_cost(config, cycles=0):
     mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
     mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
     depth = -(-c.channel_rows // r)
-    for name, width in (("bias", 32), ("m", M_BITS), ("sh", SH_BITS), ("qmax", 8)):
+    for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
         mems += [MemorySpec(f"{name}{b}", depth, width) for b in range(r)]
-    mems.append(MemorySpec("gather", c.gather_rows, 29))
-    mems.append(MemorySpec("program", c.max_passes * FIELD_SLOTS, 32))
-    mems += fifo_memories("logits_fifo", 33, _fifo_depth(c))
+    mems.append(MemorySpec("gather", c.gather_rows, gather_bits(c)))
+    mems.append(MemorySpec("program", c.max_passes * FIELD_SLOTS, program_bits(c)))
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
-def _fifo_depth(config):
-    # A raw group's P_g logits are issued against this credit; a few more entries cover the
-    # previous group's tail, so an always-ready consumer never holds the engine.
-    return config.lanes + 4
+#: Entries of the logits queue (registers): the raw drain takes a step only with room for
+#: it, and a step reaches the queue 2 cycles later, so 6 never holds an always-ready consumer.
+LOGITS_QUEUE = 6
 
 
 class OverlayEngine(wiring.Component):
@@ -181,7 +203,7 @@ class OverlayEngine(wiring.Component):
         self.act_bits_max = act_bits_max
         self.lanes = self.config.lanes
         self.requant_units = self.config.requant_units
-        self.fifo_depth = _fifo_depth(self.config)
+        self.fifo_depth = LOGITS_QUEUE
         super().__init__({
             "params": In(param_bus_signature()),
             "images": In(pixel_stream(1, 8)),
@@ -240,12 +262,7 @@ class OverlayEngine(wiring.Component):
         qtop = (1 << self.act_bits_max) - 1
 
         # ---- pass registers (the program row), widths by field ----
-        fw = {"op": 1, "src": 1, "dst": 1, "h": dim, "w": dim, "stride": 2, "ho": dim,
-              "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
-              "last_group": ceil_log2(P + 1), "gbase": W["cin"], "wbase": W["wrow"],
-              "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
-              "gap_m": M_BITS, "gap_sh": SH_BITS, "gap_qmax": 8, "raw": 1, "out_h": dim,
-              "out_w": dim, "dst_cp2": aw, "in_c": 16}
+        fw = _field_widths(cfg)
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
@@ -254,15 +271,19 @@ class OverlayEngine(wiring.Component):
         m.d.comb += pv.eq(self.params.valid & (pp.layer == OVERLAY_LAYER))
         kind = pp.kind
 
-        prog_w, prog_r = self._ram(m, "program", 32, cfg.max_passes * FIELD_SLOTS)
+        # Every field is at most program_bits wide: the program RAM stores no more.
+        prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS)
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(pv & (kind == ParamKind.PROGRAM)
                                   & (pp.lane < nf) & (pp.row < cfg.max_passes))]
         prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
-        gat_w, gat_r = self._ram(m, "gather", 29, cfg.gather_rows)
-        m.d.comb += [gat_w.addr.eq(pp.row), gat_w.data.eq(pp.data[:29]),
+        # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
+        # modulo the bank's power of two): bank, off[aw], dy, dx.
+        gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows)
+        m.d.comb += [gat_w.addr.eq(pp.row),
+                     gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
                      gat_w.en.eq(pv & (kind == ParamKind.GATHER) & (pp.row < cfg.gather_rows))]
 
         wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
@@ -273,15 +294,24 @@ class OverlayEngine(wiring.Component):
 
         cdepth = -(-cfg.channel_rows // R)
         tables = {}
-        for name, kd, width in (("bias", ParamKind.BIAS, 32), ("m", ParamKind.M, M_BITS),
-                                ("sh", ParamKind.SH, SH_BITS), ("qmax", ParamKind.QMAX, 8)):
+        # sh (6 bits) and qmax (8 bits) share one 14-bit RAM (one block RAM instead of two on
+        # iCE40), written by 2-bit chunks: sh in chunks 0..2, qmax in chunks 3..6.
+        for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
             ports = []
             for b in range(R):
-                wp, rp = self._ram(m, f"{name}{b}", width, cdepth)
+                wp, rp = self._ram(m, f"{name}{b}", width, cdepth,
+                                   granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
-                hit = (pp.row[0] == b) if R == 2 else C(1, 1)
-                m.d.comb += [wp.addr.eq(row_b), wp.data.eq(pp.data[:width]),
-                             wp.en.eq(pv & (kind == kd) & hit & (pp.row < cfg.channel_rows))]
+                hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) \
+                    & (pp.row < cfg.channel_rows)
+                m.d.comb += wp.addr.eq(row_b)
+                if name == "shq":
+                    m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
+                                 wp.en.eq(Mux(hit & (kind == ParamKind.SH), 0b0000111, 0)
+                                          | Mux(hit & (kind == ParamKind.QMAX), 0b1111000, 0))]
+                else:
+                    kd = ParamKind.BIAS if name == "bias" else ParamKind.M
+                    m.d.comb += [wp.data.eq(pp.data[:width]), wp.en.eq(hit & (kind == kd))]
                 ports.append(rp)
             tables[name] = ports
 
@@ -305,6 +335,7 @@ class OverlayEngine(wiring.Component):
         fcnt = Signal(range(nf + 2))
         grp = Signal(W["cout"])
         pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
+        pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
         dsteps = Signal(ceil_log2(P + 1))         # D: drain steps per position
         tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D)
         tmin = Signal(max(W["cin"], ceil_log2(P + 1)))   # min(cin, D)
@@ -341,19 +372,28 @@ class OverlayEngine(wiring.Component):
         pix = Signal(aw)
         rowb = Signal(aw)
 
-        # logits FIFO and its credit
-        lfifo = fifo.SyncFIFOBuffered(width=33, depth=self.fifo_depth)
-        m.submodules.logits_fifo = lfifo
-        pending = Signal(range(self.fifo_depth + P + 2))
-        m.d.comb += [self.logits.valid.eq(lfifo.r_rdy),
-                     self.logits.payload.data[0].eq(lfifo.r_data[:32]),
-                     self.logits.payload.last.eq(lfifo.r_data[32]),
-                     lfifo.r_en.eq(self.logits.ready)]
+        # logits queue (registers: a block RAM FIFO would cost 3 EBRs for 6 words)
+        LQ = self.fifo_depth
+        lq = Array(Signal(33, name=f"lq{j}") for j in range(LQ))
+        lq_w = Signal(range(LQ))
+        lq_r = Signal(range(LQ))
+        lq_n = Signal(range(LQ + 1))
+        inflight = Signal(range(LQ + 1))    # raw drain steps taken, logits not yet out
+        lq_push = Signal()
+        lq_data = Signal(33)
+        raw_step = Signal()
         taken = Signal()
-        m.d.comb += taken.eq(self.logits.valid & self.logits.ready)
-        credit_add = Signal.like(pg)
-
-        m.d.sync += pending.eq(pending + credit_add - taken)
+        m.d.comb += [self.logits.valid.eq(lq_n != 0),
+                     self.logits.payload.data[0].eq(lq[lq_r][:32]),
+                     self.logits.payload.last.eq(lq[lq_r][32]),
+                     taken.eq(self.logits.valid & self.logits.ready)]
+        with m.If(lq_push):
+            m.d.sync += [lq[lq_w].eq(lq_data), lq_w.eq(Mux(lq_w == LQ - 1, 0, lq_w + 1))]
+        with m.If(taken):
+            m.d.sync += lq_r.eq(Mux(lq_r == LQ - 1, 0, lq_r + 1))
+        m.d.sync += [lq_n.eq(lq_n + lq_push - taken), inflight.eq(inflight + raw_step - taken)]
+        busy = Signal()         # a position in the MAC pipeline or the drain
+        drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
         # issue outputs (stage 0)
         iss = Signal()
@@ -428,6 +468,7 @@ class OverlayEngine(wiring.Component):
                                  t.eq(0), x.eq(0), y.eq(0), mm.eq(0), sx.eq(0), sy.eq(0),
                                  pix.eq(0), rowb.eq(0)]
                 with m.If(gs == 1):
+                    m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
                         m.d.sync += dsteps.eq(Mux(f["raw"], pg, (pg + 1) >> 1))
                     else:
@@ -438,14 +479,13 @@ class OverlayEngine(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 hold = Signal()
-                # The raw pass issues a position only with room for its P_g logits.
-                m.d.comb += hold.eq(f["raw"] & (t == 0)
-                                    & (pending + pg > self.fifo_depth))
+                # The raw drain waits for the logits consumer, so a raw position starts only
+                # when the previous one has left the drain (never with a 1x1 classifier map,
+                # whose groups are FLUSH-separated anyway).
+                m.d.comb += hold.eq(f["raw"] & (t == 0) & busy)
                 with m.If(~hold):
                     m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t == 0),
                                  iss_last.eq(t == f["cin"] - 1)]
-                    with m.If((t == 0) & f["raw"]):
-                        m.d.comb += credit_add.eq(pg)
                     with m.If(t == tper - 1):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
@@ -465,8 +505,11 @@ class OverlayEngine(wiring.Component):
                     m.next = "GSTART"
 
             with m.State("FLUSH"):
-                m.d.sync += cnt.eq(cnt - 1)
-                with m.If(cnt == 0):
+                # A fixed count; the drain can only still be busy when the logits consumer
+                # stalled (then wait for it: the next hand-off would overwrite the drain).
+                with m.If(cnt != 0):
+                    m.d.sync += cnt.eq(cnt - 1)
+                with m.If((cnt == 0) & ~drain_busy):
                     with m.If(f["gap"]):
                         m.next = "GAPLOAD"
                     with m.Else():
@@ -537,12 +580,12 @@ class OverlayEngine(wiring.Component):
         sx1 = reg("sx1", signed(dim + 2), sx)
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
-        wa1 = reg("wa1", W["wrow"], grow + t)
+        wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
         # stage 1: address and coordinates (three independent adders)
         gd = gat_r.data
-        off = gd[1:21].as_signed()
-        dy = gd[21:25].as_signed()
-        dx = gd[25:29].as_signed()
+        off = gd[1:1 + aw]
+        dy = gd[1 + aw:5 + aw].as_signed()
+        dx = gd[5 + aw:9 + aw].as_signed()
         v2 = reg("v2", 1, v1)
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
@@ -551,7 +594,7 @@ class OverlayEngine(wiring.Component):
         xx2 = reg("xx2", signed(dim + 3), sx1 + dx)
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
-        wa2 = reg("wa2", W["wrow"], wa1)
+        wa2 = reg("wa2", len(wa1), wa1)
         # stage 2: bounds check; the feature-map read
         m.d.comb += rd_addr.eq(addr2)
         v3 = reg("v3", 1, v2)
@@ -560,7 +603,7 @@ class OverlayEngine(wiring.Component):
         inb3 = reg("inb3", 1, (yy2 >= 0) & (yy2 < f["h"]) & (xx2 >= 0) & (xx2 < f["w"]))
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
-        wa3 = reg("wa3", W["wrow"], wa2)
+        wa3 = reg("wa3", len(wa1), wa2)
         m.d.comb += wt_r.addr.eq(wa3)
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
@@ -627,26 +670,41 @@ class OverlayEngine(wiring.Component):
                 for r in range(R)]
         step = Signal(range(R + 1))
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
-        with m.If(dr_act):
+        # A drain step: always, except on the raw pass without room in the logits queue.
+        dstep = Signal()
+        m.d.comb += [dstep.eq(dr_act & (~f["raw"] | (inflight < LQ))),
+                     raw_step.eq(dstep & f["raw"])]
+        # The shift register has two sources only (the accumulators, itself shifted by R):
+        # the raw pass takes lane d % R and shifts every R-th step; the gap drain reads the
+        # sums through their own read port (below), not through the shift register.
+        with m.If(dstep):
             m.d.sync += dr_d.eq(dr_d + 1)
             with m.If(dr_d == dsteps - 1):
                 m.d.sync += dr_act.eq(0)
-            with m.If(step == 1):
-                m.d.sync += [shadow[j].eq(shadow[j + 1]) for j in range(P - 1)]
-            with m.Else():
+            with m.If(~f["raw"] | (dr_d[0] if R == 2 else 1)):
                 m.d.sync += [shadow[j].eq(shadow[j + R]) for j in range(P - R)]
         with m.If(handoff):
             m.d.sync += [shadow[j].eq(accs[j]) for j in range(P)]
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(0), dr_tag.eq(tag6)]
         with m.If(gap_go):
-            m.d.sync += [shadow[j].eq(gsum[j % R][j // R]) for j in range(P)]
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
+        # One read port on the gap sums: the accumulate stage's index, or the drain's.
+        gsum_a = [Array(gsum[r]) for r in range(R)]
+        gidx = Signal(range(P + 1))
+        gsel = [Signal(gsum_bits, name=f"gsel{r}") for r in range(R)]
+        m.d.comb += [gsel[r].eq(gsum_a[r][gidx]) for r in range(R)]
+        m.d.comb += [busy.eq(dr_act | v1 | v2 | v3 | v4 | v5 | v6)]
 
         # DR0: channel-table reads, R lanes taken
+        # The table entry of the lanes taken (cebase + k) is a counter (one adder before the
+        # RAM address, the parity banks' split); the lane-valid tests are comparisons only.
         k0 = Signal(range(P + 2))
         m.d.comb += k0.eq(Mux(f["raw"], dr_d, dr_d * R))
         ent = Signal(W["cout"] + 1)
-        m.d.comb += ent.eq(cebase + k0)
+        with m.If(dstep):
+            m.d.sync += ent.eq(ent + step)
+        with m.If(handoff | gap_go):
+            m.d.sync += ent.eq(cebase)
         if R == 2:
             for name in tables:
                 m.d.comb += [tables[name][0].addr.eq((ent >> 1) + ent[0]),
@@ -654,19 +712,28 @@ class OverlayEngine(wiring.Component):
         else:
             for name in tables:
                 m.d.comb += tables[name][0].addr.eq(ent)
-        q1v = reg("q1v", 1, dr_act)
-        q1s = [reg(f"q1s{r}", signed(sw), shadow[r]) for r in range(R)]
+        q1v = reg("q1v", 1, dstep)
+        if R == 2:
+            lane0 = Mux(f["raw"] & dr_d[0], shadow[1], shadow[0])
+        else:
+            lane0 = shadow[0]
+        lanes = [lane0] + shadow[1:R]
+        q1s = [reg(f"q1s{r}", signed(sw), Mux(dr_gap, gsel[r], lanes[r])) for r in range(R)]
         q1d = reg("q1d", range(P + 1), dr_d)
         q1last = reg("q1last", 1, dr_d == dsteps - 1)
-        q1lv = reg("q1lv", R, Cat(*[(k0 + r < pg) & ((r == 0) | ~f["raw"]) for r in range(R)]))
+        q1lv = reg("q1lv", R, Cat(k0 < pg, (k0 < pgm1) & ~f["raw"]) if R == 2 else k0 < pg)
         q1gap = reg("q1gap", 1, dr_gap)
         q1tag = reg("q1tag", tagw, dr_tag)
         q1swap = reg("q1swap", 1, ent[0] if R == 2 else 0)
 
         def table(name, r):
-            if R == 1:
-                return tables[name][0].data
-            return Mux(q1swap, tables[name][1 - r].data, tables[name][r].data)
+            ports = tables["shq" if name in ("sh", "qmax") else name]
+            data = ports[0].data if R == 1 else Mux(q1swap, ports[1 - r].data, ports[r].data)
+            if name == "sh":
+                return data[:SH_BITS]
+            if name == "qmax":
+                return data[SH_BITS:]
+            return data
 
         def follow(prefix, n, *sigs):
             return [reg(f"{prefix}{n}_{i}", len(s_) if not isinstance(s_, Signal)
@@ -683,11 +750,11 @@ class OverlayEngine(wiring.Component):
                for r in range(R)]
         # The classifier: acc + bias is the logit (one a cycle, lane 0).
         q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_ = q2
-        m.d.comb += [lfifo.w_en.eq(q2v_ & f["raw"] & q2lv_[0]),
-                     lfifo.w_data.eq(Cat(v2s[0][:32],
-                                         last_grp & q2last_ & q2tag_[3]))]
+        m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),
+                     lq_data.eq(Cat(v2s[0][:32], last_grp & q2last_ & q2tag_[3])),
+                     drain_busy.eq(dr_act | q1v | q2v_)]
         # S2: the requant multiply, two 16-bit halves
-        q3 = follow("q", 3, *q2)
+        q3 = follow("q", 3, q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_[:3])   # lastpos: done
         pl3 = [reg(f"q3pl{r}", 32, v2s[r][:16] * m2[r]) for r in range(R)]
         ph3 = [reg(f"q3ph{r}", signed(34), v2s[r][16:33].as_signed() * m2[r]) for r in range(R)]
         shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
@@ -729,14 +796,14 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += pm[r][q8d].eq(nv)
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
         o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
-        q9d, q9last, q9lv, q9gap, q9tag = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag)
+        q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()
         m.d.comb += gap_on.eq(f["gap"] & ~q9gap)
-        gsum_a = [Array(gsum[r]) for r in range(R)]
+        m.d.comb += gidx.eq(Mux(dr_gap, dr_d, q9d))
         with m.If(o9v & gap_on):
             for r in range(R):
-                m.d.sync += gsum_a[r][q9d].eq(Mux(q9tag[2], out9[r], gsum_a[r][q9d] + out9[r]))
+                m.d.sync += gsum_a[r][q9d].eq(Mux(q9fp, out9[r], gsel[r] + out9[r]))
         with m.Elif(o9v):
             base = Mux(q9gap, gptr, wptr)
             m.d.sync += wq_buf.eq(f["dst"])

@@ -20,6 +20,10 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   hand-off;
 * ``N`` output positions: ``ho * wo``, or ``4 * (ho // 2) * (wo // 2)`` with a fused maxpool
   (outputs outside the pooled windows are never computed);
+* the raw (classifier) pass drains its logits at the consumer's pace, so one of its positions
+  starts only when the previous one has left the drain: with ``N > 1`` positions its issue
+  phase is ``(N - 1) * (cin + 6 + D) + T`` instead of ``N * T`` (a 1×1 classifier map, the
+  gap pattern, has ``N = 1``);
 * the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 29 (one field
   a cycle, the read latency, one cycle deriving the address steps), ``GSTART = 3`` (P_g, D,
   then T and min), ``FLUSH = 16`` (the last position's last issue to its last write is
@@ -28,7 +32,7 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   ``GAP_FLUSH = 10`` (the gap drain's last step to its write).
 """
 
-from .overlay import PIPE
+from .overlay import _HANDOFF, PIPE
 
 __all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles"]
 
@@ -45,7 +49,13 @@ def group_cycles(p, group, lanes, requant_units):
     cin = _get(p, "cin")
     ho, wo = _get(p, "ho"), _get(p, "wo")
     n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
-    cycles = PIPE.group_start + n * max(cin, d) + min(cin, d) + PIPE.flush
+    if _get(p, "raw") and n > 1:
+        # A raw position starts when the previous one has left the drain (its logits wait
+        # for the consumer): cin issues, the hand-off, D steps.
+        issue = (n - 1) * (cin + _HANDOFF + d) + max(cin, d)
+    else:
+        issue = n * max(cin, d)
+    cycles = PIPE.group_start + issue + min(cin, d) + PIPE.flush
     if _get(p, "gap"):
         cycles += PIPE.gap_load + d + PIPE.gap_flush
     return cycles
