@@ -39,35 +39,46 @@ def image_beats(images):
 def run_engine(dut, words, images, classes, rng, p_idle=0.0, p_stall=0.0, deadline=200_000):
     """Load ``words``, stream ``images``, collect the logits; also the cycle at which each
     image's first beat was accepted."""
-    n = len(images)
+    got, first = run_phases(dut, [(words, images, classes)], rng, p_idle, p_stall, deadline)
+    return got, first
+
+
+def run_phases(dut, phases, rng, p_idle=0.0, p_stall=0.0, deadline=200_000):
+    """For each ``(words, images, classes)`` in turn: load the words, stream the images, wait
+    for their logits (one engine, reprogrammed between phases)."""
+    total = sum(len(images) * classes for _, images, classes in phases)
     got = []
     state = {"cycle": 0, "first": []}
-    per_image = images[0].size
 
     async def clock(ctx):
-        while len(got) < n * classes:
+        while len(got) < total:
             await ctx.tick()
             state["cycle"] += 1
 
     async def producer(ctx):
-        await send_params(ctx, dut.params, words, rng, p_idle)
-        beats = image_beats(images)
-        for k, b in enumerate(beats):
-            while rng.random() < p_idle:
-                ctx.set(dut.images.valid, 0)
+        done = 0
+        for words, images, classes in phases:
+            while len(got) < done:          # the previous network's logits are all out
                 await ctx.tick()
-            ctx.set(dut.images.payload, b)
-            ctx.set(dut.images.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.images.ready)
-                if ready:
-                    break
-            if k % per_image == 0:
-                state["first"].append(state["cycle"])
-        ctx.set(dut.images.valid, 0)
+            done += len(images) * classes
+            await send_params(ctx, dut.params, words, rng, p_idle)
+            per_image = images[0].size
+            for k, b in enumerate(image_beats(images)):
+                while rng.random() < p_idle:
+                    ctx.set(dut.images.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.images.payload, b)
+                ctx.set(dut.images.valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.images.ready)
+                    if ready:
+                        break
+                if k % per_image == 0:
+                    state["first"].append(state["cycle"])
+            ctx.set(dut.images.valid, 0)
 
     async def consumer(ctx):
-        while len(got) < n * classes:
+        while len(got) < total:
             ready = not rng.random() < p_stall
             ctx.set(dut.logits.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.logits.valid, dut.logits.payload)
@@ -91,6 +102,13 @@ def check_logits(got, want):
             assert value == want[i, c], (f"image {i} class {c}: engine {value}, golden "
                                          f"{want[i, c]}")
             assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
+
+
+def decoys(rng, n=8):
+    """Parameter words for other layers (a dataflow design's): the overlay must ignore them."""
+    return [encode_word(rng.randrange(0, OVERLAY_LAYER), rng.choice(list(ParamKind)),
+                        rng.randrange(4), rng.randrange(4), rng.randrange(-100, 100))
+            for _ in range(n)]
 
 
 def _has(model, stride2, pool):
@@ -122,8 +140,8 @@ def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idl
     images = nrng.integers(0, 256, (n_img, h, w, c))
     want = golden.run(model, images)
     dut = OverlayEngine(plan.config)
-    got, first = run_engine(dut, plan.param_words(), images, want.shape[1], rng, p_idle,
-                            p_stall)
+    got, first = run_engine(dut, decoys(rng) + plan.param_words() + decoys(rng), images,
+                            want.shape[1], rng, p_idle, p_stall)
     check_logits(got, want)
     return plan, first
 
@@ -136,6 +154,27 @@ def test_overlay_random_nets_with_stalls(case):
     lanes, r, size = CASES[case]
     random_case(f"test_overlay_random_nets_with_stalls[{case}]", lanes, r, size,
                 act_bits=(4, 8)[case % 2])
+
+
+def test_overlay_one_engine_two_networks():
+    """The same elaborated engine runs two different networks, reprogrammed through the
+    parameter port in between (nothing about a model is an elaboration constant)."""
+    rng, seed = make_rng("test_overlay_one_engine_two_networks")
+    nrng = np.random.default_rng(seed)
+    cfg = small_config(4, 2)
+    phases, wants = [], []
+    for size, in_c, act in (((5, 4), 2, 8), ((4, 6), 1, 4)):
+        model = random_model(nrng, size=size, in_channels=in_c, blocks=int(nrng.integers(1, 3)),
+                             act_bits=act, max_width=9, classes=int(nrng.integers(2, 7)),
+                             calib_images=16)
+        images = nrng.integers(0, 256, (2,) + model.input_shape)
+        want = golden.run(model, images)
+        phases.append((compile_overlay(model, cfg).param_words(), images, want.shape[1]))
+        wants.append(want)
+    got, _ = run_phases(OverlayEngine(cfg), phases, rng, 0.2, 0.3)
+    split = wants[0].size
+    check_logits(got[:split], wants[0])
+    check_logits(got[split:], wants[1])
 
 
 @pytest.mark.parametrize("case", range(2))
