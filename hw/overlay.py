@@ -43,12 +43,27 @@ read the channel tables (bias, m, sh, qmax in ``R`` parity banks), ``+2`` ``v = 
 ``+4`` their sum, ``+5`` the arithmetic shift by ``sh - 1``, ``+6`` saturation, ``+7`` round,
 ``+8`` clamp to ``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`),
 ``+9`` fused running max, ``+10`` fused gap sum or the write request, ``+11`` the write.
+After a group with a fused gap, its ``P_g`` sums go through the same requant lanes (``gap_m``,
+``gap_sh``, ``gap_qmax``, no bias) and are written as the 1×1 map.
+
+Hand-off rules. The MAC pipeline and the drain never stall: a position's hand-off comes ``T``
+cycles after the previous one and its drain takes ``D <= T`` steps. A group ends with a fixed
+flush (its last write), so the per-group registers (``P_g``, table base, write pointers)
+change only when nothing of the group is in flight. The one stall is the logits consumer:
+the raw drain takes a step only with room in the :data:`LOGITS_QUEUE`-entry register queue
+(an always-ready consumer never holds it), a raw position starts only once the previous one
+has left the drain, and a flush waits for the drain, so a stalled consumer delays the engine
+but never loses or duplicates a logit.
+
+Limits (the compiler's patterns stay inside them): the classifier's output map is 1×1 (after
+a gap), or a single group (``cout <= P``): with several positions *and* several groups the
+logits would leave group by group, not in the golden model's (y, x, class) order.
 """
 
 from dataclasses import dataclass
 
-from amaranth.hdl import (Array, C, Cat, ClockSignal, Const, Instance, Module, Mux, Signal,
-                          signed, unsigned)
+from amaranth.hdl import (Array, C, Cat, ClockSignal, Instance, Module, Mux, Signal, signed,
+                          unsigned)
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -59,7 +74,8 @@ from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
 from .stream import pixel_stream
 
-__all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "DualMac", "FIELD_SLOTS", "PIPE"]
+__all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "gather_bits", "DualMac",
+           "FIELD_SLOTS", "PIPE", "LOGITS_QUEUE"]
 
 #: Program memory slots per pass (``len(PASS_FIELDS)`` rounded up to a power of two, so the
 #: address is ``row << 5 | field``: no multiplier, no adder).
@@ -147,8 +163,9 @@ def overlay_engine_cost(config, cycles=0):
     * ``R`` requant units, each ``(acc + bias) * m`` as two 16-bit halves (the multiply is
       split over two pipeline stages): a 16u×16u and a 17s×16u multiplier.
     * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
-      tables (bias 32, m 16, sh 6, qmax 8 bits) in ``R`` parity banks, the gather table
-      (29 bits), the program (``max_passes × FIELD_SLOTS`` words of :func:`program_bits`), the logits FIFO.
+      tables in ``R`` parity banks (bias 32 bits, m 16, sh and qmax together 14), the gather
+      table (:func:`gather_bits`), the program (``max_passes × FIELD_SLOTS`` words of
+      :func:`program_bits`). The logits queue (:data:`LOGITS_QUEUE` × 33 bits) is registers.
     """
     c = OverlayConfig.from_json(config)
     p, r = c.lanes, c.requant_units
@@ -401,7 +418,6 @@ class OverlayEngine(wiring.Component):
         iss_last = Signal()
         last_pos = Signal()
         first_pos = Signal()
-        gdone = Signal()       # issue phase of the group over (after this cycle)
         adv = Signal()         # last cycle of a position: step to the next one
 
         m.d.comb += prog_r.addr.eq(Cat(fcnt[:ceil_log2(FIELD_SLOTS)], row))
@@ -490,7 +506,6 @@ class OverlayEngine(wiring.Component):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
                         with m.If(last_pos):
-                            m.d.comb += gdone.eq(1)
                             m.d.sync += cnt.eq(tmin + PIPE.flush - 1)
                             m.next = "FLUSH"
                     with m.Else():
@@ -565,7 +580,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [x.eq(x + 1), sx.eq(sx + s), pix.eq(pix + f["src_col"])]
 
         # ---- MAC pipeline ----------------------------------------------------------------
-        def reg(name, shape, value, valid=None):
+        def reg(name, shape, value):
             r = Signal(shape, name=name)
             m.d.sync += r.eq(value)
             return r

@@ -16,7 +16,7 @@ from shiftacc.hw.overlay_timing import image_cycles
 from shiftacc.hw.params import OVERLAY_LAYER, ParamKind, encode_word
 from shiftacc.models import golden
 from shiftacc.models.netgen import random_model
-from shiftacc.sim.streamtb import make_rng, run_sim, send, send_params
+from shiftacc.sim.streamtb import make_rng, run_sim, send_params
 
 
 def small_config(lanes, r, **kw):
