@@ -4,7 +4,7 @@ Like the golden ``gap``, this is a *sum* pool: the 1/(H·W) of an average is fol
 layer's single ``(m, sh)`` pair, so the hardware needs no divider.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -32,19 +32,22 @@ class GlobalAvgPool(wiring.Component):
 
     * Direct (``rq_groups = 1``: ``H · W = 1``, where every pixel is the last, or when sharing
       would not save a lane): one Requant lane per stream lane, each completed beat of the
-      last pixel goes straight in (:attr:`latency` = 6).
+      last pixel goes straight in (:attr:`latency` = 8, with the pipelined Requant of
+      :mod:`hw.requant`).
     * Shared (otherwise): the last pixel's sums are copied to a hold bank and drained through
       ``rq_lanes = ceil(lanes / (H·W - 1))`` lanes, ``rq_groups`` cycles per beat, and
       gathered back into beats. The drain (``NB · rq_groups <= NB · (H·W - 1)`` cycles) ends
       before the next image's last pixel arrives, so it costs no input cycles, only latency
-      (``NB · rq_groups + 6``). A Requant lane is a multiplier (DSP block) and a wide barrel
+      (``NB · rq_groups + 8``). A Requant lane is a multiplier (DSP block) and a wide barrel
       shifter, so for the usual ``H · W >= lanes + 1`` a single lane serves every channel.
 
     Backpressure. Only the last pixel's sums produce output, and FIFO credit is checked
     before each output beat is started (``pending`` counts beats started and not yet taken
     from ``o``), so a stalled ``o`` only pauses the work. In the direct variant the last
     pixel's beats wait for credit; in the shared one the drain does, and the next image's
-    last pixel waits until the hold bank is drained. ``i.ready`` is a function of registers.
+    last pixel waits until the hold bank is drained. ``i.ready`` is itself a register (its
+    next value computed from the next state), so the accept strobe that enables every
+    running-sum flip-flop is one gate from registers (timing: a 100 MHz ECP5 clock).
 
     Widths. A sum of ``H·W`` values below ``2**in_bits`` is at most
     ``(2**in_bits - 1) · H·W < 2**(in_bits + ceil(log2(H·W)))``, so each running sum is
@@ -137,15 +140,17 @@ class GlobalAvgPool(wiring.Component):
         # multiplier (a DSP block) and a wide barrel shifter, so this saves area.
         rq_lanes = lanes if pixels == 1 else -(-lanes // (pixels - 1))
         rq_groups = -(-lanes // rq_lanes)
+        # (The pipelined Requant: its product and shift split over stages, see hw.requant.)
+        rq_latency = Requant.LATENCY_PIPELINED
         if rq_groups == 1:
             # Requant input register (1) + Requant + FIFO write (1) + FIFO output register (1).
-            latency = Requant.LATENCY + 3
+            latency = rq_latency + 3
         else:
             # Drain of NB · groups cycles (after the last beat is held) + Requant + gather
             # register + FIFO write + FIFO output register.
-            latency = nb * rq_groups + Requant.LATENCY + 3
+            latency = nb * rq_groups + rq_latency + 3
         return dict(nb=nb, rq_lanes=rq_lanes, rq_groups=rq_groups, latency=latency,
-                    fifo_depth=Requant.LATENCY + 3 + 2)
+                    fifo_depth=rq_latency + 3 + 2)
 
     @classmethod
     def cost(cls, *, width, height, channels, lanes, in_bits, act_bits, layer_id=0):
@@ -187,7 +192,19 @@ class GlobalAvgPool(wiring.Component):
         pixel = Signal(range(max(pixels, 2)))
         last_pixel = pixel == pixels - 1
         pending = Signal(range(self.fifo_depth + 1))
-        take = self.i.valid & self.i.ready           # i.ready: see the requant variants
+        # i.ready is a register: each variant computes next cycle's value from the next
+        # state (same value, cycle for cycle, as the combinational form), so the beat-accept
+        # strobe that clock-enables every running-sum flip-flop is one AND of two registers
+        # (i.valid comes from the upstream FIFO's output register) instead of a compare and
+        # credit chain fanned out to hundreds of enables.
+        ready = Signal(init=1, name="ready_q")
+        m.d.comb += self.i.ready.eq(ready)
+        take = self.i.valid & ready
+        # Whether the *next* cycle's beat belongs to the image's last pixel.
+        if pixels == 1:
+            last_next = Const(1, 1)
+        else:
+            last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
         sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
         cur = Array(sums)[beat]
@@ -217,18 +234,22 @@ class GlobalAvgPool(wiring.Component):
         out_taken = self.o.valid & self.o.ready
         if self.rq_groups == 1:
             self._direct_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
-                                 out_taken)
+                                 out_taken, ready, last_next)
         else:
             self._shared_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
-                                 out_taken)
+                                 out_taken, ready, last_next)
         return m
 
     def _direct_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
-                        out_taken):
+                        out_taken, ready, last_next):
         """One Requant lane per stream lane, fed straight from the last pixel's sums."""
         lanes, nb = self.lanes, self.nb
-        # Only beats of the last pixel produce output, so only they need FIFO credit.
-        m.d.comb += self.i.ready.eq(~last_pixel | (pending < self.fifo_depth))
+        # Only beats of the last pixel produce output, so only they need FIFO credit:
+        # ready = ~last_pixel | (pending < depth), registered from the next state.
+        pending_next = Signal.like(pending)
+        m.d.comb += pending_next.eq(pending + (take & last_pixel) - out_taken)
+        m.d.sync += [pending.eq(pending_next),
+                     ready.eq(~last_next | (pending_next < self.fifo_depth))]
         rq_valid = Signal()
         rq_sum = Signal.like(new)
         rq_last = Signal()
@@ -236,7 +257,7 @@ class GlobalAvgPool(wiring.Component):
         with m.If(take):
             m.d.sync += [rq_sum.eq(new), rq_last.eq(beat == nb - 1)]
         m.submodules.requant = rq = Requant(lanes=lanes, act_bits=self.act_bits,
-                                            acc_bits=self.sum_bits + 1)
+                                            acc_bits=self.sum_bits + 1, pipelined=True)
         m.d.comb += [rq.i.valid.eq(rq_valid), rq.i.payload.tag.eq(rq_last)]
         for k in range(lanes):
             m.d.comb += [rq.i.payload.acc[k].eq(rq_sum[k]),
@@ -244,10 +265,9 @@ class GlobalAvgPool(wiring.Component):
         beat_out = Signal(self.o.payload.shape())
         m.d.comb += [beat_out.data.eq(rq.o.payload.q), beat_out.last.eq(rq.o.payload.tag),
                      ofifo.w_data.eq(beat_out), ofifo.w_en.eq(rq.o.valid)]
-        m.d.sync += pending.eq(pending + (take & last_pixel) - out_taken)
 
     def _shared_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
-                        out_taken):
+                        out_taken, ready, last_next):
         """The last pixel's sums go to a hold bank, drained through ``rq_lanes`` lanes."""
         lanes, nb = self.lanes, self.nb
         r, groups = self.rq_lanes, self.rq_groups
@@ -255,8 +275,10 @@ class GlobalAvgPool(wiring.Component):
         hold = [Signal.like(new, name=f"hold{b}") for b in range(nb)]
         draining = Signal()
         # The hold bank is free again once drained; the next last pixel waits for that (it
-        # only has to under backpressure: at full rate the drain ends first, see __init__).
-        m.d.comb += self.i.ready.eq(~last_pixel | ~draining)
+        # only has to under backpressure: at full rate the drain ends first, see __init__):
+        # ready = ~last_pixel | ~draining, registered from the next state.
+        draining_next = Signal()
+        m.d.sync += [draining.eq(draining_next), ready.eq(~last_next | ~draining_next)]
         d_beat = Signal(range(max(nb, 2)))
         d_grp = Signal(range(max(groups, 2)))
         with m.If(take & last_pixel):
@@ -265,7 +287,12 @@ class GlobalAvgPool(wiring.Component):
                     with m.Case(b):
                         m.d.sync += hold[b].eq(new)
             with m.If(beat == nb - 1):
-                m.d.sync += [draining.eq(1), d_beat.eq(0), d_grp.eq(0)]
+                m.d.sync += [d_beat.eq(0), d_grp.eq(0)]
+        # (Start and end of a drain never coincide: a last-pixel beat is only taken while
+        # not draining.)
+        m.d.comb += draining_next.eq(draining)
+        with m.If(take & last_pixel & (beat == nb - 1)):
+            m.d.comb += draining_next.eq(1)
 
         # Credit: one FIFO entry is reserved when a beat's first group is issued.
         step = Signal()
@@ -275,7 +302,7 @@ class GlobalAvgPool(wiring.Component):
             with m.If(d_grp == groups - 1):
                 m.d.sync += d_grp.eq(0)
                 with m.If(d_beat == nb - 1):
-                    m.d.sync += draining.eq(0)
+                    m.d.comb += draining_next.eq(0)
                 with m.Else():
                     m.d.sync += d_beat.eq(d_beat + 1)
             with m.Else():
@@ -283,7 +310,8 @@ class GlobalAvgPool(wiring.Component):
 
         # Feed register: group d_grp of held beat d_beat (registered to cut the mux path).
         m.submodules.requant = rq = Requant(lanes=r, act_bits=self.act_bits,
-                                            acc_bits=self.sum_bits + 1, tag_bits=grp_bits + 1)
+                                            acc_bits=self.sum_bits + 1, tag_bits=grp_bits + 1,
+                                            pipelined=True)
         f_valid = Signal()
         f_tag = Signal(grp_bits + 1)
         f_acc = [Signal(self.sum_bits, name=f"feed{k}") for k in range(r)]

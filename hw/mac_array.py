@@ -45,12 +45,17 @@ class MacArray(wiring.Component):
     from ``o``; it never exceeds the FIFO depth), so a stalled ``o`` can neither drop nor
     duplicate data; issue simply pauses.
 
-    Pipeline, cycles after issue: 0 weight-RAM read and input-beat select, 1 products,
-    2 lane sums, 3 accumulate; raw (``requant=False``): 4 ``+ bias``, 5 FIFO write; requant:
-    4 hold the beat, 5 feed lane group 0 to the shared Requant (bias/m/sh row read), 6
-    ``+ bias``, 7..9 Requant, (gather,) FIFO write. :attr:`latency` counts the cycles from the
-    issue of an output beat's last fold to that beat on ``o`` (empty FIFO, ``o.ready`` high):
-    7 raw, 12 with ``rq_groups = 1``, ``12 + rq_groups`` otherwise.
+    Pipeline, cycles after issue: 0 weight-RAM read and input-beat select, 1 weight row and
+    input beat registered at the multipliers' inputs, 2 products, 3 lane sums, 4 accumulate;
+    raw (``requant=False``): 5 ``+ bias`` (its row read in stage 2, registered in 3), 6 FIFO
+    write; requant: 5 hold the beat, 6 feed lane group 0 to the shared Requant (bias/m/sh
+    row read), 7 constants registered, 8 ``+ bias``, 9..13 the pipelined Requant, (gather,)
+    FIFO write. Every block-RAM output and every multiplier output lands in a flip-flop
+    (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out, a DSP block ~4 ns). :attr:`latency`
+    counts the cycles from the issue of an output beat's last fold to that beat on ``o``
+    (empty FIFO, ``o.ready`` high): 8 raw, 16 with ``rq_groups = 1``, ``16 + rq_groups``
+    otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
+    one pixel every ``NBi · NBo`` cycles whatever it is.
 
     Shared Requant. Output beats leave the accumulators at most once every ``NBi`` cycles, so
     a Requant of ``rq_lanes = ceil(p_out / NBi)`` lanes, fed one group of lanes per cycle for
@@ -200,12 +205,14 @@ class MacArray(wiring.Component):
         # real area.
         rq_lanes = -(-p_out // nbi)
         rq_groups = -(-p_out // rq_lanes)
+        # (Stage 1b registers the weight row and the input beat at the multipliers' inputs.)
         if not requant:
-            write_at = 5
+            write_at = 6
         else:
-            # 5: first group fed (constants' row read), 6: + bias, 7..9: Requant,
-            # + (groups - 1) serial feed cycles + 1 gather register when shared.
-            write_at = 7 + Requant.LATENCY
+            # 6: first group fed (constants' row read), 7: constants registered, 8: + bias,
+            # 9..13: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
+            # when shared.
+            write_at = 9 + Requant.LATENCY_PIPELINED
             if rq_groups > 1:
                 write_at += rq_groups - 1 + 1
         latency = write_at + 2
@@ -406,15 +413,28 @@ class MacArray(wiring.Component):
             last1.eq(Mux(rbank, bank_last[1], bank_last[0]) & (fj == nbo - 1)),
         ]
 
-        # Stage 1 -> 2: all p_in * p_out products (the multipliers, busy on every issue).
-        prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}") for k in range(p_in)]
-                 for o in range(p_out)]
+        # Stage 1 -> 1b: the weight row and the input beat registered at the multipliers'
+        # inputs. A block RAM's unregistered output (ECP5 DP16KD: ~5.8 ns clock-to-out) routed
+        # into a DSP block and through it was the whole design's critical path (~22 ns).
+        wq = Signal.like(w_rd.data, name="wq", reset_less=True)
+        xq = Signal(beat_layout, name="xq", reset_less=True)
+        m.d.sync += [wq.eq(w_rd.data), xq.eq(x1)]
+        v1b, first1b, lastf1b, last1b = Signal(), Signal(), Signal(), Signal()
+        j1b = _index(nbo, "j1b")
+        m.d.sync += [v1b.eq(v1), first1b.eq(first1), lastf1b.eq(lastf1), last1b.eq(last1),
+                     j1b.eq(j1)]
+
+        # Stage 1b -> 2: all p_in * p_out products (the multipliers, busy on every issue).
+        # (Data registers carry no reset: only the valid bits beside them need one.)
+        prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}", reset_less=True)
+                  for k in range(p_in)] for o in range(p_out)]
         for o in range(p_out):
             for k in range(p_in):
-                m.d.sync += prods[o][k].eq(w_rd.data[o * p_in + k] * x1[k])
+                m.d.sync += prods[o][k].eq(wq[o * p_in + k] * xq[k])
         v2, first2, lastf2, last2 = Signal(), Signal(), Signal(), Signal()
         j2 = _index(nbo, "j2")
-        m.d.sync += [v2.eq(v1), first2.eq(first1), lastf2.eq(lastf1), last2.eq(last1), j2.eq(j1)]
+        m.d.sync += [v2.eq(v1b), first2.eq(first1b), lastf2.eq(lastf1b), last2.eq(last1b),
+                     j2.eq(j1b)]
 
         # Stage 2 -> 3: per-output-lane sum over the p_in products.
         psum_bits = self.prod_bits + ceil_log2(p_in)
@@ -436,10 +456,12 @@ class MacArray(wiring.Component):
         v4, last4 = Signal(), Signal()
         m.d.sync += [v4.eq(v3 & lastf3), last4.eq(last3)]
         # banks=2: the beat's bank, piped beside it to the bias read.
+        # (sel[k] is the bank of the beat in stage k + 1; stage 1b has its own register.)
         sel = [Signal(name=f"sel{k}") for k in range(1, 5)] if self.banks == 2 else None
         if sel:
-            m.d.sync += [sel[0].eq(sel0), sel[1].eq(sel[0]), sel[2].eq(sel[1]),
-                         sel[3].eq(sel[2])]
+            sel1b = Signal(name="sel1b")
+            m.d.sync += [sel[0].eq(sel0), sel1b.eq(sel[0]), sel[1].eq(sel1b),
+                         sel[2].eq(sel[1]), sel[3].eq(sel[2])]
 
         out_layout = self.o.payload.shape()
         m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
@@ -449,15 +471,18 @@ class MacArray(wiring.Component):
             self._requant_tail(m, v4, last4, accs, b_rd, m_rd, s_rd, beat, ofifo,
                                sel[3] if sel else None)
         else:
-            # Stage 4 -> 5: + bias (row read started in stage 3), wrapping to int32 (exact,
-            # see the class docstring); then straight to the FIFO.
+            # Stage 4 -> 5: + bias, wrapping to int32 (exact, see the class docstring); then
+            # straight to the FIFO. The bias row is read in stage 2 and registered in stage 3
+            # (bq), so no block-RAM output drives the 32-bit adder directly.
             if sel:
-                m.d.comb += b_rd.addr.eq(Mux(sel[2], nbo, 0) + j3)
+                m.d.comb += b_rd.addr.eq(Mux(sel[1], nbo, 0) + j2)
             else:
-                m.d.comb += b_rd.addr.eq(j3)
-            res = [Signal(signed(32), name=f"res{o}") for o in range(p_out)]
+                m.d.comb += b_rd.addr.eq(j2)
+            bq = Signal.like(b_rd.data, name="bias_q", reset_less=True)
+            m.d.sync += bq.eq(b_rd.data)
+            res = [Signal(signed(32), name=f"res{o}", reset_less=True) for o in range(p_out)]
             for o in range(p_out):
-                m.d.sync += res[o].eq(accs[o] + b_rd.data[o])
+                m.d.sync += res[o].eq(accs[o] + bq[o])
             v5, last5 = Signal(), Signal()
             m.d.sync += [v5.eq(v4), last5.eq(last4)]
             for o in range(p_out):
@@ -523,20 +548,30 @@ class MacArray(wiring.Component):
                 with m.Default():
                     m.d.sync += f1_acc[k].eq(0)     # lane past p_out: don't-care output
 
-        # + bias (the constants' row was read during the feed cycle), wrapping to int32
-        # (exact, see the class docstring); m/sh registered beside it.
+        # The constants' row (read during the feed cycle) is registered first (block-RAM
+        # outputs are slow; registered, they reach the adder and the Requant's DSP blocks from
+        # flip-flops); then + bias, wrapping to int32 (exact, see the class docstring), with
+        # m/sh registered beside it. The pipelined Requant splits its product and shift.
         m.submodules.requant = rq = Requant(lanes=r, act_bits=self.act_bits,
-                                            tag_bits=grp_bits + 1)
+                                            tag_bits=grp_bits + 1, pipelined=True)
+        fq_valid = Signal()
+        fq_tag = Signal(grp_bits + 1, reset_less=True)
+        m.d.sync += [fq_valid.eq(f1_valid), fq_tag.eq(f1_tag)]
         f2_valid = Signal()
-        f2_tag = Signal(grp_bits + 1)
-        m.d.sync += [f2_valid.eq(f1_valid), f2_tag.eq(f1_tag)]
+        f2_tag = Signal(grp_bits + 1, reset_less=True)
+        m.d.sync += [f2_valid.eq(fq_valid), f2_tag.eq(fq_tag)]
         m.d.comb += [rq.i.valid.eq(f2_valid), rq.i.payload.tag.eq(f2_tag)]
         for k in range(r):
-            acc = Signal(signed(32), name=f"biased{k}")
-            mk = Signal(M_BITS, name=f"mult{k}")
-            sk = Signal(SH_BITS, name=f"shift{k}")
-            m.d.sync += [acc.eq(f1_acc[k] + b_rd.data[k]), mk.eq(m_rd.data[k]),
-                         sk.eq(s_rd.data[k])]
+            accq = Signal(signed(self.acc_bits), name=f"feed_acc_q{k}", reset_less=True)
+            bq = Signal(signed(32), name=f"bias_q{k}", reset_less=True)
+            mq = Signal(M_BITS, name=f"mult_q{k}", reset_less=True)
+            sq = Signal(SH_BITS, name=f"shift_q{k}", reset_less=True)
+            m.d.sync += [accq.eq(f1_acc[k]), bq.eq(b_rd.data[k]), mq.eq(m_rd.data[k]),
+                         sq.eq(s_rd.data[k])]
+            acc = Signal(signed(32), name=f"biased{k}", reset_less=True)
+            mk = Signal(M_BITS, name=f"mult{k}", reset_less=True)
+            sk = Signal(SH_BITS, name=f"shift{k}", reset_less=True)
+            m.d.sync += [acc.eq(accq + bq), mk.eq(mq), sk.eq(sq)]
             m.d.comb += [rq.i.payload.acc[k].eq(acc), rq.i.payload.m[k].eq(mk),
                          rq.i.payload.sh[k].eq(sk)]
 

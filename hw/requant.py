@@ -12,7 +12,7 @@ has room (credit), which keeps this arithmetic free of any enable/stall logic (g
 and for DSP-block packing).
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -47,10 +47,25 @@ class Requant(wiring.Component):
     ``sh = 0`` (an unprogrammed padding lane) is not a valid requant; it gives a well-defined
     but meaningless value, which is allowed in padding lanes.
 
-    Pipeline (the hardware reason for each cut): stage 1 registers the product (it maps to
-    DSP blocks, whose output register absorbs it) and ``sh - 1``; stage 2 registers the
-    barrel shift plus the saturation comparators (the deep logic); stage 3 registers the small
-    ``act_bits``-wide round/clamp. Hence :attr:`LATENCY` = 3.
+    Pipeline (the hardware reason for each cut), compact (``pipelined=False``, the default):
+    stage 1 registers the product and ``sh - 1``; stage 2 registers the barrel shift plus the
+    saturation comparators (the deep logic); stage 3 registers the small ``act_bits``-wide
+    round/clamp. Hence :attr:`LATENCY` = 3.
+
+    Pipelined (``pipelined=True``, :attr:`LATENCY_PIPELINED` = 5), for a 100 MHz ECP5 clock,
+    where the compact stages 1 and 2 are the critical paths of a placed design (61-73 MHz):
+
+    * 1a: the product is formed as two partial products, ``acc[:16] * m`` (unsigned 16 × 16)
+      and ``acc[16:] * m`` (signed × unsigned), each registered at the multiplier's output.
+      A product wider than one DSP block is exactly these two blocks plus an adder; making
+      the split explicit puts a register between the blocks and the adder, which Yosys's
+      own split (``mul2dsp``) does not. (An accumulator of at most 16 bits is one product.)
+    * 1b: ``p = (hi << 16) + lo``, the 49-bit adder alone (a carry chain).
+    * 2a: the coarse part of the shift, ``p >> (8 · ((sh - 1) >> 3))`` (an 8-way mux per bit).
+    * 2b: the fine part, ``>> ((sh - 1) & 7)``, and the saturation comparators.
+    * 3: round and clamp, as in the compact pipeline.
+
+    Both pipelines compute the same function; only the latency differs.
 
     Parameters
     ----------
@@ -62,6 +77,8 @@ class Requant(wiring.Component):
         Width of the signed accumulator input (default 32, the int32 of DESIGN.md).
     tag_bits : int
         Width of a side-band tag carried along with the data (e.g. a ``last`` flag).
+    pipelined : bool
+        The 5-stage pipeline (see above) instead of the 3-stage one.
 
     Attributes
     ----------
@@ -70,7 +87,9 @@ class Requant(wiring.Component):
         ``tag``. Sampled whenever ``valid``; there is no ``ready``.
     o : Out(stream.Signature(..., always_ready=True))
         Payload ``q`` (lanes × unsigned(act_bits)) and ``tag``; ``valid`` exactly
-        ``LATENCY`` cycles after the matching input. The consumer must always accept.
+        :attr:`latency` cycles after the matching input. The consumer must always accept.
+    latency : int
+        :attr:`LATENCY` or :attr:`LATENCY_PIPELINED`, as built.
 
     Raises
     ------
@@ -79,9 +98,12 @@ class Requant(wiring.Component):
         or a negative ``tag_bits``.
     """
 
+    #: Latency of the compact pipeline.
     LATENCY = 3
+    #: Latency of the pipelined variant.
+    LATENCY_PIPELINED = 5
 
-    def __init__(self, *, lanes, act_bits, acc_bits=32, tag_bits=1):
+    def __init__(self, *, lanes, act_bits, acc_bits=32, tag_bits=1, pipelined=False):
         require_int("Requant", "lanes", lanes, 1)
         require_int("Requant", "act_bits", act_bits, 1, 31)
         require_int("Requant", "acc_bits", acc_bits, 2, 64)
@@ -90,6 +112,8 @@ class Requant(wiring.Component):
         self.act_bits = act_bits
         self.acc_bits = acc_bits
         self.tag_bits = tag_bits
+        self.pipelined = bool(pipelined)
+        self.latency = self.LATENCY_PIPELINED if self.pipelined else self.LATENCY
         in_layout = data.StructLayout({
             "acc": data.ArrayLayout(signed(acc_bits), lanes),
             "m": data.ArrayLayout(unsigned(M_BITS), lanes),
@@ -115,7 +139,34 @@ class Requant(wiring.Component):
         t_lo, t_hi = -1, 2 * top + 1
         t_bits = self.act_bits + 2
 
-        # Stage 1: the product (DSP block with its output register) and sh - 1.
+        if self.pipelined:
+            v2, tag2, t2 = self._stages_pipelined(m, prod_bits, t_lo, t_hi, t_bits)
+        else:
+            v2, tag2, t2 = self._stages_compact(m, prod_bits, t_lo, t_hi, t_bits)
+
+        # Stage 3: q = (t + 1) >> 1, in [0, top + 1]; clamp the top.
+        m.d.sync += [self.o.valid.eq(v2), self.o.payload.tag.eq(tag2)]
+        for k in range(self.lanes):
+            q = Signal(unsigned(self.act_bits + 1), name=f"q{k}")
+            m.d.comb += q.eq((t2[k] + 1) >> 1)
+            m.d.sync += self.o.payload.q[k].eq(Mux(q > top, top, q))
+        return m
+
+    def _saturate(self, m, domain, value, t_lo, t_hi, t_bits, name):
+        """``value`` clamped to ``[t_lo, t_hi]`` into a new ``t_bits`` register (see the class
+        docstring: the clamp is monotonic, so this changes no final result)."""
+        t = Signal(signed(t_bits), name=name)
+        with m.If(value < t_lo):
+            m.d[domain] += t.eq(t_lo)
+        with m.Elif(value > t_hi):
+            m.d[domain] += t.eq(t_hi)
+        with m.Else():
+            m.d[domain] += t.eq(value)
+        return t
+
+    def _stages_compact(self, m, prod_bits, t_lo, t_hi, t_bits):
+        """Stages 1 and 2 of the compact pipeline; returns (valid, tag, [t]) after stage 2."""
+        # Stage 1: the product (DSP block) and sh - 1.
         v1 = Signal()
         tag1 = Signal(self.tag_bits)
         m.d.sync += [v1.eq(self.i.valid), tag1.eq(self.i.payload.tag)]
@@ -141,19 +192,54 @@ class Requant(wiring.Component):
         for k in range(self.lanes):
             shifted = Signal(signed(prod_bits), name=f"shifted{k}")
             m.d.comb += shifted.eq(p1[k] >> s1[k])
-            t = Signal(signed(t_bits), name=f"tsat{k}")
-            with m.If(shifted < t_lo):
-                m.d.sync += t.eq(t_lo)
-            with m.Elif(shifted > t_hi):
-                m.d.sync += t.eq(t_hi)
-            with m.Else():
-                m.d.sync += t.eq(shifted)
-            t2.append(t)
+            t2.append(self._saturate(m, "sync", shifted, t_lo, t_hi, t_bits, f"tsat{k}"))
+        return v2, tag2, t2
 
-        # Stage 3: q = (t + 1) >> 1, in [0, top + 1]; clamp the top.
-        m.d.sync += [self.o.valid.eq(v2), self.o.payload.tag.eq(tag2)]
+    def _stages_pipelined(self, m, prod_bits, t_lo, t_hi, t_bits):
+        """Stages 1a, 1b, 2a, 2b of the pipelined variant; returns (valid, tag, [t])."""
+        A = self.acc_bits
+        # Valid/tag delay line beside the four stages. (The data registers below need no
+        # reset: they are only looked at when the matching valid bit is set.)
+        vs = [Signal(name=f"v_{n}") for n in ("1a", "1b", "2a", "2b")]
+        tags = [Signal(self.tag_bits, name=f"tag_{n}", reset_less=True)
+                for n in ("1a", "1b", "2a", "2b")]
+        m.d.sync += [vs[0].eq(self.i.valid), tags[0].eq(self.i.payload.tag)]
+        for a, b in zip(vs, vs[1:]):
+            m.d.sync += b.eq(a)
+        for a, b in zip(tags, tags[1:]):
+            m.d.sync += b.eq(a)
+
+        def reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        t2 = []
         for k in range(self.lanes):
-            q = Signal(unsigned(self.act_bits + 1), name=f"q{k}")
-            m.d.comb += q.eq((t2[k] + 1) >> 1)
-            m.d.sync += self.o.payload.q[k].eq(Mux(q > top, top, q))
-        return m
+            acc, mk = self.i.payload.acc[k], self.i.payload.m[k]
+            # sh - 1 (sh = 0, an unprogrammed padding lane, wraps to 63: well-defined garbage),
+            # carried beside the product.
+            s_1a = reg(unsigned(SH_BITS), f"shm1_1a_{k}")
+            s_1b = reg(unsigned(SH_BITS), f"shm1_1b_{k}")
+            m.d.sync += [s_1a.eq(self.i.payload.sh[k] - 1), s_1b.eq(s_1a)]
+
+            # 1a / 1b: the product, as two registered partial products and their sum.
+            p = reg(signed(prod_bits), f"prod{k}")
+            if A > 16:
+                lo = reg(unsigned(16 + M_BITS), f"prod_lo{k}")
+                hi = reg(signed(A - 16 + M_BITS + 1), f"prod_hi{k}")
+                m.d.sync += [lo.eq(acc[:16] * mk), hi.eq(acc[16:].as_signed() * mk)]
+                m.d.sync += p.eq((hi << 16) + lo)
+            else:
+                p0 = reg(signed(prod_bits), f"prod_a{k}")
+                m.d.sync += [p0.eq(acc * mk), p.eq(p0)]
+
+            # 2a: coarse shift by 8 · (s >> 3) (arithmetic: floor).
+            coarse = reg(signed(prod_bits), f"coarse{k}")
+            s_2a = reg(unsigned(3), f"shfine{k}")
+            m.d.sync += [coarse.eq(p >> Cat(Const(0, 3), s_1b[3:])), s_2a.eq(s_1b[:3])]
+
+            # 2b: fine shift by s & 7, then saturate (floor of floor is floor of the total
+            # shift, so the two parts compose to p >> (sh - 1) exactly).
+            fine = Signal(signed(prod_bits), name=f"fine{k}")
+            m.d.comb += fine.eq(coarse >> s_2a)
+            t2.append(self._saturate(m, "sync", fine, t_lo, t_hi, t_bits, f"tsat{k}"))
+        return vs[3], tags[3], t2

@@ -6,7 +6,7 @@ feature-map shape and ``R`` are elaboration parameters.
 
 Architecture
 ------------
-A ring of ``NR`` rows (the smallest power of two > ``2R + 1``) of the input feature map is
+A ring of ``NR`` rows (the smallest power of two > ``2R + 1``, see :func:`ring_rows`) of the input feature map is
 kept on chip, **banked by lane**: lane ``l`` has its own memory holding channel ``b*P + l``
 of every buffered pixel, at address ``(slot * W + x) * NB + b``. Every cycle each lane reads
 its own channel at its own ``(dy, dx)`` from its own bank, so one output beat leaves per cycle
@@ -35,8 +35,11 @@ Two up/down counters pace the two sides:
   ``r - NR``; rows ``>= y - R`` are still needed, so writes are allowed while
   ``rowlead <= NR - R - 1``. With ``NR >= 2R + 2`` both sides run every cycle in steady state.
 
-The read pipeline is address → memory read (synchronous port) → output register; the memory
-read enable and the output register advance together, so a stalled output holds both.
+The read pipeline is issue (counters) → shift select → address and mask → memory read
+(synchronous port) → output register, every stage on one enable (the output register is
+free), so a stalled output holds all of them; each cut is there for timing (a 100 MHz ECP5
+clock). The read side gives a row up (``rowlead``) only when the beat ending it is read from
+memory, not when it is issued, so beats in the pipeline never see their rows overwritten.
 
 ``stride=2`` keeps only output pixels with even y and even x (a ``ceil(H/2) × ceil(W/2)``
 map for a following stride-2 conv): the read side skips the other beats at one beat per cycle
@@ -71,9 +74,20 @@ def step_counter(m, counter, n, inc):
             m.d.sync += counter.eq(Mux(counter == n - 1, 0, counter + 1))
 
 
-def ring_rows(radius):
-    """Rows of the line-buffer ring: the smallest power of two greater than ``2R + 1``."""
-    return 1 << (2 * radius + 1).bit_length()
+def ring_rows(radius, width=None, nb=1):
+    """Rows of the line-buffer ring: the smallest power of two greater than ``2R + 1``.
+
+    The read side gives a row up two cycles after issuing the beat that ends it (when that
+    beat is read from memory, see :class:`ShiftUnit`). In a narrow map, where fewer than 3
+    beats separate the reader's last need of a row from the writer's first need of its slot
+    (``(W - R) · NB < 3``), and with no spare row in the ring (``NR == 2R + 2``), those two
+    cycles would stall the writer every row, so such a map gets twice the rows (a few words
+    more; tests/test_shift_unit.py measures the cycle model of narrow maps).
+    """
+    rows = 1 << (2 * radius + 1).bit_length()
+    if width is not None and (width - radius) * nb < 3 and rows < 2 * radius + 3:
+        rows *= 2
+    return rows
 
 
 def _const_table(m, sel, table, shape, name):
@@ -143,6 +157,7 @@ class ShiftUnit(wiring.Component):
         Rows in the line-buffer ring (NR).
     depth : int
         Words per lane bank (``NR * W * NB``).
+        (``NR`` is :func:`ring_rows` of ``R`` and ``W * NB``.)
 
     Raises
     ------
@@ -161,7 +176,7 @@ class ShiftUnit(wiring.Component):
         self.lanes, self.bits, self.radius, self.stride = lanes, bits, radius, stride
         self.layer_id = layer_id
         self.nb = beats_per_pixel(channels, lanes)
-        self.rows = ring_rows(radius)
+        self.rows = ring_rows(radius, width, self.nb)
         self.depth = self.rows * width * self.nb
         super().__init__({
             "i": In(pixel_stream(lanes, bits)),
@@ -172,10 +187,10 @@ class ShiftUnit(wiring.Component):
     @staticmethod
     def cost(*, width, height, channels, lanes, bits, radius=1, stride=1, layer_id=0):
         """Resources as built (see :mod:`hw.resources`): no multiplier; ``lanes`` line-buffer
-        banks of ``ring_rows(radius) * width * NB`` words of ``bits``; ``H · W · NB`` cycles
+        banks of ``ring_rows(radius, width, NB) * width * NB`` words of ``bits``; ``H · W · NB`` cycles
         per image (one input beat per cycle; a stride-2 output skips beats without cycles)."""
         nb = beats_per_pixel(channels, lanes)
-        depth = ring_rows(radius) * width * nb
+        depth = ring_rows(radius, width, nb) * width * nb
         return Cost(cycles=height * width * nb,
                     memories=[MemorySpec(f"bank{l}", depth, bits) for l in range(lanes)])
 
@@ -251,18 +266,27 @@ class ShiftUnit(wiring.Component):
         need_x = _const_table(m, dxr, {k: k * NB for k in range(R + 1)}, need_bits, "need_x")
         can_read = lead > need_y + need_x
 
-        v1 = self.o.valid                            # output register holds a beat (a register)
-        mask1 = Signal(P)                            # lanes inside the image (others -> 0)
-        last1 = Signal()
-        adv_ok = ~v1 | self.o.ready                  # output register free this cycle
+        # ---- read pipeline ------------------------------------------------------------------
+        # issue (counters) -> S (each lane's shift selected, position registered) -> A (each
+        # lane's address and in-image mask) -> memory read -> C (output register). Every
+        # stage advances on one enable, ``adv`` (the output register is free), so a stalled
+        # output holds the whole pipeline and no beat is lost or duplicated. The cuts are for
+        # timing: the shift select, the constant tables and the address adder with its
+        # wrap-around were one combinational path into the line-buffer memory (a distributed
+        # RAM read as well, for small banks), and the memory's output went straight to the
+        # next block; each is now a stage of its own.
+        vC = self.o.valid                            # output register holds a beat
+        adv = ~vC | self.o.ready
         if S == 2:
             skip = ry[0] | rx[0]
             last_y, last_x = 2 * ((H - 1) // 2), 2 * ((W - 1) // 2)
         else:
             skip = Const(0, 1)
             last_y, last_x = H - 1, W - 1
-        issue = ~skip & can_read & adv_ok
-        advance = skip | issue
+        issue = ~skip & can_read & adv
+        # A skipped beat (stride 2) also waits for adv: it carries the row-end token below
+        # down the pipeline in order with the beats before it. (adv is high in steady state.)
+        advance = (skip & adv) | issue
         r_row_end = (rx == W - 1) & (rb == NB - 1)
 
         step_counter(m, rb, NB, advance)
@@ -270,11 +294,37 @@ class ShiftUnit(wiring.Component):
         step_counter(m, ry, H, advance & r_row_end)
         step_counter(m, centre, self.depth, advance)
 
+        # Stage S.
+        vS, lastS, rowendS = Signal(), Signal(), Signal()
+        centreS = Signal.like(centre, name="centre_s", reset_less=True)
+        ryS = Signal(range(max(H, 2)), name="ry_s", reset_less=True)
+        rxS = Signal(range(max(W, 2)), name="rx_s", reset_less=True)
+        lastlaneS = Signal(name="lastbeat_s", reset_less=True)
+        with m.If(adv):
+            m.d.sync += [vS.eq(issue), rowendS.eq(advance & r_row_end),
+                         lastS.eq((ry == last_y) & (rx == last_x) & (rb == NB - 1)),
+                         centreS.eq(centre), ryS.eq(ry), rxS.eq(rx),
+                         lastlaneS.eq(rb == NB - 1)]
+        # Stage A.
+        vA, lastA, rowendA = Signal(), Signal(), Signal()
+        maskA = Signal(P, name="mask_a")
+        with m.If(adv):
+            m.d.sync += [vA.eq(vS), lastA.eq(lastS), rowendA.eq(rowendS)]
+        # Stage B (the memory's own read register) and C (output register).
+        vB, lastB = Signal(), Signal()
+        maskB = Signal(P, name="mask_b")
+        lastC = Signal()
+        with m.If(adv):
+            m.d.sync += [vB.eq(vA), lastB.eq(lastA), maskB.eq(maskA),
+                         vC.eq(vB), lastC.eq(lastB)]
+
+        # Writes into row r overwrite row r - NR: the read side gives a row up only once the
+        # beat that ends it has left stage A (been read from memory), so a beat in the
+        # pipeline never sees its row overwritten, however long the output stalls.
         m.d.sync += lead.eq(lead + i_fire - advance)
-        m.d.sync += rowlead.eq(rowlead + (i_fire & w_row_end) - (advance & r_row_end))
+        m.d.sync += rowlead.eq(rowlead + (i_fire & w_row_end) - (adv & rowendA))
 
         # ---- per-lane banks ----------------------------------------------------------------
-        mask = Signal(P)
         last_valid_lanes = C - (NB - 1) * P
         # Signed width holding every address offset and 2 * depth (see the address below).
         off_bits = (2 * self.depth).bit_length() + 1
@@ -284,29 +334,33 @@ class ShiftUnit(wiring.Component):
             if l:
                 m.d.comb += wp.addr.eq(waddr)
 
-            dy = Signal(sshape, name=f"cur_dy{l}")
-            dx = Signal(sshape, name=f"cur_dx{l}")
-            # Select this lane's shift for beat rb; the last beat is the default case so the
-            # decoder is complete for every NB (no latch-like incomplete case).
+            # Stage S: this lane's shift for beat rb; the last beat is the default case so
+            # the decoder is complete for every NB (no latch-like incomplete case).
+            dy = Signal(sshape, name=f"cur_dy{l}", reset_less=True)
+            dx = Signal(sshape, name=f"cur_dx{l}", reset_less=True)
             beats = [b for b in range(NB) if b * P + l < C]
             # (A lane past C in every beat keeps dy = dx = 0; it is masked anyway.)
-            if len(beats) == 1:
-                m.d.comb += [dy.eq(dys[beats[0]][l]), dx.eq(dxs[beats[0]][l])]
-            elif beats:
-                with m.Switch(rb):
-                    for b in beats[:-1]:
-                        with m.Case(b):
-                            m.d.comb += [dy.eq(dys[b][l]), dx.eq(dxs[b][l])]
-                    with m.Default():
-                        m.d.comb += [dy.eq(dys[beats[-1]][l]), dx.eq(dxs[beats[-1]][l])]
-            ty = ry + dy
-            tx = rx + dx
+            with m.If(adv):
+                if len(beats) == 1:
+                    m.d.sync += [dy.eq(dys[beats[0]][l]), dx.eq(dxs[beats[0]][l])]
+                elif beats:
+                    with m.Switch(rb):
+                        for b in beats[:-1]:
+                            with m.Case(b):
+                                m.d.sync += [dy.eq(dys[b][l]), dx.eq(dxs[b][l])]
+                        with m.Default():
+                            m.d.sync += [dy.eq(dys[beats[-1]][l]), dx.eq(dxs[beats[-1]][l])]
+
+            # Stage S -> A: in-image mask and address.
+            ty = ryS + dy
+            tx = rxS + dx
             inside = (ty >= 0) & (ty < H) & (tx >= 0) & (tx < W)
             if l < last_valid_lanes:
                 lane_ok = 1
             else:                                   # padding lane in the last beat
-                lane_ok = rb != NB - 1
-            m.d.comb += mask[l].eq(inside & lane_ok)
+                lane_ok = ~lastlaneS
+            with m.If(adv):
+                m.d.sync += maskA[l].eq(inside & lane_ok)
 
             # Address of (row slot of y+dy, x+dx, b) = centre + dy * WNB + dx * NB modulo the
             # ring. The offsets come from constant tables over every value the shift registers
@@ -318,14 +372,17 @@ class ShiftUnit(wiring.Component):
             off_y = _const_table(m, dy, {v: v * WNB for v in svals}, oshape, f"off_y{l}")
             off_x = _const_table(m, dx, {v: v * NB for v in svals}, oshape, f"off_x{l}")
             raw = Signal(signed(off_bits + 1), name=f"raw_addr{l}")
-            m.d.comb += raw.eq(centre + off_y + off_x)
+            m.d.comb += raw.eq(centreS + off_y + off_x)
             addr = Mux(raw < 0, raw + self.depth,
                        Mux(raw >= self.depth, raw - self.depth, raw))
-            m.d.comb += [rp.en.eq(adv_ok), rp.addr.eq(addr[:len(rp.addr)])]
-            m.d.comb += self.o.payload.data[l].eq(Mux(mask1[l], rp.data, 0))
+            addrA = Signal(range(self.depth), name=f"addr_a{l}", reset_less=True)
+            with m.If(adv):
+                m.d.sync += addrA.eq(addr[:len(addrA)])
 
-        with m.If(adv_ok):
-            m.d.sync += [v1.eq(issue), mask1.eq(mask),
-                         last1.eq((ry == last_y) & (rx == last_x) & (rb == NB - 1))]
-        m.d.comb += self.o.payload.last.eq(last1)
+            # Memory read (stage A -> B), then the output register (B -> C).
+            m.d.comb += [rp.en.eq(adv), rp.addr.eq(addrA)]
+            with m.If(adv):
+                m.d.sync += self.o.payload.data[l].eq(Mux(maskB[l], rp.data, 0))
+
+        m.d.comb += self.o.payload.last.eq(lastC)
         return m

@@ -68,14 +68,15 @@ def _run_requant(dut, cases, rng):
     return got
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("lanes,act_bits", [(1, 8), (3, 8), (4, 4)])
-def test_requant_matches_golden(lanes, act_bits):
-    rng, _ = make_rng(f"test_requant_matches_golden[{lanes},{act_bits}]")
+def test_requant_matches_golden(lanes, act_bits, pipelined):
+    rng, _ = make_rng(f"test_requant_matches_golden[{lanes},{act_bits},{pipelined}]")
     triples = _edge_cases(rng, 200) + _random_cases(rng, 600)
     rng.shuffle(triples)
     triples += [triples[0]] * (-len(triples) % lanes)
     cases = [triples[k:k + lanes] for k in range(0, len(triples), lanes)]
-    dut = Requant(lanes=lanes, act_bits=act_bits)
+    dut = Requant(lanes=lanes, act_bits=act_bits, pipelined=pipelined)
     got = _run_requant(dut, cases, rng)
     assert len(got) == len(cases)
     for idx, (vec, (q, tag)) in enumerate(zip(cases, got)):
@@ -85,22 +86,27 @@ def test_requant_matches_golden(lanes, act_bits):
         assert tag == idx & 1, f"vector {idx}: tag out of order"
 
 
-def test_requant_narrow_acc():
-    """A narrow accumulator (GlobalAvgPool's sums) uses the same exact arithmetic."""
-    rng, _ = make_rng("test_requant_narrow_acc")
-    acc_bits = 14
-    cases = [[(rng.randint(-(1 << 13), (1 << 13) - 1), rng.randint(1, 65535),
+@pytest.mark.parametrize("acc_bits,pipelined", [(14, False), (14, True), (16, True),
+                                               (17, True), (21, True)])
+def test_requant_narrow_acc(acc_bits, pipelined):
+    """A narrow accumulator (GlobalAvgPool's sums) uses the same exact arithmetic; the
+    pipelined variant splits the product above 16 bits (17 and 21: a 1- and 5-bit high part)."""
+    rng, _ = make_rng(f"test_requant_narrow_acc[{acc_bits},{pipelined}]")
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    cases = [[(rng.choice([rng.randint(lo, hi), lo, hi, -1, 0]), rng.randint(1, 65535),
                rng.randint(1, 47)) for _ in range(2)] for _ in range(300)]
-    dut = Requant(lanes=2, act_bits=8, acc_bits=acc_bits)
+    dut = Requant(lanes=2, act_bits=8, acc_bits=acc_bits, pipelined=pipelined)
     got = _run_requant(dut, cases, rng)
     for vec, (q, _) in zip(cases, got):
         a, mm, s = (np.array(col) for col in zip(*vec))
         assert q == golden_requant(a, mm, s, 8).tolist(), vec
 
 
-def test_requant_latency():
-    """The result appears exactly LATENCY cycles after its operands."""
-    dut = Requant(lanes=1, act_bits=8)
+@pytest.mark.parametrize("pipelined,latency", [(False, 3), (True, 5)])
+def test_requant_latency(pipelined, latency):
+    """The result appears exactly 3 (compact) or 5 (pipelined) cycles after its operands."""
+    dut = Requant(lanes=1, act_bits=8, pipelined=pipelined)
+    assert dut.latency == latency
     seen = {}
 
     async def tb(ctx):
@@ -115,7 +121,7 @@ def test_requant_latency():
             await ctx.tick()
 
     run_sim(dut, tb, deadline_cycles=100)
-    assert seen.get("cycle") == Requant.LATENCY
+    assert seen.get("cycle") == latency
     assert seen.get("q") == min(255, (1000 * 3 + 2) >> 2)
 
 
@@ -145,6 +151,8 @@ class _RequantTop(wiring.Component):
         return m
 
 
-def test_requant_lint(tmp_path):
-    ok, msg = lint_component(_RequantTop(lanes=2, act_bits=8), "requant", tmp_path)
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_requant_lint(tmp_path, pipelined):
+    ok, msg = lint_component(_RequantTop(lanes=2, act_bits=8, pipelined=pipelined),
+                             "requant", tmp_path)
     assert ok, msg
