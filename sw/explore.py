@@ -33,8 +33,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -142,15 +145,45 @@ def expand_points(boards, engines, budgets, seeds, freq_mhz=None):
 def task_env():
     """The driver's environment variables a task needs (:data:`ENV_PREFIXES`,
     :data:`ENV_NAMES`)."""
-    return {k: v for k, v in os.environ.items()
-            if k in ENV_NAMES or any(k.startswith(p) for p in ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k in ENV_NAMES or any(k.startswith(p) for p in ENV_PREFIXES)}
+    env.update(task_priority_env())
+    return env
+
+
+#: Carries the driver's scheduling priority (niceness) to the tasks (see :func:`_environment`).
+NICE_KEY = "_SHIFTACC_TASK_NICE"
+
+
+def task_priority_env():
+    """``{NICE_KEY: the driver's niceness}``, added to :func:`task_env`."""
+    try:
+        return {NICE_KEY: str(os.getpriority(os.PRIO_PROCESS, 0))}
+    except (AttributeError, OSError):
+        return {}
 
 
 @contextlib.contextmanager
 def _environment(env):
-    """Set ``env`` for the duration of one task (a Ray worker runs one task at a time)."""
-    old = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
+    """Set ``env`` for the duration of one task (a Ray worker runs one task at a time).
+
+    Ray starts its workers at niceness 15 so that its own daemons stay responsive; a build
+    task then runs Yosys/nextpnr far behind every other process of the machine, which a
+    ``shiftacc build`` by the same user would not. With ``env[NICE_KEY]`` the task takes the
+    driver's niceness for its duration (the tools inherit it) where the OS allows it (raising
+    priority needs CAP_SYS_NICE; otherwise the worker's stays).
+    """
+    env = dict(env or {})
+    nice = env.pop(NICE_KEY, None)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    old_nice = None
+    if nice is not None:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            current = os.getpriority(os.PRIO_PROCESS, 0)
+            if current != int(nice):
+                os.setpriority(os.PRIO_PROCESS, 0, int(nice))
+                old_nice = current
     try:
         yield
     finally:
@@ -159,6 +192,9 @@ def _environment(env):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        if old_nice is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, old_nice)
 
 
 def _load_model(model_bytes, folder):
@@ -179,10 +215,22 @@ def _plan_text(plan):
     return " ".join(parts)
 
 
+def _node():
+    """``hostname`` or ``hostname/ray-node-id-prefix`` inside a Ray task (two nodes of a
+    cluster may share a machine)."""
+    host = socket.gethostname()
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        with contextlib.suppress(Exception):
+            if ray.is_initialized():
+                return f"{host}/{ray.get_runtime_context().get_node_id()[:8]}"
+    return host
+
+
 def _blank_row(point, bitstream):
     row = dict.fromkeys(COLUMNS)
     row.update(key=point.key, board=point.board, engine=point.engine, budget=point.budget,
-               seed=point.seed, bitstream=bool(bitstream), host=socket.gethostname(),
+               seed=point.seed, bitstream=bool(bitstream), host=_node(),
                sim_images=0)
     return row
 
@@ -458,18 +506,34 @@ def connect(address=None, num_cpus=None):
         (exit 5) nothing answers at the address; (exit 2) a malformed address.
     """
     ray = _ray()
+    if address not in (None, "", "local", "auto"):
+        # Checked first: ray.init retries an unreachable head for minutes.
+        _reachable(address[len("ray://"):] if address.startswith("ray://") else address)
     if ray.is_initialized():
         return False
     quiet = dict(log_to_driver=False, logging_level="ERROR")
-    if address in (None, "", "local"):
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
-        return True
-    if address != "auto":
-        _reachable(address[len("ray://"):] if address.startswith("ray://") else address)
+    # ray.init installs its own SIGTERM handler (it aborts the process); the command line's
+    # (terminate -> finally blocks -> Ray shut down, rows written) is put back.
+    term = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(address=address, **quiet)
+        if address in (None, "", "local"):
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         raise ClusterUnreachable(f"cannot attach to the Ray cluster at {address}: {e}") from None
+    except Exception as e:
+        if type(e).__name__ != "AuthenticationError":
+            raise
+        # Ray >= 2.59 starts local clusters with token authentication.
+        raise ClusterUnreachable(
+            f"the Ray cluster at {address} refused this driver's token: run with "
+            f"RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token, or "
+            f"RAY_AUTH_TOKEN), as its nodes were started ({str(e).splitlines()[0][:200]})") \
+            from None
+    finally:
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
     return True
 
 
@@ -616,7 +680,7 @@ def regress_network(seed, out_dir, *, images=8, simulator="verilator", attention
     """
     t0 = time.monotonic()
     row = dict.fromkeys(REGRESS_COLUMNS)
-    row.update(seed=int(seed), host=socket.gethostname(), images=int(images))
+    row.update(seed=int(seed), host=_node(), images=int(images))
     fail_dir = Path(out_dir) / "failures" / str(seed)
     work = Path(tempfile.mkdtemp(prefix=f"shiftacc-regress-{seed}-"))
     keep = False
