@@ -428,13 +428,20 @@ def param_limits(words):
         ``{(layer, kind): (rows, lanes)}``: a word is valid when its (layer, kind) is a key,
         ``row < rows`` and ``lane < lanes``.
     """
-    from ..hw.params import decode_word
+    from ..hw.params import PARAM_LAYOUT
+    # The fields by their offsets in PARAM_LAYOUT (plain integer arithmetic: an overlay load
+    # is ~10^4 words, and decoding each through the layout takes seconds).
+    (yo, ym), (ko, km), (ro, rm), (lo, lm) = (
+        (PARAM_LAYOUT[n].offset, (1 << PARAM_LAYOUT[n].width) - 1)
+        for n in ("layer", "kind", "row", "lane"))
     limits = {}
     for w in words:
-        layer, kind, row, lane, _ = decode_word(w)
-        key = (int(layer), int(kind.value if hasattr(kind, "value") else kind))
+        w = int(w)
+        key = (w >> yo & ym, w >> ko & km)
+        row, lane = w >> ro & rm, w >> lo & lm
         rows, lanes = limits.get(key, (0, 0))
-        limits[key] = (max(rows, int(row) + 1), max(lanes, int(lane) + 1))
+        if row >= rows or lane >= lanes:
+            limits[key] = (max(rows, row + 1), max(lanes, lane + 1))
     return limits
 
 
