@@ -154,7 +154,22 @@ class BoardTop(Elaboratable):
         with m.If(count != delay):
             m.d.por += count.eq(count + 1)
         m.d.comb += por_done.eq(count == delay)
-        m.submodules.reset_sync = ResetSynchronizer(~(lock & por_done), domain="sync")
+        arst = ~(lock & por_done)
+        if self.board.family == "ecp5":
+            # The reset fans out to every flip-flop of `sync` that has one: through general
+            # routing that took ~10.5 ns on an 85F, a whole 100 MHz period. nextpnr-ecp5
+            # promotes only clocks to the global network by itself, so the synchronised reset
+            # goes through a DCCA global buffer (nextpnr routes a DCCA's output on a global
+            # and from there into each tile's LSR). The synchroniser runs in its own domain on
+            # the same clock, so its output is a wire to hand to the buffer.
+            m.domains.reset_src = cd_rst = ClockDomain("reset_src")
+            m.d.comb += cd_rst.clk.eq(clk)
+            m.submodules.reset_sync = ResetSynchronizer(arst, domain="reset_src")
+            m.submodules.reset_gbuf = Instance("DCCA", i_CLKI=cd_rst.rst, i_CE=Const(1, 1),
+                                               o_CLKO=cd_sync.rst)
+        else:
+            # (nextpnr-ice40 promotes a high-fanout reset to a global buffer itself.)
+            m.submodules.reset_sync = ResetSynchronizer(arst, domain="sync")
 
         m.submodules.link = link = self.link
         uart = platform.request(self.board.uart, 0, dir="-")
