@@ -517,11 +517,20 @@ def connect(address=None, num_cpus=None):
     term = signal.getsignal(signal.SIGTERM)
     try:
         if address in (None, "", "local"):
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+            # "local": a new private instance even when `ray start` runs on this machine
+            # (without an address ray.init would attach to that cluster instead).
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     include_dashboard=False, **quiet)
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
-        raise ClusterUnreachable(f"cannot attach to the Ray cluster at {address}: {e}") from None
+        hint = ""
+        if address != "auto" and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = ("; it answers on its port, so it may require token authentication (Ray "
+                    ">= 2.59 turns it on for local clusters): run with RAY_AUTH_MODE=token and "
+                    "its token (~/.ray/auth_token or RAY_AUTH_TOKEN), as its nodes were started")
+        raise ClusterUnreachable(f"cannot attach to the Ray cluster at {address}: "
+                                 f"{str(e).splitlines()[0][:200]}{hint}") from None
     except Exception as e:
         if type(e).__name__ != "AuthenticationError":
             raise

@@ -33,7 +33,7 @@ DEADLINE_S = 900
 def ray_local():
     """One embedded Ray of 2 CPUs for the module; the commands reuse it (and leave it up)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
     yield
     ray.shutdown()
