@@ -9,8 +9,8 @@ One line of ``W_out`` partial maxima per channel, **banked by lane** (one memory
 ``W_out * NB`` words at address ``(x // 2) * NB + b``). Each window position is visited by four
 input beats in raster order; the first stores its value, the next two store the running
 maximum, the fourth emits the maximum of the window. A two-stage pipeline (address + memory
-read → combine) keeps one input beat per cycle: the bank is read in the cycle a beat is
-accepted and combined with it in the next. The read port is transparent to the write port
+read → combine, then an output register) keeps one input beat per cycle: the bank is read in
+the cycle a beat is accepted and combined with it in the next. The read port is transparent to the write port
 because a window's next beat can arrive in the very cycle its previous partial maximum is
 written (``NB == 1``, or ``W == 2`` across rows).
 """
@@ -143,8 +143,12 @@ class MaxPool2(wiring.Component):
         addr2 = Signal(range(depth), name="addr2")
         last2 = Signal()
         beat2 = Signal(self.i.payload.data.shape())
-        # An emitting beat waits for the output; every other beat completes at once.
-        done2 = ~v2 | (step2 != _Step.EMIT) | self.o.ready
+        # Output register (timing: the pooled maximum is formed from a memory read and a
+        # compare; registered here, it does not run on into the next block's FIFO).
+        ov = self.o.valid
+        o_free = ~ov | self.o.ready
+        # An emitting beat waits for the output register; every other beat completes at once.
+        done2 = ~v2 | (step2 != _Step.EMIT) | o_free
         m.d.comb += self.i.ready.eq(done2)
         with m.If(done2):
             m.d.sync += [v2.eq(self.i.valid), step2.eq(step), addr2.eq(addr[:len(addr2)]),
@@ -163,7 +167,9 @@ class MaxPool2(wiring.Component):
             # The read data belongs to the beat in stage 2 as long as stage 2 holds it.
             m.d.comb += [rp.en.eq(done2), rp.addr.eq(addr[:len(rp.addr)]),
                          wp.en.eq(write), wp.addr.eq(addr2),
-                         wp.data.eq(Mux(step2 == _Step.STORE, new, best)),
-                         self.o.payload.data[l].eq(best)]
-        m.d.comb += [self.o.valid.eq(v2 & (step2 == _Step.EMIT)), self.o.payload.last.eq(last2)]
+                         wp.data.eq(Mux(step2 == _Step.STORE, new, best))]
+            with m.If(o_free):
+                m.d.sync += self.o.payload.data[l].eq(best)
+        with m.If(o_free):
+            m.d.sync += [ov.eq(v2 & (step2 == _Step.EMIT)), self.o.payload.last.eq(last2)]
         return m
