@@ -228,13 +228,21 @@ class Table:
     title: str
     header: list
     rows: list
+    #: Tables longer than this are folded (``<details>``) in the page.
+    FOLD = 16
 
     def to_html(self):
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in self.header)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_num(c))}</td>" for c in r)
                        + "</tr>" for r in self.rows)
-        return (f"<table><caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr>"
-                f"</thead><tbody>{body}</tbody></table>")
+        table = (f"<table><caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr>"
+                 f"</thead><tbody>{body}</tbody></table>")
+        if len(self.rows) <= self.FOLD:
+            return table
+        # Long tables (60 epochs, a 100-network regression) fold away (HTML only, no
+        # script); the numbers stay in the page and in report.json.
+        return (f"<details><summary>{html.escape(self.title)}: {len(self.rows)} rows"
+                f"</summary>{table}</details>")
 
     def to_dict(self):
         return {"title": self.title, "header": list(self.header), "rows": self.rows}
@@ -319,6 +327,9 @@ def _model_sections(w, src, prefix):
             if "phase" in hist:
                 for ph, lo, hi in _phase_spans(ep, hist["phase"]):
                     ax.axvspan(lo, hi, color=_PHASE_COLOR.get(ph, "#eeeeee"), lw=0)
+                    if ax is a1:  # named once; the accuracy plot has the same colours
+                        ax.text((lo + hi) / 2, 0.98, ph, ha="center", va="top", fontsize=7,
+                                color="#555", transform=ax.get_xaxis_transform())
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         if "loss" in hist:
@@ -334,13 +345,13 @@ def _model_sections(w, src, prefix):
             if _is_num(prov.get(key)):
                 a2.axhline(prov[key], ls=ls, color="k", lw=1, label=f"{lab} {prov[key]:.4f}")
         a2.set_ylabel("accuracy")
-        a2.set_title("accuracy (background: search / hard / qat phases)")
+        a2.set_title("accuracy")
         a2.legend(fontsize=7, loc="lower right")
         sec.plots.append(w.save(fig, f"{prefix}-training", "training loss and accuracy per epoch"))
         cols = [k for k in ("epoch", "phase", "loss", "train_accuracy", "val_accuracy",
                             "images_per_second") if k in hist]
-        sec.tables.append(Table("per epoch", cols, [[hist[k][i] for k in cols]
-                                                    for i in range(len(ep))]))
+        sec.tables.append(Table("per epoch", [c.replace("_", " ") for c in cols],
+                                [[hist[k][i] for k in cols] for i in range(len(ep))]))
     keys = [k for k in ("dataset", "method", "preset", "epochs", "seed", "float_accuracy",
                         "qat_accuracy", "int_accuracy", "val_accuracy", "train_seconds")
             if k in prov]
@@ -910,7 +921,7 @@ def write_report(inputs, out, *, force=False, config=None, title=None, say=print
         for s in inputs:
             counts[s.kind] = counts.get(s.kind, 0) + 1
             if not s.label:
-                s.label = s.data.name if s.kind == "model" else (
+                s.label = f"{s.data.name} ({s.path.name})" if s.kind == "model" else (
                     f"{s.path.parent.name}/{s.path.name}"
                     if s.path.name in ("build_report.json", "results.json") else s.path.name)
             s.config = config

@@ -150,7 +150,7 @@ def test_report_of_everything(models, full):
     assert all(x > 0 for x in hist["loss"] + hist["images_per_second"])
     t = tables["per epoch@m1-training"]
     assert [r[t["header"].index("loss")] for r in t["rows"]] == hist["loss"]
-    assert [r[t["header"].index("val_accuracy")] for r in t["rows"]] == hist["val_accuracy"]
+    assert [r[t["header"].index("val accuracy")] for r in t["rows"]] == hist["val_accuracy"]
     # Plan: cycles per stage, and the ideal = MACs / multipliers computed here.
     from shiftacc.hw.plan import plan_network
     plan = plan_network(model)
