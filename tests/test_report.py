@@ -268,6 +268,16 @@ def test_odd_values_are_drawn_around_not_crashed_on(models, tmp_path):
     assert "no training history in this artifact" in page and "fast" in page
 
 
+def test_without_matplotlib_exit_3_and_nothing_written(tmp_path, monkeypatch, capsys):
+    import sys
+    _build_report(tmp_path / "b", "ulx3s-25f", 1, 40.0, 35.0, 100, 1)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib fails
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "b"), "--out", str(out)]) == 3
+    assert "pip install 'shiftacc[report]'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 @pytest.mark.parametrize("case", ["missing", "json", "empty_dir", "fake_npz", "text",
                                   "foreign_out", "out_is_input", "regress_json"])
 def test_bad_input_is_exit_2_in_words(case, tmp_path, models, capsys):
