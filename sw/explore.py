@@ -489,6 +489,29 @@ def _reachable(hostport, timeout=3.0):
                           f"to run on this machine") from None
 
 
+def _start_embedded(ray, num_cpus, quiet, attempts=2):
+    """A private Ray instance on this machine; a start that times out (a machine so loaded
+    that the raylet misses Ray's start-up deadline) is tried once more, then reported."""
+    for attempt in range(attempts):
+        try:
+            # "local": a new private instance even when `ray start` runs on this machine
+            # (without an address ray.init would attach to that cluster instead).
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     include_dashboard=False, **quiet)
+            return
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt + 1 == attempts:
+                raise ClusterUnreachable(
+                    f"Ray did not start on this machine ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); retry when the machine is less busy, "
+                    f"attach to a running cluster with --address, or run without Ray "
+                    f"(--serial)") from None
+
+
 def connect(address=None, num_cpus=None):
     """Attach to Ray: embedded (``address`` None: a private instance of ``num_cpus`` CPUs,
     quiet, no dashboard), ``auto`` (the cluster this machine belongs to), ``HOST:PORT`` (a
@@ -517,10 +540,7 @@ def connect(address=None, num_cpus=None):
     term = signal.getsignal(signal.SIGTERM)
     try:
         if address in (None, "", "local"):
-            # "local": a new private instance even when `ray start` runs on this machine
-            # (without an address ray.init would attach to that cluster instead).
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                     include_dashboard=False, **quiet)
+            _start_embedded(ray, num_cpus, quiet)
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
