@@ -274,11 +274,7 @@ def cmd_sim(args):
     if args.workdir:
         check_output_dir(args.workdir, what="--workdir")
     if getattr(args, "engine", "dataflow") == "overlay":
-        # The cocotb harness of sim/runner.py drives the dataflow Accelerator's ports from a
-        # dataflow plan; the overlay runs behind the link (serve + run) this release.
-        raise UsageError("shiftacc sim simulates the dataflow accelerator only; simulate the "
-                         "overlay engine with 'shiftacc serve MODEL.npz --engine overlay' and "
-                         "'shiftacc run MODEL.npz --port socket://127.0.0.1:8765 ...'")
+        return _sim_overlay(args)
     model, cfg, plan = _load(args)
     images, labels = hardware_images(args, model)
     from ..sim.runner import simulate
@@ -343,6 +339,123 @@ def cmd_sim(args):
         raise Mismatch(f"{out['golden_mismatches']} of {len(images)} images differ from the "
                        f"golden model (first: image {fm['image']}){where}; run folder "
                        f"{out['workdir']}")
+    return 0
+
+
+def _sim_overlay(args):
+    """``sim --engine overlay``: the overlay engine simulated behind the host link.
+
+    The cocotb harness of :mod:`shiftacc.sim.runner` drives the dataflow accelerator's ports
+    from a dataflow plan, so the overlay runs as the device ``serve`` simulates
+    (:class:`~shiftacc.hw.board.LinkTop` with the ``OverlayEngine``, byte streams, no UART)
+    and the driver loads and streams the images over ``socket://`` in this process: every
+    logit is the gateware's, compared with the golden model. Cycles per image are the
+    device's STATUS cycle counter over the batch (images back to back through the link) next
+    to the engine's cycle model.
+
+    Raises
+    ------
+    UsageError
+        ``--protocol``, ``--stall-level`` or ``--waves`` (options of the dataflow harness).
+    Mismatch
+        Some logit differs (after the JSON is written).
+    """
+    unsupported = [opt for opt, on in (("--protocol", args.protocol),
+                                       ("--stall-level", args.stall_level),
+                                       ("--waves", args.waves)) if on]
+    if unsupported:
+        raise UsageError(f"{', '.join(unsupported)}: options of the dataflow harness; "
+                         f"--engine overlay simulates the engine behind the host link "
+                         f"(images back to back, no stalls, no waveform)")
+    import socket
+    import threading
+    import time
+    from ..models import golden
+    from ..sim.serve import serve
+    from .device import Device
+    model, _, plan = _load(args)
+    images, labels = hardware_images(args, model)
+    say = _say(args)
+    ready, box = threading.Event(), {}
+
+    def on_ready(host, port):
+        box["addr"] = (host, port)
+        ready.set()
+
+    def run_server():
+        try:
+            serve(model, plan=plan, port=0, simulator=args.simulator, uart=False,
+                  max_clients=1, workdir=args.workdir, on_ready=on_ready, log=say)
+        except BaseException as e:   # noqa: BLE001 (re-raised in the main thread)
+            box["error"] = e
+        finally:
+            ready.set()
+
+    server = threading.Thread(target=run_server, name="shiftacc-sim-overlay", daemon=True)
+    server.start()
+    connected = False
+    try:
+        while not ready.wait(1.0):
+            pass
+        if "error" in box:
+            raise box["error"]
+        url = "socket://{}:{}".format(*box["addr"])
+        t0 = time.perf_counter()
+        with Device.open(url, timeout=30.0) as dev:
+            connected = True
+            ident = dev.identify()
+            dev.load(model, progress=progress_wanted(args))
+            before = dev.status()
+            logits = dev.infer(images, progress=progress_wanted(args))
+            after = dev.status()
+        wall = time.perf_counter() - t0
+    finally:
+        if not connected and "addr" in box:
+            # serve stops after one client: be that client, so the simulator ends.
+            try:
+                socket.create_connection(box["addr"], timeout=5).close()
+            except OSError:
+                pass
+        server.join(120)
+    if "error" in box:
+        raise box["error"]
+    expected = golden.run(model, images)
+    logits = np.asarray(logits, np.int64)
+    diff = np.nonzero(np.any(logits != expected, axis=1))[0]
+    cycles = int(after["cycles"] - before["cycles"])
+    try:
+        predicted = plan.cycles_per_image()
+    except NotImplementedError:
+        predicted = None
+    mults = plan.cost().multiplier_count
+    out = {"logits": logits.tolist(), "golden_mismatches": int(len(diff)),
+           "images": int(len(images)), "engine": "overlay", "simulator": args.simulator,
+           "test": "link", "design_id": f"{ident.design_id:016x}",
+           "cycles_per_image": cycles / len(images), "predicted_cycles_per_image": predicted,
+           "ideal_cycles_per_image": plan.macs_per_image / mults,
+           "multipliers": mults, "macs_per_image": int(plan.macs_per_image),
+           "mac_efficiency": plan.macs_per_image * len(images) / (mults * cycles)
+           if cycles else None,
+           "sim_cycles": cycles, "sim_wall_seconds": wall}
+    if labels is not None:
+        out["accuracy"] = float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
+    if len(diff):
+        k = int(diff[0])
+        out["first_mismatch"] = {"image": k, "hardware": logits[k].tolist(),
+                                 "golden": expected[k].tolist()}
+    print(f"[sim] {len(images)} images on {args.simulator} (overlay engine behind the link): "
+          f"{len(diff)} mismatching images vs golden")
+    print(f"[sim] cycles/image measured {out['cycles_per_image']:.1f} (device clock, images "
+          f"back to back through the link), engine model {predicted}, ideal "
+          f"{out['ideal_cycles_per_image']:.1f}; MAC efficiency {out['mac_efficiency']:.3f} "
+          f"({mults} multipliers)")
+    if "accuracy" in out:
+        print(f"[sim] accuracy {out['accuracy']:.4f}")
+    if args.json:
+        write_atomic(args.json, json.dumps(out))
+    if len(diff):
+        raise Mismatch(f"{len(diff)} of {len(images)} images differ from the golden model "
+                       f"(first: image {int(diff[0])})")
     return 0
 
 

@@ -264,8 +264,9 @@ def test_cli_engine_combinations(np_rng, tmp_path, monkeypatch, capsys):
         (["serve", str(path), "--engine", "overlay", "--overlay-config", str(ov),
           "--port", "0"], "the model does not fit the overlay engine: input: the image 8x8x1 needs "
                           "8*8*2/2 = 64 words per bank, over fm_words = 32"),
-        (["sim", str(path), "--engine", "overlay", "--images", str(tmp_path / "x.npy")],
-         "shiftacc sim simulates the dataflow accelerator only"),
+        (["sim", str(path), "--engine", "overlay", "--images", str(tmp_path / "x.npy"),
+          "--protocol", "--stall-level", "3"],
+         "--protocol, --stall-level: options of the dataflow harness"),
     ]
     for argv, words in cases:
         assert main(argv) == EXIT_USAGE, argv
@@ -312,3 +313,69 @@ def test_link_top_builds_the_overlay_engine(np_rng):
     assert isinstance(top.accelerator, OverlayEngine)
     assert top.engine.images.payload.data.shape().elem_shape.width == 4
     Simulator(top)    # elaborates the whole top (a port mismatch fails here)
+
+
+_SERVE = """
+import argparse, sys
+from shiftacc.sw import cli
+from shiftacc.sw.choices import add_engine_args
+original = cli.build_parser
+def build():
+    parser = original()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "--engine" not in sub.choices["serve"]._option_string_actions:
+        add_engine_args(sub.choices["serve"])
+    return parser
+cli.build_parser = build
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_serve_overlay_runs_two_topologies(tmp_path):
+    """``shiftacc serve --engine overlay`` (Verilator: LinkTop + OverlayEngine) and the driver
+    over socket://: two models of one I/O, other topologies, exact on the same server."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    rng = np.random.default_rng(20261123)
+    a = _net(rng, size=(5, 6), blocks=1, max_width=8)
+    b = _net(rng, size=(5, 6), blocks=2, max_width=8)
+    save_artifact(tmp_path / "a.npz", a)
+    cfg = {"lanes": 4, "fm_words": 256, "weight_rows": 64, "channel_rows": 32,
+           "gather_rows": 32, "max_passes": 5}
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", str(tmp_path / "a.npz"),
+                             "--port", "0", "-q", "--engine", "overlay", "--overlay-config",
+                             json.dumps(cfg)], stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True)
+    try:
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("line", proc.stdout.readline()),
+                             daemon=True)
+        t.start()
+        t.join(900)
+        m = re.search(r"socket://[0-9.]+:\d+", box.get("line", ""))
+        assert m, f"serve did not announce its socket: {box.get('line')!r}; see {log.name}"
+        images = _images(rng, a, 30)
+        with Device.open(m.group(0), timeout=20.0) as dev:
+            ident = dev.identify()
+            assert ident.engine == "overlay"
+            assert ident.design_id == P.design_id(P.descriptor(b, compile_overlay(
+                b, OverlayConfig(**cfg))))
+            for model in (a, b):
+                dev.load(model)
+                np.testing.assert_array_equal(dev.infer(images), golden.run(model, images))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                import os
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        proc.stdout.close()
+        log.close()
