@@ -168,10 +168,14 @@ def overlay_param_words(plan):
     """
     from .params import OVERLAY_LAYER
     f = _word_fields()
-    (ko, km), (ro, rm), (lo, lm), (do, dm) = f["kind"], f["row"], f["lane"], f["data"]
+    (yo, ym), (ko, km), (ro, rm), (lo, lm), (do, dm) = (
+        f["layer"], f["kind"], f["row"], f["lane"], f["data"])
     given = {}
     for w in plan.param_words():
         w = int(w)
+        if w >> yo & ym != OVERLAY_LAYER:
+            raise ValueError(f"overlay parameter word {w:#x} has layer {w >> yo & ym}, not "
+                             f"{OVERLAY_LAYER:#x}")
         given[(w >> ko & km, w >> ro & rm, w >> lo & lm)] = w >> do & dm
     base = OVERLAY_LAYER << f["layer"][0]
     words, used = [], 0
