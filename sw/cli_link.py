@@ -80,8 +80,8 @@ def cmd_serve(args):
               f"design id {protocol.design_id(desc):016x}); Ctrl-C stops", flush=True)
 
     serve(model, config=cfg, plan=plan, host=args.host, port=args.port,
-          simulator=args.simulator, uart=args.uart, clock_hz=args.clock_hz, baud=args.baud, on_ready=on_ready, log=say,
-          max_clients=args.max_clients)
+          simulator=args.simulator, uart=args.uart, clock_hz=args.clock_hz, baud=args.baud,
+          on_ready=on_ready, log=say, max_clients=args.max_clients)
     print(f"served {args.max_clients} client session(s); stopped", flush=True)
     return 0
 

@@ -71,8 +71,8 @@ __all__ = ["LINK_VERSION", "SYNC", "REPLY", "NAK", "Command", "Reason", "REASON_
            "LOGIT_BYTES", "header_crc", "frame_crc", "encode_frame", "Frame", "Dropped",
            "FrameParser", "layout_bytes", "layout_from_bytes", "length_ok", "param_limits",
            "param_word_bytes", "topology", "descriptor", "design_id", "descriptor_blob",
-           "parse_descriptor_blob", "topology_differences", "ENGINES", "plan_engine", "descriptor_engine",
-           "overlay_io", "io_differences"]
+           "parse_descriptor_blob", "topology_differences", "ENGINES", "plan_engine",
+           "descriptor_engine", "overlay_io", "io_differences"]
 
 #: Version of this protocol; part of every design id.
 LINK_VERSION = 1

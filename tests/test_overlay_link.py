@@ -262,8 +262,9 @@ def test_cli_engine_combinations(np_rng, tmp_path, monkeypatch, capsys):
         (["generate", str(path), "--out", str(tmp_path / "g"), "--engine", "overlay",
           "--overlay-config", "{lanes"], "--overlay-config is not valid JSON"),
         (["serve", str(path), "--engine", "overlay", "--overlay-config", str(ov),
-          "--port", "0"], "the model does not fit the overlay engine: input: the image 8x8x1 needs "
-                          "8*8*2/2 = 64 words per bank, over fm_words = 32"),
+          "--port", "0"],
+         "the model does not fit the overlay engine: input: the image 8x8x1 needs "
+         "8*8*2/2 = 64 words per bank, over fm_words = 32"),
         (["sim", str(path), "--engine", "overlay", "--images", str(tmp_path / "x.npy"),
           "--protocol", "--stall-level", "3"],
          "--protocol, --stall-level: options of the dataflow harness"),
