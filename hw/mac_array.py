@@ -440,10 +440,13 @@ class MacArray(wiring.Component):
         psum_bits = self.prod_bits + ceil_log2(p_in)
         psums = [Signal(signed(psum_bits), name=f"psum{o}") for o in range(p_out)]
         for o in range(p_out):
-            total = prods[o][0]
-            for k in range(1, p_in):
-                total = total + prods[o][k]
-            m.d.sync += psums[o].eq(total)
+            # A balanced adder tree (ceil(log2(p_in)) carry chains deep), not a chain of
+            # p_in - 1 adders: Yosys keeps the association it is given.
+            terms = list(prods[o])
+            while len(terms) > 1:
+                terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
+                         for k in range(0, len(terms), 2)]
+            m.d.sync += psums[o].eq(terms[0])
         v3, first3, lastf3, last3 = Signal(), Signal(), Signal(), Signal()
         j3 = _index(nbo, "j3")
         m.d.sync += [v3.eq(v2), first3.eq(first2), lastf3.eq(lastf2), last3.eq(last2), j3.eq(j2)]
