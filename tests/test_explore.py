@@ -241,3 +241,16 @@ def test_real_builds(tiny, tmp_path, ray_local):
         assert r["images_per_second"] == pytest.approx(r["fmax_mhz"] * 1e6
                                                        / r["cycles_per_image"])
     assert sum(r["status"] == "ok" for r in rows.values()) >= 2
+
+
+def test_pareto_front():
+    """The front keeps exactly the rows no other row beats (hand-made rows)."""
+    def row(key, lut, dsp, ips, status="ok"):
+        return {"key": key, "status": status, "LUT_used": lut, "DSP_used": dsp,
+                "images_per_second": ips}
+    rows = [row("a", 100, 4, 10.0), row("b", 200, 8, 20.0), row("c", 150, 2, 5.0),
+            row("d", 100, 9, 8.0), row("e", 50, 1, 99.0, "refused"), row("f", 300, 8, 20.0),
+            row("g", 90, 3, None)]
+    assert [r["key"] for r in ex.pareto(rows, "LUT")] == ["a", "b"]
+    # b and f tie (same DSP, same images/s): neither beats the other, both stay.
+    assert [r["key"] for r in ex.pareto(rows, "DSP")] == ["c", "a", "b", "f"]
