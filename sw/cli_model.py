@@ -353,7 +353,13 @@ def describe(model):
         for (dy, dx), n in sorted(hist.items()):
             lines.append(f"  ({dy:+d},{dx:+d}): {n}")
     if model.provenance:
-        lines.append("provenance: " + json.dumps(model.provenance, sort_keys=True))
+        prov = dict(model.provenance)
+        # The per-epoch training history is for `shiftacc report`; one line says it is there.
+        hist = prov.pop("history", None)
+        lines.append("provenance: " + json.dumps(prov, sort_keys=True))
+        if isinstance(hist, dict) and isinstance(hist.get("epoch"), list):
+            lines.append(f"training history: {len(hist['epoch'])} epochs (plots: shiftacc "
+                         f"report)")
     return lines
 
 

@@ -193,6 +193,7 @@ def _train_threads(threads, method):
     manifest, arrays = to_manifest_and_arrays(model)
     for key in ("train_seconds", "wall_seconds", "images_per_second"):
         manifest["provenance"].pop(key)  # timings: the one legitimate difference
+    manifest["provenance"]["history"].pop("images_per_second")  # per-epoch timings too
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return manifest, arrays, state
 
