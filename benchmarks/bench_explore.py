@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args()
     boards = [find_board(b).name for b in parse_list(args.boards, "--boards")]
+    if args.no_bitstream:
+        args.seeds = 1  # nextpnr does not run: seeds make no difference
     points = ex.expand_points(boards, ["dataflow"], parse_list(args.budgets, "--budgets", int),
                               range(1, args.seeds + 1), args.freq)
     out = Path(args.out)
