@@ -187,8 +187,9 @@ def overlay_engine_cost(config, cycles=0):
 
 
 #: Entries of the logits queue (registers): the raw drain takes a step only with room for
-#: it, and a step reaches the queue 2 cycles later, so 6 never holds an always-ready consumer.
-LOGITS_QUEUE = 6
+#: it; a step is in the queue 2 cycles later and taken the cycle after, so at most 3 steps
+#: are outstanding when the next one is decided and 4 never holds an always-ready consumer.
+LOGITS_QUEUE = 4
 
 
 class OverlayEngine(wiring.Component):
@@ -389,7 +390,7 @@ class OverlayEngine(wiring.Component):
         pix = Signal(aw)
         rowb = Signal(aw)
 
-        # logits queue (registers: a block RAM FIFO would cost 3 EBRs for 6 words)
+        # logits queue (registers: a block RAM FIFO would cost 3 EBRs for 4 words)
         LQ = self.fifo_depth
         lq = Array(Signal(33, name=f"lq{j}") for j in range(LQ))
         lq_w = Signal(range(LQ))
