@@ -39,8 +39,16 @@ What is counted, and how (an approximation, stated here once):
 * **SPRAM** (iCE40 UP5K ``SB_SPRAM256KA``): single-port, so the dataflow engine's memories
   (each written and read in the same cycle) cannot use it; reported as unused. The overlay
   engine (issue #10) is the design that puts feature maps there.
-* **LUTs** are not modelled before synthesis: the report lists the part's LUTs and, on
-  ECP5, the LUT-RAM cells the memories take; ``shiftacc build`` reports the real figure.
+* **Logic cells** (iCE40 ``ICESTORM_LC``, ECP5 ``TRELLIS_COMB``: the LUT figure nextpnr
+  reports and fails on): estimated by :func:`hw.lut_model.estimate_logic`, per block kind a
+  linear model in the plan's features calibrated against Yosys + nextpnr
+  (``benchmarks/calibrate_luts.py`` → ``hw/lut_model.json``, which states each kind's worst
+  relative error), for the accelerator (stages and FIFOs) plus the link engine and UART PHY.
+  Checked against :attr:`Device.logic_cells` (the data sheet's LUT count where nextpnr's
+  exact figure is not known). An estimate, not a count: ``shiftacc build`` reports the real
+  figure. Families without a calibration (Xilinx 7, Cyclone V) take the ECP5 LUT4 figure,
+  an upper bound for LUT6/ALM parts. Overlay plans (``plan.engine == "overlay"``) are not
+  modelled here: their logic is left unchecked (``used`` None).
 """
 
 from __future__ import annotations
@@ -53,8 +61,9 @@ from .resources import FAMILY_CELL, MemorySpec
 
 __all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
            "MemoryPlacement", "memory_usage", "link_memories", "device_usage",
-           "plan_for_device", "plan_dsp", "fit_decisions", "fit_report_text", "OVERLAY_HINT",
-           "YOSYS_CROSS_CHECK", "LINK_YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD"]
+           "plan_for_device", "check_plan", "plan_dsp", "fit_decisions", "fit_report_text",
+           "OVERLAY_HINT", "YOSYS_CROSS_CHECK", "LINK_YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD",
+           "LOGIC_CELL"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -133,6 +142,9 @@ class Device:
         Key of :data:`FAMILIES`.
     luts : int
         Logic LUTs (LUT4 on Lattice, LUT6 on Xilinx, ALMs on Cyclone V).
+    logic_cells : int, optional
+        The logic figure nextpnr places into (iCE40 ``ICESTORM_LC``, ECP5 ``TRELLIS_COMB``)
+        where known exactly; defaults to ``luts``. The LUT estimate is checked against it.
     dsp : int
         DSP blocks (``dsp_cell``).
     dsp_cell : str
@@ -160,6 +172,13 @@ class Device:
     clock_mhz: float = 100.0
     notes: str = ""
     aliases: tuple = ()
+    logic_cells: int | None = None
+
+    def __post_init__(self):
+        # The logic figure the LUT estimate is checked against: nextpnr's exact count where
+        # it is given, else the data sheet's LUTs.
+        if self.logic_cells is None:
+            object.__setattr__(self, "logic_cells", self.luts)
 
     @property
     def family_spec(self):
@@ -174,10 +193,13 @@ _LATTICE_ECP5 = ("Lattice ECP5 family data sheet (FPGA-DS-02012), table 1.1; LUT
                  "data sheet's rounded K figures (exact LUT4 counts differ by <1%)")
 
 
-def _ecp5(name, luts, mults, ebr, aliases):
+def _ecp5(name, luts, mults, ebr, aliases, logic_cells=None):
     return Device(name, "ecp5", luts, mults, "MULT18X18D", ebr, 18 * 1024, clock_mhz=100.0,
                   notes=_LATTICE_ECP5 + "; the LFE5UM/LFE5UM5G (SERDES) parts of the same "
-                                        "size share these figures", aliases=aliases)
+                                        "size share these figures"
+                        + (f"; {logic_cells} TRELLIS_COMB as nextpnr counts them"
+                           if logic_cells else ""),
+                  aliases=aliases, logic_cells=logic_cells)
 
 
 DEVICES = {d.name.lower(): d for d in [
@@ -192,11 +214,11 @@ DEVICES = {d.name.lower(): d for d in [
                  "DSP-mapped multiplier does not fit"),
     _ecp5("LFE5U-12F", 12_000, 28, 32, ("12f", "ecp5-12f", "lfe5u-12")),
     _ecp5("LFE5U-25F", 24_000, 28, 56, ("25f", "ecp5-25f", "lfe5u-25",
-                                          "lfe5um-25f", "lfe5um5g-25f")),
+                                          "lfe5um-25f", "lfe5um5g-25f"), 24_288),
     _ecp5("LFE5U-45F", 44_000, 72, 108, ("45f", "ecp5-45f", "lfe5u-45",
                                           "lfe5um-45f", "lfe5um5g-45f")),
     _ecp5("LFE5U-85F", 84_000, 156, 208, ("85f", "ecp5-85f", "lfe5u-85",
-                                          "lfe5um-85f", "lfe5um5g-85f")),
+                                          "lfe5um-85f", "lfe5um5g-85f"), 83_640),
     Device("iCE40LP8K", "ice40", 7680, 0, "SB_MAC16", 32, 4096, clock_mhz=50.0,
            aliases=("lp8k",), notes="as the iCE40HX8K (low-power die): 7680 LUT4, 32 EBR"),
     Device("iCE40HX4K", "ice40", 3520, 0, "SB_MAC16", 20, 4096, clock_mhz=50.0,
@@ -428,27 +450,72 @@ def _limit(available, headroom):
     return math.floor(available * (1 - headroom) + 1e-9)
 
 
-def device_usage(model, plan, device, *, headroom=0.1, link=True, link_kw=None):
+#: The logic figure of each family, as nextpnr names it (what the LUT estimate counts).
+LOGIC_CELL = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB", "xilinx7": "LUT6",
+              "cyclonev": "ALM"}
+
+
+def _logic_usage(model, plan, device, headroom, link, link_kw, link_mems=None):
+    """The ``luts`` entry of :func:`device_usage`: the estimate of :mod:`hw.lut_model`."""
+    from .lut_model import LutModelError, estimate_logic
+    out = {"cell": LOGIC_CELL.get(device.family, "LUT"), "used": None,
+           "available": device.logic_cells, "limit": _limit(device.logic_cells, headroom),
+           "accelerator": None, "link": None, "estimated": True, "error": None}
+    if getattr(plan, "engine", "dataflow") != "dataflow":
+        return out                      # the overlay engine: not this model's (module doc)
+    try:
+        est = estimate_logic(model, plan, device.family, link_kw, link=link,
+                             link_mems=link_mems)
+    except LutModelError:
+        return out
+    out.update(used=est["total"], accelerator=est["accelerator"],
+               link=est["link"] if link else None, error=est["error"])
+    return out
+
+
+def device_usage(model, plan, device, *, headroom=0.1, link=True, link_kw=None, lut=True):
     """What ``plan`` (and, with ``link``, the board's link engine) takes of ``device``.
+
+    Parameters
+    ----------
+    model, plan, device
+    headroom : float
+    link : bool
+        Count the link engine (and, for logic, the UART PHY).
+    link_kw : dict, optional
+        :func:`link_memories` keywords.
+    lut : bool
+        Estimate the logic cells (:func:`hw.lut_model.estimate_logic`); False leaves
+        ``luts["used"]`` None (not checked), the behaviour before the LUT model.
 
     Returns
     -------
     dict
         ``{"dsp": {...}, "ram_blocks": {...}, "lutram_cells": int, "logic_bits": int,
         "spram": {...}, "luts": {...}}``; each resource dict has ``used``, ``available`` and
-        ``limit`` (the most ``headroom`` allows) and, for RAM, the ``accelerator`` and
-        ``link`` shares.
+        ``limit`` (the most ``headroom`` allows) and, for RAM and LUTs, the ``accelerator``
+        and ``link`` shares. ``luts`` is the estimate of the logic cells (``cell``: nextpnr's
+        name of them; ``available``: :attr:`Device.logic_cells`; ``error``: the calibration's
+        worst relative error over the block kinds in the estimate), ``used`` None when not
+        estimated.
     """
     device = get_device(device)
     fam = device.family
     acc = memory_usage(plan.memories(), fam)
-    lnk = None
+    lnk = link_mems = None
+    kw = dict(link_kw or {})
+    kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
     if link:
-        kw = dict(link_kw or {})
-        kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
-        lnk = memory_usage(link_memories(model, plan, **kw), fam, roms=LINK_ROMS)
+        link_mems = link_memories(model, plan, **kw)
+        lnk = memory_usage(link_mems, fam, roms=LINK_ROMS)
     dsp = plan_dsp(plan, fam)
     ram = acc["blocks"] + (lnk["blocks"] if lnk else 0)
+    if lut:
+        luts = _logic_usage(model, plan, device, headroom, link, kw, link_mems)
+    else:
+        luts = {"cell": LOGIC_CELL.get(fam, "LUT"), "used": None,
+                "available": device.logic_cells, "limit": _limit(device.logic_cells, headroom),
+                "accelerator": None, "link": None, "estimated": True, "error": None}
     return {
         "dsp": {"cell": device.dsp_cell, "used": dsp, "available": device.dsp,
                 "limit": _limit(device.dsp, headroom)},
@@ -460,14 +527,15 @@ def device_usage(model, plan, device, *, headroom=0.1, link=True, link_kw=None):
         "lutram_cells": acc["lutram_cells"] + (lnk["lutram_cells"] if lnk else 0),
         "logic_bits": acc["logic_bits"] + (lnk["logic_bits"] if lnk else 0),
         "spram": {"used": 0, "available": device.spram[0]},
-        "luts": {"used": None, "available": device.luts},
+        "luts": luts,
     }
 
 
 def _over(usage):
-    """[(resource, used, limit)] for every resource over its limit."""
-    return [(k, usage[k]["used"], usage[k]["limit"]) for k in ("dsp", "ram_blocks")
-            if usage[k]["used"] > usage[k]["limit"]]
+    """[(resource, used, limit)] for every resource over its limit (logic only when
+    estimated)."""
+    return [(k, usage[k]["used"], usage[k]["limit"]) for k in ("dsp", "ram_blocks", "luts")
+            if usage[k]["used"] is not None and usage[k]["used"] > usage[k]["limit"]]
 
 
 def _same_plan(a, b):
@@ -481,13 +549,13 @@ OVERLAY_HINT = ("on an iCE40 UP5K the overlay engine (issue #10: one shift/MAC e
 
 
 def plan_for_device(model, device, *, config=None, headroom=0.1, fastest=True, link=True,
-                    link_kw=None):
+                    link_kw=None, lut=True):
     """The fastest plan of ``model`` that fits ``device`` with ``headroom`` to spare.
 
     Searches the planner's ``max_multipliers`` downward from the budget of the fastest
     pipeline the model has: each budget's plan (:func:`~hw.plan.plan_network`) is checked
-    against the part's DSP blocks and RAM blocks, the link engine's memories included
-    (:func:`device_usage`), and the first that fits is the answer. A smaller budget never
+    against the part's DSP blocks, RAM blocks and logic cells (estimated), the link engine's
+    included (:func:`device_usage`), and the first that fits is the answer. A smaller budget never
     gives a faster plan, so that plan is the fastest that fits; the scan jumps from a budget
     straight below the multipliers its plan uses (every budget in between gives the same plan
     when ``fastest``; otherwise that is checked with one more plan).
@@ -511,6 +579,10 @@ def plan_for_device(model, device, *, config=None, headroom=0.1, fastest=True, l
         accelerator alone).
     link_kw : dict, optional
         :func:`link_memories` keywords (``slots``, ``max_payload``, ``clock_hz``, ``baud``).
+    lut : bool
+        Check the estimated logic cells too (:func:`hw.lut_model.estimate_logic`: the
+        accelerator, plus the link engine and UART PHY with ``link``); False: DSP and RAM
+        blocks only.
 
     Returns
     -------
@@ -553,11 +625,11 @@ def plan_for_device(model, device, *, config=None, headroom=0.1, fastest=True, l
         if isinstance(plan, PlanError):
             stop = plan
             break
-        use = device_usage(model, plan, device, headroom=headroom, link=False)
+        use = device_usage(model, plan, device, headroom=headroom, link=False, lut=lut)
         fits = not _over(use)
         if fits and link:
             use = device_usage(model, plan, device, headroom=headroom, link=True,
-                               link_kw=link_kw)
+                               link_kw=link_kw, lut=lut)
             fits = not _over(use)
         if fits:
             # The smallest budget giving this plan (the one to put in a config).
@@ -597,7 +669,7 @@ def _report(device, plan, use, headroom, budget, tried):
     }
 
 
-_WHAT = {"dsp": "DSP blocks", "ram_blocks": "RAM blocks"}
+_WHAT = {"dsp": "DSP blocks", "ram_blocks": "RAM blocks", "luts": "logic cells (LUTs)"}
 
 
 def _refusal(model, device, smallest, use, headroom, stop, link, link_kw):
@@ -608,21 +680,62 @@ def _refusal(model, device, smallest, use, headroom, stop, link, link_kw):
     plan, budget = smallest
     if link and use["ram_blocks"]["link"] is None:
         # The smallest plan failed on the accelerator alone: add the link for the message.
-        use = device_usage(model, plan, device, headroom=headroom, link=True, link_kw=link_kw)
+        use = device_usage(model, plan, device, headroom=headroom, link=True, link_kw=link_kw,
+                           lut=use["luts"]["used"] is not None)
+    msg = (f"{name} does not fit {device.name}: its smallest plan (max_multipliers {budget}, "
+           f"{plan.multipliers} multipliers, {plan.predicted_cycles_per_image} cycles/image) "
+           f"needs {_overflow_text(use, headroom)}")
+    if device.family == "ice40" and device.spram[0]:
+        msg += f"; {OVERLAY_HINT}"
+    return msg
+
+
+def _overflow_text(use, headroom):
+    """``N <cell> <what> where A exist (L with H headroom): over by K`` per overflow."""
     parts = []
     for key, used, limit in _over(use):
         r = use[key]
         what = f"{r['used']} {r['cell']} {_WHAT[key]}"
+        if key == "luts":
+            what = f"an estimated {what}"
         if key == "ram_blocks" and r["link"] is not None:
             what += f" ({r['accelerator']} accelerator + {r['link']} link engine)"
+        if key == "luts" and r["link"] is not None:
+            what += f" ({r['accelerator']} accelerator + {r['link']} link engine and UART)"
         parts.append(f"{what} where {r['available']} exist ({limit} with {headroom:.0%} "
                      f"headroom): over by {used - limit}")
-    msg = (f"{name} does not fit {device.name}: its smallest plan (max_multipliers {budget}, "
-           f"{plan.multipliers} multipliers, {plan.predicted_cycles_per_image} cycles/image) "
-           f"needs {'; '.join(parts)}")
-    if device.family == "ice40" and device.spram[0]:
-        msg += f"; {OVERLAY_HINT}"
-    return msg
+    return "; ".join(parts)
+
+
+def check_plan(model, plan, device, *, headroom=0.0, link=True, link_kw=None, lut=True):
+    """Refuse a given plan (e.g. a ``--config`` one) that does not fit ``device``.
+
+    The same count as :func:`plan_for_device` (DSP blocks, RAM blocks, estimated logic
+    cells; the link engine and UART with ``link``) for one plan, before anything is
+    synthesized.
+
+    Returns
+    -------
+    dict
+        :func:`device_usage` of the plan when it fits.
+
+    Raises
+    ------
+    PlanError
+        Naming each overflowing resource, the count, the available and the overflow.
+    """
+    device = get_device(device)
+    use = device_usage(model, plan, device, headroom=headroom, link=link, link_kw=link_kw,
+                       lut=lut)
+    if _over(use):
+        name = getattr(model, "name", "model")
+        msg = (f"the plan of {name} ({plan.multipliers} multipliers, "
+               f"{plan.predicted_cycles_per_image} cycles/image) does not fit {device.name}: "
+               f"it needs {_overflow_text(use, headroom)}")
+        if device.family == "ice40" and device.spram[0]:
+            msg += f"; {OVERLAY_HINT}"
+        raise PlanError(msg)
+    return use
 
 
 def fit_decisions(model, devices, **kw):
@@ -648,21 +761,30 @@ def fit_report_text(report):
     """A readable table of one :func:`plan_for_device` report (or a list of them)."""
     reports = report if isinstance(report, list) else [report]
     lines = [f"{'device':<12}{'max_mult':>9}{'mults':>7}{'DSP used/avail':>16}"
-             f"{'RAM used/avail':>16}{'(acc+link)':>12}{'LUTRAM':>8}{'cycles/img':>12}{'MHz*':>6}"
-             f"{'images/s*':>11}"]
+             f"{'RAM used/avail':>16}{'(acc+link)':>12}{'LUTRAM':>8}{'LUT est/avail':>16}"
+             f"{'(acc+link)':>13}{'cycles/img':>12}{'MHz*':>6}{'images/s*':>11}"]
     for r in reports:
         if r.get("error"):
             lines.append(f"{r['device']:<12}  refused: {r['error']}")
             continue
         d, ram = r["resources"]["dsp"], r["resources"]["ram_blocks"]
         share = f"{ram['accelerator']}+{ram['link']}" if ram["link"] is not None else "-"
+        lut = r["resources"].get("luts") or {}
+        if lut.get("used") is not None:
+            lut_used = f"{lut['used']:>9}/{lut['available']:<6}"
+            lut_share = (f"{lut['accelerator']}+{lut['link']}" if lut["link"] is not None
+                         else "-")
+        else:
+            lut_used, lut_share = f"{'-':>9}/{lut.get('available', '-'):<6}", "-"
         lines.append(f"{r['device']:<12}{r['max_multipliers']:>9}{r['multipliers']:>7}"
                      f"{d['used']:>9}/{d['available']:<6}{ram['used']:>9}/{ram['available']:<6}"
-                     f"{share:>12}{r['resources']['lutram_cells']:>8}"
-                     f"{r['predicted_cycles_per_image']:>12}"
+                     f"{share:>12}{r['resources']['lutram_cells']:>8}{lut_used}"
+                     f"{lut_share:>13}{r['predicted_cycles_per_image']:>12}"
                      f"{r['clock_mhz']:>6g}{r['predicted_images_per_second']:>11.0f}")
     lines.append("* clock assumed (50 MHz iCE40, 100 MHz ECP5) until place-and-route figures "
-                 "exist; DSP/RAM limits keep "
+                 "exist; DSP/RAM/LUT limits keep "
                  f"{reports[0].get('headroom', 0.1):.0%} headroom; LUTRAM: LUT-RAM cells "
-                 f"(ECP5 TRELLIS_DPR16X4) of the small memories; LUTs not modelled")
+                 f"(ECP5 TRELLIS_DPR16X4) of the small memories; LUT: estimated logic cells "
+                 f"(iCE40 ICESTORM_LC, ECP5 TRELLIS_COMB; hw/lut_model.py), accelerator + "
+                 f"link engine and UART")
     return "\n".join(lines)
