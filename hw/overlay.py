@@ -55,9 +55,9 @@ the raw drain takes a step only with room in the :data:`LOGITS_QUEUE`-entry regi
 has left the drain, and a flush waits for the drain, so a stalled consumer delays the engine
 but never loses or duplicates a logit.
 
-Limits (the compiler's patterns stay inside them): the classifier's output map is 1×1 (after
-a gap), or a single group (``cout <= P``): with several positions *and* several groups the
-logits would leave group by group, not in the golden model's (y, x, class) order.
+The classifier sees a 1×1 map (the artifact's rule, ``models/artifact.py``), so the raw pass
+has one position per group and its logits leave in class order; with several positions
+*and* several groups they would leave group by group.
 """
 
 from dataclasses import dataclass
