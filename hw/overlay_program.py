@@ -306,7 +306,19 @@ class OverlayPlan(OverlayMemories):
             cycles = self.cycles_per_image()
         except NotImplementedError:
             cycles = 0
-        return overlay_cost(self.config, cycles)
+        try:
+            from .overlay import overlay_engine_cost
+        except ImportError:
+            return overlay_cost(self.config, cycles)
+        # The engine's own count, as its RTL builds them (SB_MAC16 pairs on iCE40, the
+        # requant split into two 16-bit halves).
+        return overlay_engine_cost(self.config, cycles)
+
+    @property
+    def predicted_cycles_per_image(self):
+        """:meth:`cycles_per_image` under the dataflow plan's name (builds and reports read
+        either plan through it)."""
+        return self.cycles_per_image()
 
     @property
     def multipliers(self):
@@ -314,15 +326,23 @@ class OverlayPlan(OverlayMemories):
         return self.cost().multiplier_count
 
     def dsp(self, family):
-        """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`)."""
-        return self.cost().dsp(family)
+        """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`).
+
+        With the iCE40 primitives only the ``SB_MAC16`` lane pairs are DSP blocks: an iCE40
+        overlay build synthesises without ``-dsp`` (``shiftacc build``), so the requant
+        products are LUT logic there (the UP5K's 8 blocks all go to the MAC lanes).
+        """
+        cost = self.cost()
+        if family == "ice40" and self.config.primitives == "ice40":
+            return sum(m.dsp(family) for m in cost.multipliers if m.name == "mac")
+        return cost.dsp(family)
 
     def resource_line(self):
         """``N multipliers (M MULT18X18D on ECP5, K SB_MAC16 on iCE40)``, as the dataflow
         plan's."""
-        cost = overlay_cost(self.config)
-        return (f"{cost.multiplier_count} multipliers ({cost.dsp('ecp5')} MULT18X18D on ECP5, "
-                f"{cost.dsp('ice40')} SB_MAC16 on iCE40)")
+        cost = self.cost()
+        return (f"{cost.multiplier_count} multipliers ({self.dsp('ecp5')} MULT18X18D on ECP5, "
+                f"{self.dsp('ice40')} SB_MAC16 on iCE40)")
 
     def to_dict(self):
         """The JSON form: engine, config, passes (every field) with their layers, tables

@@ -28,7 +28,7 @@ import time
 import traceback
 
 from .. import __version__
-from .choices import DATASETS, DEVICES, METHODS, PRESETS, SIMULATORS
+from .choices import DATASETS, DEVICES, METHODS, PRESETS, SIMULATORS, add_engine_args
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISSING, EXIT_TERMINATED,
                      EXIT_USAGE, ShiftaccError)
 
@@ -191,8 +191,10 @@ def build_parser():
     p.add_argument("model", metavar="MODEL.npz", help="artifact")
 
     p = add("generate", "cli_hw:cmd_generate", help="emit the Verilog accelerator and its summary",
-            description="Plan a dataflow accelerator for an artifact's topology and write "
-                        "shiftacc_top.v, summary.json, summary.txt and params.bin into a folder. "
+            description="Plan the accelerator for an artifact (the dataflow engine for its "
+                        "topology, or with --engine overlay the program-driven overlay engine) "
+                        "and write shiftacc_top.v, summary.json, summary.txt and params.bin "
+                        "into a folder. "
                         "Files of an earlier 'generate' of the same artifact path are "
                         "refreshed; files of another artifact (or not written by generate) "
                         "are replaced only with --force. Other files are never touched.")
@@ -204,6 +206,7 @@ def build_parser():
                         "(default: the planner's defaults)")
     p.add_argument("--force", action="store_true",
                    help="replace another artifact's generated files in DIR (default: refuse)")
+    add_engine_args(p)
 
     p = add("sim", "cli_hw:cmd_sim", help="run the accelerator in cocotb and compare with golden",
             description="Simulate the generated accelerator on images in cocotb (Verilator "
@@ -231,6 +234,7 @@ def build_parser():
     p.add_argument("--workdir", metavar="DIR",
                    help="keep the job, logs and waveforms in DIR (default: a temporary folder, "
                         "removed after a passing run)")
+    add_engine_args(p)
 
     p = add("serve", "cli_link:cmd_serve",
             help="simulate the board (link engine + accelerator) on a TCP socket",
@@ -258,6 +262,7 @@ def build_parser():
                         "4 clocks per bit)")
     p.add_argument("--max-clients", type=positive_int, metavar="N",
                    help="stop after N client sessions (default: serve until Ctrl-C)")
+    add_engine_args(p)
 
     p = add("run", "cli_link:cmd_run",
             help="load a model into a board (or a served simulation) and check every logit",
@@ -326,6 +331,7 @@ def build_parser():
                    help="wall-clock limit of the tool run (synthesis + place and route)")
     add_json_output(p, "also write the build report here",
                     default="only DIR/build_report.json")
+    add_engine_args(p)
 
     p = add("report", "cli_report:cmd_report",
             help="write a static HTML report with plots of models, builds, runs, explores",

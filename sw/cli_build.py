@@ -153,6 +153,29 @@ def _plan(args, model, board, say):
     return plan_network(model, load_config(args.config))
 
 
+def _overlay_plan(args, model, board, say):
+    """``--engine overlay``: the overlay config of the options, with the iCE40 primitives
+    (``SB_MAC16`` pairs, ``SB_SPRAM256KA`` feature maps) on an iCE40 board unless the config
+    names its primitives, compiled for ``model``."""
+    import dataclasses
+    from ..hw.overlay_program import OverlayFitError, compile_overlay
+    from .cli_hw import overlay_config_from_args
+    config = overlay_config_from_args(args)
+    if board.family == "ice40" and config.primitives == "generic":
+        # On an iCE40 the feature maps go to the SPRAMs and the MAC lanes to SB_MAC16 pairs:
+        # the generic engine would put 4 x fm_words bytes of maps into block RAM.
+        say("[build] iCE40: the overlay uses its ice40 primitives (SB_MAC16 pairs, "
+            "SB_SPRAM256KA feature maps, fm_words 16384)")
+        config = dataclasses.replace(config, primitives="ice40", fm_words=16384)
+    try:
+        plan = compile_overlay(model, config)
+    except OverlayFitError as e:
+        raise UsageError(f"the model does not fit the overlay engine: {e}") from None
+    say(f"[build] overlay engine: {config.lanes} MAC lanes, {config.requant_units} requant "
+        f"units, {config.primitives} primitives; {len(plan.passes)} passes")
+    return plan
+
+
 def check_fit(plan, board):
     """Refuse a plan whose hard multipliers exceed the device's (before any synthesis).
 
@@ -208,12 +231,20 @@ def _tool_env(board, platform):
     return env, tools, notes
 
 
-def _overrides(board, seed, target_mhz):
-    """Toolchain overrides passed to ``platform.build``."""
+def _overrides(board, seed, target_mhz, infer_dsp=True):
+    """Toolchain overrides passed to ``platform.build``.
+
+    ``infer_dsp``: on iCE40, let Yosys map multipliers to ``SB_MAC16`` (``-dsp``; Amaranth's
+    default leaves them in LUTs). The overlay engine instantiates its ``SB_MAC16`` pairs
+    itself and keeps its requant products in LUTs, so its builds pass False.
+    """
     if board.family == "ice40":
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
                    "--freq", f"{target_mhz:g}"]
-        return {"synth_opts": "-dsp", "nextpnr_opts": " ".join(nextpnr)}
+        opts = {"nextpnr_opts": " ".join(nextpnr)}
+        if infer_dsp:
+            opts["synth_opts"] = "-dsp"
+        return opts
     if board.family == "ecp5":
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
                    "--freq", f"{target_mhz:g}", "--router", "router2"]
@@ -432,7 +463,20 @@ def cmd_build(args):
 
     from ..models.artifact import load_artifact
     model = load_artifact(args.model)
-    plan = _plan(args, model, board, say)
+    overlay = getattr(args, "engine", "dataflow") == "overlay"
+    if overlay:
+        if args.config:
+            raise UsageError(f"--config {args.config} is the dataflow planner's parallelism "
+                             f"config; the overlay engine takes --overlay-config, --lanes and "
+                             f"--requant-units")
+        plan = _overlay_plan(args, model, board, say)
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("overlay_config", "lanes", "requant_units")
+                 if getattr(args, k, None) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} configure the overlay engine; add --engine "
+                             f"overlay (or drop them for the dataflow engine)")
+        plan = _plan(args, model, board, say)
     check_fit(plan, board)
 
     from ..boards.pll import PLLError
@@ -445,7 +489,8 @@ def cmd_build(args):
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
         f"{plan.predicted_cycles_per_image} cycles/image")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
-                         bitstream=bitstream, progress=_progress_wanted(args), say=say)
+                         bitstream=bitstream, progress=_progress_wanted(args), say=say,
+                         infer_dsp=not overlay)
     _finish(args, out, report, say)
     if report["bitstream"] is None:
         print(f"[build] wrote {len(report['files'])} files to {out} (Verilog/RTLIL, "
@@ -456,7 +501,7 @@ def cmd_build(args):
 
 
 def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream=True,
-                progress=False, say=None):
+                progress=False, say=None, infer_dsp=True):
     """Write ``top``'s build plan for ``board`` into ``out`` and, with ``bitstream``, run it.
 
     Parameters
@@ -498,7 +543,8 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     say("[build] elaborating and writing the build plan ...", flush=True)
     t0 = time.monotonic()
     build_plan = platform.build(top, name=BUILD_NAME, build_dir=str(out), do_build=False,
-                                do_program=False, **_overrides(board, seed, clock_mhz))
+                                do_program=False,
+                                **_overrides(board, seed, clock_mhz, infer_dsp))
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "build_report.json", f"{BUILD_NAME}.bin",
                   f"{BUILD_NAME}.bit"):

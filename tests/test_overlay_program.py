@@ -436,9 +436,12 @@ def test_config_validation_and_json():
 def test_cost_and_cycles():
     plan = compile_overlay(digits_like(2), OverlayConfig(lanes=8, requant_units=2))
     cost = plan.cost()
-    assert cost.multiplier_count == 8 + 2
+    # The engine's count: 8 MAC lanes; each requant unit's 33s x 16u product is two 16-bit
+    # halves (a 16u x 16u and a 17s x 16u multiplier, one pipeline stage each).
+    assert cost.multiplier_count == 8 + 2 * 2
     names = {m.name: m for m in cost.multipliers}
-    assert (names["mac"].count, names["requant"].count) == (8, 2)
+    assert (names["mac"].count, names["requant.lo"].count, names["requant.hi"].count) == \
+        (8, 2, 2)
     fm = [x for x in cost.memories if x.name.startswith("fm.")]
     assert len(fm) == 4 and all((x.depth, x.width) == (16384, 8) for x in fm)
     assert {x.name: (x.depth, x.width) for x in cost.memories}["weights"] == (512, 64)
@@ -452,7 +455,10 @@ def test_cost_and_cycles():
     text = "\n".join(plan.summary())
     assert "shift+conv1x1+maxpool2" in text and "1x1x48" in text
     d = json.loads(json.dumps(plan.to_dict()))
-    assert d["engine"] == "overlay" and d["multipliers"] == 10
+    assert d["engine"] == "overlay" and d["multipliers"] == 12
+    # iCE40: the MAC lanes in pairs per SB_MAC16, the requant halves in LUTs (no -dsp).
+    ice = compile_overlay(digits_like(2), OverlayConfig(lanes=8, primitives="ice40"))
+    assert ice.dsp("ice40") == 4 and plan.dsp("ice40") == 8 + 2 * 2
     assert d["config"] == OverlayConfig(lanes=8).to_json()
     assert [p["layers"] for p in d["passes"]] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     # ceil(cout / 8) * cin rows per pass: 2*9 + 2*16 + 6*16 + 2*48.
