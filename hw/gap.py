@@ -206,7 +206,8 @@ class GlobalAvgPool(wiring.Component):
         else:
             last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
-        sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
+        # (Data registers have no reset: the first pixel restarts the sums.)
+        sums = [Signal(sum_layout, name=f"sum{b}", reset_less=True) for b in range(nb)]
         cur = Array(sums)[beat]
         new = Signal(sum_layout)
         for k in range(lanes):
@@ -251,7 +252,7 @@ class GlobalAvgPool(wiring.Component):
         m.d.sync += [pending.eq(pending_next),
                      ready.eq(~last_next | (pending_next < self.fifo_depth))]
         rq_valid = Signal()
-        rq_sum = Signal.like(new)
+        rq_sum = Signal.like(new, reset_less=True)
         rq_last = Signal()
         m.d.sync += rq_valid.eq(take & last_pixel)
         with m.If(take):
@@ -272,7 +273,7 @@ class GlobalAvgPool(wiring.Component):
         lanes, nb = self.lanes, self.nb
         r, groups = self.rq_lanes, self.rq_groups
         grp_bits = max(1, (groups - 1).bit_length())
-        hold = [Signal.like(new, name=f"hold{b}") for b in range(nb)]
+        hold = [Signal.like(new, name=f"hold{b}", reset_less=True) for b in range(nb)]
         draining = Signal()
         # The hold bank is free again once drained; the next last pixel waits for that (it
         # only has to under backpressure: at full rate the drain ends first, see __init__):
@@ -314,7 +315,7 @@ class GlobalAvgPool(wiring.Component):
                                             pipelined=True)
         f_valid = Signal()
         f_tag = Signal(grp_bits + 1)
-        f_acc = [Signal(self.sum_bits, name=f"feed{k}") for k in range(r)]
+        f_acc = [Signal(self.sum_bits, name=f"feed{k}", reset_less=True) for k in range(r)]
         held = Array(hold)[d_beat]
         m.d.sync += [f_valid.eq(step), f_tag.eq(Cat(d_grp[:grp_bits], d_beat == nb - 1))]
         for k in range(r):
@@ -331,7 +332,7 @@ class GlobalAvgPool(wiring.Component):
                          rq.i.payload.m[k].eq(mult), rq.i.payload.sh[k].eq(shift)]
 
         # Gather the groups into one output beat; write it once its last group is in.
-        gather = Signal(self.o.payload.shape())
+        gather = Signal(self.o.payload.shape(), reset_less=True)
         q_grp = rq.o.payload.tag[:grp_bits]
         with m.If(rq.o.valid):
             with m.Switch(q_grp):

@@ -5,7 +5,7 @@ conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requa
 Stride is handled upstream: the MacArray sees only the pixels it must compute.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -330,7 +330,9 @@ class MacArray(wiring.Component):
             b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, banks=nb)
 
         # ---------------------------------------------------------------- input double buffer
-        bank_regs = [Signal(beat_layout, name=f"xbuf{b}_{k}")
+        # (Data registers here and below have no reset: only valid/full/counter bits need one,
+        # which keeps the reset's fan-out small.)
+        bank_regs = [Signal(beat_layout, name=f"xbuf{b}_{k}", reset_less=True)
                      for b in range(2) for k in range(nbi)]
         full = [Signal(name=f"full{b}") for b in range(2)]
         bank_last = [Signal(name=f"bank_last{b}") for b in range(2)]
@@ -358,10 +360,12 @@ class MacArray(wiring.Component):
                         m.d.sync += bank_sel[b].eq(self.wsel)
 
         with m.If(self.i.valid & self.i.ready):
-            with m.Switch(Mux(wbank, nbi, 0) + wbeat):
-                for idx in range(2 * nbi):
-                    with m.Case(idx):
-                        m.d.sync += bank_regs[idx].eq(masked)
+            for b in range(2):
+                with m.If(wbank == b):
+                    with m.Switch(wbeat):
+                        for k in range(nbi):
+                            with m.Case(k):
+                                m.d.sync += bank_regs[b * nbi + k].eq(masked)
             with m.If(wbeat == nbi - 1):
                 m.d.sync += [wbeat.eq(0), wbank.eq(~wbank)]
                 for b in range(2):
@@ -404,11 +408,22 @@ class MacArray(wiring.Component):
             m.d.comb += w_rd.addr.eq(Mux(sel0, nbi * nbo, 0) + row)
         else:
             m.d.comb += w_rd.addr.eq(row)
-        x1 = Signal(beat_layout)
+        # The bank being computed rotates by one beat on every issue, so the beat of fold fi
+        # is always at its position 0 (after NBi · NBo issues, a multiple of NBi, the bank is
+        # back in order when it is released). Selecting it is a 2-way mux instead of an
+        # NBi-way one behind an index adder (the classifier's 48 folds: a 96-way mux that
+        # limited the block to 69 MHz on an ECP5). Never the bank being filled: the writer
+        # only fills a bank that is not full, the reader only issues from a full one.
+        if nbi > 1:
+            for b in range(2):
+                with m.If(issue & (rbank == b)):
+                    for k in range(nbi):
+                        m.d.sync += bank_regs[b * nbi + k].eq(bank_regs[b * nbi + (k + 1) % nbi])
+        x1 = Signal(beat_layout, reset_less=True)
         v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
         j1 = _index(nbo, "j1")
         m.d.sync += [
-            x1.eq(Array(bank_regs)[Mux(rbank, nbi, 0) + fi]),
+            x1.eq(Mux(rbank, bank_regs[nbi], bank_regs[0])),
             v1.eq(issue), first1.eq(fi == 0), lastf1.eq(last_fold), j1.eq(fj),
             last1.eq(Mux(rbank, bank_last[1], bank_last[0]) & (fj == nbo - 1)),
         ]
@@ -438,7 +453,8 @@ class MacArray(wiring.Component):
 
         # Stage 2 -> 3: per-output-lane sum over the p_in products.
         psum_bits = self.prod_bits + ceil_log2(p_in)
-        psums = [Signal(signed(psum_bits), name=f"psum{o}") for o in range(p_out)]
+        psums = [Signal(signed(psum_bits), name=f"psum{o}", reset_less=True)
+                 for o in range(p_out)]
         for o in range(p_out):
             # A balanced adder tree (ceil(log2(p_in)) carry chains deep), not a chain of
             # p_in - 1 adders: Yosys keeps the association it is given.
@@ -452,7 +468,8 @@ class MacArray(wiring.Component):
         m.d.sync += [v3.eq(v2), first3.eq(first2), lastf3.eq(lastf2), last3.eq(last2), j3.eq(j2)]
 
         # Stage 3 -> 4: accumulate over the input folds.
-        accs = [Signal(signed(self.acc_bits), name=f"acc{o}") for o in range(p_out)]
+        accs = [Signal(signed(self.acc_bits), name=f"acc{o}", reset_less=True)
+                for o in range(p_out)]
         with m.If(v3):
             for o in range(p_out):
                 m.d.sync += accs[o].eq(Mux(first3, 0, accs[o]) + psums[o])
@@ -503,7 +520,8 @@ class MacArray(wiring.Component):
 
         # Stage 4 -> 5: hold the beat's sums until the next output beat (>= NBi cycles
         # later, and the feed below takes rq_groups <= NBi cycles).
-        res = [Signal(signed(self.acc_bits), name=f"res{o}") for o in range(p_out)]
+        res = [Signal(signed(self.acc_bits), name=f"res{o}", reset_less=True)
+               for o in range(p_out)]
         v5, last5 = Signal(), Signal()
         m.d.sync += v5.eq(v4)
         with m.If(v4):
@@ -540,7 +558,8 @@ class MacArray(wiring.Component):
 
         f1_valid = Signal()
         f1_tag = Signal(grp_bits + 1)
-        f1_acc = [Signal(signed(self.acc_bits), name=f"feed_acc{k}") for k in range(r)]
+        f1_acc = [Signal(signed(self.acc_bits), name=f"feed_acc{k}", reset_less=True)
+                  for k in range(r)]
         m.d.sync += [f1_valid.eq(feed), f1_tag.eq(Cat(feed_grp[:grp_bits], last5))]
         for k in range(r):
             with m.Switch(feed_grp):
