@@ -39,10 +39,11 @@ reason for the cut):
 
 Drain (``d`` = drain step, cycles after the hand-off ``H``): ``H+1+d`` take ``R`` lanes and
 read the channel tables (bias, m, sh, qmax in ``R`` parity banks), ``+2`` ``v = acc + bias``,
-``+3`` the two 16-bit halves of ``v * m`` (the requant multiply is split over two stages),
-``+4`` their sum, ``+5`` the arithmetic shift by ``sh - 1``, ``+6`` saturation, ``+7`` round,
-``+8`` clamp to ``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`),
-``+9`` fused running max, ``+10`` fused gap sum or the write request, ``+11`` the write.
+``+3`` the two 16u×16u halves of ``v * m`` (``v`` fits int32, the artifact's bound), ``+4``
+the high half's sign correction, ``+5`` their sum (the requant multiply spans three stages),
+``+6`` the arithmetic shift by ``sh - 1``, ``+7`` saturation, ``+8`` round, ``+9`` clamp to
+``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`), ``+10`` fused
+running max, ``+11`` fused gap sum or the write request, ``+12`` the write.
 After a group with a fused gap, its ``P_g`` sums go through the same requant lanes (``gap_m``,
 ``gap_sh``, ``gap_qmax``, no bias) and are written as the 1×1 map.
 
@@ -89,9 +90,9 @@ class PipelineConstants:
     """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
     setup: int = len(PASS_FIELDS) + 2   # one field a cycle, the read latency, one derive cycle
     group_start: int = 3                # P_g, then D, then T = max(cin, D) and min(cin, D)
-    flush: int = 16                     # after the issue phase: + min(cin, D), last write
+    flush: int = 17                     # after the issue phase: + min(cin, D), last write
     gap_load: int = 1                   # gap sums -> drain shift register
-    gap_flush: int = 10                 # after the gap drain's D steps: its last write
+    gap_flush: int = 11                 # after the gap drain's D steps: its last write
 
 
 #: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
@@ -161,7 +162,8 @@ def overlay_engine_cost(config, cycles=0):
     * ``P`` MAC multipliers (signed 8-bit weight × unsigned 8-bit activation); with
       ``primitives="ice40"`` they are ``P/2`` ``SB_MAC16`` in dual 8×8 mode (:class:`DualMac`).
     * ``R`` requant units, each ``(acc + bias) * m`` as two 16-bit halves (the multiply is
-      split over two pipeline stages): a 16u×16u and a 17s×16u multiplier.
+      split over pipeline stages): two 16u×16u multipliers (``v`` fits int32; the sign
+      of its high half is a correction term added in the next stage).
     * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
       tables in ``R`` parity banks (bias 32 bits, m 16, sh and qmax together 14), the gather
       table (:func:`gather_bits`), the program (``max_passes × FIELD_SLOTS`` words of
@@ -175,7 +177,7 @@ def overlay_engine_cost(config, cycles=0):
                       mac.y_bits)
     mults = [mac,
              Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False),
-             Multiplier.amaranth("requant.hi", r, 17, True, M_BITS, False)]
+             Multiplier.amaranth("requant.hi", r, 16, False, M_BITS, False)]
     mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
     mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
     depth = -(-c.channel_rows // r)
@@ -757,7 +759,9 @@ class OverlayEngine(wiring.Component):
 
         # S1: v = acc + bias (the gap sums: no bias), the lane's m, sh, qmax
         q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
-        v2s = [reg(f"q2v{r}", signed(33), q1s[r] + Mux(q1gap, 0, table("bias", r).as_signed()))
+        # v fits int32: the artifact bounds bias + sum(w * x) and the gap sums by int32
+        # (models/ops.py), so the requant multiply is two 16x16 unsigned products.
+        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + Mux(q1gap, 0, table("bias", r).as_signed()))
                for r in range(R)]
         m2 = [reg(f"q2m{r}", M_BITS, Mux(q1gap, f["gap_m"], table("m", r))) for r in range(R)]
         sh2 = [reg(f"q2sh{r}", SH_BITS, Mux(q1gap, f["gap_sh"], table("sh", r)))
@@ -769,17 +773,26 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),
                      lq_data.eq(Cat(v2s[0][:32], last_grp & q2last_ & q2tag_[3])),
                      drain_busy.eq(dr_act | q1v | q2v_)]
-        # S2: the requant multiply, two 16-bit halves
+        # S2: the requant multiply as two 16u x 16u products (each exactly one SB_MAC16 /
+        # MULT18X18D, no LUT remainder): v = vhi_u * 2**16 + vlo - sign * 2**32, so
+        # v * m = (vhi_u * m - sign * m * 2**16) * 2**16 + vlo * m.
         q3 = follow("q", 3, q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_[:3])   # lastpos: done
         pl3 = [reg(f"q3pl{r}", 32, v2s[r][:16] * m2[r]) for r in range(R)]
-        ph3 = [reg(f"q3ph{r}", signed(34), v2s[r][16:33].as_signed() * m2[r]) for r in range(R)]
+        ph3 = [reg(f"q3ph{r}", 32, v2s[r][16:32] * m2[r]) for r in range(R)]
+        cor3 = [reg(f"q3cor{r}", M_BITS, Mux(v2s[r][31], m2[r], 0)) for r in range(R)]
         shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
         qm3 = [reg(f"q3qm{r}", 8, qm2[r]) for r in range(R)]
-        # S3: their sum, p = v * m
-        q4 = follow("q", 4, *q3)
-        p4 = [reg(f"q4p{r}", signed(50), (ph3[r] << 16) + pl3[r]) for r in range(R)]
-        shm4 = [reg(f"q4shm{r}", SH_BITS, shm3[r]) for r in range(R)]
-        qm4 = [reg(f"q4qm{r}", 8, qm3[r]) for r in range(R)]
+        # S3: the sign correction of the high half (one adder)
+        q3b = follow("q", "3b", *q3)
+        hs3b = [reg(f"q3bh{r}", signed(34), ph3[r] - (cor3[r] << 16)) for r in range(R)]
+        pl3b = [reg(f"q3bl{r}", 32, pl3[r]) for r in range(R)]
+        shm3b = [reg(f"q3bshm{r}", SH_BITS, shm3[r]) for r in range(R)]
+        qm3b = [reg(f"q3bqm{r}", 8, qm3[r]) for r in range(R)]
+        # S4: the sum, p = v * m (one adder)
+        q4 = follow("q", 4, *q3b)
+        p4 = [reg(f"q4p{r}", signed(50), (hs3b[r] << 16) + pl3b[r]) for r in range(R)]
+        shm4 = [reg(f"q4shm{r}", SH_BITS, shm3b[r]) for r in range(R)]
+        qm4 = [reg(f"q4qm{r}", 8, qm3b[r]) for r in range(R)]
         # S4: t = p >> (sh - 1), arithmetic (floor)
         q5 = follow("q", 5, *q4)
         sh5 = [reg(f"q5sh{r}", signed(50), p4[r] >> shm4[r]) for r in range(R)]
