@@ -58,17 +58,32 @@ from .resources import Cost, MemorySpec, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
-           "SLOT_META", "REPLY_DESC", "Source"]
+           "slot_meta_layout", "reply_desc_layout", "Source"]
 
-#: What the executor needs of a committed frame (the payload stays in the slot RAM).
-SLOT_META = data.StructLayout({
-    "command": 8,
-    "seq": 8,
-    "length": 16,
-    "count": 16,    # INFER: images; LOAD_PARAMS: words
-    "arg": 32,      # LOAD_PARAMS: offset; READ_RESULT: the seq asked for
-    "match": 1,     # LOAD_BEGIN: design id and word count equal the design's
-})
+
+def _bits(n):
+    """Bits of an unsigned value ``0 .. n``."""
+    return max(1, int(n).bit_length())
+
+
+def slot_meta_layout(*, length_bits, count_bits, arg_bits):
+    """What the executor needs of a committed frame (the payload stays in the slot RAM).
+
+    Every field is as narrow as the engine's parameters allow (each bit of a slot-table
+    entry is a flip-flop per slot): ``command`` is one of the seven known commands (the
+    parser commits no other), ``length`` is at most ``max_payload``, ``count`` (INFER:
+    images, LOAD_PARAMS: words) at most ``max_payload // image_bytes`` or
+    ``max_payload // 10``, and ``arg`` is READ_RESULT's seq or LOAD_PARAMS' offset clamped
+    to ``param_words + 1`` (any offset above the design's words behaves the same).
+    """
+    return data.StructLayout({
+        "command": 3,
+        "seq": 8,
+        "length": length_bits,
+        "count": count_bits,
+        "arg": arg_bits,
+        "match": 1,     # LOAD_BEGIN: design id and word count equal the design's
+    })
 
 
 class Source:
@@ -80,16 +95,22 @@ class Source:
     RESULT = 4    # logits of result entry ``arg``
 
 
-#: One entry of the reply queue.
-REPLY_DESC = data.StructLayout({
-    "command": 8,
-    "seq": 8,
-    "reason": 8,
-    "source": 3,
-    "length": 16,   # payload bytes: reason byte + body
-    "arg": 40,
-})
+def reply_desc_layout(arg_bits):
+    """One entry of the reply queue (and of each requester's holding register).
 
+    The payload length is not stored: the encoder derives it from ``source`` (and, for
+    ``RESULT``, the image count in ``arg``). ``arg`` is ``WORDS``: ``words_loaded`` then the
+    ready bit; ``RESULT``: the result entry then the image count.
+    """
+    return data.StructLayout({
+        "command": 8,   # a dropped frame's reply repeats whatever command byte it had
+        "seq": 8,
+        "reason": 4,
+        "source": 3,
+        "arg": arg_bits,
+    })
+
+_REASON_BITS = max(r.value for r in Reason).bit_length()
 _LOAD_REPLY_BYTES = protocol.LOAD_REPLY_LAYOUT.size // 8
 _STATUS_BYTES = protocol.STATUS_LAYOUT.size // 8
 _REPLY_QUEUE_DEPTH = 4
@@ -123,6 +144,72 @@ def _div_const(value, n, bits):
     mul, s = divider_constants(n, bits)
     q = (const_mul(value, mul) >> s)[:bits]
     return q, const_mul(q, n)[:bits + 1] == value
+
+
+def _mod_is(value, n, r, bits=16):
+    """Whether ``value % n == r`` for an unsigned ``bits``-bit ``value``, constant
+    ``n >= 1`` and ``0 <= r < n``, in a few LUTs.
+
+    ``n = 2**a * d`` with ``d`` odd: the low ``a`` bits are compared directly; modulo ``d``,
+    when ``2**k % d == 1`` for some ``k <= 8``, the sum of the value's ``k``-bit digits has
+    the value's residue (``d = 5``, the parameter word's 10 bytes, sums 4-bit digits), and
+    the small sum is compared with the few multiples it can equal. Any other ``d`` falls back
+    to :func:`_div_const` (shifts and adds).
+    """
+    a = (n & -n).bit_length() - 1
+    d = n >> a
+    terms = [value[:a] == (r & ((1 << a) - 1))] if a else []
+    if d > 1:
+        k = next((k for k in range(1, 9) if (1 << k) % d == 1), None)
+        if k is None:
+            # (``value < r`` wraps around; the callers also require ``value > r``.)
+            return _div_const((value - r)[:bits], n, bits)[1]
+        digits = [value[i:i + k] for i in range(0, bits, k)]
+        total = digits[0]
+        for dg in digits[1:]:
+            total = total + dg
+        top = len(digits) * ((1 << k) - 1)
+        terms.append(Cat(*[total == c for c in range(r % d, top + 1, d)]).any())
+    return Cat(*terms).all() if terms else Const(1, 1)
+
+
+def _lt_const(value, n):
+    """``value < n`` for a constant ``n``: the bits above ``n - 1``'s width must be zero and
+    only the low bits are compared (a 16-bit ``<`` would be a 16-cell carry chain; the
+    limits compared here are small)."""
+    if n <= 0:
+        return Const(0, 1)
+    b = (n - 1).bit_length()
+    if b >= len(value):
+        return value < n
+    high_zero = value[b:] == 0
+    if n == 1 << b:
+        return high_zero
+    return high_zero & (value[:b] < n)
+
+
+class _BlockFIFO(SyncFIFOBuffered):
+    """``SyncFIFOBuffered`` whose storage (read through a register, as block RAM is) is
+    marked ``ram_style = "block"``: Yosys then maps even a 3-entry queue to block RAM
+    instead of flip-flops and read multiplexers."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.submodules["storage"].attrs["ram_style"] = "block"
+        return m
+
+
+def _indexed_addr(index, offset, stride, count):
+    """``index * stride + offset`` (``offset < stride``), the address of row ``offset`` of
+    region ``index`` in a memory of ``count`` regions: a concatenation when ``stride`` is a
+    power of two (no adder, no base multiplexer), else a base constant plus an adder."""
+    width = _bits(count * stride - 1)
+    if stride & (stride - 1) == 0:
+        k = stride.bit_length() - 1
+        low = Const(offset, k) if isinstance(offset, int) else offset[:k]
+        return Cat(low, index)[:width]
+    base = Array(Const(j * stride, width) for j in range(count))[index]
+    return (base + offset)[:width]
 
 
 def link_identity(model, plan, *, clock_hz, baud, slots, max_payload, watchdog_cycles):
@@ -165,6 +252,11 @@ class LinkEngine(wiring.Component):
     watchdog_cycles : int, optional
         Cycles without a byte that abandon a partial frame (default
         :func:`default_watchdog_cycles`).
+    block_ram_fifos : bool
+        Put the reply queue and the in-flight FIFO in block RAM (3 iCE40 EBR more; about
+        130 logic cells fewer): for devices short of logic, not of RAM (the iCE40 UP5K).
+        The default leaves the choice to synthesis (flip-flops or LUT RAM, as small as
+        they are). The behaviour is the same either way.
 
     Attributes
     ----------
@@ -191,7 +283,7 @@ class LinkEngine(wiring.Component):
     """
 
     def __init__(self, model, plan, *, clock_hz, baud, slots=4, max_payload=None,
-                 watchdog_cycles=None):
+                 watchdog_cycles=None, block_ram_fifos=False):
         from .top import param_words
         require_int("LinkEngine", "clock_hz", clock_hz, 1, (1 << 32) - 1)
         require_int("LinkEngine", "baud", baud, 0, (1 << 32) - 1)
@@ -207,6 +299,7 @@ class LinkEngine(wiring.Component):
         self.model, self.plan = model, plan
         self.clock_hz, self.baud, self.slots = clock_hz, baud, slots
         self.max_payload, self.watchdog_cycles = max_payload, watchdog_cycles
+        self.block_ram_fifos = bool(block_ram_fifos)
         self.channels = c
         self.pixels = h * w
         self.classes = len(model.classes)
@@ -216,6 +309,20 @@ class LinkEngine(wiring.Component):
         self.words = param_words(model, plan)
         self.param_count = len(self.words)
         self.limits = protocol.param_limits(self.words)
+        # Register widths: every counter, address and table field as wide as its largest
+        # value and no wider (each bit is a flip-flop; zero-extended where the protocol's
+        # field is wider, which is exact since the value never exceeds it).
+        self.max_words = (max_payload - 4) // protocol.PARAM_WORD_BYTES
+        self.length_bits = _bits(max_payload)
+        self.count_bits = _bits(max(self.max_images, self.max_words))
+        self.words_bits = _bits(self.param_count)
+        self.offset_bits = _bits(self.param_count + 1)
+        self.slot_bits = max(1, (slots - 1).bit_length())
+        self.meta_layout = slot_meta_layout(length_bits=self.length_bits,
+                                            count_bits=self.count_bits,
+                                            arg_bits=max(8, self.offset_bits))
+        self.desc_layout = reply_desc_layout(max(self.words_bits + 1,
+                                                 self.slot_bits + self.count_bits))
         self.identity = link_identity(model, plan, clock_hz=clock_hz, baud=baud, slots=slots,
                                       max_payload=max_payload, watchdog_cycles=watchdog_cycles)
         self.design_id = protocol.design_id(protocol.descriptor(model, plan))
@@ -249,12 +356,12 @@ class LinkEngine(wiring.Component):
         image fed per ``image_bytes`` cycles (one slot byte read per cycle)."""
         mems = [
             MemorySpec("link.slot_ram", self.slots * self.max_payload, 8),
-            MemorySpec("link.slot_meta", self.slots, SLOT_META.size),
+            MemorySpec("link.slot_meta", self.slots, self.meta_layout.size),
             MemorySpec("link.result_ram", self.result_words, 32),
             MemorySpec("link.descriptor_rom", len(self.identity), 8),
         ]
-        mems += fifo_memories("link.inflight_fifo", 24, _INFLIGHT_DEPTH)
-        mems += fifo_memories("link.reply_queue", REPLY_DESC.size, _REPLY_QUEUE_DEPTH)
+        mems += fifo_memories("link.inflight_fifo", 8 + self.count_bits, _INFLIGHT_DEPTH)
+        mems += fifo_memories("link.reply_queue", self.desc_layout.size, _REPLY_QUEUE_DEPTH)
         return Cost(cycles=self.image_bytes, multipliers=[], memories=mems)
 
     # --- gateware -------------------------------------------------------------------------
@@ -262,14 +369,15 @@ class LinkEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         S = self.slots
-        slot_bits = max(1, (S - 1).bit_length())
+        slot_bits = self.slot_bits
         mp = self.max_payload
+        desc_layout = self.desc_layout
 
         # ---- memories ----
         m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[])
         slot_w = slot_ram.write_port()
         slot_r = slot_ram.read_port()
-        m.submodules.slot_meta = meta_mem = Memory(shape=SLOT_META, depth=S, init=[])
+        m.submodules.slot_meta = meta_mem = Memory(shape=self.meta_layout, depth=S, init=[])
         meta_w = meta_mem.write_port()
         meta_r = meta_mem.read_port(domain="comb")
         m.submodules.result_ram = res_ram = Memory(shape=32, depth=self.result_words, init=[])
@@ -278,13 +386,17 @@ class LinkEngine(wiring.Component):
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
                                         init=list(self.identity))
         rom_r = rom.read_port()
-        slot_base = Array(Const(k * mp, 32) for k in range(S))
-        res_stride = self.max_images * self.classes
-        res_base = Array(Const(k * res_stride, 32) for k in range(S))
+        def slot_addr(slot, offset):
+            return _indexed_addr(slot, offset, mp, S)
 
-        m.submodules.inflight = inflight = SyncFIFOBuffered(width=24, depth=_INFLIGHT_DEPTH)
-        m.submodules.replyq = replyq = SyncFIFOBuffered(width=REPLY_DESC.size,
-                                                        depth=_REPLY_QUEUE_DEPTH)
+        res_stride = self.max_images * self.classes
+
+        def res_addr0(entry):
+            return _indexed_addr(entry, 0, res_stride, S)
+
+        fifo = _BlockFIFO if self.block_ram_fifos else SyncFIFOBuffered
+        m.submodules.inflight = inflight = fifo(width=8 + self.count_bits, depth=_INFLIGHT_DEPTH)
+        m.submodules.replyq = replyq = fifo(width=desc_layout.size, depth=_REPLY_QUEUE_DEPTH)
 
         # ---- shared state ----
         slot_wr = Signal(slot_bits)
@@ -300,7 +412,7 @@ class LinkEngine(wiring.Component):
 
         params_ready = Signal()
         loading = Signal()
-        words_loaded = Signal(32)
+        words_loaded = Signal(self.words_bits)
         in_flight = Signal(range(_INFLIGHT_DEPTH + 2))   # INFER frames pushed, not answered
         push_flight = Signal()
         pop_flight = Signal()
@@ -352,11 +464,11 @@ class LinkEngine(wiring.Component):
 
         # ---- reply queue: three requesters, rotating priority ----
         nak_valid = Signal()
-        nak_desc = Signal(REPLY_DESC)
+        nak_desc = Signal(desc_layout)
         coll_req = Signal()
-        coll_desc = Signal(REPLY_DESC)
+        coll_desc = Signal(desc_layout)
         exec_req = Signal()
-        exec_desc = Signal(REPLY_DESC)
+        exec_desc = Signal(desc_layout)
         reqs = [nak_valid, coll_req, exec_req]
         descs = [nak_desc, coll_desc, exec_desc]
         prio = Signal(2)
@@ -373,7 +485,7 @@ class LinkEngine(wiring.Component):
                         m.d.comb += sel.eq(order[1])
                     with m.Else():
                         m.d.comb += sel.eq(order[2])
-        q_in = Signal(REPLY_DESC)
+        q_in = Signal(desc_layout)
         m.d.comb += q_in.eq(Array(descs)[sel])
         m.d.comb += [replyq.w_stream.valid.eq(any_req), replyq.w_stream.payload.eq(q_in)]
         grant = [Signal(name=f"grant{i}") for i in range(3)]
@@ -402,15 +514,15 @@ class LinkEngine(wiring.Component):
         m.d.sync += status_pending.eq(status_pending + status_queued - status_taken)
 
         # ================= parser =================
-        self._parser(m, slot_w, meta_w, slot_base, slot_wr, slot_used, commit, nak_valid,
+        self._parser(m, slot_w, meta_w, slot_addr, slot_wr, slot_used, commit, nak_valid,
                      nak_desc, grant[0], parser_drop, parser_reason, lost)
 
         # ================= executor =================
         res_meta_seq = [Signal(8, name=f"res_seq{e}") for e in range(S)]
-        res_meta_cnt = [Signal(16, name=f"res_cnt{e}") for e in range(S)]
+        res_meta_cnt = [Signal(self.count_bits, name=f"res_cnt{e}") for e in range(S)]
         res_meta_ok = [Signal(name=f"res_ok{e}") for e in range(S)]
         res_wr = Signal(slot_bits)
-        self._executor(m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, exec_req,
+        self._executor(m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, exec_req,
                        exec_desc, grant[2], exec_drop, exec_reason, inc_ok, params_ready,
                        loading, words_loaded, do_reset, in_flight, push_flight, inflight,
                        res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending)
@@ -419,19 +531,19 @@ class LinkEngine(wiring.Component):
         classes = self.classes
         c_state = Signal(2)      # 0 idle, 1 collect, 2 reply
         c_seq = Signal(8)
-        c_cnt = Signal(16)
-        c_left = Signal(16)
+        c_cnt = Signal(self.count_bits)
+        c_left = Signal(self.count_bits)
         c_cls = Signal(range(max(2, classes)))
-        c_addr = Signal(32)
+        c_addr = Signal(_bits(self.result_words - 1))
         c_entry = Signal(slot_bits)
-        head = Signal(data.StructLayout({"seq": 8, "count": 16}))
+        head = Signal(data.StructLayout({"seq": 8, "count": self.count_bits}))
         m.d.comb += head.eq(inflight.r_stream.payload)
         with m.Switch(c_state):
             with m.Case(0):
                 with m.If(inflight.r_stream.valid & (Array(pending)[res_wr] == 0)):
                     m.d.sync += [c_state.eq(1), c_seq.eq(head.seq), c_cnt.eq(head.count),
                                  c_left.eq(head.count), c_cls.eq(0),
-                                 c_addr.eq(res_base[res_wr]), c_entry.eq(res_wr),
+                                 c_addr.eq(res_addr0(res_wr)), c_entry.eq(res_wr),
                                  Array(res_meta_ok)[res_wr].eq(0)]
             with m.Case(1):
                 m.d.comb += self.logits.ready.eq(1)
@@ -454,8 +566,7 @@ class LinkEngine(wiring.Component):
                     coll_desc.seq.eq(c_seq),
                     coll_desc.reason.eq(Reason.OK.value),
                     coll_desc.source.eq(Source.RESULT),
-                    coll_desc.length.eq(1 + const_mul(c_cnt, classes * protocol.LOGIT_BYTES)),
-                    coll_desc.arg.eq(c_entry),
+                    coll_desc.arg.eq(Cat(c_entry, c_cnt)),
                 ]
                 with m.If(grant[1]):
                     m.d.comb += [inflight.r_stream.ready.eq(1), pop_flight.eq(1)]
@@ -477,13 +588,13 @@ class LinkEngine(wiring.Component):
         ]
         for name, sig in ctr.items():
             m.d.comb += getattr(status, name).eq(sig)
-        self._encoder(m, replyq, rom_r, res_r, res_base, status, enc_done_result, enc_entry,
+        self._encoder(m, replyq, rom_r, res_r, res_addr0, status, enc_done_result, enc_entry,
                       status_taken)
         return m
 
     # ------------------------------------------------------------------------------------------
 
-    def _parser(self, m, slot_w, meta_w, slot_base, slot_wr, slot_used, commit, nak_valid,
+    def _parser(self, m, slot_w, meta_w, slot_addr, slot_wr, slot_used, commit, nak_valid,
                 nak_desc, nak_grant, drop, drop_reason, lost):
         S = self.slots
         rx = self.rx
@@ -495,27 +606,30 @@ class LinkEngine(wiring.Component):
         state = Signal(range(5))
         hidx = Signal(3)
         hdr = Signal(protocol.HEADER_LAYOUT)
-        pidx = Signal(16)
+        pidx = Signal(self.length_bits)
         cidx = Signal(2)
         no_slot = Signal()        # BUSY: the frame is read but not stored
-        noted = Signal(8)         # a rule-2 reason noted while the payload arrived
+        noted = Signal(_REASON_BITS)  # a rule-2 reason noted while the payload arrived
         match = Signal()
-        arg = Signal(32)
-        count = Signal(16)
+        arg = Signal(self.meta_layout.members["arg"])
+        arg_big = Signal()        # LOAD_PARAMS offset above what ``arg`` holds
+        count = Signal(self.count_bits)
+        img_byte = Signal(range(max(2, self.image_bytes)))
         fin = Signal()            # the last CRC byte arrived last cycle: decide now
-        word_sr = Signal(80)
         word_byte = Signal(range(protocol.PARAM_WORD_BYTES))
-        word_q = Signal(PARAM_LAYOUT)
+        # The address fields of the parameter word being received (its data bytes are not
+        # needed here), each byte stored as it arrives.
+        word_q = Signal(data.StructLayout({"layer": 8, "kind": 8, "row": 16, "lane": 16}))
         word_chk = Signal()
         wd = Signal(range(self.watchdog_cycles + 1))
 
         # Header bytes: 0 command, 1 seq, 2-3 length; byte 4 is the header CRC.
         cmd = hdr.command
         length = hdr.length
-        infer_k, infer_exact = _div_const(length, self.image_bytes, 16)
-        lp_len = Signal(16)
-        m.d.comb += lp_len.eq(length - 4)
-        lp_k, lp_exact = _div_const(lp_len, protocol.PARAM_WORD_BYTES, 16)
+        # Length rules without a divider: residues by digit sums (the counts themselves are
+        # counted while the payload arrives).
+        infer_exact = _mod_is(length, self.image_bytes, 0)
+        lp_exact = _mod_is(length, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES)
         known = Signal()
         m.d.comb += known.eq(Cat(*[cmd == c.value for c in Command]).any())
         len_good = Signal()
@@ -544,8 +658,8 @@ class LinkEngine(wiring.Component):
         addr_ok = Signal()
         terms = []
         for (layer, kind), (rows, lanes) in sorted(self.limits.items()):
-            terms.append((word_q.layer == layer) & (word_q.kind.as_value() == kind)
-                         & (word_q.row < rows) & (word_q.lane < lanes))
+            terms.append((word_q.layer == layer) & (word_q.kind == kind)
+                         & _lt_const(word_q.row, rows) & _lt_const(word_q.lane, lanes))
         m.d.comb += addr_ok.eq(Cat(*terms).any() if terms else 0)
         m.d.sync += word_chk.eq(0)
         with m.If(word_chk & ~addr_ok & (noted == 0)):
@@ -582,9 +696,9 @@ class LinkEngine(wiring.Component):
                         m.d.sync += hdr.as_value().word_select(hidx[:2], 8).eq(byte)
                     with m.Else():
                         # hcrc.crc holds the CRC-8 of the 4 header bytes.
-                        m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), word_byte.eq(0),
-                                     pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S),
-                                     count.eq(Mux(cmd == Command.INFER.value, infer_k, lp_k))]
+                        m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
+                                     word_byte.eq(0), img_byte.eq(0), count.eq(0),
+                                     pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
                         with m.If(byte != hcrc.crc):
                             m.d.comb += [ev_drop.eq(1), ev_nak.eq(1),
                                          ev_reason.eq(Reason.HEADER_CRC.value)]
@@ -602,7 +716,7 @@ class LinkEngine(wiring.Component):
                     # A frame without a free slot is read but never stored: the slot at the
                     # write pointer then still holds the oldest frame not yet executed.
                     m.d.comb += [slot_w.en.eq(~no_slot),
-                                 slot_w.addr.eq(slot_base[slot_wr] + pidx),
+                                 slot_w.addr.eq(slot_addr(slot_wr, pidx)),
                                  slot_w.data.eq(byte)]
                     m.d.sync += pidx.eq(pidx + 1)
                     with m.If(pidx == length - 1):
@@ -612,6 +726,10 @@ class LinkEngine(wiring.Component):
                             if self.input_bits < 8:
                                 with m.If((byte >> self.input_bits != 0) & (noted == 0)):
                                     m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
+                            with m.If(img_byte == self.image_bytes - 1):
+                                m.d.sync += [img_byte.eq(0), count.eq(count + 1)]
+                            with m.Else():
+                                m.d.sync += img_byte.eq(img_byte + 1)
                         with m.Case(Command.READ_RESULT.value):
                             m.d.sync += arg[:8].eq(byte)
                         with m.Case(Command.LOAD_BEGIN.value):
@@ -619,13 +737,29 @@ class LinkEngine(wiring.Component):
                                 m.d.sync += match.eq(0)
                         with m.Case(Command.LOAD_PARAMS.value):
                             with m.If(pidx < 4):
-                                m.d.sync += arg.word_select(pidx[:2], 8).eq(byte)
+                                # The offset, little-endian: the bits ``arg`` holds, and
+                                # whether any bit above them is set.
+                                ab = len(arg)
+                                with m.Switch(pidx[:2]):
+                                    for k in range(4):
+                                        with m.Case(k):
+                                            if 8 * k < ab:
+                                                hi = min(8, ab - 8 * k)
+                                                m.d.sync += arg[8 * k:8 * k + hi].eq(byte[:hi])
+                                            else:
+                                                hi = 0
+                                            if hi < 8:
+                                                with m.If(byte[hi:] != 0):
+                                                    m.d.sync += arg_big.eq(1)
                             with m.Else():
-                                # Little-endian word: each byte enters at the top.
-                                m.d.sync += word_sr.eq(Cat(word_sr[8:], byte))
+                                # Little-endian word: bytes 0-5 are layer, kind, row, lane.
+                                with m.Switch(word_byte):
+                                    for k in range(6):
+                                        with m.Case(k):
+                                            m.d.sync += word_q.as_value().word_select(k, 8).eq(byte)
                                 with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
                                     m.d.sync += [word_byte.eq(0), word_chk.eq(1),
-                                                 word_q.eq(Cat(word_sr[8:], byte))]
+                                                 count.eq(count + 1)]
                                 with m.Else():
                                     m.d.sync += word_byte.eq(word_byte + 1)
                 with m.Case(CRC):
@@ -654,8 +788,14 @@ class LinkEngine(wiring.Component):
             with m.Else():
                 m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
                 meta = meta_w.data
+                # An offset past the design's words is stored as ``param_words + 1``: every
+                # rule of the executor treats all such offsets alike (PARAM_ORDER, or
+                # NOT_LOADING when no load is open; never a duplicate).
+                over = Const(self.param_count + 1, len(arg))
+                big = (cmd == Command.LOAD_PARAMS.value) & (arg_big | (arg > over))
                 m.d.comb += [meta.command.eq(cmd), meta.seq.eq(hdr.seq), meta.length.eq(length),
-                             meta.count.eq(count), meta.arg.eq(arg), meta.match.eq(match)]
+                             meta.count.eq(count), meta.arg.eq(Mux(big, over, arg)),
+                             meta.match.eq(match)]
 
         # NAK holding register: one reply waiting for the queue; a drop that finds it full
         # (and not leaving) loses its reply.
@@ -668,29 +808,28 @@ class LinkEngine(wiring.Component):
                 m.d.sync += [nak_valid.eq(1),
                              nak_desc.command.eq(Mux(ev_nak, protocol.NAK, cmd | protocol.REPLY)),
                              nak_desc.seq.eq(hdr.seq), nak_desc.reason.eq(ev_reason),
-                             nak_desc.source.eq(Source.NONE), nak_desc.length.eq(1),
-                             nak_desc.arg.eq(0)]
+                             nak_desc.source.eq(Source.NONE), nak_desc.arg.eq(0)]
 
     # ------------------------------------------------------------------------------------------
 
-    def _executor(self, m, meta_r, slot_r, slot_base, slot_rd, slot_used, free, req, desc,
+    def _executor(self, m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, req, desc,
                   grant, drop, drop_reason, inc_ok, params_ready, loading, words_loaded,
                   do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr,
                   status_pending):
         S = self.slots
-        meta = Signal(SLOT_META)
+        meta = Signal(self.meta_layout)
         m.d.comb += [meta_r.addr.eq(slot_rd), meta.eq(meta_r.data)]
 
         # Slot byte reader: one byte per cycle from the slot RAM, with backpressure.
-        rd_addr = Signal(32)
-        rd_left = Signal(17)
+        rd_addr = Signal(_bits(S * self.max_payload - 1))
+        rd_left = Signal(self.length_bits)
         rd_valid = Signal()
         rd_ready = Signal()
         advance = ~rd_valid | rd_ready
         m.d.comb += [slot_r.addr.eq(rd_addr), slot_r.en.eq(advance)]
         start_read = Signal()
-        start_addr = Signal(32)
-        start_len = Signal(17)
+        start_addr = Signal.like(rd_addr)
+        start_len = Signal.like(rd_left)
         with m.If(start_read):
             m.d.sync += [rd_addr.eq(start_addr), rd_left.eq(start_len), rd_valid.eq(0)]
         with m.Elif(advance):
@@ -699,17 +838,19 @@ class LinkEngine(wiring.Component):
                 m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1)]
         rd_byte = slot_r.data
 
-        # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat.
-        w_sr = Signal(80)
+        # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat. The shift
+        # register is the bus's payload register: in the cycle ``valid`` is high it holds
+        # the whole word (the next byte shifts in one cycle later, when ``valid`` is low).
+        w_sr = Signal(protocol.PARAM_WORD_BYTES * 8)
         w_n = Signal(range(protocol.PARAM_WORD_BYTES))
         feeding_params = Signal()
+        m.d.comb += self.params.payload.as_value().eq(w_sr)
         m.d.sync += self.params.valid.eq(0)
         with m.If(feeding_params & rd_valid):
             m.d.comb += rd_ready.eq(1)
             m.d.sync += w_sr.eq(Cat(w_sr[8:], rd_byte))
             with m.If(w_n == protocol.PARAM_WORD_BYTES - 1):
-                m.d.sync += [w_n.eq(0), self.params.valid.eq(1),
-                             self.params.payload.as_value().eq(Cat(w_sr[8:], rd_byte))]
+                m.d.sync += [w_n.eq(0), self.params.valid.eq(1)]
             with m.Else():
                 m.d.sync += w_n.eq(w_n + 1)
 
@@ -743,21 +884,21 @@ class LinkEngine(wiring.Component):
 
         IDLE, REPLY, WAIT_IDLE, LOADING, PUSH, FEED, FIND = range(7)
         state = Signal(range(7))
-        r = Signal(REPLY_DESC)        # the reply being offered
+        r = Signal(self.desc_layout)  # the reply being offered
         r_action = Signal(3)          # what to do when it is accepted
         ACT_NONE, ACT_RESET, ACT_BEGIN = range(3)
         m.d.comb += desc.eq(r)
 
-        def reply(reason, source=Source.NONE, length=1, arg=0, action=ACT_NONE):
+        def reply(reason, source=Source.NONE, arg=0, action=ACT_NONE):
             return [state.eq(REPLY),
                     r.command.eq(meta.command | protocol.REPLY), r.seq.eq(meta.seq),
-                    r.reason.eq(reason), r.source.eq(source), r.length.eq(length),
+                    r.reason.eq(reason), r.source.eq(source),
                     r.arg.eq(arg), r_action.eq(action)]
 
         def words_arg(words, ready):
-            return Cat(words[:32], ready, Const(0, 7))
+            return Cat(words[:self.words_bits], ready)
 
-        end = Signal(33)
+        end = Signal(max(len(meta.arg), self.count_bits) + 1)
         m.d.comb += end.eq(meta.arg + meta.count)
         total = self.param_count
         with m.Switch(state):
@@ -767,22 +908,20 @@ class LinkEngine(wiring.Component):
                 with m.If((slot_used != 0) & (status_pending == 0)):
                     with m.Switch(meta.command):
                         with m.Case(Command.IDENTIFY.value):
-                            m.d.sync += reply(Reason.OK.value, Source.ROM, 1 + len(self.identity))
+                            m.d.sync += reply(Reason.OK.value, Source.ROM)
                         with m.Case(Command.STATUS.value):
-                            m.d.sync += reply(Reason.OK.value, Source.STATUS, 1 + _STATUS_BYTES)
+                            m.d.sync += reply(Reason.OK.value, Source.STATUS)
                         with m.Case(Command.RESET.value):
                             m.d.sync += reply(Reason.OK.value, action=ACT_RESET)
                         with m.Case(Command.LOAD_BEGIN.value):
                             with m.If(meta.match):
-                                m.d.sync += reply(Reason.OK.value, Source.WORDS,
-                                                  1 + _LOAD_REPLY_BYTES, 0, ACT_BEGIN)
+                                m.d.sync += reply(Reason.OK.value, Source.WORDS, 0, ACT_BEGIN)
                             with m.Else():
                                 m.d.sync += reply(Reason.DESIGN_MISMATCH.value)
                         with m.Case(Command.LOAD_PARAMS.value):
                             with m.If((loading | params_ready) & (end <= words_loaded)):
                                 # Already applied (a retransmission): acknowledge only.
                                 m.d.sync += reply(Reason.OK.value, Source.WORDS,
-                                                  1 + _LOAD_REPLY_BYTES,
                                                   words_arg(words_loaded, params_ready))
                             with m.Elif(~loading):
                                 m.d.sync += reply(Reason.NOT_LOADING.value)
@@ -819,25 +958,24 @@ class LinkEngine(wiring.Component):
                 # Parameter memories are written only while no image is in the accelerator.
                 with m.If(in_flight == 0):
                     m.d.comb += [start_read.eq(1),
-                                 start_addr.eq(slot_base[slot_rd] + 4),
+                                 start_addr.eq(slot_addr(slot_rd, 4)),
                                  start_len.eq(meta.length - 4)]
                     m.d.sync += [state.eq(LOADING), w_n.eq(0)]
             with m.Case(LOADING):
                 m.d.comb += feeding_params.eq(1)
                 with m.If(read_done):
-                    new = Signal(32)
+                    new = Signal(self.words_bits + 1)
                     done = Signal()
                     m.d.comb += [new.eq(words_loaded + meta.count), done.eq(new == total)]
                     m.d.sync += [words_loaded.eq(new), params_ready.eq(done),
                                  loading.eq(~done)]
-                    m.d.sync += reply(Reason.OK.value, Source.WORDS, 1 + _LOAD_REPLY_BYTES,
-                                      words_arg(new, done))
+                    m.d.sync += reply(Reason.OK.value, Source.WORDS, words_arg(new, done))
             with m.Case(PUSH):
                 m.d.comb += [inflight.w_stream.valid.eq(1),
                              inflight.w_stream.payload.eq(Cat(meta.seq, meta.count))]
                 with m.If(inflight.w_stream.ready):
                     m.d.comb += [push_flight.eq(1), inc_ok.eq(1),
-                                 start_read.eq(1), start_addr.eq(slot_base[slot_rd]),
+                                 start_read.eq(1), start_addr.eq(slot_addr(slot_rd, 0)),
                                  start_len.eq(meta.length)]
                     m.d.sync += [state.eq(FEED), lane.eq(0), ch.eq(0), pix.eq(0), acc.eq(0)]
             with m.Case(FEED):
@@ -857,26 +995,28 @@ class LinkEngine(wiring.Component):
                                 m.d.comb += [found.eq(1), entry.eq(e)]
                     with m.If(found):
                         m.d.sync += reply(Reason.OK.value, Source.RESULT,
-                                          1 + const_mul(Array(res_cnt)[entry],
-                                                        self.classes * protocol.LOGIT_BYTES),
-                                          entry)
+                                          Cat(entry[:self.slot_bits], Array(res_cnt)[entry]))
                     with m.Else():
                         m.d.sync += reply(Reason.NOT_FOUND.value)
 
     # ------------------------------------------------------------------------------------------
 
-    def _encoder(self, m, replyq, rom_r, res_r, res_base, status, done_result, entry,
+    def _encoder(self, m, replyq, rom_r, res_r, res_addr0, status, done_result, entry,
                  status_taken):
         tx = self.tx
         m.submodules.tx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
         m.submodules.tx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
-        cur = Signal(REPLY_DESC)
+        cur = Signal(self.desc_layout)
         IDLE, HEAD, BODY, CRC = range(4)
         phase = Signal(range(4))
         pos = Signal(3)
-        bidx = Signal(16)
-        body_left = Signal(16)
-        res_addr = Signal(32)
+        result_bytes = self.classes * protocol.LOGIT_BYTES
+        longest = max(1 + len(self.identity), 1 + _STATUS_BYTES, 1 + _LOAD_REPLY_BYTES,
+                      1 + self.max_images * result_bytes)
+        cur_len = Signal(_bits(longest))        # payload bytes: reason byte + body
+        bidx = Signal(_bits(longest))
+        body_left = Signal(_bits(longest))
+        res_addr = Signal(_bits(self.result_words - 1))
         sr = Signal(max(protocol.STATUS_LAYOUT.size, 40))
         # What tx.payload shows: a register, a memory's read data, or a CRC register (the
         # CRCs are fed from the bytes as they leave, so their final value is only known in
@@ -919,16 +1059,32 @@ class LinkEngine(wiring.Component):
                     with m.If(replyq.r_stream.valid):
                         m.d.comb += [replyq.r_stream.ready.eq(1), hcrc.start.eq(1),
                                      fcrc.start.eq(1)]
-                        d = Signal(REPLY_DESC)
+                        d = Signal(self.desc_layout)
                         m.d.comb += d.eq(replyq.r_stream.payload)
+                        # The body's length follows from its source (one constant
+                        # multiplier, shifts and adds, for a result's image count).
+                        body = Signal.like(body_left)
+                        with m.Switch(d.source):
+                            with m.Case(Source.WORDS):
+                                m.d.comb += body.eq(_LOAD_REPLY_BYTES)
+                            with m.Case(Source.STATUS):
+                                m.d.comb += body.eq(_STATUS_BYTES)
+                            with m.Case(Source.ROM):
+                                m.d.comb += body.eq(len(self.identity))
+                            with m.Case(Source.RESULT):
+                                m.d.comb += body.eq(const_mul(
+                                    d.arg[self.slot_bits:self.slot_bits + self.count_bits],
+                                    result_bytes))
                         m.d.sync += [cur.eq(d), phase.eq(HEAD), pos.eq(0), bidx.eq(0),
-                                     body_left.eq(d.length - 1),
-                                     res_addr.eq(res_base[d.arg[:max(1, (self.slots - 1).bit_length())]])]
+                                     body_left.eq(body), cur_len.eq(body + 1),
+                                     res_addr.eq(res_addr0(d.arg[:self.slot_bits]))]
                         with m.If(d.source == Source.STATUS):
                             m.d.comb += status_taken.eq(1)
                             m.d.sync += sr.eq(status)
                         with m.Else():
-                            m.d.sync += sr.eq(d.arg)
+                            # WORDS: words_loaded as a u32, then the ready byte.
+                            wb = self.words_bits
+                            m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
                 with m.Case(HEAD):
                     m.d.sync += pos.eq(pos + 1)
                     with m.Switch(pos):
@@ -941,9 +1097,9 @@ class LinkEngine(wiring.Component):
                         with m.Case(3):
                             m.d.sync += show(cur.seq, h=1, f=1)
                         with m.Case(4):
-                            m.d.sync += show(cur.length[:8], h=1, f=1)
+                            m.d.sync += show(cur_len[:8], h=1, f=1)
                         with m.Case(5):
-                            m.d.sync += show(cur.length[8:], h=1, f=1)
+                            m.d.sync += show(cur_len[8:16], h=1, f=1)
                         with m.Case(6):
                             m.d.sync += show(0, SEL_HCRC)
                         with m.Case(7):

@@ -769,3 +769,166 @@ def test_link_top_lint(tmp_path):
     ok, msg = lint_component(LinkTop(model, plan, clock_hz=12_000_000, baud=0, uart=False),
                              "shiftacc_link", tmp_path)
     assert ok, msg
+
+
+def test_length_and_limit_checks(seed):
+    """The parser's divider-free checks (``_mod_is``: a length's residue by digit sums, or
+    the shift-and-add fallback; ``_lt_const``: a narrow limit compare) against Python's
+    ``%`` and ``<`` on edge and random 16-bit values."""
+    from shiftacc.hw.link import _lt_const, _mod_is
+    rng = random.Random(seed)
+    mods = [(10, 4), (10, 0), (5, 3), (16, 0), (3, 0), (7, 2), (12, 4), (49, 0), (784, 0),
+            (3072, 0), (27, 5), (1, 0), (rng.randrange(2, 700), 0)]
+    mods.append((mods[-1][0], rng.randrange(mods[-1][0])))
+    lts = [1, 2, 3, 9, 16, 27, 100, 255, 256, 1000, 65535, rng.randrange(1, 4000)]
+    x = Signal(16)
+    m = Module()
+    outs = []
+    for n, r in mods:
+        o = Signal(name=f"mod_{n}_{r}")
+        m.d.comb += o.eq(_mod_is(x, n, r))
+        outs.append((("mod", n, r), o))
+    for n in lts:
+        o = Signal(name=f"lt_{n}")
+        m.d.comb += o.eq(_lt_const(x, n))
+        outs.append((("lt", n), o))
+    values = sorted({0, 1, 4, 9, 10, 14, 255, 256, 784, 3072, 65535, 65534}
+                    | {rng.randrange(1 << 16) for _ in range(400)}
+                    | {rng.randrange(2000) for _ in range(200)})
+    bad = []
+
+    async def tb(ctx):
+        for v in values:
+            ctx.set(x, v)
+            for key, o in outs:
+                want = (v % key[1] == key[2]) if key[0] == "mod" else v < key[1]
+                if ctx.get(o) != int(want):
+                    bad.append((key, v))
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    print(f"{len(values)} values, {len(outs)} checks each")
+    assert not bad, bad[:10]
+
+
+def test_load_offset_past_the_design(seed):
+    """LOAD_PARAMS offsets beyond what the engine's offset register holds (it keeps
+    ``param_words + 1`` for all of them) follow the rules of any offset past the design:
+    PARAM_ORDER while loading, NOT_LOADING otherwise, never a duplicate, and never an alias
+    of a small offset (0x100 is not 0)."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed)
+    eng = bench.engine
+    host = Host(bench, rng)
+    words = random_words(model, plan, rng)
+    n = len(words)
+    big = [n + 1, n + 2, 0x100, 0x101, 0x10000, 0x1000000, 0x80000000, 0xFFFFFFFF,
+           rng.randrange(n + 1, 1 << 32)]
+    done = {}
+
+    async def tb(ctx):
+        seq = 1
+        r = await host.request(ctx, P.Command.LOAD_BEGIN, seq,
+                               begin_payload(eng.design_id, n))
+        assert reason(r) is P.Reason.OK
+        for off in big:
+            seq += 1
+            r = await host.request(ctx, P.Command.LOAD_PARAMS, seq,
+                                   load_payload(off, words[:1]))
+            assert reason(r) is P.Reason.PARAM_ORDER, (off, r)
+        seq += 1
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, seq, load_payload(n, words[:1]))
+        assert reason(r) is P.Reason.PARAM_ORDER            # past the design's words
+        await full_load(ctx, host, eng, words, ref, seq0=0x40)
+        for off in big + [n]:
+            seq += 1
+            r = await host.request(ctx, P.Command.LOAD_PARAMS, seq,
+                                   load_payload(off, words[:1]))
+            assert reason(r) is P.Reason.NOT_LOADING, (off, r)
+        seq += 1
+        r = await host.request(ctx, P.Command.LOAD_PARAMS, seq, load_payload(n - 1, words[:1]))
+        assert reason(r) is P.Reason.OK and int(load_reply(r).words_loaded) == n  # duplicate
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x90))
+        assert int(st.words_loaded) == n and int(st.flags.params_ready) == 1
+        img = bytes(rng.getrandbits(8) for _ in range(eng.image_bytes))
+        r = await host.request(ctx, P.Command.INFER, 0x91, img)
+        assert logits_of(r, eng.classes) == [ref.logits(np.frombuffer(img, np.uint8))]
+        assert ctx.get(bench.violation) == 0
+        done["ok"] = True
+
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok") and not host.events, host.events
+
+
+def test_small_settings_odd_strides(seed):
+    """A small engine whose slot and result regions are not powers of two (base constants
+    plus adders instead of concatenated addresses): 3 slots of 100 bytes, 3x3x1 images
+    (11 a frame), 3 classes; loads in frames of 9 words, INFER batches up to the limit with
+    a window of frames in flight, READ_RESULT of the newest, a full-size INFER and one
+    image over it."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, slots=3, max_payload=100)
+    eng = bench.engine
+    host = Host(bench, rng, p_stall=0.3)
+    words = random_words(model, plan, rng)
+    assert eng.max_images == 11 and eng.max_words == 9
+    ib = eng.image_bytes
+    done = {}
+
+    async def tb(ctx):
+        ident = await host.request(ctx, P.Command.IDENTIFY, 1)
+        assert ident.payload[1:] == eng.identity
+        await full_load(ctx, host, eng, words, ref, seq0=0x10, chunk=eng.max_words)
+        sizes = [rng.randint(1, eng.max_images) for _ in range(5)] + [eng.max_images]
+        batches = [[bytes(rng.getrandbits(8) for _ in range(ib)) for _ in range(k)]
+                   for k in sizes]
+        got = {}
+        for g in range(0, len(batches), eng.slots):
+            for i in range(g, min(g + eng.slots, len(batches))):
+                await host.send(ctx, P.encode_frame(P.Command.INFER, 0x60 + i,
+                                                    b"".join(batches[i])))
+            for i in range(g, min(g + eng.slots, len(batches))):
+                got[i] = await host.wait_for(ctx, lambda ev, s=0x60 + i: isinstance(ev, P.Frame)
+                                             and ev.seq == s and ev.command == 0x84)
+        for i, batch in enumerate(batches):
+            assert reason(got[i]) is P.Reason.OK, got[i]
+            assert logits_of(got[i], eng.classes) == [
+                ref.logits(np.frombuffer(im, np.uint8)) for im in batch]
+        last = len(batches) - 1
+        r = await host.request(ctx, P.Command.READ_RESULT, 0x70, bytes((0x60 + last,)))
+        assert r.payload == got[last].payload
+        r = await host.request(ctx, P.Command.INFER, 0x71,
+                               b"".join(batches[-1]) + batches[0][0])
+        assert reason(r) is P.Reason.BAD_LENGTH
+        assert ctx.get(bench.violation) == 0
+        done["ok"] = True
+
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok") and not host.events, host.events
+
+
+def test_block_ram_fifos_option(seed):
+    """``block_ram_fifos=True`` marks both FIFOs' storage for block RAM and behaves as the
+    default: a load and an INFER give exact logits."""
+    from shiftacc.hw.stream import to_verilog
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, slots=2, block_ram_fifos=True)
+    eng = bench.engine
+    marked = to_verilog(bench).count('ram_style = "block"')
+    plain = to_verilog(make_bench(seed, slots=2)[2]).count("ram_style")
+    assert (marked, plain) == (2, 0)
+    host = Host(bench, rng)
+    words = random_words(model, plan, rng)
+    done = {}
+
+    async def tb(ctx):
+        await full_load(ctx, host, eng, words, ref, seq0=0x10)
+        imgs = [bytes(rng.getrandbits(8) for _ in range(eng.image_bytes)) for _ in range(3)]
+        r = await host.request(ctx, P.Command.INFER, 0x30, b"".join(imgs))
+        assert logits_of(r, eng.classes) == [ref.logits(np.frombuffer(im, np.uint8))
+                                             for im in imgs]
+        done["ok"] = True
+
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok") and not host.events, host.events
