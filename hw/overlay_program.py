@@ -326,16 +326,10 @@ class OverlayPlan(OverlayMemories):
         return self.cost().multiplier_count
 
     def dsp(self, family):
-        """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`).
-
-        With the iCE40 primitives only the ``SB_MAC16`` lane pairs are DSP blocks: an iCE40
-        overlay build synthesises without ``-dsp`` (``shiftacc build``), so the requant
-        products are LUT logic there (the UP5K's 8 blocks all go to the MAC lanes).
-        """
-        cost = self.cost()
-        if family == "ice40" and self.config.primitives == "ice40":
-            return sum(m.dsp(family) for m in cost.multipliers if m.name == "mac")
-        return cost.dsp(family)
+        """DSP blocks of the engine on ``family`` (see :func:`hw.resources.dsp_blocks`): with
+        the iCE40 primitives the MAC lanes are ``SB_MAC16`` pairs, and each requant unit's
+        two 16-bit halves take one block each (Yosys ``-dsp``)."""
+        return self.cost().dsp(family)
 
     def resource_line(self):
         """``N multipliers (M MULT18X18D on ECP5, K SB_MAC16 on iCE40)``, as the dataflow

@@ -154,19 +154,29 @@ def _plan(args, model, board, say):
 
 
 def _overlay_plan(args, model, board, say):
-    """``--engine overlay``: the overlay config of the options, with the iCE40 primitives
-    (``SB_MAC16`` pairs, ``SB_SPRAM256KA`` feature maps) on an iCE40 board unless the config
-    names its primitives, compiled for ``model``."""
+    """``--engine overlay``: the overlay config of the options, compiled for ``model``.
+
+    On an iCE40 board the engine uses its iCE40 primitives (``SB_MAC16`` lane pairs,
+    ``SB_SPRAM256KA`` feature maps), and without ``--lanes`` (or lanes in
+    ``--overlay-config``) it takes the most MAC lanes the device's DSP blocks hold beside the
+    requant units (each unit's two 16-bit halves take one block each): 8 on the UP5K.
+    """
     import dataclasses
     from ..hw.overlay_program import OverlayFitError, compile_overlay
     from .cli_hw import overlay_config_from_args
     config = overlay_config_from_args(args)
-    if board.family == "ice40" and config.primitives == "generic":
-        # On an iCE40 the feature maps go to the SPRAMs and the MAC lanes to SB_MAC16 pairs:
-        # the generic engine would put 4 x fm_words bytes of maps into block RAM.
-        say("[build] iCE40: the overlay uses its ice40 primitives (SB_MAC16 pairs, "
-            "SB_SPRAM256KA feature maps, fm_words 16384)")
-        config = dataclasses.replace(config, primitives="ice40", fm_words=16384)
+    if board.family == "ice40":
+        if config.primitives == "generic":
+            # The generic engine would put 4 x fm_words bytes of maps into block RAM.
+            config = dataclasses.replace(config, primitives="ice40", fm_words=16384)
+        lanes_given = args.lanes is not None or '"lanes"' in _overlay_config_text(args)
+        have = board.dsp_blocks or 0
+        if not lanes_given and have:
+            lanes = 2 * (have - 2 * config.requant_units)
+            if lanes >= 2:
+                config = dataclasses.replace(config, lanes=min(lanes, 64))
+        say(f"[build] iCE40: the overlay's ice40 primitives (SB_MAC16 lane pairs, "
+            f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes")
     try:
         plan = compile_overlay(model, config)
     except OverlayFitError as e:
@@ -174,6 +184,17 @@ def _overlay_plan(args, model, board, say):
     say(f"[build] overlay engine: {config.lanes} MAC lanes, {config.requant_units} requant "
         f"units, {config.primitives} primitives; {len(plan.passes)} passes")
     return plan
+
+
+def _overlay_config_text(args):
+    """``--overlay-config`` as text (inline, or the file's), '' when not given."""
+    text = getattr(args, "overlay_config", None) or ""
+    if text and not text.lstrip().startswith("{"):
+        try:
+            text = Path(text).read_text()
+        except OSError:
+            text = ""
+    return text
 
 
 def check_fit(plan, board):
@@ -489,8 +510,7 @@ def cmd_build(args):
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
         f"{plan.predicted_cycles_per_image} cycles/image")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
-                         bitstream=bitstream, progress=_progress_wanted(args), say=say,
-                         infer_dsp=not overlay)
+                         bitstream=bitstream, progress=_progress_wanted(args), say=say)
     _finish(args, out, report, say)
     if report["bitstream"] is None:
         print(f"[build] wrote {len(report['files'])} files to {out} (Verilog/RTLIL, "
