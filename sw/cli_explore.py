@@ -197,9 +197,10 @@ def cmd_explore(args):
                                  cpus_per_task=args.cpus_per_task, progress=bar, say=say)
     print(_table(rows, _ROW_COLS))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "refused", "failed")}
+    ran = (f"{info['ran']} run in {info['wall_seconds']:.1f} s ({info['executor']}, "
+           f"{info['cpus']} CPUs)" if info["ran"] else "nothing to run")
     print(f"\n{len(rows)} points: {counts['ok']} ok, {counts['refused']} refused, "
-          f"{counts['failed']} failed; {reused} reused, {info['ran']} run in "
-          f"{info['wall_seconds']:.1f} s ({info['executor']}, {info['cpus']} CPUs); "
+          f"{counts['failed']} failed; {reused} reused, {ran}; "
           f"results in {out / 'results.csv'} and {out / 'results.json'}")
     for res in ("LUT", "DSP"):
         front = ex.pareto(rows, res)
