@@ -422,7 +422,8 @@ def _add_explore_commands(add):
     p.add_argument("--budgets", default="16,32,64", metavar="M,M",
                    help="planner max_multipliers budgets, comma-separated")
     p.add_argument("--engines", default="dataflow", metavar="dataflow[,overlay]",
-                   help="accelerator engines (overlay: refused until it lands)")
+                   help="accelerator engines (overlay: as 'build --engine overlay', the most "
+                        "MAC lanes within the budget)")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="nextpnr seeds 1..N per point")
     p.add_argument("--freq", type=float, metavar="MHZ",

@@ -77,15 +77,14 @@ ENV_NAMES = ("YOSYS", "NEXTPNR_ICE40", "NEXTPNR_ECP5", "ICEPACK", "ECPPACK",
 
 
 def overlay_available():
-    """True when the overlay engine (``hw/overlay.py``) is in this tree and the build flow
-    knows how to put it on a board (``plan.engine == "overlay"``)."""
-    import importlib.util
+    """True when the overlay engine and its board flow (``shiftacc build --engine overlay``:
+    ``cli_build._overlay_plan``) are in this tree."""
     try:
-        return importlib.util.find_spec("shiftacc.hw.overlay") is not None and \
-            hasattr(importlib.import_module("shiftacc.hw.overlay"), "OverlayEngine") and \
-            hasattr(importlib.import_module("shiftacc.sw.cli_build"), "overlay_top")
+        from . import cli_build
+        from ..hw import overlay_program
     except ImportError:
         return False
+    return hasattr(cli_build, "_overlay_plan") and hasattr(overlay_program, "compile_overlay")
 
 
 # ---- points --------------------------------------------------------------------------------
@@ -207,8 +206,34 @@ def _load_model(model_bytes, folder):
     return load_artifact(path), path
 
 
+def _overlay_plan(model, board, budget):
+    """The overlay plan of ``shiftacc build --engine overlay --lanes L`` with the most MAC
+    lanes ``L`` whose multipliers (MAC lanes + requant units) stay within ``budget``."""
+    from types import SimpleNamespace
+    from .cli_build import _overlay_plan as build_overlay_plan
+    quiet = lambda *a, **k: None  # noqa: E731
+    why = None
+    for lanes in range(min(int(budget), 256), 0, -1):
+        args = SimpleNamespace(overlay_config=None, lanes=lanes, requant_units=None)
+        try:
+            plan = build_overlay_plan(args, model, board, quiet)
+        except UsageError as e:  # a lane count the engine does not take, or no fit
+            why = str(e)
+            continue
+        if plan.multipliers <= budget:
+            return plan
+        why = (f"{lanes} lanes take {plan.multipliers} multipliers with the requant units")
+    raise _Refused(f"no overlay engine within max_multipliers {budget}"
+                   + (f": {why}" if why else ""))
+
+
 def _plan_text(plan):
-    """Lanes per layer: ``0:3 1:3 2:3x4 ...`` (``p_in x p_out`` for a conv)."""
+    """Lanes per layer: ``0:3 1:3 2:3x4 ...`` (``p_in x p_out`` for a conv); the overlay:
+    its lanes, requant units and passes."""
+    if getattr(plan, "engine", "dataflow") == "overlay":
+        c = plan.config
+        return (f"overlay {c.lanes} lanes, {c.requant_units} requant, {c.primitives}, "
+                f"{len(plan.passes)} passes")
     parts = []
     for i, v in sorted(plan.layer_lanes().items()):
         parts.append(f"{i}:{v['p_in']}x{v['p_out']}" if "p_in" in v else f"{i}:{v['lanes']}")
@@ -306,10 +331,13 @@ def _run_point(point, model_bytes, folder, row, *, bitstream, sim_images, timeou
         raise _Refused(f"unknown engine {point.engine!r}; known: {', '.join(ENGINES)}")
     model, model_path = _load_model(model_bytes, folder)
     cfg = load_config(overrides={"max_multipliers": point.budget})
-    try:
-        plan = plan_network(model, cfg)
-    except PlanError as e:
-        raise _Refused(f"no plan within max_multipliers {point.budget}: {e}") from None
+    if point.engine == "overlay":
+        plan = _overlay_plan(model, board, point.budget)
+    else:
+        try:
+            plan = plan_network(model, cfg)
+        except PlanError as e:
+            raise _Refused(f"no plan within max_multipliers {point.budget}: {e}") from None
     row.update(plan=_plan_text(plan), multipliers=plan.multipliers,
                macs_per_image=plan.macs_per_image,
                predicted_cycles_per_image=plan.predicted_cycles_per_image,
@@ -342,7 +370,9 @@ def _run_point(point, model_bytes, folder, row, *, bitstream, sim_images, timeou
         if u:
             row[f"{name}_used"], row[f"{name}_available"] = u["used"], u["available"]
     cycles = plan.predicted_cycles_per_image
-    if sim_images:
+    if sim_images and point.engine == "overlay":
+        row["message"] = "not simulated: explore simulates dataflow points only"
+    elif sim_images:
         row["sim_images"] = int(sim_images)
         cycles = _simulate_point(model, model_path, cfg, folder, row, sim_images, sim_seed)
     row["cycles_per_image"] = cycles
@@ -362,6 +392,8 @@ def _check_device(model, plan, board):
         check_fit(plan, board)
     except UsageError as e:
         raise _Refused(str(e)) from None
+    if getattr(plan, "engine", "dataflow") == "overlay":
+        return  # DSPs checked above; its SPRAM/RAM use is the engine's config: the tools decide
     try:
         device = devices.get_device(board.device)
     except PlanError:

@@ -96,6 +96,10 @@ def test_point_direct(tiny, tmp_path):
     r = ex.run_point(ex.Point("ulx3s-12f", "overlay", 16), data, tmp_path, bitstream=False)
     if not ex.overlay_available():
         assert r["status"] == "refused" and "overlay" in r["message"]
+    else:  # the overlay engine of `shiftacc build --engine overlay`, within the budget
+        assert r["status"] == "ok", r["message"]
+        assert r["plan"].startswith("overlay") and r["multipliers"] <= 16
+        assert (Path(r["out"]) / "build" / "build_shiftacc.sh").is_file()
 
 
 def test_explore_rows_resume(tiny, tmp_path, capsys, ray_local):
