@@ -352,8 +352,9 @@ class LinkEngine(wiring.Component):
 
     def cost(self):
         """Every memory the engine instantiates (slot RAM, slot table, result RAM, descriptor
-        ROM, FIFOs); no multipliers (constant divisions are shifts and adds). ``cycles``: one
-        image fed per ``image_bytes`` cycles (one slot byte read per cycle)."""
+        ROM, FIFOs); no multipliers (the length checks are digit sums, the one constant
+        multiplication, a result's byte count, is shifts and adds). ``cycles``: one image fed
+        per ``image_bytes`` cycles (one slot byte read per cycle)."""
         mems = [
             MemorySpec("link.slot_ram", self.slots * self.max_payload, 8),
             MemorySpec("link.slot_meta", self.slots, self.meta_layout.size),
