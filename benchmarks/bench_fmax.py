@@ -156,10 +156,13 @@ def pnr_block(verilog_text, workdir, seeds, freq=100, timeout=3600):
         run([yosys, "-q", "-p", f"read_verilog top.v; {synth} -top top -json top.json; "
              "tee -q -o stat.json stat -json"], workdir, timeout, tries=2)
     except RuntimeError:
-        # The WebAssembly Yosys's ABC9 step fails on some larger designs (exit 1, no
-        # message); the classic ABC mapping is the fallback, and the table says so.
-        synth = "synth_ecp5 -noabc9"
-        run([yosys, "-q", "-p", f"read_verilog top.v; {synth} -top top -json top.json; "
+        # The WebAssembly Yosys's ABC9 step (map_luts) fails on some designs (exit 1, no
+        # message). Fallback: the same script with that step done by the classic ABC into
+        # LUT4s (no wide-mux cells, so if anything slower); the table says so ("abc").
+        synth = "synth_ecp5, abc"
+        run([yosys, "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -run :map_luts; "
+             "techmap -map +/lattice/latches_map.v; abc -lut 4; clean; "
+             "synth_ecp5 -top top -json top.json -run map_cells:; "
              "tee -q -o stat.json stat -json"], workdir, timeout)
     synth_s = time.time() - t0
     stat = json.loads((workdir / "stat.json").read_text())
@@ -214,10 +217,12 @@ def main(argv=None):
     ap.add_argument("--freq", type=float, default=100)
     ap.add_argument("--whole", type=int, nargs="*", default=[],
                     help="seeds of whole 85F digits builds to run (slow)")
+    ap.add_argument("--model", default=str(REPO / "out" / "digits.npz"),
+                    help="the artifact whose device-aware ulx3s-85f plan gives the blocks")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    plan, model = digits_plan()
+    plan, model = digits_plan(args.model)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-fmax-"))
     table, out = [], {}
     for label, stage in DEFAULT_BLOCKS:
@@ -228,13 +233,13 @@ def main(argv=None):
         res.update(stage=stage, block=type(block).__name__,
                    kwargs={k: v for k, v in kwargs.items() if isinstance(v, (int, bool))})
         out[label] = res
-        note = ", noabc9" if "noabc9" in res["synth"] else ""
+        note = ", abc" if "abc" in res["synth"] else ""
         line = summarize(f"{label} ({stage}, {type(block).__name__}, {res['device']}{note})",
                          res["runs"])
         print(line + f" {res['runs'][0]['path']}", flush=True)
         table.append(line)
     for seed in args.whole:
-        r = whole_design(seed, workdir, args.freq)
+        r = whole_design(seed, workdir, args.freq, args.model)
         out.setdefault("whole", dict(runs=[]))["runs"].append(r)
         print(f"whole design, seed {seed}: {r['fmax']:.2f} MHz", flush=True)
     if "whole" in out:
