@@ -259,17 +259,21 @@ def _overrides(board, seed, target_mhz, infer_dsp=True):
     default leaves them in LUTs). The overlay engine instantiates its ``SB_MAC16`` pairs
     itself and keeps its requant products in LUTs, so its builds pass False.
     """
+    # Yosys >= 0.38 keeps hierarchy markers ($scopeinfo cells) in its netlist; nextpnr
+    # releases before 0.7 (Debian's nextpnr-ice40 0.4 among them) cannot place them, and
+    # nothing needs them after synthesis.
+    strip = "delete t:$scopeinfo"
     if board.family == "ice40":
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
                    "--freq", f"{target_mhz:g}"]
-        opts = {"nextpnr_opts": " ".join(nextpnr)}
+        opts = {"nextpnr_opts": " ".join(nextpnr), "script_after_synth": strip}
         if infer_dsp:
             opts["synth_opts"] = "-dsp"
         return opts
     if board.family == "ecp5":
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
                    "--freq", f"{target_mhz:g}", "--router", "router2"]
-        return {"nextpnr_opts": " ".join(nextpnr)}
+        return {"nextpnr_opts": " ".join(nextpnr), "script_after_synth": strip}
     return {}
 
 
