@@ -362,7 +362,6 @@ class OverlayEngine(wiring.Component):
         gs = Signal(2)
         cnt = Signal(max(W["cin"], ceil_log2(P + 1)) + 5)   # flush countdowns
         last_grp = Signal()
-        m.d.comb += last_grp.eq(grp == f["groups"] - 1)
         grow = Signal(W["wrow"])                  # weight row of this group's channel 0
         cebase = Signal(W["cout"])                # channel entry of this group's lane 0
         gptr = Signal(aw)                         # dst address of this group's channel 0
@@ -373,6 +372,15 @@ class OverlayEngine(wiring.Component):
         cr = Signal(aw)     # src_col - src_row
         pw = Signal(dim)
         ph = Signal(dim)
+        # Last-index registers (n - 1), derived once, so that no end-of-count test has an
+        # adder in front of its comparator (the iCE40 critical path was wo - 1 -> last_pos).
+        m1 = {name: Signal(fw[name], name=f"m1_{name}")
+              for name in ("wo", "ho", "w", "h", "cin", "groups", "in_c")}
+        pwm1 = Signal(dim)
+        phm1 = Signal(dim)
+        tpm1 = Signal.like(tper)
+        dsm1 = Signal.like(dsteps)
+        m.d.comb += last_grp.eq(grp == m1["groups"])
 
         # LOAD counters
         lc = Signal(16)
@@ -446,6 +454,8 @@ class OverlayEngine(wiring.Component):
                         rc.eq(f["src_row"] - f["src_col"]),
                         cr.eq(f["src_col"] - f["src_row"]),
                         pw.eq(f["wo"] >> 1), ph.eq(f["ho"] >> 1),
+                        pwm1.eq((f["wo"] >> 1) - 1), phm1.eq((f["ho"] >> 1) - 1),
+                        *[m1[k].eq(f[k] - 1) for k in m1],
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
                         lc.eq(0), lx.eq(0), ly.eq(0), lpix.eq(0), laddr.eq(0),
                         lstarted.eq(0),
@@ -469,12 +479,12 @@ class OverlayEngine(wiring.Component):
                                  wq_addr.eq(laddr), wq_buf.eq(0),
                                  wq_data[0].eq(self.images.payload.data[0]),
                                  wq_data[1].eq(self.images.payload.data[0])]
-                    with m.If(lc == f["in_c"] - 1):
+                    with m.If(lc == m1["in_c"]):
                         m.d.sync += [lc.eq(0), lpix.eq(lpix + cp2_in),
                                      laddr.eq(lpix + cp2_in)]
-                        with m.If(lx == f["w"] - 1):
+                        with m.If(lx == m1["w"]):
                             m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
-                            with m.If(ly == f["h"] - 1):
+                            with m.If(ly == m1["h"]):
                                 m.next = "GSTART"
                         with m.Else():
                             m.d.sync += lx.eq(lx + 1)
@@ -494,6 +504,8 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += dsteps.eq(pg)
                 with m.If(gs == 2):
                     m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps)),
+                                 tpm1.eq(Mux(f["cin"] > dsteps, m1["cin"], dsteps - 1)),
+                                 dsm1.eq(dsteps - 1),
                                  tmin.eq(Mux(f["cin"] > dsteps, dsteps, f["cin"])), gs.eq(0)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
@@ -504,8 +516,8 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += hold.eq(f["raw"] & (t == 0) & busy)
                 with m.If(~hold):
                     m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t == 0),
-                                 iss_last.eq(t == f["cin"] - 1)]
-                    with m.If(t == tper - 1):
+                                 iss_last.eq(t == m1["cin"])]
+                    with m.If(t == tpm1):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
                         with m.If(last_pos):
@@ -551,10 +563,10 @@ class OverlayEngine(wiring.Component):
         # the pixel base address included (no multiplier in the address path).
         s = f["stride"]
         with m.If(f["pool"]):
-            m.d.comb += [last_pos.eq((mm == 3) & (x == pw - 1) & (y == ph - 1)),
+            m.d.comb += [last_pos.eq((mm == 3) & (x == pwm1) & (y == phm1)),
                          first_pos.eq((x == 0) & (y == 0))]
         with m.Else():
-            m.d.comb += [last_pos.eq((x == f["wo"] - 1) & (y == f["ho"] - 1)),
+            m.d.comb += [last_pos.eq((x == m1["wo"]) & (y == m1["ho"])),
                          first_pos.eq((x == 0) & (y == 0))]
         with m.If(adv):
             with m.If(f["pool"]):
@@ -565,7 +577,7 @@ class OverlayEngine(wiring.Component):
                     with m.Case(1):
                         m.d.sync += [sx.eq(sx - s), sy.eq(sy + s), pix.eq(pix + rc)]
                     with m.Case(3):
-                        with m.If(x == pw - 1):
+                        with m.If(x == pwm1):
                             rowb_n = Signal(aw)
                             m.d.comb += rowb_n.eq(rowb + (f["src_row"] << 1))
                             m.d.sync += [x.eq(0), y.eq(y + 1), sy.eq(sy + s), sx.eq(0),
@@ -574,7 +586,7 @@ class OverlayEngine(wiring.Component):
                             m.d.sync += [x.eq(x + 1), sy.eq(sy - s), sx.eq(sx + s),
                                          pix.eq(pix + cr)]
             with m.Else():
-                with m.If(x == f["wo"] - 1):
+                with m.If(x == m1["wo"]):
                     rowb_r = Signal(aw)
                     m.d.comb += rowb_r.eq(rowb + f["src_row"])
                     m.d.sync += [x.eq(0), y.eq(y + 1), sx.eq(0), sy.eq(sy + s),
@@ -697,7 +709,7 @@ class OverlayEngine(wiring.Component):
         # sums through their own read port (below), not through the shift register.
         with m.If(dstep):
             m.d.sync += dr_d.eq(dr_d + 1)
-            with m.If(dr_d == dsteps - 1):
+            with m.If(dr_d == dsm1):
                 m.d.sync += dr_act.eq(0)
             with m.If(~f["raw"] | (dr_d[0] if R == 2 else 1)):
                 m.d.sync += [shadow[j].eq(shadow[j + R]) for j in range(P - R)]
@@ -738,7 +750,7 @@ class OverlayEngine(wiring.Component):
         lanes = [lane0] + shadow[1:R]
         q1s = [reg(f"q1s{r}", signed(sw), Mux(dr_gap, gsel[r], lanes[r])) for r in range(R)]
         q1d = reg("q1d", range(P + 1), dr_d)
-        q1last = reg("q1last", 1, dr_d == dsteps - 1)
+        q1last = reg("q1last", 1, dr_d == dsm1)
         q1lv = reg("q1lv", R, Cat(k0 < pg, (k0 < pgm1) & ~f["raw"]) if R == 2 else k0 < pg)
         q1gap = reg("q1gap", 1, dr_gap)
         q1tag = reg("q1tag", tagw, dr_tag)
