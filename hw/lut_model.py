@@ -51,12 +51,12 @@ __all__ = ["FEATURES", "KIND_FEATURES", "MODEL_PATH", "load_lut_model", "stage_f
 MODEL_PATH = Path(__file__).with_name("lut_model.json")
 
 #: Every feature a kind may use (the meaning of each is in :func:`stage_features`).
-FEATURES = ("one", "din", "dout", "mul", "lmul", "lmem", "lram", "chan")
+FEATURES = ("one", "din", "dout", "mul", "lmul", "lmem", "lram", "chan", "pix")
 
 #: The features fitted for each block kind (the others are fixed at 0): few per kind, so that
 #: a handful of calibration blocks determines them.
 KIND_FEATURES = {
-    "channel_map": ("one", "din", "dout"),
+    "channel_map": ("one", "dout", "pix"),
     "shift": ("one", "din", "lmem", "lram"),
     "subsample": ("one", "din"),
     "conv": ("one", "mul", "lmul", "lmem", "lram"),
@@ -124,13 +124,15 @@ def stage_features(stage, family):
     registers around a product grow with them); ``lmul`` a × b summed over the multipliers
     too narrow for a DSP (Yosys builds those from LUTs); ``lmem`` the bits of the block's
     memories placed in flip-flops; ``lram`` their LUT-RAM cells (ECP5); ``chan`` the channels
-    of the input (counters and per-channel tables).
+    of the input (counters and per-channel tables); ``pix`` the bits of one whole input pixel
+    (channels × value bits: a lane converter holds a pixel or two in flip-flops).
     """
     lmem, lram = _memory_features(stage.cost.memories, family)
     mul, lmul = _multiplier_features(stage.cost.multipliers, family)
     return {"one": 1, "din": stage.lanes_in * stage.bits_in,
             "dout": stage.lanes_out * stage.bits_out, "mul": mul, "lmul": lmul,
-            "lmem": lmem, "lram": lram, "chan": stage.in_shape[2]}
+            "lmem": lmem, "lram": lram, "chan": stage.in_shape[2],
+            "pix": stage.in_shape[2] * stage.bits_in}
 
 
 def fifo_features(width, depth, family):
@@ -139,7 +141,7 @@ def fifo_features(width, depth, family):
     from .resources import fifo_memories
     lmem, lram = _memory_features(fifo_memories("fifo", width, depth), family)
     return {"one": 1, "din": width, "dout": width, "mul": 0, "lmul": 0, "lmem": lmem,
-            "lram": lram, "chan": 0}
+            "lram": lram, "chan": 0, "pix": 0}
 
 
 def stage_fifo_width(stage):
@@ -156,7 +158,7 @@ def link_features(model, plan, family, memories):
     lmem, lram = _memory_features(memories, family, roms=LINK_ROMS)
     slots = next((m.depth for m in memories if m.name == "link.slot_meta"), 1)
     return {"one": 1, "din": plan.input_lanes * model.input_bits, "dout": 0, "mul": 0,
-            "lmul": 0, "lmem": lmem, "lram": lram, "chan": slots}
+            "lmul": 0, "lmem": lmem, "lram": lram, "chan": slots, "pix": 0}
 
 
 def uart_features(clock_hz, baud):
@@ -164,7 +166,7 @@ def uart_features(clock_hz, baud):
     of its clocks-per-bit divider (its counters and the fractional accumulator grow with
     them)."""
     return {"one": 1, "din": max(1, int(clock_hz) // max(1, int(baud))).bit_length(),
-            "dout": 0, "mul": 0, "lmul": 0, "lmem": 0, "lram": 0, "chan": 0}
+            "dout": 0, "mul": 0, "lmul": 0, "lmem": 0, "lram": 0, "chan": 0, "pix": 0}
 
 
 def predict(kind, family, features, lut_model=None):
@@ -180,6 +182,10 @@ def predict(kind, family, features, lut_model=None):
         raise LutModelError(f"no LUT calibration for kind {kind!r} on {fam} in "
                             f"hw/lut_model.json") from None
     return sum(c * features[f] for f, c in fit["coef"].items())
+
+
+def _kind_error(kinds, kind):
+    return kinds[KIND_FALLBACK.get(kind, kind) if kind not in kinds else kind]["max_rel_error"]
 
 
 def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=None,
@@ -208,9 +214,13 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
     -------
     dict
         ``{"accelerator": n, "link": n, "total": n, "per_stage": [{"name", "kind", "logic",
-        "fifo"}], "family": calibrated family, "error": worst relative error of the kinds
-        used}``, figures rounded up to whole cells (``link`` 0 when ``link`` is False; it
-        includes the UART PHY).
+        "fifo"}], "family": calibrated family, "error": e}``, figures rounded up to whole
+        cells (``link`` 0 when ``link`` is False; it includes the UART PHY). ``e`` is the
+        relative error the calibration states for this sum: each block's estimate times its
+        kind's worst relative error over the calibration blocks, summed, over the total
+        (what the sum is within if every block is within its kind's error; cross-block
+        optimisation in the flattened design is not in it, see the JSON's whole-design
+        checks).
     """
     if getattr(plan, "engine", "dataflow") != "dataflow":
         raise LutModelError("estimate_logic models the dataflow engine only, not an "
@@ -218,16 +228,16 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
     lm = lut_model if lut_model is not None else load_lut_model()
     fam = calibrated_family(family)
     kinds = lm["families"][fam]["kinds"]
-    per_stage, used = [], set()
-    acc = 0.0
+    per_stage = []
+    acc = err = 0.0
     for stage in plan.stages:
         logic = predict(stage.kind, fam, stage_features(stage, fam), lm)
-        used.add(stage.kind)
+        err += logic * _kind_error(kinds, stage.kind)
         fifo = 0.0
         if stage.fifo_depth:
             fifo = predict("fifo", fam, fifo_features(stage_fifo_width(stage),
                                                      stage.fifo_depth, fam), lm)
-            used.add("fifo")
+            err += fifo * _kind_error(kinds, "fifo")
         per_stage.append({"name": stage.name, "kind": stage.kind, "logic": math.ceil(logic),
                           "fifo": math.ceil(fifo)})
         acc += logic + fifo
@@ -239,11 +249,11 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
         kw = dict(link_kw or {})
         # link_memories' defaults: the UART's divider is clock / baud.
         uart = uart_features(kw.get("clock_hz", 50_000_000), kw.get("baud", 115_200))
-        lnk = (predict("link", fam, link_features(model, plan, fam, mems), lm)
-               + predict("uart", fam, uart, lm))
-        used |= {"link", "uart"}
-    error = max((kinds[KIND_FALLBACK.get(k, k) if k not in kinds else k]["max_rel_error"]
-                 for k in used), default=0.0)
+        eng = predict("link", fam, link_features(model, plan, fam, mems), lm)
+        phy = predict("uart", fam, uart, lm)
+        lnk = eng + phy
+        err += eng * _kind_error(kinds, "link") + phy * _kind_error(kinds, "uart")
+    total = acc + lnk
     acc, lnk = math.ceil(acc), math.ceil(lnk)
     return {"accelerator": acc, "link": lnk, "total": acc + lnk, "per_stage": per_stage,
-            "family": fam, "error": error}
+            "family": fam, "error": round(err / total, 3) if total else 0.0}
