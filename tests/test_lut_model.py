@@ -24,8 +24,7 @@ from shiftacc.models.netgen import random_model
 #: (seed, (H, W), blocks, max_width, max_multipliers) -> {family: logic cells}.
 MEASURED_ACCELERATORS = {
     (1, (4, 4), 1, 5, 6): {"ice40": 4625, "ecp5": 3978},
-    (1, (4, 4), 1, 5, 12): {"ice40": None, "ecp5": None},
-    (7, (6, 6), 2, 8, 10): {"ice40": 5859, "ecp5": None},
+    (7, (6, 6), 2, 8, 10): {"ice40": 5859, "ecp5": 6782},
 }
 
 #: The link engine alone (tiny model seed 1, 24 MHz, 3 Mbaud) at (slots, max_payload),
