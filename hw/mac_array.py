@@ -264,23 +264,8 @@ class MacArray(wiring.Component):
         beat_layout = data.ArrayLayout(unsigned(ib), p_in)
 
         # ---------------------------------------------------------------- parameter memories
-        # The parameter beat, registered here with its layer match already decided: the
-        # broadcast bus reaches every block, and the layer/kind/lane decode into the write
-        # enables of many distributed-RAM words was an 8-LUT-deep path from the bus register
-        # (88 MHz on an ECP5). A weight write lands one cycle later, which nothing can see:
-        # parameters are loaded while no image is in flight.
-        par = Signal.like(self.params.payload, name="par_q", reset_less=True)
-        m.d.sync += par.eq(self.params.payload)
-        bus = self.params
-        hits = {}
-
-        def kind_hit(kind):
-            """A registered 'this beat writes ``kind`` of this layer' flag."""
-            if kind not in hits:
-                hits[kind] = Signal(name=f"par_{kind.name.lower()}")
-                m.d.sync += hits[kind].eq(bus.valid & (bus.payload.layer == self.layer_id)
-                                          & (bus.payload.kind == kind))
-            return hits[kind]
+        par = self.params.payload
+        mine = self.params.valid & (par.layer == self.layer_id)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
@@ -297,7 +282,7 @@ class MacArray(wiring.Component):
             m.submodules[name] = mem
             # granularity=1: a parameter beat writes one element of a row.
             wp = mem.write_port(granularity=1)
-            write = kind_hit(kind) & (par.row < depth)
+            write = mine & (par.kind == kind) & (par.row < depth)
             if groups == 1:
                 m.d.comb += wp.addr.eq(par.row)
                 for e in range(per_row):
