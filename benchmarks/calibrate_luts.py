@@ -513,10 +513,9 @@ def main():
         records = [json.loads(x) for x in cache.read_text().splitlines()]
         records = list({(r["key"], r["family"]): r for r in records}.values())
     else:
+        # Every cached measurement (of every kind) except those of the kinds redone, which
+        # are this run's only.
         records = run(cache, only, redo, args.max_blocks)
-        if only is not None:           # the fit uses every cached kind
-            records = [json.loads(x) for x in cache.read_text().splitlines()]
-            records = list({(r["key"], r["family"]): r for r in records}.values())
     from shiftacc.hw.synth import yosys_exe
     yv = subprocess.run([yosys_exe(), "-V"], capture_output=True, text=True).stdout.strip()
     npv = subprocess.run(_nextpnr("ice40")[:1] + ["--version"], capture_output=True,

@@ -200,7 +200,9 @@ def test_overlay_plans_are_not_estimated():
 
 @pytest.mark.slow
 def test_two_stages_resynthesized_within_the_fit_error():
-    """Synthesize two blocks again (Yosys + nextpnr --pack-only, ~1-2 min) and compare."""
+    """Synthesize two blocks the calibration did not see (Yosys + nextpnr --pack-only, ~1-2
+    min) and compare with the fit's out-of-sample (leave-one-out) error, which the JSON
+    states beside the in-sample one."""
     import shutil
     import sys
     from pathlib import Path
@@ -220,6 +222,7 @@ def test_two_stages_resynthesized_within_the_fit_error():
         for fam in ("ice40", "ecp5"):
             got = measure(to_verilog(cls(**kw), name="top"), fam)["logic"]
             est = predict(st.kind, fam, stage_features(st, fam))
-            err = lm["families"][fam]["kinds"][st.kind]["max_rel_error"]
+            k = lm["families"][fam]["kinds"][st.kind]
+            err = max(k["max_rel_error"], k["loo_max_rel_error"] or 0)
             print(st.name, fam, "measured", got, "estimate", round(est), "error", err)
             assert abs(est - got) <= max(err, 0.05) * got
