@@ -440,8 +440,11 @@ class MacArray(wiring.Component):
                      j1b.eq(j1)]
 
         # Stage 1b -> 2: all p_in * p_out products (the multipliers, busy on every issue).
-        # (Data registers carry no reset: only the valid bits beside them need one.)
-        prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}", reset_less=True)
+        # The product registers keep their reset: without one, Yosys' iCE40 DSP packing
+        # folds some products into other SB_MAC16s' adders (12 products -> 8 blocks), so the
+        # count would no longer be one block per product as hw.resources states and the
+        # planner counts (tests/test_hw_resources.py checks it against Yosys).
+        prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}")
                   for k in range(p_in)] for o in range(p_out)]
         for o in range(p_out):
             for k in range(p_in):
