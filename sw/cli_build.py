@@ -197,6 +197,27 @@ def _overlay_config_text(args):
     return text
 
 
+def _warn_logic(model, plan, board, args, say):
+    """A ``--config`` plan is the user's: its estimated logic cells (``hw.lut_model``, stated
+    error 10-25 %) are checked and an overflow is said before the long tool run, not refused
+    (the device-aware planner, used without ``--config``, refuses it)."""
+    from ..hw import devices
+    from ..hw.plan import PlanError
+    try:
+        device = devices.get_device(board.device)
+    except PlanError:
+        return
+    kw = dict(board.link_kw(model))
+    kw["clock_hz"] = int((args.freq or board.target_mhz) * 1e6)
+    kw["baud"] = args.baud or board.baud
+    try:
+        devices.check_plan(model, plan, device, headroom=0, link_kw=kw)
+    except PlanError as e:
+        say(f"[build] warning: {e} (estimated before synthesis; place and route decides)")
+    except Exception:  # noqa: BLE001 - an estimate never stops a build the user asked for
+        pass
+
+
 def check_fit(plan, board):
     """Refuse a plan whose hard multipliers exceed the device's (before any synthesis).
 
@@ -502,6 +523,8 @@ def cmd_build(args):
             raise UsageError(f"{', '.join(given)} configure the overlay engine; add --engine "
                              f"overlay (or drop them for the dataflow engine)")
         plan = _plan(args, model, board, say)
+        if args.config is not None:
+            _warn_logic(model, plan, board, args, say)
     check_fit(plan, board)
 
     from ..boards.pll import PLLError
