@@ -23,7 +23,7 @@ from pathlib import Path
 
 from shiftacc.boards.registry import find_board
 from shiftacc.sw import explore as ex
-from shiftacc.sw.cli_explore import _ROW_COLS, _table, explore, parse_list
+from shiftacc.sw.cli_explore import _ROW_COLS, _table, explore, parse_list, pareto_text
 
 
 def main():
@@ -74,13 +74,7 @@ def main():
                  for k in same if a.get(k) != b.get(k)]
         result["serial_vs_ray_differences"] = diffs
     print(_table(rows, _ROW_COLS))
-    for res in ("LUT", "DSP"):
-        front = ex.pareto(rows, res)
-        if front:
-            print(f"\nPareto front, images/s vs {res}:")
-            print(_table(front, (("key", "POINT", ""), (f"{res}_used", res, ""),
-                                 ("images_per_second", "IMG/S", ".0f"),
-                                 ("fmax_mhz", "FMAX", ".1f"), ("multipliers", "MULT", ""))))
+    print(pareto_text(rows), end="")
     print()
     for executor in runs:
         r = result[executor]

@@ -68,6 +68,22 @@ def _fmt(v, spec=""):
     return str(v)
 
 
+def pareto_text(rows):
+    """The Pareto fronts of images/s against LUTs and against DSP blocks, as printed text
+    (empty when no row has the figures)."""
+    from . import explore as ex  # (imported here: it pulls in Ray's helpers lazily)
+    text = ""
+    for res in ("LUT", "DSP"):
+        front = ex.pareto(rows, res)
+        if front:
+            text += f"\nPareto front, images/s vs {res}:\n"
+            text += _table(front, (("key", "POINT", ""), (f"{res}_used", res, ""),
+                                   ("images_per_second", "IMG/S", ".0f"),
+                                   ("fmax_mhz", "FMAX", ".1f"),
+                                   ("multipliers", "MULT", ""))) + "\n"
+    return text
+
+
 def _table(rows, cols):
     """A plain text table of ``rows`` (dicts): ``cols`` is ((key, header, format), ...)."""
     cells = [[_fmt(r.get(k), f) for k, _, f in cols] for r in rows]
@@ -202,13 +218,7 @@ def cmd_explore(args):
     print(f"\n{len(rows)} points: {counts['ok']} ok, {counts['refused']} refused, "
           f"{counts['failed']} failed; {reused} reused, {ran}; "
           f"results in {out / 'results.csv'} and {out / 'results.json'}")
-    for res in ("LUT", "DSP"):
-        front = ex.pareto(rows, res)
-        if front:
-            print(f"\nPareto front, images/s vs {res}:")
-            print(_table(front, (("key", "POINT", ""), (f"{res}_used", res, ""),
-                                 ("images_per_second", "IMG/S", ".0f"),
-                                 ("fmax_mhz", "FMAX", ".1f"), ("multipliers", "MULT", ""))))
+    print(pareto_text(rows), end="")
     if counts["failed"]:
         first = next(r for r in rows if r["status"] == "failed")
         raise BuildFailed(f"{counts['failed']} of {len(rows)} points failed (rows kept in "

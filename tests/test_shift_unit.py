@@ -151,6 +151,13 @@ def test_shift_unit_cycle_model_is_exact(case):
     w, h, c, p = rng.randint(1, 7), rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 4)
     r, s = rng.choice([1, 2]), rng.choice([1, 2])
     print(f"W={w} H={h} C={c} P={p} R={r} stride={s}")
+    dut, period = _exact_back_to_back(rng, seed, w, h, c, p, r, s)
+    assert period == dut.resources().cycles == h * w * dut.nb
+
+
+def _exact_back_to_back(rng, seed, w, h, c, p, r, s):
+    """Four random images back to back through a ShiftUnit: the outputs equal golden's
+    shift (and stride); returns the unit and its measured cycles per image."""
     dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
     n = 4
     images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
@@ -161,7 +168,7 @@ def test_shift_unit_cycle_model_is_exact(case):
                                        params=shift_param_words(0, shifts, p))
     got, _ = beats_to_pixels(out, n, ho, wo, c, p)
     np.testing.assert_array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
-    assert period == dut.resources().cycles == h * w * dut.nb
+    return dut, period
 
 
 @pytest.mark.parametrize("w,h,c,p,r,s", [(1, 4, 1, 1, 1, 1), (2, 3, 2, 1, 1, 1),
@@ -172,14 +179,5 @@ def test_shift_unit_narrow_maps_keep_full_rate(w, h, c, p, r, s):
     issuing its last beat, and the ring's spare row (``ring_rows``) must keep the writer from
     waiting on it: still exactly H·W·NB cycles per image, images back to back."""
     rng, seed = make_rng(f"test_shift_unit_narrow_maps_keep_full_rate[{w},{h},{c},{p},{r},{s}]")
-    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=s)
-    n = 4
-    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
-    shifts = random_shifts(rng, c, r)
-    ho, wo = -(-h // s), -(-w // s)
-    period, out = measure_image_period(dut, pixels_to_beats(images, p, 8, None),
-                                       n * ho * wo * dut.nb,
-                                       params=shift_param_words(0, shifts, p))
-    got, _ = beats_to_pixels(out, n, ho, wo, c, p)
-    np.testing.assert_array_equal(got, golden.shift(images, shifts)[:, ::s, ::s, :])
+    dut, period = _exact_back_to_back(rng, seed, w, h, c, p, r, s)
     assert period == h * w * dut.nb
