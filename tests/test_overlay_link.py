@@ -291,7 +291,8 @@ def test_cli_generate_overlay(np_rng, tmp_path, monkeypatch, capsys):
     assert summ["engine"] == "overlay" and summ["config"]["requant_units"] == 1
     assert {k: summ["config"][k] for k in cfg} == cfg
     assert summ["io"] == {"input": [8, 8, 1], "input_bits": 8, "classes": 10}
-    assert summ["multipliers"] == 4 + 1
+    # 4 MAC lanes; the requant unit's product is two 16-bit halves (two multipliers).
+    assert summ["multipliers"] == 4 + 2 * 1
     words = 5 * len(PASS_FIELDS) + 64 + 128 * 4 + 4 * 64
     assert summ["param_words"] == words
     assert (out / "params.bin").stat().st_size == 10 * words
