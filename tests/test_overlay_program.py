@@ -154,7 +154,10 @@ def _random_cases(base_seed):
         out.append((n, int(rng.integers(1 << 31)), dict(size=size, in_channels=cin, blocks=blocks,
                                                         act_bits=act, weight_bits=wbits,
                                                         max_width=width),
-                    OverlayConfig(lanes=lanes, requant_units=r)))
+                    # Capacities large enough for any drawn network (narrow lanes and wide
+                    # layers need many weight rows): this test is about exactness.
+                    OverlayConfig(lanes=lanes, requant_units=r, weight_rows=4096,
+                                  channel_rows=1024, gather_rows=1024)))
     return out
 
 
