@@ -6,7 +6,6 @@ The reference is always ``models.golden.run`` on the artifact; the device model 
 logits from the loaded words only (words -> ``decode_param_words`` -> ``run_overlay``).
 """
 
-import argparse
 import hashlib
 import json
 
@@ -21,7 +20,6 @@ from shiftacc.models import golden
 from shiftacc.models.artifact import save_artifact
 from shiftacc.models.netgen import random_model
 from shiftacc.sw import protocol as P
-from shiftacc.sw.choices import add_engine_args
 from shiftacc.sw.device import DesignMismatch, Device
 from shiftacc.sw.devmodel import DeviceModel, ModelPort
 from shiftacc.sw.errors import EXIT_USAGE
@@ -223,19 +221,8 @@ def test_dataflow_device_refuses_another_topology_still(np_rng):
 # --- CLI ---------------------------------------------------------------------------------------
 
 def _main(monkeypatch):
-    """``shiftacc.sw.cli.main`` with ``--engine`` on generate/sim/serve (registered here while
-    sw/cli.py does not declare them itself)."""
+    """``shiftacc.sw.cli.main`` (generate/sim/serve declare ``--engine`` themselves)."""
     from shiftacc.sw import cli
-    original = cli.build_parser
-
-    def build():
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        for name in ("generate", "sim", "serve"):
-            if "--engine" not in sub.choices[name]._option_string_actions:
-                add_engine_args(sub.choices[name])
-        return parser
-    monkeypatch.setattr(cli, "build_parser", build)
     return cli.main
 
 
@@ -317,22 +304,6 @@ def test_link_top_builds_the_overlay_engine(np_rng):
     Simulator(top)    # elaborates the whole top (a port mismatch fails here)
 
 
-_SERVE = """
-import argparse, sys
-from shiftacc.sw import cli
-from shiftacc.sw.choices import add_engine_args
-original = cli.build_parser
-def build():
-    parser = original()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "--engine" not in sub.choices["serve"]._option_string_actions:
-        add_engine_args(sub.choices["serve"])
-    return parser
-cli.build_parser = build
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
 def test_serve_overlay_runs_two_topologies(tmp_path):
     """``shiftacc serve --engine overlay`` (Verilator: LinkTop + OverlayEngine) and the driver
@@ -349,7 +320,7 @@ def test_serve_overlay_runs_two_topologies(tmp_path):
     cfg = {"lanes": 4, "fm_words": 256, "weight_rows": 64, "channel_rows": 32,
            "gather_rows": 32, "max_passes": 5}
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", str(tmp_path / "a.npz"),
+    proc = subprocess.Popen([sys.executable, "-m", "shiftacc", "serve", str(tmp_path / "a.npz"),
                              "--port", "0", "-q", "--engine", "overlay", "--overlay-config",
                              json.dumps(cfg)], stdout=subprocess.PIPE, stderr=log, text=True,
                             start_new_session=True)
