@@ -366,18 +366,18 @@ class OverlayEngine(wiring.Component):
         cebase = Signal(W["cout"])                # channel entry of this group's lane 0
         gptr = Signal(aw)                         # dst address of this group's channel 0
         wptr = Signal(aw)                         # dst address of the current output pixel
-        # Derived in SETUP's last cycle (adders kept out of the per-position path).
-        cp2_in = Signal(16)
+        # Derived while SETUP captures the fields (adders kept out of the per-position path;
+        # one shared decrementer and one shared halving decrementer on the program RAM's
+        # read data instead of one adder per derived register).
         rc = Signal(aw)     # src_row - src_col
         cr = Signal(aw)     # src_col - src_row
-        pw = Signal(dim)
-        ph = Signal(dim)
-        # Last-index registers (n - 1), derived once, so that no end-of-count test has an
-        # adder in front of its comparator (the iCE40 critical path was wo - 1 -> last_pos).
+        rstep = Signal(aw)  # the pixel base step of a row of positions (2 src_row with a pool)
+        # Last-index registers (n - 1), so that no end-of-count test has an adder in front of
+        # its comparator (the iCE40 critical path was wo - 1 -> last_pos).
         m1 = {name: Signal(fw[name], name=f"m1_{name}")
-              for name in ("wo", "ho", "w", "h", "cin", "groups", "in_c")}
-        pwm1 = Signal(dim)
-        phm1 = Signal(dim)
+              for name in ("w", "h", "cin", "groups", "in_c")}
+        xlast = Signal(dim)     # last x: wo - 1, or wo/2 - 1 (window index) with a pool
+        ylast = Signal(dim)
         tpm1 = Signal.like(tper)
         dsm1 = Signal.like(dsteps)
         m.d.comb += last_grp.eq(grp == m1["groups"])
@@ -386,8 +386,7 @@ class OverlayEngine(wiring.Component):
         lc = Signal(16)
         lx = Signal(dim)
         ly = Signal(dim)
-        lpix = Signal(aw)
-        laddr = Signal(aw)
+        lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
 
         # issue counters
@@ -395,8 +394,6 @@ class OverlayEngine(wiring.Component):
         x = Signal(dim)
         y = Signal(dim)
         mm = Signal(2)
-        sx = Signal(signed(dim + 2))
-        sy = Signal(signed(dim + 2))
         pix = Signal(aw)
         rowb = Signal(aw)
 
@@ -442,22 +439,32 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += fcnt.eq(fcnt + 1)
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
+                data = prog_r.data
+                dec = Signal(len(data))
+                hdec = Signal(len(data))
+                m.d.comb += [dec.eq(data - 1), hdec.eq((data >> 1) - 1)]
                 with m.If((fcnt >= 1) & (fcnt <= nf)):
                     with m.Switch(fcnt - 1):
                         for name in PASS_FIELDS:
                             with m.Case(_F[name]):
-                                m.d.sync += f[name].eq(prog_r.data)
+                                m.d.sync += f[name].eq(data)
+                                if name in m1:
+                                    m.d.sync += m1[name].eq(dec)
+                                # (pool comes before ho, wo; src_row before src_col)
+                                if name == "wo":
+                                    m.d.sync += xlast.eq(Mux(f["pool"], hdec, dec))
+                                if name == "ho":
+                                    m.d.sync += ylast.eq(Mux(f["pool"], hdec, dec))
+                                if name == "src_row":
+                                    m.d.sync += rstep.eq(Mux(f["pool"], data << 1, data))
+                                if name == "src_col":
+                                    m.d.sync += [rc.eq(f["src_row"] - data),
+                                                 cr.eq(data - f["src_row"])]
                 with m.If(fcnt == nf + 1):
                     m.d.sync += [
                         fcnt.eq(0),
-                        cp2_in.eq((f["in_c"] + 1) >> 1),
-                        rc.eq(f["src_row"] - f["src_col"]),
-                        cr.eq(f["src_col"] - f["src_row"]),
-                        pw.eq(f["wo"] >> 1), ph.eq(f["ho"] >> 1),
-                        pwm1.eq((f["wo"] >> 1) - 1), phm1.eq((f["ho"] >> 1) - 1),
-                        *[m1[k].eq(f[k] - 1) for k in m1],
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
-                        lc.eq(0), lx.eq(0), ly.eq(0), lpix.eq(0), laddr.eq(0),
+                        lc.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
                     with m.If(f["op"] == OP_END):
@@ -475,13 +482,13 @@ class OverlayEngine(wiring.Component):
                 with m.Else():
                     m.d.comb += self.images.ready.eq(1)
                 with m.If(self.images.valid & self.images.ready):
-                    m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lc[0], 0b10, 0b01)),
-                                 wq_addr.eq(laddr), wq_buf.eq(0),
+                    m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lk[0], 0b10, 0b01)),
+                                 wq_addr.eq(lk >> 1), wq_buf.eq(0),
                                  wq_data[0].eq(self.images.payload.data[0]),
                                  wq_data[1].eq(self.images.payload.data[0])]
                     with m.If(lc == m1["in_c"]):
-                        m.d.sync += [lc.eq(0), lpix.eq(lpix + cp2_in),
-                                     laddr.eq(lpix + cp2_in)]
+                        # a pixel's last channel: skip the pad slot of an odd channel count
+                        m.d.sync += [lc.eq(0), lk.eq(lk + 1 + ~m1["in_c"][0])]
                         with m.If(lx == m1["w"]):
                             m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
                             with m.If(ly == m1["h"]):
@@ -489,12 +496,12 @@ class OverlayEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += lx.eq(lx + 1)
                     with m.Else():
-                        m.d.sync += [lc.eq(lc + 1), laddr.eq(laddr + lc[0])]
+                        m.d.sync += [lc.eq(lc + 1), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
                     m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), wptr.eq(gptr),
-                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0), sx.eq(0), sy.eq(0),
+                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0),
                                  pix.eq(0), rowb.eq(0)]
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
@@ -559,40 +566,35 @@ class OverlayEngine(wiring.Component):
             m.d.sync += prog_dirty.eq(1)
 
         # ---- output positions: raster, or window order with a fused maxpool ----------------
-        # (x, y) are the window's (px, py) with a pool; every step is one adder per register,
-        # the pixel base address included (no multiplier in the address path).
-        s = f["stride"]
-        with m.If(f["pool"]):
-            m.d.comb += [last_pos.eq((mm == 3) & (x == pwm1) & (y == phm1)),
-                         first_pos.eq((x == 0) & (y == 0))]
+        # (x, y) are the window's (px, py) with a pool, mm the member (0,0) (0,1) (1,0) (1,1).
+        # The pixel base address is one adder: pix + a step (src_col, inside a window
+        # src_row - src_col or src_col - src_row), or at a row's end rowb + rstep (src_row,
+        # twice with a pool). No multiplier in the address path; the coordinates s*y, s*x of
+        # the bounds check are wires (x, y, mm concatenated, shifted by the stride).
+        win_done = Signal()      # the last member of a window (always without a pool)
+        row_end = Signal()
+        m.d.comb += [win_done.eq(~f["pool"] | (mm == 3)), row_end.eq(x == xlast),
+                     last_pos.eq(win_done & row_end & (y == ylast)),
+                     first_pos.eq((x == 0) & (y == 0))]
+        wrap = Signal()
+        m.d.comb += wrap.eq(win_done & row_end)
+        pstep = Signal(aw)
+        with m.If(wrap):
+            m.d.comb += pstep.eq(rstep)
+        with m.Elif(f["pool"] & (mm == 1)):
+            m.d.comb += pstep.eq(rc)
+        with m.Elif(f["pool"] & (mm == 3)):
+            m.d.comb += pstep.eq(cr)
         with m.Else():
-            m.d.comb += [last_pos.eq((x == m1["wo"]) & (y == m1["ho"])),
-                         first_pos.eq((x == 0) & (y == 0))]
+            m.d.comb += pstep.eq(f["src_col"])
+        pix_n = Signal(aw)
+        m.d.comb += pix_n.eq(Mux(wrap, rowb, pix) + pstep)
         with m.If(adv):
-            with m.If(f["pool"]):
-                m.d.sync += mm.eq(mm + 1)
-                with m.Switch(mm):
-                    with m.Case(0, 2):
-                        m.d.sync += [sx.eq(sx + s), pix.eq(pix + f["src_col"])]
-                    with m.Case(1):
-                        m.d.sync += [sx.eq(sx - s), sy.eq(sy + s), pix.eq(pix + rc)]
-                    with m.Case(3):
-                        with m.If(x == pwm1):
-                            rowb_n = Signal(aw)
-                            m.d.comb += rowb_n.eq(rowb + (f["src_row"] << 1))
-                            m.d.sync += [x.eq(0), y.eq(y + 1), sy.eq(sy + s), sx.eq(0),
-                                         rowb.eq(rowb_n), pix.eq(rowb_n)]
-                        with m.Else():
-                            m.d.sync += [x.eq(x + 1), sy.eq(sy - s), sx.eq(sx + s),
-                                         pix.eq(pix + cr)]
-            with m.Else():
-                with m.If(x == m1["wo"]):
-                    rowb_r = Signal(aw)
-                    m.d.comb += rowb_r.eq(rowb + f["src_row"])
-                    m.d.sync += [x.eq(0), y.eq(y + 1), sx.eq(0), sy.eq(sy + s),
-                                 rowb.eq(rowb_r), pix.eq(rowb_r)]
-                with m.Else():
-                    m.d.sync += [x.eq(x + 1), sx.eq(sx + s), pix.eq(pix + f["src_col"])]
+            m.d.sync += [mm.eq(mm + f["pool"]), pix.eq(pix_n)]
+            with m.If(wrap):
+                m.d.sync += [x.eq(0), y.eq(y + 1), rowb.eq(pix_n)]
+            with m.Elif(win_done):
+                m.d.sync += x.eq(x + 1)
 
         # ---- MAC pipeline ----------------------------------------------------------------
         def reg(name, shape, value):
@@ -606,8 +608,11 @@ class OverlayEngine(wiring.Component):
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
         pix1 = reg("pix1", aw, pix)
-        sy1 = reg("sy1", signed(dim + 2), sy)
-        sx1 = reg("sx1", signed(dim + 2), sx)
+        oy = Mux(f["pool"], Cat(mm[1], y), y)
+        ox = Mux(f["pool"], Cat(mm[0], x), x)
+        s2 = f["stride"][1]          # stride 1 or 2
+        sy1 = reg("sy1", signed(dim + 3), Mux(s2, oy << 1, oy))
+        sx1 = reg("sx1", signed(dim + 3), Mux(s2, ox << 1, ox))
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
         wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
@@ -620,8 +625,8 @@ class OverlayEngine(wiring.Component):
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
         addr2 = reg("addr2", aw, pix1 + off)
-        yy2 = reg("yy2", signed(dim + 3), sy1 + dy)
-        xx2 = reg("xx2", signed(dim + 3), sx1 + dx)
+        yy2 = reg("yy2", signed(dim + 4), sy1 + dy)
+        xx2 = reg("xx2", signed(dim + 4), sx1 + dx)
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
@@ -696,8 +701,19 @@ class OverlayEngine(wiring.Component):
         dr_d = Signal(range(P + 1))
         dr_gap = Signal()
         dr_tag = Signal(tagw)
-        gsum = [[Signal(gsum_bits, name=f"gsum{r}_{j}") for j in range(P // R)]
-                for r in range(R)]
+        # The gap sums live in one small block RAM per requant lane (P/R words of gsum_bits):
+        # registers and their P/R-way read mux were the engine's largest LUT group and its
+        # critical path (read mux -> gap adder). The read is synchronous, so its address is
+        # taken one stage early (q8 for the fused sum, DR0 for the gap drain), and the read
+        # is transparent: a 1-cycle position (cin = D = 1) reads the sum written that cycle.
+        gsum_w, gsum_r = [], []
+        for r in range(R):
+            mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
+                                attrs={"ram_style": "block"})
+            m.submodules[f"gsum{r}"] = mem
+            wp = mem.write_port()
+            gsum_w.append(wp)
+            gsum_r.append(mem.read_port(domain="sync", transparent_for=(wp,)))
         step = Signal(range(R + 1))
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
         # A drain step: always, except on the raw pass without room in the logits queue.
@@ -718,11 +734,11 @@ class OverlayEngine(wiring.Component):
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(0), dr_tag.eq(tag6)]
         with m.If(gap_go):
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
-        # One read port on the gap sums: the accumulate stage's index, or the drain's.
-        gsum_a = [Array(gsum[r]) for r in range(R)]
+        # One read port on the gap sums: the accumulate stage's index (read at q8, used at
+        # q9), or the gap drain's (read at DR0, used at q1).
         gidx = Signal(range(P + 1))
-        gsel = [Signal(gsum_bits, name=f"gsel{r}") for r in range(R)]
-        m.d.comb += [gsel[r].eq(gsum_a[r][gidx]) for r in range(R)]
+        gsel = [gsum_r[r].data for r in range(R)]
+        m.d.comb += [gsum_r[r].addr.eq(gidx) for r in range(R)]
         m.d.comb += [busy.eq(dr_act | v1 | v2 | v3 | v4 | v5 | v6)]
 
         # DR0: channel-table reads, R lanes taken
@@ -748,13 +764,16 @@ class OverlayEngine(wiring.Component):
         else:
             lane0 = shadow[0]
         lanes = [lane0] + shadow[1:R]
-        q1s = [reg(f"q1s{r}", signed(sw), Mux(dr_gap, gsel[r], lanes[r])) for r in range(R)]
+        q1s_acc = [reg(f"q1s{r}", signed(sw), lanes[r]) for r in range(R)]
         q1d = reg("q1d", range(P + 1), dr_d)
         q1last = reg("q1last", 1, dr_d == dsm1)
         q1lv = reg("q1lv", R, Cat(k0 < pg, (k0 < pgm1) & ~f["raw"]) if R == 2 else k0 < pg)
         q1gap = reg("q1gap", 1, dr_gap)
         q1tag = reg("q1tag", tagw, dr_tag)
         q1swap = reg("q1swap", 1, ent[0] if R == 2 else 0)
+        # The gap drain's sums arrive from their RAM here (read at DR0).
+        q1s = [Signal(signed(sw), name=f"q1sel{r}") for r in range(R)]
+        m.d.comb += [q1s[r].eq(Mux(q1gap, gsel[r], q1s_acc[r])) for r in range(R)]
 
         def table(name, r):
             ports = tables["shq" if name in ("sh", "qmax") else name]
@@ -805,16 +824,36 @@ class OverlayEngine(wiring.Component):
         p4 = [reg(f"q4p{r}", signed(50), (hs3b[r] << 16) + pl3b[r]) for r in range(R)]
         shm4 = [reg(f"q4shm{r}", SH_BITS, shm3b[r]) for r in range(R)]
         qm4 = [reg(f"q4qm{r}", 8, qm3b[r]) for r in range(R)]
-        # S4: t = p >> (sh - 1), arithmetic (floor)
+        # S4/S5: t = p >> (sh - 1) (floor), saturated to [-1, 2*qtop + 1] (changes no clamped
+        # result, Requant docstring). A negative p gives t <= -1, so t = -1; for p >= 0 only
+        # the a+1 = act_bits_max+1 bits at sh-1 and "anything set above them" matter. So the
+        # 48-bit barrel shift (the largest LUT group) is two small ones: S4 selects the
+        # 16-bit window at a multiple of 8 (8-way mux) and whether anything above it is set,
+        # S5 shifts the window by sh-1 mod 8 and saturates (an OR of the overflow).
         q5 = follow("q", 5, *q4)
-        sh5 = [reg(f"q5sh{r}", signed(50), p4[r] >> shm4[r]) for r in range(R)]
+        nb = self.act_bits_max + 1
+        win5, ovf5, neg5, fine5 = [], [], [], []
+        for r in range(R):
+            pu = Cat(p4[r][:47], C(0, 25))          # |p| < 2**47 (v int32, m < 2**16)
+            coarse = shm4[r][3:]
+            wins = Array(pu[8 * k:8 * k + 16] for k in range(8))
+            # "a bit of p at or above 8k + 16 is set", per k (suffix ORs of the bytes)
+            above = Array(pu[8 * k + 16:47].any() if 8 * k + 16 < 47 else C(0, 1)
+                          for k in range(8))
+            win5.append(reg(f"q5w{r}", 16, wins[coarse]))
+            ovf5.append(reg(f"q5o{r}", 1, above[coarse]))
+            neg5.append(reg(f"q5n{r}", 1, p4[r][-1]))
+            fine5.append(reg(f"q5f{r}", 3, shm4[r][:3]))
         qm5 = [reg(f"q5qm{r}", 8, qm4[r]) for r in range(R)]
-        # S5: saturate to [-1, 2*qtop + 1] (changes no clamped result, Requant docstring)
         q6 = follow("q", 6, *q5)
-        t_hi = 2 * qtop + 1
         tb = self.act_bits_max + 2
-        t6 = [reg(f"q6t{r}", signed(tb), Mux(sh5[r] < -1, -1, Mux(sh5[r] > t_hi, t_hi, sh5[r])))
-              for r in range(R)]
+        t6 = []
+        for r in range(R):
+            fine = Signal(16, name=f"q5fine{r}")
+            m.d.comb += fine.eq(win5[r] >> fine5[r])
+            sat = Signal(nb, name=f"q5sat{r}")
+            m.d.comb += sat.eq(fine[:nb] | Mux(ovf5[r] | fine[nb:].any(), (1 << nb) - 1, 0))
+            t6.append(reg(f"q6t{r}", signed(tb), Mux(neg5[r], -1, sat)))
         qm6 = [reg(f"q6qm{r}", 8, qm5[r]) for r in range(R)]
         # S6: round, q = (t + 1) >> 1 in [0, qtop + 1]
         q7 = follow("q", 7, *q6)
@@ -841,11 +880,11 @@ class OverlayEngine(wiring.Component):
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()
         m.d.comb += gap_on.eq(f["gap"] & ~q9gap)
-        m.d.comb += gidx.eq(Mux(dr_gap, dr_d, q9d))
-        with m.If(o9v & gap_on):
-            for r in range(R):
-                m.d.sync += gsum_a[r][q9d].eq(Mux(q9fp, out9[r], gsel[r] + out9[r]))
-        with m.Elif(o9v):
+        m.d.comb += gidx.eq(Mux(dr_gap, dr_d, q8d))
+        for r in range(R):
+            m.d.comb += [gsum_w[r].addr.eq(q9d), gsum_w[r].en.eq(o9v & gap_on),
+                         gsum_w[r].data.eq(Mux(q9fp, out9[r], gsel[r] + out9[r]))]
+        with m.If(o9v & ~gap_on):
             base = Mux(q9gap, gptr, wptr)
             m.d.sync += wq_buf.eq(f["dst"])
             if R == 2:

@@ -48,9 +48,11 @@ __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories",
            "OP_END", "OP_CONV", "compile_overlay", "run_overlay", "decode_param_words",
            "overlay_cost", "INT32_MAX"]
 
-#: The fields of one program row, in lane order (spec §4).
-PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "ho", "wo", "cin", "cout", "groups",
-               "last_group", "gbase", "wbase", "cbase", "src_row", "src_col", "pool", "gap",
+#: The fields of one program row, in lane order (spec §4; ``pool`` comes before ``ho``, ``wo``
+#: and ``src_row`` before ``src_col``: the engine derives its window and address steps while
+#: it captures the row, from the fields already read).
+PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "pool", "ho", "wo", "cin", "cout",
+               "groups", "last_group", "gbase", "wbase", "cbase", "src_row", "src_col", "gap",
                "gap_m", "gap_sh", "gap_qmax", "raw", "out_h", "out_w", "dst_cp2", "in_c")
 
 #: Program ``op`` values: END stops the engine (the row after the last pass).
