@@ -39,11 +39,13 @@ reason for the cut):
 
 Drain (``d`` = drain step, cycles after the hand-off ``H``): ``H+1+d`` take ``R`` lanes and
 read the channel tables (bias, m, sh, qmax in ``R`` parity banks), ``+2`` ``v = acc + bias``,
-``+3`` the two 16u×16u halves of ``v * m`` (``v`` fits int32, the artifact's bound), ``+4``
-the high half's sign correction, ``+5`` their sum (the requant multiply spans three stages),
-``+6`` the arithmetic shift by ``sh - 1``, ``+7`` saturation, ``+8`` round, ``+9`` clamp to
-``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`), ``+10`` fused
-running max, ``+11`` fused gap sum or the write request, ``+12`` the write.
+``+3`` the two 16-bit halves' products ``vlo * m``, ``vhi * m`` (``v`` fits int32, the
+artifact's bound), ``+4`` their sum ``p = v * m`` (on iCE40 both inside the ``SB_MAC16``
+pair), ``+5`` the coarse shift (the 16-bit window of ``p`` at ``8 * ((sh - 1) >> 3)``, and
+whether anything above it is set), ``+6`` the fine shift and saturation, ``+7`` round, ``+8``
+clamp to ``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`),
+``+9`` fused running max, ``+10`` fused gap sum (a block RAM read at ``+9``) or the write
+request, ``+11`` the write.
 After a group with a fused gap, its ``P_g`` sums go through the same requant lanes (``gap_m``,
 ``gap_sh``, ``gap_qmax``, no bias) and are written as the 1×1 map.
 
@@ -90,9 +92,9 @@ class PipelineConstants:
     """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
     setup: int = len(PASS_FIELDS) + 2   # one field a cycle, the read latency, one derive cycle
     group_start: int = 3                # P_g, then D, then T = max(cin, D) and min(cin, D)
-    flush: int = 17                     # after the issue phase: + min(cin, D), last write
+    flush: int = 16                     # after the issue phase: + min(cin, D), last write
     gap_load: int = 1                   # gap sums -> drain shift register
-    gap_flush: int = 11                 # after the gap drain's D steps: its last write
+    gap_flush: int = 10                 # after the gap drain's D steps: its last write
 
 
 #: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
@@ -161,9 +163,9 @@ def overlay_engine_cost(config, cycles=0):
 
     * ``P`` MAC multipliers (signed 8-bit weight × unsigned 8-bit activation); with
       ``primitives="ice40"`` they are ``P/2`` ``SB_MAC16`` in dual 8×8 mode (:class:`DualMac`).
-    * ``R`` requant units, each ``(acc + bias) * m`` as two 16-bit halves (the multiply is
-      split over pipeline stages): two 16u×16u multipliers (``v`` fits int32; the sign
-      of its high half is a correction term added in the next stage).
+    * ``R`` requant units, each ``(acc + bias) * m`` as two 16-bit halves (``v`` fits int32):
+      the low half 16u×16u, the high half 16s×16u (one ``SB_MAC16`` each with the ice40
+      primitives; Amaranth's mixed-sign product, 17s×17s, otherwise).
     * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
       tables in ``R`` parity banks (bias 32 bits, m 16, sh and qmax together 14), the gather
       table (:func:`gather_bits`), the program (``max_passes × FIELD_SLOTS`` words of
@@ -175,9 +177,12 @@ def overlay_engine_cost(config, cycles=0):
     if c.primitives == "ice40":
         mac = DualMac(mac.name, mac.count, mac.a_bits, mac.a_signed, mac.b_bits, mac.b_signed,
                       mac.y_bits)
-    mults = [mac,
-             Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False),
-             Multiplier.amaranth("requant.hi", r, 16, False, M_BITS, False)]
+    if c.primitives == "ice40":
+        # SB_MAC16 instances in 16x16 mode, signed x unsigned for the high half.
+        hi = Multiplier("requant.hi", r, 16, True, M_BITS, False, 16 + M_BITS)
+    else:
+        hi = Multiplier.amaranth("requant.hi", r, 16, True, M_BITS, False)
+    mults = [mac, Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False), hi]
     mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
     mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
     depth = -(-c.channel_rows // r)
@@ -804,26 +809,53 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),
                      lq_data.eq(Cat(v2s[0][:32], last_grp & q2last_ & q2tag_[3])),
                      drain_busy.eq(dr_act | q1v | q2v_)]
-        # S2: the requant multiply as two 16u x 16u products (each exactly one SB_MAC16 /
-        # MULT18X18D, no LUT remainder): v = vhi_u * 2**16 + vlo - sign * 2**32, so
-        # v * m = (vhi_u * m - sign * m * 2**16) * 2**16 + vlo * m.
+        # S2: the requant multiply as two 16x16 products, v = vhi * 2**16 + vlo (vhi signed,
+        # vlo unsigned): pl = vlo * m (16u x 16u), ph = vhi * m (16s x 16u), each exactly one
+        # SB_MAC16 / MULT18X18D. S3: p = (ph + pl[16:]) * 2**16 + pl[:16]; ph + pl[16:] fits
+        # int32 (|vhi * m| <= 2**15 * (2**16 - 1)). On iCE40 both stages are inside the DSPs
+        # (the high block's product register, then its 32-bit adder and output register with
+        # the low block's product high half on its D input): no LUT adder, no LUT register.
         q3 = follow("q", 3, q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_[:3])   # lastpos: done
-        pl3 = [reg(f"q3pl{r}", 32, v2s[r][:16] * m2[r]) for r in range(R)]
-        ph3 = [reg(f"q3ph{r}", 32, v2s[r][16:32] * m2[r]) for r in range(R)]
-        cor3 = [reg(f"q3cor{r}", M_BITS, Mux(v2s[r][31], m2[r], 0)) for r in range(R)]
         shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
         qm3 = [reg(f"q3qm{r}", 8, qm2[r]) for r in range(R)]
-        # S3: the sign correction of the high half (one adder)
-        q3b = follow("q", "3b", *q3)
-        hs3b = [reg(f"q3bh{r}", signed(34), ph3[r] - (cor3[r] << 16)) for r in range(R)]
-        pl3b = [reg(f"q3bl{r}", 32, pl3[r]) for r in range(R)]
-        shm3b = [reg(f"q3bshm{r}", SH_BITS, shm3[r]) for r in range(R)]
-        qm3b = [reg(f"q3bqm{r}", 8, qm3[r]) for r in range(R)]
-        # S4: the sum, p = v * m (one adder)
-        q4 = follow("q", 4, *q3b)
-        p4 = [reg(f"q4p{r}", signed(50), (hs3b[r] << 16) + pl3b[r]) for r in range(R)]
-        shm4 = [reg(f"q4shm{r}", SH_BITS, shm3b[r]) for r in range(R)]
-        qm4 = [reg(f"q4qm{r}", 8, qm3b[r]) for r in range(R)]
+        q4 = follow("q", 4, *q3)
+        p4 = []
+        for r in range(R):
+            vlo, vhi = v2s[r][:16], v2s[r][16:32]
+            if cfg.primitives == "ice40":
+                olo = Signal(32, name=f"rq{r}lo_o")
+                ohi = Signal(32, name=f"rq{r}hi_o")
+                for part, a_in, a_signed, d_in, o in (("lo", vlo, 0, C(0, 16), olo),
+                                                       ("hi", vhi, 1, olo[16:], ohi)):
+                    m.submodules[f"rq{r}{part}"] = Instance(
+                        "SB_MAC16",
+                        p_MODE_8x8=C(0, 1), p_A_SIGNED=C(a_signed, 1), p_B_SIGNED=C(0, 1),
+                        p_A_REG=C(0, 1), p_B_REG=C(0, 1), p_C_REG=C(0, 1), p_D_REG=C(0, 1),
+                        p_TOP_8x8_MULT_REG=C(0, 1), p_BOT_8x8_MULT_REG=C(0, 1),
+                        p_PIPELINE_16x16_MULT_REG1=C(0, 1), p_PIPELINE_16x16_MULT_REG2=C(1, 1),
+                        # lo: the registered product; hi: product + D, registered again
+                        p_TOPOUTPUT_SELECT=C(3 if part == "lo" else 1, 2),
+                        p_BOTOUTPUT_SELECT=C(3 if part == "lo" else 1, 2),
+                        p_TOPADDSUB_LOWERINPUT=C(2, 2), p_TOPADDSUB_UPPERINPUT=C(1, 1),
+                        p_TOPADDSUB_CARRYSELECT=C(2, 2), p_BOTADDSUB_LOWERINPUT=C(2, 2),
+                        p_BOTADDSUB_UPPERINPUT=C(1, 1), p_BOTADDSUB_CARRYSELECT=C(0, 2),
+                        p_NEG_TRIGGER=C(0, 1),
+                        i_CLK=ClockSignal(), i_CE=C(1, 1),
+                        i_A=a_in, i_B=m2[r], i_C=C(0, 16), i_D=d_in,
+                        i_AHOLD=C(0, 1), i_BHOLD=C(0, 1), i_CHOLD=C(0, 1), i_DHOLD=C(0, 1),
+                        i_IRSTTOP=C(0, 1), i_IRSTBOT=C(0, 1), i_ORSTTOP=C(0, 1),
+                        i_ORSTBOT=C(0, 1), i_OLOADTOP=C(0, 1), i_OLOADBOT=C(0, 1),
+                        i_ADDSUBTOP=C(0, 1), i_ADDSUBBOT=C(0, 1), i_OHOLDTOP=C(0, 1),
+                        i_OHOLDBOT=C(0, 1), i_CI=C(0, 1), i_ACCUMCI=C(0, 1),
+                        i_SIGNEXTIN=C(0, 1), o_O=o)
+                lo4 = reg(f"q4lo{r}", 16, olo[:16])
+                p4.append(Cat(lo4, ohi).as_signed())
+            else:
+                pl3 = reg(f"q3pl{r}", 32, vlo * m2[r])
+                ph3 = reg(f"q3ph{r}", signed(32), vhi.as_signed() * m2[r])
+                p4.append(reg(f"q4p{r}", signed(48), Cat(pl3[:16], ph3 + pl3[16:])))
+        shm4 = [reg(f"q4shm{r}", SH_BITS, shm3[r]) for r in range(R)]
+        qm4 = [reg(f"q4qm{r}", 8, qm3[r]) for r in range(R)]
         # S4/S5: t = p >> (sh - 1) (floor), saturated to [-1, 2*qtop + 1] (changes no clamped
         # result, Requant docstring). A negative p gives t <= -1, so t = -1; for p >= 0 only
         # the a+1 = act_bits_max+1 bits at sh-1 and "anything set above them" matter. So the

@@ -26,10 +26,10 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   classifier a 1×1 map, so ``N = 1`` there);
 * the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 29 (one field
   a cycle, the read latency, one cycle deriving the address steps), ``GSTART = 3`` (P_g, D,
-  then T and min), ``FLUSH = 17`` (the last position's last issue to its last write is
-  ``min(cin, D) + 17`` cycles after the issue phase: 6 MAC stages, 1 take, 9 requant stages,
+  then T and min), ``FLUSH = 16`` (the last position's last issue to its last write is
+  ``min(cin, D) + 16`` cycles after the issue phase: 6 MAC stages, 1 take, 8 requant stages,
   pool, gap/write request, write), ``GAP_LOAD = 1`` (the drain switched to the gap sums) and
-  ``GAP_FLUSH = 11`` (the gap drain's last step to its write).
+  ``GAP_FLUSH = 10`` (the gap drain's last step to its write).
 """
 
 from .overlay import _HANDOFF, PIPE

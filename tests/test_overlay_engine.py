@@ -289,19 +289,21 @@ def _cells_sim():
 
 
 @pytest.mark.slow
-def test_overlay_ice40_primitives_under_icarus(tmp_path):
-    """The SB_MAC16 / SB_SPRAM256KA variant, simulated by Icarus with Yosys' cell models,
-    computes golden logits exactly (random stalls on every stream)."""
+@pytest.mark.parametrize("r", [1, 2])
+def test_overlay_ice40_primitives_under_icarus(tmp_path, r):
+    """The SB_MAC16 / SB_SPRAM256KA variant (MAC lane pairs, the requant halves with the
+    high block's adder), simulated by Icarus with Yosys' cell models, computes golden logits
+    exactly (random stalls on every stream); R = 1 is the UP5K build's config."""
     import shutil
     import subprocess
     from shiftacc.hw.stream import to_verilog
     if shutil.which("iverilog") is None or shutil.which("vvp") is None:
         pytest.skip("Icarus Verilog is not installed")
-    rng, seed = make_rng("test_overlay_ice40_primitives_under_icarus")
+    rng, seed = make_rng(f"test_overlay_ice40_primitives_under_icarus_r{r}")
     nrng = np.random.default_rng(seed)
     model = random_model(nrng, size=(5, 4), in_channels=2, blocks=2, max_width=7,
                          classes=4, calib_images=16)
-    cfg = OverlayConfig(lanes=4, requant_units=2, fm_words=16384, weight_rows=256,
+    cfg = OverlayConfig(lanes=4, requant_units=r, fm_words=16384, weight_rows=256,
                         channel_rows=64, gather_rows=64, max_passes=8, primitives="ice40")
     plan = compile_overlay(model, cfg)
     print([l.op for l in model.layers])
