@@ -291,17 +291,28 @@ class OverlayEngine(wiring.Component):
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
-        pp = self.params.payload
+        # The beat is registered before it reaches the memories, with its range checks
+        # (16-bit comparators) computed on the way in: the port's decode is then never in
+        # series with a block RAM's write enable (the engine's critical path alone).
+        pin = self.params.payload
+        pv_in = Signal()
+        m.d.comb += pv_in.eq(self.params.valid & (pin.layer == OVERLAY_LAYER))
+        pp = Signal.like(pin, name="param_beat")
         pv = Signal()
-        m.d.comb += pv.eq(self.params.valid & (pp.layer == OVERLAY_LAYER))
-        kind = pp.kind
+        kind = Signal.like(pin.kind)
+        in_prog, in_gat, in_wt, in_ch = (Signal(name=n) for n in
+                                         ("param_in_prog", "param_in_gather",
+                                          "param_in_weights", "param_in_tables"))
+        m.d.sync += [pp.eq(pin), pv.eq(pv_in), kind.eq(pin.kind),
+                     in_prog.eq((pin.lane < nf) & (pin.row < cfg.max_passes)),
+                     in_gat.eq(pin.row < cfg.gather_rows), in_wt.eq(pin.row < cfg.weight_rows),
+                     in_ch.eq(pin.row < cfg.channel_rows)]
 
         # Every field is at most program_bits wide: the program RAM stores no more.
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS)
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
-                     prog_w.en.eq(pv & (kind == ParamKind.PROGRAM)
-                                  & (pp.lane < nf) & (pp.row < cfg.max_passes))]
+                     prog_w.en.eq(pv & (kind == ParamKind.PROGRAM) & in_prog)]
         prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
@@ -309,13 +320,13 @@ class OverlayEngine(wiring.Component):
         gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows)
         m.d.comb += [gat_w.addr.eq(pp.row),
                      gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                     gat_w.en.eq(pv & (kind == ParamKind.GATHER) & (pp.row < cfg.gather_rows))]
+                     gat_w.en.eq(pv & (kind == ParamKind.GATHER) & in_gat)]
 
         wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
         m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
         for lane in range(P):
             m.d.comb += wt_w.en[lane].eq(pv & (kind == ParamKind.WEIGHT) & (pp.lane == lane)
-                                         & (pp.row < cfg.weight_rows))
+                                         & in_wt)
 
         cdepth = -(-cfg.channel_rows // R)
         tables = {}
@@ -327,8 +338,7 @@ class OverlayEngine(wiring.Component):
                 wp, rp = self._ram(m, f"{name}{b}", width, cdepth,
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
-                hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) \
-                    & (pp.row < cfg.channel_rows)
+                hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) & in_ch
                 m.d.comb += wp.addr.eq(row_b)
                 if name == "shq":
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
@@ -402,9 +412,17 @@ class OverlayEngine(wiring.Component):
         pix = Signal(aw)
         rowb = Signal(aw)
 
-        # logits queue (registers: a block RAM FIFO would cost 3 EBRs for 4 words)
+        # logits queue: the 32-bit logits in a block RAM (2 EBRs, free on the UP5K, where
+        # 4 x 33 register bits were ~130 logic cells), the last flags in registers. The RAM's
+        # read is synchronous: its address is the read pointer after this cycle's take, and
+        # it is transparent, so a logit written into an empty queue is out the next cycle.
         LQ = self.fifo_depth
-        lq = Array(Signal(33, name=f"lq{j}") for j in range(LQ))
+        lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
+                               attrs={"ram_style": "block"})
+        m.submodules.logits_queue = lq_mem
+        lq_wp = lq_mem.write_port()
+        lq_rp = lq_mem.read_port(domain="sync", transparent_for=(lq_wp,))
+        lq_last = Array(Signal(name=f"lq_last{j}") for j in range(LQ))
         lq_w = Signal(range(LQ))
         lq_r = Signal(range(LQ))
         lq_n = Signal(range(LQ + 1))
@@ -414,13 +432,17 @@ class OverlayEngine(wiring.Component):
         raw_step = Signal()
         taken = Signal()
         m.d.comb += [self.logits.valid.eq(lq_n != 0),
-                     self.logits.payload.data[0].eq(lq[lq_r][:32]),
-                     self.logits.payload.last.eq(lq[lq_r][32]),
+                     self.logits.payload.data[0].eq(lq_rp.data),
+                     self.logits.payload.last.eq(lq_last[lq_r]),
                      taken.eq(self.logits.valid & self.logits.ready)]
+        lq_r_next = Signal.like(lq_r)
+        m.d.comb += [lq_r_next.eq(Mux(taken, Mux(lq_r == LQ - 1, 0, lq_r + 1), lq_r)),
+                     lq_rp.addr.eq(lq_r_next),
+                     lq_wp.addr.eq(lq_w), lq_wp.data.eq(lq_data[:32]), lq_wp.en.eq(lq_push)]
         with m.If(lq_push):
-            m.d.sync += [lq[lq_w].eq(lq_data), lq_w.eq(Mux(lq_w == LQ - 1, 0, lq_w + 1))]
-        with m.If(taken):
-            m.d.sync += lq_r.eq(Mux(lq_r == LQ - 1, 0, lq_r + 1))
+            m.d.sync += [lq_last[lq_w].eq(lq_data[32]),
+                         lq_w.eq(Mux(lq_w == LQ - 1, 0, lq_w + 1))]
+        m.d.sync += lq_r.eq(lq_r_next)
         m.d.sync += [lq_n.eq(lq_n + lq_push - taken), inflight.eq(inflight + raw_step - taken)]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
@@ -432,6 +454,7 @@ class OverlayEngine(wiring.Component):
         last_pos = Signal()
         first_pos = Signal()
         adv = Signal()         # last cycle of a position: step to the next one
+        start_pos = Signal()   # GSTART: the group's first position
 
         m.d.comb += prog_r.addr.eq(Cat(fcnt[:ceil_log2(FIELD_SLOTS)], row))
 
@@ -505,6 +528,7 @@ class OverlayEngine(wiring.Component):
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
+                    m.d.comb += start_pos.eq(1)
                     m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), wptr.eq(gptr),
                                  t.eq(0), x.eq(0), y.eq(0), mm.eq(0),
                                  pix.eq(0), rowb.eq(0)]
@@ -566,8 +590,10 @@ class OverlayEngine(wiring.Component):
                     group_end()
 
         # A program write after SETUP began re-runs it before the image is taken (set after
-        # the FSM's clear, so a write in the clearing cycle is not lost).
-        with m.If(prog_w.en):
+        # the FSM's clear, so a write in the clearing cycle is not lost): set as the PROGRAM
+        # beat arrives (as before the beat register, so LOAD sees it the next cycle) and
+        # again as it is written (a clear in between does not lose it).
+        with m.If((pv_in & (pin.kind == ParamKind.PROGRAM)) | prog_w.en):
             m.d.sync += prog_dirty.eq(1)
 
         # ---- output positions: raster, or window order with a fused maxpool ----------------
@@ -576,10 +602,14 @@ class OverlayEngine(wiring.Component):
         # src_row - src_col or src_col - src_row), or at a row's end rowb + rstep (src_row,
         # twice with a pool). No multiplier in the address path; the coordinates s*y, s*x of
         # the bounds check are wires (x, y, mm concatenated, shifted by the stride).
+        # x == xlast and y == ylast are registers (kept up to date with x + 1 and y + 1 as
+        # the position advances): no comparator between the counters and the address adder
+        # (the iCE40 critical path was f_pool -> x == xlast -> step mux -> pix adder).
         win_done = Signal()      # the last member of a window (always without a pool)
         row_end = Signal()
-        m.d.comb += [win_done.eq(~f["pool"] | (mm == 3)), row_end.eq(x == xlast),
-                     last_pos.eq(win_done & row_end & (y == ylast)),
+        col_end = Signal()
+        m.d.comb += [win_done.eq(~f["pool"] | (mm == 3)),
+                     last_pos.eq(win_done & row_end & col_end),
                      first_pos.eq((x == 0) & (y == 0))]
         wrap = Signal()
         m.d.comb += wrap.eq(win_done & row_end)
@@ -597,9 +627,12 @@ class OverlayEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [mm.eq(mm + f["pool"]), pix.eq(pix_n)]
             with m.If(wrap):
-                m.d.sync += [x.eq(0), y.eq(y + 1), rowb.eq(pix_n)]
+                m.d.sync += [x.eq(0), y.eq(y + 1), rowb.eq(pix_n), row_end.eq(xlast == 0),
+                             col_end.eq(y + 1 == ylast)]
             with m.Elif(win_done):
-                m.d.sync += x.eq(x + 1)
+                m.d.sync += [x.eq(x + 1), row_end.eq(x + 1 == xlast)]
+        with m.If(start_pos):
+            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0)]
 
         # ---- MAC pipeline ----------------------------------------------------------------
         def reg(name, shape, value):
