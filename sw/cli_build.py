@@ -157,9 +157,14 @@ def _overlay_plan(args, model, board, say):
     """``--engine overlay``: the overlay config of the options, compiled for ``model``.
 
     On an iCE40 board the engine uses its iCE40 primitives (``SB_MAC16`` lane pairs,
-    ``SB_SPRAM256KA`` feature maps), and without ``--lanes`` (or lanes in
-    ``--overlay-config``) it takes the most MAC lanes the device's DSP blocks hold beside the
-    requant units (each unit's two 16-bit halves take one block each): 8 on the UP5K.
+    ``SB_SPRAM256KA`` feature maps). Without ``--requant-units`` (or ``requant_units`` in
+    ``--overlay-config``) it takes one requant unit, and without ``--lanes`` (or ``lanes``)
+    the most MAC lanes the device's DSP blocks hold beside it (each unit's two 16-bit halves
+    take one block each), at most 8: on the UP5K the logic cells, not the DSPs, bind (the
+    engine beside the link engine and UART has about 2,400 of the 5,280), and a second requant
+    unit or lanes 9-12 cost more cells than they gain (digits: 8 lanes, R = 1, 5,473
+    cycles/image, 10 multipliers; R = 2, 5,409 cycles, 12 multipliers; 12 lanes, R = 1,
+    fewer cycles but MAC lanes busy 64 % of the time instead of 88 %).
     """
     import dataclasses
     from ..hw.overlay_program import OverlayFitError, compile_overlay
@@ -169,14 +174,18 @@ def _overlay_plan(args, model, board, say):
         if config.primitives == "generic":
             # The generic engine would put 4 x fm_words bytes of maps into block RAM.
             config = dataclasses.replace(config, primitives="ice40", fm_words=16384)
-        lanes_given = args.lanes is not None or '"lanes"' in _overlay_config_text(args)
+        text = _overlay_config_text(args)
+        if args.requant_units is None and '"requant_units"' not in text:
+            config = dataclasses.replace(config, requant_units=1)
+        lanes_given = args.lanes is not None or '"lanes"' in text
         have = board.dsp_blocks or 0
         if not lanes_given and have:
             lanes = 2 * (have - 2 * config.requant_units)
             if lanes >= 2:
-                config = dataclasses.replace(config, lanes=min(lanes, 64))
+                config = dataclasses.replace(config, lanes=min(lanes, 8))
         say(f"[build] iCE40: the overlay's ice40 primitives (SB_MAC16 lane pairs, "
-            f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes")
+            f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes, "
+            f"{config.requant_units} requant unit(s)")
     try:
         plan = compile_overlay(model, config)
     except OverlayFitError as e:
