@@ -44,7 +44,8 @@ class LinkTop(wiring.Component):
         ``hw.overlay.OverlayEngine(plan.config)`` for an overlay plan (``plan.engine ==
         "overlay"``, from ``hw.overlay_program.compile_overlay``).
     **engine_kw
-        ``max_payload``, ``watchdog_cycles`` for :class:`~shiftacc.hw.link.LinkEngine`.
+        ``max_payload``, ``watchdog_cycles``, ``block_ram_fifos``, ``serial_crc`` (default:
+        ``uart``) for :class:`~shiftacc.hw.link.LinkEngine`.
 
     Attributes
     ----------
@@ -61,6 +62,9 @@ class LinkTop(wiring.Component):
 
     def __init__(self, model, plan, *, clock_hz, baud, uart=True, slots=4, accelerator=None,
                  **engine_kw):
+        # A UART delivers a byte per 10 bit times (at least 40 cycles): the engine's CRCs
+        # can then be bit-serial (a byte in 8 cycles), far smaller than byte-parallel ones.
+        engine_kw.setdefault("serial_crc", bool(uart))
         self.engine = LinkEngine(model, plan, clock_hz=clock_hz, baud=baud, slots=slots,
                                  **engine_kw)
         if accelerator is None:

@@ -199,6 +199,67 @@ class _BlockFIFO(SyncFIFOBuffered):
         return m
 
 
+class ByteCRC(wiring.Component):
+    """A byte-wide ``amaranth.lib.crc`` processor of ``algorithm``, parallel or bit-serial.
+
+    ``serial=False``: the algorithm's 8-bit processor, one byte a cycle (a 32-bit CRC is a
+    ~130-LUT XOR network). ``serial=True``: its 1-bit processor behind an 8-bit shift
+    register, a byte in 8 cycles (the XOR network shrinks to the polynomial's taps, ~40
+    logic cells for CRC-32, and is one LUT deep): for a UART, whose bytes are at least
+    ``10 * MIN_CYCLES_PER_BIT`` = 40 cycles apart. The bits go in the order the 8-bit
+    processor takes them (least significant first when the algorithm reflects its input),
+    so both compute the same CRC; the algorithm is still defined once, in
+    :mod:`shiftacc.sw.protocol`.
+
+    Parameters
+    ----------
+    algorithm : amaranth.lib.crc.Algorithm
+    serial : bool
+
+    Attributes
+    ----------
+    start : In(1)
+        Restart from the initial value (not while ``busy``).
+    data : In(8)
+    valid : In(1)
+        Add ``data`` (serial: not while ``busy``).
+    crc : Out(algorithm.crc_width)
+        The CRC of the bytes added so far, once ``busy`` is low.
+    match_detected : Out(1)
+        The bytes added so far end with their own CRC (valid once ``busy`` is low).
+    busy : Out(1)
+        Serial: a byte is still being shifted in (always 0 when parallel).
+    """
+
+    def __init__(self, algorithm, *, serial=False):
+        self.algorithm = algorithm
+        self.serial = bool(serial)
+        super().__init__({
+            "start": In(1), "data": In(8), "valid": In(1),
+            "crc": Out(algorithm.crc_width), "match_detected": Out(1), "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = 1 if self.serial else 8
+        m.submodules.proc = proc = self.algorithm(data_width=width).create()
+        m.d.comb += [self.crc.eq(proc.crc), self.match_detected.eq(proc.match_detected),
+                     proc.start.eq(self.start)]
+        if not self.serial:
+            m.d.comb += [proc.data.eq(self.data), proc.valid.eq(self.valid)]
+            return m
+        sr = Signal(8)
+        left = Signal(range(9))
+        lsb_first = self.algorithm.reflect_input
+        m.d.comb += [self.busy.eq(left != 0), proc.valid.eq(left != 0),
+                     proc.data.eq(sr[0] if lsb_first else sr[7])]
+        with m.If(left != 0):
+            m.d.sync += [left.eq(left - 1), sr.eq(sr >> 1 if lsb_first else sr << 1)]
+        with m.If(self.valid):
+            m.d.sync += [sr.eq(self.data), left.eq(8)]
+        return m
+
+
 def _indexed_addr(index, offset, stride, count):
     """``index * stride + offset`` (``offset < stride``), the address of row ``offset`` of
     region ``index`` in a memory of ``count`` regions: a concatenation when ``stride`` is a
@@ -257,6 +318,12 @@ class LinkEngine(wiring.Component):
         130 logic cells fewer): for devices short of logic, not of RAM (the iCE40 UP5K).
         The default leaves the choice to synthesis (flip-flops or LUT RAM, as small as
         they are). The behaviour is the same either way.
+    serial_crc : bool
+        Compute the four CRCs bit-serially (:class:`ByteCRC`: about 240 iCE40 logic cells
+        fewer, and shallower logic), which needs at least 9 cycles between two received
+        bytes: what a UART gives (:class:`~shiftacc.hw.board.LinkTop` sets it with its
+        UART PHY). Replies are offered a byte per 8 cycles at most. The bytes on the wire
+        are the same either way.
 
     Attributes
     ----------
@@ -283,7 +350,7 @@ class LinkEngine(wiring.Component):
     """
 
     def __init__(self, model, plan, *, clock_hz, baud, slots=4, max_payload=None,
-                 watchdog_cycles=None, block_ram_fifos=False):
+                 watchdog_cycles=None, block_ram_fifos=False, serial_crc=False):
         from .top import param_words
         require_int("LinkEngine", "clock_hz", clock_hz, 1, (1 << 32) - 1)
         require_int("LinkEngine", "baud", baud, 0, (1 << 32) - 1)
@@ -300,6 +367,7 @@ class LinkEngine(wiring.Component):
         self.clock_hz, self.baud, self.slots = clock_hz, baud, slots
         self.max_payload, self.watchdog_cycles = max_payload, watchdog_cycles
         self.block_ram_fifos = bool(block_ram_fifos)
+        self.serial_crc = bool(serial_crc)
         self.channels = c
         self.pixels = h * w
         self.classes = len(model.classes)
@@ -420,40 +488,37 @@ class LinkEngine(wiring.Component):
         m.d.sync += in_flight.eq(in_flight + push_flight - pop_flight)
         do_reset = Signal()          # RESET executed this cycle
 
-        # counters (STATUS)
-        ctr = {name: Signal(protocol.STATUS_LAYOUT.members[name], name=f"ctr_{name}")
-               for name in ("frames_ok", "frames_dropped", "replies_lost", "images_done",
-                           "rx_bytes", "tx_bytes", "line_errors")}
-        last_drop = Signal(8)
-        cycles = Signal(64)
-        m.d.sync += cycles.eq(cycles + 1)
+        # STATUS counters: in a RAM, updated by a byte-serial sweep (:meth:`_status`); here
+        # only what feeds them. Every increment is a registered signal or one registered
+        # here, so no counter logic sits behind a decision (the drop decision was the
+        # critical path: header -> length checks -> drop -> a 32-bit adder).
         inc_ok = Signal()
         inc_images = Signal()
         parser_drop = Signal()
-        parser_reason = Signal(8)
+        parser_reason = Signal(_REASON_BITS)
         exec_drop = Signal()
-        exec_reason = Signal(8)
+        exec_reason = Signal(_REASON_BITS)
+        exec_drop_r = Signal()
+        exec_reason_r = Signal(_REASON_BITS)
+        m.d.sync += [exec_drop_r.eq(exec_drop), exec_reason_r.eq(exec_reason)]
         lost = Signal()
+        last_drop = Signal(_REASON_BITS)
         incs = {
             "frames_ok": inc_ok,
-            "frames_dropped": parser_drop + exec_drop,
+            "frames_dropped": parser_drop + exec_drop_r,
             "replies_lost": lost,
             "images_done": inc_images,
             "rx_bytes": self.rx.valid,
             "tx_bytes": self.tx.valid & self.tx.ready,
             "line_errors": self.line_error,
+            "cycles": Const(1, 1),
         }
-        for name, sig in ctr.items():
-            with m.If(do_reset):
-                m.d.sync += sig.eq(0)
-            with m.Else():
-                m.d.sync += sig.eq(sig + incs[name])
         with m.If(do_reset):
             m.d.sync += last_drop.eq(0)
         with m.Elif(parser_drop):
             m.d.sync += last_drop.eq(parser_reason)
-        with m.Elif(exec_drop):
-            m.d.sync += last_drop.eq(exec_reason)
+        with m.Elif(exec_drop_r):
+            m.d.sync += last_drop.eq(exec_reason_r)
 
         busy = Signal()
         m.d.comb += [
@@ -577,20 +642,24 @@ class LinkEngine(wiring.Component):
                                  Array(res_meta_ok)[c_entry].eq(1),
                                  res_wr.eq(Mux(res_wr == S - 1, 0, res_wr + 1))]
 
-        # ================= encoder =================
-        status = Signal(protocol.STATUS_LAYOUT)
+        # ================= STATUS =================
+        m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[])
+        m.submodules.status_snap = snap = Memory(shape=8, depth=_STATUS_BYTES, init=[])
+        snap_r = snap.read_port()
+        snap_req = Signal()
+        regs = Signal(protocol.STATUS_LAYOUT)
         m.d.comb += [
-            status.flags.params_ready.eq(params_ready),
-            status.flags.loading.eq(loading),
-            status.flags.busy.eq(busy),
-            status.last_drop.eq(last_drop),
-            status.words_loaded.eq(words_loaded),
-            status.cycles.eq(cycles),
+            regs.flags.params_ready.eq(params_ready),
+            regs.flags.loading.eq(loading),
+            regs.flags.busy.eq(busy),
+            regs.last_drop.eq(last_drop),
+            regs.words_loaded.eq(words_loaded),
         ]
-        for name, sig in ctr.items():
-            m.d.comb += getattr(status, name).eq(sig)
-        self._encoder(m, replyq, rom_r, res_r, res_addr0, status, enc_done_result, enc_entry,
-                      status_taken)
+        self._status(m, live, snap.write_port(), regs, incs, do_reset, snap_req, status_taken)
+
+        # ================= encoder =================
+        self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_r, snap_req, status_taken,
+                      enc_done_result, enc_entry)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -600,8 +669,8 @@ class LinkEngine(wiring.Component):
         S = self.slots
         rx = self.rx
         byte = rx.payload
-        m.submodules.rx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
-        m.submodules.rx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
+        m.submodules.rx_hcrc = hcrc = ByteCRC(protocol.HEADER_CRC, serial=self.serial_crc)
+        m.submodules.rx_fcrc = fcrc = ByteCRC(protocol.FRAME_CRC, serial=self.serial_crc)
 
         HUNT0, HUNT1, HEADER, PAYLOAD, CRC = range(5)
         state = Signal(range(5))
@@ -668,9 +737,17 @@ class LinkEngine(wiring.Component):
 
         # The parser's one event per cycle (drop with reason, or commit).
         ev_drop = Signal()
-        ev_reason = Signal(8)
+        ev_reason = Signal(_REASON_BITS)
         ev_nak = Signal()          # the header was not trusted: command NAK
-        m.d.comb += [drop.eq(ev_drop), drop_reason.eq(ev_reason)]
+        # The decision is registered: its consequences (NAK, counters, last_drop) follow one
+        # cycle later, so the header checks and the drop decision end in a flip-flop. The
+        # header fields it reads are still this frame's then: after a drop or a frame's end
+        # the next header is cleared only by a SYNC pair, two bytes later at the earliest.
+        r_drop = Signal()
+        r_reason = Signal(_REASON_BITS)
+        r_nak = Signal()
+        m.d.sync += [r_drop.eq(ev_drop), r_reason.eq(ev_reason), r_nak.eq(ev_nak)]
+        m.d.comb += [drop.eq(r_drop), drop_reason.eq(r_reason)]
 
         m.d.comb += [hcrc.data.eq(byte), fcrc.data.eq(byte)]
         in_frame = (state == HEADER) | (state == PAYLOAD) | (state == CRC)
@@ -775,7 +852,13 @@ class LinkEngine(wiring.Component):
                          ev_nak.eq(state == HEADER)]
             m.d.sync += state.eq(HUNT0)
 
-        m.d.sync += fin.eq(rx.valid & (state == CRC) & (cidx == 3))
+        # (Bit-serial CRCs: once the frame CRC has taken the last byte, 8 cycles later.)
+        fin_wait = Signal()
+        m.d.comb += fin.eq(fin_wait & ~fcrc.busy)
+        with m.If(fin):
+            m.d.sync += fin_wait.eq(0)
+        with m.If(rx.valid & (state == CRC) & (cidx == 3)):
+            m.d.sync += fin_wait.eq(1)
         # End of frame (the cycle after the last CRC byte, when the CRC register holds the
         # residue): the next frame's bytes can only be hunting now, so the header registers
         # are still this frame's.
@@ -802,13 +885,13 @@ class LinkEngine(wiring.Component):
         # (and not leaving) loses its reply.
         with m.If(nak_grant):
             m.d.sync += nak_valid.eq(0)
-        with m.If(ev_drop):
+        with m.If(r_drop):
             with m.If(nak_valid & ~nak_grant):
                 m.d.comb += lost.eq(1)
             with m.Else():
                 m.d.sync += [nak_valid.eq(1),
-                             nak_desc.command.eq(Mux(ev_nak, protocol.NAK, cmd | protocol.REPLY)),
-                             nak_desc.seq.eq(hdr.seq), nak_desc.reason.eq(ev_reason),
+                             nak_desc.command.eq(Mux(r_nak, protocol.NAK, cmd | protocol.REPLY)),
+                             nak_desc.seq.eq(hdr.seq), nak_desc.reason.eq(r_reason),
                              nak_desc.source.eq(Source.NONE), nak_desc.arg.eq(0)]
 
     # ------------------------------------------------------------------------------------------
@@ -1002,14 +1085,100 @@ class LinkEngine(wiring.Component):
 
     # ------------------------------------------------------------------------------------------
 
-    def _encoder(self, m, replyq, rom_r, res_r, res_addr0, status, done_result, entry,
-                 status_taken):
+    def _status(self, m, live, snap_w, regs, incs, do_reset, snap_req, snap_done):
+        """STATUS counters in a RAM (``live``), read out through a snapshot RAM.
+
+        A register per counter would be a flip-flop and an adder cell per bit (256 of each,
+        plus a 304-bit snapshot register the encoder shifts out). Instead a *sweep* visits
+        the STATUS body's bytes in order, one per cycle, round and round (``P`` =
+        :data:`_STATUS_BYTES` cycles a turn): at a counter's first byte it takes the small
+        *delta* register that counts the counter's increments since its last visit, and
+        adds it into the counter's bytes in ``live`` byte-serially (read one cycle, write
+        the sum and keep the carry the next). A counter's value is always ``live + delta``
+        (``0 + delta`` after RESET: a ``clear`` flag per counter, set by RESET and by the
+        domain's reset, makes the next visit ignore the RAM).
+
+        A snapshot is one whole turn (it starts when a turn begins) that writes ``live +
+        delta`` (and the register fields: flags, ``last_drop``, ``words_loaded``) into the
+        snapshot RAM the encoder reads, leaving ``live`` and the deltas alone; a snapshot
+        turn is always followed by an updating one, so a delta counts at most ``2 P + 1``
+        cycles of increments (8 bits hold that, two increments a cycle included). The
+        executor waits for ``snap_done`` (the turn's last write): the executor's state and
+        counters are those where the STATUS executed; what runs on its own is read during
+        the turn, within ``P`` cycles before the reply's first byte.
+        """
+        P = _STATUS_BYTES
+        layout = protocol.STATUS_LAYOUT
+        names = list(incs)
+        # (counter index, byte of the counter) of each body byte; None: a register field.
+        where = [None] * P
+        for i, name in enumerate(names):
+            field = layout[name]
+            for b in range(field.width // 8):
+                where[field.offset // 8 + b] = (i, b)
+        delta = []
+        clear = []
+        for i, name in enumerate(names):
+            rate = (1 << len(incs[name])) - 1
+            delta.append(Signal(_bits(rate * (2 * P + 1)), name=f"delta_{name}"))
+            clear.append(Signal(init=1, name=f"clear_{name}"))
+        live_r = live.read_port()
+        live_w = live.write_port()
+
+        slot = Signal(range(P))      # body byte read from ``live`` this cycle
+        wslot = Signal(range(P))     # body byte whose ``live`` data arrives this cycle
+        snapping = Signal()          # the turn being read is a snapshot
+        wsnap = Signal()
+        m.d.comb += [live_r.addr.eq(slot), live_r.en.eq(1)]
+        m.d.sync += [slot.eq(Mux(slot == P - 1, 0, slot + 1)), wslot.eq(slot),
+                     wsnap.eq(snapping)]
+        with m.If(slot == P - 1):
+            m.d.sync += snapping.eq(snap_req & ~snapping)
+
+        for i, name in enumerate(names):
+            m.d.sync += delta[i].eq(delta[i] + incs[name])
+        carry = Signal()
+        zero_r = Signal()
+        addend = Signal(8)
+        cin = Signal()
+        zero = Signal()
+        is_reg = Signal()
+        reg_byte = Signal(8)
+        regv = regs.as_value()
+        with m.Switch(wslot):
+            for s, w in enumerate(where):
+                with m.Case(s):
+                    if w is None:
+                        m.d.comb += [is_reg.eq(1), reg_byte.eq(regv[8 * s:8 * s + 8])]
+                    elif w[1] == 0:
+                        i = w[0]
+                        m.d.comb += [addend.eq(delta[i]), zero.eq(clear[i])]
+                        m.d.sync += zero_r.eq(clear[i])
+                        with m.If(~wsnap):
+                            m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
+                    else:
+                        m.d.comb += [cin.eq(carry), zero.eq(zero_r)]
+        total = Signal(9)
+        m.d.comb += total.eq(Mux(zero, 0, live_r.data) + addend + cin)
+        m.d.sync += carry.eq(total[8])
+        m.d.comb += [live_w.addr.eq(wslot), live_w.data.eq(total[:8]),
+                     live_w.en.eq(~wsnap & ~is_reg),
+                     snap_w.addr.eq(wslot), snap_w.data.eq(Mux(is_reg, reg_byte, total[:8])),
+                     snap_w.en.eq(wsnap),
+                     snap_done.eq(wsnap & (wslot == P - 1))]
+        with m.If(do_reset):
+            for i, name in enumerate(names):
+                if name != "cycles":        # RESET clears every counter but the clock's
+                    m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
+
+    def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_r, snap_req, snap_done,
+                 done_result, entry):
         tx = self.tx
-        m.submodules.tx_hcrc = hcrc = protocol.HEADER_CRC(data_width=8).create()
-        m.submodules.tx_fcrc = fcrc = protocol.FRAME_CRC(data_width=8).create()
+        m.submodules.tx_hcrc = hcrc = ByteCRC(protocol.HEADER_CRC, serial=self.serial_crc)
+        m.submodules.tx_fcrc = fcrc = ByteCRC(protocol.FRAME_CRC, serial=self.serial_crc)
         cur = Signal(self.desc_layout)
-        IDLE, HEAD, BODY, CRC = range(4)
-        phase = Signal(range(4))
+        IDLE, HEAD, BODY, CRC, SNAP = range(5)
+        phase = Signal(range(5))
         pos = Signal(3)
         result_bytes = self.classes * protocol.LOGIT_BYTES
         longest = max(1 + len(self.identity), 1 + _STATUS_BYTES, 1 + _LOAD_REPLY_BYTES,
@@ -1018,12 +1187,12 @@ class LinkEngine(wiring.Component):
         bidx = Signal(_bits(longest))
         body_left = Signal(_bits(longest))
         res_addr = Signal(_bits(self.result_words - 1))
-        sr = Signal(max(protocol.STATUS_LAYOUT.size, 40))
+        sr = Signal(8 * _LOAD_REPLY_BYTES)       # a LOAD reply's body, shifted out
         # What tx.payload shows: a register, a memory's read data, or a CRC register (the
         # CRCs are fed from the bytes as they leave, so their final value is only known in
         # the cycle the CRC bytes are shown).
-        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC = range(5)
-        sel = Signal(range(5))
+        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC, SEL_STAT = range(6)
+        sel = Signal(range(6))
         byte = Signal(8)
         lane = Signal(2)
         crck = Signal(2)
@@ -1042,19 +1211,26 @@ class LinkEngine(wiring.Component):
                 m.d.comb += tx.payload.eq(hcrc.crc)
             with m.Case(SEL_FCRC):
                 m.d.comb += tx.payload.eq(fcrc.crc.word_select(crck, 8))
+            with m.Case(SEL_STAT):
+                m.d.comb += tx.payload.eq(snap_r.data)
+        # ``shown``: a byte is on tx.payload. It is offered once the CRCs have taken the
+        # bytes before it (bit-serial CRCs: 8 cycles a byte, less than a UART byte).
+        shown = Signal()
+        m.d.comb += tx.valid.eq(shown & ~hcrc.busy & ~fcrc.busy)
         sent = tx.valid & tx.ready
         m.d.comb += [hcrc.data.eq(tx.payload), hcrc.valid.eq(sent & cov_h),
                      fcrc.data.eq(tx.payload), fcrc.valid.eq(sent & cov_f)]
 
-        advance = ~tx.valid | tx.ready
+        advance = ~shown | sent
         m.d.comb += [rom_r.en.eq(advance), rom_r.addr.eq(bidx),
-                     res_r.en.eq(advance), res_r.addr.eq(res_addr)]
+                     res_r.en.eq(advance), res_r.addr.eq(res_addr),
+                     snap_r.en.eq(advance), snap_r.addr.eq(bidx)]
 
         def show(value, s=SEL_BYTE, h=0, f=0):
-            return [tx.valid.eq(1), byte.eq(value), sel.eq(s), cov_h.eq(h), cov_f.eq(f)]
+            return [shown.eq(1), byte.eq(value), sel.eq(s), cov_h.eq(h), cov_f.eq(f)]
 
         with m.If(advance):
-            m.d.sync += tx.valid.eq(0)
+            m.d.sync += shown.eq(0)
             with m.Switch(phase):
                 with m.Case(IDLE):
                     with m.If(replyq.r_stream.valid):
@@ -1076,16 +1252,18 @@ class LinkEngine(wiring.Component):
                                 m.d.comb += body.eq(const_mul(
                                     d.arg[self.slot_bits:self.slot_bits + self.count_bits],
                                     result_bytes))
-                        m.d.sync += [cur.eq(d), phase.eq(HEAD), pos.eq(0), bidx.eq(0),
+                        m.d.sync += [cur.eq(d), pos.eq(0), bidx.eq(0),
                                      body_left.eq(body), cur_len.eq(body + 1),
                                      res_addr.eq(res_addr0(d.arg[:self.slot_bits]))]
-                        with m.If(d.source == Source.STATUS):
-                            m.d.comb += status_taken.eq(1)
-                            m.d.sync += sr.eq(status)
-                        with m.Else():
-                            # WORDS: words_loaded as a u32, then the ready byte.
-                            wb = self.words_bits
-                            m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
+                        # STATUS: its body is first written to the snapshot RAM.
+                        m.d.sync += phase.eq(Mux(d.source == Source.STATUS, SNAP, HEAD))
+                        # WORDS: words_loaded as a u32, then the ready byte.
+                        wb = self.words_bits
+                        m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
+                with m.Case(SNAP):
+                    m.d.comb += snap_req.eq(1)
+                    with m.If(snap_done):
+                        m.d.sync += phase.eq(HEAD)
                 with m.Case(HEAD):
                     m.d.sync += pos.eq(pos + 1)
                     with m.Switch(pos):
@@ -1113,6 +1291,8 @@ class LinkEngine(wiring.Component):
                     with m.Switch(cur.source):
                         with m.Case(Source.ROM):
                             m.d.sync += show(0, SEL_ROM, f=1)
+                        with m.Case(Source.STATUS):
+                            m.d.sync += show(0, SEL_STAT, f=1)
                         with m.Case(Source.RESULT):
                             m.d.sync += show(0, SEL_RES, f=1)
                             m.d.sync += lane.eq(bidx[:2])

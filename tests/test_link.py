@@ -164,14 +164,16 @@ class Bench(wiring.Component):
 
 
 class Host:
-    """Host side of a simulated link: ``send`` bytes one per cycle, collect reply events.
+    """Host side of a simulated link: ``send`` bytes one per cycle (or ``gap`` idle cycles
+    apart), collect reply events.
 
     A background monitor drives ``tx.ready`` from a seeded pattern (``p_stall``) and feeds
     every reply byte to a :class:`~shiftacc.sw.protocol.FrameParser`.
     """
 
-    def __init__(self, bench, rng, p_stall=0.3):
+    def __init__(self, bench, rng, p_stall=0.3, gap=0):
         self.bench = bench
+        self.gap = gap              # idle cycles after each sent byte (a UART's spacing)
         self.rng = rng
         self.parser = P.FrameParser()
         self.events = []
@@ -207,6 +209,10 @@ class Host:
         for b in bytes(data):
             ctx.set(rx.payload, b)
             await ctx.tick()
+            if self.gap:
+                ctx.set(rx.valid, 0)
+                await ctx.tick().repeat(self.gap)
+                ctx.set(rx.valid, 1)
         ctx.set(rx.valid, 0)
 
     async def idle(self, ctx, n):
@@ -930,5 +936,51 @@ def test_block_ram_fifos_option(seed):
                                              for im in imgs]
         done["ok"] = True
 
+    run(bench, tb, background=[host.monitor])
+    assert done.get("ok") and not host.events, host.events
+
+
+def test_serial_crc(seed):
+    """``serial_crc=True`` (bit-serial CRCs, what LinkTop uses with its UART), bytes 9-12
+    cycles apart: a load, an INFER, corrupted header / payload / truncated frames each
+    answered with their reason, STATUS counting them; every reply passes the host's own
+    CRC checks (a reply byte waits while the CRCs take the one before it)."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed, slots=2, serial_crc=True)
+    eng = bench.engine
+    host = Host(bench, rng, gap=rng.randint(8, 11))
+    words = random_words(model, plan, rng)
+    done = {}
+    async def tb(ctx):
+        await full_load(ctx, host, eng, words, ref, seq0=0x10)
+        imgs = [bytes(rng.getrandbits(8) for _ in range(eng.image_bytes)) for _ in range(2)]
+        r = await host.request(ctx, P.Command.INFER, 0x30, b"".join(imgs))
+        assert logits_of(r, eng.classes) == [ref.logits(np.frombuffer(im, np.uint8))
+                                             for im in imgs]
+        frame = bytearray(P.encode_frame(P.Command.INFER, 0x31, imgs[0]))
+        bad_payload = bytes(frame[:9]) + bytes((frame[9] ^ 0x10,)) + bytes(frame[10:])
+        bad_header = bytes(frame[:6]) + bytes((frame[6] ^ 0x01,)) + bytes(frame[7:])
+        for data, command, s, why in ((bad_payload, 0x84, 0x31, P.Reason.PAYLOAD_CRC),
+                                      (bad_header, 0xFF, 0x31, P.Reason.HEADER_CRC),
+                                      (bytes(frame[:-3]), 0x84, 0x31, P.Reason.TIMEOUT)):
+            await host.send(ctx, data)
+            ev = await host.wait_for(ctx, lambda ev: isinstance(ev, P.Dropped)
+                                     or (isinstance(ev, P.Frame) and ev.seq == s),
+                                     deadline=3000, what=f"{why.name} reply")
+            assert isinstance(ev, P.Frame) and ev.command == command, ev
+            assert reason(ev) is why, ev
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x40))
+        assert int(st.frames_dropped) == 3 and int(st.last_drop) == P.Reason.TIMEOUT.value
+        assert int(st.rx_bytes) == host_sent["n"]
+        done["ok"] = True
+
+    host_sent = {"n": 0}
+    orig_send = host.send
+
+    async def counting_send(ctx, data):
+        host_sent["n"] += len(data)
+        await orig_send(ctx, data)
+
+    host.send = counting_send
     run(bench, tb, background=[host.monitor])
     assert done.get("ok") and not host.events, host.events

@@ -28,20 +28,25 @@ import time
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from test_link import (P, Host, begin_payload, full_load, load_payload, load_reply,
                        logits_of, make_bench, random_words, reason, run, status_of)
 
-FRAMES = int(os.environ.get("SHIFTACC_LINK_FUZZ_FRAMES", "10000"))
+FRAMES_ALL = int(os.environ.get("SHIFTACC_LINK_FUZZ_FRAMES", "10000"))
 WATCHDOG = 48
 
 
-def test_link_fuzz(seed):
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel_crc", "serial_crc"])
+def test_link_fuzz(seed, serial):
+    """``serial``: the engine's bit-serial CRCs (LinkTop with a UART) fed as a UART does,
+    bytes 9 cycles apart; a hundredth of the frames (ten times the cycles per frame)."""
     rng = random.Random(seed)
     model, plan, bench, ref = make_bench(seed, size=(2, 2), classes=3,
-                                         watchdog_cycles=WATCHDOG)
+                                         watchdog_cycles=WATCHDOG, serial_crc=serial)
     eng = bench.engine
-    host = Host(bench, rng, p_stall=0.1)
+    host = Host(bench, rng, p_stall=0.1, gap=8 if serial else 0)
+    FRAMES = max(100, FRAMES_ALL // 100) if serial else FRAMES_ALL
     h, w, c = model.input_shape
     nbytes = h * w * c
     classes = len(model.classes)
