@@ -17,7 +17,7 @@ Schedule (all counts exact, :mod:`hw.overlay_timing` states them as a formula)::
 * LOAD takes one image value per cycle into buffer X (the ``images`` stream is ready only here).
 * A pass runs group after group (``P`` output channels at a time). A group visits the conv's
   output positions (raster, or window order with a fused maxpool); each position takes
-  ``T = max(cin, D)`` cycles, ``D = ceil(P_g / R)`` (``P_g`` on the raw classifier, whose
+  ``T = max(cin, D, 2)`` cycles, ``D = ceil(P_g / R)`` (``P_g`` on the raw classifier, whose
   logits leave one a cycle): in the first ``cin`` of them one gather entry a cycle becomes one
   feature-map read that is broadcast to the ``P`` MAC lanes. The accumulators are handed to a
   shift register when a position is complete, from which the requant units take ``R``
@@ -91,7 +91,7 @@ _F = {name: n for n, name in enumerate(PASS_FIELDS)}
 class PipelineConstants:
     """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
     setup: int = len(PASS_FIELDS) + 2   # one field a cycle, the read latency, one derive cycle
-    group_start: int = 3                # P_g, then D, then T = max(cin, D) and min(cin, D)
+    group_start: int = 3                # P_g, then D, then T = max(cin, D, 2) and min(cin, D)
     flush: int = 16                     # after the issue phase: + min(cin, D), last write
     gap_load: int = 1                   # gap sums -> drain shift register
     gap_flush: int = 10                 # after the gap drain's D steps: its last write
@@ -146,6 +146,16 @@ def _field_widths(config):
             "out_w": dim, "dst_cp2": aw, "in_c": 16}
 
 
+def _below(value, n):
+    """``value < n`` as "no bit set at or above ``ceil_log2(n)``" and, unless ``n`` is a
+    power of two, a comparator on the low bits only."""
+    k = ceil_log2(n)
+    if k >= len(value):
+        return value < n
+    high_clear = value[k:] == 0
+    return high_clear if n == 1 << k else high_clear & (value[:k] < n)
+
+
 def gather_bits(config):
     """Width of a stored gather entry: bank, the offset modulo the bank depth's power of two,
     dy, dx."""
@@ -193,10 +203,11 @@ def overlay_engine_cost(config, cycles=0):
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
-#: Entries of the logits queue (registers): the raw drain takes a step only with room for
-#: it; a step is in the queue 2 cycles later and taken the cycle after, so at most 3 steps
-#: are outstanding when the next one is decided and 4 never holds an always-ready consumer.
-LOGITS_QUEUE = 4
+#: Entries of the logits queue (a block RAM): the raw drain takes a step only with room for
+#: it; a step is written into the queue 2 cycles later, readable the cycle after (the read
+#: is not transparent) and out the cycle after that, so at most 4 steps are outstanding when
+#: the next one is decided and 8 never holds an always-ready consumer.
+LOGITS_QUEUE = 8
 
 
 class OverlayEngine(wiring.Component):
@@ -291,22 +302,20 @@ class OverlayEngine(wiring.Component):
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
-        # The beat is registered before it reaches the memories, with its range checks
-        # (16-bit comparators) computed on the way in: the port's decode is then never in
-        # series with a block RAM's write enable (the engine's critical path alone).
-        pin = self.params.payload
-        pv_in = Signal()
-        m.d.comb += pv_in.eq(self.params.valid & (pin.layer == OVERLAY_LAYER))
-        pp = Signal.like(pin, name="param_beat")
+        # The range checks are "no bit above the capacity's" (and a narrow comparator for a
+        # capacity that is not a power of two): a 16-bit comparator's carry chain was the
+        # engine's critical path (input -> block RAM write enable) and ~30 logic cells each.
+        pp = self.params.payload
         pv = Signal()
-        kind = Signal.like(pin.kind)
+        m.d.comb += pv.eq(self.params.valid & (pp.layer == OVERLAY_LAYER))
+        kind = pp.kind
         in_prog, in_gat, in_wt, in_ch = (Signal(name=n) for n in
                                          ("param_in_prog", "param_in_gather",
                                           "param_in_weights", "param_in_tables"))
-        m.d.sync += [pp.eq(pin), pv.eq(pv_in), kind.eq(pin.kind),
-                     in_prog.eq((pin.lane < nf) & (pin.row < cfg.max_passes)),
-                     in_gat.eq(pin.row < cfg.gather_rows), in_wt.eq(pin.row < cfg.weight_rows),
-                     in_ch.eq(pin.row < cfg.channel_rows)]
+        m.d.comb += [in_prog.eq(_below(pp.lane, nf) & _below(pp.row, cfg.max_passes)),
+                     in_gat.eq(_below(pp.row, cfg.gather_rows)),
+                     in_wt.eq(_below(pp.row, cfg.weight_rows)),
+                     in_ch.eq(_below(pp.row, cfg.channel_rows))]
 
         # Every field is at most program_bits wide: the program RAM stores no more.
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS)
@@ -372,7 +381,7 @@ class OverlayEngine(wiring.Component):
         pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
         pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
         dsteps = Signal(ceil_log2(P + 1))         # D: drain steps per position
-        tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D)
+        tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D, 2)
         tmin = Signal(max(W["cin"], ceil_log2(P + 1)))   # min(cin, D)
         gs = Signal(2)
         cnt = Signal(max(W["cin"], ceil_log2(P + 1)) + 5)   # flush countdowns
@@ -414,14 +423,15 @@ class OverlayEngine(wiring.Component):
 
         # logits queue: the 32-bit logits in a block RAM (2 EBRs, free on the UP5K, where
         # 4 x 33 register bits were ~130 logic cells), the last flags in registers. The RAM's
-        # read is synchronous: its address is the read pointer after this cycle's take, and
-        # it is transparent, so a logit written into an empty queue is out the next cycle.
+        # read is synchronous: its address is the read pointer after this cycle's take. It is
+        # not transparent (Yosys would add a register and a bypass mux per bit): an entry
+        # counts as queued one cycle after its write.
         LQ = self.fifo_depth
         lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
                                attrs={"ram_style": "block"})
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
-        lq_rp = lq_mem.read_port(domain="sync", transparent_for=(lq_wp,))
+        lq_rp = lq_mem.read_port(domain="sync")
         lq_last = Array(Signal(name=f"lq_last{j}") for j in range(LQ))
         lq_w = Signal(range(LQ))
         lq_r = Signal(range(LQ))
@@ -443,7 +453,9 @@ class OverlayEngine(wiring.Component):
             m.d.sync += [lq_last[lq_w].eq(lq_data[32]),
                          lq_w.eq(Mux(lq_w == LQ - 1, 0, lq_w + 1))]
         m.d.sync += lq_r.eq(lq_r_next)
-        m.d.sync += [lq_n.eq(lq_n + lq_push - taken), inflight.eq(inflight + raw_step - taken)]
+        lq_pushed = Signal()     # written last cycle: readable from this cycle on
+        m.d.sync += [lq_pushed.eq(lq_push), lq_n.eq(lq_n + lq_pushed - taken),
+                     inflight.eq(inflight + raw_step - taken)]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
@@ -539,8 +551,11 @@ class OverlayEngine(wiring.Component):
                     else:
                         m.d.sync += dsteps.eq(pg)
                 with m.If(gs == 2):
-                    m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps)),
-                                 tpm1.eq(Mux(f["cin"] > dsteps, m1["cin"], dsteps - 1)),
+                    # T = max(cin, D, 2): cin = D = 1 is padded to 2 cycles (the gap sums'
+                    # read of a step comes after the previous position's write of it).
+                    one = (f["cin"] == 1) & (dsteps == 1)
+                    m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps) + one),
+                                 tpm1.eq(Mux(f["cin"] > dsteps, m1["cin"], dsteps - 1) + one),
                                  dsm1.eq(dsteps - 1),
                                  tmin.eq(Mux(f["cin"] > dsteps, dsteps, f["cin"])), gs.eq(0)]
                     m.next = "ISSUE"
@@ -590,10 +605,8 @@ class OverlayEngine(wiring.Component):
                     group_end()
 
         # A program write after SETUP began re-runs it before the image is taken (set after
-        # the FSM's clear, so a write in the clearing cycle is not lost): set as the PROGRAM
-        # beat arrives (as before the beat register, so LOAD sees it the next cycle) and
-        # again as it is written (a clear in between does not lose it).
-        with m.If((pv_in & (pin.kind == ParamKind.PROGRAM)) | prog_w.en):
+        # the FSM's clear, so a write in the clearing cycle is not lost).
+        with m.If(prog_w.en):
             m.d.sync += prog_dirty.eq(1)
 
         # ---- output positions: raster, or window order with a fused maxpool ----------------
@@ -743,7 +756,9 @@ class OverlayEngine(wiring.Component):
         # registers and their P/R-way read mux were the engine's largest LUT group and its
         # critical path (read mux -> gap adder). The read is synchronous, so its address is
         # taken one stage early (q8 for the fused sum, DR0 for the gap drain), and the read
-        # is transparent: a 1-cycle position (cin = D = 1) reads the sum written that cycle.
+        # is not transparent (Yosys would add a register and a bypass mux per bit): a position
+        # takes at least 2 cycles (T = max(cin, D, 2)), so the sum of step d is written before
+        # the next position's step d reads it.
         gsum_w, gsum_r = [], []
         for r in range(R):
             mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
@@ -751,7 +766,7 @@ class OverlayEngine(wiring.Component):
             m.submodules[f"gsum{r}"] = mem
             wp = mem.write_port()
             gsum_w.append(wp)
-            gsum_r.append(mem.read_port(domain="sync", transparent_for=(wp,)))
+            gsum_r.append(mem.read_port(domain="sync"))
         step = Signal(range(R + 1))
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
         # A drain step: always, except on the raw pass without room in the logits queue.

@@ -15,9 +15,10 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
 
 * ``D = ceil(P_g / R)`` drain steps (``R`` = ``requant_units``), ``D = P_g`` on the raw
   classifier pass (its logits leave one a cycle);
-* ``T = max(cin, D)`` cycles per output position: ``cin`` of them issue one gather entry
-  each, and the drain of the previous position (``D`` steps) must be over before the next
-  hand-off;
+* ``T = max(cin, D, 2)`` cycles per output position: ``cin`` of them issue one gather
+  entry each, and the drain of the previous position (``D`` steps) must be over before the
+  next hand-off; at least 2, so that the gap sums' block RAM (read one stage before its
+  write) is written before the next position reads the same sum;
 * ``N`` output positions: ``ho * wo``, or ``4 * (ho // 2) * (wo // 2)`` with a fused maxpool
   (outputs outside the pooled windows are never computed);
 * the raw (classifier) pass drains its logits at the consumer's pace, so one of its positions
@@ -49,12 +50,13 @@ def group_cycles(p, group, lanes, requant_units):
     cin = _get(p, "cin")
     ho, wo = _get(p, "ho"), _get(p, "wo")
     n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
+    t = max(cin, d, 2)
     if _get(p, "raw") and n > 1:
         # A raw position starts when the previous one has left the drain (its logits wait
         # for the consumer): cin issues, the hand-off, D steps.
-        issue = (n - 1) * (cin + _HANDOFF + d) + max(cin, d)
+        issue = (n - 1) * (cin + _HANDOFF + d) + t
     else:
-        issue = n * max(cin, d)
+        issue = n * t
     cycles = PIPE.group_start + issue + min(cin, d) + PIPE.flush
     if _get(p, "gap"):
         cycles += PIPE.gap_load + d + PIPE.gap_flush
