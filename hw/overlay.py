@@ -863,9 +863,28 @@ class OverlayEngine(wiring.Component):
         # int32 (|vhi * m| <= 2**15 * (2**16 - 1)). On iCE40 both stages are inside the DSPs
         # (the high block's product register, then its 32-bit adder and output register with
         # the low block's product high half on its D input): no LUT adder, no LUT register.
-        q3 = follow("q", 3, q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_[:3])   # lastpos: done
+        # The requant stages never stall, so what an item needs only at S7/S8 (its drain step,
+        # last flag, pool member and first-position flag, the lane's qmax) goes through a
+        # block RAM delay line instead of five register stages (~80 logic cells): written at
+        # S2, read 4 cycles later, out at S7. The valid flags stay registers (reset).
+        dl_data = Cat(q2d_, q2last_, q2tag_[:3], *qm2)
+        dl_depth = 8
+        dl_mem = memory.Memory(shape=unsigned(len(dl_data)), depth=dl_depth, init=[],
+                               attrs={"ram_style": "block"})
+        m.submodules.requant_delay = dl_mem
+        dl_wp = dl_mem.write_port()
+        dl_rp = dl_mem.read_port(domain="sync")
+        dl_k = Signal(range(dl_depth))
+        m.d.sync += dl_k.eq(dl_k + 1)
+        m.d.comb += [dl_wp.addr.eq(dl_k), dl_wp.data.eq(dl_data), dl_wp.en.eq(1),
+                     dl_rp.addr.eq(dl_k - 4)]
+        nd = len(q2d_)
+        q7d_ = dl_rp.data[:nd]
+        q7last_ = dl_rp.data[nd]
+        q7tag_ = dl_rp.data[nd + 1:nd + 4]
+        qm7 = [dl_rp.data[nd + 4 + 8 * r:nd + 12 + 8 * r] for r in range(R)]
+        q3 = follow("q", 3, q2v_, q2lv_, q2gap_)
         shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
-        qm3 = [reg(f"q3qm{r}", 8, qm2[r]) for r in range(R)]
         q4 = follow("q", 4, *q3)
         p4 = []
         for r in range(R):
@@ -903,7 +922,6 @@ class OverlayEngine(wiring.Component):
                 ph3 = reg(f"q3ph{r}", signed(32), vhi.as_signed() * m2[r])
                 p4.append(reg(f"q4p{r}", signed(48), Cat(pl3[:16], ph3 + pl3[16:])))
         shm4 = [reg(f"q4shm{r}", SH_BITS, shm3[r]) for r in range(R)]
-        qm4 = [reg(f"q4qm{r}", 8, qm3[r]) for r in range(R)]
         # S4/S5: t = p >> (sh - 1) (floor), saturated to [-1, 2*qtop + 1] (changes no clamped
         # result, Requant docstring). A negative p gives t <= -1, so t = -1; for p >= 0 only
         # the a+1 = act_bits_max+1 bits at sh-1 and "anything set above them" matter. So the
@@ -924,7 +942,6 @@ class OverlayEngine(wiring.Component):
             ovf5.append(reg(f"q5o{r}", 1, above[coarse]))
             neg5.append(reg(f"q5n{r}", 1, p4[r][-1]))
             fine5.append(reg(f"q5f{r}", 3, shm4[r][:3]))
-        qm5 = [reg(f"q5qm{r}", 8, qm4[r]) for r in range(R)]
         q6 = follow("q", 6, *q5)
         tb = self.act_bits_max + 2
         t6 = []
@@ -934,11 +951,10 @@ class OverlayEngine(wiring.Component):
             sat = Signal(nb, name=f"q5sat{r}")
             m.d.comb += sat.eq(fine[:nb] | Mux(ovf5[r] | fine[nb:].any(), (1 << nb) - 1, 0))
             t6.append(reg(f"q6t{r}", signed(tb), Mux(neg5[r], -1, sat)))
-        qm6 = [reg(f"q6qm{r}", 8, qm5[r]) for r in range(R)]
         # S6: round, q = (t + 1) >> 1 in [0, qtop + 1]
-        q7 = follow("q", 7, *q6)
+        q7v_, q7lv_, q7gap_ = follow("q", 7, *q6)
+        q7 = (q7v_, q7d_, q7last_, q7lv_, q7gap_, q7tag_)
         r7 = [reg(f"q7r{r}", self.act_bits_max + 1, (t6[r] + 1) >> 1) for r in range(R)]
-        qm7 = [reg(f"q7qm{r}", 8, qm6[r]) for r in range(R)]
         # S7: clamp to the channel's qmax
         q8 = follow("q", 8, *q7)
         c8 = [reg(f"q8c{r}", 8, Mux(r7[r] > qm7[r], qm7[r], r7[r])) for r in range(R)]
@@ -946,14 +962,21 @@ class OverlayEngine(wiring.Component):
         q8v, q8d, q8last, q8lv, q8gap, q8tag = q8
         pool_on = Signal()
         m.d.comb += pool_on.eq(f["pool"] & ~q8gap)
-        pm = [Array(Signal(8, name=f"pm{r}_{j}") for j in range(P // R)) for r in range(R)]
+        # The running maxima (P/R per requant lane) in a block RAM: read at q7, so the value
+        # is there at q8; not transparent, as T >= 2 puts the previous position's write of a
+        # step before the next position's read of it.
         out9 = []
         for r in range(R):
-            cur = pm[r][q8d]
+            pmem = memory.Memory(shape=unsigned(8), depth=max(2, P // R), init=[],
+                                 attrs={"ram_style": "block"})
+            m.submodules[f"poolmax{r}"] = pmem
+            pm_w = pmem.write_port()
+            pm_r = pmem.read_port(domain="sync")
+            cur = pm_r.data
             nv = Signal(8, name=f"pool_nv{r}")
-            m.d.comb += nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur))
-            with m.If(q8v & pool_on):
-                m.d.sync += pm[r][q8d].eq(nv)
+            m.d.comb += [pm_r.addr.eq(q7[1]),
+                         nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur)),
+                         pm_w.addr.eq(q8d), pm_w.data.eq(nv), pm_w.en.eq(q8v & pool_on)]
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
         o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
         q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
