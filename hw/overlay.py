@@ -46,8 +46,9 @@ whether anything above it is set), ``+6`` the fine shift and saturation, ``+7`` 
 clamp to ``qmax`` (DESIGN.md §1; the rounding identity of :class:`hw.requant.Requant`),
 ``+9`` fused running max, ``+10`` fused gap sum (a block RAM read at ``+9``) or the write
 request, ``+11`` the write.
-After a group with a fused gap, its ``P_g`` sums go through the same requant lanes (``gap_m``,
-``gap_sh``, ``gap_qmax``, no bias) and are written as the 1×1 map.
+After a group with a fused gap, its ``P_g`` sums go through the same requant lanes (the
+constants of channel-table entry ``gap_ent``: bias 0, the gap's m, sh, qmax) and are written
+as the 1×1 map.
 
 Hand-off rules. The MAC pipeline and the drain never stall: a position's hand-off comes ``T``
 cycles after the previous one and its drain takes ``D <= T`` steps. A group ends with a fixed
@@ -142,7 +143,7 @@ def _field_widths(config):
             "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
             "last_group": ceil_log2(config.lanes + 1), "gbase": W["cin"], "wbase": W["wrow"],
             "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
-            "gap_m": M_BITS, "gap_sh": SH_BITS, "gap_qmax": 8, "raw": 1, "out_h": dim,
+            "gap_ent": W["cout"], "raw": 1, "out_h": dim,
             "out_w": dim, "dst_cp2": aw, "in_c": 16}
 
 
@@ -792,7 +793,10 @@ class OverlayEngine(wiring.Component):
         gidx = Signal(range(P + 1))
         gsel = [gsum_r[r].data for r in range(R)]
         m.d.comb += [gsum_r[r].addr.eq(gidx) for r in range(R)]
-        m.d.comb += [busy.eq(dr_act | v1 | v2 | v3 | v4 | v5 | v6)]
+        # busy = dr_act | v1 | ... | v6, as a register computed from the next values of
+        # those flags (the raw hold decision starts at a flip-flop, not at a 7-input OR).
+        m.d.sync += busy.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
+                            | (dr_act & ~(dstep & (dr_d == dsm1))))
 
         # DR0: channel-table reads, R lanes taken
         # The table entry of the lanes taken (cebase + k) is a counter (one adder before the
@@ -800,10 +804,14 @@ class OverlayEngine(wiring.Component):
         k0 = Signal(range(P + 2))
         m.d.comb += k0.eq(Mux(f["raw"], dr_d, dr_d * R))
         ent = Signal(W["cout"] + 1)
-        with m.If(dstep):
+        # The gap drain reads the gap's entry (and, on a 2-unit engine, its twin in the odd
+        # bank) at every step.
+        with m.If(dstep & ~dr_gap):
             m.d.sync += ent.eq(ent + step)
-        with m.If(handoff | gap_go):
+        with m.If(handoff):
             m.d.sync += ent.eq(cebase)
+        with m.If(gap_go):
+            m.d.sync += ent.eq(f["gap_ent"])
         if R == 2:
             for name in tables:
                 m.d.comb += [tables[name][0].addr.eq((ent >> 1) + ent[0]),
@@ -841,17 +849,16 @@ class OverlayEngine(wiring.Component):
             return [reg(f"{prefix}{n}_{i}", len(s_) if not isinstance(s_, Signal)
                         else s_.shape(), s_) for i, s_ in enumerate(sigs)]
 
-        # S1: v = acc + bias (the gap sums: no bias), the lane's m, sh, qmax
+        # S1: v = acc + bias, the lane's m, sh, qmax (the gap sums: the gap's table entry,
+        # bias 0, so no mux here)
         q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
         # v fits int32: the artifact bounds bias + sum(w * x) and the gap sums by int32
-        # (models/ops.py), so the requant multiply is two 16x16 unsigned products.
-        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + Mux(q1gap, 0, table("bias", r).as_signed()))
+        # (models/ops.py), so the requant multiply is two 16x16 products.
+        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + table("bias", r).as_signed())
                for r in range(R)]
-        m2 = [reg(f"q2m{r}", M_BITS, Mux(q1gap, f["gap_m"], table("m", r))) for r in range(R)]
-        sh2 = [reg(f"q2sh{r}", SH_BITS, Mux(q1gap, f["gap_sh"], table("sh", r)))
-               for r in range(R)]
-        qm2 = [reg(f"q2qm{r}", 8, Mux(q1gap, f["gap_qmax"], table("qmax", r)))
-               for r in range(R)]
+        m2 = [reg(f"q2m{r}", M_BITS, table("m", r)) for r in range(R)]
+        sh2 = [reg(f"q2sh{r}", SH_BITS, table("sh", r)) for r in range(R)]
+        qm2 = [reg(f"q2qm{r}", 8, table("qmax", r)) for r in range(R)]
         # The classifier: acc + bias is the logit (one a cycle, lane 0).
         q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_ = q2
         m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),

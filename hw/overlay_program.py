@@ -26,7 +26,8 @@ Memory layouts (spec §3), for the engine's ``P = lanes`` MAC lanes:
 * feature map H×W×C, ``Cp = C + (C & 1)``: value (y, x, c) in bank ``c & 1`` of its buffer at
   address ``(y*W + x) * Cp/2 + (c >> 1)``;
 * weight w[o, i] of a pass at row ``wbase + (o // P) * cin + i``, lane ``o % P``;
-* channel tables (bias, m, sh, qmax) of output channel o at entry ``cbase + o``;
+* channel tables (bias, m, sh, qmax) of output channel o at entry ``cbase + o``; a fused
+  gap's (0, m, sh, qmax) at entries ``gap_ent`` and ``gap_ent + 1`` (even) after them;
 * gather entry of conv input channel i at ``gbase + i``: ``(bank, off, dy, dx)`` with the
   source channel ``s = i % C_src`` (a replicate folds in), ``bank = s & 1``,
   ``off = (dy*W + dx) * Cp_src/2 + (s >> 1)``; the read for output (y, x) is at
@@ -53,7 +54,7 @@ __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories",
 #: it captures the row, from the fields already read).
 PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "pool", "ho", "wo", "cin", "cout",
                "groups", "last_group", "gbase", "wbase", "cbase", "src_row", "src_col", "gap",
-               "gap_m", "gap_sh", "gap_qmax", "raw", "out_h", "out_w", "dst_cp2", "in_c")
+               "gap_ent", "raw", "out_h", "out_w", "dst_cp2", "in_c")
 
 #: Program ``op`` values: END stops the engine (the row after the last pass).
 OP_END, OP_CONV = 0, 1
@@ -594,12 +595,21 @@ def compile_overlay(model, config=None):
                 c_rows.append((int(conv.bias[o]), int(conv.m[o]), int(conv.sh[o]), qmax_act))
 
         gl = layers[g["gap"]] if gap else None
+        gap_ent = 0
+        if gap:
+            # The fused gap's requant constants (bias 0, m, sh, qmax) are two channel-table
+            # entries at an even index (one per parity bank of a 2-unit engine): the engine
+            # reads them through the table port like a conv channel's, no registers of their
+            # own.
+            if len(c_rows) % 2:
+                c_rows.append((0, 0, 0, 0))
+            gap_ent = len(c_rows)
+            c_rows += [(0, int(gl.m), int(gl.sh), qmax_act)] * 2
         p = {"op": OP_CONV, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": s,
              "ho": ho, "wo": wo, "cin": cin, "cout": cout, "groups": ngroups,
              "last_group": cout - (ngroups - 1) * lanes, "gbase": gbase, "wbase": wbase,
              "cbase": cbase, "src_row": s * w * cp2, "src_col": s * cp2, "pool": int(pool),
-             "gap": int(gap), "gap_m": int(gl.m) if gap else 0, "gap_sh": int(gl.sh) if gap else 0,
-             "gap_qmax": qmax_act if gap else 0, "raw": int(raw), "out_h": out_h,
+             "gap": int(gap), "gap_ent": gap_ent, "raw": int(raw), "out_h": out_h,
              "out_w": out_w, "dst_cp2": (cout + (cout & 1)) // 2, "in_c": c_src}
         passes.append(p)
         idx = tuple(x for x in (g["rep"], g["shift"], g["conv"], g["pool"], g["gap"])
@@ -607,7 +617,7 @@ def compile_overlay(model, config=None):
         pass_layers.append(idx)
         pass_ops.append(tuple(layers[x].op for x in idx))
         wbase += ngroups * cin
-        cbase += cout
+        cbase = len(c_rows)
         gbase += cin
         for need, key, what in ((wbase, "weight_rows", "weight rows"),
                                 (cbase, "channel_rows", "channel-table entries"),
@@ -826,7 +836,8 @@ def _run_chunk(mem, images, max_steps):
             q = q.reshape(n, oh * ow, 4, cout).max(axis=2)
         if p["gap"]:
             sums = q.sum(axis=1)
-            q = _requant(sums, p["gap_m"], p["gap_sh"], p["gap_qmax"])[:, None, :]
+            ge = p["gap_ent"]
+            q = _requant(sums, int(mem.m[ge]), int(mem.sh[ge]), int(mem.qmax[ge]))[:, None, :]
             oh = ow = 1
         if (oh, ow) != (p["out_h"], p["out_w"]):
             raise ValueError(f"overlay program row {k}: out_h x out_w = {p['out_h']}x"

@@ -25,7 +25,7 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   starts only when the previous one has left the drain: with ``N > 1`` positions its issue
   phase is ``(N - 1) * (cin + 6 + D) + T`` instead of ``N * T`` (the artifact gives the
   classifier a 1×1 map, so ``N = 1`` there);
-* the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 29 (one field
+* the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 27 (one field
   a cycle, the read latency, one cycle deriving the address steps), ``GSTART = 3`` (P_g, D,
   then T and min), ``FLUSH = 16`` (the last position's last issue to its last write is
   ``min(cin, D) + 16`` cycles after the issue phase: 6 MAC stages, 1 take, 8 requant stages,

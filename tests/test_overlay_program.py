@@ -219,16 +219,16 @@ def test_hand_computed_program():
     # groups = ceil(5/4) = 2, last group 1; src_row = 2*3*2 = 12, src_col = 2*2 = 4.
     pass0 = dict(op=1, src=0, dst=1, h=5, w=3, stride=2, ho=3, wo=2, cin=6, cout=5, groups=2,
                  last_group=1, gbase=0, wbase=0, cbase=0, src_row=12, src_col=4, pool=1, gap=0,
-                 gap_m=0, gap_sh=0, gap_qmax=0, raw=0, out_h=1, out_w=1, dst_cp2=3, in_c=3)
+                 gap_ent=0, raw=0, out_h=1, out_w=1, dst_cp2=3, in_c=3)
     # Pass 1 (classifier): source 1x1x5 (Cp = 6, 3 words per pixel), wbase = 2 groups * 6 rows.
     pass1 = dict(op=1, src=1, dst=0, h=1, w=1, stride=1, ho=1, wo=1, cin=5, cout=3, groups=1,
                  last_group=3, gbase=6, wbase=12, cbase=5, src_row=3, src_col=3, pool=0, gap=0,
-                 gap_m=0, gap_sh=0, gap_qmax=0, raw=1, out_h=1, out_w=1, dst_cp2=2, in_c=5)
+                 gap_ent=0, raw=1, out_h=1, out_w=1, dst_cp2=2, in_c=5)
     assert plan.passes == (pass0, pass1)
-    assert plan.program.shape == (3, 27) == (3, len(PASS_FIELDS))
+    assert plan.program.shape == (3, 25) == (3, len(PASS_FIELDS))
     assert plan.program[0].tolist() == [pass0[f] for f in PASS_FIELDS]
     assert plan.program[1].tolist() == [pass1[f] for f in PASS_FIELDS]
-    assert plan.program[2].tolist() == [0] * 27
+    assert plan.program[2].tolist() == [0] * 25
     # Gather of pass 0: s_i = i % 3, bank = s & 1, off = (dy*3 + dx)*2 + (s >> 1).
     #   i  s  (dy,dx)  bank  off
     #   0  0  ( 0, 0)   0     0
@@ -386,11 +386,12 @@ def test_refuses_tables_over_capacity():
                             "(pass 1), over weight_rows = 37; raise weight_rows or use --engine "
                             "dataflow")
     assert len(compile_overlay(model, OverlayConfig(weight_rows=38)).weights) == 38
-    # channel entries: 20 + 3 = 23; gather entries: 9 + 20 = 29; program rows: 2 + END = 3.
-    with pytest.raises(OverlayFitError, match=r"^layer 3 \(conv1x1\): the network needs 23 "
+    # channel entries: 20 + 2 (the gap's requant constants) + 3 = 25; gather entries:
+    # 9 + 20 = 29; program rows: 2 + END = 3.
+    with pytest.raises(OverlayFitError, match=r"^layer 3 \(conv1x1\): the network needs 25 "
                        r"channel-table entries up to this conv \(pass 1\), over channel_rows "
-                       r"= 22;"):
-        compile_overlay(model, OverlayConfig(channel_rows=22))
+                       r"= 24;"):
+        compile_overlay(model, OverlayConfig(channel_rows=24))
     with pytest.raises(OverlayFitError, match=r"needs 29 gather-table entries .* over "
                        r"gather_rows = 28;"):
         compile_overlay(model, OverlayConfig(gather_rows=28))
@@ -498,14 +499,15 @@ def test_param_words_round_trip(seed):
                      ParamKind.SH, ParamKind.QMAX, ParamKind.GATHER}
     # The END row is written explicitly: every field of every row up to it.
     prog = [(row, lane) for _, kind, row, lane, _ in decoded if kind == ParamKind.PROGRAM]
-    assert sorted(prog) == [(r, f) for r in range(len(plan.passes) + 1) for f in range(27)]
+    assert sorted(prog) == [(r, f) for r in range(len(plan.passes) + 1)
+                            for f in range(len(PASS_FIELDS))]
     mem = decode_param_words(words, config)
     assert isinstance(mem, OverlayMemories)
     for name in ("program", "weights", "bias", "m", "sh", "qmax", "gather"):
         got, want = getattr(mem, name), getattr(plan, name)
         assert np.array_equal(got[:len(want)], want), name
         assert not got[len(want):].any(), name
-    assert mem.program.shape == (8, 27) and mem.weights.shape == (300, 6)
+    assert mem.program.shape == (8, len(PASS_FIELDS)) and mem.weights.shape == (300, 6)
     images = rng.integers(0, 256, (16, 9, 7, 2))
     assert np.array_equal(run_overlay(mem, images), golden.run(model, images))
     # A device keeps its memories: a second load over the first gives the second network.
