@@ -144,7 +144,7 @@ def _field_widths(config):
             "last_group": ceil_log2(config.lanes + 1), "gbase": W["cin"], "wbase": W["wrow"],
             "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
             "gap_ent": W["cout"], "raw": 1, "out_h": dim,
-            "out_w": dim, "dst_cp2": aw, "in_c": 16}
+            "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
 
 
 def _below(value, n):
@@ -408,9 +408,8 @@ class OverlayEngine(wiring.Component):
         m.d.comb += last_grp.eq(grp == m1["groups"])
 
         # LOAD counters
-        lc = Signal(16)
-        lx = Signal(dim)
-        ly = Signal(dim)
+        # (the channel, x and y of LOAD are the issue counters t, x, y: LOAD never overlaps
+        # a pass)
         lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
 
@@ -505,7 +504,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
-                        lc.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
+                        t.eq(0), x.eq(0), y.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
                     with m.If(f["op"] == OP_END):
@@ -527,17 +526,17 @@ class OverlayEngine(wiring.Component):
                                  wq_addr.eq(lk >> 1), wq_buf.eq(0),
                                  wq_data[0].eq(self.images.payload.data[0]),
                                  wq_data[1].eq(self.images.payload.data[0])]
-                    with m.If(lc == m1["in_c"]):
+                    with m.If(t == m1["in_c"]):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [lc.eq(0), lk.eq(lk + 1 + ~m1["in_c"][0])]
-                        with m.If(lx == m1["w"]):
-                            m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
-                            with m.If(ly == m1["h"]):
+                        m.d.sync += [t.eq(0), lk.eq(lk + 1 + ~m1["in_c"][0])]
+                        with m.If(x == m1["w"]):
+                            m.d.sync += [x.eq(0), y.eq(y + 1)]
+                            with m.If(y == m1["h"]):
                                 m.next = "GSTART"
                         with m.Else():
-                            m.d.sync += lx.eq(lx + 1)
+                            m.d.sync += x.eq(x + 1)
                     with m.Else():
-                        m.d.sync += [lc.eq(lc + 1), lk.eq(lk + 1)]
+                        m.d.sync += [t.eq(t + 1), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
