@@ -22,7 +22,7 @@ class GlobalAvgPool(wiring.Component):
 
     Dataflow. One input beat is accepted per cycle; beat ``b`` of a pixel adds its lanes to
     the ``b``-th row of running sums (registers, ``NB = ceil(channels / lanes)`` rows of
-    ``lanes`` sums). Sums of the next image restart from 0 on its first pixel, so no clearing
+    ``lanes`` sums, rotated by one row per beat so that the current row is always the first). Sums of the next image restart from 0 on its first pixel, so no clearing
     cycle is needed and images follow each other with no gap: at full rate the per-image
     cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
     on ``o`` :attr:`latency` cycles after its last input beat.
@@ -32,13 +32,13 @@ class GlobalAvgPool(wiring.Component):
 
     * Direct (``rq_groups = 1``: ``H · W = 1``, where every pixel is the last, or when sharing
       would not save a lane): one Requant lane per stream lane, each completed beat of the
-      last pixel goes straight in (:attr:`latency` = 8, with the pipelined Requant of
+      last pixel goes straight in (:attr:`latency` = 9, with the pipelined Requant of
       :mod:`hw.requant`).
     * Shared (otherwise): the last pixel's sums are copied to a hold bank and drained through
       ``rq_lanes = ceil(lanes / (H·W - 1))`` lanes, ``rq_groups`` cycles per beat, and
       gathered back into beats. The drain (``NB · rq_groups <= NB · (H·W - 1)`` cycles) ends
       before the next image's last pixel arrives, so it costs no input cycles, only latency
-      (``NB · rq_groups + 8``). A Requant lane is a multiplier (DSP block) and a wide barrel
+      (``NB · rq_groups + 9``). A Requant lane is a multiplier (DSP block) and a wide barrel
       shifter, so for the usual ``H · W >= lanes + 1`` a single lane serves every channel.
 
     Backpressure. Only the last pixel's sums produce output, and FIFO credit is checked
@@ -206,21 +206,33 @@ class GlobalAvgPool(wiring.Component):
         else:
             last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
+        # "This beat belongs to the image's first pixel", a register computed from the next
+        # state like ready_q: it selects 0 instead of the running sum in every lane's adder
+        # (lanes × sum_bits loads), and as a compare of the pixel counter that fan-out was the
+        # block's critical path (pixel → compare → ~6 ns of routing → adders: 84 MHz).
+        if pixels == 1:
+            first = Const(1, 1)
+        else:
+            first = Signal(init=1, name="first_q")
+            m.d.sync += first.eq(Mux(take & (beat == nb - 1), last_pixel, pixel == 0))
+
         # (Data registers have no reset: the first pixel restarts the sums.)
+        # The rows of running sums rotate by one on every accepted beat, so the row of the
+        # current beat is always sums[0] (after NB beats, a whole pixel, they are back in
+        # order): no NB-way row mux selected by the beat counter in front of every adder
+        # (its fan-out was the block's critical path once the first-pixel flag was a
+        # register: 90.9 MHz), and no write decode.
         sums = [Signal(sum_layout, name=f"sum{b}", reset_less=True) for b in range(nb)]
-        cur = Array(sums)[beat]
+        cur = sums[0]
         new = Signal(sum_layout)
         for k in range(lanes):
             # Lanes never mix, so a padding lane's garbage only reaches that padding lane's
             # output (don't-care by the stream convention): no input mask is needed.
             # The first pixel restarts the sum, so the previous image needs no clearing cycle.
-            m.d.comb += new[k].eq(Mux(pixel == 0, 0, cur[k]) + self.i.payload.data[k])
+            m.d.comb += new[k].eq(Mux(first, 0, cur[k]) + self.i.payload.data[k])
 
         with m.If(take):
-            with m.Switch(beat):
-                for b in range(nb):
-                    with m.Case(b):
-                        m.d.sync += sums[b].eq(new)
+            m.d.sync += [a.eq(b) for a, b in zip(sums, sums[1:] + [new])]
             with m.If(beat == nb - 1):
                 m.d.sync += beat.eq(0)
                 m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))

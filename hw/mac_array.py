@@ -49,11 +49,11 @@ class MacArray(wiring.Component):
     input beat registered at the multipliers' inputs, 2 products, 3 lane sums, 4 accumulate;
     raw (``requant=False``): 5 ``+ bias`` (its row read in stage 2, registered in 3), 6 FIFO
     write; requant: 5 hold the beat, 6 feed lane group 0 to the shared Requant (bias/m/sh
-    row read), 7 constants registered, 8 ``+ bias``, 9..13 the pipelined Requant, (gather,)
+    row read), 7 constants registered, 8 ``+ bias``, 9..14 the pipelined Requant, (gather,)
     FIFO write. Every block-RAM output and every multiplier output lands in a flip-flop
     (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out, a DSP block ~4 ns). :attr:`latency`
     counts the cycles from the issue of an output beat's last fold to that beat on ``o``
-    (empty FIFO, ``o.ready`` high): 8 raw, 16 with ``rq_groups = 1``, ``16 + rq_groups``
+    (empty FIFO, ``o.ready`` high): 8 raw, 17 with ``rq_groups = 1``, ``17 + rq_groups``
     otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
     one pixel every ``NBi · NBo`` cycles whatever it is.
 
@@ -210,7 +210,7 @@ class MacArray(wiring.Component):
             write_at = 6
         else:
             # 6: first group fed (constants' row read), 7: constants registered, 8: + bias,
-            # 9..13: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
+            # 9..14: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
             # when shared.
             write_at = 9 + Requant.LATENCY_PIPELINED
             if rq_groups > 1:
@@ -266,6 +266,16 @@ class MacArray(wiring.Component):
         # ---------------------------------------------------------------- parameter memories
         par = self.params.payload
         mine = self.params.valid & (par.layer == self.layer_id)
+        # Parameter writes land one cycle late: each memory's write address and element
+        # enables are decoded from the bus and registered, and the beat's data word is
+        # registered once for all of them. The layer/kind/row/lane decode straight into the
+        # write enables of many distributed-RAM words was the block's critical path (8 LUT
+        # levels from the bus register, 88 MHz on an ECP5). Nothing can see the delay:
+        # parameters are loaded while no image is in flight. (Registering the bus beat
+        # itself, before the decode, made the whole digits design hit a Yosys 0.70 ABC9
+        # assertion; see docs/boards.md "Timing closure".)
+        par_data = Signal(32, name="par_data_q", reset_less=True)
+        m.d.sync += par_data.eq(par.data)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
@@ -282,11 +292,14 @@ class MacArray(wiring.Component):
             m.submodules[name] = mem
             # granularity=1: a parameter beat writes one element of a row.
             wp = mem.write_port(granularity=1)
+            # The parameter port's write, decoded here and registered (see above).
+            w_addr = Signal.like(wp.addr, name=f"{name}_waddr_q", reset_less=True)
+            w_en = Signal.like(wp.en, name=f"{name}_wen_q")
             write = mine & (par.kind == kind) & (par.row < depth)
             if groups == 1:
-                m.d.comb += wp.addr.eq(par.row)
+                m.d.sync += w_addr.eq(par.row)
                 for e in range(per_row):
-                    m.d.comb += wp.en[e].eq(write & (par.lane == e))
+                    m.d.sync += w_en[e].eq(write & (par.lane == e))
             else:
                 sub_row = Signal(range(groups), name=f"{name}_sub_row")
                 elem_sel = Signal(range(max(per_row, 2)), name=f"{name}_elem")
@@ -297,9 +310,10 @@ class MacArray(wiring.Component):
                             m.d.comb += [sub_row.eq(lane // per_row),
                                          elem_sel.eq(lane % per_row), lane_ok.eq(1)]
                 # row * groups as shifts and adds: a product by a constant would take a DSP.
-                m.d.comb += wp.addr.eq(const_mul(par.row, groups) + sub_row)
+                m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
                 for e in range(per_row):
-                    m.d.comb += wp.en[e].eq(write & lane_ok & (elem_sel == e))
+                    m.d.sync += w_en[e].eq(write & lane_ok & (elem_sel == e))
+            m.d.comb += [wp.addr.eq(w_addr), wp.en.eq(w_en)]
             if name == "weights" and banks == 2:
                 # The row-wide write port (priority over the parameter port): all lanes.
                 wr = self.wrow
@@ -310,11 +324,11 @@ class MacArray(wiring.Component):
                 with m.Else():
                     for e in range(per_row):
                         # Truncation of the 32-bit word to the element width is intended.
-                        m.d.comb += wp.data[e].eq(par.data)
+                        m.d.comb += wp.data[e].eq(par_data)
                 return mem.read_port(domain="sync")
             for e in range(per_row):
                 # Truncation of the 32-bit word to the element width is intended.
-                m.d.comb += wp.data[e].eq(par.data)
+                m.d.comb += wp.data[e].eq(par_data)
             return mem.read_port(domain="sync")
 
         nb = self.banks

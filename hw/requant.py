@@ -52,7 +52,7 @@ class Requant(wiring.Component):
     saturation comparators (the deep logic); stage 3 registers the small ``act_bits``-wide
     round/clamp. Hence :attr:`LATENCY` = 3.
 
-    Pipelined (``pipelined=True``, :attr:`LATENCY_PIPELINED` = 5), for a 100 MHz ECP5 clock,
+    Pipelined (``pipelined=True``, :attr:`LATENCY_PIPELINED` = 6), for a 100 MHz ECP5 clock,
     where the compact stages 1 and 2 are the critical paths of a placed design (61-73 MHz):
 
     * 1a: the product is formed as two partial products, ``acc[:16] * m`` (unsigned 16 × 16)
@@ -62,7 +62,11 @@ class Requant(wiring.Component):
       own split (``mul2dsp``) does not. (An accumulator of at most 16 bits is one product.)
     * 1b: ``p = (hi << 16) + lo``, the 49-bit adder alone (a carry chain).
     * 2a: the coarse part of the shift, ``p >> (8 · ((sh - 1) >> 3))`` (an 8-way mux per bit).
-    * 2b: the fine part, ``>> ((sh - 1) & 7)``, and the saturation comparators.
+    * 2b: the fine part, ``>> ((sh - 1) & 7)`` (an 8-way mux per bit), registered at full width.
+      (Fine shift and saturation in one stage were the deepest logic of the MacArray and the
+      GAP once the rest was pipelined: 73.6-77.5 MHz placed alone.)
+    * 2c: the saturation comparators (sign and OR of the bits above ``act_bits + 1``) and the
+      clamp mux, into the narrow ``act_bits + 2``-bit register.
     * 3: round and clamp, as in the compact pipeline.
 
     Both pipelines compute the same function; only the latency differs.
@@ -78,7 +82,7 @@ class Requant(wiring.Component):
     tag_bits : int
         Width of a side-band tag carried along with the data (e.g. a ``last`` flag).
     pipelined : bool
-        The 5-stage pipeline (see above) instead of the 3-stage one.
+        The 6-stage pipeline (see above) instead of the 3-stage one.
 
     Attributes
     ----------
@@ -101,7 +105,7 @@ class Requant(wiring.Component):
     #: Latency of the compact pipeline.
     LATENCY = 3
     #: Latency of the pipelined variant.
-    LATENCY_PIPELINED = 5
+    LATENCY_PIPELINED = 6
 
     def __init__(self, *, lanes, act_bits, acc_bits=32, tag_bits=1, pipelined=False):
         require_int("Requant", "lanes", lanes, 1)
@@ -196,13 +200,13 @@ class Requant(wiring.Component):
         return v2, tag2, t2
 
     def _stages_pipelined(self, m, prod_bits, t_lo, t_hi, t_bits):
-        """Stages 1a, 1b, 2a, 2b of the pipelined variant; returns (valid, tag, [t])."""
+        """Stages 1a, 1b, 2a, 2b, 2c of the pipelined variant; returns (valid, tag, [t])."""
         A = self.acc_bits
-        # Valid/tag delay line beside the four stages. (The data registers below need no
+        # Valid/tag delay line beside the five stages. (The data registers below need no
         # reset: they are only looked at when the matching valid bit is set.)
-        vs = [Signal(name=f"v_{n}") for n in ("1a", "1b", "2a", "2b")]
-        tags = [Signal(self.tag_bits, name=f"tag_{n}", reset_less=True)
-                for n in ("1a", "1b", "2a", "2b")]
+        stages = ("1a", "1b", "2a", "2b", "2c")
+        vs = [Signal(name=f"v_{n}") for n in stages]
+        tags = [Signal(self.tag_bits, name=f"tag_{n}", reset_less=True) for n in stages]
         m.d.sync += [vs[0].eq(self.i.valid), tags[0].eq(self.i.payload.tag)]
         for a, b in zip(vs, vs[1:]):
             m.d.sync += b.eq(a)
@@ -237,9 +241,11 @@ class Requant(wiring.Component):
             s_2a = reg(unsigned(3), f"shfine{k}")
             m.d.sync += [coarse.eq(p >> Cat(Const(0, 3), s_1b[3:])), s_2a.eq(s_1b[:3])]
 
-            # 2b: fine shift by s & 7, then saturate (floor of floor is floor of the total
-            # shift, so the two parts compose to p >> (sh - 1) exactly).
-            fine = Signal(signed(prod_bits), name=f"fine{k}")
-            m.d.comb += fine.eq(coarse >> s_2a)
+            # 2b: fine shift by s & 7 (floor of floor is floor of the total shift, so the two
+            # parts compose to p >> (sh - 1) exactly), registered before the compares.
+            fine = reg(signed(prod_bits), f"fine{k}")
+            m.d.sync += fine.eq(coarse >> s_2a)
+
+            # 2c: saturate into the narrow register.
             t2.append(self._saturate(m, "sync", fine, t_lo, t_hi, t_bits, f"tsat{k}"))
-        return vs[3], tags[3], t2
+        return vs[4], tags[4], t2

@@ -102,9 +102,9 @@ def test_requant_narrow_acc(acc_bits, pipelined):
         assert q == golden_requant(a, mm, s, 8).tolist(), vec
 
 
-@pytest.mark.parametrize("pipelined,latency", [(False, 3), (True, 5)])
+@pytest.mark.parametrize("pipelined,latency", [(False, 3), (True, 6)])
 def test_requant_latency(pipelined, latency):
-    """The result appears exactly 3 (compact) or 5 (pipelined) cycles after its operands."""
+    """The result appears exactly 3 (compact) or 6 (pipelined) cycles after its operands."""
     dut = Requant(lanes=1, act_bits=8, pipelined=pipelined)
     assert dut.latency == latency
     seen = {}
