@@ -92,8 +92,9 @@ _F = {name: n for n, name in enumerate(PASS_FIELDS)}
 class PipelineConstants:
     """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
     setup: int = len(PASS_FIELDS) + 2   # one field a cycle, the read latency, one derive cycle
-    group_start: int = 3                # P_g, then D, then T = max(cin, D, 2) and min(cin, D)
-    flush: int = 16                     # after the issue phase: + min(cin, D), last write
+    group_start: int = 3                # P_g, then D, then T = max(cin, D, 2)
+    flush: int = 17                     # last issue + 1 .. nothing in flight: + cin + D - T
+    raw_flush: int = 15                 # the same for the raw pass (no S9 write stages)
     gap_load: int = 1                   # gap sums -> drain shift register
     gap_flush: int = 10                 # after the gap drain's D steps: its last write
 
@@ -383,9 +384,8 @@ class OverlayEngine(wiring.Component):
         pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
         dsteps = Signal(ceil_log2(P + 1))         # D: drain steps per position
         tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D, 2)
-        tmin = Signal(max(W["cin"], ceil_log2(P + 1)))   # min(cin, D)
         gs = Signal(2)
-        cnt = Signal(max(W["cin"], ceil_log2(P + 1)) + 5)   # flush countdowns
+        idle = Signal()     # nothing in flight: no issue, drain step, requant item, write
         last_grp = Signal()
         grow = Signal(W["wrow"])                  # weight row of this group's channel 0
         cebase = Signal(W["cout"])                # channel entry of this group's lane 0
@@ -557,7 +557,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps) + one),
                                  tpm1.eq(Mux(f["cin"] > dsteps, m1["cin"], dsteps - 1) + one),
                                  dsm1.eq(dsteps - 1),
-                                 tmin.eq(Mux(f["cin"] > dsteps, dsteps, f["cin"])), gs.eq(0)]
+                                 gs.eq(0)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 hold = Signal()
@@ -572,7 +572,6 @@ class OverlayEngine(wiring.Component):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
                         with m.If(last_pos):
-                            m.d.sync += cnt.eq(tmin + PIPE.flush - 1)
                             m.next = "FLUSH"
                     with m.Else():
                         m.d.sync += t.eq(t + 1)
@@ -586,22 +585,20 @@ class OverlayEngine(wiring.Component):
                     m.next = "GSTART"
 
             with m.State("FLUSH"):
-                # A fixed count; the drain can only still be busy when the logits consumer
-                # stalled (then wait for it: the next hand-off would overwrite the drain).
-                with m.If(cnt != 0):
-                    m.d.sync += cnt.eq(cnt - 1)
-                with m.If((cnt == 0) & ~drain_busy):
+                # Until the group's last write (the per-group registers may change then): the
+                # valid flags of every stage, not a countdown (no counter, no adder); the
+                # pipeline never stalls, so this takes a fixed time (hw.overlay_timing), except
+                # when the logits consumer holds the raw drain.
+                with m.If(idle):
                     with m.If(f["gap"]):
                         m.next = "GAPLOAD"
                     with m.Else():
                         group_end()
             with m.State("GAPLOAD"):
                 m.d.comb += gap_go.eq(1)
-                m.d.sync += cnt.eq(dsteps + PIPE.gap_flush - 1)
                 m.next = "GAPFLUSH"
             with m.State("GAPFLUSH"):
-                m.d.sync += cnt.eq(cnt - 1)
-                with m.If(cnt == 0):
+                with m.If(idle):
                     group_end()
 
         # A program write after SETUP began re-runs it before the image is taken (set after
@@ -985,6 +982,8 @@ class OverlayEngine(wiring.Component):
                          pm_w.addr.eq(q8d), pm_w.data.eq(nv), pm_w.en.eq(q8v & pool_on)]
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
         o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
+        m.d.comb += idle.eq(~(v1 | v2 | v3 | v4 | v5 | v6 | dr_act | q1v | q2v_ | q3[0] | q4[0]
+                              | q5[0] | q6[0] | q7v_ | q8v | o9v | wq_en.any()))
         q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()

@@ -9,7 +9,7 @@ cycles between the first accepted beats of consecutive images are::
           + LOAD                          # h * w * in_c of pass 0: one value a cycle
           + sum over passes of sum over its groups of group(pass, g)
 
-    group = GSTART + N * T + min(cin, D) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
+    group = GSTART + N * T + (cin + D - T) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
 
 where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the last group):
 
@@ -27,10 +27,13 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   classifier a 1×1 map, so ``N = 1`` there);
 * the constants (:data:`hw.overlay.PIPE`): ``SETUP = len(PASS_FIELDS) + 2`` = 27 (one field
   a cycle, the read latency, one cycle deriving the address steps), ``GSTART = 3`` (P_g, D,
-  then T and min), ``FLUSH = 16`` (the last position's last issue to its last write is
-  ``min(cin, D) + 16`` cycles after the issue phase: 6 MAC stages, 1 take, 8 requant stages,
-  pool, gap/write request, write), ``GAP_LOAD = 1`` (the drain switched to the gap sums) and
-  ``GAP_FLUSH = 10`` (the gap drain's last step to its write).
+  then T), ``FLUSH = 17`` (the engine leaves a group when nothing is in flight: the last
+  position's last issue is ``T - cin`` cycles before the issue phase's end, its drain takes
+  ``D`` steps, then ``FLUSH`` cycles: 6 MAC stages, 1 take, 8 requant stages, pool, gap/write
+  request, write, the idle test; ``cin + D - T`` is ``min(cin, D)`` unless ``T`` is padded to
+  2), ``RAW_FLUSH = 15`` on the raw pass (its logits leave at S2; its items still pass the
+  valid flags of S3-S8), ``GAP_LOAD = 1`` (the drain switched to the gap sums) and
+  ``GAP_FLUSH = 10`` (the gap drain's last step to its idle test).
 """
 
 from .overlay import _HANDOFF, PIPE
@@ -57,7 +60,9 @@ def group_cycles(p, group, lanes, requant_units):
         issue = (n - 1) * (cin + _HANDOFF + d) + t
     else:
         issue = n * t
-    cycles = PIPE.group_start + issue + min(cin, d) + PIPE.flush
+    # the last issue is T - cin cycles before the issue phase's end; FLUSH counts from it
+    cycles = (PIPE.group_start + issue + (cin + d - t)
+              + (PIPE.raw_flush if _get(p, "raw") else PIPE.flush))
     if _get(p, "gap"):
         cycles += PIPE.gap_load + d + PIPE.gap_flush
     return cycles
