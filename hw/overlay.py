@@ -181,7 +181,9 @@ def overlay_engine_cost(config, cycles=0):
     * memories: the four feature-map banks, the weight rows (``P`` × 8 bits), the channel
       tables in ``R`` parity banks (bias 32 bits, m 16, sh and qmax together 14), the gather
       table (:func:`gather_bits`), the program (``max_passes × FIELD_SLOTS`` words of
-      :func:`program_bits`). The logits queue (:data:`LOGITS_QUEUE` × 33 bits) is registers.
+      :func:`program_bits`); the small block RAMs that replace registers: the logits queue
+      (:data:`LOGITS_QUEUE` × 32 bits), per requant lane the gap sums and the pool maxima
+      (``P/R`` words), the requant delay line (8 words: drain step, flags, qmax per lane).
     """
     c = OverlayConfig.from_json(config)
     p, r = c.lanes, c.requant_units
@@ -202,6 +204,11 @@ def overlay_engine_cost(config, cycles=0):
         mems += [MemorySpec(f"{name}{b}", depth, width) for b in range(r)]
     mems.append(MemorySpec("gather", c.gather_rows, gather_bits(c)))
     mems.append(MemorySpec("program", c.max_passes * FIELD_SLOTS, program_bits(c)))
+    mems.append(MemorySpec("logits_queue", LOGITS_QUEUE, 32))
+    small = max(2, p // r)
+    mems += [MemorySpec(f"gsum{b}", small, _widths(c)["gsum"]) for b in range(r)]
+    mems += [MemorySpec(f"poolmax{b}", small, 8) for b in range(r)]
+    mems.append(MemorySpec("requant_delay", 8, ceil_log2(p + 1) + 4 + 8 * r))
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 

@@ -213,6 +213,29 @@ def test_overlay_cost_counts_every_multiplier():
     assert {"fm.Xe", "fm.Xo", "fm.Ye", "fm.Yo", "weights", "gather", "program"} <= names
 
 
+@pytest.mark.parametrize("lanes,r", [(8, 1), (6, 2)])
+def test_overlay_cost_counts_every_memory(lanes, r):
+    """Every block RAM the elaborated engine holds is in its cost (the small RAMs that
+    replace registers included), with its depth; the feature-map banks are SPRAMs."""
+    from amaranth.hdl import Fragment
+    cfg = OverlayConfig(lanes=lanes, requant_units=r, primitives="ice40", channel_rows=256)
+    frag = Fragment.get(OverlayEngine(cfg), None)
+    found = {}
+
+    def walk(f):
+        for sub, name, *_ in f.subfragments:
+            if type(sub).__name__ == "MemoryInstance":
+                found[name] = sub
+            else:
+                walk(sub)
+    walk(frag)
+    cost = {mem.name: mem for mem in overlay_engine_cost(cfg).memories}
+    assert set(found) == set(cost) - {"fm.Xe", "fm.Xo", "fm.Ye", "fm.Yo"}
+    for name, inst in found.items():
+        mem = inst.origins[0]           # the amaranth.lib.memory.Memory elaborated there
+        assert (mem.depth, mem.shape.width) == (cost[name].depth, cost[name].width), name
+
+
 # ---- phase 2: primitives="ice40" (SB_MAC16 pairs, SB_SPRAM256KA banks) under Icarus ------------
 
 _TB = r"""
