@@ -390,7 +390,7 @@ class OverlayEngine(wiring.Component):
         pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
         pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
         dsteps = Signal(ceil_log2(P + 1))         # D: drain steps per position
-        tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # T = max(cin, D, 2)
+        tper = Signal(max(W["cin"], ceil_log2(P + 1)))   # (width of T = max(cin, D, 2))
         gs = Signal(2)
         idle = Signal()     # nothing in flight: no issue, drain step, requant item, write
         last_grp = Signal()
@@ -410,7 +410,7 @@ class OverlayEngine(wiring.Component):
               for name in ("w", "h", "cin", "groups", "in_c")}
         xlast = Signal(dim)     # last x: wo - 1, or wo/2 - 1 (window index) with a pool
         ylast = Signal(dim)
-        tpm1 = Signal.like(tper)
+        tpm1 = Signal.like(tper)     # T - 1
         dsm1 = Signal.like(dsteps)
         m.d.comb += last_grp.eq(grp == m1["groups"])
 
@@ -490,23 +490,24 @@ class OverlayEngine(wiring.Component):
                 dec = Signal(len(data))
                 hdec = Signal(len(data))
                 m.d.comb += [dec.eq(data - 1), hdec.eq((data >> 1) - 1)]
-                with m.If((fcnt >= 1) & (fcnt <= nf)):
-                    with m.Switch(fcnt - 1):
-                        for name in PASS_FIELDS:
-                            with m.Case(_F[name]):
-                                m.d.sync += f[name].eq(data)
-                                if name in m1:
-                                    m.d.sync += m1[name].eq(dec)
-                                # (pool comes before ho, wo; src_row before src_col)
-                                if name == "wo":
-                                    m.d.sync += xlast.eq(Mux(f["pool"], hdec, dec))
-                                if name == "ho":
-                                    m.d.sync += ylast.eq(Mux(f["pool"], hdec, dec))
-                                if name == "src_row":
-                                    m.d.sync += rstep.eq(Mux(f["pool"], data << 1, data))
-                                if name == "src_col":
-                                    m.d.sync += [rc.eq(f["src_row"] - data),
-                                                 cr.eq(data - f["src_row"])]
+                # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
+                # in front of the capture enables: the iCE40 critical path was fcnt - 1)
+                with m.Switch(fcnt):
+                    for name in PASS_FIELDS:
+                        with m.Case(_F[name] + 1):
+                            m.d.sync += f[name].eq(data)
+                            if name in m1:
+                                m.d.sync += m1[name].eq(dec)
+                            # (pool comes before ho, wo; src_row before src_col)
+                            if name == "wo":
+                                m.d.sync += xlast.eq(Mux(f["pool"], hdec, dec))
+                            if name == "ho":
+                                m.d.sync += ylast.eq(Mux(f["pool"], hdec, dec))
+                            if name == "src_row":
+                                m.d.sync += rstep.eq(Mux(f["pool"], data << 1, data))
+                            if name == "src_col":
+                                m.d.sync += [rc.eq(f["src_row"] - data),
+                                             cr.eq(data - f["src_row"])]
                 with m.If(fcnt == nf + 1):
                     m.d.sync += [
                         fcnt.eq(0),
@@ -535,7 +536,7 @@ class OverlayEngine(wiring.Component):
                                  wq_data[1].eq(self.images.payload.data[0])]
                     with m.If(t == m1["in_c"]):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [t.eq(0), lk.eq(lk + 1 + ~m1["in_c"][0])]
+                        m.d.sync += [t.eq(0), lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
                         with m.If(x == m1["w"]):
                             m.d.sync += [x.eq(0), y.eq(y + 1)]
                             with m.If(y == m1["h"]):
@@ -561,8 +562,8 @@ class OverlayEngine(wiring.Component):
                     # T = max(cin, D, 2): cin = D = 1 is padded to 2 cycles (the gap sums'
                     # read of a step comes after the previous position's write of it).
                     one = (f["cin"] == 1) & (dsteps == 1)
-                    m.d.sync += [tper.eq(Mux(f["cin"] > dsteps, f["cin"], dsteps) + one),
-                                 tpm1.eq(Mux(f["cin"] > dsteps, m1["cin"], dsteps - 1) + one),
+                    m.d.sync += [tpm1.eq(Mux(one, 1, Mux(f["cin"] > dsteps, m1["cin"],
+                                                         dsteps - 1))),
                                  dsm1.eq(dsteps - 1),
                                  gs.eq(0)]
                     m.next = "ISSUE"

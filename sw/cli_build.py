@@ -158,11 +158,11 @@ def _overlay_plan(args, model, board, say):
 
     On an iCE40 board the engine uses its iCE40 primitives (``SB_MAC16`` lane pairs,
     ``SB_SPRAM256KA`` feature maps). Without ``--requant-units`` (or ``requant_units`` in
-    ``--overlay-config``) it takes one requant unit (and 256 channel-table entries without
-    ``channel_rows``), and without ``--lanes`` (or ``lanes``)
+    ``--overlay-config``) it takes one requant unit (and smaller tables, see below), and
+    without ``--lanes`` (or ``lanes``)
     the most MAC lanes the device's DSP blocks hold beside it (each unit's two 16-bit halves
     take one block each), at most 8: on the UP5K the logic cells, not the DSPs, bind (the
-    engine beside the link engine and UART has about 2,400 of the 5,280), and a second requant
+    engine shares the 5,280 with the link engine and UART), and a second requant
     unit or lanes 9-12 cost more cells than they gain (digits: 8 lanes, R = 1, 5,473
     cycles/image, 10 multipliers; R = 2, 5,409 cycles, 12 multipliers; 12 lanes, R = 1,
     fewer cycles but MAC lanes busy 64 % of the time instead of 88 %).
@@ -178,12 +178,14 @@ def _overlay_plan(args, model, board, say):
         text = _overlay_config_text(args)
         if args.requant_units is None and '"requant_units"' not in text:
             config = dataclasses.replace(config, requant_units=1)
-        if '"channel_rows"' not in text:
-            # 256 channel-table entries (bias, m, sh, qmax of every conv's output channels):
-            # 4 EBRs fewer than 512, which the block-RAM queues and pool/gap memories of
-            # the engine use instead of ~400 logic cells of registers (digits uses 90;
-            # mnist-s would need 266, but its ~1,500 weight rows do not fit 512 either).
-            config = dataclasses.replace(config, channel_rows=256)
+        # Block RAM is the UP5K's other tight resource (30 EBRs: the engine's small RAMs
+        # replace ~400 logic cells of registers, the link engine takes ~9): 256 channel-table
+        # entries and gather entries and 8 program rows (4, 1 and 1 EBRs fewer than the
+        # defaults' 512, 512 and 16) unless the overlay config names them. digits uses 90,
+        # 89 and 5; a network beyond them is refused in words (OverlayFitError).
+        for key, value in (("channel_rows", 256), ("gather_rows", 256), ("max_passes", 8)):
+            if f'"{key}"' not in text:
+                config = dataclasses.replace(config, **{key: value})
         lanes_given = args.lanes is not None or '"lanes"' in text
         have = board.dsp_blocks or 0
         if not lanes_given and have:
