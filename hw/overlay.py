@@ -51,13 +51,19 @@ constants of channel-table entry ``gap_ent``: bias 0, the gap's m, sh, qmax) and
 as the 1×1 map.
 
 Hand-off rules. The MAC pipeline and the drain never stall: a position's hand-off comes ``T``
-cycles after the previous one and its drain takes ``D <= T`` steps. A group ends with a fixed
-flush (its last write), so the per-group registers (``P_g``, table base, write pointers)
-change only when nothing of the group is in flight. The one stall is the logits consumer:
-the raw drain takes a step only with room in the :data:`LOGITS_QUEUE`-entry register queue
-(an always-ready consumer never holds it), a raw position starts only once the previous one
-has left the drain, and a flush waits for the drain, so a stalled consumer delays the engine
-but never loses or duplicates a logit.
+cycles after the previous one and its drain takes ``D <= T`` steps. A group ends when nothing
+of it is in flight (every stage's valid flag clear, after its last write), so the per-group
+registers (``P_g``, table base, write pointers) change only then. The one stall is the logits
+consumer: the raw drain takes a step only with room in the :data:`LOGITS_QUEUE`-entry block
+RAM queue (an always-ready consumer never holds it), a raw position starts only once the
+previous one has left the drain, and a flush waits for the drain, so a stalled consumer
+delays the engine but never loses or duplicates a logit.
+
+Resources (UP5K, the iCEBreaker build's config: 8 lanes, R = 1): the registers that grow with
+the lanes are the accumulators and the drain shift register; the gap sums, pool maxima,
+logits queue and the requant items' per-stage data are small block RAMs; the requant
+multiply's sum is inside the ``SB_MAC16`` pair; ``benchmarks/bench_overlay_fit.py`` measures
+the engine alone.
 
 The classifier sees a 1×1 map (the artifact's rule, ``models/artifact.py``), so the raw pass
 has one position per group and its logits leave in class order; with several positions
