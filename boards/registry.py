@@ -151,6 +151,10 @@ class Board:
         The link engine's receive slots and largest frame payload (IDENTIFY reports both, the
         host adapts); small devices take fewer block RAMs for them. ``max_payload`` None:
         the engine's default; it is raised to one image when an image is larger.
+    block_ram_fifos : bool
+        The link engine's reply queue and in-flight FIFO in block RAM (3 iCE40 EBR for
+        about 130 logic cells fewer): for a device short of logic cells, not of RAM blocks
+        (the iCEBreaker's UP5K).
     note : str
     """
 
@@ -164,6 +168,7 @@ class Board:
     ice40_pll_pad: bool = False
     slots: int = 4
     max_payload: int | None = None
+    block_ram_fifos: bool = False
     programmer: str | None = None
     note: str = ""
     _cls: object = field(default=None, compare=False, repr=False)
@@ -221,9 +226,12 @@ class Board:
         return DSP_BLOCKS.get(self.device, 0)
 
     def link_kw(self, model):
-        """The :class:`~shiftacc.hw.board.LinkTop` keywords of this board (``slots``, and
-        ``max_payload`` raised to one image when an image is larger)."""
+        """The :class:`~shiftacc.hw.board.LinkTop` keywords of this board (``slots``,
+        ``max_payload`` raised to one image when an image is larger, and
+        ``block_ram_fifos`` when set)."""
         kw = {"slots": self.slots}
+        if self.block_ram_fifos:
+            kw["block_ram_fifos"] = True
         if self.max_payload is not None:
             h, w, c = model.input_shape
             kw["max_payload"] = max(self.max_payload, int(h) * int(w) * int(c), 16)
@@ -239,7 +247,8 @@ _FEATHER = "shiftacc.boards.resources:orangecrab_feather_uart"
 #: The boards with a tested entry. Bitstream boards first, then files-only ones.
 BOARDS = [
     Board("icebreaker", "icebreaker:ICEBreakerPlatform", 24, FT2232H_BAUD,
-          bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256, programmer="iceprog",
+          bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256,
+          block_ram_fifos=True, programmer="iceprog",
           note="iCE40UP5K: 8 SB_MAC16, 30 EBR, 4 SPRAM"),
     Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", 50, FT231X_BAUD, bridge="FT231X",
           programmer="ulx3s"),

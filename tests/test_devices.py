@@ -348,3 +348,32 @@ def test_amaranth_boards_device_names_resolve():
                        ("xc7a35ti", "xc7a35t"), ("XC7A35T", "xc7a35t"),
                        ("iCE40UP5K", "iCE40UP5K"), ("5CSEBA6", "5CSEBA6")):
         assert get_device(name).name == want
+
+
+def test_link_block_ram_fifos_are_counted():
+    """``block_ram_fifos`` (the iCEBreaker's link setting) forces the link engine's two FIFOs
+    into block RAM: each takes ceil(width / 16) SB_RAM40_4K (256 x 16, depth 3 <= 256)
+    more than without, whatever the cost rule would choose; on ECP5 one DP16KD each (both
+    at most 36 bits wide: the 36 x 512 shape)."""
+    from shiftacc.boards.registry import find_board
+    from shiftacc.hw.devices import link_block_memories
+    model = digits_like()
+    plan = plan_network(model, PlanConfig(max_multipliers=8, min_mac_efficiency=0))
+    kw = find_board("icebreaker").link_kw(model)
+    assert kw.get("block_ram_fifos") is True
+    plain = dict(kw, block_ram_fifos=False)
+    mems = {m.name: m for m in link_memories(model, plan, **kw)}
+    fifos = [mems["link.inflight_fifo"], mems["link.reply_queue"]]
+    assert set(link_block_memories(kw)) == {m.name for m in fifos}
+    assert link_block_memories(plain) == ()
+    assert all(m.width <= 36 for m in fifos)
+    for fam, want in (("ice40", sum(-(-m.width // 16) for m in fifos)), ("ecp5", 2)):
+        with_blocks = memory_usage(list(mems.values()), fam, roms=LINK_ROMS,
+                                   blocks=link_block_memories(kw))
+        without = memory_usage(list(mems.values()), fam, roms=LINK_ROMS)
+        assert with_blocks["blocks"] - without["blocks"] == want, fam
+    dev = get_device("iCE40UP5K")
+    a = device_usage(model, plan, dev, headroom=0, link_kw=kw, lut=False)["ram_blocks"]
+    b = device_usage(model, plan, dev, headroom=0, link_kw=plain, lut=False)["ram_blocks"]
+    assert a["link"] - b["link"] == sum(-(-m.width // 16) for m in fifos) and \
+        a["accelerator"] == b["accelerator"]

