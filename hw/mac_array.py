@@ -5,7 +5,7 @@ conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requa
 Stride is handled upstream: the MacArray sees only the pixels it must compute.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -349,6 +349,14 @@ class MacArray(wiring.Component):
         bank_regs = [Signal(beat_layout, name=f"xbuf{b}_{k}", reset_less=True)
                      for b in range(2) for k in range(nbi)]
         full = [Signal(name=f"full{b}") for b in range(2)]
+        # Next values of full/rbank/pending/fi (comb, defaults here, set below): the fold
+        # sequencer's issue condition is computed from registers of their next values, so
+        # the issue strobe that clock-enables every input-bank register (the classifier:
+        # 2 x 48 beats) is one LUT from three flip-flops (109.6 MHz on an ECP5 with the
+        # credit compare and the bank's full-flag mux in front of that fan-out).
+        full_n = [Signal(name=f"full{b}_next") for b in range(2)]
+        m.d.comb += [full_n[b].eq(full[b]) for b in range(2)]
+        m.d.sync += [full[b].eq(full_n[b]) for b in range(2)]
         bank_last = [Signal(name=f"bank_last{b}") for b in range(2)]
         wbank = Signal()                       # bank being filled
         wbeat = _index(nbi, "wbeat")           # next beat of that bank
@@ -384,7 +392,8 @@ class MacArray(wiring.Component):
                 m.d.sync += [wbeat.eq(0), wbank.eq(~wbank)]
                 for b in range(2):
                     with m.If(wbank == b):
-                        m.d.sync += [full[b].eq(1), bank_last[b].eq(self.i.payload.last)]
+                        m.d.comb += full_n[b].eq(1)
+                        m.d.sync += bank_last[b].eq(self.i.payload.last)
             with m.Else():
                 m.d.sync += wbeat.eq(wbeat + 1)
 
@@ -394,27 +403,43 @@ class MacArray(wiring.Component):
         fj = _index(nbo, "fj")                 # output fold
         row = _index(nbi * nbo, "row")         # weight row = fj * nbi + fi, as a counter
         pending = Signal(range(self.fifo_depth + 1))
-        rfull = Mux(rbank, full[1], full[0])
-        last_fold = fi == nbi - 1
+        rbank_n = Signal()
+        m.d.comb += rbank_n.eq(rbank)
+        m.d.sync += rbank.eq(rbank_n)
+        # Registers equal, cycle for cycle, to full[rbank], fi == nbi - 1 and
+        # pending < fifo_depth (computed from the next state).
+        rfull = Signal(name="rfull_q")
+        credit = Signal(init=1, name="credit_q")
+        if nbi == 1:
+            last_fold = Const(1, 1)
+        else:
+            last_fold = Signal(name="last_fold_q")
         # Only the last fold of j emits an output beat, so only it needs FIFO credit.
         issue = Signal()
-        m.d.comb += issue.eq(rfull & (~last_fold | (pending < self.fifo_depth)))
+        m.d.comb += issue.eq(rfull & (~last_fold | credit))
 
         with m.If(issue):
             with m.If(last_fold):
                 m.d.sync += fi.eq(0)
                 with m.If(fj == nbo - 1):
-                    m.d.sync += [fj.eq(0), row.eq(0), rbank.eq(~rbank)]
+                    m.d.sync += [fj.eq(0), row.eq(0)]
+                    m.d.comb += rbank_n.eq(~rbank)
                     for b in range(2):
                         with m.If(rbank == b):
-                            m.d.sync += full[b].eq(0)
+                            m.d.comb += full_n[b].eq(0)
                 with m.Else():
                     m.d.sync += [fj.eq(fj + 1), row.eq(row + 1)]
             with m.Else():
                 m.d.sync += [fi.eq(fi + 1), row.eq(row + 1)]
 
         out_taken = self.o.valid & self.o.ready
-        m.d.sync += pending.eq(pending + (issue & last_fold) - out_taken)
+        pending_n = Signal.like(pending)
+        m.d.comb += pending_n.eq(pending + (issue & last_fold) - out_taken)
+        m.d.sync += [pending.eq(pending_n), credit.eq(pending_n < self.fifo_depth),
+                     rfull.eq(Mux(rbank_n, full_n[1], full_n[0]))]
+        if nbi > 1:
+            # fi next: 0 after the last fold, fi + 1 after another issue, else unchanged.
+            m.d.sync += last_fold.eq(Mux(issue, ~last_fold & (fi == nbi - 2), last_fold))
 
         # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
         sel0 = Mux(rbank, bank_sel[1], bank_sel[0])
