@@ -11,6 +11,7 @@ pins left to the placer. Prints each seed's Fmax and logic cells, then min / med
     python benchmarks/bench_link_fmax.py                         # both families, seeds 1-3
     python benchmarks/bench_link_fmax.py --family ice40 --seeds 1,2,3
     python benchmarks/bench_link_fmax.py --family ecp5 --freq 125
+    python benchmarks/bench_link_fmax.py --before 1675d38 --seeds 1   # hw/link.py of a revision
 
 Targets (issue #9 via the LINKFIT brief): >= 125 MHz on the ECP5-85F, >= 50 MHz on the UP5K.
 A few minutes per seed on a loaded 2-core machine (ECP5 with WebAssembly nextpnr: longer).
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_link_size import _model, _Stub          # noqa: E402
+from bench_link_size import _engine_class, _model, _Stub, _verilog   # noqa: E402
 
 from shiftacc.boards.registry import find_board     # noqa: E402
 from shiftacc.hw import board                       # noqa: E402
@@ -44,14 +45,24 @@ FAMILIES = {
 }
 
 
-def link_verilog(family):
-    """Verilog of LinkTop(UART) + stub with the family's board link settings."""
+def link_verilog(family, before=None):
+    """Verilog of LinkTop(UART) + stub with the family's board link settings (``before``: a
+    git revision whose ``hw/link.py`` is used instead, as in bench_link_size.py)."""
     board_name = FAMILIES[family][0]
     b = find_board(board_name)
     model, plan = _model()
     kw = b.link_kw(model)
     if family == "ice40":
         kw.setdefault("block_ram_fifos", True)
+    if before is not None:
+        cls = _engine_class(before)
+        import inspect
+        if "block_ram_fifos" not in inspect.signature(cls.__init__).parameters:
+            kw.pop("block_ram_fifos", None)
+        rest = {k: v for k, v in kw.items() if k not in ("slots", "max_payload")}
+        text = _verilog(cls, kw["slots"], kw.get("max_payload"),
+                        clock_hz=int(b.target_mhz * 1e6), baud=b.baud, **rest)
+        return text, board_name, kw
     top = board.LinkTop(model, plan, clock_hz=int(b.target_mhz * 1e6), baud=b.baud,
                         uart=True, accelerator=_Stub(model, plan.input_lanes), **kw)
     return to_verilog(top, name="top"), board_name, kw
@@ -90,6 +101,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=("ice40", "ecp5", "both"), default="both")
     ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--before", default=None, help="git revision of hw/link.py to measure")
     ap.add_argument("--freq", type=float, default=None,
                     help="target MHz given to nextpnr (default: the family's target)")
     args = ap.parse_args(argv)
@@ -98,13 +110,14 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     families = ("ice40", "ecp5") if args.family == "both" else (args.family,)
     for family in families:
-        verilog, board_name, kw = link_verilog(family)
+        verilog, board_name, kw = link_verilog(family, args.before)
         freq = args.freq or FAMILIES[family][3]
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             t = time.time()
             synth(verilog, family, tmp)
-            print(f"{family} ({board_name} link settings {kw}), target {freq} MHz: "
+            which = f"hw/link.py of {args.before}" if args.before else "working tree"
+            print(f"{family} ({which}, {board_name} link settings {kw}), target {freq} MHz: "
                   f"synthesis {time.time() - t:.0f} s", flush=True)
             got = []
             for seed in seeds:

