@@ -212,8 +212,8 @@ class FrameCRCs(wiring.Component):
 
     ``serial=False``: the algorithms' 8-bit processors, a byte a cycle (the 32-bit one is a
     ~130-LUT XOR network). ``serial=True``: their 1-bit processors behind one shared 8-bit
-    shift register, a byte in 8 cycles (the XOR networks shrink to the polynomials' taps and
-    are one LUT deep): for a UART, whose bytes are at least ``10 * MIN_CYCLES_PER_BIT`` = 40
+    shift register, a byte in 8 cycles (the XOR networks shrink to the polynomials' taps, a
+    LUT or two a bit, and are one LUT deep): for a UART, whose bytes are at least ``10 * MIN_CYCLES_PER_BIT`` = 40
     cycles apart. The bits go in the order the 8-bit processors take them (least significant
     first when an algorithm reflects its input), so both compute the same CRCs; the
     algorithms are still defined once, in :mod:`shiftacc.sw.protocol`.
@@ -333,11 +333,11 @@ class LinkEngine(wiring.Component):
         :func:`default_watchdog_cycles`).
     block_ram_fifos : bool
         Put the reply queue and the in-flight FIFO in block RAM (3 iCE40 EBR more; about
-        130 logic cells fewer): for devices short of logic, not of RAM (the iCE40 UP5K).
+        150 logic cells fewer): for devices short of logic, not of RAM (the iCE40 UP5K).
         The default leaves the choice to synthesis (flip-flops or LUT RAM, as small as
         they are). The behaviour is the same either way.
     serial_crc : bool
-        Compute the four CRCs bit-serially (:class:`FrameCRCs`: about 240 iCE40 logic cells
+        Compute the four CRCs bit-serially (:class:`FrameCRCs`: about 100 iCE40 logic cells
         fewer, and shallower logic), which needs at least 9 cycles between two received
         bytes: what a UART gives (:class:`~shiftacc.hw.board.LinkTop` sets it with its
         UART PHY). Replies are offered a byte per 8 cycles at most. The bytes on the wire
