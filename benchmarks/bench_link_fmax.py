@@ -89,7 +89,9 @@ def place_route(family, tmp, seed, freq):
         cmd += ["--router", "router2"]
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
-        raise SystemExit(f"{exe[0]} failed:\n{proc.stderr[-2000:]}")
+        # (e.g. the clock pad the placer chose cannot reach a global clock: no pin file)
+        raise RuntimeError(f"{exe[0]} failed: "
+                           f"{(proc.stderr.strip().splitlines() or ['?'])[-2]}")
     r = json.loads(rep.read_text())
     fmax = min(v["achieved"] for v in r["fmax"].values())
     util = r["utilization"]
@@ -122,12 +124,17 @@ def main(argv=None):
             got = []
             for seed in seeds:
                 t = time.time()
-                fmax, cells = place_route(family, tmp, seed, freq)
+                try:
+                    fmax, cells = place_route(family, tmp, seed, freq)
+                except RuntimeError as e:
+                    print(f"  seed {seed}: {e}", flush=True)
+                    continue
                 got.append(fmax)
                 print(f"  seed {seed}: {fmax:7.2f} MHz, {cells} logic cells "
                       f"({time.time() - t:.0f} s)", flush=True)
-            print(f"  Fmax min {min(got):.2f} / median {statistics.median(got):.2f} MHz over "
-                  f"seeds {args.seeds}", flush=True)
+            if got:
+                print(f"  Fmax min {min(got):.2f} / median {statistics.median(got):.2f} MHz "
+                      f"over {len(got)} of seeds {args.seeds}", flush=True)
 
 
 if __name__ == "__main__":

@@ -211,8 +211,12 @@ def test_link_fuzz(seed, serial):
     # --- the run -----------------------------------------------------------------------
     done = {}
 
-    async def drain(ctx, quiet=64, deadline=60000):
-        """Tick until no reply byte for ``quiet`` cycles (bounded), checking every event."""
+    async def drain(ctx, quiet=160, deadline=60000):
+        """Tick until no reply byte for ``quiet`` cycles (bounded), checking every event.
+
+        ``quiet`` covers the longest silence of a device that still has work: a STATUS
+        reply waits for its snapshot (up to two turns of the engine's 38-byte counter
+        sweep, about 80 cycles), and the frames behind it wait in their slots meanwhile."""
         last = host.rx_bytes
         still = 0
         for _ in range(deadline):
