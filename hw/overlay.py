@@ -673,8 +673,15 @@ class OverlayEngine(wiring.Component):
         oy = Mux(f["pool"], Cat(mm[1], y), y)
         ox = Mux(f["pool"], Cat(mm[0], x), x)
         s2 = f["stride"][1]          # stride 1 or 2
-        sy1 = reg("sy1", signed(dim + 3), Mux(s2, oy << 1, oy))
-        sx1 = reg("sx1", signed(dim + 3), Mux(s2, ox << 1, ox))
+        syv = Mux(s2, oy << 1, oy)
+        sxv = Mux(s2, ox << 1, ox)
+        # s*y and h - s*y (and for x): the bounds check then compares the 4-bit dy, dx with
+        # these, saturated, instead of two 19-bit comparators after an adder (the engine's
+        # critical path alone was s*y + dy < h)
+        sy1 = reg("sy1", dim + 2, syv)
+        sx1 = reg("sx1", dim + 2, sxv)
+        hy1 = reg("hy1", signed(dim + 3), f["h"] - syv)
+        hx1 = reg("hx1", signed(dim + 3), f["w"] - sxv)
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
         wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
@@ -687,8 +694,17 @@ class OverlayEngine(wiring.Component):
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
         addr2 = reg("addr2", aw, pix1 + off)
-        yy2 = reg("yy2", signed(dim + 4), sy1 + dy)
-        xx2 = reg("xx2", signed(dim + 4), sx1 + dx)
+        def lo_ok(sv, d):
+            """s*y + d >= 0 for s*y >= 0 and d in [-8, 7]."""
+            return (sv[3:] != 0) | ((Cat(sv[:3], C(0, 2)).as_signed() + d) >= 0)
+
+        def hi_ok(hv, d):
+            """d < h - s*y: always when it is >= 8, never when it is < -8."""
+            big = ~hv[-1] & (hv[3:-1] != 0)
+            small = hv[-1] & ~hv[3:].all()
+            return big | (~small & (d < hv[:5].as_signed()))
+        yok2 = reg("yok2", 2, Cat(lo_ok(sy1, dy), hi_ok(hy1, dy)))
+        xok2 = reg("xok2", 2, Cat(lo_ok(sx1, dx), hi_ok(hx1, dx)))
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
@@ -697,7 +713,7 @@ class OverlayEngine(wiring.Component):
         v3 = reg("v3", 1, v2)
         first3 = reg("first3", 1, first2)
         last3 = reg("last3", 1, last2)
-        inb3 = reg("inb3", 1, (yy2 >= 0) & (yy2 < f["h"]) & (xx2 >= 0) & (xx2 < f["w"]))
+        inb3 = reg("inb3", 1, yok2.all() & xok2.all())
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
         wa3 = reg("wa3", len(wa1), wa2)
