@@ -638,7 +638,20 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
         say(f"[build] note: {note}")
     say(f"[build] tools: {', '.join(f'{k}={v}' for k, v in tools.items())}")
     runner = _Runner(out, build_plan.script, env, tools, out / "build.log")
+    t_build = time.monotonic()
     rc = runner.run(timeout, progress, say)
+    if rc != 0 and runner.phase == "synth" and _abc9_assertion(runner.tail):
+        # Yosys 0.70's ABC9 step asserts (ABC_OPS_REINTEGRATE) on some netlists, depending
+        # on the whole design rather than on one block (docs/boards.md "Timing closure").
+        # The same synthesis with that one step done by the classic ABC maps to LUT4s
+        # (no timing-driven wide muxes: somewhat slower, but a bitstream), so fall back.
+        if _classic_abc_script(out / f"{BUILD_NAME}.ys", board.family):
+            say("[build] Yosys's ABC9 step hit its known assertion (ABC_OPS_REINTEGRATE); "
+                "synthesising again with the classic ABC for the LUT mapping")
+            report["synth_fallback"] = "classic ABC (Yosys ABC9 assertion)"
+            (out / "build.log").replace(out / "build_abc9_failed.log")
+            runner = _Runner(out, build_plan.script, env, tools, out / "build.log")
+            rc = runner.run(max(1.0, timeout - (time.monotonic() - t_build)), progress, say)
     synth_s, pnr_s = runner.seconds()
     report["synth_seconds"] = None if synth_s is None else round(synth_s, 1)
     report["pnr_seconds"] = None if pnr_s is None else round(pnr_s, 1)
@@ -671,6 +684,34 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
                           f"{out / 'build.log'}")
     report["notes"] = notes
     return report
+
+
+def _abc9_assertion(lines):
+    """Whether a failed Yosys run's last lines show the ABC9 assertion Yosys 0.70 hits."""
+    text = "\n".join(lines)
+    return "ABC_OPS_REINTEGRATE" in text or ("abc9" in text.lower() and "assert" in text.lower())
+
+
+def _classic_abc_script(ys, family):
+    """Rewrite the build's Yosys script so that LUT mapping is the classic ABC (ECP5 only).
+
+    ``synth_ecp5 OPTS`` becomes the same pass run up to ``map_luts``, ``abc -lut 4`` in place
+    of that step, then the pass from ``map_cells`` on. Returns False when the script has no
+    such line (another family, or already rewritten): the failure then stands.
+    """
+    if family != "ecp5" or not ys.exists():
+        return False
+    lines = ys.read_text().splitlines()
+    for k, line in enumerate(lines):
+        words = line.split()
+        if words[:1] == ["synth_ecp5"] and "-run" not in words and "abc" not in line[11:]:
+            opts = " ".join(words[1:])
+            lines[k] = (f"synth_ecp5 {opts} -run :map_luts\n"
+                        "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+                        f"synth_ecp5 {opts} -run map_cells:")
+            ys.write_text("\n".join(lines) + "\n")
+            return True
+    return False
 
 
 def _finish(args, out, report, say):

@@ -401,3 +401,47 @@ def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch):
     sh = (tmp_path / "o" / "build_shiftacc.sh").read_text()
     assert "--seed 7" in sh and "--report report.json" in sh and "--up5k" in sh
     assert "synth_ice40 -dsp" in (tmp_path / "o" / "shiftacc.ys").read_text()
+
+
+def test_abc9_assertion_falls_back_to_classic_abc(tiny, tmp_path, capsys, monkeypatch):
+    """Yosys 0.70's ABC9 assertion (stand-in Yosys that asserts unless the script maps LUTs
+    with the classic ABC): the build rewrites the script, synthesises again, and says so."""
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("YOSYS", _script(
+        tmp_path / "yosys",
+        f"echo run >> {calls}\n"
+        "if grep -q 'abc -lut 4' shiftacc.ys; then : > shiftacc.rpt; exit 0; fi\n"
+        "echo 'ERROR: Assert `GetSize(conn.first) == GetSize(conn.second)` failed in "
+        "passes/techmap/abc9_ops.cc (ABC_OPS_REINTEGRATE)'\nexit 1\n"))
+    report = {"fmax": {"clk": {"achieved": 61.0, "constraint": 50.0}},
+              "utilization": {"TRELLIS_COMB": {"used": 900, "available": 24288},
+                              "TRELLIS_FF": {"used": 500, "available": 24288},
+                              "DP16KD": {"used": 3, "available": 56},
+                              "MULT18X18D": {"used": 6, "available": 28}}}
+    monkeypatch.setenv("NEXTPNR_ECP5", _script(
+        tmp_path / "nextpnr", f"echo '{json.dumps(report)}' > report.json\n"))
+    monkeypatch.setenv("ECPPACK", _script(tmp_path / "ecppack",
+                                          "head -c 1000 /dev/zero > shiftacc.bit\n"))
+    js = tmp_path / "r.json"
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-12f", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--json", str(js), "-q"]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["synth_fallback"].startswith("classic ABC") and rep["fmax_mhz"] == 61.0
+    assert calls.read_text().split() == ["run", "run"]
+    ys = (tmp_path / "o" / "shiftacc.ys").read_text()
+    assert "-run :map_luts" in ys and "-run map_cells:" in ys
+    assert (tmp_path / "o" / "build_abc9_failed.log").exists()
+
+
+def test_other_synthesis_failure_is_not_retried(tiny, tmp_path, capsys, monkeypatch):
+    """Any other Yosys failure stays a failure (exit 4), synthesised once."""
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("YOSYS", _script(tmp_path / "yosys",
+                                        f"echo run >> {calls}\necho 'ERROR: out of memory'\n"
+                                        "exit 1\n"))
+    monkeypatch.setenv("NEXTPNR_ECP5", _script(tmp_path / "nextpnr", "exit 0\n"))
+    monkeypatch.setenv("ECPPACK", _script(tmp_path / "ecppack", "exit 0\n"))
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-12f", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "-q"]) == 4
+    assert "out of memory" in capsys.readouterr().err
+    assert calls.read_text().split() == ["run"]
