@@ -117,14 +117,19 @@ def test_explore_rows_resume(tiny, tmp_path, capsys, ray_local):
         for budget in (8, 16):
             r = rows[f"{board}-dataflow-m{budget}-s1"]
             plan = _plan(model, budget)
-            # The iCE40UP5K has 8 SB_MAC16: a plan needing more is refused, in words.
+            # The iCE40UP5K has 8 SB_MAC16: a plan needing more is refused, in words. One
+            # within them may still be refused on the 30 EBRs it shares with the link
+            # engine's block-RAM FIFOs (the message names the RAM cell); the 12F holds both.
             fits = plan.dsp("ice40") <= 8 if board == "icebreaker" else \
                 plan.dsp("ecp5") <= 28
-            assert r["status"] == ("ok" if fits else "refused"), r
             assert r["multipliers"] == plan.multipliers
             assert int(by_csv[r["key"]]["multipliers"]) == plan.multipliers
             if not fits:
-                assert "DSP overflow" in r["message"]
+                assert r["status"] == "refused" and "DSP overflow" in r["message"], r
+            elif board == "icebreaker" and r["status"] == "refused":
+                assert "SB_RAM40_4K where 30 exist" in r["message"], r
+            else:
+                assert r["status"] == "ok", r
     ok = [k for k, r in rows.items() if r["status"] == "ok"]
     assert ok
     stamps = {k: (out / "points" / k / "build" / "shiftacc.il").stat().st_mtime_ns for k in ok}
