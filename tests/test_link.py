@@ -34,6 +34,7 @@ from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.hw.stream import beats_per_pixel, pixel_stream
 from shiftacc.models.netgen import random_model
 from shiftacc.sw import protocol as P
+from test_device import _crc8_smbus  # the hand-written CRC-8 reference, defined once
 
 M32 = 0xFFFFFFFF
 
@@ -1035,16 +1036,7 @@ def test_frame_crcs(seed, serial):
     sim.run()
     for (data, nh, full), ((fcrc, hcrc, _), (_, _, match)) in zip(cases, got):
         assert fcrc == zlib.crc32(data)
-        assert hcrc == _crc8(data[:nh])
+        assert hcrc == _crc8_smbus(data[:nh])
         assert match == (zlib.crc32(full[:-4]).to_bytes(4, "little") == full[-4:])
 
 
-def _crc8(data):
-    """CRC-8/SMBUS (poly 0x07, init 0, no reflection), bit by bit: the header CRC's
-    reference, independent of amaranth.lib.crc."""
-    crc = 0
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
