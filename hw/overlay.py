@@ -78,7 +78,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .overlay_program import OP_END, PASS_FIELDS, OverlayConfig
+from .overlay_program import ECA_HEAD, OP_ECA, OP_END, PASS_FIELDS, OverlayConfig
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
@@ -103,6 +103,13 @@ class PipelineConstants:
     raw_flush: int = 15                 # the same for the raw pass (no S9 write stages)
     gap_load: int = 1                   # gap sums -> drain shift register
     gap_flush: int = 10                 # after the gap drain's D steps: its last write
+    # the attention unit (channel_attention pass, OverlayEngine._attention)
+    att_init: int = 5                   # the four constant words, read latency
+    att_pool_wait: int = 6              # last pool read .. p[C-1] written, the idle test
+    att_conv_step: int = 6              # per channel: k taps + 6 (z requant, LUT, a write)
+    att_conv_wait: int = 2              # the last a[c] write, the idle test
+    att_scale_wait: int = 6             # last scale read .. its write, the idle test
+    att_gap_slots: int = 4              # idle issue slots after a channel with a fused gap
 
 
 #: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
@@ -146,12 +153,19 @@ def _field_widths(config):
     """Register width of each program field (the program RAM stores the widest)."""
     W = _widths(config)
     aw, dim = W["aw"], W["dim"]
-    return {"op": 1, "src": 1, "dst": 1, "h": dim, "w": dim, "stride": 2, "ho": dim,
-            "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
-            "last_group": ceil_log2(config.lanes + 1), "gbase": W["cin"], "wbase": W["wrow"],
-            "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
-            "gap_ent": W["cout"], "raw": 1, "out_h": dim,
-            "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
+    widths = {"op": 1, "src": 1, "dst": 1, "h": dim, "w": dim, "stride": 2, "ho": dim,
+              "wo": dim, "cin": W["cin"], "cout": W["cout"], "groups": W["cout"],
+              "last_group": ceil_log2(config.lanes + 1), "gbase": W["cin"], "wbase": W["wrow"],
+              "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
+              "gap_ent": W["cout"], "raw": 1, "out_h": dim,
+              "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
+    if config.attention:
+        # An attention pass: op ECA (2), k taps in cin (k <= 9), its table base in cbase,
+        # C in in_c (up to channel_rows).
+        widths.update(op=2, cin=max(W["cin"], 4),
+                      cbase=max(W["cout"], ceil_log2(config.attention_rows)),
+                      in_c=max(W["cin"], W["cout"]))
+    return widths
 
 
 def _below(value, n):
@@ -215,6 +229,13 @@ def overlay_engine_cost(config, cycles=0):
     mems += [MemorySpec(f"gsum{b}", small, _widths(c)["gsum"]) for b in range(r)]
     mems += [MemorySpec(f"poolmax{b}", small, 8) for b in range(r)]
     mems.append(MemorySpec("requant_delay", 8, ceil_log2(p + 1) + 4 + 8 * r))
+    if c.attention:
+        # The attention unit (OverlayEngine._attention): one multiplier, 33s x 16u, shared
+        # by the pool requant, the kernel taps, the z requant, the scale and a fused gap's
+        # requant (one use a cycle); the attention table and the per-channel p and a.
+        mults.append(Multiplier.amaranth("attention", 1, 33, True, M_BITS, False))
+        mems += [MemorySpec("attention", c.attention_rows, 32),
+                 MemorySpec("att_p", c.channel_rows, 8), MemorySpec("att_a", c.channel_rows, 9)]
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
@@ -485,6 +506,12 @@ class OverlayEngine(wiring.Component):
 
         # gap drain trigger (from the FSM)
         gap_go = Signal()
+        # attention unit (only with cfg.attention): its read of the source map, its start
+        # and its end
+        att_rd = Signal()
+        att_raddr = Signal(aw)
+        att_start = Signal()
+        att_done = Signal()
 
         with m.FSM(init="SETUP"):
             with m.State("SETUP"):
@@ -524,6 +551,10 @@ class OverlayEngine(wiring.Component):
                     with m.If(f["op"] == OP_END):
                         m.d.sync += row.eq(0)
                         m.next = "SETUP"
+                    if cfg.attention:
+                        with m.Elif(f["op"] == OP_ECA):
+                            m.d.comb += att_start.eq(1)
+                            m.next = "ATT"
                     with m.Elif(row == 0):
                         m.next = "LOAD"
                     with m.Else():
@@ -614,6 +645,11 @@ class OverlayEngine(wiring.Component):
             with m.State("GAPFLUSH"):
                 with m.If(idle):
                     group_end()
+            if cfg.attention:
+                with m.State("ATT"):
+                    with m.If(att_done):
+                        m.d.sync += row.eq(row + 1)
+                        m.next = "SETUP"
 
         # A program write after SETUP began re-runs it before the image is taken (set after
         # the FSM's clear, so a write in the clearing cycle is not lost).
@@ -709,7 +745,10 @@ class OverlayEngine(wiring.Component):
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
         # stage 2: bounds check; the feature-map read
-        m.d.comb += rd_addr.eq(addr2)
+        if cfg.attention:
+            m.d.comb += rd_addr.eq(Mux(att_rd, att_raddr, addr2))
+        else:
+            m.d.comb += rd_addr.eq(addr2)
         v3 = reg("v3", 1, v2)
         first3 = reg("first3", 1, first2)
         last3 = reg("last3", 1, last2)
@@ -1034,5 +1073,300 @@ class OverlayEngine(wiring.Component):
                              wq_data[0].eq(out9[0]), wq_data[1].eq(out9[0])]
             with m.If(~q9gap & q9last):
                 m.d.sync += wptr.eq(wptr + f["dst_cp2"])
+        if cfg.attention:
+            self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
+                            att_start, att_done, wq_en, wq_addr, wq_data, wq_buf)
         return m
+
+    def _attention(self, m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr, att_start,
+                   att_done, wq_en, wq_addr, wq_data, wq_buf):
+        """The attention unit: a channel_attention pass (op ECA) over the map in ``src``.
+
+        Phases (each a fixed number of cycles, :mod:`hw.overlay_timing`):
+
+        * INIT: the four constant words at ``cbase`` (bias; pool m, sh, qmax; z m, sh; gap
+          m, sh) from the attention table into registers.
+        * POOL: channel after channel, every pixel read once (one bank read a cycle) and
+          summed in one accumulator (channel-major order: no per-channel sums RAM, no
+          read-modify-write hazard); at a channel's last pixel its sum goes through the
+          requant (the shared multiplier) and ``p[c]`` is written to the ``att_p`` RAM.
+        * CONV: per channel ``k + 6`` cycles, strictly sequential: ``k`` taps (``p`` from
+          ``att_p``, zero outside [0, C), the tap from the table; one product a cycle into
+          ``z``, starting from the bias), the z requant, the clamp to [-128, 127], the LUT
+          read (``cbase + 4 + k + 128 + i``) and ``a[c]`` into the ``att_a`` RAM.
+        * SCALE: channel after channel, every pixel read again and ``(x * a[c] + 128) >> 8``
+          (the shared multiplier, the requant's round-and-shift with sh = 8) written to
+          ``dst`` at the same address; with a fused gap the scaled values are summed
+          instead, 4 idle issue slots after each channel leave the multiplier to the gap
+          requant, and ``dst`` receives the 1×1 map.
+
+        Between phases the unit waits until nothing is in flight (its pipeline's valid
+        flags and the write request): a fixed number of cycles, the pipeline never stalls.
+        The one multiplier is 33s × 16u (``v * m`` of a requant; the taps, the scale and the
+        gap fit it); the post-multiply stages are the requant's (round, floor shift, clamp).
+        """
+        cfg = self.config
+        W = _widths(cfg)
+        aw = W["aw"]
+        crows = cfg.channel_rows
+        cw = max(1, ceil_log2(crows + 1))
+
+        def reg(name, shape, value=None):
+            r = Signal(shape, name=name)
+            if value is not None:
+                m.d.sync += r.eq(value)
+            return r
+
+        # ---- memories: the attention table (parameter kind LUT), p and a per channel ----
+        at_w, at_r = self._ram(m, "attention", 32, cfg.attention_rows)
+        m.d.comb += [at_w.addr.eq(pp.row), at_w.data.eq(pp.data),
+                     at_w.en.eq(pv & (kind == ParamKind.LUT)
+                                & _below(pp.row, cfg.attention_rows))]
+        p_w, p_r = self._ram(m, "att_p", 8, crows)
+        a_w, a_r = self._ram(m, "att_a", 9, crows)
+
+        IDLE, INIT, POOL, PWAIT, CONV, CWAIT, SCALE, SWAIT = range(8)
+        aph = Signal(range(8))
+        with m.If(att_start):
+            m.d.sync += aph.eq(INIT)
+
+        # constants
+        bias = reg("att_bias", signed(32))
+        pool_m, z_m, gap_m = (reg(n, M_BITS) for n in ("att_pool_m", "att_z_m", "att_gap_m"))
+        pool_sh, z_sh, gap_sh = (reg(n, SH_BITS) for n in ("att_pool_sh", "att_z_sh",
+                                                          "att_gap_sh"))
+        qmax = reg("att_qmax", 8)
+        taps = f["cin"]
+        tap0 = reg("att_tap0", len(f["cbase"]) + 1)          # cbase + 4
+        lutc = reg("att_lutc", len(f["cbase"]) + 5)          # cbase + 4 + k + 128
+        half = reg("att_half", 4)                            # (k - 1) / 2
+
+        ic = Signal(3)
+        # loop counters (POOL, SCALE): channel c, pixel (x, y), address, c >> 1
+        c = Signal(cw)
+        lx = Signal(len(f["w"]))
+        ly = Signal(len(f["h"]))
+        addr = Signal(aw)
+        cb = Signal(aw)
+        gw = Signal(3)           # SCALE with a fused gap: idle slots left after a channel
+        st = Signal(5)           # CONV: step of the channel
+        pj = Signal(signed(cw + 5))  # CONV: p index of the tap, c + st - half
+
+        # ---- the attention table's read port: INIT words, CONV taps, the LUT read ----
+        at_addr_init = Signal.like(tap0)
+        at_addr_tap = Signal.like(tap0)
+        lut_rd = Signal()
+        lut_addr = Signal(len(lutc) + 1)
+
+        # ---- pipeline items (valid flags) ----
+        r1v = Signal()          # a map value read (POOL or SCALE)
+        t1v = Signal()          # a tap read (CONV)
+        pgo = Signal()          # the pool sum of a channel is complete: its requant
+        zgo = Signal()          # z of a channel is complete: its requant
+        ggo = Signal()          # the gap sum of a channel is complete: its requant
+        a1v, a2v, a3v, a4v = (Signal(name=f"att_a{k}v") for k in range(1, 5))
+
+        issue = Signal()
+        m.d.comb += issue.eq(((aph == POOL) | ((aph == SCALE) & (gw == 0))))
+        last_pix = Signal()
+        m.d.comb += last_pix.eq((lx == m1["w"]) & (ly == m1["h"]))
+        first_pix = Signal()
+        m.d.comb += first_pix.eq((lx == 0) & (ly == 0))
+        last_c = Signal()
+        m.d.comb += last_c.eq(c == m1["in_c"])
+
+        m.d.comb += [att_rd.eq(issue), att_raddr.eq(addr), a_r.addr.eq(c)]
+
+        # modes of a multiplier item
+        M_TAP, M_POOL, M_Z, M_SCALE, M_GAP = range(5)
+        with m.Switch(aph):
+            with m.Case(INIT):
+                # read words cbase + 0..3 at ic = 0..3, capture each the cycle after
+                m.d.sync += ic.eq(ic + 1)
+                d = at_r.data
+                with m.Switch(ic):
+                    with m.Case(1):
+                        m.d.sync += bias.eq(d.as_signed())
+                    with m.Case(2):
+                        m.d.sync += [pool_m.eq(d[:16]), pool_sh.eq(d[16:16 + SH_BITS]),
+                                     qmax.eq(d[24:32])]
+                    with m.Case(3):
+                        m.d.sync += [z_m.eq(d[:16]), z_sh.eq(d[16:16 + SH_BITS])]
+                    with m.Case(4):
+                        m.d.sync += [gap_m.eq(d[:16]), gap_sh.eq(d[16:16 + SH_BITS]),
+                                     ic.eq(0), aph.eq(POOL),
+                                     c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0),
+                                     gw.eq(0)]
+                m.d.sync += [tap0.eq(f["cbase"] + ECA_HEAD),
+                             lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
+                             half.eq((taps - 1) >> 1)]
+            with m.Case(PWAIT, CWAIT):
+                pass
+            with m.Case(CONV):
+                with m.If(st == taps + 5):
+                    m.d.sync += [st.eq(0), c.eq(c + 1), pj.eq(c + 1 - half)]
+                    with m.If(last_c):
+                        m.d.sync += aph.eq(CWAIT)
+                with m.Else():
+                    m.d.sync += [st.eq(st + 1), pj.eq(pj + 1)]
+
+        # POOL / SCALE issue loop (channel-major): address c >> 1 + pixel * cp2
+        with m.If(issue):
+            m.d.sync += addr.eq(addr + f["dst_cp2"])
+            with m.If(lx == m1["w"]):
+                m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
+            with m.Else():
+                m.d.sync += lx.eq(lx + 1)
+            with m.If(last_pix):
+                nb = Mux(c[0], cb + 1, cb)
+                m.d.sync += [ly.eq(0), c.eq(c + 1), cb.eq(nb), addr.eq(nb)]
+                with m.If((aph == SCALE) & f["gap"]):
+                    m.d.sync += gw.eq(4)
+                with m.If(last_c):
+                    m.d.sync += aph.eq(Mux(aph == POOL, PWAIT, SWAIT))
+        with m.If(gw != 0):
+            m.d.sync += gw.eq(gw - 1)
+
+        busy = Signal()
+        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | a1v | a2v | a3v | a4v
+                            | (wq_en != 0))
+        with m.If(~busy):
+            with m.If(aph == PWAIT):
+                m.d.sync += [aph.eq(CONV), c.eq(0), st.eq(0), pj.eq(-half)]
+            with m.If(aph == CWAIT):
+                m.d.sync += [aph.eq(SCALE), c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0),
+                             cb.eq(0), gw.eq(0)]
+            with m.If(aph == SWAIT):
+                m.d.comb += att_done.eq(1)
+                m.d.sync += aph.eq(IDLE)
+
+        # ---- stage 1: the read data ----
+        tap_iss = Signal()
+        m.d.comb += tap_iss.eq((aph == CONV) & (st < taps))
+        m.d.comb += [at_addr_init.eq(f["cbase"] + ic), at_addr_tap.eq(tap0 + st),
+                     p_r.addr.eq(pj[:cw])]
+        with m.If(lut_rd):
+            m.d.comb += at_r.addr.eq(lut_addr)
+        with m.Elif(aph == INIT):
+            m.d.comb += at_r.addr.eq(at_addr_init)
+        with m.Else():
+            m.d.comb += at_r.addr.eq(at_addr_tap)
+        m.d.sync += [r1v.eq(issue), t1v.eq(tap_iss)]
+        r1first = reg("att_r1first", 1, first_pix)
+        r1last = reg("att_r1last", 1, last_pix)
+        r1bank = reg("att_r1bank", 1, c[0])
+        r1c = reg("att_r1c", cw, c)
+        r1addr = reg("att_r1addr", aw, addr)
+        t1first = reg("att_t1first", 1, st == 0)
+        t1last = reg("att_t1last", 1, st == taps - 1)
+        t1in = reg("att_t1in", 1, (pj >= 0) & (pj <= m1["in_c"]))
+        rd = {key: val[3] for key, val in banks.items()}
+        src = f["src"]
+        xval = Signal(8)
+        m.d.comb += xval.eq(Mux(src, Mux(r1bank, rd[1, 1], rd[1, 0]),
+                                Mux(r1bank, rd[0, 1], rd[0, 0])))
+
+        # the pool / gap accumulator
+        acc = Signal(signed(34), name="att_acc")
+        with m.If(r1v & (aph != SCALE) & (aph != SWAIT)):
+            m.d.sync += acc.eq(Mux(r1first, xval, acc + xval))
+        m.d.sync += pgo.eq(r1v & r1last & (aph != SCALE) & (aph != SWAIT))
+        pc = reg("att_pc", cw)
+        with m.If(r1v & r1last):
+            m.d.sync += pc.eq(r1c)
+
+        # ---- the multiplier (one use a cycle; items never collide by the schedule) ----
+        ma = Signal(signed(33))
+        mb = Signal(M_BITS)
+        mode = Signal(3)
+        z = Signal(signed(34), name="att_z")
+        zc = reg("att_zc", cw)
+        gc = reg("att_gc", cw)
+        item_c = Signal(cw)
+        item_addr = Signal(aw)
+        item_bank = Signal()
+        with m.If(pgo):
+            m.d.comb += [ma.eq(acc), mb.eq(pool_m), mode.eq(M_POOL), item_c.eq(pc)]
+        with m.Elif(zgo):
+            m.d.comb += [ma.eq(z), mb.eq(z_m), mode.eq(M_Z), item_c.eq(zc)]
+        with m.Elif(ggo):
+            m.d.comb += [ma.eq(acc), mb.eq(gap_m), mode.eq(M_GAP), item_c.eq(gc),
+                         item_addr.eq(gc >> 1), item_bank.eq(gc[0])]
+        with m.Elif(t1v):
+            m.d.comb += [ma.eq(at_r.data[:8].as_signed()), mb.eq(Mux(t1in, p_r.data, 0)),
+                         mode.eq(M_TAP)]
+        with m.Else():
+            m.d.comb += [ma.eq(xval), mb.eq(a_r.data), mode.eq(M_SCALE), item_c.eq(r1c),
+                         item_addr.eq(r1addr), item_bank.eq(r1bank)]
+        s1v = Signal()
+        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | (r1v & ((aph == SCALE) | (aph == SWAIT))))
+        prod = reg("att_prod", signed(33 + M_BITS), ma * mb)
+        m.d.sync += a1v.eq(s1v)
+        a1mode = reg("att_a1mode", 3, mode)
+        a1c = reg("att_a1c", cw, item_c)
+        a1addr = reg("att_a1addr", aw, item_addr)
+        a1bank = reg("att_a1bank", 1, item_bank)
+        a1first = reg("att_a1first", 1, Mux(t1v, t1first, r1first))
+        a1last = reg("att_a1last", 1, Mux(t1v, t1last, r1last))
+
+        # A1: a tap product goes into z (from the bias at the first tap)
+        with m.If(a1v & (a1mode == M_TAP)):
+            m.d.sync += z.eq(Mux(a1first, bias, z) + prod)
+        m.d.sync += zgo.eq(a1v & (a1mode == M_TAP) & a1last)
+        with m.If(a1v & (a1mode == M_TAP) & a1last):
+            m.d.sync += zc.eq(c)
+
+        # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale)
+        sh = Signal(SH_BITS)
+        with m.Switch(a1mode):
+            with m.Case(M_POOL):
+                m.d.comb += sh.eq(pool_sh)
+            with m.Case(M_Z):
+                m.d.comb += sh.eq(z_sh)
+            with m.Case(M_GAP):
+                m.d.comb += sh.eq(gap_sh)
+            with m.Default():
+                m.d.comb += sh.eq(8)
+        rnd = Signal(48)
+        shm1 = Signal(SH_BITS)
+        m.d.comb += [shm1.eq(sh - 1), rnd.eq(C(1, 48) << shm1)]
+        t2 = reg("att_t2", signed(52), (prod + rnd) >> sh)
+        m.d.sync += a2v.eq(a1v & (a1mode != M_TAP))
+        a2mode = reg("att_a2mode", 3, a1mode)
+        a2c = reg("att_a2c", cw, a1c)
+        a2addr = reg("att_a2addr", aw, a1addr)
+        a2bank = reg("att_a2bank", 1, a1bank)
+        a2first = reg("att_a2first", 1, a1first)
+        a2last = reg("att_a2last", 1, a1last)
+
+        # A3: clamp ([0, qmax], [-128, 127] for z, the scale is in [0, 255] already)
+        lo = Signal(signed(10))
+        hi = Signal(signed(10))
+        m.d.comb += [lo.eq(Mux(a2mode == M_Z, -128, 0)),
+                     hi.eq(Mux(a2mode == M_Z, 127, Mux(a2mode == M_SCALE, 255, qmax)))]
+        q3 = reg("att_q3", signed(10), Mux(t2 < lo, lo, Mux(t2 > hi, hi, t2)))
+        m.d.sync += a3v.eq(a2v)
+        a3mode = reg("att_a3mode", 3, a2mode)
+        a3c = reg("att_a3c", cw, a2c)
+        a3addr = reg("att_a3addr", aw, a2addr)
+        a3bank = reg("att_a3bank", 1, a2bank)
+        a3first = reg("att_a3first", 1, a2first)
+        a3last = reg("att_a3last", 1, a2last)
+
+        # A3 consumers
+        m.d.comb += [p_w.addr.eq(a3c), p_w.data.eq(q3[:8]),
+                     p_w.en.eq(a3v & (a3mode == M_POOL))]
+        m.d.comb += [lut_rd.eq(a3v & (a3mode == M_Z)), lut_addr.eq(lutc + q3)]
+        m.d.sync += a4v.eq(a3v & (a3mode == M_Z))
+        a4c = reg("att_a4c", cw, a3c)
+        m.d.comb += [a_w.addr.eq(a4c), a_w.data.eq(at_r.data[:9]), a_w.en.eq(a4v)]
+        gsum = a3v & (a3mode == M_SCALE) & f["gap"]
+        with m.If(gsum):
+            m.d.sync += acc.eq(Mux(a3first, q3, acc + q3))
+        m.d.sync += ggo.eq(gsum & a3last)
+        with m.If(gsum & a3last):
+            m.d.sync += gc.eq(a3c)
+        with m.If(a3v & (((a3mode == M_SCALE) & ~f["gap"]) | (a3mode == M_GAP))):
+            m.d.sync += [wq_en.eq(Mux(a3bank, 0b10, 0b01)), wq_addr.eq(a3addr),
+                         wq_buf.eq(f["dst"]), wq_data[0].eq(q3[:8]), wq_data[1].eq(q3[:8])]
 

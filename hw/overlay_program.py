@@ -46,8 +46,8 @@ from .params import OVERLAY_LAYER, PARAM_LAYOUT, ParamKind, encode_word, gather_
 from .resources import Cost, MemorySpec, Multiplier
 
 __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories", "PASS_FIELDS",
-           "OP_END", "OP_CONV", "compile_overlay", "run_overlay", "decode_param_words",
-           "overlay_cost", "INT32_MAX"]
+           "OP_END", "OP_CONV", "OP_ECA", "ATTENTION_OPS", "ECA_HEAD", "compile_overlay",
+           "run_overlay", "decode_param_words", "overlay_cost", "INT32_MAX"]
 
 #: The fields of one program row, in lane order (spec §4; ``pool`` comes before ``ho``, ``wo``
 #: and ``src_row`` before ``src_col``: the engine derives its window and address steps while
@@ -56,8 +56,19 @@ PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "pool", "ho", "wo", "cin"
                "groups", "last_group", "gbase", "wbase", "cbase", "src_row", "src_col", "gap",
                "gap_ent", "raw", "out_h", "out_w", "dst_cp2", "in_c")
 
-#: Program ``op`` values: END stops the engine (the row after the last pass).
-OP_END, OP_CONV = 0, 1
+#: Program ``op`` values: END stops the engine (the row after the last pass); ECA is a
+#: channel_attention pass (only on an engine with ``attention`` hardware, see
+#: :class:`OverlayConfig`).
+OP_END, OP_CONV, OP_ECA = 0, 1, 2
+
+#: The version-2 ops the overlay's optional attention hardware can run (``OverlayConfig.attention``).
+ATTENTION_OPS = ("channel_attention",)
+
+#: Attention-table entries of a channel_attention pass before its kernel taps (at ``cbase``):
+#: bias (int32); pool_m | pool_sh << 16 | qmax << 24; z_m | z_sh << 16; gap_m | gap_sh << 16
+#: (0 without a fused gap). Then the ``k`` taps (int8, sign-extended) and the 256 LUT
+#: entries (``lut[i + 128]`` for ``i`` in [-128, 127]).
+ECA_HEAD = 4
 
 #: The accumulator is 32 bits (bias is added at requant, wider): every partial sum must fit.
 INT32_MAX = (1 << 31) - 1
@@ -75,6 +86,8 @@ _CONFIG_RANGES = {
     "channel_rows": (1, 1 << 16),
     "gather_rows": (1, 1 << 16),
     "max_passes": (2, 1 << 16),
+    # The parameter word's row field is 16 bits.
+    "attention_rows": (16, 1 << 16),
 }
 
 PRIMITIVES = ("generic", "ice40")
@@ -111,6 +124,13 @@ class OverlayConfig:
     primitives : str
         ``"generic"`` (Amaranth ``*`` and ``Memory``) or ``"ice40"`` (``SB_MAC16`` lane pairs,
         ``SB_SPRAM256KA`` banks; requires ``fm_words == 16384``).
+    attention : tuple of str
+        The version-2 ops the engine gets hardware for (names from :data:`ATTENTION_OPS`;
+        JSON: a list). Empty (the default, and the iCEBreaker build's config): no attention
+        hardware at all, the engine elaborates exactly as without this option.
+    attention_rows : int
+        Entries (32 bits) of the attention table (constants, kernel taps and LUTs of every
+        attention pass); only with ``attention``.
     """
 
     lanes: int = 16
@@ -121,8 +141,13 @@ class OverlayConfig:
     gather_rows: int = 512
     max_passes: int = 16
     primitives: str = "generic"
+    attention: tuple = ()
+    attention_rows: int = 1024
 
     def __post_init__(self):
+        if isinstance(self.attention, (list, tuple)):
+            # JSON gives a list; the frozen config keeps a tuple (hashable, comparable).
+            object.__setattr__(self, "attention", tuple(self.attention))
         self.validate()
 
     def validate(self):
@@ -148,10 +173,28 @@ class OverlayConfig:
             raise ValueError(f"overlay config: primitives 'ice40' puts each feature-map bank in "
                              f"one SB_SPRAM256KA, so fm_words must be {SPRAM_WORDS}, got "
                              f"{self.fm_words}")
+        att = self.attention
+        if not isinstance(att, tuple) or any(not isinstance(a, str) for a in att):
+            raise ValueError(f"overlay config: attention must be a list of op names from "
+                             f"{list(ATTENTION_OPS)}, got {att!r}")
+        bad = [a for a in att if a not in ATTENTION_OPS]
+        if bad or len(set(att)) != len(att):
+            raise ValueError(f"overlay config: attention {list(att)}: "
+                             + (f"unknown or unsupported op(s) {bad}" if bad else
+                                "an op named twice")
+                             + f"; the overlay's attention hardware runs {list(ATTENTION_OPS)}")
 
     def to_json(self):
-        """The JSON form (a dict of the fields), accepted back by :meth:`from_json`."""
-        return asdict(self)
+        """The JSON form (a dict of the fields), accepted back by :meth:`from_json`.
+
+        Without attention hardware the attention fields are left out, so the JSON (and the
+        design id a device descriptor derives from it) is what it was before the option."""
+        out = asdict(self)
+        if not self.attention:
+            del out["attention"], out["attention_rows"]
+        else:
+            out["attention"] = list(self.attention)
+        return out
 
     @classmethod
     def from_json(cls, data, source="overlay config"):
@@ -198,6 +241,10 @@ def overlay_cost(config, cycles=0):
              MemorySpec("sh", c.channel_rows, 6), MemorySpec("qmax", c.channel_rows, 8),
              MemorySpec("gather", c.gather_rows, 29),
              MemorySpec("program", c.max_passes * len(PASS_FIELDS), 32)]
+    if c.attention:
+        mults.append(Multiplier.amaranth("attention", 1, 33, True, 16, False))
+        mems += [MemorySpec("attention", c.attention_rows, 32),
+                 MemorySpec("att_p", c.channel_rows, 8), MemorySpec("att_a", c.channel_rows, 9)]
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
@@ -215,6 +262,9 @@ class OverlayMemories:
     bias, m, sh, qmax : ndarray of int64 [entries]
     gather : ndarray of int64 [entries]
         Packed as :data:`hw.params.GATHER_DATA`.
+    att : ndarray of int64 [entries], optional
+        The attention table (32-bit words as unsigned, written with ``ParamKind.LUT``);
+        empty without attention passes.
     """
 
     config: OverlayConfig
@@ -225,6 +275,7 @@ class OverlayMemories:
     sh: np.ndarray
     qmax: np.ndarray
     gather: np.ndarray
+    att: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 #: The channel tables in parameter-kind order.
@@ -284,6 +335,8 @@ class OverlayPlan(OverlayMemories):
         for name, kind in _CHANNEL_KINDS:
             words += [pack(kind, e, 0, v) for e, v in enumerate(getattr(self, name).tolist())]
         words += [pack(ParamKind.GATHER, e, 0, v) for e, v in enumerate(self.gather.tolist())]
+        # The attention table (channel_attention passes: constants, taps, LUT).
+        words += [pack(ParamKind.LUT, e, 0, v) for e, v in enumerate(self.att.tolist())]
         return words
 
     def cycles_per_image(self):
@@ -367,13 +420,16 @@ class OverlayPlan(OverlayMemories):
     def memories_used(self):
         """Rows used of each table: dict name -> (used, capacity)."""
         c = self.config
-        return {"program": (len(self.program), c.max_passes),
+        used = {"program": (len(self.program), c.max_passes),
                 "weights": (len(self.weights), c.weight_rows),
                 "channels": (len(self.bias), c.channel_rows),
                 "gather": (len(self.gather), c.gather_rows),
                 "fm": (max([_map_words(p["h"], p["w"], p["in_c"]) for p in self.passes[:1]]
                            + [_map_words(p["out_h"], p["out_w"], p["cout"])
                               for p in self.passes if not p["raw"]]), c.fm_words)}
+        if c.attention:
+            used["attention"] = (len(self.att), c.attention_rows)
+        return used
 
     def summary(self):
         """Lines for the CLI: the config, the passes table, the memories used."""
@@ -390,9 +446,12 @@ class OverlayPlan(OverlayMemories):
             fused = ",".join(n for n in ("pool", "gap", "raw") if p[n]) or "-"
             map_in = f"{p['h']}x{p['w']}x{p['in_c']}"
             map_out = f"{p['out_h']}x{p['out_w']}x{p['cout']}"
+            if p["op"] == OP_ECA:
+                chans, grp = f"k={p['cin']}", "-"     # an attention pass: its taps
+            else:
+                chans, grp = f"{p['cin']}>{p['cout']}", p["groups"]
             lines.append(f"{k:>4}  {','.join(map(str, lays)):<10}{ops:<30}{map_in:>11}"
-                         f"{map_out:>11}{str(p['cin']) + '>' + str(p['cout']):>10}"
-                         f"{p['groups']:>7}  {fused}")
+                         f"{map_out:>11}{chans:>10}{grp:>7}  {fused}")
         used = self.memories_used()
         lines.append("memories used: " + ", ".join(f"{k} {u}/{cap}" for k, (u, cap)
                                                    in used.items()))
@@ -454,9 +513,15 @@ def compile_overlay(model, config=None):
         raise OverlayFitError(f"input: {model.input_bits}-bit pixels; the overlay's feature-map "
                               f"banks hold 8-bit values; use --engine dataflow")
     for i, layer in enumerate(layers):
-        if layer.op not in _V1_OPS:
+        if layer.op in ATTENTION_OPS and layer.op not in config.attention:
+            raise OverlayFitError(
+                f"{_where(i, layer)}: the overlay engine runs version-1 ops only; this config "
+                f"has no {layer.op} hardware: set \"attention\": "
+                f"{json.dumps(list(config.attention) + [layer.op])} in the overlay config "
+                f"(--overlay-config, OverlayConfig.attention), or use --engine dataflow")
+        if layer.op not in _V1_OPS and layer.op not in ATTENTION_OPS:
             raise OverlayFitError(f"{_where(i, layer)}: the overlay engine runs version-1 ops "
-                                  f"only; use --engine dataflow")
+                                  f"and {', '.join(ATTENTION_OPS)} only; use --engine dataflow")
 
     # Group the layers into passes: [replicate] [shift] conv1x1 [maxpool2] [gap].
     groups = []     # per pass: layer index of its replicate, shift, conv, pool, gap (or None)
@@ -480,8 +545,20 @@ def compile_overlay(model, config=None):
             pending["shift"] = i
         elif op == "conv1x1":
             groups.append({"rep": pending.get("replicate"), "shift": pending.get("shift"),
-                           "conv": i, "pool": None, "gap": None})
+                           "conv": i, "pool": None, "gap": None, "att": None})
             pending = {}
+        elif op in ATTENTION_OPS:
+            # An attention pass of its own, on the map the previous pass wrote (whole maps
+            # in RAM: the pool, the per-channel step and the scale are passes over it).
+            if pending or cur is None or cur["gap"] is not None:
+                what = ("a replicate/shift (the overlay runs those as the gather of the "
+                        "conv1x1 after them)" if pending else
+                        "the image" if cur is None else "a gap")
+                raise OverlayFitError(f"{_where(i, layer)}: the overlay runs {op} on a map a "
+                                      f"conv1x1 (or another attention pass) wrote, here it "
+                                      f"follows {what}; use --engine dataflow")
+            groups.append({"rep": None, "shift": None, "conv": None, "pool": None,
+                           "gap": None, "att": i})
         elif op == "maxpool2":
             if prev != "conv1x1":
                 what = prev if prev is not None else "the image"
@@ -490,7 +567,7 @@ def compile_overlay(model, config=None):
                                       f"{what}; use --engine dataflow")
             cur["pool"] = i
         elif op == "gap":
-            if prev not in ("conv1x1", "maxpool2") or cur is None or pending \
+            if prev not in ("conv1x1", "maxpool2") + ATTENTION_OPS or cur is None or pending \
                     or cur["gap"] is not None:
                 what = prev if prev is not None else "the image"
                 raise OverlayFitError(f"{_where(i, layer)}: the overlay fuses a gap into the "
@@ -507,6 +584,10 @@ def compile_overlay(model, config=None):
         raise OverlayFitError(f"{_where(i, layers[i])}: not followed by a conv1x1, the overlay "
                               f"runs every replicate/shift as the gather of a conv1x1; use "
                               f"--engine dataflow")
+    if groups[0]["conv"] is None:
+        i = groups[0]["att"]
+        raise OverlayFitError(f"{_where(i, layers[i])}: the first pass must be a conv1x1 (the "
+                              f"image is loaded for it); use --engine dataflow")
     if len(groups) + 1 > config.max_passes:
         raise OverlayFitError(f"program: {len(groups)} passes + the END row need "
                               f"{len(groups) + 1} program rows, over max_passes = "
@@ -522,7 +603,14 @@ def compile_overlay(model, config=None):
         raise OverlayFitError(f"input: the image {h0}x{w0}x{c0} needs {h0}*{w0}*{c0 + (c0 & 1)}/2"
                               f" = {_map_words(h0, w0, c0)} words per bank, over fm_words = "
                               f"{config.fm_words}; raise fm_words or use --engine dataflow")
+    a_rows = []
     for k, g in enumerate(groups):
+        if g["att"] is not None:
+            passes.append(_attention_pass(k, g, layers, shapes, config, a_rows, qmax_act))
+            idx = tuple(x for x in (g["att"], g["gap"]) if x is not None)
+            pass_layers.append(idx)
+            pass_ops.append(tuple(layers[x].op for x in idx))
+            continue
         first = g["rep"] if g["rep"] is not None else (g["shift"] if g["shift"] is not None
                                                       else g["conv"])
         h, w, c_src = shapes[first]
@@ -638,9 +726,59 @@ def compile_overlay(model, config=None):
                        weights=np.concatenate(w_rows).astype(np.int64),
                        bias=chan[:, 0].copy(), m=chan[:, 1].copy(), sh=chan[:, 2].copy(),
                        qmax=chan[:, 3].copy(), gather=np.array(g_rows, np.int64),
+                       att=np.array(a_rows, np.int64),
                        passes=tuple(passes), layers=tuple(pass_layers),
                        macs_per_image=int(model.macs_per_image()), model_name=model.name,
                        classes=len(model.classes), layer_ops=tuple(pass_ops))
+
+
+def _attention_pass(k, g, layers, shapes, config, a_rows, qmax_act):
+    """The program row of a channel_attention pass (op ECA) and its attention-table entries
+    (appended to ``a_rows``, layout :data:`ECA_HEAD`).
+
+    The row's fields: ``h``, ``w``, ``in_c`` = ``cout`` = C, ``dst_cp2`` (the map's words
+    per pixel, in and out), ``cin`` = k (kernel taps), ``cbase`` = the table base, ``gap``
+    (a fused gap: the output is the 1×1 map of the scaled map's gap), ``out_h``, ``out_w``.
+    """
+    i = g["att"]
+    layer = layers[i]
+    h, w, c = shapes[i]
+    taps = len(layer.kernel)
+    base = len(a_rows)
+    need = base + ECA_HEAD + taps + 256
+    if need > config.attention_rows:
+        raise OverlayFitError(f"{_where(i, layer)}: the network needs {need} attention-table "
+                              f"entries up to this layer (pass {k}), over attention_rows = "
+                              f"{config.attention_rows}; raise attention_rows or use --engine "
+                              f"dataflow")
+    if c > config.channel_rows:
+        raise OverlayFitError(f"{_where(i, layer)}: {c} channels, over the attention's "
+                              f"per-channel memories (channel_rows = {config.channel_rows}); "
+                              f"raise channel_rows or use --engine dataflow")
+    if h * w * ((1 << 8) - 1) > INT32_MAX:
+        raise OverlayFitError(f"{_where(i, layer)}: the pool sums {h * w} values, over int32; "
+                              f"use --engine dataflow")
+    gap = g["gap"] is not None
+    gl = layers[g["gap"]] if gap else None
+    if gap and h * w * qmax_act > INT32_MAX:
+        raise OverlayFitError(f"{_where(g['gap'], gl)}: the gap sums {h * w} values of up to "
+                              f"{qmax_act}, over int32; use --engine dataflow")
+    a_rows += [int(layer.bias) & 0xFFFFFFFF,
+               int(layer.pool_m) | int(layer.pool_sh) << 16 | qmax_act << 24,
+               int(layer.z_m) | int(layer.z_sh) << 16,
+               (int(gl.m) | int(gl.sh) << 16) if gap else 0]
+    a_rows += [int(t) & 0xFFFFFFFF for t in np.asarray(layer.kernel, np.int64).tolist()]
+    a_rows += [int(v) for v in np.asarray(layer.lut, np.int64).tolist()]
+    cp2 = (c + (c & 1)) // 2
+    p = {name: 0 for name in PASS_FIELDS}
+    p.update({"op": OP_ECA, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": 1,
+              "ho": h, "wo": w, "cin": taps, "cout": c, "cbase": base, "gap": int(gap),
+              "out_h": 1 if gap else h, "out_w": 1 if gap else w, "dst_cp2": cp2, "in_c": c})
+    if _map_words(p["out_h"], p["out_w"], c) > config.fm_words:
+        raise OverlayFitError(f"{_where(i, layer)}: the map {h}x{w}x{c} needs "
+                              f"{_map_words(h, w, c)} words per bank, over fm_words = "
+                              f"{config.fm_words}; raise fm_words or use --engine dataflow")
+    return p
 
 
 # --- parameter words -> memories ---------------------------------------------------------------
@@ -699,9 +837,13 @@ def decode_param_words(words, config, memories=None):
                                    z((c.weight_rows, c.lanes), np.int64),
                                    z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
                                    z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
-                                   z(c.gather_rows, np.int64))
+                                   z(c.gather_rows, np.int64),
+                                   z(c.attention_rows if c.attention else 0, np.int64))
     tables = {ParamKind.BIAS: memories.bias, ParamKind.M: memories.m, ParamKind.SH: memories.sh,
               ParamKind.QMAX: memories.qmax, ParamKind.GATHER: memories.gather}
+    if c.attention:
+        # The attention table (only an engine with attention hardware has it).
+        tables[ParamKind.LUT] = memories.att
     # The fields by their offsets in PARAM_LAYOUT (decode_word's own layout), without building
     # a layout view per word: a device model loads ~10^4 words per model.
     (lo, lm), (ko, km), (ro, rm), (no, nm), (do, dm) = _word_fields()
@@ -797,9 +939,13 @@ def _run_chunk(mem, images, max_steps):
         p = dict(zip(PASS_FIELDS, prog[k].tolist()))
         if p["op"] == OP_END:
             break
+        if p["op"] == OP_ECA and c.attention:
+            out = _run_eca(mem, p, fm, n, depth)
+            taps.append(out)
+            continue
         if p["op"] != OP_CONV:
             raise ValueError(f"overlay program row {k}: op {p['op']} is neither CONV (1) nor "
-                             f"END (0)")
+                             f"END (0)" + (" nor ECA (2)" if c.attention else ""))
         src = fm[p["src"]]
         s, cin, cout, lanes = p["stride"], p["cin"], p["cout"], c.lanes
         # Gather: every conv input channel's bank, offset and shift.
@@ -847,6 +993,44 @@ def _run_chunk(mem, images, max_steps):
     if logits is None:
         raise ValueError("overlay program: no raw (classifier) pass before END")
     return logits, taps
+
+
+def _rq(v, m, sh):
+    """``(v * m + (1 << (sh - 1))) >> sh`` (floor), int64."""
+    return (np.asarray(v, np.int64) * int(m) + (1 << (int(sh) - 1))) >> int(sh)
+
+
+def _run_eca(mem, p, fm, n, depth):
+    """A channel_attention pass (op ECA) over the memory images: the map from ``src``, the
+    constants, taps and LUT from the attention table at ``cbase`` (:data:`ECA_HEAD`), the
+    scaled map (or its fused gap) to ``dst``. Returns the output map ``[N, oh, ow, C]``."""
+    h, w, cc, cp2 = p["h"], p["w"], p["in_c"], p["dst_cp2"]
+    att = np.asarray(mem.att, np.int64)
+    b, k = p["cbase"], p["cin"]
+    x = _read_map(fm[p["src"]], h, w, cc, cp2, depth)
+    bias = _sext32(int(att[b]))
+    w1, w2, w3 = (int(v) for v in att[b + 1:b + 4])
+    pool_m, pool_sh, qmax = w1 & 0xFFFF, (w1 >> 16) & 0x3F, (w1 >> 24) & 0xFF
+    z_m, z_sh = w2 & 0xFFFF, (w2 >> 16) & 0x3F
+    kern = att[b + ECA_HEAD:b + ECA_HEAD + k] & 0xFF
+    kern = np.where(kern >> 7, kern - 256, kern)
+    lut = att[b + ECA_HEAD + k:b + ECA_HEAD + k + 256] & 0x1FF
+    pool = np.clip(_rq(x.sum(axis=(1, 2)), pool_m, pool_sh), 0, qmax)       # [N, C]
+    half = (k - 1) // 2
+    padded = np.pad(pool, ((0, 0), (half, k - 1 - half)))
+    z = np.full_like(pool, bias)
+    for j in range(k):
+        z += int(kern[j]) * padded[:, j:j + cc]
+    a = lut[np.clip(_rq(z, z_m, z_sh), -128, 127) + 128]
+    out = (x * a[:, None, None, :] + 128) >> 8
+    if p["gap"]:
+        out = np.clip(_rq(out.sum(axis=(1, 2)), w3 & 0xFFFF, (w3 >> 16) & 0x3F), 0,
+                      qmax)[:, None, None, :]
+    if out.shape[1:3] != (p["out_h"], p["out_w"]):
+        raise ValueError(f"overlay ECA pass: out_h x out_w = {p['out_h']}x{p['out_w']}, the "
+                         f"pass produces {out.shape[1]}x{out.shape[2]}")
+    _write_map(fm[p["dst"]], out, cp2, depth)
+    return _read_map(fm[p["dst"]], out.shape[1], out.shape[2], cc, cp2, depth)
 
 
 def _map_index(h, w, cc, cp2, depth):

@@ -37,8 +37,9 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
 """
 
 from .overlay import _HANDOFF, PIPE
+from .overlay_program import OP_ECA
 
-__all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles"]
+__all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles"]
 
 
 def _get(p, name):
@@ -68,6 +69,26 @@ def group_cycles(p, group, lanes, requant_units):
     return cycles
 
 
+def attention_cycles(p):
+    """Cycles of a channel_attention pass (op ECA) after its SETUP, for a map H×W×C and k
+    taps (``hw/overlay.py`` ``OverlayEngine._attention``)::
+
+        ATT_INIT + C*H*W + ATT_POOL_WAIT              # pool: one read a cycle, channel-major
+        + C * (k + ATT_CONV_STEP) + ATT_CONV_WAIT     # per channel: taps, z, LUT, a[c]
+        + C * (H*W [+ ATT_GAP_SLOTS]) + ATT_SCALE_WAIT   # scale (and a fused gap)
+
+    With a fused gap the last channel's idle slots are inside the final wait, which is then
+    ``ATT_SCALE_WAIT + ATT_GAP_SLOTS`` after the last read: the same sum.
+    """
+    c = _get(p, "in_c")
+    npix = _get(p, "h") * _get(p, "w")
+    k = _get(p, "cin")
+    gap = PIPE.att_gap_slots if _get(p, "gap") else 0
+    return (PIPE.att_init + c * npix + PIPE.att_pool_wait
+            + c * (k + PIPE.att_conv_step) + PIPE.att_conv_wait
+            + c * (npix + gap) + PIPE.att_scale_wait)
+
+
 def load_cycles(plan):
     """LOAD: one image value a cycle (pass 0's ``h * w * in_c``)."""
     p = plan.passes[0]
@@ -85,7 +106,8 @@ def pass_cycles(plan):
     list of int
     """
     lanes, r = plan.config.lanes, plan.config.requant_units
-    return [PIPE.setup + sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups")))
+    return [PIPE.setup + (attention_cycles(p) if _get(p, "op") == OP_ECA else
+                          sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups"))))
             for p in plan.passes]
 
 

@@ -1,0 +1,257 @@
+"""The overlay engine's attention hardware (``OverlayConfig.attention``, hw/overlay.py
+``OverlayEngine._attention``) against models.golden, bit for bit, under random valid/ready
+stalls; measured cycles per image == hw/overlay_timing.image_cycles.
+
+The networks come from ``models.netgen.random_model`` with version-2 ops (channel counts the
+lanes do not divide, odd sizes, 4- and 8-bit activations, random k, tables and placement);
+a draw the overlay refuses (an attention op directly before a maxpool2, which the overlay
+cannot fuse) is drawn again. The program and memory images come from
+``hw.overlay_program.compile_overlay``; the expected logits from ``models.golden.run`` only.
+"""
+
+import numpy as np
+import pytest
+
+from shiftacc.hw.overlay import OverlayEngine, overlay_engine_cost
+from shiftacc.hw.overlay_program import (OverlayConfig, OverlayFitError, compile_overlay,
+                                         decode_param_words, run_overlay)
+from shiftacc.hw.overlay_timing import image_cycles
+from shiftacc.models import golden
+from shiftacc.models.netgen import random_model
+from shiftacc.sim.streamtb import make_rng, run_sim, send_params
+
+ECA = ("channel_attention",)
+
+
+def att_config(lanes, r, attention=ECA, **kw):
+    args = dict(lanes=lanes, requant_units=r, fm_words=512, weight_rows=256, channel_rows=64,
+                gather_rows=128, max_passes=8, attention=attention, attention_rows=1024)
+    args.update(kw)
+    return OverlayConfig(**args)
+
+
+def image_beats(images):
+    """One value a beat, raster then channel order, ``last`` on each image's final value."""
+    beats = []
+    for img in images:
+        flat = img.reshape(-1)
+        beats += [{"data": [int(v)], "last": int(k == len(flat) - 1)}
+                  for k, v in enumerate(flat)]
+    return beats
+
+
+def run_engine(dut, words, images, classes, rng, p_idle=0.0, p_stall=0.0, deadline=400_000):
+    """Load ``words``, stream ``images``, collect the logits (bounded: ``run_sim`` fails at
+    ``deadline`` cycles); also the cycle at which each image's first beat was accepted."""
+    total = len(images) * classes
+    got = []
+    state = {"cycle": 0, "first": []}
+
+    async def clock(ctx):
+        while len(got) < total:
+            await ctx.tick()
+            state["cycle"] += 1
+
+    async def producer(ctx):
+        await send_params(ctx, dut.params, words, rng, p_idle)
+        per_image = images[0].size
+        for k, b in enumerate(image_beats(images)):
+            while rng.random() < p_idle:
+                ctx.set(dut.images.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.images.payload, b)
+            ctx.set(dut.images.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.images.ready)
+                if ready:
+                    break
+            if k % per_image == 0:
+                state["first"].append(state["cycle"])
+        ctx.set(dut.images.valid, 0)
+
+    async def consumer(ctx):
+        while len(got) < total:
+            ready = not rng.random() < p_stall
+            ctx.set(dut.logits.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.logits.valid, dut.logits.payload)
+            if ready and valid:
+                got.append((int(payload.data[0]), int(payload.last)))
+        ctx.set(dut.logits.ready, 0)
+        for _ in range(50):
+            _, _, valid = await ctx.tick().sample(dut.logits.valid)
+            assert not valid, "the engine produced more logits than classes x images"
+
+    run_sim(dut, clock, producer, consumer, deadline_cycles=deadline, idle_cycles=20_000)
+    return got, state["first"]
+
+
+def check_logits(got, want):
+    n, classes = want.shape
+    assert len(got) == n * classes
+    for i in range(n):
+        for c in range(classes):
+            value, last = got[i * classes + c]
+            assert value == want[i, c], (f"image {i} class {c}: engine {value}, golden "
+                                         f"{want[i, c]}")
+            assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
+
+
+def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300):
+    """A random network with ``attention`` that compiles for ``cfg`` (with the attention
+    op's gap fused when ``need_gap`` is True, not fused when False)."""
+    for _ in range(tries):
+        model = random_model(nrng, size=size, in_channels=int(nrng.integers(1, 3)),
+                             blocks=int(nrng.integers(1, 3)), max_width=max_width,
+                             classes=int(nrng.integers(2, 7)), calib_images=16,
+                             attention=attention)
+        try:
+            plan = compile_overlay(model, cfg)
+        except OverlayFitError:
+            continue
+        ops = [layer.op for layer in model.layers]
+        fused = any(a in attention and b == "gap" for a, b in zip(ops, ops[1:]))
+        if need_gap is None or fused == need_gap:
+            return model, plan
+    raise AssertionError("no compilable network drawn")
+
+
+def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_stall=0.5,
+                   attention=ECA, max_width=9):
+    rng, seed = make_rng(name)
+    nrng = np.random.default_rng(seed)
+    cfg = att_config(lanes, r, attention)
+    model, plan = draw(nrng, cfg, attention, size, max_width, need_gap)
+    print(f"{name}: {[layer.op for layer in model.layers]} act_bits={model.act_bits} "
+          f"weight_bits={model.weight_bits}")
+    for line in plan.summary():
+        print(line)
+    h, w, c = model.input_shape
+    images = nrng.integers(0, 256, (n_img, h, w, c))
+    want = golden.run(model, images)
+    got, first = run_engine(OverlayEngine(plan.config), plan.param_words(), images,
+                            want.shape[1], rng, p_idle, p_stall)
+    check_logits(got, want)
+    return plan, first
+
+
+# (lanes, R, size, fused gap)
+CASES = [(4, 2, (5, 4), False), (2, 1, (4, 5), True), (6, 2, (5, 5), None)]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_eca_random_nets_with_stalls(case):
+    lanes, r, size, gap = CASES[case]
+    attention_case(f"test_eca_random_nets_with_stalls[{case}]", lanes, r, size, gap)
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_eca_cycles_match_the_model(gap):
+    """No stalls: the cycles between consecutive images' first beats equal image_cycles,
+    with the attention pass on its own and with a fused gap."""
+    plan, first = attention_case(f"test_eca_cycles_match_the_model[{gap}]", 4, 1, (5, 3), gap,
+                                 n_img=3, p_idle=0.0, p_stall=0.0)
+    periods = np.diff(first).tolist()
+    print(f"measured periods {periods}, model {image_cycles(plan)}")
+    assert len(periods) == 2 and periods == [image_cycles(plan)] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(4))
+def test_eca_random_nets_slow(case):
+    """Bigger maps and wider layers (more channels than the per-channel steps' pipeline
+    depth, k up to 9), two attention passes possible."""
+    lanes, r = ((8, 1), (4, 2), (6, 1), (2, 2))[case]
+    plan, first = attention_case(f"test_eca_random_nets_slow[{case}]", lanes, r, (7, 6),
+                                 n_img=3, p_idle=0.0 if case == 0 else 0.3,
+                                 p_stall=0.0 if case == 0 else 0.5, max_width=14)
+    if case == 0:
+        assert np.diff(first).tolist() == [image_cycles(plan)] * 2
+
+
+def test_eca_executor_and_words_match_golden():
+    """The NumPy executor, from the plan and from the decoded parameter words (what the
+    device model runs), equals the golden model on many random attention networks."""
+    rng, seed = make_rng("test_eca_executor_and_words_match_golden")
+    nrng = np.random.default_rng(seed)
+    cfg = att_config(4, 2)
+    for _ in range(12):
+        size = (int(nrng.integers(3, 9)), int(nrng.integers(3, 9)))
+        model, plan = draw(nrng, cfg, ECA, size, max_width=12)
+        images = nrng.integers(0, 256, (6,) + model.input_shape)
+        want = golden.run(model, images)
+        assert np.array_equal(run_overlay(plan, images), want)
+        mem = decode_param_words(plan.param_words(), cfg)
+        assert np.array_equal(run_overlay(mem, images), want)
+
+
+def test_eca_refused_without_the_option():
+    """A config without attention hardware refuses the model and names the option."""
+    rng, seed = make_rng("test_eca_refused_without_the_option")
+    nrng = np.random.default_rng(seed)
+    model, _ = draw(nrng, att_config(4, 2), ECA, (5, 5))
+    i = next(k for k, layer in enumerate(model.layers) if layer.op == "channel_attention")
+    with pytest.raises(OverlayFitError) as e:
+        compile_overlay(model, att_config(4, 2, attention=()))
+    msg = str(e.value)
+    assert msg.startswith(f"layer {i} (channel_attention): ")
+    assert '"attention": ["channel_attention"]' in msg and "--engine dataflow" in msg
+
+
+def test_eca_refused_before_a_maxpool():
+    """An attention op directly before a maxpool2: refused in words (the overlay fuses a
+    maxpool only into the conv before it)."""
+    rng, seed = make_rng("test_eca_refused_before_a_maxpool")
+    nrng = np.random.default_rng(seed)
+    for _ in range(400):
+        model = random_model(nrng, size=(6, 6), blocks=2, max_width=6, calib_images=8,
+                             attention=ECA)
+        ops = [layer.op for layer in model.layers]
+        if ("channel_attention", "maxpool2") in zip(ops, ops[1:]):
+            break
+    else:
+        pytest.skip("no such network drawn")
+    with pytest.raises(OverlayFitError, match=r"\(maxpool2\): the overlay fuses a maxpool2 "
+                                              r"into the conv1x1 directly before it, here it "
+                                              r"follows channel_attention"):
+        compile_overlay(model, att_config(4, 2))
+
+
+def test_attention_option_off_keeps_the_engine_and_its_json():
+    """Without ``attention`` the config's JSON (the device descriptor's design id) and the
+    engine's resources are what they were; with it, one multiplier and three memories
+    more."""
+    base = OverlayConfig(lanes=8, requant_units=1, primitives="ice40")
+    assert "attention" not in base.to_json() and "attention_rows" not in base.to_json()
+    on = OverlayConfig.from_json(dict(base.to_json(), attention=["channel_attention"]))
+    assert on.attention == ECA and on.to_json()["attention"] == ["channel_attention"]
+    assert OverlayConfig.from_json(on.to_json()) == on
+    off_cost, on_cost = overlay_engine_cost(base), overlay_engine_cost(on)
+    assert on_cost.multiplier_count == off_cost.multiplier_count + 1
+    extra = {mem.name for mem in on_cost.memories} - {mem.name for mem in off_cost.memories}
+    assert extra == {"attention", "att_p", "att_a"}
+    with pytest.raises(ValueError, match="attention"):
+        OverlayConfig(attention=("softmax",))
+
+
+@pytest.mark.parametrize("lanes,r", [(8, 1), (6, 2)])
+def test_attention_cost_counts_every_memory(lanes, r):
+    """Every block RAM of the engine with attention hardware is in its cost, with its
+    depth and width (the feature-map banks are SPRAMs)."""
+    from amaranth.hdl import Fragment
+    cfg = OverlayConfig(lanes=lanes, requant_units=r, primitives="ice40", channel_rows=256,
+                        attention=ECA, attention_rows=2048)
+    frag = Fragment.get(OverlayEngine(cfg), None)
+    found = {}
+
+    def walk(f):
+        for sub, name, *_ in f.subfragments:
+            if type(sub).__name__ == "MemoryInstance":
+                found[name] = sub
+            else:
+                walk(sub)
+    walk(frag)
+    cost = {mem.name: mem for mem in overlay_engine_cost(cfg).memories}
+    assert set(found) == set(cost) - {"fm.Xe", "fm.Xo", "fm.Ye", "fm.Yo"}
+    for name, inst in found.items():
+        mem = inst.origins[0]
+        assert (mem.depth, mem.shape.width) == (cost[name].depth, cost[name].width), name
