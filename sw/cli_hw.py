@@ -109,6 +109,9 @@ def engine_plan(args, model):
     overlay_opts = [f"--{name.replace('_', '-')}" for name in
                     ("overlay_config", "lanes", "requant_units")
                     if getattr(args, name, None) is not None]
+    board = _board(args)
+    if board is not None:
+        return _board_plan(args, model, board, engine, overlay_opts)
     if engine == "dataflow":
         if overlay_opts:
             raise UsageError(f"{', '.join(overlay_opts)} configure the overlay engine; add "
@@ -128,6 +131,48 @@ def engine_plan(args, model):
     except OverlayFitError as e:
         raise UsageError(f"the model does not fit the overlay engine: {e}") from None
     return config, plan
+
+
+def _board(args):
+    """The board of ``--board`` (None without it).
+
+    Raises
+    ------
+    UsageError
+        An unknown board name.
+    """
+    name = getattr(args, "board", None)
+    if not name:
+        return None
+    from ..boards.registry import UnknownBoard, find_board
+    try:
+        return find_board(name)
+    except UnknownBoard as e:
+        raise UsageError(str(e)) from None
+
+
+def _board_plan(args, model, board, engine, overlay_opts):
+    """``--board``: the plan ``shiftacc build --board`` places on that board, by the build's
+    own code (``sw.cli_build``): with ``--engine overlay`` the board's overlay config (on the
+    iCEBreaker the UP5K config: 8 lanes, R = 1, 256 channel/gather rows, 8 program rows, the
+    ice40 primitives, simulated on Yosys's own cell models), with the dataflow engine the
+    device-aware planner's plan. ``--overlay-config``, ``--lanes`` and ``--requant-units``
+    override the board's choices as they do for ``build``."""
+    from . import cli_build
+    say = _say(args)
+    if getattr(args, "config", None):
+        raise UsageError("--board chooses the plan as 'shiftacc build --board' does; drop "
+                         "--config (or --board)")
+    if engine == "overlay":
+        plan = cli_build._overlay_plan(args, model, board, lambda *a, **k: None)
+        say(f"[{args.command}] {board.name}: the overlay config 'build --board {board.name} "
+            f"--engine overlay' places: {plan.config.to_json()}")
+        return plan.config, plan
+    if overlay_opts:
+        raise UsageError(f"{', '.join(overlay_opts)} configure the overlay engine; add "
+                         f"--engine overlay (or drop them for the dataflow engine)")
+    plan = cli_build._plan(args, model, board, say)
+    return plan.config, plan
 
 
 def overlay_summary(model, plan):
@@ -275,6 +320,10 @@ def cmd_sim(args):
         check_output_dir(args.workdir, what="--workdir")
     if getattr(args, "engine", "dataflow") == "overlay":
         return _sim_overlay(args)
+    if getattr(args, "board", None):
+        raise UsageError("--board: 'sim' simulates a board's plan with --engine overlay; for "
+                         "a board's dataflow plan use 'shiftacc serve --board' and "
+                         "'shiftacc run'")
     model, cfg, plan = _load(args)
     images, labels = hardware_images(args, model)
     from ..sim.runner import simulate
@@ -347,114 +396,105 @@ def _sim_overlay(args):
 
     The cocotb harness of :mod:`shiftacc.sim.runner` drives the dataflow accelerator's ports
     from a dataflow plan, so the overlay runs as the device ``serve`` simulates
-    (:class:`~shiftacc.hw.board.LinkTop` with the ``OverlayEngine``, byte streams, no UART)
-    and the driver loads and streams the images over ``socket://`` in this process: every
-    logit is the gateware's, compared with the golden model. Cycles per image are the
-    device's STATUS cycle counter over the batch (images back to back through the link) next
-    to the engine's cycle model.
+    (:class:`~shiftacc.hw.board.LinkTop` with the ``OverlayEngine``, byte streams, no UART;
+    with ``--board`` the board's overlay config and link keywords, as ``build`` places them)
+    and the driver loads and streams the images over ``socket://`` in this process
+    (:func:`shiftacc.sim.linksim.simulate_link`): every logit is the gateware's, compared with
+    the golden model. ``--stall-level`` puts seeded random stalls on the link's byte streams
+    (host -> device gaps, device -> host backpressure).
+
+    Cycles per image: the clean periods between consecutive images at the engine's own ports
+    (exactly one image's compute; compared with ``hw/overlay_timing``'s prediction), and the
+    device's STATUS cycle counter over the batch (what the host sees through the link).
 
     Raises
     ------
     UsageError
-        ``--protocol``, ``--stall-level`` or ``--waves`` (options of the dataflow harness).
+        ``--protocol`` or ``--waves`` (options of the dataflow harness).
     Mismatch
         Some logit differs (after the JSON is written).
     """
     unsupported = [opt for opt, on in (("--protocol", args.protocol),
-                                       ("--stall-level", args.stall_level),
                                        ("--waves", args.waves)) if on]
     if unsupported:
         raise UsageError(f"{', '.join(unsupported)}: options of the dataflow harness; "
                          f"--engine overlay simulates the engine behind the host link "
-                         f"(images back to back, no stalls, no waveform)")
-    import socket
-    import threading
-    import time
+                         f"(bulk byte streams, --stall-level for stalls, no waveform)")
     from ..models import golden
-    from ..sim.serve import serve
-    from .device import Device
+    from ..sim.linksim import engine_cycles, simulate_link
     model, _, plan = _load(args)
     images, labels = hardware_images(args, model)
     say = _say(args)
-    ready, box = threading.Event(), {}
-
-    def on_ready(host, port):
-        box["addr"] = (host, port)
-        ready.set()
-
-    def run_server():
-        try:
-            serve(model, plan=plan, port=0, simulator=args.simulator, uart=False,
-                  max_clients=1, workdir=args.workdir, on_ready=on_ready, log=say)
-        except BaseException as e:   # noqa: BLE001 (re-raised in the main thread)
-            box["error"] = e
-        finally:
-            ready.set()
-
-    server = threading.Thread(target=run_server, name="shiftacc-sim-overlay", daemon=True)
-    server.start()
-    connected = False
-    try:
-        while not ready.wait(1.0):
-            pass
-        if "error" in box:
-            raise box["error"]
-        url = "socket://{}:{}".format(*box["addr"])
-        t0 = time.perf_counter()
-        with Device.open(url, timeout=30.0) as dev:
-            connected = True
-            ident = dev.identify()
-            dev.load(model, progress=progress_wanted(args))
-            before = dev.status()
-            logits = dev.infer(images, progress=progress_wanted(args))
-            after = dev.status()
-        wall = time.perf_counter() - t0
-    finally:
-        if not connected and "addr" in box:
-            # serve stops after one client: be that client, so the simulator ends.
-            try:
-                socket.create_connection(box["addr"], timeout=5).close()
-            except OSError:
-                pass
-        server.join(120)
-    if "error" in box:
-        raise box["error"]
+    seed = args.seed
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (1 << 31))
+    if args.stall_level:
+        print(f"[sim] random stalls on the link's byte streams: level {args.stall_level}/256, "
+              f"seed {seed}")
+    board = _board(args)
+    res = simulate_link(model, plan, images, simulator=args.simulator,
+                        link_kw=board.link_kw(model) if board is not None else None,
+                        stall_level=args.stall_level, seed=seed, workdir=args.workdir,
+                        progress=progress_wanted(args), log=say)
     expected = golden.run(model, images)
-    logits = np.asarray(logits, np.int64)
+    logits = res["logits"]
     diff = np.nonzero(np.any(logits != expected, axis=1))[0]
-    cycles = int(after["cycles"] - before["cycles"])
+    n = len(images)
     try:
         predicted = plan.cycles_per_image()
     except NotImplementedError:
         predicted = None
+    cmin, cmax, ccount, per = engine_cycles(res["probes"], n)
     mults = plan.cost().multiplier_count
+    link_cpi = res["link_cycles"] / n
     out = {"logits": logits.tolist(), "golden_mismatches": int(len(diff)),
-           "images": int(len(images)), "engine": "overlay", "simulator": args.simulator,
-           "test": "link", "design_id": f"{ident.design_id:016x}",
-           "cycles_per_image": cycles / len(images), "predicted_cycles_per_image": predicted,
+           "images": int(n), "engine": "overlay", "simulator": args.simulator,
+           "test": "link", "design_id": f"{res['design_id']:016x}",
+           "config": plan.config.to_json() if hasattr(plan.config, "to_json") else None,
+           "board": board.name if board is not None else None,
+           "stall_level": args.stall_level, "seed": seed,
+           "predicted_cycles_per_image": predicted,
+           "engine_cycles_per_image_min": cmin, "engine_cycles_per_image_max": cmax,
+           "engine_clean_periods": ccount, "engine_window_cycles_per_image": per,
+           "link_cycles_per_image": link_cpi,
            "ideal_cycles_per_image": plan.macs_per_image / mults,
            "multipliers": mults, "macs_per_image": int(plan.macs_per_image),
-           "mac_efficiency": plan.macs_per_image * len(images) / (mults * cycles)
-           if cycles else None,
-           "sim_cycles": cycles, "sim_wall_seconds": wall}
+           "probes": res["probes"], "sim_cycles": res["link_cycles"],
+           "sim_wall_seconds": res["wall_seconds"]}
+    # Back to back, the clean period is the engine's cycles per image; under stalls the
+    # host's figure (link cycles) is what the stalls stretch.
+    cpi = cmin if (not args.stall_level and cmin and cmin == cmax) else link_cpi
+    out["cycles_per_image"] = cpi
+    out["mac_efficiency"] = plan.macs_per_image / (mults * cpi) if cpi else None
     if labels is not None:
         out["accuracy"] = float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
     if len(diff):
         k = int(diff[0])
         out["first_mismatch"] = {"image": k, "hardware": logits[k].tolist(),
                                  "golden": expected[k].tolist()}
-    print(f"[sim] {len(images)} images on {args.simulator} (overlay engine behind the link): "
-          f"{len(diff)} mismatching images vs golden")
-    print(f"[sim] cycles/image measured {out['cycles_per_image']:.1f} (device clock, images "
-          f"back to back through the link), engine model {predicted}, ideal "
-          f"{out['ideal_cycles_per_image']:.1f}; MAC efficiency {out['mac_efficiency']:.3f} "
-          f"({mults} multipliers)")
+    where = f" on the {board.name} config" if board is not None else ""
+    print(f"[sim] {n} images on {args.simulator} (overlay engine behind the link{where}, "
+          f"{plan.config.lanes} lanes, R {plan.config.requant_units}, "
+          f"{plan.config.primitives} primitives): {len(diff)} mismatching images vs golden")
+    clean = (f"{cmin}" if cmin == cmax else f"{cmin}..{cmax}") if ccount else "none"
+    print(f"[sim] engine cycles/image: clean periods {clean} over {ccount} image pairs, "
+          f"window less starved {per if per is None else round(per, 1)}; predicted "
+          f"{predicted} (hw/overlay_timing)")
+    print(f"[sim] link cycles/image (device STATUS counter, images through the link"
+          f"{', under stalls' if args.stall_level else ', back to back'}) {link_cpi:.1f}; "
+          f"ideal {out['ideal_cycles_per_image']:.1f}; MAC efficiency "
+          f"{out['mac_efficiency']:.3f} ({mults} multipliers)")
+    print(f"[sim] {res['link_cycles']} cycles in {res['wall_seconds']:.2f} s wall")
     if "accuracy" in out:
         print(f"[sim] accuracy {out['accuracy']:.4f}")
+    if "first_mismatch" in out:
+        fm = out["first_mismatch"]
+        print(f"[sim] first mismatch: image {fm['image']}: hardware {fm['hardware']} "
+              f"golden {fm['golden']}")
     if args.json:
         write_atomic(args.json, json.dumps(out))
     if len(diff):
-        raise Mismatch(f"{len(diff)} of {len(images)} images differ from the golden model "
+        raise Mismatch(f"{len(diff)} of {n} images differ from the golden model "
                        f"(first: image {int(diff[0])})")
     return 0
 

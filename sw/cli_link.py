@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..models.artifact import load_artifact
-from .cli_hw import engine_plan
+from .cli_hw import _board, engine_plan
 from .cli_model import hardware_images, progress_wanted
 from .errors import Mismatch, UsageError
 from .outputs import check_output, write_atomic
@@ -60,6 +60,7 @@ def cmd_serve(args):
                          f"clocks per bit at --baud {args.baud}; the UART needs at least 4")
     model = load_artifact(args.model)
     cfg, plan = engine_plan(args, model)
+    board = _board(args)
     _check_port_free(args.host, args.port)
     from ..sim.serve import serve
     from . import protocol
@@ -68,10 +69,12 @@ def cmd_serve(args):
     if protocol.plan_engine(plan) == "overlay":
         io = desc["io"]
         what = (f"overlay engine ({plan.config.lanes} lanes, {plan.config.requant_units} "
-                f"requant units) for every model with input {io['input']}, "
-                f"{io['input_bits']}-bit, {io['classes']} classes")
+                f"requant units, {plan.config.primitives} primitives) for every model with "
+                f"input {io['input']}, {io['input_bits']}-bit, {io['classes']} classes")
     else:
         what = f"dataflow accelerator of {args.model}"
+    if board is not None:
+        what += f", as 'shiftacc build --board {board.name}' places it"
 
     def on_ready(host, port):
         line = "UART at {:,} baud, {:,} Hz clock".format(args.baud, args.clock_hz) \
@@ -81,7 +84,8 @@ def cmd_serve(args):
 
     serve(model, config=cfg, plan=plan, host=args.host, port=args.port,
           simulator=args.simulator, uart=args.uart, clock_hz=args.clock_hz, baud=args.baud,
-          on_ready=on_ready, log=say, max_clients=args.max_clients)
+          on_ready=on_ready, log=say, max_clients=args.max_clients,
+          link_kw=board.link_kw(model) if board is not None else None)
     print(f"served {args.max_clients} client session(s); stopped", flush=True)
     return 0
 
