@@ -7,8 +7,8 @@ import the training stack just to fill argparse's ``choices``; the names live he
 :data:`shiftacc.models.data.DATASETS`), so a new preset or method cannot be forgotten here.
 """
 
-__all__ = ["DATASETS", "DEVICES", "ENGINES", "METHODS", "PRESETS", "SIMULATORS",
-           "add_engine_args"]
+__all__ = ["DATASETS", "DEVICES", "ENGINES", "ENGINE_AUTO", "METHODS", "PRESETS",
+           "SIMULATORS", "add_engine_args"]
 
 #: Data sets :func:`shiftacc.models.data.load_split` reads.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -27,20 +27,45 @@ SIMULATORS = ("verilator", "icarus")
 ENGINES = ("dataflow", "overlay")
 
 
-def add_engine_args(parser):
+#: ``--engine auto`` (``build``'s default): the engine the board's device takes, chosen by
+#: :func:`shiftacc.sw.cli_build.choose_engine` (the faster of the engines that fit).
+ENGINE_AUTO = "auto"
+
+#: Subcommands whose ``--engine`` defaults to :data:`ENGINE_AUTO`: they know the device.
+_AUTO_COMMANDS = ("build",)
+
+
+def add_engine_args(parser, default=None):
     """Add ``--engine`` and the overlay's configuration options to ``parser``.
 
     ``--engine overlay`` builds the overlay engine, configured by ``--overlay-config`` (a JSON
     object of ``OverlayConfig`` fields, inline or in a file) and then ``--lanes`` /
-    ``--requant-units``; with ``--engine dataflow`` (the default) those options are an error,
+    ``--requant-units``; with ``--engine dataflow`` those options are an error,
     as ``--config`` (the dataflow planner's) is with ``--engine overlay``
     (:func:`shiftacc.sw.cli_hw.engine_plan` reads and checks them).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    default : str, optional
+        ``--engine``'s default: ``"auto"`` (and ``auto`` among the choices) for a command that
+        builds for a device, else ``"dataflow"``. None: ``"auto"`` for the subcommands of
+        :data:`_AUTO_COMMANDS` (``build``: the parser's ``prog`` ends with its name; no device,
+        no choice, so ``generate``, ``sim`` and ``serve`` keep ``dataflow``).
     """
+    if default is None:
+        words = (getattr(parser, "prog", "") or "").split()
+        default = ENGINE_AUTO if words and words[-1] in _AUTO_COMMANDS else "dataflow"
+    auto = default == ENGINE_AUTO
     g = parser.add_argument_group("engine (DESIGN.md §3)")
-    g.add_argument("--engine", choices=ENGINES, default="dataflow",
-                   help="dataflow: one engine per layer, built for this model's topology; "
-                        "overlay: one engine reused layer after layer, running any model with "
-                        "this input shape, input bits and class count that fits its config")
+    g.add_argument("--engine", choices=ENGINES + ((ENGINE_AUTO,) if auto else ()),
+                   default=default,
+                   help=("auto: the faster of the two engines that fit the board's device "
+                         "(the report says which and why); " if auto else "")
+                   + "dataflow: one engine per layer, built for this model's topology; "
+                     "overlay: one engine reused layer after layer, running any model with "
+                     "this input shape, input bits and class count that fits its config"
+                   + (" (default: auto)" if auto else " (default: dataflow)"))
     g.add_argument("--overlay-config", metavar="JSON",
                    help="with --engine overlay: OverlayConfig fields as a JSON object, inline "
                         "('{\"lanes\": 8}') or a file (lanes, requant_units, fm_words, "

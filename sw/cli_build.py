@@ -32,7 +32,7 @@ from .errors import BuildFailed, MissingTool, UsageError
 from .outputs import check_output, check_output_dir, write_atomic
 
 __all__ = ["cmd_boards", "cmd_build", "build_board", "check_fit", "board_table", "parse_nextpnr_report", "TOOLS",
-           "REPORT_KEYS", "BUILD_NAME"]
+           "REPORT_KEYS", "BUILD_NAME", "choose_engine", "EngineChoice", "overlay_usage"]
 
 #: The top-level name of every build (files are BUILD_NAME.v, BUILD_NAME.pcf, ...).
 BUILD_NAME = "shiftacc"
@@ -195,6 +195,8 @@ def _overlay_plan(args, model, board, say):
         say(f"[build] iCE40: the overlay's ice40 primitives (SB_MAC16 lane pairs, "
             f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes, "
             f"{config.requant_units} requant unit(s)")
+    else:
+        config = _size_generic_overlay(config, args, model, board, say)
     try:
         plan = compile_overlay(model, config)
     except OverlayFitError as e:
@@ -202,6 +204,52 @@ def _overlay_plan(args, model, board, say):
     say(f"[build] overlay engine: {config.lanes} MAC lanes, {config.requant_units} requant "
         f"units, {config.primitives} primitives; {len(plan.passes)} passes")
     return plan
+
+
+#: Feature-map bank depths tried on a part without SPRAM (block RAM), largest first: a bank
+#: of 16384 8-bit words is 8 ECP5 DP16KD, so the four take 32, all of a 12F's.
+_FM_WORDS = (16384, 8192, 4096, 2048, 1024, 512)
+
+
+def _size_generic_overlay(config, args, model, board, say):
+    """The overlay config on a part without the iCE40 primitives (ECP5, other families).
+
+    The four feature-map banks are block RAM there: unless ``fm_words`` is given, the deepest
+    banks (16384 words down to 512) with which the engine's block RAMs and the link engine's
+    fit the device's RAM blocks (:func:`overlay_usage`; an ECP5-12F: 4096 words, 8 of its 32
+    DP16KD, 32 in all), and at least what ``model`` needs. Unless ``lanes`` is given, MAC
+    lanes are taken off in pairs while the engine's DSP blocks exceed the device's.
+    """
+    import dataclasses
+    device = _device_of(board)
+    if device is None:
+        return config
+    text = _overlay_config_text(args)
+    lanes_given = args.lanes is not None or '"lanes"' in text
+    if not lanes_given and board.dsp_blocks:
+        from ..hw.overlay import overlay_engine_cost
+        while (config.lanes > 2
+               and overlay_engine_cost(config).dsp(board.family) > board.dsp_blocks):
+            config = dataclasses.replace(config, lanes=config.lanes - 2)
+    if '"fm_words"' in text:
+        return config
+    from ..hw.plan import PlanError
+    # No headroom: the count is the engine's own memory list, as the RTL builds it (the
+    # ULX3S-12F build: 32 of 32 DP16KD, as counted), not an estimate.
+    limit = device.ram_blocks
+    for words in _FM_WORDS:
+        trial = dataclasses.replace(config, fm_words=words)
+        try:
+            use = overlay_usage(model, None, board, device, config=trial)
+        except (PlanError, ValueError):
+            continue
+        if use["ram_blocks"]["used"] <= limit:
+            if words != config.fm_words:
+                say(f"[build] {device.name}: feature-map banks of {words} words (block RAM: "
+                    f"{use['ram_blocks']['used']} of {device.ram_blocks} "
+                    f"{use['ram_blocks']['cell']} with the link engine)")
+            return trial
+    return config
 
 
 def _overlay_config_text(args):
@@ -234,6 +282,280 @@ def _warn_logic(model, plan, board, args, say):
         say(f"[build] warning: {e} (estimated before synthesis; place and route decides)")
     except Exception:  # noqa: BLE001 - an estimate never stops a build the user asked for
         pass
+
+
+# ---- the engine for a board: dataflow or overlay ------------------------------------------
+
+#: Fraction of a device's DSP and RAM blocks the device-aware planner keeps free
+#: (:func:`shiftacc.hw.devices.plan_for_device`'s default); the overlay's block RAM on a part
+#: without SPRAM is sized with the same margin.
+FIT_HEADROOM = 0.1
+
+
+def _headroom_limit(available):
+    import math
+    return math.floor(available * (1 - FIT_HEADROOM) + 1e-9)
+
+
+def _device_of(board):
+    """The device-aware planner's :class:`~shiftacc.hw.devices.Device` of ``board``, or None."""
+    from ..hw import devices
+    from ..hw.plan import PlanError
+    try:
+        return devices.get_device(board.device)
+    except PlanError:
+        return None
+
+
+#: The overlay engine's small memories that it puts in block RAM whatever their size
+#: (``ram_style = "block"`` in hw/overlay.py: on the UP5K they replace registers, and the
+#: EBRs are there): the logits queue, the gap sums, the pool maxima, the requant delay line.
+_OVERLAY_BLOCK_RAMS = ("logits_queue", "gsum", "poolmax", "requant_delay")
+
+
+def overlay_usage(model, plan, board, device=None, *, config=None):
+    """What the overlay engine (and the board's link engine) takes of ``board``'s device.
+
+    Counted before synthesis from the engine's own resource list
+    (:func:`shiftacc.hw.overlay.overlay_engine_cost`, the count the RTL builds): DSP blocks,
+    block RAMs (the engine's tables and, without the iCE40 primitives, its four feature-map
+    banks; the link engine's as :func:`shiftacc.hw.devices.device_usage` counts them) and
+    SPRAMs (the feature-map banks with the iCE40 primitives). Logic cells are not estimated
+    (``hw/lut_model.py`` models the dataflow blocks only): place and route decides them.
+
+    Parameters
+    ----------
+    model : models.artifact.Model
+    plan : hw.overlay_program.OverlayPlan or None
+        None: ``config`` alone (the link engine is then counted for a plan of it).
+    board : boards.registry.Board
+    device : hw.devices.Device, optional
+    config : hw.overlay_program.OverlayConfig, optional
+        Instead of ``plan.config``.
+
+    Returns
+    -------
+    dict
+        ``dsp``, ``ram_blocks``, ``spram``: each ``{"cell", "used", "available"}`` (RAM with
+        ``accelerator`` and ``link`` shares).
+
+    Raises
+    ------
+    hw.plan.PlanError
+        The device is unknown to the planner.
+    """
+    from ..hw import devices
+    from ..hw.overlay import overlay_engine_cost
+    from ..hw.overlay_program import compile_overlay
+    from ..hw.resources import MemorySpec
+    device = device if device is not None else devices.get_device(board.device)
+    fam = device.family
+    cfg = config if config is not None else plan.config
+    if plan is None:
+        plan = compile_overlay(model, cfg)
+    cost = overlay_engine_cost(cfg)
+    spram_banks = [m for m in cost.memories if m.name.startswith("fm.")] \
+        if cfg.primitives == "ice40" else []
+    mems = []
+    for mem in cost.memories:
+        if mem in spram_banks:
+            continue
+        if mem.name.startswith("shq") and fam == "ecp5":
+            # sh and qmax share a word but are written separately (a write granularity of 2
+            # bits): a DP16KD's byte enables cover 9 bits, so Yosys maps it as two memories,
+            # one block each (measured: 32 DP16KD on the ULX3S-12F build; an iCE40 EBR has a
+            # per-bit write mask: one block, 30 EBR on the iCEBreaker build, as counted).
+            mems += [MemorySpec(f"{mem.name}.sh", mem.depth, mem.width - 8),
+                     MemorySpec(f"{mem.name}.qmax", mem.depth, 8)]
+        else:
+            mems.append(mem)
+    acc = devices.memory_usage(mems, fam, blocks=[m.name for m in mems
+                                                  if m.name.startswith(_OVERLAY_BLOCK_RAMS)])
+    kw = dict(board.link_kw(model))
+    kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
+    link_mems = devices.link_memories(model, plan, **kw)
+    lnk = devices.memory_usage(link_mems, fam, roms=devices.LINK_ROMS,
+                               blocks=devices.link_block_memories(kw))
+    if fam in ("ice40", "ecp5") or devices.FAMILIES[fam].dsp_operands is None:
+        dsp = cost.dsp(fam)
+    else:  # the tiling bound hw.devices.plan_dsp uses for families without a Yosys model
+        import math
+        dsp = math.ceil(sum(mul.count * devices._generic_dsp(devices.FAMILIES[fam], mul)
+                            for mul in cost.multipliers))
+    return {
+        "dsp": {"cell": device.dsp_cell, "used": dsp, "available": device.dsp},
+        "ram_blocks": {"cell": devices.FAMILIES[fam].ram_cell,
+                       "used": acc["blocks"] + lnk["blocks"], "available": device.ram_blocks,
+                       "accelerator": acc["blocks"], "link": lnk["blocks"]},
+        "spram": {"cell": "SB_SPRAM256KA", "used": len(spram_banks),
+                  "available": device.spram[0]},
+    }
+
+
+class EngineChoice:
+    """The engine ``build --engine auto`` chose for a model on a board, and why.
+
+    Attributes
+    ----------
+    engine : str
+        ``"dataflow"`` or ``"overlay"``.
+    plan : hw.plan.Plan or hw.overlay_program.OverlayPlan
+    reason : str
+        One line: what each engine needs or takes, and the choice.
+    candidates : dict
+        Per engine: ``fits`` (bool), ``cycles_per_image``, ``multipliers``, ``dsp``,
+        ``ram_blocks`` (used/available where counted), ``why`` (the refusal, or None).
+    """
+
+    def __init__(self, engine, plan, reason, candidates):
+        self.engine, self.plan, self.reason, self.candidates = engine, plan, reason, candidates
+
+    def to_dict(self):
+        return {"engine": self.engine, "reason": self.reason, "candidates": self.candidates}
+
+
+def _short_refusal(msg):
+    """``needs 11 SB_MAC16 of 8, 52 SB_RAM40_4K of 30, ~8283 ICESTORM_LC of 5280``: the
+    overflows of a planner refusal (the whole message when it has none of that form)."""
+    import re
+    from ..hw.devices import OVERLAY_HINT
+    msg = str(msg).replace(f"; {OVERLAY_HINT}", "")
+    found = re.findall(r"(an estimated )?(\d+) (\w+) [^;]*?where (\d+) exist", msg)
+    if found:
+        return "needs " + ", ".join(f"{'~' if est else ''}{n} {cell} of {have}"
+                                    for est, n, cell, have in found)
+    m = re.search(r"it needs (\d+) (\w+) and the device has (\d+)", msg)  # check_fit's
+    if m:
+        return f"needs {m.group(1)} {m.group(2)} of {m.group(3)}"
+    k = msg.find(" needs ")
+    return msg[k + 1:] if k >= 0 else msg
+
+
+def _dataflow_candidate(model, board, say):
+    """(plan or None, candidate dict) of the dataflow engine on ``board``."""
+    from ..hw.plan import PlanError
+    args = _Namespace(config=None)
+    try:
+        plan = _plan(args, model, board, lambda *a, **k: None)
+        check_fit(plan, board)
+    except (PlanError, UsageError) as e:
+        return None, {"fits": False, "why": _short_refusal(e), "refusal": str(e)}
+    cand = {"fits": True, "why": None, "cycles_per_image": plan.predicted_cycles_per_image,
+            "multipliers": plan.multipliers,
+            "max_multipliers": plan.config.get("max_multipliers")
+            if isinstance(plan.config, dict) else getattr(plan.config, "max_multipliers", None)}
+    if board.family in ("ice40", "ecp5"):
+        cand["dsp"] = plan.dsp(board.family)
+    return plan, cand
+
+
+def _overlay_candidate(model, board, say):
+    """(plan or None, candidate dict) of the overlay engine as ``build --engine overlay``
+    configures it for ``board``, checked against the device's DSP blocks, block RAMs and
+    SPRAMs (no headroom: the iCEBreaker's measured config uses 30 of 30 EBRs)."""
+    from ..hw.plan import PlanError
+    args = _Namespace(config=None, overlay_config=None, lanes=None, requant_units=None)
+    try:
+        plan = _overlay_plan(args, model, board, lambda *a, **k: None)
+        check_fit(plan, board)
+    except UsageError as e:
+        return None, {"fits": False, "why": str(e)}
+    c = plan.config
+    cand = {"fits": True, "why": None, "cycles_per_image": plan.predicted_cycles_per_image,
+            "multipliers": plan.multipliers, "lanes": c.lanes,
+            "requant_units": c.requant_units, "fm_words": c.fm_words,
+            "primitives": c.primitives}
+    device = _device_of(board)
+    if device is None:
+        if board.family in ("ice40", "ecp5"):
+            cand["dsp"] = plan.dsp(board.family)
+        return plan, cand
+    try:
+        use = overlay_usage(model, plan, board, device)
+    except PlanError:
+        return plan, cand
+    cand["dsp"] = use["dsp"]["used"]
+    cand["ram_blocks"] = use["ram_blocks"]["used"]
+    over = [f"{use[k]['used']} {use[k]['cell']} of {use[k]['available']}"
+            for k in ("dsp", "ram_blocks", "spram") if use[k]["used"] > use[k]["available"]]
+    if over:
+        cand.update(fits=False, why="needs " + ", ".join(over))
+        return None, cand
+    return plan, cand
+
+
+class _Namespace:
+    """The few ``args`` attributes :func:`_plan` and :func:`_overlay_plan` read."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _why(engine, cand):
+    """``dataflow needs ...`` / ``overlay: the model does not fit ...``."""
+    why = cand["why"]
+    return f"{engine} {why}" if why.startswith("needs ") else f"{engine}: {why}"
+
+
+def _describe(engine, cand, cell):
+    if engine == "dataflow":
+        what = f"{cand['multipliers']} multipliers"
+    else:
+        what = f"{cand['lanes']} lanes, {cand['requant_units']} requant"
+    dsp = f", {cand['dsp']} {cell}" if cand.get("dsp") is not None and cell else ""
+    return f"{what}{dsp}, {cand['cycles_per_image']} cycles/image"
+
+
+def choose_engine(model, board, say=None):
+    """The engine for ``model`` on ``board`` (``build --engine auto``).
+
+    Each engine's plan as ``build`` makes it without options: the dataflow engine's from the
+    device-aware planner (the fastest plan whose DSP blocks, RAM blocks and estimated logic
+    cells fit with the link engine and :data:`FIT_HEADROOM`), the overlay engine's config for
+    the board (:func:`_overlay_plan`: on iCE40 its SB_MAC16/SPRAM primitives, on other parts
+    block-RAM feature maps sized to the device), checked against the device's DSP blocks,
+    block RAMs and SPRAMs (:func:`overlay_usage`). Of the engines that fit, the one with the
+    fewer predicted cycles per image (the same clock assumed for both: the device-aware
+    planner's discipline), the dataflow engine on a tie.
+
+    Returns
+    -------
+    EngineChoice
+
+    Raises
+    ------
+    UsageError
+        Neither engine fits: the message names what overflows for each.
+    """
+    from ..hw.resources import FAMILY_CELL
+    say = say or (lambda *a, **k: None)
+    df_plan, df = _dataflow_candidate(model, board, say)
+    ov_plan, ov = _overlay_candidate(model, board, say)
+    cands = {"dataflow": df, "overlay": ov}
+    cell = FAMILY_CELL.get(board.family)
+    where = f"{board.name} ({board.device})"
+    if not df["fits"] and not ov["fits"]:
+        raise UsageError(f"the model fits neither engine on {where}: "
+                         f"{_why('dataflow', df)}; {_why('overlay', ov)}")
+    if df["fits"] and ov["fits"]:
+        if ov["cycles_per_image"] < df["cycles_per_image"]:
+            engine = "overlay"
+            reason = (f"both engines fit {board.device}; overlay ({_describe('overlay', ov, cell)}) "
+                      f"is faster than dataflow ({_describe('dataflow', df, cell)}): overlay")
+        else:
+            engine = "dataflow"
+            reason = (f"both engines fit {board.device}; dataflow "
+                      f"({_describe('dataflow', df, cell)}) is at least as fast as overlay "
+                      f"({_describe('overlay', ov, cell)}): dataflow")
+    elif df["fits"]:
+        engine = "dataflow"
+        reason = (f"{_why('overlay', ov)}; dataflow fits {board.device} "
+                  f"({_describe('dataflow', df, cell)}): dataflow")
+    else:
+        engine = "overlay"
+        reason = (f"{_why('dataflow', df)}; overlay fits {board.device} "
+                  f"({_describe('overlay', ov, cell)}): overlay")
+    return EngineChoice(engine, df_plan if engine == "dataflow" else ov_plan, reason, cands)
 
 
 def check_fit(plan, board):
@@ -527,8 +849,36 @@ def cmd_build(args):
 
     from ..models.artifact import load_artifact
     model = load_artifact(args.model)
-    overlay = getattr(args, "engine", "dataflow") == "overlay"
-    if overlay:
+    engine = getattr(args, "engine", "dataflow") or "dataflow"
+    choice = None
+    if engine == "auto":
+        overlay_opts = [f"--{k.replace('_', '-')}" for k in ("overlay_config", "lanes",
+                                                               "requant_units")
+                        if getattr(args, k, None) is not None]
+        if args.config is not None and overlay_opts:
+            raise UsageError(f"--config {args.config} is the dataflow planner's config and "
+                             f"{', '.join(overlay_opts)} configure the overlay engine: give "
+                             f"one of them (or --engine dataflow|overlay)")
+        if args.config is not None:
+            engine, why = "dataflow", f"--config {args.config} is a dataflow plan"
+        elif overlay_opts:
+            engine, why = "overlay", f"{', '.join(overlay_opts)} configure the overlay engine"
+        else:
+            choice = choose_engine(model, board, say)
+            engine, why = choice.engine, choice.reason
+    else:
+        why = f"--engine {engine}"
+    say(f"[build] engine: {engine} ({why})")
+    overlay = engine == "overlay"
+    if choice is not None:
+        plan = choice.plan
+        if overlay:  # the lines the forced path says about its config
+            _overlay_plan(_Namespace(config=None, overlay_config=None, lanes=None,
+                                     requant_units=None), model, board, say)
+        else:
+            say(f"[build] plan for {board.device} chosen by the device-aware planner "
+                f"(max_multipliers {choice.candidates['dataflow'].get('max_multipliers')})")
+    elif overlay:
         if args.config:
             raise UsageError(f"--config {args.config} is the dataflow planner's parallelism "
                              f"config; the overlay engine takes --overlay-config, --lanes and "
@@ -556,6 +906,10 @@ def cmd_build(args):
         f"{plan.predicted_cycles_per_image} cycles/image")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
                          bitstream=bitstream, progress=_progress_wanted(args), say=say)
+    report["engine"] = engine
+    report["engine_reason"] = why
+    if choice is not None:
+        report["engine_candidates"] = choice.candidates
     _finish(args, out, report, say)
     if report["bitstream"] is None:
         print(f"[build] wrote {len(report['files'])} files to {out} (Verilog/RTLIL, "

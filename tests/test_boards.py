@@ -326,12 +326,14 @@ def test_ulx3s_bitstream(tmp_path):
 
 def test_device_planner_refuses_without_config(tmp_path, capsys):
     """No --config: the device-aware planner picks the plan, and refuses (exit 2) a model
-    that no plan fits on the UP5K, before any Verilog is written."""
+    that no plan fits on the UP5K, before any Verilog is written (``--engine dataflow``:
+    the default, auto, takes the overlay there; tests/test_engine_choice.py)."""
     path = tmp_path / "d.npz"
     save_artifact(path, random_model(np.random.default_rng(3), size=(8, 8), blocks=3,
                                      max_width=16, act_bits=8, weight_bits=8))
     out = tmp_path / "o"
-    assert main(["build", str(path), "--board", "icebreaker", "--out", str(out)]) == 2
+    assert main(["build", str(path), "--board", "icebreaker", "--engine", "dataflow",
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "iCE40UP5K" in err
     assert not (out / "shiftacc.il").exists()
