@@ -40,7 +40,10 @@ def _check(res, model, images):
     assert np.array_equal(np.asarray(res["logits"]), gold)
 
 
-@pytest.mark.parametrize("k", range(4))
+# Two draws in the default run (CI time goes to the real bitstreams of test_boards_real.py);
+# all four with -m slow. `shiftacc regress` draws many more (tests/test_explore.py).
+@pytest.mark.parametrize("k", [0, 1, pytest.param(2, marks=pytest.mark.slow),
+                               pytest.param(3, marks=pytest.mark.slow)])
 def test_random_network_verilator_with_stalls(tmp_path, k):
     seed = SEED + k
     rng = np.random.default_rng(seed)
