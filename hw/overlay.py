@@ -78,7 +78,8 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .overlay_program import ECA_HEAD, OP_ECA, OP_END, PASS_FIELDS, OverlayConfig
+from .overlay_program import (ECA_HEAD, OP_END, OP_SAM, PASS_FIELDS, SAM_HEAD,
+                              OverlayConfig)
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
@@ -110,6 +111,13 @@ class PipelineConstants:
     att_conv_wait: int = 2              # the last a[c] write, the idle test
     att_scale_wait: int = 6             # last scale read .. its write, the idle test
     att_gap_slots: int = 4              # idle issue slots after a channel with a fused gap
+    sam_init: int = 6                   # the five constant words, read latency
+    sam_ctx_step: int = 7               # per channel: row bias, C products + 6
+    sam_ctx_wait: int = 1               # the idle test after the last u[c] write
+    sam_pix_step: int = 6               # per pixel: 2C reads + 6 (z requant, LUT, s)
+    sam_pix_wait: int = 6               # last scale read .. its write, the idle test
+    sam_gap_slots: int = 6              # GAPR: idle issue slots after a channel
+    sam_gap_wait: int = 1               # GAPR: the last channel's extra cycle to its write
 
 
 #: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
@@ -160,9 +168,9 @@ def _field_widths(config):
               "gap_ent": W["cout"], "raw": 1, "out_h": dim,
               "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
     if config.attention:
-        # An attention pass: op ECA (2), k taps in cin (k <= 9), its table base in cbase,
-        # C in in_c (up to channel_rows).
-        widths.update(op=2, cin=max(W["cin"], 4),
+        # An attention pass: op ECA (2) or SAM (3), k taps (ECA, k <= 9) or C (SAM) in cin,
+        # its table base in cbase, C in in_c (up to channel_rows).
+        widths.update(op=2, cin=max(W["cin"], W["cout"], 4),
                       cbase=max(W["cout"], ceil_log2(config.attention_rows)),
                       in_c=max(W["cin"], W["cout"]))
     return widths
@@ -552,7 +560,7 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += row.eq(0)
                         m.next = "SETUP"
                     if cfg.attention:
-                        with m.Elif(f["op"] == OP_ECA):
+                        with m.Elif(f["op"][1]):     # ECA (2) or SAM (3)
                             m.d.comb += att_start.eq(1)
                             m.next = "ATT"
                     with m.Elif(row == 0):
@@ -1080,36 +1088,48 @@ class OverlayEngine(wiring.Component):
 
     def _attention(self, m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr, att_start,
                    att_done, wq_en, wq_addr, wq_data, wq_buf):
-        """The attention unit: a channel_attention pass (op ECA) over the map in ``src``.
+        """The attention unit: a channel_attention (op ECA) or spatial_attention (op SAM)
+        pass over the map in ``src``, its output in ``dst`` (same layout).
 
         Phases (each a fixed number of cycles, :mod:`hw.overlay_timing`):
 
-        * INIT: the four constant words at ``cbase`` (bias; pool m, sh, qmax; z m, sh; gap
-          m, sh) from the attention table into registers.
+        * INIT: the constant words at ``cbase`` (bias; pool m, sh, qmax; z m, sh; gap m, sh;
+          SAM: ctx m, sh) from the attention table into registers.
         * POOL: channel after channel, every pixel read once (one bank read a cycle) and
           summed in one accumulator (channel-major order: no per-channel sums RAM, no
           read-modify-write hazard); at a channel's last pixel its sum goes through the
           requant (the shared multiplier) and ``p[c]`` is written to the ``att_p`` RAM.
-        * CONV: per channel ``k + 6`` cycles, strictly sequential: ``k`` taps (``p`` from
-          ``att_p``, zero outside [0, C), the tap from the table; one product a cycle into
-          ``z``, starting from the bias), the z requant, the clamp to [-128, 127], the LUT
-          read (``cbase + 4 + k + 128 + i``) and ``a[c]`` into the ``att_a`` RAM.
-        * SCALE: channel after channel, every pixel read again and ``(x * a[c] + 128) >> 8``
-          (the shared multiplier, the requant's round-and-shift with sh = 8) written to
-          ``dst`` at the same address; with a fused gap the scaled values are summed
-          instead, 4 idle issue slots after each channel leave the multiplier to the gap
-          requant, and ``dst`` receives the 1×1 map.
+        * CONV, per output channel, strictly sequential. ECA: ``k`` taps (``p`` from
+          ``att_p``, zero outside [0, C), the tap from the table) into ``z`` from the bias,
+          the z requant and clamp to [-128, 127], the LUT read, ``a[c]`` into ``att_a``
+          (``k + 6`` cycles). SAM: the row's bias ``ctx_bias[c]``, then ``C`` products
+          ``ctx_weight[c, j] * p[j]``, the ctx requant and clamp: ``u[c]`` into ``att_a``
+          (``C + 7`` cycles).
+        * ECA, SCALE: channel after channel, every pixel read again and
+          ``(x * a[c] + 128) >> 8`` (the shared multiplier, the requant's round-and-shift
+          with sh = 8) written to ``dst`` at the same address; with a fused gap the scaled
+          values are summed instead, 4 idle issue slots after each channel leave the
+          multiplier to the gap requant, and ``dst`` receives the 1×1 map.
+        * SAM, ZS: pixel after pixel (``2C + 6`` cycles): its ``C`` values read for
+          ``z = bias + sum u[c] * x[c]``, the z requant, clamp, the LUT read (``s``), then
+          its ``C`` values read again, ``(x * s + 128) >> 8`` written to ``dst``.
+        * SAM with a fused gap, GAPR: channel after channel over ``dst``, summed, the gap
+          requant, written in place as the 1×1 map (``gap[c]`` goes where pixel 0's
+          channel ``c`` was, read already); 6 idle issue slots after each channel keep the
+          write off the bank's single port while it reads.
 
         Between phases the unit waits until nothing is in flight (its pipeline's valid
         flags and the write request): a fixed number of cycles, the pipeline never stalls.
-        The one multiplier is 33s × 16u (``v * m`` of a requant; the taps, the scale and the
-        gap fit it); the post-multiply stages are the requant's (round, floor shift, clamp).
+        The one multiplier is 33s × 16u (``v * m`` of a requant; the taps, the products and
+        the scale fit it); the post-multiply stages are the requant's (round, floor shift,
+        clamp).
         """
         cfg = self.config
         W = _widths(cfg)
         aw = W["aw"]
         crows = cfg.channel_rows
         cw = max(1, ceil_log2(crows + 1))
+        tw = max(len(f["cbase"]) + 2, ceil_log2(cfg.attention_rows + 1) + 1)
 
         def reg(name, shape, value=None):
             r = Signal(shape, name=name)
@@ -1125,63 +1145,90 @@ class OverlayEngine(wiring.Component):
         p_w, p_r = self._ram(m, "att_p", 8, crows)
         a_w, a_r = self._ram(m, "att_a", 9, crows)
 
-        IDLE, INIT, POOL, PWAIT, CONV, CWAIT, SCALE, SWAIT = range(8)
-        aph = Signal(range(8))
+        (IDLE, INIT, POOL, PWAIT, CONV, CWAIT, SCALE, SWAIT, ZS, ZSWAIT, GAPR,
+         GWAIT) = range(12)
+        aph = Signal(range(12))
         with m.If(att_start):
             m.d.sync += aph.eq(INIT)
+        sam = Signal()
+        if "spatial_attention" in cfg.attention:
+            m.d.comb += sam.eq(f["op"] == OP_SAM)
+        in_conv = Signal()
+        m.d.comb += in_conv.eq((aph == CONV) | (aph == CWAIT))
 
         # constants
         bias = reg("att_bias", signed(32))
-        pool_m, z_m, gap_m = (reg(n, M_BITS) for n in ("att_pool_m", "att_z_m", "att_gap_m"))
-        pool_sh, z_sh, gap_sh = (reg(n, SH_BITS) for n in ("att_pool_sh", "att_z_sh",
-                                                          "att_gap_sh"))
+        pool_m, z_m, gap_m, ctx_m = (reg(n, M_BITS) for n in ("att_pool_m", "att_z_m",
+                                                              "att_gap_m", "att_ctx_m"))
+        pool_sh, z_sh, gap_sh, ctx_sh = (reg(n, SH_BITS) for n in (
+            "att_pool_sh", "att_z_sh", "att_gap_sh", "att_ctx_sh"))
         qmax = reg("att_qmax", 8)
-        taps = f["cin"]
-        tap0 = reg("att_tap0", len(f["cbase"]) + 1)          # cbase + 4
-        lutc = reg("att_lutc", len(f["cbase"]) + 5)          # cbase + 4 + k + 128
-        half = reg("att_half", 4)                            # (k - 1) / 2
+        taps = f["cin"]                                      # ECA: k; SAM: C
+        lutc = reg("att_lutc", tw)                           # the LUT's entry 128
+        half = reg("att_half", 4)                            # ECA: (k - 1) / 2
+        tend = reg("att_tend", cw + 3)                       # CONV: the channel's last step
+        tlast = reg("att_tlast", cw + 3)                     # CONV: the last tap's step
+        e1 = reg("att_e1", cw + 3)                           # ZS: C + 6 (first s read)
+        e2m1 = reg("att_e2m1", cw + 3)                       # ZS: 2C + 5 (the pixel's end)
+        cba = reg("att_cba", tw)                             # SAM: ctx_bias[c]'s entry
+        wrm1 = reg("att_wrm1", tw)                           # SAM: ctx_weight[c, 0]'s - 1
 
         ic = Signal(3)
-        # loop counters (POOL, SCALE): channel c, pixel (x, y), address, c >> 1
+        # loop counters: channel c, pixel (x, y), address, c >> 1 (POOL, SCALE, GAPR);
+        # ZS: the pixel's base address and the channel cc
         c = Signal(cw)
         lx = Signal(len(f["w"]))
         ly = Signal(len(f["h"]))
         addr = Signal(aw)
         cb = Signal(aw)
-        gw = Signal(3)           # SCALE with a fused gap: idle slots left after a channel
-        st = Signal(5)           # CONV: step of the channel
-        pj = Signal(signed(cw + 5))  # CONV: p index of the tap, c + st - half
+        gw = Signal(3)           # idle issue slots left after a channel (gap, GAPR)
+        st = Signal(cw + 3)      # CONV, ZS: step
+        pj = Signal(signed(cw + 5))  # CONV: p index of the tap, ECA c + st - half, SAM st - 1
+        ta = Signal(tw)          # CONV: table entry of the tap
+        pixbase = Signal(aw)
+        cc = Signal(cw)
 
-        # ---- the attention table's read port: INIT words, CONV taps, the LUT read ----
-        at_addr_init = Signal.like(tap0)
-        at_addr_tap = Signal.like(tap0)
         lut_rd = Signal()
-        lut_addr = Signal(len(lutc) + 1)
+        lut_addr = Signal(tw)
 
         # ---- pipeline items (valid flags) ----
-        r1v = Signal()          # a map value read (POOL or SCALE)
+        r1v = Signal()          # a map value read
         t1v = Signal()          # a tap read (CONV)
-        pgo = Signal()          # the pool sum of a channel is complete: its requant
-        zgo = Signal()          # z of a channel is complete: its requant
-        ggo = Signal()          # the gap sum of a channel is complete: its requant
+        pgo = Signal()          # the sum of a channel is complete: its requant (pool, GAPR)
+        zgo = Signal()          # z is complete: its requant
+        zctx = Signal()         #   ... with ctx m, sh (SAM's u[c])
+        ggo = Signal()          # ECA: the gap sum of a channel is complete: its requant
         a1v, a2v, a3v, a4v = (Signal(name=f"att_a{k}v") for k in range(1, 5))
+        K_SUM, K_SCALE, K_Z = range(3)
 
+        # channel-major issue (POOL, ECA SCALE, GAPR)
         issue = Signal()
-        m.d.comb += issue.eq(((aph == POOL) | ((aph == SCALE) & (gw == 0))))
+        m.d.comb += issue.eq((aph == POOL) | (((aph == SCALE) | (aph == GAPR)) & (gw == 0)))
         last_pix = Signal()
         m.d.comb += last_pix.eq((lx == m1["w"]) & (ly == m1["h"]))
         first_pix = Signal()
         m.d.comb += first_pix.eq((lx == 0) & (ly == 0))
         last_c = Signal()
         m.d.comb += last_c.eq(c == m1["in_c"])
+        # pixel-major reads (SAM ZS): z reads at st < C, scale reads at C + 6 <= st
+        zs_z = Signal()
+        zs_s = Signal()
+        m.d.comb += [zs_z.eq((aph == ZS) & (st < f["in_c"])),
+                     zs_s.eq((aph == ZS) & (st >= e1))]
+        rd_any = Signal()
+        m.d.comb += rd_any.eq(issue | zs_z | zs_s)
+        rkind = Signal(2)
+        m.d.comb += rkind.eq(Mux(zs_z, K_Z, Mux(zs_s | (aph == SCALE), K_SCALE, K_SUM)))
+        raddr = Signal(aw)
+        m.d.comb += raddr.eq(Mux(aph == ZS, pixbase + (cc >> 1), addr))
+        m.d.comb += [att_rd.eq(rd_any), att_raddr.eq(raddr),
+                     a_r.addr.eq(Mux(aph == ZS, cc, c))]
 
-        m.d.comb += [att_rd.eq(issue), att_raddr.eq(addr), a_r.addr.eq(c)]
+        M_TAP, M_POOL, M_Z, M_SCALE, M_GAP, M_CTX = range(6)
 
-        # modes of a multiplier item
-        M_TAP, M_POOL, M_Z, M_SCALE, M_GAP = range(5)
         with m.Switch(aph):
             with m.Case(INIT):
-                # read words cbase + 0..3 at ic = 0..3, capture each the cycle after
+                # read words cbase + 0..4 at ic = 0..4, capture each the cycle after
                 m.d.sync += ic.eq(ic + 1)
                 d = at_r.data
                 with m.Switch(ic):
@@ -1192,25 +1239,50 @@ class OverlayEngine(wiring.Component):
                                      qmax.eq(d[24:32])]
                     with m.Case(3):
                         m.d.sync += [z_m.eq(d[:16]), z_sh.eq(d[16:16 + SH_BITS])]
-                    with m.Case(4):
-                        m.d.sync += [gap_m.eq(d[:16]), gap_sh.eq(d[16:16 + SH_BITS]),
-                                     ic.eq(0), aph.eq(POOL),
-                                     c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0),
-                                     gw.eq(0)]
-                m.d.sync += [tap0.eq(f["cbase"] + ECA_HEAD),
-                             lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
-                             half.eq((taps - 1) >> 1)]
-            with m.Case(PWAIT, CWAIT):
-                pass
+                    with m.Case(4, 5):
+                        with m.If(ic == 4):
+                            m.d.sync += [gap_m.eq(d[:16]), gap_sh.eq(d[16:16 + SH_BITS])]
+                        with m.Else():
+                            m.d.sync += [ctx_m.eq(d[:16]), ctx_sh.eq(d[16:16 + SH_BITS])]
+                        with m.If((ic == 5) | ~sam):
+                            m.d.sync += [ic.eq(0), aph.eq(POOL), c.eq(0), lx.eq(0),
+                                         ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
+                with m.If(sam):
+                    m.d.sync += [lutc.eq(f["cbase"] + SAM_HEAD + 128),
+                                 tend.eq(f["in_c"] + 6), tlast.eq(f["in_c"]),
+                                 e1.eq(f["in_c"] + 6), e2m1.eq((f["in_c"] << 1) + 5),
+                                 cba.eq(f["cbase"] + SAM_HEAD + 256),
+                                 wrm1.eq(f["cbase"] + SAM_HEAD + 256 + f["in_c"] - 1)]
+                with m.Else():
+                    m.d.sync += [lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
+                                 tend.eq(taps + 5), tlast.eq(taps - 1),
+                                 wrm1.eq(f["cbase"] + ECA_HEAD)]
+                m.d.sync += half.eq((taps - 1) >> 1)
             with m.Case(CONV):
-                with m.If(st == taps + 5):
-                    m.d.sync += [st.eq(0), c.eq(c + 1), pj.eq(c + 1 - half)]
+                m.d.sync += [st.eq(st + 1), pj.eq(pj + 1), ta.eq(ta + 1)]
+                with m.If(st == tend):
+                    m.d.sync += [st.eq(0), c.eq(c + 1), pj.eq(Mux(sam, -1, c + 1 - half))]
+                    with m.If(sam):
+                        m.d.sync += [ta.eq(wrm1 + f["in_c"]), wrm1.eq(wrm1 + f["in_c"]),
+                                     cba.eq(cba + 1)]
+                    with m.Else():
+                        m.d.sync += ta.eq(wrm1)
                     with m.If(last_c):
                         m.d.sync += aph.eq(CWAIT)
-                with m.Else():
-                    m.d.sync += [st.eq(st + 1), pj.eq(pj + 1)]
+            with m.Case(ZS):
+                m.d.sync += st.eq(st + 1)
+                with m.If(zs_z | zs_s):
+                    m.d.sync += cc.eq(Mux(cc == m1["in_c"], 0, cc + 1))
+                with m.If(st == e2m1):
+                    m.d.sync += [st.eq(0), pixbase.eq(pixbase + f["dst_cp2"])]
+                    with m.If(lx == m1["w"]):
+                        m.d.sync += [lx.eq(0), ly.eq(ly + 1)]
+                    with m.Else():
+                        m.d.sync += lx.eq(lx + 1)
+                    with m.If(last_pix):
+                        m.d.sync += aph.eq(ZSWAIT)
 
-        # POOL / SCALE issue loop (channel-major): address c >> 1 + pixel * cp2
+        # channel-major issue loop: address c >> 1 + pixel * cp2
         with m.If(issue):
             m.d.sync += addr.eq(addr + f["dst_cp2"])
             with m.If(lx == m1["w"]):
@@ -1222,58 +1294,77 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += [ly.eq(0), c.eq(c + 1), cb.eq(nb), addr.eq(nb)]
                 with m.If((aph == SCALE) & f["gap"]):
                     m.d.sync += gw.eq(4)
+                with m.If(aph == GAPR):
+                    m.d.sync += gw.eq(6)
                 with m.If(last_c):
-                    m.d.sync += aph.eq(Mux(aph == POOL, PWAIT, SWAIT))
+                    m.d.sync += aph.eq(Mux(aph == POOL, PWAIT,
+                                           Mux(aph == SCALE, SWAIT, GWAIT)))
         with m.If(gw != 0):
             m.d.sync += gw.eq(gw - 1)
 
         busy = Signal()
         m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | a1v | a2v | a3v | a4v
                             | (wq_en != 0))
+        restart = [c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
         with m.If(~busy):
             with m.If(aph == PWAIT):
-                m.d.sync += [aph.eq(CONV), c.eq(0), st.eq(0), pj.eq(-half)]
+                m.d.sync += [aph.eq(CONV), c.eq(0), st.eq(0), pj.eq(Mux(sam, -1, -half)),
+                             ta.eq(wrm1)]
             with m.If(aph == CWAIT):
-                m.d.sync += [aph.eq(SCALE), c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0),
-                             cb.eq(0), gw.eq(0)]
-            with m.If(aph == SWAIT):
+                m.d.sync += restart + [aph.eq(Mux(sam, ZS, SCALE)), st.eq(0), cc.eq(0),
+                                       pixbase.eq(0)]
+            with m.If(aph == ZSWAIT):
+                with m.If(f["gap"]):
+                    m.d.sync += restart + [aph.eq(GAPR)]
+            with m.If((aph == SWAIT) | (aph == GWAIT) | ((aph == ZSWAIT) & ~f["gap"])):
                 m.d.comb += att_done.eq(1)
                 m.d.sync += aph.eq(IDLE)
 
-        # ---- stage 1: the read data ----
-        tap_iss = Signal()
-        m.d.comb += tap_iss.eq((aph == CONV) & (st < taps))
-        m.d.comb += [at_addr_init.eq(f["cbase"] + ic), at_addr_tap.eq(tap0 + st),
-                     p_r.addr.eq(pj[:cw])]
+        # ---- the attention table's read port: INIT words, SAM row bias, taps, the LUT ----
+        t_iss = Signal()
+        m.d.comb += t_iss.eq((aph == CONV) & (st >= sam) & (st <= tlast))
+        p_rd_addr = pj[:max(1, ceil_log2(crows))]
+        m.d.comb += p_r.addr.eq(p_rd_addr)
         with m.If(lut_rd):
             m.d.comb += at_r.addr.eq(lut_addr)
         with m.Elif(aph == INIT):
-            m.d.comb += at_r.addr.eq(at_addr_init)
+            m.d.comb += at_r.addr.eq(f["cbase"] + ic)
+        with m.Elif(sam & (st == 0)):
+            m.d.comb += at_r.addr.eq(cba)
         with m.Else():
-            m.d.comb += at_r.addr.eq(at_addr_tap)
-        m.d.sync += [r1v.eq(issue), t1v.eq(tap_iss)]
-        r1first = reg("att_r1first", 1, first_pix)
-        r1last = reg("att_r1last", 1, last_pix)
-        r1bank = reg("att_r1bank", 1, c[0])
-        r1c = reg("att_r1c", cw, c)
-        r1addr = reg("att_r1addr", aw, addr)
-        t1first = reg("att_t1first", 1, st == 0)
-        t1last = reg("att_t1last", 1, st == taps - 1)
+            m.d.comb += at_r.addr.eq(ta)
+        cbias = reg("att_cbias", signed(32))
+        with m.If(sam & (aph == CONV) & (st == 1)):
+            m.d.sync += cbias.eq(at_r.data.as_signed())
+
+        # ---- stage 1: the read data ----
+        m.d.sync += [r1v.eq(rd_any), t1v.eq(t_iss)]
+        r1kind = reg("att_r1kind", 2, rkind)
+        r1first = reg("att_r1first", 1, Mux(aph == ZS, cc == 0, first_pix))
+        r1last = reg("att_r1last", 1, Mux(aph == ZS, cc == m1["in_c"], last_pix))
+        r1bank = reg("att_r1bank", 1, Mux(aph == ZS, cc[0], c[0]))
+        r1c = reg("att_r1c", cw, Mux(aph == ZS, cc, c))
+        r1addr = reg("att_r1addr", aw, raddr)
+        r1buf = reg("att_r1buf", 1, Mux(aph == GAPR, f["dst"], f["src"]))
+        t1first = reg("att_t1first", 1, st == sam)
+        t1last = reg("att_t1last", 1, st == tlast)
         t1in = reg("att_t1in", 1, (pj >= 0) & (pj <= m1["in_c"]))
         rd = {key: val[3] for key, val in banks.items()}
-        src = f["src"]
         xval = Signal(8)
-        m.d.comb += xval.eq(Mux(src, Mux(r1bank, rd[1, 1], rd[1, 0]),
+        m.d.comb += xval.eq(Mux(r1buf, Mux(r1bank, rd[1, 1], rd[1, 0]),
                                 Mux(r1bank, rd[0, 1], rd[0, 0])))
 
         # the pool / gap accumulator
         acc = Signal(signed(34), name="att_acc")
-        with m.If(r1v & (aph != SCALE) & (aph != SWAIT)):
+        rsum = r1v & (r1kind == K_SUM)
+        with m.If(rsum):
             m.d.sync += acc.eq(Mux(r1first, xval, acc + xval))
-        m.d.sync += pgo.eq(r1v & r1last & (aph != SCALE) & (aph != SWAIT))
+        m.d.sync += pgo.eq(rsum & r1last)
         pc = reg("att_pc", cw)
-        with m.If(r1v & r1last):
+        with m.If(rsum & r1last):
             m.d.sync += pc.eq(r1c)
+        gapr = Signal()
+        m.d.comb += gapr.eq((aph == GAPR) | (aph == GWAIT))
 
         # ---- the multiplier (one use a cycle; items never collide by the schedule) ----
         ma = Signal(signed(33))
@@ -1282,24 +1373,30 @@ class OverlayEngine(wiring.Component):
         z = Signal(signed(34), name="att_z")
         zc = reg("att_zc", cw)
         gc = reg("att_gc", cw)
+        sreg = reg("att_s", 9)
         item_c = Signal(cw)
         item_addr = Signal(aw)
         item_bank = Signal()
         with m.If(pgo):
-            m.d.comb += [ma.eq(acc), mb.eq(pool_m), mode.eq(M_POOL), item_c.eq(pc)]
+            m.d.comb += [ma.eq(acc), mb.eq(Mux(gapr, gap_m, pool_m)),
+                         mode.eq(Mux(gapr, M_GAP, M_POOL)), item_c.eq(pc),
+                         item_addr.eq(pc >> 1), item_bank.eq(pc[0])]
         with m.Elif(zgo):
-            m.d.comb += [ma.eq(z), mb.eq(z_m), mode.eq(M_Z), item_c.eq(zc)]
+            m.d.comb += [ma.eq(z), mb.eq(Mux(zctx, ctx_m, z_m)),
+                         mode.eq(Mux(zctx, M_CTX, M_Z)), item_c.eq(zc)]
         with m.Elif(ggo):
             m.d.comb += [ma.eq(acc), mb.eq(gap_m), mode.eq(M_GAP), item_c.eq(gc),
                          item_addr.eq(gc >> 1), item_bank.eq(gc[0])]
         with m.Elif(t1v):
             m.d.comb += [ma.eq(at_r.data[:8].as_signed()), mb.eq(Mux(t1in, p_r.data, 0)),
                          mode.eq(M_TAP)]
+        with m.Elif(r1kind == K_Z):
+            m.d.comb += [ma.eq(a_r.data.as_signed()), mb.eq(xval), mode.eq(M_TAP)]
         with m.Else():
-            m.d.comb += [ma.eq(xval), mb.eq(a_r.data), mode.eq(M_SCALE), item_c.eq(r1c),
-                         item_addr.eq(r1addr), item_bank.eq(r1bank)]
+            m.d.comb += [ma.eq(xval), mb.eq(Mux(sam, sreg, a_r.data)), mode.eq(M_SCALE),
+                         item_c.eq(r1c), item_addr.eq(r1addr), item_bank.eq(r1bank)]
         s1v = Signal()
-        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | (r1v & ((aph == SCALE) | (aph == SWAIT))))
+        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | (r1v & (r1kind != K_SUM)))
         prod = reg("att_prod", signed(33 + M_BITS), ma * mb)
         m.d.sync += a1v.eq(s1v)
         a1mode = reg("att_a1mode", 3, mode)
@@ -1309,11 +1406,12 @@ class OverlayEngine(wiring.Component):
         a1first = reg("att_a1first", 1, Mux(t1v, t1first, r1first))
         a1last = reg("att_a1last", 1, Mux(t1v, t1last, r1last))
 
-        # A1: a tap product goes into z (from the bias at the first tap)
-        with m.If(a1v & (a1mode == M_TAP)):
-            m.d.sync += z.eq(Mux(a1first, bias, z) + prod)
-        m.d.sync += zgo.eq(a1v & (a1mode == M_TAP) & a1last)
-        with m.If(a1v & (a1mode == M_TAP) & a1last):
+        # A1: a tap / product goes into z (from the bias, or SAM's row bias, at the first)
+        a1tap = a1v & (a1mode == M_TAP)
+        with m.If(a1tap):
+            m.d.sync += z.eq(Mux(a1first, Mux(sam & in_conv, cbias, bias), z) + prod)
+        m.d.sync += [zgo.eq(a1tap & a1last), zctx.eq(sam & in_conv)]
+        with m.If(a1tap & a1last):
             m.d.sync += zc.eq(c)
 
         # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale)
@@ -1325,6 +1423,8 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += sh.eq(z_sh)
             with m.Case(M_GAP):
                 m.d.comb += sh.eq(gap_sh)
+            with m.Case(M_CTX):
+                m.d.comb += sh.eq(ctx_sh)
             with m.Default():
                 m.d.comb += sh.eq(8)
         rnd = Signal(48)
@@ -1339,11 +1439,12 @@ class OverlayEngine(wiring.Component):
         a2first = reg("att_a2first", 1, a1first)
         a2last = reg("att_a2last", 1, a1last)
 
-        # A3: clamp ([0, qmax], [-128, 127] for z, the scale is in [0, 255] already)
+        # A3: clamp ([0, qmax]; [-128, 127] for z and u; the scale is in [0, 255] already)
         lo = Signal(signed(10))
         hi = Signal(signed(10))
-        m.d.comb += [lo.eq(Mux(a2mode == M_Z, -128, 0)),
-                     hi.eq(Mux(a2mode == M_Z, 127, Mux(a2mode == M_SCALE, 255, qmax)))]
+        signed_out = (a2mode == M_Z) | (a2mode == M_CTX)
+        m.d.comb += [lo.eq(Mux(signed_out, -128, 0)),
+                     hi.eq(Mux(signed_out, 127, Mux(a2mode == M_SCALE, 255, qmax)))]
         q3 = reg("att_q3", signed(10), Mux(t2 < lo, lo, Mux(t2 > hi, hi, t2)))
         m.d.sync += a3v.eq(a2v)
         a3mode = reg("att_a3mode", 3, a2mode)
@@ -1353,20 +1454,25 @@ class OverlayEngine(wiring.Component):
         a3first = reg("att_a3first", 1, a2first)
         a3last = reg("att_a3last", 1, a2last)
 
-        # A3 consumers
+        # A3 consumers: p[c]; the LUT read (ECA a[c], SAM s); u[c]; the scale, or its gap
+        # sum (ECA); a write to dst
         m.d.comb += [p_w.addr.eq(a3c), p_w.data.eq(q3[:8]),
                      p_w.en.eq(a3v & (a3mode == M_POOL))]
         m.d.comb += [lut_rd.eq(a3v & (a3mode == M_Z)), lut_addr.eq(lutc + q3)]
         m.d.sync += a4v.eq(a3v & (a3mode == M_Z))
         a4c = reg("att_a4c", cw, a3c)
-        m.d.comb += [a_w.addr.eq(a4c), a_w.data.eq(at_r.data[:9]), a_w.en.eq(a4v)]
-        gsum = a3v & (a3mode == M_SCALE) & f["gap"]
+        ctx_w = a3v & (a3mode == M_CTX)
+        m.d.comb += [a_w.addr.eq(Mux(ctx_w, a3c, a4c)),
+                     a_w.data.eq(Mux(ctx_w, q3[:9], at_r.data[:9])),
+                     a_w.en.eq(ctx_w | (a4v & ~sam))]
+        with m.If(a4v & sam):
+            m.d.sync += sreg.eq(at_r.data[:9])
+        gsum = a3v & (a3mode == M_SCALE) & f["gap"] & ~sam
         with m.If(gsum):
             m.d.sync += acc.eq(Mux(a3first, q3, acc + q3))
         m.d.sync += ggo.eq(gsum & a3last)
         with m.If(gsum & a3last):
             m.d.sync += gc.eq(a3c)
-        with m.If(a3v & (((a3mode == M_SCALE) & ~f["gap"]) | (a3mode == M_GAP))):
+        with m.If(a3v & (((a3mode == M_SCALE) & ~(f["gap"] & ~sam)) | (a3mode == M_GAP))):
             m.d.sync += [wq_en.eq(Mux(a3bank, 0b10, 0b01)), wq_addr.eq(a3addr),
                          wq_buf.eq(f["dst"]), wq_data[0].eq(q3[:8]), wq_data[1].eq(q3[:8])]
-

@@ -46,7 +46,8 @@ from .params import OVERLAY_LAYER, PARAM_LAYOUT, ParamKind, encode_word, gather_
 from .resources import Cost, MemorySpec, Multiplier
 
 __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories", "PASS_FIELDS",
-           "OP_END", "OP_CONV", "OP_ECA", "ATTENTION_OPS", "ECA_HEAD", "compile_overlay",
+           "OP_END", "OP_CONV", "OP_ECA", "OP_SAM", "ATTENTION_OPS", "ECA_HEAD",
+           "SAM_HEAD", "compile_overlay",
            "run_overlay", "decode_param_words", "overlay_cost", "INT32_MAX"]
 
 #: The fields of one program row, in lane order (spec §4; ``pool`` comes before ``ho``, ``wo``
@@ -59,16 +60,23 @@ PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "pool", "ho", "wo", "cin"
 #: Program ``op`` values: END stops the engine (the row after the last pass); ECA is a
 #: channel_attention pass (only on an engine with ``attention`` hardware, see
 #: :class:`OverlayConfig`).
-OP_END, OP_CONV, OP_ECA = 0, 1, 2
+OP_END, OP_CONV, OP_ECA, OP_SAM = 0, 1, 2, 3
 
-#: The version-2 ops the overlay's optional attention hardware can run (``OverlayConfig.attention``).
-ATTENTION_OPS = ("channel_attention",)
+#: The version-2 ops the overlay's optional attention hardware can run
+#: (``OverlayConfig.attention``).
+ATTENTION_OPS = ("channel_attention", "spatial_attention")
 
 #: Attention-table entries of a channel_attention pass before its kernel taps (at ``cbase``):
 #: bias (int32); pool_m | pool_sh << 16 | qmax << 24; z_m | z_sh << 16; gap_m | gap_sh << 16
 #: (0 without a fused gap). Then the ``k`` taps (int8, sign-extended) and the 256 LUT
 #: entries (``lut[i + 128]`` for ``i`` in [-128, 127]).
 ECA_HEAD = 4
+
+#: The same for a spatial_attention pass: bias (int32, z's); pool_m | pool_sh << 16 |
+#: qmax << 24; z_m | z_sh << 16; gap_m | gap_sh << 16 (0 without a fused gap);
+#: ctx_m | ctx_sh << 16. Then the 256 LUT entries, the C ``ctx_bias`` (int32) and the C×C
+#: ``ctx_weight`` (int8, row ``c`` at ``c * C``).
+SAM_HEAD = 5
 
 #: The accumulator is 32 bits (bias is added at requant, wider): every partial sum must fit.
 INT32_MAX = (1 << 31) - 1
@@ -448,6 +456,8 @@ class OverlayPlan(OverlayMemories):
             map_out = f"{p['out_h']}x{p['out_w']}x{p['cout']}"
             if p["op"] == OP_ECA:
                 chans, grp = f"k={p['cin']}", "-"     # an attention pass: its taps
+            elif p["op"] == OP_SAM:
+                chans, grp = "-", "-"
             else:
                 chans, grp = f"{p['cin']}>{p['cout']}", p["groups"]
             lines.append(f"{k:>4}  {','.join(map(str, lays)):<10}{ops:<30}{map_in:>11}"
@@ -733,19 +743,22 @@ def compile_overlay(model, config=None):
 
 
 def _attention_pass(k, g, layers, shapes, config, a_rows, qmax_act):
-    """The program row of a channel_attention pass (op ECA) and its attention-table entries
-    (appended to ``a_rows``, layout :data:`ECA_HEAD`).
+    """The program row of a channel_attention (op ECA) or spatial_attention (op SAM) pass
+    and its attention-table entries (appended to ``a_rows``, layout :data:`ECA_HEAD`,
+    :data:`SAM_HEAD`).
 
     The row's fields: ``h``, ``w``, ``in_c`` = ``cout`` = C, ``dst_cp2`` (the map's words
-    per pixel, in and out), ``cin`` = k (kernel taps), ``cbase`` = the table base, ``gap``
-    (a fused gap: the output is the 1×1 map of the scaled map's gap), ``out_h``, ``out_w``.
+    per pixel, in and out), ``cin`` = k (ECA's kernel taps) or C (SAM), ``cbase`` = the
+    table base, ``gap`` (a fused gap: the output is the 1×1 map of the scaled map's gap),
+    ``out_h``, ``out_w``.
     """
     i = g["att"]
     layer = layers[i]
     h, w, c = shapes[i]
-    taps = len(layer.kernel)
+    sam = layer.op == "spatial_attention"
+    taps = c if sam else len(layer.kernel)
     base = len(a_rows)
-    need = base + ECA_HEAD + taps + 256
+    need = base + (SAM_HEAD + 256 + c + c * c if sam else ECA_HEAD + taps + 256)
     if need > config.attention_rows:
         raise OverlayFitError(f"{_where(i, layer)}: the network needs {need} attention-table "
                               f"entries up to this layer (pass {k}), over attention_rows = "
@@ -767,11 +780,18 @@ def _attention_pass(k, g, layers, shapes, config, a_rows, qmax_act):
                int(layer.pool_m) | int(layer.pool_sh) << 16 | qmax_act << 24,
                int(layer.z_m) | int(layer.z_sh) << 16,
                (int(gl.m) | int(gl.sh) << 16) if gap else 0]
-    a_rows += [int(t) & 0xFFFFFFFF for t in np.asarray(layer.kernel, np.int64).tolist()]
-    a_rows += [int(v) for v in np.asarray(layer.lut, np.int64).tolist()]
+    if sam:
+        a_rows.append(int(layer.ctx_m) | int(layer.ctx_sh) << 16)
+        a_rows += [int(v) for v in np.asarray(layer.lut, np.int64).tolist()]
+        a_rows += [int(v) & 0xFFFFFFFF for v in np.asarray(layer.ctx_bias, np.int64).tolist()]
+        a_rows += [int(v) & 0xFFFFFFFF
+                   for v in np.asarray(layer.ctx_weight, np.int64).reshape(-1).tolist()]
+    else:
+        a_rows += [int(t) & 0xFFFFFFFF for t in np.asarray(layer.kernel, np.int64).tolist()]
+        a_rows += [int(v) for v in np.asarray(layer.lut, np.int64).tolist()]
     cp2 = (c + (c & 1)) // 2
     p = {name: 0 for name in PASS_FIELDS}
-    p.update({"op": OP_ECA, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": 1,
+    p.update({"op": OP_SAM if sam else OP_ECA, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": 1,
               "ho": h, "wo": w, "cin": taps, "cout": c, "cbase": base, "gap": int(gap),
               "out_h": 1 if gap else h, "out_w": 1 if gap else w, "dst_cp2": cp2, "in_c": c})
     if _map_words(p["out_h"], p["out_w"], c) > config.fm_words:
@@ -939,13 +959,13 @@ def _run_chunk(mem, images, max_steps):
         p = dict(zip(PASS_FIELDS, prog[k].tolist()))
         if p["op"] == OP_END:
             break
-        if p["op"] == OP_ECA and c.attention:
-            out = _run_eca(mem, p, fm, n, depth)
+        if p["op"] in (OP_ECA, OP_SAM) and c.attention:
+            out = (_run_eca if p["op"] == OP_ECA else _run_sam)(mem, p, fm, n, depth)
             taps.append(out)
             continue
         if p["op"] != OP_CONV:
             raise ValueError(f"overlay program row {k}: op {p['op']} is neither CONV (1) nor "
-                             f"END (0)" + (" nor ECA (2)" if c.attention else ""))
+                             f"END (0)" + (" nor ECA (2) nor SAM (3)" if c.attention else ""))
         src = fm[p["src"]]
         s, cin, cout, lanes = p["stride"], p["cin"], p["cout"], c.lanes
         # Gather: every conv input channel's bank, offset and shift.
@@ -1029,6 +1049,38 @@ def _run_eca(mem, p, fm, n, depth):
     if out.shape[1:3] != (p["out_h"], p["out_w"]):
         raise ValueError(f"overlay ECA pass: out_h x out_w = {p['out_h']}x{p['out_w']}, the "
                          f"pass produces {out.shape[1]}x{out.shape[2]}")
+    _write_map(fm[p["dst"]], out, cp2, depth)
+    return _read_map(fm[p["dst"]], out.shape[1], out.shape[2], cc, cp2, depth)
+
+
+def _sext(v, bits):
+    v = np.asarray(v, np.int64) & ((1 << bits) - 1)
+    return np.where(v >> (bits - 1), v - (1 << bits), v)
+
+
+def _run_sam(mem, p, fm, n, depth):
+    """A spatial_attention pass (op SAM) over the memory images (docs/format.md): the map
+    from ``src``, the constants, LUT, ctx_bias and ctx_weight from the attention table at
+    ``cbase`` (:data:`SAM_HEAD`), the scaled map (or its fused gap) to ``dst``."""
+    h, w, cc, cp2 = p["h"], p["w"], p["in_c"], p["dst_cp2"]
+    att = np.asarray(mem.att, np.int64)
+    b = p["cbase"]
+    x = _read_map(fm[p["src"]], h, w, cc, cp2, depth)
+    bias = _sext32(int(att[b]))
+    w1, w2, w3, w4 = (int(v) for v in att[b + 1:b + 5])
+    qmax = (w1 >> 24) & 0xFF
+    lut = att[b + SAM_HEAD:b + SAM_HEAD + 256] & 0x1FF
+    cbias = _sext(att[b + SAM_HEAD + 256:b + SAM_HEAD + 256 + cc], 32)
+    cw = _sext(att[b + SAM_HEAD + 256 + cc:b + SAM_HEAD + 256 + cc + cc * cc], 8)
+    pool = np.clip(_rq(x.sum(axis=(1, 2)), w1 & 0xFFFF, (w1 >> 16) & 0x3F), 0, qmax)
+    v = pool @ cw.reshape(cc, cc).T + cbias[None, :]
+    u = np.clip(_rq(v, w4 & 0xFFFF, (w4 >> 16) & 0x3F), -128, 127)
+    z = np.einsum("nhwc,nc->nhw", x, u) + bias
+    s = lut[np.clip(_rq(z, w2 & 0xFFFF, (w2 >> 16) & 0x3F), -128, 127) + 128]
+    out = (x * s[..., None] + 128) >> 8
+    if p["gap"]:
+        out = np.clip(_rq(out.sum(axis=(1, 2)), w3 & 0xFFFF, (w3 >> 16) & 0x3F), 0,
+                      qmax)[:, None, None, :]
     _write_map(fm[p["dst"]], out, cp2, depth)
     return _read_map(fm[p["dst"]], out.shape[1], out.shape[2], cc, cp2, depth)
 

@@ -37,9 +37,10 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
 """
 
 from .overlay import _HANDOFF, PIPE
-from .overlay_program import OP_ECA
+from .overlay_program import OP_ECA, OP_SAM
 
-__all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles"]
+__all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles",
+           "sam_cycles"]
 
 
 def _get(p, name):
@@ -83,10 +84,29 @@ def attention_cycles(p):
     c = _get(p, "in_c")
     npix = _get(p, "h") * _get(p, "w")
     k = _get(p, "cin")
+    if _get(p, "op") == OP_SAM:
+        return sam_cycles(c, npix, _get(p, "gap"))
     gap = PIPE.att_gap_slots if _get(p, "gap") else 0
     return (PIPE.att_init + c * npix + PIPE.att_pool_wait
             + c * (k + PIPE.att_conv_step) + PIPE.att_conv_wait
             + c * (npix + gap) + PIPE.att_scale_wait)
+
+
+def sam_cycles(c, npix, gap):
+    """Cycles of a spatial_attention pass (op SAM) after its SETUP, for a map of ``npix``
+    pixels and ``C`` channels::
+
+        SAM_INIT + C*npix + ATT_POOL_WAIT                 # pool, as ECA's
+        + C * (C + SAM_CTX_STEP) + SAM_CTX_WAIT           # u[c]: row bias, C products
+        + npix * (2C + SAM_PIX_STEP) + SAM_PIX_WAIT       # per pixel: z, s, C scaled values
+        [+ C * (npix + SAM_GAP_SLOTS) + SAM_GAP_WAIT]     # a fused gap, in place in dst
+    """
+    cycles = (PIPE.sam_init + c * npix + PIPE.att_pool_wait
+              + c * (c + PIPE.sam_ctx_step) + PIPE.sam_ctx_wait
+              + npix * (2 * c + PIPE.sam_pix_step) + PIPE.sam_pix_wait)
+    if gap:
+        cycles += c * (npix + PIPE.sam_gap_slots) + PIPE.sam_gap_wait
+    return cycles
 
 
 def load_cycles(plan):
@@ -106,7 +126,7 @@ def pass_cycles(plan):
     list of int
     """
     lanes, r = plan.config.lanes, plan.config.requant_units
-    return [PIPE.setup + (attention_cycles(p) if _get(p, "op") == OP_ECA else
+    return [PIPE.setup + (attention_cycles(p) if _get(p, "op") in (OP_ECA, OP_SAM) else
                           sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups"))))
             for p in plan.passes]
 

@@ -25,7 +25,7 @@ ECA = ("channel_attention",)
 
 def att_config(lanes, r, attention=ECA, **kw):
     args = dict(lanes=lanes, requant_units=r, fm_words=512, weight_rows=256, channel_rows=64,
-                gather_rows=128, max_passes=8, attention=attention, attention_rows=1024)
+                gather_rows=128, max_passes=8, attention=attention, attention_rows=2048)
     args.update(kw)
     return OverlayConfig(**args)
 
@@ -134,22 +134,30 @@ def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_s
     return plan, first
 
 
-# (lanes, R, size, fused gap)
-CASES = [(4, 2, (5, 4), False), (2, 1, (4, 5), True), (6, 2, (5, 5), None)]
+SAM = ("spatial_attention",)
+BOTH = ("channel_attention", "spatial_attention")
+
+# (attention ops, lanes, R, size, the attention's gap fused)
+CASES = [(ECA, 4, 2, (5, 4), False), (ECA, 2, 1, (4, 5), True), (SAM, 6, 2, (5, 4), False),
+         (SAM, 4, 1, (3, 5), True), (BOTH, 6, 2, (5, 5), None)]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_eca_random_nets_with_stalls(case):
-    lanes, r, size, gap = CASES[case]
-    attention_case(f"test_eca_random_nets_with_stalls[{case}]", lanes, r, size, gap)
+def test_attention_random_nets_with_stalls(case):
+    attention, lanes, r, size, gap = CASES[case]
+    attention_case(f"test_attention_random_nets_with_stalls[{case}]", lanes, r, size, gap,
+                   attention=attention)
 
 
-@pytest.mark.parametrize("gap", [False, True])
-def test_eca_cycles_match_the_model(gap):
+@pytest.mark.parametrize("attention,gap", [
+    pytest.param(ECA, False, marks=pytest.mark.slow), (ECA, True), (SAM, False),
+    pytest.param(SAM, True, marks=pytest.mark.slow)], ids=["eca", "eca-gap", "sam", "sam-gap"])
+def test_attention_cycles_match_the_model(attention, gap):
     """No stalls: the cycles between consecutive images' first beats equal image_cycles,
     with the attention pass on its own and with a fused gap."""
-    plan, first = attention_case(f"test_eca_cycles_match_the_model[{gap}]", 4, 1, (5, 3), gap,
-                                 n_img=3, p_idle=0.0, p_stall=0.0)
+    plan, first = attention_case(f"test_attention_cycles_match_the_model[{attention[0]}-"
+                                 f"{gap}]", 4, 1, (5, 3), gap, n_img=3, p_idle=0.0,
+                                 p_stall=0.0, attention=attention)
     periods = np.diff(first).tolist()
     print(f"measured periods {periods}, model {image_cycles(plan)}")
     assert len(periods) == 2 and periods == [image_cycles(plan)] * 2
@@ -157,26 +165,27 @@ def test_eca_cycles_match_the_model(gap):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", range(4))
-def test_eca_random_nets_slow(case):
+def test_attention_random_nets_slow(case):
     """Bigger maps and wider layers (more channels than the per-channel steps' pipeline
-    depth, k up to 9), two attention passes possible."""
+    depth, k up to 9), both ops in one network; case 0 also checks the cycles."""
     lanes, r = ((8, 1), (4, 2), (6, 1), (2, 2))[case]
-    plan, first = attention_case(f"test_eca_random_nets_slow[{case}]", lanes, r, (7, 6),
+    plan, first = attention_case(f"test_attention_random_nets_slow[{case}]", lanes, r, (7, 6),
                                  n_img=3, p_idle=0.0 if case == 0 else 0.3,
-                                 p_stall=0.0 if case == 0 else 0.5, max_width=14)
+                                 p_stall=0.0 if case == 0 else 0.5, max_width=14,
+                                 attention=BOTH)
     if case == 0:
         assert np.diff(first).tolist() == [image_cycles(plan)] * 2
 
 
-def test_eca_executor_and_words_match_golden():
+def test_attention_executor_and_words_match_golden():
     """The NumPy executor, from the plan and from the decoded parameter words (what the
     device model runs), equals the golden model on many random attention networks."""
-    rng, seed = make_rng("test_eca_executor_and_words_match_golden")
+    rng, seed = make_rng("test_attention_executor_and_words_match_golden")
     nrng = np.random.default_rng(seed)
-    cfg = att_config(4, 2)
-    for _ in range(12):
+    cfg = att_config(4, 2, BOTH, attention_rows=4096)
+    for _ in range(16):
         size = (int(nrng.integers(3, 9)), int(nrng.integers(3, 9)))
-        model, plan = draw(nrng, cfg, ECA, size, max_width=12)
+        model, plan = draw(nrng, cfg, BOTH, size, max_width=12)
         images = nrng.integers(0, 256, (6,) + model.input_shape)
         want = golden.run(model, images)
         assert np.array_equal(run_overlay(plan, images), want)
@@ -184,17 +193,23 @@ def test_eca_executor_and_words_match_golden():
         assert np.array_equal(run_overlay(mem, images), want)
 
 
-def test_eca_refused_without_the_option():
-    """A config without attention hardware refuses the model and names the option."""
-    rng, seed = make_rng("test_eca_refused_without_the_option")
+@pytest.mark.parametrize("op", BOTH)
+def test_attention_refused_without_the_option(op):
+    """A config without that op's attention hardware refuses the model and names the
+    option (with the ops it has already)."""
+    rng, seed = make_rng(f"test_attention_refused_without_the_option[{op}]")
     nrng = np.random.default_rng(seed)
-    model, _ = draw(nrng, att_config(4, 2), ECA, (5, 5))
-    i = next(k for k, layer in enumerate(model.layers) if layer.op == "channel_attention")
+    model, _ = draw(nrng, att_config(4, 2, (op,)), (op,), (5, 5))
+    i = next(k for k, layer in enumerate(model.layers) if layer.op == op)
     with pytest.raises(OverlayFitError) as e:
         compile_overlay(model, att_config(4, 2, attention=()))
     msg = str(e.value)
-    assert msg.startswith(f"layer {i} (channel_attention): ")
-    assert '"attention": ["channel_attention"]' in msg and "--engine dataflow" in msg
+    assert msg.startswith(f"layer {i} ({op}): ")
+    assert f'"attention": ["{op}"]' in msg and "--engine dataflow" in msg
+    other = next(o for o in BOTH if o != op)
+    with pytest.raises(OverlayFitError) as e:
+        compile_overlay(model, att_config(4, 2, attention=(other,)))
+    assert f'"attention": ["{other}", "{op}"]' in str(e.value)
 
 
 def test_eca_refused_before_a_maxpool():
@@ -231,6 +246,8 @@ def test_attention_option_off_keeps_the_engine_and_its_json():
     assert extra == {"attention", "att_p", "att_a"}
     with pytest.raises(ValueError, match="attention"):
         OverlayConfig(attention=("softmax",))
+    with pytest.raises(ValueError, match="attention"):
+        OverlayConfig(attention=("dynamic_conv1x1",))
 
 
 @pytest.mark.parametrize("lanes,r", [(8, 1), (6, 2)])
