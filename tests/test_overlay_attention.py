@@ -272,3 +272,13 @@ def test_attention_cost_counts_every_memory(lanes, r):
     for name, inst in found.items():
         mem = inst.origins[0]
         assert (mem.depth, mem.shape.width) == (cost[name].depth, cost[name].width), name
+
+
+@pytest.mark.slow
+def test_attention_lint(tmp_path):
+    """Verilator -Wall lint of the generic engine with both attention ops (the project's
+    waivers only). Six lanes, R = 1: the gap sums' address then uses every bit of its index
+    (with 4 lanes, R = 2, the engine without attention has an UNUSEDSIGNAL on it too)."""
+    from shiftacc.sim.lint import lint_component
+    ok, msg = lint_component(OverlayEngine(att_config(6, 1, BOTH)), "overlay", tmp_path)
+    assert ok, msg
