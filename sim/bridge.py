@@ -35,6 +35,10 @@ offered), ``logit_waits`` (cycles a logit waited for the link), and the shortest
 *clean* period between two consecutive images' first beats (no starved cycle and no logit
 wait inside it) with their count: with nothing holding the accelerator back, each such
 period is exactly one image's compute time, the figure ``hw/overlay_timing`` predicts.
+Whether the host keeps the accelerator fed depends on the host's wall-clock speed (the
+simulation runs on while the driver is late), so ``(window - starved) / (images_started - 1)``
+is the figure to compare when no logit waited. ``rx_stalls``/``tx_stalls`` count the cycles
+the stall generator held a byte back on each stream (proof that stalls happened).
 """
 
 from amaranth import Module, Mux, Signal
@@ -53,7 +57,8 @@ FIFO_DEPTH = 2048
 MAX_GAP = 48
 #: Probe outputs (name, width) read by the testbench; see the module docstring.
 PROBES = (("images_started", 32), ("window", 48), ("starved", 48), ("logit_waits", 48),
-          ("clean_min", 32), ("clean_max", 32), ("clean_count", 32))
+          ("clean_min", 32), ("clean_max", 32), ("clean_count", 32), ("rx_stalls", 48),
+          ("tx_stalls", 48))
 
 
 class BridgeHarness(wiring.Component):
@@ -144,6 +149,13 @@ class BridgeHarness(wiring.Component):
 
         rx_go, tx_go = self._stalls(m)
         self._probes(m)
+        # Cycles a byte was there and the stall generator held it back (the probes).
+        tx_waiting = Signal()
+        with m.If(self.probe_clear):
+            m.d.sync += [self.rx_stalls.eq(0), self.tx_stalls.eq(0)]
+        with m.Else():
+            m.d.sync += [self.rx_stalls.eq(self.rx_stalls + (rx_fifo.r_rdy & ~rx_go)),
+                         self.tx_stalls.eq(self.tx_stalls + (tx_waiting & ~tx_go))]
 
         # -- the link: direct byte streams, or through a host-side UART pair --
         if self.uart:
@@ -164,6 +176,7 @@ class BridgeHarness(wiring.Component):
             m.d.comb += [top.rx.valid.eq(rx_fifo.r_rdy & rx_go),
                          top.rx.payload.eq(rx_fifo.r_data),
                          rx_fifo.r_en.eq(rx_fifo.r_rdy & rx_go)]
+            m.d.comb += tx_waiting.eq(top.tx.valid)
             m.d.comb += [tx_fifo.w_en.eq(top.tx.valid & tx_go),
                          tx_fifo.w_data.eq(top.tx.payload),
                          top.tx.ready.eq(tx_fifo.w_rdy & tx_go)]
@@ -184,6 +197,7 @@ class BridgeHarness(wiring.Component):
             m.d.sync += x.eq(nxt)
         gap = Signal(range(MAX_GAP + 1))
         rx_go, tx_go = Signal(), Signal()
+        self._go = (rx_go, tx_go)
         m.d.comb += [rx_go.eq((x[:8] >= self.stall_level) | (gap == MAX_GAP)),
                      tx_go.eq(x[8:16] >= self.stall_level)]
         m.d.sync += gap.eq(Mux(rx_go, 0, gap + 1))

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-__all__ = ["simulate_link", "corrupted_words", "engine_cycles"]
+__all__ = ["simulate_link", "corrupted_words", "engine_cycles", "cycles_agree"]
 
 #: Seconds the driver waits for any reply (a simulated device is slow, but never this slow).
 REPLY_TIMEOUT = 60.0
@@ -150,13 +150,27 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
             "load": load}
 
 
-def engine_cycles(probes, images):
+def engine_cycles(probes, images=None):
     """Per-image compute cycles from the probes: ``(clean_min, clean_max, clean_count,
-    window_per_image)``; ``window_per_image`` is the window between the first and the last
-    image's first beat less the cycles the accelerator was starved, per period (None with
-    fewer than two images)."""
+    window_per_image)``.
+
+    ``window_per_image`` is the window between the first and the last image's first beat
+    less the cycles the accelerator waited for image bytes, per image period: with no logit
+    held back (``logit_waits == 0``) it is exactly the engine's cycles per image whether or
+    not the host kept it fed (None with fewer than two images or when a logit waited). The
+    clean periods (nothing starved, nothing held) are each one image's compute time; whether
+    any occur depends on how fast the host is."""
     n = int(probes.get("images_started") or 0)
     per = None
-    if n >= 2:
+    if n >= 2 and not int(probes.get("logit_waits") or 0):
         per = (int(probes["window"]) - int(probes["starved"])) / (n - 1)
     return (probes.get("clean_min"), probes.get("clean_max"), probes.get("clean_count"), per)
+
+
+def cycles_agree(probes, predicted):
+    """True when every engine cycle figure of the probes equals ``predicted``: the
+    window figure (when defined) and every clean period (when any); and at least one of
+    them is defined."""
+    cmin, cmax, count, per = engine_cycles(probes)
+    figures = ([per] if per is not None else []) + ([cmin, cmax] if count else [])
+    return bool(figures) and all(f == predicted for f in figures)

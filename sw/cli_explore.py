@@ -15,6 +15,7 @@ a cluster; ``--serial`` runs the same work in this process, one point after anot
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -237,10 +238,56 @@ _REG_COLS = (("seed", "SEED", ""), ("status", "STATUS", ""), ("layers", "LAYERS"
              ("mac_efficiency", "MAC EFF", ".3f"), ("wall_seconds", "WALL S", ".0f"))
 
 
+_REG_COLS_OVERLAY = (_REG_COLS[:7] + (("draws", "DRAWS", ""),) + _REG_COLS[7:10]
+                     + (("measured_cycles_per_image", "MEAS CYC", ""),
+                        ("stall_level", "STALL", ""),
+                        ("stalled_cycles_per_image", "LINK CYC(STALL)", ".1f"),
+                        ("link_cycles_per_image", "LINK CYC", ".1f"))
+                     + _REG_COLS[11:])
+
+
+def _regress_overlay_args(args):
+    """``regress --engine overlay``: ``{"config": fields, "board": name}`` (None for the
+    dataflow engine).
+
+    Raises
+    ------
+    UsageError
+        Overlay options without ``--engine overlay``, unreadable JSON, an unknown board or
+        a bad config.
+    """
+    engine = getattr(args, "engine", "dataflow") or "dataflow"
+    given = [f"--{k.replace('_', '-')}" for k in ("overlay_config", "board")
+             if getattr(args, k, None)]
+    if engine != "overlay":
+        if given:
+            raise UsageError(f"{', '.join(given)}: options of --engine overlay")
+        return None
+    if args.attention:
+        raise UsageError("--attention places version-2 ops, which the overlay refuses; drop "
+                         "one of them")
+    from types import SimpleNamespace
+    from .cli_hw import _board, overlay_config_from_args
+    fields = {}
+    text = args.overlay_config
+    if text:
+        # The same reading as sim/serve (inline JSON or a file), checked by OverlayConfig.
+        overlay_config_from_args(SimpleNamespace(overlay_config=text, lanes=None,
+                                                 requant_units=None))
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        fields = json.loads(text)
+    board = _board(args)
+    return {"config": fields, "board": board.name if board is not None else None}
+
+
 def regress(out, seeds, *, images=8, simulator="verilator", attention=False, max_size=12,
             max_width=20, max_blocks=3, executor="ray", address=None, cpus_per_task=1,
-            corrupt_param=None, progress=None, say=None, echo=None):
-    """Simulate the regression networks ``seeds``; return (rows, info)."""
+            corrupt_param=None, progress=None, say=None, echo=None, engine="dataflow",
+            overlay=None):
+    """Simulate the regression networks ``seeds``; return (rows, info). ``engine="overlay"``:
+    each network compiled for the overlay ``overlay`` (see
+    :func:`shiftacc.sw.explore.regress_network`)."""
     from . import explore as ex
     say = say or (lambda *a, **k: None)
     echo = echo or say
@@ -250,7 +297,8 @@ def regress(out, seeds, *, images=8, simulator="verilator", attention=False, max
     calls = [(s, (s, str(Path(out).resolve())),
               {"images": images, "simulator": simulator, "attention": attention,
                "max_size": max_size, "max_width": max_width, "max_blocks": max_blocks,
-               "env": env, "corrupt_param": corrupt_param}) for s in seeds]
+               "env": env, "corrupt_param": corrupt_param, "engine": engine,
+               "overlay": overlay}) for s in seeds]
     started, cpus = False, 1
     if executor == "ray":
         started = ex.connect(address, num_cpus=os.cpu_count())
@@ -260,7 +308,7 @@ def regress(out, seeds, *, images=8, simulator="verilator", attention=False, max
 
     def done(tag, row):
         store.add(row)
-        if row["status"] != "ok":
+        if row["status"] not in ("ok", "refused"):
             line = (f"[regress] network {row['seed']}: {row['status']}: {row['message']}; "
                     f"kept in {row['failure_dir']}"
                     + (f"; replay: {row['replay']}" if row.get("replay") else ""))
@@ -287,8 +335,7 @@ def regress(out, seeds, *, images=8, simulator="verilator", attention=False, max
 def cmd_regress(args):
     """``shiftacc regress``: see the module docstring."""
     say = _say(args)
-    if getattr(args, "engine", "dataflow") == "overlay":
-        raise UsageError("regress --engine overlay: not available yet")
+    overlay = _regress_overlay_args(args)
     out = check_output_dir(args.out or f"regress-{args.seed}", what="--out")
     corrupt = None
     raw = os.environ.get(CORRUPT_ENV)
@@ -308,11 +355,19 @@ def cmd_regress(args):
                          max_width=args.max_width, max_blocks=args.max_blocks,
                          executor="serial" if args.serial else "ray", address=args.address,
                          cpus_per_task=args.cpus_per_task, corrupt_param=corrupt,
-                         progress=bar, say=say)
-    print(_table(rows, _REG_COLS))
+                         progress=bar, say=say, engine=args.engine, overlay=overlay)
+    print(_table(rows, _REG_COLS_OVERLAY if overlay is not None else _REG_COLS))
     bad = [r for r in rows if r["status"] != "ok"]
     wrong = sum(int(r.get("mismatches") or 0) + int(r.get("stalled_mismatches") or 0)
                 for r in rows)
+    refused = [r for r in rows if r["status"] == "refused"]
+    bad = [r for r in bad if r["status"] != "refused"]
+    if overlay is not None:
+        exact = sum(1 for r in rows if r["status"] == "ok")
+        print(f"\noverlay {overlay}: {exact} networks with every clean period == predicted "
+              f"cycles/image, {len(refused)} refused (no fitting draw), "
+              f"{sum(int(r.get('draws') or 0) - 1 for r in rows if r.get('draws'))} refused "
+              f"draws drawn again")
     print(f"\n{len(rows)} networks x {args.images} images x 2 runs (under stalls, then "
           f"without): {wrong} mismatching images, {len(bad)} failing networks; "
           f"{info['wall_seconds']:.1f} s ({info['executor']}, {info['cpus']} CPUs); "

@@ -421,7 +421,7 @@ def _sim_overlay(args):
                          f"--engine overlay simulates the engine behind the host link "
                          f"(bulk byte streams, --stall-level for stalls, no waveform)")
     from ..models import golden
-    from ..sim.linksim import engine_cycles, simulate_link
+    from ..sim.linksim import cycles_agree, engine_cycles, simulate_link
     model, _, plan = _load(args)
     images, labels = hardware_images(args, model)
     say = _say(args)
@@ -444,7 +444,7 @@ def _sim_overlay(args):
         predicted = plan.cycles_per_image()
     except NotImplementedError:
         predicted = None
-    cmin, cmax, ccount, per = engine_cycles(res["probes"], n)
+    cmin, cmax, ccount, per = engine_cycles(res["probes"])
     mults = plan.cost().multiplier_count
     link_cpi = res["link_cycles"] / n
     out = {"logits": logits.tolist(), "golden_mismatches": int(len(diff)),
@@ -461,9 +461,12 @@ def _sim_overlay(args):
            "multipliers": mults, "macs_per_image": int(plan.macs_per_image),
            "probes": res["probes"], "sim_cycles": res["link_cycles"],
            "sim_wall_seconds": res["wall_seconds"]}
-    # Back to back, the clean period is the engine's cycles per image; under stalls the
-    # host's figure (link cycles) is what the stalls stretch.
-    cpi = cmin if (not args.stall_level and cmin and cmin == cmax) else link_cpi
+    # The engine's own cycles per image (window less starved cycles, or the clean periods)
+    # when they agree; else the host's figure through the link.
+    engine = per if per is not None else (cmin if ccount and cmin == cmax else None)
+    cpi = engine or link_cpi
+    out["engine_cycles_per_image"] = engine
+    out["engine_cycles_match_prediction"] = cycles_agree(res["probes"], predicted)
     out["cycles_per_image"] = cpi
     out["mac_efficiency"] = plan.macs_per_image / (mults * cpi) if cpi else None
     if labels is not None:
@@ -480,6 +483,12 @@ def _sim_overlay(args):
     print(f"[sim] engine cycles/image: clean periods {clean} over {ccount} image pairs, "
           f"window less starved {per if per is None else round(per, 1)}; predicted "
           f"{predicted} (hw/overlay_timing)")
+    if args.stall_level:
+        p = res["probes"]
+        print(f"[sim] stalls held {p.get('rx_stalls')} host->device and "
+              f"{p.get('tx_stalls')} device->host byte-cycles back; the engine waited "
+              f"{p.get('starved')} cycles for image bytes, logits {p.get('logit_waits')} "
+              f"cycles for the link")
     print(f"[sim] link cycles/image (device STATUS counter, images through the link"
           f"{', under stalls' if args.stall_level else ', back to back'}) {link_cpi:.1f}; "
           f"ideal {out['ideal_cycles_per_image']:.1f}; MAC efficiency "

@@ -48,7 +48,8 @@ from .outputs import write_atomic
 
 __all__ = ["Point", "COLUMNS", "REGRESS_COLUMNS", "ENGINES", "expand_points", "run_point",
            "ResultStore", "connect", "disconnect", "run_tasks", "pareto", "task_env",
-           "regress_network", "draw_network", "overlay_available"]
+           "regress_network", "draw_network", "overlay_available", "draw_overlay_network",
+           "overlay_regress_plan"]
 
 #: The columns of a result row, in the CSV's order.
 COLUMNS = ("key", "status", "message", "board", "device", "family", "engine", "budget", "seed",
@@ -64,7 +65,8 @@ REGRESS_COLUMNS = ("seed", "status", "message", "layers", "shape", "act_bits", "
                    "budget", "multipliers", "images", "stall_level", "mismatches",
                    "stalled_mismatches", "predicted_cycles_per_image",
                    "measured_cycles_per_image", "ideal_cycles_per_image", "mac_efficiency",
-                   "wall_seconds", "host", "failure_dir", "replay")
+                   "wall_seconds", "host", "failure_dir", "replay", "engine", "draws",
+                   "stalled_cycles_per_image", "link_cycles_per_image")
 
 #: Engines ``--engines`` names.
 ENGINES = ("dataflow", "overlay")
@@ -719,7 +721,8 @@ def draw_network(seed, *, attention=False, max_size=12, max_width=20, max_blocks
 
 
 def regress_network(seed, out_dir, *, images=8, simulator="verilator", attention=False,
-                    max_size=12, max_width=20, max_blocks=3, env=None, corrupt_param=None):
+                    max_size=12, max_width=20, max_blocks=3, env=None, corrupt_param=None,
+                    engine="dataflow", overlay=None):
     """Simulate regression network ``seed`` against the golden model; never raises.
 
     Two runs of the same simulator build: one under random valid/ready stalls (the
@@ -733,23 +736,33 @@ def regress_network(seed, out_dir, *, images=8, simulator="verilator", attention
     corrupt_param : (int, int), optional
         Testing the regression: XOR parameter word ``[0]`` with ``[1]`` in both runs (the
         planted fault must be reported as a mismatch).
+    engine : {"dataflow", "overlay"}
+        ``overlay``: the network is compiled for one overlay config and run behind the host
+        link (:func:`_regress_overlay`).
+    overlay : dict, optional
+        With ``engine="overlay"``: ``{"config": OverlayConfig fields, "board": board name or
+        None}`` (see :func:`overlay_regress_plan`).
 
     Returns
     -------
     dict
-        A row (:data:`REGRESS_COLUMNS`); ``status`` ``ok``, ``mismatch`` or ``failed``.
+        A row (:data:`REGRESS_COLUMNS`); ``status`` ``ok``, ``mismatch``, ``cycles`` (the
+        overlay's measured cycles/image differ from the prediction), ``refused`` (no drawn
+        network fits the overlay) or ``failed``.
     """
     t0 = time.monotonic()
     row = dict.fromkeys(REGRESS_COLUMNS)
-    row.update(seed=int(seed), host=_node(), images=int(images))
+    row.update(seed=int(seed), host=_node(), images=int(images), engine=engine)
     fail_dir = Path(out_dir) / "failures" / str(seed)
     work = Path(tempfile.mkdtemp(prefix=f"shiftacc-regress-{seed}-"))
     keep = False
     with _environment(env):
         try:
-            keep = _regress(seed, work, row, images=images, simulator=simulator,
-                            attention=attention, max_size=max_size, max_width=max_width,
-                            max_blocks=max_blocks, corrupt_param=corrupt_param)
+            run = _regress_overlay if engine == "overlay" else _regress
+            extra = {"overlay": overlay} if engine == "overlay" else {}
+            keep = run(seed, work, row, images=images, simulator=simulator,
+                       attention=attention, max_size=max_size, max_width=max_width,
+                       max_blocks=max_blocks, corrupt_param=corrupt_param, **extra)
         except Exception as e:
             keep = True
             row.update(status="failed", message=f"{type(e).__name__}: {e}")
@@ -761,7 +774,8 @@ def regress_network(seed, out_dir, *, images=8, simulator="verilator", attention
         fail_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(work), str(fail_dir))
         row["failure_dir"] = str(fail_dir)
-        row["replay"] = _replay_command(fail_dir, row, simulator)
+        row["replay"] = (_replay_overlay(fail_dir, row, simulator, overlay)
+                         if engine == "overlay" else _replay_command(fail_dir, row, simulator))
         if row["replay"]:
             (fail_dir / "replay.sh").write_text("#!/bin/sh\n# Replays the failing run of "
                                                 f"regression network {seed}.\n"
@@ -821,6 +835,160 @@ def _regress(seed, work, row, *, images, simulator, attention, max_size, max_wid
         return True
     row["status"] = "ok"
     return False
+
+
+#: Draws per overlay regression seed before the network is reported as refused.
+OVERLAY_DRAWS = 50
+
+
+def overlay_regress_plan(model, overlay):
+    """``(plan, link_kw)`` of ``model`` on the regression's overlay: ``overlay["board"]`` set,
+    the config ``shiftacc build --board B --engine overlay`` places (its own code,
+    ``sw.cli_build``; ``overlay["config"]`` fields override it as ``--overlay-config`` does)
+    and the board's link keywords; else ``OverlayConfig(**overlay["config"])``.
+
+    Raises
+    ------
+    hw.overlay_program.OverlayFitError
+        The overlay refuses the network (a v2 op, a map over ``fm_words``, a table over its
+        capacity, ...), in its words.
+    """
+    import argparse
+    from ..hw.overlay_program import OverlayConfig, OverlayFitError, compile_overlay
+    fields = dict(overlay.get("config") or {})
+    if overlay.get("board"):
+        from ..boards.registry import find_board
+        from . import cli_build
+        from .errors import UsageError
+        board = find_board(overlay["board"])
+        args = argparse.Namespace(overlay_config=json.dumps(fields) if fields else None,
+                                  lanes=None, requant_units=None)
+        try:
+            plan = cli_build._overlay_plan(args, model, board, lambda *a, **k: None)
+        except UsageError as e:
+            raise OverlayFitError(str(e)) from None
+        return plan, board.link_kw(model)
+    return compile_overlay(model, OverlayConfig(**fields)), None
+
+
+def draw_overlay_network(seed, overlay, **draw_kw):
+    """The network of overlay regression seed ``seed``: :func:`draw_network` of ``seed``,
+    then of ``seed * OVERLAY_DRAWS + k`` for k = 1, 2, ... while the overlay refuses it.
+
+    Returns
+    -------
+    (Model, OverlayPlan, dict or None, numpy.random.Generator, int)
+        Model, plan, link keywords (see :func:`overlay_regress_plan`), the generator for
+        images and stalls, and the number of draws.
+
+    Raises
+    ------
+    hw.overlay_program.OverlayFitError
+        Every one of :data:`OVERLAY_DRAWS` draws was refused (the last reason).
+    """
+    from ..hw.overlay_program import OverlayFitError
+    last = None
+    for k in range(OVERLAY_DRAWS):
+        model, _, rng = draw_network(int(seed) * OVERLAY_DRAWS + k if k else int(seed),
+                                     **draw_kw)
+        try:
+            plan, link_kw = overlay_regress_plan(model, overlay)
+            return model, plan, link_kw, rng, k + 1
+        except OverlayFitError as e:
+            last = e
+    raise OverlayFitError(f"the overlay refused all {OVERLAY_DRAWS} draws (last: {last})")
+
+
+def _regress_overlay(seed, work, row, *, images, simulator, attention, max_size, max_width,
+                     max_blocks, corrupt_param, overlay):
+    """One overlay regression network: draws ``(seed, k)`` for k = 0, 1, ... until the
+    overlay accepts one (at most :data:`OVERLAY_DRAWS`; every refusal is a draw, not a
+    failure), then two runs behind the host link (:func:`shiftacc.sim.linksim.simulate_link`):
+    under random stalls on the link's byte streams, then back to back. Both must equal the
+    golden model, and back to back every clean period at the engine's ports must equal the
+    compiled program's predicted cycles/image (``hw/overlay_timing``)."""
+    import numpy as np
+    from ..hw.overlay_program import OverlayFitError
+    from ..models import golden
+    from ..models.artifact import save_artifact
+    from ..sim.linksim import cycles_agree, engine_cycles, simulate_link
+    try:
+        model, plan, link_kw, rng, draws = draw_overlay_network(
+            seed, overlay, attention=attention, max_size=max_size, max_width=max_width,
+            max_blocks=max_blocks)
+    except OverlayFitError as e:
+        row.update(status="refused", draws=OVERLAY_DRAWS, message=str(e))
+        return False
+    row["draws"] = draws
+    path = work / "model.npz"
+    model = save_artifact(path, model)
+    cfg = plan.config.to_json()
+    (work / "overlay.json").write_text(json.dumps(cfg))
+    imgs = rng.integers(0, 256, (int(images),) + tuple(model.input_shape)).astype(np.uint8)
+    imgs &= (1 << model.input_bits) - 1 if hasattr(model, "input_bits") else 255
+    np.save(work / "images.npy", imgs)
+    stall = int(rng.integers(32, 250))
+    mults = plan.cost().multiplier_count
+    row.update(layers=_layers_text(model), shape="x".join(map(str, model.input_shape)),
+               act_bits=model.act_bits, weight_bits=model.weight_bits, budget=None,
+               multipliers=mults, stall_level=stall,
+               predicted_cycles_per_image=plan.cycles_per_image(),
+               ideal_cycles_per_image=round(plan.macs_per_image / mults, 2))
+    expected = golden.run(model, imgs)
+    common = dict(simulator=simulator, link_kw=link_kw, seed=int(seed) % (1 << 31),
+                  corrupt_param=corrupt_param, log=lambda *a, **k: None)
+    stalled = simulate_link(model, plan, imgs, stall_level=stall, workdir=work / "stalled",
+                            **common)
+    clean = simulate_link(model, plan, imgs, stall_level=0, workdir=work / "clean", **common)
+    bad_s = int(np.sum(np.any(stalled["logits"] != expected, axis=1)))
+    bad_c = int(np.sum(np.any(clean["logits"] != expected, axis=1)))
+    row["stalled_mismatches"], row["mismatches"] = bad_s, bad_c
+    cmin, cmax, ccount, per = engine_cycles(clean["probes"])
+    row["measured_cycles_per_image"] = per if per is not None else cmin
+    row["stalled_cycles_per_image"] = round(stalled["link_cycles"] / len(imgs), 1)
+    row["link_cycles_per_image"] = round(clean["link_cycles"] / len(imgs), 1)
+    if row["measured_cycles_per_image"]:
+        row["mac_efficiency"] = round(plan.macs_per_image
+                                      / (mults * row["measured_cycles_per_image"]), 4)
+    for name, res in (("stalled", stalled), ("clean", clean)):
+        (work / f"{name}.json").write_text(json.dumps(
+            {"logits": res["logits"].tolist(), "golden": expected.tolist(),
+             "probes": res["probes"], "link_cycles": res["link_cycles"],
+             "stall_level": res["stall_level"], "seed": res["seed"]}))
+    if bad_s or bad_c:
+        i = int(np.nonzero(np.any((stalled["logits"] if bad_s else clean["logits"])
+                                  != expected, axis=1))[0][0])
+        row.update(status="mismatch", message=f"{bad_s} images differ under stalls, {bad_c} "
+                   f"without (first: image {i})")
+        return True
+    predicted = row["predicted_cycles_per_image"]
+    if not cycles_agree(clean["probes"], predicted):
+        row.update(status="cycles", message=f"engine cycles/image {per} (window less "
+                   f"starved), clean periods {cmin}..{cmax} over {ccount} image pairs, "
+                   f"predicted {predicted}")
+        return True
+    row["status"] = "ok"
+    return False
+
+
+def _layers_text(model):
+    short = {"conv1x1": "c", "replicate": "r", "shift": "s", "maxpool2": "p", "gap": "g",
+             "channel_attention": "ECA", "spatial_attention": "SAM", "dynamic_conv1x1": "dyn"}
+    return "-".join(short.get(l.op, l.op) + ("/2" if l.stride == 2 and
+                                             l.op.endswith("conv1x1") else "")
+                    for l in model.layers)
+
+
+def _replay_overlay(fail_dir, row, simulator, overlay):
+    if not (fail_dir / "model.npz").exists() or not (fail_dir / "images.npy").exists():
+        return None
+    board = (overlay or {}).get("board")
+    stalled = row.get("stalled_mismatches") or not row.get("mismatches")
+    level = (row.get("stall_level") or 0) if stalled else 0
+    return (f"shiftacc sim {fail_dir / 'model.npz'} --images {fail_dir / 'images.npy'} "
+            f"--engine overlay --overlay-config {fail_dir / 'overlay.json'} "
+            + (f"--board {board} " if board else "") + f"--simulator {simulator} --stall-level {level} "
+            f"--seed {int(row['seed']) % (1 << 31)} --workdir {fail_dir / 'replay'}")
 
 
 def _replay_command(fail_dir, row, simulator):
