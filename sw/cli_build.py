@@ -237,12 +237,14 @@ def _size_generic_overlay(config, args, model, board, say):
     # No headroom: the count is the engine's own memory list, as the RTL builds it (the
     # ULX3S-12F build: 32 of 32 DP16KD, as counted), not an estimate.
     limit = device.ram_blocks
+    link = None  # the link engine's memories do not depend on the banks' depth: once
     for words in _FM_WORDS:
         trial = dataclasses.replace(config, fm_words=words)
         try:
-            use = overlay_usage(model, None, board, device, config=trial)
+            use = overlay_usage(model, None, board, device, config=trial, link=link)
         except (PlanError, ValueError):
             continue
+        link = use["ram_blocks"]["link_usage"]
         if use["ram_blocks"]["used"] <= limit:
             if words != config.fm_words:
                 say(f"[build] {device.name}: feature-map banks of {words} words (block RAM: "
@@ -313,7 +315,7 @@ def _device_of(board):
 _OVERLAY_BLOCK_RAMS = ("logits_queue", "gsum", "poolmax", "requant_delay")
 
 
-def overlay_usage(model, plan, board, device=None, *, config=None):
+def overlay_usage(model, plan, board, device=None, *, config=None, link=None):
     """What the overlay engine (and the board's link engine) takes of ``board``'s device.
 
     Counted before synthesis from the engine's own resource list
@@ -332,6 +334,9 @@ def overlay_usage(model, plan, board, device=None, *, config=None):
     device : hw.devices.Device, optional
     config : hw.overlay_program.OverlayConfig, optional
         Instead of ``plan.config``.
+    link : dict, optional
+        The link engine's :func:`~shiftacc.hw.devices.memory_usage` of an earlier call with
+        the same model and board (its ``ram_blocks["link_usage"]``): not elaborated again.
 
     Returns
     -------
@@ -371,11 +376,13 @@ def overlay_usage(model, plan, board, device=None, *, config=None):
             mems.append(mem)
     acc = devices.memory_usage(mems, fam, blocks=[m.name for m in mems
                                                   if m.name.startswith(_OVERLAY_BLOCK_RAMS)])
-    kw = dict(board.link_kw(model))
-    kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
-    link_mems = devices.link_memories(model, plan, **kw)
-    lnk = devices.memory_usage(link_mems, fam, roms=devices.LINK_ROMS,
-                               blocks=devices.link_block_memories(kw))
+    lnk = link
+    if lnk is None:
+        kw = dict(board.link_kw(model))
+        kw.setdefault("clock_hz", int(device.clock_mhz * 1e6))
+        link_mems = devices.link_memories(model, plan, **kw)
+        lnk = devices.memory_usage(link_mems, fam, roms=devices.LINK_ROMS,
+                                   blocks=devices.link_block_memories(kw))
     if fam in ("ice40", "ecp5") or devices.FAMILIES[fam].dsp_operands is None:
         dsp = cost.dsp(fam)
     else:  # the tiling bound hw.devices.plan_dsp uses for families without a Yosys model
@@ -386,7 +393,8 @@ def overlay_usage(model, plan, board, device=None, *, config=None):
         "dsp": {"cell": device.dsp_cell, "used": dsp, "available": device.dsp},
         "ram_blocks": {"cell": devices.FAMILIES[fam].ram_cell,
                        "used": acc["blocks"] + lnk["blocks"], "available": device.ram_blocks,
-                       "accelerator": acc["blocks"], "link": lnk["blocks"]},
+                       "accelerator": acc["blocks"], "link": lnk["blocks"],
+                       "link_usage": lnk},
         "spram": {"cell": "SB_SPRAM256KA", "used": len(spram_banks),
                   "available": device.spram[0]},
     }

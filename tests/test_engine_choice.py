@@ -108,12 +108,16 @@ def test_build_forced_engines(digits, tmp_path, capsys):
     assert "iCE40UP5K" in err and "SB_MAC16" in err
     assert not (out / "shiftacc.il").exists()
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"max_multipliers": 8}))
-    assert main(["build", str(digits), "--board", "ulx3s-12f", "--config", str(cfg),
+    cfg.write_text(json.dumps({"max_multipliers": 6}))
+    tiny = tmp_path / "tiny.npz"  # small, so that its dataflow design elaborates quickly
+    save_artifact(tiny, random_model(np.random.default_rng(1), size=(4, 4), blocks=1,
+                                     max_width=5))
+    assert main(["build", str(tiny), "--board", "ulx3s-12f", "--config", str(cfg),
                  "--out", str(tmp_path / "df"), "--no-bitstream", "--json",
                  str(tmp_path / "df.json")]) == 0
     rep = json.loads((tmp_path / "df.json").read_text())
     assert rep["engine"] == "dataflow" and "--config" in rep["engine_reason"]
+    assert "engine_candidates" not in rep  # nothing was compared
     assert main(["build", str(digits), "--board", "ulx3s-12f", "--config", str(cfg),
                  "--lanes", "8", "--out", str(tmp_path / "x"), "--no-bitstream"]) == 2
     assert "give one of them" in capsys.readouterr().err
