@@ -282,3 +282,47 @@ def test_attention_lint(tmp_path):
     from shiftacc.sim.lint import lint_component
     ok, msg = lint_component(OverlayEngine(att_config(6, 1, BOTH)), "overlay", tmp_path)
     assert ok, msg
+
+
+@pytest.mark.slow
+def test_attention_ice40_primitives_under_icarus(tmp_path):
+    """The iCE40 variant (SB_MAC16 lane pairs and requant halves, SB_SPRAM256KA banks: the
+    attention unit reads the maps through the SPRAM's latency) with both attention ops,
+    simulated by Icarus with Yosys' cell models, computes golden logits exactly (random
+    stalls on every stream; the testbench of test_overlay_engine)."""
+    import shutil
+    import subprocess
+    from shiftacc.hw.stream import to_verilog
+    from test_overlay_engine import _TB, _cells_sim
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        pytest.skip("Icarus Verilog is not installed")
+    rng, seed = make_rng("test_attention_ice40_primitives_under_icarus")
+    nrng = np.random.default_rng(seed)
+    cfg = OverlayConfig(lanes=4, requant_units=1, fm_words=16384, weight_rows=256,
+                        channel_rows=64, gather_rows=64, max_passes=8, primitives="ice40",
+                        attention=BOTH, attention_rows=1024)
+    model, plan = draw(nrng, cfg, BOTH, (5, 4), max_width=7)
+    print([layer.op for layer in model.layers])
+    h, w, c = model.input_shape
+    images = nrng.integers(0, 256, (2, h, w, c))
+    want = golden.run(model, images)
+    words = plan.param_words()
+    beats = [b["data"][0] | b["last"] << 8 for b in image_beats(images)]
+    (tmp_path / "params.hex").write_text("".join(f"{wd:020x}\n" for wd in words))
+    (tmp_path / "images.hex").write_text("".join(f"{b:03x}\n" for b in beats))
+    (tmp_path / "overlay.v").write_text(to_verilog(OverlayEngine(cfg), name="overlay"))
+    (tmp_path / "tb.v").write_text(_TB.replace("{np}", str(len(words)))
+                                   .replace("{ni}", str(len(beats)))
+                                   .replace("{nl}", str(want.size))
+                                   .replace("{seed}", str(seed))
+                                   .replace("{deadline}", str(300_000)))
+    subprocess.run(["iverilog", "-g2005", "-DNO_ICE40_DEFAULT_ASSIGNMENTS", "-o", "sim.vvp",
+                    "-s", "tb", "tb.v", "overlay.v", _cells_sim()],
+                   cwd=tmp_path, check=True, timeout=300)
+    out = subprocess.run(["vvp", "-n", "sim.vvp"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900)
+    print(out.stdout[-2000:])
+    assert "DONE" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    got = [tuple(int(v) for v in line.split())
+           for line in (tmp_path / "logits.txt").read_text().splitlines()]
+    check_logits(got, want)
