@@ -261,11 +261,11 @@ def build_parser():
     p.add_argument("--uart", action="store_true",
                    help="simulate the UART PHY on the line at --baud (default: byte streams, "
                         "no UART)")
-    p.add_argument("--baud", type=_int_at_least(1200), default=3_000_000,
-                   help="line rate with --uart")
-    p.add_argument("--clock-hz", type=_int_at_least(1_000_000), default=12_000_000,
+    p.add_argument("--baud", type=_int_at_least(1200),
+                   help="line rate with --uart (default: --board's, else 3000000)")
+    p.add_argument("--clock-hz", type=_int_at_least(1_000_000),
                    help="clock the simulated board reports and its UART divides (at least "
-                        "4 clocks per bit)")
+                        "4 clocks per bit) (default: --board's PLL clock, else 12000000)")
     p.add_argument("--max-clients", type=positive_int, metavar="N",
                    help="stop after N client sessions (default: serve until Ctrl-C)")
     add_engine_args(p)

@@ -43,6 +43,23 @@ def _check_port_free(host, port):
                              f"--port") from None
 
 
+def _board_clock(args, board):
+    """Fill ``--clock-hz`` and ``--baud`` when not given: ``--board``'s clock (its PLL's
+    output, as ``build`` generates it) and line rate, else 12 MHz and 3 Mbaud."""
+    if args.clock_hz is None:
+        args.clock_hz = 12_000_000
+        if board is not None:
+            from ..boards.pll import PLLError, pll_for_family
+            try:
+                pll = pll_for_family(board.family, board.oscillator_hz,
+                                     board.target_mhz * 1e6)
+            except PLLError as e:
+                raise UsageError(f"{board.name}: {e}") from None
+            args.clock_hz = int(round(pll.f_out_hz if pll else board.oscillator_hz))
+    if args.baud is None:
+        args.baud = int(board.baud) if board is not None else 3_000_000
+
+
 def cmd_serve(args):
     """Simulate the board top and serve it on a TCP socket until Ctrl-C.
 
@@ -55,12 +72,13 @@ def cmd_serve(args):
     MissingTool, BuildFailed, InternalError
         From :func:`shiftacc.sim.serve.serve`.
     """
+    board = _board(args)
+    _board_clock(args, board)
     if args.uart and args.clock_hz < 4 * args.baud:
         raise UsageError(f"--clock-hz {args.clock_hz} gives {args.clock_hz / args.baud:.2f} "
                          f"clocks per bit at --baud {args.baud}; the UART needs at least 4")
     model = load_artifact(args.model)
     cfg, plan = engine_plan(args, model)
-    board = _board(args)
     _check_port_free(args.host, args.port)
     from ..sim.serve import serve
     from . import protocol
