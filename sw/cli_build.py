@@ -231,6 +231,7 @@ def _size_generic_overlay(config, args, model, board, say):
         while (config.lanes > 2
                and overlay_engine_cost(config).dsp(board.family) > board.dsp_blocks):
             config = dataclasses.replace(config, lanes=config.lanes - 2)
+    config = _tables_for_model(config, text, model, say)
     if '"fm_words"' in text:
         return config
     from ..hw.plan import PlanError
@@ -238,6 +239,7 @@ def _size_generic_overlay(config, args, model, board, say):
     # ULX3S-12F build: 32 of 32 DP16KD, as counted), not an estimate.
     limit = device.ram_blocks
     link = None  # the link engine's memories do not depend on the banks' depth: once
+    shallowest = None  # the smallest banks the model takes, if none fits: the least overflow
     for words in _FM_WORDS:
         trial = dataclasses.replace(config, fm_words=words)
         try:
@@ -245,12 +247,47 @@ def _size_generic_overlay(config, args, model, board, say):
         except (PlanError, ValueError):
             continue
         link = use["ram_blocks"]["link_usage"]
+        shallowest = trial
         if use["ram_blocks"]["used"] <= limit:
             if words != config.fm_words:
                 say(f"[build] {device.name}: feature-map banks of {words} words (block RAM: "
                     f"{use['ram_blocks']['used']} of {device.ram_blocks} "
                     f"{use['ram_blocks']['cell']} with the link engine)")
             return trial
+    return shallowest or config
+
+
+#: Overlay tables a model may need more of than the defaults: config field -> the key of
+#: ``OverlayPlan.memories_used``.
+_TABLES = (("weight_rows", "weights"), ("channel_rows", "channels"),
+           ("gather_rows", "gather"), ("max_passes", "program"))
+
+
+def _tables_for_model(config, text, model, say):
+    """Raise the tables (weights, channel tables, gather, program) the overlay config does not
+    name to the next power of two of what ``model`` needs, when it needs more than the
+    defaults (block-RAM parts only: the bank sizing after this checks the device's RAM).
+
+    The MNIST-sized ``mnist-s`` needs 809 weight rows at 16 lanes (512 by default); a model the
+    defaults hold is left as it is (the same bitstream as before for digits).
+    """
+    import dataclasses
+    from ..hw.overlay_program import compile_overlay
+    big = dataclasses.replace(config, **{f: 1 << 14 for f, _ in _TABLES}, fm_words=1 << 19)
+    try:
+        used = compile_overlay(model, big).memories_used()
+    except ValueError:  # a model the largest tables cannot hold either: the build says why
+        return config
+    changes = {}
+    for field_name, key in _TABLES:
+        need = used[key][0]
+        have = getattr(config, field_name)
+        if f'"{field_name}"' not in text and need > have:
+            changes[field_name] = 1 << (need - 1).bit_length()
+    if changes:
+        say("[build] overlay tables raised to the model's needs: "
+            + ", ".join(f"{k} {v}" for k, v in changes.items()))
+        config = dataclasses.replace(config, **changes)
     return config
 
 

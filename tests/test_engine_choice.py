@@ -173,3 +173,37 @@ def test_overlay_sized_to_ecp5_ram(digits):
     b25 = find_board("ulx3s-25f")
     args = SimpleNamespace(overlay_config=None, lanes=None, requant_units=None)
     assert _overlay_plan(args, model, b25, quiet).config.fm_words == 16384
+
+
+def test_overlay_tables_raised_for_a_wide_model(seed):
+    """On a block-RAM part the overlay's tables grow to what the model needs (next power of
+    two) when the defaults (512 weight rows, 512 channel and gather entries) are too small;
+    the iCE40 config stays as measured and refuses it in words."""
+    from types import SimpleNamespace
+
+    from shiftacc.sw.cli_build import _overlay_plan
+    rng = np.random.default_rng(seed)
+    model = random_model(rng, size=(8, 8), blocks=4, max_width=96, width_multiple=32,
+                         act_bits=8, weight_bits=8)
+    # What the model needs, from the compiler with tables larger than any need.
+    need = compile_overlay(model, OverlayConfig(weight_rows=1 << 14, channel_rows=1 << 14,
+                                                gather_rows=1 << 14)).memories_used()
+    rows = need["weights"][0]
+    print(f"[wide] needs {need}")
+    quiet = lambda *a, **k: None  # noqa: E731
+    args = SimpleNamespace(overlay_config=None, lanes=None, requant_units=None)
+    plan = _overlay_plan(args, model, find_board("ulx3s-85f"), quiet)
+    want = 512
+    while want < rows:
+        want *= 2
+    assert plan.config.weight_rows == want
+    assert plan.config.channel_rows == max(512, 1 << (need["channels"][0] - 1).bit_length())
+    if rows > 512:
+        with pytest.raises(UsageError, match="weight rows"):
+            _overlay_plan(args, model, find_board("icebreaker"), quiet)
+    # Named in --overlay-config: kept (and refused when too small).
+    args = SimpleNamespace(overlay_config='{"weight_rows": 256}', lanes=None,
+                           requant_units=None)
+    if rows > 256:
+        with pytest.raises(UsageError, match="weight_rows = 256"):
+            _overlay_plan(args, model, find_board("ulx3s-85f"), quiet)
