@@ -31,6 +31,9 @@ __all__ = ["simulate_link", "corrupted_words", "engine_cycles", "cycles_agree"]
 
 #: Seconds the driver waits for any reply (a simulated device is slow, but never this slow).
 REPLY_TIMEOUT = 60.0
+#: Seconds the simulator may take to build and start listening (a cold Verilator build of
+#: the iCE40 cell models takes minutes on a loaded machine).
+START_TIMEOUT = 3600.0
 #: Seconds to wait for the server thread after the client is gone.
 JOIN_TIMEOUT = 300.0
 
@@ -61,7 +64,7 @@ def corrupted_words(corrupt_param):
 
 def simulate_link(model, plan, images, *, simulator="verilator", uart=False, link_kw=None,
                   stall_level=0, seed=0, workdir=None, corrupt_param=None, progress=False,
-                  log=print):
+                  log=print, start_timeout=START_TIMEOUT):
     """Serve ``plan``'s board top in a simulator and run ``images`` through the host driver.
 
     Parameters
@@ -81,6 +84,8 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
         Keep the server's job, logs and statistics there.
     corrupt_param : (int, int), optional
         See :func:`corrupted_words`.
+    start_timeout : float
+        Seconds the simulator may take to build and start listening.
 
     Returns
     -------
@@ -97,6 +102,7 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
         The simulated device stopped answering (bounded by :data:`REPLY_TIMEOUT`).
     """
     from ..sw.device import Device
+    from ..sw.errors import InternalError
     from .serve import serve
     ready, box = threading.Event(), {}
 
@@ -119,8 +125,9 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
     server.start()
     connected = False
     try:
-        while not ready.wait(1.0):
-            pass
+        if not ready.wait(start_timeout):
+            raise InternalError(f"the simulated device did not start listening within "
+                                f"{start_timeout:.0f} s")
         if "error" in box:
             raise box["error"]
         url = "socket://{}:{}".format(*box["addr"])

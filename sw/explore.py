@@ -985,9 +985,10 @@ def _replay_overlay(fail_dir, row, simulator, overlay):
     board = (overlay or {}).get("board")
     stalled = row.get("stalled_mismatches") or not row.get("mismatches")
     level = (row.get("stall_level") or 0) if stalled else 0
+    board_opt = f"--board {board} " if board else ""
     return (f"shiftacc sim {fail_dir / 'model.npz'} --images {fail_dir / 'images.npy'} "
-            f"--engine overlay --overlay-config {fail_dir / 'overlay.json'} "
-            + (f"--board {board} " if board else "") + f"--simulator {simulator} --stall-level {level} "
+            f"--engine overlay --overlay-config {fail_dir / 'overlay.json'} {board_opt}"
+            f"--simulator {simulator} --stall-level {level} "
             f"--seed {int(row['seed']) % (1 << 31)} --workdir {fail_dir / 'replay'}")
 
 

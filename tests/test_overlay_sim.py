@@ -30,7 +30,8 @@ from shiftacc.sw.cli import main
 SMALL = dict(lanes=4, requant_units=1, fm_words=512, weight_rows=256, channel_rows=64,
              gather_rows=64, max_passes=8)
 SIZE, IN_CHANNELS, CLASSES = (6, 5), 2, 4
-#: Wall-clock bound of one default test (the first one builds the model, ~30-60 s).
+#: Seconds the simulator may take to build and start listening (the first test builds it,
+#: ~30-60 s); every reply then comes within ``linksim.REPLY_TIMEOUT``.
 DEADLINE_S = 400
 
 
@@ -61,7 +62,8 @@ def run(model, plan, images, **kw):
     from shiftacc.sim.linksim import simulate_link
     _tools_or_skip()
     t0 = time.monotonic()
-    res = simulate_link(model, plan, images, log=lambda *a, **k: None, **kw)
+    res = simulate_link(model, plan, images, log=lambda *a, **k: None,
+                        start_timeout=DEADLINE_S, **kw)
     assert time.monotonic() - t0 < DEADLINE_S
     print(f"layers {[l.op for l in model.layers]} act_bits {model.act_bits}; probes "
           f"{res['probes']}; link cycles {res['link_cycles']}")
