@@ -959,6 +959,7 @@ def cmd_build(args):
     if report["bitstream"] is None:
         print(f"[build] wrote {len(report['files'])} files to {out} (Verilog/RTLIL, "
               f"constraints, {report['script']} for the vendor tools); no tool was run")
+        print(f"  engine {report['engine']}: {report['engine_reason']}")
     else:
         _print_report(report)
     return 0
@@ -1122,6 +1123,8 @@ def _finish(args, out, report, say):
 
 def _print_report(r):
     print(f"[build] {r['board']} ({r['device']}): bitstream {r['bitstream']}")
+    if r.get("engine"):
+        print(f"  engine {r['engine']}: {r['engine_reason']}")
     for name, u in r["utilization"].items():
         pct = 100.0 * u["used"] / u["available"] if u["available"] else 0.0
         print(f"  {name:6s} {u['used']:7d} / {u['available']:<7d} {pct:5.1f} %")

@@ -88,8 +88,9 @@ def test_build_auto_default_on_icebreaker(digits, tmp_path, capsys):
     out, js = tmp_path / "ice", tmp_path / "ice.json"
     assert main(["build", str(digits), "--board", "icebreaker", "--out", str(out),
                  "--no-bitstream", "--json", str(js)]) == 0
-    err = capsys.readouterr().err
-    assert "[build] engine: overlay (dataflow needs 11 SB_MAC16 of 8" in err
+    cap = capsys.readouterr()
+    assert "[build] engine: overlay (dataflow needs 11 SB_MAC16 of 8" in cap.err
+    assert "  engine overlay: dataflow needs 11 SB_MAC16 of 8" in cap.out  # with -q too
     rep = json.loads(js.read_text())
     assert rep["engine"] == "overlay" and rep["engine_reason"].endswith(": overlay")
     assert rep["engine_candidates"]["dataflow"]["fits"] is False
