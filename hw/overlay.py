@@ -78,8 +78,8 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .overlay_program import (ECA_HEAD, OP_END, OP_SAM, PASS_FIELDS, SAM_HEAD,
-                              OverlayConfig)
+from .overlay_program import (DYN_HEAD, ECA_HEAD, OP_DYN, OP_ECA, OP_END, OP_SAM,
+                              PASS_FIELDS, SAM_HEAD, OverlayConfig)
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
@@ -118,6 +118,10 @@ class PipelineConstants:
     sam_pix_wait: int = 6               # last scale read .. its write, the idle test
     sam_gap_slots: int = 6              # GAPR: idle issue slots after a channel
     sam_gap_wait: int = 1               # GAPR: the last channel's extra cycle to its write
+    dyn_fixed: int = 20                 # DYN: INIT (4) and the waits between its phases
+    dyn_gather: int = 2                 # DYN pool: the gather entry's read per channel
+    dyn_row: int = 7                    # DYN: per kernel k, att_bias[k] + cin taps + 6
+    dyn_div: int = 10                   # DYN: per kernel, the division (load + 9 steps)
 
 
 #: The engine's constants (``hw.overlay_timing`` reads them; the RTL is built from them).
@@ -170,9 +174,12 @@ def _field_widths(config):
     if config.attention:
         # An attention pass: op ECA (2) or SAM (3), k taps (ECA, k <= 9) or C (SAM) in cin,
         # its table base in cbase, C in in_c (up to channel_rows).
-        widths.update(op=2, cin=max(W["cin"], W["cout"], 4),
+        widths.update(op=3, cin=max(W["cin"], W["cout"], 4),
                       cbase=max(W["cout"], ceil_log2(config.attention_rows)),
                       in_c=max(W["cin"], W["cout"]))
+        if "dynamic_conv1x1" in config.attention:
+            # DYN: the attention-table base in gap_ent
+            widths["gap_ent"] = max(W["cout"], ceil_log2(config.attention_rows))
     return widths
 
 
@@ -375,11 +382,27 @@ class OverlayEngine(wiring.Component):
                      gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
                      gat_w.en.eq(pv & (kind == ParamKind.GATHER) & in_gat)]
 
+        # A dynamic conv's attention pass writes its mixed weights and biases (only with
+        # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
+        # tables' write ports.
+        dynw = None
+        if "dynamic_conv1x1" in cfg.attention:
+            dynw = {"wwe": Signal(name="dyn_wwe"), "wrow": Signal(W["wrow"], name="dyn_wrow"),
+                    "wlane": Signal(range(P), name="dyn_wlane"),
+                    "wdata": Signal(8, name="dyn_wdata"), "bwe": Signal(name="dyn_bwe"),
+                    "bent": Signal(W["cout"] + 1, name="dyn_bent"),
+                    "bdata": Signal(32, name="dyn_bdata")}
         wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
-        m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
+        if dynw is None:
+            m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
+        else:
+            m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
+                         wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
         for lane in range(P):
-            m.d.comb += wt_w.en[lane].eq(pv & (kind == ParamKind.WEIGHT) & (pp.lane == lane)
-                                         & in_wt)
+            pen = pv & (kind == ParamKind.WEIGHT) & (pp.lane == lane) & in_wt
+            if dynw is not None:
+                pen = Mux(dynw["wwe"], dynw["wlane"] == lane, pen)
+            m.d.comb += wt_w.en[lane].eq(pen)
 
         cdepth = -(-cfg.channel_rows // R)
         tables = {}
@@ -400,6 +423,13 @@ class OverlayEngine(wiring.Component):
                 else:
                     kd = ParamKind.BIAS if name == "bias" else ParamKind.M
                     m.d.comb += [wp.data.eq(pp.data[:width]), wp.en.eq(hit & (kind == kd))]
+                if name == "bias" and dynw is not None:
+                    # (later statements win: the DYN pass's write of entry bent)
+                    e = dynw["bent"]
+                    with m.If(dynw["bwe"]):
+                        m.d.comb += [wp.addr.eq(e[1:] if R == 2 else e),
+                                     wp.data.eq(dynw["bdata"]),
+                                     wp.en.eq((e[0] == b) if R == 2 else 1)]
                 ports.append(rp)
             tables[name] = ports
 
@@ -520,6 +550,8 @@ class OverlayEngine(wiring.Component):
         att_raddr = Signal(aw)
         att_start = Signal()
         att_done = Signal()
+        att_gat = Signal()                  # DYN: the unit reads the gather table
+        att_gaddr = Signal(W["cin"] + 1)
 
         with m.FSM(init="SETUP"):
             with m.State("SETUP"):
@@ -560,7 +592,7 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += row.eq(0)
                         m.next = "SETUP"
                     if cfg.attention:
-                        with m.Elif(f["op"][1]):     # ECA (2) or SAM (3)
+                        with m.Elif(f["op"] >= OP_ECA):     # ECA, SAM, DYN
                             m.d.comb += att_start.eq(1)
                             m.next = "ATT"
                     with m.Elif(row == 0):
@@ -709,7 +741,10 @@ class OverlayEngine(wiring.Component):
             return r
 
         # stage 0: gather read, weight row address (read 3 cycles later, when the value comes)
-        m.d.comb += gat_r.addr.eq(f["gbase"] + t)
+        if dynw is not None:
+            m.d.comb += gat_r.addr.eq(Mux(att_gat, att_gaddr, f["gbase"] + t))
+        else:
+            m.d.comb += gat_r.addr.eq(f["gbase"] + t)
         v1 = reg("v1", 1, iss)
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
@@ -1083,11 +1118,13 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += wptr.eq(wptr + f["dst_cp2"])
         if cfg.attention:
             self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
-                            att_start, att_done, wq_en, wq_addr, wq_data, wq_buf)
+                            att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
+                            dynw, att_gat, att_gaddr, gat_r)
         return m
 
     def _attention(self, m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr, att_start,
-                   att_done, wq_en, wq_addr, wq_data, wq_buf):
+                   att_done, wq_en, wq_addr, wq_data, wq_buf, dynw, att_gat, att_gaddr,
+                   gat_r):
         """The attention unit: a channel_attention (op ECA) or spatial_attention (op SAM)
         pass over the map in ``src``, its output in ``dst`` (same layout).
 
@@ -1125,6 +1162,7 @@ class OverlayEngine(wiring.Component):
         clamp).
         """
         cfg = self.config
+        P = cfg.lanes
         W = _widths(cfg)
         aw = W["aw"]
         crows = cfg.channel_rows
@@ -1146,13 +1184,20 @@ class OverlayEngine(wiring.Component):
         a_w, a_r = self._ram(m, "att_a", 9, crows)
 
         (IDLE, INIT, POOL, PWAIT, CONV, CWAIT, SCALE, SWAIT, ZS, ZSWAIT, GAPR,
-         GWAIT) = range(12)
-        aph = Signal(range(12))
+         GWAIT, GPOOL, EXP, EWAIT, DIV, MIX, MWAIT) = range(18)
+        aph = Signal(range(18))
         with m.If(att_start):
             m.d.sync += aph.eq(INIT)
         sam = Signal()
         if "spatial_attention" in cfg.attention:
             m.d.comb += sam.eq(f["op"] == OP_SAM)
+        dyn = Signal()
+        if dynw is not None:
+            m.d.comb += dyn.eq(f["op"] == OP_DYN)
+        rowbias = Signal()      # CONV rows start from a table bias (SAM's ctx, DYN's att)
+        m.d.comb += rowbias.eq(sam | dyn)
+        tbase = Signal(len(f["cbase"]))      # the pass's attention-table base
+        m.d.comb += tbase.eq(Mux(dyn, f["gap_ent"], f["cbase"]))
         in_conv = Signal()
         m.d.comb += in_conv.eq((aph == CONV) | (aph == CWAIT))
 
@@ -1166,6 +1211,9 @@ class OverlayEngine(wiring.Component):
         taps = f["cin"]                                      # ECA: k; SAM: C
         lutc = reg("att_lutc", tw)                           # the LUT's entry 128
         half = reg("att_half", 4)                            # ECA: (k - 1) / 2
+        kreg = reg("att_k", 4)                               # DYN: K
+        treg = reg("att_t", 8)                               # DYN: t
+        rlast = reg("att_rlast", cw)                         # CONV: the last row
         tend = reg("att_tend", cw + 3)                       # CONV: the channel's last step
         tlast = reg("att_tlast", cw + 3)                     # CONV: the last tap's step
         e1 = reg("att_e1", cw + 3)                           # ZS: C + 6 (first s read)
@@ -1174,6 +1222,20 @@ class OverlayEngine(wiring.Component):
         wrm1 = reg("att_wrm1", tw)                           # SAM: ctx_weight[c, 0]'s - 1
 
         ic = Signal(3)
+        # DYN state (driven only with "dynamic_conv1x1" in cfg.attention)
+        rf = Array(Signal(signed(34), name=f"att_r{k}") for k in range(8))   # r[k]
+        rmax = Signal(signed(34), name="att_rmax")
+        ef = Array(Signal(16, name=f"att_e{k}") for k in range(8))           # e[k]
+        pf = Array(Signal(9, name=f"att_pi{k}") for k in range(8))           # pi[k]
+        dstep = Signal(4)
+        eiss = Signal()
+        mk, ml = Signal(4), Signal(range(P))
+        mi, mg = Signal(W["cin"] + 1), Signal(W["cout"] + 1)
+        mrow, mo = Signal(W["wrow"]), Signal(W["cout"] + 1)
+        mbias = Signal()
+        mpg = Signal(range(P))
+        x1k, x1first, x1last, x1bias = Signal(4), Signal(), Signal(), Signal()
+        x1row, x1lane, x1ent = Signal(len(mrow)), Signal(len(ml)), Signal(W["cout"] + 1)
         # loop counters: channel c, pixel (x, y), address, c >> 1 (POOL, SCALE, GAPR);
         # ZS: the pixel's base address and the channel cc
         c = Signal(cw)
@@ -1182,6 +1244,7 @@ class OverlayEngine(wiring.Component):
         addr = Signal(aw)
         cb = Signal(aw)
         gw = Signal(3)           # idle issue slots left after a channel (gap, GAPR)
+        gs = Signal(2)           # GPOOL: 0 gather read, 1 its capture, 2 the pixels
         st = Signal(cw + 3)      # CONV, ZS: step
         pj = Signal(signed(cw + 5))  # CONV: p index of the tap, ECA c + st - half, SAM st - 1
         ta = Signal(tw)          # CONV: table entry of the tap
@@ -1216,7 +1279,9 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [zs_z.eq((aph == ZS) & (st < f["in_c"])),
                      zs_s.eq((aph == ZS) & (st >= e1))]
         rd_any = Signal()
-        m.d.comb += rd_any.eq(issue | zs_z | zs_s)
+        gissue = Signal()       # DYN: a pool read through the gather entry
+        m.d.comb += gissue.eq((aph == GPOOL) & (gs == 2))
+        m.d.comb += rd_any.eq(issue | zs_z | zs_s | gissue)
         rkind = Signal(2)
         m.d.comb += rkind.eq(Mux(zs_z, K_Z, Mux(zs_s | (aph == SCALE), K_SCALE, K_SUM)))
         raddr = Signal(aw)
@@ -1224,14 +1289,26 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [att_rd.eq(rd_any), att_raddr.eq(raddr),
                      a_r.addr.eq(Mux(aph == ZS, cc, c))]
 
-        M_TAP, M_POOL, M_Z, M_SCALE, M_GAP, M_CTX = range(6)
+        M_TAP, M_POOL, M_Z, M_SCALE, M_GAP, M_CTX, M_EXP = range(7)
 
         with m.Switch(aph):
             with m.Case(INIT):
                 # read words cbase + 0..4 at ic = 0..4, capture each the cycle after
                 m.d.sync += ic.eq(ic + 1)
                 d = at_r.data
-                with m.Switch(ic):
+                with m.If(dyn):
+                    # DYN: pool word, att m/sh (into z_m, z_sh), K | t << 8
+                    with m.Switch(ic):
+                        with m.Case(1):
+                            m.d.sync += [pool_m.eq(d[:16]), pool_sh.eq(d[16:16 + SH_BITS]),
+                                         qmax.eq(d[24:32])]
+                        with m.Case(2):
+                            m.d.sync += [z_m.eq(d[:16]), z_sh.eq(d[16:16 + SH_BITS])]
+                        with m.Case(3):
+                            m.d.sync += [kreg.eq(d[:4]), treg.eq(d[8:16]), rlast.eq(d[:4] - 1),
+                                         wrm1.eq(tbase + DYN_HEAD + 256 + d[:4] - 1),
+                                         ic.eq(0), aph.eq(GPOOL), c.eq(0), gs.eq(0)]
+                with m.Switch(Mux(dyn, 7, ic)):
                     with m.Case(1):
                         m.d.sync += bias.eq(d.as_signed())
                     with m.Case(2):
@@ -1247,27 +1324,32 @@ class OverlayEngine(wiring.Component):
                         with m.If((ic == 5) | ~sam):
                             m.d.sync += [ic.eq(0), aph.eq(POOL), c.eq(0), lx.eq(0),
                                          ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
-                with m.If(sam):
-                    m.d.sync += [lutc.eq(f["cbase"] + SAM_HEAD + 128),
+                with m.If(dyn):
+                    m.d.sync += [lutc.eq(tbase + DYN_HEAD + 255), tend.eq(taps + 6),
+                                 tlast.eq(taps), cba.eq(tbase + DYN_HEAD + 256)]
+                with m.Elif(sam):
+                    m.d.sync += [rlast.eq(m1["in_c"]),
+                                 lutc.eq(f["cbase"] + SAM_HEAD + 128),
                                  tend.eq(f["in_c"] + 6), tlast.eq(f["in_c"]),
                                  e1.eq(f["in_c"] + 6), e2m1.eq((f["in_c"] << 1) + 5),
                                  cba.eq(f["cbase"] + SAM_HEAD + 256),
                                  wrm1.eq(f["cbase"] + SAM_HEAD + 256 + f["in_c"] - 1)]
                 with m.Else():
-                    m.d.sync += [lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
+                    m.d.sync += [rlast.eq(m1["in_c"]),
+                                 lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
                                  tend.eq(taps + 5), tlast.eq(taps - 1),
                                  wrm1.eq(f["cbase"] + ECA_HEAD)]
                 m.d.sync += half.eq((taps - 1) >> 1)
             with m.Case(CONV):
                 m.d.sync += [st.eq(st + 1), pj.eq(pj + 1), ta.eq(ta + 1)]
                 with m.If(st == tend):
-                    m.d.sync += [st.eq(0), c.eq(c + 1), pj.eq(Mux(sam, -1, c + 1 - half))]
-                    with m.If(sam):
-                        m.d.sync += [ta.eq(wrm1 + f["in_c"]), wrm1.eq(wrm1 + f["in_c"]),
+                    m.d.sync += [st.eq(0), c.eq(c + 1), pj.eq(Mux(rowbias, -1, c + 1 - half))]
+                    with m.If(rowbias):
+                        m.d.sync += [ta.eq(wrm1 + taps), wrm1.eq(wrm1 + taps),
                                      cba.eq(cba + 1)]
                     with m.Else():
                         m.d.sync += ta.eq(wrm1)
-                    with m.If(last_c):
+                    with m.If(c == rlast):
                         m.d.sync += aph.eq(CWAIT)
             with m.Case(ZS):
                 m.d.sync += st.eq(st + 1)
@@ -1303,20 +1385,26 @@ class OverlayEngine(wiring.Component):
             m.d.sync += gw.eq(gw - 1)
 
         busy = Signal()
-        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | a1v | a2v | a3v | a4v
-                            | (wq_en != 0))
+        x1v = Signal()          # DYN: a mixing tap read (MIX)
+        a4e = Signal()          # DYN: an exp LUT read
+        dwe = Signal()          # DYN: a mixed weight / bias write request
+        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | a1v | a2v | a3v | a4v | x1v | a4e
+                            | dwe | (wq_en != 0))
         restart = [c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
         with m.If(~busy):
             with m.If(aph == PWAIT):
-                m.d.sync += [aph.eq(CONV), c.eq(0), st.eq(0), pj.eq(Mux(sam, -1, -half)),
-                             ta.eq(wrm1)]
+                m.d.sync += [aph.eq(CONV), c.eq(0), st.eq(0),
+                             pj.eq(Mux(rowbias, -1, -half)), ta.eq(wrm1)]
+            with m.If(aph == EWAIT):
+                m.d.sync += [aph.eq(DIV), c.eq(0), dstep.eq(0)]
             with m.If(aph == CWAIT):
-                m.d.sync += restart + [aph.eq(Mux(sam, ZS, SCALE)), st.eq(0), cc.eq(0),
-                                       pixbase.eq(0)]
+                m.d.sync += restart + [aph.eq(Mux(dyn, EXP, Mux(sam, ZS, SCALE))), st.eq(0),
+                                       cc.eq(0), pixbase.eq(0)]
             with m.If(aph == ZSWAIT):
                 with m.If(f["gap"]):
                     m.d.sync += restart + [aph.eq(GAPR)]
-            with m.If((aph == SWAIT) | (aph == GWAIT) | ((aph == ZSWAIT) & ~f["gap"])):
+            with m.If((aph == SWAIT) | (aph == GWAIT) | ((aph == ZSWAIT) & ~f["gap"])
+                      | (aph == MWAIT)):
                 m.d.comb += att_done.eq(1)
                 m.d.sync += aph.eq(IDLE)
 
@@ -1328,13 +1416,13 @@ class OverlayEngine(wiring.Component):
         with m.If(lut_rd):
             m.d.comb += at_r.addr.eq(lut_addr)
         with m.Elif(aph == INIT):
-            m.d.comb += at_r.addr.eq(f["cbase"] + ic)
-        with m.Elif(sam & (st == 0)):
+            m.d.comb += at_r.addr.eq(tbase + ic)
+        with m.Elif(rowbias & (aph == CONV) & (st == 0)):
             m.d.comb += at_r.addr.eq(cba)
         with m.Else():
             m.d.comb += at_r.addr.eq(ta)
         cbias = reg("att_cbias", signed(32))
-        with m.If(sam & (aph == CONV) & (st == 1)):
+        with m.If(rowbias & (aph == CONV) & (st == 1)):
             m.d.sync += cbias.eq(at_r.data.as_signed())
 
         # ---- stage 1: the read data ----
@@ -1342,13 +1430,16 @@ class OverlayEngine(wiring.Component):
         r1kind = reg("att_r1kind", 2, rkind)
         r1first = reg("att_r1first", 1, Mux(aph == ZS, cc == 0, first_pix))
         r1last = reg("att_r1last", 1, Mux(aph == ZS, cc == m1["in_c"], last_pix))
-        r1bank = reg("att_r1bank", 1, Mux(aph == ZS, cc[0], c[0]))
+        gbank = Signal()
+        r1bank = reg("att_r1bank", 1, Mux(aph == ZS, cc[0], Mux(aph == GPOOL, gbank, c[0])))
+        gmask = Signal()
+        r1mask = reg("att_r1mask", 1, Mux(aph == GPOOL, gmask, 1))
         r1c = reg("att_r1c", cw, Mux(aph == ZS, cc, c))
         r1addr = reg("att_r1addr", aw, raddr)
         r1buf = reg("att_r1buf", 1, Mux(aph == GAPR, f["dst"], f["src"]))
         t1first = reg("att_t1first", 1, st == sam)
         t1last = reg("att_t1last", 1, st == tlast)
-        t1in = reg("att_t1in", 1, (pj >= 0) & (pj <= m1["in_c"]))
+        t1in = reg("att_t1in", 1, rowbias | ((pj >= 0) & (pj <= m1["in_c"])))
         rd = {key: val[3] for key, val in banks.items()}
         xval = Signal(8)
         m.d.comb += xval.eq(Mux(r1buf, Mux(r1bank, rd[1, 1], rd[1, 0]),
@@ -1357,8 +1448,10 @@ class OverlayEngine(wiring.Component):
         # the pool / gap accumulator
         acc = Signal(signed(34), name="att_acc")
         rsum = r1v & (r1kind == K_SUM)
+        xsum = Signal(8)
+        m.d.comb += xsum.eq(Mux(r1mask, xval, 0))
         with m.If(rsum):
-            m.d.sync += acc.eq(Mux(r1first, xval, acc + xval))
+            m.d.sync += acc.eq(Mux(r1first, xsum, acc + xsum))
         m.d.sync += pgo.eq(rsum & r1last)
         pc = reg("att_pc", cw)
         with m.If(rsum & r1last):
@@ -1370,7 +1463,7 @@ class OverlayEngine(wiring.Component):
         ma = Signal(signed(33))
         mb = Signal(M_BITS)
         mode = Signal(3)
-        z = Signal(signed(34), name="att_z")
+        z = Signal(signed(48), name="att_z")
         zc = reg("att_zc", cw)
         gc = reg("att_gc", cw)
         sreg = reg("att_s", 9)
@@ -1390,27 +1483,37 @@ class OverlayEngine(wiring.Component):
         with m.Elif(t1v):
             m.d.comb += [ma.eq(at_r.data[:8].as_signed()), mb.eq(Mux(t1in, p_r.data, 0)),
                          mode.eq(M_TAP)]
+        with m.Elif(eiss):
+            m.d.comb += [ma.eq(rf[c] - rmax), mb.eq(z_m), mode.eq(M_EXP), item_c.eq(c)]
+        with m.Elif(x1v):
+            m.d.comb += [ma.eq(Mux(x1bias, at_r.data.as_signed(), at_r.data[:8].as_signed())),
+                         mb.eq(pf[x1k]), mode.eq(M_TAP)]
         with m.Elif(r1kind == K_Z):
             m.d.comb += [ma.eq(a_r.data.as_signed()), mb.eq(xval), mode.eq(M_TAP)]
         with m.Else():
             m.d.comb += [ma.eq(xval), mb.eq(Mux(sam, sreg, a_r.data)), mode.eq(M_SCALE),
                          item_c.eq(r1c), item_addr.eq(r1addr), item_bank.eq(r1bank)]
         s1v = Signal()
-        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | (r1v & (r1kind != K_SUM)))
+        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r1v & (r1kind != K_SUM)))
         prod = reg("att_prod", signed(33 + M_BITS), ma * mb)
         m.d.sync += a1v.eq(s1v)
         a1mode = reg("att_a1mode", 3, mode)
         a1c = reg("att_a1c", cw, item_c)
         a1addr = reg("att_a1addr", aw, item_addr)
         a1bank = reg("att_a1bank", 1, item_bank)
-        a1first = reg("att_a1first", 1, Mux(t1v, t1first, r1first))
-        a1last = reg("att_a1last", 1, Mux(t1v, t1last, r1last))
+        a1first = reg("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r1first)))
+        a1last = reg("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r1last)))
 
         # A1: a tap / product goes into z (from the bias, or SAM's row bias, at the first)
         a1tap = a1v & (a1mode == M_TAP)
+        mixing = Signal()
+        m.d.comb += mixing.eq((aph == MIX) | (aph == MWAIT))
+        znext = Signal(signed(48))
+        m.d.comb += znext.eq(Mux(a1first, Mux(mixing, 0, Mux(rowbias & in_conv, cbias,
+                                                               bias)), z) + prod)
         with m.If(a1tap):
-            m.d.sync += z.eq(Mux(a1first, Mux(sam & in_conv, cbias, bias), z) + prod)
-        m.d.sync += [zgo.eq(a1tap & a1last), zctx.eq(sam & in_conv)]
+            m.d.sync += z.eq(znext)
+        m.d.sync += [zgo.eq(a1tap & a1last & ~dyn), zctx.eq(sam & in_conv)]
         with m.If(a1tap & a1last):
             m.d.sync += zc.eq(c)
 
@@ -1419,7 +1522,7 @@ class OverlayEngine(wiring.Component):
         with m.Switch(a1mode):
             with m.Case(M_POOL):
                 m.d.comb += sh.eq(pool_sh)
-            with m.Case(M_Z):
+            with m.Case(M_Z, M_EXP):
                 m.d.comb += sh.eq(z_sh)
             with m.Case(M_GAP):
                 m.d.comb += sh.eq(gap_sh)
@@ -1443,8 +1546,9 @@ class OverlayEngine(wiring.Component):
         lo = Signal(signed(10))
         hi = Signal(signed(10))
         signed_out = (a2mode == M_Z) | (a2mode == M_CTX)
-        m.d.comb += [lo.eq(Mux(signed_out, -128, 0)),
-                     hi.eq(Mux(signed_out, 127, Mux(a2mode == M_SCALE, 255, qmax)))]
+        m.d.comb += [lo.eq(Mux(signed_out, -128, Mux(a2mode == M_EXP, -255, 0))),
+                     hi.eq(Mux(signed_out, 127, Mux(a2mode == M_SCALE, 255,
+                                                    Mux(a2mode == M_EXP, 0, qmax))))]
         q3 = reg("att_q3", signed(10), Mux(t2 < lo, lo, Mux(t2 > hi, hi, t2)))
         m.d.sync += a3v.eq(a2v)
         a3mode = reg("att_a3mode", 3, a2mode)
@@ -1458,7 +1562,8 @@ class OverlayEngine(wiring.Component):
         # sum (ECA); a write to dst
         m.d.comb += [p_w.addr.eq(a3c), p_w.data.eq(q3[:8]),
                      p_w.en.eq(a3v & (a3mode == M_POOL))]
-        m.d.comb += [lut_rd.eq(a3v & (a3mode == M_Z)), lut_addr.eq(lutc + q3)]
+        m.d.comb += [lut_rd.eq(a3v & ((a3mode == M_Z) | (a3mode == M_EXP))),
+                     lut_addr.eq(lutc + q3)]
         m.d.sync += a4v.eq(a3v & (a3mode == M_Z))
         a4c = reg("att_a4c", cw, a3c)
         ctx_w = a3v & (a3mode == M_CTX)
@@ -1476,3 +1581,121 @@ class OverlayEngine(wiring.Component):
         with m.If(a3v & (((a3mode == M_SCALE) & ~(f["gap"] & ~sam)) | (a3mode == M_GAP))):
             m.d.sync += [wq_en.eq(Mux(a3bank, 0b10, 0b01)), wq_addr.eq(a3addr),
                          wq_buf.eq(f["dst"]), wq_data[0].eq(q3[:8]), wq_data[1].eq(q3[:8])]
+
+        if dynw is None:
+            return
+
+        # ---- DYN (dynamic_conv1x1's attention pass) ----
+        # GPOOL: per conv input channel, its gather entry (bank, offset, dy, dx; 2 cycles),
+        # then every pixel: the value at (y + dy, x + dx) of its source channel when inside
+        # the map and y, x on the t grid, else 0 (summed as the POOL sums)
+        gdy = Signal(signed(4))
+        gdx = Signal(signed(4))
+        xm = Signal(8)
+        ym = Signal(8)
+        yy = Signal(signed(len(f["h"]) + 2))
+        xx = Signal(signed(len(f["w"]) + 2))
+        m.d.comb += [yy.eq(ly + gdy), xx.eq(lx + gdx),
+                     gmask.eq((xm == 0) & (ym == 0) & (yy >= 0) & (yy < f["h"]) & (xx >= 0)
+                              & (xx < f["w"])),
+                     att_gat.eq((aph == GPOOL) & (gs == 0)), att_gaddr.eq(f["gbase"] + c)]
+        with m.If(aph == GPOOL):
+            with m.If(gs == 0):
+                m.d.sync += gs.eq(1)
+            with m.If(gs == 1):
+                gd = gat_r.data
+                m.d.sync += [gs.eq(2), gbank.eq(gd[0]), addr.eq(gd[1:1 + aw]),
+                             gdy.eq(gd[1 + aw:5 + aw]), gdx.eq(gd[5 + aw:9 + aw]),
+                             lx.eq(0), ly.eq(0), xm.eq(0), ym.eq(0)]
+            with m.If(gissue):
+                m.d.sync += addr.eq(addr + f["dst_cp2"])
+                with m.If(lx == m1["w"]):
+                    m.d.sync += [lx.eq(0), ly.eq(ly + 1), xm.eq(0),
+                                 ym.eq(Mux(ym == treg - 1, 0, ym + 1))]
+                with m.Else():
+                    m.d.sync += [lx.eq(lx + 1), xm.eq(Mux(xm == treg - 1, 0, xm + 1))]
+                with m.If(last_pix):
+                    m.d.sync += [gs.eq(0), c.eq(c + 1)]
+                    with m.If(c == m1["cin"]):
+                        m.d.sync += aph.eq(PWAIT)
+
+        # RK (the CONV phase with K rows of cin taps from att_bias[k]): r[k], max r
+        esum = Signal(20)
+        with m.If(a1tap & a1last & dyn & in_conv):
+            m.d.sync += rf[c].eq(znext)
+            with m.If((c == 0) | (znext > rmax)):
+                m.d.sync += rmax.eq(znext)
+
+        # EXP: per k, e = exp_lut[clamp(rq(r[k] - max r, att_m, att_sh), -255, 0) + 255]
+        m.d.comb += eiss.eq(aph == EXP)
+        with m.If(eiss):
+            m.d.sync += c.eq(c + 1)
+            with m.If(c == rlast):
+                m.d.sync += aph.eq(EWAIT)
+        m.d.sync += a4e.eq(a3v & (a3mode == M_EXP))
+        with m.If(a4e):
+            m.d.sync += [ef[a4c].eq(at_r.data[:16]), esum.eq(esum + at_r.data[:16])]
+        with m.If((aph == CWAIT) & dyn):
+            m.d.sync += esum.eq(0)
+
+        # DIV: pi[k] = (e[k] * 256) // sum e, restoring, 9 quotient bits (pi <= 256):
+        # the remainder starts at e >> 1 (= (e << 8) >> 9 < sum e), then 9 steps
+        rem = Signal(21)
+        quo = Signal(9)
+        rem2 = Signal(21)
+        ge = Signal()
+        m.d.comb += [rem2.eq(Cat(Mux(dstep == 1, ef[c][0], 0), rem)),
+                     ge.eq(rem2 >= esum)]
+        with m.If(aph == DIV):
+            m.d.sync += dstep.eq(dstep + 1)
+            with m.If(dstep == 0):
+                m.d.sync += [rem.eq(ef[c] >> 1), quo.eq(0)]
+            with m.Else():
+                m.d.sync += [rem.eq(Mux(ge, rem2 - esum, rem2)), quo.eq(Cat(ge, quo))]
+            with m.If(dstep == 9):
+                m.d.sync += [pf[c].eq(Cat(ge, quo)), dstep.eq(0), c.eq(c + 1)]
+                with m.If(c == rlast):
+                    m.d.sync += [aph.eq(MIX), ta.eq(wrm1 + 1), mk.eq(0), ml.eq(0), mi.eq(0),
+                                 mg.eq(0), mrow.eq(f["wbase"]), mo.eq(0), mbias.eq(0),
+                                 mpg.eq(Mux(m1["groups"] == 0, f["last_group"] - 1, P - 1))]
+
+        # MIX: the table's weights (in the weight memory's order) and biases, K taps each,
+        # pi[k] * w into z, then (z + 128) >> 8 written to the conv's weight row / lane or
+        # its bias entry
+        miss = Signal()
+        m.d.comb += miss.eq(aph == MIX)
+        with m.If(miss):
+            m.d.sync += [ta.eq(ta + 1), mk.eq(mk + 1)]
+            with m.If(mk == rlast):
+                m.d.sync += mk.eq(0)
+                with m.If(~mbias):
+                    m.d.sync += ml.eq(ml + 1)
+                    with m.If(ml == mpg):
+                        m.d.sync += [ml.eq(0), mrow.eq(mrow + 1), mi.eq(mi + 1)]
+                        with m.If(mi == m1["cin"]):
+                            m.d.sync += [mi.eq(0), mg.eq(mg + 1),
+                                         mpg.eq(Mux(mg + 1 == m1["groups"],
+                                                    f["last_group"] - 1, P - 1))]
+                            with m.If(mg == m1["groups"]):
+                                m.d.sync += mbias.eq(1)
+                with m.Else():
+                    m.d.sync += mo.eq(mo + 1)
+                    with m.If(mo + 1 == f["cout"]):
+                        m.d.sync += aph.eq(MWAIT)
+        m.d.sync += [x1v.eq(miss), x1k.eq(mk), x1first.eq(mk == 0), x1last.eq(mk == rlast),
+                     x1bias.eq(mbias), x1row.eq(mrow), x1lane.eq(ml), x1ent.eq(f["cbase"] + mo)]
+        a1bias = reg("att_a1bias", 1, x1bias)
+        a1row = reg("att_a1row", len(mrow), x1row)
+        a1lane = reg("att_a1lane", len(ml), x1lane)
+        a1ent = reg("att_a1ent", len(x1ent), x1ent)
+        rounded = Signal(signed(48))
+        m.d.comb += rounded.eq((znext + 128) >> 8)
+        dw_w = Signal()
+        dw_b = Signal()
+        m.d.sync += [dw_w.eq(a1tap & a1last & mixing & ~a1bias),
+                     dw_b.eq(a1tap & a1last & mixing & a1bias)]
+        with m.If(a1tap & a1last & mixing):
+            m.d.sync += [dynw["wrow"].eq(a1row), dynw["wlane"].eq(a1lane),
+                         dynw["wdata"].eq(rounded[:8]), dynw["bent"].eq(a1ent),
+                         dynw["bdata"].eq(rounded[:32])]
+        m.d.comb += [dwe.eq(dw_w | dw_b), dynw["wwe"].eq(dw_w), dynw["bwe"].eq(dw_b)]

@@ -46,8 +46,8 @@ from .params import OVERLAY_LAYER, PARAM_LAYOUT, ParamKind, encode_word, gather_
 from .resources import Cost, MemorySpec, Multiplier
 
 __all__ = ["OverlayConfig", "OverlayFitError", "OverlayPlan", "OverlayMemories", "PASS_FIELDS",
-           "OP_END", "OP_CONV", "OP_ECA", "OP_SAM", "ATTENTION_OPS", "ECA_HEAD",
-           "SAM_HEAD", "compile_overlay",
+           "OP_END", "OP_CONV", "OP_ECA", "OP_SAM", "OP_DYN", "ATTENTION_OPS",
+           "ECA_HEAD", "SAM_HEAD", "DYN_HEAD", "compile_overlay",
            "run_overlay", "decode_param_words", "overlay_cost", "INT32_MAX"]
 
 #: The fields of one program row, in lane order (spec §4; ``pool`` comes before ``ho``, ``wo``
@@ -60,11 +60,11 @@ PASS_FIELDS = ("op", "src", "dst", "h", "w", "stride", "pool", "ho", "wo", "cin"
 #: Program ``op`` values: END stops the engine (the row after the last pass); ECA is a
 #: channel_attention pass (only on an engine with ``attention`` hardware, see
 #: :class:`OverlayConfig`).
-OP_END, OP_CONV, OP_ECA, OP_SAM = 0, 1, 2, 3
+OP_END, OP_CONV, OP_ECA, OP_SAM, OP_DYN = 0, 1, 2, 3, 4
 
 #: The version-2 ops the overlay's optional attention hardware can run
 #: (``OverlayConfig.attention``).
-ATTENTION_OPS = ("channel_attention", "spatial_attention")
+ATTENTION_OPS = ("channel_attention", "spatial_attention", "dynamic_conv1x1")
 
 #: Attention-table entries of a channel_attention pass before its kernel taps (at ``cbase``):
 #: bias (int32); pool_m | pool_sh << 16 | qmax << 24; z_m | z_sh << 16; gap_m | gap_sh << 16
@@ -77,6 +77,15 @@ ECA_HEAD = 4
 #: ctx_m | ctx_sh << 16. Then the 256 LUT entries, the C ``ctx_bias`` (int32) and the C×C
 #: ``ctx_weight`` (int8, row ``c`` at ``c * C``).
 SAM_HEAD = 5
+
+#: The same for a dynamic_conv1x1's attention pass (op DYN, before its conv pass):
+#: att_pool_m | att_pool_sh << 16 | qmax << 24; att_m | att_sh << 16; K | t << 8. Then the
+#: 256 ``exp_lut`` entries, the K ``att_bias`` (int32), the K×cin ``att_weight`` (int8, row
+#: ``k`` at ``k * cin``), the kernels' weights in the order the unit mixes them (for each
+#: weight-memory row of the conv, group by group and input channel by input channel: for
+#: each lane ``o`` of the group, the K values ``weight[k, o, i]``), then for each output
+#: channel ``o`` the K ``bias[k, o]`` (int32).
+DYN_HEAD = 3
 
 #: The accumulator is 32 bits (bias is added at requant, wider): every partial sum must fit.
 INT32_MAX = (1 << 31) - 1
@@ -553,11 +562,11 @@ def compile_overlay(model, config=None):
                                       f"not supported by the overlay engine (merge them in the "
                                       f"model); use --engine dataflow")
             pending["shift"] = i
-        elif op == "conv1x1":
+        elif op in ("conv1x1", "dynamic_conv1x1"):
             groups.append({"rep": pending.get("replicate"), "shift": pending.get("shift"),
                            "conv": i, "pool": None, "gap": None, "att": None})
             pending = {}
-        elif op in ATTENTION_OPS:
+        elif op in ATTENTION_OPS:       # channel_attention, spatial_attention
             # An attention pass of its own, on the map the previous pass wrote (whole maps
             # in RAM: the pool, the per-channel step and the scale are passes over it).
             if pending or cur is None or cur["gap"] is not None:
@@ -570,7 +579,7 @@ def compile_overlay(model, config=None):
             groups.append({"rep": None, "shift": None, "conv": None, "pool": None,
                            "gap": None, "att": i})
         elif op == "maxpool2":
-            if prev != "conv1x1":
+            if prev not in ("conv1x1", "dynamic_conv1x1"):
                 what = prev if prev is not None else "the image"
                 raise OverlayFitError(f"{_where(i, layer)}: the overlay fuses a maxpool2 into "
                                       f"the conv1x1 directly before it, here it follows "
@@ -625,6 +634,7 @@ def compile_overlay(model, config=None):
                                                       else g["conv"])
         h, w, c_src = shapes[first]
         conv = layers[g["conv"]]
+        dyn = conv.op == "dynamic_conv1x1"
         s = int(conv.stride)
         cin, cout = conv.cin, conv.cout
         cp2 = (c_src + (c_src & 1)) // 2
@@ -645,7 +655,9 @@ def compile_overlay(model, config=None):
 
         # Partial sums: sum |w| * (largest input value) must fit the 32-bit accumulator.
         bits = value_bits[g["conv"]]
-        wabs = np.abs(conv.weight.astype(np.int64)).sum(axis=1)
+        # (a dynamic conv's mixed weights lie between its kernels' smallest and largest)
+        wabs = (np.abs(conv.weight.astype(np.int64)).max(axis=0) if dyn else
+                np.abs(conv.weight.astype(np.int64))).sum(axis=1)
         worst = int(wabs.max()) * ((1 << bits) - 1) if wabs.size else 0
         if worst > INT32_MAX:
             o = int(wabs.argmax())
@@ -681,16 +693,18 @@ def compile_overlay(model, config=None):
         # Weights: w[o, i] at row wbase + (o // P) * cin + i, lane o % P.
         wt = np.zeros((ngroups * cin, lanes), np.int64)
         o = np.arange(cout)
-        wt[(o // lanes)[:, None] * cin + np.arange(cin)[None, :], (o % lanes)[:, None]] = \
-            conv.weight.astype(np.int64)
+        if not dyn:     # a dynamic conv's rows are written by its DYN pass, per image
+            wt[(o // lanes)[:, None] * cin + np.arange(cin)[None, :], (o % lanes)[:, None]] = \
+                conv.weight.astype(np.int64)
         w_rows.append(wt)
 
         # Channel tables: bias, m, sh, qmax (the classifier: bias only).
         for o in range(cout):
+            b = 0 if dyn else int(conv.bias[o])        # dynamic: written per image
             if raw:
-                c_rows.append((int(conv.bias[o]), 0, 0, 0))
+                c_rows.append((b, 0, 0, 0))
             else:
-                c_rows.append((int(conv.bias[o]), int(conv.m[o]), int(conv.sh[o]), qmax_act))
+                c_rows.append((b, int(conv.m[o]), int(conv.sh[o]), qmax_act))
 
         gl = layers[g["gap"]] if gap else None
         gap_ent = 0
@@ -709,6 +723,10 @@ def compile_overlay(model, config=None):
              "cbase": cbase, "src_row": s * w * cp2, "src_col": s * cp2, "pool": int(pool),
              "gap": int(gap), "gap_ent": gap_ent, "raw": int(raw), "out_h": out_h,
              "out_w": out_w, "dst_cp2": (cout + (cout & 1)) // 2, "in_c": c_src}
+        if dyn:
+            passes.append(_dynamic_pass(k, g, layers, config, a_rows, qmax_act, p, c_src))
+            pass_layers.append((g["conv"],))
+            pass_ops.append(("dynamic_conv1x1 (attention)",))
         passes.append(p)
         idx = tuple(x for x in (g["rep"], g["shift"], g["conv"], g["pool"], g["gap"])
                     if x is not None)
@@ -798,6 +816,66 @@ def _attention_pass(k, g, layers, shapes, config, a_rows, qmax_act):
         raise OverlayFitError(f"{_where(i, layer)}: the map {h}x{w}x{c} needs "
                               f"{_map_words(h, w, c)} words per bank, over fm_words = "
                               f"{config.fm_words}; raise fm_words or use --engine dataflow")
+    return p
+
+
+def _dynamic_pass(k, g, layers, config, a_rows, qmax_act, conv_row, c_src):
+    """The program row of a dynamic_conv1x1's attention pass (op DYN), run before its conv
+    pass ``conv_row``, and its attention-table entries (layout :data:`DYN_HEAD`).
+
+    The pass reads the conv's source map through the conv's gather entries (the shift and
+    replicate before it), computes the kernel attention and writes the mixed weights and
+    biases into the conv's weight rows and channel-table entries. Its row: the conv's
+    ``src``, ``h``, ``w``, ``in_c``, ``cin``, ``cout``, ``groups``, ``last_group``,
+    ``gbase``, ``wbase``, ``cbase``, ``raw``; ``dst_cp2`` = the source map's words per
+    pixel; ``gap_ent`` = its attention-table base.
+    """
+    i = g["conv"]
+    layer = layers[i]
+    kn, cout, cin = (int(v) for v in layer.weight.shape)
+    lanes = config.lanes
+    t = int(layer.att_step)
+    if kn > 8:
+        raise OverlayFitError(f"{_where(i, layer)}: {kn} kernels, over the overlay attention "
+                              f"unit's 8; use --engine dataflow")
+    if t > 255:
+        raise OverlayFitError(f"{_where(i, layer)}: att_step {t} over 255; use --engine "
+                              f"dataflow")
+    if cin > config.channel_rows:
+        raise OverlayFitError(f"{_where(i, layer)}: {cin} input channels, over the attention's "
+                              f"per-channel memory (channel_rows = {config.channel_rows}); "
+                              f"raise channel_rows or use --engine dataflow")
+    base = len(a_rows)
+    need = base + DYN_HEAD + 256 + kn + kn * cin + kn * cout * cin + kn * cout
+    if need > config.attention_rows:
+        raise OverlayFitError(f"{_where(i, layer)}: the network needs {need} attention-table "
+                              f"entries up to this layer (pass {k}), over attention_rows = "
+                              f"{config.attention_rows}; raise attention_rows or use --engine "
+                              f"dataflow")
+    if conv_row["h"] * conv_row["w"] * 255 > INT32_MAX:
+        raise OverlayFitError(f"{_where(i, layer)}: the attention pool sums over int32; use "
+                              f"--engine dataflow")
+    a_rows += [int(layer.att_pool_m) | int(layer.att_pool_sh) << 16 | qmax_act << 24,
+               int(layer.att_m) | int(layer.att_sh) << 16, kn | t << 8]
+    a_rows += [int(v) for v in np.asarray(layer.exp_lut, np.int64).tolist()]
+    a_rows += [int(v) & 0xFFFFFFFF for v in np.asarray(layer.att_bias, np.int64).tolist()]
+    a_rows += [int(v) & 0xFFFFFFFF
+               for v in np.asarray(layer.att_weight, np.int64).reshape(-1).tolist()]
+    wt = np.asarray(layer.weight, np.int64)
+    for grp in range(-(-cout // lanes)):
+        for ci in range(cin):
+            for o in range(grp * lanes, min(cout, (grp + 1) * lanes)):
+                a_rows += [int(v) & 0xFFFFFFFF for v in wt[:, o, ci].tolist()]
+    bs = np.asarray(layer.bias, np.int64)
+    for o in range(cout):
+        a_rows += [int(v) & 0xFFFFFFFF for v in bs[:, o].tolist()]
+    p = {name: 0 for name in PASS_FIELDS}
+    for name in ("src", "h", "w", "in_c", "cin", "cout", "groups", "last_group", "gbase",
+                 "wbase", "cbase", "raw"):
+        p[name] = conv_row[name]
+    p.update({"op": OP_DYN, "dst": 1 - conv_row["src"], "stride": 1, "ho": conv_row["h"],
+              "wo": conv_row["w"], "out_h": conv_row["h"], "out_w": conv_row["w"],
+              "dst_cp2": (c_src + (c_src & 1)) // 2, "gap_ent": base})
     return p
 
 
@@ -954,7 +1032,7 @@ def _run_chunk(mem, images, max_steps):
                          f"reads [N, {h}, {w}, {cc}]")
     # LOAD: the image into pass 0's source buffer (X), channels in parity banks.
     _write_map(fm[row0["src"]], images, (cc + (cc & 1)) // 2, depth)
-    logits, taps = None, []
+    logits, taps, mixed = None, [], None
     for k in range(min(len(prog), max_steps)):
         p = dict(zip(PASS_FIELDS, prog[k].tolist()))
         if p["op"] == OP_END:
@@ -963,9 +1041,13 @@ def _run_chunk(mem, images, max_steps):
             out = (_run_eca if p["op"] == OP_ECA else _run_sam)(mem, p, fm, n, depth)
             taps.append(out)
             continue
+        if p["op"] == OP_DYN and c.attention:
+            # the mixed weights and biases of the next (conv) pass, per image
+            mixed = _run_dyn(mem, p, fm, n, depth)
+            continue
         if p["op"] != OP_CONV:
             raise ValueError(f"overlay program row {k}: op {p['op']} is neither CONV (1) nor "
-                             f"END (0)" + (" nor ECA (2) nor SAM (3)" if c.attention else ""))
+                             f"END (0)" + (" nor ECA (2), SAM (3), DYN (4)" if c.attention else ""))
         src = fm[p["src"]]
         s, cin, cout, lanes = p["stride"], p["cin"], p["cout"], c.lanes
         # Gather: every conv input channel's bank, offset and shift.
@@ -986,9 +1068,16 @@ def _run_chunk(mem, images, max_steps):
         wrows = p["wbase"] + (o // lanes)[:, None] * cin + np.arange(cin)[None, :]
         wmat = np.asarray(mem.weights, np.int64)[wrows, (o % lanes)[:, None]]  # [cout, cin]
         # Exact in float64: |partial sums| <= cin * 255 * 128, far below 2**53.
-        acc = np.rint(x.astype(np.float64) @ wmat.T.astype(np.float64)).astype(np.int64)
         ch = slice(p["cbase"], p["cbase"] + cout)
         bias = np.asarray(mem.bias, np.int64)[ch]
+        if mixed is not None:
+            # after a DYN pass: this image's mixed weights and biases
+            wmix, bmix = mixed
+            acc = np.einsum("npi,noi->npo", x.astype(np.int64), wmix)
+            bias = bmix[:, None, :]
+            mixed = None
+        else:
+            acc = np.rint(x.astype(np.float64) @ wmat.T.astype(np.float64)).astype(np.int64)
         if p["raw"]:
             logits = (acc + bias).reshape(n, -1)
             taps.append(logits)
@@ -1051,6 +1140,52 @@ def _run_eca(mem, p, fm, n, depth):
                          f"pass produces {out.shape[1]}x{out.shape[2]}")
     _write_map(fm[p["dst"]], out, cp2, depth)
     return _read_map(fm[p["dst"]], out.shape[1], out.shape[2], cc, cp2, depth)
+
+
+def _run_dyn(mem, p, fm, n, depth):
+    """A dynamic_conv1x1's attention pass (op DYN) over the memory images: the pool of the
+    conv's input (the source map through the conv's gather entries, every ``t``-th row and
+    column), the kernel attention ``pi`` and the mixed weights and biases; returns
+    ``(W [N, cout, cin], B [N, cout])`` for the conv pass that follows."""
+    h, w, cc, cp2 = p["h"], p["w"], p["in_c"], p["dst_cp2"]
+    cin, cout = p["cin"], p["cout"]
+    att = np.asarray(mem.att, np.int64)
+    b = p["gap_ent"]
+    w0, w1, w2 = (int(v) for v in att[b:b + 3])
+    qmax, kn, t = (w0 >> 24) & 0xFF, w2 & 0xFF, (w2 >> 8) & 0xFF
+    e = b + DYN_HEAD
+    lut = att[e:e + 256] & 0xFFFF
+    abias = _sext(att[e + 256:e + 256 + kn], 32)
+    aw_ = _sext(att[e + 256 + kn:e + 256 + kn + kn * cin], 8).reshape(kn, cin)
+    e += 256 + kn + kn * cin
+    x = _read_map(fm[p["src"]], h, w, cc, cp2, depth)
+    bank, off, dy, dx = _decode_gather(np.asarray(mem.gather)[p["gbase"]:p["gbase"] + cin])
+    src_c = 2 * (off - (dy * w + dx) * cp2) + bank
+    yy, xx = np.meshgrid(np.arange(0, h, t), np.arange(0, w, t), indexing="ij")
+    sums = np.zeros((n, cin), np.int64)
+    for i in range(cin):
+        sy, sx = yy + dy[i], xx + dx[i]
+        ok = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+        sums[:, i] = x[:, np.clip(sy, 0, h - 1), np.clip(sx, 0, w - 1), src_c[i]][:, ok].sum(1)
+    pool = np.clip(_rq(sums, w0 & 0xFFFF, (w0 >> 16) & 0x3F), 0, qmax)
+    r = pool @ aw_.T + abias[None, :]
+    d = r - r.max(axis=1, keepdims=True)
+    ex = lut[np.clip(_rq(d, w1 & 0xFFFF, (w1 >> 16) & 0x3F), -255, 0) + 255]
+    pi = (ex * 256) // ex.sum(axis=1, keepdims=True)                      # [N, K]
+    lanes = mem.config.lanes
+    wk = np.zeros((kn, cout, cin), np.int64)
+    for grp in range(-(-cout // lanes)):
+        for ci in range(cin):
+            for o in range(grp * lanes, min(cout, (grp + 1) * lanes)):
+                wk[:, o, ci] = _sext(att[e:e + kn], 8)
+                e += kn
+    bk = np.zeros((kn, cout), np.int64)
+    for o in range(cout):
+        bk[:, o] = _sext(att[e:e + kn], 32)
+        e += kn
+    wmix = (np.einsum("nk,koi->noi", pi, wk) + 128) >> 8
+    bmix = (pi @ bk + 128) >> 8
+    return wmix, bmix
 
 
 def _sext(v, bits):

@@ -37,10 +37,10 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
 """
 
 from .overlay import _HANDOFF, PIPE
-from .overlay_program import OP_ECA, OP_SAM
+from .overlay_program import OP_DYN, OP_ECA, OP_SAM
 
 __all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles",
-           "sam_cycles"]
+           "sam_cycles", "dyn_cycles"]
 
 
 def _get(p, name):
@@ -109,6 +109,22 @@ def sam_cycles(c, npix, gap):
     return cycles
 
 
+def dyn_cycles(p, kernels):
+    """Cycles of a dynamic_conv1x1's attention pass (op DYN) after its SETUP, for its conv's
+    source map of ``N`` pixels, ``cin`` inputs, ``cout`` outputs and K kernels::
+
+        DYN_FIXED + cin * (N + DYN_GATHER)       # pool through the gather, t-grid masked
+        + K * (cin + DYN_ROW)                    # r[k]: att_bias[k] + cin products
+        + K + K * DYN_DIV                        # e[k] (one a cycle), pi[k] (division)
+        + K * (cin * cout + cout)                # the mixed weights and biases, K taps each
+    """
+    npix = _get(p, "h") * _get(p, "w")
+    cin, cout = _get(p, "cin"), _get(p, "cout")
+    k = int(kernels)
+    return (PIPE.dyn_fixed + cin * (npix + PIPE.dyn_gather) + k * (cin + PIPE.dyn_row)
+            + k + k * PIPE.dyn_div + k * (cin * cout + cout))
+
+
 def load_cycles(plan):
     """LOAD: one image value a cycle (pass 0's ``h * w * in_c``)."""
     p = plan.passes[0]
@@ -126,9 +142,18 @@ def pass_cycles(plan):
     list of int
     """
     lanes, r = plan.config.lanes, plan.config.requant_units
-    return [PIPE.setup + (attention_cycles(p) if _get(p, "op") in (OP_ECA, OP_SAM) else
-                          sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups"))))
-            for p in plan.passes]
+    out = []
+    for p in plan.passes:
+        op = _get(p, "op")
+        if op in (OP_ECA, OP_SAM):
+            cycles = attention_cycles(p)
+        elif op == OP_DYN:
+            # K from the pass's attention-table words (DYN_HEAD: K | t << 8 at entry 2)
+            cycles = dyn_cycles(p, int(plan.att[_get(p, "gap_ent") + 2]) & 0xFF)
+        else:
+            cycles = sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups")))
+        out.append(PIPE.setup + cycles)
+    return out
 
 
 def image_cycles(plan):

@@ -25,7 +25,7 @@ ECA = ("channel_attention",)
 
 def att_config(lanes, r, attention=ECA, **kw):
     args = dict(lanes=lanes, requant_units=r, fm_words=512, weight_rows=256, channel_rows=64,
-                gather_rows=128, max_passes=8, attention=attention, attention_rows=2048)
+                gather_rows=128, max_passes=8, attention=attention, attention_rows=8192)
     args.update(kw)
     return OverlayConfig(**args)
 
@@ -96,9 +96,10 @@ def check_logits(got, want):
             assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
 
 
-def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300):
+def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300, want=None):
     """A random network with ``attention`` that compiles for ``cfg`` (with the attention
-    op's gap fused when ``need_gap`` is True, not fused when False)."""
+    op's gap fused when ``need_gap`` is True, not fused when False; ``want(model)`` true
+    when given)."""
     for _ in range(tries):
         model = random_model(nrng, size=size, in_channels=int(nrng.integers(1, 3)),
                              blocks=int(nrng.integers(1, 3)), max_width=max_width,
@@ -110,17 +111,17 @@ def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300):
             continue
         ops = [layer.op for layer in model.layers]
         fused = any(a in attention and b == "gap" for a, b in zip(ops, ops[1:]))
-        if need_gap is None or fused == need_gap:
+        if (need_gap is None or fused == need_gap) and (want is None or want(model)):
             return model, plan
     raise AssertionError("no compilable network drawn")
 
 
 def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_stall=0.5,
-                   attention=ECA, max_width=9):
+                   attention=ECA, max_width=9, want=None):
     rng, seed = make_rng(name)
     nrng = np.random.default_rng(seed)
     cfg = att_config(lanes, r, attention)
-    model, plan = draw(nrng, cfg, attention, size, max_width, need_gap)
+    model, plan = draw(nrng, cfg, attention, size, max_width, need_gap, want=want)
     print(f"{name}: {[layer.op for layer in model.layers]} act_bits={model.act_bits} "
           f"weight_bits={model.weight_bits}")
     for line in plan.summary():
@@ -135,14 +136,19 @@ def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_s
 
 
 SAM = ("spatial_attention",)
+DYN = ("dynamic_conv1x1",)
 BOTH = ("channel_attention", "spatial_attention")
+ALL = BOTH + DYN
 
 # (attention ops, lanes, R, size, the attention's gap fused)
 CASES = [(ECA, 4, 2, (5, 4), False), (ECA, 2, 1, (4, 5), True), (SAM, 6, 2, (5, 4), False),
-         (SAM, 4, 1, (3, 5), True), (BOTH, 6, 2, (5, 5), None)]
+         (SAM, 4, 1, (3, 5), True), (BOTH, 6, 2, (5, 5), None), (DYN, 6, 1, (5, 4), None),
+         (ALL, 4, 2, (4, 5), None)]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
+# cases 0 and 4 are covered by the others in the default run (the suite's time budget)
+@pytest.mark.parametrize("case", [pytest.param(k, marks=pytest.mark.slow) if k in (0, 4) else k
+                                  for k in range(len(CASES))])
 def test_attention_random_nets_with_stalls(case):
     attention, lanes, r, size, gap = CASES[case]
     attention_case(f"test_attention_random_nets_with_stalls[{case}]", lanes, r, size, gap,
@@ -151,7 +157,8 @@ def test_attention_random_nets_with_stalls(case):
 
 @pytest.mark.parametrize("attention,gap", [
     pytest.param(ECA, False, marks=pytest.mark.slow), (ECA, True), (SAM, False),
-    pytest.param(SAM, True, marks=pytest.mark.slow)], ids=["eca", "eca-gap", "sam", "sam-gap"])
+    pytest.param(SAM, True, marks=pytest.mark.slow), (DYN, None)],
+    ids=["eca", "eca-gap", "sam", "sam-gap", "dyn"])
 def test_attention_cycles_match_the_model(attention, gap):
     """No stalls: the cycles between consecutive images' first beats equal image_cycles,
     with the attention pass on its own and with a fused gap."""
@@ -167,14 +174,32 @@ def test_attention_cycles_match_the_model(attention, gap):
 @pytest.mark.parametrize("case", range(4))
 def test_attention_random_nets_slow(case):
     """Bigger maps and wider layers (more channels than the per-channel steps' pipeline
-    depth, k up to 9), both ops in one network; case 0 also checks the cycles."""
+    depth, k up to 9), every op in one network; case 0 also checks the cycles."""
     lanes, r = ((8, 1), (4, 2), (6, 1), (2, 2))[case]
     plan, first = attention_case(f"test_attention_random_nets_slow[{case}]", lanes, r, (7, 6),
                                  n_img=3, p_idle=0.0 if case == 0 else 0.3,
                                  p_stall=0.0 if case == 0 else 0.5, max_width=14,
-                                 attention=BOTH)
+                                 attention=ALL)
     if case == 0:
         assert np.diff(first).tolist() == [image_cycles(plan)] * 2
+
+
+def _dyn_in_a_block(stride):
+    """A network whose dynamic conv is a block's (after a shift: its pool reads through the
+    gather entries), with the given stride and an attention step t > 1."""
+    def want(model):
+        layers = model.layers
+        return any(layer.op == "dynamic_conv1x1" and k < len(layers) - 1
+                   and layer.stride == stride and layer.att_step > 1
+                   for k, layer in enumerate(layers))
+    return want
+
+
+@pytest.mark.parametrize("stride", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_dynamic_conv_in_a_block(stride):
+    """The dynamic conv after a shift (pool through the gather, t-grid), with stalls."""
+    attention_case(f"test_dynamic_conv_in_a_block[{stride}]", 4, 1, (6, 5), None,
+                   attention=DYN, want=_dyn_in_a_block(stride))
 
 
 def test_attention_executor_and_words_match_golden():
@@ -182,10 +207,10 @@ def test_attention_executor_and_words_match_golden():
     device model runs), equals the golden model on many random attention networks."""
     rng, seed = make_rng("test_attention_executor_and_words_match_golden")
     nrng = np.random.default_rng(seed)
-    cfg = att_config(4, 2, BOTH, attention_rows=4096)
-    for _ in range(16):
+    cfg = att_config(4, 2, ALL, attention_rows=16384)
+    for _ in range(20):
         size = (int(nrng.integers(3, 9)), int(nrng.integers(3, 9)))
-        model, plan = draw(nrng, cfg, BOTH, size, max_width=12)
+        model, plan = draw(nrng, cfg, ALL, size, max_width=12)
         images = nrng.integers(0, 256, (6,) + model.input_shape)
         want = golden.run(model, images)
         assert np.array_equal(run_overlay(plan, images), want)
@@ -193,7 +218,7 @@ def test_attention_executor_and_words_match_golden():
         assert np.array_equal(run_overlay(mem, images), want)
 
 
-@pytest.mark.parametrize("op", BOTH)
+@pytest.mark.parametrize("op", ALL)
 def test_attention_refused_without_the_option(op):
     """A config without that op's attention hardware refuses the model and names the
     option (with the ops it has already)."""
@@ -206,7 +231,7 @@ def test_attention_refused_without_the_option(op):
     msg = str(e.value)
     assert msg.startswith(f"layer {i} ({op}): ")
     assert f'"attention": ["{op}"]' in msg and "--engine dataflow" in msg
-    other = next(o for o in BOTH if o != op)
+    other = next(o for o in ALL if o != op)
     with pytest.raises(OverlayFitError) as e:
         compile_overlay(model, att_config(4, 2, attention=(other,)))
     assert f'"attention": ["{other}", "{op}"]' in str(e.value)
@@ -247,7 +272,7 @@ def test_attention_option_off_keeps_the_engine_and_its_json():
     with pytest.raises(ValueError, match="attention"):
         OverlayConfig(attention=("softmax",))
     with pytest.raises(ValueError, match="attention"):
-        OverlayConfig(attention=("dynamic_conv1x1",))
+        OverlayConfig(attention=("channel_attention", "channel_attention"))
 
 
 @pytest.mark.parametrize("lanes,r", [(8, 1), (6, 2)])
@@ -256,7 +281,7 @@ def test_attention_cost_counts_every_memory(lanes, r):
     depth and width (the feature-map banks are SPRAMs)."""
     from amaranth.hdl import Fragment
     cfg = OverlayConfig(lanes=lanes, requant_units=r, primitives="ice40", channel_rows=256,
-                        attention=ECA, attention_rows=2048)
+                        attention=ALL, attention_rows=2048)
     frag = Fragment.get(OverlayEngine(cfg), None)
     found = {}
 
@@ -276,18 +301,18 @@ def test_attention_cost_counts_every_memory(lanes, r):
 
 @pytest.mark.slow
 def test_attention_lint(tmp_path):
-    """Verilator -Wall lint of the generic engine with both attention ops (the project's
+    """Verilator -Wall lint of the generic engine with every attention op (the project's
     waivers only). Six lanes, R = 1: the gap sums' address then uses every bit of its index
     (with 4 lanes, R = 2, the engine without attention has an UNUSEDSIGNAL on it too)."""
     from shiftacc.sim.lint import lint_component
-    ok, msg = lint_component(OverlayEngine(att_config(6, 1, BOTH)), "overlay", tmp_path)
+    ok, msg = lint_component(OverlayEngine(att_config(6, 1, ALL)), "overlay", tmp_path)
     assert ok, msg
 
 
 @pytest.mark.slow
 def test_attention_ice40_primitives_under_icarus(tmp_path):
     """The iCE40 variant (SB_MAC16 lane pairs and requant halves, SB_SPRAM256KA banks: the
-    attention unit reads the maps through the SPRAM's latency) with both attention ops,
+    attention unit reads the maps through the SPRAM's latency) with every attention op,
     simulated by Icarus with Yosys' cell models, computes golden logits exactly (random
     stalls on every stream; the testbench of test_overlay_engine)."""
     import shutil
@@ -300,8 +325,8 @@ def test_attention_ice40_primitives_under_icarus(tmp_path):
     nrng = np.random.default_rng(seed)
     cfg = OverlayConfig(lanes=4, requant_units=1, fm_words=16384, weight_rows=256,
                         channel_rows=64, gather_rows=64, max_passes=8, primitives="ice40",
-                        attention=BOTH, attention_rows=1024)
-    model, plan = draw(nrng, cfg, BOTH, (5, 4), max_width=7)
+                        attention=ALL, attention_rows=4096)
+    model, plan = draw(nrng, cfg, ALL, (5, 4), max_width=7)
     print([layer.op for layer in model.layers])
     h, w, c = model.input_shape
     images = nrng.integers(0, 256, (2, h, w, c))
