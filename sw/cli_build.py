@@ -498,7 +498,6 @@ def _overlay_candidate(model, board, say):
     """(plan or None, candidate dict) of the overlay engine as ``build --engine overlay``
     configures it for ``board``, checked against the device's DSP blocks, block RAMs and
     SPRAMs (no headroom: the iCEBreaker's measured config uses 30 of 30 EBRs)."""
-    from ..hw.plan import PlanError
     args = _Namespace(config=None, overlay_config=None, lanes=None, requant_units=None)
     try:
         plan = _overlay_plan(args, model, board, lambda *a, **k: None)
@@ -512,13 +511,12 @@ def _overlay_candidate(model, board, say):
             "primitives": c.primitives}
     device = _device_of(board)
     if device is None:
-        if board.family in ("ice40", "ecp5"):
-            cand["dsp"] = plan.dsp(board.family)
-        return plan, cand
-    try:
-        use = overlay_usage(model, plan, board, device)
-    except PlanError:
-        return plan, cand
+        # Its block RAMs and SPRAMs cannot be counted (an iCE40 without SPRAM would not hold
+        # the feature maps): only when asked for (--engine overlay).
+        cand.update(fits=False, why=f"{board.device} is unknown to the planner, its memories "
+                                    f"are not counted (--engine overlay builds it anyway)")
+        return None, cand
+    use = overlay_usage(model, plan, board, device)
     cand["dsp"] = use["dsp"]["used"]
     cand["ram_blocks"] = use["ram_blocks"]["used"]
     over = [f"{use[k]['used']} {use[k]['cell']} of {use[k]['available']}"

@@ -208,3 +208,15 @@ def test_overlay_tables_raised_for_a_wide_model(seed):
     if rows > 256:
         with pytest.raises(UsageError, match="weight_rows = 256"):
             _overlay_plan(args, model, find_board("ulx3s-85f"), quiet)
+
+
+def test_no_spram_no_overlay(digits):
+    """An iCE40 without SPRAM (the iCEstick's HX1K, through --platform) cannot hold the
+    overlay's feature maps: refused for both engines, the SPRAM named."""
+    from shiftacc.boards.registry import board_from_platform
+    board = board_from_platform("amaranth_boards.icestick:ICEStickPlatform")
+    with pytest.raises(UsageError) as e:
+        choose_engine(load_artifact(digits), board)
+    msg = str(e.value)
+    assert "fits neither engine on icestick (iCE40HX1K)" in msg
+    assert "4 SB_SPRAM256KA of 0" in msg and "SB_MAC16 of 0" in msg
