@@ -325,16 +325,10 @@ def _warn_logic(model, plan, board, args, say):
 
 # ---- the engine for a board: dataflow or overlay ------------------------------------------
 
-#: Fraction of a device's DSP and RAM blocks the device-aware planner keeps free
-#: (:func:`shiftacc.hw.devices.plan_for_device`'s default); the overlay's block RAM on a part
-#: without SPRAM is sized with the same margin.
+#: Fraction of a device's DSP blocks, RAM blocks and estimated logic cells the device-aware
+#: planner keeps free for the dataflow engine (:func:`shiftacc.hw.devices.plan_for_device`'s
+#: default). The overlay's counts are its RTL's own memory list, checked without headroom.
 FIT_HEADROOM = 0.1
-
-
-def _headroom_limit(available):
-    import math
-    return math.floor(available * (1 - FIT_HEADROOM) + 1e-9)
-
 
 def _device_of(board):
     """The device-aware planner's :class:`~shiftacc.hw.devices.Device` of ``board``, or None."""
