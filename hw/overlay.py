@@ -8,6 +8,12 @@ reading source channel ``i mod C``, a maxpool2 and a gap are fused into the conv
 precedes them, the last pass (``raw``) streams ``acc + bias`` as int32 logits. Nothing about a
 particular model is an elaboration constant: the engine's shape is :class:`OverlayConfig`.
 
+With ``OverlayConfig.attention`` (off by default and in the iCEBreaker build: nothing of it
+is elaborated then) the engine also runs the version-2 attention ops as passes of an
+attention unit (:meth:`OverlayEngine._attention`, ``docs/overlay_attention.md``):
+channel_attention (op ECA), spatial_attention (op SAM) and a dynamic_conv1x1's kernel
+attention (op DYN, which writes the mixed weights before its conv pass).
+
 Schedule (all counts exact, :mod:`hw.overlay_timing` states them as a formula)::
 
     SETUP(row 0) LOAD  pass 0 | SETUP(row 1) pass 1 | ... | SETUP(END row) | SETUP(row 0) ...

@@ -9,7 +9,11 @@ images the engine reads (spec ``/work/v3/OVERLAY.md`` §2-§5, §8):
   ``image -> { [replicate] [shift] conv1x1 [maxpool2] [gap] }*``; the replicate and shift
   become the pass's *gather table* (a shift is only an address offset: zero cost), a maxpool2
   and a gap directly after the conv are fused into its pass, the last conv is the classifier
-  (raw int32 logits). Anything else is refused in words (:class:`OverlayFitError`).
+  (raw int32 logits). With ``OverlayConfig.attention``, a channel_attention or
+  spatial_attention is a pass of its own (op ECA, SAM; a gap after it fused), and a
+  dynamic_conv1x1 is a DYN pass (its kernel attention, writing the mixed weights) before its
+  conv pass (``docs/overlay_attention.md``). Anything else is refused in words
+  (:class:`OverlayFitError`).
 * :class:`OverlayPlan` holds the program (:data:`PASS_FIELDS` per pass, an END row after the
   last), the weight, channel (bias, m, sh, qmax) and gather memories, their parameter words
   (:meth:`OverlayPlan.param_words`, ``hw.params`` format, ``layer`` = 0xFF) and the engine's
@@ -809,8 +813,8 @@ def _attention_pass(k, g, layers, shapes, config, a_rows, qmax_act):
         a_rows += [int(v) for v in np.asarray(layer.lut, np.int64).tolist()]
     cp2 = (c + (c & 1)) // 2
     p = {name: 0 for name in PASS_FIELDS}
-    p.update({"op": OP_SAM if sam else OP_ECA, "src": k % 2, "dst": 1 - k % 2, "h": h, "w": w, "stride": 1,
-              "ho": h, "wo": w, "cin": taps, "cout": c, "cbase": base, "gap": int(gap),
+    p.update({"op": OP_SAM if sam else OP_ECA, "src": k % 2, "dst": 1 - k % 2, "h": h,
+              "w": w, "stride": 1, "ho": h, "wo": w, "cin": taps, "cout": c, "cbase": base, "gap": int(gap),
               "out_h": 1 if gap else h, "out_w": 1 if gap else w, "dst_cp2": cp2, "in_c": c})
     if _map_words(p["out_h"], p["out_w"], c) > config.fm_words:
         raise OverlayFitError(f"{_where(i, layer)}: the map {h}x{w}x{c} needs "
