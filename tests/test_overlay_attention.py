@@ -351,3 +351,16 @@ def test_attention_ice40_primitives_under_icarus(tmp_path):
     got = [tuple(int(v) for v in line.split())
            for line in (tmp_path / "logits.txt").read_text().splitlines()]
     check_logits(got, want)
+
+
+@pytest.mark.parametrize("op", ALL)
+def test_attention_table_overflow_refused(op):
+    """A network whose attention tables do not fit attention_rows is refused, naming it."""
+    rng, seed = make_rng(f"test_attention_table_overflow_refused[{op}]")
+    nrng = np.random.default_rng(seed)
+    model, plan = draw(nrng, att_config(4, 2, (op,)), (op,), (5, 5))
+    assert len(plan.att) > 16
+    with pytest.raises(OverlayFitError, match=rf"\({op}\): the network needs \d+ "
+                                              r"attention-table entries .* over "
+                                              r"attention_rows = 16; raise attention_rows"):
+        compile_overlay(model, att_config(4, 2, (op,), attention_rows=16))
