@@ -131,7 +131,8 @@ def overlay_param_space(config):
     -------
     list of (ParamKind, rows, lanes)
         Program (``max_passes`` × the pass fields), gather table, weights (``weight_rows`` ×
-        ``lanes``), then the per-channel tables (``channel_rows`` each): bias, m, sh, qmax.
+        ``lanes``), then the per-channel tables (``channel_rows`` each): bias, m, sh, qmax;
+        with attention hardware (``config.attention``) its table (``attention_rows``).
     """
     from .overlay_program import PASS_FIELDS
     from .params import ParamKind
@@ -140,7 +141,11 @@ def overlay_param_space(config):
             (ParamKind.GATHER, int(config.gather_rows), 1),
             (ParamKind.WEIGHT, int(config.weight_rows), int(config.lanes)),
             (ParamKind.BIAS, ch, 1), (ParamKind.M, ch, 1), (ParamKind.SH, ch, 1),
-            (ParamKind.QMAX, ch, 1)]
+            (ParamKind.QMAX, ch, 1)] + (
+        # The attention unit's table (sigmoid/exp/spatial LUTs and kernels, ParamKind.LUT
+        # words), only when the engine is built with attention hardware.
+        [(ParamKind.LUT, int(config.attention_rows), 1)]
+        if getattr(config, "attention", ()) else [])
 
 
 def _word_fields():

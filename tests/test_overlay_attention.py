@@ -364,3 +364,32 @@ def test_attention_table_overflow_refused(op):
                                               r"attention-table entries .* over "
                                               r"attention_rows = 16; raise attention_rows"):
         compile_overlay(model, att_config(4, 2, (op,), attention_rows=16))
+
+
+@pytest.mark.parametrize("attention", [ECA, ("spatial_attention",), ALL])
+def test_attention_words_go_through_the_link_loader(attention):
+    """The link loads an overlay's whole memory space (hw.top.overlay_param_words): with
+    attention hardware that space includes the attention table, so every word the compiler
+    emits (kernels, LUTs) is loaded, at its own row, and nothing else is in that table."""
+    from shiftacc.hw.params import ParamKind
+    from shiftacc.hw.top import overlay_param_space, overlay_param_words
+    cfg = att_config(6, 1, attention)
+    _, seed = make_rng(f"test_attention_words_go_through_the_link_loader{len(attention)}")
+    model, plan = draw(np.random.default_rng(seed), cfg, attention, (5, 5))
+    space = overlay_param_space(cfg)
+    assert space[-1] == (ParamKind.LUT, cfg.attention_rows, 1)
+    words = overlay_param_words(plan)
+    assert len(words) == sum(rows * lanes for _, rows, lanes in space)
+    lut = int(ParamKind.LUT.value)
+    from shiftacc.hw.params import PARAM_LAYOUT
+
+    def field(w, name):
+        f = PARAM_LAYOUT[name]
+        return int(w) >> f.offset & ((1 << f.width) - 1)
+    want = {field(w, "row"): field(w, "data") for w in plan.param_words()
+            if field(w, "kind") == lut}
+    assert want, "the plan has no attention-table words"
+    got = {field(w, "row"): field(w, "data") for w in words if field(w, "kind") == lut}
+    assert len(got) == cfg.attention_rows
+    assert all(got[r] == v for r, v in want.items())
+    assert all(v == 0 for r, v in got.items() if r not in want)
