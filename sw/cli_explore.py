@@ -364,8 +364,8 @@ def cmd_regress(args):
     bad = [r for r in bad if r["status"] != "refused"]
     if overlay is not None:
         exact = sum(1 for r in rows if r["status"] == "ok")
-        print(f"\noverlay {overlay}: {exact} networks with every clean period == predicted "
-              f"cycles/image, {len(refused)} refused (no fitting draw), "
+        print(f"\noverlay {overlay}: {exact} networks exact with engine cycles/image == "
+              f"predicted, {len(refused)} refused (no fitting draw), "
               f"{sum(int(r.get('draws') or 0) - 1 for r in rows if r.get('draws'))} refused "
               f"draws drawn again")
     print(f"\n{len(rows)} networks x {args.images} images x 2 runs (under stalls, then "

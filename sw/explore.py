@@ -944,7 +944,10 @@ def _regress_overlay(seed, work, row, *, images, simulator, attention, max_size,
     bad_c = int(np.sum(np.any(clean["logits"] != expected, axis=1)))
     row["stalled_mismatches"], row["mismatches"] = bad_s, bad_c
     cmin, cmax, ccount, per = engine_cycles(clean["probes"])
-    row["measured_cycles_per_image"] = per if per is not None else cmin
+    measured = per if per is not None else cmin
+    if isinstance(measured, float) and measured.is_integer():
+        measured = int(measured)
+    row["measured_cycles_per_image"] = measured
     row["stalled_cycles_per_image"] = round(stalled["link_cycles"] / len(imgs), 1)
     row["link_cycles_per_image"] = round(clean["link_cycles"] / len(imgs), 1)
     if row["measured_cycles_per_image"]:
