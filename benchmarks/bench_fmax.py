@@ -15,8 +15,11 @@ reset comes from a flip-flop (as the board top's reset synchroniser drives it). 
 register-to-register paths that are not trivially short are the block's own, and Yosys cannot
 optimise any of the block away. Synthesis: ``synth_ecp5``; place and route:
 ``nextpnr-ecp5 --router router2`` (speed grade 6, as on a ULX3S) on an LFE5U-25F, or on the
-85F when the block needs more than the 25F's 28 MULT18X18D. The table gives the Fmax of each
-seed, their min and median, and the critical path's end points of the first seed.
+85F when the block needs more than the 25F's 28 MULT18X18D. The block is elaborated for
+the ECP5 (``platform.family == "ecp5"``, as a board build does: the MacArray's instantiated,
+registered MULT18X18D blocks); ``--generic`` elaborates it as for simulation. The table
+gives the Fmax of each seed, their min and median, and the critical path's end points of
+each seed (``pnr<seed>.log`` in ``--workdir`` has the whole path).
 
 ``--whole SEED ...`` runs ``shiftacc build out/digits.npz --board ulx3s-85f --freq 100``
 once per seed (15-20 minutes each on a loaded 2-core machine) and adds its Fmax.
@@ -105,10 +108,21 @@ class Harness(Elaboratable):
         return m
 
 
-def harness_verilog(block):
+class ECP5Target:
+    """What a block's ``elaborate`` sees of the ECP5 platform a board build passes it
+    (``platform.family``): with it, the MacArray instantiates its MULT18X18D blocks with
+    their registers, as in ``shiftacc build --board ulx3s-85f``."""
+
+    family = "ecp5"
+
+
+def harness_verilog(block, platform=ECP5Target()):
+    """Verilog of the harnessed block, elaborated for ``platform`` (None: the generic,
+    simulation RTL)."""
     from amaranth.back import verilog
     h = Harness(block)
-    return verilog.convert(h, name="top", ports=[h.clk, h.din, h.rst_in, h.dout])
+    return verilog.convert(h, name="top", platform=platform,
+                           ports=[h.clk, h.din, h.rst_in, h.dout])
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +234,9 @@ def main(argv=None):
     ap.add_argument("--model", default=str(REPO / "out" / "digits.npz"),
                     help="the artifact whose device-aware ulx3s-85f plan gives the blocks")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--generic", action="store_true",
+                    help="elaborate without the ECP5 platform (no instantiated DSP blocks: "
+                         "Yosys infers them, as before the MULT18X18D registers)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     plan, model = digits_plan(args.model)
@@ -229,14 +246,16 @@ def main(argv=None):
         if args.only and label not in args.only:
             continue
         block, kwargs = block_of(plan, model, stage)
-        res = pnr_block(harness_verilog(block), workdir / label, args.seeds, args.freq)
+        res = pnr_block(harness_verilog(block, None if args.generic else ECP5Target()),
+                        workdir / label, args.seeds, args.freq)
         res.update(stage=stage, block=type(block).__name__,
                    kwargs={k: v for k, v in kwargs.items() if isinstance(v, (int, bool))})
         out[label] = res
         note = ", abc" if "abc" in res["synth"] else ""
         line = summarize(f"{label} ({stage}, {type(block).__name__}, {res['device']}{note})",
                          res["runs"])
-        print(line + f" {res['runs'][0]['path']}", flush=True)
+        print(line + " " + "; ".join(f"seed {r['seed']}: {r['path']}" for r in res["runs"]),
+              flush=True)
         table.append(line)
     for seed in args.whole:
         r = whole_design(seed, workdir, args.freq, args.model)

@@ -5,7 +5,7 @@ conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requa
 Stride is handled upstream: the MacArray sees only the pixels it must compute.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -16,6 +16,43 @@ from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["MacArray"]
+
+
+def _mult18x18d_registered(a, b, product):
+    """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed, ``b`` unsigned,
+    both at most 16 bits) two cycles after its inputs: the input registers A and B and the
+    output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
+    pipeline register bypassed. nextpnr times such a block as ``MULT18X18D_REGS_ALL``: its
+    ports are register setup / clock-to-out, no path runs through it.
+
+    Both operands go in as 18-bit signed values (``b`` zero-extended, so positive); the
+    product's low bits are the exact result (``len(product) <= 36``)."""
+    a18 = Signal(signed(18))
+    b18 = Signal(signed(18))
+    p36 = Signal(signed(36))
+    ports = {}
+    for n in range(18):
+        ports[f"i_A{n}"] = a18[n]
+        ports[f"i_B{n}"] = b18[n]
+        ports[f"i_C{n}"] = Const(0, 1)
+    for n in range(36):
+        ports[f"o_P{n}"] = p36[n]
+    inst = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+        p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
+        p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
+        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+        i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+        i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+        **ports)
+    m = Module()
+    m.submodules.dsp = inst
+    m.d.comb += [a18.eq(a), b18.eq(b), product.eq(p36)]
+    return m
 
 
 def _index(count, name):
@@ -46,15 +83,19 @@ class MacArray(wiring.Component):
     duplicate data; issue simply pauses.
 
     Pipeline, cycles after issue: 0 weight-RAM read and input-beat select, 1 weight row and
-    input beat registered at the multipliers' inputs, 2 products, 3 lane sums, 4 accumulate;
-    raw (``requant=False``): 5 ``+ bias`` (its row read in stage 2, registered in 3), 6 FIFO
-    write; requant: 5 hold the beat, 6 feed lane group 0 to the shared Requant (bias/m/sh
-    row read), 7 constants registered, 8 ``+ bias``, 9..14 the pipelined Requant, (gather,)
-    FIFO write. Every block-RAM output and every multiplier output lands in a flip-flop
-    (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out, a DSP block ~4 ns). :attr:`latency`
-    counts the cycles from the issue of an output beat's last fold to that beat on ``o``
-    (empty FIFO, ``o.ready`` high): 8 raw, 17 with ``rq_groups = 1``, ``17 + rq_groups``
-    otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
+    input beat registered near the multipliers, 2 in the multipliers' input registers, 3 in
+    their output registers, 4 products in fabric flip-flops, 5 lane sums, 6 accumulate;
+    raw (``requant=False``): 7 ``+ bias`` (its row read in stage 4, registered in 5), 8 FIFO
+    write; requant: 7 hold the beat, 8 feed lane group 0 to the shared Requant (bias/m/sh
+    row read), 9 constants registered, 10 ``+ bias``, 11..16 the pipelined Requant,
+    (gather,) FIFO write. Every block-RAM output lands in a flip-flop, and no path runs
+    through a multiplier (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out; a DSP block's
+    inputs and outputs are ~8 ns of routing from the fabric in a full 85F): on an ECP5
+    (``platform.family == "ecp5"``) each product is an instantiated ``MULT18X18D`` with its
+    input and output registers clocked, elsewhere flip-flops of the same latency.
+    :attr:`latency` counts the cycles from the issue of an output beat's last fold to that
+    beat on ``o`` (empty FIFO, ``o.ready`` high): 10 raw, 19 with ``rq_groups = 1``,
+    ``19 + rq_groups`` otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
     one pixel every ``NBi · NBo`` cycles whatever it is.
 
     Shared Requant. Output beats leave the accumulators at most once every ``NBi`` cycles, so
@@ -196,8 +237,9 @@ class MacArray(wiring.Component):
         are the ones the RTL builds.
         """
         nbi, nbo = beats_per_pixel(cin, p_in), beats_per_pixel(cout, p_out)
-        # Issue (0) -> products (1) -> lane sums (2) -> accumulate (3) -> +bias (4) ->
-        # [Requant] -> FIFO write -> FIFO output register.
+        # Issue (0) -> operands at the multipliers (1b, 1c) -> products (1d, 2) -> lane
+        # sums (3) -> accumulate (4) -> +bias (5) -> [Requant] -> FIFO write -> FIFO output
+        # register.
         # Requant lanes: an output beat leaves the accumulators only every NBi cycles, so
         # ceil(p_out / NBi) Requant lanes, each used on ceil(p_out / rq_lanes) <= NBi
         # consecutive cycles, keep up with it. A Requant lane is a 32x16 multiplier (two
@@ -205,14 +247,15 @@ class MacArray(wiring.Component):
         # real area.
         rq_lanes = -(-p_out // nbi)
         rq_groups = -(-p_out // rq_lanes)
-        # (Stage 1b registers the weight row and the input beat at the multipliers' inputs.)
+        # (Stage 1b registers the weight row and the input beat at the multipliers' inputs,
+        # 1c and 1d are the multipliers' own input and output registers.)
         if not requant:
-            write_at = 6
+            write_at = 8
         else:
-            # 6: first group fed (constants' row read), 7: constants registered, 8: + bias,
-            # 9..14: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
+            # 8: first group fed (constants' row read), 9: constants registered, 10: + bias,
+            # 11..16: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
             # when shared.
-            write_at = 9 + Requant.LATENCY_PIPELINED
+            write_at = 11 + Requant.LATENCY_PIPELINED
             if rq_groups > 1:
                 write_at += rq_groups - 1 + 1
         latency = write_at + 2
@@ -478,20 +521,46 @@ class MacArray(wiring.Component):
         m.d.sync += [v1b.eq(v1), first1b.eq(first1), lastf1b.eq(lastf1), last1b.eq(last1),
                      j1b.eq(j1)]
 
-        # Stage 1b -> 2: all p_in * p_out products (the multipliers, busy on every issue).
-        # The product registers keep their reset: without one, Yosys' iCE40 DSP packing
-        # folds some products into other SB_MAC16s' adders (12 products -> 8 blocks), so the
-        # count would no longer be one block per product as hw.resources states and the
-        # planner counts (tests/test_hw_resources.py checks it against Yosys).
+        # Stages 1b -> 1c -> 1d -> 2: all p_in * p_out products (the multipliers, busy on
+        # every issue), through the multiplier's own input and output registers: 1c the
+        # operands registered at the multiplier, 1d its product registered, 2 the product
+        # in a fabric flip-flop. On an ECP5 these are the MULT18X18D's input and output
+        # registers (instantiated: Yosys packs no register into a MULT18X18D), so the block
+        # has no path through a DSP block and the ~8 ns of routing on each side of it
+        # (fabric register -> DSP -> fabric register: the whole 85F design's critical path
+        # at 47 MHz) is split into two register-to-register hops. Elsewhere (simulation,
+        # iCE40, a product Yosys would leave to LUTs) flip-flops of the same latency.
+        # The fabric product registers keep their reset: without one, Yosys' iCE40 DSP
+        # packing folds some products into other SB_MAC16s' adders (12 products -> 8
+        # blocks), so the count would no longer be one block per product as hw.resources
+        # states and the planner counts (tests/test_hw_resources.py checks it against Yosys).
         prods = [[Signal(signed(self.prod_bits), name=f"prod{o}_{k}")
                   for k in range(p_in)] for o in range(p_out)]
+        ecp5_dsp = (getattr(platform, "family", None) == "ecp5"
+                    and Multiplier.amaranth("mac", 1, wb, True, ib, False).dsp("ecp5") == 1)
+        if not ecp5_dsp:
+            xc = [Signal(unsigned(ib), name=f"x1c_{k}", reset_less=True) for k in range(p_in)]
+            m.d.sync += [xc[k].eq(xq[k]) for k in range(p_in)]
         for o in range(p_out):
             for k in range(p_in):
-                m.d.sync += prods[o][k].eq(wq[o * p_in + k] * xq[k])
+                p1d = Signal(signed(self.prod_bits), name=f"prod1d{o}_{k}", reset_less=True)
+                if ecp5_dsp:
+                    m.submodules[f"mult{o}_{k}"] = _mult18x18d_registered(
+                        wq[o * p_in + k], xq[k], p1d)
+                else:
+                    wc = Signal(signed(wb), name=f"w1c{o}_{k}", reset_less=True)
+                    m.d.sync += [wc.eq(wq[o * p_in + k]), p1d.eq(wc * xc[k])]
+                m.d.sync += prods[o][k].eq(p1d)
         v2, first2, lastf2, last2 = Signal(), Signal(), Signal(), Signal()
         j2 = _index(nbo, "j2")
-        m.d.sync += [v2.eq(v1b), first2.eq(first1b), lastf2.eq(lastf1b), last2.eq(last1b),
-                     j2.eq(j1b)]
+        pipe = [(v1b, first1b, lastf1b, last1b, j1b)]
+        for stage in ("1c", "1d"):
+            regs = (Signal(name=f"v{stage}"), Signal(name=f"first{stage}"),
+                    Signal(name=f"lastf{stage}"), Signal(name=f"last{stage}"),
+                    _index(nbo, f"j{stage}"))
+            m.d.sync += [r.eq(q) for r, q in zip(regs, pipe[-1])]
+            pipe.append(regs)
+        m.d.sync += [r.eq(q) for r, q in zip((v2, first2, lastf2, last2, j2), pipe[-1])]
 
         # Stage 2 -> 3: per-output-lane sum over the p_in products.
         psum_bits = self.prod_bits + ceil_log2(p_in)
@@ -521,9 +590,9 @@ class MacArray(wiring.Component):
         # (sel[k] is the bank of the beat in stage k + 1; stage 1b has its own register.)
         sel = [Signal(name=f"sel{k}") for k in range(1, 5)] if self.banks == 2 else None
         if sel:
-            sel1b = Signal(name="sel1b")
-            m.d.sync += [sel[0].eq(sel0), sel1b.eq(sel[0]), sel[1].eq(sel1b),
-                         sel[2].eq(sel[1]), sel[3].eq(sel[2])]
+            sel1b, sel1c, sel1d = Signal(name="sel1b"), Signal(name="sel1c"), Signal(name="sel1d")
+            m.d.sync += [sel[0].eq(sel0), sel1b.eq(sel[0]), sel1c.eq(sel1b), sel1d.eq(sel1c),
+                         sel[1].eq(sel1d), sel[2].eq(sel[1]), sel[3].eq(sel[2])]
 
         out_layout = self.o.payload.shape()
         m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,

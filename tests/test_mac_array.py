@@ -360,3 +360,43 @@ def test_mac_array_two_banks_lint(tmp_path, requant):
                    requant=requant, banks=2)
     ok, msg = lint_component(dut, "mac_array", tmp_path)
     assert ok, msg
+
+
+# ---- ECP5: the products in instantiated MULT18X18D blocks with their registers ------------
+
+class _ECP5:
+    """What ``elaborate`` sees of an ECP5 board platform."""
+    family = "ecp5"
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_mac_array_ecp5_registered_dsp(case):
+    """On an ECP5 every product is one MULT18X18D with its A/B input registers and its output
+    register clocked by CLK0 (the pipeline register bypassed), always enabled, never reset,
+    both operands signed 18-bit (the activation zero-extended): nextpnr then times no path
+    through a DSP block. The generic RTL (simulation, iCE40) instantiates no MULT18X18D; its
+    flip-flops of the same latency are what the other tests simulate (latency and cycle model
+    are constructor figures: they do not depend on the platform)."""
+    import re
+    from shiftacc.hw.stream import to_verilog
+    rng, _ = make_rng(f"test_mac_array_ecp5_registered_dsp[{case}]")
+    cin, cout = rng.randint(1, 9), rng.randint(1, 9)
+    p_in, p_out = rng.randint(1, cin), rng.randint(1, cout)
+    requant = case != 1
+    print(f"cin={cin} cout={cout} P={p_in}x{p_out} requant={requant}")
+    kw = dict(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+              act_bits=8, requant=requant)
+    dut = MacArray(**kw)
+    text = to_verilog(dut, platform=_ECP5())
+    insts = re.findall(r"MULT18X18D\s+#\((.*?)\)\s*(\S+)\s*\((.*?)\);", text, re.S)
+    assert len(insts) == p_in * p_out
+    for params, _, ports in insts:
+        par = dict(re.findall(r"\.(\w+)\(\"?([^\")]*)\"?\)", params))
+        for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+            assert par[f"REG_{reg}_CLK"] == "CLK0", par
+            assert par[f"REG_{reg}_CE"] == "CE0" and par[f"REG_{reg}_RST"] == "RST0", par
+        assert par["REG_PIPELINE_CLK"] == "NONE" and par["REG_INPUTC_CLK"] == "NONE", par
+        port = dict(re.findall(r"\.(\w+)\(([^()]*)\)", ports))
+        assert port["CLK0"] == "clk" and port["CE0"] == "1'h1" and port["RST0"] == "1'h0"
+        assert port["SIGNEDA"] == "1'h1" and port["SIGNEDB"] == "1'h1"
+    assert "MULT18X18D" not in to_verilog(MacArray(**kw))
