@@ -167,20 +167,36 @@ def test_load_infer_exact_under_line_faults(np_rng):
 
 
 def test_a_wrong_word_gives_wrong_logits(np_rng):
-    """The device model's logits come from the loaded words: one altered weight word shows."""
-    model = _net(np_rng, blocks=1)
+    """The device model's logits come from the loaded words: an altered weight word shows.
+
+    A random network can be degenerate (the same logits for every image, every channel dead
+    after a ReLU), and then no weight changes anything; so the network is drawn until its
+    logits vary over the images, and the weights of its first pass are altered one at a time
+    (data bit 6: the weight moves by 64) until one shows. A device model that ignored the
+    loaded words would show none."""
+    for _ in range(20):
+        model = _net(np_rng, blocks=1)
+        images = _images(np_rng, model, 64)
+        want = golden.run(model, images)
+        if len(np.unique(want, axis=0)) > 1:
+            break
+    else:
+        raise AssertionError("no random network with logits that depend on the image")
     plan = compile_overlay(model, SMALL)
     dm = DeviceModel(model, plan)
-    words = list(dm.words)
-    k = next(i for i, w in enumerate(words)
-             if decode_word(w)[1] == ParamKind.WEIGHT and decode_word(w)[4] != 0)
-    dm.words[k] ^= 1 << 48            # data bit 0 of one nonzero weight of the first pass
-    images = _images(np_rng, model, 64)
     with Device(ModelPort(dm), timeout=1.0, url="loop://") as dev:
-        dev.load(model)   # the driver sends the right words; the "device" keeps the bad one
-    dm._loaded = dm.words
-    dm._net = dm._rebuild()
-    assert (dm._logits(images) != golden.run(model, images)).any()
+        dev.load(model)   # the driver sends the right words; the "device" then gets a bad one
+    good = list(dm._loaded)
+    assert (dm._logits(images) == want).all()
+    weights = [i for i, w in enumerate(good)
+               if decode_word(w)[1] == ParamKind.WEIGHT and decode_word(w)[4] != 0]
+    for k in weights[:64]:
+        dm._loaded = list(good)
+        dm._loaded[k] ^= 1 << 54
+        dm._net = dm._rebuild()
+        if (dm._logits(images) != want).any():
+            return
+    raise AssertionError(f"none of {len(weights[:64])} altered weight words changed a logit")
 
 
 def test_refusals_in_words(np_rng):
