@@ -904,7 +904,7 @@ class OverlayEngine(wiring.Component):
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
         # One read port on the gap sums: the accumulate stage's index (read at q8, used at
         # q9), or the gap drain's (read at DR0, used at q1).
-        gidx = Signal(range(P + 1))
+        gidx = Signal(range(max(2, P // R)))    # as wide as the gap sums' address
         gsel = [gsum_r[r].data for r in range(R)]
         m.d.comb += [gsum_r[r].addr.eq(gidx) for r in range(R)]
         # busy = dr_act | v1 | ... | v6, as a register computed from the next values of
