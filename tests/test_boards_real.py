@@ -86,6 +86,9 @@ def test_icebreaker_overlay_bitstream(small_net, tmp_path):
     config = OverlayConfig(lanes=2, requant_units=1, primitives="ice40", **cfg)
     plan = compile_overlay(load_artifact(small_net[0]), config)
     assert rep["cycles_per_image"] == image_cycles(plan)
+    # The board top: PLL 12 -> 24 MHz (DIVQ 5), placed once; the UART on the FT2232H's pins.
+    assert rep["pll"]["params"]["DIVQ"] == 5
+    assert rep["nextpnr_utilization"]["ICESTORM_PLL"]["used"] == 1
     pcf = (out / "shiftacc.pcf").read_text()
     assert "set_io uart_0__rx__io 6" in pcf and "set_io uart_0__tx__io 9" in pcf
 
