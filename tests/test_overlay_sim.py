@@ -147,6 +147,26 @@ def test_cli_refuses_what_the_overlay_sim_does_not_do(tmp_path, capsys):
     assert "--protocol" in err and "--board" in err and "no-such-board" in err
 
 
+def test_regress_draws_again_what_the_overlay_refuses(seed):
+    """A network the overlay refuses (here maps over a 256-word bank) is drawn again, not a
+    failure: the accepted draw compiles; a config nothing fits is refused in words after
+    OVERLAY_DRAWS draws."""
+    from shiftacc.sw import explore
+    tight = {"config": {"fm_words": 256}, "board": None}
+    draws = []
+    for s in range(seed % 1000, seed % 1000 + 6):
+        model, plan, link_kw, _, n = explore.draw_overlay_network(s, tight)
+        assert link_kw is None and n >= 1
+        # The accepted one really fits: every map of every pass within the 256-word banks.
+        assert compile_overlay(model, OverlayConfig(fm_words=256)).config.fm_words == 256
+        draws.append(n)
+    print(f"draws per seed: {draws}")
+    # One pass and the END row (every drawn network has two convs or more): nothing fits.
+    none = {"config": {"lanes": 2, "max_passes": 2, "gather_rows": 2}, "board": None}
+    with pytest.raises(OverlayFitError, match="refused all"):
+        explore.draw_overlay_network(seed, none, max_size=6)
+
+
 @pytest.mark.slow
 def test_icebreaker_config_on_digits(tmp_path, capsys):
     """``sim --engine overlay --board icebreaker``: the UP5K config the iCEBreaker build
