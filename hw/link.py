@@ -205,6 +205,21 @@ class _BlockFIFO(SyncFIFOBuffered):
         return m
 
 
+#: Words of one result-RAM bank with registered reads: an ECP5 DP16KD as 512 x 36.
+_RESULT_BANK_BITS = 9
+_RESULT_BANK_WORDS = 1 << _RESULT_BANK_BITS
+
+
+class _PortSignals:
+    """The signals the engine drives of a memory port (``addr``, ``en``, ``data``), when
+    the memory behind them is several (the banked result RAM)."""
+
+    def __init__(self, depth, width, en_width):
+        self.addr = Signal(range(max(depth, 2)))
+        self.en = Signal(en_width)
+        self.data = Signal(width)
+
+
 class FrameCRCs(wiring.Component):
     """The two CRCs of a frame (:data:`~shiftacc.sw.protocol.HEADER_CRC` over the header,
     :data:`~shiftacc.sw.protocol.FRAME_CRC` over header and payload), fed a byte at a time:
@@ -344,9 +359,12 @@ class LinkEngine(wiring.Component):
         are the same either way.
     registered_reads : bool or None
         Register the result RAM's (and identity ROM's) read data before the reply-byte
-        mux (a 40-bit register; one more cycle per body byte, hidden behind the bit-serial
-        CRCs): an ECP5 block RAM's ~5.8 ns clock-to-output then ends in a flip-flop instead
-        of running through the byte selection (the link's critical path on the 85F). None
+        mux (one more cycle per body byte, hidden behind the bit-serial CRCs): an ECP5
+        block RAM's ~5.8 ns clock-to-output then ends in a flip-flop instead of running
+        through the byte selection (the link's critical path on the 85F). A result RAM of
+        more than 512 words is then split into 512-word memories (one DP16KD each, as Yosys
+        maps it anyway), each read into its own 32-bit register, so the choice among them
+        also follows a register. None
         (default): on when the platform ``elaborate`` is given is an ECP5
         (``platform.family == "ecp5"``), so the iCE40 link keeps its size. The bytes on the
         wire are the same either way.
@@ -492,9 +510,33 @@ class LinkEngine(wiring.Component):
         m.submodules.slot_meta = meta_mem = Memory(shape=self.meta_layout, depth=S, init=[])
         meta_w = meta_mem.write_port()
         meta_r = meta_mem.read_port(domain="comb")
-        m.submodules.result_ram = res_ram = Memory(shape=32, depth=self.result_words, init=[])
-        res_w = res_ram.write_port(granularity=8)
-        res_r = res_ram.read_port()
+        registered = self.registered_reads
+        if registered is None:
+            registered = getattr(platform, "family", None) == "ecp5"
+        words = self.result_words
+        if registered and words > _RESULT_BANK_WORDS:
+            # Registered reads from a result RAM deeper than one ECP5 block RAM (512 x 36):
+            # one memory per block RAM, each read into its own register, so that the
+            # selection among them (otherwise a mux Yosys puts between the block RAMs'
+            # outputs and the first register) follows a register. Same block RAMs.
+            res_w = _PortSignals(words, 32, 4)
+            res_r = _PortSignals(words, 32, 1)
+            res_banks = []
+            for b in range(-(-words // _RESULT_BANK_WORDS)):
+                depth = min(_RESULT_BANK_WORDS, words - b * _RESULT_BANK_WORDS)
+                mem = Memory(shape=32, depth=depth, init=[])
+                m.submodules[f"result_ram{b}"] = mem
+                wp, rp = mem.write_port(granularity=8), mem.read_port()
+                hit = res_w.addr[_RESULT_BANK_BITS:] == b
+                m.d.comb += [wp.addr.eq(res_w.addr[:_RESULT_BANK_BITS]), wp.data.eq(res_w.data),
+                             wp.en.eq(Mux(hit, res_w.en, 0)),
+                             rp.addr.eq(res_r.addr[:_RESULT_BANK_BITS]), rp.en.eq(res_r.en)]
+                res_banks.append(rp)
+        else:
+            m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[])
+            res_w = res_ram.write_port(granularity=8)
+            res_r = res_ram.read_port()
+            res_banks = [res_r]
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
                                         init=list(self.identity))
         rom_r = rom.read_port()
@@ -710,11 +752,8 @@ class LinkEngine(wiring.Component):
                          res_w.en.eq(Const(1, 4) << snap_byte[:2])]
 
         # ================= encoder =================
-        registered = self.registered_reads
-        if registered is None:
-            registered = getattr(platform, "family", None) == "ecp5"
         self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_req, status_taken,
-                      enc_done_result, enc_entry, registered)
+                      enc_done_result, enc_entry, registered, res_banks)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -1267,7 +1306,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
 
     def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_req, snap_done,
-                 done_result, entry, registered_reads=False):
+                 done_result, entry, registered_reads=False, res_banks=None):
         tx = self.tx
         m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
@@ -1299,14 +1338,18 @@ class LinkEngine(wiring.Component):
         fetch = Signal()             # the memory byte goes into ``byte`` in this cycle
         if registered_reads:
             fetch_q = Signal()       # the memories' read data goes into res_q / rom_q
-            res_q = Signal(32, reset_less=True)
+            banks = res_banks or [res_r]
+            res_q = [Signal(32, name=f"res_q{b}", reset_less=True) for b in range(len(banks))]
             rom_q = Signal(8, reset_less=True)
             fetching = fetch_q | fetch
             fetch_start = fetch_q
-            res_data, rom_data = res_q, rom_q
+            # The bank of the word read (registered with the read: it stays until ``fetch``).
+            bank_rd = Signal(range(max(len(banks), 2)))
+            res_data = Array(res_q)[bank_rd] if len(banks) > 1 else res_q[0]
+            rom_data = rom_q
             with m.If(fetch_q):
-                m.d.sync += [fetch_q.eq(0), fetch.eq(1), res_q.eq(res_r.data),
-                             rom_q.eq(rom_r.data)]
+                m.d.sync += [fetch_q.eq(0), fetch.eq(1), rom_q.eq(rom_r.data)]
+                m.d.sync += [q.eq(bank.data) for q, bank in zip(res_q, banks)]
         else:
             fetching = fetch_start = fetch
             res_data, rom_data = res_r.data, rom_r.data
@@ -1334,6 +1377,9 @@ class LinkEngine(wiring.Component):
         advance = (~shown | sent) & ~fetching
         m.d.comb += [rom_r.en.eq(advance), rom_r.addr.eq(bidx),
                      res_r.en.eq(advance), res_r.addr.eq(res_addr)]
+        if registered_reads and len(res_banks or ()) > 1:
+            with m.If(advance):
+                m.d.sync += bank_rd.eq(res_addr[_RESULT_BANK_BITS:])
 
         def show(value, s=SEL_BYTE, h=0, f=0):
             return [shown.eq(1), byte.eq(value), sel.eq(s), cov_h.eq(h), cov_f.eq(f)]

@@ -958,6 +958,9 @@ def test_serial_crc(seed, serial_crc, registered_reads):
                                          registered_reads=registered_reads)
     eng = bench.engine
     assert eng.registered_reads is registered_reads
+    # Registered reads split a result RAM of more than 512 words into 512-word banks: this
+    # one has two (the second holds the STATUS snapshot and part of result entry 1).
+    assert eng.result_words > 512 and eng.status_base > 512
     host = Host(bench, rng, gap=rng.randint(8, 11))
     words = random_words(model, plan, rng)
     done = {}
