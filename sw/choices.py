@@ -34,6 +34,11 @@ ENGINE_AUTO = "auto"
 #: Subcommands whose ``--engine`` defaults to :data:`ENGINE_AUTO`: they know the device.
 _AUTO_COMMANDS = ("build",)
 
+#: Subcommands that know a device only with ``--board``: their ``--engine`` default is None,
+#: read as the engine ``build --board`` chooses there, else ``dataflow``
+#: (:func:`shiftacc.sw.cli_hw.resolve_engine`).
+_BOARD_AUTO_COMMANDS = ("sim", "serve")
+
 
 def add_engine_args(parser, default=None):
     """Add ``--engine`` and the overlay's configuration options to ``parser``.
@@ -53,19 +58,23 @@ def add_engine_args(parser, default=None):
         :data:`_AUTO_COMMANDS` (``build``: the parser's ``prog`` ends with its name; no device,
         no choice, so ``generate``, ``sim`` and ``serve`` keep ``dataflow``).
     """
+    board_auto = False
     if default is None:
         words = (getattr(parser, "prog", "") or "").split()
         default = ENGINE_AUTO if words and words[-1] in _AUTO_COMMANDS else "dataflow"
+        board_auto = bool(words) and words[-1] in _BOARD_AUTO_COMMANDS
     auto = default == ENGINE_AUTO
     g = parser.add_argument_group("engine (DESIGN.md §3)")
     g.add_argument("--engine", choices=ENGINES + ((ENGINE_AUTO,) if auto else ()),
-                   default=default,
+                   default=None if board_auto else default,
                    help=("auto: the faster of the two engines that fit the board's device "
                          "(the report says which and why); " if auto else "")
                    + "dataflow: one engine per layer, built for this model's topology; "
                      "overlay: one engine reused layer after layer, running any model with "
                      "this input shape, input bits and class count that fits its config"
-                   + (" (default: auto)" if auto else " (default: dataflow)"))
+                   + (" (default: auto)" if auto else
+                      " (default: with --board the engine 'build --board' chooses there, "
+                      "else dataflow)" if board_auto else " (default: dataflow)"))
     g.add_argument("--overlay-config", metavar="JSON",
                    help="with --engine overlay: OverlayConfig fields as a JSON object, inline "
                         "('{\"lanes\": 8}') or a file (lanes, requant_units, fm_words, "

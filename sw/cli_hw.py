@@ -105,7 +105,7 @@ def engine_plan(args, model):
     PlanError
         The dataflow planner refuses the topology or the config.
     """
-    engine = getattr(args, "engine", "dataflow") or "dataflow"
+    engine = resolve_engine(args, model)
     overlay_opts = [f"--{name.replace('_', '-')}" for name in
                     ("overlay_config", "lanes", "requant_units")
                     if getattr(args, name, None) is not None]
@@ -131,6 +131,35 @@ def engine_plan(args, model):
     except OverlayFitError as e:
         raise UsageError(f"the model does not fit the overlay engine: {e}") from None
     return config, plan
+
+
+def resolve_engine(args, model=None):
+    """``--engine`` of ``sim``/``serve`` made concrete (``args.engine`` set, and returned).
+
+    Given: as given. Not given (None): with ``--board``, the engine ``shiftacc build --board``
+    chooses there (:func:`shiftacc.sw.cli_build.choose_engine`; overlay options alone mean
+    the overlay, as for ``build``), so ``sim``/``serve --board icebreaker`` simulate what the
+    iCEBreaker build places; without ``--board``, ``dataflow``.
+    """
+    engine = getattr(args, "engine", None)
+    if engine:
+        return engine
+    board = _board(args)
+    if board is None:
+        engine = "dataflow"
+    elif any(getattr(args, name, None) is not None
+             for name in ("overlay_config", "lanes", "requant_units")):
+        engine = "overlay"
+    else:
+        from ..models.artifact import load_artifact
+        from .cli_build import choose_engine
+        if model is None:
+            model = load_artifact(args.model)
+        choice = choose_engine(model, board)
+        engine = choice.engine
+        _say(args)(f"[{args.command}] {board.name}: engine {engine} ({choice.reason})")
+    args.engine = engine
+    return engine
 
 
 def _board(args):
@@ -318,7 +347,7 @@ def cmd_sim(args):
                      force=args.force)
     if args.workdir:
         check_output_dir(args.workdir, what="--workdir")
-    if getattr(args, "engine", "dataflow") == "overlay":
+    if resolve_engine(args) == "overlay":
         return _sim_overlay(args)
     if getattr(args, "board", None):
         raise UsageError("--board: 'sim' simulates a board's plan with --engine overlay; for "

@@ -125,15 +125,35 @@ def test_build_forced_engines(digits, tmp_path, capsys):
 
 
 def test_engine_defaults():
-    """``build`` defaults to auto; generate, sim and serve (no device) keep dataflow and do not
-    take auto."""
+    """``build`` defaults to auto; generate keeps dataflow; sim and serve leave it open (None:
+    the build's choice with --board, else dataflow); none of the three takes auto."""
     parser = build_parser()
     assert parser.parse_args(["build", "m.npz", "--board", "icebreaker"]).engine == "auto"
+    assert parser.parse_args(["generate", "m.npz", "--out", "x"]).engine == "dataflow"
+    for cmd in ("sim", "serve"):
+        assert parser.parse_args([cmd, "m.npz"]).engine is None, cmd
     for cmd in ("generate", "sim", "serve"):
         extra = ["--out", "x"] if cmd == "generate" else []
-        assert parser.parse_args([cmd, "m.npz"] + extra).engine == "dataflow", cmd
         with pytest.raises(SystemExit):
             parser.parse_args([cmd, "m.npz", "--engine", "auto"] + extra)
+
+
+def test_sim_and_serve_take_the_build_choice_with_board(digits):
+    """``sim``/``serve --board B`` without --engine simulate the engine ``build --board B``
+    places (digits: the overlay on the iCEBreaker and the 12F, dataflow on the 85F); without
+    --board, dataflow; a given --engine stays."""
+    from shiftacc.sw.cli_hw import resolve_engine
+    parser = build_parser()
+    for cmd in ("sim", "serve"):
+        for board in ("icebreaker", "ulx3s-12f", "ulx3s-85f"):
+            args = parser.parse_args([cmd, str(digits), "--board", board])
+            assert resolve_engine(args) == DIGITS_CHOICE[board][0] == args.engine, (cmd, board)
+        assert resolve_engine(parser.parse_args([cmd, str(digits)])) == "dataflow"
+        args = parser.parse_args([cmd, str(digits), "--board", "icebreaker", "--engine",
+                                  "dataflow"])
+        assert resolve_engine(args) == "dataflow"
+        args = parser.parse_args([cmd, str(digits), "--board", "ulx3s-85f", "--lanes", "8"])
+        assert resolve_engine(args) == "overlay"
 
 
 def test_large_maps_dataflow_only_or_neither(seed):
