@@ -18,7 +18,9 @@ from shiftacc.hw.overlay_program import (OverlayConfig, OverlayFitError, compile
 from shiftacc.hw.overlay_timing import image_cycles
 from shiftacc.models import golden
 from shiftacc.models.netgen import random_model
-from shiftacc.sim.streamtb import make_rng, run_sim, send_params
+from shiftacc.sim.streamtb import make_rng
+
+from overlay_tb import check_logits, image_beats, run_engine  # noqa: E402
 
 ECA = ("channel_attention",)
 
@@ -28,72 +30,6 @@ def att_config(lanes, r, attention=ECA, **kw):
                 gather_rows=128, max_passes=8, attention=attention, attention_rows=8192)
     args.update(kw)
     return OverlayConfig(**args)
-
-
-def image_beats(images):
-    """One value a beat, raster then channel order, ``last`` on each image's final value."""
-    beats = []
-    for img in images:
-        flat = img.reshape(-1)
-        beats += [{"data": [int(v)], "last": int(k == len(flat) - 1)}
-                  for k, v in enumerate(flat)]
-    return beats
-
-
-def run_engine(dut, words, images, classes, rng, p_idle=0.0, p_stall=0.0, deadline=400_000):
-    """Load ``words``, stream ``images``, collect the logits (bounded: ``run_sim`` fails at
-    ``deadline`` cycles); also the cycle at which each image's first beat was accepted."""
-    total = len(images) * classes
-    got = []
-    state = {"cycle": 0, "first": []}
-
-    async def clock(ctx):
-        while len(got) < total:
-            await ctx.tick()
-            state["cycle"] += 1
-
-    async def producer(ctx):
-        await send_params(ctx, dut.params, words, rng, p_idle)
-        per_image = images[0].size
-        for k, b in enumerate(image_beats(images)):
-            while rng.random() < p_idle:
-                ctx.set(dut.images.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.images.payload, b)
-            ctx.set(dut.images.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.images.ready)
-                if ready:
-                    break
-            if k % per_image == 0:
-                state["first"].append(state["cycle"])
-        ctx.set(dut.images.valid, 0)
-
-    async def consumer(ctx):
-        while len(got) < total:
-            ready = not rng.random() < p_stall
-            ctx.set(dut.logits.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.logits.valid, dut.logits.payload)
-            if ready and valid:
-                got.append((int(payload.data[0]), int(payload.last)))
-        ctx.set(dut.logits.ready, 0)
-        for _ in range(50):
-            _, _, valid = await ctx.tick().sample(dut.logits.valid)
-            assert not valid, "the engine produced more logits than classes x images"
-
-    run_sim(dut, clock, producer, consumer, deadline_cycles=deadline, idle_cycles=20_000)
-    return got, state["first"]
-
-
-def check_logits(got, want):
-    n, classes = want.shape
-    assert len(got) == n * classes
-    for i in range(n):
-        for c in range(classes):
-            value, last = got[i * classes + c]
-            assert value == want[i, c], (f"image {i} class {c}: engine {value}, golden "
-                                         f"{want[i, c]}")
-            assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
 
 
 def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300, want=None):
@@ -130,7 +66,7 @@ def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_s
     images = nrng.integers(0, 256, (n_img, h, w, c))
     want = golden.run(model, images)
     got, first = run_engine(OverlayEngine(plan.config), plan.param_words(), images,
-                            want.shape[1], rng, p_idle, p_stall)
+                            want.shape[1], rng, p_idle, p_stall, deadline=400_000)
     check_logits(got, want)
     return plan, first
 
