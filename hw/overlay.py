@@ -108,8 +108,9 @@ class PipelineConstants:
     group_start: int = 3                # P_g, then D, then T = max(cin, D, 2)
     flush: int = 17                     # last issue + 1 .. nothing in flight: + cin + D - T
     raw_flush: int = 15                 # the same for the raw pass (no S9 write stages)
+    gap_sum_flush: int = 16             # the same with a gap (the sum's write at S9 is last)
     gap_load: int = 1                   # gap sums -> drain shift register
-    gap_flush: int = 10                 # after the gap drain's D steps: its last write
+    gap_flush: int = 11                 # after the gap drain's D steps: its last write
     # the attention unit (channel_attention pass, OverlayEngine._attention)
     att_init: int = 5                   # the four constant words, read latency
     att_pool_wait: int = 6              # last pool read .. p[C-1] written, the idle test
@@ -466,9 +467,18 @@ class OverlayEngine(wiring.Component):
         idle = Signal()     # nothing in flight: no issue, drain step, requant item, write
         last_grp = Signal()
         grow = Signal(W["wrow"])                  # weight row of this group's channel 0
-        cebase = Signal(W["cout"])                # channel entry of this group's lane 0
-        gptr = Signal(aw)                         # dst address of this group's channel 0
-        wptr = Signal(aw)                         # dst address of the current output pixel
+        # The per-group state the drain and the write stage need follows the items, so that
+        # a group may start while the previous one is still in flight (chained groups):
+        # cebase steps at the hand-off of a group's last position, gptr and wptr at its last
+        # write (or its gap drain's last write).
+        cebase = Signal(W["cout"])                # channel entry of the next hand-off's lane 0
+        gptr = Signal(aw)                         # dst address of the written group's channel 0
+        wptr = Signal(aw)                         # dst address of the written output pixel
+        # Chained groups (hw.overlay_timing): every group of the pass has P lanes (so P_g, D, T do
+        # not change under the previous group's drain), it is not the raw pass (its logits'
+        # last flag reads the group counter) and, with a gap, the next group's first hand-off
+        # comes after the gap drain's last step (cin + 6 >= D).
+        chain = Signal()
         # Derived while SETUP captures the fields (adders kept out of the per-position path;
         # one shared decrementer and one shared halving decrementer on the program RAM's
         # read data instead of one adder per derived register).
@@ -591,6 +601,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
+                        wptr.eq(0),
                         t.eq(0), x.eq(0), y.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
@@ -632,9 +643,7 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
                     m.d.comb += start_pos.eq(1)
-                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), wptr.eq(gptr),
-                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0),
-                                 pix.eq(0), rowb.eq(0)]
+                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), t.eq(0)]
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
@@ -648,8 +657,16 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [tpm1.eq(Mux(one, 1, Mux(f["cin"] > dsteps, m1["cin"],
                                                          dsteps - 1))),
                                  dsm1.eq(dsteps - 1),
+                                 chain.eq((f["last_group"] == P) & ~f["raw"]
+                                          & (~f["gap"] | (f["cin"] + _HANDOFF >= dsteps))),
                                  gs.eq(0)]
                     m.next = "ISSUE"
+            def next_group():
+                # chained: P_g, D, T stay; the group counters step, the position restarts
+                m.d.comb += start_pos.eq(1)
+                m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"]), t.eq(0)]
+                m.next = "ISSUE"
+
             with m.State("ISSUE"):
                 hold = Signal()
                 # The raw drain waits for the logits consumer, so a raw position starts only
@@ -663,7 +680,12 @@ class OverlayEngine(wiring.Component):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
                         with m.If(last_pos):
-                            m.next = "FLUSH"
+                            with m.If(chain & ~last_grp & ~f["gap"]):
+                                # the next group's first position follows as if it were
+                                # another position of this one (T cycles after)
+                                next_group()
+                            with m.Else():
+                                m.next = "FLUSH"
                     with m.Else():
                         m.d.sync += t.eq(t + 1)
             def group_end():
@@ -671,8 +693,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += row.eq(row + 1)
                     m.next = "SETUP"
                 with m.Else():
-                    m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"]),
-                                 cebase.eq(cebase + P), gptr.eq(gptr + P // 2)]
+                    m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"])]
                     m.next = "GSTART"
 
             with m.State("FLUSH"):
@@ -687,7 +708,12 @@ class OverlayEngine(wiring.Component):
                         group_end()
             with m.State("GAPLOAD"):
                 m.d.comb += gap_go.eq(1)
-                m.next = "GAPFLUSH"
+                with m.If(chain & ~last_grp):
+                    # the gap drain (D steps) is over by the next group's first hand-off
+                    # (cin + 6 >= D); its writes use gptr, which steps at the last of them
+                    next_group()
+                with m.Else():
+                    m.next = "GAPFLUSH"
             with m.State("GAPFLUSH"):
                 with m.If(idle):
                     group_end()
@@ -738,7 +764,9 @@ class OverlayEngine(wiring.Component):
             with m.Elif(win_done):
                 m.d.sync += [x.eq(x + 1), row_end.eq(x + 1 == xlast)]
         with m.If(start_pos):
-            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0)]
+            # (after the adv updates: a chained group's start wins over its last advance)
+            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0),
+                         x.eq(0), y.eq(0), mm.eq(0), pix.eq(0), rowb.eq(0)]
 
         # ---- MAC pipeline ----------------------------------------------------------------
         def reg(name, shape, value):
@@ -924,6 +952,9 @@ class OverlayEngine(wiring.Component):
             m.d.sync += ent.eq(ent + step)
         with m.If(handoff):
             m.d.sync += ent.eq(cebase)
+            with m.If(tag6[3]):
+                # the group's last position: the next hand-off is the next group's
+                m.d.sync += cebase.eq(cebase + P)
         with m.If(gap_go):
             m.d.sync += ent.eq(f["gap_ent"])
         if R == 2:
@@ -1005,6 +1036,12 @@ class OverlayEngine(wiring.Component):
         q7tag_ = dl_rp.data[nd + 1:nd + 4]
         qm7 = [dl_rp.data[nd + 4 + 8 * r:nd + 12 + 8 * r] for r in range(R)]
         q3 = follow("q", 3, q2v_, q2lv_, q2gap_)
+        # the last item of a group's last position (or of its gap drain, whose tag is the last
+        # position's): one flag through registers to S9, where gptr and wptr step to the next
+        # group (the delay line's 16 bits are full: one more bit would be a second block RAM)
+        gend = q2last_ & q2tag_[3]
+        for k in range(3, 10):
+            gend = reg(f"q{k}gend", 1, gend)
         shm3 = [reg(f"q3shm{r}", SH_BITS, sh2[r] - 1) for r in range(R)]
         q4 = follow("q", 4, *q3)
         p4 = []
@@ -1122,6 +1159,9 @@ class OverlayEngine(wiring.Component):
                              wq_data[0].eq(out9[0]), wq_data[1].eq(out9[0])]
             with m.If(~q9gap & q9last):
                 m.d.sync += wptr.eq(wptr + f["dst_cp2"])
+            with m.If(q9last & (q9gap | gend)):
+                # the group's last write: the next group's channel 0 (later statement wins)
+                m.d.sync += [gptr.eq(gptr + P // 2), wptr.eq(gptr + P // 2)]
         if cfg.attention:
             self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,

@@ -40,11 +40,28 @@ from .overlay import _HANDOFF, PIPE
 from .overlay_program import OP_DYN, OP_ECA, OP_SAM
 
 __all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles",
-           "sam_cycles", "dyn_cycles"]
+           "sam_cycles", "dyn_cycles", "chained"]
 
 
 def _get(p, name):
     return int(p[name] if isinstance(p, dict) else getattr(p, name))
+
+
+def chained(p, lanes, requant_units):
+    """Whether the groups of pass ``p`` are chained: each group after the first starts
+    without a GSTART, right after the previous one's last position (no gap) or right after
+    its gap drain's start (a gap), while the previous group is still in flight.
+
+    The engine chains when every group has all ``lanes`` lanes (``last_group == lanes``:
+    P_g, D and T do not change under the previous group's drain), the pass is not the raw
+    classifier (its logits' last flag reads the group counter) and, with a gap, the next
+    group's first hand-off (``cin + 6`` cycles after its first issue) comes no earlier than
+    the gap drain's last step (``D``): ``cin + 6 >= D``.
+    """
+    if _get(p, "raw") or _get(p, "last_group") != lanes:
+        return False
+    d = -(-lanes // requant_units)
+    return not _get(p, "gap") or _get(p, "cin") + _HANDOFF >= d
 
 
 def group_cycles(p, group, lanes, requant_units):
@@ -53,6 +70,7 @@ def group_cycles(p, group, lanes, requant_units):
     pg = _get(p, "last_group") if group == groups - 1 else lanes
     d = pg if _get(p, "raw") else -(-pg // requant_units)
     cin = _get(p, "cin")
+    chain = chained(p, lanes, requant_units)
     ho, wo = _get(p, "ho"), _get(p, "wo")
     n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
     t = max(cin, d, 2)
@@ -62,10 +80,18 @@ def group_cycles(p, group, lanes, requant_units):
         issue = (n - 1) * (cin + _HANDOFF + d) + t
     else:
         issue = n * t
+    gap = _get(p, "gap")
     # the last issue is T - cin cycles before the issue phase's end; FLUSH counts from it
-    cycles = (PIPE.group_start + issue + (cin + d - t)
-              + (PIPE.raw_flush if _get(p, "raw") else PIPE.flush))
-    if _get(p, "gap"):
+    flush = (cin + d - t) + (PIPE.raw_flush if _get(p, "raw") else
+                             PIPE.gap_sum_flush if gap else PIPE.flush)
+    cycles = issue + (PIPE.group_start if group == 0 or not chain else 0)
+    if chain and group < groups - 1:
+        # chained: the next group's first issue follows this group's last position T cycles
+        # after that position's start (no gap), or the cycle after GAPLOAD (a gap: FLUSH
+        # still waits for the last gap sum; the gap drain runs under the next group)
+        return cycles + (flush + PIPE.gap_load if gap else 0)
+    cycles += flush
+    if gap:
         cycles += PIPE.gap_load + d + PIPE.gap_flush
     return cycles
 

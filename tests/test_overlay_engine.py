@@ -281,3 +281,35 @@ def test_overlay_ice40_primitives_under_icarus(tmp_path, r):
     got = [tuple(int(v) for v in line.split())
            for line in (tmp_path / "logits.txt").read_text().splitlines()]
     check_logits(got, want)
+
+
+@pytest.mark.parametrize("lanes,r", [(8, 1), (16, 2)])
+def test_overlay_chained_groups_digits_like(lanes, r, monkeypatch):
+    """The digits-like network (the iCEBreaker model's topology) on configs whose lanes
+    divide its widths 16 and 48, so that its conv, pooled conv and gap passes chain their
+    groups (hw.overlay_timing.chained): logits == golden, measured cycles == the model, and
+    the model's chained cycles are below the unchained schedule's."""
+    from shiftacc.hw import overlay_timing
+    from test_overlay_program import digits_like
+
+    rng, seed = make_rng(f"test_overlay_chained_groups_digits_like[{lanes}-{r}]")
+    model = digits_like(seed)
+    plan = compile_overlay(model, OverlayConfig(lanes=lanes, requant_units=r, fm_words=512,
+                                                weight_rows=256, channel_rows=128,
+                                                gather_rows=128, max_passes=8))
+    chained = [overlay_timing.chained(p, lanes, r) for p in plan.passes]
+    assert chained[:3] == [True] * 3 and not chained[3], chained
+    assert any(p["groups"] > 1 for p in plan.passes[:3])
+    images = np.random.default_rng(seed).integers(0, 256, (2, 8, 8, 1))
+    want = golden.run(model, images)
+    got, first = run_engine(OverlayEngine(plan.config), plan.param_words(), images,
+                            want.shape[1], rng)
+    check_logits(got, want)
+    periods = np.diff(first).tolist()
+    model_cycles = image_cycles(plan)
+    with monkeypatch.context() as mp:
+        mp.setattr(overlay_timing, "chained", lambda *_: False)
+        unchained = image_cycles(plan)
+    print(f"measured periods {periods}, model {model_cycles} (unchained {unchained})")
+    assert periods == [model_cycles]
+    assert model_cycles < unchained
