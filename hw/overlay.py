@@ -57,9 +57,16 @@ constants of channel-table entry ``gap_ent``: bias 0, the gap's m, sh, qmax) and
 as the 1×1 map.
 
 Hand-off rules. The MAC pipeline and the drain never stall: a position's hand-off comes ``T``
-cycles after the previous one and its drain takes ``D <= T`` steps. A group ends when nothing
-of it is in flight (every stage's valid flag clear, after its last write), so the per-group
-registers (``P_g``, table base, write pointers) change only then. The one stall is the logits
+cycles after the previous one and its drain takes ``D <= T`` steps. The per-group state the
+items in flight need follows them: the channel-table base steps at the hand-off of a group's
+last position, the write pointers at its last write (or its gap drain's). So when every
+group of a pass has ``P`` lanes (``P_g``, ``D``, ``T`` fixed) and it is not the raw pass, the
+groups are *chained* (:func:`hw.overlay_timing.chain_mode`): the next group's first position
+follows the last one like another position, and with a gap the previous group's gap drain
+takes the ``D`` drain steps after the next group's first position's (or, when ``T < 2D``,
+``cin < 10`` or ``D > 8``, the next group starts the cycle after the gap drain's start).
+Otherwise, and after a pass's last group, the engine waits until nothing is in flight
+(every stage's valid flag clear, after the last write). The one stall is the logits
 consumer: the raw drain takes a step only with room in the :data:`LOGITS_QUEUE`-entry block
 RAM queue (an always-ready consumer never holds it), a raw position starts only once the
 previous one has left the drain, and a flush waits for the drain, so a stalled consumer
@@ -474,11 +481,21 @@ class OverlayEngine(wiring.Component):
         cebase = Signal(W["cout"])                # channel entry of the next hand-off's lane 0
         gptr = Signal(aw)                         # dst address of the written group's channel 0
         wptr = Signal(aw)                         # dst address of the written output pixel
-        # Chained groups (hw.overlay_timing): every group of the pass has P lanes (so P_g, D, T do
-        # not change under the previous group's drain), it is not the raw pass (its logits'
-        # last flag reads the group counter) and, with a gap, the next group's first hand-off
-        # comes after the gap drain's last step (cin + 6 >= D).
+        # Chained groups (hw.overlay_timing.chain_mode): every group of the pass has P lanes
+        # (so P_g, D, T do not change under the previous group's drain) and it is not the raw
+        # pass (its logits' last flag reads the group counter). Without a gap the next group
+        # follows the last position like another position. With a gap, either (gchain) the
+        # same, and the previous group's gap drain takes the D drain steps after the next
+        # group's first position's (T >= 2D leaves them free before its second hand-off;
+        # cin >= 10 puts them after the previous group's last gap-sum read and write;
+        # D <= 8 puts their reads before the first position's gap-sum writes; >= 2
+        # positions a group puts them before the last group's own tail), or it follows
+        # GAPLOAD, the gap drain being over by its first hand-off (cin + 6 >= D).
         chain = Signal()
+        gchain = Signal()
+        gpend = Signal()    # gchain: the last hand-off was a group's last position
+        gfire = Signal()    # gchain: this drain is a group's first: the gap drain follows it
+        dfull = -(-P // R)                       # D of a group of P lanes
         # Derived while SETUP captures the fields (adders kept out of the per-position path;
         # one shared decrementer and one shared halving decrementer on the program RAM's
         # read data instead of one adder per derived register).
@@ -601,7 +618,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += [
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
-                        wptr.eq(0),
+                        wptr.eq(0), gpend.eq(0), gfire.eq(0),
                         t.eq(0), x.eq(0), y.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
@@ -658,7 +675,11 @@ class OverlayEngine(wiring.Component):
                                                          dsteps - 1))),
                                  dsm1.eq(dsteps - 1),
                                  chain.eq((f["last_group"] == P) & ~f["raw"]
-                                          & (~f["gap"] | (f["cin"] + _HANDOFF >= dsteps))),
+                                          & (~f["gap"] | (f["cin"] >= dfull - _HANDOFF))),
+                                 gchain.eq((f["last_group"] == P) & ~f["raw"] & f["gap"]
+                                           & (f["cin"] >= max(2 * dfull, 10))
+                                           & (f["pool"] | (f["ho"] != 1) | (f["wo"] != 1))
+                                           if dfull <= 8 else 0),
                                  gs.eq(0)]
                     m.next = "ISSUE"
             def next_group():
@@ -680,7 +701,7 @@ class OverlayEngine(wiring.Component):
                         m.d.comb += adv.eq(1)
                         m.d.sync += t.eq(0)
                         with m.If(last_pos):
-                            with m.If(chain & ~last_grp & ~f["gap"]):
+                            with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
                                 # the next group's first position follows as if it were
                                 # another position of this one (T cycles after)
                                 next_group()
@@ -709,8 +730,8 @@ class OverlayEngine(wiring.Component):
             with m.State("GAPLOAD"):
                 m.d.comb += gap_go.eq(1)
                 with m.If(chain & ~last_grp):
-                    # the gap drain (D steps) is over by the next group's first hand-off
-                    # (cin + 6 >= D); its writes use gptr, which steps at the last of them
+                    # (not gchain) the gap drain (D steps) is over by the next group's first
+                    # hand-off (cin + 6 >= D); its writes use gptr, stepped at their last
                     next_group()
                 with m.Else():
                     m.next = "GAPFLUSH"
@@ -928,6 +949,13 @@ class OverlayEngine(wiring.Component):
         with m.If(handoff):
             m.d.sync += [shadow[j].eq(accs[j]) for j in range(P)]
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(0), dr_tag.eq(tag6)]
+        with m.If(handoff):
+            m.d.sync += [gfire.eq(gpend), gpend.eq(tag6[3] & gchain)]
+        with m.If(gfire & dstep & ~dr_gap & (dr_d == dsm1)):
+            # gchain: the previous group's gap drain right after the next group's first
+            # position's last drain step
+            m.d.comb += gap_go.eq(1)
+            m.d.sync += gfire.eq(0)
         with m.If(gap_go):
             m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
         # One read port on the gap sums: the accumulate stage's index (read at q8, used at

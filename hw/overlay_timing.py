@@ -11,6 +11,10 @@ cycles between the first accepted beats of consecutive images are::
 
     group = GSTART + N * T + (cin + D - T) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
 
+    chained (:func:`chain_mode`), a group before the pass's last one:
+    group = [GSTART for the first] + N * T   [+ (cin + D - T) + FLUSH + GAP_LOAD  "gapload"]
+    and the pass's last group is the formula above without its GSTART
+
 where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the last group):
 
 * ``D = ceil(P_g / R)`` drain steps (``R`` = ``requant_units``), ``D = P_g`` on the raw
@@ -32,36 +36,53 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   ``D`` steps, then ``FLUSH`` cycles: 6 MAC stages, 1 take, 8 requant stages, pool, gap/write
   request, write, the idle test; ``cin + D - T`` is ``min(cin, D)`` unless ``T`` is padded to
   2), ``RAW_FLUSH = 15`` on the raw pass (its logits leave at S2; its items still pass the
-  valid flags of S3-S8), ``GAP_LOAD = 1`` (the drain switched to the gap sums) and
-  ``GAP_FLUSH = 10`` (the gap drain's last step to its idle test).
+  valid flags of S3-S8), ``FLUSH = GAP_SUM_FLUSH = 16`` with a gap (the gap sum's write at
+  S9 is the last stage: no write request), ``GAP_LOAD = 1`` (the drain switched to the gap
+  sums) and ``GAP_FLUSH = 11`` (the gap drain's last step to its idle test).
 """
 
 from .overlay import _HANDOFF, PIPE
 from .overlay_program import OP_DYN, OP_ECA, OP_SAM
 
 __all__ = ["image_cycles", "pass_cycles", "group_cycles", "load_cycles", "attention_cycles",
-           "sam_cycles", "dyn_cycles", "chained"]
+           "sam_cycles", "dyn_cycles", "chained", "chain_mode"]
 
 
 def _get(p, name):
     return int(p[name] if isinstance(p, dict) else getattr(p, name))
 
 
-def chained(p, lanes, requant_units):
-    """Whether the groups of pass ``p`` are chained: each group after the first starts
-    without a GSTART, right after the previous one's last position (no gap) or right after
-    its gap drain's start (a gap), while the previous group is still in flight.
+def chain_mode(p, lanes, requant_units):
+    """How the groups of pass ``p`` are chained (each group after the first starts without a
+    GSTART while the previous one is still in flight), ``None`` if they are not.
 
     The engine chains when every group has all ``lanes`` lanes (``last_group == lanes``:
-    P_g, D and T do not change under the previous group's drain), the pass is not the raw
-    classifier (its logits' last flag reads the group counter) and, with a gap, the next
-    group's first hand-off (``cin + 6`` cycles after its first issue) comes no earlier than
-    the gap drain's last step (``D``): ``cin + 6 >= D``.
+    P_g, D and T do not change under the previous group's drain) and the pass is not the raw
+    classifier (its logits' last flag reads the group counter). Then:
+
+    * ``"issue"``: the next group's first position follows the last position like another
+      position of the group. Without a gap, always; with a gap when (``D = ceil(lanes /
+      R)``) ``D <= 8``, ``cin >= max(2 D, 10)`` and a group has at least 2 positions: the
+      gap drain takes the D drain steps right after the next group's first position's.
+    * ``"gapload"``: with a gap otherwise, if ``cin + 6 >= D``: the next group's first issue
+      is the cycle after GAPLOAD (its first hand-off comes after the gap drain's last step).
     """
     if _get(p, "raw") or _get(p, "last_group") != lanes:
-        return False
+        return None
+    if not _get(p, "gap"):
+        return "issue"
     d = -(-lanes // requant_units)
-    return not _get(p, "gap") or _get(p, "cin") + _HANDOFF >= d
+    cin = _get(p, "cin")
+    n = 4 * (_get(p, "ho") // 2) * (_get(p, "wo") // 2) if _get(p, "pool") else \
+        _get(p, "ho") * _get(p, "wo")
+    if d <= 8 and cin >= max(2 * d, 10) and n >= 2:
+        return "issue"
+    return "gapload" if cin + _HANDOFF >= d else None
+
+
+def chained(p, lanes, requant_units):
+    """Whether the groups of pass ``p`` are chained (:func:`chain_mode`)."""
+    return chain_mode(p, lanes, requant_units) is not None
 
 
 def group_cycles(p, group, lanes, requant_units):
@@ -70,7 +91,8 @@ def group_cycles(p, group, lanes, requant_units):
     pg = _get(p, "last_group") if group == groups - 1 else lanes
     d = pg if _get(p, "raw") else -(-pg // requant_units)
     cin = _get(p, "cin")
-    chain = chained(p, lanes, requant_units)
+    mode = chain_mode(p, lanes, requant_units)
+    chain = mode is not None
     ho, wo = _get(p, "ho"), _get(p, "wo")
     n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
     t = max(cin, d, 2)
@@ -87,9 +109,9 @@ def group_cycles(p, group, lanes, requant_units):
     cycles = issue + (PIPE.group_start if group == 0 or not chain else 0)
     if chain and group < groups - 1:
         # chained: the next group's first issue follows this group's last position T cycles
-        # after that position's start (no gap), or the cycle after GAPLOAD (a gap: FLUSH
+        # after that position's start ("issue"), or the cycle after GAPLOAD ("gapload": FLUSH
         # still waits for the last gap sum; the gap drain runs under the next group)
-        return cycles + (flush + PIPE.gap_load if gap else 0)
+        return cycles + (flush + PIPE.gap_load if mode == "gapload" else 0)
     cycles += flush
     if gap:
         cycles += PIPE.gap_load + d + PIPE.gap_flush

@@ -283,22 +283,25 @@ def test_overlay_ice40_primitives_under_icarus(tmp_path, r):
     check_logits(got, want)
 
 
-@pytest.mark.parametrize("lanes,r", [(8, 1), (16, 2)])
-def test_overlay_chained_groups_digits_like(lanes, r, monkeypatch):
+@pytest.mark.parametrize("lanes,r,gap_mode", [(8, 1, "issue"), (16, 2, "issue"),
+                                               (16, 1, "gapload")])
+def test_overlay_chained_groups_digits_like(lanes, r, gap_mode, monkeypatch):
     """The digits-like network (the iCEBreaker model's topology) on configs whose lanes
     divide its widths 16 and 48, so that its conv, pooled conv and gap passes chain their
-    groups (hw.overlay_timing.chained): logits == golden, measured cycles == the model, and
+    groups (hw.overlay_timing.chain_mode): logits == golden, measured cycles == the model, and
     the model's chained cycles are below the unchained schedule's."""
     from shiftacc.hw import overlay_timing
     from test_overlay_program import digits_like
 
-    rng, seed = make_rng(f"test_overlay_chained_groups_digits_like[{lanes}-{r}]")
+    rng, seed = make_rng(f"test_overlay_chained_groups_digits_like[{lanes}-{r}-{gap_mode}]")
     model = digits_like(seed)
     plan = compile_overlay(model, OverlayConfig(lanes=lanes, requant_units=r, fm_words=512,
                                                 weight_rows=256, channel_rows=128,
                                                 gather_rows=128, max_passes=8))
-    chained = [overlay_timing.chained(p, lanes, r) for p in plan.passes]
-    assert chained[:3] == [True] * 3 and not chained[3], chained
+    modes = [overlay_timing.chain_mode(p, lanes, r) for p in plan.passes]
+    # the gap pass chains without waiting for its gap drain (cin 16 >= 2 D, D <= 8) or,
+    # with D = 16, after GAPLOAD (cin + 6 >= D)
+    assert modes == ["issue", "issue", gap_mode, None], modes
     assert any(p["groups"] > 1 for p in plan.passes[:3])
     images = np.random.default_rng(seed).integers(0, 256, (2, 8, 8, 1))
     want = golden.run(model, images)
@@ -308,7 +311,7 @@ def test_overlay_chained_groups_digits_like(lanes, r, monkeypatch):
     periods = np.diff(first).tolist()
     model_cycles = image_cycles(plan)
     with monkeypatch.context() as mp:
-        mp.setattr(overlay_timing, "chained", lambda *_: False)
+        mp.setattr(overlay_timing, "chain_mode", lambda *_: None)
         unchained = image_cycles(plan)
     print(f"measured periods {periods}, model {model_cycles} (unchained {unchained})")
     assert periods == [model_cycles]
