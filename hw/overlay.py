@@ -207,6 +207,12 @@ def _below(value, n):
     return high_clear if n == 1 << k else high_clear & (value[:k] < n)
 
 
+def _at_least(value, n):
+    """``value >= n`` for a constant ``n`` (true for ``n <= 0``): the complement of
+    :func:`_below`, no carry chain."""
+    return C(1, 1) if n <= 0 else ~_below(value, n)
+
+
 def gather_bits(config):
     """Width of a stored gather entry: bank, the offset modulo the bank depth's power of two,
     dy, dx."""
@@ -496,6 +502,8 @@ class OverlayEngine(wiring.Component):
         gpend = Signal()    # gchain: the last hand-off was a group's last position
         gfire = Signal()    # gchain: this drain is a group's first: the gap drain follows it
         dfull = -(-P // R)                       # D of a group of P lanes
+        grow_n = Signal.like(grow)               # (one adder for both group steps)
+        m.d.comb += grow_n.eq(grow + f["cin"])
         # Derived while SETUP captures the fields (adders kept out of the per-position path;
         # one shared decrementer and one shared halving decrementer on the program RAM's
         # read data instead of one adder per derived register).
@@ -675,17 +683,17 @@ class OverlayEngine(wiring.Component):
                                                          dsteps - 1))),
                                  dsm1.eq(dsteps - 1),
                                  chain.eq((f["last_group"] == P) & ~f["raw"]
-                                          & (~f["gap"] | (f["cin"] >= dfull - _HANDOFF))),
+                                          & (~f["gap"] | _at_least(f["cin"], dfull - _HANDOFF))),
                                  gchain.eq((f["last_group"] == P) & ~f["raw"] & f["gap"]
-                                           & (f["cin"] >= max(2 * dfull, 10))
-                                           & (f["pool"] | (f["ho"] != 1) | (f["wo"] != 1))
+                                           & _at_least(f["cin"], max(2 * dfull, 10))
+                                           & (f["pool"] | (xlast != 0) | (ylast != 0))
                                            if dfull <= 8 else 0),
                                  gs.eq(0)]
                     m.next = "ISSUE"
             def next_group():
                 # chained: P_g, D, T stay; the group counters step, the position restarts
                 m.d.comb += start_pos.eq(1)
-                m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"]), t.eq(0)]
+                m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n), t.eq(0)]
                 m.next = "ISSUE"
 
             with m.State("ISSUE"):
@@ -714,7 +722,7 @@ class OverlayEngine(wiring.Component):
                     m.d.sync += row.eq(row + 1)
                     m.next = "SETUP"
                 with m.Else():
-                    m.d.sync += [grp.eq(grp + 1), grow.eq(grow + f["cin"])]
+                    m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
                     m.next = "GSTART"
 
             with m.State("FLUSH"):
@@ -1189,7 +1197,9 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += wptr.eq(wptr + f["dst_cp2"])
             with m.If(q9last & (q9gap | gend)):
                 # the group's last write: the next group's channel 0 (later statement wins)
-                m.d.sync += [gptr.eq(gptr + P // 2), wptr.eq(gptr + P // 2)]
+                gnext = Signal(aw)
+                m.d.comb += gnext.eq(gptr + P // 2)
+                m.d.sync += [gptr.eq(gnext), wptr.eq(gnext)]
         if cfg.attention:
             self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
