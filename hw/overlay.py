@@ -668,7 +668,9 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
                     m.d.comb += start_pos.eq(1)
-                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)), t.eq(0)]
+                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
+                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0),
+                                 pix.eq(0), rowb.eq(0)]
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
@@ -691,9 +693,9 @@ class OverlayEngine(wiring.Component):
                                  gs.eq(0)]
                     m.next = "ISSUE"
             def next_group():
-                # chained: P_g, D, T stay; the group counters step, the position restarts
-                m.d.comb += start_pos.eq(1)
-                m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n), t.eq(0)]
+                # chained: P_g, D, T stay; the group counters step (the last position's
+                # advance restarted the position counters)
+                m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
                 m.next = "ISSUE"
 
             with m.State("ISSUE"):
@@ -792,10 +794,12 @@ class OverlayEngine(wiring.Component):
                              col_end.eq(y + 1 == ylast)]
             with m.Elif(win_done):
                 m.d.sync += [x.eq(x + 1), row_end.eq(x + 1 == xlast)]
+            with m.If(last_pos):
+                # the group's last position: the counters restart for a chained next group
+                # (a decode of registers, not of the FSM's chain decision: x, mm wrap anyway)
+                m.d.sync += [y.eq(0), rowb.eq(0), pix.eq(0), col_end.eq(ylast == 0)]
         with m.If(start_pos):
-            # (after the adv updates: a chained group's start wins over its last advance)
-            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0),
-                         x.eq(0), y.eq(0), mm.eq(0), pix.eq(0), rowb.eq(0)]
+            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0)]
 
         # ---- MAC pipeline ----------------------------------------------------------------
         def reg(name, shape, value):
