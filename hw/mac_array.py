@@ -5,54 +5,18 @@ conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requa
 Stride is handled upstream: the MacArray sees only the pixels it must compute.
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .dsp import mult18x18d_registered as _mult18x18d_registered
 from .params import ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["MacArray"]
-
-
-def _mult18x18d_registered(a, b, product):
-    """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed, ``b`` unsigned,
-    both at most 16 bits) two cycles after its inputs: the input registers A and B and the
-    output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
-    pipeline register bypassed. nextpnr times such a block as ``MULT18X18D_REGS_ALL``: its
-    ports are register setup / clock-to-out, no path runs through it.
-
-    Both operands go in as 18-bit signed values (``b`` zero-extended, so positive); the
-    product's low bits are the exact result (``len(product) <= 36``)."""
-    a18 = Signal(signed(18))
-    b18 = Signal(signed(18))
-    p36 = Signal(signed(36))
-    ports = {}
-    for n in range(18):
-        ports[f"i_A{n}"] = a18[n]
-        ports[f"i_B{n}"] = b18[n]
-        ports[f"i_C{n}"] = Const(0, 1)
-    for n in range(36):
-        ports[f"o_P{n}"] = p36[n]
-    inst = Instance(
-        "MULT18X18D",
-        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
-        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
-        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
-        p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
-        p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
-        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
-        i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-        i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
-        **ports)
-    m = Module()
-    m.submodules.dsp = inst
-    m.d.comb += [a18.eq(a), b18.eq(b), product.eq(p36)]
-    return m
 
 
 def _index(count, name):
@@ -87,15 +51,15 @@ class MacArray(wiring.Component):
     their output registers, 4 products in fabric flip-flops, 5 lane sums, 6 accumulate;
     raw (``requant=False``): 7 ``+ bias`` (its row read in stage 4, registered in 5), 8 FIFO
     write; requant: 7 hold the beat, 8 feed lane group 0 to the shared Requant (bias/m/sh
-    row read), 9 constants registered, 10 ``+ bias``, 11..16 the pipelined Requant,
+    row read), 9 constants registered, 10 ``+ bias``, 11..18 the pipelined Requant,
     (gather,) FIFO write. Every block-RAM output lands in a flip-flop, and no path runs
     through a multiplier (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out; a DSP block's
     inputs and outputs are ~8 ns of routing from the fabric in a full 85F): on an ECP5
     (``platform.family == "ecp5"``) each product is an instantiated ``MULT18X18D`` with its
     input and output registers clocked, elsewhere flip-flops of the same latency.
     :attr:`latency` counts the cycles from the issue of an output beat's last fold to that
-    beat on ``o`` (empty FIFO, ``o.ready`` high): 10 raw, 19 with ``rq_groups = 1``,
-    ``19 + rq_groups`` otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
+    beat on ``o`` (empty FIFO, ``o.ready`` high): 10 raw, 21 with ``rq_groups = 1``,
+    ``21 + rq_groups`` otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
     one pixel every ``NBi · NBo`` cycles whatever it is.
 
     Shared Requant. Output beats leave the accumulators at most once every ``NBi`` cycles, so
@@ -253,7 +217,7 @@ class MacArray(wiring.Component):
             write_at = 8
         else:
             # 8: first group fed (constants' row read), 9: constants registered, 10: + bias,
-            # 11..16: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
+            # 11..18: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
             # when shared.
             write_at = 11 + Requant.LATENCY_PIPELINED
             if rq_groups > 1:
