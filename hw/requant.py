@@ -231,7 +231,11 @@ class Requant(wiring.Component):
             a1i = Signal(a.shape(), name=f"{name}_a1i", reset_less=True)
             b1i = Signal(b.shape(), name=f"{name}_b1i", reset_less=True)
             m.d.sync += [a1i.eq(a), b1i.eq(b), p1o.eq(a1i * b1i)]
-        p1a = Signal(shape, name=name, reset_less=True)
+        # The fabric product register keeps its reset: without one, Yosys' iCE40 DSP packing
+        # folds the high partial product and the 1b adder into the low one's SB_MAC16
+        # (8 blocks -> 7 for a 32-bit accumulator), so the count would no longer be the one
+        # hw.resources states (tests/test_hw_resources.py checks it against Yosys).
+        p1a = Signal(shape, name=name)
         m.d.sync += p1a.eq(p1o)
         return p1a
 
