@@ -282,8 +282,15 @@ class MacArray(wiring.Component):
         # parameters are loaded while no image is in flight. (Registering the bus beat
         # itself, before the decode, made the whole digits design hit a Yosys 0.70 ABC9
         # assertion; see docs/boards.md "Timing closure".)
+        # The data word and the write addresses load only on this block's own beats: the same
+        # registers loaded on every beat are identical in every MacArray, and Yosys' opt_merge
+        # keeps one copy for all of them, whose fan-out to the far blocks' RAMs was the whole
+        # 85F digits design's critical path (L9.conv's write address register -> 14.6 ns of
+        # routing -> L7.conv's weight RAM, 65.9 MHz). The block's layer match is its own, so
+        # these stay per block; the write enables (registered from the same beat) are unchanged.
         par_data = Signal(32, name="par_data_q", reset_less=True)
-        m.d.sync += par_data.eq(par.data)
+        with m.If(mine):
+            m.d.sync += par_data.eq(par.data)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
@@ -305,7 +312,8 @@ class MacArray(wiring.Component):
             w_en = Signal.like(wp.en, name=f"{name}_wen_q")
             write = mine & (par.kind == kind) & (par.row < depth)
             if groups == 1:
-                m.d.sync += w_addr.eq(par.row)
+                with m.If(mine):
+                    m.d.sync += w_addr.eq(par.row)
                 for e in range(per_row):
                     m.d.sync += w_en[e].eq(write & (par.lane == e))
             else:
@@ -318,7 +326,8 @@ class MacArray(wiring.Component):
                             m.d.comb += [sub_row.eq(lane // per_row),
                                          elem_sel.eq(lane % per_row), lane_ok.eq(1)]
                 # row * groups as shifts and adds: a product by a constant would take a DSP.
-                m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
+                with m.If(mine):
+                    m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
                 for e in range(per_row):
                     m.d.sync += w_en[e].eq(write & lane_ok & (elem_sel == e))
             m.d.comb += [wp.addr.eq(w_addr), wp.en.eq(w_en)]
