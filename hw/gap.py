@@ -32,13 +32,13 @@ class GlobalAvgPool(wiring.Component):
 
     * Direct (``rq_groups = 1``: ``H · W = 1``, where every pixel is the last, or when sharing
       would not save a lane): one Requant lane per stream lane, each completed beat of the
-      last pixel goes straight in (:attr:`latency` = 9, with the pipelined Requant of
+      last pixel goes straight in (:attr:`latency` = 11, with the pipelined Requant of
       :mod:`hw.requant`).
     * Shared (otherwise): the last pixel's sums are copied to a hold bank and drained through
       ``rq_lanes = ceil(lanes / (H·W - 1))`` lanes, ``rq_groups`` cycles per beat, and
       gathered back into beats. The drain (``NB · rq_groups <= NB · (H·W - 1)`` cycles) ends
       before the next image's last pixel arrives, so it costs no input cycles, only latency
-      (``NB · rq_groups + 9``). A Requant lane is a multiplier (DSP block) and a wide barrel
+      (``NB · rq_groups + 11``). A Requant lane is a multiplier (DSP block) and a wide barrel
       shifter, so for the usual ``H · W >= lanes + 1`` a single lane serves every channel.
 
     Backpressure. Only the last pixel's sums produce output, and FIFO credit is checked

@@ -5,54 +5,18 @@ conv1x1) and, unless it is the classifier, requantizes it with :class:`~hw.requa
 Stride is handled upstream: the MacArray sees only the pixels it must compute.
 """
 
-from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .dsp import mult18x18d_registered as _mult18x18d_registered
 from .params import ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["MacArray"]
-
-
-def _mult18x18d_registered(a, b, product):
-    """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed, ``b`` unsigned,
-    both at most 16 bits) two cycles after its inputs: the input registers A and B and the
-    output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
-    pipeline register bypassed. nextpnr times such a block as ``MULT18X18D_REGS_ALL``: its
-    ports are register setup / clock-to-out, no path runs through it.
-
-    Both operands go in as 18-bit signed values (``b`` zero-extended, so positive); the
-    product's low bits are the exact result (``len(product) <= 36``)."""
-    a18 = Signal(signed(18))
-    b18 = Signal(signed(18))
-    p36 = Signal(signed(36))
-    ports = {}
-    for n in range(18):
-        ports[f"i_A{n}"] = a18[n]
-        ports[f"i_B{n}"] = b18[n]
-        ports[f"i_C{n}"] = Const(0, 1)
-    for n in range(36):
-        ports[f"o_P{n}"] = p36[n]
-    inst = Instance(
-        "MULT18X18D",
-        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
-        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
-        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
-        p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
-        p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
-        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
-        i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
-        i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
-        **ports)
-    m = Module()
-    m.submodules.dsp = inst
-    m.d.comb += [a18.eq(a), b18.eq(b), product.eq(p36)]
-    return m
 
 
 def _index(count, name):
@@ -84,18 +48,19 @@ class MacArray(wiring.Component):
 
     Pipeline, cycles after issue: 0 weight-RAM read and input-beat select, 1 weight row and
     input beat registered near the multipliers, 2 in the multipliers' input registers, 3 in
-    their output registers, 4 products in fabric flip-flops, 5 lane sums, 6 accumulate;
-    raw (``requant=False``): 7 ``+ bias`` (its row read in stage 4, registered in 5), 8 FIFO
-    write; requant: 7 hold the beat, 8 feed lane group 0 to the shared Requant (bias/m/sh
-    row read), 9 constants registered, 10 ``+ bias``, 11..16 the pipelined Requant,
+    their output registers, 4 products in fabric flip-flops, 5 products summed in pairs,
+    6 lane sums, 7 accumulate; raw (``requant=False``): 8 ``+ bias`` (its row read in stage
+    5, registered in 6), 9 FIFO write; requant: 8 hold the beat, 9 feed lane group 0 to the
+    shared Requant (bias/m/sh row read), 10 constants registered, 11 ``+ bias``, 12..19 the
+    pipelined Requant,
     (gather,) FIFO write. Every block-RAM output lands in a flip-flop, and no path runs
     through a multiplier (timing: ECP5 block RAMs have a ~5.8 ns clock-to-out; a DSP block's
     inputs and outputs are ~8 ns of routing from the fabric in a full 85F): on an ECP5
     (``platform.family == "ecp5"``) each product is an instantiated ``MULT18X18D`` with its
     input and output registers clocked, elsewhere flip-flops of the same latency.
     :attr:`latency` counts the cycles from the issue of an output beat's last fold to that
-    beat on ``o`` (empty FIFO, ``o.ready`` high): 10 raw, 19 with ``rq_groups = 1``,
-    ``19 + rq_groups`` otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
+    beat on ``o`` (empty FIFO, ``o.ready`` high): 11 raw, 22 with ``rq_groups = 1``,
+    ``22 + rq_groups`` otherwise. The latency only sizes the output FIFO (the credit); the steady-state rate is
     one pixel every ``NBi · NBo`` cycles whatever it is.
 
     Shared Requant. Output beats leave the accumulators at most once every ``NBi`` cycles, so
@@ -237,9 +202,9 @@ class MacArray(wiring.Component):
         are the ones the RTL builds.
         """
         nbi, nbo = beats_per_pixel(cin, p_in), beats_per_pixel(cout, p_out)
-        # Issue (0) -> operands at the multipliers (1b, 1c) -> products (1d, 2) -> lane
-        # sums (3) -> accumulate (4) -> +bias (5) -> [Requant] -> FIFO write -> FIFO output
-        # register.
+        # Issue (0) -> operands at the multipliers (1b, 1c) -> products (1d, 2) -> pair
+        # sums (2s) -> lane sums (3) -> accumulate (4) -> +bias (5) -> [Requant] -> FIFO
+        # write -> FIFO output register.
         # Requant lanes: an output beat leaves the accumulators only every NBi cycles, so
         # ceil(p_out / NBi) Requant lanes, each used on ceil(p_out / rq_lanes) <= NBi
         # consecutive cycles, keep up with it. A Requant lane is a 32x16 multiplier (two
@@ -250,12 +215,12 @@ class MacArray(wiring.Component):
         # (Stage 1b registers the weight row and the input beat at the multipliers' inputs,
         # 1c and 1d are the multipliers' own input and output registers.)
         if not requant:
-            write_at = 8
+            write_at = 9
         else:
-            # 8: first group fed (constants' row read), 9: constants registered, 10: + bias,
-            # 11..16: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
+            # 9: first group fed (constants' row read), 10: constants registered, 11: + bias,
+            # 12..19: pipelined Requant, + (groups - 1) serial feed cycles + 1 gather register
             # when shared.
-            write_at = 11 + Requant.LATENCY_PIPELINED
+            write_at = 12 + Requant.LATENCY_PIPELINED
             if rq_groups > 1:
                 write_at += rq_groups - 1 + 1
         latency = write_at + 2
@@ -317,8 +282,15 @@ class MacArray(wiring.Component):
         # parameters are loaded while no image is in flight. (Registering the bus beat
         # itself, before the decode, made the whole digits design hit a Yosys 0.70 ABC9
         # assertion; see docs/boards.md "Timing closure".)
+        # The data word and the write addresses load only on this block's own beats: the same
+        # registers loaded on every beat are identical in every MacArray, and Yosys' opt_merge
+        # keeps one copy for all of them, whose fan-out to the far blocks' RAMs was the whole
+        # 85F digits design's critical path (L9.conv's write address register -> 14.6 ns of
+        # routing -> L7.conv's weight RAM, 65.9 MHz). The block's layer match is its own, so
+        # these stay per block; the write enables (registered from the same beat) are unchanged.
         par_data = Signal(32, name="par_data_q", reset_less=True)
-        m.d.sync += par_data.eq(par.data)
+        with m.If(mine):
+            m.d.sync += par_data.eq(par.data)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
@@ -340,7 +312,8 @@ class MacArray(wiring.Component):
             w_en = Signal.like(wp.en, name=f"{name}_wen_q")
             write = mine & (par.kind == kind) & (par.row < depth)
             if groups == 1:
-                m.d.sync += w_addr.eq(par.row)
+                with m.If(mine):
+                    m.d.sync += w_addr.eq(par.row)
                 for e in range(per_row):
                     m.d.sync += w_en[e].eq(write & (par.lane == e))
             else:
@@ -353,7 +326,8 @@ class MacArray(wiring.Component):
                             m.d.comb += [sub_row.eq(lane // per_row),
                                          elem_sel.eq(lane % per_row), lane_ok.eq(1)]
                 # row * groups as shifts and adds: a product by a constant would take a DSP.
-                m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
+                with m.If(mine):
+                    m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
                 for e in range(per_row):
                     m.d.sync += w_en[e].eq(write & lane_ok & (elem_sel == e))
             m.d.comb += [wp.addr.eq(w_addr), wp.en.eq(w_en)]
@@ -562,21 +536,41 @@ class MacArray(wiring.Component):
             pipe.append(regs)
         m.d.sync += [r.eq(q) for r, q in zip((v2, first2, lastf2, last2, j2), pipe[-1])]
 
-        # Stage 2 -> 3: per-output-lane sum over the p_in products.
+        # Stage 2 -> 2s: the first level of each output lane's adder tree, the products
+        # summed in pairs and registered. Without this cut Yosys merges the whole tree into
+        # one $macc (LUT compressor levels, then a carry chain): with p_in = 8 that was
+        # 10.5 ns, the limiting path of L4.conv alone (95.2 MHz).
+        pair_bits = self.prod_bits + (1 if p_in > 1 else 0)
+        pairs = []
+        for o in range(p_out):
+            row = []
+            for k in range(0, p_in, 2):
+                pr = Signal(signed(pair_bits), name=f"pair{o}_{k // 2}", reset_less=True)
+                m.d.sync += pr.eq(prods[o][k] + prods[o][k + 1] if k + 1 < p_in
+                                  else prods[o][k])
+                row.append(pr)
+            pairs.append(row)
+        v2s, first2s, lastf2s, last2s = Signal(), Signal(), Signal(), Signal()
+        j2s = _index(nbo, "j2s")
+        m.d.sync += [v2s.eq(v2), first2s.eq(first2), lastf2s.eq(lastf2), last2s.eq(last2),
+                     j2s.eq(j2)]
+
+        # Stage 2s -> 3: per-output-lane sum over the pair sums.
         psum_bits = self.prod_bits + ceil_log2(p_in)
         psums = [Signal(signed(psum_bits), name=f"psum{o}", reset_less=True)
                  for o in range(p_out)]
         for o in range(p_out):
-            # A balanced adder tree (ceil(log2(p_in)) carry chains deep), not a chain of
-            # p_in - 1 adders: Yosys keeps the association it is given.
-            terms = list(prods[o])
+            # A balanced adder tree (ceil(log2(p_in)) - 1 carry chains deep), not a chain of
+            # adders: Yosys keeps the association it is given.
+            terms = list(pairs[o])
             while len(terms) > 1:
                 terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k]
                          for k in range(0, len(terms), 2)]
             m.d.sync += psums[o].eq(terms[0])
         v3, first3, lastf3, last3 = Signal(), Signal(), Signal(), Signal()
         j3 = _index(nbo, "j3")
-        m.d.sync += [v3.eq(v2), first3.eq(first2), lastf3.eq(lastf2), last3.eq(last2), j3.eq(j2)]
+        m.d.sync += [v3.eq(v2s), first3.eq(first2s), lastf3.eq(lastf2s), last3.eq(last2s),
+                     j3.eq(j2s)]
 
         # Stage 3 -> 4: accumulate over the input folds.
         accs = [Signal(signed(self.acc_bits), name=f"acc{o}", reset_less=True)
@@ -589,10 +583,12 @@ class MacArray(wiring.Component):
         # banks=2: the beat's bank, piped beside it to the bias read.
         # (sel[k] is the bank of the beat in stage k + 1; stage 1b has its own register.)
         sel = [Signal(name=f"sel{k}") for k in range(1, 5)] if self.banks == 2 else None
+        sel2s = Signal(name="sel2s")
         if sel:
             sel1b, sel1c, sel1d = Signal(name="sel1b"), Signal(name="sel1c"), Signal(name="sel1d")
             m.d.sync += [sel[0].eq(sel0), sel1b.eq(sel[0]), sel1c.eq(sel1b), sel1d.eq(sel1c),
-                         sel[1].eq(sel1d), sel[2].eq(sel[1]), sel[3].eq(sel[2])]
+                         sel[1].eq(sel1d), sel2s.eq(sel[1]), sel[2].eq(sel2s),
+                         sel[3].eq(sel[2])]
 
         out_layout = self.o.payload.shape()
         m.submodules.fifo = ofifo = fifo.SyncFIFOBuffered(width=out_layout.size,
@@ -603,12 +599,12 @@ class MacArray(wiring.Component):
                                sel[3] if sel else None)
         else:
             # Stage 4 -> 5: + bias, wrapping to int32 (exact, see the class docstring); then
-            # straight to the FIFO. The bias row is read in stage 2 and registered in stage 3
+            # straight to the FIFO. The bias row is read in stage 2s and registered in stage 3
             # (bq), so no block-RAM output drives the 32-bit adder directly.
             if sel:
-                m.d.comb += b_rd.addr.eq(Mux(sel[1], nbo, 0) + j2)
+                m.d.comb += b_rd.addr.eq(Mux(sel2s, nbo, 0) + j2s)
             else:
-                m.d.comb += b_rd.addr.eq(j2)
+                m.d.comb += b_rd.addr.eq(j2s)
             bq = Signal.like(b_rd.data, name="bias_q", reset_less=True)
             m.d.sync += bq.eq(b_rd.data)
             res = [Signal(signed(32), name=f"res{o}", reset_less=True) for o in range(p_out)]

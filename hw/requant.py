@@ -16,6 +16,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import fits_mult18x18d, mult18x18d_registered
+from .resources import Multiplier
 from .stream import require_int
 
 __all__ = ["Requant", "M_BITS", "SH_BITS", "MAX_SH"]
@@ -52,14 +54,19 @@ class Requant(wiring.Component):
     saturation comparators (the deep logic); stage 3 registers the small ``act_bits``-wide
     round/clamp. Hence :attr:`LATENCY` = 3.
 
-    Pipelined (``pipelined=True``, :attr:`LATENCY_PIPELINED` = 6), for a 100 MHz ECP5 clock,
+    Pipelined (``pipelined=True``, :attr:`LATENCY_PIPELINED` = 8), for a 100 MHz ECP5 clock,
     where the compact stages 1 and 2 are the critical paths of a placed design (61-73 MHz):
 
-    * 1a: the product is formed as two partial products, ``acc[:16] * m`` (unsigned 16 × 16)
-      and ``acc[16:] * m`` (signed × unsigned), each registered at the multiplier's output.
-      A product wider than one DSP block is exactly these two blocks plus an adder; making
-      the split explicit puts a register between the blocks and the adder, which Yosys's
-      own split (``mul2dsp``) does not. (An accumulator of at most 16 bits is one product.)
+    * 1i, 1o, 1a: the product is formed as two partial products, ``acc[:16] * m`` (unsigned
+      16 × 16) and ``acc[16:] * m`` (signed × unsigned), each a multiplier with its operands
+      registered at its input (1i), its product registered at its output (1o) and again in
+      a fabric flip-flop (1a). A product wider than one DSP block is exactly these two blocks
+      plus an adder; making the split explicit puts a register between the blocks and the
+      adder, which Yosys's own split (``mul2dsp``) does not. On an ECP5 each block is an
+      instantiated ``MULT18X18D`` whose own A/B input and output registers are 1i and 1o
+      (:mod:`hw.dsp`): no path runs through a DSP block (an inferred one, unregistered, was
+      the whole 85F design's critical path at 71.4 MHz). (An accumulator of at most 16 bits
+      is one product.)
     * 1b: ``p = (hi << 16) + lo``, the 49-bit adder alone (a carry chain).
     * 2a: the coarse part of the shift, ``p >> (8 · ((sh - 1) >> 3))`` (an 8-way mux per bit).
     * 2b: the fine part, ``>> ((sh - 1) & 7)`` (an 8-way mux per bit), registered at full width.
@@ -82,7 +89,7 @@ class Requant(wiring.Component):
     tag_bits : int
         Width of a side-band tag carried along with the data (e.g. a ``last`` flag).
     pipelined : bool
-        The 6-stage pipeline (see above) instead of the 3-stage one.
+        The 8-stage pipeline (see above) instead of the 3-stage one.
 
     Attributes
     ----------
@@ -105,7 +112,7 @@ class Requant(wiring.Component):
     #: Latency of the compact pipeline.
     LATENCY = 3
     #: Latency of the pipelined variant.
-    LATENCY_PIPELINED = 6
+    LATENCY_PIPELINED = 8
 
     def __init__(self, *, lanes, act_bits, acc_bits=32, tag_bits=1, pipelined=False):
         require_int("Requant", "lanes", lanes, 1)
@@ -144,7 +151,7 @@ class Requant(wiring.Component):
         t_bits = self.act_bits + 2
 
         if self.pipelined:
-            v2, tag2, t2 = self._stages_pipelined(m, prod_bits, t_lo, t_hi, t_bits)
+            v2, tag2, t2 = self._stages_pipelined(m, platform, prod_bits, t_lo, t_hi, t_bits)
         else:
             v2, tag2, t2 = self._stages_compact(m, prod_bits, t_lo, t_hi, t_bits)
 
@@ -169,7 +176,8 @@ class Requant(wiring.Component):
         return t
 
     def _stages_compact(self, m, prod_bits, t_lo, t_hi, t_bits):
-        """Stages 1 and 2 of the compact pipeline; returns (valid, tag, [t]) after stage 2."""
+        """Stages 1 and 2 of the compact pipeline; returns (valid, tag, [t]) after stage 2.
+        (Its product is inferred: Yosys maps it without the DSP block's registers.)"""
         # Stage 1: the product (DSP block) and sh - 1.
         v1 = Signal()
         tag1 = Signal(self.tag_bits)
@@ -199,12 +207,45 @@ class Requant(wiring.Component):
             t2.append(self._saturate(m, "sync", shifted, t_lo, t_hi, t_bits, f"tsat{k}"))
         return v2, tag2, t2
 
-    def _stages_pipelined(self, m, prod_bits, t_lo, t_hi, t_bits):
-        """Stages 1a, 1b, 2a, 2b, 2c of the pipelined variant; returns (valid, tag, [t])."""
+    def _product(self, m, platform, a, b, shape, name):
+        """``a * b`` (``b`` = ``m``, unsigned 16 bits) three cycles after its operands, in a
+        fabric register of ``shape``: stages 1i (operands in the multiplier's input
+        registers), 1o (product in its output register), 1a (product in a fabric flip-flop).
+
+        On an ECP5 (``platform.family == "ecp5"``) the multiplier is an instantiated
+        ``MULT18X18D`` with its A/B input and output registers clocked (:mod:`hw.dsp`), so no
+        path runs through the DSP block: an inferred one (Yosys packs no register into it)
+        left fabric -> DSP -> fabric, ~8 ns of routing each side in a full 85F, as the whole
+        design's critical path (71.4 MHz, L2.conv into its Requant). Elsewhere (simulation,
+        iCE40) flip-flops of the same latency; the function and latency are the same."""
+        p1o = Signal(shape, name=f"{name}_1o", reset_less=True)
+        # Only a product Yosys would map to one DSP block becomes one (a 1-bit high part,
+        # acc_bits = 17, stays in LUTs), so the DSP count is the one hw.resources states.
+        sa, sb = a.shape(), b.shape()
+        one_dsp = Multiplier.amaranth("requant", 1, sa.width, sa.signed, sb.width,
+                                      sb.signed).dsp("ecp5") == 1
+        if (getattr(platform, "family", None) == "ecp5" and one_dsp
+                and fits_mult18x18d(sa, sb)):
+            m.submodules[f"mult_{name}"] = mult18x18d_registered(a, b, p1o)
+        else:
+            a1i = Signal(a.shape(), name=f"{name}_a1i", reset_less=True)
+            b1i = Signal(b.shape(), name=f"{name}_b1i", reset_less=True)
+            m.d.sync += [a1i.eq(a), b1i.eq(b), p1o.eq(a1i * b1i)]
+        # The fabric product register keeps its reset: without one, Yosys' iCE40 DSP packing
+        # folds the high partial product and the 1b adder into the low one's SB_MAC16
+        # (8 blocks -> 7 for a 32-bit accumulator), so the count would no longer be the one
+        # hw.resources states (tests/test_hw_resources.py checks it against Yosys).
+        p1a = Signal(shape, name=name)
+        m.d.sync += p1a.eq(p1o)
+        return p1a
+
+    def _stages_pipelined(self, m, platform, prod_bits, t_lo, t_hi, t_bits):
+        """Stages 1i, 1o, 1a, 1b, 2a, 2b, 2c of the pipelined variant; returns (valid, tag,
+        [t])."""
         A = self.acc_bits
-        # Valid/tag delay line beside the five stages. (The data registers below need no
+        # Valid/tag delay line beside the seven stages. (The data registers below need no
         # reset: they are only looked at when the matching valid bit is set.)
-        stages = ("1a", "1b", "2a", "2b", "2c")
+        stages = ("1i", "1o", "1a", "1b", "2a", "2b", "2c")
         vs = [Signal(name=f"v_{n}") for n in stages]
         tags = [Signal(self.tag_bits, name=f"tag_{n}", reset_less=True) for n in stages]
         m.d.sync += [vs[0].eq(self.i.valid), tags[0].eq(self.i.payload.tag)]
@@ -220,26 +261,27 @@ class Requant(wiring.Component):
         for k in range(self.lanes):
             acc, mk = self.i.payload.acc[k], self.i.payload.m[k]
             # sh - 1 (sh = 0, an unprogrammed padding lane, wraps to 63: well-defined garbage),
-            # carried beside the product.
-            s_1a = reg(unsigned(SH_BITS), f"shm1_1a_{k}")
-            s_1b = reg(unsigned(SH_BITS), f"shm1_1b_{k}")
-            m.d.sync += [s_1a.eq(self.i.payload.sh[k] - 1), s_1b.eq(s_1a)]
+            # carried beside the product through stages 1i..1b.
+            s = [reg(unsigned(SH_BITS), f"shm1_{n}_{k}") for n in stages[:4]]
+            m.d.sync += s[0].eq(self.i.payload.sh[k] - 1)
+            m.d.sync += [b.eq(a) for a, b in zip(s, s[1:])]
 
-            # 1a / 1b: the product, as two registered partial products and their sum.
+            # 1i / 1o / 1a / 1b: the product, as two registered partial products and their sum.
             p = reg(signed(prod_bits), f"prod{k}")
             if A > 16:
-                lo = reg(unsigned(16 + M_BITS), f"prod_lo{k}")
-                hi = reg(signed(A - 16 + M_BITS + 1), f"prod_hi{k}")
-                m.d.sync += [lo.eq(acc[:16] * mk), hi.eq(acc[16:].as_signed() * mk)]
+                lo = self._product(m, platform, acc[:16], mk, unsigned(16 + M_BITS),
+                                   f"prod_lo{k}")
+                hi = self._product(m, platform, acc[16:].as_signed(), mk,
+                                   signed(A - 16 + M_BITS + 1), f"prod_hi{k}")
                 m.d.sync += p.eq((hi << 16) + lo)
             else:
-                p0 = reg(signed(prod_bits), f"prod_a{k}")
-                m.d.sync += [p0.eq(acc * mk), p.eq(p0)]
+                p0 = self._product(m, platform, acc, mk, signed(prod_bits), f"prod_a{k}")
+                m.d.sync += p.eq(p0)
 
             # 2a: coarse shift by 8 · (s >> 3) (arithmetic: floor).
             coarse = reg(signed(prod_bits), f"coarse{k}")
             s_2a = reg(unsigned(3), f"shfine{k}")
-            m.d.sync += [coarse.eq(p >> Cat(Const(0, 3), s_1b[3:])), s_2a.eq(s_1b[:3])]
+            m.d.sync += [coarse.eq(p >> Cat(Const(0, 3), s[-1][3:])), s_2a.eq(s[-1][:3])]
 
             # 2b: fine shift by s & 7 (floor of floor is floor of the total shift, so the two
             # parts compose to p >> (sh - 1) exactly), registered before the compares.
@@ -248,4 +290,4 @@ class Requant(wiring.Component):
 
             # 2c: saturate into the narrow register.
             t2.append(self._saturate(m, "sync", fine, t_lo, t_hi, t_bits, f"tsat{k}"))
-        return vs[4], tags[4], t2
+        return vs[-1], tags[-1], t2

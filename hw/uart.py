@@ -165,33 +165,39 @@ class UARTTx(_UARTCost, wiring.Component):
         next_len = Signal(range(n_int + 2))
         m.d.comb += next_len.eq(n_int + frac_sum[k])
 
-        # Ready in the stop bit's last cycle too, so the next start bit follows with no gap.
-        last_cycle = busy & (count == 1) & (left == 0)
-        m.d.comb += self.i.ready.eq(~busy | last_cycle)
+        # Ready in the stop bit's last cycle too, so the next start bit follows with no gap:
+        # ready == ~busy | (busy & count == 1 & left == 0), kept in its own register (set
+        # from the next state below) rather than decoded from count and left, because the
+        # producer's handshake logic hangs off it (in the 85F board design the decode plus the
+        # link's send logic was the critical path, 83.9 MHz).
+        ready = Signal(init=1)
+        m.d.comb += self.i.ready.eq(ready)
 
-        with m.If(self.i.valid & self.i.ready):
+        with m.If(self.i.valid & ready):
             m.d.sync += [
                 self.tx.eq(0),                         # start bit
                 shreg.eq(Cat(self.i.payload, Const(1, 1))),
                 left.eq(9),
-                count.eq(next_len),
+                count.eq(next_len),                    # >= 4: not the last cycle
                 frac.eq(frac_sum[:k]),
                 busy.eq(1),
+                ready.eq(0),
             ]
         with m.Elif(busy):
             with m.If(count == 1):
                 with m.If(left == 0):
-                    m.d.sync += busy.eq(0)             # stop bit done; tx stays high (idle)
+                    m.d.sync += [busy.eq(0), ready.eq(1)]   # stop bit done; tx stays high
                 with m.Else():
                     m.d.sync += [
                         self.tx.eq(shreg[0]),
                         shreg.eq(shreg >> 1),
                         left.eq(left - 1),
-                        count.eq(next_len),
+                        count.eq(next_len),            # >= 4: not the last cycle
                         frac.eq(frac_sum[:k]),
                     ]
             with m.Else():
-                m.d.sync += count.eq(count - 1)
+                m.d.sync += [count.eq(count - 1),
+                             ready.eq((count == 2) & (left == 0))]   # next: the last cycle
         return m
 
 

@@ -371,9 +371,10 @@ class _ECP5:
 
 @pytest.mark.parametrize("case", range(3))
 def test_mac_array_ecp5_registered_dsp(case):
-    """On an ECP5 every product is one MULT18X18D with its A/B input registers and its output
-    register clocked by CLK0 (the pipeline register bypassed), always enabled, never reset,
-    both operands signed 18-bit (the activation zero-extended): nextpnr then times no path
+    """On an ECP5 every product (and Requant partial product) is one MULT18X18D with its A/B
+    input registers and its output register clocked by CLK0 (the pipeline register
+    bypassed), always enabled, never reset, both operands signed 18-bit (the activation
+    zero-extended): nextpnr then times no path
     through a DSP block. The generic RTL (simulation, iCE40) instantiates no MULT18X18D; its
     flip-flops of the same latency are what the other tests simulate (latency and cycle model
     are constructor figures: they do not depend on the platform)."""
@@ -389,7 +390,9 @@ def test_mac_array_ecp5_registered_dsp(case):
     dut = MacArray(**kw)
     text = to_verilog(dut, platform=_ECP5())
     insts = re.findall(r"MULT18X18D\s+#\((.*?)\)\s*(\S+)\s*\((.*?)\);", text, re.S)
-    assert len(insts) == p_in * p_out
+    # One block per product, plus the Requant's two partial products (32-bit accumulator)
+    # per Requant lane, instantiated the same way (hw.requant).
+    assert len(insts) == p_in * p_out + (2 * dut.rq_lanes if requant else 0)
     for params, _, ports in insts:
         par = dict(re.findall(r"\.(\w+)\(\"?([^\")]*)\"?\)", params))
         for reg in ("INPUTA", "INPUTB", "OUTPUT"):

@@ -102,9 +102,9 @@ def test_requant_narrow_acc(acc_bits, pipelined):
         assert q == golden_requant(a, mm, s, 8).tolist(), vec
 
 
-@pytest.mark.parametrize("pipelined,latency", [(False, 3), (True, 6)])
+@pytest.mark.parametrize("pipelined,latency", [(False, 3), (True, 8)])
 def test_requant_latency(pipelined, latency):
-    """The result appears exactly 3 (compact) or 6 (pipelined) cycles after its operands."""
+    """The result appears exactly 3 (compact) or 8 (pipelined) cycles after its operands."""
     dut = Requant(lanes=1, act_bits=8, pipelined=pipelined)
     assert dut.latency == latency
     seen = {}
@@ -156,3 +156,112 @@ def test_requant_lint(tmp_path, pipelined):
     ok, msg = lint_component(_RequantTop(lanes=2, act_bits=8, pipelined=pipelined),
                              "requant", tmp_path)
     assert ok, msg
+
+
+# ---- ECP5: the partial products in instantiated MULT18X18D blocks with their registers ----
+
+class _ECP5:
+    """What ``elaborate`` sees of an ECP5 board platform."""
+    family = "ecp5"
+
+
+class _RequantOnECP5(Requant):
+    """A Requant elaborated as on an ECP5 board (same ports, ECP5 netlist)."""
+
+    def elaborate(self, platform):
+        return super().elaborate(_ECP5())
+
+
+@pytest.mark.parametrize("acc_bits,per_lane", [(32, 2), (21, 2), (17, 1), (16, 1), (14, 1)])
+def test_requant_ecp5_registered_dsp(acc_bits, per_lane):
+    """On an ECP5 the pipelined Requant's partial products are MULT18X18D blocks with their
+    A/B input registers and output register clocked by CLK0 (pipeline register bypassed),
+    always enabled, never reset, both operands signed 18-bit: nextpnr then times no path
+    through a DSP block. A partial product Yosys would leave to LUTs (the 1-bit high part of a
+    17-bit accumulator) stays there. The compact Requant and the generic RTL instantiate
+    none."""
+    import re
+    from shiftacc.hw.stream import to_verilog
+    kw = dict(lanes=3, act_bits=8, acc_bits=acc_bits)
+    text = to_verilog(Requant(pipelined=True, **kw), platform=_ECP5())
+    insts = re.findall(r"MULT18X18D\s+#\((.*?)\)\s*(\S+)\s*\((.*?)\);", text, re.S)
+    assert len(insts) == 3 * per_lane
+    for params, _, ports in insts:
+        par = dict(re.findall(r"\.(\w+)\(\"?([^\")]*)\"?\)", params))
+        for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+            assert par[f"REG_{reg}_CLK"] == "CLK0", par
+            assert par[f"REG_{reg}_CE"] == "CE0" and par[f"REG_{reg}_RST"] == "RST0", par
+        assert par["REG_PIPELINE_CLK"] == "NONE" and par["REG_INPUTC_CLK"] == "NONE", par
+        port = dict(re.findall(r"\.(\w+)\(([^()]*)\)", ports))
+        assert port["CLK0"] == "clk" and port["CE0"] == "1'h1" and port["RST0"] == "1'h0"
+        assert port["SIGNEDA"] == "1'h1" and port["SIGNEDB"] == "1'h1"
+    assert "MULT18X18D" not in to_verilog(Requant(pipelined=True, **kw))
+    assert "MULT18X18D" not in to_verilog(Requant(pipelined=False, **kw), platform=_ECP5())
+
+
+def _mult18x18d_model(calls):
+    """A behavioural stand-in for :func:`hw.dsp.mult18x18d_registered` in Amaranth, written
+    from Lattice's sysDSP description (TN1267) for the registered configuration: both
+    operands extended to 18-bit signed values into the A/B input registers, their 36-bit
+    signed product into the output register. (The instantiated block's port wiring is
+    proven equal to this by the Yosys SAT check test_mac_array_ecp5_dsp_product_is_exact.)"""
+    from amaranth.hdl import Signal, signed
+
+    def model(a, b, product):
+        assert len(product) <= 36
+        calls.append((a.shape(), b.shape(), product.shape()))
+        mm = Module()
+        ar, br = Signal(signed(18)), Signal(signed(18))
+        pr = Signal(signed(36))
+        mm.d.sync += [ar.eq(a), br.eq(b), pr.eq(ar * br)]
+        mm.d.comb += product.eq(pr)
+        return mm
+    return model
+
+
+@pytest.mark.parametrize("lanes,acc_bits", [(2, 32), (1, 17), (1, 18), (2, 14)])
+def test_requant_ecp5_matches_golden(monkeypatch, lanes, acc_bits):
+    """The ECP5 netlist of the pipelined Requant (each partial product through a registered
+    MULT18X18D, here its behavioural model) is bit-exact against the golden requant under
+    random input gaps, with the same latency: operand slicing and sign/zero extension into
+    the 18-bit ports, the product widths, the delay of ``sh`` and valid/tag."""
+    import shiftacc.hw.requant as rq_mod
+    calls = []
+    monkeypatch.setattr(rq_mod, "mult18x18d_registered", _mult18x18d_model(calls))
+    rng, _ = make_rng(f"test_requant_ecp5_matches_golden[{lanes},{acc_bits}]")
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    triples = [(rng.choice([rng.randint(lo, hi), lo, hi, lo + 1, hi - 1, -1, 0, 1]),
+                rng.choice([rng.randint(1, 65535), 1, 65535]), rng.randint(1, 47))
+               for _ in range(400 * lanes)]
+    cases = [triples[k:k + lanes] for k in range(0, len(triples), lanes)]
+    dut = _RequantOnECP5(lanes=lanes, act_bits=8, acc_bits=acc_bits, pipelined=True)
+    got = _run_requant(dut, cases, rng)
+    assert len(calls) == lanes * (2 if acc_bits > 17 else 1), calls
+    assert len(got) == len(cases)
+    for idx, (vec, (q, tag)) in enumerate(zip(cases, got)):
+        a, mm, s = (np.array(col) for col in zip(*vec))
+        want = golden_requant(a, mm, s, 8).tolist()
+        assert q == want, f"vector {idx}: operands {vec}: got {q}, want {want}"
+        assert tag == idx & 1, f"vector {idx}: tag out of order"
+
+
+def test_requant_ecp5_latency(monkeypatch):
+    """The ECP5 netlist has the generic RTL's latency (8), which the consumers' credit and
+    cycle models are built from."""
+    import shiftacc.hw.requant as rq_mod
+    monkeypatch.setattr(rq_mod, "mult18x18d_registered", _mult18x18d_model([]))
+    dut = _RequantOnECP5(lanes=1, act_bits=8, pipelined=True)
+    first = []
+
+    async def tb(ctx):
+        ctx.set(dut.i.payload, {"acc": [1000], "m": [3], "sh": [2], "tag": 1})
+        ctx.set(dut.i.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        for cycle in range(1, 12):
+            if ctx.get(dut.o.valid) and not first:
+                first.append((cycle, ctx.get(dut.o.payload.q[0])))
+            await ctx.tick()
+
+    run_sim(dut, tb, deadline_cycles=100)
+    assert first == [(Requant.LATENCY_PIPELINED, min(255, (1000 * 3 + 2) >> 2))]

@@ -1,0 +1,57 @@
+"""ECP5 DSP blocks instantiated with their own registers (shared by MacArray and Requant).
+
+Yosys infers a ``MULT18X18D`` from ``a * b`` but packs no register into it, so every
+inferred product is a path fabric -> DSP -> fabric: in a full ECP5-85F that is ~8 ns of
+routing on each side of the block plus the multiplier itself, the critical path of the whole
+design (47 MHz, issue #9). Instantiating the block with its A/B input registers and its output
+register clocked makes each side a register-to-register hop that nextpnr times on its own.
+"""
+
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+
+__all__ = ["mult18x18d_registered", "fits_mult18x18d"]
+
+
+def fits_mult18x18d(a_shape, b_shape):
+    """True when ``a * b`` fits one ``MULT18X18D`` as :func:`mult18x18d_registered` drives it:
+    ``a`` signed of at most 18 bits or unsigned of at most 17, ``b`` unsigned of at most 17
+    (both go in as 18-bit signed values), so the product is exact in its 36 bits."""
+    a_ok = a_shape.width <= (18 if a_shape.signed else 17)
+    return a_ok and not b_shape.signed and b_shape.width <= 17
+
+
+def mult18x18d_registered(a, b, product):
+    """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed or unsigned, ``b``
+    unsigned, widths as :func:`fits_mult18x18d` allows) two cycles after its inputs: the input registers A and B and the
+    output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
+    pipeline register bypassed. nextpnr times such a block as ``MULT18X18D_REGS_ALL``: its
+    ports are register setup / clock-to-out, no path runs through it.
+
+    Both operands go in as 18-bit signed values (``b`` zero-extended, so positive); the
+    product's low bits are the exact result (``len(product) <= 36``)."""
+    a18 = Signal(signed(18))
+    b18 = Signal(signed(18))
+    p36 = Signal(signed(36))
+    ports = {}
+    for n in range(18):
+        ports[f"i_A{n}"] = a18[n]
+        ports[f"i_B{n}"] = b18[n]
+        ports[f"i_C{n}"] = Const(0, 1)
+    for n in range(36):
+        ports[f"o_P{n}"] = p36[n]
+    inst = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+        p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",
+        p_MULT_BYPASS="DISABLED", p_CAS_MATCH_REG="FALSE",
+        i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+        i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
+        i_CLK0=ClockSignal("sync"), i_CE0=Const(1, 1), i_RST0=Const(0, 1),
+        **ports)
+    m = Module()
+    m.submodules.dsp = inst
+    m.d.comb += [a18.eq(a), b18.eq(b), product.eq(p36)]
+    return m
