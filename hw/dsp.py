@@ -22,8 +22,8 @@ def fits_mult18x18d(a_shape, b_shape):
 
 def mult18x18d_registered(a, b, product):
     """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed or unsigned, ``b``
-    unsigned, widths as :func:`fits_mult18x18d` allows) two cycles after its inputs: the input registers A and B and the
-    output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
+    unsigned, widths as :func:`fits_mult18x18d` allows) two cycles after its inputs: the
+    input registers A and B and the output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
     pipeline register bypassed. nextpnr times such a block as ``MULT18X18D_REGS_ALL``: its
     ports are register setup / clock-to-out, no path runs through it.
 
