@@ -93,6 +93,7 @@ from amaranth.utils import ceil_log2
 
 from .overlay_program import (DYN_HEAD, ECA_HEAD, OP_DYN, OP_ECA, OP_END, OP_SAM,
                               PASS_FIELDS, SAM_HEAD, OverlayConfig)
+from .dsp import mult18x18d_registered
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
@@ -367,6 +368,14 @@ class OverlayEngine(wiring.Component):
         sw = max(acc_bits, gsum_bits + 1)          # drain shift register (signed)
         nf = len(PASS_FIELDS)
         qtop = (1 << self.act_bits_max) - 1
+        # On an ECP5 (the generic primitives, ``platform.family == "ecp5"``) the MAC products
+        # are instantiated MULT18X18D with their input and output registers (hw/dsp.py), and
+        # the depth-8 memories (logits queue, gap sums, pool maxima, requant delay line) are
+        # left to Yosys (LUT RAM there): a DP16KD's ~5.8 ns clock-to-out into fabric logic
+        # was the ULX3S-12F build's critical path, and they were 6 of its 32 DP16KD. On the
+        # UP5K they stay block RAM (its EBRs are free, its logic cells are not).
+        ecp5 = cfg.primitives == "generic" and getattr(platform, "family", None) == "ecp5"
+        small_attrs = {} if ecp5 else {"ram_style": "block"}
 
         # ---- pass registers (the program row), widths by field ----
         fw = _field_widths(cfg)
@@ -541,7 +550,7 @@ class OverlayEngine(wiring.Component):
         # counts as queued one cycle after its write.
         LQ = self.fifo_depth
         lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
-                               attrs={"ram_style": "block"})
+                               attrs=small_attrs)
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
         lq_rp = lq_mem.read_port(domain="sync")
@@ -865,15 +874,24 @@ class OverlayEngine(wiring.Component):
         inb3 = reg("inb3", 1, yok2.all() & xok2.all())
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
-        wa3 = reg("wa3", len(wa1), wa2)
-        m.d.comb += wt_r.addr.eq(wa3)
+        if ecp5:
+            # the weight row is read one stage earlier, so that it arrives beside the zero-
+            # filled activation and both go straight into the MULT18X18D's input registers
+            # (no fabric register between the DP16KD's output and the DSP block)
+            m.d.comb += wt_r.addr.eq(wa2)
+        else:
+            wa3 = reg("wa3", len(wa1), wa2)
+            m.d.comb += wt_r.addr.eq(wa3)
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
         sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
         v4 = reg("v4", 1, v3)
         first4 = reg("first4", 1, first3)
         last4 = reg("last4", 1, last3)
-        act4 = reg("act4", 8, Mux(inb3, sel, 0))
+        act3 = Signal(8)
+        m.d.comb += act3.eq(Mux(inb3, sel, 0))
+        if not ecp5:
+            act4 = reg("act4", 8, act3)
         tag4 = reg("tag4", tagw, tag3)
         # stage 4: P products (registered)
         wts = [wt_r.data[8 * k:8 * k + 8].as_signed() for k in range(P)]
@@ -904,6 +922,11 @@ class OverlayEngine(wiring.Component):
                     o_O=o)
                 m.d.comb += [prods[2 * j].eq(o[:16].as_signed()),
                              prods[2 * j + 1].eq(o[16:].as_signed())]
+        elif ecp5:
+            # stage 3 -> 4: the DSP's A/B input registers (weight row, activation); 4 -> 5:
+            # its output register: the same two cycles as act4 and the product register
+            for k in range(P):
+                m.submodules[f"mac{k}"] = mult18x18d_registered(wts[k], act3, prods[k])
         else:
             for k in range(P):
                 m.d.sync += prods[k].eq(wts[k] * act4)
@@ -938,7 +961,7 @@ class OverlayEngine(wiring.Component):
         gsum_w, gsum_r = [], []
         for r in range(R):
             mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
-                                attrs={"ram_style": "block"})
+                                attrs=small_attrs)
             m.submodules[f"gsum{r}"] = mem
             wp = mem.write_port()
             gsum_w.append(wp)
@@ -1062,7 +1085,7 @@ class OverlayEngine(wiring.Component):
         dl_data = Cat(q2d_, q2last_, q2tag_[:3], *qm2)
         dl_depth = 8
         dl_mem = memory.Memory(shape=unsigned(len(dl_data)), depth=dl_depth, init=[],
-                               attrs={"ram_style": "block"})
+                               attrs=small_attrs)
         m.submodules.requant_delay = dl_mem
         dl_wp = dl_mem.write_port()
         dl_rp = dl_mem.read_port(domain="sync")
@@ -1166,7 +1189,7 @@ class OverlayEngine(wiring.Component):
         out9 = []
         for r in range(R):
             pmem = memory.Memory(shape=unsigned(8), depth=max(2, P // R), init=[],
-                                 attrs={"ram_style": "block"})
+                                 attrs=small_attrs)
             m.submodules[f"poolmax{r}"] = pmem
             pm_w = pmem.write_port()
             pm_r = pmem.read_port(domain="sync")
