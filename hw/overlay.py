@@ -621,33 +621,54 @@ class OverlayEngine(wiring.Component):
                 # One decrementer for every "n - 1" register, its input halved for wo and ho
                 # with a pool (the window counts): a mux in front of the carry chain instead
                 # of a second (halving) chain and a mux behind both (program RAM -> halving
-                # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz)
-                # (the select is a register set the cycle before: at fcnt = _F["ho"] the
-                # data is the pool field, being captured; at _F["wo"] f_pool holds it)
+                # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
+                # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
+                # field from a register a cycle later (lag 2), on the UP5K from the RAM (its
+                # 15 flip-flops would be 15 logic cells).
                 assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
                 half = Signal()
-                m.d.sync += half.eq(((fcnt == _F["ho"]) & data[0])
-                                    | ((fcnt == _F["wo"]) & f["pool"]))
+                if ecp5:
+                    lag = 2
+                    src = Signal(len(data))
+                    m.d.sync += [src.eq(data),
+                                 half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
+                                                      | (fcnt == _F["wo"] + 1)))]
+                else:
+                    # (the select is a register set the cycle before: at fcnt = _F["ho"]
+                    # the data is the pool field, being captured; at _F["wo"] f_pool has it)
+                    lag = 1
+                    src = data
+                    m.d.sync += half.eq(((fcnt == _F["ho"]) & data[0])
+                                        | ((fcnt == _F["wo"]) & f["pool"]))
                 dec = Signal(len(data))
-                m.d.comb += dec.eq(Mux(half, data >> 1, data) - 1)
+                m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
+
+                def derive(name):
+                    # (pool comes before ho, wo; src_row before src_col)
+                    if name in m1:
+                        m.d.sync += m1[name].eq(dec)
+                    if name == "wo":
+                        m.d.sync += xlast.eq(dec)
+                    if name == "ho":
+                        m.d.sync += ylast.eq(dec)
+                    if name == "src_row":
+                        m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
+                    if name == "src_col":
+                        m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
                 # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
-                # in front of the capture enables: the iCE40 critical path was fcnt - 1)
+                # in front of the capture enables: the iCE40 critical path was fcnt - 1), what
+                # is derived from it at fcnt = k + lag (by fcnt = nf + 1, SETUP's last cycle)
                 with m.Switch(fcnt):
                     for name in PASS_FIELDS:
                         with m.Case(_F[name] + 1):
                             m.d.sync += f[name].eq(data)
-                            if name in m1:
-                                m.d.sync += m1[name].eq(dec)
-                            # (pool comes before ho, wo; src_row before src_col)
-                            if name == "wo":
-                                m.d.sync += xlast.eq(dec)
-                            if name == "ho":
-                                m.d.sync += ylast.eq(dec)
-                            if name == "src_row":
-                                m.d.sync += rstep.eq(Mux(f["pool"], data << 1, data))
-                            if name == "src_col":
-                                m.d.sync += [rc.eq(f["src_row"] - data),
-                                             cr.eq(data - f["src_row"])]
+                            if lag == 1:
+                                derive(name)
+                if lag == 2:
+                    with m.Switch(fcnt):
+                        for name in PASS_FIELDS:
+                            with m.Case(_F[name] + 2):
+                                derive(name)
                 with m.If(fcnt == nf + 1):
                     m.d.sync += [
                         fcnt.eq(0),
@@ -867,20 +888,17 @@ class OverlayEngine(wiring.Component):
         s2 = f["stride"][1]          # stride 1 or 2
         syv = Mux(s2, oy << 1, oy)
         sxv = Mux(s2, ox << 1, ox)
-        # The bounds check's position-dependent part, reduced at stage 0 to what the 4-bit
-        # dy, dx are compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when
-        # s*y < 8; dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else
-        # a 5-bit signed compare. So stage 1 is the gather RAM's dy, dx against registered
-        # thresholds (two small compares per axis, no adder: gather RAM -> s*y + dy adder ->
-        # sign test -> yok2 was the engine's critical path at seeds 2 and 3, 37.1 / 38.3 MHz).
+        # The bounds check's position-dependent part, reduced to what the 4-bit dy, dx are
+        # compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when s*y < 8;
+        # dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else a 5-bit
+        # signed compare. Stage 0 registers s*y >= 8, -(s*y mod 8) and h - s*y (a mux and
+        # one carry chain each from the counters); stage 1 reduces h - s*y beside the gather
+        # RAM's read, then dy, dx meet the thresholds in small compares, no adder (gather RAM
+        # -> s*y + dy adder -> compare -> yok2 was the critical path at seeds 2 and 3).
         def bounds0(prefix, sv, lim):
-            hv = Signal(signed(dim + 3), name=f"{prefix}_hv")
-            m.d.comb += hv.eq(lim - sv)
             return (reg(f"{prefix}_loall1", 1, sv[3:] != 0),
                     reg(f"{prefix}_nlo1", signed(4), -Cat(sv[:3], C(0, 1)).as_signed()),
-                    reg(f"{prefix}_hibig1", 1, ~hv[-1] & (hv[3:-1] != 0)),
-                    reg(f"{prefix}_hismall1", 1, hv[-1] & ~hv[3:].all()),
-                    reg(f"{prefix}_hlo1", signed(5), hv[:5].as_signed()))
+                    reg(f"{prefix}_hv1", signed(dim + 3), lim - sv))
         by1 = bounds0("by", syv, f["h"])
         bx1 = bounds0("bx", sxv, f["w"])
         tagw = 4
@@ -897,8 +915,10 @@ class OverlayEngine(wiring.Component):
         addr2 = reg("addr2", aw, pix1 + off)
         def in_bounds(b, d):
             """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
-            loall, nlo, hibig, hismall, hlo = b
-            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hlo)))
+            loall, nlo, hv = b
+            hibig = ~hv[-1] & (hv[3:-1] != 0)
+            hismall = hv[-1] & ~hv[3:].all()
+            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv[:5].as_signed())))
         yok2 = reg("yok2", 2, in_bounds(by1, dy))
         xok2 = reg("xok2", 2, in_bounds(bx1, dx))
         bank2 = reg("bank2", 1, gd[0])
