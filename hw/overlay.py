@@ -754,18 +754,21 @@ class OverlayEngine(wiring.Component):
                 with m.If(~hold):
                     m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t0),
                                  iss_last.eq(t == m1["cin"])]
-                    with m.If(tend):
-                        m.d.comb += adv.eq(1)
-                        m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
-                        with m.If(last_pos_r):
-                            with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
-                                # the next group's first position follows as if it were
-                                # another position of this one (T cycles after)
-                                next_group()
-                            with m.Else():
-                                m.next = "FLUSH"
-                    with m.Else():
-                        m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
+                # The advance needs no ~hold: t = T - 1 >= 1 there, and hold is at t = 0 (the
+                # raw hold was on the path to the FSM's state register, the iCE40 critical
+                # path at seeds 1-2 once the counters' inputs were registers).
+                with m.If(tend):
+                    m.d.comb += adv.eq(1)
+                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
+                    with m.If(last_pos_r):
+                        with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
+                            # the next group's first position follows as if it were
+                            # another position of this one (T cycles after)
+                            next_group()
+                        with m.Else():
+                            m.next = "FLUSH"
+                with m.Elif(~hold):
+                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
             def group_end():
                 with m.If(last_grp):
                     m.d.sync += row.eq(row + 1)
