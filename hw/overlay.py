@@ -33,12 +33,14 @@ Datapath of one issued input channel ``i`` (cycle after issue: what happens, the
 reason for the cut):
 
 0. gather-table read ``gbase + i`` (block RAM, synchronous); the position's base address and
-   coordinates travel beside it.
+   the bounds thresholds of its coordinates (``s*y + dy >= 0`` and ``dy < h - s*y`` reduced
+   to small compares of ``dy``, and for x) travel beside it.
 1. ``addr = pixbase + off`` (modulo the bank depth's power of two: an in-bounds address is
-   exact), ``yy = s*y + dy``, ``xx = s*x + dx``: three independent adders.
-2. bounds check (four comparators, AND) and the feature-map read (``SB_SPRAM256KA`` latency).
+   exact); ``dy``, ``dx`` against the thresholds (4- and 5-bit compares, no adder).
+2. in-bounds AND and the feature-map read (``SB_SPRAM256KA`` latency).
 3. zero fill of out-of-bounds reads, bank select; the weight row (read 3 cycles after issue)
-   arrives.
+   arrives (on an ECP5 it is read a cycle earlier and both go into the ``MULT18X18D``'s
+   input registers).
 4. ``P`` products (``SB_MAC16`` 8×8 pairs with their product register on iCE40).
 5. accumulate (the first product of a position loads, the others add).
 6. hand-off of the ``P`` accumulators to the drain shift register.
@@ -93,6 +95,7 @@ from amaranth.utils import ceil_log2
 
 from .overlay_program import (DYN_HEAD, ECA_HEAD, OP_DYN, OP_ECA, OP_END, OP_SAM,
                               PASS_FIELDS, SAM_HEAD, OverlayConfig)
+from .dsp import mult18x18d_registered
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
@@ -367,6 +370,14 @@ class OverlayEngine(wiring.Component):
         sw = max(acc_bits, gsum_bits + 1)          # drain shift register (signed)
         nf = len(PASS_FIELDS)
         qtop = (1 << self.act_bits_max) - 1
+        # On an ECP5 (the generic primitives, ``platform.family == "ecp5"``) the MAC products
+        # are instantiated MULT18X18D with their input and output registers (hw/dsp.py), and
+        # the depth-8 memories (logits queue, gap sums, pool maxima, requant delay line) are
+        # left to Yosys (LUT RAM there): a DP16KD's ~5.8 ns clock-to-out into fabric logic
+        # was the ULX3S-12F build's critical path, and they were 6 of its 32 DP16KD. On the
+        # UP5K they stay block RAM (its EBRs are free, its logic cells are not).
+        ecp5 = cfg.primitives == "generic" and getattr(platform, "family", None) == "ecp5"
+        small_attrs = {} if ecp5 else {"ram_style": "block"}
 
         # ---- pass registers (the program row), widths by field ----
         fw = _field_widths(cfg)
@@ -528,6 +539,11 @@ class OverlayEngine(wiring.Component):
 
         # issue counters
         t = Signal.like(tper)
+        # t == 0 and t == T - 1 as registers kept up to date with t (T - 1 >= 1, so both
+        # are clear after t + 1 == T - 1 and known at every t <- 0): no comparator in front
+        # of the advance, the clock enable of every position counter
+        t0 = Signal()
+        tend = Signal()
         x = Signal(dim)
         y = Signal(dim)
         mm = Signal(2)
@@ -541,7 +557,7 @@ class OverlayEngine(wiring.Component):
         # counts as queued one cycle after its write.
         LQ = self.fifo_depth
         lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
-                               attrs={"ram_style": "block"})
+                               attrs=small_attrs)
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
         lq_rp = lq_mem.read_port(domain="sync")
@@ -577,6 +593,7 @@ class OverlayEngine(wiring.Component):
         iss_first = Signal()
         iss_last = Signal()
         last_pos = Signal()
+        last_pos_r = Signal()  # last_pos, one cycle ahead of the advance (below)
         first_pos = Signal()
         adv = Signal()         # last cycle of a position: step to the next one
         start_pos = Signal()   # GSTART: the group's first position
@@ -601,27 +618,57 @@ class OverlayEngine(wiring.Component):
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
                 data = prog_r.data
+                # One decrementer for every "n - 1" register, its input halved for wo and ho
+                # with a pool (the window counts): a mux in front of the carry chain instead
+                # of a second (halving) chain and a mux behind both (program RAM -> halving
+                # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
+                # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
+                # field from a register a cycle later (lag 2), on the UP5K from the RAM (its
+                # 15 flip-flops would be 15 logic cells).
+                assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
+                half = Signal()
+                if ecp5:
+                    lag = 2
+                    src = Signal(len(data))
+                    m.d.sync += [src.eq(data),
+                                 half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
+                                                      | (fcnt == _F["wo"] + 1)))]
+                else:
+                    # (the select is a register set the cycle before: at fcnt = _F["ho"]
+                    # the data is the pool field, being captured; at _F["wo"] f_pool has it)
+                    lag = 1
+                    src = data
+                    m.d.sync += half.eq(((fcnt == _F["ho"]) & data[0])
+                                        | ((fcnt == _F["wo"]) & f["pool"]))
                 dec = Signal(len(data))
-                hdec = Signal(len(data))
-                m.d.comb += [dec.eq(data - 1), hdec.eq((data >> 1) - 1)]
+                m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
+
+                def derive(name):
+                    # (pool comes before ho, wo; src_row before src_col)
+                    if name in m1:
+                        m.d.sync += m1[name].eq(dec)
+                    if name == "wo":
+                        m.d.sync += xlast.eq(dec)
+                    if name == "ho":
+                        m.d.sync += ylast.eq(dec)
+                    if name == "src_row":
+                        m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
+                    if name == "src_col":
+                        m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
                 # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
-                # in front of the capture enables: the iCE40 critical path was fcnt - 1)
+                # in front of the capture enables: the iCE40 critical path was fcnt - 1), what
+                # is derived from it at fcnt = k + lag (by fcnt = nf + 1, SETUP's last cycle)
                 with m.Switch(fcnt):
                     for name in PASS_FIELDS:
                         with m.Case(_F[name] + 1):
                             m.d.sync += f[name].eq(data)
-                            if name in m1:
-                                m.d.sync += m1[name].eq(dec)
-                            # (pool comes before ho, wo; src_row before src_col)
-                            if name == "wo":
-                                m.d.sync += xlast.eq(Mux(f["pool"], hdec, dec))
-                            if name == "ho":
-                                m.d.sync += ylast.eq(Mux(f["pool"], hdec, dec))
-                            if name == "src_row":
-                                m.d.sync += rstep.eq(Mux(f["pool"], data << 1, data))
-                            if name == "src_col":
-                                m.d.sync += [rc.eq(f["src_row"] - data),
-                                             cr.eq(data - f["src_row"])]
+                            if lag == 1:
+                                derive(name)
+                if lag == 2:
+                    with m.Switch(fcnt):
+                        for name in PASS_FIELDS:
+                            with m.Case(_F[name] + 2):
+                                derive(name)
                 with m.If(fcnt == nf + 1):
                     m.d.sync += [
                         fcnt.eq(0),
@@ -669,7 +716,7 @@ class OverlayEngine(wiring.Component):
                 with m.If(gs == 0):
                     m.d.comb += start_pos.eq(1)
                     m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
-                                 t.eq(0), x.eq(0), y.eq(0), mm.eq(0),
+                                 t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
                                  pix.eq(0), rowb.eq(0)]
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
@@ -703,22 +750,25 @@ class OverlayEngine(wiring.Component):
                 # The raw drain waits for the logits consumer, so a raw position starts only
                 # when the previous one has left the drain (never with a 1x1 classifier map,
                 # whose groups are FLUSH-separated anyway).
-                m.d.comb += hold.eq(f["raw"] & (t == 0) & busy)
+                m.d.comb += hold.eq(f["raw"] & t0 & busy)
                 with m.If(~hold):
-                    m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t == 0),
+                    m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t0),
                                  iss_last.eq(t == m1["cin"])]
-                    with m.If(t == tpm1):
-                        m.d.comb += adv.eq(1)
-                        m.d.sync += t.eq(0)
-                        with m.If(last_pos):
-                            with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
-                                # the next group's first position follows as if it were
-                                # another position of this one (T cycles after)
-                                next_group()
-                            with m.Else():
-                                m.next = "FLUSH"
-                    with m.Else():
-                        m.d.sync += t.eq(t + 1)
+                # The advance needs no ~hold: t = T - 1 >= 1 there, and hold is at t = 0 (the
+                # raw hold was on the path to the FSM's state register, the iCE40 critical
+                # path at seeds 1-2 once the counters' inputs were registers).
+                with m.If(tend):
+                    m.d.comb += adv.eq(1)
+                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
+                    with m.If(last_pos_r):
+                        with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
+                            # the next group's first position follows as if it were
+                            # another position of this one (T cycles after)
+                            next_group()
+                        with m.Else():
+                            m.next = "FLUSH"
+                with m.Elif(~hold):
+                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
             def group_end():
                 with m.If(last_grp):
                     m.d.sync += row.eq(row + 1)
@@ -759,6 +809,11 @@ class OverlayEngine(wiring.Component):
         with m.If(prog_w.en):
             m.d.sync += prog_dirty.eq(1)
 
+        def reg(name, shape, value):
+            r = Signal(shape, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
         # ---- output positions: raster, or window order with a fused maxpool ----------------
         # (x, y) are the window's (px, py) with a pool, mm the member (0,0) (0,1) (1,0) (1,1).
         # The pixel base address is one adder: pix + a step (src_col, inside a window
@@ -772,8 +827,7 @@ class OverlayEngine(wiring.Component):
         row_end = Signal()
         col_end = Signal()
         m.d.comb += [win_done.eq(~f["pool"] | (mm == 3)),
-                     last_pos.eq(win_done & row_end & col_end),
-                     first_pos.eq((x == 0) & (y == 0))]
+                     last_pos.eq(win_done & row_end & col_end)]
         wrap = Signal()
         m.d.comb += wrap.eq(win_done & row_end)
         pstep = Signal(aw)
@@ -787,25 +841,41 @@ class OverlayEngine(wiring.Component):
             m.d.comb += pstep.eq(f["src_col"])
         pix_n = Signal(aw)
         m.d.comb += pix_n.eq(Mux(wrap, rowb, pix) + pstep)
+        # What the advance needs is computed one cycle ahead, into registers loaded every
+        # cycle from the position counters: a position takes T >= 2 cycles and its counters
+        # change only at its advance (or at GSTART, 3 cycles before the first issue), so
+        # from its second cycle on these registers hold the current position's values, in
+        # time for the advance in its last cycle; a restart (GSTART, or a chained group's
+        # last advance) is followed by construction, as they are functions of the counters.
+        # The advance is then flip-flops -> clock enable / data of the counters (the iCE40
+        # critical path was the step mux -> pix adder -> pix, and x + 1 == xlast -> row_end).
+        pixn_r = reg("pixn_r", aw, pix_n)            # the next position's base address
+        wrap_r = reg("wrap_r", 1, wrap)
+        win_done_r = reg("win_done_r", 1, win_done)
+        m.d.sync += last_pos_r.eq(last_pos)
+        x_end_n = reg("x_end_n", 1, x + 1 == xlast)  # row_end after a step of x
+        y_end_n = reg("y_end_n", 1, y + 1 == ylast)  # col_end after a step of y
+        # first_pos = (x, y) == (0, 0) (every member of a pool's first window) as a register
+        # stepped with the counters (the position's tag needs it at its first cycle)
+        first_r = Signal()
+        m.d.comb += first_pos.eq(first_r)
         with m.If(adv):
-            m.d.sync += [mm.eq(mm + f["pool"]), pix.eq(pix_n)]
-            with m.If(wrap):
-                m.d.sync += [x.eq(0), y.eq(y + 1), rowb.eq(pix_n), row_end.eq(xlast == 0),
-                             col_end.eq(y + 1 == ylast)]
-            with m.Elif(win_done):
-                m.d.sync += [x.eq(x + 1), row_end.eq(x + 1 == xlast)]
-            with m.If(last_pos):
+            m.d.sync += [mm.eq(mm + f["pool"]), pix.eq(pixn_r)]
+            with m.If(wrap_r):
+                m.d.sync += [x.eq(0), y.eq(y + 1), rowb.eq(pixn_r), row_end.eq(xlast == 0),
+                             col_end.eq(y_end_n)]
+            with m.Elif(win_done_r):
+                m.d.sync += [x.eq(x + 1), row_end.eq(x_end_n)]
+            with m.If(win_done_r):
+                m.d.sync += first_r.eq(last_pos_r)
+            with m.If(last_pos_r):
                 # the group's last position: the counters restart for a chained next group
                 # (a decode of registers, not of the FSM's chain decision: x, mm wrap anyway)
                 m.d.sync += [y.eq(0), rowb.eq(0), pix.eq(0), col_end.eq(ylast == 0)]
         with m.If(start_pos):
-            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0)]
+            m.d.sync += [row_end.eq(xlast == 0), col_end.eq(ylast == 0), first_r.eq(1)]
 
         # ---- MAC pipeline ----------------------------------------------------------------
-        def reg(name, shape, value):
-            r = Signal(shape, name=name)
-            m.d.sync += r.eq(value)
-            return r
 
         # stage 0: gather read, weight row address (read 3 cycles later, when the value comes)
         if dynw is not None:
@@ -821,17 +891,23 @@ class OverlayEngine(wiring.Component):
         s2 = f["stride"][1]          # stride 1 or 2
         syv = Mux(s2, oy << 1, oy)
         sxv = Mux(s2, ox << 1, ox)
-        # s*y and h - s*y (and for x): the bounds check then compares the 4-bit dy, dx with
-        # these, saturated, instead of two 19-bit comparators after an adder (the engine's
-        # critical path alone was s*y + dy < h)
-        sy1 = reg("sy1", dim + 2, syv)
-        sx1 = reg("sx1", dim + 2, sxv)
-        hy1 = reg("hy1", signed(dim + 3), f["h"] - syv)
-        hx1 = reg("hx1", signed(dim + 3), f["w"] - sxv)
+        # The bounds check's position-dependent part, reduced to what the 4-bit dy, dx are
+        # compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when s*y < 8;
+        # dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else a 5-bit
+        # signed compare. Stage 0 registers s*y >= 8, -(s*y mod 8) and h - s*y (a mux and
+        # one carry chain each from the counters); stage 1 reduces h - s*y beside the gather
+        # RAM's read, then dy, dx meet the thresholds in small compares, no adder (gather RAM
+        # -> s*y + dy adder -> compare -> yok2 was the critical path at seeds 2 and 3).
+        def bounds0(prefix, sv, lim):
+            return (reg(f"{prefix}_loall1", 1, sv[3:] != 0),
+                    reg(f"{prefix}_nlo1", signed(4), -Cat(sv[:3], C(0, 1)).as_signed()),
+                    reg(f"{prefix}_hv1", signed(dim + 3), lim - sv))
+        by1 = bounds0("by", syv, f["h"])
+        bx1 = bounds0("bx", sxv, f["w"])
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
         wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
-        # stage 1: address and coordinates (three independent adders)
+        # stage 1: the read address; dy, dx against the registered thresholds
         gd = gat_r.data
         off = gd[1:1 + aw]
         dy = gd[1 + aw:5 + aw].as_signed()
@@ -840,17 +916,14 @@ class OverlayEngine(wiring.Component):
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
         addr2 = reg("addr2", aw, pix1 + off)
-        def lo_ok(sv, d):
-            """s*y + d >= 0 for s*y >= 0 and d in [-8, 7]."""
-            return (sv[3:] != 0) | ((Cat(sv[:3], C(0, 2)).as_signed() + d) >= 0)
-
-        def hi_ok(hv, d):
-            """d < h - s*y: always when it is >= 8, never when it is < -8."""
-            big = ~hv[-1] & (hv[3:-1] != 0)
-            small = hv[-1] & ~hv[3:].all()
-            return big | (~small & (d < hv[:5].as_signed()))
-        yok2 = reg("yok2", 2, Cat(lo_ok(sy1, dy), hi_ok(hy1, dy)))
-        xok2 = reg("xok2", 2, Cat(lo_ok(sx1, dx), hi_ok(hx1, dx)))
+        def in_bounds(b, d):
+            """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
+            loall, nlo, hv = b
+            hibig = ~hv[-1] & (hv[3:-1] != 0)
+            hismall = hv[-1] & ~hv[3:].all()
+            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv[:5].as_signed())))
+        yok2 = reg("yok2", 2, in_bounds(by1, dy))
+        xok2 = reg("xok2", 2, in_bounds(bx1, dx))
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
@@ -865,15 +938,24 @@ class OverlayEngine(wiring.Component):
         inb3 = reg("inb3", 1, yok2.all() & xok2.all())
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
-        wa3 = reg("wa3", len(wa1), wa2)
-        m.d.comb += wt_r.addr.eq(wa3)
+        if ecp5:
+            # the weight row is read one stage earlier, so that it arrives beside the zero-
+            # filled activation and both go straight into the MULT18X18D's input registers
+            # (no fabric register between the DP16KD's output and the DSP block)
+            m.d.comb += wt_r.addr.eq(wa2)
+        else:
+            wa3 = reg("wa3", len(wa1), wa2)
+            m.d.comb += wt_r.addr.eq(wa3)
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
         sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
         v4 = reg("v4", 1, v3)
         first4 = reg("first4", 1, first3)
         last4 = reg("last4", 1, last3)
-        act4 = reg("act4", 8, Mux(inb3, sel, 0))
+        act3 = Signal(8)
+        m.d.comb += act3.eq(Mux(inb3, sel, 0))
+        if not ecp5:
+            act4 = reg("act4", 8, act3)
         tag4 = reg("tag4", tagw, tag3)
         # stage 4: P products (registered)
         wts = [wt_r.data[8 * k:8 * k + 8].as_signed() for k in range(P)]
@@ -904,6 +986,11 @@ class OverlayEngine(wiring.Component):
                     o_O=o)
                 m.d.comb += [prods[2 * j].eq(o[:16].as_signed()),
                              prods[2 * j + 1].eq(o[16:].as_signed())]
+        elif ecp5:
+            # stage 3 -> 4: the DSP's A/B input registers (weight row, activation); 4 -> 5:
+            # its output register: the same two cycles as act4 and the product register
+            for k in range(P):
+                m.submodules[f"mac{k}"] = mult18x18d_registered(wts[k], act3, prods[k])
         else:
             for k in range(P):
                 m.d.sync += prods[k].eq(wts[k] * act4)
@@ -938,7 +1025,7 @@ class OverlayEngine(wiring.Component):
         gsum_w, gsum_r = [], []
         for r in range(R):
             mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
-                                attrs={"ram_style": "block"})
+                                attrs=small_attrs)
             m.submodules[f"gsum{r}"] = mem
             wp = mem.write_port()
             gsum_w.append(wp)
@@ -1062,7 +1149,7 @@ class OverlayEngine(wiring.Component):
         dl_data = Cat(q2d_, q2last_, q2tag_[:3], *qm2)
         dl_depth = 8
         dl_mem = memory.Memory(shape=unsigned(len(dl_data)), depth=dl_depth, init=[],
-                               attrs={"ram_style": "block"})
+                               attrs=small_attrs)
         m.submodules.requant_delay = dl_mem
         dl_wp = dl_mem.write_port()
         dl_rp = dl_mem.read_port(domain="sync")
@@ -1166,7 +1253,7 @@ class OverlayEngine(wiring.Component):
         out9 = []
         for r in range(R):
             pmem = memory.Memory(shape=unsigned(8), depth=max(2, P // R), init=[],
-                                 attrs={"ram_style": "block"})
+                                 attrs=small_attrs)
             m.submodules[f"poolmax{r}"] = pmem
             pm_w = pmem.write_port()
             pm_r = pmem.read_port(domain="sync")

@@ -342,7 +342,8 @@ def _device_of(board):
 
 #: The overlay engine's small memories that it puts in block RAM whatever their size
 #: (``ram_style = "block"`` in hw/overlay.py: on the UP5K they replace registers, and the
-#: EBRs are there): the logits queue, the gap sums, the pool maxima, the requant delay line.
+#: EBRs are there; not on an ECP5, where they are LUT RAM): the logits queue, the gap sums,
+#: the pool maxima, the requant delay line.
 _OVERLAY_BLOCK_RAMS = ("logits_queue", "gsum", "poolmax", "requant_delay")
 
 
@@ -405,8 +406,10 @@ def overlay_usage(model, plan, board, device=None, *, config=None, link=None):
                      MemorySpec(f"{mem.name}.qmax", mem.depth, 8)]
         else:
             mems.append(mem)
+    # (on an ECP5 the RTL leaves them to Yosys: LUT RAM, hw/overlay.py)
     acc = devices.memory_usage(mems, fam, blocks=[m.name for m in mems
-                                                  if m.name.startswith(_OVERLAY_BLOCK_RAMS)])
+                                                  if m.name.startswith(_OVERLAY_BLOCK_RAMS)
+                                                  and fam != "ecp5"])
     lnk = link
     if lnk is None:
         kw = dict(board.link_kw(model))

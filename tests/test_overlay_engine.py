@@ -42,7 +42,7 @@ def _has(model, stride2, pool):
 
 
 def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idle=0.3,
-                p_stall=0.5, stride2=False, pool=False):
+                p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine):
     """A random network (with a stride-2 conv and/or a maxpool when asked: drawn again until
     it has them, at most 200 draws) on the engine, logits checked against the golden model."""
     rng, seed = make_rng(name)
@@ -63,7 +63,7 @@ def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idl
     h, w, c = model.input_shape
     images = nrng.integers(0, 256, (n_img, h, w, c))
     want = golden.run(model, images)
-    dut = OverlayEngine(plan.config)
+    dut = engine(plan.config)
     got, first = run_engine(dut, decoys(rng) + plan.param_words() + decoys(rng), images,
                             want.shape[1], rng, p_idle, p_stall)
     check_logits(got, want)
@@ -316,3 +316,52 @@ def test_overlay_chained_groups_digits_like(lanes, r, gap_mode, monkeypatch):
     print(f"measured periods {periods}, model {model_cycles} (unchained {unchained})")
     assert periods == [model_cycles]
     assert model_cycles < unchained
+
+
+# ---- ECP5: MAC products in registered MULT18X18D, depth-8 memories left to Yosys ---------------
+
+class _ECP5:
+    """What ``elaborate`` sees of an ECP5 board platform."""
+    family = "ecp5"
+
+
+class _OverlayOnECP5(OverlayEngine):
+    """The engine elaborated as on an ECP5 board (same ports, ECP5 netlist)."""
+
+    def elaborate(self, platform):
+        return super().elaborate(_ECP5())
+
+
+def test_overlay_ecp5_registered_dsp_and_small_memories():
+    """On an ECP5 each MAC lane is one MULT18X18D with its A/B input and output registers
+    (the weight row from its block RAM straight into the A register, no fabric register
+    between), and the depth-8 memories carry no ``ram_style = "block"`` (LUT RAM there: a
+    DP16KD's clock-to-out into logic was the 12F build's critical path); the generic RTL and
+    the iCE40 netlist keep them in block RAM."""
+    from ecp5_dsp import registered_mult18x18d
+    from shiftacc.hw.stream import to_verilog
+    cfg = small_config(4, 2)
+    text = to_verilog(OverlayEngine(cfg), platform=_ECP5())
+    assert registered_mult18x18d(text) == 4
+    assert "ram_style" not in text
+    generic = to_verilog(OverlayEngine(cfg))
+    assert "MULT18X18D" not in generic and generic.count('ram_style = "block"') >= 4
+
+
+@pytest.mark.parametrize("lanes,r", [(4, 2), (6, 1)])
+def test_overlay_ecp5_matches_golden_and_cycles(monkeypatch, lanes, r):
+    """The ECP5 netlist (its MULT18X18D blocks as the behavioural model of test_requant, the
+    weight row read one stage earlier) computes golden logits under stalls, and without
+    stalls its cycles per image equal the cycle model (the same latency as the generic RTL)."""
+    import shiftacc.hw.overlay as ov_mod
+    from test_requant import _mult18x18d_model
+    calls = []
+    monkeypatch.setattr(ov_mod, "mult18x18d_registered", _mult18x18d_model(calls))
+    random_case(f"test_overlay_ecp5_matches_golden_and_cycles[{lanes}-{r}]", lanes, r, (8, 8),
+                n_img=2, stride2=True, pool=True, blocks=2, engine=_OverlayOnECP5)
+    assert len(calls) >= lanes
+    plan, first = random_case(f"test_overlay_ecp5_cycles[{lanes}-{r}]", lanes, r, (6, 6),
+                              n_img=2, p_idle=0.0, p_stall=0.0, pool=True,
+                              engine=_OverlayOnECP5)
+    periods = np.diff(first).tolist()
+    assert len(periods) >= 1 and periods == [image_cycles(plan)] * len(periods)
