@@ -290,10 +290,15 @@ class FrameCRCs(wiring.Component):
         take_h = Signal()
         take_f = Signal()
         k = Signal(3)                # bits taken of the byte: 8 - left
-        m.d.comb += [self.busy.eq(left != 0), k.eq(8 - left)]
+        # ``busy`` (``left != 0``) is a register of its own, decided from the cycle before
+        # (a byte taken, or more than one bit left): the encoder's handshake, which waits
+        # for it, starts from a flip-flop.
+        busy = Signal()
+        m.d.sync += busy.eq((self.valid_h | self.valid_f) | (left > 1))
+        m.d.comb += [self.busy.eq(busy), k.eq(8 - left)]
         for proc, algo, take in ((h, protocol.HEADER_CRC, take_h),
                                  (f, protocol.FRAME_CRC, take_f)):
-            m.d.comb += [proc.valid.eq((left != 0) & take),
+            m.d.comb += [proc.valid.eq(busy & take),
                          proc.data.eq(sr.bit_select(k if algo.reflect_input else ~k, 1))]
         with m.If(left != 0):
             m.d.sync += left.eq(left - 1)
@@ -867,6 +872,9 @@ class LinkEngine(wiring.Component):
                                       {"design_id": self.design_id,
                                        "words": self.param_count})
         begin_rom = Array(Const(b, 8) for b in begin)
+        # The byte expected next, a register looked up when the byte before arrives (from
+        # ``pidx + 1``): the received byte meets a flip-flop, not the ROM's mux on ``pidx``.
+        expect = Signal(8)
 
         # Parameter address check of the last completed word (one cycle after its last
         # byte; a frame has >= 4 CRC bytes after it, so the result is in before the end).
@@ -936,6 +944,7 @@ class LinkEngine(wiring.Component):
                     with m.Else():
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
+                                     expect.eq(begin[0]),
                                      word_byte.eq(0), img_byte.eq(0), count.eq(0),
                                      pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
                         with m.If(byte != crcs.hcrc):
@@ -972,7 +981,8 @@ class LinkEngine(wiring.Component):
                         with m.Case(Command.READ_RESULT.value):
                             m.d.sync += arg[:8].eq(byte)
                         with m.Case(Command.LOAD_BEGIN.value):
-                            with m.If(byte != begin_rom[pidx[:4]]):
+                            m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
+                            with m.If(byte != expect):
                                 m.d.sync += match.eq(0)
                         with m.Case(Command.LOAD_PARAMS.value):
                             with m.If(pidx < 4):
