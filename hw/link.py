@@ -44,9 +44,11 @@ Choices where :mod:`shiftacc.sw.protocol` leaves room (the device model follows 
   STATUS reply itself). The counters live in a small RAM swept byte-serially
   (:meth:`LinkEngine._status`), not in 256 flip-flops and adders.
 * Timing: every decision that used to end in a wide register is registered first (the
-  parser's drop verdict and commit, the length checks, the executor's LOAD_PARAMS order
-  checks, the read-out's end): a reply, a drop's counters and a commit follow a cycle or
-  two later, never the bytes on the wire.
+  parser's drop verdict and commit, the length checks, the executor's head slot-table entry
+  and LOAD_PARAMS order checks, READ_RESULT's per-entry matches, the reply queue's choice
+  among its requesters, the encoder's start (the descriptor taken, then its lengths and
+  addresses), the read-out's end): a reply, a drop's counters and a commit follow a cycle
+  or two later, never the bytes on the wire.
 * Counters: ``frames_ok`` counts frames executed with reason OK, ``frames_dropped`` every
   frame answered with another reason (parser and executor), ``images_done`` images whose
   logits are all out. ``busy`` = a receive slot is occupied or an image is in flight.
@@ -194,6 +196,14 @@ def _lt_const(value, n):
     return high_zero & (value[:b] < n)
 
 
+def _lt_narrow(low, high, n):
+    """``value < n`` for a constant ``n``, of a value kept as its low bits ``low`` and a flag
+    ``high`` (a bit above them is set); ``n - 1`` fits ``low``."""
+    if n <= 0:
+        return Const(0, 1)
+    return ~high & _lt_const(low, n)
+
+
 class _BlockFIFO(SyncFIFOBuffered):
     """``SyncFIFOBuffered`` whose storage (read through a register, as block RAM is) is
     marked ``ram_style = "block"``: Yosys then maps even a 3-entry queue to block RAM
@@ -280,10 +290,15 @@ class FrameCRCs(wiring.Component):
         take_h = Signal()
         take_f = Signal()
         k = Signal(3)                # bits taken of the byte: 8 - left
-        m.d.comb += [self.busy.eq(left != 0), k.eq(8 - left)]
+        # ``busy`` (``left != 0``) is a register of its own, decided from the cycle before
+        # (a byte taken, or more than one bit left): the encoder's handshake, which waits
+        # for it, starts from a flip-flop.
+        busy = Signal()
+        m.d.sync += busy.eq((self.valid_h | self.valid_f) | (left > 1))
+        m.d.comb += [self.busy.eq(busy), k.eq(8 - left)]
         for proc, algo, take in ((h, protocol.HEADER_CRC, take_h),
                                  (f, protocol.FRAME_CRC, take_f)):
-            m.d.comb += [proc.valid.eq((left != 0) & take),
+            m.d.comb += [proc.valid.eq(busy & take),
                          proc.data.eq(sr.bit_select(k if algo.reflect_input else ~k, 1))]
         with m.If(left != 0):
             m.d.sync += left.eq(left - 1)
@@ -626,28 +641,37 @@ class LinkEngine(wiring.Component):
         exec_desc = Signal(desc_layout)
         reqs = [nak_valid, coll_req, exec_req]
         descs = [nak_desc, coll_desc, exec_desc]
-        prio = Signal(2)
-        sel = Signal(2)
-        any_req = Signal()
-        m.d.comb += any_req.eq(nak_valid | coll_req | exec_req)
-        with m.Switch(prio):
+        # The choice is a register, made a cycle ahead from the requests then (each
+        # requester holds its request until granted): the queue's write, its payload mux
+        # and the grants follow a flip-flop instead of a priority chain behind the
+        # requesters' state decodes (the reference counts and the STATUS count behind them).
+        # A requester granted this cycle is left out of the next choice.
+        prio = Signal(2)             # who goes first in the next choice
+        sel = Signal(2)              # the requester offered to the queue this cycle
+        offered = Signal()
+        m.d.comb += offered.eq(Array(reqs)[sel])
+        wr = Signal()
+        m.d.comb += wr.eq(offered & replyq.w_stream.ready)
+        grant = [Signal(name=f"grant{i}") for i in range(3)]
+        for i in range(3):
+            m.d.comb += grant[i].eq(wr & (sel == i))
+        nprio = Signal(2)
+        m.d.comb += nprio.eq(Mux(wr, Mux(sel == 2, 0, sel + 1), prio))
+        m.d.sync += prio.eq(nprio)
+        left = [reqs[i] & ~grant[i] for i in range(3)]
+        with m.Switch(nprio):
             for p in range(3):
                 with m.Case(p):
                     order = [(p + k) % 3 for k in range(3)]
-                    with m.If(reqs[order[0]]):
-                        m.d.comb += sel.eq(order[0])
-                    with m.Elif(reqs[order[1]]):
-                        m.d.comb += sel.eq(order[1])
+                    with m.If(left[order[0]]):
+                        m.d.sync += sel.eq(order[0])
+                    with m.Elif(left[order[1]]):
+                        m.d.sync += sel.eq(order[1])
                     with m.Else():
-                        m.d.comb += sel.eq(order[2])
+                        m.d.sync += sel.eq(order[2])
         q_in = Signal(desc_layout)
         m.d.comb += q_in.eq(Array(descs)[sel])
-        m.d.comb += [replyq.w_stream.valid.eq(any_req), replyq.w_stream.payload.eq(q_in)]
-        grant = [Signal(name=f"grant{i}") for i in range(3)]
-        for i in range(3):
-            m.d.comb += grant[i].eq(any_req & replyq.w_stream.ready & (sel == i))
-        with m.If(any_req & replyq.w_stream.ready):
-            m.d.sync += prio.eq(Mux(sel == 2, 0, sel + 1))
+        m.d.comb += [replyq.w_stream.valid.eq(offered), replyq.w_stream.payload.eq(q_in)]
 
         # Outstanding references to each result entry (queued or being sent): the collector
         # must not overwrite an entry the encoder has yet to read.
@@ -684,7 +708,15 @@ class LinkEngine(wiring.Component):
 
         # ================= collector =================
         classes = self.classes
-        c_state = Signal(2)      # 0 idle, 1 collect, 2 reply
+        c_state = Signal(2)      # 0 idle, 1 collect, 2 reply, 3 settle
+        # ``entry_free``: the entry to be written has no reference left (queued or being
+        # sent), as a register (the reference counts' mux and compare are off the enable of
+        # the collector's registers). It is a cycle old: the collector spends a cycle in
+        # state 3 after each reply, so that it is then of the new ``res_wr`` and counts
+        # that reply's own reference; the executor's READ_RESULT references are queued
+        # while nothing is in flight, cycles before the collector can start on an entry.
+        entry_free = Signal()
+        m.d.sync += entry_free.eq(Array(pending)[res_wr] == 0)
         c_seq = Signal(8)
         c_cnt = Signal(self.count_bits)
         c_left = Signal(self.count_bits)
@@ -695,7 +727,7 @@ class LinkEngine(wiring.Component):
         m.d.comb += head.eq(inflight.r_stream.payload)
         with m.Switch(c_state):
             with m.Case(0):
-                with m.If(inflight.r_stream.valid & (Array(pending)[res_wr] == 0)):
+                with m.If(inflight.r_stream.valid & entry_free):
                     m.d.sync += [c_state.eq(1), c_seq.eq(head.seq), c_cnt.eq(head.count),
                                  c_left.eq(head.count), c_cls.eq(0),
                                  c_addr.eq(res_addr0(res_wr)), c_entry.eq(res_wr),
@@ -725,11 +757,13 @@ class LinkEngine(wiring.Component):
                 ]
                 with m.If(grant[1]):
                     m.d.comb += [inflight.r_stream.ready.eq(1), pop_flight.eq(1)]
-                    m.d.sync += [c_state.eq(0),
+                    m.d.sync += [c_state.eq(3),
                                  Array(res_meta_seq)[c_entry].eq(c_seq),
                                  Array(res_meta_cnt)[c_entry].eq(c_cnt),
                                  Array(res_meta_ok)[c_entry].eq(1),
                                  res_wr.eq(Mux(res_wr == S - 1, 0, res_wr + 1))]
+            with m.Case(3):
+                m.d.sync += c_state.eq(0)
 
         # ================= STATUS =================
         m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[])
@@ -768,7 +802,12 @@ class LinkEngine(wiring.Component):
         HUNT0, HUNT1, HEADER, PAYLOAD, CRC = range(5)
         state = Signal(range(5))
         hidx = Signal(3)
-        hdr = Signal(protocol.HEADER_LAYOUT)
+        # The header as received, its length only as wide as ``max_payload`` (a longer one
+        # is dropped at the header, BAD_LENGTH, from ``len_in``): the payload counter's end
+        # compare is then ``length_bits`` wide, not 16. Once the header is in, ``length``
+        # holds the payload length minus one.
+        hdr = Signal(data.StructLayout({"command": 8, "seq": 8,
+                                        "length": max(self.length_bits, 8)}))
         pidx = Signal(self.length_bits)
         cidx = Signal(2)
         no_slot = Signal()        # BUSY: the frame is read but not stored
@@ -782,8 +821,19 @@ class LinkEngine(wiring.Component):
         store = Signal()          # the frame passed: commit it now
         word_byte = Signal(range(protocol.PARAM_WORD_BYTES))
         # The address fields of the parameter word being received (its data bytes are not
-        # needed here), each byte stored as it arrives.
-        word_q = Signal(data.StructLayout({"layer": 8, "kind": 8, "row": 16, "lane": 16}))
+        # needed here): of each field only the low bits some limit compare reads, and one
+        # flag "a bit above them is set" (any such value fails every compare alike), taken
+        # as its bytes arrive: 48 flip-flops become a few more than the limits' widths.
+        lims = sorted(self.limits.items())
+        fields = []                 # (first byte, bytes, low bits kept)
+        for i, f_bytes in ((0, 1), (1, 1), (2, 2), (4, 2)):
+            if i < 2:
+                top = max([key[i] for key, _ in lims] or [0])
+            else:
+                top = max([lim[(i - 2) // 2] - 1 for _, lim in lims] or [0])
+            fields.append((i, f_bytes, min(8 * f_bytes, _bits(top))))
+        f_lo = [Signal(w, name=f"addr_lo{j}") for j, (_, _, w) in enumerate(fields)]
+        f_hi = [Signal(name=f"addr_hi{j}") for j in range(len(fields))]
         word_chk = Signal()
         wd = Signal(range(self.watchdog_cycles + 1))
 
@@ -822,14 +872,17 @@ class LinkEngine(wiring.Component):
                                       {"design_id": self.design_id,
                                        "words": self.param_count})
         begin_rom = Array(Const(b, 8) for b in begin)
+        # The byte expected next, a register looked up when the byte before arrives (from
+        # ``pidx + 1``): the received byte meets a flip-flop, not the ROM's mux on ``pidx``.
+        expect = Signal(8)
 
         # Parameter address check of the last completed word (one cycle after its last
         # byte; a frame has >= 4 CRC bytes after it, so the result is in before the end).
         addr_ok = Signal()
         terms = []
-        for (layer, kind), (rows, lanes) in sorted(self.limits.items()):
-            terms.append((word_q.layer == layer) & (word_q.kind == kind)
-                         & _lt_const(word_q.row, rows) & _lt_const(word_q.lane, lanes))
+        for (layer, kind), (rows, lanes) in lims:
+            terms.append(~f_hi[0] & (f_lo[0] == layer) & ~f_hi[1] & (f_lo[1] == kind)
+                         & _lt_narrow(f_lo[2], f_hi[2], rows) & _lt_narrow(f_lo[3], f_hi[3], lanes))
         m.d.comb += addr_ok.eq(Cat(*terms).any() if terms else 0)
         m.d.sync += word_chk.eq(0)
         with m.If(word_chk & ~addr_ok & (noted == 0)):
@@ -851,10 +904,13 @@ class LinkEngine(wiring.Component):
 
         m.d.comb += crcs.data.eq(byte)
         in_frame = (state == HEADER) | (state == PAYLOAD) | (state == CRC)
+        # ``wd_at``: ``wd == watchdog_cycles``, as a register (decided from ``wd``'s value
+        # the cycle before: the wide compare is off the parser's state enable).
+        wd_at = Signal()
         with m.If(rx.valid | ~in_frame):
-            m.d.sync += wd.eq(0)
+            m.d.sync += [wd.eq(0), wd_at.eq(0)]
         with m.Else():
-            m.d.sync += wd.eq(wd + 1)
+            m.d.sync += [wd.eq(wd + 1), wd_at.eq(wd == self.watchdog_cycles - 1)]
 
         with m.If(rx.valid):
             with m.Switch(state):
@@ -871,12 +927,24 @@ class LinkEngine(wiring.Component):
                     m.d.sync += hidx.eq(hidx + 1)
                     with m.If(hidx < 4):
                         m.d.comb += [crcs.valid_h.eq(1), crcs.valid_f.eq(1)]
-                        m.d.sync += hdr.as_value().word_select(hidx[:2], 8).eq(byte)
+                        with m.Switch(hidx[:2]):
+                            with m.Case(0):
+                                m.d.sync += hdr.command.eq(byte)
+                            with m.Case(1):
+                                m.d.sync += hdr.seq.eq(byte)
+                            with m.Case(2):
+                                m.d.sync += hdr.length[:8].eq(byte)
+                            with m.Case(3):
+                                # Kept as ``length - 1`` (the payload's last index), so the
+                                # payload's end is an equality with ``pidx``, not a
+                                # subtraction then a compare on the parser's state enable.
+                                m.d.sync += hdr.length.eq(len_in - 1)
                         m.d.sync += [len_ok.eq(len_good & (len_in <= self.max_payload)),
                                      len_zero.eq(len_in == 0)]
                     with m.Else():
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
+                                     expect.eq(begin[0]),
                                      word_byte.eq(0), img_byte.eq(0), count.eq(0),
                                      pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
                         with m.If(byte != crcs.hcrc):
@@ -899,7 +967,7 @@ class LinkEngine(wiring.Component):
                                  slot_w.addr.eq(slot_addr(slot_wr, pidx)),
                                  slot_w.data.eq(byte)]
                     m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx == length - 1):
+                    with m.If(pidx == length):      # (``length`` - 1, see the header)
                         m.d.sync += state.eq(CRC)
                     with m.Switch(cmd):
                         with m.Case(Command.INFER.value):
@@ -913,7 +981,8 @@ class LinkEngine(wiring.Component):
                         with m.Case(Command.READ_RESULT.value):
                             m.d.sync += arg[:8].eq(byte)
                         with m.Case(Command.LOAD_BEGIN.value):
-                            with m.If(byte != begin_rom[pidx[:4]]):
+                            m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
+                            with m.If(byte != expect):
                                 m.d.sync += match.eq(0)
                         with m.Case(Command.LOAD_PARAMS.value):
                             with m.If(pidx < 4):
@@ -934,9 +1003,17 @@ class LinkEngine(wiring.Component):
                             with m.Else():
                                 # Little-endian word: bytes 0-5 are layer, kind, row, lane.
                                 with m.Switch(word_byte):
-                                    for k in range(6):
-                                        with m.Case(k):
-                                            m.d.sync += word_q.as_value().word_select(k, 8).eq(byte)
+                                    for j, (first, nb, w) in enumerate(fields):
+                                        for b in range(nb):
+                                            with m.Case(first + b):
+                                                lo = min(8, max(0, w - 8 * b))
+                                                if lo:
+                                                    m.d.sync += f_lo[j][8 * b:8 * b + lo].eq(
+                                                        byte[:lo])
+                                                above = byte[lo:] != 0 if lo < 8 else 0
+                                                # (The field's first byte restarts the flag.)
+                                                m.d.sync += f_hi[j].eq(
+                                                    above if b == 0 else f_hi[j] | above)
                                 with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
                                     m.d.sync += [word_byte.eq(0), word_chk.eq(1),
                                                  count.eq(count + 1)]
@@ -949,7 +1026,7 @@ class LinkEngine(wiring.Component):
                         m.d.sync += state.eq(HUNT0)
         # Watchdog: a gap of more than watchdog_cycles idle cycles inside a frame (it fires
         # in the (watchdog_cycles + 1)-th consecutive cycle without a byte).
-        with m.If(~rx.valid & in_frame & (wd == self.watchdog_cycles)):
+        with m.If(~rx.valid & in_frame & wd_at):
             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
                          ev_nak.eq(state == HEADER)]
             m.d.sync += state.eq(HUNT0)
@@ -1009,8 +1086,12 @@ class LinkEngine(wiring.Component):
                   do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr,
                   status_pending):
         S = self.slots
+        # The head slot's table entry, registered as it is read: the slot-table read mux
+        # ends in a flip-flop, and every decision below starts from one (a frame executes
+        # in its third cycle at the head, see ``settled``).
         meta = Signal(self.meta_layout)
-        m.d.comb += [meta_r.addr.eq(slot_rd), meta.eq(meta_r.data)]
+        m.d.comb += meta_r.addr.eq(slot_rd)
+        m.d.sync += meta.eq(meta_r.data)
 
         # Slot byte reader: one byte per cycle from the slot RAM, with backpressure.
         rd_addr = Signal(_bits(S * self.max_payload - 1))
@@ -1097,21 +1178,28 @@ class LinkEngine(wiring.Component):
         def words_arg(words, ready):
             return Cat(words[:self.words_bits], ready)
 
-        # LOAD_PARAMS' order checks (an adder and three compares after the slot table's
-        # read) are registered: a frame executes in its second cycle at the head, when the
-        # registers hold its values (the head slot, its table entry and the load state only
-        # change outside IDLE, or when the slots were empty the cycle before).
+        # LOAD_PARAMS' order checks (an adder and three compares after the registered
+        # table entry) are registered too: a frame executes in its third cycle at the head
+        # (``settled``: it was at the head, with the executor idle, the two cycles before),
+        # when ``meta`` and these registers hold its values (the head slot, its table entry
+        # and the load state only change outside IDLE, or when the slots were empty).
         end = Signal(max(len(meta.arg), self.count_bits) + 1)
         m.d.comb += end.eq(meta.arg + meta.count)
         total = self.param_count
         dup = Signal()
         in_order = Signal()
         can_run = Signal()
+        settled1 = Signal()
         settled = Signal()
         m.d.comb += can_run.eq((state == IDLE) & (slot_used != 0) & (status_pending == 0))
         m.d.sync += [dup.eq(end <= words_loaded),
                      in_order.eq((meta.arg == words_loaded) & (end <= total)),
-                     settled.eq(can_run)]
+                     settled1.eq(can_run), settled.eq(can_run & settled1)]
+        # READ_RESULT's lookup, registered (see FIND).
+        hit = [Signal(name=f"hit{e}") for e in range(S)]
+        flight_idle = Signal()
+        m.d.sync += [hit[e].eq(res_ok[e] & (res_seq[e] == meta.arg[:8])) for e in range(S)]
+        m.d.sync += flight_idle.eq(in_flight == 0)
         with m.Switch(state):
             with m.Case(IDLE):
                 # After a STATUS, nothing executes until its reply has started (and taken its
@@ -1196,14 +1284,18 @@ class LinkEngine(wiring.Component):
                     m.d.comb += free.eq(1)
                     m.d.sync += state.eq(IDLE)
             with m.Case(FIND):
-                # Wait for every image in flight, then look the seq up (newest wins).
-                with m.If(in_flight == 0):
+                # Wait for every image in flight, then look the seq up (newest wins). The
+                # per-entry matches and "nothing in flight" are registers (a cycle behind):
+                # nothing can enter flight while the executor is here, so once
+                # ``flight_idle`` is set the result table has been still for a cycle and
+                # ``hit`` holds its final matches.
+                with m.If(flight_idle):
                     found = Signal()
                     entry = Signal(range(max(2, S)))
                     for k in range(S):          # oldest (res_wr) .. newest
                         for w0 in range(S):
                             e = (w0 + k) % S
-                            with m.If((res_wr == w0) & res_ok[e] & (res_seq[e] == meta.arg[:8])):
+                            with m.If((res_wr == w0) & hit[e]):
                                 m.d.comb += [found.eq(1), entry.eq(e)]
                     with m.If(found):
                         m.d.sync += reply(Reason.OK.value, Source.RESULT,
@@ -1310,8 +1402,8 @@ class LinkEngine(wiring.Component):
         tx = self.tx
         m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
-        IDLE, HEAD, BODY, CRC, SNAP = range(5)
-        phase = Signal(range(5))
+        IDLE, HEAD, BODY, CRC, SNAP, START = range(6)
+        phase = Signal(range(6))
         pos = Signal(3)
         result_bytes = self.classes * protocol.LOGIT_BYTES
         longest = max(1 + len(self.identity), 1 + _STATUS_BYTES, 1 + _LOAD_REPLY_BYTES,
@@ -1320,7 +1412,11 @@ class LinkEngine(wiring.Component):
         bidx = Signal(_bits(longest))
         body_left = Signal(_bits(longest))
         res_addr = Signal(_bits(self.result_words - 1))
-        sr = Signal(8 * _LOAD_REPLY_BYTES)       # a LOAD reply's body, shifted out
+        # A LOAD reply's body (words_loaded as a u32, then the ready byte) is selected byte
+        # by byte from ``cur.arg`` (most of it constant zeros), not shifted out of a 40-bit
+        # register: 40 flip-flops and their load/shift muxes fewer.
+        wb = self.words_bits
+        words_body = Cat(cur.arg[:wb], Const(0, 32 - wb), cur.arg[wb], Const(0, 7))
         # What tx.payload shows: a register or a CRC register (the CRCs are fed from the
         # bytes as they leave, so their final value is only known in the cycle the CRC bytes
         # are shown). No memory output reaches tx.payload: a body byte from the ROM or the
@@ -1390,31 +1486,31 @@ class LinkEngine(wiring.Component):
         with m.If((phase == IDLE) & ~shown):
             with m.If(replyq.r_stream.valid):
                 m.d.comb += [replyq.r_stream.ready.eq(1), crcs.start.eq(1)]
-                d = Signal(self.desc_layout)
-                m.d.comb += d.eq(replyq.r_stream.payload)
-                # The body's length follows from its source (one constant
-                # multiplier, shifts and adds, for a result's image count).
-                body = Signal.like(body_left)
-                with m.Switch(d.source):
-                    with m.Case(Source.WORDS):
-                        m.d.comb += body.eq(_LOAD_REPLY_BYTES)
-                    with m.Case(Source.STATUS):
-                        m.d.comb += body.eq(_STATUS_BYTES)
-                    with m.Case(Source.ROM):
-                        m.d.comb += body.eq(len(self.identity))
-                    with m.Case(Source.RESULT):
-                        m.d.comb += body.eq(const_mul(
-                            d.arg[self.slot_bits:self.slot_bits + self.count_bits],
-                            result_bytes))
-                # A result's logits, or the STATUS snapshot, both in the result RAM.
-                m.d.sync += [cur.eq(d), pos.eq(0), bidx.eq(0), body_left.eq(body),
-                             res_addr.eq(Mux(d.source == Source.STATUS, self.status_base,
-                                             res_addr0(d.arg[:self.slot_bits])))]
-                # STATUS: its body is first written to the snapshot RAM.
-                m.d.sync += phase.eq(Mux(d.source == Source.STATUS, SNAP, HEAD))
-                # WORDS: words_loaded as a u32, then the ready byte.
-                wb = self.words_bits
-                m.d.sync += sr.eq(Cat(d.arg[:wb], Const(0, 32 - wb), d.arg[wb]))
+                m.d.sync += [cur.eq(replyq.r_stream.payload), phase.eq(START)]
+        # The reply's lengths and addresses are derived from ``cur`` a cycle after it is
+        # taken (START): the queue's read data (block RAM on iCE40) ends in ``cur`` instead of
+        # running on through the length multiplier and the address mux.
+        with m.If(phase == START):
+            # The body's length follows from its source (one constant
+            # multiplier, shifts and adds, for a result's image count).
+            body = Signal.like(body_left)
+            with m.Switch(cur.source):
+                with m.Case(Source.WORDS):
+                    m.d.comb += body.eq(_LOAD_REPLY_BYTES)
+                with m.Case(Source.STATUS):
+                    m.d.comb += body.eq(_STATUS_BYTES)
+                with m.Case(Source.ROM):
+                    m.d.comb += body.eq(len(self.identity))
+                with m.Case(Source.RESULT):
+                    m.d.comb += body.eq(const_mul(
+                        cur.arg[self.slot_bits:self.slot_bits + self.count_bits],
+                        result_bytes))
+            # A result's logits, or the STATUS snapshot, both in the result RAM.
+            m.d.sync += [pos.eq(0), bidx.eq(0), body_left.eq(body),
+                         res_addr.eq(Mux(cur.source == Source.STATUS, self.status_base,
+                                         res_addr0(cur.arg[:self.slot_bits])))]
+            # STATUS: its body is first written to the snapshot RAM.
+            m.d.sync += phase.eq(Mux(cur.source == Source.STATUS, SNAP, HEAD))
         with m.If(phase == SNAP):
             m.d.comb += snap_req.eq(1)
             with m.If(snap_done):
@@ -1458,8 +1554,7 @@ class LinkEngine(wiring.Component):
                             with m.If(bidx[:2] == 3):
                                 m.d.sync += res_addr.eq(res_addr + 1)
                         with m.Default():
-                            m.d.sync += show(sr[:8], f=1)
-                            m.d.sync += sr.eq(sr >> 8)
+                            m.d.sync += show(words_body.word_select(bidx[:3], 8), f=1)
                 with m.Case(CRC):
                     m.d.sync += show(0, SEL_FCRC)
                     m.d.sync += [crck.eq(crcn), crcn.eq(crcn + 1)]
