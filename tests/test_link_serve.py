@@ -246,6 +246,8 @@ def test_icarus_serves_the_same_board(tiny, capsys, tmp_path):
         assert status == 0, err
         res = json.loads(out.read_text())
         assert res["golden_mismatches"] == 0 and res["images"] == 10
-        assert srv.proc.wait(120) == 0, "serve --max-clients 1 did not stop after its client"
+        # The deadline allows for Icarus on a loaded 2-core machine (its shutdown has been seen
+        # near 120 s there while other simulations ran), yet still fails a server that stays up.
+        assert srv.proc.wait(300) == 0, "serve --max-clients 1 did not stop after its client"
     finally:
         srv.stop()
