@@ -62,21 +62,28 @@ def test_full_throughput():
 
 
 def test_ready_and_valid_are_registered():
-    """``o.ready`` toggled within a cycle does not change ``i.ready`` or ``o.valid`` before
-    the clock edge (they are flip-flops, so the slice cuts the handshake path)."""
+    """In every state (empty; output register full; both full), ``o.ready`` changed within a
+    cycle changes neither ``i.ready`` nor ``o.valid`` before the clock edge: they are
+    flip-flops, so the slice cuts the handshake path."""
     dut = RegisterSlice(pixel_layout(2, 8))
     seen = []
 
     async def tb(ctx):
-        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.i.valid, 0)
         ctx.set(dut.o.ready, 0)
-        for _ in range(3):
-            await ctx.tick()          # output and skid registers fill; i.ready drops
-        for r in (0, 1, 0):
-            ctx.set(dut.o.ready, r)
-            seen.append((ctx.get(dut.i.ready), ctx.get(dut.o.valid)))
+        await ctx.tick()
+        for fill in range(3):
+            row = []
+            for r in (0, 1, 0):
+                ctx.set(dut.o.ready, r)
+                row.append((ctx.get(dut.i.ready), ctx.get(dut.o.valid)))
+            seen.append(row)
+            ctx.set(dut.o.ready, 0)
+            ctx.set(dut.i.valid, 1)   # one more beat in: output register, then skid
+            await ctx.tick()
+            ctx.set(dut.i.valid, 0)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    assert seen == [(0, 1)] * 3
+    assert seen == [[(1, 0)] * 3, [(1, 1)] * 3, [(0, 1)] * 3]
