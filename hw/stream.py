@@ -8,11 +8,13 @@ image. Shapes (H, W, C) are elaboration parameters of each block, so blocks coun
 themselves; ``last`` lets a consumer check framing and lets the top end an image.
 """
 
+from amaranth import Module, Signal
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import data, stream
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
 __all__ = ["pixel_layout", "pixel_stream", "beats_per_pixel", "require_positive", "require_int",
-           "verilog_ports", "to_verilog"]
+           "verilog_ports", "to_verilog", "RegisterSlice"]
 
 
 def beats_per_pixel(channels, lanes):
@@ -93,3 +95,60 @@ def to_verilog(component, name="top", **kwargs):
     included (see :func:`verilog_ports`)."""
     from amaranth.back import verilog
     return verilog.convert(component, name=name, ports=verilog_ports(component), **kwargs)
+
+
+class RegisterSlice(wiring.Component):
+    """Full-throughput register slice (skid buffer) of a stream: ``valid``, ``payload`` *and*
+    ``ready`` leave it from flip-flops.
+
+    A plain output register cuts ``valid``/``payload`` but leaves the consumer's ``ready``
+    running combinationally back into the producer; a slice that registered ``ready`` alone
+    would lose every other beat. This one has a second (skid) register: ``i.ready`` is "the
+    skid register is empty", a flip-flop, so the beat accepted in the cycle the consumer
+    stalls lands there and nothing is lost; one beat per cycle passes while ``o.ready`` stays
+    high. Timing: the only combinational paths through it are ``o.ready`` → its own output
+    and skid registers' enables, and ``i.payload``/``i.valid`` → its output registers. At a
+    block boundary of the whole design these are short (the slice sits next to one side),
+    whereas a FIFO's write data, read enable and level logic otherwise sit at the far end of
+    a route across the die from the block whose comb ``valid``/``ready`` they take.
+
+    Latency one cycle, storage two beats (a consumer that counts credit in front of it must
+    count them; the accelerator's blocks count credit only against their own output FIFOs).
+
+    Parameters
+    ----------
+    shape : shape-castable
+        Payload shape (a pixel layout, or plain bits).
+
+    Attributes
+    ----------
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        self.shape = shape
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        # Data registers carry no reset (only the two valid flags need one: a small reset
+        # fan-out, as in the blocks).
+        skid = Signal.like(self.i.payload, name="skid_payload", reset_less=True)
+        skid_valid = Signal()
+        o_payload = Signal.like(self.i.payload, name="out_payload", reset_less=True)
+        o_valid = Signal()
+        m.d.comb += [self.i.ready.eq(~skid_valid), self.o.valid.eq(o_valid),
+                     self.o.payload.eq(o_payload)]
+        with m.If(self.o.ready | ~o_valid):
+            # The output register is free (taken this cycle, or empty): it loads the skid
+            # beat if there is one, else the beat on the input (accepted iff i.ready, which
+            # is ~skid_valid: true on this branch's else).
+            with m.If(skid_valid):
+                m.d.sync += [o_payload.eq(skid), o_valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o_payload.eq(self.i.payload), o_valid.eq(self.i.valid)]
+        with m.Elif(self.i.valid & ~skid_valid):
+            # Output held: the beat accepted this cycle (i.ready was high) waits in the skid.
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+        return m

@@ -13,7 +13,7 @@ from .params import channel_attention_param_words, conv_param_words, \
     dynamic_conv_param_words, gap_param_words, param_bus_signature, shift_param_words, \
     spatial_attention_param_words
 from .plan import stage_block
-from .stream import beats_per_pixel, pixel_layout, pixel_stream
+from .stream import RegisterSlice, beats_per_pixel, pixel_layout, pixel_stream
 
 __all__ = ["Accelerator", "param_words", "stage_param_words", "image_beats",
            "overlay_param_space", "overlay_param_words"]
@@ -24,6 +24,15 @@ def _make_block(stage, model, radius):
     the same block's resources through :func:`hw.plan.stage_block`)."""
     cls, kwargs = stage_block(stage, model, radius)
     return cls(**kwargs)
+
+
+def _is_ice40(platform):
+    """An Amaranth iCE40 (SiliconBlue) platform."""
+    try:
+        from amaranth.vendor import SiliconBluePlatform
+    except ImportError:  # pragma: no cover - the vendor module is part of Amaranth 0.5
+        return False
+    return isinstance(platform, SiliconBluePlatform)
 
 
 def _add_tap(m, layer, out):
@@ -56,11 +65,19 @@ class Accelerator(wiring.Component):
         Input pixels, raster order, ``last`` on the final beat of each image.
     logits : Out(pixel_stream(1, 32, is_signed=True))
         One int32 logit per beat, classes in order, ``last`` on the final class.
+    register_boundaries : bool or None
+        Put a full-throughput :class:`~hw.stream.RegisterSlice` on both sides of every
+        inter-stage FIFO (and on the image input), so that no handshake or data path runs
+        from one block into the next block's FIFO logic in one cycle. ``None`` (default):
+        on, except on an iCE40 platform, whose parts are nearly full and whose builds never
+        ran near their clock limit on these paths (every flip-flop is a logic cell there).
+        The slices add latency and buffering, never a cycle per image (see ``elaborate``).
     """
 
-    def __init__(self, model, plan):
+    def __init__(self, model, plan, *, register_boundaries=None):
         self.model = model
         self.plan = plan
+        self.register_boundaries = register_boundaries
         super().__init__({
             "params": In(param_bus_signature()),
             "images": In(pixel_stream(plan.input_lanes, model.input_bits)),
@@ -76,8 +93,26 @@ class Accelerator(wiring.Component):
         bus = param_bus_signature().create(path=("param_bus",))
         m.d.sync += [bus.valid.eq(self.params.valid), bus.payload.eq(self.params.payload)]
         consumers = []
+        regs = self.register_boundaries
+        if regs is None:
+            regs = not _is_ice40(platform)
 
-        upstream = wiring.flipped(self.images)
+        def slice_(name, src):
+            # Whole 85F digits design at ~84 MHz: its critical paths were handshakes routed
+            # across the die, a block's comb valid/ready into the far FIFO's LUT-RAM write
+            # data, read enable and output-register enables (10+ ns of routing). A register
+            # slice cuts each such path at the boundary. It keeps one beat per cycle and
+            # holds two beats, so a stage's steady rate and the FIFOs' room are unchanged or
+            # larger; the blocks' own credit counts only their internal output FIFOs, which
+            # these slices are outside of.
+            if not regs:
+                return src
+            rs = RegisterSlice(src.payload.shape())
+            m.submodules[name] = rs
+            wiring.connect(m, src, rs.i)
+            return rs.o
+
+        upstream = slice_("rs_in", wiring.flipped(self.images))
         for n, stage in enumerate(self.plan.stages):
             block = _make_block(stage, self.model, self.plan.radius)
             m.submodules[f"s{n}_{stage.name.replace('.', '_')}"] = block
@@ -88,7 +123,14 @@ class Accelerator(wiring.Component):
             if stage.layer is not None and stage.kind != "subsample":
                 _add_tap(m, stage.layer, out)
             if stage.fifo_depth:
+                # Producer -> slice -> FIFO -> slice -> consumer: the FIFO's write side (level
+                # compare, LUT-RAM write) and read side (read enable into its output register)
+                # each see only flip-flops of a slice next to them.
+                out = slice_(f"rs{n}_w", out)
                 out = self._fifo(m, n, out, stage)
+                out = slice_(f"rs{n}_r", out)
+            else:
+                out = slice_(f"rs{n}", out)
             upstream = out
         wiring.connect(m, upstream, wiring.flipped(self.logits))
         # One connect per consumer: their (constant) ready members are all outputs, which a

@@ -1035,7 +1035,8 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     runner = _Runner(out, build_plan.script, env, tools, out / "build.log")
     t_build = time.monotonic()
     rc = runner.run(timeout, progress, say)
-    if rc != 0 and runner.phase == "synth" and _abc9_assertion(runner.tail):
+    if rc != 0 and runner.phase == "synth" and (
+            _abc9_assertion(runner.tail) or _abc9_assertion(_log_tail(out / f"{BUILD_NAME}.rpt"))):
         # Yosys 0.70's ABC9 step asserts (ABC_OPS_REINTEGRATE) on some netlists, depending
         # on the whole design rather than on one block (docs/boards.md "Timing closure").
         # The same synthesis with that one step done by the classic ABC maps to LUT4s
@@ -1079,6 +1080,21 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
                           f"{out / 'build.log'}")
     report["notes"] = notes
     return report
+
+
+def _log_tail(path, size=4000):
+    """The last lines of a log file ([] when it is missing).
+
+    Yosys runs with ``-q -l shiftacc.rpt``: the WebAssembly Yosys (yowasp) writes its failed
+    assertion to that log only, not to the build script's output (seen on the whole 85F
+    digits design), so the ABC9 fallback must look there too."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
 
 
 def _abc9_assertion(lines):
