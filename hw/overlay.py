@@ -623,52 +623,59 @@ class OverlayEngine(wiring.Component):
                 # of a second (halving) chain and a mux behind both (program RAM -> halving
                 # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
                 # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
-                # field from a register a cycle later (lag 2), on the UP5K from the RAM (its
-                # 15 flip-flops would be 15 logic cells).
+                # field from a register a cycle later (lag 2). On the UP5K the decrementer's
+                # result is registered in the carry chain's own logic cells (dec) and the
+                # "n - 1" registers take it a cycle later, while the steps (rstep, rc, cr)
+                # still take the field from the RAM (lag 1): program RAM -> halving mux ->
+                # 15-bit decrementer -> routing to the m1 registers was the UP5K engine's
+                # critical path at seed 1 once the bounds path was shortened; a register of
+                # the field itself would be 15 more logic cells.
                 assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
                 half = Signal()
+                dec = Signal(len(data))
                 if ecp5:
                     lag = 2
                     src = Signal(len(data))
                     m.d.sync += [src.eq(data),
                                  half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
                                                       | (fcnt == _F["wo"] + 1)))]
+                    m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
                 else:
                     # (the select is a register set the cycle before: at fcnt = _F["ho"]
                     # the data is the pool field, being captured; at _F["wo"] f_pool has it)
                     lag = 1
                     src = data
-                    m.d.sync += half.eq(((fcnt == _F["ho"]) & data[0])
-                                        | ((fcnt == _F["wo"]) & f["pool"]))
-                dec = Signal(len(data))
-                m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
+                    m.d.sync += [half.eq(((fcnt == _F["ho"]) & data[0])
+                                         | ((fcnt == _F["wo"]) & f["pool"])),
+                                 dec.eq(Mux(half, src >> 1, src) - 1)]
 
-                def derive(name):
+                def derive(name, dec_lag):
                     # (pool comes before ho, wo; src_row before src_col)
-                    if name in m1:
-                        m.d.sync += m1[name].eq(dec)
-                    if name == "wo":
-                        m.d.sync += xlast.eq(dec)
-                    if name == "ho":
-                        m.d.sync += ylast.eq(dec)
-                    if name == "src_row":
+                    if dec_lag:
+                        if name in m1:
+                            m.d.sync += m1[name].eq(dec)
+                        if name == "wo":
+                            m.d.sync += xlast.eq(dec)
+                        if name == "ho":
+                            m.d.sync += ylast.eq(dec)
+                    if name == "src_row" and dec_lag == (lag == 2):
                         m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
-                    if name == "src_col":
+                    if name == "src_col" and dec_lag == (lag == 2):
                         m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
                 # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
-                # in front of the capture enables: the iCE40 critical path was fcnt - 1), what
-                # is derived from it at fcnt = k + lag (by fcnt = nf + 1, SETUP's last cycle)
+                # in front of the capture enables: the iCE40 critical path was fcnt - 1), the
+                # steps derived from it at fcnt = k + lag, the "n - 1" registers at k + 2
+                # (by fcnt = nf + 1, SETUP's last cycle)
                 with m.Switch(fcnt):
                     for name in PASS_FIELDS:
                         with m.Case(_F[name] + 1):
                             m.d.sync += f[name].eq(data)
                             if lag == 1:
-                                derive(name)
-                if lag == 2:
-                    with m.Switch(fcnt):
-                        for name in PASS_FIELDS:
-                            with m.Case(_F[name] + 2):
-                                derive(name)
+                                derive(name, False)
+                with m.Switch(fcnt):
+                    for name in PASS_FIELDS:
+                        with m.Case(_F[name] + 2):
+                            derive(name, True)
                 with m.If(fcnt == nf + 1):
                     m.d.sync += [
                         fcnt.eq(0),
@@ -895,13 +902,27 @@ class OverlayEngine(wiring.Component):
         # compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when s*y < 8;
         # dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else a 5-bit
         # signed compare. Stage 0 registers s*y >= 8, -(s*y mod 8) and h - s*y (a mux and
-        # one carry chain each from the counters); stage 1 reduces h - s*y beside the gather
-        # RAM's read, then dy, dx meet the thresholds in small compares, no adder (gather RAM
-        # -> s*y + dy adder -> compare -> yok2 was the critical path at seeds 2 and 3).
+        # one carry chain each from the counters); stage 2 reduces h - s*y and dy, dx meet
+        # the thresholds in small compares, no adder (gather RAM -> s*y + dy adder ->
+        # compare -> yok2 was the critical path at seeds 2 and 3).
+        # The compares themselves are at stage 2, from dy, dx registered at stage 1: the
+        # gather RAM's output only meets a flip-flop (gather RAM -> 5-bit dy < h - s*y
+        # compare -> yok2 was the UP5K engine's critical path at seed 1, 25.9 ns). The
+        # thresholds are not registered a second time: they depend on the counters only,
+        # which change only at an advance, and a position takes T >= 2 cycles; so the
+        # threshold registers hold still in the cycle after an advance (adv_r), and two
+        # cycles after an issue they still hold its position's values (for the issue in a
+        # position's last cycle too). Same stages, same cycles.
+        adv_r = reg("adv_r", 1, adv)
         def bounds0(prefix, sv, lim):
-            return (reg(f"{prefix}_loall1", 1, sv[3:] != 0),
-                    reg(f"{prefix}_nlo1", signed(4), -Cat(sv[:3], C(0, 1)).as_signed()),
-                    reg(f"{prefix}_hv1", signed(dim + 3), lim - sv))
+            regs = (Signal(1, name=f"{prefix}_loall1"),
+                    Signal(signed(4), name=f"{prefix}_nlo1"),
+                    Signal(signed(dim + 3), name=f"{prefix}_hv1"))
+            with m.If(~adv_r):
+                m.d.sync += [regs[0].eq(sv[3:] != 0),
+                             regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed()),
+                             regs[2].eq(lim - sv)]
+            return regs
         by1 = bounds0("by", syv, f["h"])
         bx1 = bounds0("bx", sxv, f["w"])
         tagw = 4
@@ -922,8 +943,8 @@ class OverlayEngine(wiring.Component):
             hibig = ~hv[-1] & (hv[3:-1] != 0)
             hismall = hv[-1] & ~hv[3:].all()
             return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv[:5].as_signed())))
-        yok2 = reg("yok2", 2, in_bounds(by1, dy))
-        xok2 = reg("xok2", 2, in_bounds(bx1, dx))
+        dy2 = reg("dy2", signed(4), dy)
+        dx2 = reg("dx2", signed(4), dx)
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
@@ -935,7 +956,7 @@ class OverlayEngine(wiring.Component):
         v3 = reg("v3", 1, v2)
         first3 = reg("first3", 1, first2)
         last3 = reg("last3", 1, last2)
-        inb3 = reg("inb3", 1, yok2.all() & xok2.all())
+        inb3 = reg("inb3", 1, in_bounds(by1, dy2).all() & in_bounds(bx1, dx2).all())
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
         if ecp5:
