@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/calibrate_luts.py [--cache build/lut_calib.jsonl] [--max-blocks N]
                                        [--only KINDS] [--redo KINDS] [--fit-only]
+    python benchmarks/calibrate_luts.py --refit link   # one kind again, the rest kept
 """
 
 import argparse
@@ -497,6 +498,25 @@ def _safe(fn, *a, **kw):
         return [{"missing": str(e)}]
 
 
+def refit(cache, out, kinds):
+    """Measure ``kinds`` again and replace only their fits in the model JSON ``out``."""
+    records = run(cache, kinds, kinds)
+    fitted = fit(refresh_features([r for r in records if r["kind"] in kinds]))
+    model_json = json.loads(out.read_text())
+    for fam, d in fitted.items():
+        for kind in sorted(kinds & set(d["kinds"])):
+            model_json["families"][fam]["kinds"][kind] = d["kinds"][kind]
+            k = d["kinds"][kind]
+            print(f"{fam:<6}{kind:<18}{k['blocks']:>3} blocks  max err "
+                  f"{k['max_rel_error']:.3f}  {k['coef']}")
+    head = subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=iso"],
+                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    model_json["refit"] = (f"{', '.join(sorted(kinds))} measured again and refitted alone "
+                           f"(--refit) at {head}; every other kind and check as written by "
+                           f"the full run above")
+    out.write_text(json.dumps(model_json, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=str(ROOT / "build" / "lut_calib.jsonl"))
@@ -505,9 +525,16 @@ def main():
     ap.add_argument("--redo", default="", help="comma-separated kinds to measure again")
     ap.add_argument("--max-blocks", type=int)
     ap.add_argument("--fit-only", action="store_true")
+    ap.add_argument("--refit", help="comma-separated kinds to measure again and fit alone: "
+                                    "only their entries in --out are replaced, every other "
+                                    "kind and check is kept (e.g. --refit link after the link "
+                                    "engine changed)")
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if args.refit:
+        refit(cache, Path(args.out), set(args.refit.split(",")))
+        return
     only = set(args.only.split(",")) if args.only else None
     redo = set(filter(None, args.redo.split(",")))
     t0 = time.perf_counter()
