@@ -251,16 +251,28 @@ def set_observe(net, on=True):
                 mod.running_max.zero_()
 
 
-def requant_constants(multiplier, where):
+def requant_constants(multiplier, where, out_max=None):
     """Integer ``(m, sh)`` with ``m / 2^sh ≈ multiplier``, ``m`` in [1, 65535], ``sh`` in [1, 47].
 
     The largest ``sh`` that keeps ``m`` in 16 bits gives the most precision.
+
+    A multiplier too large to express (≥ 32767.75) comes from a layer whose output scale
+    collapsed: it was never positive on the calibration data (a dead ReLU layer), so its
+    activation quantizer saturates at the first step. When the output is clamped to
+    ``out_max`` (a requant into unsigned activations), any multiplier ≥ ``out_max + 0.5``
+    gives the same integers, because accumulators are integers: ``acc ≥ 1`` rounds to at
+    least ``out_max`` and clamps to it, ``acc ≤ 0`` gives 0. Such a multiplier is then
+    replaced by the largest expressible one, ``65535 / 2^1``, which computes exactly what the
+    fake-quantized network computes.
 
     Parameters
     ----------
     multiplier : ndarray of float (> 0)
     where : str
         Layer description for the error message.
+    out_max : int, optional
+        The clamp above the requant's output (``2^act_bits - 1``); without it a multiplier
+        out of range is an error.
 
     Returns
     -------
@@ -270,11 +282,16 @@ def requant_constants(multiplier, where):
     Raises
     ------
     ExportError
-        A multiplier is not positive/finite or too large to express (≥ 32767.75).
+        A multiplier is not positive/finite, or too large to express (≥ 32767.75) without an
+        ``out_max`` that makes it saturate.
     """
     mult = np.asarray(multiplier, np.float64)
     if not np.all(np.isfinite(mult)) or np.any(mult <= 0):
         raise ExportError(f"{where}: requant multiplier not positive and finite")
+    largest = 65535 / 2.0
+    if out_max is not None and out_max + 0.5 <= largest:
+        # Saturating either way (see above); clip before the search so it stays in range.
+        mult = np.where(mult >= out_max + 0.5, np.minimum(mult, largest), mult)
     sh = np.floor(np.log2(65535.49 / mult)).astype(np.int64)
     sh = np.clip(sh, 1, 47)
     m = np.round(mult * np.exp2(sh)).astype(np.int64)
@@ -367,7 +384,7 @@ def export(net, name="shiftnet", classes=None, provenance=None):
                 if s_out <= 0:
                     raise ExportError(f"{where}: activation scale never calibrated (run QAT "
                                       f"calibration before export)")
-                m, sh = requant_constants(sw * scale / s_out, where)
+                m, sh = requant_constants(sw * scale / s_out, where, mod.aq.qmax)
                 lay.m, lay.sh = m.astype(np.uint16), sh.astype(np.uint8)
                 scale = s_out
             layers.append(lay)
@@ -391,7 +408,8 @@ def export(net, name="shiftnet", classes=None, provenance=None):
             s_out = float(mod.aq.scale)
             if s_out <= 0:
                 raise ExportError(f"{where}: activation scale never calibrated")
-            m, sh = requant_constants(np.array([scale / (h * w * s_out)]), where)
+            m, sh = requant_constants(np.array([scale / (h * w * s_out)]), where,
+                                      mod.aq.qmax)
             layers.append(Layer("gap", m=int(m[0]), sh=int(sh[0])))
             h, w, scale = 1, 1, s_out
         else:

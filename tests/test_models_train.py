@@ -162,6 +162,25 @@ def test_requant_constants():
         requant_constants(np.array([40000.0]), "layer 9 (x)")
 
 
+def test_requant_constants_saturating_multiplier_is_exact():
+    # A dead layer's collapsed output scale gives a multiplier beyond 16 bits; into a clamp
+    # at out_max every multiplier >= out_max + 0.5 computes the same integers.
+    rng = np_rng("requant-saturating")
+    for out_max in (15, 255):
+        mult = np.concatenate([np.exp(rng.uniform(np.log(out_max + 0.5), np.log(1e9), 50)),
+                               [out_max + 0.5, 32767.75, 2.0e5]])
+        m, sh = requant_constants(mult, "layer 5 (x)", out_max=out_max)
+        assert m.max() <= 65535 and sh.min() >= 1
+        acc = np.arange(-1000, 1001, dtype=np.int64)[:, None]
+        ideal = np.clip(np.floor(acc * mult + 0.5), 0, out_max)
+        assert np.array_equal(golden.requant(acc, m, sh, out_max.bit_length()), ideal)
+    # Below the saturation point nothing changes, and a large multiplier still refuses there.
+    assert np.array_equal(requant_constants(np.array([0.3]), "t", out_max=255),
+                          requant_constants(np.array([0.3]), "t"))
+    with pytest.raises(ExportError, match="too large"):
+        requant_constants(np.array([40000.0]), "t", out_max=40000)
+
+
 def test_int_eval_shift_is_design_convention():
     x = torch.arange(12).view(1, 1, 3, 4)
     for s in ([1, 0], [0, -1], [-1, 1], [0, 0]):
