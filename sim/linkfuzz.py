@@ -479,8 +479,18 @@ class LinkFuzzer:
         return P.encode_frame(cmd, self._alloc(None), payload)
 
     def _burst(self, n):
-        """``n`` noise frames (a few more when a group overshoots) as one byte string."""
-        rng, out, count = self.rng, bytearray(), 0
+        """``n`` noise frames (a few more when a group overshoots) as one byte string.
+
+        A truncated frame cut inside its CRC (at most 4 bytes missing) is completed by the
+        next bytes on the wire: if those happened to equal the missing ones, a noise frame
+        would be a valid frame and its execution no fault. Sync bytes are the likely ones
+        (every frame starts with them, random bytes favour them), and a seeded run did meet
+        a frame whose last CRC byte was ``SYNC[0]``, cut one byte short. So such a cut is
+        followed by a byte other than the first missing one (:meth:`_join`); longer cuts
+        leave the whole CRC to foreign bytes (a 2^-32 chance).
+        """
+        rng, count = self.rng, 0
+        pieces = []       # (bytes, missing tail of a truncated frame or b"")
         kinds = self.report.noise
         while count < n:
             r = rng.random()
@@ -489,12 +499,13 @@ class LinkFuzzer:
                 frame = bytearray(self._any_frame())
                 for pos in rng.sample(range(len(frame)), min(len(frame), rng.randint(1, 3))):
                     frame[pos] ^= 1 << rng.randrange(8)
-                out += frame
+                pieces.append((frame, b""))
                 kinds["corrupted"] += 1
                 count += 1
             elif r < 0.40:
                 frame = self._any_frame()
-                out += frame[:rng.randrange(1, len(frame))]
+                cut = rng.randrange(1, len(frame))
+                pieces.append((frame[:cut], frame[cut:]))
                 kinds["truncated"] += 1
                 count += 1
             elif r < 0.55:
@@ -504,9 +515,9 @@ class LinkFuzzer:
                 else:
                     frame = self._safe_frame()
                     self._remember(frame)
-                    out += frame
+                    pieces.append((frame, b""))
                 copies = rng.randint(1, 2)
-                out += frame * copies
+                pieces.append((frame * copies, b""))
                 kinds["duplicated"] += copies
                 count += copies
             elif r < 0.70:
@@ -515,25 +526,40 @@ class LinkFuzzer:
                     rng.shuffle(frames)          # whole frames out of seq order
                     for f in frames:
                         self._remember(f)
-                    out += b"".join(frames)
+                    pieces.append((b"".join(frames), b""))
                 else:                            # pieces of them, shuffled
                     blob = b"".join(frames)
                     cuts = sorted(rng.sample(range(1, len(blob)), rng.randint(1, 4)))
                     parts = [blob[a:b] for a, b in zip([0] + cuts, cuts + [len(blob)])]
                     rng.shuffle(parts)
-                    out += b"".join(parts)
+                    pieces.append((b"".join(parts), b""))
                 kinds["reordered"] += len(frames)
                 count += len(frames)
             elif r < 0.85:
-                out += bytes(rng.choice((0xA5, 0x5A, rng.getrandbits(8)))
-                             for _ in range(rng.randint(1, 40)))
+                pieces.append((bytes(rng.choice((0xA5, 0x5A, rng.getrandbits(8)))
+                                     for _ in range(rng.randint(1, 40))), b""))
                 kinds["random_bytes"] += 1
                 count += 1
             else:
-                out += self._random_frame()
+                pieces.append((self._random_frame(), b""))
                 kinds["random_frames"] += 1
                 count += 1
-        return bytes(out), count
+        return self._join(pieces), count
+
+    @staticmethod
+    def _join(pieces, after=P.SYNC):
+        """The burst's bytes; after a truncated piece missing at most 4 (CRC) bytes, a filler
+        byte where the next bytes (``after`` for the last piece: a valid frame follows at
+        once, or the watchdog ends the partial frame first) would start with its first
+        missing byte."""
+        out = bytearray()
+        for i, (data, tail) in enumerate(pieces):
+            out += data
+            if 0 < len(tail) <= 4:
+                nxt = pieces[i + 1][0] if i + 1 < len(pieces) else after
+                if nxt[:1] == tail[:1]:
+                    out.append(0x00 if tail[0] != 0x00 else 0x01)
+        return bytes(out)
 
     # --- the socket ----------------------------------------------------------------------
 

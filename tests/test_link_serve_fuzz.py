@@ -22,7 +22,8 @@ import numpy as np
 from shiftacc.models import golden
 from shiftacc.models.artifact import save_artifact
 from shiftacc.models.netgen import random_model
-from shiftacc.sim.linkfuzz import NOISE_KINDS, fuzz_link
+from shiftacc.sim.linkfuzz import NOISE_KINDS, LinkFuzzer, fuzz_link
+from shiftacc.sw import protocol as P
 
 from test_link_serve import Server
 
@@ -65,3 +66,29 @@ def test_link_fuzz_through_serve(seed, tmp_path):
         status = srv.stop()
     assert status == 143, f"serve exited {status} on SIGTERM (expected 143)"
     print(f"test wall time {time.perf_counter() - t0:.1f} s")
+
+
+def test_truncated_noise_is_never_completed_by_what_follows(seed):
+    # A noise frame cut inside its CRC must not become valid because the next bytes on the
+    # wire equal the missing ones (seen in CI: last CRC byte = SYNC[0], cut one byte short,
+    # then a frame). The fuzzer puts a filler byte in between; a parser must then drop it.
+    rng = np.random.default_rng(seed)
+    frames = []
+    while len(frames) < 3:   # frames whose CRC starts (k = 4) .. ends (k = 1) with a sync byte
+        f = P.encode_frame(P.Command.INFER, len(frames), rng.integers(0, 256, 20, np.uint8)
+                           .tobytes())
+        if f[-1] == P.SYNC[0] or f[-2:] == P.SYNC:
+            frames.append(f)
+    follow = P.encode_frame(P.Command.STATUS, 200)
+    for f in frames:
+        k = 1 if f[-1] == P.SYNC[0] else 2
+        for pieces in ([(f[:-k], f[-k:]), (follow, b"")], [(f[:-k], f[-k:])]):
+            data = LinkFuzzer._join(pieces)
+            if len(pieces) == 1:
+                data += follow          # what the burst's last piece is followed by
+            ok = [ev.seq for ev in P.FrameParser().feed(data) if isinstance(ev, P.Frame)]
+            assert ok == [200], (k, ok)
+    # Without a clash nothing is inserted, and a longer cut is left alone.
+    f = frames[0]
+    assert LinkFuzzer._join([(f[:-1], f[-1:]), (b"\x11", b"")]) == f[:-1] + b"\x11"
+    assert LinkFuzzer._join([(f[:-6], f[-6:]), (f[-6:], b"")]) == f
