@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,6 +54,9 @@ __all__ = ["SimulatorMissing", "BuildFailed", "Stalled", "simulate", "harness_ve
 TOPLEVEL = "shiftacc_sim"
 WAIVERS = verilator_waivers()
 TIMESCALE = ("1ns", "1ps")
+#: Cache folder of Verilator's runtime objects, compiled once for every design
+#: (:mod:`shiftacc.sim.objcache`).
+OBJECT_STORE = "verilator-objects"
 _BUILD_OPTIONS_VERSION = 5  # bump when build flags below change: invalidates cached builds
 #: C++ optimization levels a Verilator build may use (``$SHIFTACC_VERILATOR_OPT`` picks one).
 VERILATOR_OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os")
@@ -294,6 +298,7 @@ def _run_child(spec, spec_path, log_path, timeout, what, poll=None):
 def _child_main(argv):
     """Entry point of the child process (``python -m shiftacc.sim.runner SPEC.json``)."""
     spec = json.loads(Path(argv[0]).read_text())
+    os.environ.update(spec.get("env", {}))
     runner = (_icarus_vcd_runner() if spec.get("icarus_vcd")
               else _get_runner(spec["simulator"]))
     kw = dict(spec["kwargs"])
@@ -449,6 +454,16 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=N
             # Yosys-only port-default syntax in cells_sim.v is left out for other tools.
             sources.append(Path(cell_models))
             build_args = build_args + ["-DNO_ICE40_DEFAULT_ASSIGNMENTS"]
+        env = {}
+        if simulator == "verilator" and "OBJCACHE" not in os.environ:
+            # Verilator's runtime library compiles the same way for every design: serve it
+            # from the cache (sim/objcache.py; a user's own OBJCACHE, e.g. ccache, wins).
+            store = root / OBJECT_STORE
+            store.mkdir(exist_ok=True)
+            (store / _cache.BUILT_STAMP).write_text("ok\n")
+            _cache.touch(store)
+            env["OBJCACHE"] = shlex.join([sys.executable, str(Path(__file__).with_name(
+                "objcache.py")), str(store)])
         log(f"[sim] building {simulator} model in {bdir} (first time for this Verilog"
             f"{'; C++ ' + opt if opt else ''}) ...")
         t0 = time.perf_counter()
@@ -457,7 +472,7 @@ def _build(verilog_text, simulator, waves, log, toplevel=TOPLEVEL, cell_models=N
                            "build_dir": str(bdir), "build_args": build_args,
                            "timescale": list(TIMESCALE),
                            "waves": bool(waves and simulator == "verilator"),
-                           "log_file": str(bdir / "build.log")}}
+                           "log_file": str(bdir / "build.log")}, "env": env}
         timeout = build_timeout
         status = _run_child(spec, bdir / "build-job.json", bdir / "build-runner.log", timeout,
                             f"the {simulator} build")

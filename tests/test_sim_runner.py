@@ -108,6 +108,31 @@ def test_short_run_is_built_at_O0_and_a_cached_Os_build_serves_it(tiny, tmp_path
     assert any("reusing cached" in l for l in lines), lines
 
 
+def test_second_design_takes_the_precompiled_runtime_objects(tiny, tmp_path, monkeypatch):
+    """Verilator's runtime objects (verilated*.o, cocotb's main) are the same for every
+    design: the first build compiles and stores them, a build of another design copies them
+    (sim/objcache.py) and compiles only its own C++, and still simulates exactly."""
+    model, path, images = tiny
+    monkeypatch.setenv("SHIFTACC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OBJCACHE", raising=False)
+    other = save_artifact(tmp_path / "other.npz", random_model(
+        np.random.default_rng(22), size=(3, 5), blocks=1, max_width=4))
+    logs = []
+    for m, p in ((model, path), (other, tmp_path / "other.npz")):
+        x = np.random.default_rng(5).integers(0, 256, (2,) + m.input_shape).astype(np.uint8)
+        res = simulate(m, x, model_path=p, config=load_config(), seed=1)
+        assert res["golden_mismatches"] == 0
+        logs.append((Path(res["build_dir"]) / "build.log").read_text())
+    runtime = {"verilated.o", "verilated_vpi.o", "verilated_threads.o", "verilator.o"}
+    stored = {l.split()[-1] for l in logs[0].splitlines() if l.startswith("[objcache] stored")}
+    hits = {l.split()[-1] for l in logs[1].splitlines() if l.startswith("[objcache] hit")}
+    assert runtime <= stored and runtime <= hits, (stored, hits)
+    assert not any(n.startswith("Vtop") for n in stored | hits)   # the design's own C++
+    assert not any(l.startswith("[objcache] stored") for l in logs[1].splitlines())
+    kept = {b["path"].name: b["complete"] for b in cache.builds(tmp_path / "cache")}
+    assert kept[runner.OBJECT_STORE], kept
+
+
 def test_cli_sim_reuses_the_build_for_another_count(tiny, tmp_path, capsys):
     model, path, images = tiny
     for n in ("3", "5"):
