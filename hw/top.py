@@ -146,6 +146,8 @@ class Accelerator(wiring.Component):
         # is one register stage per block. Costs one cycle of parameter latency (the port is
         # always ready and loads happen while no image is in flight; no beat is dropped:
         # every beat of the block's layer is forwarded, in order, one cycle later).
+        # (name, layer id, port) of each block's parameter port, for tests.
+        self.param_ports = [(name, layer_id, consumer) for name, layer_id, consumer in consumers]
         for block, layer_id, consumer in consumers:
             local = param_bus_signature().create(path=(f"param_{block}",))
             hit = bus.valid & (bus.payload.layer == layer_id)
