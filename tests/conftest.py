@@ -30,3 +30,23 @@ def seed(request):
 def np_rng(seed):
     """A NumPy generator seeded by :func:`seed`."""
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def plan_within():
+    """``plan_within(model, budget)``: the plan for a random ``max_multipliers`` draw, raised
+    to the smallest budget the model can take when the draw is below it (every conv1x1 needs
+    a MAC and, but for the classifier, a Requant multiplier; a gap one): a random network
+    with more layers than the draw allows is not what these tests are about."""
+    from shiftacc.hw.plan import PlanError, load_config, plan_network
+
+    def plan_within(model, budget):
+        for b in range(int(budget), int(budget) + 1000):
+            try:
+                return plan_network(model, load_config(overrides={"max_multipliers": b}))
+            except PlanError as e:
+                if "no pipeline fits" not in str(e):
+                    raise
+        raise AssertionError(f"no plan for the model within {budget}..{budget + 999} "
+                             f"multipliers")
+    return plan_within

@@ -17,7 +17,6 @@ from shiftacc.hw.channel_map import ChannelMap
 from shiftacc.hw.gap import GlobalAvgPool
 from shiftacc.hw.mac_array import MacArray
 from shiftacc.hw.maxpool import MaxPool2
-from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.hw.shift_unit import ShiftUnit
 from shiftacc.hw.subsample import Subsample2
 from shiftacc.hw.top import Accelerator
@@ -54,10 +53,10 @@ def test_block_memories_as_built(case):
 
 
 @pytest.mark.parametrize("case", range(3))
-def test_accelerator_memories_as_built(case):
+def test_accelerator_memories_as_built(case, plan_within):
     rng, seed = make_rng(f"test_accelerator_memories_as_built[{case}]")
     model = random_model(np.random.default_rng(seed), size=(rng.randint(3, 8),
                                                              rng.randint(3, 8)))
-    plan = plan_network(model, load_config(overrides={"max_multipliers": rng.randint(8, 100)}))
+    plan = plan_within(model, rng.randint(8, 100))
     assert built_memories(Accelerator(model, plan)) == stated(plan.memories())
     assert plan.memory_bits == sum(m.bits for m in plan.memories())

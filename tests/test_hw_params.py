@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from shiftacc.hw.params import (PARAM_BYTES, PARAM_LAYOUT, ParamKind, decode_word, encode_word)
-from shiftacc.hw.plan import load_config, plan_network
 from shiftacc.hw.top import param_words
 from shiftacc.models.netgen import random_model
 from shiftacc.sim.streamtb import make_rng
@@ -16,13 +15,12 @@ def _signed(v, bits):
 
 
 @pytest.mark.parametrize("case", range(4))
-def test_params_bin_round_trip(case):
+def test_params_bin_round_trip(case, plan_within):
     rng, seed = make_rng(f"test_params_bin_round_trip[{case}]")
     np_rng = np.random.default_rng(seed)
     model = random_model(np_rng, size=(rng.randint(3, 8), rng.randint(3, 8)),
                          blocks=rng.randint(1, 3))
-    plan = plan_network(model, load_config(overrides={"max_multipliers":
-                                                      rng.randint(8, 120)}))
+    plan = plan_within(model, rng.randint(8, 120))
     words = param_words(model, plan)
     # The byte form written to params.bin reads back to the same words.
     blob = b"".join(w.to_bytes(PARAM_BYTES, "little") for w in words)
@@ -92,7 +90,7 @@ def test_encode_decode_fields():
 
 
 @pytest.mark.parametrize("case", range(2))
-def test_accelerator_param_stream_per_block(case):
+def test_accelerator_param_stream_per_block(case, plan_within):
     """Every block's parameter port carries exactly the beats of its own layer, in order, and
     nothing else (the per-block registered stream of ``Accelerator``): no beat is lost or
     duplicated, and a beat of another layer (or of no layer) never reaches it."""
@@ -102,7 +100,7 @@ def test_accelerator_param_stream_per_block(case):
     rng, seed = make_rng(f"test_accelerator_param_stream_per_block[{case}]")
     model = random_model(np.random.default_rng(seed), size=(rng.randint(3, 6),
                                                              rng.randint(3, 6)), blocks=1)
-    plan = plan_network(model, load_config(overrides={"max_multipliers": rng.randint(8, 40)}))
+    plan = plan_within(model, rng.randint(8, 40))
     words = param_words(model, plan)
     words = rng.sample(words, min(len(words), 60))
     words += [encode_word(200, ParamKind.M, 0, 0, 5), encode_word(255, ParamKind.WEIGHT, 1, 2, 3)]
