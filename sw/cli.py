@@ -64,6 +64,32 @@ def positive_int(text):
     return _int_at_least(1)(text)
 
 
+def seed_list(text):
+    """argparse type: nextpnr seeds as ``N``, ``N,M,...`` or ``A-B`` -> a tuple of distinct ints."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep and lo:
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise argparse.ArgumentTypeError(f"{part!r}: the range ends below its start")
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a seed: give N, N,M,... or A-B (integers >= 0)") from None
+    if any(v < 0 for v in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice")
+    if len(seeds) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is {len(seeds)} seeds; at most 64")
+    return tuple(seeds)
+
+
 def _int_at_least(low, high=None):
     def parse(text):
         try:
@@ -334,7 +360,10 @@ def build_parser():
                         "board's, see 'shiftacc boards')")
     p.add_argument("--baud", type=_int_at_least(1200),
                    help="UART line rate (default: the board's, see 'shiftacc boards')")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--seed", type=seed_list, default=(1,), metavar="SEED[,SEED...]",
+                   help="nextpnr placement seed; several (1,2,3 or 1-3): synthesise once, place "
+                        "and route with each, keep the fastest that places, report every seed's "
+                        "Fmax (default: 1)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="write the Verilog/RTLIL, constraints and build script only, run no "
                         "tool (always so for boards without an open flow) (default: build the "

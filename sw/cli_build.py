@@ -18,9 +18,11 @@ device or an unreachable clock is a usage error (2, before any tool runs); a mis
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -976,8 +978,11 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     out : Path
     plan : hw.plan.Plan, optional
         For the cycles/image and images/s figures (None: left out).
-    seed : int
-        nextpnr's placement seed.
+    seed : int or sequence of int
+        nextpnr's placement seed, or several: synthesis runs once, place and route once per
+        seed (the first in ``out``, the others in ``out/seed-N``), and the fastest seed that
+        places is kept (its products copied to ``out``). A seed that does not place is
+        recorded, not fatal, while another one places.
     timeout : float
         Wall-clock seconds for the whole tool run.
     bitstream : bool
@@ -994,6 +999,9 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     """
     say = say or (lambda *a, **k: None)
     out = Path(out)
+    seeds = (int(seed),) if isinstance(seed, numbers.Integral) else tuple(int(v) for v in seed)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"seeds {seeds}: give one or more distinct nextpnr seeds")
     env = tools = None
     notes = []
     platform = board.make_platform()
@@ -1009,11 +1017,14 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     t0 = time.monotonic()
     build_plan = platform.build(top, name=BUILD_NAME, build_dir=str(out), do_build=False,
                                 do_program=False,
-                                **_overrides(board, seed, clock_mhz, infer_dsp))
+                                **_overrides(board, seeds[0], clock_mhz, infer_dsp))
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "build_report.json", f"{BUILD_NAME}.bin",
                   f"{BUILD_NAME}.bit"):
         (out / stale).unlink(missing_ok=True)
+    for stale in out.glob("seed-*"):  # an earlier multi-seed build's place-and-route folders
+        if stale.is_dir() and stale.name[5:].isdigit():
+            shutil.rmtree(stale)
     build_plan.extract(str(out))
     elaborate_s = time.monotonic() - t0
     cycles = plan.predicted_cycles_per_image if plan is not None else None
@@ -1024,7 +1035,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
         "baud": top.baud, "fmax_mhz": None, "timing_met": None, "utilization": {},
         "cycles_per_image": cycles, "images_per_second": None,
         "multipliers": plan.multipliers if plan is not None else None,
-        "bitstream": None, "seed": seed,
+        "bitstream": None, "seed": seeds[0],
         "out": str(out.resolve()), "script": f"{build_plan.script}.sh",
         "elaborate_seconds": round(elaborate_s, 2),
     }
@@ -1055,20 +1066,50 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
             rc = runner.run(max(1.0, timeout - (time.monotonic() - t_build)), progress, say)
     synth_s, pnr_s = runner.seconds()
     report["synth_seconds"] = None if synth_s is None else round(synth_s, 1)
-    report["pnr_seconds"] = None if pnr_s is None else round(pnr_s, 1)
-    report["build_seconds"] = round(runner.end - runner.start, 1)
-    if rc != 0:
-        tail = "\n".join(list(runner.tail)[-20:])
-        tim = out / f"{BUILD_NAME}.tim"
-        if runner.phase == "pnr" and tim.exists():
-            tail = "\n".join(tim.read_text(errors="replace").splitlines()[-20:])
-        raise BuildFailed(f"the {runner._phase_name(runner.phase)} step failed (exit {rc}); "
-                          f"log {out / 'build.log'}; its end:\n{tail}")
-    rep_path = out / "report.json"
-    if not rep_path.exists():
-        raise BuildFailed(f"nextpnr wrote no report ({rep_path}); log {out / 'build.log'}")
-    parsed = parse_nextpnr_report(rep_path, board.family, target_mhz=clock_mhz,
-                                  rpt=out / f"{BUILD_NAME}.rpt")
+    first = _seed_outcome(out, runner, rc, board, clock_mhz, seeds[0], pnr_s,
+                          tolerate=len(seeds) > 1)
+    outcomes = [first]
+    if len(seeds) > 1:
+        _keep_seed_products(out, out / f"seed-{seeds[0]}", board.family)
+    for k, s in enumerate(seeds[1:], 2):
+        left = timeout - (time.monotonic() - t_build)
+        if left <= 1.0:
+            outcomes.append({"seed": s, "placed": False, "fmax_mhz": None,
+                             "error": f"not run: the {timeout:g} s --timeout was spent"})
+            continue
+        say(f"[build] place and route with seed {s} ({k} of {len(seeds)}) ...", flush=True)
+        sdir = _seed_folder(out, build_plan.script, board.family, seeds[0], s)
+        srun = _Runner(sdir, build_plan.script, env, tools, sdir / "build.log")
+        try:
+            src = srun.run(left, progress, say)
+        except BuildFailed as e:  # this seed's time ran out: keep what the others gave
+            outcomes.append({"seed": s, "placed": False, "fmax_mhz": None, "error": str(e)})
+            continue
+        outcomes.append(_seed_outcome(sdir, srun, src, board, clock_mhz, s, srun.seconds()[1],
+                                      tolerate=True))
+    for o in outcomes:
+        if len(seeds) > 1:
+            say(f"[build] seed {o['seed']}: " + (f"Fmax {o['fmax_mhz']:.2f} MHz"
+                                                 if o["placed"] else f"failed: {o['error']}"))
+    placed = [o for o in outcomes if o["placed"]]
+    report["pnr_seconds"] = round(sum(o.get("pnr_seconds") or 0.0 for o in outcomes), 1) \
+        if any(o.get("pnr_seconds") is not None for o in outcomes) else None
+    report["build_seconds"] = round(time.monotonic() - t_build, 1)
+    if not placed:
+        raise BuildFailed("no seed placed and routed: " + "; ".join(
+            f"seed {o['seed']}: {o['error']}" for o in outcomes))
+    best = max(placed, key=lambda o: o["fmax_mhz"] or 0.0)  # ties: the earlier seed
+    if len(seeds) > 1:
+        if best is not first:
+            _keep_seed_products(out / f"seed-{best['seed']}", out, board.family)
+        fmaxes = sorted(o["fmax_mhz"] for o in placed if o["fmax_mhz"] is not None)
+        report["seeds"] = [{k: v for k, v in o.items() if k != "parsed"} for o in outcomes]
+        if fmaxes:
+            report["fmax_mhz_min"] = fmaxes[0]
+            report["fmax_mhz_median"] = float(statistics.median(fmaxes))
+            report["fmax_mhz_max"] = fmaxes[-1]
+    report["seed"] = best["seed"]
+    parsed = best["parsed"]
     report["utilization"] = parsed["utilization"]
     report["clocks"] = parsed["clocks"]
     report["nextpnr_utilization"] = parsed["nextpnr_utilization"]
@@ -1078,13 +1119,103 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     if fmax and cycles:
         report["images_per_second"] = fmax * 1e6 / cycles
         report["images_per_second_at_clock"] = min(fmax, clock_mhz) * 1e6 / cycles
-    bit = out / (f"{BUILD_NAME}.bin" if board.family == "ice40" else f"{BUILD_NAME}.bit")
+    bit = out / _bitstream_name(board.family)
     report["bitstream"] = str(bit.resolve()) if bit.exists() and bit.stat().st_size else None
     if report["bitstream"] is None:
         raise BuildFailed(f"the build finished but wrote no bitstream {bit}; log "
                           f"{out / 'build.log'}")
     report["notes"] = notes
     return report
+
+
+def _bitstream_name(family):
+    return f"{BUILD_NAME}.bin" if family == "ice40" else f"{BUILD_NAME}.bit"
+
+
+#: What one place-and-route run writes (the build script's nextpnr and pack steps).
+_PNR_PRODUCTS = {
+    "ice40": ("report.json", f"{BUILD_NAME}.tim", f"{BUILD_NAME}.asc", f"{BUILD_NAME}.bin"),
+    "ecp5": ("report.json", f"{BUILD_NAME}.tim", f"{BUILD_NAME}.config", f"{BUILD_NAME}.bit",
+             f"{BUILD_NAME}.svf"),
+}
+
+#: The synthesis results and constraints a place-and-route run reads.
+_PNR_INPUTS = {"ice40": (f"{BUILD_NAME}.json", f"{BUILD_NAME}.pcf", f"{BUILD_NAME}.rpt"),
+               "ecp5": (f"{BUILD_NAME}.json", f"{BUILD_NAME}.lpf", f"{BUILD_NAME}.rpt")}
+
+
+def _keep_seed_products(src, dst, family):
+    """Copy one seed's place-and-route products from ``src`` to ``dst`` (created)."""
+    dst.mkdir(exist_ok=True)
+    for name in _PNR_PRODUCTS[family]:
+        f = src / name
+        if f.exists():
+            tmp = dst / (name + ".part")
+            shutil.copyfile(f, tmp)
+            tmp.replace(dst / name)
+        else:
+            (dst / name).unlink(missing_ok=True)
+
+
+def _seed_folder(out, script, family, first, seed):
+    """``out/seed-N``: the synthesised netlist and constraints linked in, and a build script
+    of the place-and-route and pack steps only, with ``--seed N``."""
+    import re
+    sdir = out / f"seed-{seed}"
+    sdir.mkdir(exist_ok=True)
+    for name in _PNR_INPUTS[family]:
+        link = sdir / name
+        link.unlink(missing_ok=True)
+        if (out / name).exists():
+            link.symlink_to(Path("..") / name)
+    lines = (out / f"{script}.sh").read_text().splitlines()
+    kept, swapped = [], 0
+    for line in lines:
+        if line.startswith('"$YOSYS"'):
+            continue  # synthesis ran once, in `out`
+        line, n = re.subn(rf"--seed {first}(?=\s|$)", f"--seed {seed}", line)
+        swapped += n
+        kept.append(line)
+    if swapped != 1:
+        raise BuildFailed(f"{out / (script + '.sh')}: expected one '--seed {first}' in the "
+                          f"place-and-route command, found {swapped}")
+    (sdir / f"{script}.sh").write_text("\n".join(kept) + "\n")
+    return sdir
+
+
+def _seed_outcome(where, runner, rc, board, clock_mhz, seed, pnr_s, *, tolerate):
+    """One seed's place and route: ``{"seed", "placed", "fmax_mhz", "timing_met",
+    "pnr_seconds", "error", "parsed"}``.
+
+    A failed synthesis always raises; a failed place and route (or pack) raises unless
+    ``tolerate`` (other seeds may place).
+    """
+    base = {"seed": seed, "pnr_seconds": None if pnr_s is None else round(pnr_s, 1)}
+    if rc != 0:
+        tail = "\n".join(list(runner.tail)[-20:])
+        tim = where / f"{BUILD_NAME}.tim"
+        if runner.phase == "pnr" and tim.exists():
+            tail = "\n".join(tim.read_text(errors="replace").splitlines()[-20:])
+        msg = (f"the {runner._phase_name(runner.phase)} step failed (exit {rc}); "
+               f"log {where / 'build.log'}; its end:\n{tail}")
+        if not tolerate or runner.phase not in ("pnr", "pack"):
+            raise BuildFailed(msg)
+        last = [ln for ln in tail.splitlines() if ln.strip()]
+        why = next((ln.strip() for ln in reversed(last) if "ERROR" in ln), None) or \
+            (last[-1].strip() if last else f"exit {rc}")
+        return {**base, "placed": False, "fmax_mhz": None,
+                "error": f"{runner._phase_name(runner.phase)} failed: {why}"}
+    rep_path = where / "report.json"
+    if not rep_path.exists():
+        msg = f"nextpnr wrote no report ({rep_path}); log {where / 'build.log'}"
+        if not tolerate:
+            raise BuildFailed(msg)
+        return {**base, "placed": False, "fmax_mhz": None, "error": msg}
+    parsed = parse_nextpnr_report(rep_path, board.family, target_mhz=clock_mhz,
+                                  rpt=where / f"{BUILD_NAME}.rpt")
+    fmax = parsed["fmax_mhz"]
+    return {**base, "placed": True, "fmax_mhz": fmax,
+            "timing_met": bool(fmax is not None and fmax >= clock_mhz), "parsed": parsed}
 
 
 def _log_tail(path, size=4000):
@@ -1145,7 +1276,14 @@ def _print_report(r):
         pct = 100.0 * u["used"] / u["available"] if u["available"] else 0.0
         print(f"  {name:6s} {u['used']:7d} / {u['available']:<7d} {pct:5.1f} %")
     met = "met" if r["timing_met"] else "NOT met"
-    print(f"  Fmax {r['fmax_mhz']:.2f} MHz at a {r['clock_mhz']:.4g} MHz clock: timing {met}")
+    print(f"  Fmax {r['fmax_mhz']:.2f} MHz at a {r['clock_mhz']:.4g} MHz clock: timing {met}"
+          + (f" (seed {r['seed']})" if r.get("seeds") else ""))
+    if r.get("seeds"):
+        each = ", ".join(f"{o['seed']}: {o['fmax_mhz']:.2f}" if o["placed"]
+                         else f"{o['seed']}: failed" for o in r["seeds"])
+        spread = (f"; min {r['fmax_mhz_min']:.2f}, median {r['fmax_mhz_median']:.2f} MHz"
+                  if r.get("fmax_mhz_min") is not None else "")
+        print(f"  seeds {each} MHz{spread}; kept seed {r['seed']}")
     if r.get("images_per_second"):
         print(f"  {r['cycles_per_image']} cycles/image -> {r['images_per_second']:.0f} "
               f"images/s at Fmax ({r['images_per_second_at_clock']:.0f} at the built clock)")

@@ -360,6 +360,82 @@ def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch):
     assert "synth_ice40 -dsp" in (tmp_path / "o" / "shiftacc.ys").read_text()
 
 
+def _seeded_tools(tmp_path, monkeypatch, fmax_of):
+    """Stand-in Yosys/nextpnr/icepack: Yosys counts its runs; nextpnr reads its ``--seed``
+    and, for a seed in ``fmax_of``, writes a report with that Fmax and an .asc naming the
+    seed, else fails as nextpnr does when the part is too full to place."""
+    runs = tmp_path / "yosys-runs"
+    monkeypatch.setenv("YOSYS", _script(
+        tmp_path / "yosys", f"echo run >> {runs}\necho '{{}}' > shiftacc.json\n"
+                            "printf '   3 cells\\n   7   SB_DFFE\\n' > shiftacc.rpt\n"))
+    cases = "".join(
+        f"  {seed}) echo '{{\"fmax\": {{\"clk\": {{\"achieved\": {f}, \"constraint\": 24.0}}}}, "
+        f"\"utilization\": {{\"ICESTORM_LC\": {{\"used\": 5202, \"available\": 5280}}}}}}' "
+        f"> report.json; echo 'asc of seed {seed}' > shiftacc.asc;;\n"
+        for seed, f in fmax_of.items())
+    monkeypatch.setenv("NEXTPNR_ICE40", _script(
+        tmp_path / "nextpnr",
+        'while [ $# -gt 0 ]; do [ "$1" = --seed ] && seed=$2; shift; done\n'
+        'test -e shiftacc.json || { echo "ERROR: no netlist here"; exit 2; }\n'
+        f'case "$seed" in\n{cases}'
+        '  *) echo "ERROR: Unable to find legal placement for all cells, design is likely '
+        'too large for the device"; exit 1;;\nesac\n'))
+    monkeypatch.setenv("ICEPACK", _script(tmp_path / "icepack", 'cp "$1" "$2"\n'))
+    return runs
+
+
+def test_several_seeds_keep_the_fastest_that_places(tiny, tmp_path, capsys, monkeypatch):
+    """``--seed 1,3,2``: synthesis once, place and route per seed; a seed that does not place
+    (3, as main's iCEBreaker build at seed 3) is reported, the fastest placed seed's
+    bitstream and report are the build's, and every seed's Fmax is in the report."""
+    runs = _seeded_tools(tmp_path, monkeypatch, {1: 31.25, 2: 33.5})
+    out = tmp_path / "o"
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(out), "--seed", "1,3,2"]) == 0
+    assert runs.read_text().count("run") == 1
+    rep = json.loads((out / "build_report.json").read_text())
+    assert rep["seed"] == 2 and rep["fmax_mhz"] == 33.5 and rep["timing_met"]
+    assert [(o["seed"], o["placed"], o["fmax_mhz"]) for o in rep["seeds"]] == \
+        [(1, True, 31.25), (3, False, None), (2, True, 33.5)]
+    assert "Unable to find legal placement" in rep["seeds"][1]["error"]
+    assert (rep["fmax_mhz_min"], rep["fmax_mhz_median"], rep["fmax_mhz_max"]) == \
+        (31.25, (31.25 + 33.5) / 2, 33.5)
+    assert (out / "shiftacc.bin").read_text() == "asc of seed 2\n"
+    assert (out / "seed-1" / "shiftacc.bin").read_text() == "asc of seed 1\n"
+    assert json.loads((out / "report.json").read_text())["fmax"]["clk"]["achieved"] == 33.5
+    assert "--seed 3" in (out / "seed-3" / "build_shiftacc.sh").read_text()
+    assert rep["images_per_second"] == pytest.approx(33.5e6 / rep["cycles_per_image"])
+    text = capsys.readouterr().out
+    assert "seeds 1: 31.25, 3: failed, 2: 33.50 MHz" in text and "kept seed 2" in text
+    # A rebuild with one seed clears the seed folders of the earlier build.
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(out), "--seed", "1", "-q"]) == 0
+    assert not list(out.glob("seed-*"))
+    rep = json.loads((out / "build_report.json").read_text())
+    assert rep["seed"] == 1 and rep["fmax_mhz"] == 31.25 and "seeds" not in rep
+
+
+def test_no_seed_places_exit_4(tiny, tmp_path, capsys, monkeypatch):
+    """Every seed fails to place: exit 4 naming each seed and nextpnr's reason; one seed
+    that fails is the plain place-and-route failure."""
+    _seeded_tools(tmp_path, monkeypatch, {})
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--seed", "3-4", "-q"]) == 4
+    err = capsys.readouterr().err
+    assert "no seed placed" in err and "seed 3:" in err and "seed 4:" in err
+    assert err.count("Unable to find legal placement") == 2
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--seed", "3", "-q"]) == 4
+    assert "place and route" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["1,1", "x", "4-2"])
+def test_bad_seed_list_exit_2(tiny, tmp_path, capsys, bad):
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--seed", bad]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
 #: How the WebAssembly Yosys 0.70 ends its log (``-l shiftacc.rpt``) on the ABC9 assertion
 #: (the whole 85F digits design at 25e0023); with ``-q`` it prints nothing of it.
 _YOWASP_ABC9_LOG = (
