@@ -564,9 +564,13 @@ def _build_sections(w, builds):
                        else None for r in RESOURCES] + [d.get("build_seconds")])
     sec.tables.append(Table("build reports", header, rows))
     out = [sec]
-    pts = [(f"{b.data.get('board', '?')} at {_num(b.data.get('clock_mhz'))} MHz",
-            b.data.get("seed"), b.data.get("fmax_mhz"), b.data.get("clock_mhz"))
-           for b in builds]
+    pts = []
+    for b in builds:
+        g = f"{b.data.get('board', '?')} at {_num(b.data.get('clock_mhz'))} MHz"
+        # A multi-seed build (`--seed 1,2,3`) lists every seed it placed and routed.
+        placed = [o for o in b.data.get("seeds") or () if o.get("placed")]
+        pts += [(g, o.get("seed"), o.get("fmax_mhz"), b.data.get("clock_mhz")) for o in placed] \
+            or [(g, b.data.get("seed"), b.data.get("fmax_mhz"), b.data.get("clock_mhz"))]
     fm = _fmax_section(w, "builds: Fmax over seeds", "builds-fmax", pts)
     if fm is not None:
         out.append(fm)

@@ -109,8 +109,15 @@ def full(models, tmp_path_factory, request):
     rng = np.random.default_rng(seed)
     fmaxes = [float(f) for f in rng.uniform(30, 50, size=3)]
     for k, f in enumerate(fmaxes):
-        _build_report(tmp_path / f"b{k}", "ulx3s-25f", k + 1, f, 35.0,
-                      int(rng.integers(3000, 9000)), int(rng.integers(1, 28)))
+        rep = _build_report(tmp_path / f"b{k}", "ulx3s-25f", k + 1, f, 35.0,
+                            int(rng.integers(3000, 9000)), int(rng.integers(1, 28)))
+    # The third build placed and routed seeds 3 and 5 (kept 3) and failed to place seed 4.
+    f5 = float(rng.uniform(30, 50))
+    rep["seeds"] = [{"seed": 3, "placed": True, "fmax_mhz": fmaxes[2]},
+                    {"seed": 4, "placed": False, "fmax_mhz": None, "error": "no placement"},
+                    {"seed": 5, "placed": True, "fmax_mhz": f5}]
+    (tmp_path / "b2" / "build_report.json").write_text(json.dumps(rep))
+    fmaxes.append(f5)
     rows = _explore_rows(rng)
     (tmp_path / "ex").mkdir()
     (tmp_path / "ex" / "results.json").write_text(json.dumps({"meta": {}, "rows": rows}))
@@ -170,7 +177,8 @@ def test_report_of_everything(models, full):
     # Builds: Fmax over seeds from the three hand-written reports.
     t = tables["Fmax over seeds@builds-fmax"]
     (row,) = t["rows"]
-    assert row[1] == 3 and row[2] == round(min(fmaxes), 2) and row[4] == round(max(fmaxes), 2)
+    assert row[1] == 4 and row[2] == round(min(fmaxes), 2) and row[4] == round(max(fmaxes), 2)
+    assert row[6] == "1, 2, 3, 5"
     assert len(tables["build reports@builds"]["rows"]) == 3
     # Explore: one Fmax line per (board, engine, budget) over its 3 seeds; Pareto fronts.
     t = tables["Fmax over seeds@e6-fmax"]
