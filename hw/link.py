@@ -170,8 +170,10 @@ def _mod_is(value, n, r, bits=16):
     if d > 1:
         k = next((k for k in range(1, 9) if (1 << k) % d == 1), None)
         if k is None:
-            # (``value < r`` wraps around; the callers also require ``value > r``.)
-            return _div_const((value - r)[:bits], n, bits)[1]
+            # ``value - r`` wraps around below r, where the residue cannot be r (r < n):
+            # a 16-bit compare, only for r > 0 (the frame-length checks use r = 0 here).
+            exact = _div_const((value - r)[:bits], n, bits)[1]
+            return exact & (value >= r) if r else exact
         digits = [value[i:i + k] for i in range(0, bits, k)]
         total = digits[0]
         for dg in digits[1:]:
