@@ -1069,6 +1069,13 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     first = _seed_outcome(out, runner, rc, board, clock_mhz, seeds[0], pnr_s,
                           tolerate=len(seeds) > 1)
     outcomes = [first]
+
+    def tell(o):
+        if len(seeds) > 1:
+            say(f"[build] seed {o['seed']}: " + (f"Fmax {o['fmax_mhz']:.2f} MHz"
+                                                 if o["placed"] else f"failed: {o['error']}"))
+
+    tell(first)
     if len(seeds) > 1:
         _keep_seed_products(out, out / f"seed-{seeds[0]}", board.family)
     for k, s in enumerate(seeds[1:], 2):
@@ -1084,13 +1091,11 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
             src = srun.run(left, progress, say)
         except BuildFailed as e:  # this seed's time ran out: keep what the others gave
             outcomes.append({"seed": s, "placed": False, "fmax_mhz": None, "error": str(e)})
+            tell(outcomes[-1])
             continue
         outcomes.append(_seed_outcome(sdir, srun, src, board, clock_mhz, s, srun.seconds()[1],
                                       tolerate=True))
-    for o in outcomes:
-        if len(seeds) > 1:
-            say(f"[build] seed {o['seed']}: " + (f"Fmax {o['fmax_mhz']:.2f} MHz"
-                                                 if o["placed"] else f"failed: {o['error']}"))
+        tell(outcomes[-1])
     placed = [o for o in outcomes if o["placed"]]
     report["pnr_seconds"] = round(sum(o.get("pnr_seconds") or 0.0 for o in outcomes), 1) \
         if any(o.get("pnr_seconds") is not None for o in outcomes) else None
@@ -1279,11 +1284,11 @@ def _print_report(r):
     print(f"  Fmax {r['fmax_mhz']:.2f} MHz at a {r['clock_mhz']:.4g} MHz clock: timing {met}"
           + (f" (seed {r['seed']})" if r.get("seeds") else ""))
     if r.get("seeds"):
-        each = ", ".join(f"{o['seed']}: {o['fmax_mhz']:.2f}" if o["placed"]
+        each = ", ".join(f"{o['seed']}: {o['fmax_mhz']:.2f} MHz" if o["placed"]
                          else f"{o['seed']}: failed" for o in r["seeds"])
         spread = (f"; min {r['fmax_mhz_min']:.2f}, median {r['fmax_mhz_median']:.2f} MHz"
                   if r.get("fmax_mhz_min") is not None else "")
-        print(f"  seeds {each} MHz{spread}; kept seed {r['seed']}")
+        print(f"  seeds {each}{spread}; kept seed {r['seed']}")
     if r.get("images_per_second"):
         print(f"  {r['cycles_per_image']} cycles/image -> {r['images_per_second']:.0f} "
               f"images/s at Fmax ({r['images_per_second_at_clock']:.0f} at the built clock)")

@@ -406,7 +406,7 @@ def test_several_seeds_keep_the_fastest_that_places(tiny, tmp_path, capsys, monk
     assert "--seed 3" in (out / "seed-3" / "build_shiftacc.sh").read_text()
     assert rep["images_per_second"] == pytest.approx(33.5e6 / rep["cycles_per_image"])
     text = capsys.readouterr().out
-    assert "seeds 1: 31.25, 3: failed, 2: 33.50 MHz" in text and "kept seed 2" in text
+    assert "seeds 1: 31.25 MHz, 3: failed, 2: 33.50 MHz" in text and "kept seed 2" in text
     # A rebuild with one seed clears the seed folders of the earlier build.
     assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
                  "--out", str(out), "--seed", "1", "-q"]) == 0
