@@ -39,7 +39,9 @@ class MacArray(wiring.Component):
     Input double buffer. Two pixel banks of registers: the input stream fills one bank while
     the fold sequencer reads the other, so loading the next pixel (``NBi`` cycles) is hidden
     behind computing this one (``NBi · NBo >= NBi`` cycles). ``i.ready`` is ``not full`` of the
-    bank being filled, a register: it never depends on ``o.ready`` combinationally.
+    bank being filled, a register: it never depends on ``o.ready`` combinationally. (With the
+    two-stage parameter decode it is also low on the cycle after each of this block's
+    parameter beats, so a pixel taken right after the last beat reads the new weights.)
 
     Backpressure. The arithmetic pipeline has no stall logic. An output beat is only issued
     while the output FIFO has credit for it (``pending`` counts beats issued and not yet taken
@@ -397,7 +399,17 @@ class MacArray(wiring.Component):
         bank_last = [Signal(name=f"bank_last{b}") for b in range(2)]
         wbank = Signal()                       # bank being filled
         wbeat = _index(nbi, "wbeat")           # next beat of that bank
-        m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]))
+        if self.param_stages == 2:
+            # A parameter beat is in its memory three cycles after it was on ``params`` (one
+            # more than with the one-stage decode), and a pixel's first fold can read weight
+            # row 0 two cycles after its beat is taken: with its beat on the cycle right
+            # after a row-0 WEIGHT beat, the read would meet the write on the same edge and
+            # return the old row. So no input beat is taken on the cycle after one of this
+            # block's parameter beats (stage 1 busy; a register, so i.ready stays one LUT
+            # from flip-flops). Only ever at load time: nothing per image.
+            m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]) & ~st1.any)
+        else:
+            m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]))
 
         # Mask padding lanes (channel >= cin) of the last beat, so a producer's garbage there
         # never reaches a product.
