@@ -39,9 +39,19 @@ class MacArray(wiring.Component):
     Input double buffer. Two pixel banks of registers: the input stream fills one bank while
     the fold sequencer reads the other, so loading the next pixel (``NBi`` cycles) is hidden
     behind computing this one (``NBi · NBo >= NBi`` cycles). ``i.ready`` is ``not full`` of the
-    bank being filled, a register: it never depends on ``o.ready`` combinationally. (With the
-    two-stage parameter decode it is also low on the cycle after each of this block's
-    parameter beats, so a pixel taken right after the last beat reads the new weights.)
+    bank being filled, a register: it never depends on ``o.ready`` combinationally.
+
+    Parameter-write latency. With ``param_stages=2`` (the default) a beat on ``params`` is in
+    its memory three cycles later, and a pixel's first fold reads weight row 0 two cycles
+    after the pixel's beat is taken: so the first pixel after a load may be offered from the
+    second cycle after the last parameter beat on (one idle cycle between them); a pixel on
+    the very next cycle could read a row-0 weight written by that last beat on the same edge,
+    i.e. the old value. (``param_stages=1``: no idle cycle needed.) The accelerator never
+    comes near this: ``hw.params`` sends a conv's biases after its weights (at least one
+    beat), its parameter path has two registers more than its image path has slices before
+    the first block, and the link sends images only after the whole load. (Holding
+    ``i.ready`` low after each parameter beat instead put the parameter decode's register
+    into the image handshake: the 85F digits design's seed-2 critical path, 70.6 MHz.)
 
     Backpressure. The arithmetic pipeline has no stall logic. An output beat is only issued
     while the output FIFO has credit for it (``pending`` counts beats issued and not yet taken
@@ -399,17 +409,7 @@ class MacArray(wiring.Component):
         bank_last = [Signal(name=f"bank_last{b}") for b in range(2)]
         wbank = Signal()                       # bank being filled
         wbeat = _index(nbi, "wbeat")           # next beat of that bank
-        if self.param_stages == 2:
-            # A parameter beat is in its memory three cycles after it was on ``params`` (one
-            # more than with the one-stage decode), and a pixel's first fold can read weight
-            # row 0 two cycles after its beat is taken: with its beat on the cycle right
-            # after a row-0 WEIGHT beat, the read would meet the write on the same edge and
-            # return the old row. So no input beat is taken on the cycle after one of this
-            # block's parameter beats (stage 1 busy; a register, so i.ready stays one LUT
-            # from flip-flops). Only ever at load time: nothing per image.
-            m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]) & ~st1.any)
-        else:
-            m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]))
+        m.d.comb += self.i.ready.eq(~Mux(wbank, full[1], full[0]))
 
         # Mask padding lanes (channel >= cin) of the last beat, so a producer's garbage there
         # never reaches a product.
