@@ -472,7 +472,12 @@ class DynamicConv1x1(wiring.Component):
         m.submodules.mac = mac = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out,
                                           in_bits=ib, weight_bits=wb, act_bits=ab,
                                           requant=self.requant, layer_id=self.layer_id,
-                                          banks=2 if banked else 1)
+                                          banks=2 if banked else 1,
+                                          # Its mixer writes the weights per image through
+                                          # the parameter port; the schedule (and the exact
+                                          # cycle model above) counts the one-stage decode's
+                                          # write latency.
+                                          param_stages=1)
         wiring.connect(m, mac.o, wiring.flipped(self.o))
 
         # ------------------------------------------------------------ parameter decode

@@ -9,7 +9,7 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .params import ParamKind, param_bus_signature
+from .params import ParamKind, param_bus_signature, param_write_stage
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, Multiplier, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
@@ -176,14 +176,21 @@ class GlobalAvgPool(wiring.Component):
         sum_layout = data.ArrayLayout(unsigned(self.sum_bits), lanes)
 
         # ------------------------------------------------------------- (m, sh) registers
-        par = self.params.payload
-        mine = self.params.valid & (par.layer == self.layer_id) & (par.row == 0) & (par.lane == 0)
+        # Two-stage decode (hw.params.param_write_stage): the ~50-input compare of a beat
+        # (valid, layer, kind, row 0, lane 0) ends in two registered hit bits beside the
+        # payload register, so each constant's clock enable is a flip-flop (the one-stage
+        # decode into these enables, across the die, was once the 85F digits design's
+        # critical path: 11.9 ns, 9.7 ns of it routing). One more cycle of parameter latency,
+        # nothing per image.
+        st1 = param_write_stage(m, self.params, self.layer_id,
+                                {"m": (ParamKind.M, 1, 1), "sh": (ParamKind.SH, 1, 1)},
+                                name="par")
         mult = Signal(M_BITS)
         shift = Signal(SH_BITS)
-        with m.If(mine & (par.kind == ParamKind.M)):
-            m.d.sync += mult.eq(par.data)
-        with m.If(mine & (par.kind == ParamKind.SH)):
-            m.d.sync += shift.eq(par.data)
+        with m.If(st1.hit["m"]):
+            m.d.sync += mult.eq(st1.data)
+        with m.If(st1.hit["sh"]):
+            m.d.sync += shift.eq(st1.data)
 
         # ------------------------------------------------------------- running sums
         # At least 1 bit each: a zero-width counter (nb or H·W of 1) would reach the Verilog

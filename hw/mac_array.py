@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .dsp import mult18x18d_registered as _mult18x18d_registered
-from .params import ParamKind, param_bus_signature
+from .params import ParamKind, param_bus_signature, param_write_stage
 from .requant import M_BITS, SH_BITS, Requant
 from .resources import Cost, MemorySpec, Multiplier, const_mul, fifo_memories
 from .stream import beats_per_pixel, pixel_stream, require_int
@@ -40,6 +40,18 @@ class MacArray(wiring.Component):
     the fold sequencer reads the other, so loading the next pixel (``NBi`` cycles) is hidden
     behind computing this one (``NBi · NBo >= NBi`` cycles). ``i.ready`` is ``not full`` of the
     bank being filled, a register: it never depends on ``o.ready`` combinationally.
+
+    Parameter-write latency. With ``param_stages=2`` (the default) a beat on ``params`` is in
+    its memory three cycles later, and a pixel's first fold reads weight row 0 two cycles
+    after the pixel's beat is taken: so the first pixel after a load may be offered from the
+    second cycle after the last parameter beat on (one idle cycle between them); a pixel on
+    the very next cycle could read a row-0 weight written by that last beat on the same edge,
+    i.e. the old value. (``param_stages=1``: no idle cycle needed.) The accelerator never
+    comes near this: ``hw.params`` sends a conv's biases after its weights (at least one
+    beat), its parameter path has two registers more than its image path has slices before
+    the first block, and the link sends images only after the whole load. (Holding
+    ``i.ready`` low after each parameter beat instead put the parameter decode's register
+    into the image handshake: the 85F digits design's seed-2 critical path, 70.6 MHz.)
 
     Backpressure. The arithmetic pipeline has no stall logic. An output beat is only issued
     while the output FIFO has credit for it (``pending`` counts beats issued and not yet taken
@@ -115,6 +127,11 @@ class MacArray(wiring.Component):
         Layer index compared with ``params.payload.layer``.
     banks : int
         1 (default) or 2 weight/bias banks (see above).
+    param_stages : int
+        Registered stages of the parameter-write decode (:func:`hw.params.param_write_stage`):
+        2 (default; a ``params`` beat is in its memory 3 cycles after it is on the port) or
+        1 (2 cycles; for a producer whose own timing counts that latency, e.g.
+        :class:`~hw.dynamic_conv.DynamicConv1x1`, which writes its weights per image).
 
     Attributes
     ----------
@@ -152,7 +169,7 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
-                 requant=True, layer_id=0, banks=1):
+                 requant=True, layer_id=0, banks=1, param_stages=2):
         for name, value in (("cin", cin), ("cout", cout), ("p_in", p_in), ("p_out", p_out)):
             require_int("MacArray", name, value, 1)
         require_int("MacArray", "in_bits", in_bits, 1, 16)
@@ -160,7 +177,9 @@ class MacArray(wiring.Component):
         require_int("MacArray", "act_bits", act_bits, 1, 16)
         require_int("MacArray", "layer_id", layer_id, 0, 255)
         require_int("MacArray", "banks", banks, 1, 2)
+        require_int("MacArray", "param_stages", param_stages, 1, 2)
         self.banks = banks
+        self.param_stages = param_stages
         self.cin, self.cout = cin, cout
         self.p_in, self.p_out = p_in, p_out
         self.in_bits, self.weight_bits, self.act_bits = in_bits, weight_bits, act_bits
@@ -272,25 +291,44 @@ class MacArray(wiring.Component):
         beat_layout = data.ArrayLayout(unsigned(ib), p_in)
 
         # ---------------------------------------------------------------- parameter memories
-        par = self.params.payload
-        mine = self.params.valid & (par.layer == self.layer_id)
-        # Parameter writes land one cycle late: each memory's write address and element
-        # enables are decoded from the bus and registered, and the beat's data word is
-        # registered once for all of them. The layer/kind/row/lane decode straight into the
-        # write enables of many distributed-RAM words was the block's critical path (8 LUT
-        # levels from the bus register, 88 MHz on an ECP5). Nothing can see the delay:
-        # parameters are loaded while no image is in flight. (Registering the bus beat
-        # itself, before the decode, made the whole digits design hit a Yosys 0.70 ABC9
-        # assertion; see docs/boards.md "Timing closure".)
-        # The data word and the write addresses load only on this block's own beats: the same
-        # registers loaded on every beat are identical in every MacArray, and Yosys' opt_merge
-        # keeps one copy for all of them, whose fan-out to the far blocks' RAMs was the whole
-        # 85F digits design's critical path (L9.conv's write address register -> 14.6 ns of
-        # routing -> L7.conv's weight RAM, 65.9 MHz). The block's layer match is its own, so
-        # these stay per block; the write enables (registered from the same beat) are unchanged.
+        # Parameter writes are decoded over two registered stages (hw.params.param_write_stage)
+        # and land three cycles after the beat on the port (two with param_stages=1):
+        # stage 1 registers, per memory, ``mine & kind == K & row < depth & lane < lanes``
+        # with the beat's row, lane and data; stage 2 registers each memory's write address
+        # and element enables (a compare of the few registered lane bits) and the data word
+        # once for all memories; the memory writes on the next edge. The one-stage form
+        # (the wide bus decode straight into every element's enable register) was the whole
+        # 85F digits design's critical path at 88 MHz: L7.conv's parameter payload register
+        # -> the weight-write decode, whose terms ABC9 shared with the `mult` memory's ->
+        # 5 LUT levels across the die -> weights_wen_q (11.3 ns, 9.4 ns of it routing).
+        # Nothing sees the extra cycle: parameters are loaded while no image is in flight,
+        # and both stages advance every cycle, so back-to-back beats are all written, in
+        # order. Every register loads only on this block's own beats: the same registers
+        # loaded on every beat would be identical in every MacArray and Yosys' opt_merge
+        # would keep one copy for all of them, whose fan-out to the far blocks' RAMs was
+        # once the design's critical path (L9.conv's write address register -> 14.6 ns of
+        # routing -> L7.conv's weight RAM, 65.9 MHz). (Registering the bus beat itself,
+        # before the decode, made the whole digits design hit a Yosys 0.70 ABC9 assertion;
+        # see docs/boards.md "Timing closure".)
+        nb = self.banks
+        specs = {"weights": (signed(wb), p_in * p_out, nbo * nbi, ParamKind.WEIGHT, None, nb)}
+        if self.requant:
+            # Constants of a shared Requant: one row per (output beat, lane group).
+            r = self.rq_lanes
+            specs["bias"] = (signed(32), p_out, nbo, ParamKind.BIAS, r, nb)
+            specs["mult"] = (unsigned(M_BITS), p_out, nbo, ParamKind.M, r, 1)
+            specs["shift"] = (unsigned(SH_BITS), p_out, nbo, ParamKind.SH, r, 1)
+        else:
+            specs["bias"] = (signed(32), p_out, nbo, ParamKind.BIAS, None, nb)
+        st1 = param_write_stage(
+            m, self.params, self.layer_id,
+            {name: (kind, depth * banks, lanes)
+             for name, (_, lanes, depth, kind, _, banks) in specs.items()},
+            registered=self.param_stages == 2, name="par")
+        # Stage 2's data word, loaded on this block's beats only (see above).
         par_data = Signal(32, name="par_data_q", reset_less=True)
-        with m.If(mine):
-            m.d.sync += par_data.eq(par.data)
+        with m.If(st1.any):
+            m.d.sync += par_data.eq(st1.data)
 
         def param_mem(name, elem, lanes, depth, kind, per_row=None, banks=1):
             """Memory for one parameter kind; hardware row ``row``, lane ``lane`` (params.py)
@@ -307,29 +345,29 @@ class MacArray(wiring.Component):
             m.submodules[name] = mem
             # granularity=1: a parameter beat writes one element of a row.
             wp = mem.write_port(granularity=1)
-            # The parameter port's write, decoded here and registered (see above).
+            # Stage 2: the write address and element enables, from stage 1's registers
+            # (``hit`` already holds kind, row < depth and lane < lanes).
             w_addr = Signal.like(wp.addr, name=f"{name}_waddr_q", reset_less=True)
             w_en = Signal.like(wp.en, name=f"{name}_wen_q")
-            write = mine & (par.kind == kind) & (par.row < depth)
+            hit = st1.hit[name]
             if groups == 1:
-                with m.If(mine):
-                    m.d.sync += w_addr.eq(par.row)
+                with m.If(hit):
+                    m.d.sync += w_addr.eq(st1.row)
                 for e in range(per_row):
-                    m.d.sync += w_en[e].eq(write & (par.lane == e))
+                    m.d.sync += w_en[e].eq(hit & (st1.lane == e))
             else:
                 sub_row = Signal(range(groups), name=f"{name}_sub_row")
                 elem_sel = Signal(range(max(per_row, 2)), name=f"{name}_elem")
-                lane_ok = Signal(name=f"{name}_lane_ok")
-                with m.Switch(par.lane):
+                with m.Switch(st1.lane):
                     for lane in range(lanes):
                         with m.Case(lane):
                             m.d.comb += [sub_row.eq(lane // per_row),
-                                         elem_sel.eq(lane % per_row), lane_ok.eq(1)]
+                                         elem_sel.eq(lane % per_row)]
                 # row * groups as shifts and adds: a product by a constant would take a DSP.
-                with m.If(mine):
-                    m.d.sync += w_addr.eq(const_mul(par.row, groups) + sub_row)
+                with m.If(hit):
+                    m.d.sync += w_addr.eq(const_mul(st1.row, groups) + sub_row)
                 for e in range(per_row):
-                    m.d.sync += w_en[e].eq(write & lane_ok & (elem_sel == e))
+                    m.d.sync += w_en[e].eq(hit & (elem_sel == e))
             m.d.comb += [wp.addr.eq(w_addr), wp.en.eq(w_en)]
             if name == "weights" and banks == 2:
                 # The row-wide write port (priority over the parameter port): all lanes.
@@ -348,17 +386,11 @@ class MacArray(wiring.Component):
                 m.d.comb += wp.data[e].eq(par_data)
             return mem.read_port(domain="sync")
 
-        nb = self.banks
-        w_rd = param_mem("weights", signed(wb), p_in * p_out, nbo * nbi, ParamKind.WEIGHT,
-                         banks=nb)
+        rd = {name: param_mem(name, elem, lanes, depth, kind, per_row, banks)
+              for name, (elem, lanes, depth, kind, per_row, banks) in specs.items()}
+        w_rd, b_rd = rd["weights"], rd["bias"]
         if self.requant:
-            # Constants of a shared Requant: one row per (output beat, lane group).
-            r = self.rq_lanes
-            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, r, banks=nb)
-            m_rd = param_mem("mult", unsigned(M_BITS), p_out, nbo, ParamKind.M, r)
-            s_rd = param_mem("shift", unsigned(SH_BITS), p_out, nbo, ParamKind.SH, r)
-        else:
-            b_rd = param_mem("bias", signed(32), p_out, nbo, ParamKind.BIAS, banks=nb)
+            m_rd, s_rd = rd["mult"], rd["shift"]
 
         # ---------------------------------------------------------------- input double buffer
         # (Data registers here and below have no reset: only valid/full/counter bits need one,

@@ -53,14 +53,18 @@ Parameter consumers are always ready (they only write memories): block ports are
 ``always_ready`` streams (:func:`param_bus_signature`), broadcast to every block.
 """
 
-from amaranth.hdl import signed
+from types import SimpleNamespace
+
+from amaranth.hdl import Signal, signed
 from amaranth.lib import data, enum, stream
+from amaranth.utils import ceil_log2
 
 __all__ = ["ParamKind", "PARAM_LAYOUT", "SHIFT_DATA", "param_bus_signature", "PARAM_BYTES",
            "encode_word", "decode_word", "conv_param_words", "shift_param_words",
            "gap_param_words", "SCALAR_IDS", "channel_attention_param_words",
            "spatial_attention_param_words", "dynamic_conv_param_words", "KIND_FIELDS",
-           "OVERLAY_LAYER", "GATHER_DATA", "gather_data", "gather_fields"]
+           "OVERLAY_LAYER", "GATHER_DATA", "gather_data", "gather_fields",
+           "param_write_stage"]
 
 
 class ParamKind(enum.Enum, shape=8):
@@ -111,6 +115,71 @@ def param_bus_signature():
     valid + payload broadcast that one register fans out to every block.
     """
     return stream.Signature(PARAM_LAYOUT, always_ready=True)
+
+
+def param_write_stage(m, port, layer_id, targets, *, registered=True, name="par"):
+    """Stage 1 of a block's parameter write decode: the wide compares, one result per target.
+
+    A block's parameter beat is decoded over two stages. This one compares the wide bus
+    fields (``valid``, 8-bit ``layer`` and ``kind``, 16-bit ``row`` and ``lane``) once per
+    *target* (a memory or register group of one kind) into a single ``hit`` bit, and keeps
+    the narrow row / lane / data fields beside it; the block's stage 2 forms its per-element
+    write enables from these (a compare of a few ``lane``/``row`` bits with a constant).
+    With ``registered`` every result is a flip-flop: the ~50-input decode, which used to run
+    straight into the write enables of a whole memory spread across the die (the 85F digits
+    design's critical path: L7.conv's payload register -> 5 LUT levels across the die ->
+    ``weights_wen_q``, 11.3 ns, 9.4 ns of it routing), now ends in a handful of flip-flops
+    the placer keeps beside the block's payload register, and stage 2 starts from
+    registers. Costs one cycle of parameter-write latency (nothing per image: parameters
+    are written while no image is in flight; every beat is still written, in order, since
+    both stages advance every cycle). ``registered=False`` gives the same signals
+    combinationally (the one-stage decode, for a producer whose timing counts the write
+    latency, e.g. :class:`~hw.dynamic_conv.DynamicConv1x1` writing its MacArray per image).
+
+    Parameters
+    ----------
+    m : Module
+    port : a :func:`param_bus_signature` port (``valid``, ``payload``)
+    layer_id : int
+        The block's layer (beats of other layers never hit).
+    targets : dict
+        ``key -> (kind, rows, lanes)``: ``hit[key]`` is ``valid & layer == layer_id &
+        kind == kind & row < rows & lane < lanes``.
+    registered : bool
+        Register the results (two-stage decode) or not (one stage).
+    name : str
+        Prefix of the signal names.
+
+    Returns
+    -------
+    SimpleNamespace
+        ``hit`` (dict key -> 1-bit signal), ``any`` (a beat of this layer), ``row`` and
+        ``lane`` (the fields' low bits, wide enough for the largest ``rows``/``lanes``: only
+        meaningful where a ``hit`` is set), ``data`` (32 bits). The registered fields load
+        only on the block's own beats (its own layer compare: never merged with another
+        block's copy by Yosys's opt_merge).
+    """
+    par = port.payload
+    mine = port.valid & (par.layer == layer_id)
+    row_bits = max(1, max(ceil_log2(rows) for _, rows, _ in targets.values()))
+    lane_bits = max(1, max(ceil_log2(lanes) for _, _, lanes in targets.values()))
+    hits = {key: port.valid & (par.layer == layer_id) & (par.kind == kind) & (par.row < rows)
+            & (par.lane < lanes) for key, (kind, rows, lanes) in targets.items()}
+    if not registered:
+        return SimpleNamespace(hit=hits, any=mine, row=par.row[:row_bits],
+                               lane=par.lane[:lane_bits], data=par.data)
+    out = SimpleNamespace(
+        hit={key: Signal(name=f"{name}_hit_{key}_q") for key in targets},
+        any=Signal(name=f"{name}_mine_q"),
+        row=Signal(row_bits, name=f"{name}_row_q", reset_less=True),
+        lane=Signal(lane_bits, name=f"{name}_lane_q", reset_less=True),
+        data=Signal(32, name=f"{name}_data_q", reset_less=True))
+    m.d.sync += [out.hit[key].eq(hit) for key, hit in hits.items()]
+    m.d.sync += out.any.eq(mine)
+    with m.If(mine):
+        m.d.sync += [out.row.eq(par.row[:row_bits]), out.lane.eq(par.lane[:lane_bits]),
+                     out.data.eq(par.data)]
+    return out
 
 
 def encode_word(layer, kind, row, lane, value):

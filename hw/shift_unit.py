@@ -52,7 +52,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import SHIFT_DATA, ParamKind, param_bus_signature
+from .params import SHIFT_DATA, ParamKind, param_bus_signature, param_write_stage
 from .resources import Cost, MemorySpec
 from .stream import beats_per_pixel, pixel_stream, require_int, require_positive
 
@@ -216,9 +216,15 @@ class ShiftUnit(wiring.Component):
                for b in range(NB)]
         dxs = [[Signal(sshape, name=f"dx_{b}_{l}") for l in range(min(P, C - b * P))]
                for b in range(NB)]
-        p = self.params.payload
-        hit = (self.params.valid & (p.layer == self.layer_id) & (p.kind == ParamKind.SHIFT))
-        shift_data = SHIFT_DATA(p.data[:SHIFT_DATA.size])
+        # Two-stage decode (hw.params.param_write_stage): stage 1 registers the beat's wide
+        # compare (valid, layer, kind SHIFT, row < NB, lane < P) as one hit bit beside the
+        # row/lane/data registers; stage 2 below forms each channel's enable from that bit
+        # and the few registered row/lane bits, and the offset from the registered data.
+        # One more cycle of parameter latency, nothing per image.
+        st1 = param_write_stage(m, self.params, self.layer_id,
+                                {"shift": (ParamKind.SHIFT, NB, P)}, name="par")
+        hit = st1.hit["shift"]
+        shift_data = SHIFT_DATA(st1.data[:SHIFT_DATA.size])
         # Each channel's address offset dy * W * NB + dx * NB, formed once when its shift is
         # written (one pair of constant tables and one adder for the block, on the parameter
         # path) and kept in a register beside the shift: the read pipeline then adds only
@@ -238,7 +244,7 @@ class ShiftUnit(wiring.Component):
                  for l in range(min(P, C - b * P))] for b in range(NB)]
         for b in range(NB):
             for l in range(min(P, C - b * P)):
-                with m.If(hit & (p.row == b) & (p.lane == l)):
+                with m.If(hit & (st1.row == b) & (st1.lane == l)):
                     # Truncating the signed bytes to the R-sized registers is intended.
                     m.d.sync += [dys[b][l].eq(shift_data.dy), dxs[b][l].eq(shift_data.dx),
                                  offs[b][l].eq(w_off)]

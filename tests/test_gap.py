@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shiftacc.hw.gap import GlobalAvgPool
-from shiftacc.hw.params import gap_param_words
+from shiftacc.hw.params import ParamKind, encode_word, gap_param_words
 from shiftacc.models.golden import gap
 from shiftacc.sim.lint import lint_component
 from shiftacc.sim.streamtb import deadline_for, measure_image_period, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
@@ -103,6 +103,31 @@ def test_gap_edge_shapes(shape):
     rng, _ = make_rng(f"test_gap_edge_shapes[{shape}]")
     one_case(rng, height=height, width=width, channels=channels, lanes=lanes, in_bits=8,
              act_bits=8, n_img=3, p_idle=0.3, p_stall=0.85)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_gap_param_writes_back_to_back(case):
+    """The two-stage parameter decode: back-to-back beats, each right value after a wrong
+    one for the same register, a same-layer beat for row or lane != 0 (bit 15 or a low bit:
+    a truncated compare would take it) and another layer's (the right value, last, must
+    win); the images on the cycle after the last beat."""
+    rng, _ = make_rng(f"test_gap_param_writes_back_to_back[{case}]")
+    layer_id, height, width, channels, lanes = 4, 2, 3, 5, 2
+    mult, sh = random_requant(rng, height, width, 8, 8)
+    dut = GlobalAvgPool(width=width, height=height, channels=channels, lanes=lanes,
+                        in_bits=8, act_bits=8, layer_id=layer_id)
+    words = []
+    for kind, good, bad in ((ParamKind.M, mult, mult ^ 0x1234 or 1),
+                            (ParamKind.SH, sh, 47 - sh + 1)):
+        row, lane = rng.choice([(1, 0), (0, 1), (1 << 15, 0), (0, 1 << 15), (2, 2)])
+        words += [encode_word(layer_id, kind, 0, 0, bad), encode_word(layer_id, kind, row, lane, bad),
+                  encode_word(layer_id + 1, kind, 0, 0, bad), encode_word(layer_id, kind, 0, 0, good)]
+    if case % 2:
+        words = words[4:] + words[:4]                   # SH first, M's right value last
+    images = np.array([[[[rng.randrange(256) for _ in range(channels)]
+                         for _ in range(width)] for _ in range(height)] for _ in range(2)])
+    got = run_gap(dut, words, images, rng, 0.0, 0.3)
+    check_gap(got, gap(images, mult, sh, 8).reshape(2, channels), channels, lanes)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 20, 2), (2, 1, 9, 1), (3, 1, 20, 4),

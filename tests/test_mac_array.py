@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shiftacc.hw.mac_array import MacArray
-from shiftacc.hw.params import ParamKind, conv_param_words, encode_word
+from shiftacc.hw.params import ParamKind, conv_param_words, decode_word, encode_word
 from shiftacc.models.golden import conv1x1
 from shiftacc.sim.lint import lint_component
 from shiftacc.sim.streamtb import deadline_for, measure_image_period, pixel_beats, send_params, assert_value_error, receive_and_drain, make_rng, run_sim, send
@@ -36,8 +36,9 @@ def random_conv(rng, cin, cout, in_bits, weight_bits, act_bits, requant, big_bia
     return weight, bias, mult, np.array(sh, np.int64)
 
 
-def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
-    """Load parameters, stream ``pixels`` [N, cin] in, return output beats (data, last)."""
+def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None, gap=0):
+    """Load parameters, stream ``pixels`` [N, cin] in (after ``gap`` idle cycles), return
+    output beats (data, last)."""
     nbo = dut.nbo
     count = len(pixels) * nbo
     got = []
@@ -50,6 +51,8 @@ def run_mac(dut, words, pixels, lasts, rng, p_idle, p_stall, timing=None):
 
     async def producer(ctx):
         await send_params(ctx, dut.params, words, rng, p_idle)
+        for _ in range(gap):
+            await ctx.tick()
         shared["t0"] = shared["cycle"]
         beats = [b for px, last in zip(pixels, lasts)
                  for b in pixel_beats(px, dut.p_in, dut.in_bits, last, rng)]
@@ -282,6 +285,65 @@ def test_mac_array_cycle_model_is_exact(case):
              for b in pixel_beats(x, p_in, 8, k % pixels == pixels - 1)]
     period, _ = measure_image_period(dut, beats, n * pixels * dut.nbo, params=words)
     assert period == dut.resources(pixels=pixels).cycles == pixels * dut.nbi * dut.nbo
+
+
+@pytest.mark.parametrize("param_stages", [2, 1])
+@pytest.mark.parametrize("shape", [(5, 4, 2, 3, True), (9, 6, 3, 6, True), (4, 3, 4, 3, False),
+                                   (1, 1, 1, 1, True)])
+def test_mac_array_param_writes_back_to_back(shape, param_stages):
+    """The parameter-write decode (one or two registered stages) puts every beat in its own
+    element and loses none: the beats come back to back (no idle cycle), each correct value
+    right after a wrong value for the same address (the later write must win), beside beats
+    of the same layer whose row or lane is out of range but equal to a real address in the
+    low bits (what a truncated row/lane register would alias; they must write nothing) and
+    beats of another layer. The weights come last, row 0's last of all, and the image beats
+    follow as early as the documented write latency allows (class docstring: one idle cycle
+    with two stages, none with one): the first fold reads row 0 as early as it can."""
+    cin, cout, p_in, p_out, requant = shape
+    rng, _ = make_rng(f"test_mac_array_param_writes_back_to_back[{shape}-{param_stages}]")
+    weight, bias, mult, sh = random_conv(rng, cin, cout, 8, 8, 8, requant, False)
+    layer = 5
+    dut = MacArray(cin=cin, cout=cout, p_in=p_in, p_out=p_out, in_bits=8, weight_bits=8,
+                   act_bits=8, requant=requant, layer_id=layer, param_stages=param_stages)
+    nbi, nbo = dut.nbi, dut.nbo
+    good = conv_param_words(layer, weight, bias, mult, sh, p_in, p_out)
+    # Constants first, then the weights from the last row to row 0.
+    by_kind = {}
+    for w in good:
+        by_kind.setdefault(decode_word(w)[1], []).append(w)
+    weights = sorted(by_kind.pop(ParamKind.WEIGHT), key=lambda w: -decode_word(w)[2])
+    good = [w for ws in by_kind.values() for w in ws] + weights
+    rows = {ParamKind.WEIGHT: nbo * nbi}
+    lanes = {ParamKind.WEIGHT: p_in * p_out}
+    for kind in (ParamKind.BIAS, ParamKind.M, ParamKind.SH):
+        rows[kind], lanes[kind] = nbo, p_out
+    words = []
+    for w in good:
+        _, kind, row, lane, _ = decode_word(w)
+        wrong = rng.randrange(-128, 128)
+        words.append(encode_word(layer, kind, row, lane, wrong))      # overwritten next
+        # Out-of-range aliases: lane + lanes, lane + a power of two >= lanes, bit 15 set
+        # (same for the row), and the same address for another layer.
+        pow2 = 1 << max(1, (lanes[kind] - 1).bit_length())
+        aliases = [(row, lane + lanes[kind]), (row, lane + pow2), (row, lane | 1 << 15),
+                   (row + rows[kind], lane), (row + (1 << max(1, (rows[kind] - 1).bit_length())),
+                                              lane), (row | 1 << 15, lane)]
+        decoy = rng.choice(aliases)
+        # The decoys go before the right value: the very last beat is row 0's last weight.
+        words.append(encode_word(layer, kind, *decoy, wrong))
+        words.append(encode_word(layer + 1, kind, row, lane, wrong))
+        words.append(w)
+    n_pix = 6
+    pixels = np.array([[rng.randrange(256) for _ in range(cin)] for _ in range(n_pix)])
+    lasts = [n == n_pix - 1 for n in range(n_pix)]
+    # Every WEIGHT, BIAS, M and SH beat the decoys could spoil ends last in its memory, so
+    # one wrong element shows in the outputs (all weights and inputs are random).
+    got = run_mac(dut, words, pixels, lasts, rng, 0.0, 0.3, gap=param_stages - 1)
+    if requant:
+        want = conv1x1(pixels[None, None], weight, bias, 1, mult, sh, 8)[0, 0]
+    else:
+        want = conv1x1(pixels[None, None], weight, bias)[0, 0]
+    check_outputs(got, want, lasts, cout, p_out)
 
 
 # ---- two weight banks (banks=2, used by DynamicConv1x1): additive, banks=1 unchanged -------

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from shiftacc.hw.params import shift_param_words
+from shiftacc.hw.params import ParamKind, decode_word, encode_word, shift_param_words
 from shiftacc.hw.shift_unit import ShiftUnit
 from shiftacc.models import golden
 from shiftacc.sim.lint import lint_component
@@ -86,6 +86,50 @@ def test_shift_unit_random(case):
     want = golden.shift(images, shifts)[:, ::s, ::s, :]
     np.testing.assert_array_equal(got, want)
     assert lasts == expected_lasts(n, -(-h // s), -(-w // s), dut.nb)
+
+
+@pytest.mark.parametrize("w,h,c,p,r", [(4, 3, 5, 2, 1), (3, 3, 4, 4, 1), (5, 4, 3, 1, 2)])
+def test_shift_unit_param_writes_back_to_back(w, h, c, p, r):
+    """The two-stage parameter decode: back-to-back SHIFT beats, each right value after a
+    wrong one for the same channel (the later must win), a same-layer beat whose row or lane
+    is out of range but equal to a real channel's in the low bits (must write nothing) and
+    another layer's; the image beats on the cycle after the last (right) beat."""
+    rng, seed = make_rng(f"test_shift_unit_param_writes_back_to_back[{w},{h},{c},{p},{r}]")
+    layer_id = 9
+    shifts = random_shifts(rng, c, r)
+    dut = ShiftUnit(width=w, height=h, channels=c, lanes=p, bits=8, radius=r, stride=1,
+                    layer_id=layer_id)
+    nb = dut.nb
+
+    def readdress(word, layer, row, lane):
+        # The same SHIFT data at another address.
+        return encode_word(layer, ParamKind.SHIFT, row, lane, decode_word(word)[4])
+
+    good = shift_param_words(layer_id, shifts, p)
+    wrong = shift_param_words(layer_id, -shifts[::-1], p)          # a different shift each
+    words = []
+    pow2 = 1 << max(1, (p - 1).bit_length())
+    for k, (g, b) in enumerate(zip(good, wrong)):
+        row, lane = k // p, k % p
+        alias = rng.choice([(row, lane + p), (row, lane + pow2), (row, lane | 1 << 15),
+                            (row + nb, lane), (row | 1 << 15, lane)])
+        # The right value last: the image beats follow the last one on the next cycle.
+        words += [b, readdress(b, layer_id, *alias), readdress(b, layer_id + 1, row, lane), g]
+    n = 2
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    beats = pixels_to_beats(images, p, 8, rng)
+    result = {}
+
+    async def tb_in(ctx):
+        await send_params(ctx, dut.params, words)
+        await send(ctx, dut.i, beats)
+
+    async def tb_out(ctx):
+        result["out"] = await receive(ctx, dut.o, n * h * w * nb, rng, 0.3)
+
+    run_sim(dut, tb_in, tb_out, deadline_cycles=deadline_for(len(words) + 2 * len(beats)))
+    got, _ = beats_to_pixels(result["out"], n, h, w, c, p)
+    np.testing.assert_array_equal(got, golden.shift(images, shifts))
 
 
 @pytest.mark.parametrize("w,h,c,p,r,s", [(6, 5, 5, 2, 1, 1), (4, 4, 3, 3, 2, 1),
