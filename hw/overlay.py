@@ -1766,22 +1766,30 @@ class OverlayEngine(wiring.Component):
         with m.If(a1tap & a1last):
             m.d.sync += zc.eq(c)
 
-        # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale)
-        sh = Signal(SH_BITS)
-        with m.Switch(a1mode):
+        # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale).
+        # The item's sh is chosen at the operand select and its rounding constant made in
+        # the multiplier's last stage, both registered beside the product: the mode -> sh
+        # mux -> decrement -> one-hot decode in front of the add and the shift was the
+        # ULX3S build's critical path once the multiplier was pipelined (18.2 ns).
+        shs = Signal(SH_BITS)
+        with m.Switch(mode):
             with m.Case(M_POOL):
-                m.d.comb += sh.eq(pool_sh)
+                m.d.comb += shs.eq(pool_sh)
             with m.Case(M_Z, M_EXP):
-                m.d.comb += sh.eq(z_sh)
+                m.d.comb += shs.eq(z_sh)
             with m.Case(M_GAP):
-                m.d.comb += sh.eq(gap_sh)
+                m.d.comb += shs.eq(gap_sh)
             with m.Case(M_CTX):
-                m.d.comb += sh.eq(ctx_sh)
+                m.d.comb += shs.eq(ctx_sh)
             with m.Default():
-                m.d.comb += sh.eq(8)
-        rnd = Signal(48)
+                m.d.comb += shs.eq(8)
+        shm = shs
+        for k in range(1, PIPE.att_mul + 1):
+            shm = reg(f"att_sh_m{k}", SH_BITS, shm)
+        sh = reg("att_a1sh", SH_BITS, shm)
         shm1 = Signal(SH_BITS)
-        m.d.comb += [shm1.eq(sh - 1), rnd.eq(C(1, 48) << shm1)]
+        m.d.comb += shm1.eq(shm - 1)
+        rnd = reg("att_a1rnd", 48, C(1, 48) << shm1)
         t2 = reg("att_t2", signed(52), (prod + rnd) >> sh)
         m.d.sync += a2v.eq(a1v & (a1mode != M_TAP))
         a2mode = reg("att_a2mode", 3, a1mode)
@@ -1792,12 +1800,13 @@ class OverlayEngine(wiring.Component):
         a2last = reg("att_a2last", 1, a1last)
 
         # A3: clamp ([0, qmax]; [-128, 127] for z and u; the scale is in [0, 255] already)
-        lo = Signal(signed(10))
-        hi = Signal(signed(10))
-        signed_out = (a2mode == M_Z) | (a2mode == M_CTX)
-        m.d.comb += [lo.eq(Mux(signed_out, -128, Mux(a2mode == M_EXP, -255, 0))),
-                     hi.eq(Mux(signed_out, 127, Mux(a2mode == M_SCALE, 255,
-                                                    Mux(a2mode == M_EXP, 0, qmax))))]
+        # (the bounds registered one stage early, from A1's mode: no decode before the
+        # comparators)
+        signed_out = (a1mode == M_Z) | (a1mode == M_CTX)
+        lo = reg("att_a2lo", signed(10), Mux(signed_out, -128, Mux(a1mode == M_EXP, -255, 0)))
+        hi = reg("att_a2hi", signed(10), Mux(signed_out, 127, Mux(a1mode == M_SCALE, 255,
+                                                                  Mux(a1mode == M_EXP, 0,
+                                                                      qmax))))
         q3 = reg("att_q3", signed(10), Mux(t2 < lo, lo, Mux(t2 > hi, hi, t2)))
         m.d.sync += a3v.eq(a2v)
         a3mode = reg("att_a3mode", 3, a2mode)
