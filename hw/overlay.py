@@ -115,10 +115,6 @@ _F = {name: n for n, name in enumerate(PASS_FIELDS)}
 #: ``PipelineConstants.att_mul``).
 _ATT_MUL = 2
 
-#: Register stages between the attention unit's map-value read and its consumers (the
-#: operand select, the pool sum): ``PipelineConstants.att_read``.
-_ATT_RD = 1
-
 
 @dataclass(frozen=True)
 class PipelineConstants:
@@ -135,24 +131,23 @@ class PipelineConstants:
     # block's A/B input registers on ECP5) and the product register (its output register),
     # then the partial products' sum in att_prod; every item reaches A1 _ATT_MUL cycles later.
     att_mul: int = _ATT_MUL             # operand register, partial-product register
-    att_read: int = _ATT_RD             # the map value's register (x2)
     att_init: int = 5                   # the four constant words, read latency
-    att_pool_wait: int = 6 + _ATT_MUL + _ATT_RD  # last pool read .. p[C-1] written, the idle test
+    att_pool_wait: int = 6 + _ATT_MUL   # last pool read .. p[C-1] written, the idle test
     att_conv_step: int = 6 + 2 * _ATT_MUL   # per channel: k taps + 6 + the tap's and z's
     #                                   multiplier stages (the LUT read, on the table's port,
     #                                   must come before the next channel's first tap read)
     att_conv_wait: int = 2              # the last a[c] write, the idle test
-    att_scale_wait: int = 6 + _ATT_MUL + _ATT_RD  # last scale read .. its write, the idle test
+    att_scale_wait: int = 6 + _ATT_MUL  # last scale read .. its write, the idle test
     att_gap_slots: int = 4 + _ATT_MUL   # idle issue slots after a channel with a fused gap
     sam_init: int = 6                   # the five constant words, read latency
     sam_ctx_step: int = 7               # per channel: row bias, C products + 6 (u[c]'s
     #                                   ctx requant runs beside the next channel's reads)
     sam_ctx_wait: int = 1 + 2 * _ATT_MUL    # the last u[c]: its multiplier stages, idle test
     sam_pix_step: int = 6 + 2 * _ATT_MUL    # per pixel: 2C reads + 6 (z requant, LUT, s)
-    sam_pix_wait: int = 6 + _ATT_MUL + _ATT_RD  # last scale read .. its write, the idle test
-    sam_gap_slots: int = 6 + _ATT_MUL + _ATT_RD  # GAPR: idle issue slots after a channel
+    sam_pix_wait: int = 6 + _ATT_MUL    # last scale read .. its write, the idle test
+    sam_gap_slots: int = 6 + _ATT_MUL   # GAPR: idle issue slots after a channel
     sam_gap_wait: int = 1               # GAPR: the last channel's extra cycle to its write
-    dyn_fixed: int = 20 + 3 * _ATT_MUL + _ATT_RD  # DYN: INIT (4) and the waits between its phases
+    dyn_fixed: int = 20 + 3 * _ATT_MUL  # DYN: INIT (4) and the waits between its phases
     dyn_gather: int = 2                 # DYN pool: the gather entry's read per channel
     dyn_row: int = 7                    # DYN: per kernel k, att_bias[k] + cin taps + 6
     dyn_div: int = 10                   # DYN: per kernel, the division (load + 9 steps)
@@ -1615,8 +1610,7 @@ class OverlayEngine(wiring.Component):
         a4e = Signal()          # DYN: an exp LUT read
         dwe = Signal()          # DYN: a mixed weight / bias write request
         mv = [Signal(name=f"att_m{k}v") for k in range(1, PIPE.att_mul + 1)]
-        r2v = Signal(name="att_r2v")
-        m.d.comb += busy.eq(r1v | r2v | t1v | pgo | zgo | ggo | Cat(*mv).any() | a1v | a2v | a3v
+        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | Cat(*mv).any() | a1v | a2v | a3v
                             | a4v | x1v | a4e | dwe | (wq_en != 0))
         restart = [c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
         with m.If(~busy):
@@ -1673,34 +1667,17 @@ class OverlayEngine(wiring.Component):
         m.d.comb += xval.eq(Mux(r1buf, Mux(r1bank, rd[1, 1], rd[1, 0]),
                                 Mux(r1bank, rd[0, 1], rd[0, 0])))
 
-        # ---- stage 2: the map value (and a[c] / u[c]) registered ----
-        # The feature-map bank's block-RAM output (5.6 ns clock-to-out on ECP5) through the
-        # bank/buffer select into the operand mux and the DSP's input register, or into the
-        # pool sum's carry chain, was the ULX3S build's critical path once the multiplier
-        # was pipelined (15.1 / 15.3 ns): the value is registered first (PIPE.att_read).
-        assert PIPE.att_read == 1
-        m.d.sync += r2v.eq(r1v)
-        x2 = reg("att_x2", 8, xval)
-        ar2 = reg("att_ar2", 9, a_r.data)
-        r2kind = reg("att_r2kind", 2, r1kind)
-        r2first = reg("att_r2first", 1, r1first)
-        r2last = reg("att_r2last", 1, r1last)
-        r2mask = reg("att_r2mask", 1, r1mask)
-        r2c = reg("att_r2c", cw, r1c)
-        r2addr = reg("att_r2addr", aw, r1addr)
-        r2bank = reg("att_r2bank", 1, r1bank)
-
         # the pool / gap accumulator
         acc = Signal(signed(34), name="att_acc")
-        rsum = r2v & (r2kind == K_SUM)
+        rsum = r1v & (r1kind == K_SUM)
         xsum = Signal(8)
-        m.d.comb += xsum.eq(Mux(r2mask, x2, 0))
+        m.d.comb += xsum.eq(Mux(r1mask, xval, 0))
         with m.If(rsum):
-            m.d.sync += acc.eq(Mux(r2first, xsum, acc + xsum))
-        m.d.sync += pgo.eq(rsum & r2last)
+            m.d.sync += acc.eq(Mux(r1first, xsum, acc + xsum))
+        m.d.sync += pgo.eq(rsum & r1last)
         pc = reg("att_pc", cw)
-        with m.If(rsum & r2last):
-            m.d.sync += pc.eq(r2c)
+        with m.If(rsum & r1last):
+            m.d.sync += pc.eq(r1c)
         gapr = Signal()
         m.d.comb += gapr.eq((aph == GAPR) | (aph == GWAIT))
 
@@ -1733,13 +1710,13 @@ class OverlayEngine(wiring.Component):
         with m.Elif(x1v):
             m.d.comb += [ma.eq(Mux(x1bias, at_r.data.as_signed(), at_r.data[:8].as_signed())),
                          mb.eq(pf[x1k]), mode.eq(M_TAP)]
-        with m.Elif(r2kind == K_Z):
-            m.d.comb += [ma.eq(ar2.as_signed()), mb.eq(x2), mode.eq(M_TAP)]
+        with m.Elif(r1kind == K_Z):
+            m.d.comb += [ma.eq(a_r.data.as_signed()), mb.eq(xval), mode.eq(M_TAP)]
         with m.Else():
-            m.d.comb += [ma.eq(x2), mb.eq(Mux(sam, sreg, ar2)), mode.eq(M_SCALE),
-                         item_c.eq(r2c), item_addr.eq(r2addr), item_bank.eq(r2bank)]
+            m.d.comb += [ma.eq(xval), mb.eq(Mux(sam, sreg, a_r.data)), mode.eq(M_SCALE),
+                         item_c.eq(r1c), item_addr.eq(r1addr), item_bank.eq(r1bank)]
         s1v = Signal()
-        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r2v & (r2kind != K_SUM)))
+        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r1v & (r1kind != K_SUM)))
 
         def pipe(name, shape, value):
             """``value`` of the item at the operand select, carried beside it through the
@@ -1773,8 +1750,8 @@ class OverlayEngine(wiring.Component):
         a1c = pipe("att_a1c", cw, item_c)
         a1addr = pipe("att_a1addr", aw, item_addr)
         a1bank = pipe("att_a1bank", 1, item_bank)
-        a1first = pipe("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r2first)))
-        a1last = pipe("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r2last)))
+        a1first = pipe("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r1first)))
+        a1last = pipe("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r1last)))
 
         # A1: a tap / product goes into z (from the bias, or SAM's row bias, at the first)
         a1tap = a1v & (a1mode == M_TAP)
