@@ -111,6 +111,11 @@ FIELD_SLOTS = 1 << ceil_log2(len(PASS_FIELDS))
 _F = {name: n for n, name in enumerate(PASS_FIELDS)}
 
 
+#: Register stages of the attention unit's multiplier beyond its product register (see
+#: ``PipelineConstants.att_mul``).
+_ATT_MUL = 2
+
+
 @dataclass(frozen=True)
 class PipelineConstants:
     """The fixed cycle counts of the engine (see :mod:`hw.overlay_timing`)."""
@@ -121,21 +126,28 @@ class PipelineConstants:
     gap_sum_flush: int = 16             # the same with a gap (the sum's write at S9 is last)
     gap_load: int = 1                   # gap sums -> drain shift register
     gap_flush: int = 11                 # after the gap drain's D steps: its last write
-    # the attention unit (channel_attention pass, OverlayEngine._attention)
+    # the attention unit (channel_attention pass, OverlayEngine._attention). Its shared
+    # multiplier is _ATT_MUL stages longer than one register: the operand register (the DSP
+    # block's A/B input registers on ECP5) and the product register (its output register),
+    # then the partial products' sum in att_prod; every item reaches A1 _ATT_MUL cycles later.
+    att_mul: int = _ATT_MUL             # operand register, partial-product register
     att_init: int = 5                   # the four constant words, read latency
-    att_pool_wait: int = 6              # last pool read .. p[C-1] written, the idle test
-    att_conv_step: int = 6              # per channel: k taps + 6 (z requant, LUT, a write)
+    att_pool_wait: int = 6 + _ATT_MUL   # last pool read .. p[C-1] written, the idle test
+    att_conv_step: int = 6 + 2 * _ATT_MUL   # per channel: k taps + 6 + the tap's and z's
+    #                                   multiplier stages (the LUT read, on the table's port,
+    #                                   must come before the next channel's first tap read)
     att_conv_wait: int = 2              # the last a[c] write, the idle test
-    att_scale_wait: int = 6             # last scale read .. its write, the idle test
-    att_gap_slots: int = 4              # idle issue slots after a channel with a fused gap
+    att_scale_wait: int = 6 + _ATT_MUL  # last scale read .. its write, the idle test
+    att_gap_slots: int = 4 + _ATT_MUL   # idle issue slots after a channel with a fused gap
     sam_init: int = 6                   # the five constant words, read latency
-    sam_ctx_step: int = 7               # per channel: row bias, C products + 6
-    sam_ctx_wait: int = 1               # the idle test after the last u[c] write
-    sam_pix_step: int = 6               # per pixel: 2C reads + 6 (z requant, LUT, s)
-    sam_pix_wait: int = 6               # last scale read .. its write, the idle test
-    sam_gap_slots: int = 6              # GAPR: idle issue slots after a channel
+    sam_ctx_step: int = 7               # per channel: row bias, C products + 6 (u[c]'s
+    #                                   ctx requant runs beside the next channel's reads)
+    sam_ctx_wait: int = 1 + 2 * _ATT_MUL    # the last u[c]: its multiplier stages, idle test
+    sam_pix_step: int = 6 + 2 * _ATT_MUL    # per pixel: 2C reads + 6 (z requant, LUT, s)
+    sam_pix_wait: int = 6 + _ATT_MUL    # last scale read .. its write, the idle test
+    sam_gap_slots: int = 6 + _ATT_MUL   # GAPR: idle issue slots after a channel
     sam_gap_wait: int = 1               # GAPR: the last channel's extra cycle to its write
-    dyn_fixed: int = 20                 # DYN: INIT (4) and the waits between its phases
+    dyn_fixed: int = 20 + 3 * _ATT_MUL  # DYN: INIT (4) and the waits between its phases
     dyn_gather: int = 2                 # DYN pool: the gather entry's read per channel
     dyn_row: int = 7                    # DYN: per kernel k, att_bias[k] + cin taps + 6
     dyn_div: int = 10                   # DYN: per kernel, the division (load + 9 steps)
@@ -1315,12 +1327,12 @@ class OverlayEngine(wiring.Component):
         if cfg.attention:
             self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
-                            dynw, att_gat, att_gaddr, gat_r)
+                            dynw, att_gat, att_gaddr, gat_r, ecp5)
         return m
 
     def _attention(self, m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr, att_start,
                    att_done, wq_en, wq_addr, wq_data, wq_buf, dynw, att_gat, att_gaddr,
-                   gat_r):
+                   gat_r, ecp5=False):
         """The attention unit: a channel_attention (op ECA) or spatial_attention (op SAM)
         pass over the map in ``src``, its output in ``dst`` (same layout).
 
@@ -1335,27 +1347,36 @@ class OverlayEngine(wiring.Component):
         * CONV, per output channel, strictly sequential. ECA: ``k`` taps (``p`` from
           ``att_p``, zero outside [0, C), the tap from the table) into ``z`` from the bias,
           the z requant and clamp to [-128, 127], the LUT read, ``a[c]`` into ``att_a``
-          (``k + 6`` cycles). SAM: the row's bias ``ctx_bias[c]``, then ``C`` products
-          ``ctx_weight[c, j] * p[j]``, the ctx requant and clamp: ``u[c]`` into ``att_a``
-          (``C + 7`` cycles).
+          (``k + 10`` cycles: the LUT read must be over before the next channel's first tap
+          read on the table's port). SAM: the row's bias ``ctx_bias[c]``, then ``C``
+          products ``ctx_weight[c, j] * p[j]``, the ctx requant and clamp: ``u[c]`` into
+          ``att_a`` (``C + 7`` cycles; a channel's z requant runs beside the next
+          channel's first reads).
         * ECA, SCALE: channel after channel, every pixel read again and
           ``(x * a[c] + 128) >> 8`` (the shared multiplier, the requant's round-and-shift
           with sh = 8) written to ``dst`` at the same address; with a fused gap the scaled
-          values are summed instead, 4 idle issue slots after each channel leave the
+          values are summed instead, 6 idle issue slots after each channel leave the
           multiplier to the gap requant, and ``dst`` receives the 1×1 map.
-        * SAM, ZS: pixel after pixel (``2C + 6`` cycles): its ``C`` values read for
+        * SAM, ZS: pixel after pixel (``2C + 10`` cycles): its ``C`` values read for
           ``z = bias + sum u[c] * x[c]``, the z requant, clamp, the LUT read (``s``), then
           its ``C`` values read again, ``(x * s + 128) >> 8`` written to ``dst``.
         * SAM with a fused gap, GAPR: channel after channel over ``dst``, summed, the gap
           requant, written in place as the 1×1 map (``gap[c]`` goes where pixel 0's
-          channel ``c`` was, read already); 6 idle issue slots after each channel keep the
+          channel ``c`` was, read already); 8 idle issue slots after each channel keep the
           write off the bank's single port while it reads.
 
         Between phases the unit waits until nothing is in flight (its pipeline's valid
         flags and the write request): a fixed number of cycles, the pipeline never stalls.
         The one multiplier is 33s × 16u (``v * m`` of a requant; the taps, the products and
-        the scale fit it); the post-multiply stages are the requant's (round, floor shift,
+        the scale fit it): an operand register, two registered partial products (two
+        ``MULT18X18D`` with their input and output registers on ECP5) and their sum in
+        ``att_prod``, so an item reaches A1 ``PIPE.att_mul`` = 2 cycles later than the
+        product register alone would; the step counts and idle slots above include those
+        cycles (``PIPE``). The post-multiply stages are the requant's (round, floor shift,
         clamp).
+
+        ``ecp5``: the partial products are instantiated ``MULT18X18D`` (``hw.dsp``) instead
+        of fabric registers and ``*`` (same cycles).
         """
         cfg = self.config
         P = cfg.lanes
@@ -1412,8 +1433,8 @@ class OverlayEngine(wiring.Component):
         rlast = reg("att_rlast", cw)                         # CONV: the last row
         tend = reg("att_tend", cw + 3)                       # CONV: the channel's last step
         tlast = reg("att_tlast", cw + 3)                     # CONV: the last tap's step
-        e1 = reg("att_e1", cw + 3)                           # ZS: C + 6 (first s read)
-        e2m1 = reg("att_e2m1", cw + 3)                       # ZS: 2C + 5 (the pixel's end)
+        e1 = reg("att_e1", cw + 3)                           # ZS: C + 10 (first s read)
+        e2m1 = reg("att_e2m1", cw + 3)                       # ZS: 2C + 9 (the pixel's end)
         cba = reg("att_cba", tw)                             # SAM: ctx_bias[c]'s entry
         wrm1 = reg("att_wrm1", tw)                           # SAM: ctx_weight[c, 0]'s - 1
 
@@ -1439,7 +1460,8 @@ class OverlayEngine(wiring.Component):
         ly = Signal(len(f["h"]))
         addr = Signal(aw)
         cb = Signal(aw)
-        gw = Signal(3)           # idle issue slots left after a channel (gap, GAPR)
+        gw = Signal(range(max(PIPE.att_gap_slots, PIPE.sam_gap_slots) + 1))  # idle issue
+        #                          slots left after a channel (gap, GAPR)
         gs = Signal(2)           # GPOOL: 0 gather read, 1 its capture, 2 the pixels
         st = Signal(cw + 3)      # CONV, ZS: step
         pj = Signal(signed(cw + 5))  # CONV: p index of the tap, ECA c + st - half, SAM st - 1
@@ -1521,19 +1543,22 @@ class OverlayEngine(wiring.Component):
                             m.d.sync += [ic.eq(0), aph.eq(POOL), c.eq(0), lx.eq(0),
                                          ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
                 with m.If(dyn):
-                    m.d.sync += [lutc.eq(tbase + DYN_HEAD + 255), tend.eq(taps + 6),
+                    m.d.sync += [lutc.eq(tbase + DYN_HEAD + 255),
+                                 tend.eq(taps + PIPE.dyn_row - 1),
                                  tlast.eq(taps), cba.eq(tbase + DYN_HEAD + 256)]
                 with m.Elif(sam):
                     m.d.sync += [rlast.eq(m1["in_c"]),
                                  lutc.eq(f["cbase"] + SAM_HEAD + 128),
-                                 tend.eq(f["in_c"] + 6), tlast.eq(f["in_c"]),
-                                 e1.eq(f["in_c"] + 6), e2m1.eq((f["in_c"] << 1) + 5),
+                                 tend.eq(f["in_c"] + PIPE.sam_ctx_step - 1),
+                                 tlast.eq(f["in_c"]),
+                                 e1.eq(f["in_c"] + PIPE.sam_pix_step),
+                                 e2m1.eq((f["in_c"] << 1) + PIPE.sam_pix_step - 1),
                                  cba.eq(f["cbase"] + SAM_HEAD + 256),
                                  wrm1.eq(f["cbase"] + SAM_HEAD + 256 + f["in_c"] - 1)]
                 with m.Else():
                     m.d.sync += [rlast.eq(m1["in_c"]),
                                  lutc.eq(f["cbase"] + ECA_HEAD + 128 + taps),
-                                 tend.eq(taps + 5), tlast.eq(taps - 1),
+                                 tend.eq(taps + PIPE.att_conv_step - 1), tlast.eq(taps - 1),
                                  wrm1.eq(f["cbase"] + ECA_HEAD)]
                 m.d.sync += half.eq((taps - 1) >> 1)
             with m.Case(CONV):
@@ -1571,9 +1596,9 @@ class OverlayEngine(wiring.Component):
                 nb = Mux(c[0], cb + 1, cb)
                 m.d.sync += [ly.eq(0), c.eq(c + 1), cb.eq(nb), addr.eq(nb)]
                 with m.If((aph == SCALE) & f["gap"]):
-                    m.d.sync += gw.eq(4)
+                    m.d.sync += gw.eq(PIPE.att_gap_slots)
                 with m.If(aph == GAPR):
-                    m.d.sync += gw.eq(6)
+                    m.d.sync += gw.eq(PIPE.sam_gap_slots)
                 with m.If(last_c):
                     m.d.sync += aph.eq(Mux(aph == POOL, PWAIT,
                                            Mux(aph == SCALE, SWAIT, GWAIT)))
@@ -1584,8 +1609,9 @@ class OverlayEngine(wiring.Component):
         x1v = Signal()          # DYN: a mixing tap read (MIX)
         a4e = Signal()          # DYN: an exp LUT read
         dwe = Signal()          # DYN: a mixed weight / bias write request
-        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | a1v | a2v | a3v | a4v | x1v | a4e
-                            | dwe | (wq_en != 0))
+        mv = [Signal(name=f"att_m{k}v") for k in range(1, PIPE.att_mul + 1)]
+        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | Cat(*mv).any() | a1v | a2v | a3v
+                            | a4v | x1v | a4e | dwe | (wq_en != 0))
         restart = [c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
         with m.If(~busy):
             with m.If(aph == PWAIT):
@@ -1691,14 +1717,41 @@ class OverlayEngine(wiring.Component):
                          item_c.eq(r1c), item_addr.eq(r1addr), item_bank.eq(r1bank)]
         s1v = Signal()
         m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r1v & (r1kind != K_SUM)))
-        prod = reg("att_prod", signed(33 + M_BITS), ma * mb)
-        m.d.sync += a1v.eq(s1v)
-        a1mode = reg("att_a1mode", 3, mode)
-        a1c = reg("att_a1c", cw, item_c)
-        a1addr = reg("att_a1addr", aw, item_addr)
-        a1bank = reg("att_a1bank", 1, item_bank)
-        a1first = reg("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r1first)))
-        a1last = reg("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r1last)))
+
+        def pipe(name, shape, value):
+            """``value`` of the item at the operand select, carried beside it through the
+            multiplier's stages to A1 (``name``)."""
+            for k in range(1, PIPE.att_mul + 1):
+                value = reg(f"{name}_m{k}", shape, value)
+            return reg(name, shape, value)
+
+        # The product, PIPE.att_mul + 1 register stages after the operand select. The
+        # unregistered att_p / table / LUT reads through the operand priority mux into the
+        # 33s x 16u product and its carry chain was the ULX3S build's critical path (24.5 ns),
+        # so the operands are registered first and the two 16-bit-wide partial products
+        # (a = hi * 2^17 + lo, lo 17 bits unsigned, hi 16 bits signed; each fits one
+        # MULT18X18D) are registered before their sum goes into att_prod. On ECP5 those
+        # registers are the MULT18X18D blocks' own A/B input and output registers (hw.dsp):
+        # register-to-register hops on each side of the block.
+        assert PIPE.att_mul == 2
+        plo = Signal(33, name="att_plo")             # lo * mb: 17u x 16u
+        phi = Signal(signed(32), name="att_phi")     # hi * mb: 16s x 16u
+        if ecp5:
+            m.submodules.att_mul_lo = mult18x18d_registered(ma[:17], mb, plo)
+            m.submodules.att_mul_hi = mult18x18d_registered(ma[17:].as_signed(), mb, phi)
+        else:
+            ma1 = reg("att_ma1", signed(33), ma)
+            mb1 = reg("att_mb1", M_BITS, mb)
+            m.d.sync += [plo.eq(ma1[:17] * mb1), phi.eq(ma1[17:].as_signed() * mb1)]
+        prod = reg("att_prod", signed(33 + M_BITS), (phi << 17) + plo)
+        m.d.sync += [mv[0].eq(s1v)] + [mv[k].eq(mv[k - 1]) for k in range(1, len(mv))]
+        m.d.sync += a1v.eq(mv[-1])
+        a1mode = pipe("att_a1mode", 3, mode)
+        a1c = pipe("att_a1c", cw, item_c)
+        a1addr = pipe("att_a1addr", aw, item_addr)
+        a1bank = pipe("att_a1bank", 1, item_bank)
+        a1first = pipe("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r1first)))
+        a1last = pipe("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r1last)))
 
         # A1: a tap / product goes into z (from the bias, or SAM's row bias, at the first)
         a1tap = a1v & (a1mode == M_TAP)
@@ -1713,22 +1766,30 @@ class OverlayEngine(wiring.Component):
         with m.If(a1tap & a1last):
             m.d.sync += zc.eq(c)
 
-        # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale)
-        sh = Signal(SH_BITS)
-        with m.Switch(a1mode):
+        # A2: round and floor shift: (v * m + (1 << (sh - 1))) >> sh (sh = 8 for the scale).
+        # The item's sh is chosen at the operand select and its rounding constant made in
+        # the multiplier's last stage, both registered beside the product: the mode -> sh
+        # mux -> decrement -> one-hot decode in front of the add and the shift was the
+        # ULX3S build's critical path once the multiplier was pipelined (18.2 ns).
+        shs = Signal(SH_BITS)
+        with m.Switch(mode):
             with m.Case(M_POOL):
-                m.d.comb += sh.eq(pool_sh)
+                m.d.comb += shs.eq(pool_sh)
             with m.Case(M_Z, M_EXP):
-                m.d.comb += sh.eq(z_sh)
+                m.d.comb += shs.eq(z_sh)
             with m.Case(M_GAP):
-                m.d.comb += sh.eq(gap_sh)
+                m.d.comb += shs.eq(gap_sh)
             with m.Case(M_CTX):
-                m.d.comb += sh.eq(ctx_sh)
+                m.d.comb += shs.eq(ctx_sh)
             with m.Default():
-                m.d.comb += sh.eq(8)
-        rnd = Signal(48)
+                m.d.comb += shs.eq(8)
+        shm = shs
+        for k in range(1, PIPE.att_mul + 1):
+            shm = reg(f"att_sh_m{k}", SH_BITS, shm)
+        sh = reg("att_a1sh", SH_BITS, shm)
         shm1 = Signal(SH_BITS)
-        m.d.comb += [shm1.eq(sh - 1), rnd.eq(C(1, 48) << shm1)]
+        m.d.comb += shm1.eq(shm - 1)
+        rnd = reg("att_a1rnd", 48, C(1, 48) << shm1)
         t2 = reg("att_t2", signed(52), (prod + rnd) >> sh)
         m.d.sync += a2v.eq(a1v & (a1mode != M_TAP))
         a2mode = reg("att_a2mode", 3, a1mode)
@@ -1739,12 +1800,13 @@ class OverlayEngine(wiring.Component):
         a2last = reg("att_a2last", 1, a1last)
 
         # A3: clamp ([0, qmax]; [-128, 127] for z and u; the scale is in [0, 255] already)
-        lo = Signal(signed(10))
-        hi = Signal(signed(10))
-        signed_out = (a2mode == M_Z) | (a2mode == M_CTX)
-        m.d.comb += [lo.eq(Mux(signed_out, -128, Mux(a2mode == M_EXP, -255, 0))),
-                     hi.eq(Mux(signed_out, 127, Mux(a2mode == M_SCALE, 255,
-                                                    Mux(a2mode == M_EXP, 0, qmax))))]
+        # (the bounds registered one stage early, from A1's mode: no decode before the
+        # comparators)
+        signed_out = (a1mode == M_Z) | (a1mode == M_CTX)
+        lo = reg("att_a2lo", signed(10), Mux(signed_out, -128, Mux(a1mode == M_EXP, -255, 0)))
+        hi = reg("att_a2hi", signed(10), Mux(signed_out, 127, Mux(a1mode == M_SCALE, 255,
+                                                                  Mux(a1mode == M_EXP, 0,
+                                                                      qmax))))
         q3 = reg("att_q3", signed(10), Mux(t2 < lo, lo, Mux(t2 > hi, hi, t2)))
         m.d.sync += a3v.eq(a2v)
         a3mode = reg("att_a3mode", 3, a2mode)
@@ -1880,10 +1942,10 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += aph.eq(MWAIT)
         m.d.sync += [x1v.eq(miss), x1k.eq(mk), x1first.eq(mk == 0), x1last.eq(mk == rlast),
                      x1bias.eq(mbias), x1row.eq(mrow), x1lane.eq(ml), x1ent.eq(f["cbase"] + mo)]
-        a1bias = reg("att_a1bias", 1, x1bias)
-        a1row = reg("att_a1row", len(mrow), x1row)
-        a1lane = reg("att_a1lane", len(ml), x1lane)
-        a1ent = reg("att_a1ent", len(x1ent), x1ent)
+        a1bias = pipe("att_a1bias", 1, x1bias)
+        a1row = pipe("att_a1row", len(mrow), x1row)
+        a1lane = pipe("att_a1lane", len(ml), x1lane)
+        a1ent = pipe("att_a1ent", len(x1ent), x1ent)
         rounded = Signal(signed(48))
         m.d.comb += rounded.eq((znext + 128) >> 8)
         dw_w = Signal()

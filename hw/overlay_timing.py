@@ -128,6 +128,11 @@ def attention_cycles(p):
 
     With a fused gap the last channel's idle slots are inside the final wait, which is then
     ``ATT_SCALE_WAIT + ATT_GAP_SLOTS`` after the last read: the same sum.
+
+    The unit's multiplier has ``ATT_MUL`` = 2 register stages before its product register
+    (operand, partial products): the waits grow by ``ATT_MUL``, a step that takes an item
+    through the multiplier twice (a tap into z, then z's requant) by ``2 * ATT_MUL``
+    (``hw.overlay.PipelineConstants``).
     """
     c = _get(p, "in_c")
     npix = _get(p, "h") * _get(p, "w")

@@ -53,7 +53,7 @@ def draw(nrng, cfg, attention, size, max_width=9, need_gap=None, tries=300, want
 
 
 def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_stall=0.5,
-                   attention=ECA, max_width=9, want=None):
+                   attention=ECA, max_width=9, want=None, engine=OverlayEngine):
     rng, seed = make_rng(name)
     nrng = np.random.default_rng(seed)
     cfg = att_config(lanes, r, attention)
@@ -65,7 +65,7 @@ def attention_case(name, lanes, r, size, need_gap=None, n_img=2, p_idle=0.3, p_s
     h, w, c = model.input_shape
     images = nrng.integers(0, 256, (n_img, h, w, c))
     want = golden.run(model, images)
-    got, first = run_engine(OverlayEngine(plan.config), plan.param_words(), images,
+    got, first = run_engine(engine(plan.config), plan.param_words(), images,
                             want.shape[1], rng, p_idle, p_stall, deadline=400_000)
     check_logits(got, want)
     return plan, first
@@ -118,6 +118,44 @@ def test_attention_random_nets_slow(case):
                                  attention=ALL)
     if case == 0:
         assert np.diff(first).tolist() == [image_cycles(plan)] * 2
+
+
+def test_attention_ecp5_multiplier_is_two_registered_mult18x18d():
+    """On an ECP5 the attention unit's 33s x 16u multiplier is two MULT18X18D (the operand's
+    low 17 bits and its high 16 bits, times the 16-bit factor) with their A/B input and
+    output registers: the operand select's RAM reads and priority mux end in the DSP's
+    input register, the product leaves from its output register (the ULX3S build's critical
+    path was the unregistered path through both). The generic RTL has no MULT18X18D."""
+    from ecp5_dsp import registered_mult18x18d
+    from shiftacc.hw.stream import to_verilog
+    from test_overlay_engine import _ECP5
+    base = registered_mult18x18d(to_verilog(OverlayEngine(att_config(4, 2, ())),
+                                            platform=_ECP5()))
+    text = to_verilog(OverlayEngine(att_config(4, 2, ALL)), platform=_ECP5())
+    assert registered_mult18x18d(text) == base + 2
+    assert "MULT18X18D" not in to_verilog(OverlayEngine(att_config(4, 2, ALL)))
+
+
+@pytest.mark.parametrize("attention,gap", [(BOTH, None), pytest.param(ALL, None,
+                                                                       marks=pytest.mark.slow)],
+                         ids=["eca-sam", "all"])
+def test_attention_ecp5_matches_golden_and_cycles(monkeypatch, attention, gap):
+    """The ECP5 netlist (its MULT18X18D blocks as test_requant's behavioural model: the
+    attention multiplier's partial products and their sum) computes golden logits under
+    stalls, and without stalls its cycles per image equal the cycle model: the same
+    latency as the generic RTL's operand and partial-product registers."""
+    import shiftacc.hw.overlay as ov_mod
+    from test_overlay_engine import _OverlayOnECP5
+    from test_requant import _mult18x18d_model
+    calls = []
+    monkeypatch.setattr(ov_mod, "mult18x18d_registered", _mult18x18d_model(calls))
+    name = f"test_attention_ecp5_matches_golden_and_cycles[{attention[-1]}]"
+    attention_case(name, 4, 2, (5, 4), gap, attention=attention, engine=_OverlayOnECP5)
+    att = [c for c in calls if c[2].width > 16]          # the MAC lanes' products are 16 bits
+    assert len(att) == 2, calls
+    plan, first = attention_case(name + "-cycles", 4, 1, (5, 3), gap, n_img=3, p_idle=0.0,
+                                 p_stall=0.0, attention=attention, engine=_OverlayOnECP5)
+    assert np.diff(first).tolist() == [image_cycles(plan)] * 2
 
 
 def _dyn_in_a_block(stride):
