@@ -1369,7 +1369,7 @@ class OverlayEngine(wiring.Component):
           its ``C`` values read again, ``(x * s + 128) >> 8`` written to ``dst``.
         * SAM with a fused gap, GAPR: channel after channel over ``dst``, summed, the gap
           requant, written in place as the 1×1 map (``gap[c]`` goes where pixel 0's
-          channel ``c`` was, read already); 8 idle issue slots after each channel keep the
+          channel ``c`` was, read already); 9 idle issue slots after each channel keep the
           write off the bank's single port while it reads.
 
         Between phases the unit waits until nothing is in flight (its pipeline's valid
@@ -1379,8 +1379,9 @@ class OverlayEngine(wiring.Component):
         ``MULT18X18D`` with their input and output registers on ECP5) and their sum in
         ``att_prod``, so an item reaches A1 ``PIPE.att_mul`` = 2 cycles later than the
         product register alone would; the step counts and idle slots above include those
-        cycles (``PIPE``). The post-multiply stages are the requant's (round, floor shift,
-        clamp).
+        cycles (``PIPE``). A map read has its request registered before the bank's address
+        port and its value after the bank select (``PIPE.att_read``). The post-multiply
+        stages are the requant's (round, floor shift, clamp).
 
         ``ecp5``: the partial products are instantiated ``MULT18X18D`` (``hw.dsp``) instead
         of fabric registers and ``*`` (same cycles).
