@@ -115,6 +115,11 @@ _F = {name: n for n, name in enumerate(PASS_FIELDS)}
 #: ``PipelineConstants.att_mul``).
 _ATT_MUL = 2
 
+#: Register stages the attention unit adds to a map-value read: its request before the
+#: bank's address port, its value before the pool sum and the operand select
+#: (``PipelineConstants.att_read``).
+_ATT_RD = 2
+
 
 @dataclass(frozen=True)
 class PipelineConstants:
@@ -131,23 +136,25 @@ class PipelineConstants:
     # block's A/B input registers on ECP5) and the product register (its output register),
     # then the partial products' sum in att_prod; every item reaches A1 _ATT_MUL cycles later.
     att_mul: int = _ATT_MUL             # operand register, partial-product register
+    att_read: int = _ATT_RD             # the read request's register, the value's (x2)
     att_init: int = 5                   # the four constant words, read latency
-    att_pool_wait: int = 6 + _ATT_MUL   # last pool read .. p[C-1] written, the idle test
+    att_pool_wait: int = 6 + _ATT_MUL + _ATT_RD  # last pool read .. p[C-1] written, the idle test
     att_conv_step: int = 6 + 2 * _ATT_MUL   # per channel: k taps + 6 + the tap's and z's
     #                                   multiplier stages (the LUT read, on the table's port,
     #                                   must come before the next channel's first tap read)
     att_conv_wait: int = 2              # the last a[c] write, the idle test
-    att_scale_wait: int = 6 + _ATT_MUL  # last scale read .. its write, the idle test
+    att_scale_wait: int = 6 + _ATT_MUL + _ATT_RD  # last scale read .. its write, the idle test
     att_gap_slots: int = 4 + _ATT_MUL   # idle issue slots after a channel with a fused gap
     sam_init: int = 6                   # the five constant words, read latency
     sam_ctx_step: int = 7               # per channel: row bias, C products + 6 (u[c]'s
     #                                   ctx requant runs beside the next channel's reads)
     sam_ctx_wait: int = 1 + 2 * _ATT_MUL    # the last u[c]: its multiplier stages, idle test
     sam_pix_step: int = 6 + 2 * _ATT_MUL    # per pixel: 2C reads + 6 (z requant, LUT, s)
-    sam_pix_wait: int = 6 + _ATT_MUL    # last scale read .. its write, the idle test
-    sam_gap_slots: int = 6 + _ATT_MUL   # GAPR: idle issue slots after a channel
-    sam_gap_wait: int = 1               # GAPR: the last channel's extra cycle to its write
-    dyn_fixed: int = 20 + 3 * _ATT_MUL  # DYN: INIT (4) and the waits between its phases
+    sam_pix_wait: int = 6 + _ATT_MUL + _ATT_RD  # last scale read .. its write, the idle test
+    sam_gap_slots: int = 7 + _ATT_MUL   # GAPR: idle issue slots after a channel
+    sam_gap_wait: int = 2               # GAPR: the last channel's extra cycles to its write
+    #                                   (the read request's register delays it, not the slots)
+    dyn_fixed: int = 20 + 3 * _ATT_MUL + _ATT_RD  # DYN: INIT (4) and the waits between its phases
     dyn_gather: int = 2                 # DYN pool: the gather entry's read per channel
     dyn_row: int = 7                    # DYN: per kernel k, att_bias[k] + cin taps + 6
     dyn_div: int = 10                   # DYN: per kernel, the division (load + 9 steps)
@@ -1362,7 +1369,7 @@ class OverlayEngine(wiring.Component):
           its ``C`` values read again, ``(x * s + 128) >> 8`` written to ``dst``.
         * SAM with a fused gap, GAPR: channel after channel over ``dst``, summed, the gap
           requant, written in place as the 1×1 map (``gap[c]`` goes where pixel 0's
-          channel ``c`` was, read already); 8 idle issue slots after each channel keep the
+          channel ``c`` was, read already); 9 idle issue slots after each channel keep the
           write off the bank's single port while it reads.
 
         Between phases the unit waits until nothing is in flight (its pipeline's valid
@@ -1372,8 +1379,9 @@ class OverlayEngine(wiring.Component):
         ``MULT18X18D`` with their input and output registers on ECP5) and their sum in
         ``att_prod``, so an item reaches A1 ``PIPE.att_mul`` = 2 cycles later than the
         product register alone would; the step counts and idle slots above include those
-        cycles (``PIPE``). The post-multiply stages are the requant's (round, floor shift,
-        clamp).
+        cycles (``PIPE``). A map read has its request registered before the bank's address
+        port and its value after the bank select (``PIPE.att_read``). The post-multiply
+        stages are the requant's (round, floor shift, clamp).
 
         ``ecp5``: the partial products are instantiated ``MULT18X18D`` (``hw.dsp``) instead
         of fabric registers and ``*`` (same cycles).
@@ -1504,8 +1512,14 @@ class OverlayEngine(wiring.Component):
         m.d.comb += rkind.eq(Mux(zs_z, K_Z, Mux(zs_s | (aph == SCALE), K_SCALE, K_SUM)))
         raddr = Signal(aw)
         m.d.comb += raddr.eq(Mux(aph == ZS, pixbase + (cc >> 1), addr))
-        m.d.comb += [att_rd.eq(rd_any), att_raddr.eq(raddr),
-                     a_r.addr.eq(Mux(aph == ZS, cc, c))]
+        # stage 0: the read request registered before the bank's address port (the phase
+        # and step state -> read issue -> address select -> the engine's bank address mux
+        # -> the feature-map DP16KD's address was the next path once x2 was registered)
+        r0v = Signal(name="att_r0v")
+        r0addr = reg("att_r0addr", aw, raddr)
+        r0aaddr = reg("att_r0aaddr", len(a_r.addr), Mux(aph == ZS, cc, c))
+        m.d.sync += r0v.eq(rd_any)
+        m.d.comb += [att_rd.eq(r0v), att_raddr.eq(r0addr), a_r.addr.eq(r0aaddr)]
 
         M_TAP, M_POOL, M_Z, M_SCALE, M_GAP, M_CTX, M_EXP = range(7)
 
@@ -1610,8 +1624,9 @@ class OverlayEngine(wiring.Component):
         a4e = Signal()          # DYN: an exp LUT read
         dwe = Signal()          # DYN: a mixed weight / bias write request
         mv = [Signal(name=f"att_m{k}v") for k in range(1, PIPE.att_mul + 1)]
-        m.d.comb += busy.eq(r1v | t1v | pgo | zgo | ggo | Cat(*mv).any() | a1v | a2v | a3v
-                            | a4v | x1v | a4e | dwe | (wq_en != 0))
+        r2v = Signal(name="att_r2v")
+        m.d.comb += busy.eq(r0v | r1v | r2v | t1v | pgo | zgo | ggo | Cat(*mv).any() | a1v
+                            | a2v | a3v | a4v | x1v | a4e | dwe | (wq_en != 0))
         restart = [c.eq(0), lx.eq(0), ly.eq(0), addr.eq(0), cb.eq(0), gw.eq(0)]
         with m.If(~busy):
             with m.If(aph == PWAIT):
@@ -1648,17 +1663,21 @@ class OverlayEngine(wiring.Component):
             m.d.sync += cbias.eq(at_r.data.as_signed())
 
         # ---- stage 1: the read data ----
-        m.d.sync += [r1v.eq(rd_any), t1v.eq(t_iss)]
-        r1kind = reg("att_r1kind", 2, rkind)
-        r1first = reg("att_r1first", 1, Mux(aph == ZS, cc == 0, first_pix))
-        r1last = reg("att_r1last", 1, Mux(aph == ZS, cc == m1["in_c"], last_pix))
+        m.d.sync += [r1v.eq(r0v), t1v.eq(t_iss)]
+
+        def rd1(name, shape, value):
+            """``value`` at the read's issue, at stage 1 (through stage 0)."""
+            return reg(f"att_r1{name}", shape, reg(f"att_r0{name}", shape, value))
+        r1kind = rd1("kind", 2, rkind)
+        r1first = rd1("first", 1, Mux(aph == ZS, cc == 0, first_pix))
+        r1last = rd1("last", 1, Mux(aph == ZS, cc == m1["in_c"], last_pix))
         gbank = Signal()
-        r1bank = reg("att_r1bank", 1, Mux(aph == ZS, cc[0], Mux(aph == GPOOL, gbank, c[0])))
+        r1bank = rd1("bank", 1, Mux(aph == ZS, cc[0], Mux(aph == GPOOL, gbank, c[0])))
         gmask = Signal()
-        r1mask = reg("att_r1mask", 1, Mux(aph == GPOOL, gmask, 1))
-        r1c = reg("att_r1c", cw, Mux(aph == ZS, cc, c))
-        r1addr = reg("att_r1addr", aw, raddr)
-        r1buf = reg("att_r1buf", 1, Mux(aph == GAPR, f["dst"], f["src"]))
+        r1mask = rd1("mask", 1, Mux(aph == GPOOL, gmask, 1))
+        r1c = rd1("c", cw, Mux(aph == ZS, cc, c))
+        r1addr = reg("att_r1addr", aw, r0addr)
+        r1buf = rd1("buf", 1, Mux(aph == GAPR, f["dst"], f["src"]))
         t1first = reg("att_t1first", 1, st == sam)
         t1last = reg("att_t1last", 1, st == tlast)
         t1in = reg("att_t1in", 1, rowbias | ((pj >= 0) & (pj <= m1["in_c"])))
@@ -1667,17 +1686,34 @@ class OverlayEngine(wiring.Component):
         m.d.comb += xval.eq(Mux(r1buf, Mux(r1bank, rd[1, 1], rd[1, 0]),
                                 Mux(r1bank, rd[0, 1], rd[0, 0])))
 
+        # ---- stage 2: the map value (and a[c] / u[c]) registered ----
+        # The feature-map bank's block-RAM output (5.6 ns clock-to-out on ECP5) through the
+        # bank/buffer select into the operand mux and the DSP's input register, or into the
+        # pool sum's carry chain, was the ULX3S build's critical path once the multiplier
+        # was pipelined (15.1 / 15.3 ns): the value is registered first (PIPE.att_read).
+        assert PIPE.att_read == 2
+        m.d.sync += r2v.eq(r1v)
+        x2 = reg("att_x2", 8, xval)
+        ar2 = reg("att_ar2", 9, a_r.data)
+        r2kind = reg("att_r2kind", 2, r1kind)
+        r2first = reg("att_r2first", 1, r1first)
+        r2last = reg("att_r2last", 1, r1last)
+        r2mask = reg("att_r2mask", 1, r1mask)
+        r2c = reg("att_r2c", cw, r1c)
+        r2addr = reg("att_r2addr", aw, r1addr)
+        r2bank = reg("att_r2bank", 1, r1bank)
+
         # the pool / gap accumulator
         acc = Signal(signed(34), name="att_acc")
-        rsum = r1v & (r1kind == K_SUM)
+        rsum = r2v & (r2kind == K_SUM)
         xsum = Signal(8)
-        m.d.comb += xsum.eq(Mux(r1mask, xval, 0))
+        m.d.comb += xsum.eq(Mux(r2mask, x2, 0))
         with m.If(rsum):
-            m.d.sync += acc.eq(Mux(r1first, xsum, acc + xsum))
-        m.d.sync += pgo.eq(rsum & r1last)
+            m.d.sync += acc.eq(Mux(r2first, xsum, acc + xsum))
+        m.d.sync += pgo.eq(rsum & r2last)
         pc = reg("att_pc", cw)
-        with m.If(rsum & r1last):
-            m.d.sync += pc.eq(r1c)
+        with m.If(rsum & r2last):
+            m.d.sync += pc.eq(r2c)
         gapr = Signal()
         m.d.comb += gapr.eq((aph == GAPR) | (aph == GWAIT))
 
@@ -1710,13 +1746,13 @@ class OverlayEngine(wiring.Component):
         with m.Elif(x1v):
             m.d.comb += [ma.eq(Mux(x1bias, at_r.data.as_signed(), at_r.data[:8].as_signed())),
                          mb.eq(pf[x1k]), mode.eq(M_TAP)]
-        with m.Elif(r1kind == K_Z):
-            m.d.comb += [ma.eq(a_r.data.as_signed()), mb.eq(xval), mode.eq(M_TAP)]
+        with m.Elif(r2kind == K_Z):
+            m.d.comb += [ma.eq(ar2.as_signed()), mb.eq(x2), mode.eq(M_TAP)]
         with m.Else():
-            m.d.comb += [ma.eq(xval), mb.eq(Mux(sam, sreg, a_r.data)), mode.eq(M_SCALE),
-                         item_c.eq(r1c), item_addr.eq(r1addr), item_bank.eq(r1bank)]
+            m.d.comb += [ma.eq(x2), mb.eq(Mux(sam, sreg, ar2)), mode.eq(M_SCALE),
+                         item_c.eq(r2c), item_addr.eq(r2addr), item_bank.eq(r2bank)]
         s1v = Signal()
-        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r1v & (r1kind != K_SUM)))
+        m.d.comb += s1v.eq(pgo | zgo | ggo | t1v | eiss | x1v | (r2v & (r2kind != K_SUM)))
 
         def pipe(name, shape, value):
             """``value`` of the item at the operand select, carried beside it through the
@@ -1750,8 +1786,8 @@ class OverlayEngine(wiring.Component):
         a1c = pipe("att_a1c", cw, item_c)
         a1addr = pipe("att_a1addr", aw, item_addr)
         a1bank = pipe("att_a1bank", 1, item_bank)
-        a1first = pipe("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r1first)))
-        a1last = pipe("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r1last)))
+        a1first = pipe("att_a1first", 1, Mux(t1v, t1first, Mux(x1v, x1first, r2first)))
+        a1last = pipe("att_a1last", 1, Mux(t1v, t1last, Mux(x1v, x1last, r2last)))
 
         # A1: a tap / product goes into z (from the bias, or SAM's row bias, at the first)
         a1tap = a1v & (a1mode == M_TAP)
