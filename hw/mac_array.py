@@ -47,9 +47,10 @@ class MacArray(wiring.Component):
     second cycle after the last parameter beat on (one idle cycle between them); a pixel on
     the very next cycle could read a row-0 weight written by that last beat on the same edge,
     i.e. the old value. (``param_stages=1``: no idle cycle needed.) The accelerator never
-    comes near this: ``hw.params`` sends a conv's biases after its weights (at least one
-    beat), its parameter path has two registers more than its image path has slices before
-    the first block, and the link sends images only after the whole load. (Holding
+    comes near this: ``hw.params`` sends a conv's biases (one beat per output channel) after
+    its weights, its parameter path has two registers (the bus, the block's own) where its
+    image path has one register slice before the first block, and the link sends images
+    only after the whole load. (Holding
     ``i.ready`` low after each parameter beat instead put the parameter decode's register
     into the image handshake: the 85F digits design's seed-2 critical path, 70.6 MHz.)
 
