@@ -163,8 +163,8 @@ def param_write_stage(m, port, layer_id, targets, *, registered=True, name="par"
     mine = port.valid & (par.layer == layer_id)
     row_bits = max(1, max(ceil_log2(rows) for _, rows, _ in targets.values()))
     lane_bits = max(1, max(ceil_log2(lanes) for _, _, lanes in targets.values()))
-    hits = {key: port.valid & (par.layer == layer_id) & (par.kind == kind) & (par.row < rows)
-            & (par.lane < lanes) for key, (kind, rows, lanes) in targets.items()}
+    hits = {key: mine & (par.kind == kind) & (par.row < rows) & (par.lane < lanes)
+            for key, (kind, rows, lanes) in targets.items()}
     if not registered:
         return SimpleNamespace(hit=hits, any=mine, row=par.row[:row_bits],
                                lane=par.lane[:lane_bits], data=par.data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -1165,7 +1166,6 @@ def _keep_seed_products(src, dst, family):
 def _seed_folder(out, script, family, first, seed):
     """``out/seed-N``: the synthesised netlist and constraints linked in, and a build script
     of the place-and-route and pack steps only, with ``--seed N``."""
-    import re
     sdir = out / f"seed-{seed}"
     sdir.mkdir(exist_ok=True)
     for name in _PNR_INPUTS[family]:
