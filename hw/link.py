@@ -64,6 +64,7 @@ from ..sw import protocol
 from ..sw.protocol import Command, Reason
 from .params import PARAM_LAYOUT, ParamKind, param_bus_signature
 from .resources import Cost, MemorySpec, const_mul, fifo_memories
+from .synth import COLLISION_FREE
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
@@ -209,11 +210,15 @@ def _lt_narrow(low, high, n):
 class _BlockFIFO(SyncFIFOBuffered):
     """``SyncFIFOBuffered`` whose storage (read through a register, as block RAM is) is
     marked ``ram_style = "block"``: Yosys then maps even a 3-entry queue to block RAM
-    instead of flip-flops and read multiplexers."""
+    instead of flip-flops and read multiplexers.
+
+    It is also :data:`~shiftacc.hw.synth.COLLISION_FREE`: the inner queue reads only while
+    it holds an entry and writes only while it is not full, so its read and write pointers
+    are equal (the one case where they could meet) only when one of them is idle."""
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        m.submodules["storage"].attrs["ram_style"] = "block"
+        m.submodules["storage"].attrs.update({"ram_style": "block", **COLLISION_FREE})
         return m
 
 
@@ -521,7 +526,17 @@ class LinkEngine(wiring.Component):
         desc_layout = self.desc_layout
 
         # ---- memories ----
-        m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[])
+        # The memories with a synchronous read are COLLISION_FREE (hw/synth.py: no read-first
+        # emulation around an iCE40 block RAM). Slot RAM: the parser writes only a free slot
+        # (``no_slot`` otherwise), the executor consumes bytes only of the head slot, which
+        # stays occupied until they are read; any other read is idle (a stale address,
+        # ``rd_valid`` low). Result RAM: the collector writes an entry with no reference left
+        # and the snapshot rows only while the encoder waits for them (SNAP); the encoder
+        # consumes bytes (``fetch``) only of an entry it holds a reference to, or of a
+        # complete snapshot. STATUS counters: the sweep writes a byte two cycles after
+        # reading it, never the one it reads (32 bytes a turn).
+        m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[],
+                                                  attrs=COLLISION_FREE)
         slot_w = slot_ram.write_port()
         slot_r = slot_ram.read_port()
         m.submodules.slot_meta = meta_mem = Memory(shape=self.meta_layout, depth=S, init=[])
@@ -541,7 +556,7 @@ class LinkEngine(wiring.Component):
             res_banks = []
             for b in range(-(-words // _RESULT_BANK_WORDS)):
                 depth = min(_RESULT_BANK_WORDS, words - b * _RESULT_BANK_WORDS)
-                mem = Memory(shape=32, depth=depth, init=[])
+                mem = Memory(shape=32, depth=depth, init=[], attrs=COLLISION_FREE)
                 m.submodules[f"result_ram{b}"] = mem
                 wp, rp = mem.write_port(granularity=8), mem.read_port()
                 hit = res_w.addr[_RESULT_BANK_BITS:] == b
@@ -550,7 +565,8 @@ class LinkEngine(wiring.Component):
                              rp.addr.eq(res_r.addr[:_RESULT_BANK_BITS]), rp.en.eq(res_r.en)]
                 res_banks.append(rp)
         else:
-            m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[])
+            m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[],
+                                                       attrs=COLLISION_FREE)
             res_w = res_ram.write_port(granularity=8)
             res_r = res_ram.read_port()
             res_banks = [res_r]
@@ -768,7 +784,8 @@ class LinkEngine(wiring.Component):
                 m.d.sync += c_state.eq(0)
 
         # ================= STATUS =================
-        m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[])
+        m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[],
+                                                 attrs=COLLISION_FREE)
 
         regs = Signal(protocol.STATUS_LAYOUT)
         m.d.comb += [

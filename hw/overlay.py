@@ -99,6 +99,7 @@ from .dsp import mult18x18d_registered
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
+from .synth import COLLISION_FREE
 from .stream import pixel_stream
 
 __all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "gather_bits", "DualMac",
@@ -345,9 +346,11 @@ class OverlayEngine(wiring.Component):
 
     # --- memories ---------------------------------------------------------------------------
 
-    def _ram(self, m, name, width, depth, granularity=None):
-        """A simple dual-port block RAM: one write port, one synchronous read port."""
-        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
+    def _ram(self, m, name, width, depth, granularity=None, collision_free=False):
+        """A simple dual-port block RAM: one write port, one synchronous read port
+        (``collision_free``: marked :data:`~shiftacc.hw.synth.COLLISION_FREE`)."""
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[],
+                            attrs=COLLISION_FREE if collision_free else None)
         m.submodules[name] = mem
         wp = mem.write_port(granularity=granularity)
         rp = mem.read_port(domain="sync")
@@ -419,7 +422,14 @@ class OverlayEngine(wiring.Component):
                      in_ch.eq(_below(pp.row, cfg.channel_rows))]
 
         # Every field is at most program_bits wide: the program RAM stores no more.
-        prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS)
+        # The parameter tables are COLLISION_FREE (hw/synth.py) while only the parameter port
+        # writes them: it writes only while no image is in flight (the port's rule), when
+        # their reads are idle and ignored, and the program's SETUP is re-run after any
+        # program write since it began (``prog_dirty``), before an image is taken. (A dynamic
+        # conv's pass writes the weights and biases itself: those stay read-first.)
+        pfree = "dynamic_conv1x1" not in cfg.attention
+        prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
+                                   collision_free=True)
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(pv & (kind == ParamKind.PROGRAM) & in_prog)]
@@ -427,7 +437,8 @@ class OverlayEngine(wiring.Component):
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
         # modulo the bank's power of two): bank, off[aw], dy, dx.
-        gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows)
+        gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows,
+                                 collision_free=True)
         m.d.comb += [gat_w.addr.eq(pp.row),
                      gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
                      gat_w.en.eq(pv & (kind == ParamKind.GATHER) & in_gat)]
@@ -442,7 +453,8 @@ class OverlayEngine(wiring.Component):
                     "wdata": Signal(8, name="dyn_wdata"), "bwe": Signal(name="dyn_bwe"),
                     "bent": Signal(W["cout"] + 1, name="dyn_bent"),
                     "bdata": Signal(32, name="dyn_bdata")}
-        wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
+        wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8,
+                               collision_free=pfree)
         if dynw is None:
             m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
         else:
@@ -462,6 +474,7 @@ class OverlayEngine(wiring.Component):
             ports = []
             for b in range(R):
                 wp, rp = self._ram(m, f"{name}{b}", width, cdepth,
+                                   collision_free=pfree or name != "bias",
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
                 hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) & in_ch
@@ -575,8 +588,12 @@ class OverlayEngine(wiring.Component):
         # not transparent (Yosys would add a register and a bypass mux per bit): an entry
         # counts as queued one cycle after its write.
         LQ = self.fifo_depth
+        # COLLISION_FREE (hw/synth.py: no read-first emulation on iCE40): the head is read at
+        # the entry being written only while the queue is empty (``lq_n`` counts an entry
+        # from the second cycle after its write, when the head has been read again), and
+        # ``inflight < LQ`` keeps the writes off the entries queued.
         lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
-                               attrs=small_attrs)
+                               attrs={**small_attrs, **COLLISION_FREE})
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
         lq_rp = lq_mem.read_port(domain="sync")
@@ -1188,8 +1205,9 @@ class OverlayEngine(wiring.Component):
         # S2, read 4 cycles later, out at S7. The valid flags stay registers (reset).
         dl_data = Cat(q2d_, q2last_, q2tag_[:3], *qm2)
         dl_depth = 8
+        # (COLLISION_FREE: it reads 4 entries behind the one it writes.)
         dl_mem = memory.Memory(shape=unsigned(len(dl_data)), depth=dl_depth, init=[],
-                               attrs=small_attrs)
+                               attrs={**small_attrs, **COLLISION_FREE})
         m.submodules.requant_delay = dl_mem
         dl_wp = dl_mem.write_port()
         dl_rp = dl_mem.read_port(domain="sync")
