@@ -64,7 +64,7 @@ from ..sw import protocol
 from ..sw.protocol import Command, Reason
 from .params import PARAM_LAYOUT, ParamKind, param_bus_signature
 from .resources import Cost, MemorySpec, const_mul, fifo_memories
-from .synth import COLLISION_FREE
+from .synth import COLLISION_FREE, collision_read
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
@@ -218,7 +218,12 @@ class _BlockFIFO(SyncFIFOBuffered):
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        m.submodules["storage"].attrs.update({"ram_style": "block", **COLLISION_FREE})
+        storage = m.submodules["storage"]
+        storage.attrs.update({"ram_style": "block", **COLLISION_FREE})
+        if self.depth > 1:
+            # (Later statements win: the read data as the tests' poison gives it.)
+            m.d.comb += self.r_data.eq(collision_read(m, storage.read_ports[0],
+                                                      storage.write_ports))
         return m
 
 
@@ -554,6 +559,7 @@ class LinkEngine(wiring.Component):
             res_w = _PortSignals(words, 32, 4)
             res_r = _PortSignals(words, 32, 1)
             res_banks = []
+            res_rdata = []
             for b in range(-(-words // _RESULT_BANK_WORDS)):
                 depth = min(_RESULT_BANK_WORDS, words - b * _RESULT_BANK_WORDS)
                 mem = Memory(shape=32, depth=depth, init=[], attrs=COLLISION_FREE)
@@ -564,12 +570,14 @@ class LinkEngine(wiring.Component):
                              wp.en.eq(Mux(hit, res_w.en, 0)),
                              rp.addr.eq(res_r.addr[:_RESULT_BANK_BITS]), rp.en.eq(res_r.en)]
                 res_banks.append(rp)
+                res_rdata.append(collision_read(m, rp, [wp]))
         else:
             m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[],
                                                        attrs=COLLISION_FREE)
             res_w = res_ram.write_port(granularity=8)
             res_r = res_ram.read_port()
             res_banks = [res_r]
+            res_rdata = [collision_read(m, res_r, [res_w])]
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
                                         init=list(self.identity))
         rom_r = rom.read_port()
@@ -722,7 +730,8 @@ class LinkEngine(wiring.Component):
         self._executor(m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, exec_req,
                        exec_desc, grant[2], exec_drop, exec_reason, inc_ok, params_ready,
                        loading, words_loaded, do_reset, in_flight, push_flight, inflight,
-                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending)
+                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending,
+                       slot_rdata=collision_read(m, slot_r, [slot_w]))
 
         # ================= collector =================
         classes = self.classes
@@ -806,7 +815,7 @@ class LinkEngine(wiring.Component):
 
         # ================= encoder =================
         self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_req, status_taken,
-                      enc_done_result, enc_entry, registered, res_banks)
+                      enc_done_result, enc_entry, registered, res_banks, res_rdata)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -1103,7 +1112,7 @@ class LinkEngine(wiring.Component):
     def _executor(self, m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, req, desc,
                   grant, drop, drop_reason, inc_ok, params_ready, loading, words_loaded,
                   do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr,
-                  status_pending):
+                  status_pending, slot_rdata):
         S = self.slots
         # The head slot's table entry, registered as it is read: the slot-table read mux
         # ends in a flip-flop, and every decision below starts from one (a frame executes
@@ -1134,7 +1143,7 @@ class LinkEngine(wiring.Component):
             with m.If(~rd_zero):
                 m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1),
                              rd_zero.eq(rd_left == 1)]
-        rd_byte = slot_r.data
+        rd_byte = slot_rdata
 
         # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat. The shift
         # register is the bus's payload register: in the cycle ``valid`` is high it holds
@@ -1398,7 +1407,8 @@ class LinkEngine(wiring.Component):
                             m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
         carry = Signal()
         total = Signal(9)
-        m.d.comb += total.eq(Mux(zero, 0, live_r.data) + addend + (carry & ~first))
+        m.d.comb += total.eq(Mux(zero, 0, collision_read(m, live_r, [live_w]))
+                             + addend + (carry & ~first))
         m.d.sync += carry.eq(total[8])
         # The writes are registered (a cycle later; the byte is read again P cycles later).
         w_addr = Signal(range(P))
@@ -1417,7 +1427,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
 
     def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_req, snap_done,
-                 done_result, entry, registered_reads=False, res_banks=None):
+                 done_result, entry, registered_reads=False, res_banks=None, res_rdata=None):
         tx = self.tx
         m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
@@ -1464,10 +1474,10 @@ class LinkEngine(wiring.Component):
             rom_data = rom_q
             with m.If(fetch_q):
                 m.d.sync += [fetch_q.eq(0), fetch.eq(1), rom_q.eq(rom_r.data)]
-                m.d.sync += [q.eq(bank.data) for q, bank in zip(res_q, banks)]
+                m.d.sync += [q.eq(d) for q, d in zip(res_q, res_rdata)]
         else:
             fetching = fetch_start = fetch
-            res_data, rom_data = res_r.data, rom_r.data
+            res_data, rom_data = res_rdata[0], rom_r.data
         crck = Signal(2)
         crcn = Signal(2)
         cov_h = Signal()

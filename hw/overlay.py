@@ -99,7 +99,7 @@ from .dsp import mult18x18d_registered
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
-from .synth import COLLISION_FREE
+from .synth import COLLISION_FREE, collision_read
 from .stream import pixel_stream
 
 __all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "gather_bits", "DualMac",
@@ -297,6 +297,14 @@ def overlay_engine_cost(config, cycles=0):
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
+class _ReadView:
+    """A read port's ``addr`` and ``en``, with the data :func:`~shiftacc.hw.synth.collision_read`
+    gives (the port's own outside the tests' poison)."""
+
+    def __init__(self, rp, data):
+        self.addr, self.en, self.data = rp.addr, rp.en, data
+
+
 #: Entries of the logits queue (a block RAM): the raw drain takes a step only with room for
 #: it; a step is written into the queue 2 cycles later, readable the cycle after (the read
 #: is not transparent) and out the cycle after that, so at most 4 steps are outstanding when
@@ -354,6 +362,8 @@ class OverlayEngine(wiring.Component):
         m.submodules[name] = mem
         wp = mem.write_port(granularity=granularity)
         rp = mem.read_port(domain="sync")
+        if collision_free:
+            rp = _ReadView(rp, collision_read(m, rp, [wp]))
         return wp, rp
 
     def _fm_bank(self, m, name, aw):
@@ -597,6 +607,7 @@ class OverlayEngine(wiring.Component):
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
         lq_rp = lq_mem.read_port(domain="sync")
+        lq_rp = _ReadView(lq_rp, collision_read(m, lq_rp, [lq_wp]))
         lq_last = Array(Signal(name=f"lq_last{j}") for j in range(LQ))
         lq_w = Signal(range(LQ))
         lq_r = Signal(range(LQ))
@@ -1211,6 +1222,7 @@ class OverlayEngine(wiring.Component):
         m.submodules.requant_delay = dl_mem
         dl_wp = dl_mem.write_port()
         dl_rp = dl_mem.read_port(domain="sync")
+        dl_rp = _ReadView(dl_rp, collision_read(m, dl_rp, [dl_wp]))
         dl_k = Signal(range(dl_depth))
         m.d.sync += dl_k.eq(dl_k + 1)
         m.d.comb += [dl_wp.addr.eq(dl_k), dl_wp.data.eq(dl_data), dl_wp.en.eq(1),

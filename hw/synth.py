@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["SYNTH", "ABC9_SAFE_NAMES", "COLLISION_FREE", "undefined_collisions", "yosys_exe",
+__all__ = ["SYNTH", "ABC9_SAFE_NAMES", "COLLISION_FREE", "POISON_ENV", "collision_read",
+           "undefined_collisions", "yosys_exe",
            "synth_verilog", "synth_component", "dsp_cells"]
 
 #: Yosys synthesis command of each target family.
@@ -43,6 +44,27 @@ ABC9_SAFE_NAMES = "rename -hide w:*]"
 COLLISION_FREE = {"shiftacc_collision_free": 1}
 
 _COLLISION_ATTR = "\\" + next(iter(COLLISION_FREE))
+
+
+#: Environment variable: when it is "1" at elaboration, :func:`collision_read` complements
+#: the data of every read that hit the address written in its cycle (for simulations only:
+#: it adds logic). The tests set it to check the COLLISION_FREE claims: such a read's data,
+#: undefined on the iCE40, must never reach a reply or a logit.
+POISON_ENV = "SHIFTACC_POISON_COLLISIONS"
+
+
+def collision_read(m, rp, wps):
+    """The read data of port ``rp`` of a :data:`COLLISION_FREE` memory written by ``wps``:
+    ``rp.data``, or under :data:`POISON_ENV` its complement in the cycle after an enabled
+    read of an address one of ``wps`` wrote in the same cycle."""
+    import os
+    if os.environ.get(POISON_ENV) != "1":
+        return rp.data
+    from amaranth.hdl import Cat, Mux, Signal, Value
+    hit = Signal(name="collided")
+    m.d.sync += hit.eq(rp.en & Cat(*[w.en.any() & (w.addr == rp.addr) for w in wps]).any())
+    data = Value.cast(rp.data)
+    return Mux(hit, ~data, data)
 
 
 def undefined_collisions(rtlil):
