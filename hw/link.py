@@ -874,24 +874,32 @@ class LinkEngine(wiring.Component):
         # and compares, were #9's critical path, in series with the drop decision).
         len_in = Signal(16)
         m.d.comb += len_in.eq(Cat(hdr.length[:8], byte))
+        # Every rule is checked on the length's low ``length_bits`` bits (``max_payload`` <
+        # 2**length_bits) and one flag for a bit above them (such a length is over
+        # ``max_payload``: BAD_LENGTH whatever the rest says): narrower compares and digit
+        # sums on the path from the header register to ``len_ok``.
+        lb = self.length_bits
+        len_lo = len_in[:lb]
+        len_hi = len_in[lb:].any() if lb < 16 else Const(0, 1)
         # Length rules without a divider: residues by digit sums (the counts themselves are
         # counted while the payload arrives).
-        infer_exact = _mod_is(len_in, self.image_bytes, 0)
-        lp_exact = _mod_is(len_in, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES)
+        infer_exact = _mod_is(len_lo, self.image_bytes, 0, bits=lb)
+        lp_exact = _mod_is(len_lo, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES,
+                           bits=lb)
         known = Signal()
         m.d.comb += known.eq(Cat(*[cmd == c.value for c in Command]).any())
         len_good = Signal()
         with m.Switch(cmd):
             with m.Case(Command.IDENTIFY.value, Command.STATUS.value, Command.RESET.value):
-                m.d.comb += len_good.eq(len_in == 0)
+                m.d.comb += len_good.eq(len_lo == 0)
             with m.Case(Command.LOAD_BEGIN.value):
-                m.d.comb += len_good.eq(len_in == protocol.LOAD_BEGIN_LAYOUT.size // 8)
+                m.d.comb += len_good.eq(len_lo == protocol.LOAD_BEGIN_LAYOUT.size // 8)
             with m.Case(Command.READ_RESULT.value):
-                m.d.comb += len_good.eq(len_in == 1)
+                m.d.comb += len_good.eq(len_lo == 1)
             with m.Case(Command.LOAD_PARAMS.value):
-                m.d.comb += len_good.eq((len_in > 4) & lp_exact)
+                m.d.comb += len_good.eq((len_lo > 4) & lp_exact)
             with m.Case(Command.INFER.value):
-                m.d.comb += len_good.eq((len_in > 0) & infer_exact)
+                m.d.comb += len_good.eq((len_lo > 0) & infer_exact)
         len_ok = Signal()          # registered with the length's high byte
         len_zero = Signal()
 
@@ -967,8 +975,9 @@ class LinkEngine(wiring.Component):
                                 # payload's end is an equality with ``pidx``, not a
                                 # subtraction then a compare on the parser's state enable.
                                 m.d.sync += hdr.length.eq(len_in - 1)
-                        m.d.sync += [len_ok.eq(len_good & (len_in <= self.max_payload)),
-                                     len_zero.eq(len_in == 0)]
+                        m.d.sync += [len_ok.eq(~len_hi & len_good
+                                               & (len_lo <= self.max_payload)),
+                                     len_zero.eq(~len_hi & (len_lo == 0))]
                     with m.Else():
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
