@@ -64,6 +64,7 @@ from ..sw import protocol
 from ..sw.protocol import Command, Reason
 from .params import PARAM_LAYOUT, ParamKind, param_bus_signature
 from .resources import Cost, MemorySpec, const_mul, fifo_memories
+from .synth import COLLISION_FREE, collision_read
 from .stream import beats_per_pixel, pixel_stream, require_int
 
 __all__ = ["LinkEngine", "link_identity", "default_watchdog_cycles", "divider_constants",
@@ -209,11 +210,20 @@ def _lt_narrow(low, high, n):
 class _BlockFIFO(SyncFIFOBuffered):
     """``SyncFIFOBuffered`` whose storage (read through a register, as block RAM is) is
     marked ``ram_style = "block"``: Yosys then maps even a 3-entry queue to block RAM
-    instead of flip-flops and read multiplexers."""
+    instead of flip-flops and read multiplexers.
+
+    It is also :data:`~shiftacc.hw.synth.COLLISION_FREE`: the inner queue reads only while
+    it holds an entry and writes only while it is not full, so its read and write pointers
+    are equal (the one case where they could meet) only when one of them is idle."""
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        m.submodules["storage"].attrs["ram_style"] = "block"
+        storage = m.submodules["storage"]
+        storage.attrs.update({"ram_style": "block", **COLLISION_FREE})
+        if self.depth > 1:
+            # (Later statements win: the read data as the tests' poison gives it.)
+            m.d.comb += self.r_data.eq(collision_read(m, storage.read_ports[0],
+                                                      storage.write_ports))
         return m
 
 
@@ -521,7 +531,17 @@ class LinkEngine(wiring.Component):
         desc_layout = self.desc_layout
 
         # ---- memories ----
-        m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[])
+        # The memories with a synchronous read are COLLISION_FREE (hw/synth.py: no read-first
+        # emulation around an iCE40 block RAM). Slot RAM: the parser writes only a free slot
+        # (``no_slot`` otherwise), the executor consumes bytes only of the head slot, which
+        # stays occupied until they are read; any other read is idle (a stale address,
+        # ``rd_valid`` low). Result RAM: the collector writes an entry with no reference left
+        # and the snapshot rows only while the encoder waits for them (SNAP); the encoder
+        # consumes bytes (``fetch``) only of an entry it holds a reference to, or of a
+        # complete snapshot. STATUS counters: the sweep writes a byte two cycles after
+        # reading it, never the one it reads (32 bytes a turn).
+        m.submodules.slot_ram = slot_ram = Memory(shape=8, depth=S * mp, init=[],
+                                                  attrs=COLLISION_FREE)
         slot_w = slot_ram.write_port()
         slot_r = slot_ram.read_port()
         m.submodules.slot_meta = meta_mem = Memory(shape=self.meta_layout, depth=S, init=[])
@@ -539,9 +559,10 @@ class LinkEngine(wiring.Component):
             res_w = _PortSignals(words, 32, 4)
             res_r = _PortSignals(words, 32, 1)
             res_banks = []
+            res_rdata = []
             for b in range(-(-words // _RESULT_BANK_WORDS)):
                 depth = min(_RESULT_BANK_WORDS, words - b * _RESULT_BANK_WORDS)
-                mem = Memory(shape=32, depth=depth, init=[])
+                mem = Memory(shape=32, depth=depth, init=[], attrs=COLLISION_FREE)
                 m.submodules[f"result_ram{b}"] = mem
                 wp, rp = mem.write_port(granularity=8), mem.read_port()
                 hit = res_w.addr[_RESULT_BANK_BITS:] == b
@@ -549,11 +570,14 @@ class LinkEngine(wiring.Component):
                              wp.en.eq(Mux(hit, res_w.en, 0)),
                              rp.addr.eq(res_r.addr[:_RESULT_BANK_BITS]), rp.en.eq(res_r.en)]
                 res_banks.append(rp)
+                res_rdata.append(collision_read(m, rp, [wp]))
         else:
-            m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[])
+            m.submodules.result_ram = res_ram = Memory(shape=32, depth=words, init=[],
+                                                       attrs=COLLISION_FREE)
             res_w = res_ram.write_port(granularity=8)
             res_r = res_ram.read_port()
             res_banks = [res_r]
+            res_rdata = [collision_read(m, res_r, [res_w])]
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity),
                                         init=list(self.identity))
         rom_r = rom.read_port()
@@ -706,7 +730,8 @@ class LinkEngine(wiring.Component):
         self._executor(m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, exec_req,
                        exec_desc, grant[2], exec_drop, exec_reason, inc_ok, params_ready,
                        loading, words_loaded, do_reset, in_flight, push_flight, inflight,
-                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending)
+                       res_meta_seq, res_meta_cnt, res_meta_ok, res_wr, status_pending,
+                       slot_rdata=collision_read(m, slot_r, [slot_w]))
 
         # ================= collector =================
         classes = self.classes
@@ -768,7 +793,8 @@ class LinkEngine(wiring.Component):
                 m.d.sync += c_state.eq(0)
 
         # ================= STATUS =================
-        m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[])
+        m.submodules.status_live = live = Memory(shape=8, depth=_STATUS_BYTES, init=[],
+                                                 attrs=COLLISION_FREE)
 
         regs = Signal(protocol.STATUS_LAYOUT)
         m.d.comb += [
@@ -789,7 +815,7 @@ class LinkEngine(wiring.Component):
 
         # ================= encoder =================
         self._encoder(m, replyq, rom_r, res_r, res_addr0, snap_req, status_taken,
-                      enc_done_result, enc_entry, registered, res_banks)
+                      enc_done_result, enc_entry, registered, res_banks, res_rdata)
         return m
 
     # ------------------------------------------------------------------------------------------
@@ -848,24 +874,32 @@ class LinkEngine(wiring.Component):
         # and compares, were #9's critical path, in series with the drop decision).
         len_in = Signal(16)
         m.d.comb += len_in.eq(Cat(hdr.length[:8], byte))
+        # Every rule is checked on the length's low ``length_bits`` bits (``max_payload`` <
+        # 2**length_bits) and one flag for a bit above them (such a length is over
+        # ``max_payload``: BAD_LENGTH whatever the rest says): narrower compares and digit
+        # sums on the path from the header register to ``len_ok``.
+        lb = self.length_bits
+        len_lo = len_in[:lb]
+        len_hi = len_in[lb:].any() if lb < 16 else Const(0, 1)
         # Length rules without a divider: residues by digit sums (the counts themselves are
         # counted while the payload arrives).
-        infer_exact = _mod_is(len_in, self.image_bytes, 0)
-        lp_exact = _mod_is(len_in, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES)
+        infer_exact = _mod_is(len_lo, self.image_bytes, 0, bits=lb)
+        lp_exact = _mod_is(len_lo, protocol.PARAM_WORD_BYTES, 4 % protocol.PARAM_WORD_BYTES,
+                           bits=lb)
         known = Signal()
         m.d.comb += known.eq(Cat(*[cmd == c.value for c in Command]).any())
         len_good = Signal()
         with m.Switch(cmd):
             with m.Case(Command.IDENTIFY.value, Command.STATUS.value, Command.RESET.value):
-                m.d.comb += len_good.eq(len_in == 0)
+                m.d.comb += len_good.eq(len_lo == 0)
             with m.Case(Command.LOAD_BEGIN.value):
-                m.d.comb += len_good.eq(len_in == protocol.LOAD_BEGIN_LAYOUT.size // 8)
+                m.d.comb += len_good.eq(len_lo == protocol.LOAD_BEGIN_LAYOUT.size // 8)
             with m.Case(Command.READ_RESULT.value):
-                m.d.comb += len_good.eq(len_in == 1)
+                m.d.comb += len_good.eq(len_lo == 1)
             with m.Case(Command.LOAD_PARAMS.value):
-                m.d.comb += len_good.eq((len_in > 4) & lp_exact)
+                m.d.comb += len_good.eq((len_lo > 4) & lp_exact)
             with m.Case(Command.INFER.value):
-                m.d.comb += len_good.eq((len_in > 0) & infer_exact)
+                m.d.comb += len_good.eq((len_lo > 0) & infer_exact)
         len_ok = Signal()          # registered with the length's high byte
         len_zero = Signal()
 
@@ -941,8 +975,9 @@ class LinkEngine(wiring.Component):
                                 # payload's end is an equality with ``pidx``, not a
                                 # subtraction then a compare on the parser's state enable.
                                 m.d.sync += hdr.length.eq(len_in - 1)
-                        m.d.sync += [len_ok.eq(len_good & (len_in <= self.max_payload)),
-                                     len_zero.eq(len_in == 0)]
+                        m.d.sync += [len_ok.eq(~len_hi & len_good
+                                               & (len_lo <= self.max_payload)),
+                                     len_zero.eq(~len_hi & (len_lo == 0))]
                     with m.Else():
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
@@ -1086,7 +1121,7 @@ class LinkEngine(wiring.Component):
     def _executor(self, m, meta_r, slot_r, slot_addr, slot_rd, slot_used, free, req, desc,
                   grant, drop, drop_reason, inc_ok, params_ready, loading, words_loaded,
                   do_reset, in_flight, push_flight, inflight, res_seq, res_cnt, res_ok, res_wr,
-                  status_pending):
+                  status_pending, slot_rdata):
         S = self.slots
         # The head slot's table entry, registered as it is read: the slot-table read mux
         # ends in a flip-flop, and every decision below starts from one (a frame executes
@@ -1117,7 +1152,7 @@ class LinkEngine(wiring.Component):
             with m.If(~rd_zero):
                 m.d.sync += [rd_addr.eq(rd_addr + 1), rd_left.eq(rd_left - 1),
                              rd_zero.eq(rd_left == 1)]
-        rd_byte = slot_r.data
+        rd_byte = slot_rdata
 
         # Parameter word assembly (LOAD_PARAMS): 10 bytes LSB first -> one beat. The shift
         # register is the bus's payload register: in the cycle ``valid`` is high it holds
@@ -1381,7 +1416,8 @@ class LinkEngine(wiring.Component):
                             m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
         carry = Signal()
         total = Signal(9)
-        m.d.comb += total.eq(Mux(zero, 0, live_r.data) + addend + (carry & ~first))
+        m.d.comb += total.eq(Mux(zero, 0, collision_read(m, live_r, [live_w]))
+                             + addend + (carry & ~first))
         m.d.sync += carry.eq(total[8])
         # The writes are registered (a cycle later; the byte is read again P cycles later).
         w_addr = Signal(range(P))
@@ -1400,7 +1436,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += [delta[i].eq(0), clear[i].eq(1)]
 
     def _encoder(self, m, replyq, rom_r, res_r, res_addr0, snap_req, snap_done,
-                 done_result, entry, registered_reads=False, res_banks=None):
+                 done_result, entry, registered_reads=False, res_banks=None, res_rdata=None):
         tx = self.tx
         m.submodules.tx_crc = crcs = FrameCRCs(serial=self.serial_crc)
         cur = Signal(self.desc_layout)
@@ -1447,10 +1483,10 @@ class LinkEngine(wiring.Component):
             rom_data = rom_q
             with m.If(fetch_q):
                 m.d.sync += [fetch_q.eq(0), fetch.eq(1), rom_q.eq(rom_r.data)]
-                m.d.sync += [q.eq(bank.data) for q, bank in zip(res_q, banks)]
+                m.d.sync += [q.eq(d) for q, d in zip(res_q, res_rdata)]
         else:
             fetching = fetch_start = fetch
-            res_data, rom_data = res_r.data, rom_r.data
+            res_data, rom_data = res_rdata[0], rom_r.data
         crck = Signal(2)
         crcn = Signal(2)
         cov_h = Signal()

@@ -99,6 +99,7 @@ from .dsp import mult18x18d_registered
 from .params import OVERLAY_LAYER, ParamKind, param_bus_signature
 from .requant import M_BITS, SH_BITS
 from .resources import Cost, MemorySpec, Multiplier
+from .synth import COLLISION_FREE, collision_read
 from .stream import pixel_stream
 
 __all__ = ["OverlayEngine", "overlay_engine_cost", "program_bits", "gather_bits", "DualMac",
@@ -296,6 +297,14 @@ def overlay_engine_cost(config, cycles=0):
     return Cost(cycles=cycles, multipliers=mults, memories=mems)
 
 
+class _ReadView:
+    """A read port's ``addr`` and ``en``, with the data :func:`~shiftacc.hw.synth.collision_read`
+    gives (the port's own outside the tests' poison)."""
+
+    def __init__(self, rp, data):
+        self.addr, self.en, self.data = rp.addr, rp.en, data
+
+
 #: Entries of the logits queue (a block RAM): the raw drain takes a step only with room for
 #: it; a step is written into the queue 2 cycles later, readable the cycle after (the read
 #: is not transparent) and out the cycle after that, so at most 4 steps are outstanding when
@@ -345,12 +354,16 @@ class OverlayEngine(wiring.Component):
 
     # --- memories ---------------------------------------------------------------------------
 
-    def _ram(self, m, name, width, depth, granularity=None):
-        """A simple dual-port block RAM: one write port, one synchronous read port."""
-        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
+    def _ram(self, m, name, width, depth, granularity=None, collision_free=False):
+        """A simple dual-port block RAM: one write port, one synchronous read port
+        (``collision_free``: marked :data:`~shiftacc.hw.synth.COLLISION_FREE`)."""
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[],
+                            attrs=COLLISION_FREE if collision_free else None)
         m.submodules[name] = mem
         wp = mem.write_port(granularity=granularity)
         rp = mem.read_port(domain="sync")
+        if collision_free:
+            rp = _ReadView(rp, collision_read(m, rp, [wp]))
         return wp, rp
 
     def _fm_bank(self, m, name, aw):
@@ -419,7 +432,14 @@ class OverlayEngine(wiring.Component):
                      in_ch.eq(_below(pp.row, cfg.channel_rows))]
 
         # Every field is at most program_bits wide: the program RAM stores no more.
-        prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS)
+        # The parameter tables are COLLISION_FREE (hw/synth.py) while only the parameter port
+        # writes them: it writes only while no image is in flight (the port's rule), when
+        # their reads are idle and ignored, and the program's SETUP is re-run after any
+        # program write since it began (``prog_dirty``), before an image is taken. (A dynamic
+        # conv's pass writes the weights and biases itself: those stay read-first.)
+        pfree = "dynamic_conv1x1" not in cfg.attention
+        prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
+                                   collision_free=True)
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(pv & (kind == ParamKind.PROGRAM) & in_prog)]
@@ -427,7 +447,8 @@ class OverlayEngine(wiring.Component):
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
         # modulo the bank's power of two): bank, off[aw], dy, dx.
-        gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows)
+        gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows,
+                                 collision_free=True)
         m.d.comb += [gat_w.addr.eq(pp.row),
                      gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
                      gat_w.en.eq(pv & (kind == ParamKind.GATHER) & in_gat)]
@@ -442,7 +463,8 @@ class OverlayEngine(wiring.Component):
                     "wdata": Signal(8, name="dyn_wdata"), "bwe": Signal(name="dyn_bwe"),
                     "bent": Signal(W["cout"] + 1, name="dyn_bent"),
                     "bdata": Signal(32, name="dyn_bdata")}
-        wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8)
+        wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8,
+                               collision_free=pfree)
         if dynw is None:
             m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
         else:
@@ -462,6 +484,7 @@ class OverlayEngine(wiring.Component):
             ports = []
             for b in range(R):
                 wp, rp = self._ram(m, f"{name}{b}", width, cdepth,
+                                   collision_free=pfree or name != "bias",
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
                 hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) & in_ch
@@ -575,11 +598,16 @@ class OverlayEngine(wiring.Component):
         # not transparent (Yosys would add a register and a bypass mux per bit): an entry
         # counts as queued one cycle after its write.
         LQ = self.fifo_depth
+        # COLLISION_FREE (hw/synth.py: no read-first emulation on iCE40): the head is read at
+        # the entry being written only while the queue is empty (``lq_n`` counts an entry
+        # from the second cycle after its write, when the head has been read again), and
+        # ``inflight < LQ`` keeps the writes off the entries queued.
         lq_mem = memory.Memory(shape=unsigned(32), depth=LQ, init=[],
-                               attrs=small_attrs)
+                               attrs={**small_attrs, **COLLISION_FREE})
         m.submodules.logits_queue = lq_mem
         lq_wp = lq_mem.write_port()
         lq_rp = lq_mem.read_port(domain="sync")
+        lq_rp = _ReadView(lq_rp, collision_read(m, lq_rp, [lq_wp]))
         lq_last = Array(Signal(name=f"lq_last{j}") for j in range(LQ))
         lq_w = Signal(range(LQ))
         lq_r = Signal(range(LQ))
@@ -1188,11 +1216,13 @@ class OverlayEngine(wiring.Component):
         # S2, read 4 cycles later, out at S7. The valid flags stay registers (reset).
         dl_data = Cat(q2d_, q2last_, q2tag_[:3], *qm2)
         dl_depth = 8
+        # (COLLISION_FREE: it reads 4 entries behind the one it writes.)
         dl_mem = memory.Memory(shape=unsigned(len(dl_data)), depth=dl_depth, init=[],
-                               attrs=small_attrs)
+                               attrs={**small_attrs, **COLLISION_FREE})
         m.submodules.requant_delay = dl_mem
         dl_wp = dl_mem.write_port()
         dl_rp = dl_mem.read_port(domain="sync")
+        dl_rp = _ReadView(dl_rp, collision_read(m, dl_rp, [dl_wp]))
         dl_k = Signal(range(dl_depth))
         m.d.sync += dl_k.eq(dl_k + 1)
         m.d.comb += [dl_wp.addr.eq(dl_k), dl_wp.data.eq(dl_data), dl_wp.en.eq(1),

@@ -12,7 +12,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["SYNTH", "ABC9_SAFE_NAMES", "yosys_exe", "synth_verilog", "synth_component", "dsp_cells"]
+__all__ = ["SYNTH", "ABC9_SAFE_NAMES", "COLLISION_FREE", "POISON_ENV", "collision_read",
+           "undefined_collisions", "yosys_exe",
+           "synth_verilog", "synth_component", "dsp_cells"]
 
 #: Yosys synthesis command of each target family.
 SYNTH = {"ice40": "synth_ice40 -dsp", "ecp5": "synth_ecp5"}
@@ -28,6 +30,87 @@ SYNTH = {"ice40": "synth_ice40 -dsp", "ecp5": "synth_ecp5"}
 #: (docs/boards.md, "Timing closure"). Giving every non-port wire whose name ends in ``]``
 #: a private name (``$auto$rename...``) removes the collision and changes no logic.
 ABC9_SAFE_NAMES = "rename -hide w:*]"
+
+#: Attributes of a ``Memory`` (``attrs=COLLISION_FREE``) whose design never uses the data of
+#: a synchronous read that hits the address written in the same cycle (the read is idle,
+#: stale and ignored, or ordered a cycle away from every write of its address).
+#:
+#: Amaranth emits every synchronous read port as read-first (old data on a collision,
+#: ``COLLISION_X_MASK`` 0). An iCE40 ``SB_RAM40_4K`` does not define that case, so Yosys
+#: emulates it for each such port: the write's address, data and enable in flip-flops, an
+#: address compare and a bypass multiplexer per data bit (on the whole digits iCEBreaker
+#: build about 520 flip-flops and 390 LUTs). :func:`undefined_collisions` marks the read
+#: ports of these memories "collision undefined" in the RTLIL, so Yosys adds nothing.
+COLLISION_FREE = {"shiftacc_collision_free": 1}
+
+_COLLISION_ATTR = "\\" + next(iter(COLLISION_FREE))
+
+
+#: Environment variable: when it is "1" at elaboration, :func:`collision_read` complements
+#: the data of every read that hit the address written in its cycle (for simulations only:
+#: it adds logic). The tests set it to check the COLLISION_FREE claims: such a read's data,
+#: undefined on the iCE40, must never reach a reply or a logit.
+POISON_ENV = "SHIFTACC_POISON_COLLISIONS"
+
+
+def collision_read(m, rp, wps):
+    """The read data of port ``rp`` of a :data:`COLLISION_FREE` memory written by ``wps``:
+    ``rp.data``, or under :data:`POISON_ENV` its complement in the cycle after an enabled
+    read of an address one of ``wps`` wrote in the same cycle."""
+    import os
+    if os.environ.get(POISON_ENV) != "1":
+        return rp.data
+    from amaranth.hdl import Cat, Mux, Signal, Value
+    hit = Signal(name="collided")
+    m.d.sync += hit.eq(rp.en & Cat(*[w.en.any() & (w.addr == rp.addr) for w in wps]).any())
+    data = Value.cast(rp.data)
+    return Mux(hit, ~data, data)
+
+
+def undefined_collisions(rtlil):
+    """``rtlil`` (Amaranth's RTLIL text) with ``COLLISION_X_MASK`` set on every synchronous
+    read port (``$memrd_v2``, ``CLK_ENABLE`` 1) of the memories that carry
+    :data:`COLLISION_FREE`, module by module; returns ``(text, ports marked)``.
+
+    Nothing else changes: the same memories, ports and logic. (Yosys' ``setparam`` cannot
+    select a read port by an attribute of its memory, hence the text pass.)
+    """
+    import re
+    out, marked = [], 0
+    for mod in re.split(r"(?=^module )", rtlil, flags=re.M):
+        # A memory's attributes are the lines just above its ``memory`` line.
+        names = set()
+        attrs = []
+        for line in mod.splitlines():
+            t = line.strip()
+            if t.startswith("attribute "):
+                attrs.append(t.split()[1])
+                continue
+            if t.startswith("memory ") and _COLLISION_ATTR in attrs:
+                names.add(t.split()[-1])
+            attrs = []
+        if not names:
+            out.append(mod)
+            continue
+        cells = re.split(r"(?=^  cell )", mod, flags=re.M)
+        for i, cell in enumerate(cells):
+            head = cell.split("\n", 1)[0]
+            if not head.startswith("  cell $memrd_v2 "):
+                continue
+            memid = re.search(r'parameter \\MEMID "\\(\S+)"', cell)
+            if (memid is None or memid.group(1) not in names
+                    or not re.search(r"parameter \\CLK_ENABLE 1\s*$", cell, flags=re.M)):
+                continue
+            mask = re.search(r"parameter \\COLLISION_X_MASK (\d+)'[01]*", cell)
+            if mask is None or int(mask.group(1)) == 0:      # no write port: no collision
+                continue
+            width = int(mask.group(1))
+            cells[i] = cell[:mask.start()] + f"parameter \\COLLISION_X_MASK {width}'{'1' * width}" \
+                + cell[mask.end():]
+            marked += 1
+        out.append("".join(cells))
+    return "".join(out), marked
+
 
 #: The DSP cells each family's synthesis instantiates.
 DSP_CELLS = {"ice40": ("SB_MAC16",), "ecp5": ("MULT18X18D", "ALU54B")}

@@ -1026,6 +1026,15 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     for stale in out.glob("seed-*"):  # an earlier multi-seed build's place-and-route folders
         if stale.is_dir() and stale.name[5:].isdigit():
             shutil.rmtree(stale)
+    if board.family == "ice40":
+        # Read ports of the memories marked COLLISION_FREE: no read-first emulation around
+        # the block RAMs (hw/synth.py; some 500 flip-flops on the iCEBreaker's digits build).
+        from ..hw.synth import undefined_collisions
+        il = f"{BUILD_NAME}.il"
+        if il in build_plan.files:
+            build_plan.files[il], marked = undefined_collisions(build_plan.files[il])
+            say(f"[build] {marked} block RAM read port(s) without read-first emulation "
+                f"(collision-free by design)")
     build_plan.extract(str(out))
     elaborate_s = time.monotonic() - t0
     cycles = plan.predicted_cycles_per_image if plan is not None else None

@@ -60,3 +60,46 @@ def test_accelerator_memories_as_built(case, plan_within):
     plan = plan_within(model, rng.randint(8, 100))
     assert built_memories(Accelerator(model, plan)) == stated(plan.memories())
     assert plan.memory_bits == sum(m.bits for m in plan.memories())
+
+
+def test_undefined_collisions_marks_only_collision_free_sync_reads():
+    """hw.synth.undefined_collisions sets COLLISION_X_MASK on the synchronous read ports of
+    the memories marked COLLISION_FREE, and on nothing else (an unmarked memory, an
+    asynchronous read port, a ROM without write port)."""
+    import re
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+    from shiftacc.hw.synth import COLLISION_FREE, undefined_collisions
+
+    class Top(wiring.Component):
+        a: In(4)
+        o: Out(32)
+
+        def elaborate(self, platform):
+            m = Module()
+            outs = []
+            for name, attrs, domain, writable in (("free", COLLISION_FREE, "sync", True),
+                                                  ("kept", None, "sync", True),
+                                                  ("free_comb", COLLISION_FREE, "comb", True),
+                                                  ("free_rom", COLLISION_FREE, "sync", False)):
+                mem = Memory(shape=8, depth=16, init=list(range(16)), attrs=attrs)
+                m.submodules[name] = mem
+                if writable:
+                    w = mem.write_port()
+                    m.d.comb += [w.addr.eq(self.a), w.data.eq(self.a), w.en.eq(1)]
+                r = mem.read_port(domain=domain)
+                m.d.comb += r.addr.eq(~self.a)
+                outs.append(r.data)
+            m.d.comb += self.o.eq(Cat(*outs))
+            return m
+
+    from amaranth.hdl import Cat
+    text = rtlil.convert(Top(), name="top")
+    out, marked = undefined_collisions(text)
+    assert marked == 1
+    masks = dict(re.findall(r'MEMID "\\\\(\w+)".*?COLLISION_X_MASK (\S+)', out, flags=re.S))
+    assert masks == {"free": "1'1", "kept": "1'0", "free_comb": "1'0", "free_rom": "0'0"}
+    assert undefined_collisions(out)[0] == out          # idempotent

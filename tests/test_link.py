@@ -624,6 +624,19 @@ def test_every_drop_reason(seed):
     bad_img[rng.randrange(len(img))] = rng.randrange(16, 256)
     cases.append((P.encode_frame(P.Command.INFER, 0x1B, bytes(bad_img)), 0x84, 0x1B,
                   P.Reason.PIXEL_RANGE))
+    # Lengths over max_payload whose low length_bits bits alone would pass the command's
+    # rule (the parser checks the low bits and a flag for any bit above them): BAD_LENGTH
+    # at the header, nothing of a payload read.
+    hi = 1 << eng.length_bits
+    for k, (command, low) in enumerate(((P.Command.INFER, h * w * c),
+                                        (P.Command.LOAD_PARAMS, 4 + 10),
+                                        (P.Command.READ_RESULT, 1), (P.Command.STATUS, 0),
+                                        (P.Command.LOAD_BEGIN, 12))):
+        for length in (hi + low, 0x8000 + low):
+            head = P.layout_bytes(P.HEADER_LAYOUT, {"command": command, "seq": 0x20 + 2 * k,
+                                                    "length": length})
+            cases.append((P.SYNC + head + bytes((P.header_crc(head),)), command.value | 0x80,
+                          0x20 + 2 * k, P.Reason.BAD_LENGTH))
     seq = 0x30
     for bw in bad_words:
         chunk = words[:3] + [bw] + words[3:5]
@@ -796,6 +809,11 @@ def test_length_and_limit_checks(seed):
         o = Signal(name=f"mod_{n}_{r}")
         m.d.comb += o.eq(_mod_is(x, n, r))
         outs.append((("mod", n, r), o))
+        if n < 512:
+            # The parser's narrow form: the length's low 9 bits (max_payload 256 or 511).
+            o9 = Signal(name=f"mod9_{n}_{r}")
+            m.d.comb += o9.eq(_mod_is(x[:9], n, r, bits=9))
+            outs.append((("mod9", n, r), o9))
     for n in lts:
         o = Signal(name=f"lt_{n}")
         m.d.comb += o.eq(_lt_const(x, n))
@@ -811,7 +829,10 @@ def test_length_and_limit_checks(seed):
         for v in values:
             ctx.set(x, v)
             for key, o in outs:
-                want = (v % key[1] == key[2]) if key[0] == "mod" else v < key[1]
+                if key[0] == "lt":
+                    want = v < key[1]
+                else:
+                    want = ((v if key[0] == "mod" else v % 512) % key[1]) == key[2]
                 if ctx.get(o) != int(want):
                     bad.append((key, v))
 

@@ -49,19 +49,29 @@ def test_link_fuzz(seed, serial, registered):
     fuzz(seed, serial, registered, max(100, FRAMES_ALL // 100) if serial else FRAMES_ALL)
 
 
+def test_link_fuzz_icebreaker_poisoned(seed, monkeypatch):
+    """The iCEBreaker's engine (bit-serial CRCs, the FIFOs in block RAM) with every
+    COLLISION_FREE memory poisoned (``hw.synth.POISON_ENV``): a read that hits the address
+    written in its cycle returns its data complemented, as the undefined value the iCE40
+    build leaves it (no read-first emulation). No such value may reach a reply."""
+    from shiftacc.hw.synth import POISON_ENV
+    monkeypatch.setenv(POISON_ENV, "1")
+    fuzz(seed, True, False, max(100, FRAMES_ALL // 100), block_ram_fifos=True)
+
+
 @pytest.mark.slow
 def test_link_fuzz_10k(seed):
     """The issue's figure: 10,000 noise frames into the parallel-CRC engine."""
     fuzz(seed, False, False, 10000)
 
 
-def fuzz(seed, serial, registered, FRAMES):
+def fuzz(seed, serial, registered, FRAMES, **engine_kw):
     """Run ``FRAMES`` noise frames in bursts between valid commands; assert the pass
     criteria of the module docstring."""
     rng = random.Random(seed)
     model, plan, bench, ref = make_bench(seed, size=(2, 2), classes=3,
                                          watchdog_cycles=WATCHDOG, serial_crc=serial,
-                                         registered_reads=registered)
+                                         registered_reads=registered, **engine_kw)
     eng = bench.engine
     host = Host(bench, rng, p_stall=0.1, gap=8 if serial else 0)
     h, w, c = model.input_shape

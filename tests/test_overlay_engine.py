@@ -365,3 +365,17 @@ def test_overlay_ecp5_matches_golden_and_cycles(monkeypatch, lanes, r):
                               engine=_OverlayOnECP5)
     periods = np.diff(first).tolist()
     assert len(periods) >= 1 and periods == [image_cycles(plan)] * len(periods)
+
+
+def test_overlay_poisoned_collisions(monkeypatch):
+    """The COLLISION_FREE memories (parameter tables, logits queue, requant delay line) with
+    the tests' poison (``hw.synth.POISON_ENV``): a read that hits the address written in its
+    cycle returns its data complemented, as the undefined value the iCE40 build leaves it (no
+    read-first emulation). The engine reprogrammed between two networks (parameter writes
+    while it idles in SETUP/LOAD) and a stride-2 + maxpool + gap network on the UP5K's lane
+    shape (8 lanes, one requant unit) stay exact."""
+    from shiftacc.hw.synth import POISON_ENV
+    monkeypatch.setenv(POISON_ENV, "1")
+    test_overlay_one_engine_two_networks()
+    random_case("test_overlay_poisoned_collisions", 8, 1, (8, 8), act_bits=8, blocks=2,
+                n_img=2, stride2=True, pool=True)
