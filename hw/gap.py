@@ -4,7 +4,7 @@ Like the golden ``gap``, this is a *sum* pool: the 1/(H·W) of an average is fol
 layer's single ``(m, sh)`` pair, so the hardware needs no divider.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -292,7 +292,15 @@ class GlobalAvgPool(wiring.Component):
         lanes, nb = self.lanes, self.nb
         r, groups = self.rq_lanes, self.rq_groups
         grp_bits = max(1, (groups - 1).bit_length())
-        hold = [Signal.like(new, name=f"hold{b}", reset_less=True) for b in range(nb)]
+        # The hold bank as nb · groups slots of r sums, in issue order (slot b · groups + g is
+        # group g of held beat b). It drains as a shift register: each drain step moves every
+        # slot down by one, so the feed register always takes slot 0. A 24-way select of the
+        # held sums driven by the drain counters (routed across the bank) was the 85F digits
+        # design's critical path (10.56 ns, 9.07 ns of it routing); now each slot flip-flop
+        # sees a 2-way choice (its write data or its neighbour) and the feed a fixed wire.
+        slots = nb * groups
+        hold = [Signal(data.ArrayLayout(unsigned(self.sum_bits), r), name=f"hold{s}",
+                       reset_less=True) for s in range(slots)]
         draining = Signal()
         # The hold bank is free again once drained; the next last pixel waits for that (it
         # only has to under backpressure: at full rate the drain ends first, see __init__):
@@ -301,50 +309,68 @@ class GlobalAvgPool(wiring.Component):
         m.d.sync += [draining.eq(draining_next), ready.eq(~last_next | ~draining_next)]
         d_beat = Signal(range(max(nb, 2)))
         d_grp = Signal(range(max(groups, 2)))
+        # Credit: one FIFO entry is reserved when a beat's first group is issued. A drain step
+        # clock-enables every hold-bank flip-flop (nb · lanes sums), so, like ready_q, it is a
+        # register computed from the next state (same value, cycle for cycle, as
+        # draining & ((d_grp != 0) | (pending < depth))): that fan-out starts at a flip-flop,
+        # not after the credit compare.
+        step = Signal(name="step_q")
+        d_grp_next = Signal.like(d_grp)
+        pending_next = Signal.like(pending)
+        # Writes (beat b of the last pixel fills slots b · groups ...) and drain shifts never
+        # meet in one cycle: a last-pixel beat is only taken while not draining (ready), and
+        # the drain starts on the cycle after the last write, so the next image's last pixel
+        # finds the bank fully drained. Lanes past the beat (g · r + k >= lanes) hold 0:
+        # don't-care, never gathered. (Two separate Ifs, not If/Elif: the shift enable stays
+        # the step register alone.)
+        with m.If(step):
+            # Shift down one slot; the top slot keeps its value (don't-care once drained).
+            m.d.sync += [a.eq(b) for a, b in zip(hold, hold[1:])]
         with m.If(take & last_pixel):
             with m.Switch(beat):
                 for b in range(nb):
                     with m.Case(b):
-                        m.d.sync += hold[b].eq(new)
+                        for g in range(groups):
+                            for k in range(r):
+                                c = g * r + k
+                                m.d.sync += hold[b * groups + g][k].eq(
+                                    new[c] if c < lanes else 0)
             with m.If(beat == nb - 1):
-                m.d.sync += [d_beat.eq(0), d_grp.eq(0)]
+                m.d.sync += d_beat.eq(0)
         # (Start and end of a drain never coincide: a last-pixel beat is only taken while
         # not draining.)
         m.d.comb += draining_next.eq(draining)
         with m.If(take & last_pixel & (beat == nb - 1)):
             m.d.comb += draining_next.eq(1)
 
-        # Credit: one FIFO entry is reserved when a beat's first group is issued.
-        step = Signal()
-        m.d.comb += step.eq(draining & ((d_grp != 0) | (pending < self.fifo_depth)))
-        m.d.sync += pending.eq(pending + (step & (d_grp == 0)) - out_taken)
+        m.d.comb += [pending_next.eq(pending + (step & (d_grp == 0)) - out_taken),
+                     d_grp_next.eq(d_grp)]
+        with m.If(take & last_pixel & (beat == nb - 1)):
+            m.d.comb += d_grp_next.eq(0)
         with m.If(step):
             with m.If(d_grp == groups - 1):
-                m.d.sync += d_grp.eq(0)
+                m.d.comb += d_grp_next.eq(0)
                 with m.If(d_beat == nb - 1):
                     m.d.comb += draining_next.eq(0)
                 with m.Else():
                     m.d.sync += d_beat.eq(d_beat + 1)
             with m.Else():
-                m.d.sync += d_grp.eq(d_grp + 1)
+                m.d.comb += d_grp_next.eq(d_grp + 1)
+        m.d.sync += [pending.eq(pending_next), d_grp.eq(d_grp_next),
+                     step.eq(draining_next & ((d_grp_next != 0)
+                                              | (pending_next < self.fifo_depth)))]
 
-        # Feed register: group d_grp of held beat d_beat (registered to cut the mux path).
+        # Feed register: slot 0, the group being issued (registered: the Requant's input
+        # stays one register from the bank). The counters only make the tag and end the drain.
         m.submodules.requant = rq = Requant(lanes=r, act_bits=self.act_bits,
                                             acc_bits=self.sum_bits + 1, tag_bits=grp_bits + 1,
                                             pipelined=True)
         f_valid = Signal()
         f_tag = Signal(grp_bits + 1)
         f_acc = [Signal(self.sum_bits, name=f"feed{k}", reset_less=True) for k in range(r)]
-        held = Array(hold)[d_beat]
         m.d.sync += [f_valid.eq(step), f_tag.eq(Cat(d_grp[:grp_bits], d_beat == nb - 1))]
         for k in range(r):
-            with m.Switch(d_grp):
-                for g in range(groups):
-                    if g * r + k < lanes:
-                        with m.Case(g):
-                            m.d.sync += f_acc[k].eq(held[g * r + k])
-                with m.Default():
-                    m.d.sync += f_acc[k].eq(0)      # lane past the beat: don't-care
+            m.d.sync += f_acc[k].eq(hold[0][k])
         m.d.comb += [rq.i.valid.eq(f_valid), rq.i.payload.tag.eq(f_tag)]
         for k in range(r):
             m.d.comb += [rq.i.payload.acc[k].eq(f_acc[k]),

