@@ -483,9 +483,23 @@ class MacArray(wiring.Component):
                 m.d.sync += [fi.eq(fi + 1), row.eq(row + 1)]
 
         out_taken = self.o.valid & self.o.ready
+        emitted = Signal()
+        m.d.comb += emitted.eq(issue & last_fold)
         pending_n = Signal.like(pending)
-        m.d.comb += pending_n.eq(pending + (issue & last_fold) - out_taken)
-        m.d.sync += [pending.eq(pending_n), credit.eq(pending_n < self.fifo_depth),
+        m.d.comb += pending_n.eq(pending + emitted - out_taken)
+        # credit_q = (pending_n < fifo_depth), but not through the adder: pending <= depth,
+        # so a beat emitted and none taken leaves credit iff pending < depth - 1 (a compare
+        # of a register with a constant, ready early in the cycle), one taken and none emitted
+        # always leaves credit, otherwise it is unchanged. The FIFO's taken strobe, which
+        # arrives from the next stage late in the cycle, then passes one LUT instead of the
+        # pending adder and the compare's carry chains (the 85F digits design's seed-2
+        # critical path at 88b5089: r_rdy -> out_taken -> adder -> compare -> credit_q,
+        # 10.99 ns).
+        below_last = Signal()
+        m.d.comb += below_last.eq(pending < self.fifo_depth - 1)
+        m.d.sync += [pending.eq(pending_n),
+                     credit.eq(Mux(emitted & ~out_taken, below_last,
+                                   Mux(out_taken & ~emitted, 1, credit))),
                      rfull.eq(Mux(rbank_n, full_n[1], full_n[0]))]
         if nbi > 1:
             # fi next: 0 after the last fold, fi + 1 after another issue, else unchanged.
