@@ -572,6 +572,20 @@ class OverlayEngine(wiring.Component):
         tpm1 = Signal.like(tper)     # T - 1
         dsm1 = Signal.like(dsteps)
         m.d.comb += last_grp.eq(grp == m1["groups"])
+        # The group decisions of ISSUE, FLUSH, GAPLOAD and GAPFLUSH as registers, a cycle
+        # behind their inputs: the group counter's compare with m1_groups and the chain
+        # flags' AND were in front of grow's, grp's and the FSM's clock enables (the whole
+        # UP5K build's critical path at seed 2). They are never read stale: grp, chain,
+        # gchain and the fields change at least two cycles before a read (after a chained
+        # next_group the next advance is T >= 2 cycles later; GSTART takes 3 cycles before
+        # ISSUE; FLUSH is entered without a group step). GSTART's P_g (right after SETUP's
+        # or a group's step) and the logits' last flag keep the compare itself.
+        last_grp_r = Signal()
+        chain_next = Signal()     # ISSUE: chain to the next group at the last position
+        chain_gap = Signal()      # GAPLOAD: chain to the next group (not the last)
+        m.d.sync += [last_grp_r.eq(last_grp),
+                     chain_next.eq(chain & ~last_grp & (~f["gap"] | gchain)),
+                     chain_gap.eq(chain & ~last_grp)]
 
         # LOAD counters
         # (the channel, x and y of LOAD are the issue counters t, x, y: LOAD never overlaps
@@ -815,7 +829,7 @@ class OverlayEngine(wiring.Component):
                     m.d.comb += adv.eq(1)
                     m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
                     with m.If(last_pos_r):
-                        with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
+                        with m.If(chain_next):
                             # the next group's first position follows as if it were
                             # another position of this one (T cycles after)
                             next_group()
@@ -824,7 +838,7 @@ class OverlayEngine(wiring.Component):
                 with m.Elif(~hold):
                     m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
             def group_end():
-                with m.If(last_grp):
+                with m.If(last_grp_r):
                     m.d.sync += row.eq(row + 1)
                     m.next = "SETUP"
                 with m.Else():
@@ -843,7 +857,7 @@ class OverlayEngine(wiring.Component):
                         group_end()
             with m.State("GAPLOAD"):
                 m.d.comb += gap_go.eq(1)
-                with m.If(chain & ~last_grp):
+                with m.If(chain_gap):
                     # (not gchain) the gap drain (D steps) is over by the next group's first
                     # hand-off (cin + 6 >= D); its writes use gptr, stepped at their last
                     next_group()
