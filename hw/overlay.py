@@ -592,6 +592,15 @@ class OverlayEngine(wiring.Component):
         # a pass)
         lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
+        # t == in_c - 1, x == w - 1, y == h - 1 as registers kept up to date with the
+        # counters (set from the "n - 1" value as SETUP derives it, with t = x = y = 0 at
+        # its end, then from each counter's next value): no comparator between the counters
+        # and the counters' enables or the FSM's next state (counter == m1 -> counter
+        # updates -> next state was the UP5K build's critical path at seeds 1-2).
+        ltl = Signal()
+        lxl = Signal()
+        lyl = Signal()
+        lflag = {"in_c": ltl, "w": lxl, "h": lyl}
 
         # issue counters
         t = Signal.like(tper)
@@ -715,6 +724,8 @@ class OverlayEngine(wiring.Component):
                     if dec_lag:
                         if name in m1:
                             m.d.sync += m1[name].eq(dec)
+                        if name in lflag:
+                            m.d.sync += lflag[name].eq(dec[:len(m1[name])] == 0)
                         if name == "wo":
                             m.d.sync += xlast.eq(dec)
                         if name == "ho":
@@ -768,17 +779,19 @@ class OverlayEngine(wiring.Component):
                                  wq_addr.eq(lk >> 1), wq_buf.eq(0),
                                  wq_data[0].eq(self.images.payload.data[0]),
                                  wq_data[1].eq(self.images.payload.data[0])]
-                    with m.If(t == m1["in_c"]):
+                    with m.If(ltl):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [t.eq(0), lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
-                        with m.If(x == m1["w"]):
-                            m.d.sync += [x.eq(0), y.eq(y + 1)]
-                            with m.If(y == m1["h"]):
+                        m.d.sync += [t.eq(0), ltl.eq(m1["in_c"] == 0),
+                                     lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
+                        with m.If(lxl):
+                            m.d.sync += [x.eq(0), lxl.eq(m1["w"] == 0),
+                                         y.eq(y + 1), lyl.eq(y + 1 == m1["h"])]
+                            with m.If(lyl):
                                 m.next = "GSTART"
                         with m.Else():
-                            m.d.sync += x.eq(x + 1)
+                            m.d.sync += [x.eq(x + 1), lxl.eq(x + 1 == m1["w"])]
                     with m.Else():
-                        m.d.sync += [t.eq(t + 1), lk.eq(lk + 1)]
+                        m.d.sync += [t.eq(t + 1), ltl.eq(t + 1 == m1["in_c"]), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
