@@ -524,6 +524,9 @@ class OverlayEngine(wiring.Component):
         # ---- control registers ----
         row = Signal(range(max(cfg.max_passes, 2)))
         fcnt = Signal(range(nf + 2))
+        # fcnt == nf + 1 (SETUP's last cycle) as a register set from fcnt == nf: its
+        # compare was in front of the counters' clears and the FSM's next state (seed 3)
+        setup_end = Signal()
         grp = Signal(W["cout"])
         pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
         pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
@@ -601,6 +604,11 @@ class OverlayEngine(wiring.Component):
         lxl = Signal()
         lyl = Signal()
         lflag = {"in_c": ltl, "w": lxl, "h": lyl}
+        # Their next values are compares of the counter itself (not of counter + 1, whose
+        # adder and the compare's reduction were the next path, seed 2) with n - 2, and at
+        # a wrap n - 1 == 0: registers derived with the "n - 1" ones.
+        lm2 = {name: Signal(fw[name], name=f"m2_{name}") for name in lflag}
+        lz = {name: Signal(name=f"z_{name}") for name in lflag}
 
         # issue counters
         t = Signal.like(tper)
@@ -684,7 +692,7 @@ class OverlayEngine(wiring.Component):
         with m.FSM(init="SETUP"):
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
-                m.d.sync += fcnt.eq(fcnt + 1)
+                m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
                 data = prog_r.data
@@ -725,7 +733,9 @@ class OverlayEngine(wiring.Component):
                         if name in m1:
                             m.d.sync += m1[name].eq(dec)
                         if name in lflag:
-                            m.d.sync += lflag[name].eq(dec[:len(m1[name])] == 0)
+                            m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
+                                         lz[name].eq(dec[:len(m1[name])] == 0),
+                                         lm2[name].eq(dec - 1)]
                         if name == "wo":
                             m.d.sync += xlast.eq(dec)
                         if name == "ho":
@@ -748,7 +758,7 @@ class OverlayEngine(wiring.Component):
                     for name in PASS_FIELDS:
                         with m.Case(_F[name] + 2):
                             derive(name, True)
-                with m.If(fcnt == nf + 1):
+                with m.If(setup_end):
                     m.d.sync += [
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
@@ -781,17 +791,17 @@ class OverlayEngine(wiring.Component):
                                  wq_data[1].eq(self.images.payload.data[0])]
                     with m.If(ltl):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [t.eq(0), ltl.eq(m1["in_c"] == 0),
+                        m.d.sync += [t.eq(0), ltl.eq(lz["in_c"]),
                                      lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
                         with m.If(lxl):
-                            m.d.sync += [x.eq(0), lxl.eq(m1["w"] == 0),
-                                         y.eq(y + 1), lyl.eq(y + 1 == m1["h"])]
+                            m.d.sync += [x.eq(0), lxl.eq(lz["w"]),
+                                         y.eq(y + 1), lyl.eq(y == lm2["h"])]
                             with m.If(lyl):
                                 m.next = "GSTART"
                         with m.Else():
-                            m.d.sync += [x.eq(x + 1), lxl.eq(x + 1 == m1["w"])]
+                            m.d.sync += [x.eq(x + 1), lxl.eq(x == lm2["w"])]
                     with m.Else():
-                        m.d.sync += [t.eq(t + 1), ltl.eq(t + 1 == m1["in_c"]), lk.eq(lk + 1)]
+                        m.d.sync += [t.eq(t + 1), ltl.eq(t == lm2["in_c"]), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
