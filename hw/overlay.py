@@ -591,10 +591,15 @@ class OverlayEngine(wiring.Component):
                      chain_gap.eq(chain & ~last_grp)]
 
         # LOAD counters
-        # (the channel, x and y of LOAD are the issue counters t, x, y: LOAD never overlaps
-        # a pass)
+        # The channel, x and y of LOAD are counters of their own (not the issue counters
+        # t, x, y, which LOAD never overlaps): the image stream's accept (FSM state, ready,
+        # valid) was in front of the issue counters' wide next-value muxes (the UP5K
+        # build's critical path at seed 1).
         lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
+        lt = Signal.like(tper, name="ld_t")
+        lx = Signal(dim, name="ld_x")
+        ly = Signal(dim, name="ld_y")
         # t == in_c - 1, x == w - 1, y == h - 1 as registers kept up to date with the
         # counters (set from the "n - 1" value as SETUP derives it, with t = x = y = 0 at
         # its end, then from each counter's next value): no comparator between the counters
@@ -763,7 +768,7 @@ class OverlayEngine(wiring.Component):
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
                         wptr.eq(0), gpend.eq(0), gfire.eq(0),
-                        t.eq(0), x.eq(0), y.eq(0), lk.eq(0),
+                        t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
                     with m.If(f["op"] == OP_END):
@@ -791,17 +796,17 @@ class OverlayEngine(wiring.Component):
                                  wq_data[1].eq(self.images.payload.data[0])]
                     with m.If(ltl):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [t.eq(0), ltl.eq(lz["in_c"]),
+                        m.d.sync += [lt.eq(0), ltl.eq(lz["in_c"]),
                                      lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
                         with m.If(lxl):
-                            m.d.sync += [x.eq(0), lxl.eq(lz["w"]),
-                                         y.eq(y + 1), lyl.eq(y == lm2["h"])]
+                            m.d.sync += [lx.eq(0), lxl.eq(lz["w"]),
+                                         ly.eq(ly + 1), lyl.eq(ly == lm2["h"])]
                             with m.If(lyl):
                                 m.next = "GSTART"
                         with m.Else():
-                            m.d.sync += [x.eq(x + 1), lxl.eq(x == lm2["w"])]
+                            m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"])]
                     with m.Else():
-                        m.d.sync += [t.eq(t + 1), ltl.eq(t == lm2["in_c"]), lk.eq(lk + 1)]
+                        m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
