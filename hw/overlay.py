@@ -524,6 +524,9 @@ class OverlayEngine(wiring.Component):
         # ---- control registers ----
         row = Signal(range(max(cfg.max_passes, 2)))
         fcnt = Signal(range(nf + 2))
+        # fcnt == nf + 1 (SETUP's last cycle) as a register set from fcnt == nf: its
+        # compare was in front of the counters' clears and the FSM's next state (seed 3)
+        setup_end = Signal()
         grp = Signal(W["cout"])
         pg = Signal(ceil_log2(P + 1))             # P_g: lanes of this group
         pgm1 = Signal(ceil_log2(P + 1))           # P_g - 1
@@ -572,12 +575,45 @@ class OverlayEngine(wiring.Component):
         tpm1 = Signal.like(tper)     # T - 1
         dsm1 = Signal.like(dsteps)
         m.d.comb += last_grp.eq(grp == m1["groups"])
+        # The group decisions of ISSUE, FLUSH, GAPLOAD and GAPFLUSH as registers, a cycle
+        # behind their inputs: the group counter's compare with m1_groups and the chain
+        # flags' AND were in front of grow's, grp's and the FSM's clock enables (the whole
+        # UP5K build's critical path at seed 2). They are never read stale: grp, chain,
+        # gchain and the fields change at least two cycles before a read (after a chained
+        # next_group the next advance is T >= 2 cycles later; GSTART takes 3 cycles before
+        # ISSUE; FLUSH is entered without a group step). GSTART's P_g (right after SETUP's
+        # or a group's step) and the logits' last flag keep the compare itself.
+        last_grp_r = Signal()
+        chain_next = Signal()     # ISSUE: chain to the next group at the last position
+        chain_gap = Signal()      # GAPLOAD: chain to the next group (not the last)
+        m.d.sync += [last_grp_r.eq(last_grp),
+                     chain_next.eq(chain & ~last_grp & (~f["gap"] | gchain)),
+                     chain_gap.eq(chain & ~last_grp)]
 
         # LOAD counters
-        # (the channel, x and y of LOAD are the issue counters t, x, y: LOAD never overlaps
-        # a pass)
+        # The channel, x and y of LOAD are counters of their own (not the issue counters
+        # t, x, y, which LOAD never overlaps): the image stream's accept (FSM state, ready,
+        # valid) was in front of the issue counters' wide next-value muxes (the UP5K
+        # build's critical path at seed 1).
         lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
+        lt = Signal.like(tper, name="ld_t")
+        lx = Signal(dim, name="ld_x")
+        ly = Signal(dim, name="ld_y")
+        # t == in_c - 1, x == w - 1, y == h - 1 as registers kept up to date with the
+        # counters (set from the "n - 1" value as SETUP derives it, with t = x = y = 0 at
+        # its end, then from each counter's next value): no comparator between the counters
+        # and the counters' enables or the FSM's next state (counter == m1 -> counter
+        # updates -> next state was the UP5K build's critical path at seeds 1-2).
+        ltl = Signal()
+        lxl = Signal()
+        lyl = Signal()
+        lflag = {"in_c": ltl, "w": lxl, "h": lyl}
+        # Their next values are compares of the counter itself (not of counter + 1, whose
+        # adder and the compare's reduction were the next path, seed 2) with n - 2, and at
+        # a wrap n - 1 == 0: registers derived with the "n - 1" ones.
+        lm2 = {name: Signal(fw[name], name=f"m2_{name}") for name in lflag}
+        lz = {name: Signal(name=f"z_{name}") for name in lflag}
 
         # issue counters
         t = Signal.like(tper)
@@ -661,7 +697,7 @@ class OverlayEngine(wiring.Component):
         with m.FSM(init="SETUP"):
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
-                m.d.sync += fcnt.eq(fcnt + 1)
+                m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
                 data = prog_r.data
@@ -701,6 +737,10 @@ class OverlayEngine(wiring.Component):
                     if dec_lag:
                         if name in m1:
                             m.d.sync += m1[name].eq(dec)
+                        if name in lflag:
+                            m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
+                                         lz[name].eq(dec[:len(m1[name])] == 0),
+                                         lm2[name].eq(dec - 1)]
                         if name == "wo":
                             m.d.sync += xlast.eq(dec)
                         if name == "ho":
@@ -723,12 +763,12 @@ class OverlayEngine(wiring.Component):
                     for name in PASS_FIELDS:
                         with m.Case(_F[name] + 2):
                             derive(name, True)
-                with m.If(fcnt == nf + 1):
+                with m.If(setup_end):
                     m.d.sync += [
                         fcnt.eq(0),
                         grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
                         wptr.eq(0), gpend.eq(0), gfire.eq(0),
-                        t.eq(0), x.eq(0), y.eq(0), lk.eq(0),
+                        t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
                         lstarted.eq(0),
                     ]
                     with m.If(f["op"] == OP_END):
@@ -754,17 +794,19 @@ class OverlayEngine(wiring.Component):
                                  wq_addr.eq(lk >> 1), wq_buf.eq(0),
                                  wq_data[0].eq(self.images.payload.data[0]),
                                  wq_data[1].eq(self.images.payload.data[0])]
-                    with m.If(t == m1["in_c"]):
+                    with m.If(ltl):
                         # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [t.eq(0), lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
-                        with m.If(x == m1["w"]):
-                            m.d.sync += [x.eq(0), y.eq(y + 1)]
-                            with m.If(y == m1["h"]):
+                        m.d.sync += [lt.eq(0), ltl.eq(lz["in_c"]),
+                                     lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
+                        with m.If(lxl):
+                            m.d.sync += [lx.eq(0), lxl.eq(lz["w"]),
+                                         ly.eq(ly + 1), lyl.eq(ly == lm2["h"])]
+                            with m.If(lyl):
                                 m.next = "GSTART"
                         with m.Else():
-                            m.d.sync += x.eq(x + 1)
+                            m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"])]
                     with m.Else():
-                        m.d.sync += [t.eq(t + 1), lk.eq(lk + 1)]
+                        m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1)]
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
@@ -815,7 +857,7 @@ class OverlayEngine(wiring.Component):
                     m.d.comb += adv.eq(1)
                     m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
                     with m.If(last_pos_r):
-                        with m.If(chain & ~last_grp & (~f["gap"] | gchain)):
+                        with m.If(chain_next):
                             # the next group's first position follows as if it were
                             # another position of this one (T cycles after)
                             next_group()
@@ -824,7 +866,7 @@ class OverlayEngine(wiring.Component):
                 with m.Elif(~hold):
                     m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
             def group_end():
-                with m.If(last_grp):
+                with m.If(last_grp_r):
                     m.d.sync += row.eq(row + 1)
                     m.next = "SETUP"
                 with m.Else():
@@ -843,7 +885,7 @@ class OverlayEngine(wiring.Component):
                         group_end()
             with m.State("GAPLOAD"):
                 m.d.comb += gap_go.eq(1)
-                with m.If(chain & ~last_grp):
+                with m.If(chain_gap):
                     # (not gchain) the gap drain (D steps) is over by the next group's first
                     # hand-off (cin + 6 >= D); its writes use gptr, stepped at their last
                     next_group()
