@@ -6,6 +6,7 @@ prediction (:mod:`hw.resources`) against the cell statistics returned here, and
 ``benchmarks/synth_cells.py`` prints cell tables.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["SYNTH", "ABC9_SAFE_NAMES", "COLLISION_FREE", "POISON_ENV", "collision_read",
+           "poisoned_collisions",
            "undefined_collisions", "yosys_exe",
            "synth_verilog", "synth_component", "dsp_cells"]
 
@@ -54,6 +56,29 @@ _COLLISION_ATTR = "\\" + next(iter(COLLISION_FREE))
 #: it adds logic). The tests set it to check the COLLISION_FREE claims: such a read's data,
 #: undefined on the iCE40, must never reach a reply or a logit.
 POISON_ENV = "SHIFTACC_POISON_COLLISIONS"
+
+
+@contextlib.contextmanager
+def poisoned_collisions(enabled=True):
+    """Within the ``with`` block, elaborate with :data:`POISON_ENV` set (when ``enabled``);
+    the variable's previous value comes back afterwards.
+
+    For simulations of a design whose build leaves colliding reads undefined (iCE40
+    boards: :func:`undefined_collisions`): a :data:`COLLISION_FREE` memory whose read did hit
+    the address being written returns wrong data there, so the run's outputs show it.
+    Elaboration happens when the Verilog is written, so wrap that call.
+    """
+    old = os.environ.get(POISON_ENV)
+    if enabled:
+        os.environ[POISON_ENV] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            if old is None:
+                os.environ.pop(POISON_ENV, None)
+            else:
+                os.environ[POISON_ENV] = old
 
 
 def collision_read(m, rp, wps):

@@ -64,7 +64,7 @@ def corrupted_words(corrupt_param):
 
 def simulate_link(model, plan, images, *, simulator="verilator", uart=False, link_kw=None,
                   stall_level=0, seed=0, workdir=None, corrupt_param=None, progress=False,
-                  log=print, start_timeout=START_TIMEOUT):
+                  log=print, start_timeout=START_TIMEOUT, undefined_collisions=False):
     """Serve ``plan``'s board top in a simulator and run ``images`` through the host driver.
 
     Parameters
@@ -86,6 +86,8 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
         See :func:`corrupted_words`.
     start_timeout : float
         Seconds the simulator may take to build and start listening.
+    undefined_collisions : bool
+        Block RAM as an iCE40 build places it (:func:`shiftacc.sim.serve.serve_verilog`).
 
     Returns
     -------
@@ -115,7 +117,8 @@ def simulate_link(model, plan, images, *, simulator="verilator", uart=False, lin
             box["stats"] = serve(model, plan=plan, port=0, simulator=simulator, uart=uart,
                                  max_clients=1, workdir=workdir, on_ready=on_ready, log=log,
                                  link_kw=link_kw, stall_level=stall_level,
-                                 stall_seed=int(seed) & 0xFFFFFFFF)
+                                 stall_seed=int(seed) & 0xFFFFFFFF,
+                                 undefined_collisions=undefined_collisions)
         except BaseException as e:   # noqa: BLE001 (re-raised in the calling thread)
             box["error"] = e
         finally:

@@ -38,23 +38,33 @@ def link_parameters(*, uart, clock_hz, baud):
     return int(clock_hz), (int(baud) if uart else 0)
 
 
-def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD, link_kw=None):
+def serve_verilog(model, plan, *, uart, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD, link_kw=None,
+                  undefined_collisions=False):
     """Verilog text of the serve top for ``model`` and ``plan`` (a dataflow or an overlay
     plan), and the :class:`~shiftacc.hw.board.LinkTop` it was made from (``link_kw``: its
-    link-engine keywords, e.g. a board's ``Board.link_kw(model)``)."""
+    link-engine keywords, e.g. a board's ``Board.link_kw(model)``).
+
+    ``undefined_collisions``: simulate block RAM as an iCE40 build places it (no read-first
+    emulation, :func:`shiftacc.hw.synth.undefined_collisions`): every read of a
+    collision-free memory that hits the address written in its cycle returns its data
+    complemented (:func:`shiftacc.hw.synth.poisoned_collisions`), so a run that depended on
+    such a read would not be exact."""
     from ..hw.board import LinkTop
     from ..hw.stream import to_verilog
+    from ..hw.synth import poisoned_collisions
     from .bridge import BridgeHarness
     clock_hz, link_baud = link_parameters(uart=uart, clock_hz=clock_hz, baud=baud)
-    top = LinkTop(model, plan, clock_hz=clock_hz, baud=link_baud, uart=uart, **(link_kw or {}))
-    harness = BridgeHarness(top, uart=uart, clock_hz=clock_hz, baud=baud)
-    return to_verilog(harness, name=SERVE_TOPLEVEL), top
+    with poisoned_collisions(undefined_collisions):
+        top = LinkTop(model, plan, clock_hz=clock_hz, baud=link_baud, uart=uart,
+                      **(link_kw or {}))
+        harness = BridgeHarness(top, uart=uart, clock_hz=clock_hz, baud=baud)
+        return to_verilog(harness, name=SERVE_TOPLEVEL), top
 
 
 def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
           simulator="verilator", uart=False, clock_hz=SIM_CLOCK_HZ, baud=SIM_BAUD,
           max_clients=None, workdir=None, on_ready=None, log=print, link_kw=None,
-          stall_level=0, stall_seed=0):
+          stall_level=0, stall_seed=0, undefined_collisions=False):
     """Simulate the board top and serve it on a TCP socket until stopped.
 
     Parameters
@@ -84,6 +94,9 @@ def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
         (:class:`~shiftacc.sim.bridge.BridgeHarness`); 0: back to back.
     stall_seed : int
         Seed of those stalls.
+    undefined_collisions : bool
+        Simulate the block RAM of an iCE40 build (:func:`serve_verilog`): a read that hits
+        the address written in its cycle returns wrong data.
 
     Returns
     -------
@@ -101,7 +114,7 @@ def serve(model, *, config=None, plan=None, host="127.0.0.1", port=8765,
     if plan is None:
         plan = plan_network(model, config)
     text, top = serve_verilog(model, plan, uart=uart, clock_hz=clock_hz, baud=baud,
-                              link_kw=link_kw)
+                              link_kw=link_kw, undefined_collisions=undefined_collisions)
     # Per wake-up of the testbench: about a window of bytes on the line.
     step = 128 if not uart else max(256, int(clock_hz / baud * 10 * 32))
     cells = None

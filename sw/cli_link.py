@@ -103,7 +103,9 @@ def cmd_serve(args):
     serve(model, config=cfg, plan=plan, host=args.host, port=args.port,
           simulator=args.simulator, uart=args.uart, clock_hz=args.clock_hz, baud=args.baud,
           on_ready=on_ready, log=say, max_clients=args.max_clients,
-          link_kw=board.link_kw(model) if board is not None else None)
+          link_kw=board.link_kw(model) if board is not None else None,
+          # An iCE40 build leaves colliding block-RAM reads undefined: simulate that too.
+          undefined_collisions=board is not None and board.family == "ice40")
     print(f"served {args.max_clients} client session(s); stopped", flush=True)
     return 0
 

@@ -6,6 +6,7 @@ storage included) and compared with the stated list, for every block kind and fo
 accelerators from random models.
 """
 
+import os
 from collections import Counter
 
 import numpy as np
@@ -103,3 +104,31 @@ def test_undefined_collisions_marks_only_collision_free_sync_reads():
     masks = dict(re.findall(r'MEMID "\\\\(\w+)".*?COLLISION_X_MASK (\S+)', out, flags=re.S))
     assert masks == {"free": "1'1", "kept": "1'0", "free_comb": "1'0", "free_rom": "0'0"}
     assert undefined_collisions(out)[0] == out          # idempotent
+
+
+def test_serve_simulates_collisions_as_an_ice40_build_places_them(monkeypatch):
+    """``serve``/``sim --board <iCE40 board>`` elaborate with colliding reads poisoned
+    (hw.synth.poisoned_collisions): the served Verilog has the poison registers only then,
+    and the environment is as it was afterwards (unset, or a value it had)."""
+    from shiftacc.hw.overlay_program import OverlayConfig, compile_overlay
+    from shiftacc.hw.synth import POISON_ENV, poisoned_collisions
+    from shiftacc.sim.serve import serve_verilog
+    model = random_model(np.random.default_rng(5), size=(6, 6), blocks=1, max_width=5)
+    plan = compile_overlay(model, OverlayConfig(lanes=4, requant_units=1, fm_words=512,
+                                                weight_rows=64, channel_rows=64,
+                                                gather_rows=64, max_passes=8))
+    monkeypatch.delenv(POISON_ENV, raising=False)
+    plain, _ = serve_verilog(model, plan, uart=False)
+    placed, _ = serve_verilog(model, plan, uart=False, undefined_collisions=True)
+    assert POISON_ENV not in os.environ
+    # One poison register per collision-free read port (overlay tables, link slot RAM...).
+    assert "collided" not in plain
+    import re
+    poison = set(re.findall(r"reg \\?(collided\S*)", placed))
+    assert len(poison) >= 5, poison
+    monkeypatch.setenv(POISON_ENV, "0")
+    with poisoned_collisions():
+        assert os.environ[POISON_ENV] == "1"
+    assert os.environ[POISON_ENV] == "0"
+    with poisoned_collisions(False):
+        assert os.environ[POISON_ENV] == "0"

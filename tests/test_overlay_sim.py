@@ -186,6 +186,7 @@ def test_icebreaker_config_on_digits(tmp_path, capsys):
         res = json.loads(out.read_text())
         assert res["golden_mismatches"] == 0
         assert res["config"]["primitives"] == "ice40" and res["config"]["lanes"] == 8
+        assert res["undefined_collisions"]  # block RAM read as the iCE40 build places it
         assert res["engine_cycles_match_prediction"]
         if level == 0:
             assert res["engine_cycles_per_image"] == res["predicted_cycles_per_image"]
