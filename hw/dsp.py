@@ -20,7 +20,7 @@ def fits_mult18x18d(a_shape, b_shape):
     return a_ok and not b_shape.signed and b_shape.width <= 17
 
 
-def mult18x18d_registered(a, b, product):
+def mult18x18d_registered(a, b, product, *, input_registers=True):
     """An ECP5 ``MULT18X18D`` computing ``product = a * b`` (``a`` signed or unsigned, ``b``
     unsigned, widths as :func:`fits_mult18x18d` allows) two cycles after its inputs: the
     input registers A and B and the output register clocked by ``sync`` (``CLK0``, always enabled, never reset), the
@@ -28,7 +28,13 @@ def mult18x18d_registered(a, b, product):
     ports are register setup / clock-to-out, no path runs through it.
 
     Both operands go in as 18-bit signed values (``b`` zero-extended, so positive); the
-    product's low bits are the exact result (``len(product) <= 36``)."""
+    product's low bits are the exact result (``len(product) <= 36``).
+
+    ``input_registers=False``: A and B go straight into the multiplier, only the output
+    register is clocked, so ``product`` follows its inputs by *one* cycle (nextpnr times the
+    block as ``MULT18X18D_REGS_OUTPUT``: input pin -> multiplier -> output register setup).
+    For operands that come from fabric flip-flops anyway; both inputs are then unregistered
+    together, since nextpnr times a block with only one input register as if it had none."""
     a18 = Signal(signed(18))
     b18 = Signal(signed(18))
     p36 = Signal(signed(36))
@@ -39,10 +45,11 @@ def mult18x18d_registered(a, b, product):
         ports[f"i_C{n}"] = Const(0, 1)
     for n in range(36):
         ports[f"o_P{n}"] = p36[n]
+    in_clk = "CLK0" if input_registers else "NONE"
     inst = Instance(
         "MULT18X18D",
-        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
-        p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+        p_REG_INPUTA_CLK=in_clk, p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+        p_REG_INPUTB_CLK=in_clk, p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
         p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
         p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
         p_GSR="DISABLED", p_RESETMODE="SYNC", p_SOURCEB_MODE="B_SHIFT",

@@ -1064,11 +1064,22 @@ class OverlayEngine(wiring.Component):
         last4 = reg("last4", 1, last3)
         act3 = Signal(8)
         m.d.comb += act3.eq(Mux(inb3, sel, 0))
-        if not ecp5:
-            act4 = reg("act4", 8, act3)
+        # A fabric register between the feature-map block RAM and the multipliers: on an
+        # ECP5 the DP16KD's unregistered output (5.61 ns clock-to-out) -> zero fill / bank
+        # select -> the MULT18X18D's B input register was every 12F/25F overlay seed's
+        # critical path (12.9-14.3 ns); now that hop ends in act4, placed beside the banks.
+        act4 = reg("act4", 8, act3)
         tag4 = reg("tag4", tagw, tag3)
         # stage 4: P products (registered)
-        wts = [wt_r.data[8 * k:8 * k + 8].as_signed() for k in range(P)]
+        if ecp5:
+            # The weight row (read at stage 2, arriving at 3) gets the matching fabric
+            # register, and the blocks multiply from both registers with only their output
+            # register clocked: the same two cycles from act3 to a product as with the
+            # blocks' own input registers, each hop now flip-flop to flip-flop.
+            wq4 = reg("wq4", 8 * P, wt_r.data)
+            wts = [wq4[8 * k:8 * k + 8].as_signed() for k in range(P)]
+        else:
+            wts = [wt_r.data[8 * k:8 * k + 8].as_signed() for k in range(P)]
         prods = [Signal(signed(16), name=f"prod{k}") for k in range(P)]
         if cfg.primitives == "ice40":
             for j in range(P // 2):
@@ -1097,10 +1108,10 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += [prods[2 * j].eq(o[:16].as_signed()),
                              prods[2 * j + 1].eq(o[16:].as_signed())]
         elif ecp5:
-            # stage 3 -> 4: the DSP's A/B input registers (weight row, activation); 4 -> 5:
-            # its output register: the same two cycles as act4 and the product register
+            # stage 3 -> 4: the fabric registers wq4 / act4; 4 -> 5: the DSP's output register
             for k in range(P):
-                m.submodules[f"mac{k}"] = mult18x18d_registered(wts[k], act3, prods[k])
+                m.submodules[f"mac{k}"] = mult18x18d_registered(wts[k], act4, prods[k],
+                                                                input_registers=False)
         else:
             for k in range(P):
                 m.d.sync += prods[k].eq(wts[k] * act4)

@@ -7,6 +7,8 @@ program and memory images from ``hw.overlay_program.compile_overlay`` (written s
 the expected logits from ``models.golden.run``, never from the engine's own code.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -333,16 +335,17 @@ class _OverlayOnECP5(OverlayEngine):
 
 
 def test_overlay_ecp5_registered_dsp_and_small_memories():
-    """On an ECP5 each MAC lane is one MULT18X18D with its A/B input and output registers
-    (the weight row from its block RAM straight into the A register, no fabric register
-    between), and the depth-8 memories carry no ``ram_style = "block"`` (LUT RAM there: a
-    DP16KD's clock-to-out into logic was the 12F build's critical path); the generic RTL and
-    the iCE40 netlist keep them in block RAM."""
+    """On an ECP5 each MAC lane is one MULT18X18D with only its output register clocked, fed
+    by the fabric registers of the weight row and the activation (``wq4``, ``act4``: each
+    DP16KD's clock-to-out ends in a flip-flop), and the depth-8 memories carry no
+    ``ram_style = "block"`` (LUT RAM there: a DP16KD's clock-to-out into logic was the 12F
+    build's critical path); the generic RTL and the iCE40 netlist keep them in block RAM."""
     from ecp5_dsp import registered_mult18x18d
     from shiftacc.hw.stream import to_verilog
     cfg = small_config(4, 2)
     text = to_verilog(OverlayEngine(cfg), platform=_ECP5())
-    assert registered_mult18x18d(text) == 4
+    assert registered_mult18x18d(text, output_only=4) == 4
+    assert re.search(r"reg \[31:0\] wq4\b", text) and re.search(r"reg \[7:0\] act4\b", text)
     assert "ram_style" not in text
     generic = to_verilog(OverlayEngine(cfg))
     assert "MULT18X18D" not in generic and generic.count('ram_style = "block"') >= 4

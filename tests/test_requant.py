@@ -201,13 +201,16 @@ def _mult18x18d_model(calls):
     proven equal to this by the Yosys SAT check test_mac_array_ecp5_dsp_product_is_exact.)"""
     from amaranth.hdl import Signal, signed
 
-    def model(a, b, product):
+    def model(a, b, product, *, input_registers=True):
         assert len(product) <= 36
         calls.append((a.shape(), b.shape(), product.shape()))
         mm = Module()
         ar, br = Signal(signed(18)), Signal(signed(18))
         pr = Signal(signed(36))
-        mm.d.sync += [ar.eq(a), br.eq(b), pr.eq(ar * br)]
+        # without input registers A and B reach the multiplier directly (one cycle)
+        dom = mm.d.sync if input_registers else mm.d.comb
+        dom += [ar.eq(a), br.eq(b)]
+        mm.d.sync += pr.eq(ar * br)
         mm.d.comb += product.eq(pr)
         return mm
     return model
