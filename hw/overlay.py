@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import (Array, C, Cat, ClockSignal, Instance, Module, Mux, Signal, signed,
                           unsigned)
-from amaranth.lib import memory, wiring
+from amaranth.lib import data as ldata, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -416,20 +416,35 @@ class OverlayEngine(wiring.Component):
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
-        # The range checks are "no bit above the capacity's" (and a narrow comparator for a
-        # capacity that is not a power of two): a 16-bit comparator's carry chain was the
-        # engine's critical path (input -> block RAM write enable) and ~30 logic cells each.
-        pp = self.params.payload
-        pv = Signal()
-        m.d.comb += pv.eq(self.params.valid & (pp.layer == OVERLAY_LAYER))
-        kind = pp.kind
-        in_prog, in_gat, in_wt, in_ch = (Signal(name=n) for n in
-                                         ("param_in_prog", "param_in_gather",
-                                          "param_in_weights", "param_in_tables"))
-        m.d.comb += [in_prog.eq(_below(pp.lane, nf) & _below(pp.row, cfg.max_passes)),
-                     in_gat.eq(_below(pp.row, cfg.gather_rows)),
-                     in_wt.eq(_below(pp.row, cfg.weight_rows)),
-                     in_ch.eq(_below(pp.row, cfg.channel_rows))]
+        # Two stages. Stage 1 decodes the bus (valid, layer, kind and the range checks, "no
+        # bit above the capacity's" and a narrow comparator where a capacity is not a power
+        # of two: a 16-bit comparator's carry chain was once the critical path) into one
+        # flip-flop per table write enable, and registers the row, lane and data the tables
+        # need; stage 2 writes the tables from those registers. The decode used to run from
+        # the link's parameter register straight into the write enables of tables spread
+        # over the die (the iCEBreaker's critical path, seed 3 of 665b619). One cycle of
+        # write latency: parameters are written while no image is in flight, and a PROGRAM
+        # write still in stage 2 holds the image back like a completed one (``prog_dirty``).
+        bus = self.params.payload
+        pv_bus = Signal()
+        m.d.comb += pv_bus.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
+        row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
+                                        cfg.channel_rows,
+                                        cfg.attention_rows if cfg.attention else 1)))
+        lane_bits = max(1, ceil_log2(max(FIELD_SLOTS, P)))
+        pp = Signal(ldata.StructLayout({"row": row_bits, "lane": lane_bits, "data": 32}),
+                    name="param_q", reset_less=True)
+        with m.If(pv_bus):
+            m.d.sync += [pp.row.eq(bus.row[:row_bits]), pp.lane.eq(bus.lane[:lane_bits]),
+                         pp.data.eq(bus.data)]
+        def param_hit(name, cond):
+            """A stage-1 decode ``pv_bus & cond``, registered: the stage-2 write enable."""
+            q = Signal(name=f"param_hit_{name}")
+            m.d.sync += q.eq(pv_bus & cond)
+            return q
+
+        bkind = bus.kind
+        ch_ok = _below(bus.row, cfg.channel_rows)
 
         # Every field is at most program_bits wide: the program RAM stores no more.
         # The parameter tables are COLLISION_FREE (hw/synth.py) while only the parameter port
@@ -442,7 +457,9 @@ class OverlayEngine(wiring.Component):
                                    collision_free=True)
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
-                     prog_w.en.eq(pv & (kind == ParamKind.PROGRAM) & in_prog)]
+                     prog_w.en.eq(param_hit("program", (bkind == ParamKind.PROGRAM)
+                                            & _below(bus.lane, nf)
+                                            & _below(bus.row, cfg.max_passes)))]
         prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
@@ -451,7 +468,8 @@ class OverlayEngine(wiring.Component):
                                  collision_free=True)
         m.d.comb += [gat_w.addr.eq(pp.row),
                      gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                     gat_w.en.eq(pv & (kind == ParamKind.GATHER) & in_gat)]
+                     gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
+                                           & _below(bus.row, cfg.gather_rows)))]
 
         # A dynamic conv's attention pass writes its mixed weights and biases (only with
         # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
@@ -471,7 +489,8 @@ class OverlayEngine(wiring.Component):
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
         for lane in range(P):
-            pen = pv & (kind == ParamKind.WEIGHT) & (pp.lane == lane) & in_wt
+            pen = param_hit(f"weight{lane}", (bkind == ParamKind.WEIGHT) & (bus.lane == lane)
+                            & _below(bus.row, cfg.weight_rows))
             if dynw is not None:
                 pen = Mux(dynw["wwe"], dynw["wlane"] == lane, pen)
             m.d.comb += wt_w.en[lane].eq(pen)
@@ -487,15 +506,17 @@ class OverlayEngine(wiring.Component):
                                    collision_free=pfree or name != "bias",
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
-                hit = pv & ((pp.row[0] == b) if R == 2 else C(1, 1)) & in_ch
+                hit = ((bus.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
                 m.d.comb += wp.addr.eq(row_b)
                 if name == "shq":
+                    sh_hit = param_hit(f"sh{b}", hit & (bkind == ParamKind.SH))
+                    qm_hit = param_hit(f"qmax{b}", hit & (bkind == ParamKind.QMAX))
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
-                                 wp.en.eq(Mux(hit & (kind == ParamKind.SH), 0b0000111, 0)
-                                          | Mux(hit & (kind == ParamKind.QMAX), 0b1111000, 0))]
+                                 wp.en.eq(Mux(sh_hit, 0b0000111, 0) | Mux(qm_hit, 0b1111000, 0))]
                 else:
                     kd = ParamKind.BIAS if name == "bias" else ParamKind.M
-                    m.d.comb += [wp.data.eq(pp.data[:width]), wp.en.eq(hit & (kind == kd))]
+                    m.d.comb += [wp.data.eq(pp.data[:width]),
+                                 wp.en.eq(param_hit(f"{name}{b}", hit & (bkind == kd)))]
                 if name == "bias" and dynw is not None:
                     # (later statements win: the DYN pass's write of entry bent)
                     e = dynw["bent"]
@@ -597,6 +618,11 @@ class OverlayEngine(wiring.Component):
         # build's critical path at seed 1).
         lk = Signal(aw + 1)     # slot of the value: (y*W + x) * Cp + c; bank lk[0], address lk >> 1
         lstarted = Signal()
+        in_load = Signal()      # the FSM is in LOAD (set and cleared with its transitions)
+        # A program write since SETUP began (or one still in the parameter port's stage 2)
+        # sends LOAD back to SETUP before the image's first value is taken.
+        load_gate = Signal()
+        m.d.comb += load_gate.eq((prog_dirty | prog_w.en) & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -779,34 +805,19 @@ class OverlayEngine(wiring.Component):
                             m.d.comb += att_start.eq(1)
                             m.next = "ATT"
                     with m.Elif(row == 0):
+                        m.d.sync += in_load.eq(1)
                         m.next = "LOAD"
                     with m.Else():
                         m.next = "GSTART"
             with m.State("LOAD"):
-                # One image value a cycle into buffer X, (y, x, c) at bank c & 1, address
-                # (y*W + x) * Cp/2 + (c >> 1): counters and adders only.
-                with m.If(prog_dirty & ~lstarted):
+                # One image value a cycle into buffer X (the counters below, outside the
+                # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
+                with m.If(load_gate):
+                    m.d.sync += in_load.eq(0)
                     m.next = "SETUP"
-                with m.Else():
-                    m.d.comb += self.images.ready.eq(1)
-                with m.If(self.images.valid & self.images.ready):
-                    m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lk[0], 0b10, 0b01)),
-                                 wq_addr.eq(lk >> 1), wq_buf.eq(0),
-                                 wq_data[0].eq(self.images.payload.data[0]),
-                                 wq_data[1].eq(self.images.payload.data[0])]
-                    with m.If(ltl):
-                        # a pixel's last channel: skip the pad slot of an odd channel count
-                        m.d.sync += [lt.eq(0), ltl.eq(lz["in_c"]),
-                                     lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
-                        with m.If(lxl):
-                            m.d.sync += [lx.eq(0), lxl.eq(lz["w"]),
-                                         ly.eq(ly + 1), lyl.eq(ly == lm2["h"])]
-                            with m.If(lyl):
-                                m.next = "GSTART"
-                        with m.Else():
-                            m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"])]
-                    with m.Else():
-                        m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1)]
+                with m.If(self.images.valid & self.images.ready & ltl & lxl & lyl):
+                    m.d.sync += in_load.eq(0)
+                    m.next = "GSTART"
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
@@ -899,6 +910,30 @@ class OverlayEngine(wiring.Component):
                     with m.If(att_done):
                         m.d.sync += row.eq(row + 1)
                         m.next = "SETUP"
+
+        # LOAD: one image value a cycle into buffer X, (y, x, c) at bank c & 1, address
+        # (y*W + x) * Cp/2 + (c >> 1): counters and adders only. The accept is decoded from
+        # flip-flops only (``in_load``, the FSM's LOAD state as a register of its own, and
+        # the gate's three): the FSM's state decode was in front of ``images.ready`` and
+        # the load counters' enables (the iCEBreaker's critical path once the parameter
+        # writes were registered).
+        m.d.comb += self.images.ready.eq(in_load & ~load_gate)
+        with m.If(self.images.valid & self.images.ready):
+            m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lk[0], 0b10, 0b01)),
+                         wq_addr.eq(lk >> 1), wq_buf.eq(0),
+                         wq_data[0].eq(self.images.payload.data[0]),
+                         wq_data[1].eq(self.images.payload.data[0])]
+            with m.If(ltl):
+                # a pixel's last channel: skip the pad slot of an odd channel count
+                m.d.sync += [lt.eq(0), ltl.eq(lz["in_c"]),
+                             lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
+                with m.If(lxl):
+                    m.d.sync += [lx.eq(0), lxl.eq(lz["w"]),
+                                 ly.eq(ly + 1), lyl.eq(ly == lm2["h"])]
+                with m.Else():
+                    m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"])]
+            with m.Else():
+                m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1)]
 
         # A program write after SETUP began re-runs it before the image is taken (set after
         # the FSM's clear, so a write in the clearing cycle is not lost).
@@ -1415,12 +1450,14 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += gnext.eq(gptr + P // 2)
                 m.d.sync += [gptr.eq(gnext), wptr.eq(gnext)]
         if cfg.attention:
-            self._attention(m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr,
+            at_hit = param_hit("attention", (bkind == ParamKind.LUT)
+                               & _below(bus.row, cfg.attention_rows))
+            self._attention(m, f, m1, banks, tables, pp, at_hit, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
                             dynw, att_gat, att_gaddr, gat_r, ecp5)
         return m
 
-    def _attention(self, m, f, m1, banks, tables, pp, pv, kind, att_rd, att_raddr, att_start,
+    def _attention(self, m, f, m1, banks, tables, pp, at_hit, att_rd, att_raddr, att_start,
                    att_done, wq_en, wq_addr, wq_data, wq_buf, dynw, att_gat, att_gaddr,
                    gat_r, ecp5=False):
         """The attention unit: a channel_attention (op ECA) or spatial_attention (op SAM)
@@ -1486,8 +1523,7 @@ class OverlayEngine(wiring.Component):
         # ---- memories: the attention table (parameter kind LUT), p and a per channel ----
         at_w, at_r = self._ram(m, "attention", 32, cfg.attention_rows)
         m.d.comb += [at_w.addr.eq(pp.row), at_w.data.eq(pp.data),
-                     at_w.en.eq(pv & (kind == ParamKind.LUT)
-                                & _below(pp.row, cfg.attention_rows))]
+                     at_w.en.eq(at_hit)]
         p_w, p_r = self._ram(m, "att_p", 8, crows)
         a_w, a_r = self._ram(m, "att_a", 9, crows)
 

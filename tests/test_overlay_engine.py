@@ -15,7 +15,7 @@ import pytest
 from shiftacc.hw.overlay import OverlayEngine, overlay_engine_cost
 from shiftacc.hw.overlay_program import OverlayConfig, compile_overlay
 from shiftacc.hw.overlay_timing import image_cycles
-from shiftacc.hw.params import OVERLAY_LAYER, ParamKind, encode_word
+from shiftacc.hw.params import OVERLAY_LAYER, ParamKind, decode_word, encode_word
 from shiftacc.models import golden
 from shiftacc.models.netgen import random_model
 from shiftacc.sim.streamtb import make_rng
@@ -101,6 +101,39 @@ def test_overlay_one_engine_two_networks():
     split = wants[0].size
     check_logits(got[:split], wants[0])
     check_logits(got[split:], wants[1])
+
+
+def test_overlay_program_word_just_before_the_image():
+    """The parameter port's writes are registered (one cycle of write latency): a PROGRAM
+    word of row 0 given in the last parameter beat, with the image's first beat in the very
+    next cycle, must still be in the program the image runs (the write still on its way holds
+    the image back like a completed one). The word is one the engine's program differs in
+    from the network loaded before, and comes after every other word, so that the engine has
+    re-run SETUP and is waiting in LOAD when it arrives."""
+    rng, seed = make_rng("test_overlay_program_word_just_before_the_image")
+    nrng = np.random.default_rng(seed)
+    cfg = small_config(4, 2)
+    nets = []
+    for size, in_c, act in (((5, 4), 2, 8), ((4, 6), 1, 4)):
+        model = random_model(nrng, size=size, in_channels=in_c, blocks=2, act_bits=act,
+                             max_width=9, classes=int(nrng.integers(2, 7)), calib_images=16)
+        images = nrng.integers(0, 256, (2,) + model.input_shape)
+        nets.append((compile_overlay(model, cfg).param_words(), images,
+                     golden.run(model, images)))
+    first = {decode_word(w)[2:4]: decode_word(w)[4] for w in nets[0][0]
+             if decode_word(w)[1] == ParamKind.PROGRAM}
+    words = nets[1][0]
+    late = [w for w in words if decode_word(w)[1] == ParamKind.PROGRAM
+            and decode_word(w)[2] == 0 and first.get(decode_word(w)[2:4]) != decode_word(w)[4]]
+    assert late, "the two programs' row 0 are equal"
+    last = late[-1]
+    words = [w for w in words if w != last] + decoys(rng, 80) + [last]
+    phases = [(nets[0][0], nets[0][1], nets[0][2].shape[1]),
+              (words, nets[1][1], nets[1][2].shape[1])]
+    got, _ = run_phases(OverlayEngine(cfg), phases, rng, 0.0, 0.0)
+    split = nets[0][2].size
+    check_logits(got[:split], nets[0][2])
+    check_logits(got[split:], nets[1][2])
 
 
 @pytest.mark.parametrize("case", range(2))
