@@ -47,8 +47,11 @@ Choices where :mod:`shiftacc.sw.protocol` leaves room (the device model follows 
   parser's drop verdict and commit, the length checks, the executor's head slot-table entry
   and LOAD_PARAMS order checks, READ_RESULT's per-entry matches, the reply queue's choice
   among its requesters, the encoder's start (the descriptor taken, then its lengths and
-  addresses), the read-out's end): a reply, a drop's counters and a commit follow a cycle
-  or two later, never the bytes on the wire.
+  addresses), the read-out's end), and since issue #10 also the received byte and its
+  SYNC compares, the length rules (tables per high byte), the command (one flag per
+  command), the executor's decision (``plan_*``, taken in a frame's fourth cycle at the
+  head) and the reply queue's requests and choice: a reply, a drop's counters and a commit
+  follow a cycle or two later, never the bytes on the wire.
 * Counters: ``frames_ok`` counts frames executed with reason OK, ``frames_dropped`` every
   frame answered with another reason (parser and executor), ``images_done`` images whose
   logits are all out. ``busy`` = a receive slot is occupied or an image is in flight.
@@ -248,9 +251,9 @@ class FrameCRCs(wiring.Component):
     ``amaranth.lib.crc`` processors, byte-parallel or bit-serial.
 
     ``serial=False``: the algorithms' 8-bit processors, a byte a cycle (the 32-bit one is a
-    ~130-LUT XOR network). ``serial=True``: their 1-bit processors behind one shared 8-bit
-    shift register, a byte in 8 cycles (the XOR networks shrink to the polynomials' taps, a
-    LUT or two a bit, and are one LUT deep): for a UART, whose bytes are at least ``10 * MIN_CYCLES_PER_BIT`` = 40
+    ~130-LUT XOR network). ``serial=True``: their 1-bit processors behind two 8-bit
+    shift registers (one per bit order), a byte in 8 cycles (the XOR networks shrink to the
+    polynomials' taps, a LUT or two a bit, and are one LUT deep): for a UART, whose bytes are at least ``10 * MIN_CYCLES_PER_BIT`` = 40
     cycles apart. The bits go in the order the 8-bit processors take them (least significant
     first when an algorithm reflects its input), so both compute the same CRCs; the
     algorithms are still defined once, in :mod:`shiftacc.sw.protocol`.
@@ -296,27 +299,32 @@ class FrameCRCs(wiring.Component):
             m.d.comb += [h.data.eq(self.data), h.valid.eq(self.valid_h),
                          f.data.eq(self.data), f.valid.eq(self.valid_f)]
             return m
-        # One shift register for both; each algorithm takes its bits in its own order.
-        sr = Signal(8)
+        # Two shift registers, one per bit order (least significant bit first for an
+        # algorithm that reflects its input, shifted right; most significant first, shifted
+        # left): each processor's data bit is a flip-flop's output. (One register read
+        # through ``bit_select(8 - left)`` put a subtractor and an 8:1 mux in front of the
+        # CRC registers, the iCEBreaker's critical path at seeds 2-3 once the parser's input
+        # was registered.)
+        sr_lsb = Signal(8)
+        sr_msb = Signal(8)
         left = Signal(range(9))
         take_h = Signal()
         take_f = Signal()
-        k = Signal(3)                # bits taken of the byte: 8 - left
         # ``busy`` (``left != 0``) is a register of its own, decided from the cycle before
         # (a byte taken, or more than one bit left): the encoder's handshake, which waits
         # for it, starts from a flip-flop.
         busy = Signal()
         m.d.sync += busy.eq((self.valid_h | self.valid_f) | (left > 1))
-        m.d.comb += [self.busy.eq(busy), k.eq(8 - left)]
+        m.d.comb += self.busy.eq(busy)
         for proc, algo, take in ((h, protocol.HEADER_CRC, take_h),
                                  (f, protocol.FRAME_CRC, take_f)):
             m.d.comb += [proc.valid.eq(busy & take),
-                         proc.data.eq(sr.bit_select(k if algo.reflect_input else ~k, 1))]
+                         proc.data.eq(sr_lsb[0] if algo.reflect_input else sr_msb[7])]
         with m.If(left != 0):
-            m.d.sync += left.eq(left - 1)
+            m.d.sync += [left.eq(left - 1), sr_lsb.eq(sr_lsb >> 1), sr_msb.eq(sr_msb << 1)]
         with m.If(self.valid_h | self.valid_f):
-            m.d.sync += [sr.eq(self.data), left.eq(8), take_h.eq(self.valid_h),
-                         take_f.eq(self.valid_f)]
+            m.d.sync += [sr_lsb.eq(self.data), sr_msb.eq(self.data), left.eq(8),
+                         take_h.eq(self.valid_h), take_f.eq(self.valid_f)]
         return m
 
 
@@ -667,37 +675,41 @@ class LinkEngine(wiring.Component):
         exec_desc = Signal(desc_layout)
         reqs = [nak_valid, coll_req, exec_req]
         descs = [nak_desc, coll_desc, exec_desc]
-        # The choice is a register, made a cycle ahead from the requests then (each
-        # requester holds its request until granted): the queue's write, its payload mux
-        # and the grants follow a flip-flop instead of a priority chain behind the
-        # requesters' state decodes (the reference counts and the STATUS count behind them).
-        # A requester granted this cycle is left out of the next choice.
+        # Two phases, every decision from flip-flops: in a *choose* cycle (``offering`` low)
+        # the next requester is picked from the requests (each a flip-flop, held until
+        # granted) and a rotating priority (``prio``), into the one-hot register ``sel``;
+        # in the *offer* cycles that follow, that requester's descriptor is offered to the
+        # queue until it takes it (the grant: ``offering``, ``sel`` and the queue's level,
+        # one LUT). The chosen request cannot go away before its grant, so the queue is
+        # never offered a stale descriptor. At most one reply every two cycles: the encoder
+        # takes a dozen or more per reply. (The choice used to be made in the grant cycle
+        # itself, behind the grant: requester state -> offered -> queue ready -> grant ->
+        # next priority -> choice, 7-8 LUT levels, the iCEBreaker's critical path.)
         prio = Signal(2)             # who goes first in the next choice
-        sel = Signal(2)              # the requester offered to the queue this cycle
-        offered = Signal()
-        m.d.comb += offered.eq(Array(reqs)[sel])
+        sel = Signal(3)              # one-hot: the requester chosen (offered while offering)
+        offering = Signal()
         wr = Signal()
-        m.d.comb += wr.eq(offered & replyq.w_stream.ready)
+        m.d.comb += wr.eq(offering & replyq.w_stream.ready)
         grant = [Signal(name=f"grant{i}") for i in range(3)]
         for i in range(3):
-            m.d.comb += grant[i].eq(wr & (sel == i))
-        nprio = Signal(2)
-        m.d.comb += nprio.eq(Mux(wr, Mux(sel == 2, 0, sel + 1), prio))
-        m.d.sync += prio.eq(nprio)
-        left = [reqs[i] & ~grant[i] for i in range(3)]
-        with m.Switch(nprio):
-            for p in range(3):
-                with m.Case(p):
-                    order = [(p + k) % 3 for k in range(3)]
-                    with m.If(left[order[0]]):
-                        m.d.sync += sel.eq(order[0])
-                    with m.Elif(left[order[1]]):
-                        m.d.sync += sel.eq(order[1])
-                    with m.Else():
-                        m.d.sync += sel.eq(order[2])
+            m.d.comb += grant[i].eq(wr & sel[i])
+        with m.If(~offering):
+            m.d.sync += offering.eq(Cat(*reqs).any())
+            with m.Switch(prio):
+                for p in range(3):
+                    with m.Case(p):
+                        order = [(p + k) % 3 for k in range(3)]
+                        with m.If(reqs[order[0]]):
+                            m.d.sync += sel.eq(1 << order[0])
+                        with m.Elif(reqs[order[1]]):
+                            m.d.sync += sel.eq(1 << order[1])
+                        with m.Else():
+                            m.d.sync += sel.eq(1 << order[2])
+        with m.Elif(wr):
+            m.d.sync += [offering.eq(0), prio.eq(Mux(sel[0], 1, Mux(sel[1], 2, 0)))]
         q_in = Signal(desc_layout)
-        m.d.comb += q_in.eq(Array(descs)[sel])
-        m.d.comb += [replyq.w_stream.valid.eq(offered), replyq.w_stream.payload.eq(q_in)]
+        m.d.comb += q_in.eq(Mux(sel[0], nak_desc, Mux(sel[1], coll_desc, exec_desc)))
+        m.d.comb += [replyq.w_stream.valid.eq(offering), replyq.w_stream.payload.eq(q_in)]
 
         # Outstanding references to each result entry (queued or being sent): the collector
         # must not overwrite an entry the encoder has yet to read.
@@ -751,6 +763,15 @@ class LinkEngine(wiring.Component):
         c_addr = Signal(_bits(self.result_words - 1))
         c_entry = Signal(slot_bits)
         head = Signal(data.StructLayout({"seq": 8, "count": self.count_bits}))
+        # The reply (offered in state 2, ``coll_req`` a flip-flop set with it): its fields
+        # are registers held until the grant, so they need no state decode.
+        m.d.comb += [
+            coll_desc.command.eq(Command.INFER.value | protocol.REPLY),
+            coll_desc.seq.eq(c_seq),
+            coll_desc.reason.eq(Reason.OK.value),
+            coll_desc.source.eq(Source.RESULT),
+            coll_desc.arg.eq(Cat(c_entry, c_cnt)),
+        ]
         m.d.comb += head.eq(inflight.r_stream.payload)
         with m.Switch(c_state):
             with m.Case(0):
@@ -770,21 +791,13 @@ class LinkEngine(wiring.Component):
                         m.d.comb += inc_images.eq(1)
                         m.d.sync += c_left.eq(c_left - 1)
                         with m.If(c_left == 1):
-                            m.d.sync += c_state.eq(2)
+                            m.d.sync += [c_state.eq(2), coll_req.eq(1)]
                     with m.Else():
                         m.d.sync += c_cls.eq(c_cls + 1)
             with m.Case(2):
-                m.d.comb += [
-                    coll_req.eq(1),
-                    coll_desc.command.eq(Command.INFER.value | protocol.REPLY),
-                    coll_desc.seq.eq(c_seq),
-                    coll_desc.reason.eq(Reason.OK.value),
-                    coll_desc.source.eq(Source.RESULT),
-                    coll_desc.arg.eq(Cat(c_entry, c_cnt)),
-                ]
                 with m.If(grant[1]):
                     m.d.comb += [inflight.r_stream.ready.eq(1), pop_flight.eq(1)]
-                    m.d.sync += [c_state.eq(3),
+                    m.d.sync += [c_state.eq(3), coll_req.eq(0),
                                  Array(res_meta_seq)[c_entry].eq(c_seq),
                                  Array(res_meta_cnt)[c_entry].eq(c_cnt),
                                  Array(res_meta_ok)[c_entry].eq(1),
@@ -823,8 +836,18 @@ class LinkEngine(wiring.Component):
     def _parser(self, m, slot_w, meta_w, slot_addr, slot_wr, slot_used, commit, nak_valid,
                 nak_desc, nak_grant, drop, drop_reason, lost):
         S = self.slots
-        rx = self.rx
-        byte = rx.payload
+        # The received byte and its SYNC compares are registered before the parser (one
+        # cycle of latency, still a byte a cycle): the UART's data register, its 8-bit
+        # compares and the header decode were in series in front of the header registers'
+        # enables (the iCEBreaker's critical path at seed 2 once the reply queue's choice was
+        # registered).
+        rx_valid = Signal()
+        byte = Signal(8)
+        is_sync0 = Signal()
+        is_sync1 = Signal()
+        m.d.sync += [rx_valid.eq(self.rx.valid), byte.eq(self.rx.payload),
+                     is_sync0.eq(self.rx.payload == protocol.SYNC[0]),
+                     is_sync1.eq(self.rx.payload == protocol.SYNC[1])]
         m.submodules.rx_crc = crcs = FrameCRCs(serial=self.serial_crc)
 
         HUNT0, HUNT1, HEADER, PAYLOAD, CRC = range(5)
@@ -902,6 +925,47 @@ class LinkEngine(wiring.Component):
                 m.d.comb += len_good.eq((len_lo > 0) & infer_exact)
         len_ok = Signal()          # registered with the length's high byte
         len_zero = Signal()
+        # With few possible high bytes (``max_payload`` < 16 * 256), the rules are checked
+        # over the header's bytes instead, as tables from the protocol's own rule
+        # (:func:`~shiftacc.sw.protocol.length_ok`): the command decoded with the seq byte,
+        # then with the low byte one flag per high byte ``h`` ("the low byte completes a good
+        # length ``h * 256 + low`` for this command"), then with the high byte its compare
+        # with each ``h``. No adder, no digit sum after a register (the mod-784 check was
+        # a constant multiplier's adders, 8 LUT levels from the low byte's register to
+        # ``len_ok``: the iCEBreaker's critical path at seed 1 once the SYNC compares were
+        # registered). ``known`` is registered with the seq byte too.
+        n_high = (self.max_payload >> 8) + 1
+        by_table = n_high <= 16
+        # The command decoded once, with the seq byte, into one flag per command: the
+        # payload's per-command checks then start from a flip-flop (the 8-bit compares were
+        # in front of the LOAD_BEGIN check's enables, seed 2 once the plan was registered).
+        cmds = list(Command)
+        cmd_is = [Signal(name=f"cmd_is_{c.name.lower()}") for c in cmds]
+        is_cmd = dict(zip(cmds, cmd_is))
+        if by_table:
+            known_q = Signal()
+            low_ok = [Signal(name=f"len_low_ok{h}") for h in range(n_high)]
+            low_zero = Signal()
+
+            def low_in(values):
+                values = sorted(values)
+                if not values:
+                    return Const(0, 1)
+                if len(values) == 256:
+                    return Const(1, 1)
+                return Cat(*[byte == v for v in values]).any()
+
+            low_terms = []
+            for h in range(n_high):
+                terms = []
+                for c, is_c in zip(cmds, cmd_is):
+                    good = [lo for lo in range(256) if protocol.length_ok(
+                        c.value, h * 256 + lo, max_payload=self.max_payload,
+                        image_bytes=self.image_bytes) is None]
+                    if good:
+                        terms.append(is_c & low_in(good))
+                low_terms.append(Cat(*terms).any() if terms else Const(0, 1))
+            known = known_q
 
         # Expected LOAD_BEGIN payload: this design's id and word count.
         begin = protocol.layout_bytes(protocol.LOAD_BEGIN_LAYOUT,
@@ -943,21 +1007,21 @@ class LinkEngine(wiring.Component):
         # ``wd_at``: ``wd == watchdog_cycles``, as a register (decided from ``wd``'s value
         # the cycle before: the wide compare is off the parser's state enable).
         wd_at = Signal()
-        with m.If(rx.valid | ~in_frame):
+        with m.If(rx_valid | ~in_frame):
             m.d.sync += [wd.eq(0), wd_at.eq(0)]
         with m.Else():
             m.d.sync += [wd.eq(wd + 1), wd_at.eq(wd == self.watchdog_cycles - 1)]
 
-        with m.If(rx.valid):
+        with m.If(rx_valid):
             with m.Switch(state):
                 with m.Case(HUNT0):
-                    with m.If(byte == protocol.SYNC[0]):
+                    with m.If(is_sync0):
                         m.d.sync += state.eq(HUNT1)
                 with m.Case(HUNT1):
-                    with m.If(byte == protocol.SYNC[1]):
+                    with m.If(is_sync1):
                         m.d.comb += crcs.start.eq(1)
                         m.d.sync += [state.eq(HEADER), hidx.eq(0), hdr.eq(0)]
-                    with m.Elif(byte != protocol.SYNC[0]):
+                    with m.Elif(~is_sync0):
                         m.d.sync += state.eq(HUNT0)
                 with m.Case(HEADER):
                     m.d.sync += hidx.eq(hidx + 1)
@@ -975,9 +1039,25 @@ class LinkEngine(wiring.Component):
                                 # payload's end is an equality with ``pidx``, not a
                                 # subtraction then a compare on the parser's state enable.
                                 m.d.sync += hdr.length.eq(len_in - 1)
-                        m.d.sync += [len_ok.eq(~len_hi & len_good
-                                               & (len_lo <= self.max_payload)),
-                                     len_zero.eq(~len_hi & (len_lo == 0))]
+                        with m.If(hidx[:2] == 1):
+                            m.d.sync += [i.eq(cmd == c.value) for c, i in zip(cmds, cmd_is)]
+                        if by_table:
+                            with m.Switch(hidx[:2]):
+                                with m.Case(1):
+                                    m.d.sync += known_q.eq(
+                                        Cat(*[cmd == c.value for c in cmds]).any())
+                                with m.Case(2):
+                                    m.d.sync += [q.eq(t) for q, t in zip(low_ok, low_terms)]
+                                    m.d.sync += low_zero.eq(byte == 0)
+                                with m.Case(3):
+                                    m.d.sync += [
+                                        len_ok.eq(Cat(*[(byte == h) & low_ok[h]
+                                                        for h in range(n_high)]).any()),
+                                        len_zero.eq((byte == 0) & low_zero)]
+                        else:
+                            m.d.sync += [len_ok.eq(~len_hi & len_good
+                                                   & (len_lo <= self.max_payload)),
+                                         len_zero.eq(~len_hi & (len_lo == 0))]
                     with m.Else():
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
@@ -1006,56 +1086,56 @@ class LinkEngine(wiring.Component):
                     m.d.sync += pidx.eq(pidx + 1)
                     with m.If(pidx == length):      # (``length`` - 1, see the header)
                         m.d.sync += state.eq(CRC)
-                    with m.Switch(cmd):
-                        with m.Case(Command.INFER.value):
-                            if self.input_bits < 8:
-                                with m.If((byte >> self.input_bits != 0) & (noted == 0)):
-                                    m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
-                            with m.If(img_byte == self.image_bytes - 1):
-                                m.d.sync += [img_byte.eq(0), count.eq(count + 1)]
+                    # (One flag per command, registered with the header: see ``cmd_is``.)
+                    with m.If(is_cmd[Command.INFER]):
+                        if self.input_bits < 8:
+                            with m.If((byte >> self.input_bits != 0) & (noted == 0)):
+                                m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
+                        with m.If(img_byte == self.image_bytes - 1):
+                            m.d.sync += [img_byte.eq(0), count.eq(count + 1)]
+                        with m.Else():
+                            m.d.sync += img_byte.eq(img_byte + 1)
+                    with m.If(is_cmd[Command.READ_RESULT]):
+                        m.d.sync += arg[:8].eq(byte)
+                    with m.If(is_cmd[Command.LOAD_BEGIN]):
+                        m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
+                        with m.If(byte != expect):
+                            m.d.sync += match.eq(0)
+                    with m.If(is_cmd[Command.LOAD_PARAMS]):
+                        with m.If(pidx < 4):
+                            # The offset, little-endian: the bits ``arg`` holds, and
+                            # whether any bit above them is set.
+                            ab = len(arg)
+                            with m.Switch(pidx[:2]):
+                                for k in range(4):
+                                    with m.Case(k):
+                                        if 8 * k < ab:
+                                            hi = min(8, ab - 8 * k)
+                                            m.d.sync += arg[8 * k:8 * k + hi].eq(byte[:hi])
+                                        else:
+                                            hi = 0
+                                        if hi < 8:
+                                            with m.If(byte[hi:] != 0):
+                                                m.d.sync += arg_big.eq(1)
+                        with m.Else():
+                            # Little-endian word: bytes 0-5 are layer, kind, row, lane.
+                            with m.Switch(word_byte):
+                                for j, (first, nb, w) in enumerate(fields):
+                                    for b in range(nb):
+                                        with m.Case(first + b):
+                                            lo = min(8, max(0, w - 8 * b))
+                                            if lo:
+                                                m.d.sync += f_lo[j][8 * b:8 * b + lo].eq(
+                                                    byte[:lo])
+                                            above = byte[lo:] != 0 if lo < 8 else 0
+                                            # (The field's first byte restarts the flag.)
+                                            m.d.sync += f_hi[j].eq(
+                                                above if b == 0 else f_hi[j] | above)
+                            with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
+                                m.d.sync += [word_byte.eq(0), word_chk.eq(1),
+                                             count.eq(count + 1)]
                             with m.Else():
-                                m.d.sync += img_byte.eq(img_byte + 1)
-                        with m.Case(Command.READ_RESULT.value):
-                            m.d.sync += arg[:8].eq(byte)
-                        with m.Case(Command.LOAD_BEGIN.value):
-                            m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
-                            with m.If(byte != expect):
-                                m.d.sync += match.eq(0)
-                        with m.Case(Command.LOAD_PARAMS.value):
-                            with m.If(pidx < 4):
-                                # The offset, little-endian: the bits ``arg`` holds, and
-                                # whether any bit above them is set.
-                                ab = len(arg)
-                                with m.Switch(pidx[:2]):
-                                    for k in range(4):
-                                        with m.Case(k):
-                                            if 8 * k < ab:
-                                                hi = min(8, ab - 8 * k)
-                                                m.d.sync += arg[8 * k:8 * k + hi].eq(byte[:hi])
-                                            else:
-                                                hi = 0
-                                            if hi < 8:
-                                                with m.If(byte[hi:] != 0):
-                                                    m.d.sync += arg_big.eq(1)
-                            with m.Else():
-                                # Little-endian word: bytes 0-5 are layer, kind, row, lane.
-                                with m.Switch(word_byte):
-                                    for j, (first, nb, w) in enumerate(fields):
-                                        for b in range(nb):
-                                            with m.Case(first + b):
-                                                lo = min(8, max(0, w - 8 * b))
-                                                if lo:
-                                                    m.d.sync += f_lo[j][8 * b:8 * b + lo].eq(
-                                                        byte[:lo])
-                                                above = byte[lo:] != 0 if lo < 8 else 0
-                                                # (The field's first byte restarts the flag.)
-                                                m.d.sync += f_hi[j].eq(
-                                                    above if b == 0 else f_hi[j] | above)
-                                with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
-                                    m.d.sync += [word_byte.eq(0), word_chk.eq(1),
-                                                 count.eq(count + 1)]
-                                with m.Else():
-                                    m.d.sync += word_byte.eq(word_byte + 1)
+                                m.d.sync += word_byte.eq(word_byte + 1)
                 with m.Case(CRC):
                     m.d.comb += crcs.valid_f.eq(1)
                     m.d.sync += cidx.eq(cidx + 1)
@@ -1063,7 +1143,7 @@ class LinkEngine(wiring.Component):
                         m.d.sync += state.eq(HUNT0)
         # Watchdog: a gap of more than watchdog_cycles idle cycles inside a frame (it fires
         # in the (watchdog_cycles + 1)-th consecutive cycle without a byte).
-        with m.If(~rx.valid & in_frame & wd_at):
+        with m.If(~rx_valid & in_frame & wd_at):
             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
                          ev_nak.eq(state == HEADER)]
             m.d.sync += state.eq(HUNT0)
@@ -1073,7 +1153,7 @@ class LinkEngine(wiring.Component):
         m.d.comb += fin.eq(fin_wait & ~crcs.busy)
         with m.If(fin):
             m.d.sync += fin_wait.eq(0)
-        with m.If(rx.valid & (state == CRC) & (cidx == 3)):
+        with m.If(rx_valid & (state == CRC) & (cidx == 3)):
             m.d.sync += fin_wait.eq(1)
         # End of frame (the cycle after the last CRC byte, when the CRC register holds the
         # residue): the next frame's bytes can only be hunting now, so the header registers
@@ -1125,7 +1205,7 @@ class LinkEngine(wiring.Component):
         S = self.slots
         # The head slot's table entry, registered as it is read: the slot-table read mux
         # ends in a flip-flop, and every decision below starts from one (a frame executes
-        # in its third cycle at the head, see ``settled``).
+        # in its fourth cycle at the head, see ``go``).
         meta = Signal(self.meta_layout)
         m.d.comb += meta_r.addr.eq(slot_rd)
         m.d.sync += meta.eq(meta_r.data)
@@ -1209,17 +1289,19 @@ class LinkEngine(wiring.Component):
                      desc.seq.eq(meta.seq)]
 
         def reply(reason, source=Source.NONE, arg=0, action=ACT_NONE):
-            return [state.eq(REPLY), r.reason.eq(reason), r.source.eq(source),
+            # (``req``, the request to the reply queue, is a flip-flop set with REPLY.)
+            return [state.eq(REPLY), req.eq(1), r.reason.eq(reason), r.source.eq(source),
                     r.arg.eq(arg), r_action.eq(action)]
 
         def words_arg(words, ready):
             return Cat(words[:self.words_bits], ready)
 
         # LOAD_PARAMS' order checks (an adder and three compares after the registered
-        # table entry) are registered too: a frame executes in its third cycle at the head
+        # table entry) are registered too, in the frame's third cycle at the head
         # (``settled``: it was at the head, with the executor idle, the two cycles before),
         # when ``meta`` and these registers hold its values (the head slot, its table entry
-        # and the load state only change outside IDLE, or when the slots were empty).
+        # and the load state only change outside IDLE, or when the slots were empty); the
+        # plan made from them is registered in that cycle and taken in the fourth (``go``).
         end = Signal(max(len(meta.arg), self.count_bits) + 1)
         m.d.comb += end.eq(meta.arg + meta.count)
         total = self.param_count
@@ -1237,49 +1319,74 @@ class LinkEngine(wiring.Component):
         flight_idle = Signal()
         m.d.sync += [hit[e].eq(res_ok[e] & (res_seq[e] == meta.arg[:8])) for e in range(S)]
         m.d.sync += flight_idle.eq(in_flight == 0)
+        # The decision is a register too (``plan_*``): made every cycle from the registered
+        # table entry, the order checks and the load state, all still while the frame
+        # settles, and taken in the frame's fourth cycle at the head (``go``, one pulse per
+        # frame: the head entry and the load state only change outside IDLE). The command
+        # decode and the LOAD_PARAMS conditions were in front of the reply registers' and
+        # the state's enables (the iCEBreaker's critical path at seed 1 once the parser's
+        # paths were registered); now one flip-flop enables them and the plan's outputs are
+        # their data.
+        plan_state = Signal.like(state)
+        plan_req = Signal()
+        plan_r = Signal(self.desc_layout)
+        plan_action = Signal.like(r_action)
+
+        def plan(reason, source=Source.NONE, arg=0, action=ACT_NONE):
+            return [plan_state.eq(REPLY), plan_req.eq(1), plan_r.reason.eq(reason),
+                    plan_r.source.eq(source), plan_r.arg.eq(arg), plan_action.eq(action)]
+
+        def plan_to(next_state):
+            return [plan_state.eq(next_state), plan_req.eq(0)]
+
+        with m.Switch(meta.command):
+            with m.Case(Command.IDENTIFY.value):
+                m.d.sync += plan(Reason.OK.value, Source.ROM)
+            with m.Case(Command.STATUS.value):
+                m.d.sync += plan(Reason.OK.value, Source.STATUS)
+            with m.Case(Command.RESET.value):
+                m.d.sync += plan(Reason.OK.value, action=ACT_RESET)
+            with m.Case(Command.LOAD_BEGIN.value):
+                with m.If(meta.match):
+                    m.d.sync += plan(Reason.OK.value, Source.WORDS, 0, ACT_BEGIN)
+                with m.Else():
+                    m.d.sync += plan(Reason.DESIGN_MISMATCH.value)
+            with m.Case(Command.LOAD_PARAMS.value):
+                with m.If((loading | params_ready) & dup):
+                    # Already applied (a retransmission): acknowledge only.
+                    m.d.sync += plan(Reason.OK.value, Source.WORDS,
+                                     words_arg(words_loaded, params_ready))
+                with m.Elif(~loading):
+                    m.d.sync += plan(Reason.NOT_LOADING.value)
+                with m.Elif(in_order):
+                    m.d.sync += plan_to(WAIT_IDLE)
+                with m.Else():
+                    m.d.sync += plan(Reason.PARAM_ORDER.value)
+            with m.Case(Command.INFER.value):
+                with m.If(params_ready):
+                    m.d.sync += plan_to(PUSH)
+                with m.Else():
+                    m.d.sync += plan(Reason.PARAMS_INCOMPLETE.value)
+            with m.Case(Command.READ_RESULT.value):
+                m.d.sync += plan_to(FIND)
+            with m.Default():
+                # Unreachable: the parser commits known commands only.
+                m.d.sync += plan(Reason.UNKNOWN_COMMAND.value)
+        # ``go``: the frame has been at the head, the executor idle, the three cycles before
+        # (``can_run`` then holds now too: nothing but the executor ends it). After a STATUS,
+        # nothing executes until its reply has started (and taken its snapshot): STATUS
+        # reports the state at its place in the command order.
+        go = Signal()
+        m.d.sync += go.eq(can_run & settled & ~go)
+        with m.If(go):
+            m.d.sync += [state.eq(plan_state), req.eq(plan_req), r.reason.eq(plan_r.reason),
+                         r.source.eq(plan_r.source), r.arg.eq(plan_r.arg),
+                         r_action.eq(plan_action)]
         with m.Switch(state):
-            with m.Case(IDLE):
-                # After a STATUS, nothing executes until its reply has started (and taken its
-                # snapshot): STATUS reports the state at its place in the command order.
-                with m.If(can_run & settled):
-                    with m.Switch(meta.command):
-                        with m.Case(Command.IDENTIFY.value):
-                            m.d.sync += reply(Reason.OK.value, Source.ROM)
-                        with m.Case(Command.STATUS.value):
-                            m.d.sync += reply(Reason.OK.value, Source.STATUS)
-                        with m.Case(Command.RESET.value):
-                            m.d.sync += reply(Reason.OK.value, action=ACT_RESET)
-                        with m.Case(Command.LOAD_BEGIN.value):
-                            with m.If(meta.match):
-                                m.d.sync += reply(Reason.OK.value, Source.WORDS, 0, ACT_BEGIN)
-                            with m.Else():
-                                m.d.sync += reply(Reason.DESIGN_MISMATCH.value)
-                        with m.Case(Command.LOAD_PARAMS.value):
-                            with m.If((loading | params_ready) & dup):
-                                # Already applied (a retransmission): acknowledge only.
-                                m.d.sync += reply(Reason.OK.value, Source.WORDS,
-                                                  words_arg(words_loaded, params_ready))
-                            with m.Elif(~loading):
-                                m.d.sync += reply(Reason.NOT_LOADING.value)
-                            with m.Elif(in_order):
-                                m.d.sync += state.eq(WAIT_IDLE)
-                            with m.Else():
-                                m.d.sync += reply(Reason.PARAM_ORDER.value)
-                        with m.Case(Command.INFER.value):
-                            with m.If(params_ready):
-                                m.d.sync += state.eq(PUSH)
-                            with m.Else():
-                                m.d.sync += reply(Reason.PARAMS_INCOMPLETE.value)
-                        with m.Case(Command.READ_RESULT.value):
-                            m.d.sync += state.eq(FIND)
-                        with m.Default():
-                            # Unreachable: the parser commits known commands only.
-                            m.d.sync += reply(Reason.UNKNOWN_COMMAND.value)
             with m.Case(REPLY):
-                m.d.comb += req.eq(1)
                 with m.If(grant):
                     m.d.comb += free.eq(1)
-                    m.d.sync += state.eq(IDLE)
+                    m.d.sync += [state.eq(IDLE), req.eq(0)]
                     with m.If(r.reason == Reason.OK.value):
                         m.d.comb += inc_ok.eq(1)
                     with m.Else():

@@ -746,6 +746,61 @@ def test_status_reports_state_where_it_executes(seed):
     assert not host.events, host.events
 
 
+def test_three_requesters_wait_on_a_full_reply_queue(seed):
+    """The reply queue's arbiter with all three requesters waiting at once: tx held until
+    the queue is full and the encoder stuck on its first reply, then an INFER's result (the
+    collector), an IDENTIFY (the executor) and a frame with a bad CRC (the parser's NAK)
+    each wait for the queue. Once tx runs, every reply arrives exactly once, the INFER's
+    logits are right, and nothing was lost (the arbiter chooses from registered requests
+    and offers the one chosen until the queue takes it: a request is never dropped, the
+    queue is never offered a stale one)."""
+    rng = random.Random(seed)
+    model, plan, bench, ref = make_bench(seed)
+    eng = bench.engine
+    host = Host(bench, rng, p_stall=0.0)
+    words = random_words(model, plan, rng)
+    h, w, c = model.input_shape
+    classes = len(model.classes)
+    out = {}
+
+    async def tb(ctx):
+        await full_load(ctx, host, eng, words, ref)
+        host.events.clear()
+        host.hold = True
+        for s in range(5):                       # the encoder's one, then the queue's four
+            await host.send(ctx, P.encode_frame(P.Command.IDENTIFY, 0x10 + s))
+        await host.idle(ctx, 100)
+        img = bytes(rng.getrandbits(8) for _ in range(h * w * c))
+        await host.send(ctx, P.encode_frame(P.Command.INFER, 0x20, img))
+        await host.idle(ctx, 400)                # its logits are in: the collector waits
+        await host.send(ctx, P.encode_frame(P.Command.IDENTIFY, 0x21))
+        await host.idle(ctx, 50)                 # executed: the executor waits
+        bad = bytearray(P.encode_frame(P.Command.IDENTIFY, 0x22))
+        bad[-1] ^= 0x55
+        await host.send(ctx, bytes(bad))
+        await host.idle(ctx, 50)                 # dropped: the parser's NAK waits
+        host.hold = False
+        await host.idle(ctx, 6000)
+        frames = [e for e in host.events if isinstance(e, P.Frame)]
+        host.events.clear()
+        st = status_of(await host.request(ctx, P.Command.STATUS, 0x77))
+        out.update(frames=frames, lost=int(st.replies_lost), img=img)
+
+    run(bench, tb, background=[host.monitor])
+    frames = out["frames"]
+    assert out["lost"] == 0
+    seqs = sorted(f.seq for f in frames)
+    assert seqs == sorted([0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x22]), seqs
+    by_seq = {f.seq: f for f in frames}
+    assert reason(by_seq[0x22]) is P.Reason.PAYLOAD_CRC
+    assert reason(by_seq[0x21]) is P.Reason.OK and by_seq[0x21].command == 0x81
+    assert reason(by_seq[0x20]) is P.Reason.OK
+    assert logits_of(by_seq[0x20], classes) == [ref.logits(np.frombuffer(out["img"], np.uint8))]
+    # The executor's replies keep the command order.
+    ex = [f.seq for f in frames if f.command == 0x81 and reason(f) is P.Reason.OK]
+    assert ex == [0x10, 0x11, 0x12, 0x13, 0x14, 0x21], ex
+
+
 def test_busy_and_lost_replies(seed):
     """With tx held, frames pile up: every frame is answered (OK or BUSY) or counted as a
     lost reply; executor replies are never lost."""
