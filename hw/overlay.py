@@ -1231,22 +1231,39 @@ class OverlayEngine(wiring.Component):
         ent = Signal(W["cout"] + 1)
         # The gap drain reads the gap's entry (and, on a 2-unit engine, its twin in the odd
         # bank) at every step.
+        # ent_next: the value ent takes at the next edge (the bias read below looks ahead).
+        ent_next = Signal(len(ent))
+        m.d.comb += ent_next.eq(ent)
         with m.If(dstep & ~dr_gap):
-            m.d.sync += ent.eq(ent + step)
+            m.d.comb += ent_next.eq(ent + step)
         with m.If(handoff):
-            m.d.sync += ent.eq(cebase)
+            m.d.comb += ent_next.eq(cebase)
             with m.If(tag6[3]):
                 # the group's last position: the next hand-off is the next group's
                 m.d.sync += cebase.eq(cebase + P)
         with m.If(gap_go):
-            m.d.sync += ent.eq(f["gap_ent"])
+            m.d.comb += ent_next.eq(f["gap_ent"])
+        m.d.sync += ent.eq(ent_next)
+        # On an ECP5 the bias is read a cycle early, at ent_next, and registered after its
+        # parity swap (q1b): a channel-table DP16KD's output (5.61 ns clock-to-out) -> the
+        # swap -> the 32-bit acc + bias carry chain was the 12F and 25F overlays' critical
+        # path (11.6-12.1 ns). The value is the same: the entry is the one ent holds when
+        # the data comes out, the cycle before S1. (The bias words are written only before
+        # a pass: by the parameter port, or by a DYN pass before its conv pass.)
+        early_bias = ecp5
         if R == 2:
             for name in tables:
-                m.d.comb += [tables[name][0].addr.eq((ent >> 1) + ent[0]),
-                             tables[name][1].addr.eq(ent >> 1)]
+                e = ent_next if (early_bias and name == "bias") else ent
+                m.d.comb += [tables[name][0].addr.eq((e >> 1) + e[0]),
+                             tables[name][1].addr.eq(e >> 1)]
         else:
             for name in tables:
-                m.d.comb += tables[name][0].addr.eq(ent)
+                e = ent_next if (early_bias and name == "bias") else ent
+                m.d.comb += tables[name][0].addr.eq(e)
+        if early_bias:
+            bp = tables["bias"]
+            q1b = [reg(f"q1b{r}", 32, bp[0].data if R == 1
+                       else Mux(ent[0], bp[1 - r].data, bp[r].data)) for r in range(R)]
         q1v = reg("q1v", 1, dstep)
         if R == 2:
             lane0 = Mux(f["raw"] & dr_d[0], shadow[1], shadow[0])
@@ -1282,7 +1299,8 @@ class OverlayEngine(wiring.Component):
         q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
         # v fits int32: the artifact bounds bias + sum(w * x) and the gap sums by int32
         # (models/ops.py), so the requant multiply is two 16x16 products.
-        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + table("bias", r).as_signed())
+        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + (q1b[r] if early_bias
+                                                      else table("bias", r)).as_signed())
                for r in range(R)]
         m2 = [reg(f"q2m{r}", M_BITS, table("m", r)) for r in range(R)]
         sh2 = [reg(f"q2sh{r}", SH_BITS, table("sh", r)) for r in range(R)]
