@@ -1169,7 +1169,27 @@ class LinkEngine(wiring.Component):
 
         # (Bit-serial CRCs: once the frame CRC has taken the last byte, 8 cycles later.)
         fin_wait = Signal()
-        m.d.comb += fin.eq(fin_wait & ~crcs.busy)
+        # The frame CRC's verdict (its 32-bit residue compare) and the other end-of-frame
+        # reasons as registers: the compare and the reasons' priority were in series in
+        # front of the drop reason's and the commit's registers (fin -> match -> noted /
+        # no_slot -> store, parser_reason: the iCEBreaker's critical path at seed 1). With
+        # bit-serial CRCs the decision waits one more cycle after the CRCs are done, for
+        # the registered compare (the next frame's CRC restarts at its second SYNC byte,
+        # 16 or more cycles later: bytes are at least 8 cycles apart then); byte-parallel
+        # CRCs keep the compare as it is. ``noted`` and ``no_slot`` are final a cycle after
+        # the payload's last byte, 4 CRC bytes before ``fin``.
+        end_other = Signal()       # (noted != 0) | no_slot
+        end_reason = Signal(_REASON_BITS)
+        m.d.sync += [end_other.eq((noted != 0) | no_slot),
+                     end_reason.eq(Mux(noted != 0, noted, Reason.BUSY.value))]
+        if self.serial_crc:
+            crc_settled = Signal()     # the CRCs were done last cycle too
+            crc_match = Signal()
+            m.d.sync += [crc_settled.eq(~crcs.busy), crc_match.eq(crcs.match_detected)]
+            m.d.comb += fin.eq(fin_wait & ~crcs.busy & crc_settled)
+        else:
+            crc_match = crcs.match_detected
+            m.d.comb += fin.eq(fin_wait & ~crcs.busy)
         with m.If(fin):
             m.d.sync += fin_wait.eq(0)
         with m.If(rx_valid & (state == CRC) & (cidx == 3)):
@@ -1178,18 +1198,16 @@ class LinkEngine(wiring.Component):
         # residue): the next frame's bytes can only be hunting now, so the header registers
         # are still this frame's.
         with m.If(fin):
-            with m.If(~crcs.match_detected):
+            with m.If(~crc_match):
                 m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.PAYLOAD_CRC.value)]
-            with m.Elif(noted != 0):
-                m.d.comb += [ev_drop.eq(1), ev_reason.eq(noted)]
-            with m.Elif(no_slot):
-                m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BUSY.value)]
+            with m.Elif(end_other):
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(end_reason)]
         # The commit is registered too (the CRC residue compare and the verdict end in a
         # flip-flop): the slot-table entry is written a cycle after ``fin``, while the
         # header registers still hold this frame (a new header clears them at its second
         # SYNC byte, the earliest in that same cycle's edge).
         m.d.sync += store.eq(0)
-        with m.If(fin & crcs.match_detected & (noted == 0) & ~no_slot):
+        with m.If(fin & crc_match & ~end_other):
             m.d.sync += store.eq(1)
         with m.If(store):
             m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
@@ -1540,18 +1558,34 @@ class LinkEngine(wiring.Component):
                         m.d.sync += [addend.eq(delta[i]), first.eq(1), zero.eq(clear[i])]
                         with m.If(~snapping):
                             m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
+        # The byte read is registered before the sum (and what goes with it a cycle more):
+        # ``live`` is flip-flops and a read mux on the UP5K, and that mux, the sum's carry
+        # chain and the write data's mux were in series (live_r addr -> is_reg -> zero ->
+        # addend, the iCEBreaker's critical path at seed 2). The byte is read again P
+        # cycles later, after its write (3 cycles after its read).
+        live_q = Signal(8)
+        m.d.sync += live_q.eq(collision_read(m, live_r, [live_w]))
+        addend_q = Signal(8)
+        first_q = Signal()
+        zero_q = Signal()
+        is_reg_q = Signal()
+        reg_byte_q = Signal(8)
+        wslot_q = Signal(range(P))
+        wsnap_q = Signal()
+        m.d.sync += [addend_q.eq(addend), first_q.eq(first), zero_q.eq(zero),
+                     is_reg_q.eq(is_reg), reg_byte_q.eq(reg_byte), wslot_q.eq(wslot),
+                     wsnap_q.eq(wsnap)]
         carry = Signal()
         total = Signal(9)
-        m.d.comb += total.eq(Mux(zero, 0, collision_read(m, live_r, [live_w]))
-                             + addend + (carry & ~first))
+        m.d.comb += total.eq(Mux(zero_q, 0, live_q) + addend_q + (carry & ~first_q))
         m.d.sync += carry.eq(total[8])
         # The writes are registered (a cycle later; the byte is read again P cycles later).
         w_addr = Signal(range(P))
         w_data = Signal(8)
         w_live = Signal()
         w_snap = Signal()
-        m.d.sync += [w_addr.eq(wslot), w_data.eq(Mux(is_reg, reg_byte, total[:8])),
-                     w_live.eq(~wsnap & ~is_reg), w_snap.eq(wsnap)]
+        m.d.sync += [w_addr.eq(wslot_q), w_data.eq(Mux(is_reg_q, reg_byte_q, total[:8])),
+                     w_live.eq(~wsnap_q & ~is_reg_q), w_snap.eq(wsnap_q)]
         snap_we, snap_byte, snap_data = snap_w
         m.d.comb += [live_w.addr.eq(w_addr), live_w.data.eq(w_data), live_w.en.eq(w_live),
                      snap_byte.eq(w_addr), snap_data.eq(w_data), snap_we.eq(w_snap),
