@@ -328,14 +328,6 @@ class FrameCRCs(wiring.Component):
         return m
 
 
-def _or_all(values, width):
-    """The bitwise OR of ``values`` (``width`` bits; 0 for none)."""
-    out = Const(0, width)
-    for v in values:
-        out = out | v
-    return out[:width]
-
-
 def _indexed_addr(index, offset, stride, count):
     """``index * stride + offset`` (``offset < stride``), the address of row ``offset`` of
     region ``index`` in a memory of ``count`` regions: a concatenation when ``stride`` is a
@@ -964,24 +956,13 @@ class LinkEngine(wiring.Component):
             low_ok = [Signal(name=f"len_low_ok{h}") for h in range(n_high)]
             low_zero = Signal()
 
-            # "The low byte is in the set" is decoded from the UART's byte as it goes into
-            # ``byte`` and registered with it, one flip-flop per distinct set: an 8-input
-            # function of the byte (the LOAD_PARAMS sets are residues mod 10) was in series
-            # with the command flags' AND-OR in front of ``len_low_ok`` (byte -> len_low_ok0,
-            # the iCEBreaker's critical path at seed 2 once the frame's end was registered).
-            low_sets = {}
-
             def low_in(values):
-                values = tuple(sorted(values))
+                values = sorted(values)
                 if not values:
                     return Const(0, 1)
                 if len(values) == 256:
                     return Const(1, 1)
-                if values not in low_sets:
-                    q = Signal(name=f"len_low_in{len(low_sets)}")
-                    m.d.sync += q.eq(Cat(*[self.rx.payload == v for v in values]).any())
-                    low_sets[values] = q
-                return low_sets[values]
+                return Cat(*[byte == v for v in values]).any()
 
             low_terms = []
             for h in range(n_high):
@@ -1024,41 +1005,18 @@ class LinkEngine(wiring.Component):
         with m.If(word_chk & ~addr_ok_q & (noted == 0)):
             m.d.sync += noted.eq(Reason.PARAM_ADDRESS.value)
 
-        # The parser's one event per cycle (drop with reason, or commit): a drop at the
-        # header (h), by the watchdog (w) or at the frame's end (f).
-        hev_drop = Signal()
-        hev_reason = Signal(_REASON_BITS)
-        hev_nak = Signal()         # the header was not trusted: command NAK
-        wev_drop = Signal()
-        wev_nak = Signal()
-        fev_drop = Signal()
-        fev_reason = Signal(_REASON_BITS)
+        # The parser's one event per cycle (drop with reason, or commit).
+        ev_drop = Signal()
+        ev_reason = Signal(_REASON_BITS)
+        ev_nak = Signal()          # the header was not trusted: command NAK
         # The decision is registered: its consequences (NAK, counters, last_drop) follow one
         # cycle later, so the header checks and the drop decision end in a flip-flop. The
         # header fields it reads are still this frame's then: after a drop or a frame's end
         # the next header is cleared only by a SYNC pair, two bytes later at the earliest.
-        # Each source has registers of its own, merged after them (in the old priority:
-        # the frame's end, the watchdog, the header; they never coincide): the merge was in
-        # series with the header CRC's compare and the frame CRC's verdict in front of the
-        # reason's register (hcrc -> wd_at -> parser_reason, the iCEBreaker's critical
-        # path at seed 3).
-        h_drop = Signal()
-        h_reason = Signal(_REASON_BITS)
-        h_nak = Signal()
-        w_drop = Signal()
-        w_nak = Signal()
-        f_drop = Signal()
-        f_reason = Signal(_REASON_BITS)
-        m.d.sync += [h_drop.eq(hev_drop), h_reason.eq(hev_reason), h_nak.eq(hev_nak),
-                     w_drop.eq(wev_drop), w_nak.eq(wev_nak),
-                     f_drop.eq(fev_drop), f_reason.eq(fev_reason)]
         r_drop = Signal()
         r_reason = Signal(_REASON_BITS)
         r_nak = Signal()
-        m.d.comb += [r_drop.eq(h_drop | w_drop | f_drop),
-                     r_reason.eq(Mux(f_drop, f_reason,
-                                     Mux(w_drop, Reason.TIMEOUT.value, h_reason))),
-                     r_nak.eq(Mux(w_drop, w_nak, h_nak))]
+        m.d.sync += [r_drop.eq(ev_drop), r_reason.eq(ev_reason), r_nak.eq(ev_nak)]
         m.d.comb += [drop.eq(r_drop), drop_reason.eq(r_reason)]
 
         m.d.comb += crcs.data.eq(byte)
@@ -1125,15 +1083,14 @@ class LinkEngine(wiring.Component):
                                      img_byte.eq(0), count.eq(0),
                                      pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
                         with m.If(byte != crcs.hcrc):
-                            m.d.comb += [hev_drop.eq(1), hev_nak.eq(1),
-                                         hev_reason.eq(Reason.HEADER_CRC.value)]
+                            m.d.comb += [ev_drop.eq(1), ev_nak.eq(1),
+                                         ev_reason.eq(Reason.HEADER_CRC.value)]
                             m.d.sync += state.eq(HUNT0)
                         with m.Elif(~known):
-                            m.d.comb += [hev_drop.eq(1),
-                                         hev_reason.eq(Reason.UNKNOWN_COMMAND.value)]
+                            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.UNKNOWN_COMMAND.value)]
                             m.d.sync += state.eq(HUNT0)
                         with m.Elif(~len_ok):
-                            m.d.comb += [hev_drop.eq(1), hev_reason.eq(Reason.BAD_LENGTH.value)]
+                            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BAD_LENGTH.value)]
                             m.d.sync += state.eq(HUNT0)
                         with m.Else():
                             m.d.sync += [state.eq(Mux(len_zero, CRC, PAYLOAD)),
@@ -1206,7 +1163,8 @@ class LinkEngine(wiring.Component):
         # Watchdog: a gap of more than watchdog_cycles idle cycles inside a frame (it fires
         # in the (watchdog_cycles + 1)-th consecutive cycle without a byte).
         with m.If(~rx_valid & in_frame & wd_at):
-            m.d.comb += [wev_drop.eq(1), wev_nak.eq(state == HEADER)]
+            m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
+                         ev_nak.eq(state == HEADER)]
             m.d.sync += [state.eq(HUNT0), in_pay.eq(0)]
 
         # (Bit-serial CRCs: once the frame CRC has taken the last byte, 8 cycles later.)
@@ -1241,9 +1199,9 @@ class LinkEngine(wiring.Component):
         # are still this frame's.
         with m.If(fin):
             with m.If(~crc_match):
-                m.d.comb += [fev_drop.eq(1), fev_reason.eq(Reason.PAYLOAD_CRC.value)]
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.PAYLOAD_CRC.value)]
             with m.Elif(end_other):
-                m.d.comb += [fev_drop.eq(1), fev_reason.eq(end_reason)]
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(end_reason)]
         # The commit is registered too (the CRC residue compare and the verdict end in a
         # flip-flop): the slot-table entry is written a cycle after ``fin``, while the
         # header registers still hold this frame (a new header clears them at its second
@@ -1574,19 +1532,8 @@ class LinkEngine(wiring.Component):
         snapping = Signal()          # the turn being read is a snapshot
         wsnap = Signal()
         m.d.comb += [live_r.addr.eq(slot), live_r.en.eq(1)]
-        slot_next = Signal.like(slot)
-        m.d.comb += slot_next.eq(Mux(slot == P - 1, 0, slot + 1))
-        m.d.sync += [slot.eq(slot_next), wslot.eq(slot), wsnap.eq(snapping)]
-        # ``slot == s`` for the body bytes decoded below (a counter's first byte, a register
-        # field's byte), as flip-flops set from the slot's next value: the slot's decode
-        # and the deltas' and fields' muxes on it were in series in front of ``addend``
-        # (live_r addr (= slot) -> is_reg -> zero -> addend, the iCEBreaker's critical path
-        # at seed 3 once the read byte was registered). The muxes become AND-ORs of these.
-        at = {}
-        for s_, w in enumerate(where):
-            if w is None or w[1] == 0:
-                at[s_] = Signal(init=int(s_ == 0), name=f"slot_at{s_}")
-                m.d.sync += at[s_].eq(slot_next == s_)
+        m.d.sync += [slot.eq(Mux(slot == P - 1, 0, slot + 1)), wslot.eq(slot),
+                     wsnap.eq(snapping)]
         with m.If(slot == P - 1):
             m.d.sync += snapping.eq(snap_req & ~snapping)
 
@@ -1600,21 +1547,17 @@ class LinkEngine(wiring.Component):
         is_reg = Signal()
         reg_byte = Signal(8)
         regv = regs.as_value()
-        # (At most one ``at`` is set: plain AND-ORs, no priority chain.)
-        regs_at = [s for s, w in enumerate(where) if w is None]
-        firsts_at = [(s, w[0]) for s, w in enumerate(where) if w is not None and w[1] == 0]
-        any_first = Cat(*[at[s] for s, _ in firsts_at]).any()
-        m.d.sync += [
-            addend.eq(_or_all([Mux(at[s], delta[i], 0)[:8] for s, i in firsts_at], 8)),
-            first.eq(any_first),
-            is_reg.eq(Cat(*[at[s] for s in regs_at]).any()),
-            reg_byte.eq(_or_all([Mux(at[s], regv[8 * s:8 * s + 8], 0) for s in regs_at], 8)),
-        ]
-        with m.If(any_first):
-            m.d.sync += zero.eq(Cat(*[at[s] & clear[i] for s, i in firsts_at]).any())
-        for s, i in firsts_at:
-            with m.If(at[s] & ~snapping):
-                m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
+        m.d.sync += [addend.eq(0), first.eq(0), is_reg.eq(0)]
+        with m.Switch(slot):
+            for s, w in enumerate(where):
+                with m.Case(s):
+                    if w is None:
+                        m.d.sync += [is_reg.eq(1), reg_byte.eq(regv[8 * s:8 * s + 8])]
+                    elif w[1] == 0:
+                        i = w[0]
+                        m.d.sync += [addend.eq(delta[i]), first.eq(1), zero.eq(clear[i])]
+                        with m.If(~snapping):
+                            m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
         # The byte read is registered before the sum (and what goes with it a cycle more):
         # ``live`` is flip-flops and a read mux on the UP5K, and that mux, the sum's carry
         # chain and the write data's mux were in series (live_r addr -> is_reg -> zero ->

@@ -1231,10 +1231,7 @@ class OverlayEngine(wiring.Component):
                          dr_tag.eq(tag6)]
         with m.If(handoff):
             m.d.sync += [gfire.eq(gpend), gpend.eq(tag6[3] & gchain)]
-        # (gfire is set only on a gchain pass, never raw: its step is ``dr_act`` itself, so
-        # the raw pass's logits-queue room is not on this path, f_raw -> dstep -> gap_go ->
-        # ent's enable, the iCEBreaker's critical path at seed 1 once dr_last was a register.)
-        with m.If(gfire & dr_act & ~dr_gap & dr_last):
+        with m.If(gfire & dstep & ~dr_gap & dr_last):
             # gchain: the previous group's gap drain right after the next group's first
             # position's last drain step
             m.d.comb += gap_go.eq(1)
