@@ -870,7 +870,16 @@ class LinkEngine(wiring.Component):
         img_byte = Signal(range(max(2, self.image_bytes)))
         fin = Signal()            # the last CRC byte arrived last cycle: decide now
         store = Signal()          # the frame passed: commit it now
-        word_byte = Signal(range(protocol.PARAM_WORD_BYTES))
+        # The payload's decode from flip-flops: ``in_pay`` is ``state == PAYLOAD`` as a
+        # register of its own (set and cleared with the state's transitions), ``lp_word``
+        # "a LOAD_PARAMS frame past its offset" (``cmd_is_load_params & pidx >= 4``, set as
+        # byte 3 arrives) and the word's byte index a one-hot ring: the state decode, the
+        # ``pidx < 4`` compare and the ``word_byte`` decode were in series in front of the
+        # address fields' enables (parser state -> PAYLOAD & cmd_is_load_params ->
+        # word_byte -> addr_hi, the iCEBreaker's critical path at seed 1).
+        in_pay = Signal()
+        lp_word = Signal()
+        word_byte = Signal(protocol.PARAM_WORD_BYTES, init=1)
         # The address fields of the parameter word being received (its data bytes are not
         # needed here): of each field only the low bits some limit compare reads, and one
         # flag "a bit above them is set" (any such value fails every compare alike), taken
@@ -984,8 +993,16 @@ class LinkEngine(wiring.Component):
             terms.append(~f_hi[0] & (f_lo[0] == layer) & ~f_hi[1] & (f_lo[1] == kind)
                          & _lt_narrow(f_lo[2], f_hi[2], rows) & _lt_narrow(f_lo[3], f_hi[3], lanes))
         m.d.comb += addr_ok.eq(Cat(*terms).any() if terms else 0)
+        # The verdict is registered every cycle: the address bytes (0-5) are in by the
+        # word's last byte (9), so the verdict taken then is the word's when ``word_chk``
+        # reads it the cycle after (the next word's first byte changes the fields at that
+        # cycle's edge at the earliest). The compares were in series with the ``noted``
+        # update (addr_hi -> addr_ok -> word_chk -> noted, the iCEBreaker's critical path
+        # at seed 3).
+        addr_ok_q = Signal()
+        m.d.sync += addr_ok_q.eq(addr_ok)
         m.d.sync += word_chk.eq(0)
-        with m.If(word_chk & ~addr_ok & (noted == 0)):
+        with m.If(word_chk & ~addr_ok_q & (noted == 0)):
             m.d.sync += noted.eq(Reason.PARAM_ADDRESS.value)
 
         # The parser's one event per cycle (drop with reason, or commit).
@@ -1062,7 +1079,8 @@ class LinkEngine(wiring.Component):
                         # crcs.hcrc holds the CRC-8 of the 4 header bytes.
                         m.d.sync += [noted.eq(0), match.eq(1), arg.eq(0), arg_big.eq(0),
                                      expect.eq(begin[0]),
-                                     word_byte.eq(0), img_byte.eq(0), count.eq(0),
+                                     word_byte.eq(1), lp_word.eq(0),
+                                     img_byte.eq(0), count.eq(0),
                                      pidx.eq(0), cidx.eq(0), no_slot.eq(slot_used == S)]
                         with m.If(byte != crcs.hcrc):
                             m.d.comb += [ev_drop.eq(1), ev_nak.eq(1),
@@ -1075,82 +1093,103 @@ class LinkEngine(wiring.Component):
                             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BAD_LENGTH.value)]
                             m.d.sync += state.eq(HUNT0)
                         with m.Else():
-                            m.d.sync += state.eq(Mux(len_zero, CRC, PAYLOAD))
-                with m.Case(PAYLOAD):
-                    m.d.comb += crcs.valid_f.eq(1)
-                    # A frame without a free slot is read but never stored: the slot at the
-                    # write pointer then still holds the oldest frame not yet executed.
-                    m.d.comb += [slot_w.en.eq(~no_slot),
-                                 slot_w.addr.eq(slot_addr(slot_wr, pidx)),
-                                 slot_w.data.eq(byte)]
-                    m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx == length):      # (``length`` - 1, see the header)
-                        m.d.sync += state.eq(CRC)
-                    # (One flag per command, registered with the header: see ``cmd_is``.)
-                    with m.If(is_cmd[Command.INFER]):
-                        if self.input_bits < 8:
-                            with m.If((byte >> self.input_bits != 0) & (noted == 0)):
-                                m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
-                        with m.If(img_byte == self.image_bytes - 1):
-                            m.d.sync += [img_byte.eq(0), count.eq(count + 1)]
-                        with m.Else():
-                            m.d.sync += img_byte.eq(img_byte + 1)
-                    with m.If(is_cmd[Command.READ_RESULT]):
-                        m.d.sync += arg[:8].eq(byte)
-                    with m.If(is_cmd[Command.LOAD_BEGIN]):
-                        m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
-                        with m.If(byte != expect):
-                            m.d.sync += match.eq(0)
-                    with m.If(is_cmd[Command.LOAD_PARAMS]):
-                        with m.If(pidx < 4):
-                            # The offset, little-endian: the bits ``arg`` holds, and
-                            # whether any bit above them is set.
-                            ab = len(arg)
-                            with m.Switch(pidx[:2]):
-                                for k in range(4):
-                                    with m.Case(k):
-                                        if 8 * k < ab:
-                                            hi = min(8, ab - 8 * k)
-                                            m.d.sync += arg[8 * k:8 * k + hi].eq(byte[:hi])
-                                        else:
-                                            hi = 0
-                                        if hi < 8:
-                                            with m.If(byte[hi:] != 0):
-                                                m.d.sync += arg_big.eq(1)
-                        with m.Else():
-                            # Little-endian word: bytes 0-5 are layer, kind, row, lane.
-                            with m.Switch(word_byte):
-                                for j, (first, nb, w) in enumerate(fields):
-                                    for b in range(nb):
-                                        with m.Case(first + b):
-                                            lo = min(8, max(0, w - 8 * b))
-                                            if lo:
-                                                m.d.sync += f_lo[j][8 * b:8 * b + lo].eq(
-                                                    byte[:lo])
-                                            above = byte[lo:] != 0 if lo < 8 else 0
-                                            # (The field's first byte restarts the flag.)
-                                            m.d.sync += f_hi[j].eq(
-                                                above if b == 0 else f_hi[j] | above)
-                            with m.If(word_byte == protocol.PARAM_WORD_BYTES - 1):
-                                m.d.sync += [word_byte.eq(0), word_chk.eq(1),
-                                             count.eq(count + 1)]
-                            with m.Else():
-                                m.d.sync += word_byte.eq(word_byte + 1)
+                            m.d.sync += [state.eq(Mux(len_zero, CRC, PAYLOAD)),
+                                         in_pay.eq(~len_zero)]
                 with m.Case(CRC):
                     m.d.comb += crcs.valid_f.eq(1)
                     m.d.sync += cidx.eq(cidx + 1)
                     with m.If(cidx == 3):
                         m.d.sync += state.eq(HUNT0)
+        # PAYLOAD (``in_pay``; see above): outside the state's switch.
+        with m.If(rx_valid & in_pay):
+            m.d.comb += crcs.valid_f.eq(1)
+            # A frame without a free slot is read but never stored: the slot at the
+            # write pointer then still holds the oldest frame not yet executed.
+            m.d.comb += [slot_w.en.eq(~no_slot),
+                         slot_w.addr.eq(slot_addr(slot_wr, pidx)),
+                         slot_w.data.eq(byte)]
+            m.d.sync += pidx.eq(pidx + 1)
+            with m.If(pidx == length):      # (``length`` - 1, see the header)
+                m.d.sync += [state.eq(CRC), in_pay.eq(0)]
+            # (One flag per command, registered with the header: see ``cmd_is``.)
+            with m.If(is_cmd[Command.INFER]):
+                if self.input_bits < 8:
+                    with m.If((byte >> self.input_bits != 0) & (noted == 0)):
+                        m.d.sync += noted.eq(Reason.PIXEL_RANGE.value)
+                with m.If(img_byte == self.image_bytes - 1):
+                    m.d.sync += [img_byte.eq(0), count.eq(count + 1)]
+                with m.Else():
+                    m.d.sync += img_byte.eq(img_byte + 1)
+            with m.If(is_cmd[Command.READ_RESULT]):
+                m.d.sync += arg[:8].eq(byte)
+            with m.If(is_cmd[Command.LOAD_BEGIN]):
+                m.d.sync += expect.eq(begin_rom[(pidx + 1)[:4]])
+                with m.If(byte != expect):
+                    m.d.sync += match.eq(0)
+            with m.If(is_cmd[Command.LOAD_PARAMS]):
+                # (pidx == 3 when its low bits are 3 and lp_word is still clear)
+                m.d.sync += lp_word.eq(lp_word | (pidx[:2] == 3))
+                with m.If(~lp_word):
+                    # The offset, little-endian: the bits ``arg`` holds, and
+                    # whether any bit above them is set.
+                    ab = len(arg)
+                    with m.Switch(pidx[:2]):
+                        for k in range(4):
+                            with m.Case(k):
+                                if 8 * k < ab:
+                                    hi = min(8, ab - 8 * k)
+                                    m.d.sync += arg[8 * k:8 * k + hi].eq(byte[:hi])
+                                else:
+                                    hi = 0
+                                if hi < 8:
+                                    with m.If(byte[hi:] != 0):
+                                        m.d.sync += arg_big.eq(1)
+                with m.Else():
+                    # Little-endian word: bytes 0-5 are layer, kind, row, lane.
+                    for j, (first, nb, w) in enumerate(fields):
+                        for b in range(nb):
+                            with m.If(word_byte[first + b]):
+                                lo = min(8, max(0, w - 8 * b))
+                                if lo:
+                                    m.d.sync += f_lo[j][8 * b:8 * b + lo].eq(
+                                        byte[:lo])
+                                above = byte[lo:] != 0 if lo < 8 else 0
+                                # (The field's first byte restarts the flag.)
+                                m.d.sync += f_hi[j].eq(
+                                    above if b == 0 else f_hi[j] | above)
+                    m.d.sync += word_byte.eq(word_byte.rotate_left(1))
+                    with m.If(word_byte[-1]):
+                        m.d.sync += [word_chk.eq(1), count.eq(count + 1)]
         # Watchdog: a gap of more than watchdog_cycles idle cycles inside a frame (it fires
         # in the (watchdog_cycles + 1)-th consecutive cycle without a byte).
         with m.If(~rx_valid & in_frame & wd_at):
             m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.TIMEOUT.value),
                          ev_nak.eq(state == HEADER)]
-            m.d.sync += state.eq(HUNT0)
+            m.d.sync += [state.eq(HUNT0), in_pay.eq(0)]
 
         # (Bit-serial CRCs: once the frame CRC has taken the last byte, 8 cycles later.)
         fin_wait = Signal()
-        m.d.comb += fin.eq(fin_wait & ~crcs.busy)
+        # The frame CRC's verdict (its 32-bit residue compare) and the other end-of-frame
+        # reasons as registers: the compare and the reasons' priority were in series in
+        # front of the drop reason's and the commit's registers (fin -> match -> noted /
+        # no_slot -> store, parser_reason: the iCEBreaker's critical path at seed 1). With
+        # bit-serial CRCs the decision waits one more cycle after the CRCs are done, for
+        # the registered compare (the next frame's CRC restarts at its second SYNC byte,
+        # 16 or more cycles later: bytes are at least 8 cycles apart then); byte-parallel
+        # CRCs keep the compare as it is. ``noted`` and ``no_slot`` are final a cycle after
+        # the payload's last byte, 4 CRC bytes before ``fin``.
+        end_other = Signal()       # (noted != 0) | no_slot
+        end_reason = Signal(_REASON_BITS)
+        m.d.sync += [end_other.eq((noted != 0) | no_slot),
+                     end_reason.eq(Mux(noted != 0, noted, Reason.BUSY.value))]
+        if self.serial_crc:
+            crc_settled = Signal()     # the CRCs were done last cycle too
+            crc_match = Signal()
+            m.d.sync += [crc_settled.eq(~crcs.busy), crc_match.eq(crcs.match_detected)]
+            m.d.comb += fin.eq(fin_wait & ~crcs.busy & crc_settled)
+        else:
+            crc_match = crcs.match_detected
+            m.d.comb += fin.eq(fin_wait & ~crcs.busy)
         with m.If(fin):
             m.d.sync += fin_wait.eq(0)
         with m.If(rx_valid & (state == CRC) & (cidx == 3)):
@@ -1159,18 +1198,16 @@ class LinkEngine(wiring.Component):
         # residue): the next frame's bytes can only be hunting now, so the header registers
         # are still this frame's.
         with m.If(fin):
-            with m.If(~crcs.match_detected):
+            with m.If(~crc_match):
                 m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.PAYLOAD_CRC.value)]
-            with m.Elif(noted != 0):
-                m.d.comb += [ev_drop.eq(1), ev_reason.eq(noted)]
-            with m.Elif(no_slot):
-                m.d.comb += [ev_drop.eq(1), ev_reason.eq(Reason.BUSY.value)]
+            with m.Elif(end_other):
+                m.d.comb += [ev_drop.eq(1), ev_reason.eq(end_reason)]
         # The commit is registered too (the CRC residue compare and the verdict end in a
         # flip-flop): the slot-table entry is written a cycle after ``fin``, while the
         # header registers still hold this frame (a new header clears them at its second
         # SYNC byte, the earliest in that same cycle's edge).
         m.d.sync += store.eq(0)
-        with m.If(fin & crcs.match_detected & (noted == 0) & ~no_slot):
+        with m.If(fin & crc_match & ~end_other):
             m.d.sync += store.eq(1)
         with m.If(store):
             m.d.comb += [commit.eq(1), meta_w.en.eq(1), meta_w.addr.eq(slot_wr)]
@@ -1521,18 +1558,34 @@ class LinkEngine(wiring.Component):
                         m.d.sync += [addend.eq(delta[i]), first.eq(1), zero.eq(clear[i])]
                         with m.If(~snapping):
                             m.d.sync += [delta[i].eq(incs[names[i]]), clear[i].eq(0)]
+        # The byte read is registered before the sum (and what goes with it a cycle more):
+        # ``live`` is flip-flops and a read mux on the UP5K, and that mux, the sum's carry
+        # chain and the write data's mux were in series (live_r addr -> is_reg -> zero ->
+        # addend, the iCEBreaker's critical path at seed 2). The byte is read again P
+        # cycles later, after its write (3 cycles after its read).
+        live_q = Signal(8)
+        m.d.sync += live_q.eq(collision_read(m, live_r, [live_w]))
+        addend_q = Signal(8)
+        first_q = Signal()
+        zero_q = Signal()
+        is_reg_q = Signal()
+        reg_byte_q = Signal(8)
+        wslot_q = Signal(range(P))
+        wsnap_q = Signal()
+        m.d.sync += [addend_q.eq(addend), first_q.eq(first), zero_q.eq(zero),
+                     is_reg_q.eq(is_reg), reg_byte_q.eq(reg_byte), wslot_q.eq(wslot),
+                     wsnap_q.eq(wsnap)]
         carry = Signal()
         total = Signal(9)
-        m.d.comb += total.eq(Mux(zero, 0, collision_read(m, live_r, [live_w]))
-                             + addend + (carry & ~first))
+        m.d.comb += total.eq(Mux(zero_q, 0, live_q) + addend_q + (carry & ~first_q))
         m.d.sync += carry.eq(total[8])
         # The writes are registered (a cycle later; the byte is read again P cycles later).
         w_addr = Signal(range(P))
         w_data = Signal(8)
         w_live = Signal()
         w_snap = Signal()
-        m.d.sync += [w_addr.eq(wslot), w_data.eq(Mux(is_reg, reg_byte, total[:8])),
-                     w_live.eq(~wsnap & ~is_reg), w_snap.eq(wsnap)]
+        m.d.sync += [w_addr.eq(wslot_q), w_data.eq(Mux(is_reg_q, reg_byte_q, total[:8])),
+                     w_live.eq(~wsnap_q & ~is_reg_q), w_snap.eq(wsnap_q)]
         snap_we, snap_byte, snap_data = snap_w
         m.d.comb += [live_w.addr.eq(w_addr), live_w.data.eq(w_data), live_w.en.eq(w_live),
                      snap_byte.eq(w_addr), snap_data.eq(w_data), snap_we.eq(w_snap),
@@ -1557,6 +1610,14 @@ class LinkEngine(wiring.Component):
         bidx = Signal(_bits(longest))
         body_left = Signal(_bits(longest))
         res_addr = Signal(_bits(self.result_words - 1))
+        # res_addr + 1, a cycle behind res_addr (taken every cycle): its step reads a
+        # register, not an adder whose carry chain had the step's enable on its carry input
+        # (shown -> UART busy -> advance -> lane -> res_addr's carry chain, the iCEBreaker's
+        # critical path at seed 1). It is up to date at every step: res_addr is set at START,
+        # 8 header advances before the body, and steps every 4th body byte, each a fetch (2
+        # cycles or more) apart.
+        res_addr_p1 = Signal.like(res_addr)
+        m.d.sync += res_addr_p1.eq(res_addr + 1)
         # A LOAD reply's body (words_loaded as a u32, then the ready byte) is selected byte
         # by byte from ``cur.arg`` (most of it constant zeros), not shifted out of a 40-bit
         # register: 40 flip-flops and their load/shift muxes fewer.
@@ -1697,7 +1758,7 @@ class LinkEngine(wiring.Component):
                                          cov_f.eq(1)]
                             m.d.sync += lane.eq(bidx[:2])
                             with m.If(bidx[:2] == 3):
-                                m.d.sync += res_addr.eq(res_addr + 1)
+                                m.d.sync += res_addr.eq(res_addr_p1)
                         with m.Default():
                             m.d.sync += show(words_body.word_select(bidx[:3], 8), f=1)
                 with m.Case(CRC):

@@ -595,6 +595,16 @@ class OverlayEngine(wiring.Component):
         ylast = Signal(dim)
         tpm1 = Signal.like(tper)     # T - 1
         dsm1 = Signal.like(dsteps)
+        # D - 2, one bit wider (D = 1 gives a value above every drain index): the drain's
+        # last-step flag's next value after a step is ``dr_d == dsm2``, no adder.
+        dsm2 = Signal(len(dsteps) + 1)
+        dr_d = Signal(range(P + 1))     # the drain's step index (below)
+        # dr_d == dsm1 as a register kept up to date with dr_d (and dsm1, at GSTART, when
+        # the drain is idle): the compare was in series with gfire and the step in front of
+        # dr_act's enable and ent's next value (dr_d -> gfire -> dr_act -> ent, and
+        # dsm1 -> gfire -> chain_next -> dr_act, the iCEBreaker's critical paths at seed 2).
+        # dr_d = dsm1 = 0 at reset.
+        dr_last = Signal(init=1)
         m.d.comb += last_grp.eq(grp == m1["groups"])
         # The group decisions of ISSUE, FLUSH, GAPLOAD and GAPFLUSH as registers, a cycle
         # behind their inputs: the group counter's compare with m1_groups and the chain
@@ -640,6 +650,14 @@ class OverlayEngine(wiring.Component):
         # a wrap n - 1 == 0: registers derived with the "n - 1" ones.
         lm2 = {name: Signal(fw[name], name=f"m2_{name}") for name in lflag}
         lz = {name: Signal(name=f"z_{name}") for name in lflag}
+        # ltl & lxl & lyl (the next value is the image's last) as a register of its own,
+        # from the flags' next values: the three-way AND was in series with the accept in
+        # front of ``in_load``'s enable and the FSM's next state (prog_dirty -> load_gate
+        # -> ready -> accept & ltl & lxl & lyl -> in_load, the iCEBreaker's critical path at
+        # seed 3). It is read only in LOAD; SETUP sets it at its last cycle, where in_c's
+        # flags are derived (w's and h's are by then).
+        lall = Signal(name="ld_last")
+        assert _F["in_c"] + 2 == nf + 1 and max(_F["w"], _F["h"]) + 2 <= nf
 
         # issue counters
         t = Signal.like(tper)
@@ -796,6 +814,8 @@ class OverlayEngine(wiring.Component):
                         wptr.eq(0), gpend.eq(0), gfire.eq(0),
                         t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
                         lstarted.eq(0),
+                        # (ltl takes the same compare of dec at this edge, in derive)
+                        lall.eq((dec[:len(m1["in_c"])] == 0) & lxl & lyl),
                     ]
                     with m.If(f["op"] == OP_END):
                         m.d.sync += row.eq(0)
@@ -812,10 +832,11 @@ class OverlayEngine(wiring.Component):
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
+                # (In LOAD ``in_load`` is set: the accept is ``valid & ~load_gate``.)
                 with m.If(load_gate):
                     m.d.sync += in_load.eq(0)
                     m.next = "SETUP"
-                with m.If(self.images.valid & self.images.ready & ltl & lxl & lyl):
+                with m.Elif(self.images.valid & lall):
                     m.d.sync += in_load.eq(0)
                     m.next = "GSTART"
             with m.State("GSTART"):
@@ -837,7 +858,8 @@ class OverlayEngine(wiring.Component):
                     one = (f["cin"] == 1) & (dsteps == 1)
                     m.d.sync += [tpm1.eq(Mux(one, 1, Mux(f["cin"] > dsteps, m1["cin"],
                                                          dsteps - 1))),
-                                 dsm1.eq(dsteps - 1),
+                                 dsm1.eq(dsteps - 1), dsm2.eq(dsteps - 2),
+                                 dr_last.eq(dr_d == dsteps - 1),
                                  chain.eq((f["last_group"] == P) & ~f["raw"]
                                           & (~f["gap"] | _at_least(f["cin"], dfull - _HANDOFF))),
                                  gchain.eq((f["last_group"] == P) & ~f["raw"] & f["gap"]
@@ -929,11 +951,14 @@ class OverlayEngine(wiring.Component):
                              lk.eq(lk + Mux(m1["in_c"][0], 1, 2))]
                 with m.If(lxl):
                     m.d.sync += [lx.eq(0), lxl.eq(lz["w"]),
-                                 ly.eq(ly + 1), lyl.eq(ly == lm2["h"])]
+                                 ly.eq(ly + 1), lyl.eq(ly == lm2["h"]),
+                                 lall.eq(lz["in_c"] & lz["w"] & (ly == lm2["h"]))]
                 with m.Else():
-                    m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"])]
+                    m.d.sync += [lx.eq(lx + 1), lxl.eq(lx == lm2["w"]),
+                                 lall.eq(lz["in_c"] & (lx == lm2["w"]) & lyl)]
             with m.Else():
-                m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1)]
+                m.d.sync += [lt.eq(lt + 1), ltl.eq(lt == lm2["in_c"]), lk.eq(lk + 1),
+                             lall.eq((lt == lm2["in_c"]) & lxl & lyl)]
 
         # A program write after SETUP began re-runs it before the image is taken (set after
         # the FSM's clear, so a write in the clearing cycle is not lost).
@@ -1168,7 +1193,6 @@ class OverlayEngine(wiring.Component):
         # ---- drain: shift register -> R requant lanes --------------------------------------
         shadow = [Signal(signed(sw), name=f"shadow{j}") for j in range(P)]
         dr_act = Signal()
-        dr_d = Signal(range(P + 1))
         dr_gap = Signal()
         dr_tag = Signal(tagw)
         # The gap sums live in one small block RAM per requant lane (P/R words of gsum_bits):
@@ -1196,23 +1220,24 @@ class OverlayEngine(wiring.Component):
         # the raw pass takes lane d % R and shifts every R-th step; the gap drain reads the
         # sums through their own read port (below), not through the shift register.
         with m.If(dstep):
-            m.d.sync += dr_d.eq(dr_d + 1)
-            with m.If(dr_d == dsm1):
+            m.d.sync += [dr_d.eq(dr_d + 1), dr_last.eq(dr_d == dsm2)]
+            with m.If(dr_last):
                 m.d.sync += dr_act.eq(0)
             with m.If(~f["raw"] | (dr_d[0] if R == 2 else 1)):
                 m.d.sync += [shadow[j].eq(shadow[j + R]) for j in range(P - R)]
         with m.If(handoff):
             m.d.sync += [shadow[j].eq(accs[j]) for j in range(P)]
-            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(0), dr_tag.eq(tag6)]
+            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_last.eq(dsm1 == 0), dr_gap.eq(0),
+                         dr_tag.eq(tag6)]
         with m.If(handoff):
             m.d.sync += [gfire.eq(gpend), gpend.eq(tag6[3] & gchain)]
-        with m.If(gfire & dstep & ~dr_gap & (dr_d == dsm1)):
+        with m.If(gfire & dstep & ~dr_gap & dr_last):
             # gchain: the previous group's gap drain right after the next group's first
             # position's last drain step
             m.d.comb += gap_go.eq(1)
             m.d.sync += gfire.eq(0)
         with m.If(gap_go):
-            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_gap.eq(1)]
+            m.d.sync += [dr_act.eq(1), dr_d.eq(0), dr_last.eq(dsm1 == 0), dr_gap.eq(1)]
         # One read port on the gap sums: the accumulate stage's index (read at q8, used at
         # q9), or the gap drain's (read at DR0, used at q1).
         gidx = Signal(range(max(2, P // R)))    # as wide as the gap sums' address
@@ -1221,7 +1246,7 @@ class OverlayEngine(wiring.Component):
         # busy = dr_act | v1 | ... | v6, as a register computed from the next values of
         # those flags (the raw hold decision starts at a flip-flop, not at a 7-input OR).
         m.d.sync += busy.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
-                            | (dr_act & ~(dstep & (dr_d == dsm1))))
+                            | (dr_act & ~(dstep & dr_last)))
 
         # DR0: channel-table reads, R lanes taken
         # The table entry of the lanes taken (cebase + k) is a counter (one adder before the
@@ -1272,7 +1297,7 @@ class OverlayEngine(wiring.Component):
         lanes = [lane0] + shadow[1:R]
         q1s_acc = [reg(f"q1s{r}", signed(sw), lanes[r]) for r in range(R)]
         q1d = reg("q1d", range(P + 1), dr_d)
-        q1last = reg("q1last", 1, dr_d == dsm1)
+        q1last = reg("q1last", 1, dr_last)
         q1lv = reg("q1lv", R, Cat(k0 < pg, (k0 < pgm1) & ~f["raw"]) if R == 2 else k0 < pg)
         q1gap = reg("q1gap", 1, dr_gap)
         q1tag = reg("q1tag", tagw, dr_tag)

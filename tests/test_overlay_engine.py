@@ -44,13 +44,14 @@ def _has(model, stride2, pool):
 
 
 def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idle=0.3,
-                p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine):
+                p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine, in_channels=None):
     """A random network (with a stride-2 conv and/or a maxpool when asked: drawn again until
     it has them, at most 200 draws) on the engine, logits checked against the golden model."""
     rng, seed = make_rng(name)
     nrng = np.random.default_rng(seed)
     for _ in range(200):
-        model = random_model(nrng, size=size, in_channels=int(nrng.integers(1, 3)),
+        in_c = in_channels if in_channels is not None else int(nrng.integers(1, 3))
+        model = random_model(nrng, size=size, in_channels=in_c,
                              blocks=blocks if blocks is not None else int(nrng.integers(1, 3)),
                              act_bits=act_bits, max_width=9, classes=int(nrng.integers(2, 7)),
                              calib_images=16)
@@ -80,6 +81,16 @@ def test_overlay_random_nets_with_stalls(case):
     lanes, r, size = CASES[case]
     random_case(f"test_overlay_random_nets_with_stalls[{case}]", lanes, r, size,
                 act_bits=(4, 8)[case % 2])
+
+
+@pytest.mark.parametrize("in_channels", [3, 4])
+def test_overlay_input_of_three_or_four_channels(in_channels):
+    """LOAD's "next value is the image's last" flag (``ld_last``) is kept from the channel
+    counter's compare at the last pixel only with 3 or more input channels (with 1 or 2 it
+    is set from the pixel flags alone): a flag a channel early ends LOAD before the image's
+    last values, and the next image is read from the wrong offset."""
+    random_case(f"test_overlay_input_of_three_or_four_channels[{in_channels}]", 4, 2, (4, 4),
+                in_channels=in_channels)
 
 
 def test_overlay_one_engine_two_networks():
