@@ -364,6 +364,11 @@ def build_parser():
                    help="nextpnr placement seed; several (1,2,3 or 1-3): synthesise once, place "
                         "and route with each, keep the fastest that places, report every seed's "
                         "Fmax (default: 1)")
+    p.add_argument("--nextpnr-opt", action="append", metavar="'ARGS'",
+                   help="extra nextpnr arguments appended to the build's (repeatable; one "
+                        "string is split like a shell line; write it with '=' when it starts "
+                        "with '-'), e.g. --nextpnr-opt=--tmg-ripup or "
+                        "--nextpnr-opt='--placer-heap-timingweight 30' (default: none)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="write the Verilog/RTLIL, constraints and build script only, run no "
                         "tool (always so for boards without an open flow) (default: build the "

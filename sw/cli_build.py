@@ -656,28 +656,40 @@ def _tool_env(board, platform):
     return env, tools, notes
 
 
-def _overrides(board, seed, target_mhz, infer_dsp=True):
+def _overrides(board, seed, target_mhz, infer_dsp=True, nextpnr_extra=()):
     """Toolchain overrides passed to ``platform.build``.
 
     ``infer_dsp``: on iCE40, let Yosys map multipliers to ``SB_MAC16`` (``-dsp``; Amaranth's
     default leaves them in LUTs). The overlay engine instantiates its ``SB_MAC16`` pairs
     itself and keeps its requant products in LUTs, so its builds pass False.
+    ``nextpnr_extra``: further nextpnr arguments (``--nextpnr-opt``), appended after the
+    defaults, so a placer/router option can be tried without editing the build script.
     """
+    import shlex
+    extra = [shlex.quote(str(a)) for a in nextpnr_extra]  # one shell line in the build script
     # Yosys >= 0.38 keeps hierarchy markers ($scopeinfo cells) in its netlist; nextpnr
     # releases before 0.7 (Debian's nextpnr-ice40 0.4 among them) cannot place them, and
     # nothing needs them after synthesis.
     strip = "delete t:$scopeinfo"
     if board.family == "ice40":
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
-                   "--freq", f"{target_mhz:g}"]
+                   "--freq", f"{target_mhz:g}", *extra]
         opts = {"nextpnr_opts": " ".join(nextpnr), "script_after_synth": strip}
         if infer_dsp:
             opts["synth_opts"] = "-dsp"
         return opts
     if board.family == "ecp5":
         from ..hw.synth import ABC9_SAFE_NAMES
+        # `--tmg-ripup`: router2 also rips up and reroutes nets on failing timing paths, not
+        # only congested ones. The 85F digits design is routing-bound (~1-2 ns of logic and
+        # ~9-10 ns of routing on its worst path); on the same placements this raised seed 1
+        # from 91.87 to 99.14 MHz and seed 2 from 88.07 to 99.37 MHz, with router time
+        # within the machine's load noise (-11% / +13%) (docs/boards.md, "nextpnr options").
+        defaults = ["--router", "router2", "--tmg-ripup"]
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
-                   "--freq", f"{target_mhz:g}", "--router", "router2"]
+                   "--freq", f"{target_mhz:g}", *defaults,
+                   # nextpnr refuses a flag given twice: a default asked for again is kept once
+                   *(a for a in extra if not (a.startswith("--") and a in defaults))]
         # Wires named like `x[0]` beside a wire `x` (Amaranth's view fields) make Yosys
         # 0.70's ABC9 assert on the whole 85F digits design; hide those names first
         # (`hw.synth.ABC9_SAFE_NAMES`), so the timing-driven ABC9 mapping is kept.
@@ -953,7 +965,8 @@ def cmd_build(args):
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
         f"{plan.predicted_cycles_per_image} cycles/image")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
-                         bitstream=bitstream, progress=_progress_wanted(args), say=say)
+                         bitstream=bitstream, progress=_progress_wanted(args), say=say,
+                         nextpnr_opts=_nextpnr_opts(getattr(args, "nextpnr_opt", None)))
     report["engine"] = engine
     report["engine_reason"] = why
     if choice is not None:
@@ -968,8 +981,20 @@ def cmd_build(args):
     return 0
 
 
+def _nextpnr_opts(given):
+    """``--nextpnr-opt`` values (each split like a shell word list) -> one argument tuple."""
+    import shlex
+    out = []
+    for text in given or ():
+        try:
+            out.extend(shlex.split(text))
+        except ValueError as e:
+            raise UsageError(f"--nextpnr-opt {text!r}: {e}") from None
+    return tuple(out)
+
+
 def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream=True,
-                progress=False, say=None, infer_dsp=True):
+                progress=False, say=None, infer_dsp=True, nextpnr_opts=()):
     """Write ``top``'s build plan for ``board`` into ``out`` and, with ``bitstream``, run it.
 
     Parameters
@@ -986,6 +1011,10 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
         recorded, not fatal, while another one places.
     timeout : float
         Wall-clock seconds for the whole tool run.
+    nextpnr_opts : sequence of str
+        Extra nextpnr arguments appended to the defaults (``--nextpnr-opt``), e.g.
+        ``("--tmg-ripup",)``; the same for every seed. ``--seed`` is refused here (it is
+        ``seed``'s).
     bitstream : bool
         Run the tools (iCE40/ECP5 only); False: files only.
 
@@ -1003,6 +1032,14 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     seeds = (int(seed),) if isinstance(seed, numbers.Integral) else tuple(int(v) for v in seed)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"seeds {seeds}: give one or more distinct nextpnr seeds")
+    nextpnr_opts = tuple(str(a) for a in nextpnr_opts)
+    for a in nextpnr_opts:
+        # The per-seed folders swap the one `--seed N` of the command line; the report's
+        # file and timing flags are what the build reads back.
+        if a.split("=")[0] in ("--seed", "--report", "--json", "--log", "--textcfg", "--asc",
+                               "--lpf", "--pcf", "--freq"):
+            raise UsageError(f"--nextpnr-opt {a}: the build sets {a.split('=')[0]} itself "
+                             f"(use --seed / --freq)")
     env = tools = None
     notes = []
     platform = board.make_platform()
@@ -1018,7 +1055,8 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     t0 = time.monotonic()
     build_plan = platform.build(top, name=BUILD_NAME, build_dir=str(out), do_build=False,
                                 do_program=False,
-                                **_overrides(board, seeds[0], clock_mhz, infer_dsp))
+                                **_overrides(board, seeds[0], clock_mhz, infer_dsp,
+                                             nextpnr_opts))
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "build_report.json", f"{BUILD_NAME}.bin",
                   f"{BUILD_NAME}.bit"):
@@ -1046,7 +1084,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
         "baud": top.baud, "fmax_mhz": None, "timing_met": None, "utilization": {},
         "cycles_per_image": cycles, "images_per_second": None,
         "multipliers": plan.multipliers if plan is not None else None,
-        "bitstream": None, "seed": seeds[0],
+        "bitstream": None, "seed": seeds[0], "nextpnr_opts": list(nextpnr_opts),
         "out": str(out.resolve()), "script": f"{build_plan.script}.sh",
         "elaborate_seconds": round(elaborate_s, 2),
     }

@@ -433,6 +433,68 @@ def test_no_seed_places_exit_4(tiny, tmp_path, capsys, monkeypatch):
     assert "place and route" in capsys.readouterr().err
 
 
+def _nextpnr_line(script):
+    return next(ln for ln in script.read_text().splitlines() if ln.startswith('"$NEXTPNR'))
+
+
+def test_nextpnr_opt_reaches_the_ecp5_command_line(tiny, tmp_path):
+    """``--nextpnr-opt``: the extra placer/router arguments are on the build script's nextpnr
+    line after the defaults (router2 kept), split like a shell line, in the report."""
+    out = tmp_path / "ulx3s"
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q",
+                 "--nextpnr-opt=--tmg-ripup",
+                 "--nextpnr-opt", "--placer-heap-timingweight 30"]) == 0
+    line = _nextpnr_line(out / "build_shiftacc.sh")
+    assert "--router router2 --tmg-ripup --placer-heap-timingweight 30 " in line, line
+    rep = json.loads((out / "build_report.json").read_text())
+    assert rep["nextpnr_opts"] == ["--tmg-ripup", "--placer-heap-timingweight", "30"]
+    # Without the option the command line is the default one.
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q"]) == 0
+    line = _nextpnr_line(out / "build_shiftacc.sh")
+    assert "timingweight" not in line and line.count("--tmg-ripup") == 1
+
+
+def test_ecp5_router_defaults(tiny, tmp_path):
+    """ECP5 builds route with router2 and its timing-driven rip-up (the 85F digits design is
+    routing-bound: 91.87 -> 99.14 MHz at seed 1, docs/boards.md); asking for the default
+    flag again does not repeat it (nextpnr refuses a flag given twice)."""
+    out = tmp_path / "ulx3s"
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q"]) == 0
+    line = _nextpnr_line(out / "build_shiftacc.sh")
+    assert "--router router2 --tmg-ripup " in line, line
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q",
+                 "--nextpnr-opt=--tmg-ripup"]) == 0
+    assert _nextpnr_line(out / "build_shiftacc.sh").count("--tmg-ripup") == 1
+
+
+def test_nextpnr_opt_kept_for_every_seed(tiny, tmp_path, monkeypatch):
+    """Each seed's place-and-route folder runs nextpnr with the same extra arguments."""
+    _seeded_tools(tmp_path, monkeypatch, {1: 31.25, 2: 33.5})
+    out = tmp_path / "o"
+    assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
+                 "--out", str(out), "--seed", "1,2", "-q", "--nextpnr-opt=--tmg-ripup"]) == 0
+    for script in (out / "build_shiftacc.sh", out / "seed-2" / "build_shiftacc.sh"):
+        assert "--tmg-ripup" in _nextpnr_line(script), script
+    assert "--seed 2" in _nextpnr_line(out / "seed-2" / "build_shiftacc.sh")
+
+
+@pytest.mark.parametrize("bad,why", [("--seed 5", "sets --seed itself"),
+                                     ("--freq=200", "sets --freq itself"),
+                                     ("'--tmg-ripup", "No closing quotation")])
+def test_nextpnr_opt_refusals_exit_2(tiny, tmp_path, capsys, bad, why):
+    """Arguments the build sets itself (its per-seed folders swap the one ``--seed``) and an
+    unbalanced quote are usage errors, before any tool runs."""
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--config", str(tiny[1]),
+                 "--out", str(tmp_path / "o"), "--no-bitstream", "-q",
+                 f"--nextpnr-opt={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "--nextpnr-opt" in err and why in err, err
+
+
 @pytest.mark.parametrize("bad", ["1,1", "x", "4-2"])
 def test_bad_seed_list_exit_2(tiny, tmp_path, capsys, bad):
     assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
