@@ -892,6 +892,9 @@ def cmd_build(args):
         A tool failed or the timeout expired (the log's tail in the message).
     """
     say = _say(args)
+    # Bad --nextpnr-opt values are refused before anything is elaborated (a board top made
+    # and then dropped would only add Amaranth's "never used" warnings to the error).
+    nextpnr_opts = _check_nextpnr_opts(_nextpnr_opts(getattr(args, "nextpnr_opt", None)))
     board = _resolve_board(args)
     out = check_output_dir(args.out or f"build-{board.name}", what="--out")
     if args.json:
@@ -966,7 +969,7 @@ def cmd_build(args):
         f"{plan.predicted_cycles_per_image} cycles/image")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
                          bitstream=bitstream, progress=_progress_wanted(args), say=say,
-                         nextpnr_opts=_nextpnr_opts(getattr(args, "nextpnr_opt", None)))
+                         nextpnr_opts=nextpnr_opts)
     report["engine"] = engine
     report["engine_reason"] = why
     if choice is not None:
@@ -991,6 +994,19 @@ def _nextpnr_opts(given):
         except ValueError as e:
             raise UsageError(f"--nextpnr-opt {text!r}: {e}") from None
     return tuple(out)
+
+
+def _check_nextpnr_opts(opts):
+    """Refuse extra nextpnr arguments the build sets itself; returns them as a str tuple."""
+    opts = tuple(str(a) for a in opts)
+    for a in opts:
+        # The per-seed folders swap the one `--seed N` of the command line; the report's
+        # file and timing flags are what the build reads back.
+        if a.split("=")[0] in ("--seed", "--report", "--json", "--log", "--textcfg", "--asc",
+                               "--lpf", "--pcf", "--freq"):
+            raise UsageError(f"--nextpnr-opt {a}: the build sets {a.split('=')[0]} itself "
+                             f"(use --seed / --freq)")
+    return opts
 
 
 def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream=True,
@@ -1032,14 +1048,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     seeds = (int(seed),) if isinstance(seed, numbers.Integral) else tuple(int(v) for v in seed)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"seeds {seeds}: give one or more distinct nextpnr seeds")
-    nextpnr_opts = tuple(str(a) for a in nextpnr_opts)
-    for a in nextpnr_opts:
-        # The per-seed folders swap the one `--seed N` of the command line; the report's
-        # file and timing flags are what the build reads back.
-        if a.split("=")[0] in ("--seed", "--report", "--json", "--log", "--textcfg", "--asc",
-                               "--lpf", "--pcf", "--freq"):
-            raise UsageError(f"--nextpnr-opt {a}: the build sets {a.split('=')[0]} itself "
-                             f"(use --seed / --freq)")
+    nextpnr_opts = _check_nextpnr_opts(nextpnr_opts)
     env = tools = None
     notes = []
     platform = board.make_platform()

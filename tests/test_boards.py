@@ -485,9 +485,15 @@ def test_nextpnr_opt_kept_for_every_seed(tiny, tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad,why", [("--seed 5", "sets --seed itself"),
                                      ("--freq=200", "sets --freq itself"),
                                      ("'--tmg-ripup", "No closing quotation")])
-def test_nextpnr_opt_refusals_exit_2(tiny, tmp_path, capsys, bad, why):
+def test_nextpnr_opt_refusals_exit_2(tiny, tmp_path, capsys, monkeypatch, bad, why):
     """Arguments the build sets itself (its per-seed folders swap the one ``--seed``) and an
-    unbalanced quote are usage errors, before any tool runs."""
+    unbalanced quote are usage errors, before any tool runs and before a board top is made
+    (one made and dropped adds Amaranth's "created but never used" warnings to the error)."""
+    from shiftacc.boards import top as board_top
+
+    def no_top(*args, **kwargs):
+        raise AssertionError("a board top was made for a refused --nextpnr-opt")
+    monkeypatch.setattr(board_top, "BoardTop", no_top)
     assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--config", str(tiny[1]),
                  "--out", str(tmp_path / "o"), "--no-bitstream", "-q",
                  f"--nextpnr-opt={bad}"]) == 2
