@@ -685,11 +685,13 @@ def _overrides(board, seed, target_mhz, infer_dsp=True, nextpnr_extra=()):
         # ~9-10 ns of routing on its worst path); on the same placements this raised seed 1
         # from 91.87 to 99.14 MHz and seed 2 from 88.07 to 99.37 MHz, with router time
         # within the machine's load noise (-11% / +13%) (docs/boards.md, "nextpnr options").
-        defaults = ["--router", "router2", "--tmg-ripup"]
+        # nextpnr refuses a flag given twice: a default the user gives again (the router
+        # with its value, or the flag) is theirs, not repeated.
+        asked = {str(a).split("=")[0] for a in nextpnr_extra if str(a).startswith("--")}
+        defaults = ([] if "--router" in asked else ["--router", "router2"]) \
+            + ([] if "--tmg-ripup" in asked else ["--tmg-ripup"])
         nextpnr = ["--report", "report.json", "--seed", str(seed), "--timing-allow-fail",
-                   "--freq", f"{target_mhz:g}", *defaults,
-                   # nextpnr refuses a flag given twice: a default asked for again is kept once
-                   *(a for a in extra if not (a.startswith("--") and a in defaults))]
+                   "--freq", f"{target_mhz:g}", *defaults, *extra]
         # Wires named like `x[0]` beside a wire `x` (Amaranth's view fields) make Yosys
         # 0.70's ABC9 assert on the whole 85F digits design; hide those names first
         # (`hw.synth.ABC9_SAFE_NAMES`), so the timing-driven ABC9 mapping is kept.

@@ -469,6 +469,14 @@ def test_ecp5_router_defaults(tiny, tmp_path):
                  "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q",
                  "--nextpnr-opt=--tmg-ripup"]) == 0
     assert _nextpnr_line(out / "build_shiftacc.sh").count("--tmg-ripup") == 1
+    # Another router replaces router2 with its value (not a second --router, nor a stray
+    # "router2" or "router1" argument).
+    assert main(["build", str(tiny[0]), "--board", "ulx3s-85f", "--freq", "100",
+                 "--config", str(tiny[1]), "--out", str(out), "--no-bitstream", "-q",
+                 "--nextpnr-opt=--router router1"]) == 0
+    line = _nextpnr_line(out / "build_shiftacc.sh")
+    assert line.count("--router") == 1 and "router2" not in line, line
+    assert "--tmg-ripup --router router1 " in line, line
 
 
 def test_nextpnr_opt_kept_for_every_seed(tiny, tmp_path, monkeypatch):
