@@ -1276,15 +1276,38 @@ class OverlayEngine(wiring.Component):
         # the data comes out, the cycle before S1. (The bias words are written only before
         # a pass: by the parameter port, or by a DYN pass before its conv pass.)
         early_bias = ecp5
-        if R == 2:
-            for name in tables:
-                e = ent_next if (early_bias and name == "bias") else ent
-                m.d.comb += [tables[name][0].addr.eq((e >> 1) + e[0]),
-                             tables[name][1].addr.eq(e >> 1)]
-        else:
-            for name in tables:
-                e = ent_next if (early_bias and name == "bias") else ent
-                m.d.comb += tables[name][0].addr.eq(e)
+
+        def bank_addr(e):
+            """The parity banks' read addresses of table entry ``e`` (bank 0 holds the even
+            entries: lane 0 of an odd entry reads the next row there)."""
+            return [(e >> 1) + e[0], e >> 1] if R == 2 else [e]
+
+        for name in tables:
+            if not (early_bias and name == "bias"):
+                m.d.comb += [p_.addr.eq(a) for p_, a in zip(tables[name], bank_addr(ent))]
+        if early_bias:
+            # The early read's bank addresses, selected among candidates computed from
+            # flip-flops only (ent, cebase, the pass's gap_ent) with ent_next's priorities:
+            # not bank_addr(ent_next), which put the drain's step decision, ent_next's adder
+            # and mux and then the banks' address adder in series before the RAM (the 12F
+            # overlay's critical path, 12.6 ns, seed 1).
+            if R == 2:
+                # ent = 2h + b: the entry a step on (ent + 1 on the raw pass, else ent + 2)
+                # in bank 0 is h + 1 or h + 1 + b, in bank 1 h + b or h + 1: one adder each
+                h, b = ent >> 1, ent[0]
+                a_step = [Mux(f["raw"], h + 1, h + Cat(~b, b)), Mux(f["raw"], h + b, h + 1)]
+            else:
+                a_step = [ent + step]
+            a_bias = [Signal.like(p_.addr, name=f"bias_addr{r}")
+                      for r, p_ in enumerate(tables["bias"])]
+            m.d.comb += [a.eq(x) for a, x in zip(a_bias, bank_addr(ent))]
+            with m.If(dstep & ~dr_gap):
+                m.d.comb += [a.eq(x) for a, x in zip(a_bias, a_step)]
+            with m.If(handoff):
+                m.d.comb += [a.eq(x) for a, x in zip(a_bias, bank_addr(cebase))]
+            with m.If(gap_go):
+                m.d.comb += [a.eq(x) for a, x in zip(a_bias, bank_addr(f["gap_ent"]))]
+            m.d.comb += [p_.addr.eq(a) for p_, a in zip(tables["bias"], a_bias)]
         if early_bias:
             bp = tables["bias"]
             q1b = [reg(f"q1b{r}", 32, bp[0].data if R == 1

@@ -44,10 +44,13 @@ def _has(model, stride2, pool):
 
 
 def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idle=0.3,
-                p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine, in_channels=None):
-    """A random network (with a stride-2 conv and/or a maxpool when asked: drawn again until
-    it has them, at most 200 draws) on the engine, logits checked against the golden model."""
-    rng, seed = make_rng(name)
+                p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine, in_channels=None,
+                seed=None, plan_ok=None):
+    """A random network (with a stride-2 conv and/or a maxpool when asked, and a plan that
+    ``plan_ok`` accepts when given: drawn again until it has them, at most 200 draws) on the
+    engine, logits checked against the golden model. ``seed``: a fixed seed instead of the
+    run's (``make_rng``)."""
+    rng, seed = make_rng(name, seed)
     nrng = np.random.default_rng(seed)
     for _ in range(200):
         in_c = in_channels if in_channels is not None else int(nrng.integers(1, 3))
@@ -55,10 +58,11 @@ def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idl
                              blocks=blocks if blocks is not None else int(nrng.integers(1, 3)),
                              act_bits=act_bits, max_width=9, classes=int(nrng.integers(2, 7)),
                              calib_images=16)
-        if _has(model, stride2, pool):
+        plan = compile_overlay(model, small_config(lanes, r))
+        if _has(model, stride2, pool) and (plan_ok is None or plan_ok(plan)):
             break
     assert _has(model, stride2, pool), "no network with the requested ops drawn"
-    plan = compile_overlay(model, small_config(lanes, r))
+    assert plan_ok is None or plan_ok(plan), "no network with the requested plan drawn"
     print(f"{name}: {[l.op for l in model.layers]} act_bits={model.act_bits} "
           f"weight_bits={model.weight_bits}")
     for line in plan.summary():
@@ -412,6 +416,28 @@ def test_overlay_ecp5_matches_golden_and_cycles(monkeypatch, lanes, r):
                               engine=_OverlayOnECP5)
     periods = np.diff(first).tolist()
     assert len(periods) >= 1 and periods == [image_cycles(plan)] * len(periods)
+
+
+def _odd_bias_entries(plan):
+    """A plan whose conv passes step through odd channel-table entries: a requant pass from an
+    odd ``cbase`` with at least 3 channels (both parity banks' reads a step on from an odd
+    entry), a fused gap (its entry), and a raw pass of at least 3 classes."""
+    ps = [p for p in plan.passes if "cbase" in p]
+    return (any(p["cbase"] % 2 and p["cout"] >= 3 and not p["raw"] for p in ps)
+            and any(p["gap"] for p in ps) and any(p["raw"] and p["cout"] >= 3 for p in ps))
+
+
+@pytest.mark.parametrize("lanes,r", [(4, 2), (6, 1)])
+def test_overlay_ecp5_early_bias_read(monkeypatch, lanes, r):
+    """On an ECP5 the bias table is read a cycle early, at bank addresses chosen among
+    candidates (hold, a step on, the next hand-off's cebase, the gap's entry; hw/overlay.py):
+    a fixed network whose requant pass starts at an odd entry, with a gap and a raw pass,
+    gives golden logits under stalls (the run's random draw need not have an odd entry)."""
+    import shiftacc.hw.overlay as ov_mod
+    from test_requant import _mult18x18d_model
+    monkeypatch.setattr(ov_mod, "mult18x18d_registered", _mult18x18d_model([]))
+    random_case(f"test_overlay_ecp5_early_bias_read[{lanes}-{r}]", lanes, r, (6, 6), n_img=2,
+                blocks=2, engine=_OverlayOnECP5, seed=11, plan_ok=_odd_bias_entries)
 
 
 def test_overlay_poisoned_collisions(monkeypatch):
