@@ -710,8 +710,17 @@ class OverlayEngine(wiring.Component):
                          lq_w.eq(Mux(lq_w == LQ - 1, 0, lq_w + 1))]
         m.d.sync += lq_r.eq(lq_r_next)
         lq_pushed = Signal()     # written last cycle: readable from this cycle on
+        # raw_full: the raw pass's drain must hold (``f.raw & (inflight >= LQ)``), as a
+        # flip-flop: the drain step decision then starts at two flip-flops (dr_act,
+        # raw_full) instead of a compare behind f_raw's wide fan-out (f_raw -> dstep ->
+        # gap_go -> the drain's registers was the iCEBreaker's critical path at seed 1). It
+        # takes the f_raw of the cycle before; f_raw changes only in SETUP, with the drain
+        # idle, and the first drain step comes cycles later (the MAC pipeline fills first).
+        inflight_n = Signal.like(inflight)
+        raw_full = Signal()
+        m.d.comb += inflight_n.eq(inflight + raw_step - taken)
         m.d.sync += [lq_pushed.eq(lq_push), lq_n.eq(lq_n + lq_pushed - taken),
-                     inflight.eq(inflight + raw_step - taken)]
+                     inflight.eq(inflight_n), raw_full.eq(f["raw"] & (inflight_n >= LQ))]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
@@ -1214,7 +1223,7 @@ class OverlayEngine(wiring.Component):
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
         # A drain step: always, except on the raw pass without room in the logits queue.
         dstep = Signal()
-        m.d.comb += [dstep.eq(dr_act & (~f["raw"] | (inflight < LQ))),
+        m.d.comb += [dstep.eq(dr_act & ~raw_full),
                      raw_step.eq(dstep & f["raw"])]
         # The shift register has two sources only (the accumulators, itself shifted by R):
         # the raw pass takes lane d % R and shifts every R-th step; the gap drain reads the
