@@ -45,7 +45,7 @@ def _has(model, stride2, pool):
 
 def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idle=0.3,
                 p_stall=0.5, stride2=False, pool=False, engine=OverlayEngine, in_channels=None,
-                seed=None, plan_ok=None):
+                seed=None, plan_ok=None, classes=None):
     """A random network (with a stride-2 conv and/or a maxpool when asked, and a plan that
     ``plan_ok`` accepts when given: drawn again until it has them, at most 200 draws) on the
     engine, logits checked against the golden model. ``seed``: a fixed seed instead of the
@@ -56,7 +56,8 @@ def random_case(name, lanes, r, size, act_bits=None, blocks=None, n_img=3, p_idl
         in_c = in_channels if in_channels is not None else int(nrng.integers(1, 3))
         model = random_model(nrng, size=size, in_channels=in_c,
                              blocks=blocks if blocks is not None else int(nrng.integers(1, 3)),
-                             act_bits=act_bits, max_width=9, classes=int(nrng.integers(2, 7)),
+                             act_bits=act_bits, max_width=9,
+                             classes=classes if classes is not None else int(nrng.integers(2, 7)),
                              calib_images=16)
         plan = compile_overlay(model, small_config(lanes, r))
         if _has(model, stride2, pool) and (plan_ok is None or plan_ok(plan)):
@@ -438,6 +439,17 @@ def test_overlay_ecp5_early_bias_read(monkeypatch, lanes, r):
     monkeypatch.setattr(ov_mod, "mult18x18d_registered", _mult18x18d_model([]))
     random_case(f"test_overlay_ecp5_early_bias_read[{lanes}-{r}]", lanes, r, (6, 6), n_img=2,
                 blocks=2, engine=_OverlayOnECP5, seed=11, plan_ok=_odd_bias_entries)
+
+
+@pytest.mark.parametrize("lanes,r", [(4, 2), (6, 1)])
+def test_overlay_logits_queue_full_holds_the_raw_drain(lanes, r):
+    """More classes than the logits queue holds (``LOGITS_QUEUE``) and a slow logits
+    consumer: the raw pass's drain must hold while the queue is full (``raw_full``), or a
+    logit is overwritten before it is read."""
+    from shiftacc.hw.overlay import LOGITS_QUEUE
+    random_case(f"test_overlay_logits_queue_full_holds_the_raw_drain[{lanes}-{r}]", lanes, r,
+                (4, 4), n_img=2, blocks=1, p_idle=0.0, p_stall=0.9, seed=5,
+                classes=LOGITS_QUEUE + 4)
 
 
 def test_overlay_poisoned_collisions(monkeypatch):
