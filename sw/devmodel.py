@@ -193,8 +193,10 @@ class DeviceModel:
             self.counters["frames_ok"] -= 1
             return self._ok(fr, body)
         if cmd is P.Command.RESET:
+            # As the gateware: the counters are cleared where RESET executes, and RESET is
+            # not counted among frames_ok (its reply is still OK, and its bytes are sent).
             self.reset_state()
-            return self._ok(fr)
+            return self._reply(fr.command | P.REPLY, fr.seq, b"\x00")
         if cmd is P.Command.LOAD_BEGIN:
             req = P.layout_from_bytes(P.LOAD_BEGIN_LAYOUT, fr.payload)
             if int(req.design_id) != self.design_id or int(req.words) != len(self.words):

@@ -180,6 +180,9 @@ def test_status_and_reset(net, seed):
     assert before["flags"]["params_ready"] and before["images_done"] == 3
     assert not after["flags"]["params_ready"] and after["words_loaded"] == 0
     assert after["images_done"] == 0 and after["cycles"] > before["cycles"]
+    # As the gateware (test_link.py's RESET case): RESET clears the counters where it
+    # executes and is not counted itself; the STATUS counts itself.
+    assert after["frames_ok"] == 1 and after["frames_dropped"] == 0
 
 
 def test_infer_before_load_is_refused(net, seed):

@@ -465,6 +465,9 @@ def test_load_infer_read_status_reset(seed, in_channels, lanes):
         assert int(st.flags.params_ready) == 0 and int(st.words_loaded) == 0
         assert int(st.frames_dropped) == 0 and int(st.images_done) == 0
         assert int(st.last_drop) == 0 and int(st.rx_bytes) == len(frame)
+        # RESET clears the counters where it executes and is not counted itself (its
+        # grant's increment is masked); this STATUS counts itself.
+        assert int(st.frames_ok) == 1
         r = await host.request(ctx, P.Command.INFER, 0x96, images[0][0])
         assert reason(r) is P.Reason.PARAMS_INCOMPLETE
         log["done"] = True
