@@ -22,8 +22,12 @@ class GlobalAvgPool(wiring.Component):
 
     Dataflow. One input beat is accepted per cycle; beat ``b`` of a pixel adds its lanes to
     the ``b``-th row of running sums (registers, ``NB = ceil(channels / lanes)`` rows of
-    ``lanes`` sums, rotated by one row per beat so that the current row is always the first). Sums of the next image restart from 0 on its first pixel, so no clearing
-    cycle is needed and images follow each other with no gap: at full rate the per-image
+    ``lanes`` sums, rotated by one row per beat so that the current row is always the first). Each beat of an
+    image's last pixel writes 0 back instead of its completed sum (which goes on to the
+    Requant), so the next image's first pixel adds to zero: no clearing cycle is needed and
+    images follow each other with no gap, and no first-pixel select sits in front of the
+    adders (the sums are also reset to 0, so the first image after a reset starts from
+    zero even if the reset cut an image short). At full rate the per-image
     cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
     on ``o`` :attr:`latency` cycles after its last input beat.
 
@@ -197,7 +201,14 @@ class GlobalAvgPool(wiring.Component):
         # as an undriven, unused net.
         beat = Signal(range(max(nb, 2)))
         pixel = Signal(range(max(pixels, 2)))
-        last_pixel = pixel == pixels - 1
+        # "This beat belongs to the image's last pixel": a register kept equal, cycle for
+        # cycle, to pixel == pixels - 1 (it takes last_next below), so the zeroing of the
+        # running sums and the hold-bank write enable start at a flip-flop, not at a compare
+        # of the pixel counter.
+        if pixels == 1:
+            last_pixel = Const(1, 1)
+        else:
+            last_pixel = Signal(name="last_q")
         pending = Signal(range(self.fifo_depth + 1))
         # i.ready is a register: each variant computes next cycle's value from the next
         # state (same value, cycle for cycle, as the combinational form), so the beat-accept
@@ -213,33 +224,33 @@ class GlobalAvgPool(wiring.Component):
         else:
             last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
-        # "This beat belongs to the image's first pixel", a register computed from the next
-        # state like ready_q: it selects 0 instead of the running sum in every lane's adder
-        # (lanes × sum_bits loads), and as a compare of the pixel counter that fan-out was the
-        # block's critical path (pixel → compare → ~6 ns of routing → adders: 84 MHz).
-        if pixels == 1:
-            first = Const(1, 1)
-        else:
-            first = Signal(init=1, name="first_q")
-            m.d.sync += first.eq(Mux(take & (beat == nb - 1), last_pixel, pixel == 0))
+            m.d.sync += last_pixel.eq(last_next)
 
-        # (Data registers have no reset: the first pixel restarts the sums.)
         # The rows of running sums rotate by one on every accepted beat, so the row of the
         # current beat is always sums[0] (after NB beats, a whole pixel, they are back in
         # order): no NB-way row mux selected by the beat counter in front of every adder
         # (its fan-out was the block's critical path once the first-pixel flag was a
         # register: 90.9 MHz), and no write decode.
-        sums = [Signal(sum_layout, name=f"sum{b}", reset_less=True) for b in range(nb)]
+        # The next image restarts from 0 because the last pixel's beats write 0 back (the
+        # completed sums leave through `new` to the Requant side). A "first pixel" select of
+        # 0 or the sum in front of every adder instead (lanes × sum_bits loads of one flag)
+        # was the 85F digits design's critical path, 10.05 ns with ~4 ns of it the flag's
+        # fan-out: now the adder is sum register → carry chain, and the zeroing, a constant
+        # under take & last_q, is a synchronous set/reset of the flip-flops (their LSR
+        # pin), off the data path. The sums are reset with the domain, so a reset in the
+        # middle of an image (the board's reset follows the PLL lock) cannot leave a
+        # partial sum for the first image after it.
+        sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
         cur = sums[0]
         new = Signal(sum_layout)
         for k in range(lanes):
             # Lanes never mix, so a padding lane's garbage only reaches that padding lane's
             # output (don't-care by the stream convention): no input mask is needed.
-            # The first pixel restarts the sum, so the previous image needs no clearing cycle.
-            m.d.comb += new[k].eq(Mux(first, 0, cur[k]) + self.i.payload.data[k])
+            m.d.comb += new[k].eq(cur[k] + self.i.payload.data[k])
 
         with m.If(take):
-            m.d.sync += [a.eq(b) for a, b in zip(sums, sums[1:] + [new])]
+            m.d.sync += [a.eq(b) for a, b in zip(sums, sums[1:])]
+            m.d.sync += sums[-1].eq(Mux(last_pixel, 0, new))
             with m.If(beat == nb - 1):
                 m.d.sync += beat.eq(0)
                 m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))
