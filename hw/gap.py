@@ -225,6 +225,19 @@ class GlobalAvgPool(wiring.Component):
             last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
             m.d.sync += last_pixel.eq(last_next)
+        # "This beat is beat b of the image's last pixel", one register per beat, also kept
+        # equal cycle for cycle to last_pixel & (beat == b) (computed from the next state):
+        # the hold-bank write enables and the drain start are then one AND of registers
+        # (take & lb[b]) instead of a compare of the beat counter after the take strobe.
+        # That chain (rs9_r valid -> take -> beat/last compare -> the hold CE net spread over
+        # the bank -> drain counters -> step_q, 11.15 ns) was the 85F digits critical path
+        # of a seed once the first-pixel select was gone. Separate flip-flops from last_q, so
+        # these few control loads do not share last_q's net to the hundreds of sum bits.
+        beat_next = Mux(take, Mux(beat == nb - 1, 0, beat + 1), beat)
+        lb = [Signal(init=int(b == 0 and pixels == 1), name=f"lastbeat{b}_q")
+              for b in range(nb)]
+        for b in range(nb):
+            m.d.sync += lb[b].eq(last_next & (beat_next == b))
 
         # The rows of running sums rotate by one on every accepted beat, so the row of the
         # current beat is always sums[0] (after NB beats, a whole pixel, they are back in
@@ -267,7 +280,7 @@ class GlobalAvgPool(wiring.Component):
             self._direct_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
                                  out_taken, ready, last_next)
         else:
-            self._shared_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+            self._shared_requant(m, take, lb, new, mult, shift, pending, ofifo,
                                  out_taken, ready, last_next)
         return m
 
@@ -297,7 +310,7 @@ class GlobalAvgPool(wiring.Component):
         m.d.comb += [beat_out.data.eq(rq.o.payload.q), beat_out.last.eq(rq.o.payload.tag),
                      ofifo.w_data.eq(beat_out), ofifo.w_en.eq(rq.o.valid)]
 
-    def _shared_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+    def _shared_requant(self, m, take, lb, new, mult, shift, pending, ofifo,
                         out_taken, ready, last_next):
         """The last pixel's sums go to a hold bank, drained through ``rq_lanes`` lanes."""
         lanes, nb = self.lanes, self.nb
@@ -337,26 +350,24 @@ class GlobalAvgPool(wiring.Component):
         with m.If(step):
             # Shift down one slot; the top slot keeps its value (don't-care once drained).
             m.d.sync += [a.eq(b) for a, b in zip(hold, hold[1:])]
-        with m.If(take & last_pixel):
-            with m.Switch(beat):
-                for b in range(nb):
-                    with m.Case(b):
-                        for g in range(groups):
-                            for k in range(r):
-                                c = g * r + k
-                                m.d.sync += hold[b * groups + g][k].eq(
-                                    new[c] if c < lanes else 0)
-            with m.If(beat == nb - 1):
-                m.d.sync += d_beat.eq(0)
+        last_in = take & lb[nb - 1]             # the image's last input beat is taken
+        for b in range(nb):
+            with m.If(take & lb[b]):
+                for g in range(groups):
+                    for k in range(r):
+                        c = g * r + k
+                        m.d.sync += hold[b * groups + g][k].eq(new[c] if c < lanes else 0)
+        with m.If(last_in):
+            m.d.sync += d_beat.eq(0)
         # (Start and end of a drain never coincide: a last-pixel beat is only taken while
         # not draining.)
         m.d.comb += draining_next.eq(draining)
-        with m.If(take & last_pixel & (beat == nb - 1)):
+        with m.If(last_in):
             m.d.comb += draining_next.eq(1)
 
         m.d.comb += [pending_next.eq(pending + (step & (d_grp == 0)) - out_taken),
                      d_grp_next.eq(d_grp)]
-        with m.If(take & last_pixel & (beat == nb - 1)):
+        with m.If(last_in):
             m.d.comb += d_grp_next.eq(0)
         with m.If(step):
             with m.If(d_grp == groups - 1):
