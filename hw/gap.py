@@ -345,18 +345,24 @@ class GlobalAvgPool(wiring.Component):
         # meet in one cycle: a last-pixel beat is only taken while not draining (ready), and
         # the drain starts on the cycle after the last write, so the next image's last pixel
         # finds the bank fully drained. Lanes past the beat (g · r + k >= lanes) hold 0:
-        # don't-care, never gathered. (Two separate Ifs, not If/Elif: the shift enable stays
-        # the step register alone.)
-        with m.If(step):
-            # Shift down one slot; the top slot keeps its value (don't-care once drained).
-            m.d.sync += [a.eq(b) for a, b in zip(hold, hold[1:])]
+        # don't-care, never gathered. Each slot's data select is the step register (shift
+        # if stepping, else the write data) and its clock enable step | write: the write
+        # enable (take & lastbeat_q) then only drives a few enable gates, not the select of
+        # every held bit, so the same term for the drain control below stays a small local
+        # net (a seed's 85F critical path went through that bank-wide net, 11.15 ns).
         last_in = take & lb[nb - 1]             # the image's last input beat is taken
         for b in range(nb):
-            with m.If(take & lb[b]):
-                for g in range(groups):
-                    for k in range(r):
-                        c = g * r + k
-                        m.d.sync += hold[b * groups + g][k].eq(new[c] if c < lanes else 0)
+            for g in range(groups):
+                s = b * groups + g
+                write = [new[g * r + k] if g * r + k < lanes else 0 for k in range(r)]
+                if s + 1 < slots:
+                    with m.If(step | (take & lb[b])):
+                        m.d.sync += [hold[s][k].eq(Mux(step, hold[s + 1][k], write[k]))
+                                     for k in range(r)]
+                else:
+                    # The top slot keeps its value on a shift (don't-care once drained).
+                    with m.If(take & lb[b]):
+                        m.d.sync += [hold[s][k].eq(write[k]) for k in range(r)]
         with m.If(last_in):
             m.d.sync += d_beat.eq(0)
         # (Start and end of a drain never coincide: a last-pixel beat is only taken while
