@@ -22,12 +22,13 @@ class GlobalAvgPool(wiring.Component):
 
     Dataflow. One input beat is accepted per cycle; beat ``b`` of a pixel adds its lanes to
     the ``b``-th row of running sums (registers, ``NB = ceil(channels / lanes)`` rows of
-    ``lanes`` sums, rotated by one row per beat so that the current row is always the first). Each beat of an
-    image's last pixel writes 0 back instead of its completed sum (which goes on to the
-    Requant), so the next image's first pixel adds to zero: no clearing cycle is needed and
-    images follow each other with no gap, and no first-pixel select sits in front of the
-    adders (the sums are also reset to 0, so the first image after a reset starts from
-    zero even if the reset cut an image short). At full rate the per-image
+    ``lanes`` sums, rotated by one row per beat so that the current row is always the
+    first). Each beat of an image's last pixel writes 0 back instead of its completed sum
+    (which goes on to the Requant), so the next image's first pixel adds to zero: no
+    clearing cycle is needed, images follow each other with no gap, and no first-pixel
+    select sits in front of the adders (the sums are also reset to 0, so the first image
+    after a reset starts from zero even if the reset cut an image short). At full rate the
+    per-image
     cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
     on ``o`` :attr:`latency` cycles after its last input beat.
 
@@ -248,11 +249,13 @@ class GlobalAvgPool(wiring.Component):
         # completed sums leave through `new` to the Requant side). A "first pixel" select of
         # 0 or the sum in front of every adder instead (lanes × sum_bits loads of one flag)
         # was the 85F digits design's critical path, 10.05 ns with ~4 ns of it the flag's
-        # fan-out: now the adder is sum register → carry chain, and the zeroing, a constant
-        # under take & last_q, is a synchronous set/reset of the flip-flops (their LSR
-        # pin), off the data path. The sums are reset with the domain, so a reset in the
-        # middle of an image (the board's reset follows the PLL lock) cannot leave a
-        # partial sum for the first image after it.
+        # fan-out: now the adder is sum register → carry chain, and the zeroing is one gate
+        # after the carry chain of the written row only (select last_q, a register), where
+        # the sum would go through to its flip-flop anyway; the path to the hold bank has no
+        # select at all. The sums are reset with the domain (on ECP5 the global reset goes
+        # to the flip-flops' LSR pin), so a reset in the middle of an image (the board's
+        # reset follows the PLL lock) cannot leave a partial sum for the first image after
+        # it.
         sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
         cur = sums[0]
         new = Signal(sum_layout)
