@@ -22,8 +22,13 @@ class GlobalAvgPool(wiring.Component):
 
     Dataflow. One input beat is accepted per cycle; beat ``b`` of a pixel adds its lanes to
     the ``b``-th row of running sums (registers, ``NB = ceil(channels / lanes)`` rows of
-    ``lanes`` sums, rotated by one row per beat so that the current row is always the first). Sums of the next image restart from 0 on its first pixel, so no clearing
-    cycle is needed and images follow each other with no gap: at full rate the per-image
+    ``lanes`` sums, rotated by one row per beat so that the current row is always the
+    first). Each beat of an image's last pixel writes 0 back instead of its completed sum
+    (which goes on to the Requant), so the next image's first pixel adds to zero: no
+    clearing cycle is needed, images follow each other with no gap, and no first-pixel
+    select sits in front of the adders (the sums are also reset to 0, so the first image
+    after a reset starts from zero even if the reset cut an image short). At full rate the
+    per-image
     cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
     on ``o`` :attr:`latency` cycles after its last input beat.
 
@@ -197,7 +202,14 @@ class GlobalAvgPool(wiring.Component):
         # as an undriven, unused net.
         beat = Signal(range(max(nb, 2)))
         pixel = Signal(range(max(pixels, 2)))
-        last_pixel = pixel == pixels - 1
+        # "This beat belongs to the image's last pixel": a register kept equal, cycle for
+        # cycle, to pixel == pixels - 1 (it takes last_next below), so the zeroing of the
+        # running sums and the hold-bank write enable start at a flip-flop, not at a compare
+        # of the pixel counter.
+        if pixels == 1:
+            last_pixel = Const(1, 1)
+        else:
+            last_pixel = Signal(name="last_q")
         pending = Signal(range(self.fifo_depth + 1))
         # i.ready is a register: each variant computes next cycle's value from the next
         # state (same value, cycle for cycle, as the combinational form), so the beat-accept
@@ -213,33 +225,48 @@ class GlobalAvgPool(wiring.Component):
         else:
             last_next = Mux(take & (beat == nb - 1), pixel == pixels - 2, last_pixel)
 
-        # "This beat belongs to the image's first pixel", a register computed from the next
-        # state like ready_q: it selects 0 instead of the running sum in every lane's adder
-        # (lanes × sum_bits loads), and as a compare of the pixel counter that fan-out was the
-        # block's critical path (pixel → compare → ~6 ns of routing → adders: 84 MHz).
-        if pixels == 1:
-            first = Const(1, 1)
-        else:
-            first = Signal(init=1, name="first_q")
-            m.d.sync += first.eq(Mux(take & (beat == nb - 1), last_pixel, pixel == 0))
+            m.d.sync += last_pixel.eq(last_next)
+        # "This beat is beat b of the image's last pixel", one register per beat, also kept
+        # equal cycle for cycle to last_pixel & (beat == b) (computed from the next state):
+        # the hold-bank write enables and the drain start are then one AND of registers
+        # (take & lb[b]) instead of a compare of the beat counter after the take strobe.
+        # That chain (rs9_r valid -> take -> beat/last compare -> the hold CE net spread over
+        # the bank -> drain counters -> step_q, 11.15 ns) was the 85F digits critical path
+        # of a seed once the first-pixel select was gone. Separate flip-flops from last_q, so
+        # these few control loads do not share last_q's net to the hundreds of sum bits.
+        beat_next = Mux(take, Mux(beat == nb - 1, 0, beat + 1), beat)
+        lb = [Signal(init=int(b == 0 and pixels == 1), name=f"lastbeat{b}_q")
+              for b in range(nb)]
+        for b in range(nb):
+            m.d.sync += lb[b].eq(last_next & (beat_next == b))
 
-        # (Data registers have no reset: the first pixel restarts the sums.)
         # The rows of running sums rotate by one on every accepted beat, so the row of the
         # current beat is always sums[0] (after NB beats, a whole pixel, they are back in
         # order): no NB-way row mux selected by the beat counter in front of every adder
         # (its fan-out was the block's critical path once the first-pixel flag was a
         # register: 90.9 MHz), and no write decode.
-        sums = [Signal(sum_layout, name=f"sum{b}", reset_less=True) for b in range(nb)]
+        # The next image restarts from 0 because the last pixel's beats write 0 back (the
+        # completed sums leave through `new` to the Requant side). A "first pixel" select of
+        # 0 or the sum in front of every adder instead (lanes × sum_bits loads of one flag)
+        # was the 85F digits design's critical path, 10.05 ns with ~4 ns of it the flag's
+        # fan-out: now the adder is sum register → carry chain, and the zeroing is one gate
+        # after the carry chain of the written row only (select last_q, a register), where
+        # the sum would go through to its flip-flop anyway; the path to the hold bank has no
+        # select at all. The sums are reset with the domain (on ECP5 the global reset goes
+        # to the flip-flops' LSR pin), so a reset in the middle of an image (the board's
+        # reset follows the PLL lock) cannot leave a partial sum for the first image after
+        # it.
+        sums = [Signal(sum_layout, name=f"sum{b}") for b in range(nb)]
         cur = sums[0]
         new = Signal(sum_layout)
         for k in range(lanes):
             # Lanes never mix, so a padding lane's garbage only reaches that padding lane's
             # output (don't-care by the stream convention): no input mask is needed.
-            # The first pixel restarts the sum, so the previous image needs no clearing cycle.
-            m.d.comb += new[k].eq(Mux(first, 0, cur[k]) + self.i.payload.data[k])
+            m.d.comb += new[k].eq(cur[k] + self.i.payload.data[k])
 
         with m.If(take):
-            m.d.sync += [a.eq(b) for a, b in zip(sums, sums[1:] + [new])]
+            m.d.sync += [a.eq(b) for a, b in zip(sums, sums[1:])]
+            m.d.sync += sums[-1].eq(Mux(last_pixel, 0, new))
             with m.If(beat == nb - 1):
                 m.d.sync += beat.eq(0)
                 m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))
@@ -256,7 +283,7 @@ class GlobalAvgPool(wiring.Component):
             self._direct_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
                                  out_taken, ready, last_next)
         else:
-            self._shared_requant(m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+            self._shared_requant(m, take, lb, new, mult, shift, pending, ofifo,
                                  out_taken, ready, last_next)
         return m
 
@@ -286,7 +313,7 @@ class GlobalAvgPool(wiring.Component):
         m.d.comb += [beat_out.data.eq(rq.o.payload.q), beat_out.last.eq(rq.o.payload.tag),
                      ofifo.w_data.eq(beat_out), ofifo.w_en.eq(rq.o.valid)]
 
-    def _shared_requant(self, m, take, last_pixel, beat, new, mult, shift, pending, ofifo,
+    def _shared_requant(self, m, take, lb, new, mult, shift, pending, ofifo,
                         out_taken, ready, last_next):
         """The last pixel's sums go to a hold bank, drained through ``rq_lanes`` lanes."""
         lanes, nb = self.lanes, self.nb
@@ -321,31 +348,35 @@ class GlobalAvgPool(wiring.Component):
         # meet in one cycle: a last-pixel beat is only taken while not draining (ready), and
         # the drain starts on the cycle after the last write, so the next image's last pixel
         # finds the bank fully drained. Lanes past the beat (g · r + k >= lanes) hold 0:
-        # don't-care, never gathered. (Two separate Ifs, not If/Elif: the shift enable stays
-        # the step register alone.)
-        with m.If(step):
-            # Shift down one slot; the top slot keeps its value (don't-care once drained).
-            m.d.sync += [a.eq(b) for a, b in zip(hold, hold[1:])]
-        with m.If(take & last_pixel):
-            with m.Switch(beat):
-                for b in range(nb):
-                    with m.Case(b):
-                        for g in range(groups):
-                            for k in range(r):
-                                c = g * r + k
-                                m.d.sync += hold[b * groups + g][k].eq(
-                                    new[c] if c < lanes else 0)
-            with m.If(beat == nb - 1):
-                m.d.sync += d_beat.eq(0)
+        # don't-care, never gathered. Each slot's data select is the step register (shift
+        # if stepping, else the write data) and its clock enable step | write: the write
+        # enable (take & lastbeat_q) then only drives a few enable gates, not the select of
+        # every held bit, so the same term for the drain control below stays a small local
+        # net (a seed's 85F critical path went through that bank-wide net, 11.15 ns).
+        last_in = take & lb[nb - 1]             # the image's last input beat is taken
+        for b in range(nb):
+            for g in range(groups):
+                s = b * groups + g
+                write = [new[g * r + k] if g * r + k < lanes else 0 for k in range(r)]
+                if s + 1 < slots:
+                    with m.If(step | (take & lb[b])):
+                        m.d.sync += [hold[s][k].eq(Mux(step, hold[s + 1][k], write[k]))
+                                     for k in range(r)]
+                else:
+                    # The top slot keeps its value on a shift (don't-care once drained).
+                    with m.If(take & lb[b]):
+                        m.d.sync += [hold[s][k].eq(write[k]) for k in range(r)]
+        with m.If(last_in):
+            m.d.sync += d_beat.eq(0)
         # (Start and end of a drain never coincide: a last-pixel beat is only taken while
         # not draining.)
         m.d.comb += draining_next.eq(draining)
-        with m.If(take & last_pixel & (beat == nb - 1)):
+        with m.If(last_in):
             m.d.comb += draining_next.eq(1)
 
         m.d.comb += [pending_next.eq(pending + (step & (d_grp == 0)) - out_taken),
                      d_grp_next.eq(d_grp)]
-        with m.If(take & last_pixel & (beat == nb - 1)):
+        with m.If(last_in):
             m.d.comb += d_grp_next.eq(0)
         with m.If(step):
             with m.If(d_grp == groups - 1):

@@ -200,3 +200,60 @@ def test_gap_cycle_model_is_exact(case):
     period, _ = measure_image_period(dut, beats, n * dut.nb,
                                      params=gap_param_words(0, 1000, 12))
     assert period == dut.resources().cycles == h * w * dut.nb
+
+
+# ---- a reset in the middle of an image: the next image starts from zero sums -------------
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 2), (2, 2, 3, 1), (4, 1, 9, 4)])
+def test_gap_reset_mid_image(shape):
+    """Part of an image (at least one beat, never its last pixel), then a reset, then the
+    parameters again and two whole images: both must equal the golden model. The running
+    sums are zeroed by the image's last pixel, not by a first-pixel select, so a reset that
+    cuts an image short must clear them itself (the board's reset follows the PLL lock);
+    without it the first image after the reset would start from the partial sums.
+    (2, 2, 3, 1) is the direct-Requant variant with H·W > 1, the others the shared one."""
+    from amaranth.hdl import ClockDomain, Module
+    from amaranth.sim import Simulator
+    from shiftacc.sim.streamtb import receive, send
+
+    height, width, channels, lanes = shape
+    rng, _ = make_rng(f"test_gap_reset_mid_image[{shape}]")
+    mult, sh = random_requant(rng, height, width, 8, 8)
+    dut = GlobalAvgPool(width=width, height=height, channels=channels, lanes=lanes,
+                        in_bits=8, act_bits=8)
+    assert (dut.rq_groups == 1) == (lanes == 1)
+    top = Module()
+    top.domains.sync = cd = ClockDomain()
+    top.submodules.dut = dut
+    words = gap_param_words(0, mult, sh)
+    pixels = height * width
+    # Large values, so leftover partial sums would change the results.
+    prefix = [b for px in range(pixels - 1) for b in pixel_beats(
+        [rng.randrange(128, 256) for _ in range(channels)], lanes, 8, False, rng)]
+    prefix = prefix[:rng.randint(1, len(prefix))]
+    images = np.array([[[[rng.randrange(256) for _ in range(channels)] for _ in range(width)]
+                        for _ in range(height)] for _ in range(2)], np.int64)
+    beats = [b for img in images for n, px in enumerate(img.reshape(-1, channels))
+             for b in pixel_beats(px, lanes, 8, n == pixels - 1, rng)]
+    got = []
+
+    async def bench(ctx):
+        await send_params(ctx, dut.params, words, rng, 0.3)
+        await send(ctx, dut.i, prefix, rng, 0.3)
+        ctx.set(cd.rst, 1)
+        for _ in range(2):
+            await ctx.tick()
+        ctx.set(cd.rst, 0)
+        await send_params(ctx, dut.params, words, rng, 0.3)
+        await send(ctx, dut.i, beats, rng, 0.3)
+
+    async def sink(ctx):
+        out = await receive(ctx, dut.o, 2 * dut.nb, rng, 0.3)
+        got.extend(([int(p.data[k]) for k in range(lanes)], int(p.last)) for p in out)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_testbench(sink)
+    sim.run_until(1e-8 * (500 + 10 * (len(prefix) + len(beats))))
+    check_gap(got, gap(images, mult, sh, 8).reshape(2, channels), channels, lanes)
