@@ -108,7 +108,8 @@ class RegisterSlice(wiring.Component):
     stalls lands there and nothing is lost; one beat per cycle passes while ``o.ready`` stays
     high. Timing: the only combinational paths through it are ``o.ready`` → its output
     register's enable and the valid flags (the skid register loads whenever it is empty),
-    and ``i.payload``/``i.valid`` → its output registers. At a block boundary of the whole design these are short (the slice sits next to one side),
+    and ``i.payload``/``i.valid`` → its output registers. At a block boundary of the whole
+    design these are short (the slice sits next to one side),
     whereas a FIFO's write data, read enable and level logic otherwise sit at the far end of
     a route across the die from the block whose comb ``valid``/``ready`` they take.
 
