@@ -28,9 +28,8 @@ class GlobalAvgPool(wiring.Component):
     clearing cycle is needed, images follow each other with no gap, and no first-pixel
     select sits in front of the adders (the sums are also reset to 0, so the first image
     after a reset starts from zero even if the reset cut an image short). At full rate the
-    per-image
-    cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last output beat is
-    on ``o`` :attr:`latency` cycles after its last input beat.
+    per-image cost is exactly ``H · W · NB`` input cycles (overhead 0); the image's last
+    output beat is on ``o`` :attr:`latency` cycles after its last input beat.
 
     Requant. The completed sums of the image's last pixel are requantized with the single
     ``(m, sh)`` (the same pair on every Requant lane) and go to an output FIFO:
