@@ -174,8 +174,9 @@ class DeviceModel:
         self.counters["last_drop"] = reason
         return self._reply(command, seq, bytes((reason.value,)))
 
-    def _ok(self, frame, body=b""):
-        self.counters["frames_ok"] += 1
+    def _ok(self, frame, body=b"", counted=True):
+        if counted:
+            self.counters["frames_ok"] += 1
         return self._reply(frame.command | P.REPLY, frame.seq, b"\x00" + bytes(body))
 
     # --- execution (rules 2 and 4) -----------------------------------------------------
@@ -196,7 +197,7 @@ class DeviceModel:
             # As the gateware: the counters are cleared where RESET executes, and RESET is
             # not counted among frames_ok (its reply is still OK, and its bytes are sent).
             self.reset_state()
-            return self._reply(fr.command | P.REPLY, fr.seq, b"\x00")
+            return self._ok(fr, counted=False)
         if cmd is P.Command.LOAD_BEGIN:
             req = P.layout_from_bytes(P.LOAD_BEGIN_LAYOUT, fr.payload)
             if int(req.design_id) != self.design_id or int(req.words) != len(self.words):
