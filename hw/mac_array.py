@@ -169,6 +169,10 @@ class MacArray(wiring.Component):
         ``layer_id`` does not fit the 8-bit layer field.
     """
 
+    #: Input-bank flip-flops per copy of a bank's registered issue strobe (see elaborate):
+    #: small enough that one copy's net stays within a few slices' reach.
+    _ISSUE_FANOUT_BITS = 64
+
     def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
                  requant=True, layer_id=0, banks=1, param_stages=2):
         for name, value in (("cin", cin), ("cout", cout), ("p_in", p_in), ("p_out", p_out)):
@@ -497,13 +501,36 @@ class MacArray(wiring.Component):
         # 10.99 ns).
         below_last = Signal()
         m.d.comb += below_last.eq(pending < self.fifo_depth - 1)
-        m.d.sync += [pending.eq(pending_n),
-                     credit.eq(Mux(emitted & ~out_taken, below_last,
-                                   Mux(out_taken & ~emitted, 1, credit))),
-                     rfull.eq(Mux(rbank_n, full_n[1], full_n[0]))]
+        credit_n, rfull_n = Signal(name="credit_next"), Signal(name="rfull_next")
+        m.d.comb += [credit_n.eq(Mux(emitted & ~out_taken, below_last,
+                                     Mux(out_taken & ~emitted, 1, credit))),
+                     rfull_n.eq(Mux(rbank_n, full_n[1], full_n[0]))]
+        m.d.sync += [pending.eq(pending_n), credit.eq(credit_n), rfull.eq(rfull_n)]
         if nbi > 1:
             # fi next: 0 after the last fold, fi + 1 after another issue, else unchanged.
-            m.d.sync += last_fold.eq(Mux(issue, ~last_fold & (fi == nbi - 2), last_fold))
+            last_fold_n = Signal(name="last_fold_next")
+            m.d.comb += last_fold_n.eq(Mux(issue, ~last_fold & (fi == nbi - 2), last_fold))
+            m.d.sync += last_fold.eq(last_fold_n)
+        else:
+            last_fold_n = Const(1, 1)
+        # The issue strobe of each bank, as registers equal cycle for cycle to
+        # ``issue & (rbank == b)`` (the same function of the registers' next values), one
+        # copy per group of at most ``_ISSUE_FANOUT_BITS`` bank flip-flops. It is the select
+        # of every bank flip-flop's data mux (rotate / load): as one LUT of the sequencer's
+        # registers its net reached all 2 x NBi beats, and with a LUT or two in front of it
+        # that fan-out was the 85F digits design's critical path (L4.conv: last_fold_q ->
+        # issue -> issue & rbank -> xbuf1_0's data mux, 10.0 ns, 8.8 ns of it routing).
+        # A copy drives only its group, so each net stays local. The copies have the same
+        # next-state function, so they carry ``keep``: Yosys' opt_merge would otherwise
+        # merge them back into one flip-flop.
+        issue_n = Signal(name="issue_next")
+        m.d.comb += issue_n.eq(rfull_n & (~last_fold_n | credit_n))
+        per_copy = max(1, self._ISSUE_FANOUT_BITS // ib)    # lanes per copy
+        n_copies = -(-(nbi * p_in) // per_copy)
+        issue_q = [[Signal(name=f"issue{b}_q{g}", attrs={"keep": 1}) for g in range(n_copies)]
+                   for b in range(2)]
+        for b in range(2):
+            m.d.sync += [q.eq(issue_n & (rbank_n == b)) for q in issue_q[b]]
 
         # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
         sel0 = Mux(rbank, bank_sel[1], bank_sel[0])
@@ -517,11 +544,15 @@ class MacArray(wiring.Component):
         # NBi-way one behind an index adder (the classifier's 48 folds: a 96-way mux that
         # limited the block to 69 MHz on an ECP5). Never the bank being filled: the writer
         # only fills a bank that is not full, the reader only issues from a full one.
+        # Lane ``l`` of beat ``k`` listens to copy ``(k * p_in + l) // per_copy`` of its
+        # bank's issue strobe.
         if nbi > 1:
             for b in range(2):
-                with m.If(issue & (rbank == b)):
-                    for k in range(nbi):
-                        m.d.sync += bank_regs[b * nbi + k].eq(bank_regs[b * nbi + (k + 1) % nbi])
+                for k in range(nbi):
+                    for lane in range(p_in):
+                        with m.If(issue_q[b][(k * p_in + lane) // per_copy]):
+                            m.d.sync += bank_regs[b * nbi + k][lane].eq(
+                                bank_regs[b * nbi + (k + 1) % nbi][lane])
         x1 = Signal(beat_layout, reset_less=True)
         v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
         j1 = _index(nbo, "j1")
