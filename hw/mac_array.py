@@ -10,6 +10,7 @@ from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .dsp import ecp5_ff_copy
 from .dsp import mult18x18d_registered as _mult18x18d_registered
 from .params import ParamKind, param_bus_signature, param_write_stage
 from .requant import M_BITS, SH_BITS, Requant
@@ -521,16 +522,24 @@ class MacArray(wiring.Component):
         # that fan-out was the 85F digits design's critical path (L4.conv: last_fold_q ->
         # issue -> issue & rbank -> xbuf1_0's data mux, 10.0 ns, 8.8 ns of it routing).
         # A copy drives only its group, so each net stays local. The copies have the same
-        # next-state function, so they carry ``keep``: Yosys' opt_merge would otherwise
-        # merge them back into one flip-flop.
+        # next-state function, and Yosys' opt_merge merges identical inferred flip-flops
+        # (``keep`` on the signal does not stop it), so on an ECP5 each copy is an
+        # instantiated flip-flop (hw.dsp.ecp5_ff_copy); elsewhere they are inferred (and
+        # may merge: one net, the same logic).
         issue_n = Signal(name="issue_next")
         m.d.comb += issue_n.eq(rfull_n & (~last_fold_n | credit_n))
         per_copy = max(1, self._ISSUE_FANOUT_BITS // ib)    # lanes per copy
-        n_copies = -(-(nbi * p_in) // per_copy)
-        issue_q = [[Signal(name=f"issue{b}_q{g}", attrs={"keep": 1}) for g in range(n_copies)]
-                   for b in range(2)]
+        n_copies = -(-(nbi * p_in) // per_copy) if nbi > 1 else 0
+        issue_q = [[Signal(name=f"issue{b}_q{g}") for g in range(n_copies)] for b in range(2)]
+        ecp5 = getattr(platform, "family", None) == "ecp5"
         for b in range(2):
-            m.d.sync += [q.eq(issue_n & (rbank_n == b)) for q in issue_q[b]]
+            issue_bn = Signal(name=f"issue{b}_next")
+            m.d.comb += issue_bn.eq(issue_n & (rbank_n == b))
+            for g, q in enumerate(issue_q[b]):
+                if ecp5:
+                    m.submodules[f"issue{b}_ff{g}"] = ecp5_ff_copy(issue_bn, q)
+                else:
+                    m.d.sync += q.eq(issue_bn)
 
         # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
         sel0 = Mux(rbank, bank_sel[1], bank_sel[0])
