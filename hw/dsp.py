@@ -7,9 +7,9 @@ design (47 MHz, issue #9). Instantiating the block with its A/B input registers 
 register clocked makes each side a register-to-register hop that nextpnr times on its own.
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, signed
 
-__all__ = ["mult18x18d_registered", "fits_mult18x18d"]
+__all__ = ["mult18x18d_registered", "fits_mult18x18d", "ecp5_ff_copy"]
 
 
 def fits_mult18x18d(a_shape, b_shape):
@@ -61,4 +61,20 @@ def mult18x18d_registered(a, b, product, *, input_registers=True):
     m = Module()
     m.submodules.dsp = inst
     m.d.comb += [a18.eq(a), b18.eq(b), product.eq(p36)]
+    return m
+
+
+def ecp5_ff_copy(d, q):
+    """An ECP5 flip-flop (``FD1S3AX``, clocked by ``sync``) loading ``d`` into ``q``, reset
+    to 0 with the ``sync`` domain: the same as ``m.d.sync += q.eq(d)`` for a 1-bit ``q`` of
+    reset value 0, but an instantiated cell, which Yosys' ``opt_merge`` never merges with
+    another copy of the same ``d`` (it merges identical inferred flip-flops, ``keep`` or
+    not). For deliberate duplicates that split a high fan-out. The domain's reset goes in
+    through ``d`` (one LUT input), not the flip-flop's LSR: powered up at 0 (GSR disabled:
+    the cell's init value)."""
+    m = Module()
+    d_rst = Signal(name="d")
+    m.d.comb += d_rst.eq(Mux(ResetSignal("sync", allow_reset_less=True), 0, d))
+    m.submodules.ff = Instance("FD1S3AX", p_GSR="DISABLED",
+                               i_CK=ClockSignal("sync"), i_D=d_rst, o_Q=q)
     return m

@@ -10,6 +10,7 @@ from amaranth.lib import data, fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .dsp import ecp5_ff_copy
 from .dsp import mult18x18d_registered as _mult18x18d_registered
 from .params import ParamKind, param_bus_signature, param_write_stage
 from .requant import M_BITS, SH_BITS, Requant
@@ -168,6 +169,10 @@ class MacArray(wiring.Component):
         A shape parameter is not a positive integer, a width is out of range, or
         ``layer_id`` does not fit the 8-bit layer field.
     """
+
+    #: Input-bank flip-flops per copy of a bank's registered issue strobe (see elaborate):
+    #: small enough that one copy's net stays within a few slices' reach.
+    _ISSUE_FANOUT_BITS = 64
 
     def __init__(self, *, cin, cout, p_in, p_out, in_bits, weight_bits, act_bits,
                  requant=True, layer_id=0, banks=1, param_stages=2):
@@ -401,9 +406,10 @@ class MacArray(wiring.Component):
         full = [Signal(name=f"full{b}") for b in range(2)]
         # Next values of full/rbank/pending/fi (comb, defaults here, set below): the fold
         # sequencer's issue condition is computed from registers of their next values, so
-        # the issue strobe that clock-enables every input-bank register (the classifier:
-        # 2 x 48 beats) is one LUT from three flip-flops (109.6 MHz on an ECP5 with the
-        # credit compare and the bank's full-flag mux in front of that fan-out).
+        # the issue strobe is one LUT from three flip-flops (109.6 MHz on an ECP5 with the
+        # credit compare and the bank's full-flag mux in front of the input banks), and the
+        # strobe that selects every input-bank register's rotate (the classifier: 2 x 48
+        # beats) is itself a register of that next state, in copies (see the sequencer).
         full_n = [Signal(name=f"full{b}_next") for b in range(2)]
         m.d.comb += [full_n[b].eq(full[b]) for b in range(2)]
         m.d.sync += [full[b].eq(full_n[b]) for b in range(2)]
@@ -497,13 +503,45 @@ class MacArray(wiring.Component):
         # 10.99 ns).
         below_last = Signal()
         m.d.comb += below_last.eq(pending < self.fifo_depth - 1)
-        m.d.sync += [pending.eq(pending_n),
-                     credit.eq(Mux(emitted & ~out_taken, below_last,
-                                   Mux(out_taken & ~emitted, 1, credit))),
-                     rfull.eq(Mux(rbank_n, full_n[1], full_n[0]))]
+        credit_n, rfull_n = Signal(name="credit_next"), Signal(name="rfull_next")
+        m.d.comb += [credit_n.eq(Mux(emitted & ~out_taken, below_last,
+                                     Mux(out_taken & ~emitted, 1, credit))),
+                     rfull_n.eq(Mux(rbank_n, full_n[1], full_n[0]))]
+        m.d.sync += [pending.eq(pending_n), credit.eq(credit_n), rfull.eq(rfull_n)]
         if nbi > 1:
             # fi next: 0 after the last fold, fi + 1 after another issue, else unchanged.
-            m.d.sync += last_fold.eq(Mux(issue, ~last_fold & (fi == nbi - 2), last_fold))
+            last_fold_n = Signal(name="last_fold_next")
+            m.d.comb += last_fold_n.eq(Mux(issue, ~last_fold & (fi == nbi - 2), last_fold))
+            m.d.sync += last_fold.eq(last_fold_n)
+        else:
+            last_fold_n = Const(1, 1)
+        # The issue strobe of each bank, as registers equal cycle for cycle to
+        # ``issue & (rbank == b)`` (the same function of the registers' next values), one
+        # copy per group of at most ``_ISSUE_FANOUT_BITS`` bank flip-flops. It is the select
+        # of every bank flip-flop's data mux (rotate / load): as one LUT of the sequencer's
+        # registers its net reached all 2 x NBi beats, and with a LUT or two in front of it
+        # that fan-out was the 85F digits design's critical path (L4.conv: last_fold_q ->
+        # issue -> issue & rbank -> xbuf1_0's data mux, 10.0 ns, 8.8 ns of it routing:
+        # 99.89 MHz at seed 1; 103.92 MHz with the copies, the path gone from the top).
+        # A copy drives only its group, so each net stays local. The copies have the same
+        # next-state function, and Yosys' opt_merge merges identical inferred flip-flops
+        # (``keep`` on the signal does not stop it), so on an ECP5 each copy is an
+        # instantiated flip-flop (hw.dsp.ecp5_ff_copy); elsewhere they are inferred (and
+        # may merge: one net, the same logic).
+        issue_n = Signal(name="issue_next")
+        m.d.comb += issue_n.eq(rfull_n & (~last_fold_n | credit_n))
+        per_copy = max(1, self._ISSUE_FANOUT_BITS // ib)    # lanes per copy
+        n_copies = -(-(nbi * p_in) // per_copy) if nbi > 1 else 0
+        issue_q = [[Signal(name=f"issue{b}_q{g}") for g in range(n_copies)] for b in range(2)]
+        ecp5 = getattr(platform, "family", None) == "ecp5"
+        for b in range(2):
+            issue_bn = Signal(name=f"issue{b}_next")
+            m.d.comb += issue_bn.eq(issue_n & (rbank_n == b))
+            for g, q in enumerate(issue_q[b]):
+                if ecp5:
+                    m.submodules[f"issue{b}_ff{g}"] = ecp5_ff_copy(issue_bn, q)
+                else:
+                    m.d.sync += q.eq(issue_bn)
 
         # Stage 0 -> 1: weight row read (sync RAM) and the selected input beat.
         sel0 = Mux(rbank, bank_sel[1], bank_sel[0])
@@ -517,11 +555,15 @@ class MacArray(wiring.Component):
         # NBi-way one behind an index adder (the classifier's 48 folds: a 96-way mux that
         # limited the block to 69 MHz on an ECP5). Never the bank being filled: the writer
         # only fills a bank that is not full, the reader only issues from a full one.
+        # Lane ``l`` of beat ``k`` listens to copy ``(k * p_in + l) // per_copy`` of its
+        # bank's issue strobe.
         if nbi > 1:
             for b in range(2):
-                with m.If(issue & (rbank == b)):
-                    for k in range(nbi):
-                        m.d.sync += bank_regs[b * nbi + k].eq(bank_regs[b * nbi + (k + 1) % nbi])
+                for k in range(nbi):
+                    for lane in range(p_in):
+                        with m.If(issue_q[b][(k * p_in + lane) // per_copy]):
+                            m.d.sync += bank_regs[b * nbi + k][lane].eq(
+                                bank_regs[b * nbi + (k + 1) % nbi][lane])
         x1 = Signal(beat_layout, reset_less=True)
         v1, first1, lastf1, last1 = Signal(), Signal(), Signal(), Signal()
         j1 = _index(nbo, "j1")

