@@ -190,7 +190,8 @@ def _widths(config):
         "dim": aw + 1,
         "cin": ceil_log2(config.gather_rows + 1),
         "cout": ceil_log2(config.channel_rows + 1),
-        "wrow": ceil_log2(config.weight_rows + 1),
+        # (with a weight store the program's wbase and the group's row are store rows)
+        "wrow": ceil_log2((config.weight_store or config.weight_rows) + 1),
         # |w * x| <= 128 * 255 < 2**15; a sum of at most gather_rows of them.
         "acc": min(32, 16 + ceil_log2(config.gather_rows)),
         # A gap sum: at most fm_words values of at most 255.
@@ -275,7 +276,10 @@ def overlay_engine_cost(config, cycles=0):
     else:
         hi = Multiplier.amaranth("requant.hi", r, 16, True, M_BITS, False)
     mults = [mac, Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False), hi]
-    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
+    # (with a weight store the banks are 16 bits wide, two lanes of a store row each, and
+    # the weights table is the weight cache)
+    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 16 if c.weight_store else 8)
+            for buf in "XY" for bank in "eo"]
     mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
     depth = -(-c.channel_rows // r)
     for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
@@ -366,29 +370,38 @@ class OverlayEngine(wiring.Component):
             rp = _ReadView(rp, collision_read(m, rp, [wp]))
         return wp, rp
 
-    def _fm_bank(self, m, name, aw):
+    def _fm_bank(self, m, name, aw, hi=None):
         """One single-port feature-map bank (``SB_SPRAM256KA`` semantics: one read or one write
-        a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata)."""
+        a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata,
+        dout): ``dout`` is the whole word read (16 bits with a weight store, whose rows use
+        both bytes; the maps use the low byte). With a weight store a write goes to the high
+        byte when ``hi`` is set (a weight-store parameter word; ``wdata`` on both bytes, the
+        ``SB_SPRAM256KA``'s nibble mask picks one)."""
         addr = Signal(aw, name=f"{name}_addr")
         wdata = Signal(8, name=f"{name}_wdata")
         we = Signal(name=f"{name}_we")
         rdata = Signal(8, name=f"{name}_rdata")
+        store = bool(self.config.weight_store)
+        dout = Signal(16 if store else 8, name=f"{name}_dout")
         if self.config.primitives == "ice40":
-            dout = Signal(16, name=f"{name}_dout")
+            dout16 = Signal(16, name=f"{name}_dout16")
             m.submodules[name] = Instance(
                 "SB_SPRAM256KA",
-                i_ADDRESS=addr, i_DATAIN=Cat(wdata, C(0, 8)), i_MASKWREN=C(0b0011, 4),
+                i_ADDRESS=addr, i_DATAIN=Cat(wdata, wdata if store else C(0, 8)),
+                i_MASKWREN=Mux(hi, C(0b1100, 4), C(0b0011, 4)) if store else C(0b0011, 4),
                 i_WREN=we, i_CHIPSELECT=C(1, 1), i_CLOCK=ClockSignal(), i_STANDBY=C(0, 1),
-                i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout)
-            m.d.comb += rdata.eq(dout[:8])
+                i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout16)
+            m.d.comb += dout.eq(dout16[:len(dout)])
         else:
-            mem = memory.Memory(shape=unsigned(8), depth=self.config.fm_words, init=[])
+            mem = memory.Memory(shape=unsigned(len(dout)), depth=self.config.fm_words, init=[])
             m.submodules[name] = mem
-            wp = mem.write_port()
+            wp = mem.write_port(granularity=8 if store else None)
             rp = mem.read_port(domain="sync")
-            m.d.comb += [wp.addr.eq(addr), wp.data.eq(wdata), wp.en.eq(we),
-                         rp.addr.eq(addr), rdata.eq(rp.data)]
-        return addr, wdata, we, rdata
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(Cat(wdata, wdata) if store else wdata),
+                         wp.en.eq(Cat(we & ~hi, we & hi) if store else we),
+                         rp.addr.eq(addr), dout.eq(rp.data)]
+        m.d.comb += rdata.eq(dout[:8])
+        return addr, wdata, we, rdata, dout
 
     # --- elaboration ------------------------------------------------------------------------
 
@@ -429,6 +442,7 @@ class OverlayEngine(wiring.Component):
         pv_bus = Signal()
         m.d.comb += pv_bus.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
         row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
+                                        cfg.weight_store,
                                         cfg.channel_rows,
                                         cfg.attention_rows if cfg.attention else 1)))
         lane_bits = max(1, ceil_log2(max(FIELD_SLOTS, P)))
@@ -483,12 +497,17 @@ class OverlayEngine(wiring.Component):
                     "bdata": Signal(32, name="dyn_bdata")}
         wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8,
                                collision_free=pfree)
-        if dynw is None:
+        # With a weight store the table is the weight cache: written only by the copy
+        # before a group (below, from the banks), read only while no copy runs.
+        store = bool(cfg.weight_store)
+        if store:
+            pass
+        elif dynw is None:
             m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
         else:
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
-        for lane in range(P):
+        for lane in range(0 if store else P):
             pen = param_hit(f"weight{lane}", (bkind == ParamKind.WEIGHT) & (bus.lane == lane)
                             & _below(bus.row, cfg.weight_rows))
             if dynw is not None:
@@ -528,19 +547,37 @@ class OverlayEngine(wiring.Component):
             tables[name] = ports
 
         # ---- feature-map banks: bank (buf, parity), buf 0 = X, 1 = Y ----
-        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw)
+        wq_hi = Signal()       # (weight store) the write is a weight's high byte
+        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw, wq_hi)
                  for buf in range(2) for par in range(2)}
-        # Write request (registered): LOAD and the pass's output share it.
+        # Write request (registered): LOAD, the pass's output and (with a weight store) the
+        # parameter port's weight words share it.
         wq_en = Signal(2)
         wq_addr = Signal(aw)
         wq_data = [Signal(8, name=f"wq_data{b}") for b in range(2)]
         wq_buf = Signal()
         rd_addr = Signal(aw)       # the MAC side's read address (stage 2)
-        for (buf, par), (addr, wdata, we, _) in banks.items():
+        for (buf, par), (addr, wdata, we, _, _) in banks.items():
             write = wq_en[par] & (wq_buf == buf)
             m.d.comb += [we.eq(write), wdata.eq(wq_data[par]),
                          addr.eq(Mux(write, wq_addr, rd_addr))]
         m.d.sync += wq_en.eq(0)
+        wsb = ceil_log2(cfg.weight_store) if store else 0
+        # The store's rows are the banks' top weight_store addresses: row r at
+        # fm_words - weight_store + r, the row's bits below a constant (no adder).
+        store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
+        copying = Signal()     # (weight store) COPY: t's store row is read
+        if store:
+            # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
+            # l & 1, written through the write request's registers in the cycle after the
+            # bus (parameters are written while no image is in flight: LOAD's first value
+            # and a pass's writes never meet it).
+            m.d.sync += wq_hi.eq(0)
+            with m.If(pv_bus & (bkind == ParamKind.WEIGHT) & _below(bus.lane, P)
+                      & _below(bus.row, cfg.weight_store)):
+                m.d.sync += [wq_en.eq(Mux(bus.lane[1], 0b10, 0b01)), wq_buf.eq(bus.lane[2]),
+                             wq_hi.eq(bus.lane[0]), wq_addr.eq(Cat(bus.row[:wsb], store_top)),
+                             wq_data[0].eq(bus.data[:8]), wq_data[1].eq(bus.data[:8])]
 
         # ---- control registers ----
         row = Signal(range(max(cfg.max_passes, 2)))
@@ -747,7 +784,21 @@ class OverlayEngine(wiring.Component):
         att_gat = Signal()                  # DYN: the unit reads the gather table
         att_gaddr = Signal(W["cin"] + 1)
 
+        # With a weight store every group starts with COPY (its rows into the cache), and
+        # groups are never chained (the copy needs the banks: the previous group's writes
+        # must be over).
+        gstart = "COPY" if store else "GSTART"
         with m.FSM(init="SETUP"):
+            if store:
+                with m.State("COPY"):
+                    # cycle t: store row grow + t -> (stage 1) its bank address -> (stage 2)
+                    # the banks' read -> (stage 3) cache row t; the last write falls in
+                    # GSTART, whose 3 cycles come before the first issue's cache read.
+                    m.d.comb += copying.eq(1)
+                    m.d.sync += t.eq(t + 1)
+                    with m.If(t == m1["cin"]):
+                        m.d.sync += t.eq(0)
+                        m.next = "GSTART"
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
@@ -837,7 +888,7 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += in_load.eq(1)
                         m.next = "LOAD"
                     with m.Else():
-                        m.next = "GSTART"
+                        m.next = gstart
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
@@ -847,7 +898,7 @@ class OverlayEngine(wiring.Component):
                     m.next = "SETUP"
                 with m.Elif(self.images.valid & lall):
                     m.d.sync += in_load.eq(0)
-                    m.next = "GSTART"
+                    m.next = gstart
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
@@ -869,12 +920,13 @@ class OverlayEngine(wiring.Component):
                                                          dsteps - 1))),
                                  dsm1.eq(dsteps - 1), dsm2.eq(dsteps - 2),
                                  dr_last.eq(dr_d == dsteps - 1),
-                                 chain.eq((f["last_group"] == P) & ~f["raw"]
+                                 chain.eq(0 if store else
+                                          (f["last_group"] == P) & ~f["raw"]
                                           & (~f["gap"] | _at_least(f["cin"], dfull - _HANDOFF))),
                                  gchain.eq((f["last_group"] == P) & ~f["raw"] & f["gap"]
                                            & _at_least(f["cin"], max(2 * dfull, 10))
                                            & (f["pool"] | (xlast != 0) | (ylast != 0))
-                                           if dfull <= 8 else 0),
+                                           if dfull <= 8 and not store else 0),
                                  gs.eq(0)]
                     m.next = "ISSUE"
             def next_group():
@@ -913,7 +965,7 @@ class OverlayEngine(wiring.Component):
                     m.next = "SETUP"
                 with m.Else():
                     m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
-                    m.next = "GSTART"
+                    m.next = gstart
 
             with m.State("FLUSH"):
                 # Until the group's last write (the per-group registers may change then): the
@@ -1085,7 +1137,18 @@ class OverlayEngine(wiring.Component):
         bx1 = bounds0("bx", sxv, f["w"])
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
-        wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
+        if store:
+            # The cache row is the issue counter (the group's rows were copied to 0..cin-1);
+            # in COPY the counter is the copied row's, grow + t its store row.
+            wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), t)
+            sa1 = reg("sa1", wsb, grow + t)
+            cp1 = reg("cp1", 1, copying)
+            cp2 = reg("cp2", 1, cp1)
+            cp3 = reg("cp3", 1, cp2)
+            ck2 = reg("ck2", len(wa1), wa1)
+            ck3 = reg("ck3", len(wa1), ck2)
+        else:
+            wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
         # stage 1: the read address; dy, dx against the registered thresholds
         gd = gat_r.data
         off = gd[1:1 + aw]
@@ -1094,7 +1157,9 @@ class OverlayEngine(wiring.Component):
         v2 = reg("v2", 1, v1)
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
-        addr2 = reg("addr2", aw, pix1 + off)
+        # (a copy cycle reads the store row instead: no MAC item is in flight then)
+        addr2 = reg("addr2", aw, Mux(cp1, Cat(sa1, store_top), pix1 + off) if store
+                    else pix1 + off)
         def in_bounds(b, d):
             """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
             loall, nlo, hv = b
@@ -1127,6 +1192,11 @@ class OverlayEngine(wiring.Component):
             m.d.comb += wt_r.addr.eq(wa3)
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
+        if store:
+            # The copy's data (the store row read at stage 2 by a copy cycle) into the cache.
+            m.d.comb += [wt_w.addr.eq(ck3), wt_w.en.eq(Mux(cp3, (1 << P) - 1, 0)),
+                         wt_w.data.eq(Cat(*[banks[bp][4] for bp in
+                                            ((0, 0), (0, 1), (1, 0), (1, 1))]))]
         sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
         v4 = reg("v4", 1, v3)
         first4 = reg("first4", 1, first3)

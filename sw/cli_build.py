@@ -195,9 +195,20 @@ def _overlay_plan(args, model, board, say):
             lanes = 2 * (have - 2 * config.requant_units)
             if lanes >= 2:
                 config = dataclasses.replace(config, lanes=min(lanes, 8))
+        # The weights in the SPRAM banks' upper half (8192 rows of 8 lanes: the maps keep
+        # 8192 words a bank, mnist-s's largest uses 6,272) and a 256-row weight cache (4
+        # EBRs instead of the 512-row table's 8), copied into before each group: one
+        # bitstream for digits and mnist-s (docs/boards.md, "What mnist-s on the UP5K would
+        # take"). Only with 8 lanes (four 16-bit banks = one row).
+        if ('"weight_store"' not in text and config.lanes == 8 and not config.attention):
+            config = dataclasses.replace(config, weight_store=8192,
+                                         **({} if '"weight_rows"' in text else
+                                            {"weight_rows": 256}))
         say(f"[build] iCE40: the overlay's ice40 primitives (SB_MAC16 lane pairs, "
             f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes, "
-            f"{config.requant_units} requant unit(s)")
+            f"{config.requant_units} requant unit(s)"
+            + (f", weights in the banks' upper {config.weight_store} addresses"
+               if config.weight_store else ""))
     else:
         config = _size_generic_overlay(config, args, model, board, say)
     try:
