@@ -191,7 +191,7 @@ def _widths(config):
         "cin": ceil_log2(config.gather_rows + 1),
         "cout": ceil_log2(config.channel_rows + 1),
         # (with a weight store the program's wbase and the group's row are store rows)
-        "wrow": ceil_log2((config.weight_store or config.weight_rows) + 1),
+        "wrow": ceil_log2((config.weight_store // 2 or config.weight_rows) + 1),
         # |w * x| <= 128 * 255 < 2**15; a sum of at most gather_rows of them.
         "acc": min(32, 16 + ceil_log2(config.gather_rows)),
         # A gap sum: at most fm_words values of at most 255.
@@ -209,6 +209,11 @@ def _field_widths(config):
               "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
               "gap_ent": W["cout"], "raw": 1, "out_h": dim,
               "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
+    if config.weight_store:
+        # gbase, cbase, gap_ent: entries of the store (the channel tables' address is the
+        # entry modulo channel_rows, where the pass's copy put it)
+        widths["gbase"] = widths["cbase"] = widths["gap_ent"] = \
+            ceil_log2(config.weight_store // 4 + 1)
     if config.attention:
         # An attention pass: op ECA (2) or SAM (3), k taps (ECA, k <= 9) or C (SAM) in cin,
         # its table base in cbase, C in in_c (up to channel_rows).
@@ -370,25 +375,27 @@ class OverlayEngine(wiring.Component):
             rp = _ReadView(rp, collision_read(m, rp, [wp]))
         return wp, rp
 
-    def _fm_bank(self, m, name, aw, hi=None):
+    def _fm_bank(self, m, name, aw, bytes_=None):
         """One single-port feature-map bank (``SB_SPRAM256KA`` semantics: one read or one write
         a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata,
-        dout): ``dout`` is the whole word read (16 bits with a weight store, whose rows use
-        both bytes; the maps use the low byte). With a weight store a write goes to the high
-        byte when ``hi`` is set (a weight-store parameter word; ``wdata`` on both bytes, the
-        ``SB_SPRAM256KA``'s nibble mask picks one)."""
+        dout, wdatah): ``dout`` is the whole word read (16 bits with a weight store, whose
+        rows use both bytes; the maps use the low byte). With a weight store ``wdatah`` is
+        the high byte's write data and ``bytes_`` (2 bits, low byte first) the bytes a write
+        takes (the ``SB_SPRAM256KA``'s nibble mask)."""
         addr = Signal(aw, name=f"{name}_addr")
         wdata = Signal(8, name=f"{name}_wdata")
         we = Signal(name=f"{name}_we")
         rdata = Signal(8, name=f"{name}_rdata")
         store = bool(self.config.weight_store)
         dout = Signal(16 if store else 8, name=f"{name}_dout")
+        wdatah = Signal(8, name=f"{name}_wdatah")
         if self.config.primitives == "ice40":
             dout16 = Signal(16, name=f"{name}_dout16")
             m.submodules[name] = Instance(
                 "SB_SPRAM256KA",
-                i_ADDRESS=addr, i_DATAIN=Cat(wdata, wdata if store else C(0, 8)),
-                i_MASKWREN=Mux(hi, C(0b1100, 4), C(0b0011, 4)) if store else C(0b0011, 4),
+                i_ADDRESS=addr, i_DATAIN=Cat(wdata, wdatah if store else C(0, 8)),
+                i_MASKWREN=(Cat(bytes_[0], bytes_[0], bytes_[1], bytes_[1]) if store
+                            else C(0b0011, 4)),
                 i_WREN=we, i_CHIPSELECT=C(1, 1), i_CLOCK=ClockSignal(), i_STANDBY=C(0, 1),
                 i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout16)
             m.d.comb += dout.eq(dout16[:len(dout)])
@@ -397,11 +404,11 @@ class OverlayEngine(wiring.Component):
             m.submodules[name] = mem
             wp = mem.write_port(granularity=8 if store else None)
             rp = mem.read_port(domain="sync")
-            m.d.comb += [wp.addr.eq(addr), wp.data.eq(Cat(wdata, wdata) if store else wdata),
-                         wp.en.eq(Cat(we & ~hi, we & hi) if store else we),
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(Cat(wdata, wdatah) if store else wdata),
+                         wp.en.eq(Cat(we & bytes_[0], we & bytes_[1]) if store else we),
                          rp.addr.eq(addr), dout.eq(rp.data)]
         m.d.comb += rdata.eq(dout[:8])
-        return addr, wdata, we, rdata, dout
+        return addr, wdata, we, rdata, dout, wdatah
 
     # --- elaboration ------------------------------------------------------------------------
 
@@ -480,10 +487,13 @@ class OverlayEngine(wiring.Component):
         # modulo the bank's power of two): bank, off[aw], dy, dx.
         gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows,
                                  collision_free=True)
-        m.d.comb += [gat_w.addr.eq(pp.row),
-                     gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                     gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
-                                           & _below(bus.row, cfg.gather_rows)))]
+        # (with a weight store the gather entries go to the store and the table is written
+        # by the pass's copy, below)
+        if not cfg.weight_store:
+            m.d.comb += [gat_w.addr.eq(pp.row),
+                         gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
+                         gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
+                                               & _below(bus.row, cfg.gather_rows)))]
 
         # A dynamic conv's attention pass writes its mixed weights and biases (only with
         # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
@@ -516,6 +526,7 @@ class OverlayEngine(wiring.Component):
 
         cdepth = -(-cfg.channel_rows // R)
         tables = {}
+        tables_w = {}
         # sh (6 bits) and qmax (8 bits) share one 14-bit RAM (one block RAM instead of two on
         # iCE40), written by 2-bit chunks: sh in chunks 0..2, qmax in chunks 3..6.
         for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
@@ -527,7 +538,10 @@ class OverlayEngine(wiring.Component):
                 row_b = pp.row[1:] if R == 2 else pp.row
                 hit = ((bus.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
                 m.d.comb += wp.addr.eq(row_b)
-                if name == "shq":
+                if cfg.weight_store:
+                    # (written by the pass's copy from the store, below)
+                    tables_w.setdefault(name, []).append(wp)
+                elif name == "shq":
                     sh_hit = param_hit(f"sh{b}", hit & (bkind == ParamKind.SH))
                     qm_hit = param_hit(f"qmax{b}", hit & (bkind == ParamKind.QMAX))
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
@@ -547,37 +561,72 @@ class OverlayEngine(wiring.Component):
             tables[name] = ports
 
         # ---- feature-map banks: bank (buf, parity), buf 0 = X, 1 = Y ----
-        wq_hi = Signal()       # (weight store) the write is a weight's high byte
-        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw, wq_hi)
+        # (weight store) the bytes a write takes: the low one (maps) unless a parameter
+        # word's (a weight's byte, a gather entry's two)
+        wq_bytes = Signal(2, init=0b01)
+        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw, wq_bytes)
                  for buf in range(2) for par in range(2)}
         # Write request (registered): LOAD, the pass's output and (with a weight store) the
         # parameter port's weight words share it.
         wq_en = Signal(2)
         wq_addr = Signal(aw)
         wq_data = [Signal(8, name=f"wq_data{b}") for b in range(2)]
+        wq_datah = [Signal(8, name=f"wq_datah{b}") for b in range(2)]
         wq_buf = Signal()
         rd_addr = Signal(aw)       # the MAC side's read address (stage 2)
-        for (buf, par), (addr, wdata, we, _, _) in banks.items():
+        for (buf, par), (addr, wdata, we, _, _, wdatah) in banks.items():
             write = wq_en[par] & (wq_buf == buf)
-            m.d.comb += [we.eq(write), wdata.eq(wq_data[par]),
+            m.d.comb += [we.eq(write), wdata.eq(wq_data[par]), wdatah.eq(wq_datah[par]),
                          addr.eq(Mux(write, wq_addr, rd_addr))]
         m.d.sync += wq_en.eq(0)
+        # store row bits: weight row r at store row r, gather entry e at weight_store/2 + e
         wsb = ceil_log2(cfg.weight_store) if store else 0
         # The store's rows are the banks' top weight_store addresses: row r at
         # fm_words - weight_store + r, the row's bits below a constant (no adder).
         store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
-        copying = Signal()     # (weight store) COPY: t's store row is read
+        copying = Signal()     # (weight store) COPY: ck's store row is read
+        cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
+        ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
+        cout2 = Signal(len(ck))     # (weight store) cout + 2: the channel phase's last ck
         if store:
             # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
             # l & 1, written through the write request's registers in the cycle after the
             # bus (parameters are written while no image is in flight: LOAD's first value
             # and a pass's writes never meet it).
-            m.d.sync += wq_hi.eq(0)
+            # A GATHER word (entry e): its 23 bits (bank, offset mod 2**aw, dy, dx, as the
+            # table holds them) in banks X even (bits 0-15) and X odd (16-22), both bytes.
+            m.d.sync += wq_bytes.eq(0b01)
+            half = cfg.weight_store // 2
+            gent = Cat(bus.data[0], bus.data[1:1 + aw], bus.data[21:29])
             with m.If(pv_bus & (bkind == ParamKind.WEIGHT) & _below(bus.lane, P)
-                      & _below(bus.row, cfg.weight_store)):
+                      & _below(bus.row, half)):
                 m.d.sync += [wq_en.eq(Mux(bus.lane[1], 0b10, 0b01)), wq_buf.eq(bus.lane[2]),
-                             wq_hi.eq(bus.lane[0]), wq_addr.eq(Cat(bus.row[:wsb], store_top)),
-                             wq_data[0].eq(bus.data[:8]), wq_data[1].eq(bus.data[:8])]
+                             wq_bytes.eq(Mux(bus.lane[0], 0b10, 0b01)),
+                             wq_addr.eq(Cat(bus.row[:wsb - 1], C(0, 1), store_top)),
+                             wq_data[0].eq(bus.data[:8]), wq_data[1].eq(bus.data[:8]),
+                             wq_datah[0].eq(bus.data[:8]), wq_datah[1].eq(bus.data[:8])]
+            quarter = _below(bus.row, cfg.weight_store // 4)
+            qrow = bus.row[:wsb - 2]
+            with m.If(pv_bus & (bkind == ParamKind.GATHER) & quarter):
+                m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11),
+                             wq_addr.eq(Cat(qrow, C(0b10, 2), store_top)),
+                             wq_data[0].eq(gent[:8]), wq_datah[0].eq(gent[8:16]),
+                             wq_data[1].eq(gent[16:24]), wq_datah[1].eq(0)]
+            # A channel entry e (bias, m, sh, qmax): one 64-bit store row, bias in banks X
+            # even and X odd, m in Y even, sh and qmax in Y odd's low and high bytes.
+            caddr = Cat(qrow, C(0b11, 2), store_top)
+            d = bus.data
+            with m.If(pv_bus & (bkind == ParamKind.BIAS) & quarter):
+                m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11), wq_addr.eq(caddr),
+                             wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16]),
+                             wq_data[1].eq(d[16:24]), wq_datah[1].eq(d[24:32])]
+            with m.If(pv_bus & (bkind == ParamKind.M) & quarter):
+                m.d.sync += [wq_en.eq(0b01), wq_buf.eq(1), wq_bytes.eq(0b11), wq_addr.eq(caddr),
+                             wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16])]
+            with m.If(pv_bus & ((bkind == ParamKind.SH) | (bkind == ParamKind.QMAX)) & quarter):
+                m.d.sync += [wq_en.eq(0b10), wq_buf.eq(1), wq_addr.eq(caddr),
+                             wq_bytes.eq(Mux(bkind == ParamKind.SH, 0b01, 0b10)),
+                             wq_data[1].eq(d[:8]), wq_datah[1].eq(d[:8])]
 
         # ---- control registers ----
         row = Signal(range(max(cfg.max_passes, 2)))
@@ -794,11 +843,15 @@ class OverlayEngine(wiring.Component):
                     # cycle t: store row grow + t -> (stage 1) its bank address -> (stage 2)
                     # the banks' read -> (stage 3) cache row t; the last write falls in
                     # GSTART, whose 3 cycles come before the first issue's cache read.
+                    # A pass's first COPY copies its cin gather entries, then its cout + 3
+                    # channel entries (cout, an odd count's pad, a fused gap's two), then
+                    # the group's cin weight rows; the other groups' the rows only.
                     m.d.comb += copying.eq(1)
-                    m.d.sync += t.eq(t + 1)
-                    with m.If(t == m1["cin"]):
-                        m.d.sync += t.eq(0)
-                        m.next = "GSTART"
+                    m.d.sync += ck.eq(ck + 1)
+                    with m.If(Mux(cph == 1, ck == cout2, ck == m1["cin"])):
+                        m.d.sync += [ck.eq(0), cph.eq(Mux(cph == 0, 0, cph - 1))]
+                        with m.If(cph == 0):
+                            m.next = "GSTART"
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
@@ -889,6 +942,9 @@ class OverlayEngine(wiring.Component):
                         m.next = "LOAD"
                     with m.Else():
                         m.next = gstart
+                    # (a pass's first copy starts with its gather entries; LOAD keeps it)
+                    if store:
+                        m.d.sync += [cph.eq(2), ck.eq(0), cout2.eq(f["cout"] + 2)]
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
@@ -1098,7 +1154,8 @@ class OverlayEngine(wiring.Component):
         if dynw is not None:
             m.d.comb += gat_r.addr.eq(Mux(att_gat, att_gaddr, f["gbase"] + t))
         else:
-            m.d.comb += gat_r.addr.eq(f["gbase"] + t)
+            # (with a weight store the pass's entries were copied to 0..cin-1)
+            m.d.comb += gat_r.addr.eq(t if store else f["gbase"] + t)
         v1 = reg("v1", 1, iss)
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
@@ -1140,13 +1197,24 @@ class OverlayEngine(wiring.Component):
         if store:
             # The cache row is the issue counter (the group's rows were copied to 0..cin-1);
             # in COPY the counter is the copied row's, grow + t its store row.
+            # COPY's counter ck: phase cph 2 (a pass's gather entries gbase + ck, to entry
+            # ck), 1 (its channel entries cbase + ck, to entry (cbase + ck) mod
+            # channel_rows), 0 (the group's weight rows grow + ck, to row ck).
             wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), t)
-            sa1 = reg("sa1", wsb, grow + t)
+            cbits = max(ceil_log2(cfg.weight_rows), ceil_log2(cfg.gather_rows),
+                        ceil_log2(cfg.channel_rows))
+            s0 = Signal(wsb - 1)
+            m.d.comb += s0.eq(Mux(cph == 2, f["gbase"], Mux(cph == 1, f["cbase"], grow)) + ck)
+            sa1 = reg("sa1", wsb, Cat(s0[:wsb - 2], Mux(cph == 0, s0[wsb - 2], cph[0]),
+                                      cph != 0))
             cp1 = reg("cp1", 1, copying)
             cp2 = reg("cp2", 1, cp1)
             cp3 = reg("cp3", 1, cp2)
-            ck2 = reg("ck2", len(wa1), wa1)
-            ck3 = reg("ck3", len(wa1), ck2)
+            cg2 = reg("cg2", 2, reg("cg1", 2, cph))
+            cg3 = reg("cg3", 2, cg2)
+            ck1 = reg("ck1", cbits, Mux(cph == 1, s0, ck))
+            ck2 = reg("ck2", cbits, ck1)
+            ck3 = reg("ck3", cbits, ck2)
         else:
             wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
         # stage 1: the read address; dy, dx against the registered thresholds
@@ -1194,9 +1262,21 @@ class OverlayEngine(wiring.Component):
         rd = {key: val[3] for key, val in banks.items()}
         if store:
             # The copy's data (the store row read at stage 2 by a copy cycle) into the cache.
-            m.d.comb += [wt_w.addr.eq(ck3), wt_w.en.eq(Mux(cp3, (1 << P) - 1, 0)),
-                         wt_w.data.eq(Cat(*[banks[bp][4] for bp in
-                                            ((0, 0), (0, 1), (1, 0), (1, 1))]))]
+            # (and in a pass's first copy phase the gather entry into the gather table)
+            # (and in a pass's first COPY the gather entries into the gather table, its
+            # channel entries into the channel tables, at their entry modulo channel_rows)
+            row64 = Cat(*[banks[bp][4] for bp in ((0, 0), (0, 1), (1, 0), (1, 1))])
+            m.d.comb += [wt_w.addr.eq(ck3), wt_w.en.eq(Mux(cp3 & (cg3 == 0), (1 << P) - 1, 0)),
+                         wt_w.data.eq(row64),
+                         gat_w.addr.eq(ck3), gat_w.en.eq(cp3 & (cg3 == 2)),
+                         gat_w.data.eq(row64[:32])]
+            cen = cp3 & (cg3 == 1)
+            for name, data in (("bias", row64[:32]), ("m", row64[32:48]),
+                               ("shq", Cat(row64[48:48 + SH_BITS], row64[56:64]))):
+                for b, wp in enumerate(tables_w[name]):
+                    m.d.comb += [wp.addr.eq(ck3[1:] if R == 2 else ck3), wp.data.eq(data),
+                                 wp.en.eq(Mux(cen & ((ck3[0] == b) if R == 2 else 1),
+                                              (1 << len(wp.en)) - 1, 0))]
         sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
         v4 = reg("v4", 1, v3)
         first4 = reg("first4", 1, first3)

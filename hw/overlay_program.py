@@ -159,15 +159,20 @@ class OverlayConfig:
         Entries (32 bits) of the attention table (constants, kernel taps and LUTs of every
         attention pass); only with ``attention``.
     weight_store : int
-        0 (the default): the weights live in the ``weight_rows`` block-RAM table. Otherwise
-        the network's weight rows live in the feature-map banks' upper ``weight_store``
-        addresses (the four banks side by side, 16 bits each, one 64-bit row of 8 lanes: the
-        banks are 16 bits wide then, the maps use the low byte), and before each group the
-        engine copies the group's ``cin`` rows into the ``weight_rows``-row block-RAM
-        *weight cache* while no bank is read or written (``docs/boards.md``, "What
-        ``mnist-s`` on the UP5K would take"). A power of two of at most half of
-        ``fm_words`` (the maps keep the lower addresses); only with 8 lanes and without
-        attention hardware. JSON: left out when 0.
+        0 (the default): the weights and the gather entries live in the ``weight_rows``-
+        and ``gather_rows``-entry block-RAM tables. Otherwise they live in the feature-map
+        banks' upper ``weight_store`` addresses (the *store*; the banks are 16 bits wide
+        then, the maps use the low byte): the network's weight rows in its lower half (the
+        four banks side by side, one 64-bit row of 8 lanes), its gather entries in the
+        third quarter (banks X even and X odd, 32 bits), its channel entries in the last
+        (bias, m, sh and qmax: 64 bits). Before each group the engine copies the group's
+        ``cin`` weight rows into the ``weight_rows``-row block-RAM *weight cache*, and before
+        a pass's first group the pass's ``cin`` gather entries into the ``gather_rows``-entry
+        gather table and its ``cout + 3`` channel entries into the channel tables (entry
+        ``e`` at ``e mod channel_rows``, a power of two), while no bank is read or written
+        (``docs/boards.md``, "What ``mnist-s`` on the UP5K would take"). A power of two of
+        at most half of ``fm_words`` (the maps keep the lower addresses); only with 8 lanes
+        and without attention hardware. JSON: left out when 0.
     """
 
     lanes: int = 16
@@ -222,6 +227,10 @@ class OverlayConfig:
                                  f"at most fm_words / 2 = {self.fm_words // 2} dividing "
                                  f"fm_words (the store is the banks' upper addresses), got "
                                  f"{ws}")
+            if self.channel_rows & (self.channel_rows - 1):
+                raise ValueError(f"overlay config: with a weight_store, channel_rows must be a "
+                                 f"power of two (a pass's entries are copied to their entry "
+                                 f"modulo channel_rows), got {self.channel_rows}")
             if self.lanes != STORE_LANES or att:
                 raise ValueError(f"overlay config: weight_store needs lanes = {STORE_LANES} "
                                  f"(four 16-bit banks side by side are one row of 8 int8 "
@@ -475,9 +484,9 @@ class OverlayPlan(OverlayMemories):
         """Rows used of each table: dict name -> (used, capacity)."""
         c = self.config
         used = {"program": (len(self.program), c.max_passes),
-                "weights": (len(self.weights), c.weight_store or c.weight_rows),
-                "channels": (len(self.bias), c.channel_rows),
-                "gather": (len(self.gather), c.gather_rows),
+                "weights": (len(self.weights), store_capacity(c)[0]),
+                "channels": (len(self.bias), store_capacity(c)[2]),
+                "gather": (len(self.gather), store_capacity(c)[1]),
                 "fm": (max([_map_words(p["h"], p["w"], p["in_c"]) for p in self.passes[:1]]
                            + [_map_words(p["out_h"], p["out_w"], p["cout"])
                               for p in self.passes if not p["raw"]]),
@@ -523,6 +532,15 @@ class OverlayPlan(OverlayMemories):
                      f"{self.macs_per_image / ((c.lanes + c.requant_units) * cycles):.1%})")
         lines.append(line)
         return lines
+
+
+def store_capacity(config):
+    """Weight rows, gather entries and channel-table entries the network may have in all:
+    the tables' sizes, or with a weight store the store's half and quarters (the tables are
+    then caches of a group's or a pass's entries)."""
+    if config.weight_store:
+        return (config.weight_store // 2, config.weight_store // 4, config.weight_store // 4)
+    return config.weight_rows, config.gather_rows, config.channel_rows
 
 
 def _fm_capacity(config):
@@ -785,17 +803,23 @@ def compile_overlay(model, config=None):
         wbase += ngroups * cin
         cbase = len(c_rows)
         gbase += cin
-        if config.weight_store and cin > config.weight_rows:
-            # a group's rows are copied into the weight cache before the group runs
-            raise OverlayFitError(
-                f"{_where(g['conv'], conv)}: a group of this conv (pass {k}) has {cin} weight "
-                f"rows (its input channels), over the weight cache's weight_rows = "
-                f"{config.weight_rows}; raise weight_rows or use --engine dataflow")
-        for need, key, what in ((wbase, "weight_store" if config.weight_store else
-                                 "weight_rows", "weight rows"),
-                                (cbase, "channel_rows", "channel-table entries"),
-                                (gbase, "gather_rows", "gather-table entries")):
-            cap = getattr(config, key)
+        for key, n, what in (("weight_rows", cin, "weight rows (its input channels)"),
+                             ("gather_rows", cin, "gather entries"),
+                             ("channel_rows", cout + 3, "channel-table entries copied (cout "
+                              "+ 3: a pad and a gap's two)")) if config.weight_store else ():
+            # a group's rows (a pass's gather and channel entries) are copied into the weight
+            # cache (the gather and channel tables) before it runs
+            if n > getattr(config, key):
+                raise OverlayFitError(
+                    f"{_where(g['conv'], conv)}: this conv (pass {k}) has {n} {what}, over "
+                    f"the copy's table, {key} = {getattr(config, key)}; raise {key} or use "
+                    f"--engine dataflow")
+        wcap, gcap, ccap = store_capacity(config)
+        for need, key, what, cap in ((wbase, "weight_rows", "weight rows", wcap),
+                                     (cbase, "channel_rows", "channel-table entries", ccap),
+                                     (gbase, "gather_rows", "gather-table entries", gcap)):
+            if config.weight_store:
+                key = "weight_store // 2" if key == "weight_rows" else "weight_store // 4"
             if need > cap:
                 raise OverlayFitError(
                     f"{_where(g['conv'], conv)}: the network needs {need} {what} up to this "
@@ -978,8 +1002,9 @@ def decode_param_words(words, config, memories=None):
     -------
     OverlayMemories
         Arrays of the config's full sizes (``program`` ``[max_passes, len(PASS_FIELDS)]``,
-        ``weights`` ``[weight_rows, lanes]`` (``[weight_store, lanes]`` with a weight store),
-        tables ``[channel_rows]``, ``[gather_rows]``).
+        ``weights`` ``[weight_rows, lanes]``, tables ``[channel_rows]``, ``[gather_rows]``; with a
+        weight store ``weight_store // 2`` weight rows, ``weight_store // 4`` gather and
+        channel entries).
 
     Raises
     ------
@@ -989,11 +1014,12 @@ def decode_param_words(words, config, memories=None):
     c = OverlayConfig.from_json(config)
     if memories is None:
         z = np.zeros
+        wcap, gcap, ccap = store_capacity(c)
         memories = OverlayMemories(c, z((c.max_passes, len(PASS_FIELDS)), np.int64),
-                                   z((c.weight_store or c.weight_rows, c.lanes), np.int64),
-                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
-                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
-                                   z(c.gather_rows, np.int64),
+                                   z((wcap, c.lanes), np.int64),
+                                   z(ccap, np.int64), z(ccap, np.int64),
+                                   z(ccap, np.int64), z(ccap, np.int64),
+                                   z(store_capacity(c)[1], np.int64),
                                    z(c.attention_rows if c.attention else 0, np.int64))
     tables = {ParamKind.BIAS: memories.bias, ParamKind.M: memories.m, ParamKind.SH: memories.sh,
               ParamKind.QMAX: memories.qmax, ParamKind.GATHER: memories.gather}

@@ -12,7 +12,9 @@ cycles between the first accepted beats of consecutive images are::
     group = GSTART + N * T + (cin + D - T) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
 
     with a weight store (``OverlayConfig.weight_store``) every group starts with its COPY:
-    group += cin (one store row a cycle into the weight cache), and no group is chained
+    group += cin (one store row a cycle into the weight cache), a pass's first group also
+    += cin + cout + 3 (its gather entries into the gather table, its channel entries, an odd
+    cout's pad and a gap's two included, into the channel tables), and no group is chained
 
     chained (:func:`chain_mode`), a group before the pass's last one:
     group = [GSTART for the first] + N * T   [+ (cin + D - T) + FLUSH + GAP_LOAD  "gapload"]
@@ -92,7 +94,8 @@ def chained(p, lanes, requant_units, store=False):
 def group_cycles(p, group, lanes, requant_units, store=False):
     """Cycles of group ``group`` of pass ``p`` (a dict of ``PASS_FIELDS``); ``store``: the
     engine has a weight store (``OverlayConfig.weight_store``): the group's COPY (``cin``
-    cycles, one store row each) comes first and no group is chained."""
+    cycles, one store row each; ``2 cin + cout + 3`` in the pass's first group, whose
+    gather and channel entries are copied too) comes first and no group is chained."""
     groups = _get(p, "groups")
     pg = _get(p, "last_group") if group == groups - 1 else lanes
     d = pg if _get(p, "raw") else -(-pg // requant_units)
@@ -112,8 +115,9 @@ def group_cycles(p, group, lanes, requant_units, store=False):
     # the last issue is T - cin cycles before the issue phase's end; FLUSH counts from it
     flush = (cin + d - t) + (PIPE.raw_flush if _get(p, "raw") else
                              PIPE.gap_sum_flush if gap else PIPE.flush)
-    cycles = issue + (PIPE.group_start if group == 0 or not chain else 0) + (cin if store
-                                                                              else 0)
+    # (a weight store: the group's rows, before the pass's first its gather entries)
+    cycles = issue + (PIPE.group_start if group == 0 or not chain else 0) + (
+        (2 * cin + _get(p, "cout") + 3 if group == 0 else cin) if store else 0)
     if chain and group < groups - 1:
         # chained: the next group's first issue follows this group's last position T cycles
         # after that position's start ("issue"), or the cycle after GAPLOAD ("gapload": FLUSH

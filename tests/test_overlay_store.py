@@ -21,7 +21,7 @@ from test_overlay_engine import decoys  # noqa: E402
 
 
 def store_config(r=1, **kw):
-    args = dict(lanes=8, requant_units=r, fm_words=1024, weight_rows=32, channel_rows=128,
+    args = dict(lanes=8, requant_units=r, fm_words=2048, weight_rows=32, channel_rows=128,
                 gather_rows=128, max_passes=8, weight_store=512)
     args.update(kw)
     return OverlayConfig(**args)
@@ -87,12 +87,16 @@ def test_store_config_and_fit_errors():
     with pytest.raises(ValueError, match="weight_store needs lanes = 8"):
         OverlayConfig(lanes=4, fm_words=1024, weight_store=512)
     with pytest.raises(ValueError, match="power of two"):
-        OverlayConfig(lanes=8, fm_words=1024, weight_store=768)
+        OverlayConfig(lanes=8, fm_words=1024, weight_store=768, channel_rows=128)
     with pytest.raises(ValueError, match="power of two"):
-        OverlayConfig(lanes=8, fm_words=1024, weight_store=1024)
+        OverlayConfig(lanes=8, fm_words=1024, weight_store=1024, channel_rows=128)
     assert "weight_store" not in OverlayConfig().to_json()
     assert OverlayConfig.from_json(store_config().to_json()) == store_config()
     model = _random("test_store_config_and_fit_errors", (6, 6), 2, 8)
     cin = max(p["cin"] for p in compile_overlay(model, store_config()).passes)
-    with pytest.raises(OverlayFitError, match="weight cache"):
+    with pytest.raises(OverlayFitError, match="copy's table, weight_rows"):
         compile_overlay(model, store_config(weight_rows=cin - 1))
+    with pytest.raises(OverlayFitError, match="copy's table, gather_rows"):
+        compile_overlay(model, store_config(gather_rows=cin - 1))
+    with pytest.raises(ValueError, match="channel_rows must be a power of two"):
+        store_config(channel_rows=96)
