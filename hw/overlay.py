@@ -585,47 +585,67 @@ class OverlayEngine(wiring.Component):
         # fm_words - weight_store + r, the row's bits below a constant (no adder).
         store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
         copying = Signal()     # (weight store) COPY: ck's store row is read
+        st_busy = C(0, 1)      # (weight store) a store parameter word in stage 2
         cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
         ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
         cout2 = Signal(len(ck))     # (weight store) cout + 2: the channel phase's last ck
         if store:
+            # The parameter words of the store, decoded like the tables' (stage 1: one
+            # flip-flop per kind, pp holds row, lane and data), then (stage 2) into the write
+            # request's registers, the bank written the cycle after: three cycles from the
+            # bus (the decode went from the link's parameter register straight into the
+            # write request's muxes: the first UP5K build's critical path, 30.8 MHz).
+            # Parameters are written while no image is in flight, and a store word on its
+            # way holds the image back (``st_busy``), so LOAD's and a pass's writes never
+            # meet them.
             # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
-            # l & 1, written through the write request's registers in the cycle after the
-            # bus (parameters are written while no image is in flight: LOAD's first value
-            # and a pass's writes never meet it).
+            # l & 1, at store row r.
             # A GATHER word (entry e): its 23 bits (bank, offset mod 2**aw, dy, dx, as the
-            # table holds them) in banks X even (bits 0-15) and X odd (16-22), both bytes.
+            # table holds them) in banks X even (bits 0-15) and X odd (16-22), both bytes, at
+            # store row weight_store/2 + e.
+            # A channel entry e (BIAS, M, SH, QMAX): one 64-bit store row at 3/4
+            # weight_store + e, bias in banks X even and X odd, m in Y even, sh and qmax in
+            # Y odd's low and high bytes.
             m.d.sync += wq_bytes.eq(0b01)
-            half = cfg.weight_store // 2
-            gent = Cat(bus.data[0], bus.data[1:1 + aw], bus.data[21:29])
-            with m.If(pv_bus & (bkind == ParamKind.WEIGHT) & _below(bus.lane, P)
-                      & _below(bus.row, half)):
-                m.d.sync += [wq_en.eq(Mux(bus.lane[1], 0b10, 0b01)), wq_buf.eq(bus.lane[2]),
-                             wq_bytes.eq(Mux(bus.lane[0], 0b10, 0b01)),
-                             wq_addr.eq(Cat(bus.row[:wsb - 1], C(0, 1), store_top)),
-                             wq_data[0].eq(bus.data[:8]), wq_data[1].eq(bus.data[:8]),
-                             wq_datah[0].eq(bus.data[:8]), wq_datah[1].eq(bus.data[:8])]
+            half = _below(bus.row, cfg.weight_store // 2)
             quarter = _below(bus.row, cfg.weight_store // 4)
-            qrow = bus.row[:wsb - 2]
-            with m.If(pv_bus & (bkind == ParamKind.GATHER) & quarter):
+            s_w = param_hit("st_w", (bkind == ParamKind.WEIGHT) & _below(bus.lane, P) & half)
+            s_g = param_hit("st_g", (bkind == ParamKind.GATHER) & quarter)
+            s_b = param_hit("st_b", (bkind == ParamKind.BIAS) & quarter)
+            s_m = param_hit("st_m", (bkind == ParamKind.M) & quarter)
+            s_s = param_hit("st_s", (bkind == ParamKind.SH) & quarter)
+            s_q = param_hit("st_q", (bkind == ParamKind.QMAX) & quarter)
+            st_busy = param_hit("st_any", (((bkind == ParamKind.WEIGHT) & half)
+                                           | (((bkind == ParamKind.GATHER)
+                                               | (bkind == ParamKind.BIAS)
+                                               | (bkind == ParamKind.M)
+                                               | (bkind == ParamKind.SH)
+                                               | (bkind == ParamKind.QMAX)) & quarter)))
+            d = pp.data
+            qrow = pp.row[:wsb - 2]
+            gent = Cat(d[0], d[1:1 + aw], d[21:29])
+            caddr = Cat(qrow, C(0b11, 2), store_top)
+            with m.If(s_w):
+                m.d.sync += [wq_en.eq(Mux(pp.lane[1], 0b10, 0b01)), wq_buf.eq(pp.lane[2]),
+                             wq_bytes.eq(Mux(pp.lane[0], 0b10, 0b01)),
+                             wq_addr.eq(Cat(pp.row[:wsb - 1], C(0, 1), store_top)),
+                             wq_data[0].eq(d[:8]), wq_data[1].eq(d[:8]),
+                             wq_datah[0].eq(d[:8]), wq_datah[1].eq(d[:8])]
+            with m.If(s_g):
                 m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11),
                              wq_addr.eq(Cat(qrow, C(0b10, 2), store_top)),
                              wq_data[0].eq(gent[:8]), wq_datah[0].eq(gent[8:16]),
                              wq_data[1].eq(gent[16:24]), wq_datah[1].eq(0)]
-            # A channel entry e (bias, m, sh, qmax): one 64-bit store row, bias in banks X
-            # even and X odd, m in Y even, sh and qmax in Y odd's low and high bytes.
-            caddr = Cat(qrow, C(0b11, 2), store_top)
-            d = bus.data
-            with m.If(pv_bus & (bkind == ParamKind.BIAS) & quarter):
+            with m.If(s_b):
                 m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11), wq_addr.eq(caddr),
                              wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16]),
                              wq_data[1].eq(d[16:24]), wq_datah[1].eq(d[24:32])]
-            with m.If(pv_bus & (bkind == ParamKind.M) & quarter):
+            with m.If(s_m):
                 m.d.sync += [wq_en.eq(0b01), wq_buf.eq(1), wq_bytes.eq(0b11), wq_addr.eq(caddr),
                              wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16])]
-            with m.If(pv_bus & ((bkind == ParamKind.SH) | (bkind == ParamKind.QMAX)) & quarter):
+            with m.If(s_s | s_q):
                 m.d.sync += [wq_en.eq(0b10), wq_buf.eq(1), wq_addr.eq(caddr),
-                             wq_bytes.eq(Mux(bkind == ParamKind.SH, 0b01, 0b10)),
+                             wq_bytes.eq(Mux(s_s, 0b01, 0b10)),
                              wq_data[1].eq(d[:8]), wq_datah[1].eq(d[:8])]
 
         # ---- control registers ----
@@ -948,11 +968,12 @@ class OverlayEngine(wiring.Component):
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
-                # (In LOAD ``in_load`` is set: the accept is ``valid & ~load_gate``.)
+                # (In LOAD ``in_load`` is set: the accept is ``valid & ~load_gate``, and
+                # ``~st_busy`` with a weight store.)
                 with m.If(load_gate):
                     m.d.sync += in_load.eq(0)
                     m.next = "SETUP"
-                with m.Elif(self.images.valid & lall):
+                with m.Elif(self.images.valid & lall & ~st_busy):
                     m.d.sync += in_load.eq(0)
                     m.next = gstart
             with m.State("GSTART"):
@@ -1056,7 +1077,7 @@ class OverlayEngine(wiring.Component):
         # the gate's three): the FSM's state decode was in front of ``images.ready`` and
         # the load counters' enables (the iCEBreaker's critical path once the parameter
         # writes were registered).
-        m.d.comb += self.images.ready.eq(in_load & ~load_gate)
+        m.d.comb += self.images.ready.eq(in_load & ~load_gate & ~st_busy)
         with m.If(self.images.valid & self.images.ready):
             m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lk[0], 0b10, 0b01)),
                          wq_addr.eq(lk >> 1), wq_buf.eq(0),

@@ -100,3 +100,38 @@ def test_store_config_and_fit_errors():
         compile_overlay(model, store_config(gather_rows=cin - 1))
     with pytest.raises(ValueError, match="channel_rows must be a power of two"):
         store_config(channel_rows=96)
+
+
+@pytest.mark.parametrize("kind", ["WEIGHT", "BIAS"])
+def test_store_word_just_before_the_image(kind):
+    """A store parameter word (WEIGHT, or a channel entry's BIAS) given in the last
+    parameter beat, with the image's first beat in the very next cycle: it reaches its bank
+    through two register stages and the write request's, so it holds the image back
+    (``st_busy``) until written; the image must run with it."""
+    from shiftacc.hw.params import ParamKind, decode_word
+    from overlay_tb import run_phases
+    name = f"test_store_word_just_before_the_image[{kind}]"
+    rng, seed = make_rng(name)
+    nrng = np.random.default_rng(seed)
+    cfg = store_config()
+    nets = []
+    for size in ((5, 4), (4, 6)):
+        model = random_model(nrng, size=size, in_channels=1, blocks=1, act_bits=8,
+                             max_width=9, classes=4, calib_images=16)
+        images = nrng.integers(0, 256, (2,) + model.input_shape)
+        nets.append((compile_overlay(model, cfg).param_words(), images,
+                     golden.run(model, images)))
+    k = getattr(ParamKind, kind)
+    first = {decode_word(w)[1:4]: decode_word(w)[4] for w in nets[0][0]}
+    words = nets[1][0]
+    late = [w for w in words if decode_word(w)[1] == k
+            and first.get(decode_word(w)[1:4]) != decode_word(w)[4]]
+    assert late, f"the two networks' {kind} words are equal"
+    last = late[-1]
+    words = [w for w in words if w != last] + decoys(rng, 40) + [last]
+    phases = [(nets[0][0], nets[0][1], nets[0][2].shape[1]),
+              (words, nets[1][1], nets[1][2].shape[1])]
+    got, _ = run_phases(OverlayEngine(cfg), phases, rng, 0.0, 0.0)
+    split = nets[0][2].size
+    check_logits(got[:split], nets[0][2])
+    check_logits(got[split:], nets[1][2])
