@@ -588,7 +588,17 @@ class OverlayEngine(wiring.Component):
         st_busy = C(0, 1)      # (weight store) a store parameter word in stage 2
         cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
         ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
-        cout2 = Signal(len(ck))     # (weight store) cout + 2: the channel phase's last ck
+        # (weight store) the phase's last cycle, a register set a cycle ahead from ck's
+        # compare with cout + 1 (the channel phase's cout + 3 entries) or cin - 2: the
+        # compare of ck with a mux of the two ends was in front of the phase register's
+        # enable and the FSM's next state (the first UP5K builds' critical path at seeds 2-3)
+        clast = Signal()
+        cout1 = Signal(len(ck))
+        cinm2 = Signal(len(ck))
+        if store:
+            # before COPY (a pass's gather phase, a group's weights: cin cycles each)
+            with m.If(~copying):
+                m.d.sync += clast.eq(f["cin"] == 1)
         if store:
             # The parameter words of the store, decoded like the tables' (stage 1: one
             # flip-flop per kind, pp holds row, lane and data), then (stage 2) into the write
@@ -867,11 +877,16 @@ class OverlayEngine(wiring.Component):
                     # channel entries (cout, an odd count's pad, a fused gap's two), then
                     # the group's cin weight rows; the other groups' the rows only.
                     m.d.comb += copying.eq(1)
-                    m.d.sync += ck.eq(ck + 1)
-                    with m.If(Mux(cph == 1, ck == cout2, ck == m1["cin"])):
-                        m.d.sync += [ck.eq(0), cph.eq(Mux(cph == 0, 0, cph - 1))]
+                    with m.If(clast):
+                        # (the next phase's first cycle is its last only for the weights
+                        # of a conv with cin = 1; the channel phase has at least 4)
+                        m.d.sync += [ck.eq(0), cph.eq(Mux(cph == 0, 0, cph - 1)),
+                                     clast.eq((cph == 1) & (f["cin"] == 1))]
                         with m.If(cph == 0):
                             m.next = "GSTART"
+                    with m.Else():
+                        m.d.sync += [ck.eq(ck + 1),
+                                     clast.eq(ck == Mux(cph == 1, cout1, cinm2))]
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
@@ -964,7 +979,8 @@ class OverlayEngine(wiring.Component):
                         m.next = gstart
                     # (a pass's first copy starts with its gather entries; LOAD keeps it)
                     if store:
-                        m.d.sync += [cph.eq(2), ck.eq(0), cout2.eq(f["cout"] + 2)]
+                        m.d.sync += [cph.eq(2), ck.eq(0), cout1.eq(f["cout"] + 1),
+                                     cinm2.eq(f["cin"] - 2)]
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
