@@ -476,11 +476,11 @@ class OverlayEngine(wiring.Component):
         pfree = "dynamic_conv1x1" not in cfg.attention
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
                                    collision_free=True)
+        prog_cond = ((bkind == ParamKind.PROGRAM) & _below(bus.lane, nf)
+                     & _below(bus.row, cfg.max_passes))
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
-                     prog_w.en.eq(param_hit("program", (bkind == ParamKind.PROGRAM)
-                                            & _below(bus.lane, nf)
-                                            & _below(bus.row, cfg.max_passes)))]
+                     prog_w.en.eq(param_hit("program", prog_cond))]
         prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
@@ -606,8 +606,8 @@ class OverlayEngine(wiring.Component):
             # bus (the decode went from the link's parameter register straight into the
             # write request's muxes: the first UP5K build's critical path, 30.8 MHz).
             # Parameters are written while no image is in flight, and a store word on its
-            # way holds the image back (``st_busy``), so LOAD's and a pass's writes never
-            # meet them.
+            # way holds the image back (``st_busy`` in ``load_gate``, as a program word), so
+            # LOAD's and a pass's writes never meet them.
             # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
             # l & 1, at store row r.
             # A GATHER word (entry e): its 23 bits (bank, offset mod 2**aw, dy, dx, as the
@@ -625,12 +625,14 @@ class OverlayEngine(wiring.Component):
             s_m = param_hit("st_m", (bkind == ParamKind.M) & quarter)
             s_s = param_hit("st_s", (bkind == ParamKind.SH) & quarter)
             s_q = param_hit("st_q", (bkind == ParamKind.QMAX) & quarter)
-            st_busy = param_hit("st_any", (((bkind == ParamKind.WEIGHT) & half)
-                                           | (((bkind == ParamKind.GATHER)
-                                               | (bkind == ParamKind.BIAS)
-                                               | (bkind == ParamKind.M)
-                                               | (bkind == ParamKind.SH)
-                                               | (bkind == ParamKind.QMAX)) & quarter)))
+            # (one flip-flop for "a program or a store word in stage 2": the image's
+            # accept keeps the inputs it had without a store; a ~st_busy term of its own
+            # there was the next critical path, 36.93 MHz at seed 3)
+            st_busy = param_hit("st_any", prog_cond
+                                | ((bkind == ParamKind.WEIGHT) & half)
+                                | (((bkind == ParamKind.GATHER) | (bkind == ParamKind.BIAS)
+                                    | (bkind == ParamKind.M) | (bkind == ParamKind.SH)
+                                    | (bkind == ParamKind.QMAX)) & quarter))
             d = pp.data
             qrow = pp.row[:wsb - 2]
             gent = Cat(d[0], d[1:1 + aw], d[21:29])
@@ -748,7 +750,9 @@ class OverlayEngine(wiring.Component):
         # A program write since SETUP began (or one still in the parameter port's stage 2)
         # sends LOAD back to SETUP before the image's first value is taken.
         load_gate = Signal()
-        m.d.comb += load_gate.eq((prog_dirty | prog_w.en) & ~lstarted)
+        # (with a weight store a store word in stage 2 too, st_busy: its write request comes
+        # after the cycle LOAD's first value would take it)
+        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store else prog_w.en)) & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -984,12 +988,11 @@ class OverlayEngine(wiring.Component):
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
-                # (In LOAD ``in_load`` is set: the accept is ``valid & ~load_gate``, and
-                # ``~st_busy`` with a weight store.)
+                # (In LOAD ``in_load`` is set: the accept is ``valid & ~load_gate``.)
                 with m.If(load_gate):
                     m.d.sync += in_load.eq(0)
                     m.next = "SETUP"
-                with m.Elif(self.images.valid & lall & ~st_busy):
+                with m.Elif(self.images.valid & lall):
                     m.d.sync += in_load.eq(0)
                     m.next = gstart
             with m.State("GSTART"):
@@ -1093,7 +1096,7 @@ class OverlayEngine(wiring.Component):
         # the gate's three): the FSM's state decode was in front of ``images.ready`` and
         # the load counters' enables (the iCEBreaker's critical path once the parameter
         # writes were registered).
-        m.d.comb += self.images.ready.eq(in_load & ~load_gate & ~st_busy)
+        m.d.comb += self.images.ready.eq(in_load & ~load_gate)
         with m.If(self.images.valid & self.images.ready):
             m.d.sync += [lstarted.eq(1), wq_en.eq(Mux(lk[0], 0b10, 0b01)),
                          wq_addr.eq(lk >> 1), wq_buf.eq(0),
