@@ -14,9 +14,19 @@ attention unit (:meth:`OverlayEngine._attention`, ``docs/overlay_attention.md``)
 channel_attention (op ECA), spatial_attention (op SAM) and a dynamic_conv1x1's kernel
 attention (op DYN, which writes the mixed weights before its conv pass).
 
+With ``OverlayConfig.weight_store`` (the iCEBreaker build's config) the network's weight
+rows, gather entries and channel-table entries live in the feature-map banks' upper
+addresses (16-bit banks, the maps in the low byte below them), the parameter port writes
+them there through the maps' write request, and a COPY state before each group copies its
+``cin`` weight rows (and, before a pass's first group, the pass's gather and channel
+entries) into the block-RAM tables, one store row a cycle through the MAC pipeline's bank
+read; groups are then never chained (``docs/boards.md``, "The weight store").
+
 Schedule (all counts exact, :mod:`hw.overlay_timing` states them as a formula)::
 
     SETUP(row 0) LOAD  pass 0 | SETUP(row 1) pass 1 | ... | SETUP(END row) | SETUP(row 0) ...
+
+    (with a weight store: every group = COPY GSTART ISSUE FLUSH [GAPLOAD GAPFLUSH])
 
 * SETUP reads the pass's ``PASS_FIELDS`` from the program memory into registers, one field a
   cycle, and derives the few constants the address arithmetic needs.
@@ -333,8 +343,9 @@ class OverlayEngine(wiring.Component):
     Attributes
     ----------
     params : In(param_bus_signature())
-        Parameter beats with ``layer`` = 0xFF (PROGRAM, GATHER, WEIGHT, BIAS, M, SH, QMAX);
-        other layers are ignored. Load while no image is in flight.
+        Parameter beats with ``layer`` = 0xFF (PROGRAM, GATHER, WEIGHT, BIAS, M, SH, QMAX;
+        with a weight store all but PROGRAM go to the store in the banks); other layers are
+        ignored. Load while no image is in flight.
     images : In(pixel_stream(1, 8))
         One value a beat, raster then channel order; the size is pass 0's ``h``, ``w``,
         ``in_c`` (read from the program).
