@@ -14,9 +14,19 @@ attention unit (:meth:`OverlayEngine._attention`, ``docs/overlay_attention.md``)
 channel_attention (op ECA), spatial_attention (op SAM) and a dynamic_conv1x1's kernel
 attention (op DYN, which writes the mixed weights before its conv pass).
 
+With ``OverlayConfig.weight_store`` (the iCEBreaker build's config) the network's weight
+rows, gather entries and channel-table entries live in the feature-map banks' upper
+addresses (16-bit banks, the maps in the low byte below them), the parameter port writes
+them there through the maps' write request, and a COPY state before each group copies its
+``cin`` weight rows (and, before a pass's first group, the pass's gather and channel
+entries) into the block-RAM tables, one store row a cycle through the MAC pipeline's bank
+read; groups are then never chained (``docs/boards.md``, "The weight store").
+
 Schedule (all counts exact, :mod:`hw.overlay_timing` states them as a formula)::
 
     SETUP(row 0) LOAD  pass 0 | SETUP(row 1) pass 1 | ... | SETUP(END row) | SETUP(row 0) ...
+
+    (with a weight store: every group = COPY GSTART ISSUE FLUSH [GAPLOAD GAPFLUSH])
 
 * SETUP reads the pass's ``PASS_FIELDS`` from the program memory into registers, one field a
   cycle, and derives the few constants the address arithmetic needs.
@@ -190,7 +200,8 @@ def _widths(config):
         "dim": aw + 1,
         "cin": ceil_log2(config.gather_rows + 1),
         "cout": ceil_log2(config.channel_rows + 1),
-        "wrow": ceil_log2(config.weight_rows + 1),
+        # (with a weight store the program's wbase and the group's row are store rows)
+        "wrow": ceil_log2((config.weight_store // 2 or config.weight_rows) + 1),
         # |w * x| <= 128 * 255 < 2**15; a sum of at most gather_rows of them.
         "acc": min(32, 16 + ceil_log2(config.gather_rows)),
         # A gap sum: at most fm_words values of at most 255.
@@ -208,6 +219,11 @@ def _field_widths(config):
               "cbase": W["cout"], "src_row": aw, "src_col": aw, "pool": 1, "gap": 1,
               "gap_ent": W["cout"], "raw": 1, "out_h": dim,
               "out_w": dim, "dst_cp2": aw, "in_c": W["cin"]}
+    if config.weight_store:
+        # gbase, cbase, gap_ent: entries of the store (the channel tables' address is the
+        # entry modulo channel_rows, where the pass's copy put it)
+        widths["gbase"] = widths["cbase"] = widths["gap_ent"] = \
+            ceil_log2(config.weight_store // 4 + 1)
     if config.attention:
         # An attention pass: op ECA (2) or SAM (3), k taps (ECA, k <= 9) or C (SAM) in cin,
         # its table base in cbase, C in in_c (up to channel_rows).
@@ -275,7 +291,10 @@ def overlay_engine_cost(config, cycles=0):
     else:
         hi = Multiplier.amaranth("requant.hi", r, 16, True, M_BITS, False)
     mults = [mac, Multiplier.amaranth("requant.lo", r, 16, False, M_BITS, False), hi]
-    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
+    # (with a weight store the banks are 16 bits wide, two lanes of a store row each, and
+    # the weights table is the weight cache)
+    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 16 if c.weight_store else 8)
+            for buf in "XY" for bank in "eo"]
     mems.append(MemorySpec("weights", c.weight_rows, 8 * p))
     depth = -(-c.channel_rows // r)
     for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
@@ -324,8 +343,9 @@ class OverlayEngine(wiring.Component):
     Attributes
     ----------
     params : In(param_bus_signature())
-        Parameter beats with ``layer`` = 0xFF (PROGRAM, GATHER, WEIGHT, BIAS, M, SH, QMAX);
-        other layers are ignored. Load while no image is in flight.
+        Parameter beats with ``layer`` = 0xFF (PROGRAM, GATHER, WEIGHT, BIAS, M, SH, QMAX;
+        with a weight store all but PROGRAM go to the store in the banks); other layers are
+        ignored. Load while no image is in flight.
     images : In(pixel_stream(1, 8))
         One value a beat, raster then channel order; the size is pass 0's ``h``, ``w``,
         ``in_c`` (read from the program).
@@ -366,29 +386,40 @@ class OverlayEngine(wiring.Component):
             rp = _ReadView(rp, collision_read(m, rp, [wp]))
         return wp, rp
 
-    def _fm_bank(self, m, name, aw):
+    def _fm_bank(self, m, name, aw, bytes_=None):
         """One single-port feature-map bank (``SB_SPRAM256KA`` semantics: one read or one write
-        a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata)."""
+        a cycle, read data one cycle after the address). Returns (addr, wdata, we, rdata,
+        dout, wdatah): ``dout`` is the whole word read (16 bits with a weight store, whose
+        rows use both bytes; the maps use the low byte). With a weight store ``wdatah`` is
+        the high byte's write data and ``bytes_`` (2 bits, low byte first) the bytes a write
+        takes (the ``SB_SPRAM256KA``'s nibble mask)."""
         addr = Signal(aw, name=f"{name}_addr")
         wdata = Signal(8, name=f"{name}_wdata")
         we = Signal(name=f"{name}_we")
         rdata = Signal(8, name=f"{name}_rdata")
+        store = bool(self.config.weight_store)
+        dout = Signal(16 if store else 8, name=f"{name}_dout")
+        wdatah = Signal(8, name=f"{name}_wdatah")
         if self.config.primitives == "ice40":
-            dout = Signal(16, name=f"{name}_dout")
+            dout16 = Signal(16, name=f"{name}_dout16")
             m.submodules[name] = Instance(
                 "SB_SPRAM256KA",
-                i_ADDRESS=addr, i_DATAIN=Cat(wdata, C(0, 8)), i_MASKWREN=C(0b0011, 4),
+                i_ADDRESS=addr, i_DATAIN=Cat(wdata, wdatah if store else C(0, 8)),
+                i_MASKWREN=(Cat(bytes_[0], bytes_[0], bytes_[1], bytes_[1]) if store
+                            else C(0b0011, 4)),
                 i_WREN=we, i_CHIPSELECT=C(1, 1), i_CLOCK=ClockSignal(), i_STANDBY=C(0, 1),
-                i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout)
-            m.d.comb += rdata.eq(dout[:8])
+                i_SLEEP=C(0, 1), i_POWEROFF=C(1, 1), o_DATAOUT=dout16)
+            m.d.comb += dout.eq(dout16[:len(dout)])
         else:
-            mem = memory.Memory(shape=unsigned(8), depth=self.config.fm_words, init=[])
+            mem = memory.Memory(shape=unsigned(len(dout)), depth=self.config.fm_words, init=[])
             m.submodules[name] = mem
-            wp = mem.write_port()
+            wp = mem.write_port(granularity=8 if store else None)
             rp = mem.read_port(domain="sync")
-            m.d.comb += [wp.addr.eq(addr), wp.data.eq(wdata), wp.en.eq(we),
-                         rp.addr.eq(addr), rdata.eq(rp.data)]
-        return addr, wdata, we, rdata
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(Cat(wdata, wdatah) if store else wdata),
+                         wp.en.eq(Cat(we & bytes_[0], we & bytes_[1]) if store else we),
+                         rp.addr.eq(addr), dout.eq(rp.data)]
+        m.d.comb += rdata.eq(dout[:8])
+        return addr, wdata, we, rdata, dout, wdatah
 
     # --- elaboration ------------------------------------------------------------------------
 
@@ -429,6 +460,7 @@ class OverlayEngine(wiring.Component):
         pv_bus = Signal()
         m.d.comb += pv_bus.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
         row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
+                                        cfg.weight_store,
                                         cfg.channel_rows,
                                         cfg.attention_rows if cfg.attention else 1)))
         lane_bits = max(1, ceil_log2(max(FIELD_SLOTS, P)))
@@ -455,21 +487,24 @@ class OverlayEngine(wiring.Component):
         pfree = "dynamic_conv1x1" not in cfg.attention
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
                                    collision_free=True)
+        prog_cond = ((bkind == ParamKind.PROGRAM) & _below(bus.lane, nf)
+                     & _below(bus.row, cfg.max_passes))
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
-                     prog_w.en.eq(param_hit("program", (bkind == ParamKind.PROGRAM)
-                                            & _below(bus.lane, nf)
-                                            & _below(bus.row, cfg.max_passes)))]
+                     prog_w.en.eq(param_hit("program", prog_cond))]
         prog_dirty = Signal()      # a PROGRAM word arrived since SETUP of row 0 began
 
         # The gather entry keeps the offset modulo 2**aw only (the address arithmetic is
         # modulo the bank's power of two): bank, off[aw], dy, dx.
         gat_w, gat_r = self._ram(m, "gather", gather_bits(cfg), cfg.gather_rows,
                                  collision_free=True)
-        m.d.comb += [gat_w.addr.eq(pp.row),
-                     gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                     gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
-                                           & _below(bus.row, cfg.gather_rows)))]
+        # (with a weight store the gather entries go to the store and the table is written
+        # by the pass's copy, below)
+        if not cfg.weight_store:
+            m.d.comb += [gat_w.addr.eq(pp.row),
+                         gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
+                         gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
+                                               & _below(bus.row, cfg.gather_rows)))]
 
         # A dynamic conv's attention pass writes its mixed weights and biases (only with
         # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
@@ -483,12 +518,17 @@ class OverlayEngine(wiring.Component):
                     "bdata": Signal(32, name="dyn_bdata")}
         wt_w, wt_r = self._ram(m, "weights", 8 * P, cfg.weight_rows, granularity=8,
                                collision_free=pfree)
-        if dynw is None:
+        # With a weight store the table is the weight cache: written only by the copy
+        # before a group (below, from the banks), read only while no copy runs.
+        store = bool(cfg.weight_store)
+        if store:
+            pass
+        elif dynw is None:
             m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
         else:
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
-        for lane in range(P):
+        for lane in range(0 if store else P):
             pen = param_hit(f"weight{lane}", (bkind == ParamKind.WEIGHT) & (bus.lane == lane)
                             & _below(bus.row, cfg.weight_rows))
             if dynw is not None:
@@ -497,6 +537,7 @@ class OverlayEngine(wiring.Component):
 
         cdepth = -(-cfg.channel_rows // R)
         tables = {}
+        tables_w = {}
         # sh (6 bits) and qmax (8 bits) share one 14-bit RAM (one block RAM instead of two on
         # iCE40), written by 2-bit chunks: sh in chunks 0..2, qmax in chunks 3..6.
         for name, width in (("bias", 32), ("m", M_BITS), ("shq", SH_BITS + 8)):
@@ -508,7 +549,10 @@ class OverlayEngine(wiring.Component):
                 row_b = pp.row[1:] if R == 2 else pp.row
                 hit = ((bus.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
                 m.d.comb += wp.addr.eq(row_b)
-                if name == "shq":
+                if cfg.weight_store:
+                    # (written by the pass's copy from the store, below)
+                    tables_w.setdefault(name, []).append(wp)
+                elif name == "shq":
                     sh_hit = param_hit(f"sh{b}", hit & (bkind == ParamKind.SH))
                     qm_hit = param_hit(f"qmax{b}", hit & (bkind == ParamKind.QMAX))
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
@@ -528,19 +572,104 @@ class OverlayEngine(wiring.Component):
             tables[name] = ports
 
         # ---- feature-map banks: bank (buf, parity), buf 0 = X, 1 = Y ----
-        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw)
+        # (weight store) the bytes a write takes: the low one (maps) unless a parameter
+        # word's (a weight's byte, a gather entry's two)
+        wq_bytes = Signal(2, init=0b01)
+        banks = {(buf, par): self._fm_bank(m, f"fm_{'XY'[buf]}{par}", aw, wq_bytes)
                  for buf in range(2) for par in range(2)}
-        # Write request (registered): LOAD and the pass's output share it.
+        # Write request (registered): LOAD, the pass's output and (with a weight store) the
+        # parameter port's weight words share it.
         wq_en = Signal(2)
         wq_addr = Signal(aw)
         wq_data = [Signal(8, name=f"wq_data{b}") for b in range(2)]
+        wq_datah = [Signal(8, name=f"wq_datah{b}") for b in range(2)]
         wq_buf = Signal()
         rd_addr = Signal(aw)       # the MAC side's read address (stage 2)
-        for (buf, par), (addr, wdata, we, _) in banks.items():
+        for (buf, par), (addr, wdata, we, _, _, wdatah) in banks.items():
             write = wq_en[par] & (wq_buf == buf)
-            m.d.comb += [we.eq(write), wdata.eq(wq_data[par]),
+            m.d.comb += [we.eq(write), wdata.eq(wq_data[par]), wdatah.eq(wq_datah[par]),
                          addr.eq(Mux(write, wq_addr, rd_addr))]
         m.d.sync += wq_en.eq(0)
+        # store row bits: weight row r at store row r, gather entry e at weight_store/2 + e
+        wsb = ceil_log2(cfg.weight_store) if store else 0
+        # The store's rows are the banks' top weight_store addresses: row r at
+        # fm_words - weight_store + r, the row's bits below a constant (no adder).
+        store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
+        copying = Signal()     # (weight store) COPY: ck's store row is read
+        st_busy = C(0, 1)      # (weight store) a store parameter word in stage 2
+        cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
+        ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
+        # (weight store) the phase's last cycle, a register set a cycle ahead from ck's
+        # compare with cout + 1 (the channel phase's cout + 3 entries) or cin - 2: the
+        # compare of ck with a mux of the two ends was in front of the phase register's
+        # enable and the FSM's next state (the first UP5K builds' critical path at seeds 2-3)
+        clast = Signal()
+        cout1 = Signal(len(ck))
+        cinm2 = Signal(len(ck))
+        if store:
+            # before COPY (a pass's gather phase, a group's weights: cin cycles each)
+            with m.If(~copying):
+                m.d.sync += clast.eq(f["cin"] == 1)
+        if store:
+            # The parameter words of the store, decoded like the tables' (stage 1: one
+            # flip-flop per kind, pp holds row, lane and data), then (stage 2) into the write
+            # request's registers, the bank written the cycle after: three cycles from the
+            # bus (the decode went from the link's parameter register straight into the
+            # write request's muxes: the first UP5K build's critical path, 30.8 MHz).
+            # Parameters are written while no image is in flight, and a store word on its
+            # way holds the image back (``st_busy`` in ``load_gate``, as a program word), so
+            # LOAD's and a pass's writes never meet them.
+            # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
+            # l & 1, at store row r.
+            # A GATHER word (entry e): its 23 bits (bank, offset mod 2**aw, dy, dx, as the
+            # table holds them) in banks X even (bits 0-15) and X odd (16-22), both bytes, at
+            # store row weight_store/2 + e.
+            # A channel entry e (BIAS, M, SH, QMAX): one 64-bit store row at 3/4
+            # weight_store + e, bias in banks X even and X odd, m in Y even, sh and qmax in
+            # Y odd's low and high bytes.
+            m.d.sync += wq_bytes.eq(0b01)
+            half = _below(bus.row, cfg.weight_store // 2)
+            quarter = _below(bus.row, cfg.weight_store // 4)
+            s_w = param_hit("st_w", (bkind == ParamKind.WEIGHT) & _below(bus.lane, P) & half)
+            s_g = param_hit("st_g", (bkind == ParamKind.GATHER) & quarter)
+            s_b = param_hit("st_b", (bkind == ParamKind.BIAS) & quarter)
+            s_m = param_hit("st_m", (bkind == ParamKind.M) & quarter)
+            s_s = param_hit("st_s", (bkind == ParamKind.SH) & quarter)
+            s_q = param_hit("st_q", (bkind == ParamKind.QMAX) & quarter)
+            # (one flip-flop for "a program or a store word in stage 2": the image's
+            # accept keeps the inputs it had without a store; a ~st_busy term of its own
+            # there was the next critical path, 36.93 MHz at seed 3)
+            st_busy = param_hit("st_any", prog_cond
+                                | ((bkind == ParamKind.WEIGHT) & half)
+                                | (((bkind == ParamKind.GATHER) | (bkind == ParamKind.BIAS)
+                                    | (bkind == ParamKind.M) | (bkind == ParamKind.SH)
+                                    | (bkind == ParamKind.QMAX)) & quarter))
+            d = pp.data
+            qrow = pp.row[:wsb - 2]
+            gent = Cat(d[0], d[1:1 + aw], d[21:29])
+            caddr = Cat(qrow, C(0b11, 2), store_top)
+            with m.If(s_w):
+                m.d.sync += [wq_en.eq(Mux(pp.lane[1], 0b10, 0b01)), wq_buf.eq(pp.lane[2]),
+                             wq_bytes.eq(Mux(pp.lane[0], 0b10, 0b01)),
+                             wq_addr.eq(Cat(pp.row[:wsb - 1], C(0, 1), store_top)),
+                             wq_data[0].eq(d[:8]), wq_data[1].eq(d[:8]),
+                             wq_datah[0].eq(d[:8]), wq_datah[1].eq(d[:8])]
+            with m.If(s_g):
+                m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11),
+                             wq_addr.eq(Cat(qrow, C(0b10, 2), store_top)),
+                             wq_data[0].eq(gent[:8]), wq_datah[0].eq(gent[8:16]),
+                             wq_data[1].eq(gent[16:24]), wq_datah[1].eq(0)]
+            with m.If(s_b):
+                m.d.sync += [wq_en.eq(0b11), wq_buf.eq(0), wq_bytes.eq(0b11), wq_addr.eq(caddr),
+                             wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16]),
+                             wq_data[1].eq(d[16:24]), wq_datah[1].eq(d[24:32])]
+            with m.If(s_m):
+                m.d.sync += [wq_en.eq(0b01), wq_buf.eq(1), wq_bytes.eq(0b11), wq_addr.eq(caddr),
+                             wq_data[0].eq(d[:8]), wq_datah[0].eq(d[8:16])]
+            with m.If(s_s | s_q):
+                m.d.sync += [wq_en.eq(0b10), wq_buf.eq(1), wq_addr.eq(caddr),
+                             wq_bytes.eq(Mux(s_s, 0b01, 0b10)),
+                             wq_data[1].eq(d[:8]), wq_datah[1].eq(d[:8])]
 
         # ---- control registers ----
         row = Signal(range(max(cfg.max_passes, 2)))
@@ -632,7 +761,9 @@ class OverlayEngine(wiring.Component):
         # A program write since SETUP began (or one still in the parameter port's stage 2)
         # sends LOAD back to SETUP before the image's first value is taken.
         load_gate = Signal()
-        m.d.comb += load_gate.eq((prog_dirty | prog_w.en) & ~lstarted)
+        # (with a weight store a store word in stage 2 too, st_busy: its write request comes
+        # after the cycle LOAD's first value would take it)
+        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store else prog_w.en)) & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -747,7 +878,30 @@ class OverlayEngine(wiring.Component):
         att_gat = Signal()                  # DYN: the unit reads the gather table
         att_gaddr = Signal(W["cin"] + 1)
 
+        # With a weight store every group starts with COPY (its rows into the cache), and
+        # groups are never chained (the copy needs the banks: the previous group's writes
+        # must be over).
+        gstart = "COPY" if store else "GSTART"
         with m.FSM(init="SETUP"):
+            if store:
+                with m.State("COPY"):
+                    # cycle t: store row grow + t -> (stage 1) its bank address -> (stage 2)
+                    # the banks' read -> (stage 3) cache row t; the last write falls in
+                    # GSTART, whose 3 cycles come before the first issue's cache read.
+                    # A pass's first COPY copies its cin gather entries, then its cout + 3
+                    # channel entries (cout, an odd count's pad, a fused gap's two), then
+                    # the group's cin weight rows; the other groups' the rows only.
+                    m.d.comb += copying.eq(1)
+                    with m.If(clast):
+                        # (the next phase's first cycle is its last only for the weights
+                        # of a conv with cin = 1; the channel phase has at least 4)
+                        m.d.sync += [ck.eq(0), cph.eq(Mux(cph == 0, 0, cph - 1)),
+                                     clast.eq((cph == 1) & (f["cin"] == 1))]
+                        with m.If(cph == 0):
+                            m.next = "GSTART"
+                    with m.Else():
+                        m.d.sync += [ck.eq(ck + 1),
+                                     clast.eq(ck == Mux(cph == 1, cout1, cinm2))]
             with m.State("SETUP"):
                 # cycle fcnt: read field fcnt; capture field fcnt-1 (read latency 1)
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
@@ -837,7 +991,11 @@ class OverlayEngine(wiring.Component):
                         m.d.sync += in_load.eq(1)
                         m.next = "LOAD"
                     with m.Else():
-                        m.next = "GSTART"
+                        m.next = gstart
+                    # (a pass's first copy starts with its gather entries; LOAD keeps it)
+                    if store:
+                        m.d.sync += [cph.eq(2), ck.eq(0), cout1.eq(f["cout"] + 1),
+                                     cinm2.eq(f["cin"] - 2)]
             with m.State("LOAD"):
                 # One image value a cycle into buffer X (the counters below, outside the
                 # FSM, on ``images.ready``, which is ``in_load`` and a gate of flip-flops).
@@ -847,7 +1005,7 @@ class OverlayEngine(wiring.Component):
                     m.next = "SETUP"
                 with m.Elif(self.images.valid & lall):
                     m.d.sync += in_load.eq(0)
-                    m.next = "GSTART"
+                    m.next = gstart
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
                 with m.If(gs == 0):
@@ -869,12 +1027,13 @@ class OverlayEngine(wiring.Component):
                                                          dsteps - 1))),
                                  dsm1.eq(dsteps - 1), dsm2.eq(dsteps - 2),
                                  dr_last.eq(dr_d == dsteps - 1),
-                                 chain.eq((f["last_group"] == P) & ~f["raw"]
+                                 chain.eq(0 if store else
+                                          (f["last_group"] == P) & ~f["raw"]
                                           & (~f["gap"] | _at_least(f["cin"], dfull - _HANDOFF))),
                                  gchain.eq((f["last_group"] == P) & ~f["raw"] & f["gap"]
                                            & _at_least(f["cin"], max(2 * dfull, 10))
                                            & (f["pool"] | (xlast != 0) | (ylast != 0))
-                                           if dfull <= 8 else 0),
+                                           if dfull <= 8 and not store else 0),
                                  gs.eq(0)]
                     m.next = "ISSUE"
             def next_group():
@@ -913,7 +1072,7 @@ class OverlayEngine(wiring.Component):
                     m.next = "SETUP"
                 with m.Else():
                     m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
-                    m.next = "GSTART"
+                    m.next = gstart
 
             with m.State("FLUSH"):
                 # Until the group's last write (the per-group registers may change then): the
@@ -1046,7 +1205,8 @@ class OverlayEngine(wiring.Component):
         if dynw is not None:
             m.d.comb += gat_r.addr.eq(Mux(att_gat, att_gaddr, f["gbase"] + t))
         else:
-            m.d.comb += gat_r.addr.eq(f["gbase"] + t)
+            # (with a weight store the pass's entries were copied to 0..cin-1)
+            m.d.comb += gat_r.addr.eq(t if store else f["gbase"] + t)
         v1 = reg("v1", 1, iss)
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
@@ -1085,7 +1245,29 @@ class OverlayEngine(wiring.Component):
         bx1 = bounds0("bx", sxv, f["w"])
         tagw = 4
         tag1 = reg("tag1", tagw, Cat(mm, first_pos, last_pos))
-        wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
+        if store:
+            # The cache row is the issue counter (the group's rows were copied to 0..cin-1);
+            # in COPY the counter is the copied row's, grow + t its store row.
+            # COPY's counter ck: phase cph 2 (a pass's gather entries gbase + ck, to entry
+            # ck), 1 (its channel entries cbase + ck, to entry (cbase + ck) mod
+            # channel_rows), 0 (the group's weight rows grow + ck, to row ck).
+            wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), t)
+            cbits = max(ceil_log2(cfg.weight_rows), ceil_log2(cfg.gather_rows),
+                        ceil_log2(cfg.channel_rows))
+            s0 = Signal(wsb - 1)
+            m.d.comb += s0.eq(Mux(cph == 2, f["gbase"], Mux(cph == 1, f["cbase"], grow)) + ck)
+            sa1 = reg("sa1", wsb, Cat(s0[:wsb - 2], Mux(cph == 0, s0[wsb - 2], cph[0]),
+                                      cph != 0))
+            cp1 = reg("cp1", 1, copying)
+            cp2 = reg("cp2", 1, cp1)
+            cp3 = reg("cp3", 1, cp2)
+            cg2 = reg("cg2", 2, reg("cg1", 2, cph))
+            cg3 = reg("cg3", 2, cg2)
+            ck1 = reg("ck1", cbits, Mux(cph == 1, s0, ck))
+            ck2 = reg("ck2", cbits, ck1)
+            ck3 = reg("ck3", cbits, ck2)
+        else:
+            wa1 = reg("wa1", max(1, ceil_log2(cfg.weight_rows)), grow + t)
         # stage 1: the read address; dy, dx against the registered thresholds
         gd = gat_r.data
         off = gd[1:1 + aw]
@@ -1094,7 +1276,9 @@ class OverlayEngine(wiring.Component):
         v2 = reg("v2", 1, v1)
         first2 = reg("first2", 1, first1)
         last2 = reg("last2", 1, last1)
-        addr2 = reg("addr2", aw, pix1 + off)
+        # (a copy cycle reads the store row instead: no MAC item is in flight then)
+        addr2 = reg("addr2", aw, Mux(cp1, Cat(sa1, store_top), pix1 + off) if store
+                    else pix1 + off)
         def in_bounds(b, d):
             """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
             loall, nlo, hv = b
@@ -1127,6 +1311,23 @@ class OverlayEngine(wiring.Component):
             m.d.comb += wt_r.addr.eq(wa3)
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
+        if store:
+            # The copy's data (the store row read at stage 2 by a copy cycle) into the cache.
+            # (and in a pass's first copy phase the gather entry into the gather table)
+            # (and in a pass's first COPY the gather entries into the gather table, its
+            # channel entries into the channel tables, at their entry modulo channel_rows)
+            row64 = Cat(*[banks[bp][4] for bp in ((0, 0), (0, 1), (1, 0), (1, 1))])
+            m.d.comb += [wt_w.addr.eq(ck3), wt_w.en.eq(Mux(cp3 & (cg3 == 0), (1 << P) - 1, 0)),
+                         wt_w.data.eq(row64),
+                         gat_w.addr.eq(ck3), gat_w.en.eq(cp3 & (cg3 == 2)),
+                         gat_w.data.eq(row64[:32])]
+            cen = cp3 & (cg3 == 1)
+            for name, data in (("bias", row64[:32]), ("m", row64[32:48]),
+                               ("shq", Cat(row64[48:48 + SH_BITS], row64[56:64]))):
+                for b, wp in enumerate(tables_w[name]):
+                    m.d.comb += [wp.addr.eq(ck3[1:] if R == 2 else ck3), wp.data.eq(data),
+                                 wp.en.eq(Mux(cen & ((ck3[0] == b) if R == 2 else 1),
+                                              (1 << len(wp.en)) - 1, 0))]
         sel = Mux(f["src"], Mux(bank3, rd[1, 1], rd[1, 0]), Mux(bank3, rd[0, 1], rd[0, 0]))
         v4 = reg("v4", 1, v3)
         first4 = reg("first4", 1, first3)

@@ -109,9 +109,15 @@ _CONFIG_RANGES = {
     "max_passes": (2, 1 << 16),
     # The parameter word's row field is 16 bits.
     "attention_rows": (16, 1 << 16),
+    # Rows of the weight store in the feature-map banks' upper addresses (0: none).
+    "weight_store": (0, 1 << 16),
 }
 
 PRIMITIVES = ("generic", "ice40")
+
+#: MAC lanes of an engine with a weight store: four banks of 16 bits are one row of 8 int8
+#: weights.
+STORE_LANES = 8
 
 #: The SB_SPRAM256KA's depth: the ``ice40`` feature-map banks are exactly one SPRAM each.
 SPRAM_WORDS = 16384
@@ -152,6 +158,21 @@ class OverlayConfig:
     attention_rows : int
         Entries (32 bits) of the attention table (constants, kernel taps and LUTs of every
         attention pass); only with ``attention``.
+    weight_store : int
+        0 (the default): the weights and the gather entries live in the ``weight_rows``-
+        and ``gather_rows``-entry block-RAM tables. Otherwise they live in the feature-map
+        banks' upper ``weight_store`` addresses (the *store*; the banks are 16 bits wide
+        then, the maps use the low byte): the network's weight rows in its lower half (the
+        four banks side by side, one 64-bit row of 8 lanes), its gather entries in the
+        third quarter (banks X even and X odd, 32 bits), its channel entries in the last
+        (bias, m, sh and qmax: 64 bits). Before each group the engine copies the group's
+        ``cin`` weight rows into the ``weight_rows``-row block-RAM *weight cache*, and before
+        a pass's first group the pass's ``cin`` gather entries into the ``gather_rows``-entry
+        gather table and its ``cout + 3`` channel entries into the channel tables (entry
+        ``e`` at ``e mod channel_rows``, a power of two), while no bank is read or written
+        (``docs/boards.md``, "What ``mnist-s`` on the UP5K would take"). A power of two of
+        at most half of ``fm_words`` (the maps keep the lower addresses); only with 8 lanes
+        and without attention hardware. JSON: left out when 0.
     """
 
     lanes: int = 16
@@ -164,6 +185,7 @@ class OverlayConfig:
     primitives: str = "generic"
     attention: tuple = ()
     attention_rows: int = 1024
+    weight_store: int = 0
 
     def __post_init__(self):
         if isinstance(self.attention, (list, tuple)):
@@ -198,6 +220,22 @@ class OverlayConfig:
         if not isinstance(att, tuple) or any(not isinstance(a, str) for a in att):
             raise ValueError(f"overlay config: attention must be a list of op names from "
                              f"{list(ATTENTION_OPS)}, got {att!r}")
+        ws = self.weight_store
+        if ws:
+            if ws & (ws - 1) or 2 * ws > self.fm_words or self.fm_words % ws:
+                raise ValueError(f"overlay config: weight_store must be 0 or a power of two of "
+                                 f"at most fm_words / 2 = {self.fm_words // 2} dividing "
+                                 f"fm_words (the store is the banks' upper addresses), got "
+                                 f"{ws}")
+            if self.channel_rows & (self.channel_rows - 1):
+                raise ValueError(f"overlay config: with a weight_store, channel_rows must be a "
+                                 f"power of two (a pass's entries are copied to their entry "
+                                 f"modulo channel_rows), got {self.channel_rows}")
+            if self.lanes != STORE_LANES or att:
+                raise ValueError(f"overlay config: weight_store needs lanes = {STORE_LANES} "
+                                 f"(four 16-bit banks side by side are one row of 8 int8 "
+                                 f"weights) and no attention hardware, got lanes "
+                                 f"{self.lanes}, attention {list(att)}")
         bad = [a for a in att if a not in ATTENTION_OPS]
         if bad or len(set(att)) != len(att):
             raise ValueError(f"overlay config: attention {list(att)}: "
@@ -211,6 +249,8 @@ class OverlayConfig:
         Without attention hardware the attention fields are left out, so the JSON (and the
         design id a device descriptor derives from it) is what it was before the option."""
         out = asdict(self)
+        if not self.weight_store:
+            del out["weight_store"]
         if not self.attention:
             del out["attention"], out["attention_rows"]
         else:
@@ -256,7 +296,9 @@ def overlay_cost(config, cycles=0):
     c = OverlayConfig.from_json(config)
     mults = [Multiplier.amaranth("mac", c.lanes, 8, True, 8, False),
              Multiplier.amaranth("requant", c.requant_units, 33, True, 16, False)]
-    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 8) for buf in "XY" for bank in "eo"]
+    # (with a weight store the banks are 16 bits wide: two lanes of a weight row each)
+    mems = [MemorySpec(f"fm.{buf}{bank}", c.fm_words, 16 if c.weight_store else 8)
+            for buf in "XY" for bank in "eo"]
     mems += [MemorySpec("weights", c.weight_rows, 8 * c.lanes),
              MemorySpec("bias", c.channel_rows, 32), MemorySpec("m", c.channel_rows, 16),
              MemorySpec("sh", c.channel_rows, 6), MemorySpec("qmax", c.channel_rows, 8),
@@ -442,12 +484,13 @@ class OverlayPlan(OverlayMemories):
         """Rows used of each table: dict name -> (used, capacity)."""
         c = self.config
         used = {"program": (len(self.program), c.max_passes),
-                "weights": (len(self.weights), c.weight_rows),
-                "channels": (len(self.bias), c.channel_rows),
-                "gather": (len(self.gather), c.gather_rows),
+                "weights": (len(self.weights), store_capacity(c)[0]),
+                "channels": (len(self.bias), store_capacity(c)[2]),
+                "gather": (len(self.gather), store_capacity(c)[1]),
                 "fm": (max([_map_words(p["h"], p["w"], p["in_c"]) for p in self.passes[:1]]
                            + [_map_words(p["out_h"], p["out_w"], p["cout"])
-                              for p in self.passes if not p["raw"]]), c.fm_words)}
+                              for p in self.passes if not p["raw"]]),
+                       _fm_capacity(c)[0])}
         if c.attention:
             used["attention"] = (len(self.att), c.attention_rows)
         return used
@@ -489,6 +532,25 @@ class OverlayPlan(OverlayMemories):
                      f"{self.macs_per_image / ((c.lanes + c.requant_units) * cycles):.1%})")
         lines.append(line)
         return lines
+
+
+def store_capacity(config):
+    """Weight rows, gather entries and channel-table entries the network may have in all:
+    the tables' sizes, or with a weight store the store's half and quarters (the tables are
+    then caches of a group's or a pass's entries)."""
+    if config.weight_store:
+        return (config.weight_store // 2, config.weight_store // 4, config.weight_store // 4)
+    return config.weight_rows, config.gather_rows, config.channel_rows
+
+
+def _fm_capacity(config):
+    """Words of a bank a feature map may use, and how a message names that bound: the whole
+    bank, or with a weight store the addresses below it."""
+    if config.weight_store:
+        cap = config.fm_words - config.weight_store
+        return cap, (f"the {cap} words below the weight store (fm_words {config.fm_words} - "
+                     f"weight_store {config.weight_store})")
+    return config.fm_words, f"fm_words = {config.fm_words}"
 
 
 def _map_words(h, w, c):
@@ -622,10 +684,12 @@ def compile_overlay(model, config=None):
     qmax_act = (1 << model.act_bits) - 1
     # The image must fit a bank too.
     h0, w0, c0 = shapes[0]
-    if _map_words(h0, w0, c0) > config.fm_words:
+    # (with a weight store, the maps keep the banks' addresses below it)
+    fm_cap, fm_name = _fm_capacity(config)
+    if _map_words(h0, w0, c0) > fm_cap:
         raise OverlayFitError(f"input: the image {h0}x{w0}x{c0} needs {h0}*{w0}*{c0 + (c0 & 1)}/2"
-                              f" = {_map_words(h0, w0, c0)} words per bank, over fm_words = "
-                              f"{config.fm_words}; raise fm_words or use --engine dataflow")
+                              f" = {_map_words(h0, w0, c0)} words per bank, over {fm_name}; "
+                              f"raise fm_words or use --engine dataflow")
     a_rows = []
     for k, g in enumerate(groups):
         if g["att"] is not None:
@@ -649,12 +713,12 @@ def compile_overlay(model, config=None):
         out_h, out_w = (ho // 2, wo // 2) if pool else (ho, wo)
         if gap:
             out_h = out_w = 1
-        if not raw and _map_words(out_h, out_w, cout) > config.fm_words:
+        if not raw and _map_words(out_h, out_w, cout) > fm_cap:
             j = max(x for x in (g["conv"], g["pool"], g["gap"]) if x is not None)
             raise OverlayFitError(
                 f"{_where(j, layers[j])}: the map it writes, {out_h}x{out_w}x{cout}, needs "
                 f"{out_h}*{out_w}*{cout + (cout & 1)}/2 = {_map_words(out_h, out_w, cout)} words "
-                f"per bank, over fm_words = {config.fm_words}; raise fm_words, add a stride or "
+                f"per bank, over {fm_name}; raise fm_words, add a stride or "
                 f"a maxpool earlier, or use --engine dataflow")
 
         # Partial sums: sum |w| * (largest input value) must fit the 32-bit accumulator.
@@ -739,10 +803,23 @@ def compile_overlay(model, config=None):
         wbase += ngroups * cin
         cbase = len(c_rows)
         gbase += cin
-        for need, key, what in ((wbase, "weight_rows", "weight rows"),
-                                (cbase, "channel_rows", "channel-table entries"),
-                                (gbase, "gather_rows", "gather-table entries")):
-            cap = getattr(config, key)
+        for key, n, what in (("weight_rows", cin, "weight rows (its input channels)"),
+                             ("gather_rows", cin, "gather entries"),
+                             ("channel_rows", cout + 3, "channel-table entries copied (cout "
+                              "+ 3: a pad and a gap's two)")) if config.weight_store else ():
+            # a group's rows (a pass's gather and channel entries) are copied into the weight
+            # cache (the gather and channel tables) before it runs
+            if n > getattr(config, key):
+                raise OverlayFitError(
+                    f"{_where(g['conv'], conv)}: this conv (pass {k}) has {n} {what}, over "
+                    f"the copy's table, {key} = {getattr(config, key)}; raise {key} or use "
+                    f"--engine dataflow")
+        wcap, gcap, ccap = store_capacity(config)
+        for need, key, what, cap in ((wbase, "weight_rows", "weight rows", wcap),
+                                     (cbase, "channel_rows", "channel-table entries", ccap),
+                                     (gbase, "gather_rows", "gather-table entries", gcap)):
+            if config.weight_store:
+                key = "weight_store // 2" if key == "weight_rows" else "weight_store // 4"
             if need > cap:
                 raise OverlayFitError(
                     f"{_where(g['conv'], conv)}: the network needs {need} {what} up to this "
@@ -925,7 +1002,9 @@ def decode_param_words(words, config, memories=None):
     -------
     OverlayMemories
         Arrays of the config's full sizes (``program`` ``[max_passes, len(PASS_FIELDS)]``,
-        ``weights`` ``[weight_rows, lanes]``, tables ``[channel_rows]``, ``[gather_rows]``).
+        ``weights`` ``[weight_rows, lanes]``, tables ``[channel_rows]``, ``[gather_rows]``; with a
+        weight store ``weight_store // 2`` weight rows, ``weight_store // 4`` gather and
+        channel entries).
 
     Raises
     ------
@@ -935,11 +1014,12 @@ def decode_param_words(words, config, memories=None):
     c = OverlayConfig.from_json(config)
     if memories is None:
         z = np.zeros
+        wcap, gcap, ccap = store_capacity(c)
         memories = OverlayMemories(c, z((c.max_passes, len(PASS_FIELDS)), np.int64),
-                                   z((c.weight_rows, c.lanes), np.int64),
-                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
-                                   z(c.channel_rows, np.int64), z(c.channel_rows, np.int64),
-                                   z(c.gather_rows, np.int64),
+                                   z((wcap, c.lanes), np.int64),
+                                   z(ccap, np.int64), z(ccap, np.int64),
+                                   z(ccap, np.int64), z(ccap, np.int64),
+                                   z(store_capacity(c)[1], np.int64),
                                    z(c.attention_rows if c.attention else 0, np.int64))
     tables = {ParamKind.BIAS: memories.bias, ParamKind.M: memories.m, ParamKind.SH: memories.sh,
               ParamKind.QMAX: memories.qmax, ParamKind.GATHER: memories.gather}

@@ -11,6 +11,11 @@ cycles between the first accepted beats of consecutive images are::
 
     group = GSTART + N * T + (cin + D - T) + FLUSH  [+ GAP_LOAD + D + GAP_FLUSH  with a gap]
 
+    with a weight store (``OverlayConfig.weight_store``) every group starts with its COPY:
+    group += cin (one store row a cycle into the weight cache), a pass's first group also
+    += cin + cout + 3 (its gather entries into the gather table, its channel entries, an odd
+    cout's pad and a gap's two included, into the channel tables), and no group is chained
+
     chained (:func:`chain_mode`), a group before the pass's last one:
     group = [GSTART for the first] + N * T   [+ (cin + D - T) + FLUSH + GAP_LOAD  "gapload"]
     and the pass's last group is the formula above without its GSTART
@@ -52,7 +57,7 @@ def _get(p, name):
     return int(p[name] if isinstance(p, dict) else getattr(p, name))
 
 
-def chain_mode(p, lanes, requant_units):
+def chain_mode(p, lanes, requant_units, store=False):
     """How the groups of pass ``p`` are chained (each group after the first starts without a
     GSTART while the previous one is still in flight), ``None`` if they are not.
 
@@ -67,7 +72,8 @@ def chain_mode(p, lanes, requant_units):
     * ``"gapload"``: with a gap otherwise, if ``cin + 6 >= D``: the next group's first issue
       is the cycle after GAPLOAD (its first hand-off comes after the gap drain's last step).
     """
-    if _get(p, "raw") or _get(p, "last_group") != lanes:
+    if store or _get(p, "raw") or _get(p, "last_group") != lanes:
+        # (with a weight store every group's COPY needs the banks to itself)
         return None
     if not _get(p, "gap"):
         return "issue"
@@ -80,18 +86,21 @@ def chain_mode(p, lanes, requant_units):
     return "gapload" if cin + _HANDOFF >= d else None
 
 
-def chained(p, lanes, requant_units):
+def chained(p, lanes, requant_units, store=False):
     """Whether the groups of pass ``p`` are chained (:func:`chain_mode`)."""
-    return chain_mode(p, lanes, requant_units) is not None
+    return chain_mode(p, lanes, requant_units, store) is not None
 
 
-def group_cycles(p, group, lanes, requant_units):
-    """Cycles of group ``group`` of pass ``p`` (a dict of ``PASS_FIELDS``)."""
+def group_cycles(p, group, lanes, requant_units, store=False):
+    """Cycles of group ``group`` of pass ``p`` (a dict of ``PASS_FIELDS``); ``store``: the
+    engine has a weight store (``OverlayConfig.weight_store``): the group's COPY (``cin``
+    cycles, one store row each; ``2 cin + cout + 3`` in the pass's first group, whose
+    gather and channel entries are copied too) comes first and no group is chained."""
     groups = _get(p, "groups")
     pg = _get(p, "last_group") if group == groups - 1 else lanes
     d = pg if _get(p, "raw") else -(-pg // requant_units)
     cin = _get(p, "cin")
-    mode = chain_mode(p, lanes, requant_units)
+    mode = chain_mode(p, lanes, requant_units, store)
     chain = mode is not None
     ho, wo = _get(p, "ho"), _get(p, "wo")
     n = 4 * (ho // 2) * (wo // 2) if _get(p, "pool") else ho * wo
@@ -106,7 +115,9 @@ def group_cycles(p, group, lanes, requant_units):
     # the last issue is T - cin cycles before the issue phase's end; FLUSH counts from it
     flush = (cin + d - t) + (PIPE.raw_flush if _get(p, "raw") else
                              PIPE.gap_sum_flush if gap else PIPE.flush)
-    cycles = issue + (PIPE.group_start if group == 0 or not chain else 0)
+    # (a weight store: the group's rows, before the pass's first its gather entries)
+    cycles = issue + (PIPE.group_start if group == 0 or not chain else 0) + (
+        (2 * cin + _get(p, "cout") + 3 if group == 0 else cin) if store else 0)
     if chain and group < groups - 1:
         # chained: the next group's first issue follows this group's last position T cycles
         # after that position's start ("issue"), or the cycle after GAPLOAD ("gapload": FLUSH
@@ -204,7 +215,8 @@ def pass_cycles(plan):
             # K from the pass's attention-table words (DYN_HEAD: K | t << 8 at entry 2)
             cycles = dyn_cycles(p, int(plan.att[_get(p, "gap_ent") + 2]) & 0xFF)
         else:
-            cycles = sum(group_cycles(p, g, lanes, r) for g in range(_get(p, "groups")))
+            store = bool(getattr(plan.config, "weight_store", 0))
+            cycles = sum(group_cycles(p, g, lanes, r, store) for g in range(_get(p, "groups")))
         out.append(PIPE.setup + cycles)
     return out
 

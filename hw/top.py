@@ -191,15 +191,17 @@ def overlay_param_space(config):
     -------
     list of (ParamKind, rows, lanes)
         Program (``max_passes`` × the pass fields), gather table, weights (``weight_rows`` ×
-        ``lanes``), then the per-channel tables (``channel_rows`` each): bias, m, sh, qmax;
+        ``lanes``; with a weight store ``weight_store // 2`` rows, the gather and channel
+        tables ``weight_store // 4`` entries), then the per-channel tables (``channel_rows`` each): bias, m, sh, qmax;
         with attention hardware (``config.attention``) its table (``attention_rows``).
     """
     from .overlay_program import PASS_FIELDS
     from .params import ParamKind
-    ch = int(config.channel_rows)
+    from .overlay_program import store_capacity
+    wrows, grows, ch = store_capacity(config)
     return [(ParamKind.PROGRAM, int(config.max_passes), len(PASS_FIELDS)),
-            (ParamKind.GATHER, int(config.gather_rows), 1),
-            (ParamKind.WEIGHT, int(config.weight_rows), int(config.lanes)),
+            (ParamKind.GATHER, int(grows), 1),
+            (ParamKind.WEIGHT, int(wrows), int(config.lanes)),
             (ParamKind.BIAS, ch, 1), (ParamKind.M, ch, 1), (ParamKind.SH, ch, 1),
             (ParamKind.QMAX, ch, 1)] + (
         # The attention unit's table (sigmoid/exp/spatial LUTs and kernels, ParamKind.LUT

@@ -195,9 +195,23 @@ def _overlay_plan(args, model, board, say):
             lanes = 2 * (have - 2 * config.requant_units)
             if lanes >= 2:
                 config = dataclasses.replace(config, lanes=min(lanes, 8))
+        # The weights, gather entries and channel-table entries in the SPRAM banks (their
+        # upper 4096 addresses: 2048 weight rows of 8 lanes, 1024 gather and 1024 channel
+        # entries; the maps keep 12288 words a bank, mnist-s's largest uses 6,272): a
+        # 256-row weight cache (4 EBRs instead of a 512-row table's 8) copied into before
+        # each group, the 256-entry gather and channel tables before each pass. One
+        # bitstream for digits and mnist-s (which needs 1,618 weight rows, 265 gather and
+        # 268 channel entries; docs/boards.md, "The weight store"). Only
+        # with 8 lanes (four 16-bit banks are one row).
+        if '"weight_store"' not in text and config.lanes == 8 and not config.attention:
+            config = dataclasses.replace(config, weight_store=4096, **(
+                {} if '"weight_rows"' in text else {"weight_rows": 256}))
         say(f"[build] iCE40: the overlay's ice40 primitives (SB_MAC16 lane pairs, "
             f"SB_SPRAM256KA feature maps), {config.lanes} MAC lanes, "
-            f"{config.requant_units} requant unit(s)")
+            f"{config.requant_units} requant unit(s)"
+            + (f", weights, gather and channel entries in the banks' upper "
+               f"{config.weight_store} addresses"
+               if config.weight_store else ""))
     else:
         config = _size_generic_overlay(config, args, model, board, say)
     try:

@@ -63,8 +63,10 @@ def test_digits_choice_per_board(digits, board):
     else:
         assert "SB_MAC16 of 8" in df["why"]
     if b.family == "ice40":
+        # (the weights, gather and channel entries in the SPRAMs' upper 4096 addresses)
         cfg = OverlayConfig(lanes=8, requant_units=1, primitives="ice40", channel_rows=256,
-                            gather_rows=256, max_passes=8)
+                            gather_rows=256, max_passes=8, weight_rows=256,
+                            weight_store=4096)
     else:
         # ECP5: the default 16 lanes / 2 requant units; feature-map banks of block RAM, 4096
         # words on the 12F (4 x 2 DP16KD; 16384 would take 32 of its 32), 16384 above.
@@ -199,7 +201,8 @@ def test_overlay_sized_to_ecp5_ram(digits):
 def test_overlay_tables_raised_for_a_wide_model(seed):
     """On a block-RAM part the overlay's tables grow to what the model needs (next power of
     two) when the defaults (512 weight rows, 512 channel and gather entries) are too small;
-    the iCE40 config stays as measured and refuses it in words."""
+    the iCE40 config keeps its tables (the weight store holds the network's) and refuses a
+    model past the store in words."""
     from types import SimpleNamespace
 
     from shiftacc.sw.cli_build import _overlay_plan
@@ -219,9 +222,17 @@ def test_overlay_tables_raised_for_a_wide_model(seed):
         want *= 2
     assert plan.config.weight_rows == want
     assert plan.config.channel_rows == max(512, 1 << (need["channels"][0] - 1).bit_length())
-    if rows > 512:
-        with pytest.raises(UsageError, match="weight rows"):
+    # The iCE40 config keeps its tables (caches of a group's or pass's entries) and holds
+    # the network's in the SPRAMs' weight store: 2048 weight rows, 1024 channel entries.
+    need8 = compile_overlay(model, OverlayConfig(lanes=8, weight_rows=1 << 14,
+                                                 channel_rows=1 << 14, gather_rows=1 << 14)
+                            ).memories_used()
+    if need8["weights"][0] > 2048:
+        with pytest.raises(UsageError, match="weight rows .* over weight_store // 2 = 2048"):
             _overlay_plan(args, model, find_board("icebreaker"), quiet)
+    elif need8["channels"][0] <= 1024:
+        ice = _overlay_plan(args, model, find_board("icebreaker"), quiet).config
+        assert (ice.weight_store, ice.weight_rows, ice.channel_rows) == (4096, 256, 256)
     # Named in --overlay-config: kept (and refused when too small).
     args = SimpleNamespace(overlay_config='{"weight_rows": 256}', lanes=None,
                            requant_units=None)
