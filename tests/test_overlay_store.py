@@ -4,8 +4,6 @@ are copied into the block-RAM weight cache before it runs. Logits == models.gold
 random stalls, and measured cycles per image == hw/overlay_timing.image_cycles (which counts
 the copies), on random networks and the digits model."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -68,19 +66,69 @@ def test_store_cycles_match_the_model(r):
     assert periods == [image_cycles(plan)] * len(periods)
 
 
-DIGITS = "/work/main/out/digits.npz"
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits topology (preset digits-s), briefly trained here (no file outside the
+    test): the store's copies depend on the topology, exactness on every weight."""
+    from shiftacc.sw.cli import main
+    path = tmp_path_factory.mktemp("store") / "digits.npz"
+    assert main(["train", "--dataset", "digits", "--epochs", "4", "--seed", "3", "--out",
+                 str(path), "-q"]) == 0
+    return path
 
 
-@pytest.mark.skipif(not os.path.exists(DIGITS), reason="the digits model is not trained")
-def test_store_digits_exact_and_cycles():
+def test_store_digits_exact_and_cycles(digits):
     """The iCEBreaker model on a weight-store engine (generic banks of the UP5K's depth):
     golden logits, cycles == the model."""
     from shiftacc.models.artifact import load_artifact as load
-    model = load(DIGITS)
+    model = load(digits)
     cfg = store_config(fm_words=16384, weight_store=8192, weight_rows=256, channel_rows=256,
                        gather_rows=256)
     plan, first = _run("test_store_digits_exact_and_cycles", model, cfg, 2, 0.0, 0.0)
     assert np.diff(first).tolist() == [image_cycles(plan)]
+
+
+def _one_channel_convs(name):
+    """A network whose first conv and classifier each read ONE input channel (``cin = 1``:
+    a COPY phase of one weight row and one gather entry, whose end is its first cycle),
+    which random_model never draws (its stem replicates the image to 3+ channels): a random
+    model with the replicate dropped, the block conv cut to one output channel."""
+    from shiftacc.models.artifact import to_manifest_and_arrays, validate
+    rng, seed = make_rng(name)
+    nrng = np.random.default_rng(seed)
+    base = random_model(nrng, size=(6, 5), in_channels=1, blocks=1, act_bits=8, max_width=9,
+                        classes=int(nrng.integers(2, 6)), calib_images=16)
+    ops = [l.op for l in base.layers]
+    assert ops[:3] == ["replicate", "shift", "conv1x1"] and ops[-1] == "conv1x1", ops
+    layers = list(base.layers[1:])                 # shift -> conv(cin = 1) -> ...
+    layers[0].shifts = layers[0].shifts[:1]
+    layers[1].weight = layers[1].weight[:, :1]
+    convs = [i for i, l in enumerate(layers) if l.op == "conv1x1"]
+    mid = layers[convs[1]]                         # the block's conv: one output channel
+    mid.weight, mid.bias = mid.weight[:1], mid.bias[:1]
+    mid.m, mid.sh = mid.m[:1], mid.sh[:1]
+    for l in layers[convs[1] + 1:]:
+        if l.op == "shift":
+            l.shifts = l.shifts[:1]
+    layers[-1].weight = layers[-1].weight[:, :1]   # the classifier reads one channel
+    base.layers = layers
+    manifest, arrays = to_manifest_and_arrays(base)
+    return validate(manifest, arrays), seed
+
+
+@pytest.mark.parametrize("stalls", [(0.0, 0.0), (0.3, 0.5)])
+def test_store_one_input_channel(stalls):
+    """``cin = 1`` passes on a store engine: golden logits (under stalls too) and, without
+    stalls, cycles == the model."""
+    name = f"test_store_one_input_channel[{stalls[0]}]"
+    model, seed = _one_channel_convs(name)
+    plan = compile_overlay(model, store_config())
+    cins = [p["cin"] for p in plan.passes]
+    print(f"pass cin {cins}")
+    assert cins[0] == 1 and cins[-1] == 1, cins
+    plan, first = _run(name, model, store_config(), 3, *stalls, seed=seed)
+    if stalls == (0.0, 0.0):
+        assert np.diff(first).tolist() == [image_cycles(plan)] * 2
 
 
 def test_store_config_and_fit_errors():
