@@ -81,3 +81,29 @@ def check_logits(got, want):
             assert value == want[i, c], (f"image {i} class {c}: engine {value}, golden "
                                          f"{want[i, c]}")
             assert last == int(c == classes - 1), f"image {i} class {c}: last = {last}"
+
+
+
+def run_with_word_moved_last(dut, nets, late, filler, rng):
+    """Two networks loaded one after the other into one engine, the second's parameter word
+    ``late`` taken out of its place and given last, after ``filler`` (words that write
+    nothing), so that the second network's first image beat follows it in the very next
+    cycle; both networks' logits must equal their golden ones.
+
+    Parameters
+    ----------
+    dut : OverlayEngine
+    nets : two (param_words, images, golden logits) tuples
+    late : int
+        A word of the second network's that differs from what the first left in place (so
+        that running without it would give other logits).
+    filler : list of int
+    rng : numpy.random.Generator
+    """
+    words = [w for w in nets[1][0] if w != late] + list(filler) + [late]
+    phases = [(nets[0][0], nets[0][1], nets[0][2].shape[1]),
+              (words, nets[1][1], nets[1][2].shape[1])]
+    got, _ = run_phases(dut, phases, rng, 0.0, 0.0)
+    split = nets[0][2].size
+    check_logits(got[:split], nets[0][2])
+    check_logits(got[split:], nets[1][2])

@@ -488,6 +488,20 @@ endmodule
 """
 
 
+def _assert_equivalent(tmp_path, cell_model, cycles):
+    """Yosys proves ``gold.v`` and ``gate.v`` in ``tmp_path`` (the latter instantiating the
+    cell that ``cell_model`` describes) equal for ``cycles`` clock cycles from zero state
+    (a SAT miter; fails with Yosys's counterexample)."""
+    import subprocess
+    from shiftacc.hw.synth import yosys_exe
+    script = (f"read_verilog gold.v gate.v {cell_model}; proc; opt_clean; "
+              "miter -equiv -flatten -make_assert gold gate miter; hierarchy -top miter; "
+              f"sat -verify -seq {cycles} -set-init-zero -prove-asserts -timeout 120 miter")
+    proc = subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
 @pytest.mark.parametrize("wb, ib", [(2, 1), (5, 3), pytest.param(8, 8, marks=pytest.mark.slow)])
 def test_mac_array_ecp5_dsp_product_is_exact(tmp_path, wb, ib):
     """The instantiated MULT18X18D (with the behavioural model above) computes exactly
@@ -495,7 +509,6 @@ def test_mac_array_ecp5_dsp_product_is_exact(tmp_path, wb, ib):
     ``ib``-bit ``x`` (Yosys SAT proof over 4 cycles from any equal state): operand bit order,
     sign and zero extension, latency. The reference is written here, not taken from the
     MacArray's generic RTL."""
-    import subprocess
     from amaranth.hdl import Module, Signal, signed, unsigned
     from amaranth.back import verilog
     from shiftacc.hw.mac_array import _mult18x18d_registered
@@ -523,12 +536,7 @@ def test_mac_array_ecp5_dsp_product_is_exact(tmp_path, wb, ib):
         ports=", ".join(f"{c}{i}" for c in "ABC" for i in range(18)),
         pout=", ".join(f"P{i}" for i in range(36)), a=bits(18, "A"), b=bits(18, "B"),
         p=bits(36, "P")))
-    script = ("read_verilog gold.v gate.v mult.v; proc; opt_clean; "
-              "miter -equiv -flatten -make_assert gold gate miter; hierarchy -top miter; "
-              "sat -verify -seq 4 -set-init-zero -prove-asserts -timeout 120 miter")
-    proc = subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    _assert_equivalent(tmp_path, "mult.v", cycles=4)
 
 
 def test_mac_array_ecp5_issue_copies():
@@ -552,7 +560,6 @@ def test_ecp5_ff_copy_is_a_flip_flop(tmp_path):
     library reference: ``Q <= D`` on the rising clock, GSR disabled, powers up 0) equals an
     inferred ``sync`` flip-flop of reset value 0, reset included (Yosys SAT proof over 6
     cycles from the zero state)."""
-    import subprocess
     from amaranth.back import verilog
     from amaranth.hdl import Module, Signal
     from shiftacc.hw.dsp import ecp5_ff_copy
@@ -571,9 +578,4 @@ def test_ecp5_ff_copy_is_a_flip_flop(tmp_path):
         "module FD1S3AX(input D, input CK, output reg Q);\n"
         "  parameter GSR = \"ENABLED\";\n  initial Q = 1'b0;\n"
         "  always @(posedge CK) Q <= D;\nendmodule\n")
-    script = ("read_verilog gold.v gate.v ff.v; proc; opt_clean; "
-              "miter -equiv -flatten -make_assert gold gate miter; hierarchy -top miter; "
-              "sat -verify -seq 6 -set-init-zero -prove-asserts -timeout 120 miter")
-    proc = subprocess.run([yosys_exe(), "-q", "-p", script], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    _assert_equivalent(tmp_path, "ff.v", cycles=6)

@@ -20,7 +20,8 @@ from shiftacc.models import golden
 from shiftacc.models.netgen import random_model
 from shiftacc.sim.streamtb import make_rng
 
-from overlay_tb import check_logits, image_beats, run_engine, run_phases  # noqa: E402
+from overlay_tb import (check_logits, image_beats, run_engine, run_phases,  # noqa: E402
+                        run_with_word_moved_last)
 
 
 def small_config(lanes, r, **kw):
@@ -142,14 +143,7 @@ def test_overlay_program_word_just_before_the_image():
     late = [w for w in words if decode_word(w)[1] == ParamKind.PROGRAM
             and decode_word(w)[2] == 0 and first.get(decode_word(w)[2:4]) != decode_word(w)[4]]
     assert late, "the two programs' row 0 are equal"
-    last = late[-1]
-    words = [w for w in words if w != last] + decoys(rng, 80) + [last]
-    phases = [(nets[0][0], nets[0][1], nets[0][2].shape[1]),
-              (words, nets[1][1], nets[1][2].shape[1])]
-    got, _ = run_phases(OverlayEngine(cfg), phases, rng, 0.0, 0.0)
-    split = nets[0][2].size
-    check_logits(got[:split], nets[0][2])
-    check_logits(got[split:], nets[1][2])
+    run_with_word_moved_last(OverlayEngine(cfg), nets, late[-1], decoys(rng, 80), rng)
 
 
 @pytest.mark.parametrize("case", range(2))

@@ -157,7 +157,7 @@ def test_store_word_just_before_the_image(kind):
     through two register stages and the write request's, so it holds the image back
     (``st_busy``) until written; the image must run with it."""
     from shiftacc.hw.params import ParamKind, decode_word
-    from overlay_tb import run_phases
+    from overlay_tb import run_with_word_moved_last
     name = f"test_store_word_just_before_the_image[{kind}]"
     rng, seed = make_rng(name)
     nrng = np.random.default_rng(seed)
@@ -175,11 +175,4 @@ def test_store_word_just_before_the_image(kind):
     late = [w for w in words if decode_word(w)[1] == k
             and first.get(decode_word(w)[1:4]) != decode_word(w)[4]]
     assert late, f"the two networks' {kind} words are equal"
-    last = late[-1]
-    words = [w for w in words if w != last] + decoys(rng, 40) + [last]
-    phases = [(nets[0][0], nets[0][1], nets[0][2].shape[1]),
-              (words, nets[1][1], nets[1][2].shape[1])]
-    got, _ = run_phases(OverlayEngine(cfg), phases, rng, 0.0, 0.0)
-    split = nets[0][2].size
-    check_logits(got[:split], nets[0][2])
-    check_logits(got[split:], nets[1][2])
+    run_with_word_moved_last(OverlayEngine(cfg), nets, late[-1], decoys(rng, 40), rng)
