@@ -521,11 +521,9 @@ class OverlayEngine(wiring.Component):
         # With a weight store the table is the weight cache: written only by the copy
         # before a group (below, from the banks), read only while no copy runs.
         store = bool(cfg.weight_store)
-        if store:
-            pass
-        elif dynw is None:
+        if dynw is None and not store:
             m.d.comb += [wt_w.addr.eq(pp.row), wt_w.data.eq(Cat(*[pp.data[:8]] * P))]
-        else:
+        elif not store:
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
         for lane in range(0 if store else P):
@@ -610,7 +608,6 @@ class OverlayEngine(wiring.Component):
             # before COPY (a pass's gather phase, a group's weights: cin cycles each)
             with m.If(~copying):
                 m.d.sync += clast.eq(f["cin"] == 1)
-        if store:
             # The parameter words of the store, decoded like the tables' (stage 1: one
             # flip-flop per kind, pp holds row, lane and data), then (stage 2) into the write
             # request's registers, the bank written the cycle after: three cycles from the
@@ -1312,10 +1309,9 @@ class OverlayEngine(wiring.Component):
         # stage 3: zero fill outside the map, bank select
         rd = {key: val[3] for key, val in banks.items()}
         if store:
-            # The copy's data (the store row read at stage 2 by a copy cycle) into the cache.
-            # (and in a pass's first copy phase the gather entry into the gather table)
-            # (and in a pass's first COPY the gather entries into the gather table, its
-            # channel entries into the channel tables, at their entry modulo channel_rows)
+            # The copy's data (the store row read at stage 2 by a copy cycle) into the cache,
+            # and in a pass's first COPY the gather entries into the gather table, its
+            # channel entries into the channel tables, at their entry modulo channel_rows.
             row64 = Cat(*[banks[bp][4] for bp in ((0, 0), (0, 1), (1, 0), (1, 1))])
             m.d.comb += [wt_w.addr.eq(ck3), wt_w.en.eq(Mux(cp3 & (cg3 == 0), (1 << P) - 1, 0)),
                          wt_w.data.eq(row64),

@@ -1019,7 +1019,7 @@ def decode_param_words(words, config, memories=None):
                                    z((wcap, c.lanes), np.int64),
                                    z(ccap, np.int64), z(ccap, np.int64),
                                    z(ccap, np.int64), z(ccap, np.int64),
-                                   z(store_capacity(c)[1], np.int64),
+                                   z(gcap, np.int64),
                                    z(c.attention_rows if c.attention else 0, np.int64))
     tables = {ParamKind.BIAS: memories.bias, ParamKind.M: memories.m, ParamKind.SH: memories.sh,
               ParamKind.QMAX: memories.qmax, ParamKind.GATHER: memories.gather}
