@@ -174,6 +174,7 @@ def _overlay_plan(args, model, board, say):
     from ..hw.overlay_program import OverlayFitError, compile_overlay
     from .cli_hw import overlay_config_from_args
     config = overlay_config_from_args(args)
+    plan = None     # the iCE40 store decision's compile, when it is the plan
     if board.family == "ice40":
         if config.primitives == "generic":
             # The generic engine would put 4 x fm_words bytes of maps into block RAM.
@@ -205,11 +206,12 @@ def _overlay_plan(args, model, board, say):
         # the groups no longer chained cost cycles (digits: 5,904 cycles/image instead of
         # 5,180, MAC efficiency 0.81 instead of 0.93) and 274 logic cells, so the store is
         # taken only for a model the block-RAM tables do not hold (the fastest plan that
-        # fits, as the dataflow planner picks); `"weight_store": 4096` in --overlay-config
-        # forces it, for one bitstream that serves both.
+        # fits, as the dataflow planner picks); --overlay-config '{"lanes": 8,
+        # "weight_store": 4096, "weight_rows": 256}' forces it, for one bitstream that serves
+        # both (the compile that decides is the plan when no store is taken).
         if '"weight_store"' not in text and config.lanes == 8 and not config.attention:
             try:
-                compile_overlay(model, config)
+                plan = compile_overlay(model, config)
             except OverlayFitError:
                 config = dataclasses.replace(config, weight_store=4096, **(
                     {} if '"weight_rows"' in text else {"weight_rows": 256}))
@@ -222,7 +224,7 @@ def _overlay_plan(args, model, board, say):
     else:
         config = _size_generic_overlay(config, args, model, board, say)
     try:
-        plan = compile_overlay(model, config)
+        plan = plan or compile_overlay(model, config)
     except OverlayFitError as e:
         raise UsageError(f"the model does not fit the overlay engine: {e}") from None
     say(f"[build] overlay engine: {config.lanes} MAC lanes, {config.requant_units} requant "
