@@ -131,7 +131,8 @@ class Board:
         ``module:Class`` of its amaranth-boards platform (module relative to
         ``amaranth_boards`` unless it contains a dot).
     target_mhz : float
-        Default ``sync`` clock (``--freq`` overrides); a PLL makes it from the oscillator.
+        Default accelerator (``sync``) clock (``--freq`` overrides); a PLL makes it from the
+        oscillator.
     baud : int
         UART line rate (the bridge must support it; the PHY needs >= 4 clocks per bit).
     uart : str
@@ -155,6 +156,12 @@ class Board:
         The link engine's reply queue and in-flight FIFO in block RAM (3 iCE40 EBR for
         about 130 logic cells fewer): for a device short of logic cells, not of RAM blocks
         (the iCEBreaker's UP5K).
+    link_clock_ratio : int
+        1: the UART PHY and link engine share the accelerator's ``sync`` clock; 2 (iCE40
+        only): they run in a ``link`` domain at half of it, from the same PLL's second
+        output (``GENCLK_HALF``), with clock-domain crossings between
+        (:class:`~shiftacc.hw.board.LinkTop` ``link_domain``). The link's clock is what
+        the UART divides and IDENTIFY reports.
     note : str
     """
 
@@ -170,6 +177,7 @@ class Board:
     max_payload: int | None = None
     block_ram_fifos: bool = False
     programmer: str | None = None
+    link_clock_ratio: int = 1
     note: str = ""
     _cls: object = field(default=None, compare=False, repr=False)
 
@@ -225,6 +233,11 @@ class Board:
             return None
         return DSP_BLOCKS.get(self.device, 0)
 
+    @property
+    def link_mhz(self):
+        """Default link clock: ``target_mhz / link_clock_ratio``."""
+        return self.target_mhz / self.link_clock_ratio
+
     def link_kw(self, model):
         """The :class:`~shiftacc.hw.board.LinkTop` keywords of this board (``slots``,
         ``max_payload`` raised to one image when an image is larger, and
@@ -246,9 +259,9 @@ _FEATHER = "shiftacc.boards.resources:orangecrab_feather_uart"
 
 #: The boards with a tested entry. Bitstream boards first, then files-only ones.
 BOARDS = [
-    Board("icebreaker", "icebreaker:ICEBreakerPlatform", 24, FT2232H_BAUD,
+    Board("icebreaker", "icebreaker:ICEBreakerPlatform", 48, FT2232H_BAUD,
           bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256,
-          block_ram_fifos=True, programmer="iceprog",
+          block_ram_fifos=True, programmer="iceprog", link_clock_ratio=2,
           note="iCE40UP5K: 8 SB_MAC16, 30 EBR, 4 SPRAM"),
     Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", 50, FT231X_BAUD, bridge="FT231X",
           programmer="ulx3s"),

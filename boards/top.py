@@ -8,6 +8,13 @@ has locked and a short power-on delay has passed (iCE40 block RAMs read as zero 
 microseconds after configuration), and wires the platform's UART pins and LEDs to the
 link top. The achieved clock, not the requested one, is what the link engine reports in
 IDENTIFY and what the UART divides.
+
+With ``link_clock_ratio`` 2 (the iCE40 boards' default, :class:`~shiftacc.boards.registry.Board`)
+the PLL is the two-output ``SB_PLL40_2F_PAD``/``SB_PLL40_2F_CORE``: port A (``GENCLK``) is the
+accelerator's ``sync`` clock, port B (``GENCLK_HALF``) half of it for a ``link`` domain that
+runs the UART PHY and the link engine (:class:`~shiftacc.hw.board.LinkTop` ``link_domain``);
+both domains are held in reset until the PLL has locked, each released by its own
+synchroniser. The link's clock is then what IDENTIFY reports and what the UART divides.
 """
 
 from __future__ import annotations
@@ -36,65 +43,99 @@ class BoardTop(Elaboratable):
     model : models.artifact.Model
     plan : hw.plan.Plan
     freq_hz : float, optional
-        Target ``sync`` clock (default: the board's ``target_mhz``).
+        Target ``sync`` (accelerator) clock (default: the board's ``target_mhz``).
     baud : int, optional
         UART line rate (default: the board's).
     link_top : callable, optional
         ``link_top(clock_hz, baud) -> Elaboratable`` with ``uart_rx``, ``uart_tx`` and
-        ``status_led`` (tests plug a small stand-in); default a :class:`LinkTop`.
+        ``status_led`` (tests plug a small stand-in); default a :class:`LinkTop`. Called
+        with the link's clock (``link_hz``); with ``link_clock_ratio`` 2 the stand-in must
+        run its link in the ``link`` domain.
+    link_clock_ratio : int, optional
+        1 or 2 (default: the board's): the link in ``sync``, or in a ``link`` domain at
+        half the ``sync`` clock (iCE40 with a PLL only).
 
     Attributes
     ----------
     pll : boards.pll.PLLConfig or None
     clock_hz : int
-        The achieved ``sync`` frequency (rounded to a whole hertz).
+        The achieved ``sync`` (accelerator) frequency (rounded to a whole hertz).
+    link_hz : int
+        The achieved link clock (``clock_hz`` with ratio 1).
+    link_clock_ratio : int
     """
 
-    def __init__(self, board, model, plan, *, freq_hz=None, baud=None, link_top=None):
+    def __init__(self, board, model, plan, *, freq_hz=None, baud=None, link_top=None,
+                 link_clock_ratio=None):
         try:
-            self._setup(board, model, plan, freq_hz, baud, link_top)
+            self._setup(board, model, plan, freq_hz, baud, link_top, link_clock_ratio)
         except BaseException:
             self._MustUse__silence = True  # never built: no "unused elaboratable" warning
             raise
 
-    def _setup(self, board, model, plan, freq_hz, baud, link_top):
+    def _setup(self, board, model, plan, freq_hz, baud, link_top, ratio):
         self.board = board
         self.osc_hz = board.oscillator_hz
         self.target_hz = float(freq_hz if freq_hz is not None else board.target_mhz * 1e6)
+        ratio = int(board.link_clock_ratio if ratio is None else ratio)
+        if ratio not in (1, 2):
+            raise ValueError(f"link_clock_ratio {ratio}: 1 or 2")
         self.pll = pll_for_family(board.family, self.osc_hz, self.target_hz)
+        if ratio == 2 and (board.family != "ice40" or self.pll is None):
+            raise ValueError(f"a link clock at half the accelerator's needs an iCE40 PLL "
+                             f"(its GENCLK_HALF output); {board.name} at "
+                             f"{self.target_hz / 1e6:g} MHz has "
+                             + ("none" if self.pll is None else f"a {board.family} PLL")
+                             + ": use link_clock_ratio 1")
+        self.link_clock_ratio = ratio
         self.clock_hz = int(round(self.pll.f_out_hz if self.pll else self.osc_hz))
+        self.link_hz = int(round((self.pll.f_out_hz if self.pll else self.osc_hz) / ratio))
         self.baud = int(baud or board.baud)
         if link_top is None:
             from ..hw.board import LinkTop
 
             kw = board.link_kw(model)
+            if ratio != 1:
+                kw["link_domain"] = "link"
 
             def link_top(clock_hz, baud):
                 return LinkTop(model, plan, clock_hz=clock_hz, baud=baud, uart=True, **kw)
-        self.link = link_top(self.clock_hz, self.baud)
+        self.link = link_top(self.link_hz, self.baud)
 
     def _clock(self, m, platform):
-        """The ``sync`` clock signal and the PLL's lock (Const(1) without a PLL)."""
+        """The ``sync`` clock signal, the ``link`` one (None with ratio 1) and the PLL's lock
+        (Const(1) without a PLL)."""
         board, pll = self.board, self.pll
         clk_name = platform.default_clk
         if pll is None:
             m.submodules.clk_buf = buf = io.Buffer("i", platform.request(clk_name, dir="-"))
-            return buf.i, Const(1)
+            return buf.i, None, Const(1)
         clk_out, lock = Signal(), Signal()
+        clk_link = None
         p = pll.params
         if pll.family == "ice40":
             common = dict(p_FEEDBACK_PATH=p["FEEDBACK_PATH"], p_DIVR=p["DIVR"],
                           p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
                           p_FILTER_RANGE=p["FILTER_RANGE"],
-                          i_RESETB=Const(1), i_BYPASS=Const(0),
-                          o_PLLOUTGLOBAL=clk_out, o_LOCK=lock)
+                          i_RESETB=Const(1), i_BYPASS=Const(0), o_LOCK=lock)
+            if self.link_clock_ratio == 2:
+                # Two global outputs of one PLL: A the VCO / 2**DIVQ (GENCLK), B half of it
+                # (GENCLK_HALF), in phase with A.
+                clk_link = Signal()
+                common.update(p_PLLOUT_SELECT_PORTA="GENCLK",
+                              p_PLLOUT_SELECT_PORTB="GENCLK_HALF",
+                              o_PLLOUTGLOBALA=clk_out, o_PLLOUTGLOBALB=clk_link)
+                prim = "SB_PLL40_2F"
+            else:
+                common.update(o_PLLOUTGLOBAL=clk_out)
+                prim = "SB_PLL40"
             if board.ice40_pll_pad:
                 port = platform.request(clk_name, dir="-")
-                m.submodules.pll = Instance("SB_PLL40_PAD", i_PACKAGEPIN=port.io, **common)
+                m.submodules.pll = Instance(f"{prim}_PAD", i_PACKAGEPIN=port.io, **common)
             else:
                 m.submodules.clk_buf = buf = io.Buffer("i", platform.request(clk_name,
                                                                              dir="-"))
-                m.submodules.pll = Instance("SB_PLL40_CORE", i_REFERENCECLK=buf.i, **common)
+                m.submodules.pll = Instance(f"{prim}_CORE", i_REFERENCECLK=buf.i, **common)
         elif pll.family == "ecp5":
             m.submodules.clk_buf = buf = io.Buffer("i", platform.request(clk_name, dir="-"))
             m.submodules.pll = Instance(
@@ -115,7 +156,7 @@ class BoardTop(Elaboratable):
                 i_ENCLKOP=Const(0), o_CLKOP=clk_out, o_LOCK=lock)
         else:  # pragma: no cover (pll_for_family refuses other families)
             raise AssertionError(pll.family)
-        return clk_out, lock
+        return clk_out, clk_link, lock
 
     def _leds(self, m, platform):
         """status_led -> the board's LEDs: params_ready, busy, error on led 0, 1, 2 (as many
@@ -141,8 +182,11 @@ class BoardTop(Elaboratable):
         m = Module()
         m.domains.sync = cd_sync = ClockDomain("sync")
         m.domains.por = cd_por = ClockDomain("por", reset_less=True)
-        clk, lock = self._clock(m, platform)
+        clk, clk_link, lock = self._clock(m, platform)
         m.d.comb += [cd_sync.clk.eq(clk), cd_por.clk.eq(clk)]
+        if clk_link is not None:
+            m.domains.link = cd_link = ClockDomain("link")
+            m.d.comb += cd_link.clk.eq(clk_link)
         # No constraint on the PLL output here: nextpnr derives it from the oscillator's
         # constraint through the PLL (and `--freq` covers the rest); without a PLL the
         # oscillator's own constraint is the clock's.
@@ -170,6 +214,10 @@ class BoardTop(Elaboratable):
         else:
             # (nextpnr-ice40 promotes a high-fanout reset to a global buffer itself.)
             m.submodules.reset_sync = ResetSynchronizer(arst, domain="sync")
+        if clk_link is not None:
+            # The link domain: the same asynchronous reset (PLL lock and power-on delay),
+            # released by a synchroniser on its own clock.
+            m.submodules.reset_sync_link = ResetSynchronizer(arst, domain="link")
 
         m.submodules.link = link = self.link
         uart = platform.request(self.board.uart, 0, dir="-")
@@ -182,7 +230,8 @@ class BoardTop(Elaboratable):
     def describe(self):
         """The clocking as a JSON-able dict (for the build report)."""
         return {"oscillator_hz": self.osc_hz, "target_hz": self.target_hz,
-                "clock_hz": self.clock_hz, "baud": self.baud,
+                "clock_hz": self.clock_hz, "link_hz": self.link_hz,
+                "link_clock_ratio": self.link_clock_ratio, "baud": self.baud,
                 "pll": self.pll.to_dict() if self.pll else None}
 
 

@@ -1,7 +1,10 @@
 """The board top: link engine + accelerator (+ UART PHY), what a board and the simulator run.
 
-:class:`LinkTop` is the whole device of DESIGN.md §4 in one clock domain (``sync``, reset by
-the domain's reset): host bytes in, through the :class:`~shiftacc.hw.link.LinkEngine`, to the
+:class:`LinkTop` is the whole device of DESIGN.md §4, by default in one clock domain
+(``sync``, reset by the domain's reset), or with ``link_domain`` in two: the UART PHY and the
+link engine in their own (slower) domain, the accelerator in ``sync``, the three streams
+between them through the crossings of :mod:`shiftacc.hw.cdc` (what the iCE40 boards build:
+the link only serves a 3 Mbaud line, the accelerator's clock sets images/s). Host bytes in, through the :class:`~shiftacc.hw.link.LinkEngine`, to the
 :class:`~shiftacc.hw.top.Accelerator`, replies back. With ``uart=True`` the bytes come from
 and go to the 8N1 PHY of :mod:`shiftacc.hw.uart` (two pins); with ``uart=False`` they are byte
 streams, which is what the simulator server bridges to a TCP socket. The boards issue adds
@@ -9,7 +12,7 @@ what a real board needs around it (PLL, reset synchroniser, pin constraints); no
 board specific.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import DomainRenamer, Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,13 +34,22 @@ class LinkTop(wiring.Component):
     model : models.artifact.Model
     plan : hw.plan.Plan
     clock_hz : int
-        Frequency of the ``sync`` clock.
+        Frequency of the link's clock (``sync``, or ``link_domain`` when given): what the
+        UART divides, what IDENTIFY reports and what the STATUS ``cycles`` counter counts.
     baud : int
         Line rate of the UART (reported by IDENTIFY; 0 allowed only with ``uart=False``).
     uart : bool
         Include the UART PHY (pins ``uart_rx``/``uart_tx``) instead of byte streams.
     slots : int
         Receive slots of the link engine.
+    link_domain : str, optional
+        Run the UART PHY and the link engine in this clock domain (the accelerator stays in
+        ``sync``): parameters through :class:`~shiftacc.hw.cdc.ParamCrossing`, images through
+        :class:`~shiftacc.hw.cdc.AsyncStreamFIFO` (``image_fifo_depth`` entries), logits
+        through :class:`~shiftacc.hw.cdc.StreamHandshake`. The two clocks need no relation.
+        None (default): one domain, ``sync``.
+    image_fifo_depth : int
+        Entries of the image crossing's FIFO (``link_domain`` only).
     accelerator : wiring.Component, optional
         A component with the Accelerator's ``params``/``images``/``logits`` members (tests
         plug a small stub); default ``hw.top.Accelerator(model, plan)``, or
@@ -61,7 +73,13 @@ class LinkTop(wiring.Component):
     """
 
     def __init__(self, model, plan, *, clock_hz, baud, uart=True, slots=4, accelerator=None,
-                 **engine_kw):
+                 link_domain=None, image_fifo_depth=4, **engine_kw):
+        self.link_domain = link_domain
+        self.image_fifo_depth = int(image_fifo_depth)
+        if link_domain is not None:
+            if link_domain == "sync":
+                raise ValueError("LinkTop: link_domain must be another domain than 'sync'")
+            engine_kw["param_handshake"] = True
         # A UART delivers a byte per 10 bit times (at least 40 cycles): the engine's CRCs
         # can then be bit-serial (a byte in 8 cycles), far smaller than byte-parallel ones.
         engine_kw.setdefault("serial_crc", bool(uart))
@@ -97,14 +115,37 @@ class LinkTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.link = eng = self.engine
-        m.submodules.accel = acc = self.accelerator
-        wiring.connect(m, eng.params, acc.params)
-        _connect_images(m, eng.images, acc.images)
-        wiring.connect(m, acc.logits, eng.logits)
+        eng, acc = self.engine, self.accelerator
+        ld = self.link_domain
+
+        def in_link(block):
+            return block if ld is None else DomainRenamer({"sync": ld})(block)
+
+        m.submodules.link = in_link(eng)
+        m.submodules.accel = acc
+        if ld is None:
+            wiring.connect(m, eng.params, acc.params)
+            _connect_images(m, eng.images, acc.images)
+            wiring.connect(m, acc.logits, eng.logits)
+        else:
+            from .cdc import AsyncStreamFIFO, ParamCrossing, StreamHandshake
+            m.submodules.params_cdc = px = ParamCrossing(i_domain=ld, o_domain="sync")
+            wiring.connect(m, eng.params, px.i)
+            wiring.connect(m, px.o, acc.params)
+            m.d.comb += eng.params_busy.eq(px.busy)
+            m.submodules.images_cdc = ix = AsyncStreamFIFO(
+                eng.images.payload.shape(), self.image_fifo_depth, w_domain=ld,
+                r_domain="sync")
+            wiring.connect(m, eng.images, ix.i)
+            _connect_images(m, ix.o, acc.images)
+            m.submodules.logits_cdc = lx = StreamHandshake(
+                acc.logits.payload.shape(), i_domain="sync", o_domain=ld)
+            wiring.connect(m, acc.logits, lx.i)
+            wiring.connect(m, lx.o, eng.logits)
         if self.uart:
-            m.submodules.uart_rx = rxp = self.phy_rx
-            m.submodules.uart_tx = txp = self.phy_tx
+            m.submodules.uart_rx = rxp = in_link(self.phy_rx)
+            m.submodules.uart_tx = txp = in_link(self.phy_tx)
+            rxp, txp = self.phy_rx, self.phy_tx
             # The engine takes every byte the PHY delivers (a line cannot be paused), so the
             # PHY's stream is always ready; its error pulses are counted in STATUS.
             m.d.comb += [rxp.rx.eq(self.uart_rx),

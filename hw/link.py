@@ -392,6 +392,13 @@ class LinkEngine(wiring.Component):
         bytes: what a UART gives (:class:`~shiftacc.hw.board.LinkTop` sets it with its
         UART PHY). Replies are offered a byte per 8 cycles at most. The bytes on the wire
         are the same either way.
+    param_handshake : bool
+        Add the input ``params_busy``: while it is high the engine holds its parameter word
+        (the payload of ``params``, its byte shift register) and sends no further beat,
+        and a LOAD_PARAMS frame completes (its reply, and the next frame's execution) only
+        once it is low: a parameter word crossing into another clock domain
+        (:class:`~shiftacc.hw.cdc.ParamCrossing`) without an 80-bit copy of it. Default
+        False: the bus is always ready, as the accelerator's port.
     registered_reads : bool or None
         Register the result RAM's (and identity ROM's) read data before the reply-byte
         mux (one more cycle per body byte, hidden behind the bit-serial CRCs): an ECP5
@@ -418,6 +425,8 @@ class LinkEngine(wiring.Component):
         From the accelerator.
     line_error : In(1)
         One-cycle pulse per UART line error (counted in STATUS ``line_errors``).
+    params_busy : In(1)
+        Only with ``param_handshake``: hold the parameter word (see above).
     params_ready, busy, error : Out(1)
         Status for LEDs: every parameter word loaded; a slot occupied or an image in flight;
         the last answered frame was dropped.
@@ -430,7 +439,7 @@ class LinkEngine(wiring.Component):
 
     def __init__(self, model, plan, *, clock_hz, baud, slots=4, max_payload=None,
                  watchdog_cycles=None, block_ram_fifos=False, serial_crc=False,
-                 registered_reads=None):
+                 param_handshake=False, registered_reads=None):
         from .top import param_words
         require_int("LinkEngine", "clock_hz", clock_hz, 1, (1 << 32) - 1)
         require_int("LinkEngine", "baud", baud, 0, (1 << 32) - 1)
@@ -448,6 +457,7 @@ class LinkEngine(wiring.Component):
         self.max_payload, self.watchdog_cycles = max_payload, watchdog_cycles
         self.block_ram_fifos = bool(block_ram_fifos)
         self.serial_crc = bool(serial_crc)
+        self.param_handshake = bool(param_handshake)
         self.registered_reads = None if registered_reads is None else bool(registered_reads)
         self.channels = c
         self.pixels = h * w
@@ -479,7 +489,7 @@ class LinkEngine(wiring.Component):
             if n > 0xFFFF:
                 raise ValueError(f"LinkEngine: the {what} would be {n} bytes, over a frame's "
                                  f"65535; lower max_payload")
-        super().__init__({
+        members = {
             "rx": In(stream.Signature(8, always_ready=True)),
             "tx": Out(stream.Signature(8)),
             "params": Out(param_bus_signature()),
@@ -489,7 +499,10 @@ class LinkEngine(wiring.Component):
             "params_ready": Out(1),
             "busy": Out(1),
             "error": Out(1),
-        })
+        }
+        if self.param_handshake:
+            members["params_busy"] = In(1)
+        super().__init__(members)
 
     # --- resources ------------------------------------------------------------------------
 
@@ -1290,7 +1303,10 @@ class LinkEngine(wiring.Component):
         feeding_params = Signal()
         m.d.comb += self.params.payload.as_value().eq(w_sr)
         m.d.sync += self.params.valid.eq(0)
-        with m.If(feeding_params & rd_valid):
+        # With ``param_handshake`` the word stays in ``w_sr`` (no byte shifts in) while the
+        # crossing holds it: ``params_busy`` is high from the beat until acknowledged.
+        params_hold = self.params_busy if self.param_handshake else Const(0, 1)
+        with m.If(feeding_params & rd_valid & ~params_hold):
             m.d.comb += rd_ready.eq(1)
             m.d.sync += w_sr.eq(Cat(w_sr[8:], rd_byte))
             with m.If(w_n == protocol.PARAM_WORD_BYTES - 1):
@@ -1455,7 +1471,9 @@ class LinkEngine(wiring.Component):
                     m.d.sync += [state.eq(LOADING), w_n.eq(0)]
             with m.Case(LOADING):
                 m.d.comb += feeding_params.eq(1)
-                with m.If(read_done):
+                # (the last word delivered too, with a handshake: the reply and the next
+                # frame, an INFER's images among them, follow the whole load)
+                with m.If(read_done & ~params_hold):
                     new = Signal(self.words_bits + 1)
                     done = Signal()
                     m.d.comb += [new.eq(words_loaded + meta.count), done.eq(new == total)]
