@@ -180,7 +180,9 @@ class StreamHandshake(wiring.Component):
     request through a synchroniser and offers the beat with the source's payload; when it
     is taken there, the acknowledge toggles and comes back through a synchroniser, and
     only then is ``i.ready`` given (one cycle), so the payload stays put while
-    ``o_domain`` may read it.
+    ``o_domain`` may read it. The source must keep the stream rule: a beat offered
+    (``valid``) stays offered, with its payload, until taken (the overlay engine's logits
+    queue does); a beat withdrawn after its request left would still arrive.
 
     Attributes
     ----------

@@ -47,7 +47,11 @@ def tiny_model(seed, *, size=(3, 3), in_channels=1, classes=3):
 
 
 class StubAccel(wiring.Component):
-    def __init__(self, model, lanes, seed=1):
+    def __init__(self, model, lanes, seed=1, hold_valid=False):
+        # hold_valid: once logits.valid is offered it stays until taken, with its payload
+        # (the stream rule a clock-domain crossing relies on); default: LFSR gaps may also
+        # withdraw an offered beat.
+        self.hold_valid = hold_valid
         self.classes = len(model.classes)
         self.lanes = lanes
         self.seed = (seed & 0xFFFF) | 1
@@ -88,7 +92,13 @@ class StubAccel(wiring.Component):
             m.d.comb += img.ready.eq(0)
         k = Signal(range(max(2, n)))
         lg = self.logits
-        m.d.comb += [lg.valid.eq(fifo.r_stream.valid & (lfsr[2] | lfsr[5])),
+        offered = Signal()
+        if self.hold_valid:
+            with m.If(lg.valid & ~lg.ready):
+                m.d.sync += offered.eq(1)
+            with m.Elif(lg.valid & lg.ready):
+                m.d.sync += offered.eq(0)
+        m.d.comb += [lg.valid.eq(fifo.r_stream.valid & (lfsr[2] | lfsr[5] | offered)),
                      lg.payload.data[0].eq(w[k] * fifo.r_stream.payload + b[k]),
                      lg.payload.last.eq(k == n - 1)]
         with m.If(lg.valid & lg.ready):
@@ -173,8 +183,9 @@ class Host:
     every reply byte to a :class:`~shiftacc.sw.protocol.FrameParser`.
     """
 
-    def __init__(self, bench, rng, p_stall=0.3, gap=0):
+    def __init__(self, bench, rng, p_stall=0.3, gap=0, domain="sync"):
         self.bench = bench
+        self.domain = domain        # the link's clock domain (a dual-clock LinkTop: "link")
         self.gap = gap              # idle cycles after each sent byte (a UART's spacing)
         self.rng = rng
         self.parser = P.FrameParser()
@@ -196,7 +207,7 @@ class Host:
             if ready != current:
                 ctx.set(tx.ready, ready)
                 current = ready
-            _, _, valid, payload = await ctx.tick().sample(tx.valid, tx.payload)
+            _, _, valid, payload = await ctx.tick(self.domain).sample(tx.valid, tx.payload)
             self.cycle += 1
             if valid and ready:
                 buf.append(payload)
@@ -210,15 +221,15 @@ class Host:
         ctx.set(rx.valid, 1)
         for b in bytes(data):
             ctx.set(rx.payload, b)
-            await ctx.tick()
+            await ctx.tick(self.domain)
             if self.gap:
                 ctx.set(rx.valid, 0)
-                await ctx.tick().repeat(self.gap)
+                await ctx.tick(self.domain).repeat(self.gap)
                 ctx.set(rx.valid, 1)
         ctx.set(rx.valid, 0)
 
     async def idle(self, ctx, n):
-        await ctx.tick().repeat(n)
+        await ctx.tick(self.domain).repeat(n)
 
     async def wait_for(self, ctx, pred, deadline=20000, what="a reply"):
         """Tick until an event satisfies ``pred``; remove and return it."""
@@ -226,7 +237,7 @@ class Host:
             for i, ev in enumerate(self.events):
                 if pred(ev):
                     return self.events.pop(i)
-            await ctx.tick()
+            await ctx.tick(self.domain)
         raise AssertionError(f"no {what} within {deadline} cycles; events {self.events}")
 
     async def request(self, ctx, command, seq, payload=b"", deadline=20000):
