@@ -162,6 +162,10 @@ class Board:
         output (``GENCLK_HALF``), with clock-domain crossings between
         (:class:`~shiftacc.hw.board.LinkTop` ``link_domain``). The link's clock is what
         the UART divides and IDENTIFY reports.
+    single_clock_mhz : float, optional
+        With ``link_clock_ratio`` 2: the default clock of the one-clock top
+        (``--link-clock-ratio 1``, or the build's fallback for a design that fills the
+        logic), where the link's paths share the accelerator's clock.
     note : str
     """
 
@@ -178,6 +182,7 @@ class Board:
     block_ram_fifos: bool = False
     programmer: str | None = None
     link_clock_ratio: int = 1
+    single_clock_mhz: float | None = None
     note: str = ""
     _cls: object = field(default=None, compare=False, repr=False)
 
@@ -259,9 +264,10 @@ _FEATHER = "shiftacc.boards.resources:orangecrab_feather_uart"
 
 #: The boards with a tested entry. Bitstream boards first, then files-only ones.
 BOARDS = [
-    Board("icebreaker", "icebreaker:ICEBreakerPlatform", 48, FT2232H_BAUD,
+    Board("icebreaker", "icebreaker:ICEBreakerPlatform", 39, FT2232H_BAUD,
           bridge="FT2232H (interface B)", ice40_pll_pad=True, slots=2, max_payload=256,
           block_ram_fifos=True, programmer="iceprog", link_clock_ratio=2,
+          single_clock_mhz=24,
           note="iCE40UP5K: 8 SB_MAC16, 30 EBR, 4 SPRAM"),
     Board("ulx3s-12f", "ulx3s:ULX3S_12F_Platform", 50, FT231X_BAUD, bridge="FT231X",
           programmer="ulx3s"),

@@ -995,10 +995,25 @@ def cmd_build(args):
 
     from ..boards.pll import PLLError
     from ..boards.top import BoardTop
+    ratio = getattr(args, "link_clock_ratio", None)
+    fallback = None
+    if ratio is None and board.link_clock_ratio != 1 and \
+            getattr(getattr(plan, "config", None), "weight_store", 0):
+        # The weight-store overlay is the build for a model whose weights overflow the
+        # block RAMs: it fills the UP5K's logic (mnist-s: 5,093 of 5,280 LC with one
+        # clock). The link domain's crossings (~120 LC: mnist-s at 5,220 LC found no
+        # legal placement at seed 1) do not fit beside it: the one-clock top.
+        ratio = 1
+        fallback = ("a weight-store overlay fills the logic cells: the one-clock top (the "
+                    "link domain's crossings take ~120 LC more)")
+        say(f"[build] link clock: {fallback}")
+    if ratio == 1 and args.freq is None and board.link_clock_ratio != 1:
+        # the link on the accelerator's clock: the board's one-clock default
+        args.freq = board.single_clock_mhz
     freq_hz = args.freq * 1e6 if args.freq is not None else None
     try:
         top = BoardTop(board, model, plan, freq_hz=freq_hz, baud=args.baud,
-                       link_clock_ratio=getattr(args, "link_clock_ratio", None))
+                       link_clock_ratio=ratio)
     except (PLLError, ValueError) as e:
         raise UsageError(f"{board.name}: {e}") from None
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
@@ -1008,6 +1023,8 @@ def cmd_build(args):
                          nextpnr_opts=nextpnr_opts)
     report["engine"] = engine
     report["engine_reason"] = why
+    if fallback:
+        report["link_clock_fallback"] = fallback
     if choice is not None:
         report["engine_candidates"] = choice.candidates
     _finish(args, out, report, say)

@@ -695,3 +695,22 @@ def test_icebreaker_board_top_dual_clock(tiny):
         BoardTop(ib, model, plan, freq_hz=12e6)     # the oscillator itself: no PLL
     for t in (top, one):
         t._MustUse__silence = True
+
+
+def test_icebreaker_weight_store_falls_back_to_one_clock(tiny, tmp_path):
+    """A weight-store overlay fills the UP5K's logic (mnist-s: 5,220 LC with the crossings
+    did not place): the build takes the one-clock top at the board's one-clock default
+    (24 MHz) and says so; ``--link-clock-ratio 2`` still forces the two clocks."""
+    args = ["build", str(tiny[0]), "--board", "icebreaker", "--engine", "overlay",
+            "--lanes", "8", "--overlay-config", json.dumps({"weight_store": 4096}),
+            "--no-bitstream", "-q"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")]) == 0
+    rep = json.loads((tmp_path / "a.json").read_text())
+    assert rep["link_clock_ratio"] == 1 and rep["clock_mhz"] == 24
+    assert "weight-store" in rep["link_clock_fallback"]
+    assert "SB_PLL40_2F" not in (tmp_path / "a" / "shiftacc.il").read_text()
+    assert main([*args, "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"),
+                 "--link-clock-ratio", "2"]) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())
+    assert rep["link_clock_ratio"] == 2 and rep["clock_mhz"] == 39
+    assert "link_clock_fallback" not in rep

@@ -75,21 +75,26 @@ def test_icebreaker_overlay_bitstream(small_net, tmp_path):
                  "--timeout", "1200",
                  "--out", str(out), "--json", str(js), "-q"]) == 0
     rep = json.loads(js.read_text())
-    _check_report(rep, board="icebreaker", device="iCE40UP5K", clock_mhz=24,
+    _check_report(rep, board="icebreaker", device="iCE40UP5K", clock_mhz=39,
                   dsp_name="ICESTORM_DSP", bitstream_name="shiftacc.bin", min_bytes=100_000)
     assert rep["engine"] == "overlay"
+    # The link (UART + link engine) at half the accelerator's clock, its Fmax reported too.
+    assert rep["link_clock_ratio"] == 2 and rep["link_clock_mhz"] == 19.5
+    assert rep["link_fmax_mhz"] and rep["link_timing_met"]
     # 2 lanes = one SB_MAC16 lane pair; one requant unit = two 16-bit halves, one block each.
     assert rep["dsp_planned"] == 3
     # The feature maps ping-pong in the four 32 KB SPRAMs, not in block RAM.
     assert rep["utilization"]["SPRAM"] == {"used": 4, "available": 4}
-    # The cycles the report predicts are the overlay's cycle model for this network.
+    # The cycles the report predicts are the overlay's cycle model for this network (behind
+    # the 2:1 link: LOAD at the link's rate).
     from shiftacc.hw.overlay_program import OverlayConfig, compile_overlay
     from shiftacc.hw.overlay_timing import image_cycles
     config = OverlayConfig(lanes=2, requant_units=1, primitives="ice40", **cfg)
     plan = compile_overlay(load_artifact(small_net[0]), config)
-    assert rep["cycles_per_image"] == image_cycles(plan)
-    # The board top: PLL 12 -> 24 MHz (DIVQ 5), placed once; the UART on the FT2232H's pins.
-    assert rep["pll"]["params"]["DIVQ"] == 5
+    assert rep["cycles_per_image"] == image_cycles(plan, link_ratio=2)
+    # The board top: PLL 12 -> 39 MHz (DIVF 51, DIVQ 4) and its half, placed once; the UART
+    # on the FT2232H's pins.
+    assert rep["pll"]["params"]["DIVQ"] == 4 and rep["pll"]["params"]["DIVF"] == 51
     assert rep["nextpnr_utilization"]["ICESTORM_PLL"]["used"] == 1
     pcf = (out / "shiftacc.pcf").read_text()
     assert "set_io uart_0__rx__io 6" in pcf and "set_io uart_0__tx__io 9" in pcf
