@@ -1305,8 +1305,11 @@ class LinkEngine(wiring.Component):
         m.d.sync += self.params.valid.eq(0)
         # With ``param_handshake`` the word stays in ``w_sr`` (no byte shifts in) while the
         # crossing holds it: ``params_busy`` is high from the beat until acknowledged.
-        params_hold = self.params_busy if self.param_handshake else Const(0, 1)
-        with m.If(feeding_params & rd_valid & ~params_hold):
+        # (no term at all without it: the one-clock netlist stays as it was)
+        shift_ok = feeding_params & rd_valid
+        if self.param_handshake:
+            shift_ok = shift_ok & ~self.params_busy
+        with m.If(shift_ok):
             m.d.comb += rd_ready.eq(1)
             m.d.sync += w_sr.eq(Cat(w_sr[8:], rd_byte))
             with m.If(w_n == protocol.PARAM_WORD_BYTES - 1):
@@ -1341,6 +1344,7 @@ class LinkEngine(wiring.Component):
             with m.Else():
                 m.d.sync += ch.eq(ch + 1)
         read_done = rd_zero & ~rd_valid
+        load_done = read_done & ~self.params_busy if self.param_handshake else read_done
 
         IDLE, REPLY, WAIT_IDLE, LOADING, PUSH, FEED, FIND = range(7)
         state = Signal(range(7))
@@ -1473,7 +1477,7 @@ class LinkEngine(wiring.Component):
                 m.d.comb += feeding_params.eq(1)
                 # (the last word delivered too, with a handshake: the reply and the next
                 # frame, an INFER's images among them, follow the whole load)
-                with m.If(read_done & ~params_hold):
+                with m.If(load_done):
                     new = Signal(self.words_bits + 1)
                     done = Signal()
                     m.d.comb += [new.eq(words_loaded + meta.count), done.eq(new == total)]
