@@ -447,18 +447,19 @@ class OverlayEngine(wiring.Component):
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
-        # Two stages. Stage 1 decodes the bus (valid, layer, kind and the range checks, "no
-        # bit above the capacity's" and a narrow comparator where a capacity is not a power
-        # of two: a 16-bit comparator's carry chain was once the critical path) into one
-        # flip-flop per table write enable, and registers the row, lane and data the tables
-        # need; stage 2 writes the tables from those registers. The decode used to run from
-        # the link's parameter register straight into the write enables of tables spread
-        # over the die (the iCEBreaker's critical path, seed 3 of 665b619). One cycle of
-        # write latency: parameters are written while no image is in flight, and a PROGRAM
-        # write still in stage 2 holds the image back like a completed one (``prog_dirty``).
+        # Two stages. Stage 1 registers the beat: its row, lane and data bits (every cycle,
+        # no enable: stage 2 reads them the cycle after), ``valid & layer == 0xFF``, and the
+        # wide compares as one flip-flop each (kind == K per kind used; "no bit above the
+        # capacity's" and a narrow comparator for each range check on row and lane). Stage 2
+        # forms the tables' write enables from those flip-flops (an AND of a few of them and
+        # a compare of the 3-bit lane: two LUT levels) and writes. One cycle of write latency,
+        # as when stage 1 was the whole decode into one flip-flop per write enable: that
+        # decode (7 LUT levels from the link's parameter register, ``params.valid`` ->
+        # ``param_hit_weight*``) was the whole iCEBreaker build's critical path at seed 1
+        # (26.2 ns). Parameters are written while no image is in flight, and a PROGRAM (or,
+        # with a weight store, a store) word in stage 2 holds the image back like a
+        # completed one (``prog_dirty``, ``st_busy``).
         bus = self.params.payload
-        pv_bus = Signal()
-        m.d.comb += pv_bus.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
         row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
                                         cfg.weight_store,
                                         cfg.channel_rows,
@@ -466,17 +467,39 @@ class OverlayEngine(wiring.Component):
         lane_bits = max(1, ceil_log2(max(FIELD_SLOTS, P)))
         pp = Signal(ldata.StructLayout({"row": row_bits, "lane": lane_bits, "data": 32}),
                     name="param_q", reset_less=True)
-        with m.If(pv_bus):
-            m.d.sync += [pp.row.eq(bus.row[:row_bits]), pp.lane.eq(bus.lane[:lane_bits]),
-                         pp.data.eq(bus.data)]
+        m.d.sync += [pp.row.eq(bus.row[:row_bits]), pp.lane.eq(bus.lane[:lane_bits]),
+                     pp.data.eq(bus.data)]
+        pv0 = Signal(name="param_v")
+        m.d.sync += pv0.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
+        pflags = {}
+
+        def pflag(name, expr):
+            """A stage-1 flip-flop of a compare of the bus (one per distinct compare)."""
+            if name not in pflags:
+                q = Signal(name=f"param_{name}", reset_less=True)
+                m.d.sync += q.eq(expr)
+                pflags[name] = q
+            return pflags[name]
+
+        def is_kind(k):
+            return pflag(f"k_{k.name.lower()}", bus.kind == k)
+
+        def row_below(n):
+            return pflag(f"row_lt{n}", _below(bus.row, n))
+
+        def lane_below(n):
+            return pflag(f"lane_lt{n}", _below(bus.lane, n))
+
+        def lane_is(lane):
+            return lane_below(1 << lane_bits) & (pp.lane == lane)
+
         def param_hit(name, cond):
-            """A stage-1 decode ``pv_bus & cond``, registered: the stage-2 write enable."""
+            """Stage 2: ``valid & cond`` from stage 1's flip-flops, a table's write enable."""
             q = Signal(name=f"param_hit_{name}")
-            m.d.sync += q.eq(pv_bus & cond)
+            m.d.comb += q.eq(pv0 & cond)
             return q
 
-        bkind = bus.kind
-        ch_ok = _below(bus.row, cfg.channel_rows)
+        ch_ok = row_below(cfg.channel_rows)
 
         # Every field is at most program_bits wide: the program RAM stores no more.
         # The parameter tables are COLLISION_FREE (hw/synth.py) while only the parameter port
@@ -487,8 +510,8 @@ class OverlayEngine(wiring.Component):
         pfree = "dynamic_conv1x1" not in cfg.attention
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
                                    collision_free=True)
-        prog_cond = ((bkind == ParamKind.PROGRAM) & _below(bus.lane, nf)
-                     & _below(bus.row, cfg.max_passes))
+        prog_cond = (is_kind(ParamKind.PROGRAM) & lane_below(nf)
+                     & row_below(cfg.max_passes))
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(param_hit("program", prog_cond))]
@@ -503,8 +526,8 @@ class OverlayEngine(wiring.Component):
         if not cfg.weight_store:
             m.d.comb += [gat_w.addr.eq(pp.row),
                          gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                         gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
-                                               & _below(bus.row, cfg.gather_rows)))]
+                         gat_w.en.eq(param_hit("gather", is_kind(ParamKind.GATHER)
+                                               & row_below(cfg.gather_rows)))]
 
         # A dynamic conv's attention pass writes its mixed weights and biases (only with
         # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
@@ -527,8 +550,8 @@ class OverlayEngine(wiring.Component):
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
         for lane in range(0 if store else P):
-            pen = param_hit(f"weight{lane}", (bkind == ParamKind.WEIGHT) & (bus.lane == lane)
-                            & _below(bus.row, cfg.weight_rows))
+            pen = param_hit(f"weight{lane}", is_kind(ParamKind.WEIGHT) & lane_is(lane)
+                            & row_below(cfg.weight_rows))
             if dynw is not None:
                 pen = Mux(dynw["wwe"], dynw["wlane"] == lane, pen)
             m.d.comb += wt_w.en[lane].eq(pen)
@@ -545,20 +568,20 @@ class OverlayEngine(wiring.Component):
                                    collision_free=pfree or name != "bias",
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
-                hit = ((bus.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
+                hit = ((pp.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
                 m.d.comb += wp.addr.eq(row_b)
                 if cfg.weight_store:
                     # (written by the pass's copy from the store, below)
                     tables_w.setdefault(name, []).append(wp)
                 elif name == "shq":
-                    sh_hit = param_hit(f"sh{b}", hit & (bkind == ParamKind.SH))
-                    qm_hit = param_hit(f"qmax{b}", hit & (bkind == ParamKind.QMAX))
+                    sh_hit = param_hit(f"sh{b}", hit & is_kind(ParamKind.SH))
+                    qm_hit = param_hit(f"qmax{b}", hit & is_kind(ParamKind.QMAX))
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
                                  wp.en.eq(Mux(sh_hit, 0b0000111, 0) | Mux(qm_hit, 0b1111000, 0))]
                 else:
                     kd = ParamKind.BIAS if name == "bias" else ParamKind.M
                     m.d.comb += [wp.data.eq(pp.data[:width]),
-                                 wp.en.eq(param_hit(f"{name}{b}", hit & (bkind == kd)))]
+                                 wp.en.eq(param_hit(f"{name}{b}", hit & is_kind(kd)))]
                 if name == "bias" and dynw is not None:
                     # (later statements win: the DYN pass's write of entry bent)
                     e = dynw["bent"]
@@ -625,22 +648,22 @@ class OverlayEngine(wiring.Component):
             # weight_store + e, bias in banks X even and X odd, m in Y even, sh and qmax in
             # Y odd's low and high bytes.
             m.d.sync += wq_bytes.eq(0b01)
-            half = _below(bus.row, cfg.weight_store // 2)
-            quarter = _below(bus.row, cfg.weight_store // 4)
-            s_w = param_hit("st_w", (bkind == ParamKind.WEIGHT) & _below(bus.lane, P) & half)
-            s_g = param_hit("st_g", (bkind == ParamKind.GATHER) & quarter)
-            s_b = param_hit("st_b", (bkind == ParamKind.BIAS) & quarter)
-            s_m = param_hit("st_m", (bkind == ParamKind.M) & quarter)
-            s_s = param_hit("st_s", (bkind == ParamKind.SH) & quarter)
-            s_q = param_hit("st_q", (bkind == ParamKind.QMAX) & quarter)
-            # (one flip-flop for "a program or a store word in stage 2": the image's
-            # accept keeps the inputs it had without a store; a ~st_busy term of its own
-            # there was the next critical path, 36.93 MHz at seed 3)
-            st_busy = param_hit("st_any", prog_cond
-                                | ((bkind == ParamKind.WEIGHT) & half)
-                                | (((bkind == ParamKind.GATHER) | (bkind == ParamKind.BIAS)
-                                    | (bkind == ParamKind.M) | (bkind == ParamKind.SH)
-                                    | (bkind == ParamKind.QMAX)) & quarter))
+            half = row_below(cfg.weight_store // 2)
+            quarter = row_below(cfg.weight_store // 4)
+            s_w = param_hit("st_w", is_kind(ParamKind.WEIGHT) & lane_below(P) & half)
+            s_g = param_hit("st_g", is_kind(ParamKind.GATHER) & quarter)
+            s_b = param_hit("st_b", is_kind(ParamKind.BIAS) & quarter)
+            s_m = param_hit("st_m", is_kind(ParamKind.M) & quarter)
+            s_s = param_hit("st_s", is_kind(ParamKind.SH) & quarter)
+            s_q = param_hit("st_q", is_kind(ParamKind.QMAX) & quarter)
+            # "a program or a store word in stage 2": one stage-1 flip-flop of the kind (any
+            # range: an out-of-range word only re-runs SETUP) beside ``param_v``, so that the
+            # image's accept keeps one LUT of flip-flops in front of it (a ~st_busy term of
+            # its own there was once the critical path, 36.93 MHz at seed 3)
+            st_busy = pv0 & pflag("k_store", bus.kind.as_value().matches(
+                *[k.value for k in (ParamKind.PROGRAM, ParamKind.WEIGHT, ParamKind.GATHER,
+                                    ParamKind.BIAS, ParamKind.M, ParamKind.SH,
+                                    ParamKind.QMAX)]))
             d = pp.data
             qrow = pp.row[:wsb - 2]
             gent = Cat(d[0], d[1:1 + aw], d[21:29])
@@ -719,7 +742,10 @@ class OverlayEngine(wiring.Component):
               for name in ("w", "h", "cin", "groups", "in_c")}
         xlast = Signal(dim)     # last x: wo - 1, or wo/2 - 1 (window index) with a pool
         ylast = Signal(dim)
-        tpm1 = Signal.like(tper)     # T - 1
+        # T - 2 (T >= 2): tend's next value after a step of t is ``t == tpm2``, a compare of
+        # the counter itself (``t + 1 == T - 1`` put t's 11-cell carry chain in front of the
+        # compare: the whole iCEBreaker build's critical path at seed 3, 25.7 ns)
+        tpm2 = Signal.like(tper)
         dsm1 = Signal.like(dsteps)
         # D - 2, one bit wider (D = 1 gives a value above every drain index): the drain's
         # last-step flag's next value after a step is ``dr_d == dsm2``, no adder.
@@ -760,7 +786,10 @@ class OverlayEngine(wiring.Component):
         load_gate = Signal()
         # (with a weight store a store word in stage 2 too, st_busy: its write request comes
         # after the cycle LOAD's first value would take it)
-        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store else prog_w.en)) & ~lstarted)
+        # (a PROGRAM word of any range in stage 2: the kind's flip-flop, not prog_w.en's AND)
+        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store
+                                                else pv0 & is_kind(ParamKind.PROGRAM)))
+                                 & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -794,6 +823,14 @@ class OverlayEngine(wiring.Component):
         # of the advance, the clock enable of every position counter
         t0 = Signal()
         tend = Signal()
+        # t < cin (an issue slot) and t == cin - 1 (the position's last issue) as registers
+        # kept up to date with t (t <- 0: cin >= 1; a step: "still below" unless t was the
+        # last): no carry-chain compare in front of the issue flag (v1, the gather read and
+        # the idle look-ahead)
+        tin = Signal()
+        tcl = Signal()
+        # cin - 2 for tcl's next value after a step, one bit wider (cin = 1: above every t)
+        cinm2_t = Signal(len(tper) + 1)
         x = Signal(dim)
         y = Signal(dim)
         mm = Signal(2)
@@ -1009,7 +1046,7 @@ class OverlayEngine(wiring.Component):
                     m.d.comb += start_pos.eq(1)
                     m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
                                  t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
-                                 pix.eq(0), rowb.eq(0)]
+                                 pix.eq(0), rowb.eq(0), tin.eq(1), tcl.eq(m1["cin"] == 0)]
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
@@ -1020,8 +1057,9 @@ class OverlayEngine(wiring.Component):
                     # T = max(cin, D, 2): cin = D = 1 is padded to 2 cycles (the gap sums'
                     # read of a step comes after the previous position's write of it).
                     one = (f["cin"] == 1) & (dsteps == 1)
-                    m.d.sync += [tpm1.eq(Mux(one, 1, Mux(f["cin"] > dsteps, m1["cin"],
-                                                         dsteps - 1))),
+                    m.d.sync += [tpm2.eq(Mux(one, 0, Mux(f["cin"] > dsteps, m1["cin"] - 1,
+                                                         dsteps - 2))),
+                                 cinm2_t.eq(m1["cin"] - 1),
                                  dsm1.eq(dsteps - 1), dsm2.eq(dsteps - 2),
                                  dr_last.eq(dr_d == dsteps - 1),
                                  chain.eq(0 if store else
@@ -1046,14 +1084,14 @@ class OverlayEngine(wiring.Component):
                 # whose groups are FLUSH-separated anyway).
                 m.d.comb += hold.eq(f["raw"] & t0 & busy)
                 with m.If(~hold):
-                    m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t0),
-                                 iss_last.eq(t == m1["cin"])]
+                    m.d.comb += [iss.eq(tin), iss_first.eq(t0), iss_last.eq(tcl)]
                 # The advance needs no ~hold: t = T - 1 >= 1 there, and hold is at t = 0 (the
                 # raw hold was on the path to the FSM's state register, the iCE40 critical
                 # path at seeds 1-2 once the counters' inputs were registers).
                 with m.If(tend):
                     m.d.comb += adv.eq(1)
-                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
+                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), tin.eq(1),
+                                 tcl.eq(m1["cin"] == 0)]
                     with m.If(last_pos_r):
                         with m.If(chain_next):
                             # the next group's first position follows as if it were
@@ -1062,7 +1100,8 @@ class OverlayEngine(wiring.Component):
                         with m.Else():
                             m.next = "FLUSH"
                 with m.Elif(~hold):
-                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
+                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t == tpm2),
+                                 tin.eq(tin & ~tcl), tcl.eq(t == cinm2_t)]
             def group_end():
                 with m.If(last_grp_r):
                     m.d.sync += row.eq(row + 1)
@@ -1451,8 +1490,10 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [gsum_r[r].addr.eq(gidx) for r in range(R)]
         # busy = dr_act | v1 | ... | v6, as a register computed from the next values of
         # those flags (the raw hold decision starts at a flip-flop, not at a 7-input OR).
-        m.d.sync += busy.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
-                            | (dr_act & ~(dstep & dr_last)))
+        busy_n = Signal()       # busy's next value: also the look-ahead idle's (below)
+        m.d.comb += busy_n.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
+                              | (dr_act & ~(dstep & dr_last)))
+        m.d.sync += busy.eq(busy_n)
 
         # DR0: channel-table reads, R lanes taken
         # The table entry of the lanes taken (cebase + k) is a counter (one adder before the
@@ -1694,8 +1735,16 @@ class OverlayEngine(wiring.Component):
                          pm_w.addr.eq(q8d), pm_w.data.eq(nv), pm_w.en.eq(q8v & pool_on)]
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
         o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
-        m.d.comb += idle.eq(~(v1 | v2 | v3 | v4 | v5 | v6 | dr_act | q1v | q2v_ | q3[0] | q4[0]
-                              | q5[0] | q6[0] | q7v_ | q8v | o9v | wq_en.any()))
+        # idle = no valid flag of v1..v6, dr_act, q1v..q8v, o9v and no write request. All
+        # but the last three are a flip-flop computed a cycle ahead from the flags' next
+        # values (busy's, the drain's step, q1v..q7v): the 17-input NOR in front of FLUSH's
+        # group step (v6 -> idle -> grp, grow's clock enables, the whole iCEBreaker build's
+        # critical path at seed 2, 26 ns) is one LUT of four flip-flops. Same cycle as the
+        # NOR: exact, no cycle added.
+        idle_a = Signal(init=1)
+        m.d.sync += idle_a.eq(~(busy_n | dstep | q1v | q2v_ | q3[0] | q4[0] | q5[0] | q6[0]
+                                | q7v_))
+        m.d.comb += idle.eq(idle_a & ~(o9v | wq_en.any()))
         q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()
@@ -1722,8 +1771,8 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += gnext.eq(gptr + P // 2)
                 m.d.sync += [gptr.eq(gnext), wptr.eq(gnext)]
         if cfg.attention:
-            at_hit = param_hit("attention", (bkind == ParamKind.LUT)
-                               & _below(bus.row, cfg.attention_rows))
+            at_hit = param_hit("attention", is_kind(ParamKind.LUT)
+                               & row_below(cfg.attention_rows))
             self._attention(m, f, m1, banks, tables, pp, at_hit, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
                             dynw, att_gat, att_gaddr, gat_r, ecp5)
