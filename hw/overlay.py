@@ -1199,8 +1199,6 @@ class OverlayEngine(wiring.Component):
             m.d.comb += pstep.eq(cr)
         with m.Else():
             m.d.comb += pstep.eq(f["src_col"])
-        pix_n = Signal(aw)
-        m.d.comb += pix_n.eq(Mux(wrap, rowb, pix) + pstep)
         # What the advance needs is computed one cycle ahead, into registers loaded every
         # cycle from the position counters: a position takes T >= 2 cycles and its counters
         # change only at its advance (or at GSTART, 3 cycles before the first issue), so
@@ -1209,8 +1207,14 @@ class OverlayEngine(wiring.Component):
         # last advance) is followed by construction, as they are functions of the counters.
         # The advance is then flip-flops -> clock enable / data of the counters (the iCE40
         # critical path was the step mux -> pix adder -> pix, and x + 1 == xlast -> row_end).
-        pixn_r = reg("pixn_r", aw, pix_n)            # the next position's base address
         wrap_r = reg("wrap_r", 1, wrap)
+        # The step is registered, not the sum: the advance adds it (flip-flops -> one base
+        # mux -> the carry chain -> pix), while mm -> win_done / wrap -> the step's priority
+        # mux -> the base mux -> the aw-bit carry chain -> pixn_r was the UP5K engine's
+        # critical path at seed 3 (22.7 ns).
+        pstep_r = reg("pstep_r", aw, pstep)
+        pixn_r = Signal(aw, name="pixn")             # the next position's base address
+        m.d.comb += pixn_r.eq(Mux(wrap_r, rowb, pix) + pstep_r)
         win_done_r = reg("win_done_r", 1, win_done)
         m.d.sync += last_pos_r.eq(last_pos)
         x_end_n = reg("x_end_n", 1, x + 1 == xlast)  # row_end after a step of x
@@ -1594,8 +1598,25 @@ class OverlayEngine(wiring.Component):
         q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
         # v fits int32: the artifact bounds bias + sum(w * x) and the gap sums by int32
         # (models/ops.py), so the requant multiply is two 16x16 products.
-        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + (q1b[r] if early_bias
-                                                      else table("bias", r)).as_signed())
+        def acc_plus_bias(r, a, b):
+            """``a + b`` (32 bits). On the UP5K as a carry-select adder: the low 16 bits and
+            both possible high halves (carry in 0 and 1) side by side, the high half chosen
+            by the low half's carry: the gap sums' block RAM -> q1sel mux -> one 32-cell
+            carry chain -> q2v was the UP5K engine's critical path (seeds 1-2, 23 ns, 13.7 ns
+            of it logic); two 16-cell chains in parallel and a mux (~32 logic cells)."""
+            if ecp5 or cfg.primitives != "ice40":
+                return a + b
+            a32 = Signal(signed(32), name=f"q1a{r}")
+            b32 = Signal(signed(32), name=f"q1b32_{r}")
+            lo = Signal(17, name=f"q1lo{r}")
+            hi0 = Signal(16, name=f"q1hi0_{r}")
+            hi1 = Signal(16, name=f"q1hi1_{r}")
+            m.d.comb += [a32.eq(a), b32.eq(b), lo.eq(a32[:16] + b32[:16]),
+                         hi0.eq(a32[16:] + b32[16:]), hi1.eq(a32[16:] + b32[16:] + 1)]
+            return Cat(lo[:16], Mux(lo[16], hi1, hi0)).as_signed()
+
+        v2s = [reg(f"q2v{r}", signed(32), acc_plus_bias(
+                   r, q1s[r], (q1b[r] if early_bias else table("bias", r)).as_signed()))
                for r in range(R)]
         m2 = [reg(f"q2m{r}", M_BITS, table("m", r)) for r in range(R)]
         sh2 = [reg(f"q2sh{r}", SH_BITS, table("sh", r)) for r in range(R)]
