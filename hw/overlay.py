@@ -458,7 +458,7 @@ class OverlayEngine(wiring.Component):
         # ``param_hit_weight*``) was the whole iCEBreaker build's critical path at seed 1
         # (26.2 ns). Parameters are written while no image is in flight, and a PROGRAM (or,
         # with a weight store, a store) word in stage 2 holds the image back like a
-        # completed one (``prog_dirty``, ``st_busy``).
+        # completed one (``prog_dirty``, ``param_hold``).
         bus = self.params.payload
         row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
                                         cfg.weight_store,
@@ -617,7 +617,6 @@ class OverlayEngine(wiring.Component):
         # fm_words - weight_store + r, the row's bits below a constant (no adder).
         store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
         copying = Signal()     # (weight store) COPY: ck's store row is read
-        st_busy = C(0, 1)      # (weight store) a store parameter word in stage 2
         cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
         ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
         # (weight store) the phase's last cycle, a register set a cycle ahead from ck's
@@ -637,7 +636,7 @@ class OverlayEngine(wiring.Component):
             # bus (the decode went from the link's parameter register straight into the
             # write request's muxes: the first UP5K build's critical path, 30.8 MHz).
             # Parameters are written while no image is in flight, and a store word on its
-            # way holds the image back (``st_busy`` in ``load_gate``, as a program word), so
+            # way holds the image back (``param_hold`` in ``load_gate``, as a program word), so
             # LOAD's and a pass's writes never meet them.
             # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
             # l & 1, at store row r.
@@ -656,14 +655,6 @@ class OverlayEngine(wiring.Component):
             s_m = param_hit("st_m", is_kind(ParamKind.M) & quarter)
             s_s = param_hit("st_s", is_kind(ParamKind.SH) & quarter)
             s_q = param_hit("st_q", is_kind(ParamKind.QMAX) & quarter)
-            # "a program or a store word in stage 2": one stage-1 flip-flop of the kind (any
-            # range: an out-of-range word only re-runs SETUP) beside ``param_v``, so that the
-            # image's accept keeps one LUT of flip-flops in front of it (a ~st_busy term of
-            # its own there was once the critical path, 36.93 MHz at seed 3)
-            st_busy = pv0 & pflag("k_store", bus.kind.as_value().matches(
-                *[k.value for k in (ParamKind.PROGRAM, ParamKind.WEIGHT, ParamKind.GATHER,
-                                    ParamKind.BIAS, ParamKind.M, ParamKind.SH,
-                                    ParamKind.QMAX)]))
             d = pp.data
             qrow = pp.row[:wsb - 2]
             gent = Cat(d[0], d[1:1 + aw], d[21:29])
@@ -784,12 +775,20 @@ class OverlayEngine(wiring.Component):
         # A program write since SETUP began (or one still in the parameter port's stage 2)
         # sends LOAD back to SETUP before the image's first value is taken.
         load_gate = Signal()
-        # (with a weight store a store word in stage 2 too, st_busy: its write request comes
-        # after the cycle LOAD's first value would take it)
-        # (a PROGRAM word of any range in stage 2: the kind's flip-flop, not prog_w.en's AND)
-        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store
-                                                else pv0 & is_kind(ParamKind.PROGRAM)))
-                                 & ~lstarted)
+        # param_hold: a PROGRAM word (with a weight store, any store word: its write request
+        # comes after the cycle LOAD's first value would take it) in stage 2, of any range
+        # (an out-of-range word only re-runs SETUP). A flip-flop of its own from the bus's
+        # valid, layer and kind, placed by the image's accept: ``param_v``, shared with
+        # every table's write enable, was placed across the die from it (param_v ->
+        # load_gate -> ready -> the load counters' enables, 23.6 ns, the UP5K engine's
+        # critical path at seed 3).
+        pld = Signal(name="param_hold")
+        hold_kinds = ((ParamKind.PROGRAM, ParamKind.WEIGHT, ParamKind.GATHER, ParamKind.BIAS,
+                       ParamKind.M, ParamKind.SH, ParamKind.QMAX) if store
+                      else (ParamKind.PROGRAM,))
+        m.d.sync += pld.eq(self.params.valid & (bus.layer == OVERLAY_LAYER)
+                           & bus.kind.as_value().matches(*[k.value for k in hold_kinds]))
+        m.d.comb += load_gate.eq((prog_dirty | pld) & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -1251,8 +1250,13 @@ class OverlayEngine(wiring.Component):
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
         pix1 = reg("pix1", aw, pix)
-        oy = Mux(f["pool"], Cat(mm[1], y), y)
-        ox = Mux(f["pool"], Cat(mm[0], x), x)
+        # The output coordinates (with a pool the window's member added) as registers loaded
+        # every cycle from the counters: the thresholds below are loaded from them only from
+        # the second cycle after an advance (adv_r holds them in the first), by when these
+        # hold the new position's (mm -> the pool mux -> the stride mux -> h - s*y's carry
+        # chain -> by_hv1 was the UP5K engine's critical path at seed 2, 22.8 ns).
+        oy = reg("oy_r", dim + 1, Mux(f["pool"], Cat(mm[1], y), y))
+        ox = reg("ox_r", dim + 1, Mux(f["pool"], Cat(mm[0], x), x))
         s2 = f["stride"][1]          # stride 1 or 2
         syv = Mux(s2, oy << 1, oy)
         sxv = Mux(s2, ox << 1, ox)
@@ -1338,7 +1342,10 @@ class OverlayEngine(wiring.Component):
         v3 = reg("v3", 1, v2)
         first3 = reg("first3", 1, first2)
         last3 = reg("last3", 1, last2)
-        inb3 = reg("inb3", 1, in_bounds(by1, dy2).all() & in_bounds(bx1, dx2).all())
+        # the four bound tests as flip-flops, their AND at stage 3 beside the bank select
+        # (dy2 -> the compares' carry chains -> the 4-way AND -> inb3 was the UP5K engine's
+        # critical path at seed 1, 6 LUT levels)
+        inb3 = reg("inb3", 4, Cat(in_bounds(by1, dy2), in_bounds(bx1, dx2)))
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
         if ecp5:
@@ -1372,7 +1379,7 @@ class OverlayEngine(wiring.Component):
         first4 = reg("first4", 1, first3)
         last4 = reg("last4", 1, last3)
         act3 = Signal(8)
-        m.d.comb += act3.eq(Mux(inb3, sel, 0))
+        m.d.comb += act3.eq(Mux(inb3.all(), sel, 0))
         # A fabric register between the feature-map block RAM and the multipliers: on an
         # ECP5 the DP16KD's unregistered output (5.61 ns clock-to-out) -> zero fill / bank
         # select -> the MULT18X18D's B input register was every 12F/25F overlay seed's
