@@ -1457,15 +1457,20 @@ class OverlayEngine(wiring.Component):
         # taken one stage early (q8 for the fused sum, DR0 for the gap drain), and the read
         # is not transparent (Yosys would add a register and a bypass mux per bit): a position
         # takes at least 2 cycles (T = max(cin, D, 2)), so the sum of step d is written before
-        # the next position's step d reads it.
+        # the next position's step d reads it. So no read whose data is used hits the
+        # address written in its cycle (a gap drain's reads come before the next group's
+        # first sum writes): COLLISION_FREE, no read-first emulation (its bypass register and
+        # multiplexer were on the UP5K engine's critical path: gap sums -> bypass mux ->
+        # q1sel -> acc + bias, seeds 1-2). The tests' poison checks the claim.
         gsum_w, gsum_r = [], []
         for r in range(R):
             mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
-                                attrs=small_attrs)
+                                attrs={**small_attrs, **COLLISION_FREE})
             m.submodules[f"gsum{r}"] = mem
             wp = mem.write_port()
             gsum_w.append(wp)
-            gsum_r.append(mem.read_port(domain="sync"))
+            rp = mem.read_port(domain="sync")
+            gsum_r.append(_ReadView(rp, collision_read(m, rp, [wp])))
         step = Signal(range(R + 1))
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
         # A drain step: always, except on the raw pass without room in the logits queue.
@@ -1748,15 +1753,16 @@ class OverlayEngine(wiring.Component):
         m.d.comb += pool_on.eq(f["pool"] & ~q8gap)
         # The running maxima (P/R per requant lane) in a block RAM: read at q7, so the value
         # is there at q8; not transparent, as T >= 2 puts the previous position's write of a
-        # step before the next position's read of it.
+        # step before the next position's read of it: COLLISION_FREE (a read at q7 and the
+        # write at q8 of the same step are two positions apart).
         out9 = []
         for r in range(R):
             pmem = memory.Memory(shape=unsigned(8), depth=max(2, P // R), init=[],
-                                 attrs=small_attrs)
+                                 attrs={**small_attrs, **COLLISION_FREE})
             m.submodules[f"poolmax{r}"] = pmem
             pm_w = pmem.write_port()
             pm_r = pmem.read_port(domain="sync")
-            cur = pm_r.data
+            cur = collision_read(m, pm_r, [pm_w])
             nv = Signal(8, name=f"pool_nv{r}")
             m.d.comb += [pm_r.addr.eq(q7[1]),
                          nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur)),
