@@ -1041,8 +1041,12 @@ class OverlayEngine(wiring.Component):
                     m.next = gstart
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
+                # (every GSTART cycle: the position flags it sets are the same each time,
+                # and the state alone, not gs == 0 as well, is in front of their enables:
+                # the state decode -> gs -> the flags' enables was the UP5K engine's
+                # critical path at seeds 2-3)
+                m.d.comb += start_pos.eq(1)
                 with m.If(gs == 0):
-                    m.d.comb += start_pos.eq(1)
                     m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
                                  t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
                                  pix.eq(0), rowb.eq(0), tin.eq(1), tcl.eq(m1["cin"] == 0)]
@@ -1492,9 +1496,11 @@ class OverlayEngine(wiring.Component):
                          dr_tag.eq(tag6)]
         with m.If(handoff):
             m.d.sync += [gfire.eq(gpend), gpend.eq(tag6[3] & gchain)]
-        with m.If(gfire & dstep & ~dr_gap & dr_last):
+        with m.If(gfire & dr_act & ~dr_gap & dr_last):
             # gchain: the previous group's gap drain right after the next group's first
-            # position's last drain step
+            # position's last drain step (dr_act, not dstep: gfire is never set on the raw
+            # pass, the only one whose drain holds; raw_full -> dstep -> gap_go -> the
+            # drain's registers was the UP5K engine's critical path at seed 1)
             m.d.comb += gap_go.eq(1)
             m.d.sync += gfire.eq(0)
         with m.If(gap_go):
