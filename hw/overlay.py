@@ -756,12 +756,16 @@ class OverlayEngine(wiring.Component):
         # gchain and the fields change at least two cycles before a read (after a chained
         # next_group the next advance is T >= 2 cycles later; GSTART takes 3 cycles before
         # ISSUE; FLUSH is entered without a group step). GSTART's P_g (right after SETUP's
-        # or a group's step) and the logits' last flag keep the compare itself.
+        # or a group's step) keeps the compare itself; the logits' last flag reads the
+        # register too (the raw pass is never chained: its drain is over before grp steps).
         last_grp_r = Signal()
-        chain_next = Signal()     # ISSUE: chain to the next group at the last position
+        # ISSUE: this is the last position and the next group follows it (last_pos_r folded
+        # in: at the advance the chained step is an AND of tend and one flip-flop; tend ->
+        # adv -> last_pos_r & chain_next -> grow's clock enable was the UP5K engine's
+        # critical path at seed 2); set below, with last_pos_r
+        chain_next = Signal()
         chain_gap = Signal()      # GAPLOAD: chain to the next group (not the last)
         m.d.sync += [last_grp_r.eq(last_grp),
-                     chain_next.eq(chain & ~last_grp & (~f["gap"] | gchain)),
                      chain_gap.eq(chain & ~last_grp)]
 
         # LOAD counters
@@ -1095,13 +1099,12 @@ class OverlayEngine(wiring.Component):
                     m.d.comb += adv.eq(1)
                     m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), tin.eq(1),
                                  tcl.eq(m1["cin"] == 0)]
-                    with m.If(last_pos_r):
-                        with m.If(chain_next):
-                            # the next group's first position follows as if it were
-                            # another position of this one (T cycles after)
-                            next_group()
-                        with m.Else():
-                            m.next = "FLUSH"
+                    with m.If(chain_next):
+                        # the next group's first position follows as if it were another
+                        # position of this one (T cycles after)
+                        next_group()
+                    with m.Elif(last_pos_r):
+                        m.next = "FLUSH"
                 with m.Elif(~hold):
                     m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t == tpm2),
                                  tin.eq(tin & ~tcl), tcl.eq(t == cinm2_t)]
@@ -1219,7 +1222,8 @@ class OverlayEngine(wiring.Component):
         pixn_r = Signal(aw, name="pixn")             # the next position's base address
         m.d.comb += pixn_r.eq(Mux(wrap_r, rowb, pix) + pstep_r)
         win_done_r = reg("win_done_r", 1, win_done)
-        m.d.sync += last_pos_r.eq(last_pos)
+        m.d.sync += [last_pos_r.eq(last_pos),
+                     chain_next.eq(last_pos & chain & ~last_grp & (~f["gap"] | gchain))]
         x_end_n = reg("x_end_n", 1, x + 1 == xlast)  # row_end after a step of x
         y_end_n = reg("y_end_n", 1, y + 1 == ylast)  # col_end after a step of y
         # first_pos = (x, y) == (0, 0) (every member of a pool's first window) as a register
@@ -1281,13 +1285,23 @@ class OverlayEngine(wiring.Component):
         # position's last cycle too). Same stages, same cycles.
         adv_r = reg("adv_r", 1, adv)
         def bounds0(prefix, sv, lim):
+            # h - s*y is kept as its reduction only: "always" (>= 8), "never" (< -8), and
+            # its low 5 bits for the compare in between (the reductions were at stage 2,
+            # between the threshold registers and inb3: nlo -> the compare's carry -> 3 LUT
+            # levels -> inb3 was the UP5K engine's critical path at seed 3)
+            hv = Signal(signed(dim + 3), name=f"{prefix}_hv0")
+            m.d.comb += hv.eq(lim - sv)
             regs = (Signal(1, name=f"{prefix}_loall1"),
                     Signal(signed(4), name=f"{prefix}_nlo1"),
-                    Signal(signed(dim + 3), name=f"{prefix}_hv1"))
+                    Signal(signed(5), name=f"{prefix}_hv1"),
+                    Signal(1, name=f"{prefix}_hibig1"),
+                    Signal(1, name=f"{prefix}_hismall1"))
             with m.If(~adv_r):
                 m.d.sync += [regs[0].eq(sv[3:] != 0),
                              regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed()),
-                             regs[2].eq(lim - sv)]
+                             regs[2].eq(hv[:5]),
+                             regs[3].eq(~hv[-1] & (hv[3:-1] != 0)),
+                             regs[4].eq(hv[-1] & ~hv[3:].all())]
             return regs
         by1 = bounds0("by", syv, f["h"])
         bx1 = bounds0("bx", sxv, f["w"])
@@ -1329,10 +1343,8 @@ class OverlayEngine(wiring.Component):
                     else pix1 + off)
         def in_bounds(b, d):
             """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
-            loall, nlo, hv = b
-            hibig = ~hv[-1] & (hv[3:-1] != 0)
-            hismall = hv[-1] & ~hv[3:].all()
-            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv[:5].as_signed())))
+            loall, nlo, hv5, hibig, hismall = b
+            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv5)))
         dy2 = reg("dy2", signed(4), dy)
         dx2 = reg("dx2", signed(4), dx)
         bank2 = reg("bank2", 1, gd[0])
@@ -1642,7 +1654,10 @@ class OverlayEngine(wiring.Component):
         # The classifier: acc + bias is the logit (one a cycle, lane 0).
         q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_ = q2
         m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),
-                     lq_data.eq(Cat(v2s[0][:32], last_grp & q2last_ & q2tag_[3])),
+                     # (last_grp_r: the raw pass is never chained, so grp has held still
+                     # for many cycles when its logits drain; grp -> the compare -> lq_last
+                     # was the UP5K engine's critical path at seed 1)
+                     lq_data.eq(Cat(v2s[0][:32], last_grp_r & q2last_ & q2tag_[3])),
                      drain_busy.eq(dr_act | q1v | q2v_)]
         # S2: the requant multiply as two 16x16 products, v = vhi * 2**16 + vlo (vhi signed,
         # vlo unsigned): pl = vlo * m (16u x 16u), ph = vhi * m (16s x 16u), each exactly one
