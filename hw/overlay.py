@@ -1258,16 +1258,16 @@ class OverlayEngine(wiring.Component):
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
         pix1 = reg("pix1", aw, pix)
-        # The output coordinates (with a pool the window's member added) as registers loaded
-        # every cycle from the counters: the thresholds below are loaded from them only from
-        # the second cycle after an advance (adv_r holds them in the first), by when these
-        # hold the new position's (mm -> the pool mux -> the stride mux -> h - s*y's carry
-        # chain -> by_hv1 was the UP5K engine's critical path at seed 2, 22.8 ns).
-        oy = reg("oy_r", dim + 1, Mux(f["pool"], Cat(mm[1], y), y))
-        ox = reg("ox_r", dim + 1, Mux(f["pool"], Cat(mm[0], x), x))
+        # The coordinates s*y, s*x (with a pool the window's member added) as registers
+        # loaded every cycle from the counters: the thresholds below are loaded from them
+        # only from the second cycle after an advance (adv_r holds them in the first), by
+        # when these hold the new position's (mm -> the pool mux -> the stride mux -> h -
+        # s*y's carry chain -> by_hv1 was the UP5K engine's critical path at seed 2, 22.8 ns).
+        oy = Mux(f["pool"], Cat(mm[1], y), y)
+        ox = Mux(f["pool"], Cat(mm[0], x), x)
         s2 = f["stride"][1]          # stride 1 or 2
-        syv = Mux(s2, oy << 1, oy)
-        sxv = Mux(s2, ox << 1, ox)
+        syv = reg("sy_r", dim + 2, Mux(s2, oy << 1, oy))
+        sxv = reg("sx_r", dim + 2, Mux(s2, ox << 1, ox))
         # The bounds check's position-dependent part, reduced to what the 4-bit dy, dx are
         # compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when s*y < 8;
         # dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else a 5-bit
