@@ -1285,23 +1285,19 @@ class OverlayEngine(wiring.Component):
         # position's last cycle too). Same stages, same cycles.
         adv_r = reg("adv_r", 1, adv)
         def bounds0(prefix, sv, lim):
-            # h - s*y is kept as its reduction only: "always" (>= 8), "never" (< -8), and
-            # its low 5 bits for the compare in between (the reductions were at stage 2,
-            # between the threshold registers and inb3: nlo -> the compare's carry -> 3 LUT
-            # levels -> inb3 was the UP5K engine's critical path at seed 3)
-            hv = Signal(signed(dim + 3), name=f"{prefix}_hv0")
-            m.d.comb += hv.eq(lim - sv)
+            # Unsigned-offset forms (sign bit flipped, i.e. + 8 and + 16) of the thresholds,
+            # so that stage 2's compares with dy, dx are unsigned carry chains (the signed
+            # compares' extra LUT levels were between nlo and inb3, the UP5K engine's
+            # critical path at seed 3, 22.4 ns). h - s*y keeps its full width here; its
+            # reduction is at stage 2, beside the compares (at stage 0 it was after the
+            # 18-cell carry chain: 27 ns).
             regs = (Signal(1, name=f"{prefix}_loall1"),
-                    Signal(signed(4), name=f"{prefix}_nlo1"),
-                    Signal(signed(5), name=f"{prefix}_hv1"),
-                    Signal(1, name=f"{prefix}_hibig1"),
-                    Signal(1, name=f"{prefix}_hismall1"))
+                    Signal(4, name=f"{prefix}_nlo1"),
+                    Signal(signed(dim + 3), name=f"{prefix}_hv1"))
             with m.If(~adv_r):
                 m.d.sync += [regs[0].eq(sv[3:] != 0),
-                             regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed()),
-                             regs[2].eq(hv[:5]),
-                             regs[3].eq(~hv[-1] & (hv[3:-1] != 0)),
-                             regs[4].eq(hv[-1] & ~hv[3:].all())]
+                             regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed() ^ 8),
+                             regs[2].eq(lim - sv)]
             return regs
         by1 = bounds0("by", syv, f["h"])
         bx1 = bounds0("bx", sxv, f["w"])
@@ -1342,11 +1338,16 @@ class OverlayEngine(wiring.Component):
         addr2 = reg("addr2", aw, Mux(cp1, Cat(sa1, store_top), pix1 + off) if store
                     else pix1 + off)
         def in_bounds(b, d):
-            """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
-            loall, nlo, hv5, hibig, hismall = b
-            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv5)))
-        dy2 = reg("dy2", signed(4), dy)
-        dx2 = reg("dx2", signed(4), dx)
+            """lo <= d < hi for the 4-bit offset d (signed, held as d + 8: its sign bit
+            flipped) against stage 0's thresholds b."""
+            loall, nlo, hv = b
+            hibig = ~hv[-1] & (hv[3:-1] != 0)
+            hismall = hv[-1] & ~hv[3:].all()
+            # d < hv[:5] (5-bit signed) as d + 16 < hv[:5] + 16, unsigned
+            d5 = Cat(d[:3], ~d[3], d[3])           # sext(d) + 16, from d + 8
+            return Cat(loall | (d >= nlo), hibig | (~hismall & (d5 < (hv[:5] ^ 16))))
+        dy2 = reg("dy2", 4, dy ^ 8)      # dy + 8 (unsigned compares at stage 2)
+        dx2 = reg("dx2", 4, dx ^ 8)
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
