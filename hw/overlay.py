@@ -765,6 +765,8 @@ class OverlayEngine(wiring.Component):
         # critical path at seed 2); set below, with last_pos_r
         chain_next = Signal()
         chain_gap = Signal()      # GAPLOAD: chain to the next group (not the last)
+        gap_chain_go = Signal()   # in GAPLOAD with chain_gap (set by FLUSH, below)
+        m.d.sync += gap_chain_go.eq(0)
         m.d.sync += [last_grp_r.eq(last_grp),
                      chain_gap.eq(chain & ~last_grp)]
 
@@ -888,7 +890,12 @@ class OverlayEngine(wiring.Component):
         raw_full = Signal()
         m.d.comb += inflight_n.eq(inflight + raw_step - taken)
         m.d.sync += [lq_pushed.eq(lq_push), lq_n.eq(lq_n + lq_pushed - taken),
-                     inflight.eq(inflight_n), raw_full.eq(f["raw"] & (inflight_n >= LQ))]
+                     inflight.eq(inflight_n),
+                     # (without this cycle's take: the logits queue's count -> valid ->
+                     # taken -> inflight_n -> raw_full was the UP5K engine's critical path at
+                     # seed 2; it holds the drain a cycle longer only with the queue full, which
+                     # an always-ready consumer never makes it: no cycle changes then)
+                     raw_full.eq(f["raw"] & (inflight + raw_step >= LQ))]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
@@ -1080,8 +1087,8 @@ class OverlayEngine(wiring.Component):
                     m.next = "ISSUE"
             def next_group():
                 # chained: P_g, D, T stay; the group counters step (the last position's
-                # advance restarted the position counters)
-                m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
+                # advance restarted the position counters) in the block after the FSM, from
+                # flip-flops that imply the state (tend & chain_next, gap_chain_go)
                 m.next = "ISSUE"
 
             with m.State("ISSUE"):
@@ -1096,7 +1103,6 @@ class OverlayEngine(wiring.Component):
                 # raw hold was on the path to the FSM's state register, the iCE40 critical
                 # path at seeds 1-2 once the counters' inputs were registers).
                 with m.If(tend):
-                    m.d.comb += adv.eq(1)
                     m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), tin.eq(1),
                                  tcl.eq(m1["cin"] == 0)]
                     with m.If(chain_next):
@@ -1123,6 +1129,7 @@ class OverlayEngine(wiring.Component):
                 # when the logits consumer holds the raw drain.
                 with m.If(idle):
                     with m.If(f["gap"]):
+                        m.d.sync += gap_chain_go.eq(chain & ~last_grp)
                         m.next = "GAPLOAD"
                     with m.Else():
                         group_end()
@@ -1142,6 +1149,17 @@ class OverlayEngine(wiring.Component):
                     with m.If(att_done):
                         m.d.sync += row.eq(row + 1)
                         m.next = "SETUP"
+
+        # The advance and the chained group steps, decoded from flip-flops only (no FSM
+        # state decode in front of the position counters' and grp's, grow's clock enables:
+        # state -> adv -> the group step's OR -> grp's enable was the UP5K engine's
+        # critical path at seeds 1 and 3, 20.8 ns). tend is set only in ISSUE and cleared at
+        # the advance, the only way out of ISSUE: tend implies ISSUE. gap_chain_go is
+        # "GAPLOAD and chain_gap", set with FLUSH's move to GAPLOAD (chain_gap's value then
+        # is the one it has in GAPLOAD).
+        m.d.comb += adv.eq(tend)
+        with m.If((tend & chain_next) | gap_chain_go):
+            m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
 
         # LOAD: one image value a cycle into buffer X, (y, x, c) at bank c & 1, address
         # (y*W + x) * Cp/2 + (c >> 1): counters and adders only. The accept is decoded from
