@@ -895,7 +895,10 @@ class OverlayEngine(wiring.Component):
                      # taken -> inflight_n -> raw_full was the UP5K engine's critical path at
                      # seed 2; it holds the drain a cycle longer only with the queue full, which
                      # an always-ready consumer never makes it: no cycle changes then)
-                     raw_full.eq(f["raw"] & (inflight + raw_step >= LQ))]
+                     # (inflight + raw_step >= LQ without the adder: its carry chain and the
+                     # compare's were the next path)
+                     raw_full.eq(f["raw"] & (_at_least(inflight, LQ)
+                                             | ((inflight == LQ - 1) & raw_step)))]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
