@@ -929,6 +929,8 @@ class OverlayEngine(wiring.Component):
         # groups are never chained (the copy needs the banks: the previous group's writes
         # must be over).
         gstart = "COPY" if store else "GSTART"
+        data = prog_r.data          # SETUP: the program field read the cycle before
+        dec = Signal(len(data))     # SETUP: the shared decrementer's result (below)
         with m.FSM(init="SETUP"):
             if store:
                 with m.State("COPY"):
@@ -954,69 +956,6 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
-                data = prog_r.data
-                # One decrementer for every "n - 1" register, its input halved for wo and ho
-                # with a pool (the window counts): a mux in front of the carry chain instead
-                # of a second (halving) chain and a mux behind both (program RAM -> halving
-                # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
-                # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
-                # field from a register a cycle later (lag 2). On the UP5K the decrementer's
-                # result is registered in the carry chain's own logic cells (dec) and the
-                # "n - 1" registers take it a cycle later, while the steps (rstep, rc, cr)
-                # still take the field from the RAM (lag 1): program RAM -> halving mux ->
-                # 15-bit decrementer -> routing to the m1 registers was the UP5K engine's
-                # critical path at seed 1 once the bounds path was shortened; a register of
-                # the field itself would be 15 more logic cells.
-                assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
-                half = Signal()
-                dec = Signal(len(data))
-                if ecp5:
-                    lag = 2
-                    src = Signal(len(data))
-                    m.d.sync += [src.eq(data),
-                                 half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
-                                                      | (fcnt == _F["wo"] + 1)))]
-                    m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
-                else:
-                    # (the select is a register set the cycle before: at fcnt = _F["ho"]
-                    # the data is the pool field, being captured; at _F["wo"] f_pool has it)
-                    lag = 1
-                    src = data
-                    m.d.sync += [half.eq(((fcnt == _F["ho"]) & data[0])
-                                         | ((fcnt == _F["wo"]) & f["pool"])),
-                                 dec.eq(Mux(half, src >> 1, src) - 1)]
-
-                def derive(name, dec_lag):
-                    # (pool comes before ho, wo; src_row before src_col)
-                    if dec_lag:
-                        if name in m1:
-                            m.d.sync += m1[name].eq(dec)
-                        if name in lflag:
-                            m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
-                                         lz[name].eq(dec[:len(m1[name])] == 0),
-                                         lm2[name].eq(dec - 1)]
-                        if name == "wo":
-                            m.d.sync += xlast.eq(dec)
-                        if name == "ho":
-                            m.d.sync += ylast.eq(dec)
-                    if name == "src_row" and dec_lag == (lag == 2):
-                        m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
-                    if name == "src_col" and dec_lag == (lag == 2):
-                        m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
-                # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
-                # in front of the capture enables: the iCE40 critical path was fcnt - 1), the
-                # steps derived from it at fcnt = k + lag, the "n - 1" registers at k + 2
-                # (by fcnt = nf + 1, SETUP's last cycle)
-                with m.Switch(fcnt):
-                    for name in PASS_FIELDS:
-                        with m.Case(_F[name] + 1):
-                            m.d.sync += f[name].eq(data)
-                            if lag == 1:
-                                derive(name, False)
-                with m.Switch(fcnt):
-                    for name in PASS_FIELDS:
-                        with m.Case(_F[name] + 2):
-                            derive(name, True)
                 with m.If(setup_end):
                     m.d.sync += [
                         fcnt.eq(0),
@@ -1152,6 +1091,72 @@ class OverlayEngine(wiring.Component):
                     with m.If(att_done):
                         m.d.sync += row.eq(row + 1)
                         m.next = "SETUP"
+
+        # SETUP's field captures and derived registers, outside the FSM: fcnt counts only in
+        # SETUP and is 0 elsewhere, so its compares (every case is >= 1) imply the state (the
+        # state decode -> the capture enables was the UP5K engine's critical path at seed 2,
+        # FSM -> SETUP's decode -> m2_w's clock enable, 20.7 ns).
+        # One decrementer for every "n - 1" register, its input halved for wo and ho
+        # with a pool (the window counts): a mux in front of the carry chain instead
+        # of a second (halving) chain and a mux behind both (program RAM -> halving
+        # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
+        # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
+        # field from a register a cycle later (lag 2). On the UP5K the decrementer's
+        # result is registered in the carry chain's own logic cells (dec) and the
+        # "n - 1" registers take it a cycle later, while the steps (rstep, rc, cr)
+        # still take the field from the RAM (lag 1): program RAM -> halving mux ->
+        # 15-bit decrementer -> routing to the m1 registers was the UP5K engine's
+        # critical path at seed 1 once the bounds path was shortened; a register of
+        # the field itself would be 15 more logic cells.
+        assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
+        half = Signal()
+        if ecp5:
+            lag = 2
+            src = Signal(len(data))
+            m.d.sync += [src.eq(data),
+                         half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
+                                              | (fcnt == _F["wo"] + 1)))]
+            m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
+        else:
+            # (the select is a register set the cycle before: at fcnt = _F["ho"]
+            # the data is the pool field, being captured; at _F["wo"] f_pool has it)
+            lag = 1
+            src = data
+            m.d.sync += [half.eq(((fcnt == _F["ho"]) & data[0])
+                                 | ((fcnt == _F["wo"]) & f["pool"])),
+                         dec.eq(Mux(half, src >> 1, src) - 1)]
+
+        def derive(name, dec_lag):
+            # (pool comes before ho, wo; src_row before src_col)
+            if dec_lag:
+                if name in m1:
+                    m.d.sync += m1[name].eq(dec)
+                if name in lflag:
+                    m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
+                                 lz[name].eq(dec[:len(m1[name])] == 0),
+                                 lm2[name].eq(dec - 1)]
+                if name == "wo":
+                    m.d.sync += xlast.eq(dec)
+                if name == "ho":
+                    m.d.sync += ylast.eq(dec)
+            if name == "src_row" and dec_lag == (lag == 2):
+                m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
+            if name == "src_col" and dec_lag == (lag == 2):
+                m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
+        # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
+        # in front of the capture enables: the iCE40 critical path was fcnt - 1), the
+        # steps derived from it at fcnt = k + lag, the "n - 1" registers at k + 2
+        # (by fcnt = nf + 1, SETUP's last cycle)
+        with m.Switch(fcnt):
+            for name in PASS_FIELDS:
+                with m.Case(_F[name] + 1):
+                    m.d.sync += f[name].eq(data)
+                    if lag == 1:
+                        derive(name, False)
+        with m.Switch(fcnt):
+            for name in PASS_FIELDS:
+                with m.Case(_F[name] + 2):
+                    derive(name, True)
 
         # The advance and the chained group steps, decoded from flip-flops only (no FSM
         # state decode in front of the position counters' and grp's, grow's clock enables:
@@ -1811,21 +1816,27 @@ class OverlayEngine(wiring.Component):
                          nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur)),
                          pm_w.addr.eq(q8d), pm_w.data.eq(nv), pm_w.en.eq(q8v & pool_on)]
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
-        o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
-        # idle = no valid flag of v1..v6, dr_act, q1v..q8v, o9v and no write request. All
-        # but the last three are a flip-flop computed a cycle ahead from the flags' next
-        # values (busy's, the drain's step, q1v..q7v): the 17-input NOR in front of FLUSH's
-        # group step (v6 -> idle -> grp, grow's clock enables, the whole iCEBreaker build's
-        # critical path at seed 2, 26 ns) is one LUT of four flip-flops. Same cycle as the
-        # NOR: exact, no cycle added.
-        idle_a = Signal(init=1)
-        m.d.sync += idle_a.eq(~(busy_n | dstep | q1v | q2v_ | q3[0] | q4[0] | q5[0] | q6[0]
-                                | q7v_))
-        m.d.comb += idle.eq(idle_a & ~(o9v | wq_en.any()))
+        o9v_n = Signal()
+        m.d.comb += o9v_n.eq(q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
+        o9v = reg("q9v", 1, o9v_n)
         q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()
         m.d.comb += gap_on.eq(f["gap"] & ~q9gap)
+        # idle = no valid flag of v1..v6, dr_act, q1v..q8v, o9v and no write request, as a
+        # flip-flop computed a cycle ahead from their next values (busy's, the drain's step,
+        # q1v..q7v, o9v's, the write stage's request): the 17-input NOR in front of FLUSH's
+        # group step (v6 -> idle -> grp, grow's clock enables, the whole iCEBreaker build's
+        # critical path at seed 2, 26 ns; then wq_en -> idle -> grow's, seed 3, 24 ns) is
+        # one flip-flop. Same cycle as the NOR: exact, no cycle added. idle is read only in
+        # FLUSH and GAPFLUSH, entered from ISSUE and GAPLOAD: in those states and the cycle
+        # before, the write stage is the only source of a write request (LOAD's comes only
+        # in LOAD, the parameter port's only with no image in flight, the attention unit's
+        # only in ATT).
+        idle_r = Signal(init=1)
+        m.d.sync += idle_r.eq(~(busy_n | dstep | q1v | q2v_ | q3[0] | q4[0] | q5[0] | q6[0]
+                                | q7v_ | o9v_n | (o9v & ~gap_on & q9lv.any())))
+        m.d.comb += idle.eq(idle_r)
         m.d.comb += gidx.eq(Mux(dr_gap, dr_d, q8d))
         for r in range(R):
             m.d.comb += [gsum_w[r].addr.eq(q9d), gsum_w[r].en.eq(o9v & gap_on),
