@@ -957,15 +957,7 @@ class OverlayEngine(wiring.Component):
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
                 with m.If(setup_end):
-                    m.d.sync += [
-                        fcnt.eq(0),
-                        grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
-                        wptr.eq(0), gpend.eq(0), gfire.eq(0),
-                        t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
-                        lstarted.eq(0),
-                        # (ltl takes the same compare of dec at this edge, in derive)
-                        lall.eq((dec[:len(m1["in_c"])] == 0) & lxl & lyl),
-                    ]
+                    m.d.sync += fcnt.eq(0)
                     with m.If(f["op"] == OP_END):
                         m.d.sync += row.eq(0)
                         m.next = "SETUP"
@@ -999,10 +991,11 @@ class OverlayEngine(wiring.Component):
                 # the state decode -> gs -> the flags' enables was the UP5K engine's
                 # critical path at seeds 2-3)
                 m.d.comb += start_pos.eq(1)
+                # (the counters' restarts too, the same values each cycle)
+                m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
+                             pix.eq(0), rowb.eq(0), tin.eq(1), tcl.eq(m1["cin"] == 0)]
                 with m.If(gs == 0):
-                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
-                                 t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
-                                 pix.eq(0), rowb.eq(0), tin.eq(1), tcl.eq(m1["cin"] == 0)]
+                    m.d.sync += pg.eq(Mux(last_grp, f["last_group"], P))
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
@@ -1166,6 +1159,19 @@ class OverlayEngine(wiring.Component):
         # "GAPLOAD and chain_gap", set with FLUSH's move to GAPLOAD (chain_gap's value then
         # is the one it has in GAPLOAD).
         m.d.comb += adv.eq(tend)
+        # SETUP's last cycle: the pass's counters and pointers restart, outside the FSM
+        # (setup_end is set only in SETUP, and clear at its last edge: it implies the state;
+        # the state decode -> setup_end -> grp's clock enable was the UP5K engine's critical
+        # path at seed 2, 23 ns)
+        with m.If(setup_end):
+            m.d.sync += [
+                grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
+                wptr.eq(0), gpend.eq(0), gfire.eq(0),
+                t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
+                lstarted.eq(0),
+                # (ltl takes the same compare of dec at this edge, in derive)
+                lall.eq((dec[:len(m1["in_c"])] == 0) & lxl & lyl),
+            ]
         with m.If((tend & chain_next) | gap_chain_go):
             m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
 
