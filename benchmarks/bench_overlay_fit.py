@@ -12,8 +12,11 @@ The engine is the one ``shiftacc build out/digits.npz --board icebreaker --engin
 builds (the config comes from ``sw/cli_build._overlay_plan`` with no overlay option given),
 placed and routed *alone*, wrapped in the timing harness of ``benchmarks/bench_fmax.py``
 (every input from a flip-flop of one scan chain, every output captured and XOR-folded into
-one pin): Yosys ``synth_ice40 -dsp``, then ``nextpnr-ice40 --up5k --package sg48 --freq 33``
-(the native tools on PATH, else ``yowasp-*``). The harness's own flip-flops (one per engine
+one pin), its block RAM read ports under the build's collision rule (the COLLISION_FREE
+memories' ports collision-undefined, ``hw.synth.undefined_collisions``, no read-first
+emulation; ``--read-first`` gives the former Verilog route): Yosys ``synth_ice40 -dsp``,
+then ``nextpnr-ice40 --up5k --package sg48 --freq 33`` (the native tools on PATH, else
+``yowasp-*``). The harness's own flip-flops (one per engine
 port bit plus the XOR tree) are counted from the netlist and subtracted from nextpnr's
 ``ICESTORM_LC`` to give the engine's logic cells ("LC engine"; each harness flip-flop takes one
 cell of its own).
@@ -74,12 +77,32 @@ def efficiency(model, plan):
             "mac_eff_lanes": macs / (lanes * cycles)}
 
 
-def synth(config, workdir):
-    """Harness + engine -> Yosys JSON; returns the cell counts and the harness's flip-flops."""
-    (workdir / "top.v").write_text(harness_verilog(OverlayEngine(config)))
+def harness_rtlil(block):
+    """RTLIL of the harnessed block with the build's collision rule: the read ports of the
+    COLLISION_FREE memories marked collision-undefined (``hw.synth.undefined_collisions``,
+    as ``shiftacc build`` does), so Yosys adds no read-first emulation around them."""
+    from amaranth.back import rtlil
+    from bench_fmax import ECP5Target, Harness
+    from shiftacc.hw.synth import undefined_collisions
+    h = Harness(block)
+    text = rtlil.convert(h, name="top", platform=ECP5Target(),
+                         ports=[h.clk, h.din, h.rst_in, h.dout])
+    return undefined_collisions(text)[0]
+
+
+def synth(config, workdir, read_first=False):
+    """Harness + engine -> Yosys JSON; returns the cell counts and the harness's flip-flops.
+    ``read_first``: every block RAM read port read-first (the Verilog route, Yosys emulating
+    it around each), as this benchmark measured before it followed the build's rule."""
+    if read_first:
+        (workdir / "top.v").write_text(harness_verilog(OverlayEngine(config)))
+        read = "read_verilog top.v"
+    else:
+        (workdir / "top.il").write_text(harness_rtlil(OverlayEngine(config)))
+        read = "read_rtlil top.il"
     t0 = time.time()
     subprocess.run(["nice", "-n", "5", tool("yosys"), "-q", "-p",
-                    "read_verilog top.v; synth_ice40 -dsp -top top -json top.json; "
+                    f"{read}; synth_ice40 -dsp -top top -json top.json; "
                     "tee -q -o stat.txt stat"], cwd=workdir, check=True, timeout=3600)
     cells = {}
     for line in (workdir / "stat.txt").read_text().splitlines():
@@ -131,6 +154,10 @@ def main(argv=None):
     ap.add_argument("--freq", type=float, default=33)
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", help="work directory to keep (default: a temporary one)")
+    ap.add_argument("--read-first", action="store_true",
+                    help="synthesize every block RAM read read-first (Yosys' emulation around "
+                         "the COLLISION_FREE memories too), as before this benchmark followed "
+                         "the build's rule")
     a = ap.parse_args(argv)
 
     model, plan = up5k_plan(a.model)
@@ -147,7 +174,7 @@ def main(argv=None):
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="ovfit_"))
     work.mkdir(parents=True, exist_ok=True)
-    syn = synth(cfg, work)
+    syn = synth(cfg, work, a.read_first)
     print(f"Yosys (engine + harness): {syn['LUT4']} LUT4, {syn['FF']} FF ({syn['FF_engine']} "
           f"in the engine), {syn['CARRY']} carry, {syn['EBR']} EBR, {syn['DSP']} DSP, "
           f"{syn['SPRAM']} SPRAM ({syn['yosys_s']} s)")

@@ -447,18 +447,19 @@ class OverlayEngine(wiring.Component):
         f = {name: Signal(fw[name], name=f"f_{name}") for name in PASS_FIELDS}
 
         # ---- parameter port -> memories ----
-        # Two stages. Stage 1 decodes the bus (valid, layer, kind and the range checks, "no
-        # bit above the capacity's" and a narrow comparator where a capacity is not a power
-        # of two: a 16-bit comparator's carry chain was once the critical path) into one
-        # flip-flop per table write enable, and registers the row, lane and data the tables
-        # need; stage 2 writes the tables from those registers. The decode used to run from
-        # the link's parameter register straight into the write enables of tables spread
-        # over the die (the iCEBreaker's critical path, seed 3 of 665b619). One cycle of
-        # write latency: parameters are written while no image is in flight, and a PROGRAM
-        # write still in stage 2 holds the image back like a completed one (``prog_dirty``).
+        # Two stages. Stage 1 registers the beat: its row, lane and data bits (every cycle,
+        # no enable: stage 2 reads them the cycle after), ``valid & layer == 0xFF``, and the
+        # wide compares as one flip-flop each (kind == K per kind used; "no bit above the
+        # capacity's" and a narrow comparator for each range check on row and lane). Stage 2
+        # forms the tables' write enables from those flip-flops (an AND of a few of them and
+        # a compare of the 3-bit lane: two LUT levels) and writes. One cycle of write latency,
+        # as when stage 1 was the whole decode into one flip-flop per write enable: that
+        # decode (7 LUT levels from the link's parameter register, ``params.valid`` ->
+        # ``param_hit_weight*``) was the whole iCEBreaker build's critical path at seed 1
+        # (26.2 ns). Parameters are written while no image is in flight, and a PROGRAM (or,
+        # with a weight store, a store) word in stage 2 holds the image back like a
+        # completed one (``prog_dirty``, ``param_hold``).
         bus = self.params.payload
-        pv_bus = Signal()
-        m.d.comb += pv_bus.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
         row_bits = max(1, ceil_log2(max(cfg.max_passes, cfg.gather_rows, cfg.weight_rows,
                                         cfg.weight_store,
                                         cfg.channel_rows,
@@ -466,17 +467,39 @@ class OverlayEngine(wiring.Component):
         lane_bits = max(1, ceil_log2(max(FIELD_SLOTS, P)))
         pp = Signal(ldata.StructLayout({"row": row_bits, "lane": lane_bits, "data": 32}),
                     name="param_q", reset_less=True)
-        with m.If(pv_bus):
-            m.d.sync += [pp.row.eq(bus.row[:row_bits]), pp.lane.eq(bus.lane[:lane_bits]),
-                         pp.data.eq(bus.data)]
+        m.d.sync += [pp.row.eq(bus.row[:row_bits]), pp.lane.eq(bus.lane[:lane_bits]),
+                     pp.data.eq(bus.data)]
+        pv0 = Signal(name="param_v")
+        m.d.sync += pv0.eq(self.params.valid & (bus.layer == OVERLAY_LAYER))
+        pflags = {}
+
+        def pflag(name, expr):
+            """A stage-1 flip-flop of a compare of the bus (one per distinct compare)."""
+            if name not in pflags:
+                q = Signal(name=f"param_{name}", reset_less=True)
+                m.d.sync += q.eq(expr)
+                pflags[name] = q
+            return pflags[name]
+
+        def is_kind(k):
+            return pflag(f"k_{k.name.lower()}", bus.kind == k)
+
+        def row_below(n):
+            return pflag(f"row_lt{n}", _below(bus.row, n))
+
+        def lane_below(n):
+            return pflag(f"lane_lt{n}", _below(bus.lane, n))
+
+        def lane_is(lane):
+            return lane_below(1 << lane_bits) & (pp.lane == lane)
+
         def param_hit(name, cond):
-            """A stage-1 decode ``pv_bus & cond``, registered: the stage-2 write enable."""
+            """Stage 2: ``valid & cond`` from stage 1's flip-flops, a table's write enable."""
             q = Signal(name=f"param_hit_{name}")
-            m.d.sync += q.eq(pv_bus & cond)
+            m.d.comb += q.eq(pv0 & cond)
             return q
 
-        bkind = bus.kind
-        ch_ok = _below(bus.row, cfg.channel_rows)
+        ch_ok = row_below(cfg.channel_rows)
 
         # Every field is at most program_bits wide: the program RAM stores no more.
         # The parameter tables are COLLISION_FREE (hw/synth.py) while only the parameter port
@@ -487,8 +510,8 @@ class OverlayEngine(wiring.Component):
         pfree = "dynamic_conv1x1" not in cfg.attention
         prog_w, prog_r = self._ram(m, "program", program_bits(cfg), cfg.max_passes * FIELD_SLOTS,
                                    collision_free=True)
-        prog_cond = ((bkind == ParamKind.PROGRAM) & _below(bus.lane, nf)
-                     & _below(bus.row, cfg.max_passes))
+        prog_cond = (is_kind(ParamKind.PROGRAM) & lane_below(nf)
+                     & row_below(cfg.max_passes))
         m.d.comb += [prog_w.addr.eq(Cat(pp.lane[:ceil_log2(FIELD_SLOTS)], pp.row)),
                      prog_w.data.eq(pp.data),
                      prog_w.en.eq(param_hit("program", prog_cond))]
@@ -503,8 +526,8 @@ class OverlayEngine(wiring.Component):
         if not cfg.weight_store:
             m.d.comb += [gat_w.addr.eq(pp.row),
                          gat_w.data.eq(Cat(pp.data[0], pp.data[1:1 + aw], pp.data[21:29])),
-                         gat_w.en.eq(param_hit("gather", (bkind == ParamKind.GATHER)
-                                               & _below(bus.row, cfg.gather_rows)))]
+                         gat_w.en.eq(param_hit("gather", is_kind(ParamKind.GATHER)
+                                               & row_below(cfg.gather_rows)))]
 
         # A dynamic conv's attention pass writes its mixed weights and biases (only with
         # "dynamic_conv1x1" in cfg.attention): a second source for the weights' and the bias
@@ -527,8 +550,8 @@ class OverlayEngine(wiring.Component):
             m.d.comb += [wt_w.addr.eq(Mux(dynw["wwe"], dynw["wrow"], pp.row)),
                          wt_w.data.eq(Cat(*[Mux(dynw["wwe"], dynw["wdata"], pp.data[:8])] * P))]
         for lane in range(0 if store else P):
-            pen = param_hit(f"weight{lane}", (bkind == ParamKind.WEIGHT) & (bus.lane == lane)
-                            & _below(bus.row, cfg.weight_rows))
+            pen = param_hit(f"weight{lane}", is_kind(ParamKind.WEIGHT) & lane_is(lane)
+                            & row_below(cfg.weight_rows))
             if dynw is not None:
                 pen = Mux(dynw["wwe"], dynw["wlane"] == lane, pen)
             m.d.comb += wt_w.en[lane].eq(pen)
@@ -545,20 +568,20 @@ class OverlayEngine(wiring.Component):
                                    collision_free=pfree or name != "bias",
                                    granularity=2 if name == "shq" else None)
                 row_b = pp.row[1:] if R == 2 else pp.row
-                hit = ((bus.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
+                hit = ((pp.row[0] == b) if R == 2 else C(1, 1)) & ch_ok
                 m.d.comb += wp.addr.eq(row_b)
                 if cfg.weight_store:
                     # (written by the pass's copy from the store, below)
                     tables_w.setdefault(name, []).append(wp)
                 elif name == "shq":
-                    sh_hit = param_hit(f"sh{b}", hit & (bkind == ParamKind.SH))
-                    qm_hit = param_hit(f"qmax{b}", hit & (bkind == ParamKind.QMAX))
+                    sh_hit = param_hit(f"sh{b}", hit & is_kind(ParamKind.SH))
+                    qm_hit = param_hit(f"qmax{b}", hit & is_kind(ParamKind.QMAX))
                     m.d.comb += [wp.data.eq(Cat(pp.data[:SH_BITS], pp.data[:8])),
                                  wp.en.eq(Mux(sh_hit, 0b0000111, 0) | Mux(qm_hit, 0b1111000, 0))]
                 else:
                     kd = ParamKind.BIAS if name == "bias" else ParamKind.M
                     m.d.comb += [wp.data.eq(pp.data[:width]),
-                                 wp.en.eq(param_hit(f"{name}{b}", hit & (bkind == kd)))]
+                                 wp.en.eq(param_hit(f"{name}{b}", hit & is_kind(kd)))]
                 if name == "bias" and dynw is not None:
                     # (later statements win: the DYN pass's write of entry bent)
                     e = dynw["bent"]
@@ -594,7 +617,6 @@ class OverlayEngine(wiring.Component):
         # fm_words - weight_store + r, the row's bits below a constant (no adder).
         store_top = C(cfg.fm_words // cfg.weight_store - 1, aw - wsb) if store else None
         copying = Signal()     # (weight store) COPY: ck's store row is read
-        st_busy = C(0, 1)      # (weight store) a store parameter word in stage 2
         cph = Signal(2)        # (weight store) COPY's phase: 2 gather, 1 channel, 0 weights
         ck = Signal(max(W["cin"], W["cout"]) + 1)   # (weight store) COPY's counter
         # (weight store) the phase's last cycle, a register set a cycle ahead from ck's
@@ -614,7 +636,7 @@ class OverlayEngine(wiring.Component):
             # bus (the decode went from the link's parameter register straight into the
             # write request's muxes: the first UP5K build's critical path, 30.8 MHz).
             # Parameters are written while no image is in flight, and a store word on its
-            # way holds the image back (``st_busy`` in ``load_gate``, as a program word), so
+            # way holds the image back (``param_hold`` in ``load_gate``, as a program word), so
             # LOAD's and a pass's writes never meet them.
             # A WEIGHT word (row r, lane l): bank l >> 1 (X even, X odd, Y even, Y odd), byte
             # l & 1, at store row r.
@@ -625,22 +647,14 @@ class OverlayEngine(wiring.Component):
             # weight_store + e, bias in banks X even and X odd, m in Y even, sh and qmax in
             # Y odd's low and high bytes.
             m.d.sync += wq_bytes.eq(0b01)
-            half = _below(bus.row, cfg.weight_store // 2)
-            quarter = _below(bus.row, cfg.weight_store // 4)
-            s_w = param_hit("st_w", (bkind == ParamKind.WEIGHT) & _below(bus.lane, P) & half)
-            s_g = param_hit("st_g", (bkind == ParamKind.GATHER) & quarter)
-            s_b = param_hit("st_b", (bkind == ParamKind.BIAS) & quarter)
-            s_m = param_hit("st_m", (bkind == ParamKind.M) & quarter)
-            s_s = param_hit("st_s", (bkind == ParamKind.SH) & quarter)
-            s_q = param_hit("st_q", (bkind == ParamKind.QMAX) & quarter)
-            # (one flip-flop for "a program or a store word in stage 2": the image's
-            # accept keeps the inputs it had without a store; a ~st_busy term of its own
-            # there was the next critical path, 36.93 MHz at seed 3)
-            st_busy = param_hit("st_any", prog_cond
-                                | ((bkind == ParamKind.WEIGHT) & half)
-                                | (((bkind == ParamKind.GATHER) | (bkind == ParamKind.BIAS)
-                                    | (bkind == ParamKind.M) | (bkind == ParamKind.SH)
-                                    | (bkind == ParamKind.QMAX)) & quarter))
+            half = row_below(cfg.weight_store // 2)
+            quarter = row_below(cfg.weight_store // 4)
+            s_w = param_hit("st_w", is_kind(ParamKind.WEIGHT) & lane_below(P) & half)
+            s_g = param_hit("st_g", is_kind(ParamKind.GATHER) & quarter)
+            s_b = param_hit("st_b", is_kind(ParamKind.BIAS) & quarter)
+            s_m = param_hit("st_m", is_kind(ParamKind.M) & quarter)
+            s_s = param_hit("st_s", is_kind(ParamKind.SH) & quarter)
+            s_q = param_hit("st_q", is_kind(ParamKind.QMAX) & quarter)
             d = pp.data
             qrow = pp.row[:wsb - 2]
             gent = Cat(d[0], d[1:1 + aw], d[21:29])
@@ -719,7 +733,10 @@ class OverlayEngine(wiring.Component):
               for name in ("w", "h", "cin", "groups", "in_c")}
         xlast = Signal(dim)     # last x: wo - 1, or wo/2 - 1 (window index) with a pool
         ylast = Signal(dim)
-        tpm1 = Signal.like(tper)     # T - 1
+        # T - 2 (T >= 2): tend's next value after a step of t is ``t == tpm2``, a compare of
+        # the counter itself (``t + 1 == T - 1`` put t's 11-cell carry chain in front of the
+        # compare: the whole iCEBreaker build's critical path at seed 3, 25.7 ns)
+        tpm2 = Signal.like(tper)
         dsm1 = Signal.like(dsteps)
         # D - 2, one bit wider (D = 1 gives a value above every drain index): the drain's
         # last-step flag's next value after a step is ``dr_d == dsm2``, no adder.
@@ -739,12 +756,18 @@ class OverlayEngine(wiring.Component):
         # gchain and the fields change at least two cycles before a read (after a chained
         # next_group the next advance is T >= 2 cycles later; GSTART takes 3 cycles before
         # ISSUE; FLUSH is entered without a group step). GSTART's P_g (right after SETUP's
-        # or a group's step) and the logits' last flag keep the compare itself.
+        # or a group's step) keeps the compare itself; the logits' last flag reads the
+        # register too (the raw pass is never chained: its drain is over before grp steps).
         last_grp_r = Signal()
-        chain_next = Signal()     # ISSUE: chain to the next group at the last position
+        # ISSUE: this is the last position and the next group follows it (last_pos_r folded
+        # in: at the advance the chained step is an AND of tend and one flip-flop; tend ->
+        # adv -> last_pos_r & chain_next -> grow's clock enable was the UP5K engine's
+        # critical path at seed 2); set below, with last_pos_r
+        chain_next = Signal()
         chain_gap = Signal()      # GAPLOAD: chain to the next group (not the last)
+        gap_chain_go = Signal()   # in GAPLOAD with chain_gap (set by FLUSH, below)
+        m.d.sync += gap_chain_go.eq(0)
         m.d.sync += [last_grp_r.eq(last_grp),
-                     chain_next.eq(chain & ~last_grp & (~f["gap"] | gchain)),
                      chain_gap.eq(chain & ~last_grp)]
 
         # LOAD counters
@@ -758,9 +781,20 @@ class OverlayEngine(wiring.Component):
         # A program write since SETUP began (or one still in the parameter port's stage 2)
         # sends LOAD back to SETUP before the image's first value is taken.
         load_gate = Signal()
-        # (with a weight store a store word in stage 2 too, st_busy: its write request comes
-        # after the cycle LOAD's first value would take it)
-        m.d.comb += load_gate.eq((prog_dirty | (st_busy if store else prog_w.en)) & ~lstarted)
+        # param_hold: a PROGRAM word (with a weight store, any store word: its write request
+        # comes after the cycle LOAD's first value would take it) in stage 2, of any range
+        # (an out-of-range word only re-runs SETUP). A flip-flop of its own from the bus's
+        # valid, layer and kind, placed by the image's accept: ``param_v``, shared with
+        # every table's write enable, was placed across the die from it (param_v ->
+        # load_gate -> ready -> the load counters' enables, 23.6 ns, the UP5K engine's
+        # critical path at seed 3).
+        pld = Signal(name="param_hold")
+        hold_kinds = ((ParamKind.PROGRAM, ParamKind.WEIGHT, ParamKind.GATHER, ParamKind.BIAS,
+                       ParamKind.M, ParamKind.SH, ParamKind.QMAX) if store
+                      else (ParamKind.PROGRAM,))
+        m.d.sync += pld.eq(self.params.valid & (bus.layer == OVERLAY_LAYER)
+                           & bus.kind.as_value().matches(*[k.value for k in hold_kinds]))
+        m.d.comb += load_gate.eq((prog_dirty | pld) & ~lstarted)
         lt = Signal.like(tper, name="ld_t")
         lx = Signal(dim, name="ld_x")
         ly = Signal(dim, name="ld_y")
@@ -794,6 +828,14 @@ class OverlayEngine(wiring.Component):
         # of the advance, the clock enable of every position counter
         t0 = Signal()
         tend = Signal()
+        # t < cin (an issue slot) and t == cin - 1 (the position's last issue) as registers
+        # kept up to date with t (t <- 0: cin >= 1; a step: "still below" unless t was the
+        # last): no carry-chain compare in front of the issue flag (v1, the gather read and
+        # the idle look-ahead)
+        tin = Signal()
+        tcl = Signal()
+        # cin - 2 for tcl's next value after a step, one bit wider (cin = 1: above every t)
+        cinm2_t = Signal(len(tper) + 1)
         x = Signal(dim)
         y = Signal(dim)
         mm = Signal(2)
@@ -848,7 +890,15 @@ class OverlayEngine(wiring.Component):
         raw_full = Signal()
         m.d.comb += inflight_n.eq(inflight + raw_step - taken)
         m.d.sync += [lq_pushed.eq(lq_push), lq_n.eq(lq_n + lq_pushed - taken),
-                     inflight.eq(inflight_n), raw_full.eq(f["raw"] & (inflight_n >= LQ))]
+                     inflight.eq(inflight_n),
+                     # (without this cycle's take: the logits queue's count -> valid ->
+                     # taken -> inflight_n -> raw_full was the UP5K engine's critical path at
+                     # seed 2; it holds the drain a cycle longer only with the queue full, which
+                     # an always-ready consumer never makes it: no cycle changes then)
+                     # (inflight + raw_step >= LQ without the adder: its carry chain and the
+                     # compare's were the next path)
+                     raw_full.eq(f["raw"] & (_at_least(inflight, LQ)
+                                             | ((inflight == LQ - 1) & raw_step)))]
         busy = Signal()         # a position in the MAC pipeline or the drain
         drain_busy = Signal()   # the drain (and the logits' last stages) still working
 
@@ -879,6 +929,8 @@ class OverlayEngine(wiring.Component):
         # groups are never chained (the copy needs the banks: the previous group's writes
         # must be over).
         gstart = "COPY" if store else "GSTART"
+        data = prog_r.data          # SETUP: the program field read the cycle before
+        dec = Signal(len(data))     # SETUP: the shared decrementer's result (below)
         with m.FSM(init="SETUP"):
             if store:
                 with m.State("COPY"):
@@ -904,79 +956,8 @@ class OverlayEngine(wiring.Component):
                 m.d.sync += [fcnt.eq(fcnt + 1), setup_end.eq(fcnt == nf)]
                 with m.If(fcnt == 0):
                     m.d.sync += prog_dirty.eq(0)
-                data = prog_r.data
-                # One decrementer for every "n - 1" register, its input halved for wo and ho
-                # with a pool (the window counts): a mux in front of the carry chain instead
-                # of a second (halving) chain and a mux behind both (program RAM -> halving
-                # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
-                # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
-                # field from a register a cycle later (lag 2). On the UP5K the decrementer's
-                # result is registered in the carry chain's own logic cells (dec) and the
-                # "n - 1" registers take it a cycle later, while the steps (rstep, rc, cr)
-                # still take the field from the RAM (lag 1): program RAM -> halving mux ->
-                # 15-bit decrementer -> routing to the m1 registers was the UP5K engine's
-                # critical path at seed 1 once the bounds path was shortened; a register of
-                # the field itself would be 15 more logic cells.
-                assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
-                half = Signal()
-                dec = Signal(len(data))
-                if ecp5:
-                    lag = 2
-                    src = Signal(len(data))
-                    m.d.sync += [src.eq(data),
-                                 half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
-                                                      | (fcnt == _F["wo"] + 1)))]
-                    m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
-                else:
-                    # (the select is a register set the cycle before: at fcnt = _F["ho"]
-                    # the data is the pool field, being captured; at _F["wo"] f_pool has it)
-                    lag = 1
-                    src = data
-                    m.d.sync += [half.eq(((fcnt == _F["ho"]) & data[0])
-                                         | ((fcnt == _F["wo"]) & f["pool"])),
-                                 dec.eq(Mux(half, src >> 1, src) - 1)]
-
-                def derive(name, dec_lag):
-                    # (pool comes before ho, wo; src_row before src_col)
-                    if dec_lag:
-                        if name in m1:
-                            m.d.sync += m1[name].eq(dec)
-                        if name in lflag:
-                            m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
-                                         lz[name].eq(dec[:len(m1[name])] == 0),
-                                         lm2[name].eq(dec - 1)]
-                        if name == "wo":
-                            m.d.sync += xlast.eq(dec)
-                        if name == "ho":
-                            m.d.sync += ylast.eq(dec)
-                    if name == "src_row" and dec_lag == (lag == 2):
-                        m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
-                    if name == "src_col" and dec_lag == (lag == 2):
-                        m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
-                # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
-                # in front of the capture enables: the iCE40 critical path was fcnt - 1), the
-                # steps derived from it at fcnt = k + lag, the "n - 1" registers at k + 2
-                # (by fcnt = nf + 1, SETUP's last cycle)
-                with m.Switch(fcnt):
-                    for name in PASS_FIELDS:
-                        with m.Case(_F[name] + 1):
-                            m.d.sync += f[name].eq(data)
-                            if lag == 1:
-                                derive(name, False)
-                with m.Switch(fcnt):
-                    for name in PASS_FIELDS:
-                        with m.Case(_F[name] + 2):
-                            derive(name, True)
                 with m.If(setup_end):
-                    m.d.sync += [
-                        fcnt.eq(0),
-                        grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
-                        wptr.eq(0), gpend.eq(0), gfire.eq(0),
-                        t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
-                        lstarted.eq(0),
-                        # (ltl takes the same compare of dec at this edge, in derive)
-                        lall.eq((dec[:len(m1["in_c"])] == 0) & lxl & lyl),
-                    ]
+                    m.d.sync += fcnt.eq(0)
                     with m.If(f["op"] == OP_END):
                         m.d.sync += row.eq(0)
                         m.next = "SETUP"
@@ -1005,11 +986,16 @@ class OverlayEngine(wiring.Component):
                     m.next = gstart
             with m.State("GSTART"):
                 m.d.sync += gs.eq(gs + 1)
+                # (every GSTART cycle: the position flags it sets are the same each time,
+                # and the state alone, not gs == 0 as well, is in front of their enables:
+                # the state decode -> gs -> the flags' enables was the UP5K engine's
+                # critical path at seeds 2-3)
+                m.d.comb += start_pos.eq(1)
+                # (the counters' restarts too, the same values each cycle)
+                m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
+                             pix.eq(0), rowb.eq(0), tin.eq(1), tcl.eq(m1["cin"] == 0)]
                 with m.If(gs == 0):
-                    m.d.comb += start_pos.eq(1)
-                    m.d.sync += [pg.eq(Mux(last_grp, f["last_group"], P)),
-                                 t.eq(0), t0.eq(1), tend.eq(0), x.eq(0), y.eq(0), mm.eq(0),
-                                 pix.eq(0), rowb.eq(0)]
+                    m.d.sync += pg.eq(Mux(last_grp, f["last_group"], P))
                 with m.If(gs == 1):
                     m.d.sync += pgm1.eq(pg - 1)
                     if R == 2:
@@ -1020,8 +1006,9 @@ class OverlayEngine(wiring.Component):
                     # T = max(cin, D, 2): cin = D = 1 is padded to 2 cycles (the gap sums'
                     # read of a step comes after the previous position's write of it).
                     one = (f["cin"] == 1) & (dsteps == 1)
-                    m.d.sync += [tpm1.eq(Mux(one, 1, Mux(f["cin"] > dsteps, m1["cin"],
-                                                         dsteps - 1))),
+                    m.d.sync += [tpm2.eq(Mux(one, 0, Mux(f["cin"] > dsteps, m1["cin"] - 1,
+                                                         dsteps - 2))),
+                                 cinm2_t.eq(m1["cin"] - 1),
                                  dsm1.eq(dsteps - 1), dsm2.eq(dsteps - 2),
                                  dr_last.eq(dr_d == dsteps - 1),
                                  chain.eq(0 if store else
@@ -1035,8 +1022,8 @@ class OverlayEngine(wiring.Component):
                     m.next = "ISSUE"
             def next_group():
                 # chained: P_g, D, T stay; the group counters step (the last position's
-                # advance restarted the position counters)
-                m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
+                # advance restarted the position counters) in the block after the FSM, from
+                # flip-flops that imply the state (tend & chain_next, gap_chain_go)
                 m.next = "ISSUE"
 
             with m.State("ISSUE"):
@@ -1046,23 +1033,22 @@ class OverlayEngine(wiring.Component):
                 # whose groups are FLUSH-separated anyway).
                 m.d.comb += hold.eq(f["raw"] & t0 & busy)
                 with m.If(~hold):
-                    m.d.comb += [iss.eq(t < f["cin"]), iss_first.eq(t0),
-                                 iss_last.eq(t == m1["cin"])]
+                    m.d.comb += [iss.eq(tin), iss_first.eq(t0), iss_last.eq(tcl)]
                 # The advance needs no ~hold: t = T - 1 >= 1 there, and hold is at t = 0 (the
                 # raw hold was on the path to the FSM's state register, the iCE40 critical
                 # path at seeds 1-2 once the counters' inputs were registers).
                 with m.If(tend):
-                    m.d.comb += adv.eq(1)
-                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0)]
-                    with m.If(last_pos_r):
-                        with m.If(chain_next):
-                            # the next group's first position follows as if it were
-                            # another position of this one (T cycles after)
-                            next_group()
-                        with m.Else():
-                            m.next = "FLUSH"
+                    m.d.sync += [t.eq(0), t0.eq(1), tend.eq(0), tin.eq(1),
+                                 tcl.eq(m1["cin"] == 0)]
+                    with m.If(chain_next):
+                        # the next group's first position follows as if it were another
+                        # position of this one (T cycles after)
+                        next_group()
+                    with m.Elif(last_pos_r):
+                        m.next = "FLUSH"
                 with m.Elif(~hold):
-                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t + 1 == tpm1)]
+                    m.d.sync += [t.eq(t + 1), t0.eq(0), tend.eq(t == tpm2),
+                                 tin.eq(tin & ~tcl), tcl.eq(t == cinm2_t)]
             def group_end():
                 with m.If(last_grp_r):
                     m.d.sync += row.eq(row + 1)
@@ -1078,6 +1064,7 @@ class OverlayEngine(wiring.Component):
                 # when the logits consumer holds the raw drain.
                 with m.If(idle):
                     with m.If(f["gap"]):
+                        m.d.sync += gap_chain_go.eq(chain & ~last_grp)
                         m.next = "GAPLOAD"
                     with m.Else():
                         group_end()
@@ -1097,6 +1084,96 @@ class OverlayEngine(wiring.Component):
                     with m.If(att_done):
                         m.d.sync += row.eq(row + 1)
                         m.next = "SETUP"
+
+        # SETUP's field captures and derived registers, outside the FSM: fcnt counts only in
+        # SETUP and is 0 elsewhere, so its compares (every case is >= 1) imply the state (the
+        # state decode -> the capture enables was the UP5K engine's critical path at seed 2,
+        # FSM -> SETUP's decode -> m2_w's clock enable, 20.7 ns).
+        # One decrementer for every "n - 1" register, its input halved for wo and ho
+        # with a pool (the window counts): a mux in front of the carry chain instead
+        # of a second (halving) chain and a mux behind both (program RAM -> halving
+        # decrementer -> mux -> xlast was the engine's critical path, 36.7 MHz).
+        # On an ECP5 (a DP16KD's ~5.8 ns clock-to-out) the derived registers take the
+        # field from a register a cycle later (lag 2). On the UP5K the decrementer's
+        # result is registered in the carry chain's own logic cells (dec) and the
+        # "n - 1" registers take it a cycle later, while the steps (rstep, rc, cr)
+        # still take the field from the RAM (lag 1): program RAM -> halving mux ->
+        # 15-bit decrementer -> routing to the m1 registers was the UP5K engine's
+        # critical path at seed 1 once the bounds path was shortened; a register of
+        # the field itself would be 15 more logic cells.
+        assert _F["pool"] + 1 == _F["ho"] and _F["ho"] + 1 == _F["wo"]
+        half = Signal()
+        if ecp5:
+            lag = 2
+            src = Signal(len(data))
+            m.d.sync += [src.eq(data),
+                         half.eq(f["pool"] & ((fcnt == _F["ho"] + 1)
+                                              | (fcnt == _F["wo"] + 1)))]
+            m.d.comb += dec.eq(Mux(half, src >> 1, src) - 1)
+        else:
+            # (the select is a register set the cycle before: at fcnt = _F["ho"]
+            # the data is the pool field, being captured; at _F["wo"] f_pool has it)
+            lag = 1
+            src = data
+            m.d.sync += [half.eq(((fcnt == _F["ho"]) & data[0])
+                                 | ((fcnt == _F["wo"]) & f["pool"])),
+                         dec.eq(Mux(half, src >> 1, src) - 1)]
+
+        def derive(name, dec_lag):
+            # (pool comes before ho, wo; src_row before src_col)
+            if dec_lag:
+                if name in m1:
+                    m.d.sync += m1[name].eq(dec)
+                if name in lflag:
+                    m.d.sync += [lflag[name].eq(dec[:len(m1[name])] == 0),
+                                 lz[name].eq(dec[:len(m1[name])] == 0),
+                                 lm2[name].eq(dec - 1)]
+                if name == "wo":
+                    m.d.sync += xlast.eq(dec)
+                if name == "ho":
+                    m.d.sync += ylast.eq(dec)
+            if name == "src_row" and dec_lag == (lag == 2):
+                m.d.sync += rstep.eq(Mux(f["pool"], src << 1, src))
+            if name == "src_col" and dec_lag == (lag == 2):
+                m.d.sync += [rc.eq(f["src_row"] - src), cr.eq(src - f["src_row"])]
+        # field k is captured at fcnt = k + 1 (a compare with a constant, no adder
+        # in front of the capture enables: the iCE40 critical path was fcnt - 1), the
+        # steps derived from it at fcnt = k + lag, the "n - 1" registers at k + 2
+        # (by fcnt = nf + 1, SETUP's last cycle)
+        with m.Switch(fcnt):
+            for name in PASS_FIELDS:
+                with m.Case(_F[name] + 1):
+                    m.d.sync += f[name].eq(data)
+                    if lag == 1:
+                        derive(name, False)
+        with m.Switch(fcnt):
+            for name in PASS_FIELDS:
+                with m.Case(_F[name] + 2):
+                    derive(name, True)
+
+        # The advance and the chained group steps, decoded from flip-flops only (no FSM
+        # state decode in front of the position counters' and grp's, grow's clock enables:
+        # state -> adv -> the group step's OR -> grp's enable was the UP5K engine's
+        # critical path at seeds 1 and 3, 20.8 ns). tend is set only in ISSUE and cleared at
+        # the advance, the only way out of ISSUE: tend implies ISSUE. gap_chain_go is
+        # "GAPLOAD and chain_gap", set with FLUSH's move to GAPLOAD (chain_gap's value then
+        # is the one it has in GAPLOAD).
+        m.d.comb += adv.eq(tend)
+        # SETUP's last cycle: the pass's counters and pointers restart, outside the FSM
+        # (setup_end is set only in SETUP, and clear at its last edge: it implies the state;
+        # the state decode -> setup_end -> grp's clock enable was the UP5K engine's critical
+        # path at seed 2, 23 ns)
+        with m.If(setup_end):
+            m.d.sync += [
+                grp.eq(0), grow.eq(f["wbase"]), cebase.eq(f["cbase"]), gptr.eq(0),
+                wptr.eq(0), gpend.eq(0), gfire.eq(0),
+                t.eq(0), x.eq(0), y.eq(0), lt.eq(0), lx.eq(0), ly.eq(0), lk.eq(0),
+                lstarted.eq(0),
+                # (ltl takes the same compare of dec at this edge, in derive)
+                lall.eq((dec[:len(m1["in_c"])] == 0) & lxl & lyl),
+            ]
+        with m.If((tend & chain_next) | gap_chain_go):
+            m.d.sync += [grp.eq(grp + 1), grow.eq(grow_n)]
 
         # LOAD: one image value a cycle into buffer X, (y, x, c) at bank c & 1, address
         # (y*W + x) * Cp/2 + (c >> 1): counters and adders only. The accept is decoded from
@@ -1160,8 +1237,6 @@ class OverlayEngine(wiring.Component):
             m.d.comb += pstep.eq(cr)
         with m.Else():
             m.d.comb += pstep.eq(f["src_col"])
-        pix_n = Signal(aw)
-        m.d.comb += pix_n.eq(Mux(wrap, rowb, pix) + pstep)
         # What the advance needs is computed one cycle ahead, into registers loaded every
         # cycle from the position counters: a position takes T >= 2 cycles and its counters
         # change only at its advance (or at GSTART, 3 cycles before the first issue), so
@@ -1170,10 +1245,17 @@ class OverlayEngine(wiring.Component):
         # last advance) is followed by construction, as they are functions of the counters.
         # The advance is then flip-flops -> clock enable / data of the counters (the iCE40
         # critical path was the step mux -> pix adder -> pix, and x + 1 == xlast -> row_end).
-        pixn_r = reg("pixn_r", aw, pix_n)            # the next position's base address
         wrap_r = reg("wrap_r", 1, wrap)
+        # The step is registered, not the sum: the advance adds it (flip-flops -> one base
+        # mux -> the carry chain -> pix), while mm -> win_done / wrap -> the step's priority
+        # mux -> the base mux -> the aw-bit carry chain -> pixn_r was the UP5K engine's
+        # critical path at seed 3 (22.7 ns).
+        pstep_r = reg("pstep_r", aw, pstep)
+        pixn_r = Signal(aw, name="pixn")             # the next position's base address
+        m.d.comb += pixn_r.eq(Mux(wrap_r, rowb, pix) + pstep_r)
         win_done_r = reg("win_done_r", 1, win_done)
-        m.d.sync += last_pos_r.eq(last_pos)
+        m.d.sync += [last_pos_r.eq(last_pos),
+                     chain_next.eq(last_pos & chain & ~last_grp & (~f["gap"] | gchain))]
         x_end_n = reg("x_end_n", 1, x + 1 == xlast)  # row_end after a step of x
         y_end_n = reg("y_end_n", 1, y + 1 == ylast)  # col_end after a step of y
         # first_pos = (x, y) == (0, 0) (every member of a pool's first window) as a register
@@ -1208,11 +1290,16 @@ class OverlayEngine(wiring.Component):
         first1 = reg("first1", 1, iss_first)
         last1 = reg("last1", 1, iss_last)
         pix1 = reg("pix1", aw, pix)
+        # The coordinates s*y, s*x (with a pool the window's member added) as registers
+        # loaded every cycle from the counters: the thresholds below are loaded from them
+        # only from the second cycle after an advance (adv_r holds them in the first), by
+        # when these hold the new position's (mm -> the pool mux -> the stride mux -> h -
+        # s*y's carry chain -> by_hv1 was the UP5K engine's critical path at seed 2, 22.8 ns).
         oy = Mux(f["pool"], Cat(mm[1], y), y)
         ox = Mux(f["pool"], Cat(mm[0], x), x)
         s2 = f["stride"][1]          # stride 1 or 2
-        syv = Mux(s2, oy << 1, oy)
-        sxv = Mux(s2, ox << 1, ox)
+        syv = reg("sy_r", dim + 2, Mux(s2, oy << 1, oy))
+        sxv = reg("sx_r", dim + 2, Mux(s2, ox << 1, ox))
         # The bounds check's position-dependent part, reduced to what the 4-bit dy, dx are
         # compared with: s*y + dy >= 0 is "s*y >= 8" or dy >= -(s*y mod 8) when s*y < 8;
         # dy < h - s*y is "always" when h - s*y >= 8, "never" when it is < -8, else a 5-bit
@@ -1230,12 +1317,18 @@ class OverlayEngine(wiring.Component):
         # position's last cycle too). Same stages, same cycles.
         adv_r = reg("adv_r", 1, adv)
         def bounds0(prefix, sv, lim):
+            # Unsigned-offset forms (sign bit flipped, i.e. + 8 and + 16) of the thresholds,
+            # so that stage 2's compares with dy, dx are unsigned carry chains (the signed
+            # compares' extra LUT levels were between nlo and inb3, the UP5K engine's
+            # critical path at seed 3, 22.4 ns). h - s*y keeps its full width here; its
+            # reduction is at stage 2, beside the compares (at stage 0 it was after the
+            # 18-cell carry chain: 27 ns).
             regs = (Signal(1, name=f"{prefix}_loall1"),
-                    Signal(signed(4), name=f"{prefix}_nlo1"),
+                    Signal(4, name=f"{prefix}_nlo1"),
                     Signal(signed(dim + 3), name=f"{prefix}_hv1"))
             with m.If(~adv_r):
                 m.d.sync += [regs[0].eq(sv[3:] != 0),
-                             regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed()),
+                             regs[1].eq(-Cat(sv[:3], C(0, 1)).as_signed() ^ 8),
                              regs[2].eq(lim - sv)]
             return regs
         by1 = bounds0("by", syv, f["h"])
@@ -1277,13 +1370,16 @@ class OverlayEngine(wiring.Component):
         addr2 = reg("addr2", aw, Mux(cp1, Cat(sa1, store_top), pix1 + off) if store
                     else pix1 + off)
         def in_bounds(b, d):
-            """lo <= d < hi for the 4-bit signed offset d (stage 0's thresholds b)."""
+            """lo <= d < hi for the 4-bit offset d (signed, held as d + 8: its sign bit
+            flipped) against stage 0's thresholds b."""
             loall, nlo, hv = b
             hibig = ~hv[-1] & (hv[3:-1] != 0)
             hismall = hv[-1] & ~hv[3:].all()
-            return Cat(loall | (d >= nlo), hibig | (~hismall & (d < hv[:5].as_signed())))
-        dy2 = reg("dy2", signed(4), dy)
-        dx2 = reg("dx2", signed(4), dx)
+            # d < hv[:5] (5-bit signed) as d + 16 < hv[:5] + 16, unsigned
+            d5 = Cat(d[:3], ~d[3], d[3])           # sext(d) + 16, from d + 8
+            return Cat(loall | (d >= nlo), hibig | (~hismall & (d5 < (hv[:5] ^ 16))))
+        dy2 = reg("dy2", 4, dy ^ 8)      # dy + 8 (unsigned compares at stage 2)
+        dx2 = reg("dx2", 4, dx ^ 8)
         bank2 = reg("bank2", 1, gd[0])
         tag2 = reg("tag2", tagw, tag1)
         wa2 = reg("wa2", len(wa1), wa1)
@@ -1295,7 +1391,10 @@ class OverlayEngine(wiring.Component):
         v3 = reg("v3", 1, v2)
         first3 = reg("first3", 1, first2)
         last3 = reg("last3", 1, last2)
-        inb3 = reg("inb3", 1, in_bounds(by1, dy2).all() & in_bounds(bx1, dx2).all())
+        # the four bound tests as flip-flops, their AND at stage 3 beside the bank select
+        # (dy2 -> the compares' carry chains -> the 4-way AND -> inb3 was the UP5K engine's
+        # critical path at seed 1, 6 LUT levels)
+        inb3 = reg("inb3", 4, Cat(in_bounds(by1, dy2), in_bounds(bx1, dx2)))
         bank3 = reg("bank3", 1, bank2)
         tag3 = reg("tag3", tagw, tag2)
         if ecp5:
@@ -1329,7 +1428,7 @@ class OverlayEngine(wiring.Component):
         first4 = reg("first4", 1, first3)
         last4 = reg("last4", 1, last3)
         act3 = Signal(8)
-        m.d.comb += act3.eq(Mux(inb3, sel, 0))
+        m.d.comb += act3.eq(Mux(inb3.all(), sel, 0))
         # A fabric register between the feature-map block RAM and the multipliers: on an
         # ECP5 the DP16KD's unregistered output (5.61 ns clock-to-out) -> zero fill / bank
         # select -> the MULT18X18D's B input register was every 12F/25F overlay seed's
@@ -1407,15 +1506,20 @@ class OverlayEngine(wiring.Component):
         # taken one stage early (q8 for the fused sum, DR0 for the gap drain), and the read
         # is not transparent (Yosys would add a register and a bypass mux per bit): a position
         # takes at least 2 cycles (T = max(cin, D, 2)), so the sum of step d is written before
-        # the next position's step d reads it.
+        # the next position's step d reads it. So no read whose data is used hits the
+        # address written in its cycle (a gap drain's reads come before the next group's
+        # first sum writes): COLLISION_FREE, no read-first emulation (its bypass register and
+        # multiplexer were on the UP5K engine's critical path: gap sums -> bypass mux ->
+        # q1sel -> acc + bias, seeds 1-2). The tests' poison checks the claim.
         gsum_w, gsum_r = [], []
         for r in range(R):
             mem = memory.Memory(shape=unsigned(gsum_bits), depth=max(2, P // R), init=[],
-                                attrs=small_attrs)
+                                attrs={**small_attrs, **COLLISION_FREE})
             m.submodules[f"gsum{r}"] = mem
             wp = mem.write_port()
             gsum_w.append(wp)
-            gsum_r.append(mem.read_port(domain="sync"))
+            rp = mem.read_port(domain="sync")
+            gsum_r.append(_ReadView(rp, collision_read(m, rp, [wp])))
         step = Signal(range(R + 1))
         m.d.comb += step.eq(Mux(f["raw"], 1, R))
         # A drain step: always, except on the raw pass without room in the logits queue.
@@ -1437,9 +1541,11 @@ class OverlayEngine(wiring.Component):
                          dr_tag.eq(tag6)]
         with m.If(handoff):
             m.d.sync += [gfire.eq(gpend), gpend.eq(tag6[3] & gchain)]
-        with m.If(gfire & dstep & ~dr_gap & dr_last):
+        with m.If(gfire & dr_act & ~dr_gap & dr_last):
             # gchain: the previous group's gap drain right after the next group's first
-            # position's last drain step
+            # position's last drain step (dr_act, not dstep: gfire is never set on the raw
+            # pass, the only one whose drain holds; raw_full -> dstep -> gap_go -> the
+            # drain's registers was the UP5K engine's critical path at seed 1)
             m.d.comb += gap_go.eq(1)
             m.d.sync += gfire.eq(0)
         with m.If(gap_go):
@@ -1451,8 +1557,10 @@ class OverlayEngine(wiring.Component):
         m.d.comb += [gsum_r[r].addr.eq(gidx) for r in range(R)]
         # busy = dr_act | v1 | ... | v6, as a register computed from the next values of
         # those flags (the raw hold decision starts at a flip-flop, not at a 7-input OR).
-        m.d.sync += busy.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
-                            | (dr_act & ~(dstep & dr_last)))
+        busy_n = Signal()       # busy's next value: also the look-ahead idle's (below)
+        m.d.comb += busy_n.eq(iss | v1 | v2 | v3 | v4 | v5 | handoff | gap_go
+                              | (dr_act & ~(dstep & dr_last)))
+        m.d.sync += busy.eq(busy_n)
 
         # DR0: channel-table reads, R lanes taken
         # The table entry of the lanes taken (cebase + k) is a counter (one adder before the
@@ -1553,8 +1661,25 @@ class OverlayEngine(wiring.Component):
         q2 = follow("q", 2, q1v, q1d, q1last, q1lv, q1gap, q1tag)
         # v fits int32: the artifact bounds bias + sum(w * x) and the gap sums by int32
         # (models/ops.py), so the requant multiply is two 16x16 products.
-        v2s = [reg(f"q2v{r}", signed(32), q1s[r] + (q1b[r] if early_bias
-                                                      else table("bias", r)).as_signed())
+        def acc_plus_bias(r, a, b):
+            """``a + b`` (32 bits). On the UP5K as a carry-select adder: the low 16 bits and
+            both possible high halves (carry in 0 and 1) side by side, the high half chosen
+            by the low half's carry: the gap sums' block RAM -> q1sel mux -> one 32-cell
+            carry chain -> q2v was the UP5K engine's critical path (seeds 1-2, 23 ns, 13.7 ns
+            of it logic); two 16-cell chains in parallel and a mux (~32 logic cells)."""
+            if ecp5 or cfg.primitives != "ice40":
+                return a + b
+            a32 = Signal(signed(32), name=f"q1a{r}")
+            b32 = Signal(signed(32), name=f"q1b32_{r}")
+            lo = Signal(17, name=f"q1lo{r}")
+            hi0 = Signal(16, name=f"q1hi0_{r}")
+            hi1 = Signal(16, name=f"q1hi1_{r}")
+            m.d.comb += [a32.eq(a), b32.eq(b), lo.eq(a32[:16] + b32[:16]),
+                         hi0.eq(a32[16:] + b32[16:]), hi1.eq(a32[16:] + b32[16:] + 1)]
+            return Cat(lo[:16], Mux(lo[16], hi1, hi0)).as_signed()
+
+        v2s = [reg(f"q2v{r}", signed(32), acc_plus_bias(
+                   r, q1s[r], (q1b[r] if early_bias else table("bias", r)).as_signed()))
                for r in range(R)]
         m2 = [reg(f"q2m{r}", M_BITS, table("m", r)) for r in range(R)]
         sh2 = [reg(f"q2sh{r}", SH_BITS, table("sh", r)) for r in range(R)]
@@ -1562,7 +1687,10 @@ class OverlayEngine(wiring.Component):
         # The classifier: acc + bias is the logit (one a cycle, lane 0).
         q2v_, q2d_, q2last_, q2lv_, q2gap_, q2tag_ = q2
         m.d.comb += [lq_push.eq(q2v_ & f["raw"] & q2lv_[0]),
-                     lq_data.eq(Cat(v2s[0][:32], last_grp & q2last_ & q2tag_[3])),
+                     # (last_grp_r: the raw pass is never chained, so grp has held still
+                     # for many cycles when its logits drain; grp -> the compare -> lq_last
+                     # was the UP5K engine's critical path at seed 1)
+                     lq_data.eq(Cat(v2s[0][:32], last_grp_r & q2last_ & q2tag_[3])),
                      drain_busy.eq(dr_act | q1v | q2v_)]
         # S2: the requant multiply as two 16x16 products, v = vhi * 2**16 + vlo (vhi signed,
         # vlo unsigned): pl = vlo * m (16u x 16u), ph = vhi * m (16s x 16u), each exactly one
@@ -1679,27 +1807,42 @@ class OverlayEngine(wiring.Component):
         m.d.comb += pool_on.eq(f["pool"] & ~q8gap)
         # The running maxima (P/R per requant lane) in a block RAM: read at q7, so the value
         # is there at q8; not transparent, as T >= 2 puts the previous position's write of a
-        # step before the next position's read of it.
+        # step before the next position's read of it: COLLISION_FREE (a read at q7 and the
+        # write at q8 of the same step are two positions apart).
         out9 = []
         for r in range(R):
             pmem = memory.Memory(shape=unsigned(8), depth=max(2, P // R), init=[],
-                                 attrs=small_attrs)
+                                 attrs={**small_attrs, **COLLISION_FREE})
             m.submodules[f"poolmax{r}"] = pmem
             pm_w = pmem.write_port()
             pm_r = pmem.read_port(domain="sync")
-            cur = pm_r.data
+            cur = collision_read(m, pm_r, [pm_w])
             nv = Signal(8, name=f"pool_nv{r}")
             m.d.comb += [pm_r.addr.eq(q7[1]),
                          nv.eq(Mux((q8tag[:2] == 0) | (c8[r] > cur), c8[r], cur)),
                          pm_w.addr.eq(q8d), pm_w.data.eq(nv), pm_w.en.eq(q8v & pool_on)]
             out9.append(reg(f"q9o{r}", 8, Mux(pool_on, nv, c8[r])))
-        o9v = reg("q9v", 1, q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
-        m.d.comb += idle.eq(~(v1 | v2 | v3 | v4 | v5 | v6 | dr_act | q1v | q2v_ | q3[0] | q4[0]
-                              | q5[0] | q6[0] | q7v_ | q8v | o9v | wq_en.any()))
+        o9v_n = Signal()
+        m.d.comb += o9v_n.eq(q8v & ~f["raw"] & (~pool_on | (q8tag[:2] == 3)))
+        o9v = reg("q9v", 1, o9v_n)
         q9d, q9last, q9lv, q9gap, q9fp = follow("q", 9, q8d, q8last, q8lv, q8gap, q8tag[2])
         # S9: fused gap sums, or the write request (registered; written the next cycle)
         gap_on = Signal()
         m.d.comb += gap_on.eq(f["gap"] & ~q9gap)
+        # idle = no valid flag of v1..v6, dr_act, q1v..q8v, o9v and no write request, as a
+        # flip-flop computed a cycle ahead from their next values (busy's, the drain's step,
+        # q1v..q7v, o9v's, the write stage's request): the 17-input NOR in front of FLUSH's
+        # group step (v6 -> idle -> grp, grow's clock enables, the whole iCEBreaker build's
+        # critical path at seed 2, 26 ns; then wq_en -> idle -> grow's, seed 3, 24 ns) is
+        # one flip-flop. Same cycle as the NOR: exact, no cycle added. idle is read only in
+        # FLUSH and GAPFLUSH, entered from ISSUE and GAPLOAD: in those states and the cycle
+        # before, the write stage is the only source of a write request (LOAD's comes only
+        # in LOAD, the parameter port's only with no image in flight, the attention unit's
+        # only in ATT).
+        idle_r = Signal(init=1)
+        m.d.sync += idle_r.eq(~(busy_n | dstep | q1v | q2v_ | q3[0] | q4[0] | q5[0] | q6[0]
+                                | q7v_ | o9v_n | (o9v & ~gap_on & q9lv.any())))
+        m.d.comb += idle.eq(idle_r)
         m.d.comb += gidx.eq(Mux(dr_gap, dr_d, q8d))
         for r in range(R):
             m.d.comb += [gsum_w[r].addr.eq(q9d), gsum_w[r].en.eq(o9v & gap_on),
@@ -1722,8 +1865,8 @@ class OverlayEngine(wiring.Component):
                 m.d.comb += gnext.eq(gptr + P // 2)
                 m.d.sync += [gptr.eq(gnext), wptr.eq(gnext)]
         if cfg.attention:
-            at_hit = param_hit("attention", (bkind == ParamKind.LUT)
-                               & _below(bus.row, cfg.attention_rows))
+            at_hit = param_hit("attention", is_kind(ParamKind.LUT)
+                               & row_below(cfg.attention_rows))
             self._attention(m, f, m1, banks, tables, pp, at_hit, att_rd, att_raddr,
                             att_start, att_done, wq_en, wq_addr, wq_data, wq_buf,
                             dynw, att_gat, att_gaddr, gat_r, ecp5)

@@ -458,3 +458,12 @@ def test_overlay_poisoned_collisions(monkeypatch):
     test_overlay_one_engine_two_networks()
     random_case("test_overlay_poisoned_collisions", 8, 1, (8, 8), act_bits=8, blocks=2,
                 n_img=2, stride2=True, pool=True)
+
+
+def test_overlay_tall_and_wide_maps_bounds():
+    """Maps of 20 rows and then 20 columns: ``h - s*y`` (and ``w - s*x``) reaches 16 and more,
+    where the bounds check's "always in bounds" flag (``hibig``), not the 5-bit compare of its
+    low bits, must decide (the smaller maps of the other tests never exceed 15)."""
+    for k, size in enumerate(((20, 2), (2, 20))):
+        random_case(f"test_overlay_tall_and_wide_maps_bounds[{k}]", 4, 1, size, blocks=1,
+                    n_img=1, in_channels=1, p_idle=0.1, p_stall=0.2)
