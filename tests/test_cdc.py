@@ -93,30 +93,35 @@ def test_param_crossing_fault_no_hold_fails():
 
 # --- images: an asynchronous FIFO, link -> sync -----------------------------------------------
 
-def _fifo_run(ratio, seed, n=150, depth=4, p_idle=0.3, p_stall=0.3):
+def _stream_run(dut, i_domain, o_domain, width, ratio, seed, n, p_idle=0.3, p_stall=0.3,
+                deadline_cycles=20):
+    """``n`` random ``width``-bit beats into ``dut.i`` (``i_domain``) with random idle cycles
+    (the payload scrambled while ``valid`` is low), out of ``dut.o`` (``o_domain``) with random
+    stalls; checks that a waiting output beat's payload does not change and that no beat
+    comes after the last. Returns (sent, got)."""
     sync_ns, link_ns = RATIOS[ratio]
-    dut = AsyncStreamFIFO(9, depth, w_domain="link", r_domain="sync")
     rng = random.Random(seed)
-    sent = [rng.getrandbits(9) for _ in range(n)]
+    sent = [rng.getrandbits(width) for _ in range(n)]
     got = []
 
-    async def writer(ctx):
+    async def source(ctx):
         for v in sent:
             while rng.random() < p_idle:
                 ctx.set(dut.i.valid, 0)
-                await ctx.tick("link")
+                ctx.set(dut.i.payload, rng.getrandbits(width))
+                await ctx.tick(i_domain)
             ctx.set(dut.i.valid, 1)
             ctx.set(dut.i.payload, v)
-            while not (await ctx.tick("link").sample(dut.i.ready))[2]:
+            while not (await ctx.tick(i_domain).sample(dut.i.ready))[2]:
                 pass
         ctx.set(dut.i.valid, 0)
 
-    async def reader(ctx):
+    async def sink(ctx):
         held = None
         while len(got) < n:
             ready = rng.random() >= p_stall
             ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick("sync").sample(dut.o.valid, dut.o.payload)
+            _, _, valid, payload = await ctx.tick(o_domain).sample(dut.o.valid, dut.o.payload)
             if valid and not ready:
                 assert held in (None, int(payload)), "payload changed while valid waited"
                 held = int(payload)
@@ -125,10 +130,16 @@ def _fifo_run(ratio, seed, n=150, depth=4, p_idle=0.3, p_stall=0.3):
                 held = None
         ctx.set(dut.o.ready, 1)
         for _ in range(30):
-            assert not (await ctx.tick("sync").sample(dut.o.valid))[2], "a beat too many"
+            assert not (await ctx.tick(o_domain).sample(dut.o.valid))[2], "a beat too many"
 
-    _sim(dut, sync_ns, link_ns, writer, reader, deadline_ns=n * 20 * max(sync_ns, link_ns))
+    _sim(dut, sync_ns, link_ns, source, sink,
+         deadline_ns=n * deadline_cycles * max(sync_ns, link_ns))
     return sent, got
+
+
+def _fifo_run(ratio, seed, n=150, depth=4):
+    dut = AsyncStreamFIFO(9, depth, w_domain="link", r_domain="sync")
+    return _stream_run(dut, "link", "sync", 9, ratio, seed, n)
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
@@ -172,39 +183,9 @@ def test_async_fifo_full_rate_2to1():
 
 # --- logits: a handshake, sync -> link --------------------------------------------------------
 
-def _handshake_run(ratio, seed, n=60, p_idle=0.3, p_stall=0.3):
-    sync_ns, link_ns = RATIOS[ratio]
+def _handshake_run(ratio, seed, n=60):
     dut = StreamHandshake(33, i_domain="sync", o_domain="link")
-    rng = random.Random(seed)
-    sent = [rng.getrandbits(33) for _ in range(n)]
-    got = []
-
-    async def source(ctx):
-        for v in sent:
-            while rng.random() < p_idle:
-                ctx.set(dut.i.valid, 0)
-                ctx.set(dut.i.payload, rng.getrandbits(33))
-                await ctx.tick("sync")
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, v)
-            while not (await ctx.tick("sync").sample(dut.i.ready))[2]:
-                pass
-        ctx.set(dut.i.valid, 0)
-        ctx.set(dut.i.payload, 0)
-
-    async def sink(ctx):
-        while len(got) < n:
-            ready = rng.random() >= p_stall
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick("link").sample(dut.o.valid, dut.o.payload)
-            if valid and ready:
-                got.append(int(payload))
-        ctx.set(dut.o.ready, 1)
-        for _ in range(30):
-            assert not (await ctx.tick("link").sample(dut.o.valid))[2], "a beat too many"
-
-    _sim(dut, sync_ns, link_ns, source, sink, deadline_ns=n * 40 * max(sync_ns, link_ns))
-    return sent, got
+    return _stream_run(dut, "sync", "link", 33, ratio, seed, n, deadline_cycles=40)
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
