@@ -21,8 +21,8 @@ from amaranth.sim import Simulator
 from shiftacc.hw.board import LinkTop
 from shiftacc.sw import protocol as P
 
-from test_link import (Host, StubAccel, StubRef, full_load, logits_of, reason,  # noqa: E402
-                       random_words, tiny_model)
+from test_link import (Host, StubAccel, StubRef, full_load, load_and_infer,  # noqa: E402
+                       logits_of, reason, random_words, tiny_model)
 
 #: (sync period, link period) in ns
 RATIOS = {"2to1": (10.0, 20.0), "1to2.37": (10.0, 23.7), "1to0.6": (10.0, 6.0)}
@@ -111,19 +111,9 @@ def test_dual_clock_link_top_overlay_golden():
     images = nrng.integers(0, 1 << model.input_bits, (4,) + model.input_shape, dtype=np.uint8)
     got, done = [], {}
 
-    class _Ref:
-        def write(self, word):
-            pass
-
     async def tb(ctx):
-        await full_load(ctx, host, top.engine, words, _Ref(), seq0=0x20, chunk=20)
-        await host.send(ctx, P.encode_frame(P.Command.INFER, 1, images[:3].tobytes()))
-        await host.send(ctx, P.encode_frame(P.Command.INFER, 2, images[3:].tobytes()))
-        for s in (1, 2):
-            r = await host.wait_for(ctx, lambda ev, s=s: isinstance(ev, P.Frame)
-                                    and ev.seq == s and ev.command == 0x84, deadline=100000)
-            assert reason(r) is P.Reason.OK, r
-            got.extend(logits_of(r, len(model.classes)))
+        got.extend(await load_and_infer(ctx, host, top.engine, words, images, 3,
+                                        len(model.classes), seq0=0x20, deadline=100000))
         done["ok"] = True
 
     secs = _run(top, 10.0, 20.0, tb, background=[host.monitor], deadline_s=20e-3)

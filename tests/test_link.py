@@ -327,6 +327,29 @@ async def full_load(ctx, host, engine, words, ref, seq0=0x40, chunk=7, window=No
     return last
 
 
+class _NoRef:
+    """A ``full_load`` reference that keeps nothing (the accelerator's own words)."""
+
+    def write(self, word):
+        pass
+
+
+async def load_and_infer(ctx, host, engine, words, images, split, classes, *, seq0, deadline):
+    """A full load of ``words`` (frames of 20), then ``images[:split]`` and ``images[split:]``
+    as INFER frames 1 and 2 (both in flight); returns their logits, image by image (every
+    reply OK)."""
+    await full_load(ctx, host, engine, words, _NoRef(), seq0=seq0, chunk=20)
+    await host.send(ctx, P.encode_frame(P.Command.INFER, 1, images[:split].tobytes()))
+    await host.send(ctx, P.encode_frame(P.Command.INFER, 2, images[split:].tobytes()))
+    got = []
+    for s in (1, 2):
+        r = await host.wait_for(ctx, lambda ev, s=s: isinstance(ev, P.Frame)
+                                and ev.seq == s and ev.command == 0x84, deadline=deadline)
+        assert reason(r) is P.Reason.OK, r
+        got.extend(logits_of(r, classes))
+    return got
+
+
 def make_bench(seed, *, size=(3, 3), in_channels=1, lanes=None, classes=3, input_bits=None,
                **kw):
     model, plan = tiny_model(seed, size=size, in_channels=in_channels, classes=classes)
@@ -512,19 +535,9 @@ def test_link_top_real_accelerator(seed):
                                                   dtype=np.uint8)
     got = []
 
-    class _Ref:
-        def write(self, word):
-            pass
-
     async def tb(ctx):
-        await full_load(ctx, host, top.engine, words, _Ref(), seq0=0x10, chunk=20)
-        await host.send(ctx, P.encode_frame(P.Command.INFER, 1, images[:2].tobytes()))
-        await host.send(ctx, P.encode_frame(P.Command.INFER, 2, images[2:].tobytes()))
-        for s in (1, 2):
-            r = await host.wait_for(ctx, lambda ev, s=s: isinstance(ev, P.Frame)
-                                    and ev.seq == s and ev.command == 0x84, deadline=50000)
-            assert reason(r) is P.Reason.OK, r
-            got.extend(logits_of(r, len(model.classes)))
+        got.extend(await load_and_infer(ctx, host, top.engine, words, images, 2,
+                                        len(model.classes), seq0=0x10, deadline=50000))
         assert ctx.get(top.status_led.params_ready) == 1
 
     run(top, tb, background=[host.monitor])
