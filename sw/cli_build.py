@@ -1016,8 +1016,14 @@ def cmd_build(args):
                        link_clock_ratio=ratio)
     except (PLLError, ValueError) as e:
         raise UsageError(f"{board.name}: {e}") from None
+    cycles_line = f"{plan.predicted_cycles_per_image} cycles/image"
+    top_ratio = int(getattr(top, "link_clock_ratio", 1))
+    if top_ratio != 1 and getattr(plan, "engine", None) == "overlay":
+        from ..hw.overlay_timing import image_cycles
+        cycles_line += (f" at one clock, {image_cycles(plan, link_ratio=top_ratio)} behind "
+                        f"the {top_ratio}:1 link clock")
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
-        f"{plan.predicted_cycles_per_image} cycles/image")
+        f"{cycles_line}")
     report = build_board(board, top, out, plan=plan, seed=args.seed, timeout=args.timeout,
                          bitstream=bitstream, progress=_progress_wanted(args), say=say,
                          nextpnr_opts=nextpnr_opts)
