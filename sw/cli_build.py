@@ -869,6 +869,17 @@ def _yosys_ff_count(rpt):
     return total
 
 
+def board_cycles_per_image(plan, link_clock_ratio):
+    """The plan's cycles per image on a board whose link runs at ``1 / link_clock_ratio``
+    of the accelerator's clock: an overlay's LOAD then takes the image from the link's
+    domain, one value per link cycle once the crossing's FIFO has given what it held
+    (:func:`hw.overlay_timing.image_cycles`); otherwise the plan's own figure."""
+    if link_clock_ratio != 1 and getattr(plan, "engine", None) == "overlay":
+        from ..hw.overlay_timing import image_cycles
+        return image_cycles(plan, link_ratio=link_clock_ratio)
+    return plan.predicted_cycles_per_image
+
+
 def parse_nextpnr_report(path, family, *, target_mhz=None, rpt=None, link_mhz=None):
     """Utilization and Fmax from nextpnr's ``--report`` JSON.
 
@@ -1018,9 +1029,8 @@ def cmd_build(args):
         raise UsageError(f"{board.name}: {e}") from None
     cycles_line = f"{plan.predicted_cycles_per_image} cycles/image"
     top_ratio = int(getattr(top, "link_clock_ratio", 1))
-    if top_ratio != 1 and getattr(plan, "engine", None) == "overlay":
-        from ..hw.overlay_timing import image_cycles
-        cycles_line += (f" at one clock, {image_cycles(plan, link_ratio=top_ratio)} behind "
+    if board_cycles_per_image(plan, top_ratio) != plan.predicted_cycles_per_image:
+        cycles_line += (f" at one clock, {board_cycles_per_image(plan, top_ratio)} behind "
                         f"the {top_ratio}:1 link clock")
     say(f"[build] {board.name} ({board.device}, {board.family}): {plan.resource_line()}, "
         f"{cycles_line}")
@@ -1148,12 +1158,7 @@ def build_board(board, top, out, *, plan=None, seed=1, timeout=7200.0, bitstream
                 f"(collision-free by design)")
     build_plan.extract(str(out))
     elaborate_s = time.monotonic() - t0
-    cycles = plan.predicted_cycles_per_image if plan is not None else None
-    if cycles and ratio != 1 and getattr(plan, "engine", None) == "overlay":
-        # The overlay's LOAD takes the image from the link's clock domain: one value per
-        # link cycle once the crossing's FIFO has given what it held (overlay_timing).
-        from ..hw.overlay_timing import image_cycles
-        cycles = image_cycles(plan, link_ratio=ratio)
+    cycles = board_cycles_per_image(plan, ratio) if plan is not None else None
     report = {
         "board": board.name, "device": board.device, "family": board.family,
         "target_mhz": (top.target_hz / 1e6), "clock_mhz": clock_mhz,
