@@ -88,8 +88,8 @@ class BoardTop(Elaboratable):
                              + ("none" if self.pll is None else f"a {board.family} PLL")
                              + ": use link_clock_ratio 1")
         self.link_clock_ratio = ratio
-        self.clock_hz = int(round(self.pll.f_out_hz if self.pll else self.osc_hz))
-        self.link_hz = int(round((self.pll.f_out_hz if self.pll else self.osc_hz) / ratio))
+        f_hz = self.pll.f_out_hz if self.pll else self.osc_hz
+        self.clock_hz, self.link_hz = int(round(f_hz)), int(round(f_hz / ratio))
         self.baud = int(baud or board.baud)
         if link_top is None:
             from ..hw.board import LinkTop

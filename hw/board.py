@@ -16,6 +16,7 @@ from amaranth.hdl import DomainRenamer, Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .cdc import IMAGE_FIFO_DEPTH, AsyncStreamFIFO, ParamCrossing, StreamHandshake
 from .link import LinkEngine
 from .resources import Cost
 from .stream import to_verilog
@@ -73,7 +74,7 @@ class LinkTop(wiring.Component):
     """
 
     def __init__(self, model, plan, *, clock_hz, baud, uart=True, slots=4, accelerator=None,
-                 link_domain=None, image_fifo_depth=4, **engine_kw):
+                 link_domain=None, image_fifo_depth=IMAGE_FIFO_DEPTH, **engine_kw):
         self.link_domain = link_domain
         self.image_fifo_depth = int(image_fifo_depth)
         if link_domain is not None:
@@ -128,7 +129,6 @@ class LinkTop(wiring.Component):
             _connect_images(m, eng.images, acc.images)
             wiring.connect(m, acc.logits, eng.logits)
         else:
-            from .cdc import AsyncStreamFIFO, ParamCrossing, StreamHandshake
             m.submodules.params_cdc = px = ParamCrossing(i_domain=ld, o_domain="sync")
             wiring.connect(m, eng.params, px.i)
             wiring.connect(m, px.o, acc.params)
@@ -143,9 +143,9 @@ class LinkTop(wiring.Component):
             wiring.connect(m, acc.logits, lx.i)
             wiring.connect(m, lx.o, eng.logits)
         if self.uart:
-            m.submodules.uart_rx = rxp = in_link(self.phy_rx)
-            m.submodules.uart_tx = txp = in_link(self.phy_tx)
-            rxp, txp = self.phy_rx, self.phy_tx
+            m.submodules.uart_rx = in_link(self.phy_rx)
+            m.submodules.uart_tx = in_link(self.phy_tx)
+            rxp, txp = self.phy_rx, self.phy_tx     # (their ports, renamed or not)
             # The engine takes every byte the PHY delivers (a line cannot be paused), so the
             # PHY's stream is always ready; its error pulses are counted in STATUS.
             m.d.comb += [rxp.rx.eq(self.uart_rx),

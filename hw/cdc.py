@@ -29,10 +29,15 @@ from amaranth.lib.wiring import In, Out
 
 from .params import param_bus_signature
 
-__all__ = ["ParamCrossing", "AsyncStreamFIFO", "StreamHandshake", "SYNC_STAGES"]
+__all__ = ["ParamCrossing", "AsyncStreamFIFO", "StreamHandshake", "SYNC_STAGES",
+           "IMAGE_FIFO_DEPTH"]
 
 #: Flip-flops of every synchroniser (the first may go metastable, the second resolves it).
 SYNC_STAGES = 2
+
+#: Entries of the image crossing's FIFO in :class:`~shiftacc.hw.board.LinkTop` (4 keep one
+#: value per link cycle flowing at 2:1; the cycle model counts LOAD from it).
+IMAGE_FIFO_DEPTH = 4
 
 
 def _gray(v):

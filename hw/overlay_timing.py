@@ -46,6 +46,7 @@ where, for a group of ``P_g`` lanes (``P`` = ``lanes``, ``last_group`` in the la
   sums) and ``GAP_FLUSH = 11`` (the gap drain's last step to its idle test).
 """
 
+from .cdc import IMAGE_FIFO_DEPTH
 from .overlay import _HANDOFF, PIPE
 from .overlay_program import OP_DYN, OP_ECA, OP_SAM
 
@@ -221,7 +222,7 @@ def pass_cycles(plan):
     return out
 
 
-def image_cycles(plan, link_ratio=1, fifo_depth=4):
+def image_cycles(plan, link_ratio=1, fifo_depth=IMAGE_FIFO_DEPTH):
     """Steady-state cycles per image (images back to back, logits always ready).
 
     ``link_ratio`` 2: the engine behind a dual-clock :class:`~shiftacc.hw.board.LinkTop`
